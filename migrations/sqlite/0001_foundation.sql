@@ -1,0 +1,80 @@
+-- carebridge foundation schema (SQLite dialect; migrations/postgres holds the same schema).
+
+-- One row per gateway patient: the person behind the sectors' Patient resources.
+CREATE TABLE patients (
+    id          TEXT PRIMARY KEY,
+    created_us  INTEGER NOT NULL
+);
+
+-- Identifiers that link sector Patients to a gateway patient (CPR numbers, replacement CPRs,
+-- and one `urn:carebridge:sector-patient:<sector>` key per sector Patient).
+CREATE TABLE patient_identifiers (
+    system      TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    patient_id  TEXT NOT NULL,
+    PRIMARY KEY (system, value)
+);
+CREATE INDEX patient_identifiers_patient ON patient_identifiers (patient_id);
+
+-- A gateway patient that was merged into another one keeps resolving to the survivor.
+CREATE TABLE patient_merges (
+    from_id     TEXT PRIMARY KEY,
+    into_id     TEXT NOT NULL,
+    merged_us   INTEGER NOT NULL
+);
+
+-- The current version of each sector resource.
+CREATE TABLE resources (
+    gid          TEXT PRIMARY KEY,
+    sector       TEXT NOT NULL,
+    rtype        TEXT NOT NULL,
+    rid          TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    hash         TEXT NOT NULL,
+    patient_ref  TEXT,
+    patient_id   TEXT,
+    last_updated TEXT NOT NULL,
+    UNIQUE (sector, rtype, rid)
+);
+CREATE INDEX resources_patient ON resources (patient_id, rtype);
+CREATE INDEX resources_patient_ref ON resources (sector, patient_ref);
+
+-- Every version of every sector resource, exactly as accepted.
+CREATE TABLE resource_versions (
+    gid          TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    hash         TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    received_us  INTEGER NOT NULL,
+    last_updated TEXT NOT NULL,
+    PRIMARY KEY (gid, version)
+);
+
+-- Business identifiers of sector resources, for conditional create and references.
+CREATE TABLE resource_identifiers (
+    sector  TEXT NOT NULL,
+    rtype   TEXT NOT NULL,
+    system  TEXT NOT NULL,
+    value   TEXT NOT NULL,
+    gid     TEXT NOT NULL,
+    PRIMARY KEY (sector, rtype, system, value)
+);
+
+-- The audit record: appended in the same transaction as what it records, never updated.
+CREATE TABLE audit_log (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    recorded_us  INTEGER NOT NULL,
+    recorded     TEXT NOT NULL,
+    request_id   TEXT,
+    client_id    TEXT,
+    role         TEXT,
+    sector       TEXT,
+    action       TEXT NOT NULL,
+    interaction  TEXT NOT NULL,
+    outcome      TEXT NOT NULL,
+    patient_id   TEXT,
+    entities     TEXT NOT NULL,
+    detail       TEXT
+);
+CREATE INDEX audit_log_patient ON audit_log (patient_id, recorded_us);
+CREATE INDEX audit_log_recorded ON audit_log (recorded_us);

@@ -1,0 +1,72 @@
+//! The HTTP API: the FHIR REST surface under `/fhir` and the operations endpoints.
+//! Only this module knows HTTP; everything it does goes through [`crate::ingest::Gateway`].
+
+pub mod error;
+mod fhir_routes;
+mod views;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::routing::get;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Clients;
+use crate::ingest::Gateway;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+    pub clients: Arc<Clients>,
+    pub capability: Arc<serde_json::Value>,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Builds the application router (tests and `serve` both use this).
+pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
+    let server = gateway.settings.server.clone();
+    let capability = Arc::new(views::capability_statement(&gateway));
+    let state = AppState {
+        gateway,
+        clients: Arc::new(clients),
+        capability,
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .merge(fhir_routes::routes())
+        .fallback(|| async { error::ApiError::not_found("no such endpoint") })
+        .with_state(state)
+        // Bodies over the limit are refused while being read (413 with an OperationOutcome).
+        .layer(DefaultBodyLimit::max(server.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(server.request_timeout_secs),
+        ))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            // Spans carry the method, the path and the request id: never bodies or query strings,
+            // which may hold patient identifiers.
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> (StatusCode, &'static str) {
+    if state.gateway.store.ping().await {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+    }
+}

@@ -1,0 +1,276 @@
+//! The command line: `serve`, `demo`, `check-config`, `validate`, `token new`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::app::{App, shutdown_signal};
+use crate::auth::{Clients, new_token, token_hash};
+use crate::config::Settings;
+use crate::fhir::json::parse_strict;
+use crate::fhir::outcome::{Issue, PathRef, fhirpath, operation_outcome};
+use crate::validate::{FhirSchema, Profiles, Validator};
+
+#[derive(Parser)]
+#[command(
+    name = "carebridge",
+    version,
+    about = "FHIR R4 integration gateway between general practice, hospital and municipality"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+    },
+    /// Run the local demo: a fresh SQLite store, the demo fixtures, fresh tokens (loopback only).
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, default_value = "config/demo.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "fixtures/demo")]
+        fixtures: PathBuf,
+        /// Keep the store in this file instead of a fresh temporary one.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Load the fixtures, print the summary and exit instead of serving.
+        #[arg(long)]
+        no_serve: bool,
+    },
+    /// Check a configuration file and the profiles it names; exit 1 on a problem.
+    CheckConfig {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+    },
+    /// Validate FHIR JSON files; prints an OperationOutcome per file, exit 1 if any is invalid.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Apply this sector's profile rules too (needs --config).
+        #[arg(long, requires = "config")]
+        sector: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Bearer tokens for clients.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token; prints it once, and the hash line to put in the configuration.
+    New {
+        #[arg(long)]
+        client: String,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            let settings = Settings::load(&config)?;
+            let clients = Clients::from_settings(&settings.clients);
+            if clients.is_empty() {
+                tracing::warn!(
+                    "no clients with a token are configured: every API call will answer 401"
+                );
+            }
+            let listen = settings.server.listen.clone();
+            let app = App::build(settings, &config.display().to_string(), clients).await?;
+            let (listener, addr) = App::bind(&listen).await?;
+            tracing::info!(%addr, "carebridge listening");
+            app.serve(listener, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            listen,
+            config,
+            fixtures,
+            db,
+            no_serve,
+        } => {
+            crate::demo::run(crate::demo::DemoOptions {
+                listen,
+                config,
+                fixtures,
+                db,
+                serve: !no_serve,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Validate {
+            files,
+            sector,
+            config,
+        } => validate_files(&files, sector.as_deref(), config.as_deref()),
+        Command::Token {
+            command: TokenCommand::New { client },
+        } => {
+            let token = new_token();
+            println!("token {token}");
+            println!("# for [[clients]] id = \"{client}\":");
+            println!("token_sha256 = \"{}\"", token_hash(&token));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let file = path.display().to_string();
+    let settings = match Settings::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("FAIL {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let profiles = match Profiles::load(&settings.fhir.profiles_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("FAIL {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Err(e) = settings.check_profiles(&file, &|p| profiles.has_set(p)) {
+        println!("FAIL {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    for s in &settings.sectors {
+        println!(
+            "ok   sector {} ({}, {}): profile {}, mode {}, endpoint {}",
+            s.id,
+            s.name,
+            s.kind.as_str(),
+            s.profile.as_deref().unwrap_or("(structural only)"),
+            s.mode.as_str(),
+            s.base_url
+                .as_deref()
+                .unwrap_or("(none: this sector only sends)")
+        );
+    }
+    let with_tokens = settings
+        .clients
+        .iter()
+        .filter(|c| c.token_sha256.is_some())
+        .count();
+    println!(
+        "ok   {} clients ({} with a token hash)",
+        settings.clients.len(),
+        with_tokens
+    );
+    println!(
+        "ok   store {}",
+        if settings.store.url.starts_with("sqlite:") {
+            "SQLite"
+        } else {
+            "PostgreSQL"
+        }
+    );
+    if with_tokens == 0 {
+        println!(
+            "warn no client has token_sha256: every API call would answer 401 (see `carebridge token new`)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate_files(
+    files: &[PathBuf],
+    sector: Option<&str>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let schema = FhirSchema::load().map_err(anyhow::Error::msg)?;
+    let (profiles, set) = match (sector, config) {
+        (Some(sector), Some(config)) => {
+            let settings = Settings::load(config)?;
+            let s = settings.sector(sector).ok_or_else(|| {
+                anyhow::anyhow!("{}: no sector '{sector}' is configured", config.display())
+            })?;
+            (
+                Profiles::load(&settings.fhir.profiles_dir)?,
+                s.profile.clone(),
+            )
+        }
+        _ => (Profiles::default(), None),
+    };
+    let validator = Validator::new(schema, profiles);
+    let mut failed = false;
+    for file in files {
+        let issues = match std::fs::read(file) {
+            Err(e) => vec![Issue::error(
+                "not-found",
+                format!("cannot read the file: {e}"),
+            )],
+            Ok(bytes) => match parse_strict(&bytes, 120) {
+                Err(e) => vec![
+                    Issue::error("structure", e.to_string())
+                        .at(fhirpath("$this", e.path.iter().map(PathRef::from))),
+                ],
+                Ok(v) => {
+                    let mut issues = validator.structural(&v);
+                    if issues.is_empty() && set.is_some() {
+                        issues = validator.profile(set.as_deref(), &v);
+                    }
+                    issues
+                }
+            },
+        };
+        failed |= !issues.is_empty();
+        let oo = if issues.is_empty() {
+            crate::fhir::outcome::information("valid")
+        } else {
+            operation_outcome(&issues)
+        };
+        println!("{}: {}", file.display(), oo);
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,183 @@
+//! The store: every sector version of every resource, patient links and the audit record.
+//!
+//! Only this module talks to the database. Work happens in a [`StoreTx`]: what a request changes
+//! and the audit rows describing it are committed together, and a 2xx is sent only after
+//! [`StoreTx::commit`] returned. The one implementation, [`sql::SqlStore`], runs the same SQL on
+//! SQLite (the embedded default, a WAL file) and PostgreSQL (for several replicas); the schema
+//! is kept in both dialects under `migrations/`.
+
+pub mod sql;
+
+use async_trait::async_trait;
+
+pub use sql::SqlStore;
+
+/// A store failure. `Busy` is worth retrying; everything else is reported as a 5xx.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database is busy, try again")]
+    Busy,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("the store URL is not usable: {0}")]
+    Url(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A resource ready to be stored: validated, ids and references resolved, hashed.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub sector: String,
+    pub rtype: String,
+    pub rid: String,
+    /// The resource JSON exactly as it will be kept.
+    pub body: String,
+    /// SHA-256 (hex) of `body`.
+    pub hash: String,
+    /// The sector's reference to the resource's patient (`Patient/123`,
+    /// `Patient?identifier=system|value`), if it has one.
+    pub patient_ref: Option<String>,
+    /// For Patients: the identifiers that link it to a gateway patient.
+    pub link_identifiers: Vec<(String, String)>,
+    /// Business identifiers (system, value), for conditional create.
+    pub identifiers: Vec<(String, String)>,
+}
+
+/// What storing a [`Prepared`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub gid: String,
+    pub version: i64,
+    pub last_updated: String,
+    /// False when the content was identical to the current version (nothing new was stored).
+    pub changed: bool,
+    /// True when this was the resource's first version.
+    pub created: bool,
+    pub patient_id: Option<String>,
+}
+
+/// One stored version of a sector resource.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub gid: String,
+    pub sector: String,
+    pub rtype: String,
+    pub rid: String,
+    pub version: i64,
+    pub last_updated: String,
+    pub patient_id: Option<String>,
+    pub body: String,
+}
+
+/// A gateway patient with its identifiers and the sector Patients linked to it.
+#[derive(Debug, Clone)]
+pub struct GatewayPatient {
+    pub id: String,
+    pub identifiers: Vec<(String, String)>,
+    pub sector_patients: Vec<Stored>,
+}
+
+/// One audit row. `entities` are references (`Condition/<gid>`, `Patient/<gateway id>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub recorded_us: i64,
+    pub recorded: String,
+    pub request_id: Option<String>,
+    pub client_id: Option<String>,
+    pub role: Option<String>,
+    pub sector: Option<String>,
+    /// C, R, U, D or E (FHIR AuditEvent.action).
+    pub action: String,
+    /// The REST interaction: create, update, read, search-type, transaction, batch, …
+    pub interaction: String,
+    /// FHIR AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure, 12 major failure.
+    pub outcome: String,
+    pub patient_id: Option<String>,
+    pub entities: Vec<String>,
+    /// A short description without patient data.
+    pub detail: Option<String>,
+}
+
+/// Filters for the audit search.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub patient_id: Option<String>,
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+    pub outcome: Option<String>,
+    pub offset: i64,
+    pub count: i64,
+}
+
+/// Counts for summaries: (sector, resource type, resources).
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub by_sector_type: Vec<(String, String, i64)>,
+    pub patients: i64,
+    /// Gateway patients with Patients from two or more sectors.
+    pub linked_patients: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Starts a transaction. Dropping it without `commit` rolls it back.
+    async fn begin(&self) -> Result<Box<dyn StoreTx>>;
+    /// Counts for the demo summary and operations.
+    async fn stats(&self) -> Result<Stats>;
+    /// True when the database answers.
+    async fn ping(&self) -> bool;
+}
+
+#[async_trait]
+pub trait StoreTx: Send {
+    /// The sector-local id of the resource holding this business identifier, if any.
+    async fn find_by_identifier(
+        &mut self,
+        sector: &str,
+        rtype: &str,
+        system: &str,
+        value: &str,
+    ) -> Result<Option<String>>;
+    /// Stores a new version (or recognises identical content), links the patient.
+    async fn put(&mut self, resource: &Prepared) -> Result<PutOutcome>;
+    async fn get(&mut self, gid: &str) -> Result<Option<Stored>>;
+    async fn get_sector(&mut self, sector: &str, rtype: &str, rid: &str) -> Result<Option<Stored>>;
+    /// Current versions of a gateway patient's resources of one type (all types when `None`).
+    async fn by_patient(
+        &mut self,
+        patient_id: &str,
+        rtype: Option<&str>,
+        offset: i64,
+        count: i64,
+    ) -> Result<Vec<Stored>>;
+    /// A gateway patient (following merges).
+    async fn patient(&mut self, patient_id: &str) -> Result<Option<GatewayPatient>>;
+    /// The gateway patient holding an identifier (a CPR number, or a sector Patient's key
+    /// `urn:carebridge:sector-patient:<sector>|<id>`).
+    async fn patient_by_identifier(&mut self, system: &str, value: &str) -> Result<Option<String>>;
+    async fn audit(&mut self, row: &AuditRow) -> Result<()>;
+    async fn audit_search(&mut self, query: &AuditQuery) -> Result<Vec<AuditRow>>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// The gateway id of a sector resource: stable, the same on every replica, at most 64 chars.
+pub fn gateway_id(sector: &str, rtype: &str, rid: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(sector.as_bytes());
+    h.update([0]);
+    h.update(rtype.as_bytes());
+    h.update([0]);
+    h.update(rid.as_bytes());
+    hex::encode(&h.finalize()[..12])
+}
+
+/// SHA-256 (hex) of bytes.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}

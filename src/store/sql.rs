@@ -1,0 +1,672 @@
+//! The SQL store over `sqlx`'s `Any` driver: one body of SQL for SQLite and PostgreSQL.
+//!
+//! Placeholders are written `$1, $2, …`, which both databases accept. What differs between the
+//! dialects is confined to the migrations and to [`Dialect`]: how a write transaction begins
+//! (SQLite: `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing on upgrade) and the
+//! per-key lock taken before a new version is written (PostgreSQL: a transaction-scoped
+//! advisory lock, see [`SqlTx::lock`]).
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row, Transaction};
+use std::time::Duration;
+
+use super::{
+    AuditQuery, AuditRow, GatewayPatient, Prepared, PutOutcome, Result, Stats, Store, StoreError,
+    StoreTx, Stored, gateway_id,
+};
+
+/// The identifier system under which each sector Patient keys its own gateway patient link.
+pub const SECTOR_PATIENT_SYSTEM: &str = "urn:carebridge:sector-patient:";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl SqlStore {
+    /// Connects (creating a SQLite file if needed) and brings the schema up to date.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            if path.is_empty() {
+                return Err(StoreError::Url(
+                    "sqlite: needs a file path, e.g. sqlite://carebridge.db".into(),
+                ));
+            }
+            let sep = if path.contains('?') { '&' } else { '?' };
+            (Dialect::Sqlite, format!("sqlite://{path}{sep}mode=rwc"))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Dialect::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::Url("use sqlite://PATH or postgres://…".into()));
+        };
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30));
+        if dialect == Dialect::Sqlite {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers proceed beside the writer; synchronous=FULL makes every
+                    // commit durable before the gateway answers 2xx.
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = FULL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 30000")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&url).await?;
+        match dialect {
+            Dialect::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
+            Dialect::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
+        }
+        Ok(SqlStore { pool, dialect })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        let msg = db.message();
+        if msg.contains("database is locked")
+            || msg.contains("could not serialize")
+            || msg.contains("deadlock")
+        {
+            return StoreError::Busy;
+        }
+    }
+    if matches!(e, sqlx::Error::PoolTimedOut) {
+        return StoreError::Busy;
+    }
+    StoreError::Database(e)
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn begin(&self) -> Result<Box<dyn StoreTx>> {
+        let tx = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+        .map_err(map_err)?;
+        Ok(Box::new(SqlTx {
+            tx,
+            dialect: self.dialect,
+        }))
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        let rows = sqlx::query(
+            "SELECT sector, rtype, COUNT(*) FROM resources GROUP BY sector, rtype ORDER BY sector, rtype",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let by_sector_type = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        let patients: i64 = sqlx::query("SELECT COUNT(*) FROM patients")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?
+            .try_get(0)?;
+        let linked_patients: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM (SELECT patient_id FROM resources WHERE rtype = 'Patient' \
+             AND patient_id IS NOT NULL GROUP BY patient_id HAVING COUNT(DISTINCT sector) > 1) AS linked",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?
+        .try_get(0)?;
+        Ok(Stats {
+            by_sector_type,
+            patients,
+            linked_patients,
+        })
+    }
+
+    async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+struct SqlTx {
+    tx: Transaction<'static, Any>,
+    dialect: Dialect,
+}
+
+fn now_us() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    (now.unix_timestamp_nanos() / 1_000) as i64
+}
+
+/// FHIR `instant` with milliseconds, UTC.
+pub fn instant(us: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+}
+
+const STORED_COLUMNS: &str =
+    "r.gid, r.sector, r.rtype, r.rid, r.version, r.last_updated, r.patient_id, v.body";
+
+fn stored(row: &AnyRow) -> std::result::Result<Stored, sqlx::Error> {
+    Ok(Stored {
+        gid: row.try_get(0)?,
+        sector: row.try_get(1)?,
+        rtype: row.try_get(2)?,
+        rid: row.try_get(3)?,
+        version: row.try_get(4)?,
+        last_updated: row.try_get(5)?,
+        patient_id: row.try_get(6)?,
+        body: row.try_get(7)?,
+    })
+}
+
+impl SqlTx {
+    /// Serialises writers of one key (a resource, a patient identifier) until commit. SQLite
+    /// needs nothing: `BEGIN IMMEDIATE` already admits one writer at a time. On PostgreSQL a
+    /// transaction-scoped advisory lock makes "read the current version, write the next" and
+    /// "find or create the gateway patient" safe across connections and replicas.
+    async fn lock(&mut self, key: &str) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query(
+                "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS locked",
+            )
+            .bind(key)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// Follows merges to the surviving gateway patient.
+    async fn resolve_patient(&mut self, id: &str) -> Result<String> {
+        let mut current = id.to_owned();
+        for _ in 0..16 {
+            let next: Option<String> =
+                sqlx::query("SELECT into_id FROM patient_merges WHERE from_id = $1")
+                    .bind(&current)
+                    .fetch_optional(&mut *self.tx)
+                    .await
+                    .map_err(map_err)?
+                    .map(|r| r.try_get(0))
+                    .transpose()?;
+            match next {
+                Some(n) => current = n,
+                None => break,
+            }
+        }
+        Ok(current)
+    }
+
+    async fn patient_for_identifier(
+        &mut self,
+        system: &str,
+        value: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query(
+            "SELECT patient_id FROM patient_identifiers WHERE system = $1 AND value = $2",
+        )
+        .bind(system)
+        .bind(value)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)?
+        .map(|r| r.try_get(0))
+        .transpose()?)
+    }
+
+    /// Finds or creates the gateway patient of a sector Patient from its linking identifiers,
+    /// merging gateway patients when one Patient names identifiers of two of them.
+    async fn link_patient(&mut self, p: &Prepared) -> Result<String> {
+        let mut keys = vec![(
+            format!("{SECTOR_PATIENT_SYSTEM}{}", p.sector),
+            p.rid.clone(),
+        )];
+        keys.extend(p.link_identifiers.iter().cloned());
+        // Lock in a fixed order so two transactions linking overlapping identifiers cannot deadlock.
+        let mut lock_keys: Vec<String> = keys
+            .iter()
+            .map(|(s, v)| format!("patient|{s}|{v}"))
+            .collect();
+        lock_keys.sort();
+        for k in &lock_keys {
+            self.lock(k).await?;
+        }
+        let mut found: Vec<String> = Vec::new();
+        for (s, v) in &keys {
+            if let Some(pid) = self.patient_for_identifier(s, v).await? {
+                let pid = self.resolve_patient(&pid).await?;
+                if !found.contains(&pid) {
+                    found.push(pid);
+                }
+            }
+        }
+        let survivor = match found.first() {
+            Some(first) => first.clone(),
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                sqlx::query("INSERT INTO patients (id, created_us) VALUES ($1, $2)")
+                    .bind(&id)
+                    .bind(now_us())
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(map_err)?;
+                id
+            }
+        };
+        for other in found.iter().skip(1) {
+            self.merge_patient(other, &survivor).await?;
+        }
+        for (s, v) in &keys {
+            sqlx::query(
+                "INSERT INTO patient_identifiers (system, value, patient_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (system, value) DO UPDATE SET patient_id = excluded.patient_id",
+            )
+            .bind(s)
+            .bind(v)
+            .bind(&survivor)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        }
+        // Resources that arrived before their Patient are linked now.
+        sqlx::query(
+            "UPDATE resources SET patient_id = $1 WHERE sector = $2 AND patient_ref = $3 \
+             AND (patient_id IS NULL OR patient_id <> $1)",
+        )
+        .bind(&survivor)
+        .bind(&p.sector)
+        .bind(format!("Patient/{}", p.rid))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        for (s, v) in &p.link_identifiers {
+            sqlx::query(
+                "UPDATE resources SET patient_id = $1 WHERE sector = $2 AND patient_ref = $3 AND patient_id IS NULL",
+            )
+            .bind(&survivor)
+            .bind(&p.sector)
+            .bind(format!("Patient?identifier={s}|{v}"))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        }
+        Ok(survivor)
+    }
+
+    async fn merge_patient(&mut self, from: &str, into: &str) -> Result<()> {
+        // Audit rows keep the id they were recorded under; searches follow patient_merges.
+        for sql in [
+            "UPDATE patient_identifiers SET patient_id = $2 WHERE patient_id = $1",
+            "UPDATE resources SET patient_id = $2 WHERE patient_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(from)
+                .bind(into)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+        }
+        sqlx::query("INSERT INTO patient_merges (from_id, into_id, merged_us) VALUES ($1, $2, $3)")
+            .bind(from)
+            .bind(into)
+            .bind(now_us())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// The gateway patient a non-Patient resource belongs to, if its Patient is known yet.
+    async fn patient_of_reference(
+        &mut self,
+        sector: &str,
+        reference: &str,
+    ) -> Result<Option<String>> {
+        let found = if let Some(rid) = reference.strip_prefix("Patient/") {
+            sqlx::query("SELECT patient_id FROM resources WHERE sector = $1 AND rtype = 'Patient' AND rid = $2")
+                .bind(sector)
+                .bind(rid)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(map_err)?
+                .map(|r| r.try_get::<Option<String>, _>(0))
+                .transpose()?
+                .flatten()
+        } else if let Some((s, v)) = reference
+            .strip_prefix("Patient?identifier=")
+            .and_then(|q| q.split_once('|'))
+        {
+            self.patient_for_identifier(s, v).await?
+        } else {
+            None
+        };
+        match found {
+            Some(id) => Ok(Some(self.resolve_patient(&id).await?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl StoreTx for SqlTx {
+    async fn find_by_identifier(
+        &mut self,
+        sector: &str,
+        rtype: &str,
+        system: &str,
+        value: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query(
+            "SELECT r.rid FROM resource_identifiers i JOIN resources r ON r.gid = i.gid \
+             WHERE i.sector = $1 AND i.rtype = $2 AND i.system = $3 AND i.value = $4",
+        )
+        .bind(sector)
+        .bind(rtype)
+        .bind(system)
+        .bind(value)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)?
+        .map(|r| r.try_get(0))
+        .transpose()?)
+    }
+
+    async fn put(&mut self, p: &Prepared) -> Result<PutOutcome> {
+        let gid = gateway_id(&p.sector, &p.rtype, &p.rid);
+        self.lock(&gid).await?;
+        let current = sqlx::query(
+            "SELECT version, hash, last_updated, patient_id FROM resources WHERE gid = $1",
+        )
+        .bind(&gid)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        let current: Option<(i64, String, String, Option<String>)> = match current {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)),
+            None => None,
+        };
+        if let Some((version, hash, last_updated, patient_id)) = &current
+            && *hash == p.hash
+        {
+            return Ok(PutOutcome {
+                gid,
+                version: *version,
+                last_updated: last_updated.clone(),
+                changed: false,
+                created: false,
+                patient_id: patient_id.clone(),
+            });
+        }
+        let received = now_us();
+        let last_updated = instant(received);
+        let version = current.as_ref().map_or(1, |c| c.0 + 1);
+        let patient_id = if p.rtype == "Patient" {
+            Some(self.link_patient(p).await?)
+        } else if let Some(r) = &p.patient_ref {
+            self.patient_of_reference(&p.sector, r).await?
+        } else {
+            None
+        };
+        sqlx::query(
+            "INSERT INTO resource_versions (gid, version, hash, body, received_us, last_updated) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&gid)
+        .bind(version)
+        .bind(&p.hash)
+        .bind(&p.body)
+        .bind(received)
+        .bind(&last_updated)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, patient_id, last_updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (gid) DO UPDATE SET version = excluded.version, hash = excluded.hash, \
+             patient_ref = excluded.patient_ref, patient_id = excluded.patient_id, last_updated = excluded.last_updated",
+        )
+        .bind(&gid)
+        .bind(&p.sector)
+        .bind(&p.rtype)
+        .bind(&p.rid)
+        .bind(version)
+        .bind(&p.hash)
+        .bind(p.patient_ref.as_deref())
+        .bind(patient_id.as_deref())
+        .bind(&last_updated)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        for (system, value) in &p.identifiers {
+            sqlx::query(
+                "INSERT INTO resource_identifiers (sector, rtype, system, value, gid) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (sector, rtype, system, value) DO UPDATE SET gid = excluded.gid",
+            )
+            .bind(&p.sector)
+            .bind(&p.rtype)
+            .bind(system)
+            .bind(value)
+            .bind(&gid)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        }
+        Ok(PutOutcome {
+            gid,
+            version,
+            last_updated,
+            changed: true,
+            created: current.is_none(),
+            patient_id,
+        })
+    }
+
+    async fn get(&mut self, gid: &str) -> Result<Option<Stored>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {STORED_COLUMNS} FROM resources r JOIN resource_versions v \
+             ON v.gid = r.gid AND v.version = r.version WHERE r.gid = $1"
+        ));
+        let row = sqlx::query(sql)
+            .bind(gid)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok(row.as_ref().map(stored).transpose()?)
+    }
+
+    async fn get_sector(&mut self, sector: &str, rtype: &str, rid: &str) -> Result<Option<Stored>> {
+        self.get(&gateway_id(sector, rtype, rid)).await
+    }
+
+    async fn by_patient(
+        &mut self,
+        patient_id: &str,
+        rtype: Option<&str>,
+        offset: i64,
+        count: i64,
+    ) -> Result<Vec<Stored>> {
+        let patient_id = self.resolve_patient(patient_id).await?;
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {STORED_COLUMNS} FROM resources r JOIN resource_versions v \
+             ON v.gid = r.gid AND v.version = r.version \
+             WHERE r.patient_id = $1 AND ($2 = '' OR r.rtype = $2) \
+             ORDER BY r.rtype, r.sector, r.gid LIMIT $3 OFFSET $4"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(&patient_id)
+            .bind(rtype.unwrap_or(""))
+            .bind(count)
+            .bind(offset)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(stored)
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    async fn patient(&mut self, patient_id: &str) -> Result<Option<GatewayPatient>> {
+        let id = self.resolve_patient(patient_id).await?;
+        let exists = sqlx::query("SELECT id FROM patients WHERE id = $1")
+            .bind(&id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let idents = sqlx::query(
+            "SELECT system, value FROM patient_identifiers WHERE patient_id = $1 ORDER BY system, value",
+        )
+        .bind(&id)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        let identifiers = idents
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<std::result::Result<Vec<(String, String)>, sqlx::Error>>()?
+            .into_iter()
+            .filter(|(s, _)| !s.starts_with(SECTOR_PATIENT_SYSTEM))
+            .collect();
+        let sector_patients = self.by_patient(&id, Some("Patient"), 0, 1000).await?;
+        Ok(Some(GatewayPatient {
+            id,
+            identifiers,
+            sector_patients,
+        }))
+    }
+
+    async fn patient_by_identifier(&mut self, system: &str, value: &str) -> Result<Option<String>> {
+        match self.patient_for_identifier(system, value).await? {
+            Some(id) => Ok(Some(self.resolve_patient(&id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn audit(&mut self, a: &AuditRow) -> Result<()> {
+        let entities = serde_json::to_string(&a.entities).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "INSERT INTO audit_log (recorded_us, recorded, request_id, client_id, role, sector, action, \
+             interaction, outcome, patient_id, entities, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(a.recorded_us)
+        .bind(&a.recorded)
+        .bind(a.request_id.as_deref())
+        .bind(a.client_id.as_deref())
+        .bind(a.role.as_deref())
+        .bind(a.sector.as_deref())
+        .bind(&a.action)
+        .bind(&a.interaction)
+        .bind(&a.outcome)
+        .bind(a.patient_id.as_deref())
+        .bind(entities)
+        .bind(a.detail.as_deref())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn audit_search(&mut self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
+        // A merged patient's rows were recorded under its old id: search all ids merged into it.
+        let mut patient_ids: Vec<String> = Vec::new();
+        if let Some(p) = &q.patient_id {
+            let survivor = self.resolve_patient(p).await?;
+            patient_ids.push(survivor.clone());
+            let merged = sqlx::query("SELECT from_id FROM patient_merges WHERE into_id = $1")
+                .bind(&survivor)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+            for r in merged {
+                patient_ids.push(r.try_get(0)?);
+            }
+        }
+        let patient_filter = if patient_ids.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (0..patient_ids.len())
+                .map(|i| format!("${}", i + 6))
+                .collect();
+            format!("AND patient_id IN ({})", marks.join(", "))
+        };
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT seq, recorded_us, recorded, request_id, client_id, role, sector, action, interaction, \
+             outcome, patient_id, entities, detail FROM audit_log \
+             WHERE recorded_us >= $1 AND recorded_us <= $2 AND ($3 = '' OR outcome = $3) {patient_filter} \
+             ORDER BY seq LIMIT $4 OFFSET $5"
+        ));
+        let mut query = sqlx::query(sql)
+            .bind(q.from_us.unwrap_or(i64::MIN))
+            .bind(q.to_us.unwrap_or(i64::MAX))
+            .bind(q.outcome.as_deref().unwrap_or(""))
+            .bind(q.count)
+            .bind(q.offset);
+        for id in &patient_ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&mut *self.tx).await.map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let entities: String = r.try_get(11)?;
+                Ok(AuditRow {
+                    seq: r.try_get(0)?,
+                    recorded_us: r.try_get(1)?,
+                    recorded: r.try_get(2)?,
+                    request_id: r.try_get(3)?,
+                    client_id: r.try_get(4)?,
+                    role: r.try_get(5)?,
+                    sector: r.try_get(6)?,
+                    action: r.try_get(7)?,
+                    interaction: r.try_get(8)?,
+                    outcome: r.try_get(9)?,
+                    patient_id: r.try_get(10)?,
+                    entities: serde_json::from_str(&entities).unwrap_or_default(),
+                    detail: r.try_get(12)?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await.map_err(map_err)
+    }
+}

@@ -1,0 +1,476 @@
+//! The official FHIR R4 JSON Schema, tightened, compiled one validator per resource type.
+//!
+//! The schema arrives at build time from a pinned, checksummed registry package (see
+//! `build.rs`). At load time it is tightened where the official file under-checks (object
+//! definitions get `type: object`, arrays `minItems: 1`, FHIR integers `type: integer`,
+//! `Extension.url` becomes required, primitive arrays may hold `null` beside a `_field`
+//! extension), and `ResourceList` (a `oneOf` over all 146 resource types) is replaced by a plain
+//! object check: nested resources (`contained`, `Bundle.entry.resource`,
+//! `Bundle.entry.response.outcome`, `Parameters.parameter.resource`) are validated by the walker
+//! in `validate/mod.rs` against their own type, so each error keeps a precise path and an invalid
+//! document costs microseconds instead of evaluating every branch of the `oneOf`.
+
+use jsonschema::{Draft, PatternOptions, Validator};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use crate::fhir::outcome::{Issue, PathRef, fhirpath};
+
+/// The schema bytes, obtained and checksummed by `build.rs`.
+const SCHEMA_BYTES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fhir.schema.json"));
+/// The URI under which the tightened schema is registered for `$ref` resolution.
+const BASE: &str = "urn:carebridge:fhir-r4";
+
+/// What the compiled schema knows about one property of a definition.
+#[derive(Debug, Clone)]
+pub struct PropInfo {
+    /// The definition the property's value (or each array item) refers to, e.g. `dateTime`.
+    pub target: String,
+    /// True for repeating elements.
+    pub is_array: bool,
+}
+
+/// The tightened R4 schema: resource types, per-type validators (built on first use) and a
+/// property map used by the rules pass.
+pub struct FhirSchema {
+    registry: &'static jsonschema::Registry<'static>,
+    resource_types: BTreeSet<String>,
+    validators: HashMap<String, OnceLock<Result<Arc<Validator>, String>>>,
+    /// definition → property → info.
+    props: HashMap<String, HashMap<String, PropInfo>>,
+    /// definition → choice groups: prefix → the concrete property names (`onset` → `onsetAge`, …).
+    choices: HashMap<String, BTreeMap<String, Vec<String>>>,
+}
+
+impl FhirSchema {
+    /// Loads and tightens the embedded schema. Compiling a type's validator is deferred to its
+    /// first use (each takes tens of milliseconds; all 146 would delay start-up by seconds).
+    pub fn load() -> Result<Self, String> {
+        let mut schema: Value = serde_json::from_slice(SCHEMA_BYTES)
+            .map_err(|e| format!("the embedded FHIR schema is not JSON: {e}"))?;
+        let resource_types: BTreeSet<String> = schema["discriminator"]["mapping"]
+            .as_object()
+            .ok_or("the embedded FHIR schema has no discriminator mapping")?
+            .keys()
+            .cloned()
+            .collect();
+        let defs = schema["definitions"]
+            .as_object_mut()
+            .ok_or("the embedded FHIR schema has no definitions")?;
+        tighten(defs);
+        let (props, choices) = property_map(defs);
+        let doc = json!({
+            "$schema": "http://json-schema.org/draft-06/schema#",
+            "definitions": Value::Object(std::mem::take(defs)),
+        });
+        // The registry (and the document it borrows) live for the whole process: every
+        // validator resolves its `$ref`s through it. Leaking once at start-up is deliberate.
+        let doc: &'static Value = Box::leak(Box::new(doc));
+        let registry = jsonschema::Registry::new()
+            .draft(Draft::Draft6)
+            .add(BASE, doc)
+            .and_then(|b| b.prepare())
+            .map_err(|e| format!("the embedded FHIR schema cannot be registered: {e}"))?;
+        let registry: &'static jsonschema::Registry<'static> = Box::leak(Box::new(registry));
+        let validators = resource_types
+            .iter()
+            .map(|t| (t.clone(), OnceLock::new()))
+            .collect();
+        Ok(FhirSchema {
+            registry,
+            resource_types,
+            validators,
+            props,
+            choices,
+        })
+    }
+
+    pub fn is_resource_type(&self, name: &str) -> bool {
+        self.resource_types.contains(name)
+    }
+
+    pub fn resource_types(&self) -> impl Iterator<Item = &str> {
+        self.resource_types.iter().map(String::as_str)
+    }
+
+    pub fn prop(&self, definition: &str, property: &str) -> Option<&PropInfo> {
+        self.props.get(definition)?.get(property)
+    }
+
+    pub fn choice_groups(&self, definition: &str) -> Option<&BTreeMap<String, Vec<String>>> {
+        self.choices.get(definition)
+    }
+
+    /// Compiles the validators of these types now (used at start-up for the types the gateway
+    /// acts on, so their first request does not pay for compilation).
+    pub fn warm<'a>(&self, types: impl IntoIterator<Item = &'a str>) {
+        for t in types {
+            let _ = self.validator(t);
+        }
+    }
+
+    fn validator(&self, resource_type: &str) -> Option<Result<Arc<Validator>, String>> {
+        let cell = self.validators.get(resource_type)?;
+        Some(
+            cell.get_or_init(|| {
+                let root = json!({ "$ref": format!("{BASE}#/definitions/{resource_type}") });
+                jsonschema::options()
+                    .with_draft(Draft::Draft6)
+                    .with_registry(self.registry)
+                    .with_pattern_options(PatternOptions::regex())
+                    .should_validate_formats(false)
+                    .build(&root)
+                    .map(Arc::new)
+                    .map_err(|e| format!("cannot compile the schema of {resource_type}: {e}"))
+            })
+            .clone(),
+        )
+    }
+
+    /// Validates one resource (not its nested resources) against its type's definition and
+    /// returns every issue, each with a FHIRPath-like location rooted at the resource type.
+    pub fn check(&self, resource_type: &str, resource: &Value) -> Vec<Issue> {
+        let validator = match self.validator(resource_type) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => return vec![Issue::error("exception", e).at(resource_type)],
+            None => {
+                return vec![
+                    Issue::error(
+                        "not-supported",
+                        format!("'{resource_type}' is not an R4 resource type"),
+                    )
+                    .at(resource_type),
+                ];
+            }
+        };
+        if validator.is_valid(resource) {
+            return Vec::new();
+        }
+        let mut issues = Vec::new();
+        for err in validator.iter_errors(resource) {
+            issues.extend(issues_from_error(resource_type, &err, None));
+        }
+        issues
+    }
+}
+
+/// Supplies a rule's own wording for a failed keyword.
+pub type Describe<'a> = dyn Fn(&jsonschema::ValidationError<'_>) -> Option<String> + 'a;
+
+/// Converts a `jsonschema` error into OperationOutcome issues. The diagnostics are built from the
+/// keyword and the location only: the crate's own message quotes the instance, which may be
+/// patient data. `describe` may supply a rule's own wording (profile rules do).
+pub fn issues_from_error(
+    root: &str,
+    err: &jsonschema::ValidationError<'_>,
+    describe: Option<&Describe<'_>>,
+) -> Vec<Issue> {
+    use jsonschema::error::ValidationErrorKind as K;
+    let segs: Vec<String> = err
+        .instance_path()
+        .as_str()
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let path = fhirpath(
+        root,
+        segs.iter().map(|s| match s.parse::<usize>() {
+            Ok(i) => PathRef::Index(i),
+            Err(_) => PathRef::Key(s),
+        }),
+    );
+    let custom = describe.and_then(|d| d(err));
+    let type_name = keyword_definition(err);
+    let (code, diagnostics): (&'static str, String) = match err.kind() {
+        K::AdditionalProperties { unexpected } => {
+            return unexpected
+                .iter()
+                .map(|p| {
+                    Issue::error("structure", format!("unknown element '{p}'"))
+                        .at(format!("{path}.{p}"))
+                })
+                .collect();
+        }
+        K::Required { property } => {
+            let name = property.as_str().unwrap_or("?");
+            return vec![
+                Issue::error(
+                    "required",
+                    custom.unwrap_or_else(|| format!("missing required element '{name}'")),
+                )
+                .at(format!("{path}.{name}")),
+            ];
+        }
+        K::Type { kind } => (
+            "structure",
+            format!("wrong JSON type: expected {}", type_kind(kind)),
+        ),
+        K::Pattern { .. } => (
+            "value",
+            match type_name {
+                Some(t) => format!("not a valid FHIR {t}"),
+                None => "value does not match the required pattern".into(),
+            },
+        ),
+        K::Enum { options } => (
+            "code-invalid",
+            format!("not one of the allowed codes ({})", list(options)),
+        ),
+        K::Constant { expected_value } => ("value", format!("must be {expected_value}")),
+        K::MinItems { .. } => (
+            "required",
+            "an array must not be empty (omit the element instead)".into(),
+        ),
+        K::MaxItems { limit } => ("structure", format!("at most {limit} items are allowed")),
+        K::MinLength { limit } => ("value", format!("must be at least {limit} characters long")),
+        K::MaxLength { limit } => ("value", format!("must be at most {limit} characters long")),
+        K::Minimum { limit } => ("value", format!("must be at least {limit}")),
+        K::Maximum { limit } => ("value", format!("must be at most {limit}")),
+        K::Contains => ("invariant", "no item satisfies the rule".into()),
+        K::AnyOf { .. } | K::OneOfNotValid { .. } => {
+            ("structure", "matches none of the allowed forms".into())
+        }
+        K::OneOfMultipleValid { .. } => (
+            "structure",
+            "matches more than one of the allowed forms".into(),
+        ),
+        K::Not { .. } => ("invariant", "has a form that is not allowed here".into()),
+        K::FalseSchema => ("structure", "is not allowed here".into()),
+        other => ("invalid", format!("fails the '{}' rule", keyword_of(other))),
+    };
+    vec![Issue::error(code, custom.unwrap_or(diagnostics)).at(path)]
+}
+
+fn keyword_of(kind: &jsonschema::error::ValidationErrorKind) -> String {
+    format!("{kind:?}")
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or("schema")
+        .to_owned()
+}
+
+/// The FHIR definition whose keyword failed (`date` for `…/definitions/date/pattern`).
+fn keyword_definition(err: &jsonschema::ValidationError<'_>) -> Option<String> {
+    let loc = err.absolute_keyword_location()?.to_string();
+    let rest = loc.split("/definitions/").last()?;
+    let name = rest.split('/').next()?;
+    (!name.is_empty() && !loc.ends_with('#')).then(|| name.to_owned())
+}
+
+fn type_kind(kind: &jsonschema::error::TypeKind) -> String {
+    match kind {
+        jsonschema::error::TypeKind::Single(t) => t.to_string(),
+        jsonschema::error::TypeKind::Multiple(ts) => ts
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(" or "),
+    }
+}
+
+fn list(options: &Value) -> String {
+    match options.as_array() {
+        Some(items) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => options.to_string(),
+    }
+}
+
+/// The definitions whose values are FHIR integers (JSON Schema `integer`, not `number`).
+const INTEGER_TYPES: [(&str, Option<i64>); 3] = [
+    ("integer", None),
+    ("positiveInt", Some(1)),
+    ("unsignedInt", Some(0)),
+];
+
+/// Applies the tightenings described in the module documentation.
+fn tighten(defs: &mut Map<String, Value>) {
+    let primitive: BTreeSet<String> = defs
+        .iter()
+        .filter(|(_, d)| d.get("properties").is_none())
+        .map(|(k, _)| k.clone())
+        .collect();
+    for (name, min) in INTEGER_TYPES {
+        if let Some(d) = defs.get_mut(name) {
+            d["type"] = json!("integer");
+            if let Some(m) = min {
+                d["minimum"] = json!(m);
+            }
+        }
+    }
+    if let Some(d) = defs.get_mut("xhtml") {
+        d["type"] = json!("string");
+    }
+    defs.insert(
+        "ResourceList".into(),
+        json!({
+            "type": "object",
+            "required": ["resourceType"],
+            "properties": { "resourceType": { "type": "string" } }
+        }),
+    );
+    for (name, def) in defs.iter_mut() {
+        let Some(props) = def.get_mut("properties").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (prop, p) in props.iter_mut() {
+            let Some(obj) = p.as_object_mut() else {
+                continue;
+            };
+            // The official file inlines the primitive of choice elements (`onsetDateTime` is a
+            // bare pattern with `type: number` for integers): point them at the definition so
+            // the integer and date checks and the choice detection see their real type.
+            if !obj.contains_key("$ref")
+                && obj.contains_key("pattern")
+                && let Some(target) = primitive_by_suffix(prop, &primitive)
+            {
+                *p = json!({ "$ref": format!("#/definitions/{target}") });
+                continue;
+            }
+            if obj.get("type").and_then(Value::as_str) != Some("array") {
+                continue;
+            }
+            obj.insert("minItems".into(), json!(1));
+            let item_ref = obj
+                .get("items")
+                .and_then(|i| i.get("$ref"))
+                .and_then(Value::as_str)
+                .map(|r| r.trim_start_matches("#/definitions/").to_owned());
+            let Some(target) = item_ref else { continue };
+            // `given: ["a", null]` with `_given: [null, {...}]`: FHIR JSON pads the arrays of a
+            // primitive and its extensions with nulls so their positions line up.
+            if prop.starts_with('_') || primitive.contains(&target) {
+                let r = format!("#/definitions/{target}");
+                obj.insert(
+                    "items".into(),
+                    json!({ "anyOf": [{ "type": "null" }, { "$ref": r }] }),
+                );
+            }
+        }
+        if name != "ResourceList" {
+            def["type"] = json!("object");
+        }
+        if name == "Extension" {
+            def["required"] = json!(["url"]);
+        }
+    }
+}
+
+/// The primitive type named by a choice element's suffix (`onsetDateTime` → `dateTime`).
+fn primitive_by_suffix<'a>(prop: &str, primitives: &'a BTreeSet<String>) -> Option<&'a str> {
+    primitives
+        .iter()
+        .filter(|p| {
+            let mut c = p.chars();
+            let upper: String = c
+                .next()
+                .map(|f| f.to_uppercase().chain(c).collect())
+                .unwrap_or_default();
+            prop.len() > upper.len() && prop.ends_with(&upper)
+        })
+        .max_by_key(|p| p.len())
+        .map(String::as_str)
+}
+
+type PropMaps = (
+    HashMap<String, HashMap<String, PropInfo>>,
+    HashMap<String, BTreeMap<String, Vec<String>>>,
+);
+
+/// Builds the property → type map and the choice groups (`value[x]` and the like) per definition.
+fn property_map(defs: &Map<String, Value>) -> PropMaps {
+    let mut props = HashMap::new();
+    let mut choices = HashMap::new();
+    for (name, def) in defs {
+        let Some(ps) = def.get("properties").and_then(Value::as_object) else {
+            continue;
+        };
+        let mut map = HashMap::new();
+        for (prop, p) in ps {
+            let target = p
+                .get("$ref")
+                .or_else(|| p.get("items").and_then(|i| i.get("$ref")))
+                .or_else(|| {
+                    p.get("items")
+                        .and_then(|i| i.get("anyOf"))
+                        .and_then(|a| a.get(1))
+                        .and_then(|b| b.get("$ref"))
+                })
+                .and_then(Value::as_str)
+                .map(|r| r.trim_start_matches("#/definitions/").to_owned());
+            if let Some(target) = target {
+                let is_array = p.get("type").and_then(Value::as_str) == Some("array");
+                map.insert(prop.clone(), PropInfo { target, is_array });
+            }
+        }
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (prop, info) in &map {
+            // Choice elements (`value[x]`) never repeat; `CarePlan.activity.outcomeReference`
+            // and `outcomeCodeableConcept` are two lists, not one choice.
+            if prop.starts_with('_') || info.is_array {
+                continue;
+            }
+            let mut chars = info.target.chars();
+            let Some(first) = chars.next() else { continue };
+            let suffix: String = first.to_uppercase().chain(chars).collect();
+            if let Some(prefix) = prop.strip_suffix(&suffix)
+                && !prefix.is_empty()
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_uppercase())
+            {
+                groups
+                    .entry(prefix.to_owned())
+                    .or_default()
+                    .push(prop.clone());
+            }
+        }
+        groups.retain(|prefix, members| {
+            // A real choice group has several members and the bare prefix is not itself a property.
+            members.sort();
+            members.len() >= 2 && !map.contains_key(prefix)
+        });
+        if !groups.is_empty() {
+            choices.insert(name.clone(), groups);
+        }
+        props.insert(name.clone(), map);
+    }
+    (props, choices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choice_groups_are_found() {
+        let s = FhirSchema::load().unwrap();
+        let g = s
+            .choice_groups("Condition")
+            .expect("Condition has choice elements");
+        assert_eq!(
+            g["onset"],
+            [
+                "onsetAge",
+                "onsetDateTime",
+                "onsetPeriod",
+                "onsetRange",
+                "onsetString"
+            ]
+        );
+        let careplan = s.choice_groups("CarePlan_Activity");
+        assert!(
+            careplan.is_none_or(|g| !g.contains_key("outcome")),
+            "{careplan:?}"
+        );
+    }
+}
