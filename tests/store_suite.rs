@@ -1,0 +1,285 @@
+//! The store suite: the same checks against SQLite (a real file) and PostgreSQL (a fresh
+//! database on 127.0.0.1:5432).
+
+mod common;
+
+use carebridge::config::{SectorKind, SectorMode, SectorSettings};
+use carebridge::ingest::prepare;
+use carebridge::store::{AuditQuery, AuditRow, SqlStore, Store};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+fn sector(id: &str) -> SectorSettings {
+    SectorSettings {
+        id: id.into(),
+        name: id.into(),
+        kind: SectorKind::Hospital,
+        base_url: None,
+        mode: SectorMode::Push,
+        profile: None,
+        patient_identifier_system: "urn:oid:1.2.208.176.1.2".into(),
+        auth: Default::default(),
+    }
+}
+
+fn patient(id: &str, cprs: &[&str]) -> Value {
+    let identifier: Vec<Value> = cprs
+        .iter()
+        .map(|c| json!({ "system": "urn:oid:1.2.208.176.1.2", "value": c }))
+        .collect();
+    json!({ "resourceType": "Patient", "id": id, "identifier": identifier })
+}
+
+fn condition(id: &str, patient_ref: &str, text: &str) -> Value {
+    json!({ "resourceType": "Condition", "id": id, "subject": { "reference": patient_ref }, "code": { "text": text },
+            "identifier": [{ "system": "urn:test:condition", "value": id }] })
+}
+
+async fn put(store: &dyn Store, sector_id: &str, r: &Value) -> carebridge::store::PutOutcome {
+    let s = sector(sector_id);
+    let rtype = r["resourceType"].as_str().unwrap();
+    let rid = r["id"].as_str().unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let out = tx.put(&prepare(&s, rtype, rid, r)).await.unwrap();
+    tx.commit().await.unwrap();
+    out
+}
+
+async fn suite(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+
+    // Versions: new, identical (no new version), changed; every version kept.
+    let c1 = condition("c1", "Patient/p1", "diabetes");
+    let first = put(store, "hospital", &c1).await;
+    assert!(first.created && first.changed && first.version == 1);
+    assert_eq!(first.patient_id, None, "the Patient has not arrived yet");
+    let again = put(store, "hospital", &c1).await;
+    assert!(!again.changed && again.version == 1);
+    let changed = put(
+        store,
+        "hospital",
+        &condition("c1", "Patient/p1", "diabetes type 2"),
+    )
+    .await;
+    assert!(changed.changed && !changed.created && changed.version == 2);
+
+    // Late linking: the Patient arrives, the waiting Condition is linked to it.
+    let p = put(store, "hospital", &patient("p1", &["0101701234"])).await;
+    let pid = p
+        .patient_id
+        .clone()
+        .expect("a Patient always gets a gateway patient");
+    let mut tx = store.begin().await.unwrap();
+    let c = tx
+        .get_sector("hospital", "Condition", "c1")
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(c.patient_id.as_deref(), Some(pid.as_str()));
+    assert_eq!(c.version, 2);
+    assert!(c.body.contains("diabetes type 2"));
+    let found = tx
+        .find_by_identifier("hospital", "Condition", "urn:test:condition", "c1")
+        .await
+        .unwrap();
+    assert_eq!(found.as_deref(), Some("c1"));
+    drop(tx);
+
+    // Linking across sectors by CPR: the GP's Patient joins the same gateway patient.
+    let gp = put(store, "gp", &patient("gp-77", &["0101701234"])).await;
+    assert_eq!(gp.patient_id.as_deref(), Some(pid.as_str()));
+    let gp_condition = put(store, "gp", &condition("k1", "Patient/gp-77", "T90")).await;
+    assert_eq!(gp_condition.patient_id.as_deref(), Some(pid.as_str()));
+    // Conditional references by CPR link directly.
+    let muni = put(
+        store,
+        "municipality",
+        &condition(
+            "m1",
+            "Patient?identifier=urn:oid:1.2.208.176.1.2|0101701234",
+            "x",
+        ),
+    )
+    .await;
+    assert_eq!(muni.patient_id.as_deref(), Some(pid.as_str()));
+
+    // A replacement CPR: a second person is known under the new number only; when a Patient
+    // carries both numbers the two gateway patients merge and the old id keeps resolving.
+    let other = put(store, "municipality", &patient("mp-1", &["0202801234"])).await;
+    let other_id = other.patient_id.clone().unwrap();
+    assert_ne!(other_id, pid);
+    let both = put(
+        store,
+        "gp",
+        &patient("gp-77", &["0101701234", "0202801234"]),
+    )
+    .await;
+    assert_eq!(both.patient_id.as_deref(), Some(pid.as_str()));
+    let mut tx = store.begin().await.unwrap();
+    let merged = tx
+        .patient(&other_id)
+        .await
+        .unwrap()
+        .expect("the merged id resolves");
+    assert_eq!(merged.id, pid);
+    let cprs: Vec<&str> = merged.identifiers.iter().map(|(_, v)| v.as_str()).collect();
+    assert!(
+        cprs.contains(&"0101701234") && cprs.contains(&"0202801234"),
+        "{cprs:?}"
+    );
+    assert_eq!(
+        merged.sector_patients.len(),
+        3,
+        "hospital, gp and municipality Patients"
+    );
+    let all = tx.by_patient(&pid, None, 0, 100).await.unwrap();
+    assert_eq!(all.len(), 6);
+    let conditions = tx
+        .by_patient(&other_id, Some("Condition"), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(conditions.len(), 3);
+    drop(tx);
+
+    // Audit rows commit with what they record, and a rolled-back transaction leaves nothing.
+    let mut tx = store.begin().await.unwrap();
+    tx.put(&prepare(
+        &sector("lab"),
+        "Condition",
+        "never",
+        &condition("never", "Patient/p1", "x"),
+    ))
+    .await
+    .unwrap();
+    tx.audit(&AuditRow {
+        action: "C".into(),
+        interaction: "create".into(),
+        outcome: "0".into(),
+        patient_id: Some(pid.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        tx.get_sector("lab", "Condition", "never")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let rows = tx
+        .audit_search(&AuditQuery {
+            count: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(rows.is_empty(), "the rolled-back audit row is gone");
+    tx.audit(&AuditRow {
+        recorded_us: 1_000,
+        recorded: "1970-01-01T00:00:00.001Z".into(),
+        action: "R".into(),
+        interaction: "read".into(),
+        outcome: "0".into(),
+        patient_id: Some(other_id.clone()),
+        entities: vec!["Condition/x".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let by_patient = tx
+        .audit_search(&AuditQuery {
+            patient_id: Some(pid.clone()),
+            count: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_patient.len(),
+        1,
+        "rows under a merged id are found by the survivor"
+    );
+    assert_eq!(by_patient[0].entities, vec!["Condition/x".to_string()]);
+    let none = tx
+        .audit_search(&AuditQuery {
+            from_us: Some(2_000),
+            count: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    drop(tx);
+
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.linked_patients, 1);
+}
+
+/// Concurrent writers of one resource produce consecutive versions, none lost.
+async fn concurrent_versions(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = sector("hospital");
+            let r = condition("race", "Patient/p9", &format!("text {i}"));
+            loop {
+                let mut tx = store.begin().await.unwrap();
+                match tx.put(&prepare(&s, "Condition", "race", &r)).await {
+                    Ok(_) => match tx.commit().await {
+                        Ok(()) => break,
+                        Err(carebridge::store::StoreError::Busy) => continue,
+                        Err(e) => panic!("{e}"),
+                    },
+                    Err(carebridge::store::StoreError::Busy) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut tx = store.begin().await.unwrap();
+    let current = tx
+        .get_sector("hospital", "Condition", "race")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.version, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_suite_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store: Arc<dyn Store> = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
+    suite(store.clone()).await;
+    concurrent_versions(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_suite_on_postgres() {
+    let (url, name) = common::fresh_pg_database().await;
+    let store = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
+    suite(store.clone()).await;
+    concurrent_versions(store.clone()).await;
+    store.close().await;
+    common::drop_pg_database(&name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let first = SqlStore::connect(&url, 1).await.unwrap();
+    put(&first, "gp", &patient("a", &["1111111111"])).await;
+    first.close().await;
+    let second = SqlStore::connect(&url, 1).await.unwrap();
+    let mut tx = second.begin().await.unwrap();
+    assert!(tx.get_sector("gp", "Patient", "a").await.unwrap().is_some());
+}
