@@ -4,6 +4,7 @@
 
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -78,10 +79,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     if !opts.serve {
         return Ok(());
     }
-    println!("serving on http://{local}/fhir  (Ctrl-C stops)");
-    println!(
-        "  try: curl -H 'Authorization: Bearer <careteam token>' http://{local}/fhir/metadata"
+    // A closed stdout (the demo piped into `head`) must not stop the server: ignore write errors.
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "serving on http://{local}/fhir  (Ctrl-C stops)\n  try: curl -H 'Authorization: Bearer <careteam token>' http://{local}/fhir/metadata"
     );
+    let _ = out.flush();
     app.serve(listener, shutdown_signal()).await
 }
 

@@ -147,7 +147,8 @@ fn the_demo_loads_its_fixtures_serves_and_answers() {
     let mut careteam_token = None;
     let mut base = None;
     let mut summary = String::new();
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         summary.push_str(&line);
         summary.push('\n');
@@ -166,6 +167,8 @@ fn the_demo_loads_its_fixtures_serves_and_answers() {
         "{summary}"
     );
     let token = careteam_token.expect("a careteam token line");
+    // Keep reading what the demo prints after it started serving.
+    std::thread::spawn(move || lines.for_each(drop));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
         reqwest::Client::new()
