@@ -59,10 +59,50 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The information-sharing log: verify the hash chain, export or prune segments.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Bearer tokens for clients.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the whole chain; prints the first broken link and exits 1, or exits 0.
+    Verify {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+    },
+    /// Write the AuditEvents recorded in a period as NDJSON (stdout or --out), with progress
+    /// on stderr.
+    Export {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// First day or instant (FHIR date or dateTime), inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day or instant, inclusive.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Export every row recorded before a date to a file, then delete those rows; a checkpoint
+    /// row keeps the remaining chain verifiable.
+    Prune {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Rows recorded before this day or instant are pruned.
+        #[arg(long)]
+        before: String,
+        /// Where the pruned segment is written (NDJSON) before anything is deleted.
+        #[arg(long)]
+        export: PathBuf,
     },
 }
 
@@ -148,6 +188,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             sector,
             config,
         } => validate_files(&files, sector.as_deref(), config.as_deref()),
+        Command::Audit { command } => audit_command(command).await,
         Command::Token {
             command: TokenCommand::New { client },
         } => {
@@ -273,4 +314,117 @@ fn validate_files(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn open_store(config: &std::path::Path) -> anyhow::Result<crate::store::SqlStore> {
+    let settings = Settings::load(config)?;
+    Ok(crate::store::SqlStore::connect(&settings.store.url, 2).await?)
+}
+
+/// Parses a FHIR date or dateTime given on the command line into its period.
+fn cli_period(flag: &str, value: &str) -> anyhow::Result<(i64, i64)> {
+    crate::fhir::period(value).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{flag} {value}: not a FHIR date (2026-01-31) or dateTime (2026-01-31T10:00:00Z)"
+        )
+    })
+}
+
+async fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use crate::audit::{chain, segment};
+    use std::io::Write;
+    match command {
+        AuditCommand::Verify { config } => {
+            let store = open_store(&config).await?;
+            let mut tx = crate::store::Store::begin_read(&store).await?;
+            let report = chain::verify(tx.as_mut(), 5_000).await?;
+            drop(tx);
+            store.close().await;
+            match &report.broken {
+                None => {
+                    println!(
+                        "audit log verified: {} rows, seq {}..{}, head {} {}",
+                        report.rows,
+                        report.first_seq.unwrap_or(0),
+                        report.last_seq.unwrap_or(0),
+                        report.head_seq.unwrap_or(0),
+                        report.head_hash.as_deref().unwrap_or("-")
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(b) => {
+                    println!("audit log BROKEN at seq {}: {}", b.seq, b.problem);
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::Export {
+            config,
+            from,
+            to,
+            out,
+        } => {
+            let from_us = match &from {
+                Some(f) => cli_period("--from", f)?.0,
+                None => i64::MIN,
+            };
+            let to_us = match &to {
+                Some(t) => cli_period("--to", t)?.1,
+                None => i64::MAX,
+            };
+            let store = open_store(&config).await?;
+            let mut progress = |done: i64, total: i64| {
+                eprintln!("exported {done}/{total} rows");
+            };
+            let n = match &out {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    let mut w = std::io::BufWriter::new(file);
+                    let n =
+                        segment::export(&store, from_us, to_us, i64::MAX, &mut w, &mut progress)
+                            .await?;
+                    w.flush()?;
+                    n
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::new(stdout.lock());
+                    segment::export(&store, from_us, to_us, i64::MAX, &mut w, &mut progress).await?
+                }
+            };
+            store.close().await;
+            eprintln!("done: {n} AuditEvents");
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Prune {
+            config,
+            before,
+            export,
+        } => {
+            let before_us = cli_period("--before", &before)?.0;
+            let store = open_store(&config).await?;
+            let actor = crate::audit::Actor {
+                client_id: Some("carebridge-cli".into()),
+                role: Some("admin".into()),
+                request_id: None,
+            };
+            let mut progress = |done: i64, _total: i64| {
+                eprintln!("exported {done} rows");
+            };
+            let pruned = segment::prune(&store, before_us, &export, &actor, &mut progress).await?;
+            store.close().await;
+            match pruned {
+                None => println!("nothing recorded before {before}"),
+                Some(p) => println!(
+                    "pruned rows up to seq {}: {} exported to {}, {} deleted; a checkpoint continues the chain",
+                    p.through_seq,
+                    p.exported,
+                    export.display(),
+                    p.deleted
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -50,7 +50,7 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn actor(&self) -> Actor {
+    pub fn actor(&self) -> Actor {
         Actor {
             client_id: Some(self.client.id.clone()),
             role: Some(self.client.role.label()),
@@ -612,6 +612,7 @@ impl Gateway {
         );
         row.patient_id = found.as_ref().map(|p| p.id.clone());
         row.entities = found.iter().map(|p| format!("Patient/{}", p.id)).collect();
+        row.query = Some(format!("Patient?identifier={system}|{value}"));
         row.detail = Some(format!(
             "search Patient by identifier: {} results",
             found.iter().count()
@@ -656,6 +657,9 @@ impl Gateway {
             .iter()
             .map(|s| format!("{}/{}", s.rtype, s.gid))
             .collect();
+        row.query = Some(format!(
+            "{rtype}?patient={patient}&_offset={offset}&_count={count}"
+        ));
         row.detail = Some(format!(
             "search {rtype} by patient: {} results",
             visible.len()
@@ -687,6 +691,7 @@ impl Gateway {
         );
         row.patient_id = query.patient_id.clone();
         row.entities = vec!["AuditEvent".into()];
+        row.query = Some(query.describe());
         row.detail = Some(format!("audit search: {} events", rows.len()));
         tx.audit(&row).await?;
         tx.commit().await?;

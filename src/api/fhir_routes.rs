@@ -596,12 +596,36 @@ async fn audit_search(
                     q.to_us = Some(q.to_us.map_or(t, |x| x.min(t)));
                 }
             }
+            "agent" | "agent-name" => q.agent = Some(v.clone()),
+            "sector" => q.sector = Some(v.clone()),
+            "action" => {
+                if !["C", "R", "U", "D", "E"].contains(&v.as_str()) {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "value",
+                        "action is one of C, R, U, D, E",
+                    )
+                    .at("action"));
+                }
+                q.action = Some(v.clone());
+            }
+            "entity-type" => {
+                if !is_type(state, v) {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "value",
+                        "entity-type takes an R4 resource type name, e.g. Condition",
+                    )
+                    .at("entity-type"));
+                }
+                q.entity_type = Some(v.clone());
+            }
             "_count" | "_offset" | "_format" => {}
             other => {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "not-supported",
-                    format!("unsupported search parameter '{other}'"),
+                    format!("unsupported search parameter '{other}'; use patient, date, outcome, agent, sector, action or entity-type"),
                 )
                 .at(other.to_owned()));
             }
@@ -625,7 +649,7 @@ fn date_bounds(v: &str) -> Option<(Option<i64>, Option<i64>)> {
         Some(p @ ("eq" | "ge" | "gt" | "le" | "lt")) => (p, &v[2..]),
         _ => ("eq", v),
     };
-    let (start, end) = period(value)?;
+    let (start, end) = crate::fhir::period(value)?;
     Some(match prefix {
         "ge" => (Some(start), None),
         "gt" => (Some(end + 1), None),
@@ -633,43 +657,6 @@ fn date_bounds(v: &str) -> Option<(Option<i64>, Option<i64>)> {
         "lt" => (None, Some(start - 1)),
         _ => (Some(start), Some(end)),
     })
-}
-
-/// The period a FHIR date or dateTime denotes: [first µs, last µs].
-fn period(value: &str) -> Option<(i64, i64)> {
-    use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
-    let us = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000) as i64;
-    if value.contains('T') {
-        let t =
-            OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).ok()?;
-        return Some((us(t), us(t)));
-    }
-    let parts: Vec<&str> = value.split('-').collect();
-    let year: i32 = parts.first()?.parse().ok()?;
-    let (start, end) = match parts.len() {
-        1 => (
-            Date::from_calendar_date(year, Month::January, 1).ok()?,
-            Date::from_calendar_date(year + 1, Month::January, 1).ok()?,
-        ),
-        2 => {
-            let m = Month::try_from(parts[1].parse::<u8>().ok()?).ok()?;
-            let s = Date::from_calendar_date(year, m, 1).ok()?;
-            let e = if m == Month::December {
-                Date::from_calendar_date(year + 1, Month::January, 1).ok()?
-            } else {
-                Date::from_calendar_date(year, m.next(), 1).ok()?
-            };
-            (s, e)
-        }
-        3 => {
-            let m = Month::try_from(parts[1].parse::<u8>().ok()?).ok()?;
-            let s = Date::from_calendar_date(year, m, parts[2].parse().ok()?).ok()?;
-            (s, s.next_day()?)
-        }
-        _ => return None,
-    };
-    let at = |d: Date| PrimitiveDateTime::new(d, Time::MIDNIGHT).assume_utc();
-    Some((us(at(start)), us(at(end)) - 1))
 }
 
 #[cfg(test)]

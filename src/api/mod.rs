@@ -1,6 +1,7 @@
 //! The HTTP API: the FHIR REST surface under `/fhir` and the operations endpoints.
 //! Only this module knows HTTP; everything it does goes through [`crate::ingest::Gateway`].
 
+mod audit_routes;
 pub mod error;
 mod fhir_routes;
 mod views;
@@ -41,6 +42,7 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(fhir_routes::routes())
+        .merge(audit_routes::routes())
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .with_state(state)
         // Bodies over the limit are refused while being read (413 with an OperationOutcome).

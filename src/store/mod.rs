@@ -81,15 +81,23 @@ pub struct GatewayPatient {
 }
 
 /// One audit row. `entities` are references (`Condition/<gid>`, `Patient/<gateway id>`).
+///
+/// `seq`, `prev_hash` and `hash` are assigned by the store when the row is appended to the
+/// chain (see [`crate::audit::chain`]); callers leave them empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditRow {
     pub seq: i64,
+    /// `event` for what happened; `checkpoint` for the row that records a pruned segment.
+    pub kind: String,
     pub recorded_us: i64,
     pub recorded: String,
     pub request_id: Option<String>,
     pub client_id: Option<String>,
     pub role: Option<String>,
+    /// The sector the caller acted in (the source sector of a transfer).
     pub sector: Option<String>,
+    /// The sector data was sent to (deliveries), if any.
+    pub target_sector: Option<String>,
     /// C, R, U, D or E (FHIR AuditEvent.action).
     pub action: String,
     /// The REST interaction: create, update, read, search-type, transaction, batch, …
@@ -98,8 +106,14 @@ pub struct AuditRow {
     pub outcome: String,
     pub patient_id: Option<String>,
     pub entities: Vec<String>,
+    /// The query of a search, as received (it may name a patient: it stays in the audit log).
+    pub query: Option<String>,
+    /// purposeOfUse (a v3 ActReason code such as `TREAT`), where known.
+    pub purpose: Option<String>,
     /// A short description without patient data.
     pub detail: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
 }
 
 /// Filters for the audit search.
@@ -109,8 +123,42 @@ pub struct AuditQuery {
     pub from_us: Option<i64>,
     pub to_us: Option<i64>,
     pub outcome: Option<String>,
+    /// The client id of the requesting agent.
+    pub agent: Option<String>,
+    /// Rows whose source or target sector is this one.
+    pub sector: Option<String>,
+    /// C, R, U, D or E.
+    pub action: Option<String>,
+    /// Rows naming a resource of this type among their entities.
+    pub entity_type: Option<String>,
     pub offset: i64,
     pub count: i64,
+}
+
+impl AuditQuery {
+    /// The query as AuditEvent search parameters, for the audit row of the search itself.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let mut add = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                parts.push(format!("{k}={v}"));
+            }
+        };
+        add("patient", &self.patient_id);
+        add("outcome", &self.outcome);
+        add("agent", &self.agent);
+        add("sector", &self.sector);
+        add("action", &self.action);
+        add("entity-type", &self.entity_type);
+        if let Some(f) = self.from_us {
+            parts.push(format!("date=ge{}", sql::instant(f)));
+        }
+        if let Some(t) = self.to_us {
+            parts.push(format!("date=le{}", sql::instant(t)));
+        }
+        parts.push(format!("_offset={}&_count={}", self.offset, self.count));
+        format!("AuditEvent?{}", parts.join("&"))
+    }
 }
 
 /// Counts for summaries: (sector, resource type, resources).
@@ -126,6 +174,8 @@ pub struct Stats {
 pub trait Store: Send + Sync {
     /// Starts a transaction. Dropping it without `commit` rolls it back.
     async fn begin(&self) -> Result<Box<dyn StoreTx>>;
+    /// Starts a transaction for reading only (on SQLite it does not take the write lock).
+    async fn begin_read(&self) -> Result<Box<dyn StoreTx>>;
     /// Counts for the demo summary and operations.
     async fn stats(&self) -> Result<Stats>;
     /// True when the database answers.
@@ -159,8 +209,29 @@ pub trait StoreTx: Send {
     /// The gateway patient holding an identifier (a CPR number, or a sector Patient's key
     /// `urn:carebridge:sector-patient:<sector>|<id>`).
     async fn patient_by_identifier(&mut self, system: &str, value: &str) -> Result<Option<String>>;
+    /// Appends an audit row to the chain when the transaction commits (the chain lock is held
+    /// only for the append itself).
     async fn audit(&mut self, row: &AuditRow) -> Result<()>;
     async fn audit_search(&mut self, query: &AuditQuery) -> Result<Vec<AuditRow>>;
+    /// Rows (events and checkpoints) with `seq > after`, in chain order, at most `limit`.
+    async fn audit_chain_page(&mut self, after: i64, limit: i64) -> Result<Vec<AuditRow>>;
+    /// Rows recorded in `[from_us, to_us]` with `seq > after`, in chain order, at most `limit`.
+    async fn audit_range_page(
+        &mut self,
+        after: i64,
+        from_us: i64,
+        to_us: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>>;
+    /// How many rows were recorded in `[from_us, to_us]`.
+    async fn audit_range_count(&mut self, from_us: i64, to_us: i64) -> Result<i64>;
+    /// The last seq recorded before `before_us`, if any.
+    async fn audit_last_seq_before(&mut self, before_us: i64) -> Result<Option<i64>>;
+    /// The chain's head (last appended seq and hash), if anything was ever appended.
+    async fn audit_head(&mut self) -> Result<Option<(i64, String)>>;
+    /// Deletes the rows with `seq <= upto` (the caller exported them) and appends a checkpoint
+    /// row recording the hash the remaining chain continues from. Returns the rows deleted.
+    async fn audit_prune(&mut self, upto: i64, checkpoint: AuditRow) -> Result<i64>;
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 

@@ -116,6 +116,16 @@ impl Store for SqlStore {
         Ok(Box::new(SqlTx {
             tx,
             dialect: self.dialect,
+            pending_audit: Vec::new(),
+        }))
+    }
+
+    async fn begin_read(&self) -> Result<Box<dyn StoreTx>> {
+        let tx = self.pool.begin().await.map_err(map_err)?;
+        Ok(Box::new(SqlTx {
+            tx,
+            dialect: self.dialect,
+            pending_audit: Vec::new(),
         }))
     }
 
@@ -158,6 +168,48 @@ impl Store for SqlStore {
 struct SqlTx {
     tx: Transaction<'static, Any>,
     dialect: Dialect,
+    /// Audit rows appended to the chain at commit.
+    pending_audit: Vec<AuditRow>,
+}
+
+/// The one audit chain (all replicas append to it) and the lock that orders appends.
+const AUDIT_CHAIN: &str = "main";
+const AUDIT_CHAIN_LOCK: &str = "carebridge:audit-chain";
+
+const AUDIT_COLUMNS: &str = "seq, kind, recorded_us, recorded, request_id, client_id, role, sector, \
+     target_sector, action, interaction, outcome, patient_id, entities, query, purpose, detail, \
+     prev_hash, hash";
+
+fn audit_rows(rows: &[AnyRow]) -> Result<Vec<AuditRow>> {
+    rows.iter()
+        .map(|r| {
+            let entities: String = r.try_get(13)?;
+            Ok(AuditRow {
+                seq: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                recorded_us: r.try_get(2)?,
+                recorded: r.try_get(3)?,
+                request_id: r.try_get(4)?,
+                client_id: r.try_get(5)?,
+                role: r.try_get(6)?,
+                sector: r.try_get(7)?,
+                target_sector: r.try_get(8)?,
+                action: r.try_get(9)?,
+                interaction: r.try_get(10)?,
+                outcome: r.try_get(11)?,
+                patient_id: r.try_get(12)?,
+                // Written by `append_audit` from a Vec<String>; an unreadable value (a row edited
+                // outside the gateway) shows as no entities and fails `audit verify`.
+                entities: serde_json::from_str(&entities).unwrap_or_default(),
+                query: r.try_get(14)?,
+                purpose: r.try_get(15)?,
+                detail: r.try_get(16)?,
+                prev_hash: r.try_get(17)?,
+                hash: r.try_get(18)?,
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+        .map_err(StoreError::from)
 }
 
 fn now_us() -> i64 {
@@ -207,6 +259,74 @@ impl SqlTx {
             .await
             .map_err(map_err)?;
         }
+        Ok(())
+    }
+
+    /// Appends the pending audit rows to the chain: under the chain lock (PostgreSQL; SQLite's
+    /// `BEGIN IMMEDIATE` already admits one writer), each row gets the next `seq`, the previous
+    /// row's hash and its own hash, and the head moves to the last one.
+    async fn append_audit(&mut self) -> Result<()> {
+        if self.pending_audit.is_empty() {
+            return Ok(());
+        }
+        self.lock(AUDIT_CHAIN_LOCK).await?;
+        let (mut seq, mut prev) = match self.audit_head().await? {
+            Some(head) => head,
+            None => (0, crate::audit::chain::GENESIS.to_owned()),
+        };
+        let head_existed = seq > 0;
+        for mut a in std::mem::take(&mut self.pending_audit) {
+            seq += 1;
+            a.seq = seq;
+            if a.kind.is_empty() {
+                a.kind = "event".into();
+            }
+            a.prev_hash = prev;
+            a.hash = crate::audit::chain::row_hash(&a);
+            // A Vec<String> always serialises.
+            let entities = serde_json::to_string(&a.entities).unwrap_or_else(|_| "[]".into());
+            sqlx::query(
+                "INSERT INTO audit_log (seq, kind, recorded_us, recorded, request_id, client_id, role, \
+                 sector, target_sector, action, interaction, outcome, patient_id, entities, query, \
+                 purpose, detail, prev_hash, hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            )
+            .bind(a.seq)
+            .bind(&a.kind)
+            .bind(a.recorded_us)
+            .bind(&a.recorded)
+            .bind(a.request_id.as_deref())
+            .bind(a.client_id.as_deref())
+            .bind(a.role.as_deref())
+            .bind(a.sector.as_deref())
+            .bind(a.target_sector.as_deref())
+            .bind(&a.action)
+            .bind(&a.interaction)
+            .bind(&a.outcome)
+            .bind(a.patient_id.as_deref())
+            .bind(entities)
+            .bind(a.query.as_deref())
+            .bind(a.purpose.as_deref())
+            .bind(a.detail.as_deref())
+            .bind(&a.prev_hash)
+            .bind(&a.hash)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+            prev = a.hash;
+        }
+        let sql = if head_existed {
+            "UPDATE audit_head SET seq = $2, hash = $3 WHERE chain = $1"
+        } else {
+            "INSERT INTO audit_head (chain, seq, hash) VALUES ($1, $2, $3)"
+        };
+        sqlx::query(sql)
+            .bind(AUDIT_CHAIN)
+            .bind(seq)
+            .bind(&prev)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 
@@ -580,27 +700,7 @@ impl StoreTx for SqlTx {
     }
 
     async fn audit(&mut self, a: &AuditRow) -> Result<()> {
-        let entities = serde_json::to_string(&a.entities).unwrap_or_else(|_| "[]".into());
-        sqlx::query(
-            "INSERT INTO audit_log (recorded_us, recorded, request_id, client_id, role, sector, action, \
-             interaction, outcome, patient_id, entities, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(a.recorded_us)
-        .bind(&a.recorded)
-        .bind(a.request_id.as_deref())
-        .bind(a.client_id.as_deref())
-        .bind(a.role.as_deref())
-        .bind(a.sector.as_deref())
-        .bind(&a.action)
-        .bind(&a.interaction)
-        .bind(&a.outcome)
-        .bind(a.patient_id.as_deref())
-        .bind(entities)
-        .bind(a.detail.as_deref())
-        .execute(&mut *self.tx)
-        .await
-        .map_err(map_err)?;
+        self.pending_audit.push(a.clone());
         Ok(())
     }
 
@@ -623,14 +723,21 @@ impl StoreTx for SqlTx {
             String::new()
         } else {
             let marks: Vec<String> = (0..patient_ids.len())
-                .map(|i| format!("${}", i + 6))
+                .map(|i| format!("${}", i + 10))
                 .collect();
             format!("AND patient_id IN ({})", marks.join(", "))
         };
+        let entity_pattern = q
+            .entity_type
+            .as_deref()
+            .map(|t| format!("%\"{t}/%"))
+            .unwrap_or_default();
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT seq, recorded_us, recorded, request_id, client_id, role, sector, action, interaction, \
-             outcome, patient_id, entities, detail FROM audit_log \
-             WHERE recorded_us >= $1 AND recorded_us <= $2 AND ($3 = '' OR outcome = $3) {patient_filter} \
+            "SELECT {AUDIT_COLUMNS} FROM audit_log \
+             WHERE kind = 'event' AND recorded_us >= $1 AND recorded_us <= $2 \
+             AND ($3 = '' OR outcome = $3) AND ($6 = '' OR client_id = $6) \
+             AND ($7 = '' OR sector = $7 OR target_sector = $7) AND ($8 = '' OR action = $8) \
+             AND ($9 = '' OR entities LIKE $9) {patient_filter} \
              ORDER BY seq LIMIT $4 OFFSET $5"
         ));
         let mut query = sqlx::query(sql)
@@ -638,35 +745,111 @@ impl StoreTx for SqlTx {
             .bind(q.to_us.unwrap_or(i64::MAX))
             .bind(q.outcome.as_deref().unwrap_or(""))
             .bind(q.count)
-            .bind(q.offset);
+            .bind(q.offset)
+            .bind(q.agent.as_deref().unwrap_or(""))
+            .bind(q.sector.as_deref().unwrap_or(""))
+            .bind(q.action.as_deref().unwrap_or(""))
+            .bind(entity_pattern);
         for id in &patient_ids {
             query = query.bind(id);
         }
         let rows = query.fetch_all(&mut *self.tx).await.map_err(map_err)?;
-        rows.iter()
-            .map(|r| {
-                let entities: String = r.try_get(11)?;
-                Ok(AuditRow {
-                    seq: r.try_get(0)?,
-                    recorded_us: r.try_get(1)?,
-                    recorded: r.try_get(2)?,
-                    request_id: r.try_get(3)?,
-                    client_id: r.try_get(4)?,
-                    role: r.try_get(5)?,
-                    sector: r.try_get(6)?,
-                    action: r.try_get(7)?,
-                    interaction: r.try_get(8)?,
-                    outcome: r.try_get(9)?,
-                    patient_id: r.try_get(10)?,
-                    entities: serde_json::from_str(&entities).unwrap_or_default(),
-                    detail: r.try_get(12)?,
-                })
-            })
-            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-            .map_err(StoreError::from)
+        audit_rows(&rows)
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn audit_chain_page(&mut self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        audit_rows(&rows)
+    }
+
+    async fn audit_range_page(
+        &mut self,
+        after: i64,
+        from_us: i64,
+        to_us: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 AND recorded_us >= $2 \
+             AND recorded_us <= $3 ORDER BY seq LIMIT $4"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(after)
+            .bind(from_us)
+            .bind(to_us)
+            .bind(limit)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        audit_rows(&rows)
+    }
+
+    async fn audit_range_count(&mut self, from_us: i64, to_us: i64) -> Result<i64> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) FROM audit_log WHERE recorded_us >= $1 AND recorded_us <= $2",
+        )
+        .bind(from_us)
+        .bind(to_us)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(map_err)?
+        .try_get(0)?)
+    }
+
+    async fn audit_last_seq_before(&mut self, before_us: i64) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query("SELECT MAX(seq) FROM audit_log WHERE recorded_us < $1")
+                .bind(before_us)
+                .fetch_one(&mut *self.tx)
+                .await
+                .map_err(map_err)?
+                .try_get(0)?,
+        )
+    }
+
+    async fn audit_head(&mut self) -> Result<Option<(i64, String)>> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE chain = $1")
+            .bind(AUDIT_CHAIN)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    async fn audit_prune(&mut self, upto: i64, checkpoint: AuditRow) -> Result<i64> {
+        self.lock(AUDIT_CHAIN_LOCK).await?;
+        sqlx::query("INSERT INTO audit_prune_permit (upto) VALUES ($1)")
+            .bind(upto)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        let deleted = sqlx::query("DELETE FROM audit_log WHERE seq <= $1")
+            .bind(upto)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        sqlx::query("DELETE FROM audit_prune_permit")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        self.pending_audit.push(checkpoint);
+        Ok(deleted as i64)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.append_audit().await?;
         self.tx.commit().await.map_err(map_err)
     }
 }
