@@ -34,6 +34,8 @@ pub struct ServerSettings {
     pub max_json_depth: usize,
     pub max_bundle_entries: usize,
     pub request_timeout_secs: u64,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
 }
 
 impl Default for ServerSettings {
@@ -44,6 +46,8 @@ impl Default for ServerSettings {
             max_json_depth: 64,
             max_bundle_entries: 10_000,
             request_timeout_secs: 60,
+            rate_limit_per_second: 1000,
+            rate_limit_burst: 2000,
         }
     }
 }

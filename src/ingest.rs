@@ -518,9 +518,9 @@ impl Gateway {
 
     fn can_read(&self, client: &Client, stored: &Stored) -> bool {
         match &client.role {
-            Role::CareTeam | Role::Admin => true,
+            Role::CareTeam => true,
             Role::Sector(own) => *own == stored.sector,
-            Role::Auditor => false,
+            Role::Auditor | Role::Admin => false,
         }
     }
 
@@ -532,9 +532,9 @@ impl Gateway {
         rtype: &str,
         id: &str,
     ) -> Result<Stored, GatewayError> {
-        if caller.client.role == Role::Auditor {
+        if matches!(caller.client.role, Role::Auditor | Role::Admin) {
             return Err(GatewayError::Forbidden(
-                "auditors read the audit log only".into(),
+                "auditors read the audit log only; administrators read no patient data".into(),
             ));
         }
         let mut tx = self.store.begin().await?;
@@ -571,7 +571,8 @@ impl Gateway {
         caller: &Caller,
         id: &str,
     ) -> Result<Option<GatewayPatient>, GatewayError> {
-        if !matches!(caller.client.role, Role::CareTeam | Role::Admin) {
+        if caller.client.role != Role::CareTeam {
+            // Not a care-team member: the id is read as a sector Patient's gateway id instead.
             return Ok(None);
         }
         let mut tx = self.store.begin().await?;
@@ -593,7 +594,7 @@ impl Gateway {
         system: &str,
         value: &str,
     ) -> Result<Vec<GatewayPatient>, GatewayError> {
-        if !matches!(caller.client.role, Role::CareTeam | Role::Admin) {
+        if caller.client.role != Role::CareTeam {
             return Err(GatewayError::Forbidden(
                 "only care-team members search gateway patients".into(),
             ));
@@ -631,9 +632,9 @@ impl Gateway {
         offset: i64,
         count: i64,
     ) -> Result<Vec<Stored>, GatewayError> {
-        if caller.client.role == Role::Auditor {
+        if matches!(caller.client.role, Role::Auditor | Role::Admin) {
             return Err(GatewayError::Forbidden(
-                "auditors read the audit log only".into(),
+                "auditors read the audit log only; administrators read no patient data".into(),
             ));
         }
         let mut tx = self.store.begin().await?;
@@ -675,7 +676,7 @@ impl Gateway {
         caller: &Caller,
         query: &AuditQuery,
     ) -> Result<Vec<AuditRow>, GatewayError> {
-        if !matches!(caller.client.role, Role::Auditor | Role::Admin) {
+        if caller.client.role != Role::Auditor {
             return Err(GatewayError::Forbidden(
                 "only auditors read the audit log".into(),
             ));

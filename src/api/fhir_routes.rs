@@ -42,7 +42,7 @@ pub fn routes() -> Router<AppState> {
 pub struct Authed(pub Caller);
 
 impl FromRequestParts<AppState> for Authed {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -63,10 +63,16 @@ impl FromRequestParts<AppState> for Authed {
             })
             .map(str::trim);
         match token.and_then(|t| state.clients.authenticate(t)) {
-            Some(client) => Ok(Authed(Caller {
-                client: client.clone(),
-                request_id,
-            })),
+            Some(client) => {
+                if let Err(wait) = state.rate_limit.check(&client.id) {
+                    state.metrics.rate_limited.inc();
+                    return Err(super::ops::too_many_requests(wait));
+                }
+                Ok(Authed(Caller {
+                    client: client.clone(),
+                    request_id,
+                }))
+            }
             None => {
                 let actor = audit::Actor {
                     client_id: None,
@@ -86,7 +92,7 @@ impl FromRequestParts<AppState> for Authed {
                     parts.uri.path()
                 ));
                 state.gateway.write_audit(row).await;
-                Err(ApiError::unauthorized())
+                Err(ApiError::unauthorized().into_response())
             }
         }
     }

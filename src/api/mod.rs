@@ -4,6 +4,7 @@
 mod audit_routes;
 pub mod error;
 mod fhir_routes;
+pub mod ops;
 mod views;
 
 use axum::Router;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub clients: Arc<Clients>,
     pub capability: Arc<serde_json::Value>,
+    pub metrics: Arc<ops::Metrics>,
+    pub rate_limit: Arc<ops::RateLimit>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,13 +40,20 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
         gateway,
         clients: Arc::new(clients),
         capability,
+        metrics: Arc::new(ops::Metrics::new()),
+        rate_limit: Arc::new(ops::RateLimit::new(
+            server.rate_limit_per_second,
+            server.rate_limit_burst,
+        )),
     };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(ops::metrics))
         .merge(fhir_routes::routes())
         .merge(audit_routes::routes())
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::track))
         .with_state(state)
         // Bodies over the limit are refused while being read (413 with an OperationOutcome).
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
@@ -51,6 +61,7 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(server.request_timeout_secs),
         ))
+        .layer(axum::middleware::from_fn(ops::outcome_for_bare_errors))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             // Spans carry the method, the path and the request id: never bodies or query strings,
