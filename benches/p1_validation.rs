@@ -1,0 +1,365 @@
+//! P1: structural validation throughput of the gateway's validator (parse included, one thread).
+//!
+//! Run through `benches/run`; by hand:
+//!
+//! ```sh
+//! cargo bench --bench p1_validation -- corpus OUT.ndjson [--limit N]
+//! cargo bench --bench p1_validation -- run --corpus OUT.ndjson --out p1-rust.json \
+//!     [--passes 3] [--batch-bundles 50] [--batch-copies 2]
+//! ```
+//!
+//! `corpus` writes the shared corpus, one compact resource per line: every official R4 example
+//! of `../shared/data/fhir-r4-examples/` (all folders but `_structuredefinitions/`, without
+//! `Patient/json-edge-cases.json`), then every `entry[].resource` of the Synthea bundles. The
+//! peers (`benches/peers/`) read the same file.
+//!
+//! `run` reads the corpus into memory, makes one untimed warm-up pass (the gateway compiles a
+//! type's validator on first use; the peers warm up the same way), then times `--passes` passes
+//! of `parse_strict` (with the gateway's default depth limit) plus `Validator::structural` over
+//! every line. It also times the "100-patient batch": the Synthea bundle files as they are on
+//! disk, each parsed and validated as one Bundle, `--batch-copies` times over.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use carebridge::config::ServerSettings;
+use carebridge::fhir::json::parse_strict;
+use carebridge::validate::{FhirSchema, Profiles, Validator};
+use serde_json::{Value, json};
+
+fn main() {
+    // `cargo bench` appends `--bench`; ignore it.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let result = match args.first().map(String::as_str) {
+        Some("corpus") => corpus(&args[1..]),
+        Some("run") => run(&args[1..]),
+        _ => Err("usage: p1_validation corpus OUT [--limit N] | run --corpus FILE --out FILE [--passes N] [--batch-bundles N] [--batch-copies N]".into()),
+    };
+    if let Err(e) = result {
+        eprintln!("p1_validation: {e}");
+        std::process::exit(2);
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn opt_num(args: &[String], name: &str, default: usize) -> Res<usize> {
+    match opt(args, name) {
+        Some(v) => v.parse().map_err(|_| format!("{name} takes a number")),
+        None => Ok(default),
+    }
+}
+
+fn shared_data() -> PathBuf {
+    std::env::var_os("CAREBRIDGE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+}
+
+fn json_files(dir: &Path, out: &mut Vec<PathBuf>) -> Res<()> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in rd {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.is_dir() {
+            json_files(&path, out)?;
+        } else if path.extension().is_some_and(|x| x == "json") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The official examples of the corpus, sorted by path.
+fn example_files() -> Res<Vec<PathBuf>> {
+    let root = shared_data().join("fhir-r4-examples");
+    let mut files = Vec::new();
+    let rd = std::fs::read_dir(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    for entry in rd {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.is_dir() && !path.ends_with("_structuredefinitions") {
+            json_files(&path, &mut files)?;
+        }
+    }
+    files.retain(|p| !p.ends_with("Patient/json-edge-cases.json"));
+    files.sort();
+    Ok(files)
+}
+
+fn synthea_files() -> Res<Vec<PathBuf>> {
+    let root = shared_data().join("synthea");
+    let mut files = Vec::new();
+    json_files(&root, &mut files)?;
+    files.sort();
+    Ok(files)
+}
+
+fn read(path: &Path) -> Res<Vec<u8>> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn corpus(args: &[String]) -> Res<()> {
+    let out = args
+        .first()
+        .filter(|a| !a.starts_with("--"))
+        .ok_or("corpus needs an output file")?;
+    let limit = opt_num(args, "--limit", 0)?;
+    let mut lines: Vec<(bool, String)> = Vec::new();
+    for f in example_files()? {
+        // serde_json (with `preserve_order` and `arbitrary_precision`) keeps keys and lexemes.
+        let v: Value =
+            serde_json::from_slice(&read(&f)?).map_err(|e| format!("{}: {e}", f.display()))?;
+        lines.push((false, serde_json::to_string(&v).map_err(|e| e.to_string())?));
+    }
+    for f in synthea_files()? {
+        let v: Value =
+            serde_json::from_slice(&read(&f)?).map_err(|e| format!("{}: {e}", f.display()))?;
+        for e in v["entry"]
+            .as_array()
+            .ok_or("a Synthea bundle without entries")?
+        {
+            lines.push((
+                true,
+                serde_json::to_string(&e["resource"]).map_err(|e| e.to_string())?,
+            ));
+        }
+    }
+    if limit > 0 && limit < lines.len() {
+        // An evenly spread subset, so examples and Synthea resources are both in it.
+        let n = lines.len();
+        lines = (0..limit)
+            .map(|i| lines[i * n / limit].clone())
+            .collect::<Vec<_>>();
+    }
+    let examples = lines.iter().filter(|(s, _)| !s).count();
+    let synthea = lines.len() - examples;
+    let bytes: usize = lines.iter().map(|(_, l)| l.len()).sum();
+    let mut text = String::with_capacity(bytes + lines.len());
+    for (_, l) in &lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    std::fs::write(out, text).map_err(|e| format!("{out}: {e}"))?;
+    println!(
+        "{}",
+        json!({ "corpus": out, "resources": lines.len(), "examples": examples,
+                "synthea": synthea, "bytes": bytes })
+    );
+    Ok(())
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn run(args: &[String]) -> Res<()> {
+    let corpus = opt(args, "--corpus").ok_or("run needs --corpus FILE")?;
+    let out = opt(args, "--out").ok_or("run needs --out FILE")?;
+    let passes = opt_num(args, "--passes", 3)?.max(1);
+    let batch_bundles = opt_num(args, "--batch-bundles", 50)?;
+    let batch_copies = opt_num(args, "--batch-copies", 2)?;
+    let depth = ServerSettings::default().max_json_depth;
+
+    let t = Instant::now();
+    let schema = FhirSchema::load()?;
+    let profiles = Profiles::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fhir-profiles"))
+        .map_err(|e| format!("{}: {}", e.file, e.reason))?;
+    let validator = Validator::new(schema, profiles);
+    let load_secs = t.elapsed().as_secs_f64();
+
+    let text = std::fs::read(corpus).map_err(|e| format!("{corpus}: {e}"))?;
+    let lines: Vec<&[u8]> = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let bytes: usize = lines.iter().map(|l| l.len()).sum();
+
+    // Warm-up pass (compiles each type's validator once), which also counts the verdicts.
+    let t = Instant::now();
+    let mut accepted = 0usize;
+    let mut rejects = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        match parse_strict(line, depth) {
+            Ok(v) => {
+                let issues = validator.structural(&v);
+                if issues.is_empty() {
+                    accepted += 1;
+                } else {
+                    let first = &issues[0];
+                    rejects.push(json!({
+                        "line": i + 1,
+                        "resourceType": v.get("resourceType"),
+                        "issues": issues.len(),
+                        "code": first.code,
+                        "expression": first.expression,
+                        "diagnostics": first.diagnostics,
+                    }));
+                }
+            }
+            Err(e) => rejects.push(json!({ "line": i + 1, "parse": e.to_string() })),
+        }
+    }
+    let warmup_secs = t.elapsed().as_secs_f64();
+
+    let mut times = Vec::with_capacity(passes);
+    for _ in 0..passes {
+        let t = Instant::now();
+        let mut ok = 0usize;
+        for line in &lines {
+            if let Ok(v) = parse_strict(line, depth) {
+                ok += usize::from(black_box(validator.structural(&v)).is_empty());
+            }
+        }
+        times.push(t.elapsed().as_secs_f64());
+        assert_eq!(ok, accepted, "verdicts are stable across passes");
+    }
+    let secs = median(&times);
+
+    // Where the time goes (information): the same corpus through each stage alone. The schema
+    // and rules figures are for each line's top-level resource only (nested ones excluded).
+    let time_it = |f: &dyn Fn(&[u8], &Value)| {
+        let values: Vec<Value> = lines
+            .iter()
+            .map(|l| parse_strict(l, depth).unwrap_or(Value::Null))
+            .collect();
+        let mut best = f64::INFINITY;
+        for _ in 0..passes {
+            let t = Instant::now();
+            for (l, v) in lines.iter().zip(&values) {
+                f(l, v);
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        best
+    };
+    let rtype = |v: &Value| v["resourceType"].as_str().unwrap_or("Resource").to_owned();
+    let stages = json!({
+        "note": "seconds for the whole corpus, best of the passes; schema and rules: top-level resource only",
+        "parse_strict": time_it(&|l, _| {
+            black_box(parse_strict(l, depth).is_ok());
+        }),
+        "serde_json_from_slice (same Value type, no duplicate-key or depth checks)": time_it(&|l, _| {
+            black_box(serde_json::from_slice::<Value>(l).is_ok());
+        }),
+        "schema_check (compiled JSON Schema)": time_it(&|_, v| {
+            black_box(validator.schema.check(&rtype(v), v));
+        }),
+        "rules_check": time_it(&|_, v| {
+            let t = rtype(v);
+            let mut issues = Vec::new();
+            carebridge::validate::rules::check(&validator.schema, &t, v, &t, &mut issues);
+            black_box(issues);
+        }),
+        "structural (all of it, parse excluded)": time_it(&|_, v| {
+            black_box(validator.structural(v));
+        }),
+    });
+
+    // The 100-patient batch: the Synthea bundle files as on disk, parsed and validated whole.
+    let files: Vec<PathBuf> = synthea_files()?.into_iter().take(batch_bundles).collect();
+    let bundles: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect::<Res<_>>()?;
+    let batch_bytes: usize = bundles.iter().map(Vec::len).sum::<usize>() * batch_copies;
+    let mut batch_resources = 0usize;
+    let mut batch_invalid = 0usize;
+    let mut batch_times = Vec::new();
+    let mut ingest_times = Vec::new();
+    for pass in 0..=passes {
+        // validator: parse + structural of the whole Bundle (nested resources included).
+        let t = Instant::now();
+        let mut resources = 0usize;
+        let mut invalid = 0usize;
+        for _ in 0..batch_copies {
+            for b in &bundles {
+                let v = parse_strict(b, depth).map_err(|e| e.to_string())?;
+                let issues = black_box(validator.structural(&v));
+                invalid += usize::from(!issues.is_empty());
+                resources += v["entry"].as_array().map_or(0, Vec::len);
+            }
+        }
+        let batch = t.elapsed().as_secs_f64();
+        // What `Gateway::bundle` does for a transaction today: the Bundle, then each entry's
+        // resource again through `check` (structural + profile rules of the sector, here none).
+        let t = Instant::now();
+        for _ in 0..batch_copies {
+            for b in &bundles {
+                let v = parse_strict(b, depth).map_err(|e| e.to_string())?;
+                black_box(validator.structural(&v));
+                for e in v["entry"].as_array().into_iter().flatten() {
+                    black_box(validator.structural(&e["resource"]));
+                    black_box(validator.profile(None, &e["resource"]));
+                }
+            }
+        }
+        let ingest = t.elapsed().as_secs_f64();
+        if pass > 0 {
+            // pass 0 is the warm-up
+            batch_times.push(batch);
+            ingest_times.push(ingest);
+        }
+        batch_resources = resources;
+        batch_invalid = invalid;
+    }
+
+    let result = json!({
+        "side": "carebridge",
+        "what": "carebridge::fhir::json::parse_strict (depth limit = server.max_json_depth default) + Validator::structural, one thread",
+        "version": env!("CARGO_PKG_VERSION"),
+        "resources": lines.len(),
+        "bytes": bytes,
+        "accepted": accepted,
+        "rejected": rejects.len(),
+        "rejects": rejects.iter().take(25).collect::<Vec<_>>(),
+        "passes": times,
+        "seconds": secs,
+        "resources_per_s": lines.len() as f64 / secs,
+        "bytes_per_s": bytes as f64 / secs,
+        "warmup_seconds": warmup_secs,
+        "validator_load_seconds": load_secs,
+        "stages": stages,
+        "batch": {
+            "bundles": bundles.len() * batch_copies,
+            "patients": bundles.len() * batch_copies,
+            "resources": batch_resources,
+            "bytes": batch_bytes,
+            "invalid_bundles": batch_invalid,
+            "passes": batch_times,
+            "seconds": median(&batch_times),
+            "ingest_path_passes": ingest_times,
+            "ingest_path_seconds": median(&ingest_times),
+        },
+    });
+    std::fs::write(
+        out,
+        serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("{out}: {e}"))?;
+    eprintln!(
+        "carebridge: {} resources, {} accepted, {:.0} resources/s; batch of {} patients {:.3} s",
+        lines.len(),
+        accepted,
+        lines.len() as f64 / secs,
+        bundles.len() * batch_copies,
+        median(&batch_times)
+    );
+    Ok(())
+}

@@ -1,0 +1,872 @@
+//! P2: end-to-end push ingest over loopback against the real binary.
+//!
+//! Run through `benches/run`; by hand:
+//!
+//! ```sh
+//! cargo bench --bench p2_ingest -- --backend sqlite|postgres --out p2-sqlite.json \
+//!     [--smoke] [--clients 1,2,4,8] [--bundles N] [--half-bundles N]
+//! ```
+//!
+//! Starts `carebridge serve` (the binary cargo built for this bench, release profile) on
+//! 127.0.0.1 port 0 with a generated configuration and a fresh store (a SQLite file in a temporary
+//! folder, or a fresh PostgreSQL database `cb_bench_<random>` that is dropped afterwards), then
+//! pushes the Synthea transaction Bundles to `POST /fhir/lab` as the `lab` sector's client:
+//!
+//! - closed loop: for each client count, `--bundles` Bundles (the 50 patients in turn), each
+//!   client sending its next Bundle when the previous one is answered;
+//! - open loop at half the best rate reached: `--half-bundles` Bundles sent on a fixed schedule,
+//!   latency counted from the scheduled send time (so a stall is not hidden).
+//!
+//! Every Bundle sent is a fresh copy: each UUID in it (ids, fullUrls, references, identifier
+//! values) has its first 32 bits mixed with the copy number, and every identifier value (and
+//! conditional reference by identifier) gets the suffix `-<copy>`, so every resource and every
+//! business identifier is new and the gateway's "identical content, no new version" path is
+//! never taken. Bodies are prepared before
+//! each timed phase. At the end the store's tables are counted to check that everything answered
+//! 2xx was written.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    backend: String,
+    out: PathBuf,
+    smoke: bool,
+    clients: Vec<usize>,
+    bundles: usize,
+    half_bundles: usize,
+}
+
+fn parse_opts() -> Result<Opts> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let num = |name: &str, default: usize| -> Result<usize> {
+        get(name).map_or(Ok(default), |v| {
+            v.parse().with_context(|| format!("{name} takes a number"))
+        })
+    };
+    let clients = match get("--clients") {
+        Some(list) => list
+            .split(',')
+            .map(|c| c.trim().parse::<usize>().context("--clients takes 1,2,4,8"))
+            .collect::<Result<Vec<_>>>()?,
+        None if smoke => vec![1, 2],
+        None => vec![1, 2, 4, 8],
+    };
+    Ok(Opts {
+        backend: get("--backend").unwrap_or_else(|| "sqlite".into()),
+        out: PathBuf::from(get("--out").context("--out FILE is required")?),
+        smoke,
+        clients,
+        bundles: num("--bundles", if smoke { 4 } else { 50 })?,
+        half_bundles: num("--half-bundles", if smoke { 4 } else { 100 })?,
+    })
+}
+
+fn main() {
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("p2_ingest: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Err(e) = rt.block_on(run(opts)) {
+        eprintln!("p2_ingest: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shared_data() -> PathBuf {
+    std::env::var_os("CAREBRIDGE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data"))
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("CAREBRIDGE_BENCH_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// One Synthea patient: its Bundle as compact JSON and its number of entries.
+struct Template {
+    text: String,
+    entries: usize,
+}
+
+fn load_templates(smoke: bool) -> Result<Vec<Template>> {
+    let dir = shared_data().join("synthea");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| dir.display().to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    if smoke {
+        // the four smallest patients
+        files.sort_by_key(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(u64::MAX));
+        files.truncate(4);
+    }
+    files
+        .iter()
+        .map(|f| {
+            let v: Value = serde_json::from_slice(&std::fs::read(f)?)
+                .with_context(|| f.display().to_string())?;
+            if v["type"] != "transaction" {
+                bail!("{} is not a transaction Bundle", f.display());
+            }
+            let mut v = v;
+            mark_identifiers(&mut v);
+            Ok(Template {
+                entries: v["entry"].as_array().map_or(0, Vec::len),
+                text: serde_json::to_string(&v)?,
+            })
+        })
+        .collect()
+}
+
+/// Stands for the copy number in identifier values (replaced in every copy).
+const COPY_MARK: &str = "~cb-copy~";
+
+/// Appends [`COPY_MARK`] to every identifier value and to every conditional reference or
+/// `ifNoneExist` by identifier, so that each copy's business identifiers are its own too (NPIs,
+/// for instance, are not UUIDs).
+fn mark_identifiers(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                match (k.as_str(), &mut *child) {
+                    ("identifier", Value::Array(items)) => {
+                        for item in items.iter_mut() {
+                            mark_value(item);
+                        }
+                    }
+                    ("identifier", Value::Object(_)) => mark_value(child),
+                    ("reference" | "ifNoneExist", Value::String(s))
+                        if s.contains("identifier=") =>
+                    {
+                        s.push_str(COPY_MARK)
+                    }
+                    _ => {}
+                }
+                mark_identifiers(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mark_identifiers),
+        _ => {}
+    }
+}
+
+fn mark_value(identifier: &mut Value) {
+    if let Some(Value::String(s)) = identifier.get_mut("value") {
+        s.push_str(COPY_MARK);
+    }
+}
+
+fn is_hex(b: u8) -> bool {
+    b.is_ascii_hexdigit()
+}
+
+/// A copy of `text` in which every UUID has its first 32 bits mixed with `copy` (a bijection for
+/// each copy, so references stay consistent and distinct copies never share an id), and every
+/// [`COPY_MARK`] is `-<copy>`.
+fn reidentify(text: &str, copy: u32) -> String {
+    const DASHES: [usize; 4] = [8, 13, 18, 23];
+    let mix = copy.wrapping_mul(0x9E37_79B1);
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    let mut i = 0;
+    while i + 36 <= b.len() {
+        let is_uuid = (0..36).all(|j| {
+            if DASHES.contains(&j) {
+                b[i + j] == b'-'
+            } else {
+                is_hex(b[i + j])
+            }
+        }) && (i == 0 || !is_hex(b[i - 1]))
+            && b.get(i + 36).is_none_or(|c| !is_hex(*c));
+        if is_uuid {
+            let head = u32::from_str_radix(&text[i..i + 8], 16).unwrap_or(0);
+            out.push_str(&text[last..i]);
+            out.push_str(&format!("{:08x}", head ^ mix));
+            last = i + 8;
+            i += 36;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&text[last..]);
+    out.replace(COPY_MARK, &format!("-{copy}"))
+}
+
+/// Hands out fresh copies of the patients, in turn.
+struct Source {
+    templates: Vec<Template>,
+    next: usize,
+}
+
+impl Source {
+    fn take(&mut self, n: usize) -> Vec<(String, usize)> {
+        (0..n)
+            .map(|_| {
+                let k = self.next;
+                self.next += 1;
+                let t = &self.templates[k % self.templates.len()];
+                (reidentify(&t.text, k as u32 + 1), t.entries)
+            })
+            .collect()
+    }
+}
+
+/// The server process and where it listens.
+struct Server {
+    child: Child,
+    base: String,
+    startup_secs: f64,
+    log: Arc<Mutex<LogStats>>,
+}
+
+#[derive(Default)]
+struct LogStats {
+    errors: usize,
+    warnings: usize,
+    sample: Vec<String>,
+}
+
+fn start_server(config: &Path) -> Result<Server> {
+    let t = Instant::now();
+    // For diagnosis only: CAREBRIDGE_BENCH_SERVER_WRAP="valgrind --tool=callgrind" runs the
+    // server under that command.
+    let wrap = std::env::var("CAREBRIDGE_BENCH_SERVER_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_carebridge"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_carebridge")),
+    };
+    // The generated file is the whole configuration: `CAREBRIDGE_…` variables of this shell (the
+    // harness's own included) would be read as overrides, and unknown ones stop the start.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CAREBRIDGE_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd
+        .args(["serve", "--config"])
+        .arg(config)
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start carebridge serve")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            let _ = child.wait();
+            bail!("carebridge serve exited before listening");
+        };
+        let line = line?;
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        eprintln!("  server: {line}");
+    };
+    let startup_secs = t.elapsed().as_secs_f64();
+    let log = Arc::new(Mutex::new(LogStats::default()));
+    let sink = log.clone();
+    // Keep draining the log (the server must never block on a full pipe); count its problems.
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut s = sink.lock().expect("log stats");
+            let error = line.contains(" ERROR ");
+            let warn = line.contains(" WARN ");
+            s.errors += usize::from(error);
+            s.warnings += usize::from(warn);
+            if (error || warn) && s.sample.len() < 10 {
+                s.sample.push(line);
+            }
+        }
+    });
+    Ok(Server {
+        child,
+        base: format!("http://{addr}/fhir"),
+        startup_secs,
+        log,
+    })
+}
+
+impl Server {
+    fn stop(&mut self) {
+        // SIGTERM for a graceful shutdown; SIGKILL if it does not come.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// User and system CPU seconds the server has used so far.
+    fn cpu_secs(&self) -> f64 {
+        cpu_secs(&format!("/proc/{}/stat", self.child.id()))
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn cpu_secs(stat: &str) -> f64 {
+    let Ok(text) = std::fs::read_to_string(stat) else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which is in parentheses): state is field 3; utime 14, stime 15.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i).and_then(|x| x.parse::<f64>().ok()))
+        .sum();
+    ticks / clock_ticks()
+}
+
+/// Jiffies of the whole machine since boot: (busy, iowait, all), from the `cpu` line of /proc/stat.
+fn machine_jiffies() -> (f64, f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let get = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    let all: f64 = (0..8).map(get).sum();
+    (all - get(3) - get(4), get(4), all)
+}
+
+/// CPU use of a phase: the server's and this client's CPU seconds, and the whole machine's busy
+/// and iowait time in cores (the database server, PostgreSQL included, shows up there).
+struct CpuProbe {
+    server: f64,
+    client: f64,
+    machine: (f64, f64, f64),
+}
+
+impl CpuProbe {
+    fn start(server: &Server) -> Self {
+        CpuProbe {
+            server: server.cpu_secs(),
+            client: cpu_secs("/proc/self/stat"),
+            machine: machine_jiffies(),
+        }
+    }
+
+    fn finish(&self, server: &Server, secs: f64, into: &mut Value) {
+        let (b1, w1, a1) = machine_jiffies();
+        let (b0, w0, a0) = self.machine;
+        let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+        let share = |d: f64| {
+            if a1 > a0 {
+                d / (a1 - a0) * cores
+            } else {
+                f64::NAN
+            }
+        };
+        into["server_cpu_cores"] = json!((server.cpu_secs() - self.server) / secs);
+        into["client_cpu_cores"] = json!((cpu_secs("/proc/self/stat") - self.client) / secs);
+        into["machine_busy_cores"] = json!(share(b1 - b0));
+        into["machine_iowait_cores"] = json!(share(w1 - w0));
+    }
+}
+
+fn config_text(store_url: &str, token_sha256: &str) -> String {
+    format!(
+        r#"# generated by benches/p2_ingest.rs
+[server]
+listen = "127.0.0.1:0"
+
+[store]
+url = "{store_url}"
+
+[fhir]
+profiles_dir = "{profiles}"
+
+[[sectors]]
+id = "gp"
+name = "General practice"
+kind = "general-practice"
+base_url = "http://gp.test/fhir"
+profile = "dk-gp"
+
+[[sectors]]
+id = "hospital"
+name = "Hospital"
+kind = "hospital"
+base_url = "http://hospital.test/fhir"
+profile = "dk-hospital"
+
+[[sectors]]
+id = "municipality"
+name = "Municipality"
+kind = "municipality"
+base_url = "http://municipality.test/fhir"
+profile = "dk-municipality"
+
+# Synthea is US data: structural validation only (no Danish profile).
+[[sectors]]
+id = "lab"
+name = "Laboratory"
+kind = "hospital"
+
+[[clients]]
+id = "lab"
+role = "sector:lab"
+token_sha256 = "{token_sha256}"
+"#,
+        profiles = repo().join("fhir-profiles").display()
+    )
+}
+
+/// The answer to one Bundle.
+struct Sample {
+    /// When the Bundle was sent (or scheduled), from the start of the phase.
+    at: Duration,
+    latency: Duration,
+    status: u16,
+    resources: usize,
+    created: usize,
+}
+
+async fn post(http: &reqwest::Client, url: &str, token: &str, body: String) -> (u16, usize) {
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(body)
+        .send()
+        .await;
+    match resp {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let bytes = r.bytes().await.unwrap_or_default();
+            let created = bytes
+                .windows(b"201 Created".len())
+                .filter(|w| *w == b"201 Created")
+                .count();
+            (status, created)
+        }
+        Err(_) => (0, 0),
+    }
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    if sorted_ms.is_empty() {
+        return f64::NAN;
+    }
+    // nearest rank
+    let rank = ((p / 100.0) * sorted_ms.len() as f64).ceil() as usize;
+    sorted_ms[rank.clamp(1, sorted_ms.len()) - 1]
+}
+
+fn summarise(samples: &[Sample], secs: f64) -> Value {
+    let mut ms: Vec<f64> = samples
+        .iter()
+        .map(|s| s.latency.as_secs_f64() * 1000.0)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let mut order: Vec<&Sample> = samples.iter().collect();
+    order.sort_by_key(|s| s.at);
+    let timeline: Vec<Value> = order
+        .iter()
+        .map(|s| {
+            json!([
+                (s.at.as_secs_f64() * 1000.0).round() / 1000.0,
+                (s.latency.as_secs_f64() * 10000.0).round() / 10.0,
+                s.status,
+                s.resources
+            ])
+        })
+        .collect();
+    let ok: Vec<&Sample> = samples.iter().filter(|s| s.status == 200).collect();
+    let resources: usize = ok.iter().map(|s| s.resources).sum();
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    for s in samples {
+        *statuses.entry(s.status.to_string()).or_default() += 1;
+    }
+    json!({
+        "bundles": samples.len(),
+        "bundles_ok": ok.len(),
+        "resources": resources,
+        "created": ok.iter().map(|s| s.created).sum::<usize>(),
+        "statuses": statuses,
+        "seconds": secs,
+        "resources_per_s": resources as f64 / secs,
+        "bundles_per_s": ok.len() as f64 / secs,
+        "p50_ms": percentile(&ms, 50.0),
+        "p90_ms": percentile(&ms, 90.0),
+        "p99_ms": percentile(&ms, 99.0),
+        "max_ms": ms.last().copied().unwrap_or(f64::NAN),
+        // every Bundle: [sent at (s from the phase start), latency (ms), status, entries]
+        "timeline": timeline,
+    })
+}
+
+/// `clients` clients, each sending its next Bundle when the last one is answered.
+async fn closed_loop(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    bodies: Vec<(String, usize)>,
+    clients: usize,
+) -> (Vec<Sample>, f64) {
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, url, token) = (http.clone(), url.to_owned(), token.to_owned());
+        let (bodies, next) = (bodies.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((body, resources)) = bodies.get(i) else {
+                    break;
+                };
+                let t = Instant::now();
+                let (status, created) = post(&http, &url, &token, body.clone()).await;
+                samples.push(Sample {
+                    at: t - t0,
+                    latency: t.elapsed(),
+                    status,
+                    resources: *resources,
+                    created,
+                });
+            }
+            samples
+        }));
+    }
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.expect("client task"));
+    }
+    (samples, t0.elapsed().as_secs_f64())
+}
+
+/// Bundles sent on a fixed schedule (`rate` per second) whatever the answers; latency is counted
+/// from the scheduled time.
+async fn open_loop(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    bodies: Vec<(String, usize)>,
+    rate: f64,
+) -> (Vec<Sample>, f64) {
+    let t0 = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (i, (body, resources)) in bodies.into_iter().enumerate() {
+        let at = t0 + Duration::from_secs_f64(i as f64 / rate);
+        let (http, url, token) = (http.clone(), url.to_owned(), token.to_owned());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let (status, created) = post(&http, &url, &token, body).await;
+            Sample {
+                at: at - t0,
+                latency: at.elapsed(),
+                status,
+                resources,
+                created,
+            }
+        }));
+    }
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.push(t.await.expect("client task"));
+    }
+    (samples, t0.elapsed().as_secs_f64())
+}
+
+async fn count_rows(store_url: &str) -> Result<Value> {
+    use sqlx::Connection;
+    let mut out = serde_json::Map::new();
+    let tables = ["resources", "resource_versions", "audit_log", "patients"];
+    if let Some(path) = store_url.strip_prefix("sqlite://") {
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{path}")).await?;
+        for t in tables {
+            let q = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {t}"));
+            let n: i64 = sqlx::query_scalar(q).fetch_one(&mut c).await?;
+            out.insert(t.into(), n.into());
+        }
+    } else {
+        let mut c = sqlx::PgConnection::connect(store_url).await?;
+        for t in tables {
+            let q = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {t}"));
+            let n: i64 = sqlx::query_scalar(q).fetch_one(&mut c).await?;
+            out.insert(t.into(), n.into());
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+async fn create_pg_database() -> Result<(String, String)> {
+    use sqlx::Connection;
+    let name = format!("cb_bench_{}", uuid::Uuid::new_v4().simple());
+    let admin = pg_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .with_context(|| format!("PostgreSQL at {admin}"))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    // For diagnosis only: CAREBRIDGE_BENCH_PG_SETTINGS="plan_cache_mode=force_custom_plan,..."
+    // sets these parameters on the fresh database (ALTER DATABASE ... SET).
+    for setting in std::env::var("CAREBRIDGE_BENCH_PG_SETTINGS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+    {
+        let (key, value) = setting
+            .split_once('=')
+            .context("CAREBRIDGE_BENCH_PG_SETTINGS takes key=value,...")?;
+        if !key
+            .trim()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            bail!("not a parameter name: {key}");
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} SET {} = '{}'",
+            key.trim(),
+            value.trim().replace('\'', "''")
+        )))
+        .execute(&mut conn)
+        .await?;
+        eprintln!("  (diagnosis) {name}: {} = {}", key.trim(), value.trim());
+    }
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    Ok((format!("{base}/{name}"), name))
+}
+
+/// The server settings that decide durability and speed, for the record.
+async fn pg_settings() -> Result<Value> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await?;
+    let mut out = serde_json::Map::new();
+    for key in [
+        "server_version",
+        "fsync",
+        "synchronous_commit",
+        "wal_sync_method",
+        "shared_buffers",
+        "max_wal_size",
+    ] {
+        let v: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {key}")))
+            .fetch_one(&mut conn)
+            .await?;
+        out.insert(key.into(), v.into());
+    }
+    Ok(Value::Object(out))
+}
+
+async fn drop_pg_database(name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+async fn run(opts: Opts) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store_url, pg_db) = match opts.backend.as_str() {
+        "sqlite" => (
+            format!("sqlite://{}", dir.path().join("carebridge.db").display()),
+            None,
+        ),
+        "postgres" => {
+            let (url, name) = create_pg_database().await?;
+            (url, Some(name))
+        }
+        other => bail!("--backend takes sqlite or postgres, not {other}"),
+    };
+    let result = measure(&opts, dir.path(), &store_url).await;
+    if let Some(name) = &pg_db {
+        drop_pg_database(name).await;
+    }
+    let mut result = result?;
+    if pg_db.is_some() {
+        result["postgres_settings"] = pg_settings().await.unwrap_or_else(|e| json!(e.to_string()));
+    }
+    if let Ok(diag) = std::env::var("CAREBRIDGE_BENCH_PG_SETTINGS") {
+        result["diagnosis_pg_settings"] = json!(diag);
+    }
+    if let Ok(diag) = std::env::var("CAREBRIDGE_BENCH_SERVER_WRAP") {
+        result["diagnosis_server_wrap"] = json!(diag);
+    }
+    result["backend"] = json!(opts.backend);
+    result["database"] = json!(pg_db.map_or(
+        "a fresh SQLite file (WAL, synchronous=FULL)".into(),
+        |n| format!("fresh PostgreSQL database {n} (dropped after)")
+    ));
+    std::fs::write(&opts.out, serde_json::to_string_pretty(&result)?)
+        .with_context(|| opts.out.display().to_string())?;
+    Ok(())
+}
+
+async fn measure(opts: &Opts, dir: &Path, store_url: &str) -> Result<Value> {
+    let token = carebridge::auth::new_token();
+    let config = dir.join("carebridge.toml");
+    std::fs::write(
+        &config,
+        config_text(store_url, &carebridge::auth::token_hash(&token)),
+    )?;
+    let templates = load_templates(opts.smoke)?;
+    let mean_entries =
+        templates.iter().map(|t| t.entries).sum::<usize>() as f64 / templates.len() as f64;
+    let mut source = Source { templates, next: 0 };
+
+    let mut server = start_server(&config)?;
+    let result = drive(opts, &server, &mut source, &token, mean_entries).await;
+    let log = {
+        let l = server.log.lock().expect("log stats");
+        json!({ "errors": l.errors, "warnings": l.warnings, "sample": l.sample })
+    };
+    let startup = server.startup_secs;
+    server.stop();
+    let mut result = result?;
+    let counts = count_rows(store_url)
+        .await
+        .unwrap_or_else(|e| json!(e.to_string()));
+    result["store_rows"] = counts;
+    result["server_log"] = log;
+    result["server_startup_seconds"] = json!(startup);
+    Ok(result)
+}
+
+async fn drive(
+    opts: &Opts,
+    server: &Server,
+    source: &mut Source,
+    token: &str,
+    mean_entries: f64,
+) -> Result<Value> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let url = format!("{}/lab", server.base);
+
+    // Warm-up (untimed): the first Bundles compile the validators of the types they hold.
+    let warm = source.take(if opts.smoke { 1 } else { 3 });
+    let (samples, _) = closed_loop(&http, &url, token, warm, 1).await;
+    if let Some(bad) = samples.iter().find(|s| s.status != 200) {
+        return Err(anyhow!("warm-up Bundle answered {}", bad.status));
+    }
+    let mut sent_ok = samples.iter().map(|s| s.resources).sum::<usize>();
+
+    let mut steps = Vec::new();
+    let mut best_rps = 0.0f64;
+    for &c in &opts.clients {
+        let bodies = source.take(opts.bundles);
+        let probe = CpuProbe::start(server);
+        let (samples, secs) = closed_loop(&http, &url, token, bodies, c).await;
+        let mut step = summarise(&samples, secs);
+        probe.finish(server, secs, &mut step);
+        step["clients"] = json!(c);
+        let rps = step["resources_per_s"].as_f64().unwrap_or(0.0);
+        best_rps = best_rps.max(rps);
+        sent_ok += step["resources"].as_u64().unwrap_or(0) as usize;
+        eprintln!(
+            "  {} clients: {:.0} resources/s, {:.2} bundles/s, p50 {:.0} ms, p99 {:.0} ms, statuses {}",
+            c,
+            rps,
+            step["bundles_per_s"].as_f64().unwrap_or(0.0),
+            step["p50_ms"].as_f64().unwrap_or(0.0),
+            step["p99_ms"].as_f64().unwrap_or(0.0),
+            step["statuses"]
+        );
+        steps.push(step);
+    }
+
+    // Open loop at half the best closed-loop rate.
+    let half_rps = best_rps / 2.0;
+    let rate = (half_rps / mean_entries).max(0.01);
+    let bodies = source.take(opts.half_bundles);
+    let probe = CpuProbe::start(server);
+    let (samples, secs) = open_loop(&http, &url, token, bodies, rate).await;
+    let mut half = summarise(&samples, secs);
+    probe.finish(server, secs, &mut half);
+    half["target_resources_per_s"] = json!(half_rps);
+    half["target_bundles_per_s"] = json!(rate);
+    sent_ok += half["resources"].as_u64().unwrap_or(0) as usize;
+    eprintln!(
+        "  half load ({:.0} resources/s offered): {:.0} resources/s, p50 {:.0} ms, p99 {:.0} ms, statuses {}",
+        half_rps,
+        half["resources_per_s"].as_f64().unwrap_or(0.0),
+        half["p50_ms"].as_f64().unwrap_or(0.0),
+        half["p99_ms"].as_f64().unwrap_or(0.0),
+        half["statuses"]
+    );
+
+    Ok(json!({
+        "what": "POST /fhir/lab transaction Bundles (Synthea, re-identified per copy) to carebridge serve over loopback",
+        "smoke": opts.smoke,
+        "patients_in_rotation": source.templates.len(),
+        "mean_entries_per_bundle": mean_entries,
+        "closed_loop": steps,
+        "best_resources_per_s": best_rps,
+        "half_load": half,
+        "resources_answered_2xx": sent_ok,
+        "detection_and_outbox": "not built yet in the gateway: not exercised",
+    }))
+}

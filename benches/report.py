@@ -1,0 +1,220 @@
+"""Combines the raw outputs of benches/run into results/<name>.json and prints the table.
+
+Each results file holds the machine, the date, the commit, the command, every side's raw
+figures, the ratios and the targets. In smoke mode no target is judged.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+TARGETS = {
+    "p1_vs_fhir_resources": 50.0,   # carebridge resources/s ÷ fhir.resources resources/s
+    "p1_vs_ajv": 3.0,               # carebridge resources/s ÷ ajv resources/s
+    "p1_batch_seconds": 0.5,        # 100 patients validated as one batch
+    "p2_sqlite_resources_per_s": 5000.0,
+    "p2_half_load_p99_ms": 100.0,
+}
+
+
+def sh(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def machine():
+    model = None
+    for line in (sh("lscpu") or "").splitlines():
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+            mem = f"{kb / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    dirty = bool(sh("git", "status", "--porcelain", "--untracked-files=no"))
+    return {
+        "nproc": int(sh("nproc") or 0),
+        "cpu": model,
+        "memory": mem,
+        "kernel": platform.release(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": (sh("git", "rev-parse", "--short", "HEAD") or "?") + ("+dirty" if dirty else ""),
+        "rustc": sh("rustc", "--version"),
+        "python": sys.version.split()[0],
+        "node": sh("node", "--version"),
+        "postgres": sh("psql", "--version"),
+    }
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def verdict(ok, smoke):
+    if smoke:
+        return "(smoke: not judged)"
+    return "met" if ok else "NOT MET"
+
+
+def fmt(x, digits=0):
+    if x is None:
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def p1(work, smoke):
+    corpus = load(os.path.join(work, "p1-corpus.json")) or {}
+    sides = {}
+    for key, name in [("carebridge", "p1-carebridge.json"), ("fhir.resources", "p1-fhir-resources.json"),
+                      ("ajv", "p1-ajv.json"), ("asymmetrik-wrapper", "p1-asymmetrik.json")]:
+        r = load(os.path.join(work, name))
+        if r is not None:
+            sides[key] = r
+    cb = sides.get("carebridge")
+    ratios = {}
+    if cb:
+        for key, r in sides.items():
+            ratios[key] = cb["resources_per_s"] / r["resources_per_s"]
+    batch = cb["batch"] if cb else None
+    targets = {
+        "vs_fhir_resources": {"target": f">= {TARGETS['p1_vs_fhir_resources']:g}x",
+                              "measured": ratios.get("fhir.resources"),
+                              "verdict": verdict((ratios.get("fhir.resources") or 0) >= TARGETS["p1_vs_fhir_resources"], smoke)},
+        "vs_ajv": {"target": f">= {TARGETS['p1_vs_ajv']:g}x", "measured": ratios.get("ajv"),
+                   "verdict": verdict((ratios.get("ajv") or 0) >= TARGETS["p1_vs_ajv"], smoke)},
+        "batch_100_patients": {"target": f"< {TARGETS['p1_batch_seconds']:g} s",
+                               "measured": batch and batch["seconds"],
+                               "verdict": verdict(bool(batch) and batch["seconds"] < TARGETS["p1_batch_seconds"]
+                                                  and batch["patients"] >= 100, smoke)},
+    }
+    lines = []
+    lines.append("(resources/s: median of the timed passes; ratios from the medians)")
+    lines.append(f"P1 structural validation, parse included, one core (pinned with taskset); corpus: "
+                 f"{corpus.get('resources')} resources ({corpus.get('examples')} official examples + "
+                 f"{corpus.get('synthea')} Synthea), {(corpus.get('bytes') or 0) / 1e6:.1f} MB NDJSON")
+    lines.append(f"  {'side':<22} {'accepted':>9} {'rejected':>9} {'resources/s':>12} {'best pass':>10} "
+                 f"{'MB/s':>7} {'carebridge ×':>13}  target")
+    for key, r in sides.items():
+        tgt = ""
+        if key == "fhir.resources":
+            tgt = f">= 50x: {targets['vs_fhir_resources']['verdict']}"
+        elif key == "ajv":
+            tgt = f">= 3x: {targets['vs_ajv']['verdict']}"
+        elif key == "asymmetrik-wrapper":
+            tgt = "(information)"
+        best = r["resources"] / min(r["passes"])
+        lines.append(f"  {key:<22} {r['accepted']:>9} {r['rejected']:>9} {fmt(r['resources_per_s']):>12} "
+                     f"{fmt(best):>10} {r['bytes_per_s'] / 1e6:>7.2f} {ratios.get(key, 0):>12.1f}x  {tgt}")
+    if batch:
+        lines.append(f"  100-patient batch: {batch['patients']} Synthea bundles as on disk ({batch['resources']} "
+                     f"resources, {batch['bytes'] / 1e6:.0f} MB), parse + structural of each Bundle: "
+                     f"{batch['seconds']:.3f} s (target < 0.5 s: {targets['batch_100_patients']['verdict']}); "
+                     f"as Gateway::bundle does it today (Bundle, then every entry again): "
+                     f"{batch['ingest_path_seconds']:.3f} s")
+    for key, r in sides.items():
+        if r["rejected"]:
+            lines.append(f"  {key} rejected {r['rejected']}: " + "; ".join(
+                json.dumps(x)[:200] for x in r["rejects"][:3]))
+    return {"corpus": corpus, "sides": sides, "ratios_carebridge_over": ratios, "targets": targets}, lines
+
+
+def cpu_cols(s):
+    return " / ".join(f"{s.get(k, float('nan')):.2f}" for k in
+                      ["server_cpu_cores", "client_cpu_cores", "machine_busy_cores", "machine_iowait_cores"])
+
+
+def p2(work, smoke):
+    out = {}
+    lines = []
+    for backend in ["sqlite", "postgres"]:
+        r = load(os.path.join(work, f"p2-{backend}.json"))
+        if r is None:
+            continue
+        out[backend] = r
+        if "skipped" in r:
+            lines.append(f"P2 {backend}: skipped ({r['skipped']})")
+            continue
+        lines.append(f"P2 push ingest over loopback, {backend}: {r['database']}; transaction Bundles of "
+                     f"{r['patients_in_rotation']} Synthea patients (mean {r['mean_entries_per_bundle']:.0f} "
+                     f"entries), fresh ids per copy")
+        lines.append(f"  {'clients':>8} {'bundles':>8} {'resources/s':>12} {'bundles/s':>10} {'p50 ms':>8} "
+                     f"{'p99 ms':>8} {'max ms':>8} {'non-200':>8}   CPU cores: server / client / machine busy / iowait")
+        for s in r["closed_loop"]:
+            non200 = s["bundles"] - s["bundles_ok"]
+            lines.append(f"  {s['clients']:>8} {s['bundles']:>8} {fmt(s['resources_per_s']):>12} "
+                         f"{s['bundles_per_s']:>10.2f} {s['p50_ms']:>8.0f} {s['p99_ms']:>8.0f} {s['max_ms']:>8.0f} "
+                         f"{non200:>8}   {cpu_cols(s)}")
+        h = r["half_load"]
+        non200 = h["bundles"] - h["bundles_ok"]
+        lines.append(f"  half load: {h['bundles']} bundles offered at {h['target_bundles_per_s']:.2f}/s "
+                     f"(≈{fmt(h['target_resources_per_s'])} resources/s): achieved {fmt(h['resources_per_s'])} "
+                     f"resources/s, p50 {h['p50_ms']:.0f} ms, p99 {h['p99_ms']:.0f} ms, max {h['max_ms']:.0f} ms, "
+                     f"non-200 {non200}; CPU {cpu_cols(h)}")
+        lines.append(f"  store rows after the run: {r.get('store_rows')}; resources answered 2xx: "
+                     f"{r['resources_answered_2xx']}; server log: {r['server_log']['errors']} errors, "
+                     f"{r['server_log']['warnings']} warnings; start-up {r['server_startup_seconds']:.2f} s")
+        if backend == "sqlite":
+            best = r["best_resources_per_s"]
+            r["targets"] = {
+                "resources_per_s": {"target": ">= 5000 resources/s", "measured": best,
+                                    "verdict": verdict(best >= TARGETS["p2_sqlite_resources_per_s"], smoke)},
+                "half_load_p99_ms": {"target": "< 100 ms at half the max load", "measured": h["p99_ms"],
+                                     "verdict": verdict(h["p99_ms"] < TARGETS["p2_half_load_p99_ms"], smoke)},
+            }
+            lines.append(f"  target >= 5,000 resources/s (SQLite): best {fmt(best)} -> "
+                         f"{r['targets']['resources_per_s']['verdict']}; p99 < 100 ms at half load: "
+                         f"{h['p99_ms']:.0f} ms -> {r['targets']['half_load_p99_ms']['verdict']}")
+        if "postgres_settings" in r:
+            lines.append(f"  PostgreSQL: {r['postgres_settings']}")
+        for key in ["diagnosis_pg_settings", "diagnosis_server_wrap"]:
+            if key in r:
+                lines.append(f"  NOTE: diagnosis override in effect, not a reference figure: {key} = {r[key]}")
+        lines.append(f"  detection and outbox writes: {r['detection_and_outbox']}")
+    return out, lines
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", choices=["full", "smoke"], required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--parts", default="p1 p2")
+    ap.add_argument("--profile", default="bench")
+    a = ap.parse_args()
+    smoke = a.mode == "smoke"
+    meta = {"mode": a.mode, "command": a.command, "cargo_profile": a.profile, "machine": machine()}
+    m = meta["machine"]
+    print()
+    print(f"carebridge benchmarks ({a.mode}, cargo profile {a.profile}) — {m['date']}, commit {m['commit']}, {m['nproc']} cores "
+          f"({m['cpu']}), {m['memory']}")
+    loads = load(os.path.join(a.work, "loadavg.json")) or {}
+    meta["loadavg_before_each_step"] = loads
+    if loads:
+        print("load average (1 min) before each step: " + ", ".join(f"{k} {v}" for k, v in loads.items()))
+    for part, fn in [("p1", p1), ("p2", p2)]:
+        if part not in a.parts.split():
+            continue
+        data, lines = fn(a.work, smoke)
+        print()
+        print("\n".join(lines))
+        with open(os.path.join(a.results, f"{part}.json"), "w") as f:
+            json.dump({**meta, part: data}, f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
