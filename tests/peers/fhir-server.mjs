@@ -3,6 +3,7 @@
 // (@medplum/fhir-router FhirRouter + MemoryRepository, 5.2.13) behind a thin node:http wrapper.
 //
 //   node tests/peers/fhir-server.mjs --port 0 [--name gp] [--validate] [--token T]
+//                                    [--client-credentials ID:SECRET [--token-ttl SECONDS]]
 //                                    [--log] [--exit-on-stdin-eof]
 //
 // Prints exactly one line to stdout once it accepts connections:
@@ -13,6 +14,7 @@
 // conditional create/update/delete, If-Match, transactions, urn:uuid rewriting) is Medplum's.
 // Where the wrapper deviates from bare MemoryRepository it says so below (PeerRepository).
 
+import crypto from 'node:crypto';
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -21,7 +23,7 @@ import { parseArgs } from 'node:util';
 // ---------------------------------------------------------------------------------------------
 const USAGE =
   'usage: node fhir-server.mjs --port <n|0> [--name <label>] [--validate] [--token <bearer>] ' +
-  '[--log] [--exit-on-stdin-eof]';
+  '[--client-credentials <id>:<secret> [--token-ttl <seconds>]] [--log] [--exit-on-stdin-eof]';
 
 let args;
 try {
@@ -31,6 +33,8 @@ try {
       name: { type: 'string', default: 'fhir' },
       validate: { type: 'boolean', default: false },
       token: { type: 'string' },
+      'client-credentials': { type: 'string' },
+      'token-ttl': { type: 'string' },
       log: { type: 'boolean', default: false },
       'exit-on-stdin-eof': { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
@@ -53,6 +57,26 @@ if (!Number.isInteger(PORT) || PORT < 0 || PORT > 65535) {
 }
 if (args.token !== undefined && args.token === '') {
   process.stderr.write(`--token must not be empty\n${USAGE}\n`);
+  process.exit(2);
+}
+// --client-credentials ID:SECRET (split at the first colon, so the secret may contain colons).
+let CLIENT = null;
+if (args['client-credentials'] !== undefined) {
+  const cc = args['client-credentials'];
+  const colon = cc.indexOf(':');
+  if (colon <= 0 || colon === cc.length - 1) {
+    process.stderr.write(`--client-credentials must be <id>:<secret>, both non-empty\n${USAGE}\n`);
+    process.exit(2);
+  }
+  CLIENT = { id: cc.slice(0, colon), secret: cc.slice(colon + 1) };
+}
+const TOKEN_TTL = args['token-ttl'] === undefined ? 3600 : Number(args['token-ttl']);
+if (!Number.isInteger(TOKEN_TTL) || TOKEN_TTL < 0) {
+  process.stderr.write(`invalid --token-ttl ${args['token-ttl']} (whole seconds, >= 0)\n${USAGE}\n`);
+  process.exit(2);
+}
+if (args['token-ttl'] !== undefined && CLIENT === null) {
+  process.stderr.write(`--token-ttl needs --client-credentials\n${USAGE}\n`);
   process.exit(2);
 }
 const NAME = args.name;
@@ -236,6 +260,29 @@ function serialize(fn) {
 const MATCHABLE_SEARCH_TYPES = new Set(['reference', 'string', 'uri', 'token', 'date']);
 const RESOURCE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'search-type'];
 
+function securityComponent(base) {
+  if (CLIENT === null) {
+    return { cors: false, description: 'Every request needs Authorization: Bearer <token>.' };
+  }
+  const tokenUrl = `${base.slice(0, -BASE_PATH.length)}/oauth2/token`;
+  return {
+    // SMART's oauth-uris extension is the conventional place for the token endpoint.
+    extension: [
+      {
+        url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris',
+        extension: [{ url: 'token', valueUri: tokenUrl }],
+      },
+    ],
+    cors: false,
+    service: [
+      { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'OAuth' }] },
+    ],
+    description:
+      `Every request needs Authorization: Bearer <token>, a token from ${tokenUrl} ` +
+      `(OAuth 2.0 client credentials grant, RFC 6749 section 4.4) that has not expired.`,
+  };
+}
+
 function buildCapabilityStatement(base) {
   // The 147 concrete R4 resource types indexed from profiles-resources.json.
   const types = core.getResourceTypes().slice().sort();
@@ -280,9 +327,7 @@ function buildCapabilityStatement(base) {
         documentation:
           'In-memory, no persistence. Search paging is _count/_offset only (no next links). ' +
           (args.validate ? 'Creates and updates are validated against the base R4 profiles.' : 'No validation.'),
-        ...(args.token !== undefined
-          ? { security: { cors: false, description: 'Every request needs Authorization: Bearer <token>.' } }
-          : undefined),
+        ...(args.token !== undefined || CLIENT !== null ? { security: securityComponent(base) } : undefined),
         resource,
         // No search-system: MemoryRepository answers GET [base]?_type=... with an empty Bundle.
         interaction: [{ code: 'transaction' }, { code: 'batch' }],
@@ -381,20 +426,169 @@ function decorateBundle(bundle, selfUrl) {
   return bundle;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Bearer tokens: --token T (static) and/or --client-credentials (OAuth 2.0 client credentials
+// grant, RFC 6749 section 4.4). Issued tokens live in memory until they expire (--token-ttl).
+// ---------------------------------------------------------------------------------------------
+const oauth = { issued: 0, rejected: 0, tokens: new Map() /* token -> expiry (ms since epoch) */ };
+
+function activeTokens() {
+  const now = Date.now();
+  let n = 0;
+  for (const expiry of oauth.tokens.values()) if (now < expiry) n++;
+  return n;
+}
+
+// Constant-time comparison of two strings (hashes first, so lengths do not leak either).
+function sameSecret(a, b) {
+  const h = (x) => crypto.createHash('sha256').update(String(x), 'utf8').digest();
+  return crypto.timingSafeEqual(h(a), h(b));
+}
+
+function checkBearer(authorization) {
+  const m = /^Bearer[ ]+([A-Za-z0-9\-._~+/]+=*)\s*$/i.exec(authorization ?? '');
+  if (!authorization) return 'missing';
+  if (!m) return 'malformed Authorization header';
+  const presented = m[1];
+  if (args.token !== undefined && sameSecret(presented, args.token)) return 'ok';
+  if (CLIENT !== null) {
+    const expiry = oauth.tokens.get(presented);
+    if (expiry === undefined) return 'unknown token';
+    if (Date.now() >= expiry) return 'token expired';
+    return 'ok';
+  }
+  return 'unknown token';
+}
+
+function sendJson(res, status, body, headers = {}) {
+  const payload = JSON.stringify(body);
+  res.writeHead(status, {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': Buffer.byteLength(payload),
+    ...headers,
+  });
+  res.end(payload);
+  return status;
+}
+
+// RFC 6749 section 5.2 error response.
+function oauthError(res, status, error, description, headers = {}) {
+  return sendJson(res, status, { error, error_description: description }, {
+    'Cache-Control': 'no-store',
+    Pragma: 'no-cache',
+    ...headers,
+  });
+}
+
+// Application/x-www-form-urlencoded decoding of one Basic credential part (RFC 6749 2.3.1).
+function formDecodeOrNull(text) {
+  try {
+    return decodeURIComponent(text.replace(/\+/g, ' '));
+  } catch {
+    return null;
+  }
+}
+
+async function tokenEndpoint(req, res) {
+  if (req.method !== 'POST') {
+    req.resume();
+    return sendJson(res, 405, { error: 'invalid_request', error_description: 'use POST' }, { Allow: 'POST' });
+  }
+  const text = await readBody(req);
+  const contentType = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+  if (contentType !== 'application/x-www-form-urlencoded') {
+    return oauthError(res, 400, 'invalid_request', 'the body must be application/x-www-form-urlencoded');
+  }
+  const form = new URLSearchParams(text);
+  for (const key of new Set(form.keys())) {
+    if (form.getAll(key).length > 1) {
+      return oauthError(res, 400, 'invalid_request', `parameter ${key} is repeated`);
+    }
+  }
+  const grantType = form.get('grant_type');
+  if (grantType === null) {
+    return oauthError(res, 400, 'invalid_request', 'grant_type is missing');
+  }
+  if (grantType !== 'client_credentials') {
+    return oauthError(res, 400, 'unsupported_grant_type', 'only client_credentials is supported');
+  }
+
+  // Client authentication: HTTP Basic or client_id/client_secret in the body, not both.
+  const authorization = req.headers.authorization ?? '';
+  const basic = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(authorization);
+  let id;
+  let secret;
+  if (authorization !== '' && !basic) {
+    return oauthError(res, 401, 'invalid_client', 'unsupported Authorization scheme', {
+      'WWW-Authenticate': `Basic realm="carebridge-peer-${NAME}"`,
+    });
+  }
+  if (basic) {
+    if (form.has('client_secret')) {
+      return oauthError(res, 400, 'invalid_request', 'use one client authentication method, not two');
+    }
+    const decoded = Buffer.from(basic[1], 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    id = colon < 0 ? decoded : decoded.slice(0, colon);
+    secret = colon < 0 ? '' : decoded.slice(colon + 1);
+  } else {
+    id = form.get('client_id') ?? undefined;
+    secret = form.get('client_secret') ?? undefined;
+  }
+  // RFC 6749 2.3.1 says Basic credentials are form-encoded first; many clients (curl -u,
+  // reqwest's basic_auth) send them raw. Accept both spellings.
+  const matches = (value, expected) =>
+    value !== undefined && (sameSecret(value, expected) || (basic && sameSecret(formDecodeOrNull(value) ?? '', expected)));
+  if (!matches(id, CLIENT.id) || !matches(secret, CLIENT.secret)) {
+    // RFC 6749 5.2: 401 and a WWW-Authenticate matching the scheme the client tried.
+    return oauthError(res, 401, 'invalid_client', 'client authentication failed', {
+      ...(basic || id === undefined ? { 'WWW-Authenticate': `Basic realm="carebridge-peer-${NAME}"` } : {}),
+    });
+  }
+
+  const now = Date.now();
+  for (const [token, expiry] of oauth.tokens) if (now >= expiry) oauth.tokens.delete(token);
+  const token = crypto.randomBytes(32).toString('base64url');
+  oauth.tokens.set(token, now + TOKEN_TTL * 1000);
+  oauth.issued++;
+  const scope = form.get('scope');
+  return sendJson(
+    res,
+    200,
+    { access_token: token, token_type: 'Bearer', expires_in: TOKEN_TTL, ...(scope !== null ? { scope } : {}) },
+    { 'Cache-Control': 'no-store', Pragma: 'no-cache' },
+  );
+}
+
 const JSON_TYPE = /^application\/(fhir\+json|json|json-patch\+json|[a-z0-9.+-]*\+json)$/;
 
 async function handle(req, res) {
   const url = new URL(req.url ?? '/', `http://${HOST}`);
   const method = req.method === 'HEAD' ? 'GET' : req.method;
 
-  if (args.token !== undefined) {
-    const auth = req.headers.authorization ?? '';
-    const m = /^Bearer\s+(.+)$/i.exec(auth);
-    if (!m || m[1].trim() !== args.token) {
+  if (CLIENT !== null && url.pathname === '/oauth2/token') {
+    return tokenEndpoint(req, res);
+  }
+  if (CLIENT !== null && url.pathname === '/oauth2/stats') {
+    req.resume();
+    if (method !== 'GET') {
+      return send(res, 405, outcome('error', 'not-supported', '/oauth2/stats is read-only'), { Allow: 'GET, HEAD' });
+    }
+    return sendJson(res, 200, { issued: oauth.issued, rejected: oauth.rejected, active: activeTokens() });
+  }
+
+  if (args.token !== undefined || CLIENT !== null) {
+    const verdict = checkBearer(req.headers.authorization);
+    if (verdict !== 'ok') {
       req.resume();
-      return send(res, 401, outcome('error', 'login', 'Missing or invalid bearer token'), {
-        'WWW-Authenticate': `Bearer realm="carebridge-peer-${NAME}"`,
-      });
+      oauth.rejected++;
+      // RFC 6750 section 3.1: no error code when the request carries no token at all.
+      const challenge =
+        verdict === 'missing'
+          ? `Bearer realm="carebridge-peer-${NAME}"`
+          : `Bearer realm="carebridge-peer-${NAME}", error="invalid_token", error_description="${verdict}"`;
+      const text = verdict === 'missing' ? 'Missing bearer token' : `Invalid bearer token: ${verdict}`;
+      return send(res, 401, outcome('error', 'login', text), { 'WWW-Authenticate': challenge });
     }
   }
 
