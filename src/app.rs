@@ -1,4 +1,5 @@
-//! Assembles the gateway from its settings: schema, profiles, store, clients, router.
+//! Assembles the gateway from its settings: schema, profiles, mappings, store, clients, router,
+//! and the exchange's workers.
 //! `serve`, `demo` and the tests all start the application through [`App::build`].
 
 use std::net::SocketAddr;
@@ -7,6 +8,8 @@ use tokio::net::TcpListener;
 
 use crate::auth::Clients;
 use crate::config::Settings;
+use crate::exchange::Exchange;
+use crate::exchange::codes::Mapping;
 use crate::ingest::Gateway;
 use crate::store::{SqlStore, Store};
 use crate::validate::{CORE_TYPES, FhirSchema, Profiles, Validator};
@@ -15,6 +18,8 @@ use crate::validate::{CORE_TYPES, FhirSchema, Profiles, Validator};
 pub struct App {
     pub gateway: Arc<Gateway>,
     pub router: axum::Router,
+    /// Delivery workers and pollers; started by [`App::serve`] when `exchange.enabled`.
+    pub exchange: Exchange,
 }
 
 impl App {
@@ -27,6 +32,7 @@ impl App {
     ) -> anyhow::Result<App> {
         let schema = FhirSchema::load().map_err(anyhow::Error::msg)?;
         let profiles = Profiles::load(&settings.fhir.profiles_dir)?;
+        let mapping = Mapping::load(&settings.fhir.profiles_dir)?;
         settings.check_profiles(config_file, &|p| profiles.has_set(p))?;
         schema.warm(CORE_TYPES);
         let store = SqlStore::connect(&settings.store.url, settings.store.max_connections).await?;
@@ -37,7 +43,12 @@ impl App {
             store,
         ));
         let router = crate::api::router(gateway.clone(), clients);
-        Ok(App { gateway, router })
+        let exchange = Exchange::new(gateway.clone(), Arc::new(mapping))?;
+        Ok(App {
+            gateway,
+            router,
+            exchange,
+        })
     }
 
     /// Binds `addr` (port 0 picks a free port) and returns the listener and its address.
@@ -47,15 +58,21 @@ impl App {
         Ok((listener, local))
     }
 
-    /// Serves until `shutdown` resolves; in-flight requests finish first.
+    /// Serves until `shutdown` resolves; in-flight requests finish first, then the delivery
+    /// workers and pollers stop (each after the request it has in flight).
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(listener, self.router)
+        if self.gateway.settings.exchange.enabled {
+            self.exchange.start();
+        }
+        let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        self.exchange.stop().await;
+        served?;
         Ok(())
     }
 }

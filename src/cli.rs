@@ -44,10 +44,19 @@ enum Command {
         #[arg(long)]
         no_serve: bool,
     },
-    /// Check a configuration file and the profiles it names; exit 1 on a problem.
+    /// Check a configuration file, the profiles and mappings it names, and probe each sector's
+    /// `/metadata`; exit 1 on a problem.
     CheckConfig {
         #[arg(long, default_value = "config/default.toml")]
         config: PathBuf,
+        /// Check the files only; do not contact the sectors' endpoints.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// The outbox: list deliveries, replay dead-lettered ones.
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
     },
     /// Validate FHIR JSON files; prints an OperationOutcome per file, exit 1 if any is invalid.
     Validate {
@@ -103,6 +112,35 @@ enum AuditCommand {
         /// Where the pruned segment is written (NDJSON) before anything is deleted.
         #[arg(long)]
         export: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// One line per outbox entry, oldest first.
+    List {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// pending, delivered, dead or superseded.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only entries for this target sector.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        count: i64,
+    },
+    /// Put dead-lettered entries back in their queue (a running gateway delivers them).
+    Retry {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Entry ids (from `deliveries list`).
+        ids: Vec<i64>,
+        /// Every dead entry (of --target, if given).
+        #[arg(long, conflicts_with = "ids")]
+        all_dead: bool,
+        #[arg(long, requires = "all_dead")]
+        target: Option<String>,
     },
 }
 
@@ -182,7 +220,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config, offline } => check_config(&config, offline).await,
+        Command::Deliveries { command } => deliveries_command(command).await,
         Command::Validate {
             files,
             sector,
@@ -201,7 +240,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn check_config(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
     let file = path.display().to_string();
     let settings = match Settings::load(path) {
         Ok(s) => s,
@@ -221,6 +260,13 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         println!("FAIL {e}");
         return Ok(ExitCode::FAILURE);
     }
+    let mapping = match crate::exchange::codes::Mapping::load(&settings.fhir.profiles_dir) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("FAIL {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     for s in &settings.sectors {
         println!(
             "ok   sector {} ({}, {}): profile {}, mode {}, endpoint {}",
@@ -257,7 +303,152 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             "warn no client has token_sha256: every API call would answer 401 (see `carebridge token new`)"
         );
     }
-    Ok(ExitCode::SUCCESS)
+    for s in &settings.sectors {
+        if let Some(p) = &s.profile
+            && s.base_url.is_some()
+            && !mapping.has_set(p)
+        {
+            println!(
+                "warn sector {}: no mapping set {p} under {}/mapping/: copies delivered there keep the source's profile and codes",
+                s.id,
+                settings.fhir.profiles_dir.display()
+            );
+        }
+    }
+    for r in settings.exchange.effective_routes() {
+        println!(
+            "ok   route {} from {} to {}",
+            r.types.join(", "),
+            if r.from.is_empty() {
+                "every sector".to_owned()
+            } else {
+                r.from.join(", ")
+            },
+            match &r.to {
+                crate::config::RouteTarget::Rule(crate::config::RouteRule::Care) =>
+                    "the other sectors in the patient's care".to_owned(),
+                crate::config::RouteTarget::Rule(crate::config::RouteRule::Recipients) =>
+                    "the sectors of the recipients".to_owned(),
+                crate::config::RouteTarget::Sectors(list) => list.join(", "),
+            }
+        );
+    }
+    if offline {
+        println!("skip sector endpoints not probed (--offline)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let outbound = crate::exchange::outbound::Outbound::new(std::time::Duration::from_millis(
+        settings.exchange.request_timeout_ms.min(15_000),
+    ))?;
+    let mut ok = true;
+    for p in crate::exchange::probe::probe_all(&settings, &outbound).await {
+        ok &= p.ok;
+        println!(
+            "{} endpoint {}: {}",
+            if p.ok { "ok  " } else { "FAIL" },
+            p.sector,
+            p.message
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn deliveries_command(command: DeliveriesCommand) -> anyhow::Result<ExitCode> {
+    use crate::store::{OutboxFilter, Store};
+    match command {
+        DeliveriesCommand::List {
+            config,
+            state,
+            target,
+            count,
+        } => {
+            let store = open_store(&config).await?;
+            let entries = crate::exchange::list_deliveries(
+                &store,
+                &OutboxFilter {
+                    state,
+                    target,
+                    offset: 0,
+                    count: count.clamp(1, 100_000),
+                },
+            )
+            .await?;
+            println!(
+                "id\tstate\ttarget\tsource\tresource\tversion\tattempts\tlast_status\tlast_error"
+            );
+            for e in &entries {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}/{}\t{}\t{}\t{}\t{}",
+                    e.id,
+                    e.state,
+                    e.target,
+                    e.source,
+                    e.rtype,
+                    e.gid,
+                    e.version,
+                    e.attempts,
+                    e.last_status.map_or("-".into(), |s| s.to_string()),
+                    e.last_error.as_deref().unwrap_or("-")
+                );
+            }
+            eprintln!("{} entries", entries.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        DeliveriesCommand::Retry {
+            config,
+            ids,
+            all_dead,
+            target,
+        } => {
+            let store = open_store(&config).await?;
+            let ids = if all_dead {
+                crate::exchange::list_deliveries(
+                    &store,
+                    &OutboxFilter {
+                        state: Some("dead".into()),
+                        target,
+                        offset: 0,
+                        count: i64::MAX,
+                    },
+                )
+                .await?
+                .into_iter()
+                .map(|e| e.id)
+                .collect()
+            } else {
+                ids
+            };
+            if ids.is_empty() {
+                eprintln!("nothing to retry: name entry ids or use --all-dead");
+                return Ok(ExitCode::FAILURE);
+            }
+            let actor = crate::audit::Actor {
+                client_id: Some("cli".into()),
+                role: Some("admin".into()),
+                request_id: None,
+            };
+            let mut missing = 0;
+            for id in ids {
+                match crate::exchange::retry_delivery(&store as &dyn Store, &actor, id).await? {
+                    Some(e) => println!("retry {} ({} to {})", e.id, e.rtype, e.target),
+                    None => {
+                        missing += 1;
+                        println!("skip  {id}: no dead-lettered entry with this id");
+                    }
+                }
+            }
+            store.close().await;
+            Ok(if missing == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }
 
 fn validate_files(

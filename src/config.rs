@@ -24,7 +24,115 @@ pub struct Settings {
     pub sectors: Vec<SectorSettings>,
     #[serde(default)]
     pub clients: Vec<ClientSettings>,
+    #[serde(default)]
+    pub exchange: ExchangeSettings,
 }
+
+/// Routing, delivery and polling between the sectors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeSettings {
+    /// Delivery workers and pollers run in `serve` (the outbox is written either way).
+    pub enabled: bool,
+    /// Which resource types go from which sectors to which; empty means the default routes.
+    pub routes: Vec<RouteSettings>,
+    /// Attempts before an entry is dead-lettered.
+    pub max_attempts: u32,
+    /// Age (seconds since the entry was written) after which an undelivered entry is
+    /// dead-lettered.
+    pub max_age_secs: u64,
+    /// First retry delay; each retry doubles it (with jitter) up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Timeout of one HTTP request to a sector.
+    pub request_timeout_ms: u64,
+    /// Entries one worker claims at a time.
+    pub batch: u32,
+    /// How often idle delivery workers look for entries written by other replicas.
+    pub idle_poll_ms: u64,
+    /// How often pull-mode sectors are polled.
+    pub poll_interval_ms: u64,
+    /// Entries per page when polling (`_count`).
+    pub poll_page_size: u32,
+}
+
+impl Default for ExchangeSettings {
+    fn default() -> Self {
+        ExchangeSettings {
+            enabled: true,
+            routes: Vec::new(),
+            max_attempts: 10,
+            max_age_secs: 86_400,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 300_000,
+            request_timeout_ms: 30_000,
+            batch: 16,
+            idle_poll_ms: 1_000,
+            poll_interval_ms: 30_000,
+            poll_page_size: 100,
+        }
+    }
+}
+
+/// One route: resource types from some sectors to some sectors.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Resource types this route moves.
+    pub types: Vec<String>,
+    /// Source sector ids; empty means every sector.
+    #[serde(default)]
+    pub from: Vec<String>,
+    /// `care` (every other sector taking part in the patient's care), `recipients` (the
+    /// sectors of a Communication's recipients) or a list of sector ids.
+    pub to: RouteTarget,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RouteTarget {
+    Rule(RouteRule),
+    Sectors(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteRule {
+    Care,
+    Recipients,
+}
+
+impl ExchangeSettings {
+    /// The configured routes, or the default ones: CarePlan, Condition, CareTeam and the
+    /// medication resources of a patient go to every other sector taking part in the patient's
+    /// care; a Communication goes to the sectors of its recipients.
+    pub fn effective_routes(&self) -> Vec<RouteSettings> {
+        if !self.routes.is_empty() {
+            return self.routes.clone();
+        }
+        vec![
+            RouteSettings {
+                types: DEFAULT_CARE_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+                from: Vec::new(),
+                to: RouteTarget::Rule(RouteRule::Care),
+            },
+            RouteSettings {
+                types: vec!["Communication".into()],
+                from: Vec::new(),
+                to: RouteTarget::Rule(RouteRule::Recipients),
+            },
+        ]
+    }
+}
+
+/// The types of the default care route.
+pub const DEFAULT_CARE_TYPES: [&str; 5] = [
+    "CarePlan",
+    "Condition",
+    "CareTeam",
+    "MedicationRequest",
+    "MedicationStatement",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -227,7 +335,8 @@ impl Settings {
                 config::Environment::with_prefix("CAREBRIDGE")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(overrides_from_env())),
             )
             .build()
             .map_err(|e| from_config_error(&file, e))?;
@@ -345,6 +454,7 @@ impl Settings {
                 _ => {}
             }
         }
+        self.check_exchange(file)?;
         let mut client_ids = HashSet::new();
         for (i, c) in self.clients.iter().enumerate() {
             let key = |k: &str| format!("clients[{i}].{k}");
@@ -386,6 +496,103 @@ impl Settings {
         Ok(())
     }
 
+    fn check_exchange(&self, file: &str) -> Result<(), ConfigError> {
+        let fail = |key: String, problem: String, fix: &str| ConfigError {
+            file: file.to_owned(),
+            key,
+            problem,
+            fix: fix.to_owned(),
+        };
+        let x = &self.exchange;
+        let bounds: [(&str, u64, u64, u64); 7] = [
+            ("max_attempts", u64::from(x.max_attempts), 1, 1_000),
+            ("batch", u64::from(x.batch), 1, 1_000),
+            ("request_timeout_ms", x.request_timeout_ms, 100, 600_000),
+            ("retry_initial_ms", x.retry_initial_ms, 10, 3_600_000),
+            ("idle_poll_ms", x.idle_poll_ms, 10, 3_600_000),
+            ("poll_interval_ms", x.poll_interval_ms, 100, 86_400_000),
+            ("poll_page_size", u64::from(x.poll_page_size), 1, 1_000),
+        ];
+        for (key, value, lo, hi) in bounds {
+            if value < lo || value > hi {
+                return Err(fail(
+                    format!("exchange.{key}"),
+                    format!("{value} is outside {lo}..={hi}"),
+                    "choose a value in that range (config/default.toml gives the default)",
+                ));
+            }
+        }
+        if x.retry_max_ms < x.retry_initial_ms {
+            return Err(fail(
+                "exchange.retry_max_ms".into(),
+                "smaller than exchange.retry_initial_ms".into(),
+                "make the longest retry delay at least the first one",
+            ));
+        }
+        for (i, r) in x.routes.iter().enumerate() {
+            let key = |k: &str| format!("exchange.routes[{i}].{k}");
+            if r.types.is_empty() {
+                return Err(fail(
+                    key("types"),
+                    "no resource types".into(),
+                    "name the resource types this route moves, e.g. [\"Condition\"]",
+                ));
+            }
+            if let Some(t) = r
+                .types
+                .iter()
+                .find(|t| !t.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+            {
+                return Err(fail(
+                    key("types"),
+                    format!("'{t}' is not a resource type name"),
+                    "use FHIR resource type names such as CarePlan or Condition",
+                ));
+            }
+            for from in &r.from {
+                if self.sector(from).is_none() {
+                    return Err(fail(
+                        key("from"),
+                        format!("sector '{from}' is not configured"),
+                        "name configured sector ids, or leave `from` out for every sector",
+                    ));
+                }
+            }
+            if let RouteTarget::Sectors(to) = &r.to {
+                if to.is_empty() {
+                    return Err(fail(
+                        key("to"),
+                        "no target sectors".into(),
+                        "use \"care\", \"recipients\" or a list of sector ids",
+                    ));
+                }
+                for t in to {
+                    if self.sector(t).is_none() {
+                        return Err(fail(
+                            key("to"),
+                            format!("sector '{t}' is not configured"),
+                            "use \"care\", \"recipients\" or configured sector ids",
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, s) in self.sectors.iter().enumerate() {
+            if matches!(s.mode, SectorMode::Pull | SectorMode::Both) && s.base_url.is_none() {
+                return Err(fail(
+                    format!("sectors[{i}].base_url"),
+                    format!(
+                        "sector '{}' is polled (mode = \"{}\") but has no base URL",
+                        s.id,
+                        s.mode.as_str()
+                    ),
+                    "set base_url to the sector's FHIR base, or use mode = \"push\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Profile sets named by sectors must exist under `fhir.profiles_dir`.
     pub fn check_profiles(
         &self,
@@ -410,6 +617,19 @@ impl Settings {
     pub fn sector(&self, id: &str) -> Option<&SectorSettings> {
         self.sectors.iter().find(|s| s.id == id)
     }
+}
+
+/// The `CAREBRIDGE_<SECTION>__<KEY>` variables of the environment. Only the sections that hold
+/// plain keys take part, so that other `CAREBRIDGE_…` variables (a test's database URL, say)
+/// are not mistaken for configuration.
+fn overrides_from_env() -> config::Map<String, String> {
+    const SECTIONS: [&str; 4] = ["SERVER__", "STORE__", "FHIR__", "EXCHANGE__"];
+    std::env::vars()
+        .filter(|(k, _)| {
+            k.strip_prefix("CAREBRIDGE_")
+                .is_some_and(|rest| SECTIONS.iter().any(|s| rest.starts_with(s)))
+        })
+        .collect()
 }
 
 /// Path segments under `/fhir` that cannot be sector ids.

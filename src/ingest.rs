@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::audit::{self, Actor};
 use crate::auth::{Client, Role};
 use crate::config::{SectorSettings, Settings};
+use crate::exchange::route::Routed;
 use crate::fhir::outcome::Issue;
 use crate::fhir::{self, for_each_reference_mut, identifiers, is_valid_id, patient_reference};
 use crate::store::{
@@ -94,6 +95,9 @@ pub struct Gateway {
     pub settings: Settings,
     pub validator: Validator,
     pub store: Arc<dyn Store>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Woken after a commit that wrote outbox entries (the delivery workers wait on it).
+    pub outbox_signal: Arc<tokio::sync::Notify>,
 }
 
 impl Gateway {
@@ -102,6 +106,8 @@ impl Gateway {
             settings,
             validator,
             store,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            outbox_signal: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -426,7 +432,28 @@ impl Gateway {
                 body: std::mem::take(&mut e.resource),
             });
         }
-        // 3. One audit row per patient touched.
+        // 3. Resources stored before their Patient in this request are linked by now.
+        for a in applied.iter_mut() {
+            if a.outcome.changed && a.outcome.patient_id.is_none() && a.rtype != "Patient" {
+                a.outcome.patient_id = tx.get(&a.outcome.gid).await?.and_then(|s| s.patient_id);
+            }
+        }
+        // 4. The outbox: what goes to the other sectors commits with what was accepted.
+        let routed: Vec<Routed<'_>> = applied
+            .iter()
+            .map(|a| Routed {
+                sector: &s.id,
+                rtype: &a.rtype,
+                gid: &a.outcome.gid,
+                version: a.outcome.version,
+                patient_id: a.outcome.patient_id.as_deref(),
+                created: a.outcome.created,
+                changed: a.outcome.changed,
+                body: &a.body,
+            })
+            .collect();
+        let targets = crate::exchange::route::enqueue(&mut *tx, &self.settings, &routed).await?;
+        // 5. One audit row per patient touched.
         let actor = caller.actor();
         let mut groups: BTreeMap<Option<String>, Vec<&Applied>> = BTreeMap::new();
         for a in &applied {
@@ -461,6 +488,9 @@ impl Gateway {
             tx.audit(&row).await?;
         }
         tx.commit().await?;
+        if !targets.is_empty() {
+            self.outbox_signal.notify_waiters();
+        }
         Ok(applied)
     }
 

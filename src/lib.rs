@@ -9,6 +9,8 @@
 //! - [`store`]: the database (SQLite or PostgreSQL), the only module that touches it.
 //! - [`audit`]: audit rows and their AuditEvent form.
 //! - [`auth`]: clients, tokens and roles.
+//! - [`exchange`]: routes, mapping, the delivery workers and the pull-mode pollers.
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`api`]: the HTTP routes.
 //! - [`app`]: assembling and serving the application.
 //! - [`cli`] and [`demo`]: the command line and the local demo.
@@ -20,7 +22,9 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod exchange;
 pub mod fhir;
 pub mod ingest;
+pub mod metrics;
 pub mod store;
 pub mod validate;

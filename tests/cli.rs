@@ -76,7 +76,12 @@ fn validate_applies_a_sectors_profile_on_request() {
 #[test]
 fn check_config_names_the_file_key_and_fix() {
     let out = carebridge()
-        .args(["check-config", "--config", "config/default.toml"])
+        .args([
+            "check-config",
+            "--offline",
+            "--config",
+            "config/default.toml",
+        ])
         .output()
         .unwrap();
     assert!(

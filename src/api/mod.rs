@@ -1,6 +1,7 @@
 //! The HTTP API: the FHIR REST surface under `/fhir` and the operations endpoints.
 //! Only this module knows HTTP; everything it does goes through [`crate::ingest::Gateway`].
 
+mod admin_routes;
 mod audit_routes;
 pub mod error;
 mod fhir_routes;
@@ -37,10 +38,10 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
     let server = gateway.settings.server.clone();
     let capability = Arc::new(views::capability_statement(&gateway));
     let state = AppState {
+        metrics: gateway.metrics.clone(),
         gateway,
         clients: Arc::new(clients),
         capability,
-        metrics: Arc::new(ops::Metrics::new()),
         rate_limit: Arc::new(ops::RateLimit::new(
             server.rate_limit_per_second,
             server.rate_limit_burst,
@@ -52,6 +53,7 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
         .route("/metrics", get(ops::metrics))
         .merge(fhir_routes::routes())
         .merge(audit_routes::routes())
+        .merge(admin_routes::routes())
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), ops::track))
         .with_state(state)

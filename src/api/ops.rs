@@ -1,4 +1,4 @@
-//! Operations: Prometheus metrics (`/metrics`), the per-client rate limit, and the layer that
+//! Operations: Prometheus metrics (`/metrics`, from [`crate::metrics`]), the per-client rate limit, and the layer that
 //! gives every bare error response (a timeout, a method the router refuses) an
 //! OperationOutcome.
 
@@ -8,77 +8,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use super::AppState;
 use super::error::ApiError;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub method: String,
-    pub status: u16,
-}
-
-/// The gateway's metrics; one registry per application (no process-wide state).
-pub struct Metrics {
-    registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub duration: Histogram,
-    pub rate_limited: Counter,
-}
-
-impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("carebridge");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests answered, by method and status",
-            requests.clone(),
-        );
-        let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register(
-            "http_request_duration_seconds",
-            "Time to answer an HTTP request",
-            duration.clone(),
-        );
-        let rate_limited = Counter::default();
-        registry.register(
-            "rate_limited",
-            "Requests refused with 429 by the per-client rate limit",
-            rate_limited.clone(),
-        );
-        Metrics {
-            registry,
-            requests,
-            duration,
-            rate_limited,
-        }
-    }
-
-    pub fn registry_mut(&mut self) -> &mut Registry {
-        &mut self.registry
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+pub use crate::metrics::{Metrics, RequestLabels};
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut resp = state.metrics.render().into_response();

@@ -6,10 +6,12 @@
 //! SQLite (the embedded default, a WAL file) and PostgreSQL (for several replicas); the schema
 //! is kept in both dialects under `migrations/`.
 
+pub mod outbox;
 pub mod sql;
 
 use async_trait::async_trait;
 
+pub use outbox::{Delivered, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor};
 pub use sql::SqlStore;
 
 /// A store failure. `Busy` is worth retrying; everything else is reported as a 5xx.
@@ -182,8 +184,9 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> bool;
 }
 
+/// A transaction: the foundation's operations here, the exchange's in [`ExchangeTx`].
 #[async_trait]
-pub trait StoreTx: Send {
+pub trait StoreTx: ExchangeTx + Send {
     /// The sector-local id of the resource holding this business identifier, if any.
     async fn find_by_identifier(
         &mut self,

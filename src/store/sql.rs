@@ -89,7 +89,7 @@ impl SqlStore {
     }
 }
 
-fn map_err(e: sqlx::Error) -> StoreError {
+pub(super) fn map_err(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e {
         let msg = db.message();
         if msg.contains("database is locked")
@@ -165,9 +165,9 @@ impl Store for SqlStore {
     }
 }
 
-struct SqlTx {
-    tx: Transaction<'static, Any>,
-    dialect: Dialect,
+pub(super) struct SqlTx {
+    pub(super) tx: Transaction<'static, Any>,
+    pub(super) dialect: Dialect,
     /// Audit rows appended to the chain at commit.
     pending_audit: Vec<AuditRow>,
 }
@@ -212,7 +212,7 @@ fn audit_rows(rows: &[AnyRow]) -> Result<Vec<AuditRow>> {
         .map_err(StoreError::from)
 }
 
-fn now_us() -> i64 {
+pub fn now_us() -> i64 {
     let now = time::OffsetDateTime::now_utc();
     (now.unix_timestamp_nanos() / 1_000) as i64
 }

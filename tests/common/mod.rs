@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod fault;
+pub mod peers;
+
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Where the shared public data lives (read in place, never copied).
@@ -81,6 +84,11 @@ max_connections = 4
 [fhir]
 profiles_dir = "{profiles}"
 
+# These tests look at what the gateway accepts; the outbox is written, nothing is delivered
+# (the end-to-end exchange tests start real sector servers).
+[exchange]
+enabled = false
+
 [[sectors]]
 id = "gp"
 name = "General practice"
@@ -139,6 +147,11 @@ impl TestApp {
     }
 
     pub async fn spawn_with(backend: Backend, extra_server: &str) -> TestApp {
+        Self::spawn_config(backend, |url| config_text(url, extra_server)).await
+    }
+
+    /// Starts the app with a configuration made from the store URL (clients are appended).
+    pub async fn spawn_config(backend: Backend, make: impl FnOnce(&str) -> String) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let (url, pg_database) = match backend {
             Backend::Sqlite => (
@@ -151,7 +164,7 @@ impl TestApp {
             }
         };
         let config = dir.path().join("carebridge.toml");
-        let mut text = config_text(&url, extra_server);
+        let mut text = make(&url);
         let mut tokens = HashMap::new();
         for (id, role) in ROLES {
             let token = new_token();

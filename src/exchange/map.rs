@@ -1,0 +1,480 @@
+//! Mapping one stored version for one target sector: the target's profile and codes (from
+//! `fhir-profiles/`, see [`super::codes`]), its ids and references, and a business identifier
+//! naming the source resource (which makes delivery idempotent and lets the poller recognise
+//! the gateway's own deliveries).
+//!
+//! Everything the mapping does not change passes through untouched: unknown elements,
+//! extensions, primitive extensions (`_field`), contained resources.
+//!
+//! References, in the order tried (see [`Mapper::rewrite`]):
+//! 1. `#local`, `urn:` and absolute URLs outside the configured sectors stay as they are; an
+//!    absolute URL under the target's own base becomes relative.
+//! 2. A Patient becomes the target's own Patient of the same gateway patient, else a conditional
+//!    reference by the target's patient identifier (CPR): `Patient?identifier=system|value`.
+//! 3. A resource already delivered to the target becomes `Type/<the id it got there>`; a
+//!    resource the target itself holds (a copy the gateway delivered to the source, or the same
+//!    business identifier) becomes `Type/<its id there>`.
+//! 4. A resource with an older pending outbox entry for the same target defers the delivery
+//!    until that one is delivered (so that step 3 applies).
+//! 5. Anything else becomes a logical reference: `identifier` (the resource's business
+//!    identifier, or the source-resource identifier the gateway gives every delivered copy) and
+//!    `type`, `display` kept, `reference` removed.
+
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+
+use super::SOURCE_ID_SYSTEM;
+use super::codes::{CodeReport, Mapping};
+use super::resolve::{self, parse_conditional, parse_relative, sector_of_url};
+use crate::config::{SectorSettings, Settings};
+use crate::fhir::SECTOR_TAG_SYSTEM;
+use crate::store::{OutboxEntry, Result, StoreTx, gateway_id};
+use crate::validate::FhirSchema;
+
+/// A resource mapped for one target.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    pub body: Value,
+    /// The body holds conditional references: it must travel in a transaction.
+    pub conditional: bool,
+    pub codes: CodeReport,
+    /// References rewritten.
+    pub references: usize,
+    /// The business identifier that makes the create idempotent (`If-None-Exist`).
+    pub business_id: Option<(String, String)>,
+    /// Set when delivery must wait for an older entry of a referenced resource.
+    pub deferred: bool,
+}
+
+/// What one Reference element becomes.
+#[derive(Debug, Clone, PartialEq)]
+enum Replacement {
+    Keep,
+    Literal(String),
+    Conditional(String),
+    Logical { rtype: String, identifier: Value },
+    Defer,
+}
+
+pub struct Mapper<'a> {
+    pub settings: &'a Settings,
+    pub mapping: &'a Mapping,
+    pub schema: &'a FhirSchema,
+}
+
+/// Ids the gateway assigned itself (a create without an id): the sector does not know them.
+pub fn is_assigned_id(rid: &str) -> bool {
+    rid.len() == 41
+        && (rid.starts_with('i') || rid.starts_with('h'))
+        && rid[1..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The source-resource identifier value: `<sector>/<Type>/<id>`.
+pub fn source_id_value(sector: &str, rtype: &str, rid: &str) -> String {
+    format!("{sector}/{rtype}/{rid}")
+}
+
+impl Mapper<'_> {
+    /// Maps `body` (the stored version of `entry`) for `entry.target`.
+    pub async fn map(
+        &self,
+        tx: &mut dyn StoreTx,
+        entry: &OutboxEntry,
+        rid: &str,
+        mut body: Value,
+    ) -> Result<Mapped> {
+        let target = self.settings.sector(&entry.target);
+        let set = target.and_then(|t| t.profile.as_deref());
+        let source_name = self
+            .settings
+            .sector(&entry.source)
+            .map_or(entry.source.as_str(), |s| s.name.as_str());
+        strip_server_fields(&mut body);
+        self.mapping.apply_profile(set, &mut body);
+        let codes = self.mapping.translate_codes(set, &mut body);
+        tag_source(&mut body, &entry.source, source_name);
+
+        // References: collect, resolve, replace.
+        let mut refs = Vec::new();
+        collect_references(&body, &mut refs);
+        let mut replacements: HashMap<String, Replacement> = HashMap::new();
+        for r in refs {
+            let key = r.to_string();
+            if replacements.contains_key(&key) {
+                continue;
+            }
+            let rep = self.rewrite(tx, entry, target, &r).await?;
+            replacements.insert(key, rep);
+        }
+        if replacements.values().any(|r| *r == Replacement::Defer) {
+            return Ok(Mapped {
+                body,
+                conditional: false,
+                codes,
+                references: 0,
+                business_id: None,
+                deferred: true,
+            });
+        }
+        let mut references = 0;
+        let mut conditional = false;
+        replace_references(&mut body, &replacements, &mut references, &mut conditional);
+
+        let business_id = self.add_source_identifier(&mut body, entry, rid);
+        Ok(Mapped {
+            body,
+            conditional,
+            codes,
+            references,
+            business_id,
+            deferred: false,
+        })
+    }
+
+    /// Adds the source-resource identifier when the type has a repeating `identifier`.
+    fn add_source_identifier(
+        &self,
+        body: &mut Value,
+        entry: &OutboxEntry,
+        rid: &str,
+    ) -> Option<(String, String)> {
+        let repeating = self
+            .schema
+            .prop(&entry.rtype, "identifier")
+            .is_some_and(|p| p.is_array);
+        if !repeating {
+            return None;
+        }
+        let value = source_id_value(&entry.source, &entry.rtype, rid);
+        let obj = body.as_object_mut()?;
+        let list = obj.entry("identifier").or_insert_with(|| json!([]));
+        let items = list.as_array_mut()?;
+        let present = items.iter().any(|i| {
+            i.get("system").and_then(Value::as_str) == Some(SOURCE_ID_SYSTEM)
+                && i.get("value").and_then(Value::as_str) == Some(value.as_str())
+        });
+        if !present {
+            items.push(json!({ "use": "secondary", "system": SOURCE_ID_SYSTEM, "value": value }));
+        }
+        Some((SOURCE_ID_SYSTEM.to_owned(), value))
+    }
+
+    /// What one Reference element of the source's resource becomes at the target.
+    async fn rewrite(
+        &self,
+        tx: &mut dyn StoreTx,
+        entry: &OutboxEntry,
+        target: Option<&SectorSettings>,
+        reference: &Value,
+    ) -> Result<Replacement> {
+        let t = entry.target.as_str();
+        let source = entry.source.as_str();
+        let literal = reference.get("reference").and_then(Value::as_str);
+        let Some(r) = literal else {
+            // A logical reference: point it at the target's own resource when it holds one.
+            let found = resolve::reference_target(tx, self.settings, source, reference).await?;
+            return Ok(match found.in_sector(t) {
+                Some(f) if !is_assigned_id(&f.rid) => {
+                    Replacement::Literal(format!("{}/{}", f.rtype, f.rid))
+                }
+                _ => Replacement::Keep,
+            });
+        };
+        if r.starts_with('#') || r.starts_with("urn:") {
+            return Ok(Replacement::Keep);
+        }
+        if r.starts_with("http://") || r.starts_with("https://") {
+            return Ok(match sector_of_url(self.settings, r) {
+                Some((owner, rest)) if owner == t => Replacement::Literal(rest.to_owned()),
+                _ => Replacement::Keep,
+            });
+        }
+        if let Some((rtype, system, value)) = parse_conditional(r) {
+            for (owner, _gid, rid) in tx.identifier_owners(rtype, system, value).await? {
+                if owner == t && !is_assigned_id(&rid) {
+                    return Ok(Replacement::Literal(format!("{rtype}/{rid}")));
+                }
+            }
+            return Ok(Replacement::Conditional(r.to_owned()));
+        }
+        let Some((rtype, rid)) = parse_relative(r) else {
+            return Ok(Replacement::Keep);
+        };
+        if rtype == "Patient" {
+            return self.patient(tx, source, target, rid).await;
+        }
+        let gid = gateway_id(source, rtype, rid);
+        if let Some(d) = tx.delivered_get(t, &gid).await? {
+            return Ok(Replacement::Literal(format!("{rtype}/{}", d.target_id)));
+        }
+        let found = resolve::reference_target(tx, self.settings, source, reference).await?;
+        if let Some(f) = found.in_sector(t)
+            && !is_assigned_id(&f.rid)
+        {
+            return Ok(Replacement::Literal(format!("{}/{}", f.rtype, f.rid)));
+        }
+        for f in &found.found {
+            if let Some(d) = tx.delivered_get(t, &f.gid).await? {
+                return Ok(Replacement::Literal(format!("{}/{}", f.rtype, d.target_id)));
+            }
+        }
+        if tx.outbox_pending_before(t, &gid, entry.id).await? {
+            return Ok(Replacement::Defer);
+        }
+        // A logical reference by business identifier.
+        let identifier = match tx.get(&gid).await? {
+            Some(stored) => {
+                let body: Value = serde_json::from_str(&stored.body).unwrap_or(Value::Null);
+                crate::fhir::identifiers(&body)
+                    .into_iter()
+                    .find(|(s, _)| *s != SOURCE_ID_SYSTEM)
+                    .map(|(s, v)| json!({ "system": s, "value": v }))
+            }
+            None => None,
+        }
+        .unwrap_or_else(
+            || json!({ "system": SOURCE_ID_SYSTEM, "value": source_id_value(source, rtype, rid) }),
+        );
+        Ok(Replacement::Logical {
+            rtype: rtype.to_owned(),
+            identifier,
+        })
+    }
+
+    /// A reference to the source's Patient `rid`.
+    async fn patient(
+        &self,
+        tx: &mut dyn StoreTx,
+        source: &str,
+        target: Option<&SectorSettings>,
+        rid: &str,
+    ) -> Result<Replacement> {
+        let Some(target) = target else {
+            return Ok(Replacement::Keep);
+        };
+        let patient_id = match tx.get_sector(source, "Patient", rid).await? {
+            Some(p) => p.patient_id,
+            None => None,
+        };
+        let Some(patient_id) = patient_id else {
+            return Ok(Replacement::Logical {
+                rtype: "Patient".into(),
+                identifier: json!({ "system": SOURCE_ID_SYSTEM, "value": source_id_value(source, "Patient", rid) }),
+            });
+        };
+        if let Some(own) = tx.sector_patient(&patient_id, &target.id).await?
+            && !is_assigned_id(&own)
+        {
+            return Ok(Replacement::Literal(format!("Patient/{own}")));
+        }
+        let system = &target.patient_identifier_system;
+        let value = tx.patient(&patient_id).await?.and_then(|p| {
+            p.identifiers
+                .into_iter()
+                .find(|(s, _)| s == system)
+                .map(|(_, v)| v)
+        });
+        Ok(match value {
+            Some(v) => Replacement::Conditional(format!("Patient?identifier={system}|{v}")),
+            None => Replacement::Logical {
+                rtype: "Patient".into(),
+                identifier: json!({ "system": SOURCE_ID_SYSTEM, "value": source_id_value(source, "Patient", rid) }),
+            },
+        })
+    }
+}
+
+/// Removes what the source's server owns: the id and the version metadata.
+fn strip_server_fields(body: &mut Value) {
+    let Some(obj) = body.as_object_mut() else {
+        return;
+    };
+    obj.remove("id");
+    let empty = match obj.get_mut("meta").and_then(Value::as_object_mut) {
+        Some(meta) => {
+            meta.remove("versionId");
+            meta.remove("lastUpdated");
+            meta.remove("source");
+            meta.is_empty()
+        }
+        None => false,
+    };
+    if empty {
+        obj.remove("meta");
+    }
+}
+
+/// Tags the copy with the sector it came from.
+fn tag_source(body: &mut Value, sector: &str, name: &str) {
+    let Some(obj) = body.as_object_mut() else {
+        return;
+    };
+    let meta = obj
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
+        return;
+    };
+    let tags = meta.entry("tag").or_insert_with(|| json!([]));
+    if let Some(tags) = tags.as_array_mut()
+        && !tags
+            .iter()
+            .any(|t| t.get("system").and_then(Value::as_str) == Some(SECTOR_TAG_SYSTEM))
+    {
+        tags.push(json!({ "system": SECTOR_TAG_SYSTEM, "code": sector, "display": name }));
+    }
+}
+
+/// A Reference element: an object with a string `reference`, or a logical reference (an
+/// `identifier` object beside nothing but `type`, `display`, `id` and `extension`).
+fn is_reference(obj: &Map<String, Value>) -> bool {
+    if obj.contains_key("resourceType") {
+        return false;
+    }
+    if obj.get("reference").is_some_and(Value::is_string) {
+        return true;
+    }
+    obj.get("identifier").is_some_and(Value::is_object)
+        && obj.keys().all(|k| {
+            matches!(
+                k.as_str(),
+                "identifier" | "type" | "display" | "id" | "extension"
+            )
+        })
+}
+
+fn collect_references(value: &Value, out: &mut Vec<Value>) {
+    match value {
+        Value::Object(obj) => {
+            if is_reference(obj) {
+                out.push(value.clone());
+            }
+            for (k, child) in obj {
+                // Reference.identifier holds no references of its own worth rewriting.
+                if k != "identifier" || !is_reference(obj) {
+                    collect_references(child, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| collect_references(i, out)),
+        _ => {}
+    }
+}
+
+fn replace_references(
+    value: &mut Value,
+    replacements: &HashMap<String, Replacement>,
+    count: &mut usize,
+    conditional: &mut bool,
+) {
+    if let Value::Object(obj) = value
+        && is_reference(obj)
+    {
+        let key = Value::Object(obj.clone()).to_string();
+        match replacements.get(&key) {
+            Some(Replacement::Literal(r)) => {
+                if obj.get("reference").and_then(Value::as_str) != Some(r.as_str()) {
+                    obj.insert("reference".into(), Value::String(r.clone()));
+                    *count += 1;
+                }
+            }
+            Some(Replacement::Conditional(r)) => {
+                *conditional = true;
+                if obj.get("reference").and_then(Value::as_str) != Some(r.as_str()) {
+                    obj.insert("reference".into(), Value::String(r.clone()));
+                    *count += 1;
+                }
+            }
+            Some(Replacement::Logical { rtype, identifier }) => {
+                obj.remove("reference");
+                obj.entry("type")
+                    .or_insert_with(|| Value::String(rtype.clone()));
+                obj.entry("identifier")
+                    .or_insert_with(|| identifier.clone());
+                *count += 1;
+            }
+            Some(Replacement::Keep | Replacement::Defer) | None => {}
+        }
+    }
+    match value {
+        Value::Object(obj) => {
+            let reference = is_reference(obj);
+            for (k, child) in obj.iter_mut() {
+                if k != "identifier" || !reference {
+                    replace_references(child, replacements, count, conditional);
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|i| replace_references(i, replacements, count, conditional)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assigned_ids_are_recognised() {
+        assert!(is_assigned_id(&format!("h{}", "a".repeat(40))));
+        assert!(is_assigned_id(&format!("i{}", "0".repeat(40))));
+        assert!(!is_assigned_id("abc"));
+        assert!(!is_assigned_id(&format!("x{}", "a".repeat(40))));
+    }
+
+    #[test]
+    fn references_are_found_at_any_depth_and_replaced() {
+        let mut body = json!({
+            "resourceType": "CarePlan",
+            "subject": {"reference": "Patient/p1", "display": "x"},
+            "addresses": [{"reference": "Condition/c1"}],
+            "activity": [{"detail": {"performer": [{"identifier": {"system": "s", "value": "v"}, "type": "PractitionerRole"}]}}],
+            "extension": [{"url": "u", "valueReference": {"reference": "Goal/g1"}}],
+            "identifier": [{"system": "s", "value": "plan-1"}]
+        });
+        let mut refs = Vec::new();
+        collect_references(&body, &mut refs);
+        assert_eq!(refs.len(), 4);
+        let mut map = HashMap::new();
+        map.insert(
+            refs[0].to_string(),
+            Replacement::Literal("Patient/t1".into()),
+        );
+        map.insert(
+            refs[1].to_string(),
+            Replacement::Logical {
+                rtype: "Condition".into(),
+                identifier: json!({"system": "a", "value": "b"}),
+            },
+        );
+        let (mut n, mut cond) = (0, false);
+        replace_references(&mut body, &map, &mut n, &mut cond);
+        assert_eq!(n, 2);
+        assert!(!cond);
+        assert_eq!(
+            body["subject"],
+            json!({"reference": "Patient/t1", "display": "x"})
+        );
+        assert_eq!(
+            body["addresses"][0],
+            json!({"type": "Condition", "identifier": {"system": "a", "value": "b"}})
+        );
+        assert_eq!(
+            body["extension"][0]["valueReference"]["reference"],
+            "Goal/g1"
+        );
+    }
+
+    #[test]
+    fn server_fields_are_stripped_and_the_source_tagged() {
+        let mut body = json!({"resourceType": "Condition", "id": "c1", "meta": {"versionId": "3", "lastUpdated": "2026-01-01T00:00:00Z", "security": [{"code": "N"}]}});
+        strip_server_fields(&mut body);
+        tag_source(&mut body, "gp", "General practice");
+        assert_eq!(
+            body,
+            json!({"resourceType": "Condition", "meta": {"security": [{"code": "N"}], "tag": [{"system": SECTOR_TAG_SYSTEM, "code": "gp", "display": "General practice"}]}})
+        );
+    }
+}

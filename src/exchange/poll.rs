@@ -1,0 +1,410 @@
+//! Pull mode: for each sector with `mode = "pull"` (or `both`), one poller at a time (a lease
+//! in the store, so that of several replicas only one polls a sector) searches the sector's
+//! endpoint for what changed and feeds it through the same pipeline as a push.
+//!
+//! Per resource type (Patient first, so that links exist, then every type a route carries from
+//! the sector) it asks `Type?_lastUpdated=ge<cursor>&_sort=_lastUpdated&_count=N`, following
+//! `next` links, or `_offset` paging when the server gives none. The cursor is durable: the last
+//! `meta.lastUpdated` read and the `id|versionId` of every version read at exactly that instant,
+//! so versions sharing a timestamp across a page boundary are neither lost nor ingested twice.
+//!
+//! Echo suppression: a resource carrying the gateway's source-resource identifier is a copy the
+//! gateway delivered there, as is a resource whose id and version the gateway recorded when
+//! delivering it; neither is ingested. Invalid resources are quarantined (kept, counted,
+//! audited) and never forwarded.
+
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::watch;
+
+use super::SOURCE_ID_SYSTEM;
+use super::outbound::{Outbound, kind};
+use crate::auth::{Client, Role};
+use crate::config::{SectorSettings, Settings};
+use crate::fhir::FHIR_JSON;
+use crate::ingest::{Caller, Entry, Gateway, GatewayError, Method};
+use crate::store::PollCursor;
+
+/// Counts of one poll cycle.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PollReport {
+    /// False when another replica holds the sector's lease.
+    pub polled: bool,
+    pub read: usize,
+    pub stored: usize,
+    pub unchanged: usize,
+    pub echo: usize,
+    pub quarantined: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("the sector answered {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Transport(&'static str),
+    #[error("the sector's answer is not a searchset Bundle")]
+    NotABundle,
+    #[error("{0}")]
+    Auth(String),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+pub struct Poller {
+    pub gateway: Arc<Gateway>,
+    pub outbound: Arc<Outbound>,
+    pub owner: String,
+}
+
+/// The types polled from a sector: Patient, then what the routes carry from it, referenced
+/// types before the types that reference them (a Condition before the CarePlan addressing it),
+/// so that references resolve to what was already delivered.
+pub fn pull_types(settings: &Settings, sector: &str) -> Vec<String> {
+    let mut out = vec!["Patient".to_owned()];
+    for r in settings.exchange.effective_routes() {
+        if r.from.is_empty() || r.from.iter().any(|f| f == sector) {
+            for t in r.types {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+    }
+    out.sort_by_key(|t| rank(t));
+    out
+}
+
+/// Order of polling: who is referenced comes first.
+fn rank(rtype: &str) -> u8 {
+    match rtype {
+        "Patient" => 0,
+        "Organization" | "Practitioner" | "PractitionerRole" | "RelatedPerson" | "Medication" => 1,
+        "Condition" | "Observation" | "Goal" => 2,
+        "MedicationRequest" | "MedicationStatement" => 3,
+        "CareTeam" => 4,
+        "CarePlan" => 5,
+        "Communication" => 7,
+        _ => 6,
+    }
+}
+
+fn instant(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).ok()
+}
+
+impl Poller {
+    pub async fn run(self: Arc<Self>, sector: String, mut shutdown: watch::Receiver<bool>) {
+        let every = Duration::from_millis(self.gateway.settings.exchange.poll_interval_ms);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.cycle(&sector).await {
+                Ok(r) if r.polled => tracing::debug!(
+                    sector = %sector, read = r.read, stored = r.stored, unchanged = r.unchanged,
+                    echo = r.echo, quarantined = r.quarantined, "poll cycle"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(sector = %sector, error = %e, "poll cycle failed; the cursor stays where it was")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// One poll of every pulled type of a sector (when this replica holds its lease).
+    pub async fn cycle(&self, sector_id: &str) -> Result<PollReport, PollError> {
+        let gw = &self.gateway;
+        let Some(sector) = gw.settings.sector(sector_id).cloned() else {
+            return Ok(PollReport::default());
+        };
+        let x = &gw.settings.exchange;
+        let now = crate::audit::now_us();
+        let hold = Duration::from_millis(x.poll_interval_ms.saturating_mul(2))
+            + Duration::from_millis(x.request_timeout_ms.saturating_mul(4));
+        let mut tx = gw.store.begin().await?;
+        let mine = tx
+            .lease_acquire(
+                &format!("poll:{sector_id}"),
+                &self.owner,
+                now,
+                now.saturating_add(i64::try_from(hold.as_micros()).unwrap_or(i64::MAX)),
+            )
+            .await?;
+        tx.commit().await?;
+        if !mine {
+            return Ok(PollReport::default());
+        }
+        let mut report = PollReport {
+            polled: true,
+            ..PollReport::default()
+        };
+        for rtype in pull_types(&gw.settings, sector_id) {
+            self.poll_type(&sector, &rtype, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    async fn poll_type(
+        &self,
+        sector: &SectorSettings,
+        rtype: &str,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        let gw = &self.gateway;
+        let Some(base) = sector.base_url.as_deref().map(|b| b.trim_end_matches('/')) else {
+            return Ok(());
+        };
+        let page = gw.settings.exchange.poll_page_size;
+        let start = {
+            let mut tx = gw.store.begin_read().await?;
+            tx.cursor_get(&sector.id, rtype).await?.unwrap_or_default()
+        };
+        let mut cursor = start.clone();
+        let mut query = format!("{base}/{rtype}?_sort=_lastUpdated&_count={page}");
+        if !start.since.is_empty() {
+            query.push_str("&_lastUpdated=ge");
+            query.push_str(
+                &percent_encoding::utf8_percent_encode(
+                    &start.since,
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .to_string(),
+            );
+        }
+        let mut url = query.clone();
+        let mut offset = 0usize;
+        loop {
+            let bundle = self.get(sector, &url).await?;
+            let entries: Vec<Value> = bundle
+                .get("entry")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter(|e| {
+                            e.pointer("/search/mode")
+                                .and_then(Value::as_str)
+                                .unwrap_or("match")
+                                == "match"
+                        })
+                        .filter_map(|e| e.get("resource").cloned())
+                        .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some(rtype))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let n = entries.len();
+            for r in entries {
+                self.take(sector, rtype, r, &start, &mut cursor, report)
+                    .await?;
+            }
+            if cursor != start {
+                let mut tx = gw.store.begin().await?;
+                tx.cursor_put(&sector.id, rtype, &cursor).await?;
+                tx.commit().await?;
+            }
+            let next = bundle
+                .get("link")
+                .and_then(Value::as_array)
+                .and_then(|links| {
+                    links
+                        .iter()
+                        .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
+                })
+                .and_then(|l| l.get("url"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            match next {
+                Some(n) if n != url => url = n,
+                _ if n >= page as usize => {
+                    offset += n;
+                    url = format!("{query}&_offset={offset}");
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// One resource read from the sector.
+    async fn take(
+        &self,
+        sector: &SectorSettings,
+        rtype: &str,
+        resource: Value,
+        start: &PollCursor,
+        cursor: &mut PollCursor,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        let gw = &self.gateway;
+        let Some(id) = resource
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return Ok(());
+        };
+        let version = resource
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let updated = resource
+            .pointer("/meta/lastUpdated")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let key = format!("{id}|{}", version.as_deref().unwrap_or(""));
+        let at_start = !start.since.is_empty()
+            && instant(&updated).is_some()
+            && instant(&updated) == instant(&start.since);
+        // Advance the cursor whatever happens to the resource below (except a store failure,
+        // which aborts the cycle before the cursor is saved).
+        let advance = |cursor: &mut PollCursor| match (instant(&updated), instant(&cursor.since)) {
+            (Some(u), Some(c)) if u > c => {
+                cursor.since = updated.clone();
+                cursor.seen = vec![key.clone()];
+            }
+            (Some(u), Some(c)) if u == c && !cursor.seen.contains(&key) => {
+                cursor.seen.push(key.clone());
+            }
+            (Some(_), None) => {
+                cursor.since = updated.clone();
+                cursor.seen = vec![key.clone()];
+            }
+            _ => {}
+        };
+        if at_start && start.seen.contains(&key) {
+            return Ok(());
+        }
+        report.read += 1;
+        if self
+            .is_echo(sector, rtype, &id, version.as_deref(), &resource)
+            .await?
+        {
+            report.echo += 1;
+            gw.metrics.pull(&sector.id, "echo");
+            advance(cursor);
+            return Ok(());
+        }
+        let caller = Caller {
+            client: Client {
+                id: format!("poller:{}", sector.id),
+                role: Role::Sector(sector.id.clone()),
+            },
+            request_id: None,
+        };
+        let entry = Entry {
+            location: None,
+            method: Method::Put,
+            rtype: rtype.to_owned(),
+            url_id: Some(id.clone()),
+            if_none_exist: None,
+            full_url: None,
+            resource: resource.clone(),
+        };
+        match gw.put_one(&caller, &sector.id, entry).await {
+            Ok(applied) if applied.outcome.changed => {
+                report.stored += 1;
+                gw.metrics.pull(&sector.id, "stored");
+            }
+            Ok(_) => {
+                report.unchanged += 1;
+                gw.metrics.pull(&sector.id, "unchanged");
+            }
+            Err(GatewayError::Store(e)) => return Err(PollError::Store(e)),
+            Err(e) => {
+                let issues = match &e {
+                    GatewayError::Invalid(i) | GatewayError::Unprocessable(i) => {
+                        crate::fhir::outcome::operation_outcome(i).to_string()
+                    }
+                    other => crate::fhir::outcome::operation_outcome(&[
+                        crate::fhir::outcome::Issue::error("processing", other.to_string()),
+                    ])
+                    .to_string(),
+                };
+                let mut tx = gw.store.begin().await?;
+                tx.quarantine_add(
+                    &sector.id,
+                    rtype,
+                    &id,
+                    version.as_deref(),
+                    &resource.to_string(),
+                    &issues,
+                )
+                .await?;
+                tx.commit().await?;
+                report.quarantined += 1;
+                gw.metrics.pull(&sector.id, "quarantined");
+                tracing::warn!(sector = %sector.id, resource_type = %rtype, "a pulled resource failed validation and was quarantined");
+            }
+        }
+        advance(cursor);
+        Ok(())
+    }
+
+    /// A copy the gateway itself delivered to this sector.
+    async fn is_echo(
+        &self,
+        sector: &SectorSettings,
+        rtype: &str,
+        id: &str,
+        version: Option<&str>,
+        resource: &Value,
+    ) -> Result<bool, PollError> {
+        let tagged = crate::fhir::identifiers(resource)
+            .iter()
+            .any(|(s, _)| *s == SOURCE_ID_SYSTEM);
+        if tagged {
+            return Ok(true);
+        }
+        let mut tx = self.gateway.store.begin_read().await?;
+        Ok(
+            match tx.delivered_by_target_id(&sector.id, rtype, id).await? {
+                Some(d) => d.target_version.is_none() || d.target_version.as_deref() == version,
+                None => false,
+            },
+        )
+    }
+
+    async fn get(&self, sector: &SectorSettings, url: &str) -> Result<Value, PollError> {
+        let auth = self
+            .outbound
+            .authorization(sector)
+            .await
+            .map_err(|e| PollError::Auth(e.0))?;
+        let mut req = self
+            .outbound
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, FHIR_JSON);
+        if let Some(a) = auth {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| PollError::Transport(kind(&e)))?;
+        let status = resp.status().as_u16();
+        if status == 401 {
+            self.outbound.invalidate(&sector.id);
+        }
+        if status != 200 {
+            return Err(PollError::Status(status));
+        }
+        let bundle: Value = resp
+            .json()
+            .await
+            .map_err(|e| PollError::Transport(kind(&e)))?;
+        if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+            return Err(PollError::NotABundle);
+        }
+        Ok(bundle)
+    }
+}

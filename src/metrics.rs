@@ -1,0 +1,153 @@
+//! The gateway's Prometheus metrics: one registry per application (no process-wide state),
+//! shared by the HTTP layer and the exchange. Labels carry methods, statuses, sector ids and
+//! states only — never paths, ids or anything about a patient.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// The target sector.
+    pub target: String,
+    /// delivered, retry, dead, superseded.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboxLabels {
+    pub target: String,
+    /// pending, delivered, dead, superseded.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PullLabels {
+    pub sector: String,
+    /// stored, unchanged, echo, quarantined, failed.
+    pub outcome: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Histogram,
+    pub rate_limited: Counter,
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    pub delivery_duration: Family<TargetLabels, Histogram>,
+    pub dead_letters: Family<TargetLabels, Counter>,
+    pub outbox: Family<OutboxLabels, Gauge>,
+    pub pulled: Family<PullLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("carebridge");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method and status",
+            requests.clone(),
+        );
+        let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            duration.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 by the per-client rate limit",
+            rate_limited.clone(),
+        );
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Delivery attempts to sector endpoints, by target sector and outcome",
+            deliveries.clone(),
+        );
+        let delivery_duration = Family::<TargetLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "delivery_duration_seconds",
+            "Time of one delivery request to a sector endpoint",
+            delivery_duration.clone(),
+        );
+        let dead_letters = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Outbox entries given up and dead-lettered, by target sector",
+            dead_letters.clone(),
+        );
+        let outbox = Family::<OutboxLabels, Gauge>::default();
+        registry.register(
+            "outbox_entries",
+            "Outbox entries by target sector and state (refreshed every few seconds)",
+            outbox.clone(),
+        );
+        let pulled = Family::<PullLabels, Counter>::default();
+        registry.register(
+            "pulled_resources",
+            "Resources read from pull-mode sectors, by sector and outcome",
+            pulled.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            rate_limited,
+            deliveries,
+            delivery_duration,
+            dead_letters,
+            outbox,
+            pulled,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn delivery(&self, target: &str, outcome: &str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                target: target.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn pull(&self, sector: &str, outcome: &str) {
+        self.pulled
+            .get_or_create(&PullLabels {
+                sector: sector.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

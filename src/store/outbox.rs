@@ -1,0 +1,691 @@
+//! The exchange's part of the store: the outbox, what was delivered where, pull cursors,
+//! leases and the quarantine. The same SQL runs on SQLite and PostgreSQL; claiming differs only
+//! in `FOR UPDATE SKIP LOCKED`, which PostgreSQL needs so that replicas never wait on (or take)
+//! each other's entries, and which SQLite does not need because `BEGIN IMMEDIATE` admits one
+//! writer at a time.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::Result;
+use super::sql::{Dialect, SqlTx, map_err};
+
+/// An entry to add to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxNew {
+    pub target: String,
+    pub source: String,
+    pub gid: String,
+    pub version: i64,
+    pub rtype: String,
+    pub patient_id: Option<String>,
+    /// Why it goes there: `care`, `recipients`, `backfill`, or `route:<n>` for a listed route.
+    pub route: String,
+}
+
+/// One outbox entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub target: String,
+    pub source: String,
+    pub gid: String,
+    pub version: i64,
+    pub rtype: String,
+    pub patient_id: Option<String>,
+    pub route: String,
+    /// pending, delivered, dead or superseded.
+    pub state: String,
+    pub attempts: i64,
+    pub created_us: i64,
+    pub next_us: i64,
+    pub updated_us: i64,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub target_id: Option<String>,
+    pub target_version: Option<String>,
+}
+
+/// What a target sector holds of a delivered resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub target: String,
+    pub gid: String,
+    pub rtype: String,
+    pub target_id: String,
+    pub target_version: Option<String>,
+    /// The source version that was delivered.
+    pub version: i64,
+    /// SHA-256 of the body sent.
+    pub hash: String,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    Delivered {
+        status: i64,
+        target_id: String,
+        target_version: Option<String>,
+    },
+    /// A retryable failure: try again at `next_us`.
+    Retry {
+        status: Option<i64>,
+        error: String,
+        next_us: i64,
+    },
+    /// Given up: a permanent failure, or retries exhausted.
+    Dead { status: Option<i64>, error: String },
+    /// A later version already reached the target.
+    Superseded,
+    /// Not attempted: waits for a resource it references (no attempt is counted).
+    Deferred { next_us: i64 },
+}
+
+/// Filters for listing outbox entries.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxFilter {
+    pub state: Option<String>,
+    pub target: Option<String>,
+    pub offset: i64,
+    pub count: i64,
+}
+
+/// A pull cursor: the last `meta.lastUpdated` read, and the `id|versionId` keys read at exactly
+/// that instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollCursor {
+    pub since: String,
+    pub seen: Vec<String>,
+}
+
+#[async_trait]
+pub trait ExchangeTx: Send {
+    /// The sectors that hold resources of a gateway patient (they take part in its care).
+    async fn care_sectors(&mut self, patient_id: &str) -> Result<Vec<String>>;
+    /// How many resources a sector holds for a gateway patient.
+    async fn sector_resource_count(&mut self, patient_id: &str, sector: &str) -> Result<i64>;
+    /// The current (gid, sector, type, version) of every resource of a gateway patient.
+    async fn patient_resources(
+        &mut self,
+        patient_id: &str,
+    ) -> Result<Vec<(String, String, String, i64)>>;
+    /// The sector's own id of its Patient for a gateway patient, if it sent one.
+    async fn sector_patient(&mut self, patient_id: &str, sector: &str) -> Result<Option<String>>;
+    /// (sector, gid, rid) of every resource of a type holding a business identifier.
+    async fn identifier_owners(
+        &mut self,
+        rtype: &str,
+        system: &str,
+        value: &str,
+    ) -> Result<Vec<(String, String, String)>>;
+    /// The body of one stored version.
+    async fn version_body(&mut self, gid: &str, version: i64) -> Result<Option<String>>;
+
+    /// Adds an entry unless the same (target, resource, version) is already there.
+    async fn outbox_add(&mut self, entry: &OutboxNew) -> Result<bool>;
+    /// Leases up to `limit` due entries of one target, oldest first, leaving out any entry
+    /// with an older pending entry of the same resource (per-resource order).
+    async fn outbox_claim(
+        &mut self,
+        target: &str,
+        owner: &str,
+        now_us: i64,
+        lease_until_us: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>>;
+    /// Gives a leased entry back untouched.
+    async fn outbox_release(&mut self, id: i64, owner: &str) -> Result<()>;
+    /// Records how an attempt ended; false when `owner` no longer holds the lease.
+    async fn outbox_finish(&mut self, id: i64, owner: &str, finish: &Finish) -> Result<bool>;
+    /// True when an older entry of the same resource for the same target is still pending.
+    async fn outbox_pending_before(&mut self, target: &str, gid: &str, before: i64)
+    -> Result<bool>;
+    async fn outbox_get(&mut self, id: i64) -> Result<Option<OutboxEntry>>;
+    async fn outbox_list(&mut self, filter: &OutboxFilter) -> Result<Vec<OutboxEntry>>;
+    /// Puts a dead entry back in the queue (attempts from zero, due now). None when there is
+    /// no such entry or it is not dead.
+    async fn outbox_retry(&mut self, id: i64, now_us: i64) -> Result<Option<OutboxEntry>>;
+    /// (target, state, entries).
+    async fn outbox_counts(&mut self) -> Result<Vec<(String, String, i64)>>;
+
+    async fn delivered_get(&mut self, target: &str, gid: &str) -> Result<Option<Delivered>>;
+    async fn delivered_by_target_id(
+        &mut self,
+        target: &str,
+        rtype: &str,
+        target_id: &str,
+    ) -> Result<Option<Delivered>>;
+    async fn delivered_put(&mut self, d: &Delivered, now_us: i64) -> Result<()>;
+
+    async fn cursor_get(&mut self, sector: &str, rtype: &str) -> Result<Option<PollCursor>>;
+    async fn cursor_put(&mut self, sector: &str, rtype: &str, cursor: &PollCursor) -> Result<()>;
+    /// Takes or renews a named lease; false while another owner holds it.
+    async fn lease_acquire(
+        &mut self,
+        name: &str,
+        owner: &str,
+        now_us: i64,
+        until_us: i64,
+    ) -> Result<bool>;
+    async fn lease_release(&mut self, name: &str, owner: &str) -> Result<()>;
+    /// Keeps a pulled resource that failed validation.
+    async fn quarantine_add(
+        &mut self,
+        sector: &str,
+        rtype: &str,
+        rid: &str,
+        version_id: Option<&str>,
+        body: &str,
+        issues: &str,
+    ) -> Result<()>;
+}
+
+const OUTBOX_COLUMNS: &str = "id, target, source, gid, version, rtype, patient_id, route, state, \
+     attempts, created_us, next_us, updated_us, last_status, last_error, target_id, target_version";
+
+fn entry(r: &AnyRow) -> std::result::Result<OutboxEntry, sqlx::Error> {
+    Ok(OutboxEntry {
+        id: r.try_get(0)?,
+        target: r.try_get(1)?,
+        source: r.try_get(2)?,
+        gid: r.try_get(3)?,
+        version: r.try_get(4)?,
+        rtype: r.try_get(5)?,
+        patient_id: r.try_get(6)?,
+        route: r.try_get(7)?,
+        state: r.try_get(8)?,
+        attempts: r.try_get(9)?,
+        created_us: r.try_get(10)?,
+        next_us: r.try_get(11)?,
+        updated_us: r.try_get(12)?,
+        last_status: r.try_get(13)?,
+        last_error: r.try_get(14)?,
+        target_id: r.try_get(15)?,
+        target_version: r.try_get(16)?,
+    })
+}
+
+fn entries(rows: &[AnyRow]) -> Result<Vec<OutboxEntry>> {
+    Ok(rows
+        .iter()
+        .map(entry)
+        .collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+fn delivered(r: &AnyRow) -> std::result::Result<Delivered, sqlx::Error> {
+    Ok(Delivered {
+        target: r.try_get(0)?,
+        gid: r.try_get(1)?,
+        rtype: r.try_get(2)?,
+        target_id: r.try_get(3)?,
+        target_version: r.try_get(4)?,
+        version: r.try_get(5)?,
+        hash: r.try_get(6)?,
+    })
+}
+
+const DELIVERED_COLUMNS: &str = "target, gid, rtype, target_id, target_version, version, hash";
+
+/// Error texts are kept short in the outbox (they may quote a server's answer).
+fn clip(s: &str) -> String {
+    s.chars().take(500).collect()
+}
+
+#[async_trait]
+impl ExchangeTx for SqlTx {
+    async fn care_sectors(&mut self, patient_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT sector FROM resources WHERE patient_id = $1 ORDER BY sector",
+        )
+        .bind(patient_id)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    async fn sector_resource_count(&mut self, patient_id: &str, sector: &str) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM resources WHERE patient_id = $1 AND sector = $2")
+                .bind(patient_id)
+                .bind(sector)
+                .fetch_one(&mut *self.tx)
+                .await
+                .map_err(map_err)?
+                .try_get(0)?,
+        )
+    }
+
+    async fn patient_resources(
+        &mut self,
+        patient_id: &str,
+    ) -> Result<Vec<(String, String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT gid, sector, rtype, version FROM resources WHERE patient_id = $1 ORDER BY gid",
+        )
+        .bind(patient_id)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect::<std::result::Result<_, sqlx::Error>>()?)
+    }
+
+    async fn sector_patient(&mut self, patient_id: &str, sector: &str) -> Result<Option<String>> {
+        Ok(sqlx::query(
+            "SELECT rid FROM resources WHERE patient_id = $1 AND sector = $2 AND rtype = 'Patient' \
+             ORDER BY rid LIMIT 1",
+        )
+        .bind(patient_id)
+        .bind(sector)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)?
+        .map(|r| r.try_get(0))
+        .transpose()?)
+    }
+
+    async fn identifier_owners(
+        &mut self,
+        rtype: &str,
+        system: &str,
+        value: &str,
+    ) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT i.sector, r.gid, r.rid FROM resource_identifiers i JOIN resources r ON r.gid = i.gid \
+             WHERE i.rtype = $1 AND i.system = $2 AND i.value = $3 ORDER BY i.sector",
+        )
+        .bind(rtype)
+        .bind(system)
+        .bind(value)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<std::result::Result<_, sqlx::Error>>()?)
+    }
+
+    async fn version_body(&mut self, gid: &str, version: i64) -> Result<Option<String>> {
+        Ok(
+            sqlx::query("SELECT body FROM resource_versions WHERE gid = $1 AND version = $2")
+                .bind(gid)
+                .bind(version)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(map_err)?
+                .map(|r| r.try_get(0))
+                .transpose()?,
+        )
+    }
+
+    async fn outbox_add(&mut self, e: &OutboxNew) -> Result<bool> {
+        let now = super::sql::now_us();
+        let done = sqlx::query(
+            "INSERT INTO outbox (target, source, gid, version, rtype, patient_id, route, state, \
+             attempts, created_us, next_us, updated_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8) \
+             ON CONFLICT (target, gid, version) DO NOTHING",
+        )
+        .bind(&e.target)
+        .bind(&e.source)
+        .bind(&e.gid)
+        .bind(e.version)
+        .bind(&e.rtype)
+        .bind(e.patient_id.as_deref())
+        .bind(&e.route)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn outbox_claim(
+        &mut self,
+        target: &str,
+        owner: &str,
+        now_us: i64,
+        lease_until_us: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>> {
+        let lock = match self.dialect {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let sql = sqlx::AssertSqlSafe(format!(
+            "UPDATE outbox SET lease_owner = $1, lease_until_us = $2, updated_us = $3 \
+             WHERE id IN (SELECT o.id FROM outbox o WHERE o.target = $4 AND o.state = 'pending' \
+               AND o.next_us <= $3 AND (o.lease_until_us IS NULL OR o.lease_until_us < $3) \
+               AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.target = o.target AND p.gid = o.gid \
+                               AND p.state = 'pending' AND p.id < o.id) \
+               ORDER BY o.id LIMIT $5{lock}) \
+             RETURNING {OUTBOX_COLUMNS}"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(owner)
+            .bind(lease_until_us)
+            .bind(now_us)
+            .bind(target)
+            .bind(limit)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        let mut out = entries(&rows)?;
+        out.sort_by_key(|e| e.id);
+        Ok(out)
+    }
+
+    async fn outbox_release(&mut self, id: i64, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn outbox_finish(&mut self, id: i64, owner: &str, finish: &Finish) -> Result<bool> {
+        let now = super::sql::now_us();
+        let q = match finish {
+            Finish::Delivered {
+                status,
+                target_id,
+                target_version,
+            } => sqlx::query(
+                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, updated_us = $3, \
+                 last_status = $4, last_error = NULL, target_id = $5, target_version = $6, \
+                 lease_owner = NULL, lease_until_us = NULL WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(now)
+            .bind(*status)
+            .bind(target_id.clone())
+            .bind(target_version.clone()),
+            Finish::Retry {
+                status,
+                error,
+                next_us,
+            } => sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, updated_us = $3, last_status = $4, \
+                 last_error = $5, next_us = $6, lease_owner = NULL, lease_until_us = NULL \
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(now)
+            .bind(*status)
+            .bind(clip(error))
+            .bind(*next_us),
+            Finish::Dead { status, error } => sqlx::query(
+                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, updated_us = $3, \
+                 last_status = $4, last_error = $5, lease_owner = NULL, lease_until_us = NULL \
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(now)
+            .bind(*status)
+            .bind(clip(error)),
+            Finish::Superseded => sqlx::query(
+                "UPDATE outbox SET state = 'superseded', updated_us = $3, lease_owner = NULL, \
+                 lease_until_us = NULL WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(now),
+            Finish::Deferred { next_us } => sqlx::query(
+                "UPDATE outbox SET next_us = $3, lease_owner = NULL, lease_until_us = NULL \
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(*next_us),
+        };
+        let done = q.execute(&mut *self.tx).await.map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn outbox_pending_before(
+        &mut self,
+        target: &str,
+        gid: &str,
+        before: i64,
+    ) -> Result<bool> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM outbox WHERE target = $1 AND gid = $2 AND state = 'pending' AND id < $3 LIMIT 1",
+        )
+        .bind(target)
+        .bind(gid)
+        .bind(before)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)?
+        .is_some())
+    }
+
+    async fn outbox_get(&mut self, id: i64) -> Result<Option<OutboxEntry>> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1"));
+        Ok(sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?
+            .as_ref()
+            .map(entry)
+            .transpose()?)
+    }
+
+    async fn outbox_list(&mut self, f: &OutboxFilter) -> Result<Vec<OutboxEntry>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE ($1 = '' OR state = $1) \
+             AND ($2 = '' OR target = $2) ORDER BY id LIMIT $3 OFFSET $4"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(f.state.as_deref().unwrap_or(""))
+            .bind(f.target.as_deref().unwrap_or(""))
+            .bind(f.count)
+            .bind(f.offset)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        entries(&rows)
+    }
+
+    async fn outbox_retry(&mut self, id: i64, now_us: i64) -> Result<Option<OutboxEntry>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_us = $2, updated_us = $2, \
+             lease_owner = NULL, lease_until_us = NULL WHERE id = $1 AND state = 'dead' \
+             RETURNING {OUTBOX_COLUMNS}"
+        ));
+        Ok(sqlx::query(sql)
+            .bind(id)
+            .bind(now_us)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?
+            .as_ref()
+            .map(entry)
+            .transpose()?)
+    }
+
+    async fn outbox_counts(&mut self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT target, state, COUNT(*) FROM outbox GROUP BY target, state ORDER BY target, state",
+        )
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<std::result::Result<_, sqlx::Error>>()?)
+    }
+
+    async fn delivered_get(&mut self, target: &str, gid: &str) -> Result<Option<Delivered>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {DELIVERED_COLUMNS} FROM delivered WHERE target = $1 AND gid = $2"
+        ));
+        Ok(sqlx::query(sql)
+            .bind(target)
+            .bind(gid)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?
+            .as_ref()
+            .map(delivered)
+            .transpose()?)
+    }
+
+    async fn delivered_by_target_id(
+        &mut self,
+        target: &str,
+        rtype: &str,
+        target_id: &str,
+    ) -> Result<Option<Delivered>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {DELIVERED_COLUMNS} FROM delivered WHERE target = $1 AND rtype = $2 \
+             AND target_id = $3 ORDER BY delivered_us DESC LIMIT 1"
+        ));
+        Ok(sqlx::query(sql)
+            .bind(target)
+            .bind(rtype)
+            .bind(target_id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?
+            .as_ref()
+            .map(delivered)
+            .transpose()?)
+    }
+
+    async fn delivered_put(&mut self, d: &Delivered, now_us: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO delivered (target, gid, rtype, target_id, target_version, version, hash, delivered_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (target, gid) DO UPDATE SET rtype = excluded.rtype, \
+             target_id = excluded.target_id, target_version = excluded.target_version, \
+             version = excluded.version, hash = excluded.hash, delivered_us = excluded.delivered_us",
+        )
+        .bind(&d.target)
+        .bind(&d.gid)
+        .bind(&d.rtype)
+        .bind(&d.target_id)
+        .bind(d.target_version.as_deref())
+        .bind(d.version)
+        .bind(&d.hash)
+        .bind(now_us)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn cursor_get(&mut self, sector: &str, rtype: &str) -> Result<Option<PollCursor>> {
+        let row =
+            sqlx::query("SELECT since, seen FROM poll_cursors WHERE sector = $1 AND rtype = $2")
+                .bind(sector)
+                .bind(rtype)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let seen: String = row.try_get(1)?;
+        Ok(Some(PollCursor {
+            since: row.try_get(0)?,
+            // Written by `cursor_put` from a Vec<String>; an unreadable value only means the
+            // versions at the boundary instant are read (and recognised as unchanged) again.
+            seen: serde_json::from_str(&seen).unwrap_or_default(),
+        }))
+    }
+
+    async fn cursor_put(&mut self, sector: &str, rtype: &str, c: &PollCursor) -> Result<()> {
+        // A Vec<String> always serialises.
+        let seen = serde_json::to_string(&c.seen).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "INSERT INTO poll_cursors (sector, rtype, since, seen, updated_us) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (sector, rtype) DO UPDATE SET since = excluded.since, seen = excluded.seen, \
+             updated_us = excluded.updated_us",
+        )
+        .bind(sector)
+        .bind(rtype)
+        .bind(&c.since)
+        .bind(seen)
+        .bind(super::sql::now_us())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn lease_acquire(
+        &mut self,
+        name: &str,
+        owner: &str,
+        now_us: i64,
+        until_us: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO leases (name, owner, until_us) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until_us = excluded.until_us \
+             WHERE leases.owner = excluded.owner OR leases.until_us < $4",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(until_us)
+        .bind(now_us)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn lease_release(&mut self, name: &str, owner: &str) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2")
+            .bind(name)
+            .bind(owner)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn quarantine_add(
+        &mut self,
+        sector: &str,
+        rtype: &str,
+        rid: &str,
+        version_id: Option<&str>,
+        body: &str,
+        issues: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO quarantine (sector, rtype, rid, version_id, received_us, body, issues) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(sector)
+        .bind(rtype)
+        .bind(rid)
+        .bind(version_id)
+        .bind(super::sql::now_us())
+        .bind(body)
+        .bind(issues)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+}
