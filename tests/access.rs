@@ -146,6 +146,18 @@ async fn every_route_answers_each_caller_as_the_matrix_says() {
             None,
             [401, 401, 403, 403, 403, 200, 403],
         ),
+        (
+            Method::GET,
+            "/admin/deliveries?state=pending".into(),
+            None,
+            [401, 401, 403, 403, 403, 403, 200],
+        ),
+        (
+            Method::POST,
+            "/admin/deliveries/999999/retry".into(),
+            None,
+            [401, 401, 403, 403, 403, 403, 404],
+        ),
     ];
     let mut failures = Vec::new();
     for (method, path, body, expected) in &matrix {

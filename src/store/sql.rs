@@ -476,9 +476,10 @@ impl SqlTx {
         reference: &str,
     ) -> Result<Option<String>> {
         let found = if let Some(rid) = reference.strip_prefix("Patient/") {
-            sqlx::query("SELECT patient_id FROM resources WHERE sector = $1 AND rtype = 'Patient' AND rid = $2")
-                .bind(sector)
-                .bind(rid)
+            // By primary key: PostgreSQL's generic plan for the (sector, rtype, rid) form was
+            // seen scanning once the table grew.
+            sqlx::query("SELECT patient_id FROM resources WHERE gid = $1")
+                .bind(gateway_id(sector, "Patient", rid))
                 .fetch_optional(&mut *self.tx)
                 .await
                 .map_err(map_err)?
