@@ -113,7 +113,8 @@ impl Outbound {
                 let resp = self
                     .http
                     .post(token_url)
-                    .basic_auth(client_id, Some(&secret))
+                    // RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.
+                    .basic_auth(form_encode(client_id), Some(form_encode(&secret)))
                     .form(&form)
                     .send()
                     .await
@@ -140,7 +141,8 @@ impl Outbound {
                         "the token endpoint issued a token that is not a bearer token".into(),
                     ));
                 }
-                let lifetime = Duration::from_secs(token.expires_in.unwrap_or(300));
+                // At most a day: a token endpoint's `expires_in` is not trusted to be sane.
+                let lifetime = Duration::from_secs(token.expires_in.unwrap_or(300).min(86_400));
                 // Renew a little before expiry: 30 s early, or at 90 % of a short lifetime.
                 let margin = Duration::from_secs(30).min(lifetime / 10);
                 let header = format!("Bearer {}", token.access_token);
@@ -149,7 +151,7 @@ impl Outbound {
                         sector.id.clone(),
                         Cached {
                             header: header.clone(),
-                            until: Instant::now() + lifetime - margin,
+                            until: Instant::now() + lifetime.saturating_sub(margin),
                         },
                     );
                 }
@@ -170,6 +172,17 @@ impl Outbound {
             tokens.remove(sector);
         }
     }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encode(s: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const FORM: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'*')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_');
+    utf8_percent_encode(s, FORM).to_string()
 }
 
 /// A transport error, described without URLs (which may carry ids).
