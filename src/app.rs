@@ -37,11 +37,23 @@ impl App {
         schema.warm(CORE_TYPES);
         let store = SqlStore::connect(&settings.store.url, settings.store.max_connections).await?;
         let store: Arc<dyn Store> = Arc::new(store);
-        let gateway = Arc::new(Gateway::new(
-            settings,
-            Validator::new(schema, profiles),
-            store,
-        ));
+        let knowledge = crate::detect::knowledge::MedKnowledge::load(&settings.fhir.profiles_dir)?;
+        let detection = crate::detect::lifecycle::Detection {
+            knowledge,
+            mapping: mapping.clone(),
+            rules: settings.alerts.rules(),
+        };
+        let mut gateway = Gateway::new(settings, Validator::new(schema, profiles), store);
+        gateway.detection = Some(Arc::new(detection));
+        let gateway = Arc::new(gateway);
+        // Bearer JWTs of the `[auth]` issuer, besides the static tokens.
+        let clients = match crate::auth::JwtVerifier::from_settings(&gateway.settings)? {
+            Some(verifier) => {
+                verifier.spawn_prefetch();
+                clients.with_jwt(verifier)
+            }
+            None => clients,
+        };
         let router = crate::api::router(gateway.clone(), clients);
         let exchange = Exchange::new(gateway.clone(), Arc::new(mapping))?;
         Ok(App {
@@ -68,8 +80,13 @@ impl App {
         if self.gateway.settings.exchange.enabled {
             self.exchange.start();
         }
+        let closing = self.gateway.shutting_down.clone();
         let served = axum::serve(listener, self.router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Long-lived responses (the alert stream) end, so that shutdown completes.
+                let _ = closing.send(true);
+            })
             .await;
         self.exchange.stop().await;
         served?;

@@ -191,7 +191,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let settings = Settings::load(&config)?;
             let clients = Clients::from_settings(&settings.clients);
-            if clients.is_empty() {
+            if clients.is_empty() && settings.auth.issuer.is_none() {
                 tracing::warn!(
                     "no clients with a token are configured: every API call will answer 401"
                 );

@@ -21,11 +21,96 @@ pub struct Settings {
     #[serde(default)]
     pub fhir: FhirSettings,
     #[serde(default)]
+    pub alerts: AlertSettings,
+    #[serde(default)]
     pub sectors: Vec<SectorSettings>,
     #[serde(default)]
     pub clients: Vec<ClientSettings>,
     #[serde(default)]
     pub exchange: ExchangeSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+}
+
+/// Fragmentation detection: thresholds and vocabularies (see docs/alerts.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    /// Detect and keep alerts when resources change.
+    pub enabled: bool,
+    /// Different active ingredients across sectors at or above which polypharmacy is raised.
+    pub polypharmacy_threshold: usize,
+    /// Hours a Communication that asks for a reply may wait for one.
+    pub reply_within_hours: u64,
+    /// Chronic conditions: `system|code`, or `system|prefix*`.
+    pub chronic: Vec<String>,
+    /// CareTeam participant roles that coordinate care (`system|code`).
+    pub coordinator_roles: Vec<String>,
+    /// Communication categories that ask for a reply (`system|code`).
+    pub reply_requested: Vec<String>,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        let icpc2 = "urn:oid:1.2.208.176.2.31|";
+        let sksd = "urn:oid:1.2.208.176.2.4.12|";
+        let sct = "http://snomed.info/sct|";
+        let mut chronic = Vec::new();
+        for c in [
+            "T89", "T90", "K74", "K76", "K77", "K78", "K86", "K87", "R95", "R96", "P70", "P76",
+            "L89", "L90", "L95", "U99",
+        ] {
+            chronic.push(format!("{icpc2}{c}"));
+        }
+        for c in [
+            "DE10*", "DE11*", "DE14*", "DI10*", "DI11*", "DI20*", "DI25*", "DI48*", "DI50*",
+            "DJ44*", "DJ45*", "DN18*", "DF00*", "DF01*", "DF03*", "DF32*", "DF33*", "DM15*",
+            "DM16*", "DM17*", "DM81*", "DG20*",
+        ] {
+            chronic.push(format!("{sksd}{c}"));
+        }
+        for c in [
+            "44054006",
+            "46635009",
+            "84114007",
+            "38341003",
+            "13645005",
+            "195967001",
+            "49436004",
+            "709044004",
+            "52448006",
+            "35489007",
+            "396275006",
+            "64859006",
+            "414545008",
+            "49049000",
+        ] {
+            chronic.push(format!("{sct}{c}"));
+        }
+        AlertSettings {
+            enabled: true,
+            polypharmacy_threshold: 10,
+            reply_within_hours: 72,
+            chronic,
+            coordinator_roles: vec![format!("{sct}768730001")],
+            reply_requested: vec![
+                "http://carebridge.example.org/fhir/CodeSystem/communication-category|reply-requested"
+                    .into(),
+            ],
+        }
+    }
+}
+
+impl AlertSettings {
+    pub fn rules(&self) -> crate::detect::Rules {
+        crate::detect::Rules {
+            polypharmacy_threshold: self.polypharmacy_threshold,
+            reply_within_hours: self.reply_within_hours,
+            chronic: self.chronic.clone(),
+            coordinator_roles: self.coordinator_roles.clone(),
+            reply_requested: self.reply_requested.clone(),
+        }
+    }
 }
 
 /// Routing, delivery and polling between the sectors.
@@ -455,6 +540,23 @@ impl Settings {
             }
         }
         self.check_exchange(file)?;
+        self.check_auth(file)?;
+        for (key, list) in [
+            ("alerts.chronic", &self.alerts.chronic),
+            ("alerts.coordinator_roles", &self.alerts.coordinator_roles),
+            ("alerts.reply_requested", &self.alerts.reply_requested),
+        ] {
+            if let Some(bad) = list.iter().find(|e| {
+                e.split_once('|')
+                    .is_none_or(|(s, c)| s.is_empty() || c.is_empty())
+            }) {
+                return Err(fail(
+                    key.into(),
+                    format!("'{bad}' is not system|code"),
+                    "write each entry as system|code (a trailing * matches a code prefix)",
+                ));
+            }
+        }
         let mut client_ids = HashSet::new();
         for (i, c) in self.clients.iter().enumerate() {
             let key = |k: &str| format!("clients[{i}].{k}");
@@ -623,7 +725,14 @@ impl Settings {
 /// plain keys take part, so that other `CAREBRIDGE_…` variables (a test's database URL, say)
 /// are not mistaken for configuration.
 fn overrides_from_env() -> config::Map<String, String> {
-    const SECTIONS: [&str; 4] = ["SERVER__", "STORE__", "FHIR__", "EXCHANGE__"];
+    const SECTIONS: [&str; 6] = [
+        "SERVER__",
+        "STORE__",
+        "FHIR__",
+        "EXCHANGE__",
+        "ALERTS__",
+        "AUTH__",
+    ];
     std::env::vars()
         .filter(|(k, _)| {
             k.strip_prefix("CAREBRIDGE_")
@@ -633,7 +742,8 @@ fn overrides_from_env() -> config::Map<String, String> {
 }
 
 /// Path segments under `/fhir` that cannot be sector ids.
-const RESERVED_SEGMENTS: [&str; 3] = ["metadata", "_history", "_search"];
+/// `carebridge` is the pseudo-sector of what the gateway authors itself (alert messages).
+const RESERVED_SEGMENTS: [&str; 4] = ["metadata", "_history", "_search", "carebridge"];
 
 fn is_sector_id(id: &str) -> bool {
     let mut chars = id.chars();
@@ -665,6 +775,201 @@ fn from_config_error(file: &str, e: config::ConfigError) -> ConfigError {
         key,
         problem: text,
         fix: fix.into(),
+    }
+}
+
+/// Bearer JWTs from an OAuth2 authorization server (SMART Backend Services), accepted besides
+/// the static tokens of `[[clients]]`. Without an issuer only static tokens work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// The issuer whose tokens are accepted: the exact `iss` claim.
+    pub issuer: Option<String>,
+    /// The value the `aud` claim must hold (or contain).
+    pub audience: Option<String>,
+    /// The issuer's JSON Web Key Set (`http://` or `https://`).
+    pub jwks_url: Option<String>,
+    /// Keys older than this are refetched; and a token whose `kid` is not cached causes at most
+    /// one fetch per this many seconds.
+    pub jwks_refresh_secs: u64,
+    /// Timeout of one JWKS fetch.
+    pub jwks_timeout_ms: u64,
+    /// Clock skew allowed when checking `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// The claim that names the client (audited, rate-limited); `sub` when a token lacks it.
+    pub client_id_claim: String,
+    /// The claim that names the sector of a token whose scope maps to the role `sector`.
+    pub sector_claim: Option<String>,
+    /// Which scope of the `scope` claim grants which role.
+    pub scopes: Vec<ScopeRoleSettings>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            issuer: None,
+            audience: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            jwks_timeout_ms: 5_000,
+            leeway_secs: 30,
+            client_id_claim: "client_id".into(),
+            sector_claim: None,
+            scopes: Vec::new(),
+        }
+    }
+}
+
+/// One scope and the role it grants: `sector:<id>`, `sector` (the sector named by the token's
+/// `auth.sector_claim`), `careteam`, `auditor` or `admin`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeRoleSettings {
+    pub scope: String,
+    pub role: String,
+}
+
+impl Settings {
+    /// `[auth]`: complete when an issuer is set, empty otherwise; every scope maps to a role.
+    fn check_auth(&self, file: &str) -> Result<(), ConfigError> {
+        let fail = |key: &str, problem: String, fix: &str| ConfigError {
+            file: file.to_owned(),
+            key: format!("auth.{key}"),
+            problem,
+            fix: fix.to_owned(),
+        };
+        let a = &self.auth;
+        let Some(issuer) = &a.issuer else {
+            let set = [
+                ("audience", a.audience.is_some()),
+                ("jwks_url", a.jwks_url.is_some()),
+                ("sector_claim", a.sector_claim.is_some()),
+                ("scopes", !a.scopes.is_empty()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(fail(
+                    "issuer",
+                    format!("auth.{key} is set but no issuer is"),
+                    "set auth.issuer to the authorization server's `iss`, or remove the [auth] section (static tokens only)",
+                ));
+            }
+            return Ok(());
+        };
+        if issuer.trim().is_empty() {
+            return Err(fail(
+                "issuer",
+                "empty".into(),
+                "write the exact `iss` of the tokens, e.g. \"https://idp.example.org\"",
+            ));
+        }
+        if a.audience.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            return Err(fail(
+                "audience",
+                "missing or empty while an issuer is set".into(),
+                "set the `aud` value the issuer writes into tokens for carebridge, e.g. \"carebridge\"",
+            ));
+        }
+        match a.jwks_url.as_deref() {
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {}
+            Some(_) => {
+                return Err(fail(
+                    "jwks_url",
+                    "not an http(s) URL".into(),
+                    "write the issuer's JWKS address, e.g. https://idp.example.org/.well-known/jwks.json",
+                ));
+            }
+            None => {
+                return Err(fail(
+                    "jwks_url",
+                    "missing while an issuer is set".into(),
+                    "set the issuer's JWKS address (`jwks_uri` of its .well-known metadata)",
+                ));
+            }
+        }
+        let bounds: [(&str, u64, u64, u64); 3] = [
+            ("jwks_refresh_secs", a.jwks_refresh_secs, 1, 86_400),
+            ("jwks_timeout_ms", a.jwks_timeout_ms, 100, 60_000),
+            ("leeway_secs", a.leeway_secs, 0, 300),
+        ];
+        for (key, value, lo, hi) in bounds {
+            if value < lo || value > hi {
+                return Err(fail(
+                    key,
+                    format!("{value} is outside {lo}..={hi}"),
+                    "choose a value in that range (config/default.toml gives the default)",
+                ));
+            }
+        }
+        if a.client_id_claim.trim().is_empty() {
+            return Err(fail(
+                "client_id_claim",
+                "empty".into(),
+                "name the claim that identifies the client (client_id by default)",
+            ));
+        }
+        if a.sector_claim
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return Err(fail(
+                "sector_claim",
+                "empty".into(),
+                "name the claim that carries the sector id, or leave the key out",
+            ));
+        }
+        if a.scopes.is_empty() {
+            return Err(fail(
+                "scopes",
+                "no scope is mapped to a role, so no token could be used".into(),
+                "add [[auth.scopes]] tables with scope and role (config/default.toml shows them)",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, m) in a.scopes.iter().enumerate() {
+            let key = |k: &str| format!("scopes[{i}].{k}");
+            if m.scope.is_empty() || m.scope.contains(char::is_whitespace) {
+                return Err(fail(
+                    &key("scope"),
+                    format!("'{}' is not one scope", m.scope),
+                    "write a single scope without spaces, e.g. \"system/AuditEvent.read\"",
+                ));
+            }
+            if !seen.insert(m.scope.as_str()) {
+                return Err(fail(
+                    &key("scope"),
+                    format!("scope '{}' is mapped twice", m.scope),
+                    "map each scope to one role",
+                ));
+            }
+            match m.role.split_once(':') {
+                Some(("sector", sector)) if self.sector(sector).is_some() => {}
+                Some(("sector", sector)) => {
+                    return Err(fail(
+                        &key("role"),
+                        format!("sector '{sector}' is not configured"),
+                        "name a configured sector: sector:<id>, or \"sector\" to take it from auth.sector_claim",
+                    ));
+                }
+                None if m.role == "sector" => {
+                    if a.sector_claim.is_none() {
+                        return Err(fail(
+                            &key("role"),
+                            "role \"sector\" takes the sector from a claim, but auth.sector_claim is not set".into(),
+                            "set auth.sector_claim to the claim that carries the sector id, or write sector:<id>",
+                        ));
+                    }
+                }
+                None if ["careteam", "auditor", "admin"].contains(&m.role.as_str()) => {}
+                _ => {
+                    return Err(fail(
+                        &key("role"),
+                        format!("'{}' is not a role", m.role),
+                        "use sector:<sector-id>, sector, careteam, auditor or admin",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

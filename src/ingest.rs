@@ -98,6 +98,13 @@ pub struct Gateway {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Woken after a commit that wrote outbox entries (the delivery workers wait on it).
     pub outbox_signal: Arc<tokio::sync::Notify>,
+    /// Fragmentation detection; `None` turns it off (the alerts stay as they are).
+    pub detection: Option<Arc<crate::detect::lifecycle::Detection>>,
+    /// Alert changes, after they committed (`GET /alerts/stream`).
+    pub alert_events: tokio::sync::broadcast::Sender<crate::detect::lifecycle::AlertEvent>,
+    /// Turns true when the server shuts down (long-lived responses such as the alert stream
+    /// end then).
+    pub shutting_down: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -108,6 +115,43 @@ impl Gateway {
             store,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
+            detection: None,
+            alert_events: tokio::sync::broadcast::channel(1024).0,
+            shutting_down: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Re-evaluates the alerts of the patients touched, inside `tx`; writes their audit rows.
+    async fn detect(
+        &self,
+        tx: &mut dyn crate::store::StoreTx,
+        patients: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<crate::detect::lifecycle::AlertEvent>, GatewayError> {
+        let Some(d) = self.detection.as_deref() else {
+            return Ok(Vec::new());
+        };
+        if !self.settings.alerts.enabled {
+            return Ok(Vec::new());
+        }
+        let now = audit::now_us();
+        let sent = crate::store::sql::instant(now);
+        let mut all = Vec::new();
+        for p in patients {
+            let events = crate::detect::lifecycle::evaluate(tx, d, p, now).await?;
+            for e in &events {
+                tx.audit(&alert_audit_row(e, None)).await?;
+                // The care team hears of it through the outbox.
+                crate::detect::notify::notify(tx, &self.settings, e, &sent).await?;
+            }
+            all.extend(events);
+        }
+        Ok(all)
+    }
+
+    /// Sends committed alert changes to the stream (nobody listening is fine).
+    pub fn publish(&self, events: Vec<crate::detect::lifecycle::AlertEvent>) {
+        for e in events {
+            let _ = self.alert_events.send(e);
         }
     }
 
@@ -453,7 +497,14 @@ impl Gateway {
             })
             .collect();
         let targets = crate::exchange::route::enqueue(&mut *tx, &self.settings, &routed).await?;
-        // 5. One audit row per patient touched.
+        // 5. Alerts for the patients whose data changed, in the same transaction.
+        let touched: std::collections::BTreeSet<String> = applied
+            .iter()
+            .filter(|a| a.outcome.changed)
+            .filter_map(|a| a.outcome.patient_id.clone())
+            .collect();
+        let alert_events = self.detect(&mut *tx, &touched).await?;
+        // 6. One audit row per patient touched.
         let actor = caller.actor();
         let mut groups: BTreeMap<Option<String>, Vec<&Applied>> = BTreeMap::new();
         for a in &applied {
@@ -488,9 +539,10 @@ impl Gateway {
             tx.audit(&row).await?;
         }
         tx.commit().await?;
-        if !targets.is_empty() {
+        if !targets.is_empty() || !alert_events.is_empty() {
             self.outbox_signal.notify_waiters();
         }
+        self.publish(alert_events);
         Ok(applied)
     }
 
@@ -787,6 +839,38 @@ fn check_entry_shape(e: &Entry) -> Result<(), GatewayError> {
         }
     }
     Ok(())
+}
+
+/// The audit row of an alert change (raised, updated, closed by detection; acknowledged by a
+/// caller).
+pub fn alert_audit_row(
+    e: &crate::detect::lifecycle::AlertEvent,
+    caller: Option<&Caller>,
+) -> AuditRow {
+    let actor = match caller {
+        Some(c) => c.actor(),
+        None => crate::exchange::deliver::actor(),
+    };
+    let action = match e.kind {
+        "raised" => "C",
+        _ => "U",
+    };
+    let mut row = audit::row(&actor, None, action, "alert", audit::outcome::SUCCESS);
+    row.patient_id = Some(e.patient.clone());
+    let mut entities = vec![format!("DetectedIssue/{}", e.id)];
+    if let Some(list) = e.resource.get("implicated").and_then(Value::as_array) {
+        entities.extend(
+            list.iter()
+                .filter_map(|r| r.get("reference")?.as_str().map(str::to_owned)),
+        );
+    }
+    row.entities = entities;
+    row.purpose = Some("TREAT".into());
+    row.detail = Some(format!(
+        "alert {} {} (version {}, status {})",
+        e.code, e.kind, e.version, e.status
+    ));
+    row
 }
 
 /// The sector-local id of a created resource: the sender's own id (the gateway mirrors the

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod detect;
 pub mod exchange;
 pub mod fhir;
 pub mod ingest;

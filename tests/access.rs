@@ -1,7 +1,8 @@
 //! Access control and limits: every route with no token, a bad token and each role, checked
-//! against the matrix documented in README.md ("Access matrix"); and the limit cases (body
-//! size, JSON depth, Bundle entries, rate) each answered with their status and an
-//! OperationOutcome, never a 5xx.
+//! against the matrix documented in README.md ("Access matrix"; `tests/jwt.rs` runs the role
+//! columns again with bearer JWTs), with the `WWW-Authenticate` challenge of each 401; and the
+//! limit cases (body size, JSON depth, Bundle entries, rate) each answered with their status
+//! and an OperationOutcome, never a 5xx.
 
 mod common;
 
@@ -175,6 +176,24 @@ async fn every_route_answers_each_caller_as_the_matrix_says() {
             }
             let resp = req.send().await.unwrap();
             let got = resp.status().as_u16();
+            if got == 401 {
+                // RFC 6750: a bare challenge without a token, `invalid_token` with a bad one.
+                let challenge = resp
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("");
+                let want_challenge = if who.is_empty() {
+                    "Bearer"
+                } else {
+                    "Bearer error=\"invalid_token\""
+                };
+                if challenge != want_challenge {
+                    failures.push(format!(
+                        "{method} {path} as '{who}': WWW-Authenticate {challenge:?}, want {want_challenge:?}"
+                    ));
+                }
+            }
             let ok = if *want == 200 {
                 (200..300).contains(&got)
             } else {

@@ -309,8 +309,12 @@ async fn pushes_reach_the_other_sectors_mapped_and_valid() {
     let entries = settled(&app, 60).await;
     let dead: Vec<_> = entries.iter().filter(|e| e.state == "dead").collect();
     assert!(dead.is_empty(), "dead letters: {dead:#?}");
-    // 4 GP resources to 2 sectors, 2 hospital resources to 2, 2 municipal resources to 2.
-    let delivered: Vec<_> = entries.iter().filter(|e| e.state == "delivered").collect();
+    // 4 GP resources to 2 sectors, 2 hospital resources to 2, 2 municipal resources to 2 (beside
+    // them, the alert messages the gateway itself sends to the care team: source `carebridge`).
+    let delivered: Vec<_> = entries
+        .iter()
+        .filter(|e| e.state == "delivered" && e.source != "carebridge")
+        .collect();
     assert_eq!(delivered.len(), 16, "{entries:#?}");
 
     let sources: HashMap<&str, Vec<Value>> = HashMap::from([
@@ -1148,4 +1152,125 @@ async fn two_replicas_on_postgresql_deliver_each_entry_exactly_once() {
     store.close().await;
     drop(pg);
     common::drop_pg_database(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_the_care_team_as_communications_and_close_when_the_cause_goes() {
+    use carebridge::detect::notify::ALERT_MESSAGE_SYSTEM;
+    let gp = Peer::start(
+        "gp",
+        &PeerOptions {
+            validate: true,
+            ..PeerOptions::default()
+        },
+    )
+    .await;
+    let hospital = Peer::start(
+        "hospital",
+        &PeerOptions {
+            validate: true,
+            ..PeerOptions::default()
+        },
+    )
+    .await;
+    let sectors = [
+        ("gp", gp.base.clone(), "push"),
+        ("hospital", hospital.base.clone(), "push"),
+    ];
+    let app = TestApp::spawn_config(Backend::Sqlite, |url| config(url, &sectors, FAST)).await;
+    let root = app.base.trim_end_matches("/fhir").to_owned();
+    let mut stream = app
+        .http
+        .get(format!("{root}/alerts/stream"))
+        .bearer_auth(app.token("careteam"))
+        .send()
+        .await
+        .unwrap();
+    let cpr = "1403482196";
+    let gp_pid = register_patient(&app, &gp, "gp", cpr).await;
+    let h_pid = register_patient(&app, &hospital, "hospital", cpr).await;
+    let furosemide = |id: &str, patient: &str, status: &str| {
+        let mut r = med_request(id, patient, "C03CA01");
+        r["status"] = json!(status);
+        r
+    };
+    push(&app, "gp", &[furosemide("gp-furo", &gp_pid, "active")]).await;
+    push(&app, "hospital", &[furosemide("h-furo", &h_pid, "active")]).await;
+
+    // One DUPTHPGEN alert, in the API and on the stream.
+    let (_, found) = app
+        .get("careteam", &format!("/Patient?identifier={CPR}|{cpr}"))
+        .await;
+    let pid = found["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, issues) = app
+        .get(
+            "careteam",
+            &format!("/DetectedIssue?patient={pid}&code=DUPTHPGEN"),
+        )
+        .await;
+    let issues = issues["entry"].as_array().unwrap().clone();
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    let id = issues[0]["resource"]["id"].as_str().unwrap().to_owned();
+    let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&chunk).contains(&id));
+
+    // No care team yet: general practice hears of it, as a Communication about the alert.
+    async fn message(peer: &Peer, id: &str, version: i64) -> Option<Value> {
+        let q = format!("Communication?identifier={ALERT_MESSAGE_SYSTEM}|{id}/{version}");
+        peer.search_resources(&q).await.into_iter().next()
+    }
+    let first = wait_for("the alert message at gp", 30, || message(&gp, &id, 1)).await;
+    assert_eq!(first["category"][0]["coding"][0]["code"], json!("alert"));
+    assert_eq!(
+        first["subject"]["reference"],
+        json!(format!("Patient/{gp_pid}"))
+    );
+    assert!(
+        first["payload"][0]["contentString"]
+            .as_str()
+            .unwrap()
+            .contains("New alert")
+    );
+    assert_eq!(first["priority"], json!("urgent"));
+    assert!(message(&hospital, &id, 1).await.is_none());
+
+    // The hospital's care team names a general practitioner too: both sectors hear what follows.
+    push(&app, "gp", &[json!({"resourceType": "Practitioner", "id": "gp-doc",
+        "identifier": [{"system": "urn:carebridge:test:practitioner", "value": "gp-doc"}], "name": [{"family": "Lund"}]})]).await;
+    push(&app, "hospital", &[json!({"resourceType": "CareTeam", "id": "h-team", "status": "active",
+        "subject": {"reference": format!("Patient/{h_pid}")},
+        "participant": [{"member": {"reference": "Practitioner/h-doc"}},
+                        {"member": {"type": "Practitioner", "identifier": {"system": "urn:carebridge:test:practitioner", "value": "gp-doc"}}}]})]).await;
+    push(&app, "hospital", &[furosemide("h-furo", &h_pid, "stopped")]).await;
+    let (_, closed) = app.get("careteam", &format!("/DetectedIssue/{id}")).await;
+    assert_eq!(closed["status"], json!("cancelled"));
+    let at_gp = wait_for("the closing message at gp", 30, || message(&gp, &id, 2)).await;
+    let at_hospital = wait_for("the closing message at the hospital", 30, || {
+        message(&hospital, &id, 2)
+    })
+    .await;
+    assert!(
+        at_gp["payload"][0]["contentString"]
+            .as_str()
+            .unwrap()
+            .starts_with("Alert closed")
+    );
+    assert_eq!(
+        at_hospital["subject"]["reference"],
+        json!(format!("Patient/{h_pid}"))
+    );
+    let results = validate_with_lantana(&[first, at_gp, at_hospital]);
+    assert!(
+        results.iter().all(|r| r["valid"] == json!(true)),
+        "{results:#?}"
+    );
+    drop(stream);
+    app.stop().await;
 }

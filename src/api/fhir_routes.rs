@@ -28,7 +28,10 @@ pub fn routes() -> Router<AppState> {
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/{a}", get(search).post(post_bundle))
         .route("/fhir/{a}/{b}", get(get_two).post(post_create))
-        .route("/fhir/{a}/{b}/{c}", get(get_three).put(put_update))
+        .route(
+            "/fhir/{a}/{b}/{c}",
+            get(get_three).put(put_update).post(post_operation),
+        )
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -38,7 +41,11 @@ pub fn routes() -> Router<AppState> {
         })
 }
 
-/// The authenticated caller; a missing or unknown token answers 401.
+/// The authenticated caller: a static token or a JWT of the configured issuer
+/// ([`crate::auth::Clients::authenticate_bearer`]). Anything else answers 401 with
+/// `WWW-Authenticate: Bearer` (plus `error="invalid_token"` when a token was presented) and an
+/// OperationOutcome, and leaves an audit row naming the method, the path and the kind of
+/// refusal, never the token or its claims.
 pub struct Authed(pub Caller);
 
 impl FromRequestParts<AppState> for Authed {
@@ -61,19 +68,21 @@ impl FromRequestParts<AppState> for Authed {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             })
-            .map(str::trim);
-        match token.and_then(|t| state.clients.authenticate(t)) {
-            Some(client) => {
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let result = match token {
+            Some(t) => state.clients.authenticate_bearer(t).await,
+            None => Err(crate::auth::Refusal::Missing),
+        };
+        match result {
+            Ok(client) => {
                 if let Err(wait) = state.rate_limit.check(&client.id) {
                     state.metrics.rate_limited.inc();
                     return Err(super::ops::too_many_requests(wait));
                 }
-                Ok(Authed(Caller {
-                    client: client.clone(),
-                    request_id,
-                }))
+                Ok(Authed(Caller { client, request_id }))
             }
-            None => {
+            Err(refusal) => {
                 let actor = audit::Actor {
                     client_id: None,
                     role: None,
@@ -87,18 +96,36 @@ impl FromRequestParts<AppState> for Authed {
                     audit::outcome::MINOR_FAILURE,
                 );
                 row.detail = Some(format!(
-                    "{} {}: no valid bearer token",
+                    "{} {}: no valid bearer token ({})",
                     parts.method,
-                    parts.uri.path()
+                    parts.uri.path(),
+                    refusal.describe()
                 ));
                 state.gateway.write_audit(row).await;
-                Err(ApiError::unauthorized().into_response())
+                if refusal == crate::auth::Refusal::Missing {
+                    return Err(ApiError::unauthorized().into_response());
+                }
+                // RFC 6750: a token was presented and refused.
+                let mut resp = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "login",
+                    format!(
+                        "a valid bearer token is required (Authorization: Bearer <token>): {}",
+                        refusal.describe()
+                    ),
+                )
+                .into_response();
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                Err(resp)
             }
         }
     }
 }
 
-fn fhir_response(status: StatusCode, body: &Value) -> Response {
+pub(super) fn fhir_response(status: StatusCode, body: &Value) -> Response {
     let mut resp = (status, body.to_string()).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
@@ -356,6 +383,9 @@ async fn get_two(
     if !is_type(&state, &a) {
         return Err(unknown_first_segment(&a));
     }
+    if a == "DetectedIssue" {
+        return super::alert_routes::read(&state, &caller, &b).await;
+    }
     if a == "Patient"
         && let Some(p) = state.gateway.patient(&caller, &b).await?
     {
@@ -376,6 +406,9 @@ async fn get_three(
     Authed(caller): Authed,
     Path((a, b, c)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
+    if a == "Patient" && c == "$total-plan" {
+        return super::alert_routes::total_plan(&state, &caller, &b).await;
+    }
     if state.gateway.sector(&a).is_none() {
         return Err(unknown_first_segment(&a));
     }
@@ -389,6 +422,25 @@ async fn get_three(
         fhir_response(StatusCode::OK, &views::sector_view(&state.gateway, &stored)),
         stored.version,
     ))
+}
+
+/// `POST /fhir/DetectedIssue/{id}/$acknowledge`; other instance operations are not supported.
+async fn post_operation(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+    Path((a, b, c)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !(a == "DetectedIssue" && c == "$acknowledge") {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            "POST here is only $acknowledge on a DetectedIssue",
+        ));
+    }
+    let value = parse_body(&state, "Parameters", &headers, body)?;
+    super::alert_routes::acknowledge(&state, &caller, &b, &value).await
 }
 
 fn with_version(mut resp: Response, version: i64) -> Response {
@@ -475,6 +527,9 @@ async fn search(
     let base = base_url(&headers);
     if a == "AuditEvent" {
         return audit_search(&state, &caller, &base, &params, offset, count).await;
+    }
+    if a == "DetectedIssue" {
+        return super::alert_routes::search(&state, &caller, &params, offset, count).await;
     }
     if a == "Patient" {
         return patient_search(&state, &caller, &base, &params).await;

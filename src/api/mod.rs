@@ -2,6 +2,7 @@
 //! Only this module knows HTTP; everything it does goes through [`crate::ingest::Gateway`].
 
 mod admin_routes;
+mod alert_routes;
 mod audit_routes;
 pub mod error;
 mod fhir_routes;
@@ -54,6 +55,7 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
         .merge(fhir_routes::routes())
         .merge(audit_routes::routes())
         .merge(admin_routes::routes())
+        .merge(alert_routes::routes())
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), ops::track))
         .with_state(state)

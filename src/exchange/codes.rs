@@ -200,6 +200,25 @@ impl Mapping {
         })
     }
 
+    /// The codes a ConceptMap says mean the same as (system, code): targets with equivalence
+    /// `equal` or `equivalent` (one step; not chained). Used to recognise one condition across
+    /// code systems.
+    pub fn equivalents(&self, system: &str, code: &str) -> Vec<(String, String)> {
+        self.inner
+            .translations
+            .get(system)
+            .and_then(|codes| codes.get(code))
+            .map(|ts| {
+                ts.iter()
+                    .filter(|t| {
+                        matches!(t.equivalence, Equivalence::Equal | Equivalence::Equivalent)
+                    })
+                    .map(|t| (t.system.clone(), t.code.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn has_set(&self, set: &str) -> bool {
         self.inner.sets.contains_key(set)
     }

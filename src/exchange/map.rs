@@ -252,9 +252,14 @@ impl Mapper<'_> {
         let Some(target) = target else {
             return Ok(Replacement::Keep);
         };
-        let patient_id = match tx.get_sector(source, "Patient", rid).await? {
-            Some(p) => p.patient_id,
-            None => None,
+        let patient_id = if source == crate::detect::notify::GATEWAY_SECTOR {
+            // What the gateway authors names its own patients.
+            Some(rid.to_owned())
+        } else {
+            match tx.get_sector(source, "Patient", rid).await? {
+                Some(p) => p.patient_id,
+                None => None,
+            }
         };
         let Some(patient_id) = patient_id else {
             return Ok(Replacement::Logical {

@@ -6,11 +6,13 @@
 //! SQLite (the embedded default, a WAL file) and PostgreSQL (for several replicas); the schema
 //! is kept in both dialects under `migrations/`.
 
+pub mod alerts;
 pub mod outbox;
 pub mod sql;
 
 use async_trait::async_trait;
 
+pub use alerts::{AlertQuery, AlertRow, AlertTx};
 pub use outbox::{Delivered, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor};
 pub use sql::SqlStore;
 
@@ -186,7 +188,7 @@ pub trait Store: Send + Sync {
 
 /// A transaction: the foundation's operations here, the exchange's in [`ExchangeTx`].
 #[async_trait]
-pub trait StoreTx: ExchangeTx + Send {
+pub trait StoreTx: ExchangeTx + AlertTx + Send {
     /// The sector-local id of the resource holding this business identifier, if any.
     async fn find_by_identifier(
         &mut self,

@@ -1,0 +1,294 @@
+//! The alert lifecycle, as FHIR DetectedIssue. Detection runs for the patient whose data
+//! changed, inside the transaction that stores the change (so an alert never lags what it is
+//! about, and a rolled-back request raises nothing); it never rescans other patients.
+//!
+//! One finding is one alert: its fingerprint (code and what it is about) is unique per patient.
+//! DetectedIssue.status means:
+//! - `preliminary`: raised, not yet acknowledged, evidence unchanged since;
+//! - `final`: acknowledged by a care-team member (a `mitigation` records who, when and the
+//!   note);
+//! - `amended`: the evidence changed after it was raised or acknowledged (still open);
+//! - `cancelled`: closed automatically because the cause disappeared. If the cause returns the
+//!   same alert reopens as `preliminary` with a new version.
+
+use serde_json::{Value, json};
+
+use super::knowledge::MedKnowledge;
+use super::{Context, Finding, Item, Rules, Snapshot};
+use crate::exchange::codes::Mapping;
+use crate::store::sql::instant;
+use crate::store::{AlertRow, Result, StoreTx, content_hash};
+
+/// The identifier system of an alert's fingerprint.
+pub const FINGERPRINT_SYSTEM: &str =
+    "http://carebridge.example.org/fhir/NamingSystem/alert-fingerprint";
+
+/// The resource types detection reads.
+pub const DETECT_TYPES: [&str; 7] = [
+    "Condition",
+    "CarePlan",
+    "CareTeam",
+    "Communication",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Goal",
+];
+
+/// Everything detection needs, loaded once.
+pub struct Detection {
+    pub knowledge: MedKnowledge,
+    pub mapping: Mapping,
+    pub rules: Rules,
+}
+
+/// A change to an alert, for the stream and the audit log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AlertEvent {
+    /// raised, updated, closed or acknowledged.
+    pub kind: &'static str,
+    pub id: String,
+    pub patient: String,
+    pub code: String,
+    pub status: String,
+    pub version: i64,
+    /// The DetectedIssue.
+    pub resource: Value,
+}
+
+/// Reads a patient's snapshot inside `tx`.
+pub async fn snapshot(tx: &mut dyn StoreTx, patient_id: &str, now_us: i64) -> Result<Snapshot> {
+    let mut items = Vec::new();
+    for t in DETECT_TYPES {
+        for s in tx.by_patient(patient_id, Some(t), 0, 100_000).await? {
+            let body: Value = serde_json::from_str(&s.body).unwrap_or(Value::Null);
+            items.push(Item {
+                gid: s.gid,
+                sector: s.sector,
+                rtype: s.rtype,
+                rid: s.rid,
+                version: s.version,
+                body,
+            });
+        }
+    }
+    let mut snap = Snapshot {
+        patient_id: patient_id.to_owned(),
+        now_us,
+        items,
+        copies: Default::default(),
+    };
+    // References that may point at copies the gateway delivered to the referring sector.
+    let mut refs = Vec::new();
+    for i in &snap.items {
+        for key in ["inResponseTo", "addresses", "goal"] {
+            for r in i
+                .body
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.get("reference")?.as_str())
+            {
+                if let Some((t, id)) = crate::exchange::resolve::parse_relative(r) {
+                    refs.push((i.sector.clone(), t.to_owned(), id.to_owned()));
+                }
+            }
+        }
+    }
+    for (sector, t, id) in refs {
+        if let Some(d) = tx.delivered_by_target_id(&sector, &t, &id).await? {
+            snap.copies.insert((sector, format!("{t}/{id}")), d.gid);
+        }
+    }
+    Ok(snap)
+}
+
+fn evidence(f: &Finding, s: &Snapshot) -> String {
+    let versions: Vec<String> = f
+        .implicated
+        .iter()
+        .map(|g| format!("{g}@{}", s.by_gid(g).map_or(0, |i| i.version)))
+        .collect();
+    content_hash(format!("{}\n{}", versions.join(","), f.detail).as_bytes())
+}
+
+/// The DetectedIssue of an alert.
+pub fn render(row: &AlertRow, f: &Finding, s: &Snapshot, mitigation: Option<&Value>) -> Value {
+    let implicated: Vec<Value> = f
+        .implicated
+        .iter()
+        .map(|g| match s.by_gid(g) {
+            Some(i) => json!({ "reference": format!("{}/{}", i.rtype, g), "display": format!("{} {}", i.sector, i.rtype) }),
+            None => json!({ "reference": format!("Resource/{g}") }),
+        })
+        .collect();
+    let mut di = json!({
+        "resourceType": "DetectedIssue",
+        "id": row.id,
+        "meta": { "versionId": row.version.to_string(), "lastUpdated": instant(row.updated_us) },
+        "identifier": [{ "system": FINGERPRINT_SYSTEM, "value": row.fingerprint }],
+        "status": row.status,
+        "code": { "coding": [{ "system": f.code.0, "code": f.code.1, "display": f.code.2 }], "text": f.code.2 },
+        "severity": f.severity,
+        "patient": { "reference": format!("Patient/{}", row.patient_id) },
+        "identifiedDateTime": instant(row.created_us),
+        "implicated": implicated,
+        "detail": f.detail,
+    });
+    if let Some(m) = mitigation.filter(|m| m.as_array().is_some_and(|a| !a.is_empty())) {
+        di["mitigation"] = m.clone();
+    }
+    di
+}
+
+/// Re-evaluates one patient and brings the alerts in line; returns what changed.
+pub async fn evaluate(
+    tx: &mut dyn StoreTx,
+    d: &Detection,
+    patient_id: &str,
+    now_us: i64,
+) -> Result<Vec<AlertEvent>> {
+    let snap = snapshot(tx, patient_id, now_us).await?;
+    let cx = Context {
+        knowledge: &d.knowledge,
+        mapping: &d.mapping,
+        rules: &d.rules,
+    };
+    let findings = super::detect(&snap, &cx);
+    let existing = tx.alerts_of_patient(patient_id).await?;
+    let mut events = Vec::new();
+    for f in &findings {
+        let ev = evidence(f, &snap);
+        let prior = existing.iter().find(|a| a.fingerprint == f.fingerprint);
+        let (mut row, kind) = match prior {
+            None => (
+                AlertRow {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    patient_id: patient_id.to_owned(),
+                    fingerprint: f.fingerprint.clone(),
+                    code: f.code.1.to_owned(),
+                    status: "preliminary".into(),
+                    open: true,
+                    evidence: ev.clone(),
+                    version: 1,
+                    created_us: now_us,
+                    updated_us: now_us,
+                    body: String::new(),
+                },
+                "raised",
+            ),
+            Some(a) if !a.open => (
+                AlertRow {
+                    status: "preliminary".into(),
+                    open: true,
+                    evidence: ev.clone(),
+                    version: a.version + 1,
+                    updated_us: now_us,
+                    ..a.clone()
+                },
+                "raised",
+            ),
+            Some(a) if a.evidence != ev => (
+                AlertRow {
+                    status: "amended".into(),
+                    evidence: ev.clone(),
+                    version: a.version + 1,
+                    updated_us: now_us,
+                    ..a.clone()
+                },
+                "updated",
+            ),
+            Some(_) => continue,
+        };
+        let old: Value = prior
+            .map(|a| serde_json::from_str(&a.body).unwrap_or(Value::Null))
+            .unwrap_or(Value::Null);
+        // A reopened alert starts without the acknowledgements of its earlier life.
+        let mitigation = if kind == "raised" {
+            None
+        } else {
+            old.get("mitigation")
+        };
+        let body = render(&row, f, &snap, mitigation);
+        row.body = body.to_string();
+        tx.alert_put(&row).await?;
+        events.push(event(kind, &row, body));
+    }
+    for a in existing.iter().filter(|a| a.open) {
+        if findings.iter().any(|f| f.fingerprint == a.fingerprint) {
+            continue;
+        }
+        let mut body: Value = serde_json::from_str(&a.body).unwrap_or(Value::Null);
+        let row = AlertRow {
+            status: "cancelled".into(),
+            open: false,
+            version: a.version + 1,
+            updated_us: now_us,
+            ..a.clone()
+        };
+        body["status"] = json!("cancelled");
+        body["meta"] =
+            json!({ "versionId": row.version.to_string(), "lastUpdated": instant(now_us) });
+        let row = AlertRow {
+            body: body.to_string(),
+            ..row
+        };
+        tx.alert_put(&row).await?;
+        events.push(event("closed", &row, body));
+    }
+    Ok(events)
+}
+
+fn event(kind: &'static str, row: &AlertRow, resource: Value) -> AlertEvent {
+    AlertEvent {
+        kind,
+        id: row.id.clone(),
+        patient: row.patient_id.clone(),
+        code: row.code.clone(),
+        status: row.status.clone(),
+        version: row.version,
+        resource,
+    }
+}
+
+/// Records an acknowledgement as a mitigation; `None` when there is no such alert.
+pub async fn acknowledge(
+    tx: &mut dyn StoreTx,
+    id: &str,
+    author: &str,
+    note: Option<&str>,
+    now_us: i64,
+) -> Result<Option<AlertEvent>> {
+    let Some(a) = tx.alert_get(id).await? else {
+        return Ok(None);
+    };
+    let mut body: Value = serde_json::from_str(&a.body).unwrap_or(Value::Null);
+    let text = match note {
+        Some(n) if !n.trim().is_empty() => format!("Acknowledged: {}", n.trim()),
+        _ => "Acknowledged".to_owned(),
+    };
+    let entry = json!({
+        "action": { "text": text },
+        "date": instant(now_us),
+        "author": { "display": author },
+    });
+    match body.get_mut("mitigation").and_then(Value::as_array_mut) {
+        Some(list) => list.push(entry),
+        None => body["mitigation"] = json!([entry]),
+    }
+    let status = if a.open { "final" } else { a.status.as_str() }.to_owned();
+    let row = AlertRow {
+        status: status.clone(),
+        version: a.version + 1,
+        updated_us: now_us,
+        ..a.clone()
+    };
+    body["status"] = json!(status);
+    body["meta"] = json!({ "versionId": row.version.to_string(), "lastUpdated": instant(now_us) });
+    let row = AlertRow {
+        body: body.to_string(),
+        ..row
+    };
+    tx.alert_put(&row).await?;
+    Ok(Some(event("acknowledged", &row, body)))
+}

@@ -1,0 +1,238 @@
+//! conflicting-plans: two sectors' active care plans disagree about an activity, a medication
+//! or a goal.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+use super::{
+    ALERT_CODE_SYSTEM, Context, Finding, Item, Snapshot, active_plan, coding_keys, sorted,
+};
+
+type Keys = BTreeSet<String>;
+
+/// The keys an activity is recognised by: its `detail.code` codings widened by the
+/// equal/equivalent ConceptMap translations, and the active ingredients (`atc:<code>`) of its
+/// `detail.productCodeableConcept`.
+fn activity_keys(detail: &Value, cx: &Context<'_>) -> Keys {
+    let mut keys = BTreeSet::new();
+    for (sys, code) in coding_keys(detail.get("code")) {
+        for (s2, c2) in cx.mapping.equivalents(&sys, &code) {
+            keys.insert(format!("{s2}|{c2}"));
+        }
+        keys.insert(format!("{sys}|{code}"));
+    }
+    if let Some(p) = detail.get("productCodeableConcept") {
+        for ing in cx.knowledge.ingredients(p) {
+            keys.insert(format!("atc:{}", ing.atc));
+        }
+    }
+    keys
+}
+
+/// Stopped, cancelled or `doNotPerform`.
+fn stops(detail: &Value) -> bool {
+    detail.get("doNotPerform").and_then(Value::as_bool) == Some(true)
+        || matches!(
+            detail.get("status").and_then(Value::as_str),
+            Some("stopped" | "cancelled")
+        )
+}
+
+/// Not started, scheduled, in progress or on hold, and not `doNotPerform`.
+fn keeps(detail: &Value) -> bool {
+    detail.get("doNotPerform").and_then(Value::as_bool) != Some(true)
+        && matches!(
+            detail.get("status").and_then(Value::as_str),
+            None | Some("not-started" | "scheduled" | "in-progress" | "on-hold")
+        )
+}
+
+fn details(plan: &Item) -> impl Iterator<Item = &Value> {
+    plan.body
+        .get("activity")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("detail"))
+}
+
+/// A goal target as an interval [low, high] in one unit.
+#[derive(Debug, Clone, PartialEq)]
+struct Target {
+    measure: Keys,
+    low: Option<f64>,
+    high: Option<f64>,
+    unit: Option<String>,
+}
+
+fn number(q: &Value) -> Option<f64> {
+    let v = q.get("value")?;
+    v.as_f64().or_else(|| v.to_string().parse().ok())
+}
+
+fn unit(q: &Value) -> Option<String> {
+    q.get("code")
+        .or_else(|| q.get("unit"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+fn targets(goal: &Item, cx: &Context<'_>) -> Vec<Target> {
+    goal.body
+        .get("target")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let mut measure = BTreeSet::new();
+            for (sys, code) in coding_keys(t.get("measure")) {
+                for (s2, c2) in cx.mapping.equivalents(&sys, &code) {
+                    measure.insert(format!("{s2}|{c2}"));
+                }
+                measure.insert(format!("{sys}|{code}"));
+            }
+            if measure.is_empty() {
+                return None;
+            }
+            if let Some(r) = t.get("detailRange") {
+                let low = r.get("low");
+                let high = r.get("high");
+                return Some(Target {
+                    measure,
+                    low: low.and_then(number),
+                    high: high.and_then(number),
+                    unit: low.and_then(unit).or_else(|| high.and_then(unit)),
+                });
+            }
+            let q = t.get("detailQuantity")?;
+            let v = number(q)?;
+            let (low, high) = match q.get("comparator").and_then(Value::as_str) {
+                Some("<" | "<=") => (None, Some(v)),
+                Some(">" | ">=") => (Some(v), None),
+                _ => (Some(v), Some(v)),
+            };
+            Some(Target {
+                measure,
+                low,
+                high,
+                unit: unit(q),
+            })
+        })
+        .collect()
+}
+
+/// Two targets on the same measure, in the same unit, whose intervals do not overlap.
+fn disjoint(a: &Target, b: &Target) -> bool {
+    if a.measure.is_disjoint(&b.measure) || a.unit != b.unit {
+        return false;
+    }
+    let below = |x: &Target, y: &Target| matches!((x.high, y.low), (Some(h), Some(l)) if h < l);
+    below(a, b) || below(b, a)
+}
+
+/// conflicting-plans: two active CarePlans of different sectors where
+/// - one stops, cancels or forbids (`doNotPerform`) an activity or medication that the other
+///   keeps going (recognised by code after mapping, or by active ingredient); or
+/// - their goals (`CarePlan.goal`) set targets on the same measure that cannot both be met
+///   (non-overlapping ranges in the same unit).
+///
+/// One finding per pair of plans and activity (or measure).
+pub fn conflicting_plans(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
+    let plans: Vec<&Item> = s.items.iter().filter(|i| active_plan(i)).collect();
+    let mut out = Vec::new();
+    for (n, a) in plans.iter().enumerate() {
+        for b in &plans[n + 1..] {
+            if a.sector == b.sector {
+                continue;
+            }
+            for (x, y) in [(a, b), (b, a)] {
+                for stopped in details(x).filter(|d| stops(d)) {
+                    let sk = activity_keys(stopped, cx);
+                    for kept in details(y).filter(|d| keeps(d)) {
+                        let shared: Keys =
+                            sk.intersection(&activity_keys(kept, cx)).cloned().collect();
+                        if let Some(key) = shared.iter().next() {
+                            let label = stopped
+                                .get("code")
+                                .or_else(|| stopped.get("productCodeableConcept"));
+                            out.push(Finding {
+                                code: (ALERT_CODE_SYSTEM, "conflicting-plans", "Conflicting care plans"),
+                                severity: "high",
+                                fingerprint: format!(
+                                    "conflicting-plans|{key}|{}",
+                                    sorted(vec![a.gid.clone(), b.gid.clone()]).join("+")
+                                ),
+                                implicated: sorted(vec![a.gid.clone(), b.gid.clone()]),
+                                detail: format!(
+                                    "The {} care plan stops or forbids {} while the {} care plan keeps it going.",
+                                    x.sector,
+                                    super::concept_label(label),
+                                    y.sector
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+            // Goals.
+            let goals_of = |p: &Item| -> Vec<&Item> {
+                p.body
+                    .get("goal")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.get("reference")?.as_str())
+                    .filter_map(|r| s.target(&p.sector, r))
+                    .filter_map(|gid| s.by_gid(&gid))
+                    .collect()
+            };
+            for ga in goals_of(a) {
+                for gb in goals_of(b) {
+                    for ta in targets(ga, cx) {
+                        for tb in targets(gb, cx) {
+                            if disjoint(&ta, &tb) {
+                                let key = ta
+                                    .measure
+                                    .intersection(&tb.measure)
+                                    .next()
+                                    .cloned()
+                                    .unwrap_or_default();
+                                out.push(Finding {
+                                    code: (ALERT_CODE_SYSTEM, "conflicting-plans", "Conflicting care plans"),
+                                    severity: "moderate",
+                                    fingerprint: format!(
+                                        "conflicting-plans|goal|{key}|{}",
+                                        sorted(vec![ga.gid.clone(), gb.gid.clone()]).join("+")
+                                    ),
+                                    implicated: sorted(vec![a.gid.clone(), b.gid.clone(), ga.gid.clone(), gb.gid.clone()]),
+                                    detail: format!(
+                                        "The {} and {} care plans set goals on {} that cannot both be met ({} vs {}).",
+                                        a.sector,
+                                        b.sector,
+                                        key,
+                                        range_label(&ta),
+                                        range_label(&tb)
+                                    ),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn range_label(t: &Target) -> String {
+    let u = t.unit.as_deref().unwrap_or("");
+    match (t.low, t.high) {
+        (Some(l), Some(h)) if l == h => format!("{l} {u}"),
+        (Some(l), Some(h)) => format!("{l}–{h} {u}"),
+        (Some(l), None) => format!("≥ {l} {u}"),
+        (None, Some(h)) => format!("≤ {h} {u}"),
+        (None, None) => "any".into(),
+    }
+    .trim()
+    .to_owned()
+}

@@ -1,0 +1,143 @@
+//! The alerts table: one row per finding per patient, with its DetectedIssue.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::Result;
+use super::sql::{SqlTx, map_err};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRow {
+    pub id: String,
+    pub patient_id: String,
+    pub fingerprint: String,
+    /// The alert code (DUPTHPGEN, polypharmacy, …).
+    pub code: String,
+    /// The DetectedIssue status: preliminary, amended, final or cancelled.
+    pub status: String,
+    pub open: bool,
+    /// A hash of the evidence (implicated versions and detail).
+    pub evidence: String,
+    pub version: i64,
+    pub created_us: i64,
+    pub updated_us: i64,
+    /// The DetectedIssue JSON.
+    pub body: String,
+}
+
+/// Filters of the DetectedIssue search.
+#[derive(Debug, Clone, Default)]
+pub struct AlertQuery {
+    pub patient_id: Option<String>,
+    pub status: Option<String>,
+    pub code: Option<String>,
+    pub offset: i64,
+    pub count: i64,
+}
+
+#[async_trait]
+pub trait AlertTx: Send {
+    /// Every alert of a patient, open or closed.
+    async fn alerts_of_patient(&mut self, patient_id: &str) -> Result<Vec<AlertRow>>;
+    async fn alert_get(&mut self, id: &str) -> Result<Option<AlertRow>>;
+    /// Inserts or replaces (by id).
+    async fn alert_put(&mut self, row: &AlertRow) -> Result<()>;
+    async fn alert_search(&mut self, q: &AlertQuery) -> Result<Vec<AlertRow>>;
+}
+
+const COLUMNS: &str = "id, patient_id, fingerprint, code, status, is_open, evidence, version, \
+     created_us, updated_us, body";
+
+fn row(r: &AnyRow) -> std::result::Result<AlertRow, sqlx::Error> {
+    Ok(AlertRow {
+        id: r.try_get(0)?,
+        patient_id: r.try_get(1)?,
+        fingerprint: r.try_get(2)?,
+        code: r.try_get(3)?,
+        status: r.try_get(4)?,
+        open: r.try_get::<i64, _>(5)? != 0,
+        evidence: r.try_get(6)?,
+        version: r.try_get(7)?,
+        created_us: r.try_get(8)?,
+        updated_us: r.try_get(9)?,
+        body: r.try_get(10)?,
+    })
+}
+
+fn rows(rs: &[AnyRow]) -> Result<Vec<AlertRow>> {
+    Ok(rs
+        .iter()
+        .map(row)
+        .collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+#[async_trait]
+impl AlertTx for SqlTx {
+    async fn alerts_of_patient(&mut self, patient_id: &str) -> Result<Vec<AlertRow>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM alerts WHERE patient_id = $1 ORDER BY created_us, id"
+        ));
+        let rs = sqlx::query(sql)
+            .bind(patient_id)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        rows(&rs)
+    }
+
+    async fn alert_get(&mut self, id: &str) -> Result<Option<AlertRow>> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM alerts WHERE id = $1"));
+        Ok(sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?
+            .as_ref()
+            .map(row)
+            .transpose()?)
+    }
+
+    async fn alert_put(&mut self, a: &AlertRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO alerts (id, patient_id, fingerprint, code, status, is_open, evidence, version, \
+             created_us, updated_us, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, is_open = excluded.is_open, \
+             evidence = excluded.evidence, version = excluded.version, updated_us = excluded.updated_us, \
+             body = excluded.body",
+        )
+        .bind(&a.id)
+        .bind(&a.patient_id)
+        .bind(&a.fingerprint)
+        .bind(&a.code)
+        .bind(&a.status)
+        .bind(i64::from(a.open))
+        .bind(&a.evidence)
+        .bind(a.version)
+        .bind(a.created_us)
+        .bind(a.updated_us)
+        .bind(&a.body)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn alert_search(&mut self, q: &AlertQuery) -> Result<Vec<AlertRow>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM alerts WHERE ($1 = '' OR patient_id = $1) \
+             AND ($2 = '' OR status = $2) AND ($3 = '' OR code = $3) \
+             ORDER BY updated_us DESC, id LIMIT $4 OFFSET $5"
+        ));
+        let rs = sqlx::query(sql)
+            .bind(q.patient_id.as_deref().unwrap_or(""))
+            .bind(q.status.as_deref().unwrap_or(""))
+            .bind(q.code.as_deref().unwrap_or(""))
+            .bind(q.count)
+            .bind(q.offset)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        rows(&rs)
+    }
+}
