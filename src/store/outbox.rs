@@ -365,8 +365,8 @@ impl ExchangeTx for SqlTx {
             "UPDATE outbox SET lease_owner = $1, lease_until_us = $2, updated_us = $3 \
              WHERE id IN (SELECT o.id FROM outbox o WHERE o.target = $4 AND o.state = 'pending' \
                AND o.next_us <= $3 AND (o.lease_until_us IS NULL OR o.lease_until_us < $3) \
-               AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.target = o.target AND p.gid = o.gid \
-                               AND p.state = 'pending' AND p.id < o.id) \
+               AND o.id = (SELECT min(p.id) FROM outbox p WHERE p.target = o.target \
+                           AND p.gid = o.gid AND p.state = 'pending') \
                ORDER BY o.id LIMIT $5{lock}) \
              RETURNING {OUTBOX_COLUMNS}"
         ));
