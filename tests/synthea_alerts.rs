@@ -1,0 +1,1374 @@
+//! Fragmentation alerts on real-shaped data: the 50 Synthea patients of
+//! `../shared/data/synthea/`, each split across general practice, hospital and municipality,
+//! pushed through the API, and the alerts read back as DetectedIssue.
+//!
+//! **The split** (deterministic; [`split`]):
+//!
+//! - `Patient` goes to all three sectors, with the same synthetic CPR identifier
+//!   (`urn:oid:1.2.208.176.1.2`, ten digits: `0101` + `50` + `7000 + index`, index = position of
+//!   the file in name order), so the gateway links the three into one patient;
+//! - an `Encounter` goes by its class: `AMB` (ambulatory, wellness) to `gp`, `EMER` and `IMP`
+//!   (emergency, inpatient) to `hospital`;
+//! - a `CarePlan` whose category is home-care, rehabilitation or self-care style
+//!   ([`MUNICIPAL_PLANS`]: self care, dementia management, head injury rehabilitation, wound
+//!   care, physical therapy, musculoskeletal care) goes to `municipality`; any other CarePlan
+//!   (disease management such as diabetes or heart failure self management, COPD, hyperlipidemia,
+//!   cancer, inpatient, fracture care ...) goes with its encounter;
+//! - a `Goal` goes with the CarePlan that lists it (every Synthea Goal is listed by exactly one);
+//! - every other resource that names an encounter (Condition, MedicationRequest, Observation,
+//!   Procedure, DiagnosticReport, Immunization, ImagingStudy, Claim, ExplanationOfBenefit) goes
+//!   with that encounter (`encounter`, or `item[].encounter` for Claim and EOB);
+//! - what names none (AllergyIntolerance) goes to `gp`;
+//! - `Practitioner` and `Organization` are copied into every sector bundle that references them
+//!   (same ids, so one prescriber is the same `Practitioner/<id>` in every sector).
+//!
+//! Synthea carries no CareTeam and no Communication, so `no-care-coordinator` can never be
+//! satisfied and `unanswered-communication` never arises from the data.
+//!
+//! **References** are written as `Type/id` (the gateway would do the same with the fullUrls).
+//! A reference to a resource that the split put in another sector cannot be kept (a sector
+//! names only its own resources; the gateway delivers nothing here, so there are no copies to
+//! point at). It becomes a display-only Reference, "`<Type>` recorded by `<sector>`: `<code
+//! text>`", and where the link carries clinical meaning the target's code is kept:
+//! - `CarePlan.addresses` → the Condition's `code` is added as `reasonCode` of every activity
+//!   of the plan (docs/alerts.md: a plan addresses a condition by `addresses`, by an activity's
+//!   `reasonReference`, or by an activity's `reasonCode`: the same condition for the detector);
+//! - `MedicationRequest.reasonReference` and `Procedure.reasonReference` → `reasonCode`;
+//! - everything else (encounter references of municipal plans, Claim/EOB links) is display only.
+//!
+//! Sectors are configured **without** a `profile` and without a `base_url`: Synthea is US data
+//! (SNOMED CT, RxNorm, no CPR), which the dk-* profiles reject on purpose, and nothing is delivered.
+//!
+//! **What is asserted**
+//!
+//! 1. *Clean split*: everything is pushed (one transaction per patient per sector, 150 in all,
+//!    from two clients: odd and even patients); the open alerts through the API equal, by
+//!    fingerprint, what the pure detector (`carebridge::detect::detect`) finds on the same split
+//!    records in-process; and the split adds nothing the data does not say: the pure detector on
+//!    the **unsplit** record of each patient (all in one sector) finds the same `DUPTHPCLS`,
+//!    `polypharmacy` and `unaddressed-condition` alerts (rules that do not look at sectors),
+//!    every unsplit `DUPTHPGEN` is in the split, and a split-only `DUPTHPGEN` always spans
+//!    sectors (the same prescriber's orders, now in two sectors). Cross-sector kinds
+//!    (`condition-status-conflict`, `conflicting-plans`, `no-care-coordinator`) cannot exist
+//!    unsplit; they are printed.
+//! 2. *Injected*: then, per patient, new records whose trigger the test controls exactly
+//!    ([`inject`]) are pushed to the same patients (one transaction per sector): a hospital order
+//!    duplicating an active gp drug (`DUPTHPGEN`), a second ingredient of one ATC class
+//!    (`DUPTHPCLS`), a gp Condition resolved in the hospital (`condition-status-conflict`), a
+//!    plan of another sector stopping an activity an active plan keeps (`conflicting-plans`), and
+//!    a chronic condition that no plan addresses and the patient has in no form
+//!    (`unaddressed-condition`). Targets already implicated in a clean alert of that kind are
+//!    skipped. Every planted finding is raised exactly once (by code and implicated records, and
+//!    by fingerprint where it is known beforehand), as a new `preliminary` alert, and per patient
+//!    and alert code `injected − clean` equals the number planted plus the consequences the
+//!    injection controls too (`no-care-coordinator` when it gives a second sector an active plan,
+//!    `polypharmacy` when the new ingredients reach the threshold). The API still equals the pure
+//!    detector on the records.
+//! 3. *Withdrawn*: the injected records are entered in error (plans revoked); the open alerts are
+//!    the clean ones again.
+//!
+//! The second state is reached by adding to the same patients rather than pushing the split
+//! again into a fresh app: the records are the same either way (detection is a function of a
+//! patient's current records, which the API = pure-detector check confirms in both states), and
+//! a second full push would double the run time (the split takes about 30 s to push in the
+//! debug build; the whole test about a minute on 2 cores).
+//!
+//! The counts per alert code (unsplit, clean split, injected, withdrawn), every clean alert and
+//! every injection are printed with `eprintln!` (`cargo test --test synthea_alerts -- --nocapture`).
+
+mod common;
+
+use carebridge::config::AlertSettings;
+use carebridge::detect::knowledge::{MedKnowledge, RouteFamily, concept_of};
+use carebridge::detect::{self, Context, Item, Rules, Snapshot};
+use carebridge::exchange::codes::Mapping;
+use carebridge::store::gateway_id;
+use common::{Backend, TestApp, read_json, repo, shared_data};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+const CPR_SYSTEM: &str = "urn:oid:1.2.208.176.1.2";
+const ICPC2: &str = "urn:oid:1.2.208.176.2.31";
+const ATC: &str = "http://www.whocc.no/atc";
+const SCT: &str = "http://snomed.info/sct";
+const SECTORS: [&str; 3] = ["gp", "hospital", "municipality"];
+
+/// SNOMED CT CarePlan categories that a Danish municipality runs (home care, rehabilitation,
+/// self-care support).
+const MUNICIPAL_PLANS: [&str; 6] = [
+    "326051000000105", // Self care
+    "386257007",       // Demential management
+    "47387005",        // Head injury rehabilitation
+    "225358003",       // Wound care
+    "91251008",        // Physical therapy procedure
+    "872781000000100", // Musculoskeletal care
+];
+
+/// The alert codes, in print order.
+const KINDS: [&str; 8] = [
+    "DUPTHPGEN",
+    "DUPTHPCLS",
+    "polypharmacy",
+    "conflicting-plans",
+    "condition-status-conflict",
+    "unaddressed-condition",
+    "no-care-coordinator",
+    "unanswered-communication",
+];
+
+/// Three sectors without profile (Synthea is US data) and without base URL (nothing is
+/// delivered), plus `lab` for the harness's lab client.
+fn config(store_url: &str) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_second = 0\nmax_bundle_entries = 5000\n\n\
+         [store]\nurl = \"{store_url}\"\nmax_connections = 4\n\n\
+         [fhir]\nprofiles_dir = \"{}\"\n\n[exchange]\nenabled = false\n",
+        repo().join("fhir-profiles").display()
+    );
+    for (id, kind) in [
+        ("gp", "general-practice"),
+        ("hospital", "hospital"),
+        ("municipality", "municipality"),
+        ("lab", "hospital"),
+    ] {
+        text.push_str(&format!(
+            "\n[[sectors]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"{kind}\"\n"
+        ));
+    }
+    text
+}
+
+// ---- the split ----------------------------------------------------------------------------
+
+/// One Synthea patient, split.
+#[derive(Clone)]
+struct SplitPatient {
+    index: usize,
+    file: String,
+    cpr: String,
+    /// The Synthea Patient id (the same sector-local id in every sector).
+    patient_id: String,
+    /// Per sector: the resources as pushed (Patient first, then Practitioners and
+    /// Organizations, then the rest in Bundle order).
+    sectors: BTreeMap<&'static str, Vec<Value>>,
+    /// Unsplit: every resource with references as `Type/id` (for the pure detector).
+    unsplit: Vec<Value>,
+}
+
+impl SplitPatient {
+    /// The records detection reads, as Items of their sector.
+    fn items(&self) -> Vec<Item> {
+        let mut out = Vec::new();
+        for (sector, list) in &self.sectors {
+            for r in list {
+                if let Some(i) = item(sector, r) {
+                    out.push(i);
+                }
+            }
+        }
+        out
+    }
+
+    fn resources(&self) -> impl Iterator<Item = (&'static str, &Value)> {
+        self.sectors
+            .iter()
+            .flat_map(|(s, list)| list.iter().map(move |r| (*s, r)))
+    }
+
+    fn entries(&self) -> usize {
+        self.sectors.values().map(Vec::len).sum()
+    }
+}
+
+fn rtype(r: &Value) -> &str {
+    r["resourceType"].as_str().unwrap_or_default()
+}
+
+fn rid(r: &Value) -> &str {
+    r["id"].as_str().unwrap_or_default()
+}
+
+fn item(sector: &str, r: &Value) -> Option<Item> {
+    let t = rtype(r);
+    carebridge::detect::lifecycle::DETECT_TYPES
+        .contains(&t)
+        .then(|| Item {
+            gid: gateway_id(sector, t, rid(r)),
+            sector: sector.to_owned(),
+            rtype: t.to_owned(),
+            rid: rid(r).to_owned(),
+            version: 1,
+            body: r.clone(),
+        })
+}
+
+fn gid(sector: &str, r: &Value) -> String {
+    gateway_id(sector, rtype(r), rid(r))
+}
+
+/// Every reference string in `v`, with the key path that leads to it.
+fn walk_refs(v: &mut Value, path: &mut Vec<String>, f: &mut dyn FnMut(&[String], &mut Value)) {
+    match v {
+        Value::Object(map) => {
+            if map.get("reference").is_some_and(Value::is_string) {
+                f(path, v);
+                return;
+            }
+            for (k, child) in map.iter_mut() {
+                path.push(k.clone());
+                walk_refs(child, path, f);
+                path.pop();
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| walk_refs(c, path, f)),
+        _ => {}
+    }
+}
+
+fn encounter_sector(enc: &Value) -> &'static str {
+    match enc["class"]["code"].as_str() {
+        Some("EMER" | "IMP") => "hospital",
+        _ => "gp",
+    }
+}
+
+fn label(r: &Value) -> String {
+    detect::concept_label(r.get("code"))
+}
+
+/// The sector each resource goes to (see the module documentation). Patient, Practitioner and
+/// Organization are `None` (copied where needed).
+fn homes(entries: &[Value]) -> HashMap<String, &'static str> {
+    let by_url: HashMap<&str, &Value> = entries
+        .iter()
+        .map(|e| (e["fullUrl"].as_str().unwrap(), &e["resource"]))
+        .collect();
+    let mut home: HashMap<String, &'static str> = HashMap::new();
+    // The encounter a resource names, wherever it is.
+    let first_encounter = |r: &Value| -> Option<&'static str> {
+        let mut found = None;
+        let mut copy = r.clone();
+        walk_refs(&mut copy, &mut Vec::new(), &mut |_, reference| {
+            if found.is_none() {
+                let target = by_url.get(reference["reference"].as_str().unwrap());
+                if let Some(t) = target.filter(|t| rtype(t) == "Encounter") {
+                    found = Some(encounter_sector(t));
+                }
+            }
+        });
+        found
+    };
+    for e in entries {
+        let r = &e["resource"];
+        let url = e["fullUrl"].as_str().unwrap().to_owned();
+        let sector = match rtype(r) {
+            "Patient" | "Practitioner" | "Organization" | "Goal" => continue,
+            "Encounter" => encounter_sector(r),
+            "CarePlan"
+                if r["category"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+                    .any(|c| MUNICIPAL_PLANS.contains(&c["code"].as_str().unwrap_or(""))) =>
+            {
+                "municipality"
+            }
+            _ => first_encounter(r).unwrap_or("gp"),
+        };
+        home.insert(url, sector);
+    }
+    // Goals go with the plan that lists them.
+    for e in entries {
+        let r = &e["resource"];
+        if rtype(r) != "CarePlan" {
+            continue;
+        }
+        let plan_sector = home[e["fullUrl"].as_str().unwrap()];
+        for g in r["goal"].as_array().into_iter().flatten() {
+            if let Some(u) = g["reference"].as_str() {
+                home.entry(u.to_owned()).or_insert(plan_sector);
+            }
+        }
+    }
+    for e in entries {
+        if rtype(&e["resource"]) == "Goal" {
+            home.entry(e["fullUrl"].as_str().unwrap().to_owned())
+                .or_insert("gp");
+        }
+    }
+    home
+}
+
+/// Counts of the references the split rewrote, by `Type.path -> target type`.
+type Rewrites = BTreeMap<String, usize>;
+
+/// The CPR of patient `index`: 1 January 1950, sequence 7000 + index.
+fn cpr_of(index: usize) -> String {
+    format!("010150{:04}", 7000 + index)
+}
+
+fn split(index: usize, file: &str, bundle: &Value, rewrites: &mut Rewrites) -> SplitPatient {
+    let entries = bundle["entry"].as_array().expect("entries").clone();
+    let by_url: HashMap<String, Value> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["fullUrl"].as_str().unwrap().to_owned(),
+                e["resource"].clone(),
+            )
+        })
+        .collect();
+    let home = homes(&entries);
+    let cpr = cpr_of(index);
+    let patient = entries
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| rtype(r) == "Patient")
+        .expect("a Patient")
+        .clone();
+    let mut patient = patient;
+    patient["identifier"]
+        .as_array_mut()
+        .expect("identifiers")
+        .push(json!({ "system": CPR_SYSTEM, "value": cpr }));
+    let patient_id = rid(&patient).to_owned();
+
+    let mut sectors: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
+    let mut shared: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
+    let mut unsplit = vec![patient.clone()];
+    for s in SECTORS {
+        sectors.insert(s, vec![patient.clone()]);
+    }
+    for e in &entries {
+        let url = e["fullUrl"].as_str().unwrap();
+        let Some(&sector) = home.get(url) else {
+            continue;
+        };
+        let mut r = e["resource"].clone();
+        let t = rtype(&r).to_owned();
+        // Unsplit: every reference as Type/id.
+        let mut whole = r.clone();
+        walk_refs(&mut whole, &mut Vec::new(), &mut |_, reference| {
+            let u = reference["reference"].as_str().unwrap().to_owned();
+            if let Some(target) = by_url.get(&u) {
+                reference["reference"] = json!(format!("{}/{}", rtype(target), rid(target)));
+            }
+        });
+        unsplit.push(whole);
+        // Split: same-sector and shared targets as Type/id; the rest display-only.
+        let mut reason_codes: Vec<(Vec<String>, Value)> = Vec::new();
+        walk_refs(&mut r, &mut Vec::new(), &mut |path, reference| {
+            let u = reference["reference"].as_str().unwrap().to_owned();
+            let Some(target) = by_url.get(&u) else {
+                return;
+            };
+            let tt = rtype(target);
+            let local = format!("{tt}/{}", rid(target));
+            match tt {
+                "Patient" => reference["reference"] = json!(local),
+                "Practitioner" | "Organization" => {
+                    shared.entry(sector).or_default().insert(u.clone());
+                    reference["reference"] = json!(local);
+                }
+                _ if home.get(&u) == Some(&sector) => reference["reference"] = json!(local),
+                _ => {
+                    let other = home.get(&u).copied().unwrap_or("?");
+                    *rewrites
+                        .entry(format!("{t}.{} -> {tt}", path.join(".")))
+                        .or_default() += 1;
+                    let code_text = target.get("code").map(|_| format!(": {}", label(target)));
+                    *reference = json!({
+                        "display": format!("{tt} recorded by {other}{}", code_text.unwrap_or_default())
+                    });
+                    if let Some(code) = target.get("code") {
+                        reason_codes.push((path.to_vec(), code.clone()));
+                    }
+                }
+            }
+        });
+        for (path, code) in reason_codes {
+            match (t.as_str(), path.first().map(String::as_str)) {
+                ("CarePlan", Some("addresses")) => {
+                    for act in r["activity"].as_array_mut().into_iter().flatten() {
+                        let detail = &mut act["detail"];
+                        if detail.is_object() {
+                            push_concept(&mut detail["reasonCode"], &code);
+                        }
+                    }
+                }
+                ("MedicationRequest" | "Procedure", Some("reasonReference")) => {
+                    push_concept(&mut r["reasonCode"], &code);
+                }
+                _ => {}
+            }
+        }
+        sectors.get_mut(sector).unwrap().push(r);
+    }
+    // Practitioners and Organizations right after the Patient, where referenced.
+    for (sector, urls) in shared {
+        let list = sectors.get_mut(sector).unwrap();
+        let copies: Vec<Value> = urls.iter().map(|u| by_url[u].clone()).collect();
+        list.splice(1..1, copies);
+    }
+    SplitPatient {
+        index,
+        file: file.to_owned(),
+        cpr,
+        patient_id,
+        sectors,
+        unsplit,
+    }
+}
+
+fn push_concept(list: &mut Value, concept: &Value) {
+    if !list.is_array() {
+        *list = json!([]);
+    }
+    let a = list.as_array_mut().unwrap();
+    if !a.contains(concept) {
+        a.push(concept.clone());
+    }
+}
+
+fn load_patients(rewrites: &mut Rewrites) -> Vec<SplitPatient> {
+    let mut files: Vec<_> = std::fs::read_dir(shared_data().join("synthea"))
+        .expect("synthea folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 50);
+    files
+        .iter()
+        .enumerate()
+        .map(|(n, p)| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            split(n, &name, &read_json(p), rewrites)
+        })
+        .collect()
+}
+
+// ---- pushing and reading alerts ---------------------------------------------------------
+
+/// One transaction Bundle of PUTs under a sector.
+async fn push_sector(app: &TestApp, file: &str, sector: &str, list: &[&Value]) {
+    let entries: Vec<Value> = list
+        .iter()
+        .map(|r| {
+            json!({ "resource": r,
+                    "request": { "method": "PUT", "url": format!("{}/{}", rtype(r), rid(r)) } })
+        })
+        .collect();
+    let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries });
+    let (status, body, _) = app.post(sector, &format!("/{sector}"), &bundle).await;
+    assert_eq!(status, 200, "{file} {sector}: {body}");
+}
+
+async fn push_patient(app: &TestApp, p: &SplitPatient) {
+    for (sector, list) in &p.sectors {
+        push_sector(app, &p.file, sector, &list.iter().collect::<Vec<_>>()).await;
+    }
+}
+
+/// Records of one patient, one transaction per sector.
+async fn push_records(app: &TestApp, p: &SplitPatient, records: &[(&'static str, Value)]) {
+    for sector in SECTORS {
+        let list: Vec<&Value> = records
+            .iter()
+            .filter(|(s, _)| *s == sector)
+            .map(|(_, r)| r)
+            .collect();
+        if !list.is_empty() {
+            push_sector(app, &p.file, sector, &list).await;
+        }
+    }
+}
+
+/// One DetectedIssue, as the test needs it.
+#[derive(Debug, Clone)]
+struct Alert {
+    code: String,
+    fingerprint: String,
+    status: String,
+    implicated: BTreeSet<String>,
+    detail: String,
+}
+
+async fn open_alerts(app: &TestApp, p: &SplitPatient) -> Vec<Alert> {
+    let (status, found) = app
+        .get(
+            "careteam",
+            &format!("/Patient?identifier={CPR_SYSTEM}|{}", p.cpr),
+        )
+        .await;
+    assert_eq!(status, 200, "{found}");
+    let entries = found["entry"].as_array().expect("a linked patient");
+    assert_eq!(entries.len(), 1, "{}: one gateway patient", p.file);
+    let pid = entries[0]["resource"]["id"].as_str().unwrap().to_owned();
+    let (status, bundle) = app
+        .get(
+            "careteam",
+            &format!("/DetectedIssue?patient={pid}&_count=1000"),
+        )
+        .await;
+    assert_eq!(status, 200, "{bundle}");
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .filter(|di| di["status"] != "cancelled")
+        .map(|di| Alert {
+            code: di["code"]["coding"][0]["code"].as_str().unwrap().to_owned(),
+            fingerprint: di["identifier"][0]["value"].as_str().unwrap().to_owned(),
+            status: di["status"].as_str().unwrap().to_owned(),
+            implicated: di["implicated"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["reference"].as_str())
+                .filter_map(|r| r.split('/').nth(1).map(str::to_owned))
+                .collect(),
+            detail: di["detail"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect()
+}
+
+async fn all_open_alerts(app: &TestApp, patients: &[SplitPatient]) -> Vec<Vec<Alert>> {
+    let mut out = Vec::new();
+    for p in patients {
+        out.push(open_alerts(app, p).await);
+    }
+    out
+}
+
+// ---- the pure detector --------------------------------------------------------------------
+
+struct Knowledge {
+    med: MedKnowledge,
+    mapping: Mapping,
+    rules: Rules,
+}
+
+impl Knowledge {
+    fn load() -> Knowledge {
+        let dir = repo().join("fhir-profiles");
+        Knowledge {
+            med: MedKnowledge::load(&dir).expect("medication knowledge"),
+            mapping: Mapping::load(&dir).expect("concept maps"),
+            rules: AlertSettings::default().rules(),
+        }
+    }
+
+    fn detect(&self, items: Vec<Item>) -> Vec<detect::Finding> {
+        let s = Snapshot {
+            patient_id: "p".into(),
+            now_us: carebridge::audit::now_us(),
+            items,
+            copies: HashMap::new(),
+        };
+        let cx = Context {
+            knowledge: &self.med,
+            mapping: &self.mapping,
+            rules: &self.rules,
+        };
+        detect::detect(&s, &cx)
+    }
+
+    /// Widened condition keys of a CodeableConcept.
+    fn keys(&self, concept: &Value) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for (s, c) in detect::coding_keys(Some(concept)) {
+            out.extend(self.mapping.equivalents(&s, &c));
+            out.insert((s, c));
+        }
+        out
+    }
+
+    /// Ingredients (ATC) and route family of an active medication, as the detectors see it.
+    fn med(&self, r: &Value) -> (Vec<String>, String) {
+        let concept = concept_of(r).cloned().unwrap_or(Value::Null);
+        let family = match self.med.route_family(r, &concept) {
+            RouteFamily::Unknown => RouteFamily::Systemic,
+            f => f,
+        };
+        (
+            self.med
+                .ingredients(&concept)
+                .into_iter()
+                .map(|i| i.atc)
+                .collect(),
+            format!("{family:?}").to_lowercase(),
+        )
+    }
+
+    /// The distinct active ingredients the polypharmacy rule counts.
+    fn distinct(&self, items: &[Item]) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for i in items.iter().filter(|i| detect::active_medication(i)) {
+            let (ings, _) = self.med(&i.body);
+            if ings.is_empty() {
+                let key = detect::coding_keys(concept_of(&i.body))
+                    .first()
+                    .map(|(s, c)| format!("{s}|{c}"))
+                    .unwrap_or_else(|| i.gid.clone());
+                out.insert(key);
+            } else {
+                out.extend(ings);
+            }
+        }
+        out
+    }
+}
+
+fn count_codes<'a>(codes: impl Iterator<Item = &'a str>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for c in codes {
+        *m.entry(c.to_owned()).or_default() += 1;
+    }
+    m
+}
+
+// ---- injection ----------------------------------------------------------------------------
+
+/// One finding the test plants, and how to recognise it.
+#[derive(Debug, Clone)]
+struct Planted {
+    code: &'static str,
+    /// The expected fingerprint, when the test can name it beforehand.
+    fingerprint: Option<String>,
+    /// Gateway ids the alert must implicate.
+    implicated: Vec<String>,
+    what: String,
+}
+
+/// What is injected into one patient, and what it must raise.
+#[derive(Debug, Default)]
+struct Injection {
+    planted: Vec<Planted>,
+    /// Expected `injected − clean` per alert code (planted findings plus controlled
+    /// consequences).
+    delta: BTreeMap<&'static str, usize>,
+    /// The new records, by sector.
+    records: Vec<(&'static str, Value)>,
+}
+
+fn order(id: &str, patient: &str, concept: Value, requester: &str, dosage: Option<Value>) -> Value {
+    let mut r = json!({
+        "resourceType": "MedicationRequest", "id": id, "status": "active", "intent": "order",
+        "medicationCodeableConcept": concept,
+        "subject": { "reference": format!("Patient/{patient}") },
+        "authoredOn": "2024-03-01T09:00:00+01:00",
+        "requester": { "display": requester },
+    });
+    if let Some(d) = dosage {
+        r["dosageInstruction"] = d;
+    }
+    r
+}
+
+fn atc_concept(code: &str) -> Value {
+    json!({ "coding": [{ "system": ATC, "code": code }], "text": code })
+}
+
+fn oral() -> Option<Value> {
+    Some(
+        json!([{ "text": "1 tablet daily", "route": { "coding": [{ "system": SCT, "code": "26643006", "display": "Oral route" }] } }]),
+    )
+}
+
+fn condition(id: &str, patient: &str, code: Value, status: &str) -> Value {
+    let mut c = json!({
+        "resourceType": "Condition", "id": id,
+        "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status }] },
+        "verificationStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed" }] },
+        "code": code,
+        "subject": { "reference": format!("Patient/{patient}") },
+        "recordedDate": "2024-03-01",
+    });
+    if status == "resolved" {
+        c["abatementDateTime"] = json!("2024-02-20");
+    }
+    c
+}
+
+fn plan(id: &str, patient: &str, code: &Value, activity_status: &str) -> Value {
+    json!({
+        "resourceType": "CarePlan", "id": id, "status": "active", "intent": "plan",
+        "title": "Injected plan",
+        "subject": { "reference": format!("Patient/{patient}") },
+        "activity": [{ "detail": { "code": code, "status": activity_status } }],
+    })
+}
+
+/// ACE inhibitors, statins and beta blockers: a class with a list of its ingredients.
+const CLASSES: [(&str, [&str; 3]); 3] = [
+    ("C09AA", ["C09AA05", "C09AA02", "C09AA03"]),
+    ("C10AA", ["C10AA05", "C10AA07", "C10AA01"]),
+    ("C07AB", ["C07AB07", "C07AB02", "C07AB03"]),
+];
+
+/// Chronic ICPC-2 codes (all in the default `alerts.chronic`) for the unaddressed condition.
+const CHRONIC_ICPC2: [&str; 8] = ["L95", "R96", "K78", "P76", "L89", "U99", "K77", "T90"];
+
+/// Non-chronic ICPC-2 codes for a planted status conflict when the gp has no active condition.
+const PLAIN_ICPC2: [&str; 3] = ["D93", "S91", "F92"];
+
+/// Adds the planted findings to `p` (new resources only; the split records are untouched).
+/// `clean` is the patient's clean-run alerts: targets already implicated in an alert of the
+/// planted kind are skipped, so the planted finding is new by construction.
+fn inject(k: &Knowledge, p: &SplitPatient, clean: &[Alert]) -> Injection {
+    let pid = p.patient_id.clone();
+    let mut inj = Injection::default();
+    let before = p.items();
+    let clean_fps: BTreeSet<&str> = clean.iter().map(|a| a.fingerprint.as_str()).collect();
+    let implicated_in = |code: &str, gid: &str| {
+        clean
+            .iter()
+            .any(|a| a.code == code && a.implicated.contains(gid))
+    };
+    let mut add: Vec<(&'static str, Value)> = Vec::new();
+
+    // 1. DUPTHPGEN: the hospital orders what an active gp order gives (one known ingredient,
+    //    not already a duplicate). Else gp and hospital both order allopurinol.
+    let target = before.iter().find_map(|i| {
+        if i.sector != "gp" || i.rtype != "MedicationRequest" || !detect::active_medication(i) {
+            return None;
+        }
+        let (ings, family) = k.med(&i.body);
+        let fp = format!("DUPTHPGEN|{}|{family}", ings.first()?);
+        (ings.len() == 1 && !clean_fps.contains(fp.as_str())).then_some((i, fp))
+    });
+    let dup_id = format!("inj-dupgen-{}", p.index);
+    match target {
+        Some((gp_order, fp)) => {
+            let r = order(
+                &dup_id,
+                &pid,
+                gp_order.body["medicationCodeableConcept"].clone(),
+                "Hospital physician (injected)",
+                gp_order.body.get("dosageInstruction").cloned(),
+            );
+            inj.planted.push(Planted {
+                code: "DUPTHPGEN",
+                fingerprint: Some(fp),
+                implicated: vec![gp_order.gid.clone(), gid("hospital", &r)],
+                what: format!(
+                    "hospital re-orders gp's {}",
+                    detect::concept_label(gp_order.body.get("medicationCodeableConcept"))
+                ),
+            });
+            add.push(("hospital", r));
+        }
+        None => {
+            let gp = order(
+                &format!("{dup_id}-gp"),
+                &pid,
+                atc_concept("M04AA01"),
+                "GP (injected)",
+                oral(),
+            );
+            let h = order(
+                &dup_id,
+                &pid,
+                atc_concept("M04AA01"),
+                "Hospital physician (injected)",
+                oral(),
+            );
+            inj.planted.push(Planted {
+                code: "DUPTHPGEN",
+                fingerprint: Some("DUPTHPGEN|M04AA01|systemic".into()),
+                implicated: vec![gid("gp", &gp), gid("hospital", &h)],
+                what: "gp and hospital both order allopurinol".into(),
+            });
+            add.push(("gp", gp));
+            add.push(("hospital", h));
+        }
+    }
+
+    // 2. DUPTHPCLS: a second ingredient of a class (ACE inhibitors first) that has no class
+    //    alert yet; when the patient takes none of the class, gp and hospital order two.
+    let active_ings: BTreeSet<String> = before
+        .iter()
+        .filter(|i| detect::active_medication(i))
+        .flat_map(|i| k.med(&i.body).0)
+        .collect();
+    let (class, ings) = CLASSES
+        .iter()
+        .find(|(c, _)| !clean_fps.contains(format!("DUPTHPCLS|{c}|systemic").as_str()))
+        .expect("a class without an alert");
+    let present: Vec<&String> = active_ings
+        .iter()
+        .filter(|a| a.starts_with(class))
+        .collect();
+    let fresh: Vec<&str> = ings
+        .iter()
+        .copied()
+        .filter(|a| !active_ings.contains(*a))
+        .collect();
+    let cls_id = format!("inj-dupcls-{}", p.index);
+    let mut cls_gids = Vec::new();
+    let mut what = format!("class {class}: ");
+    if present.is_empty() {
+        let gp = order(
+            &format!("{cls_id}-gp"),
+            &pid,
+            atc_concept(fresh[0]),
+            "GP (injected)",
+            oral(),
+        );
+        cls_gids.push(gid("gp", &gp));
+        what.push_str(&format!("gp {} + ", fresh[0]));
+        add.push(("gp", gp));
+    } else {
+        what.push_str(&format!("active {present:?} + "));
+    }
+    let h = order(
+        &cls_id,
+        &pid,
+        atc_concept(fresh[if present.is_empty() { 1 } else { 0 }]),
+        "Hospital physician (injected)",
+        oral(),
+    );
+    what.push_str(&format!(
+        "hospital {}",
+        fresh[if present.is_empty() { 1 } else { 0 }]
+    ));
+    cls_gids.push(gid("hospital", &h));
+    add.push(("hospital", h));
+    inj.planted.push(Planted {
+        code: "DUPTHPCLS",
+        fingerprint: Some(format!("DUPTHPCLS|{class}|systemic")),
+        implicated: cls_gids,
+        what,
+    });
+
+    // 3. condition-status-conflict: the hospital records an active gp condition as resolved.
+    let gp_condition = before.iter().find(|i| {
+        i.sector == "gp"
+            && detect::active_condition(i)
+            && !implicated_in("condition-status-conflict", &i.gid)
+    });
+    let csc_id = format!("inj-resolved-{}", p.index);
+    let all_condition_keys: BTreeSet<(String, String)> = before
+        .iter()
+        .filter(|i| i.rtype == "Condition")
+        .flat_map(|i| k.keys(&i.body["code"]))
+        .collect();
+    match gp_condition {
+        Some(c) => {
+            let r = condition(&csc_id, &pid, c.body["code"].clone(), "resolved");
+            inj.planted.push(Planted {
+                code: "condition-status-conflict",
+                fingerprint: None,
+                implicated: vec![c.gid.clone(), gid("hospital", &r)],
+                what: format!("hospital: '{}' resolved", label(&c.body)),
+            });
+            add.push(("hospital", r));
+        }
+        None => {
+            let code = PLAIN_ICPC2
+                .iter()
+                .map(|c| json!({ "coding": [{ "system": ICPC2, "code": c }] }))
+                .find(|c| k.keys(c).is_disjoint(&all_condition_keys))
+                .expect("a free code");
+            let gp = condition(&format!("{csc_id}-gp"), &pid, code.clone(), "active");
+            let h = condition(&csc_id, &pid, code, "resolved");
+            inj.planted.push(Planted {
+                code: "condition-status-conflict",
+                fingerprint: None,
+                implicated: vec![gid("gp", &gp), gid("hospital", &h)],
+                what: "gp active, hospital resolved (planted pair)".into(),
+            });
+            add.push(("gp", gp));
+            add.push(("hospital", h));
+        }
+    }
+
+    // 4. conflicting-plans: another sector's plan stops an activity an active plan keeps.
+    let keeps = |d: &Value| {
+        d["doNotPerform"].as_bool() != Some(true)
+            && matches!(
+                d["status"].as_str(),
+                None | Some("not-started" | "scheduled" | "in-progress" | "on-hold")
+            )
+    };
+    let plans: Vec<&Item> = before.iter().filter(|i| detect::active_plan(i)).collect();
+    let kept = plans.iter().find_map(|pl| {
+        pl.body["activity"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| &a["detail"])
+            .find(|d| keeps(d) && d.get("code").is_some())
+            .map(|d| (*pl, d["code"].clone()))
+    });
+    let cp_id = format!("inj-stop-{}", p.index);
+    let (stop_sector, code, mut extra_plans): (&'static str, Value, Vec<(&'static str, Value)>) =
+        match &kept {
+            Some((pl, code)) => (
+                if pl.sector == "municipality" {
+                    "gp"
+                } else {
+                    "municipality"
+                },
+                code.clone(),
+                Vec::new(),
+            ),
+            None => {
+                let code = json!({ "coding": [{ "system": SCT, "code": "229065009", "display": "Exercise therapy" }] });
+                let keep = plan(&format!("{cp_id}-gp"), &pid, &code, "in-progress");
+                ("municipality", code, vec![("gp", keep)])
+            }
+        };
+    let stop = plan(&cp_id, &pid, &code, "stopped");
+    let stop_gid = gid(stop_sector, &stop);
+    let stop_keys: BTreeSet<String> = k
+        .keys(&code)
+        .into_iter()
+        .map(|(s, c)| format!("{s}|{c}"))
+        .collect();
+    // Every active plan of another sector that keeps an activity with a shared key conflicts.
+    let mut all_plans: Vec<(String, &str, Value)> = plans
+        .iter()
+        .map(|pl| (pl.gid.clone(), pl.sector.as_str(), pl.body.clone()))
+        .collect();
+    for (s, pl) in &extra_plans {
+        all_plans.push((gid(s, pl), *s, pl.clone()));
+    }
+    let mut conflicting = 0;
+    for (g, s, body) in &all_plans {
+        if *s == stop_sector {
+            continue;
+        }
+        let hit = body["activity"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| &a["detail"])
+            .filter(|d| keeps(d))
+            .any(|d| {
+                k.keys(&d["code"])
+                    .into_iter()
+                    .any(|(s, c)| stop_keys.contains(&format!("{s}|{c}")))
+            });
+        if hit {
+            conflicting += 1;
+            inj.planted.push(Planted {
+                code: "conflicting-plans",
+                fingerprint: None,
+                implicated: vec![g.clone(), stop_gid.clone()],
+                what: format!(
+                    "{stop_sector} plan stops '{}' that the {s} plan keeps",
+                    detect::concept_label(Some(&code))
+                ),
+            });
+        }
+    }
+    assert!(conflicting >= 1, "{}: a plan conflict is planted", p.file);
+    let plan_sectors_before: BTreeSet<&str> = plans.iter().map(|pl| pl.sector.as_str()).collect();
+    let mut plan_sectors_after = plan_sectors_before.clone();
+    plan_sectors_after.insert(stop_sector);
+    for (s, _) in &extra_plans {
+        plan_sectors_after.insert(*s);
+    }
+    add.append(&mut extra_plans);
+    add.push((stop_sector, stop));
+
+    // 5. unaddressed-condition: a chronic condition in gp that nothing addresses and that the
+    //    patient does not have in any form.
+    let plan_reasons: BTreeSet<(String, String)> = plans
+        .iter()
+        .flat_map(|pl| pl.body["activity"].as_array().into_iter().flatten())
+        .flat_map(|a| a["detail"]["reasonCode"].as_array().into_iter().flatten())
+        .flat_map(|c| k.keys(c))
+        .collect();
+    let taken: BTreeSet<(String, String)> = all_condition_keys
+        .union(&plan_reasons)
+        .cloned()
+        .chain(
+            add.iter()
+                .filter(|(_, r)| rtype(r) == "Condition")
+                .flat_map(|(_, r)| k.keys(&r["code"])),
+        )
+        .collect();
+    let chronic_code = CHRONIC_ICPC2
+        .iter()
+        .map(|c| json!({ "coding": [{ "system": ICPC2, "code": c }] }))
+        .find(|c| k.keys(c).is_disjoint(&taken))
+        .expect("a chronic code the patient has not got");
+    let un = condition(
+        &format!("inj-chronic-{}", p.index),
+        &pid,
+        chronic_code.clone(),
+        "active",
+    );
+    let first_key = k.keys(&chronic_code).into_iter().next().unwrap();
+    inj.planted.push(Planted {
+        code: "unaddressed-condition",
+        fingerprint: Some(format!(
+            "unaddressed-condition|{}|{}",
+            first_key.0, first_key.1
+        )),
+        implicated: vec![gid("gp", &un)],
+        what: format!(
+            "gp: chronic {} without a plan",
+            detect::concept_label(Some(&chronic_code))
+        ),
+    });
+    add.push(("gp", un));
+
+    // Expected deltas: the planted findings, and the consequences the injection controls.
+    for pl in &inj.planted {
+        *inj.delta.entry(pl.code).or_default() += 1;
+    }
+    // No CareTeam anywhere: a second sector with an active plan raises no-care-coordinator.
+    if plan_sectors_before.len() < 2 && plan_sectors_after.len() >= 2 {
+        *inj.delta.entry("no-care-coordinator").or_default() += 1;
+    }
+    let after: Vec<Item> = before
+        .iter()
+        .cloned()
+        .chain(add.iter().filter_map(|(s, r)| item(s, r)))
+        .collect();
+    let threshold = k.rules.polypharmacy_threshold;
+    let (n_before, n_after) = (k.distinct(&before).len(), k.distinct(&after).len());
+    if n_before < threshold && n_after >= threshold {
+        *inj.delta.entry("polypharmacy").or_default() += 1;
+    }
+    inj.records = add;
+    inj
+}
+
+/// The injected records withdrawn: orders and conditions entered in error, plans revoked.
+fn withdrawn(r: &Value) -> Value {
+    let mut r = r.clone();
+    match rtype(&r) {
+        "MedicationRequest" => r["status"] = json!("entered-in-error"),
+        "CarePlan" => r["status"] = json!("revoked"),
+        "Condition" => {
+            r.as_object_mut().unwrap().remove("clinicalStatus");
+            r.as_object_mut().unwrap().remove("abatementDateTime");
+            r["verificationStatus"]["coding"][0]["code"] = json!("entered-in-error");
+        }
+        _ => {}
+    }
+    r
+}
+
+// ---- the test -----------------------------------------------------------------------------
+
+fn table_row(name: &str, counts: &BTreeMap<String, usize>) -> String {
+    signed_row(name, &|k| counts.get(k).copied().unwrap_or(0) as i64)
+}
+
+fn signed_row(name: &str, count: &dyn Fn(&str) -> i64) -> String {
+    let mut s = format!("  {name:<28}");
+    let mut total = 0;
+    for k in KINDS {
+        s.push_str(&format!(" {:>10}", count(k)));
+        total += count(k);
+    }
+    s.push_str(&format!(" {total:>7}"));
+    s
+}
+
+fn short(kind: &str) -> &str {
+    match kind {
+        "DUPTHPGEN" => "DUPGEN",
+        "DUPTHPCLS" => "DUPCLS",
+        "polypharmacy" => "polypharm",
+        "conflicting-plans" => "conflplan",
+        "condition-status-conflict" => "statusconf",
+        "unaddressed-condition" => "unaddress",
+        "no-care-coordinator" => "nocoord",
+        _ => "unanswer",
+    }
+}
+
+fn fingerprints(alerts: &[Alert]) -> BTreeSet<&str> {
+    alerts.iter().map(|a| a.fingerprint.as_str()).collect()
+}
+
+fn pure_fingerprints(k: &Knowledge, items: Vec<Item>) -> BTreeSet<String> {
+    k.detect(items).into_iter().map(|f| f.fingerprint).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synthea_patients_split_across_sectors_raise_only_what_the_data_and_the_injections_say() {
+    let started = Instant::now();
+    let k = Knowledge::load();
+    let mut rewrites = Rewrites::new();
+    let patients = load_patients(&mut rewrites);
+    let per_sector: BTreeMap<&str, usize> = SECTORS
+        .iter()
+        .map(|s| (*s, patients.iter().map(|p| p.sectors[s].len()).sum()))
+        .collect();
+    eprintln!(
+        "split: {} patients, {} entries pushed in {} transactions ({per_sector:?}, the Patient in each)",
+        patients.len(),
+        patients.iter().map(SplitPatient::entries).sum::<usize>(),
+        patients.len() * SECTORS.len()
+    );
+    eprintln!(
+        "cross-sector references made display-only (codes kept as reasonCode where documented):"
+    );
+    for (k, n) in &rewrites {
+        eprintln!("  {n:>5}  {k}");
+    }
+    assert!(
+        patients
+            .iter()
+            .flat_map(|p| p.unsplit.iter())
+            .all(|r| !matches!(rtype(r), "CareTeam" | "Communication")),
+        "Synthea has no CareTeam or Communication (the no-care-coordinator expectation assumes it)"
+    );
+    let mut failures: Vec<String> = Vec::new();
+
+    // Unsplit, in-process: what the data itself says (all of a patient in one sector).
+    let unsplit: Vec<Vec<detect::Finding>> = patients
+        .iter()
+        .map(|p| k.detect(p.unsplit.iter().filter_map(|r| item("lab", r)).collect()))
+        .collect();
+
+    // (a) The clean split through the API.
+    let app = TestApp::spawn_config(Backend::Sqlite, config).await;
+    let t = Instant::now();
+    // Two clients (odd and even patients): one validates while the other writes.
+    let stream = |parity: usize| {
+        let (app, patients) = (&app, &patients);
+        async move {
+            for p in patients.iter().filter(|p| p.index % 2 == parity) {
+                push_patient(app, p).await;
+            }
+        }
+    };
+    tokio::join!(stream(0), stream(1));
+    let push_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let clean = all_open_alerts(&app, &patients).await;
+    let read_secs = t.elapsed().as_secs_f64();
+    for ((p, alerts), whole) in patients.iter().zip(&clean).zip(&unsplit) {
+        // The API raised what the pure detector finds on the same records.
+        let api = fingerprints(alerts);
+        let pure = pure_fingerprints(&k, p.items());
+        if api != pure.iter().map(String::as_str).collect() {
+            failures.push(format!(
+                "{}: clean: API {api:?} != pure detector {pure:?}",
+                p.file
+            ));
+        }
+        // The split adds nothing that the sectors do not explain.
+        let whole_fps: BTreeSet<&str> = whole.iter().map(|f| f.fingerprint.as_str()).collect();
+        for kind in ["DUPTHPCLS", "polypharmacy", "unaddressed-condition"] {
+            let split_k: BTreeSet<&str> = alerts
+                .iter()
+                .filter(|a| a.code == kind)
+                .map(|a| a.fingerprint.as_str())
+                .collect();
+            let whole_k: BTreeSet<&str> = whole
+                .iter()
+                .filter(|f| f.code.1 == kind)
+                .map(|f| f.fingerprint.as_str())
+                .collect();
+            if split_k != whole_k {
+                failures.push(format!(
+                    "{}: {kind}: split {split_k:?} but unsplit {whole_k:?}",
+                    p.file
+                ));
+            }
+        }
+        let sector_of: HashMap<String, &str> = p.resources().map(|(s, r)| (gid(s, r), s)).collect();
+        for f in whole.iter().filter(|f| f.code.1 == "DUPTHPGEN") {
+            if !api.contains(f.fingerprint.as_str()) {
+                failures.push(format!(
+                    "{}: unsplit {} lost in the split",
+                    p.file, f.fingerprint
+                ));
+            }
+        }
+        for a in alerts
+            .iter()
+            .filter(|a| a.code == "DUPTHPGEN" && !whole_fps.contains(a.fingerprint.as_str()))
+        {
+            let sectors: BTreeSet<&str> = a
+                .implicated
+                .iter()
+                .filter_map(|g| sector_of.get(g).copied())
+                .collect();
+            if sectors.len() < 2 {
+                failures.push(format!(
+                    "{}: split-only {} within one sector ({sectors:?})",
+                    p.file, a.fingerprint
+                ));
+            }
+        }
+    }
+
+    // (b) Injected: planted findings added to the same patients (new records, one transaction
+    //     per sector and patient).
+    let injections: Vec<Injection> = patients
+        .iter()
+        .zip(&clean)
+        .map(|(p, c)| inject(&k, p, c))
+        .collect();
+    let t = Instant::now();
+    for (p, inj) in patients.iter().zip(&injections) {
+        push_records(&app, p, &inj.records).await;
+    }
+    let inject_secs = t.elapsed().as_secs_f64();
+    let injected = all_open_alerts(&app, &patients).await;
+    let mut planted_total: BTreeMap<String, usize> = BTreeMap::new();
+    let mut expected_delta: BTreeMap<String, usize> = BTreeMap::new();
+    for (((p, inj), before), after) in patients.iter().zip(&injections).zip(&clean).zip(&injected) {
+        let clean_fps = fingerprints(before);
+        for pl in &inj.planted {
+            *planted_total.entry(pl.code.to_owned()).or_default() += 1;
+            let hits: Vec<&Alert> = after
+                .iter()
+                .filter(|a| a.code == pl.code)
+                .filter(|a| pl.implicated.iter().all(|g| a.implicated.contains(g)))
+                .collect();
+            if hits.len() != 1 {
+                failures.push(format!(
+                    "{}: planted {} ({}) raised {} times: {hits:?}",
+                    p.file,
+                    pl.code,
+                    pl.what,
+                    hits.len()
+                ));
+                continue;
+            }
+            let a = hits[0];
+            if let Some(fp) = pl.fingerprint.as_ref().filter(|fp| **fp != a.fingerprint) {
+                failures.push(format!(
+                    "{}: planted {} has fingerprint {} (expected {fp})",
+                    p.file, pl.code, a.fingerprint
+                ));
+            }
+            if clean_fps.contains(a.fingerprint.as_str()) || a.status != "preliminary" {
+                failures.push(format!(
+                    "{}: planted {} is not a new alert: {} ({})",
+                    p.file, pl.code, a.fingerprint, a.status
+                ));
+            }
+        }
+        let c0 = count_codes(before.iter().map(|a| a.code.as_str()));
+        let c1 = count_codes(after.iter().map(|a| a.code.as_str()));
+        for kind in KINDS {
+            let want = inj.delta.get(kind).copied().unwrap_or(0);
+            *expected_delta.entry(kind.to_owned()).or_default() += want;
+            let n0 = c0.get(kind).copied().unwrap_or(0);
+            let n1 = c1.get(kind).copied().unwrap_or(0);
+            if n1 != n0 + want {
+                failures.push(format!(
+                    "{}: {kind}: clean {n0}, injected {n1}, expected +{want}; injected: {:?}",
+                    p.file,
+                    after
+                        .iter()
+                        .filter(|a| a.code == kind)
+                        .map(|a| &a.detail)
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+        let mut items = p.items();
+        items.extend(inj.records.iter().filter_map(|(s, r)| item(s, r)));
+        let api = fingerprints(after);
+        let pure = pure_fingerprints(&k, items);
+        if api != pure.iter().map(String::as_str).collect() {
+            failures.push(format!(
+                "{}: injected: API {api:?} != pure {pure:?}",
+                p.file
+            ));
+        }
+    }
+
+    // (c) Withdrawn: the injected records entered in error (plans revoked); the alerts return to
+    //     the clean set, the planted ones closed.
+    for (p, inj) in patients.iter().zip(&injections) {
+        let back: Vec<(&'static str, Value)> = inj
+            .records
+            .iter()
+            .map(|(s, r)| (*s, withdrawn(r)))
+            .collect();
+        push_records(&app, p, &back).await;
+    }
+    let restored = all_open_alerts(&app, &patients).await;
+    for ((p, before), after) in patients.iter().zip(&clean).zip(&restored) {
+        if fingerprints(before) != fingerprints(after) {
+            failures.push(format!(
+                "{}: after withdrawing the injections {:?} != clean {:?}",
+                p.file,
+                fingerprints(after),
+                fingerprints(before)
+            ));
+        }
+    }
+    app.stop().await;
+
+    // Report.
+    let totals = |runs: &[Vec<Alert>]| count_codes(runs.iter().flatten().map(|a| a.code.as_str()));
+    let unsplit_counts = count_codes(unsplit.iter().flatten().map(|f| f.code.1));
+    let (clean_counts, injected_counts) = (totals(&clean), totals(&injected));
+    let mut header = format!("  {:<28}", "open alerts, 50 patients");
+    for kind in KINDS {
+        header.push_str(&format!(" {:>10}", short(kind)));
+    }
+    header.push_str("   total");
+    eprintln!("\nalerts per code ({}):", KINDS.join(", "));
+    eprintln!("{header}");
+    eprintln!("{}", table_row("unsplit (pure detector)", &unsplit_counts));
+    eprintln!("{}", table_row("clean split (API)", &clean_counts));
+    eprintln!("{}", table_row("injected (API)", &injected_counts));
+    let n = |m: &BTreeMap<String, usize>, k: &str| m.get(k).copied().unwrap_or(0) as i64;
+    eprintln!(
+        "{}",
+        signed_row("injected - clean", &|k| n(&injected_counts, k)
+            - n(&clean_counts, k))
+    );
+    eprintln!("{}", table_row("  of which planted", &planted_total));
+    eprintln!(
+        "{}",
+        table_row("  expected (planted + caused)", &expected_delta)
+    );
+    eprintln!(
+        "{}",
+        table_row("after withdrawing (API)", &totals(&restored))
+    );
+    eprintln!(
+        "patients with a clean alert: {} of 50; pushing the split took {push_secs:.1} s, reading \
+         the alerts {read_secs:.1} s, pushing the injections {inject_secs:.1} s",
+        clean.iter().filter(|a| !a.is_empty()).count()
+    );
+    eprintln!("\nclean-split alerts (what the Synthea data says under this split):");
+    for (p, alerts) in patients.iter().zip(&clean) {
+        for a in alerts {
+            eprintln!("  [{:>2}] {} | {} | {}", p.index, p.file, a.code, a.detail);
+        }
+    }
+    eprintln!("\ninjections per patient:");
+    for (p, inj) in patients.iter().zip(&injections) {
+        let what: Vec<String> = inj
+            .planted
+            .iter()
+            .map(|x| format!("{}: {}", x.code, x.what))
+            .collect();
+        let caused: Vec<String> = inj
+            .delta
+            .iter()
+            .filter(|(c, _)| matches!(**c, "no-care-coordinator" | "polypharmacy"))
+            .map(|(c, n)| format!("+{n} {c}"))
+            .collect();
+        eprintln!(
+            "  [{:>2}] {}; {}",
+            p.index,
+            what.join("; "),
+            caused.join(", ")
+        );
+    }
+    eprintln!("({:.1} s in all)", started.elapsed().as_secs_f64());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
