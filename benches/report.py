@@ -186,13 +186,131 @@ def p2(work, smoke):
     return out, lines
 
 
+def p3(work, smoke):
+    """P3: delivery rate to one Medplum peer next to that peer's own POST rate (information: no
+    target is set for it)."""
+    out = {}
+    lines = []
+    for backend in ["sqlite", "postgres"]:
+        r = load(os.path.join(work, f"p3-{backend}.json"))
+        if r is None:
+            continue
+        out[backend] = r
+        if "skipped" in r:
+            lines.append(f"P3 {backend}: skipped ({r['skipped']})")
+            continue
+        gw = r.get("reference") or r.get("profile")
+        direct = r.get("direct") or {}
+        ine, plain, put = direct.get("if_none_exist"), direct.get("plain"), direct.get("put_derived_id")
+        lines.append(f"P3 delivery to one Medplum peer, {backend}: {gw['database']}; {r['n']} Conditions pushed by gp "
+                     f"in transaction Bundles of {r['bundle_size']}, one client ({gw['pass']} pass"
+                     f"{', gateway log on: a diagnosis figure' if gw['pass'] == 'profile' else ''})")
+        d = gw["delivery"]
+        lines.append(f"  gateway: {fmt(d['per_s_first_to_last'], 1)} deliveries/s first->last delivery, "
+                     f"{fmt(d['per_s_end_to_end'], 1)}/s end to end (first push -> last delivery, "
+                     f"{d['last_delivery_after_first_push_s']:.1f} s); push {gw['push']['seconds']:.1f} s, "
+                     f"{d['delivered_during_push']} delivered during it; peer time per POST {d['server_ms_mean']:.1f} ms; "
+                     f"load {gw['loadavg_before']:.2f} -> {gw['loadavg_after']:.2f}")
+        c = d["cpu_after_push"]
+        lines.append(f"  CPU after the push (cores): gateway {c['gateway_cpu_cores']:.2f}, peer {c['peer_cpu_cores']:.2f}, "
+                     f"postgres (all) {c['postgres_cpu_cores']:.2f}, machine busy {c['machine_busy_cores']:.2f}, "
+                     f"iowait {c['machine_iowait_cores']:.2f}; gateway CPU per delivery "
+                     f"{1000 * c['gateway_cpu_seconds'] / max(1, r['n'] - d['delivered_during_push']):.2f} ms")
+        for name, x in [("POST with If-None-Exist (as the gateway)", ine), ("plain POST", plain),
+                        ("PUT with an id derived from the source identifier", put)]:
+            if x:
+                ratio = d["per_s_first_to_last"] / x["per_s_first_to_last"]
+                lines.append(f"  direct client, {name}: {fmt(x['per_s_first_to_last'], 1)}/s first->last, mean latency "
+                             f"{x['latency_ms']['mean']:.1f} ms (peer {x['server_ms_mean']:.1f} ms); gateway / direct = "
+                             f"{ratio:.2f}; load {x['loadavg_before']:.2f} -> {x['loadavg_after']:.2f}")
+        if gw.get("bodies_identical_to_sent") is not None:
+            lines.append(f"  bodies read back = what the gateway sent (SHA-256 of delivered.hash): "
+                         f"{gw['bodies_identical_to_sent']}/{r['n']}")
+        # Per window of deliveries (the server held `from`..`to` Conditions when they arrived). "own ms":
+        # milliseconds per delivery (1000 / rate) minus the peer's own time per request: what the
+        # gateway (or the direct client) adds, independent of how fast the peer was at that moment.
+        lines.append(f"  {'server held':>13} | {'gateway/s':>9} {'peer ms':>7} {'own ms':>6} | {'INE/s':>7} {'peer ms':>7} "
+                     f"{'own ms':>6} | {'plain/s':>7} {'put/s':>7}")
+        gws = d["windows"]
+        ines = (ine or {}).get("windows") or []
+        plains = (plain or {}).get("windows") or []
+        puts = (put or {}).get("windows") or []
+
+        def own(w):
+            return 1000 / w["per_s"] - w["server_ms_mean"] if w.get("per_s") else None
+
+        for i, w in enumerate(gws):
+            iw = ines[i] if i < len(ines) else None
+            lines.append(f"  {w['from']:>5}-{w['to']:<7} | {fmt(w['per_s'], 1):>9} {fmt(w['server_ms_mean'], 1):>7} "
+                         f"{fmt(own(w), 1):>6} | {fmt(iw and iw['per_s'], 1):>7} {fmt(iw and iw['server_ms_mean'], 1):>7} "
+                         f"{fmt(iw and own(iw), 1):>6} | {fmt(plains[i]['per_s'] if i < len(plains) else None, 0):>7} "
+                         f"{fmt(puts[i]['per_s'] if i < len(puts) else None, 0):>7}")
+        prof = (r.get("profile") or {}).get("breakdown") or {}
+        if "all" in prof:
+            a = prof["all"]
+            lines.append(f"  where one delivery's time goes (profile pass, {a['deliveries']} deliveries after the last push, "
+                         f"{a['ms_per_delivery']:.2f} ms each = {a['per_s']:.1f}/s; statements counted without COMMIT):")
+            lines.append(f"    read tx + mapping {a['read_tx_and_mapping_ms']:.2f} ms ({a['read_tx_statements']:.0f} statements, "
+                         f"{a['read_tx_db_ms']:.2f} ms in them) | HTTP {a['http_ms']:.2f} ms (peer {a['http_server_ms']:.2f}) | "
+                         f"write tx {a['write_tx_ms']:.2f} ms ({a['write_tx_statements']:.0f} statements, {a['write_tx_db_ms']:.2f} ms) | "
+                         f"between {a['between_ms']:.2f} ms (claims {a['claim_db_ms']:.2f} ms, {a['entries_per_claim']:.0f} entries each)")
+            for w in prof.get("by_window", []):
+                lines.append(f"    {w['window']:>11}: {w['ms_per_delivery']:6.2f} ms = read {w['read_tx_and_mapping_ms']:.2f} + "
+                             f"HTTP {w['http_ms']:.2f} (peer {w['http_server_ms']:.2f}) + write {w['write_tx_ms']:.2f} + "
+                             f"between {w['between_ms']:.2f}")
+        log = gw.get("gateway_log") or {}
+        lines.append(f"  gateway log: {log.get('errors')} errors, {log.get('warnings')} warnings")
+    return out, lines
+
+
+def p4(work, smoke):
+    """P4: detection latency for one patient (information: no target is set for it)."""
+    r = load(os.path.join(work, "p4.json"))
+    if r is None:
+        return {}, []
+    lines = [f"P4 fragmentation detection for one patient ({r['runtime']}; medication knowledge and "
+             f"concept maps load in {r['knowledge_load_ms']:.0f} ms)"]
+
+    def ms(x, scale=1.0):
+        return f"{x['median'] * scale:.2f} / {x['p99'] * scale:.2f}"
+
+    for name, p in r["patients"].items():
+        shape = p["shape"]
+        lines.append(f"  {name}: {p['source']}; {p['resources_stored']} resources stored "
+                     f"({', '.join(f'{k} {v}' for k, v in p['by_sector'].items())}), detection reads "
+                     f"{p['detection_records']} ({', '.join(f'{k} {v}' for k, v in p['detection_records_by_type'].items())}; "
+                     f"active: {shape['medications_active']} medications, {shape['conditions_active']} conditions, "
+                     f"{shape['care_plans_active']} plans); findings "
+                     f"{', '.join(f'{k} {v}' for k, v in p['findings'].items()) or 'none'}")
+        rows = [
+            (f"detect::detect, pure ({p['pure_detect']['runs']} runs)", ms(p["pure_detect"], 1e-3), ""),
+            (f"lifecycle::evaluate on the store ({p['evaluate']['runs']} runs)", ms(p["evaluate"], 1e-3), ""),
+            ("  lifecycle::snapshot alone", ms(p["snapshot_read"], 1e-3), ""),
+            ("  of it: 7 by_patient reads + parsing", ms(p["snapshot_rows_read_and_parsed"], 1e-3),
+             f"(the rest: {p['snapshot_copy_lookups']} delivered-copy lookups)"),
+        ]
+        e = p["end_to_end"]
+        for kind, what in [("quiet", "PUT, alerts unchanged"), ("alert", "PUT raising/closing an alert")]:
+            on, off = e["detection_on"][kind], e["detection_off"][kind]
+            rows.append((f"API {what}, detection on", ms(on), f"+{on['median'] - off['median']:.2f} ms median over off"))
+            rows.append((f"API {what}, detection off", ms(off), ""))
+        lines.append(f"    {'(median / p99, ms)':<50} {'':>16}")
+        for label, fig, note in rows:
+            lines.append(f"    {label:<50} {fig:>16}  {note}".rstrip())
+        slow = sorted(p["pure_by_detector"].items(), key=lambda kv: -kv[1]["median"])[:3]
+        lines.append("    slowest detectors alone (median ms): " + ", ".join(
+            f"{k} {v['median'] / 1e3:.2f}" for k, v in slow))
+        lines.append(f"    load average before: pure {p['loadavg_before_pure']}, end to end {p['loadavg_before_end_to_end']}")
+    return r, lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["full", "smoke"], required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--command", required=True)
-    ap.add_argument("--parts", default="p1 p2")
+    ap.add_argument("--parts", default="p1 p2 p3 p4")
     ap.add_argument("--profile", default="bench")
     a = ap.parse_args()
     smoke = a.mode == "smoke"
@@ -205,7 +323,7 @@ def main():
     meta["loadavg_before_each_step"] = loads
     if loads:
         print("load average (1 min) before each step: " + ", ".join(f"{k} {v}" for k, v in loads.items()))
-    for part, fn in [("p1", p1), ("p2", p2)]:
+    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4)]:
         if part not in a.parts.split():
             continue
         data, lines = fn(a.work, smoke)

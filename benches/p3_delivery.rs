@@ -1,0 +1,1627 @@
+//! P3: the delivery rate to one Medplum sector, next to that server's own POST rate measured
+//! the same way.
+//!
+//! Run through `benches/run`; by hand:
+//!
+//! ```sh
+//! cargo bench --bench p3_delivery -- --backend sqlite|postgres --out p3-sqlite.json \
+//!     [--smoke] [--n 2000] [--window 500] [--passes reference,profile,direct]
+//! ```
+//!
+//! Passes (each with its own fresh peer, and the gateway ones with a fresh store):
+//!
+//! - `reference`: one Medplum peer (`tests/peers/fhir-server.mjs`, started through
+//!   `tests/common/peers.rs`) as the `hospital` sector, the real binary `carebridge serve`
+//!   (release profile in the full run) with the hospital as the only sector that has a base URL,
+//!   on a fresh SQLite file or a fresh PostgreSQL database. One Patient registered in `gp` and
+//!   `hospital`; then `gp` pushes N Conditions in transaction Bundles of 100, one client,
+//!   sequentially, and the bench waits until the outbox holds N `delivered` entries. Rates:
+//!   (a) first delivery to last (`outbox.updated_us` of the delivered entries, the instant the
+//!   worker recorded the outcome), (b) first push to last delivery; and per window of
+//!   `--window` deliveries (the server held k·window Conditions before the window's first).
+//! - `profile`: the same, with the gateway's own log switched on for the statements it runs
+//!   (`sqlx::query=debug`: every statement with its duration) and its outbound connection pool
+//!   (`hyper_util` pool checkout and return, which bracket each HTTP exchange); where the time of
+//!   one delivery goes is read from that log after the last push (nothing but the delivery
+//!   worker runs then). A diagnosis pass: its rates are reported but are not the reference.
+//! - `direct`: the bodies the gateway sent, read back from the reference pass's peer (id,
+//!   `meta.versionId` and `meta.lastUpdated` removed, then checked byte for byte against the
+//!   SHA-256 the gateway recorded in `delivered.hash`), POSTed to a fresh peer by one client,
+//!   sequentially, with the gateway's own HTTP client (`exchange::outbound::Outbound`) and the
+//!   same headers: (i) with `If-None-Exist: identifier=<source-resource identifier>` exactly as
+//!   `exchange::deliver` builds it, (ii) on another fresh peer, without it, (iii) on a third,
+//!   as `PUT Condition/<id>` with an id derived from the source-resource identifier (update as
+//!   create, which the peer's CapabilityStatement declares): idempotent without a search.
+//!
+//! Every peer runs with `--log`, so each request's time inside the server is known too.
+
+#[path = "../tests/common/peers.rs"]
+mod peers;
+
+use anyhow::{Context, Result, anyhow, bail};
+use carebridge::exchange::SOURCE_ID_SYSTEM;
+use carebridge::store::{OutboxEntry, OutboxFilter, SqlStore, Store};
+use peers::{Peer, PeerOptions};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CPR: &str = "urn:oid:1.2.208.176.1.2";
+const ICPC2: &str = "urn:oid:1.2.208.176.2.31";
+
+struct Opts {
+    backend: String,
+    out: PathBuf,
+    smoke: bool,
+    n: usize,
+    bundle: usize,
+    window: usize,
+    passes: Vec<String>,
+}
+
+fn parse_opts() -> Result<Opts> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let num = |name: &str, default: usize| -> Result<usize> {
+        get(name).map_or(Ok(default), |v| {
+            v.parse().with_context(|| format!("{name} takes a number"))
+        })
+    };
+    let passes = match get("--passes") {
+        Some(list) => list.split(',').map(|p| p.trim().to_owned()).collect(),
+        // The smoke run has one gateway pass, with the profile log on, so that every part runs.
+        None if smoke => vec!["profile".into(), "direct".into()],
+        None => vec!["reference".into(), "profile".into(), "direct".into()],
+    };
+    for p in &passes {
+        if !["reference", "profile", "direct"].contains(&p.as_str()) {
+            bail!("--passes takes reference, profile and direct, not {p}");
+        }
+    }
+    let opts = Opts {
+        backend: get("--backend").unwrap_or_else(|| "sqlite".into()),
+        out: PathBuf::from(get("--out").context("--out FILE is required")?),
+        smoke,
+        n: num("--n", if smoke { 100 } else { 2000 })?,
+        bundle: num("--bundle", 100)?,
+        window: num("--window", if smoke { 25 } else { 500 })?,
+        passes,
+    };
+    if opts.n == 0 || opts.bundle == 0 || opts.window < 2 {
+        bail!("--n and --bundle must be positive, --window at least 2");
+    }
+    Ok(opts)
+}
+
+fn main() {
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("p3_delivery: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Err(e) = rt.block_on(run(opts)) {
+        eprintln!("p3_delivery: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("CAREBRIDGE_BENCH_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn now_us() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+// ------------------------------------------------------------------------------------------
+// Processes and CPU
+// ------------------------------------------------------------------------------------------
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// (command name, user + system CPU seconds) of a process.
+fn proc_cpu(pid: u32) -> Option<(String, f64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_owned();
+    let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    // After the command name: state is field 3 (index 0 here); utime 14 and stime 15.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i).and_then(|x| x.parse::<f64>().ok()))
+        .sum();
+    Some((comm, ticks))
+}
+
+fn pid_cpu_secs(pid: Option<u32>, ticks: f64) -> f64 {
+    pid.and_then(proc_cpu).map_or(f64::NAN, |(_, t)| t / ticks)
+}
+
+/// CPU seconds of every `postgres` process on the machine (other users' sessions included).
+fn postgres_cpu_secs(ticks: f64) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_cpu)
+        .filter(|(comm, _)| comm == "postgres")
+        .map(|(_, t)| t / ticks)
+        .sum()
+}
+
+/// Jiffies of the whole machine since boot: (busy, iowait, all).
+fn machine_jiffies() -> (f64, f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let get = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    let all: f64 = (0..8).map(get).sum();
+    (all - get(3) - get(4), get(4), all)
+}
+
+/// The pid of the process listening on a local TCP port (the peer's `node`).
+fn pid_listening_on(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || cols[3] != "0A" {
+                continue;
+            }
+            let p = cols[1]
+                .rsplit(':')
+                .next()
+                .and_then(|h| u16::from_str_radix(h, 16).ok());
+            if p == Some(port) {
+                inodes.push(format!("socket:[{}]", cols[9]));
+            }
+        }
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(link) = std::fs::read_link(fd.path())
+                && inodes.iter().any(|i| link.to_string_lossy() == *i)
+            {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// CPU use over a phase: the gateway, the peer's node, this client, every postgres process and
+/// the whole machine (busy and iowait), in cores.
+struct CpuProbe {
+    ticks: f64,
+    gateway: Option<u32>,
+    peer: Option<u32>,
+    at: Instant,
+    values: [f64; 4],
+    machine: (f64, f64, f64),
+}
+
+impl CpuProbe {
+    fn start(gateway: Option<u32>, peer: Option<u32>) -> Self {
+        let ticks = clock_ticks();
+        let mut p = CpuProbe {
+            ticks,
+            gateway,
+            peer,
+            at: Instant::now(),
+            values: [0.0; 4],
+            machine: machine_jiffies(),
+        };
+        p.values = p.read();
+        p
+    }
+
+    fn read(&self) -> [f64; 4] {
+        [
+            pid_cpu_secs(self.gateway, self.ticks),
+            pid_cpu_secs(self.peer, self.ticks),
+            pid_cpu_secs(Some(std::process::id()), self.ticks),
+            postgres_cpu_secs(self.ticks),
+        ]
+    }
+
+    fn finish(&self) -> Value {
+        let secs = self.at.elapsed().as_secs_f64();
+        let now = self.read();
+        let (b1, w1, a1) = machine_jiffies();
+        let (b0, w0, a0) = self.machine;
+        let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+        let share = |d: f64| {
+            if a1 > a0 {
+                d / (a1 - a0) * cores
+            } else {
+                f64::NAN
+            }
+        };
+        let rate = |i: usize| {
+            let d = now[i] - self.values[i];
+            if d.is_finite() {
+                json!(d / secs)
+            } else {
+                Value::Null
+            }
+        };
+        json!({
+            "seconds": secs,
+            "gateway_cpu_cores": if self.gateway.is_some() { rate(0) } else { Value::Null },
+            "gateway_cpu_seconds": if self.gateway.is_some() { json!(now[0] - self.values[0]) } else { Value::Null },
+            "peer_cpu_cores": rate(1),
+            "peer_cpu_seconds": json!(now[1] - self.values[1]),
+            "client_cpu_cores": rate(2),
+            "postgres_cpu_cores": rate(3),
+            "machine_busy_cores": share(b1 - b0),
+            "machine_iowait_cores": share(w1 - w0),
+        })
+    }
+}
+
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+// ------------------------------------------------------------------------------------------
+// The gateway process and its log
+// ------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EvKind {
+    /// A statement ended (`ts_us`) after `elapsed_us`.
+    Stmt,
+    /// The outbound client took a connection from its pool (or opened one): a request starts.
+    HttpStart,
+    /// The connection went back to the pool: the response was read to its end.
+    HttpEnd,
+}
+
+#[derive(Debug, Clone)]
+struct Event {
+    ts_us: i64,
+    kind: EvKind,
+    elapsed_us: i64,
+    /// Rows the statement returned (`RETURNING` included).
+    rows: i64,
+    /// Index into `LogState::statements`.
+    stmt: usize,
+    /// Logged inside an API request span (ingest), not by the delivery worker.
+    in_request: bool,
+}
+
+#[derive(Default)]
+struct LogState {
+    errors: usize,
+    warnings: usize,
+    sample: Vec<String>,
+    events: Vec<Event>,
+    statements: Vec<String>,
+    index: HashMap<String, usize>,
+}
+
+impl LogState {
+    fn intern(&mut self, key: String) -> usize {
+        if let Some(i) = self.index.get(&key) {
+            return *i;
+        }
+        self.statements.push(key.clone());
+        self.index.insert(key, self.statements.len() - 1);
+        self.statements.len() - 1
+    }
+}
+
+/// The value of `name="..."` in a log line (Debug-escaped), unescaped.
+fn quoted_field(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+    let mut out = String::new();
+    let mut chars = line[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next() {
+                Some('n') | Some('t') | Some('r') => out.push(' '),
+                Some(other) => out.push(other),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// A statement's text with whitespace collapsed, cut at 150 characters: its key in the profile.
+fn statement_key(text: &str) -> String {
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match collapsed.char_indices().nth(150) {
+        Some((i, _)) => format!("{}…", &collapsed[..i]),
+        None => collapsed,
+    }
+}
+
+fn parse_ts(tok: &str) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(tok, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000).ok()
+}
+
+fn parse_log_line(state: &mut LogState, line: &str) {
+    let Some(ts) = line.split_whitespace().next().and_then(parse_ts) else {
+        return;
+    };
+    if let Some(at) = line.find(" sqlx::query: ") {
+        let in_request = line[..at].contains('{');
+        let text = quoted_field(line, "db.statement")
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| quoted_field(line, "summary"))
+            .unwrap_or_default();
+        let elapsed = line
+            .split("elapsed_secs=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let rows = line
+            .split("rows_returned=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        let stmt = state.intern(statement_key(&text));
+        state.events.push(Event {
+            ts_us: ts,
+            kind: EvKind::Stmt,
+            elapsed_us: (elapsed * 1e6).round() as i64,
+            rows,
+            stmt,
+            in_request,
+        });
+    } else if line.contains("hyper_util::client::legacy") {
+        let kind = if line.contains("reuse idle connection") || line.contains("connecting to") {
+            EvKind::HttpStart
+        } else if line.contains("pooling idle connection") {
+            EvKind::HttpEnd
+        } else {
+            return;
+        };
+        state.events.push(Event {
+            ts_us: ts,
+            kind,
+            elapsed_us: 0,
+            rows: 0,
+            stmt: usize::MAX,
+            in_request: false,
+        });
+    }
+}
+
+struct Gateway {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<LogState>>,
+    startup_secs: f64,
+}
+
+const PROFILE_LOG: &str = "info,sqlx=warn,sqlx::query=debug,\
+    hyper_util::client::legacy::pool=debug,hyper_util::client::legacy::connect::http=debug";
+
+fn start_gateway(config: &Path, profile: bool) -> Result<Gateway> {
+    let t = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_carebridge"));
+    // The generated file is the whole configuration (see P2: unknown CAREBRIDGE_ variables stop
+    // the start).
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CAREBRIDGE_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd
+        .args(["serve", "--config"])
+        .arg(config)
+        .env(
+            "RUST_LOG",
+            if profile {
+                PROFILE_LOG
+            } else {
+                "info,sqlx=warn"
+            },
+        )
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start carebridge serve")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            let _ = child.wait();
+            bail!("carebridge serve exited before listening");
+        };
+        let line = line?;
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        if !line.contains("sqlx::query") {
+            eprintln!("  gateway: {line}");
+        }
+    };
+    let startup_secs = t.elapsed().as_secs_f64();
+    let log = Arc::new(Mutex::new(LogState::default()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut s = sink.lock().expect("log state");
+            let error = line.contains(" ERROR ");
+            let warn = line.contains(" WARN ");
+            s.errors += usize::from(error);
+            s.warnings += usize::from(warn);
+            if (error || warn) && s.sample.len() < 10 {
+                s.sample.push(line.chars().take(400).collect());
+            }
+            if profile {
+                parse_log_line(&mut s, &line);
+            }
+        }
+    });
+    Ok(Gateway {
+        child,
+        base: format!("http://{addr}/fhir"),
+        log,
+        startup_secs,
+    })
+}
+
+impl Gateway {
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Configuration, stores, resources
+// ------------------------------------------------------------------------------------------
+
+/// The exchange settings of the run: the gateway's defaults, written out for the record.
+const EXCHANGE: &str = "max_attempts = 10\nmax_age_secs = 86400\nretry_initial_ms = 1000\n\
+    retry_max_ms = 300000\nrequest_timeout_ms = 30000\nbatch = 16\nidle_poll_ms = 1000\n";
+
+fn config_text(store_url: &str, hospital_base: &str, tokens: &[(&str, &str, String)]) -> String {
+    let mut text = format!(
+        "# generated by benches/p3_delivery.rs\n\
+         [server]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_second = 0\n\n\
+         [store]\nurl = \"{store_url}\"\n\n\
+         [fhir]\nprofiles_dir = \"{profiles}\"\n\n\
+         [exchange]\n{EXCHANGE}\n\
+         [[sectors]]\nid = \"gp\"\nname = \"General practice\"\nkind = \"general-practice\"\nprofile = \"dk-gp\"\n\n\
+         [[sectors]]\nid = \"hospital\"\nname = \"Hospital\"\nkind = \"hospital\"\nbase_url = \"{hospital_base}\"\nmode = \"push\"\nprofile = \"dk-hospital\"\n\n\
+         [[sectors]]\nid = \"municipality\"\nname = \"Municipality\"\nkind = \"municipality\"\nprofile = \"dk-municipality\"\n",
+        profiles = repo().join("fhir-profiles").display()
+    );
+    for (id, role, token) in tokens {
+        text.push_str(&format!(
+            "\n[[clients]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
+            carebridge::auth::token_hash(token)
+        ));
+    }
+    text
+}
+
+async fn create_pg_database() -> Result<(String, String)> {
+    use sqlx::Connection;
+    let name = format!("cb_bench_{}", uuid::Uuid::new_v4().simple());
+    let admin = pg_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .with_context(|| format!("PostgreSQL at {admin}"))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    Ok((format!("{base}/{name}"), name))
+}
+
+async fn drop_pg_database(name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+async fn pg_settings() -> Result<Value> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await?;
+    let mut out = serde_json::Map::new();
+    for key in [
+        "server_version",
+        "fsync",
+        "synchronous_commit",
+        "wal_sync_method",
+    ] {
+        let v: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {key}")))
+            .fetch_one(&mut conn)
+            .await?;
+        out.insert(key.into(), v.into());
+    }
+    Ok(Value::Object(out))
+}
+
+fn patient(cpr: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": CPR, "value": cpr}],
+        "name": [{"family": "Rahimi", "given": ["Test"]}],
+        "gender": "female",
+        "birthDate": "1948-03-14"
+    })
+}
+
+/// The Condition of `tests/exchange.rs` (an extension, a primitive extension, an ICPC-2 code the
+/// hospital's ConceptMap translates).
+fn condition(id: &str, patient: &str) -> Value {
+    json!({
+        "resourceType": "Condition",
+        "id": id,
+        "extension": [{"url": "http://example.org/fhir/StructureDefinition/carebridge-test-note", "valueString": "kept as is"}],
+        "identifier": [{"system": format!("urn:carebridge:test:{id}"), "value": id}],
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+        "code": {"coding": [{"system": ICPC2, "code": "K77", "display": "Hjerteinsufficiens"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "recordedDate": "2026-10-01",
+        "_recordedDate": {"extension": [{"url": "http://example.org/fhir/StructureDefinition/carebridge-test-precision", "valueCode": "day"}]}
+    })
+}
+
+fn transaction(resources: &[Value]) -> Value {
+    json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": resources.iter().map(|r| json!({
+            "resource": r,
+            "request": {"method": "PUT", "url": format!("Condition/{}", r["id"].as_str().unwrap_or_default())}
+        })).collect::<Vec<_>>()
+    })
+}
+
+/// `exchange::deliver::encode`, copied: the If-None-Exist value must be the gateway's, byte for
+/// byte.
+fn encode(s: &str) -> String {
+    use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+    const SET: &AsciiSet = &CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b'&')
+        .add(b'+')
+        .add(b'<')
+        .add(b'>')
+        .add(b'|');
+    utf8_percent_encode(s, SET).to_string()
+}
+
+/// The `If-None-Exist` value the gateway sends for a mapped body.
+fn if_none_exist(body: &Value) -> Option<String> {
+    body["identifier"].as_array()?.iter().find_map(|i| {
+        (i["system"].as_str() == Some(SOURCE_ID_SYSTEM)).then(|| {
+            format!(
+                "identifier={}|{}",
+                encode(SOURCE_ID_SYSTEM),
+                encode(i["value"].as_str().unwrap_or_default())
+            )
+        })
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        f64::NAN
+    } else {
+        xs.iter().sum::<f64>() / xs.len() as f64
+    }
+}
+
+/// `POST /fhir/Condition` durations (ms) in the peer's `--log` lines, in order.
+fn peer_post_ms(peer: &Peer) -> Vec<f64> {
+    peer.stderr_text()
+        .lines()
+        .filter(|l| l.contains(" POST /fhir/Condition "))
+        .filter_map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|d| d.strip_suffix("ms"))
+                .and_then(|d| d.parse().ok())
+        })
+        .collect()
+}
+
+/// `PUT /fhir/Condition/<id>` durations (ms) in the peer's `--log` lines, in order.
+fn peer_put_ms(peer: &Peer) -> Vec<f64> {
+    peer.stderr_text()
+        .lines()
+        .filter(|l| l.contains(" PUT /fhir/Condition/"))
+        .filter_map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|d| d.strip_suffix("ms"))
+                .and_then(|d| d.parse().ok())
+        })
+        .collect()
+}
+
+/// Rates per window of `w` completions (times in µs, in order): the k-th completion found the
+/// server holding k resources. A window's rate counts the intervals from the completion before
+/// its first (the very first window: from its own first completion).
+fn windows(done_us: &[i64], w: usize, server_ms: &[f64], latency_ms: Option<&[f64]>) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < done_us.len() {
+        let end = (start + w).min(done_us.len());
+        let (from, intervals) = if start == 0 {
+            (done_us[0], end - 1)
+        } else {
+            (done_us[start - 1], end - start)
+        };
+        let secs = (done_us[end - 1] - from) as f64 / 1e6;
+        let srv = server_ms
+            .get(start..end.min(server_ms.len()))
+            .unwrap_or(&[]);
+        let mut row = json!({
+            "from": start,
+            "to": end - 1,
+            "completions": end - start,
+            "seconds": secs,
+            "per_s": if secs > 0.0 { intervals as f64 / secs } else { f64::NAN },
+            "server_ms_mean": mean(srv),
+        });
+        if let Some(lat) = latency_ms {
+            row["latency_ms_mean"] = json!(mean(&lat[start..end]));
+        }
+        out.push(row);
+        start = end;
+    }
+    out
+}
+
+// ------------------------------------------------------------------------------------------
+// One gateway pass
+// ------------------------------------------------------------------------------------------
+
+struct GatewayPass {
+    result: Value,
+    /// What the gateway sent, in delivery order (for the direct pass).
+    bodies: Vec<Value>,
+    patient_ref: String,
+}
+
+async fn gateway_pass(opts: &Opts, profile: bool) -> Result<GatewayPass> {
+    let dir = tempfile::tempdir()?;
+    let (store_url, pg_db) = match opts.backend.as_str() {
+        "sqlite" => (
+            format!("sqlite://{}", dir.path().join("carebridge.db").display()),
+            None,
+        ),
+        "postgres" => {
+            let (url, name) = create_pg_database().await?;
+            (url, Some(name))
+        }
+        other => bail!("--backend takes sqlite or postgres, not {other}"),
+    };
+    let result = gateway_measure(opts, profile, dir.path(), &store_url).await;
+    if let Some(name) = &pg_db {
+        drop_pg_database(name).await;
+    }
+    let mut pass = result?;
+    pass.result["database"] = json!(pg_db.map_or(
+        "a fresh SQLite file (WAL, synchronous=FULL)".into(),
+        |n| format!("fresh PostgreSQL database {n} (dropped after)")
+    ));
+    Ok(pass)
+}
+
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: &Value,
+) -> Result<(u16, Value)> {
+    let resp = http
+        .request(method, url)
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+async fn gateway_measure(
+    opts: &Opts,
+    profile: bool,
+    dir: &Path,
+    store_url: &str,
+) -> Result<GatewayPass> {
+    let pass = if profile { "profile" } else { "reference" };
+    let mut hospital = Peer::start(
+        "hospital",
+        &PeerOptions {
+            log: true,
+            ..PeerOptions::default()
+        },
+    )
+    .await;
+    let peer_pid = pid_listening_on(hospital.port);
+    let tokens = [
+        ("gp", "sector:gp", carebridge::auth::new_token()),
+        ("hospital", "sector:hospital", carebridge::auth::new_token()),
+    ];
+    let config = dir.join("carebridge.toml");
+    std::fs::write(&config, config_text(store_url, &hospital.base, &tokens))?;
+    let mut gw = start_gateway(&config, profile)?;
+    let outcome = drive(opts, profile, &hospital, peer_pid, &gw, &tokens, store_url).await;
+    gw.stop();
+    let mut outcome = outcome?;
+    let (events, statements, log_summary) = {
+        let l = gw.log.lock().expect("log state");
+        (
+            l.events.clone(),
+            l.statements.clone(),
+            json!({ "errors": l.errors, "warnings": l.warnings, "sample": l.sample }),
+        )
+    };
+    outcome.result["gateway_log"] = log_summary;
+    outcome.result["gateway_startup_seconds"] = json!(gw.startup_secs);
+    outcome.result["gateway_log_filter"] = json!(if profile {
+        PROFILE_LOG
+    } else {
+        "info,sqlx=warn"
+    });
+    let server_ms = peer_post_ms(&hospital);
+    outcome.result["peer_requests_logged"] = json!(server_ms.len());
+    if profile {
+        let push_end = outcome.result["push"]["end_us"].as_i64().unwrap_or(0);
+        outcome.result["breakdown"] =
+            breakdown(&events, &statements, push_end, &server_ms, opts.window);
+    }
+    hospital.stop().await;
+    eprintln!("  ({pass} pass done)");
+    Ok(outcome)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    opts: &Opts,
+    profile: bool,
+    hospital: &Peer,
+    peer_pid: Option<u32>,
+    gw: &Gateway,
+    tokens: &[(&str, &str, String); 2],
+    store_url: &str,
+) -> Result<GatewayPass> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let token = |id: &str| {
+        tokens
+            .iter()
+            .find(|t| t.0 == id)
+            .map(|t| t.2.clone())
+            .unwrap_or_default()
+    };
+    // The patient, known at the hospital (its own server and the gateway) and in general practice.
+    let cpr = "1503570721";
+    let created = hospital.create(&patient(cpr)).await;
+    let h_pid = created["id"]
+        .as_str()
+        .context("the hospital's Patient id")?
+        .to_owned();
+    let mut hp = patient(cpr);
+    hp["id"] = json!(h_pid);
+    let url = format!("{}/hospital/Patient/{h_pid}", gw.base);
+    let (status, body) = send(&http, reqwest::Method::PUT, &url, &token("hospital"), &hp).await?;
+    if status >= 300 {
+        bail!("registering the hospital Patient answered {status}: {body}");
+    }
+    let mut gp = patient(cpr);
+    gp["id"] = json!("gp-p1");
+    let url = format!("{}/gp/Patient/gp-p1", gw.base);
+    let (status, body) = send(&http, reqwest::Method::PUT, &url, &token("gp"), &gp).await?;
+    if status >= 300 {
+        bail!("registering the gp Patient answered {status}: {body}");
+    }
+
+    // The Bundles, prepared before the clock starts.
+    let bundles: Vec<Value> = (0..opts.n)
+        .collect::<Vec<_>>()
+        .chunks(opts.bundle)
+        .enumerate()
+        .map(|(b, ids)| {
+            transaction(
+                &ids.iter()
+                    .map(|i| condition(&format!("c-{b}-{i}"), "gp-p1"))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let bodies: Vec<String> = bundles.iter().map(Value::to_string).collect();
+    let store = SqlStore::connect(store_url, 2)
+        .await
+        .context("a connection to the gateway's store")?;
+
+    let load_before = loadavg();
+    let push_probe = CpuProbe::start(Some(gw.child.id()), peer_pid);
+    let t0 = now_us();
+    let started = Instant::now();
+    let push_url = format!("{}/gp", gw.base);
+    let mut push_ms = Vec::new();
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    for body in &bodies {
+        let t = Instant::now();
+        let resp = http
+            .post(&push_url)
+            .bearer_auth(token("gp"))
+            .header("content-type", "application/fhir+json")
+            .body(body.clone())
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let _ = resp.bytes().await;
+        push_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        *statuses.entry(status).or_default() += 1;
+    }
+    let push_end = now_us();
+    let push_cpu = push_probe.finish();
+    if statuses.keys().any(|s| *s != 200) {
+        bail!("pushes answered {statuses:?}");
+    }
+    let tail_probe = CpuProbe::start(Some(gw.child.id()), peer_pid);
+
+    // Wait for N delivered entries.
+    let deadline = Instant::now() + Duration::from_secs(120 + opts.n as u64 / 5);
+    let mut last = (0i64, Instant::now());
+    loop {
+        let counts = {
+            let mut tx = store.begin_read().await?;
+            tx.outbox_counts().await?
+        };
+        let of = |state: &str| -> i64 {
+            counts
+                .iter()
+                .filter(|(_, s, _)| s == state)
+                .map(|(_, _, n)| *n)
+                .sum()
+        };
+        let delivered = of("delivered");
+        if of("dead") > 0 {
+            bail!("entries were dead-lettered: {counts:?}");
+        }
+        if delivered >= opts.n as i64 {
+            break;
+        }
+        if delivered != last.0 {
+            last = (delivered, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(60) {
+            bail!("no delivery for 60 s: {counts:?}");
+        }
+        if Instant::now() > deadline {
+            bail!("not all delivered in time: {counts:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = started.elapsed().as_secs_f64();
+    let tail_cpu = tail_probe.finish();
+    let load_after = loadavg();
+
+    // The outbox as the gateway recorded it.
+    let all: Vec<OutboxEntry> = carebridge::exchange::list_deliveries(
+        &store,
+        &OutboxFilter {
+            state: None,
+            target: None,
+            offset: 0,
+            count: 1_000_000,
+        },
+    )
+    .await?;
+    let mut delivered: Vec<&OutboxEntry> = all.iter().filter(|e| e.state == "delivered").collect();
+    if delivered.len() != opts.n || all.len() != opts.n {
+        bail!(
+            "{} outbox entries, {} delivered; expected {}",
+            all.len(),
+            delivered.len(),
+            opts.n
+        );
+    }
+    delivered.sort_by_key(|e| (e.updated_us, e.id));
+    let done: Vec<i64> = delivered.iter().map(|e| e.updated_us).collect();
+    let first = done[0];
+    let last_done = done[done.len() - 1];
+    let during_push = done.iter().filter(|t| **t <= push_end).count();
+    let retried = delivered.iter().filter(|e| e.attempts > 1).count();
+    let mut queue_ms: Vec<f64> = delivered
+        .iter()
+        .map(|e| (e.updated_us - e.created_us) as f64 / 1000.0)
+        .collect();
+    queue_ms.sort_by(f64::total_cmp);
+    let hashes = {
+        let mut tx = store.begin_read().await?;
+        let mut out = Vec::with_capacity(delivered.len());
+        for e in &delivered {
+            out.push(
+                tx.delivered_get("hospital", &e.gid)
+                    .await?
+                    .map(|d| d.hash)
+                    .unwrap_or_default(),
+            );
+        }
+        out
+    };
+    store.close().await;
+
+    // What the hospital holds: exactly once, and the bodies as sent.
+    let held = hospital.search_resources("Condition").await;
+    if held.len() != opts.n {
+        bail!(
+            "the hospital holds {} Conditions, not {}",
+            held.len(),
+            opts.n
+        );
+    }
+    let by_id: HashMap<String, Value> = held
+        .into_iter()
+        .filter_map(|r| Some((r["id"].as_str()?.to_owned(), r)))
+        .collect();
+    let mut bodies = Vec::with_capacity(opts.n);
+    let mut identical = 0;
+    for (e, hash) in delivered.iter().zip(&hashes) {
+        let id = e.target_id.as_deref().unwrap_or_default();
+        let mut r = by_id
+            .get(id)
+            .cloned()
+            .with_context(|| format!("Condition/{id} is not at the hospital"))?;
+        if let Some(obj) = r.as_object_mut() {
+            obj.remove("id");
+            if let Some(meta) = obj.get_mut("meta").and_then(Value::as_object_mut) {
+                meta.remove("versionId");
+                meta.remove("lastUpdated");
+            }
+        }
+        if carebridge::store::content_hash(r.to_string().as_bytes()) == *hash {
+            identical += 1;
+        }
+        bodies.push(r);
+    }
+
+    let server_ms = peer_post_ms(hospital);
+    let span = (last_done - first) as f64 / 1e6;
+    let e2e = (last_done - t0) as f64 / 1e6;
+    let mut push_sorted = push_ms.clone();
+    push_sorted.sort_by(f64::total_cmp);
+    let rate = (opts.n - 1) as f64 / span;
+    eprintln!(
+        "  {} gateway ({}): pushed {} in {:.2} s; deliveries first→last {:.1}/s, end to end {:.1}/s ({} of them during the push); bodies identical to what was sent: {}/{}",
+        opts.backend,
+        if profile {
+            "profile pass"
+        } else {
+            "reference pass"
+        },
+        opts.n,
+        (push_end - t0) as f64 / 1e6,
+        rate,
+        opts.n as f64 / e2e,
+        during_push,
+        identical,
+        opts.n
+    );
+    let result = json!({
+        "pass": if profile { "profile" } else { "reference" },
+        "n": opts.n,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "push": {
+            "bundles": bundles.len(),
+            "bundle_size": opts.bundle,
+            "seconds": (push_end - t0) as f64 / 1e6,
+            "resources_per_s": opts.n as f64 / ((push_end - t0) as f64 / 1e6),
+            "statuses": statuses,
+            "p50_ms": percentile(&push_sorted, 50.0),
+            "max_ms": push_sorted.last().copied().unwrap_or(f64::NAN),
+            "start_us": t0,
+            "end_us": push_end,
+            "cpu": push_cpu,
+        },
+        "delivery": {
+            "first_delivery_after_first_push_s": (first - t0) as f64 / 1e6,
+            "last_delivery_after_first_push_s": e2e,
+            "seconds_first_to_last": span,
+            "per_s_first_to_last": rate,
+            "per_s_end_to_end": opts.n as f64 / e2e,
+            "delivered_during_push": during_push,
+            "entries_retried": retried,
+            "queue_latency_ms": {
+                "p50": percentile(&queue_ms, 50.0),
+                "p99": percentile(&queue_ms, 99.0),
+                "max": queue_ms.last().copied().unwrap_or(f64::NAN),
+            },
+            "server_ms_mean": mean(&server_ms),
+            "windows": windows(&done, opts.window, &server_ms, None),
+            "cpu_after_push": tail_cpu,
+            "bench_wait_seconds": waited,
+        },
+        "hospital_conditions": opts.n,
+        "bodies_identical_to_sent": identical,
+    });
+    Ok(GatewayPass {
+        result,
+        bodies,
+        patient_ref: format!("Patient/{h_pid}"),
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// Where the time of one delivery goes (the profile pass's log)
+// ------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Read,
+    Write,
+    Claim,
+    Gauge,
+    Begin,
+    Commit,
+}
+
+fn classify(key: &str) -> Class {
+    let k = key.trim_start();
+    if k.starts_with("UPDATE outbox SET lease_owner") {
+        Class::Claim
+    } else if k.contains("COUNT(*) FROM outbox") {
+        Class::Gauge
+    } else if k.starts_with("BEGIN") {
+        Class::Begin
+    } else if k.starts_with("COMMIT") || k.starts_with("ROLLBACK") {
+        Class::Commit
+    } else if k.starts_with("INSERT INTO delivered")
+        || k.starts_with("UPDATE outbox SET state")
+        || k.contains("pg_advisory_xact_lock")
+        || k.contains("audit_head")
+        || k.starts_with("INSERT INTO audit_log")
+    {
+        Class::Write
+    } else {
+        Class::Read
+    }
+}
+
+#[derive(Default, Clone)]
+struct Cycle {
+    k: usize,
+    read_start: i64,
+    http_start: i64,
+    http_end: i64,
+    write_end: i64,
+    next_start: i64,
+    read_db: i64,
+    read_n: usize,
+    write_db: i64,
+    write_n: usize,
+    claim_db: i64,
+    claim_n: usize,
+    claimed: i64,
+    other_db: i64,
+}
+
+/// Splits the delivery worker's time after the last push into one cycle per delivery:
+/// read transaction (first statement after the previous delivery to the HTTP request; the
+/// mapping runs inside it), HTTP (pool checkout to the response read to its end), write
+/// transaction (to the end of its last statement: on PostgreSQL its COMMIT, on SQLite the head
+/// update, since sqlx does not log SQLite's BEGIN and COMMIT) and "between" (to the next
+/// delivery's first statement: SQLite's COMMIT, the claim of the next batch every `batch`
+/// deliveries, the worker's own bookkeeping).
+fn breakdown(
+    events: &[Event],
+    statements: &[String],
+    push_end_us: i64,
+    server_ms: &[f64],
+    window: usize,
+) -> Value {
+    let mut evs: Vec<&Event> = events.iter().filter(|e| !e.in_request).collect();
+    evs.sort_by_key(|e| e.ts_us);
+    // Number the HTTP exchanges over the whole run: the k-th is the k-th POST the peer logged.
+    let mut cycles: Vec<Cycle> = Vec::new();
+    let mut cur: Option<Cycle> = None;
+    let mut http_k = 0usize;
+    let mut state = "before";
+    let mut last_class = Class::Read;
+    let mut pending_begin: i64 = 0;
+    let mut per_stmt: BTreeMap<usize, (usize, i64)> = BTreeMap::new();
+    for e in evs {
+        let tail = e.ts_us > push_end_us;
+        match e.kind {
+            EvKind::HttpStart => {
+                if let Some(c) = cur.as_mut() {
+                    c.http_start = e.ts_us;
+                    c.k = http_k;
+                }
+                http_k += 1;
+                state = "http";
+            }
+            EvKind::HttpEnd => {
+                if let Some(c) = cur.as_mut() {
+                    c.http_end = e.ts_us;
+                }
+                state = "write";
+            }
+            EvKind::Stmt => {
+                // A COMMIT (or ROLLBACK) belongs to the transaction of the statement before it:
+                // its time counts there, but not as one of its statements.
+                let raw = classify(&statements[e.stmt]);
+                let counted = usize::from(raw != Class::Commit);
+                let class = match raw {
+                    Class::Commit => last_class,
+                    c => c,
+                };
+                if tail {
+                    let s = per_stmt.entry(e.stmt).or_default();
+                    s.0 += 1;
+                    s.1 += e.elapsed_us;
+                }
+                if class == Class::Begin {
+                    pending_begin += e.elapsed_us;
+                    continue;
+                }
+                let start = e.ts_us - e.elapsed_us;
+                if class == Class::Read && (state == "write" || state == "before") {
+                    if let Some(mut c) = cur.take() {
+                        c.next_start = start;
+                        if c.http_start > 0 && c.http_end > 0 && c.read_start > push_end_us {
+                            cycles.push(c);
+                        }
+                    }
+                    cur = Some(Cycle {
+                        read_start: start,
+                        ..Cycle::default()
+                    });
+                    state = "read";
+                }
+                let el = e.elapsed_us + std::mem::take(&mut pending_begin);
+                if let Some(c) = cur.as_mut() {
+                    match class {
+                        Class::Read if state == "read" => {
+                            c.read_db += el;
+                            c.read_n += counted;
+                        }
+                        Class::Write => {
+                            c.write_db += el;
+                            c.write_n += counted;
+                            c.write_end = e.ts_us;
+                        }
+                        Class::Claim => {
+                            c.claim_db += el;
+                            c.claim_n += counted;
+                            c.claimed += e.rows;
+                        }
+                        _ => c.other_db += el,
+                    }
+                }
+                last_class = class;
+            }
+        }
+    }
+    if cycles.is_empty() {
+        return json!({ "note": "no complete delivery cycle after the last push was found in the log" });
+    }
+    let summarise = |cs: &[Cycle]| -> Value {
+        let n = cs.len() as f64;
+        let ms = |f: &dyn Fn(&Cycle) -> i64| cs.iter().map(f).sum::<i64>() as f64 / n / 1000.0;
+        let server: Vec<f64> = cs
+            .iter()
+            .filter_map(|c| server_ms.get(c.k).copied())
+            .collect();
+        let total = ms(&|c| c.next_start - c.read_start);
+        let read = ms(&|c| c.http_start - c.read_start);
+        let http = ms(&|c| c.http_end - c.http_start);
+        let write = ms(&|c| c.write_end.max(c.http_end) - c.http_end);
+        let between = ms(&|c| c.next_start - c.write_end.max(c.http_end));
+        json!({
+            "deliveries": cs.len(),
+            "first_k": cs.first().map(|c| c.k),
+            "last_k": cs.last().map(|c| c.k),
+            "ms_per_delivery": total,
+            "per_s": 1000.0 / total,
+            "read_tx_and_mapping_ms": read,
+            "read_tx_statements": cs.iter().map(|c| c.read_n).sum::<usize>() as f64 / n,
+            "read_tx_db_ms": ms(&|c| c.read_db),
+            "http_ms": http,
+            "http_server_ms": mean(&server),
+            "write_tx_ms": write,
+            "write_tx_statements": cs.iter().map(|c| c.write_n).sum::<usize>() as f64 / n,
+            "write_tx_db_ms": ms(&|c| c.write_db),
+            "between_ms": between,
+            "claim_db_ms": ms(&|c| c.claim_db),
+            "claims": cs.iter().map(|c| c.claim_n).sum::<usize>(),
+            "entries_per_claim": cs.iter().map(|c| c.claimed).sum::<i64>() as f64
+                / cs.iter().map(|c| c.claim_n).sum::<usize>().max(1) as f64,
+            "share": {
+                "read_tx_and_mapping": read / total,
+                "http": http / total,
+                "write_tx": write / total,
+                "between": between / total,
+            }
+        })
+    };
+    let by_window: Vec<Value> = {
+        let mut out = Vec::new();
+        let mut groups: BTreeMap<usize, Vec<Cycle>> = BTreeMap::new();
+        for c in &cycles {
+            groups.entry(c.k / window).or_default().push(c.clone());
+        }
+        for (w, cs) in groups {
+            let mut v = summarise(&cs);
+            v["window"] = json!(format!("{}-{}", w * window, (w + 1) * window - 1));
+            out.push(v);
+        }
+        out
+    };
+    let n = cycles.len() as f64;
+    let stmts: Vec<Value> = per_stmt
+        .iter()
+        .map(|(i, (count, us))| {
+            json!({
+                "statement": statements[*i],
+                "class": format!("{:?}", classify(&statements[*i])),
+                "per_delivery": *count as f64 / n,
+                "mean_ms": *us as f64 / *count as f64 / 1000.0,
+                "ms_per_delivery": *us as f64 / n / 1000.0,
+            })
+        })
+        .collect();
+    // How many entries each claim after the last push took.
+    let mut claim_rows: BTreeMap<i64, usize> = BTreeMap::new();
+    for e in events {
+        if e.kind == EvKind::Stmt
+            && e.ts_us > push_end_us
+            && classify(&statements[e.stmt]) == Class::Claim
+        {
+            *claim_rows.entry(e.rows).or_default() += 1;
+        }
+    }
+    json!({
+        "claims_by_entries_taken": claim_rows,
+        "what": "the delivery worker's cycles after the last push, from the gateway's log (sqlx::query=debug, hyper_util pool)",
+        "all": summarise(&cycles),
+        "by_window": by_window,
+        "statements": stmts,
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// The direct client
+// ------------------------------------------------------------------------------------------
+
+/// How the direct client creates each resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direct {
+    /// `POST <Type>` with `If-None-Exist`, as the gateway does.
+    IfNoneExist,
+    /// `POST <Type>` without it.
+    Plain,
+    /// `PUT <Type>/<id derived from the source-resource identifier>` (update as create: the
+    /// peer declares `updateCreate`), idempotent without a search at the target.
+    PutDerivedId,
+}
+
+impl Direct {
+    fn name(self) -> &'static str {
+        match self {
+            Direct::IfNoneExist => "if_none_exist",
+            Direct::Plain => "plain",
+            Direct::PutDerivedId => "put_derived_id",
+        }
+    }
+}
+
+/// A FHIR id from the source-resource identifier value (`cb-` + 128 bits of its SHA-256).
+fn derived_id(body: &Value) -> Option<String> {
+    let value = body["identifier"].as_array()?.iter().find_map(|i| {
+        (i["system"].as_str() == Some(SOURCE_ID_SYSTEM)).then(|| i["value"].as_str())?
+    })?;
+    let hash = carebridge::store::content_hash(value.as_bytes());
+    Some(format!("cb-{}", &hash[..32]))
+}
+
+/// A peer for the direct client, with the Patient the bodies will point at.
+async fn direct_peer(name: &str) -> (Peer, String) {
+    let peer = Peer::start(
+        name,
+        &PeerOptions {
+            log: true,
+            ..PeerOptions::default()
+        },
+    )
+    .await;
+    let created = peer.create(&patient("1503570721")).await;
+    let new_ref = format!("Patient/{}", created["id"].as_str().unwrap_or_default());
+    (peer, new_ref)
+}
+
+/// One direct pass against `peer` (whose Patient is `new_ref`).
+async fn direct_pass(
+    peer: &Peer,
+    new_ref: &str,
+    bodies: &[Value],
+    patient_ref: &str,
+    mode: Direct,
+    window: usize,
+) -> Result<Value> {
+    let name = peer.name.clone();
+    let pid = pid_listening_on(peer.port);
+    let logged_before = match mode {
+        Direct::PutDerivedId => peer_put_ms(peer).len(),
+        _ => peer_post_ms(peer).len(),
+    };
+    // Prepared before the clock starts: the body text as the gateway sends it
+    // (`Value::to_string`), pointing at this peer's Patient; the URL and the header.
+    let base_url = format!("{}/Condition", peer.base);
+    let mut prepared: Vec<(String, String, Option<String>)> = Vec::with_capacity(bodies.len());
+    for b in bodies {
+        let (url, body, header) = match mode {
+            Direct::IfNoneExist => (base_url.clone(), b.clone(), if_none_exist(b)),
+            Direct::Plain => (base_url.clone(), b.clone(), None),
+            Direct::PutDerivedId => {
+                let id = derived_id(b).context("a body without the source-resource identifier")?;
+                let mut body = b.clone();
+                body["id"] = json!(id);
+                (format!("{base_url}/{id}"), body, None)
+            }
+        };
+        if mode == Direct::IfNoneExist && header.is_none() {
+            bail!("a body without the source-resource identifier");
+        }
+        let text = body
+            .to_string()
+            .replace(&format!("\"{patient_ref}\""), &format!("\"{new_ref}\""));
+        prepared.push((url, text, header));
+    }
+    // The gateway's own outbound client (same builder, timeouts, user agent).
+    let outbound = carebridge::exchange::outbound::Outbound::new(Duration::from_millis(30_000))?;
+    let http = outbound.http;
+    let load_before = loadavg();
+    let probe = CpuProbe::start(None, pid);
+    let t0 = Instant::now();
+    let mut done_us = Vec::with_capacity(prepared.len());
+    let mut latency = Vec::with_capacity(prepared.len());
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    for (url, body, ine) in &prepared {
+        let t = Instant::now();
+        let method = if mode == Direct::PutDerivedId {
+            reqwest::Method::PUT
+        } else {
+            reqwest::Method::POST
+        };
+        let mut req = http
+            .request(method, url)
+            .header(reqwest::header::CONTENT_TYPE, carebridge::fhir::FHIR_JSON)
+            .header(reqwest::header::ACCEPT, carebridge::fhir::FHIR_JSON)
+            .header("Prefer", "return=representation")
+            .body(body.clone());
+        if let Some(q) = ine {
+            req = req.header("If-None-Exist", q);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        // As the gateway does: the answer parsed for its id.
+        let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if answer["id"].as_str().is_none() {
+            bail!("{name}: answered {status} without an id");
+        }
+        latency.push(t.elapsed().as_secs_f64() * 1000.0);
+        done_us.push(now_us());
+        *statuses.entry(status).or_default() += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = probe.finish();
+    let load_after = loadavg();
+    let held = peer.total("Condition").await;
+    let mut server_ms = match mode {
+        Direct::PutDerivedId => peer_put_ms(peer),
+        _ => peer_post_ms(peer),
+    };
+    server_ms.drain(..logged_before.min(server_ms.len()));
+    let n = done_us.len();
+    let span = (done_us[n - 1] - done_us[0]) as f64 / 1e6;
+    let mut lat_sorted = latency.clone();
+    lat_sorted.sort_by(f64::total_cmp);
+    eprintln!(
+        "  direct, {}: {:.1}/s first→last ({:.1}/s over the whole loop), mean latency {:.1} ms, server {:.1} ms; statuses {statuses:?}",
+        mode.name(),
+        (n - 1) as f64 / span,
+        n as f64 / secs,
+        mean(&latency),
+        mean(&server_ms)
+    );
+    Ok(json!({
+        "peer": name,
+        "mode": mode.name(),
+        "requests": n,
+        "statuses": statuses,
+        "held_after": held,
+        "seconds": secs,
+        "per_s_first_to_last": (n - 1) as f64 / span,
+        "per_s_whole_loop": n as f64 / secs,
+        "latency_ms": {
+            "mean": mean(&latency),
+            "p50": percentile(&lat_sorted, 50.0),
+            "p99": percentile(&lat_sorted, 99.0),
+            "max": lat_sorted.last().copied().unwrap_or(f64::NAN),
+        },
+        "server_ms_mean": mean(&server_ms),
+        "windows": windows(&done_us, window, &server_ms, Some(&latency)),
+        "cpu": cpu,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+    }))
+}
+
+// ------------------------------------------------------------------------------------------
+
+async fn run(opts: Opts) -> Result<()> {
+    let started = Instant::now();
+    let want = |p: &str| opts.passes.iter().any(|x| x == p);
+    let mut result = json!({
+        "what": "deliveries of gp's Conditions to one Medplum peer (hospital) by carebridge serve, next to that server's own POST rate with the same bodies from one sequential client",
+        "smoke": opts.smoke,
+        "backend": opts.backend,
+        "n": opts.n,
+        "bundle_size": opts.bundle,
+        "window": opts.window,
+        "passes": opts.passes,
+        "gateway": "the real binary (carebridge serve), a separate process; config: default [exchange] settings written out, rate limit off, default store pool",
+        "exchange_settings": EXCHANGE.lines().collect::<Vec<_>>(),
+        "peer": "tests/peers/fhir-server.mjs (Medplum 5.2.13 FhirRouter over MemoryRepository) with --log, Node ".to_owned()
+            + &Command::new(peers::node_bin()).arg("--version").output().ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
+    });
+    if opts.backend == "postgres" {
+        result["postgres_settings"] = pg_settings().await.unwrap_or_else(|e| json!(e.to_string()));
+    }
+    let mut bodies: Option<(Vec<Value>, String)> = None;
+    if want("reference") {
+        let pass = gateway_pass(&opts, false).await?;
+        result["reference"] = pass.result;
+        bodies = Some((pass.bodies, pass.patient_ref));
+    }
+    if want("profile") {
+        let pass = gateway_pass(&opts, true).await?;
+        result["profile"] = pass.result;
+        if bodies.is_none() {
+            bodies = Some((pass.bodies, pass.patient_ref));
+        }
+    }
+    if want("direct") {
+        let Some((bodies, patient_ref)) = &bodies else {
+            return Err(anyhow!(
+                "the direct pass needs a gateway pass for its bodies"
+            ));
+        };
+        let mut direct = serde_json::Map::new();
+        // Each mode on a fresh peer; the smoke run, which only has to exercise them, uses one
+        // peer for all three (fewer start-ups).
+        let mut shared: Option<(Peer, String)> = None;
+        for (name, mode) in [
+            ("direct-ine", Direct::IfNoneExist),
+            ("direct-plain", Direct::Plain),
+            ("direct-put", Direct::PutDerivedId),
+        ] {
+            let (peer, new_ref) = match shared.take() {
+                Some(p) => p,
+                None => direct_peer(name).await,
+            };
+            let r = direct_pass(&peer, &new_ref, bodies, patient_ref, mode, opts.window).await;
+            if opts.smoke {
+                shared = Some((peer, new_ref));
+            } else {
+                let mut peer = peer;
+                peer.stop().await;
+            }
+            direct.insert(mode.name().into(), r?);
+        }
+        if let Some((mut peer, _)) = shared {
+            peer.stop().await;
+        }
+        result["direct"] = Value::Object(direct);
+    }
+    result["seconds"] = json!(started.elapsed().as_secs_f64());
+    std::fs::write(&opts.out, serde_json::to_string_pretty(&result)?)
+        .with_context(|| opts.out.display().to_string())?;
+    Ok(())
+}

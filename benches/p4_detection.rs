@@ -1,0 +1,1031 @@
+//! P4: fragmentation-detection latency for one patient, in-process and through the API.
+//!
+//! Run through `benches/run`; by hand:
+//!
+//! ```sh
+//! cargo bench --bench p4_detection -- --out p4.json [--smoke] [--runs 2000] [--eval-runs 300] \
+//!     [--updates 300] [--records 500]
+//! ```
+//!
+//! Two patients, each split across `gp`, `hospital` and `municipality` by the rule of
+//! `tests/synthea_alerts.rs` (encounter class AMB → gp, EMER/IMP → hospital; home-care,
+//! rehabilitation and self-care CarePlans → municipality; Goals with their plan; a reference into
+//! another sector becomes display-only, `CarePlan.addresses` and `reasonReference` keep the
+//! target's code as `reasonCode`):
+//!
+//! - `synthea-largest`: the Synthea patient with the most resources (every resource of the file,
+//!   491 for Hobert Murazik), of which detection reads its Conditions, MedicationRequests,
+//!   CarePlans and Goals (about 30);
+//! - `synthetic-500` (`--records`; 100 in the smoke run): one patient with 500 records of the
+//!   types detection reads — the Conditions, MedicationRequests, CarePlans and Goals of the
+//!   Synthea patients in file order (ids prefixed per source patient, all pointed at the one
+//!   patient), plus the three records below. The worst realistic case: hundreds of active
+//!   orders, conditions and plans in three sectors.
+//!
+//! Each gets three records for the measurements: a hospital allopurinol order (`bench-anchor`,
+//! active), a gp allopurinol order (`bench-toggle`) and a resolved gp condition
+//! (`bench-quiet`, ICPC-2 D93, implicated in nothing).
+//!
+//! Measured:
+//!
+//! 1. **pure**: `carebridge::detect::detect` on the patient's snapshot built in memory (no IO):
+//!    `--runs` timed calls after 20 warm-up calls; median, p99, max.
+//! 2. **evaluate**: `carebridge::detect::lifecycle::evaluate` against the gateway's own store (a
+//!    SQLite file: WAL, `synchronous=FULL`) holding the pushed split, in a transaction of its own
+//!    (begun before and committed after the timed call): the snapshot read (seven
+//!    `by_patient` queries and the delivered-copy lookups), detection, and the comparison with
+//!    the stored alerts; steady state, so it writes nothing. `snapshot` alone is timed too.
+//! 3. **end to end**: one small update through the API, `PUT /fhir/gp/<Type>/<id>` by the gp
+//!    client over loopback (reqwest, one client, sequential), time to the answer — which
+//!    includes validation, storage, outbox, detection for the patient and audit, in one
+//!    transaction:
+//!    - `quiet`: `bench-quiet`'s note alternates between two texts (a new version, no alert
+//!      changes);
+//!    - `alert`: `bench-toggle` alternates between `active` and `stopped`, so that each update
+//!      raises or closes the `DUPTHPGEN|M04AA01|systemic` alert (an alert row and its audit row
+//!      are written);
+//!
+//!    both against the gateway with detection on, and against a second gateway holding the same
+//!    records with `[alerts] enabled = false`: the difference is what detection adds to a
+//!    request.
+//!
+//! The gateway runs in this process (`App::build` + `App::serve` on port 0, the bench's tokio
+//! runtime with two workers, as `carebridge serve` has on this 2-core machine), with the three
+//! sectors without profile (Synthea is US data) and without base URL (nothing is delivered).
+
+use anyhow::{Context, Result, bail};
+use carebridge::app::App;
+use carebridge::auth::{Clients, new_token, token_hash};
+use carebridge::config::{AlertSettings, Settings};
+use carebridge::detect::knowledge::MedKnowledge;
+use carebridge::detect::{self, Item, Snapshot, lifecycle};
+use carebridge::exchange::codes::Mapping;
+use carebridge::store::gateway_id;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+const CPR: &str = "urn:oid:1.2.208.176.1.2";
+const ICPC2: &str = "urn:oid:1.2.208.176.2.31";
+const ATC: &str = "http://www.whocc.no/atc";
+const SCT: &str = "http://snomed.info/sct";
+const SECTORS: [&str; 3] = ["gp", "hospital", "municipality"];
+const MUNICIPAL_PLANS: [&str; 6] = [
+    "326051000000105",
+    "386257007",
+    "47387005",
+    "225358003",
+    "91251008",
+    "872781000000100",
+];
+
+struct Opts {
+    out: PathBuf,
+    smoke: bool,
+    runs: usize,
+    eval_runs: usize,
+    updates: usize,
+    /// Records of the synthetic patient, the three bench records included.
+    records: usize,
+}
+
+fn parse_opts() -> Result<Opts> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let num = |name: &str, full: usize, small: usize| -> Result<usize> {
+        get(name).map_or(Ok(if smoke { small } else { full }), |v| {
+            v.parse().with_context(|| format!("{name} takes a number"))
+        })
+    };
+    Ok(Opts {
+        out: PathBuf::from(get("--out").context("--out FILE is required")?),
+        smoke,
+        runs: num("--runs", 2000, 20)?,
+        eval_runs: num("--eval-runs", 300, 5)?,
+        updates: num("--updates", 300, 6)?,
+        records: num("--records", 500, 100)?,
+    })
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn main() {
+    let shared = std::env::var_os("CAREBRIDGE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data"));
+    // The gateway reads `CAREBRIDGE_…` variables as configuration overrides and refuses unknown
+    // ones (benches/README.md, problem 5): the bench's own must not reach it.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CAREBRIDGE_") {
+            // SAFETY: no other thread exists yet (the runtime is built below).
+            unsafe { std::env::remove_var(&key) };
+        }
+    }
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("p4_detection: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Err(e) = rt.block_on(run(opts, shared)) {
+        eprintln!("p4_detection: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+// ---- the patients ---------------------------------------------------------------------------
+
+fn rtype(r: &Value) -> &str {
+    r["resourceType"].as_str().unwrap_or_default()
+}
+
+fn rid(r: &Value) -> &str {
+    r["id"].as_str().unwrap_or_default()
+}
+
+/// Every Reference object in `v`, with the key path to it.
+fn walk_refs(v: &mut Value, path: &mut Vec<String>, f: &mut dyn FnMut(&[String], &mut Value)) {
+    match v {
+        Value::Object(map) => {
+            if map.get("reference").is_some_and(Value::is_string) {
+                f(path, v);
+                return;
+            }
+            for (k, child) in map.iter_mut() {
+                path.push(k.clone());
+                walk_refs(child, path, f);
+                path.pop();
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| walk_refs(c, path, f)),
+        _ => {}
+    }
+}
+
+fn encounter_sector(enc: &Value) -> &'static str {
+    match enc["class"]["code"].as_str() {
+        Some("EMER" | "IMP") => "hospital",
+        _ => "gp",
+    }
+}
+
+/// The sector of each resource of a Synthea bundle (by fullUrl), as in tests/synthea_alerts.rs.
+fn homes(entries: &[Value]) -> HashMap<String, &'static str> {
+    let by_url: HashMap<&str, &Value> = entries
+        .iter()
+        .map(|e| (e["fullUrl"].as_str().unwrap_or_default(), &e["resource"]))
+        .collect();
+    let mut home: HashMap<String, &'static str> = HashMap::new();
+    for e in entries {
+        let r = &e["resource"];
+        let url = e["fullUrl"].as_str().unwrap_or_default().to_owned();
+        let sector = match rtype(r) {
+            "Patient" | "Practitioner" | "Organization" | "Goal" => continue,
+            "Encounter" => encounter_sector(r),
+            "CarePlan"
+                if r["category"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+                    .any(|c| MUNICIPAL_PLANS.contains(&c["code"].as_str().unwrap_or(""))) =>
+            {
+                "municipality"
+            }
+            _ => {
+                let mut found = None;
+                walk_refs(&mut r.clone(), &mut Vec::new(), &mut |_, reference| {
+                    let u = reference["reference"].as_str().unwrap_or_default();
+                    if let Some(t) = by_url
+                        .get(u)
+                        .filter(|t| found.is_none() && rtype(t) == "Encounter")
+                    {
+                        found = Some(encounter_sector(t));
+                    }
+                });
+                found.unwrap_or("gp")
+            }
+        };
+        home.insert(url, sector);
+    }
+    for e in entries
+        .iter()
+        .filter(|e| rtype(&e["resource"]) == "CarePlan")
+    {
+        let s = home[e["fullUrl"].as_str().unwrap_or_default()];
+        for g in e["resource"]["goal"].as_array().into_iter().flatten() {
+            if let Some(u) = g["reference"].as_str() {
+                home.entry(u.to_owned()).or_insert(s);
+            }
+        }
+    }
+    for e in entries.iter().filter(|e| rtype(&e["resource"]) == "Goal") {
+        home.entry(e["fullUrl"].as_str().unwrap_or_default().to_owned())
+            .or_insert("gp");
+    }
+    home
+}
+
+fn push_concept(list: &mut Value, concept: &Value) {
+    if !list.is_array() {
+        *list = json!([]);
+    }
+    let a = list.as_array_mut().expect("an array");
+    if !a.contains(concept) {
+        a.push(concept.clone());
+    }
+}
+
+/// The resources of a Synthea bundle by sector, pointed at `Patient/<patient>` and with ids
+/// prefixed by `prefix`. `only` limits the resource types (Practitioners and Organizations are
+/// copied where referenced unless `only` is given).
+fn split(
+    bundle: &Value,
+    prefix: &str,
+    patient: &str,
+    only: Option<&[&str]>,
+) -> Vec<(&'static str, Value)> {
+    let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+    let by_url: HashMap<String, Value> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["fullUrl"].as_str().unwrap_or_default().to_owned(),
+                e["resource"].clone(),
+            )
+        })
+        .collect();
+    let home = homes(&entries);
+    let mut out: Vec<(&'static str, Value)> = Vec::new();
+    let mut shared: Vec<(&'static str, String)> = Vec::new();
+    for e in &entries {
+        let url = e["fullUrl"].as_str().unwrap_or_default();
+        let Some(&sector) = home.get(url) else {
+            continue;
+        };
+        let mut r = e["resource"].clone();
+        let t = rtype(&r).to_owned();
+        if only.is_some_and(|o| !o.contains(&t.as_str())) {
+            continue;
+        }
+        let mut reasons: Vec<(String, Value)> = Vec::new();
+        walk_refs(&mut r, &mut Vec::new(), &mut |path, reference| {
+            let u = reference["reference"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let Some(target) = by_url.get(&u) else {
+                return;
+            };
+            let tt = rtype(target);
+            match tt {
+                "Patient" => reference["reference"] = json!(format!("Patient/{patient}")),
+                "Practitioner" | "Organization" => {
+                    if only.is_none() && !shared.iter().any(|(s, x)| *s == sector && *x == u) {
+                        shared.push((sector, u.clone()));
+                    }
+                    reference["reference"] = json!(format!("{tt}/{}", rid(target)));
+                }
+                _ if home.get(&u) == Some(&sector) => {
+                    reference["reference"] = json!(format!("{tt}/{prefix}{}", rid(target)));
+                }
+                _ => {
+                    let other = home.get(&u).copied().unwrap_or("?");
+                    *reference = json!({ "display": format!("{tt} recorded by {other}") });
+                    if let Some(code) = target.get("code") {
+                        reasons.push((path.first().cloned().unwrap_or_default(), code.clone()));
+                    }
+                }
+            }
+        });
+        for (first, code) in reasons {
+            match (t.as_str(), first.as_str()) {
+                ("CarePlan", "addresses") => {
+                    for act in r["activity"].as_array_mut().into_iter().flatten() {
+                        if act["detail"].is_object() {
+                            push_concept(&mut act["detail"]["reasonCode"], &code);
+                        }
+                    }
+                }
+                ("MedicationRequest" | "Procedure", "reasonReference") => {
+                    push_concept(&mut r["reasonCode"], &code)
+                }
+                _ => {}
+            }
+        }
+        r["id"] = json!(format!("{prefix}{}", rid(&r)));
+        out.push((sector, r));
+    }
+    let mut copies: Vec<(&'static str, Value)> = shared
+        .into_iter()
+        .map(|(s, u)| (s, by_url[&u].clone()))
+        .collect();
+    copies.append(&mut out);
+    copies
+}
+
+/// One patient of the bench: its records by sector (the Patient first in each).
+struct Patient {
+    name: String,
+    source: String,
+    cpr: String,
+    sectors: BTreeMap<&'static str, Vec<Value>>,
+}
+
+impl Patient {
+    fn new(
+        name: &str,
+        source: String,
+        cpr: &str,
+        patient: Value,
+        records: Vec<(&'static str, Value)>,
+    ) -> Patient {
+        let mut sectors: BTreeMap<&'static str, Vec<Value>> = SECTORS
+            .iter()
+            .map(|s| (*s, vec![patient.clone()]))
+            .collect();
+        for (s, r) in records {
+            sectors.get_mut(s).expect("a sector").push(r);
+        }
+        Patient {
+            name: name.to_owned(),
+            source,
+            cpr: cpr.to_owned(),
+            sectors,
+        }
+    }
+
+    fn items(&self) -> Vec<Item> {
+        self.sectors
+            .iter()
+            .flat_map(|(s, list)| list.iter().map(move |r| (*s, r)))
+            .filter(|(_, r)| lifecycle::DETECT_TYPES.contains(&rtype(r)))
+            .map(|(s, r)| Item {
+                gid: gateway_id(s, rtype(r), rid(r)),
+                sector: s.to_owned(),
+                rtype: rtype(r).to_owned(),
+                rid: rid(r).to_owned(),
+                version: 1,
+                body: r.clone(),
+            })
+            .collect()
+    }
+
+    fn stored(&self) -> usize {
+        self.sectors.values().map(Vec::len).sum()
+    }
+}
+
+fn allopurinol(id: &str, patient: &str, status: &str, requester: &str) -> Value {
+    json!({
+        "resourceType": "MedicationRequest", "id": id, "status": status, "intent": "order",
+        "medicationCodeableConcept": { "coding": [{ "system": ATC, "code": "M04AA01", "display": "allopurinol" }] },
+        "subject": { "reference": format!("Patient/{patient}") },
+        "requester": { "display": requester },
+        "dosageInstruction": [{ "text": "100 mg daily", "route": { "coding": [{ "system": SCT, "code": "26643006", "display": "Oral route" }] } }],
+    })
+}
+
+fn quiet_condition(patient: &str, note: &str) -> Value {
+    json!({
+        "resourceType": "Condition", "id": "bench-quiet",
+        "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved" }] },
+        "verificationStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed" }] },
+        "code": { "coding": [{ "system": ICPC2, "code": "D93", "display": "Irritable bowel syndrome" }] },
+        "subject": { "reference": format!("Patient/{patient}") },
+        "abatementDateTime": "2020-05-01",
+        "note": [{ "text": note }],
+    })
+}
+
+fn bench_records(patient: &str) -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "hospital",
+            allopurinol("bench-anchor", patient, "active", "Hospital physician"),
+        ),
+        (
+            "gp",
+            allopurinol("bench-toggle", patient, "stopped", "General practitioner"),
+        ),
+        ("gp", quiet_condition(patient, "note a")),
+    ]
+}
+
+fn read(path: &std::path::Path) -> Result<Value> {
+    serde_json::from_slice(&std::fs::read(path).with_context(|| path.display().to_string())?)
+        .with_context(|| path.display().to_string())
+}
+
+fn patients(shared: &std::path::Path, size: usize) -> Result<Vec<Patient>> {
+    let dir = shared.join("synthea");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| dir.display().to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no Synthea bundles in {}", dir.display());
+    }
+    let bundles: Vec<(String, Value)> = files
+        .iter()
+        .map(|f| {
+            Ok((
+                f.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string(),
+                read(f)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let entries = |b: &Value| b["entry"].as_array().map_or(0, Vec::len);
+
+    // The largest Synthea patient, every resource.
+    let (name, bundle) = bundles
+        .iter()
+        .max_by_key(|(_, b)| entries(b))
+        .expect("a bundle");
+    let mut patient = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .find(|r| rtype(r) == "Patient")
+        .cloned()
+        .context("a Patient")?;
+    let pid = rid(&patient).to_owned();
+    let cpr_a = "0101507900";
+    patient["identifier"] = json!([{ "system": CPR, "value": cpr_a }]);
+    let mut records = split(bundle, "", &pid, None);
+    records.extend(bench_records(&pid));
+    let largest = Patient::new(
+        "synthea-largest",
+        format!("{name}: {} entries", entries(bundle)),
+        cpr_a,
+        patient,
+        records,
+    );
+
+    // Synthetic: the detection records of the Synthea patients in file order, up to 500.
+    let cpr_b = "0101507901";
+    let pid = "bench-500";
+    let patient = json!({ "resourceType": "Patient", "id": pid,
+                          "identifier": [{ "system": CPR, "value": cpr_b }] });
+    let types = ["Condition", "MedicationRequest", "CarePlan", "Goal"];
+    let mut records: Vec<(&'static str, Value)> = Vec::new();
+    let mut used = 0;
+    for (n, (_, b)) in bundles.iter().enumerate() {
+        if records.len() >= size - 3 {
+            break;
+        }
+        records.extend(split(b, &format!("s{n}-"), pid, Some(&types)));
+        used = n + 1;
+    }
+    records.truncate(size - 3);
+    records.extend(bench_records(pid));
+    let synthetic = Patient::new(
+        &format!("synthetic-{size}"),
+        format!("detection records of the first {used} Synthea patients (file order)"),
+        cpr_b,
+        patient,
+        records,
+    );
+    Ok(vec![largest, synthetic])
+}
+
+// ---- measuring ------------------------------------------------------------------------------
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    // nearest rank
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Median, p99, max, mean and count of samples (in the unit given).
+fn stats(mut samples: Vec<f64>, unit: &str) -> Value {
+    samples.sort_by(f64::total_cmp);
+    let mean = samples.iter().sum::<f64>() / samples.len().max(1) as f64;
+    json!({
+        "unit": unit,
+        "runs": samples.len(),
+        "median": percentile(&samples, 50.0),
+        "p99": percentile(&samples, 99.0),
+        "max": samples.last().copied().unwrap_or(f64::NAN),
+        "min": samples.first().copied().unwrap_or(f64::NAN),
+        "mean": mean,
+    })
+}
+
+fn config_text(store_url: &str, detection: bool) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_second = 0\n\n\
+         [store]\nurl = \"{store_url}\"\nmax_connections = 4\n\n\
+         [fhir]\nprofiles_dir = \"{}\"\n\n[exchange]\nenabled = false\n\n\
+         [alerts]\nenabled = {detection}\n",
+        repo().join("fhir-profiles").display()
+    );
+    for (id, kind) in [
+        ("gp", "general-practice"),
+        ("hospital", "hospital"),
+        ("municipality", "municipality"),
+    ] {
+        text.push_str(&format!(
+            "\n[[sectors]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"{kind}\"\n"
+        ));
+    }
+    text
+}
+
+/// A gateway in this process, its base URL and the sector tokens.
+struct Gateway {
+    base: String,
+    tokens: HashMap<String, String>,
+    gateway: Arc<carebridge::ingest::Gateway>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(detection: bool) -> Result<Gateway> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("carebridge.db").display());
+    let mut text = config_text(&url, detection);
+    let mut tokens = HashMap::new();
+    for (id, role) in [
+        ("gp", "sector:gp"),
+        ("hospital", "sector:hospital"),
+        ("municipality", "sector:municipality"),
+    ] {
+        let token = new_token();
+        text.push_str(&format!(
+            "\n[[clients]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
+            token_hash(&token)
+        ));
+        tokens.insert(id.to_owned(), token);
+    }
+    let config = dir.path().join("carebridge.toml");
+    std::fs::write(&config, text)?;
+    let settings = Settings::load(&config)?;
+    let clients = Clients::from_settings(&settings.clients);
+    let app = App::build(settings, &config.display().to_string(), clients).await?;
+    let gateway = app.gateway.clone();
+    let (listener, addr) = App::bind("127.0.0.1:0").await?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let _ = app
+            .serve(listener, async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(Gateway {
+        base: format!("http://{addr}/fhir"),
+        tokens,
+        gateway,
+        shutdown: tx,
+        handle,
+        _dir: dir,
+    })
+}
+
+impl Gateway {
+    async fn send(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        sector: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, Value)> {
+        let resp = http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.tokens[sector])
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    async fn push(&self, http: &reqwest::Client, p: &Patient) -> Result<()> {
+        for (sector, list) in &p.sectors {
+            let entries: Vec<Value> = list
+                .iter()
+                .map(|r| json!({ "resource": r, "request": { "method": "PUT", "url": format!("{}/{}", rtype(r), rid(r)) } }))
+                .collect();
+            let bundle =
+                json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries });
+            let (status, body) = self
+                .send(
+                    http,
+                    reqwest::Method::POST,
+                    sector,
+                    &format!("/{sector}"),
+                    &bundle,
+                )
+                .await?;
+            if status != 200 {
+                bail!("{} {sector}: {status} {body}", p.name);
+            }
+        }
+        Ok(())
+    }
+
+    async fn patient_id(&self, cpr: &str) -> Result<String> {
+        let mut tx = self.gateway.store.begin_read().await?;
+        let id = tx
+            .patient_by_identifier(CPR, cpr)
+            .await?
+            .context("the gateway patient")?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.handle.await;
+    }
+}
+
+/// `updates` PUTs alternating between two bodies; milliseconds to each answer.
+async fn updates(
+    g: &Gateway,
+    http: &reqwest::Client,
+    path: &str,
+    bodies: [&Value; 2],
+    n: usize,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let (status, body) = g
+            .send(http, reqwest::Method::PUT, "gp", path, bodies[i % 2])
+            .await?;
+        out.push(t.elapsed().as_secs_f64() * 1e3);
+        if status != 200 {
+            bail!("PUT {path}: {status} {body}");
+        }
+    }
+    Ok(out)
+}
+
+async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
+    let started = Instant::now();
+    let t = Instant::now();
+    let knowledge = MedKnowledge::load(&repo().join("fhir-profiles"))?;
+    let mapping = Mapping::load(&repo().join("fhir-profiles"))?;
+    let rules = AlertSettings::default().rules();
+    let knowledge_load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let cx = detect::Context {
+        knowledge: &knowledge,
+        mapping: &mapping,
+        rules: &rules,
+    };
+    if opts.records < 10 {
+        bail!("--records takes at least 10");
+    }
+    let patients = patients(&shared, opts.records)?;
+    let loadavg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+    };
+    let http = reqwest::Client::new();
+    let on = start(true).await?;
+    let off = start(false).await?;
+    let mut out = BTreeMap::new();
+    for p in &patients {
+        let items = p.items();
+        let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
+        for i in &items {
+            *by_type.entry(i.rtype.clone()).or_default() += 1;
+        }
+        let active = |f: fn(&Item) -> bool| items.iter().filter(|i| f(i)).count();
+        let shape = json!({
+            "medications_active": active(detect::active_medication),
+            "conditions_active": active(detect::active_condition),
+            "care_plans_active": active(detect::active_plan),
+        });
+        eprintln!(
+            "{}: {} ({} resources stored across {:?}; detection reads {} records: {by_type:?}, {shape})",
+            p.name,
+            p.source,
+            p.stored(),
+            p.sectors
+                .iter()
+                .map(|(s, l)| (*s, l.len()))
+                .collect::<BTreeMap<_, _>>(),
+            items.len()
+        );
+
+        // 1. Pure detection.
+        let snapshot = Snapshot {
+            patient_id: "p".into(),
+            now_us: carebridge::audit::now_us(),
+            items: items.clone(),
+            copies: HashMap::new(),
+        };
+        let findings = detect::detect(&snapshot, &cx);
+        let mut codes: BTreeMap<&str, usize> = BTreeMap::new();
+        for f in &findings {
+            *codes.entry(f.code.1).or_default() += 1;
+        }
+        for _ in 0..20 {
+            std::hint::black_box(detect::detect(std::hint::black_box(&snapshot), &cx));
+        }
+        let load_pure = loadavg();
+        let mut pure = Vec::with_capacity(opts.runs);
+        for _ in 0..opts.runs {
+            let t = Instant::now();
+            let f = detect::detect(std::hint::black_box(&snapshot), &cx);
+            pure.push(t.elapsed().as_secs_f64() * 1e6);
+            std::hint::black_box(f);
+        }
+        let pure = stats(pure, "µs");
+        eprintln!("  pure detect: {pure} findings {codes:?}");
+        // Where the pure time goes: each detector alone.
+        let each = (opts.runs / 4).max(1);
+        let mut by_detector = serde_json::Map::new();
+        {
+            use detect::{communication, conditions, medication, plans, team};
+            let detectors: [(&str, &dyn Fn() -> usize); 8] = [
+                ("medication::duplicate_ingredient", &|| {
+                    medication::duplicate_ingredient(&snapshot, &cx).len()
+                }),
+                ("medication::duplicate_class", &|| {
+                    medication::duplicate_class(&snapshot, &cx).len()
+                }),
+                ("medication::polypharmacy", &|| {
+                    medication::polypharmacy(&snapshot, &cx).len()
+                }),
+                ("plans::conflicting_plans", &|| {
+                    plans::conflicting_plans(&snapshot, &cx).len()
+                }),
+                ("conditions::status_conflict", &|| {
+                    conditions::status_conflict(&snapshot, &cx).len()
+                }),
+                ("conditions::unaddressed", &|| {
+                    conditions::unaddressed(&snapshot, &cx).len()
+                }),
+                ("team::no_coordinator", &|| {
+                    team::no_coordinator(&snapshot, &cx).len()
+                }),
+                ("communication::unanswered", &|| {
+                    communication::unanswered(&snapshot, &cx).len()
+                }),
+            ];
+            for (name, f) in detectors {
+                let mut us = Vec::with_capacity(each);
+                for _ in 0..each {
+                    let t = Instant::now();
+                    std::hint::black_box(f());
+                    us.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                by_detector.insert(name.to_owned(), stats(us, "µs"));
+            }
+        }
+        eprintln!(
+            "  by detector (median µs): {}",
+            by_detector
+                .iter()
+                .map(|(k, v)| format!("{k} {:.0}", v["median"].as_f64().unwrap_or(0.0)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+
+        // 2. Through the store: evaluate and snapshot, steady state.
+        let t = Instant::now();
+        on.push(&http, p).await?;
+        let push_on_s = t.elapsed().as_secs_f64();
+        off.push(&http, p).await?;
+        let pid = on.patient_id(&p.cpr).await?;
+        let d = on.gateway.detection.clone().context("detection is on")?;
+        let store = on.gateway.store.clone();
+        let mut eval = Vec::new();
+        let mut snap = Vec::new();
+        let mut rows = Vec::new();
+        let mut events = 0;
+        for i in 0..opts.eval_runs + 3 {
+            let mut tx = store.begin().await?;
+            let t = Instant::now();
+            let ev = lifecycle::evaluate(&mut *tx, &d, &pid, carebridge::audit::now_us()).await?;
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            tx.commit().await?;
+            if i >= 3 {
+                eval.push(us);
+                events += ev.len();
+            }
+            let mut tx = store.begin_read().await?;
+            let t = Instant::now();
+            let s = lifecycle::snapshot(&mut *tx, &pid, carebridge::audit::now_us()).await?;
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            tx.commit().await?;
+            if i >= 3 {
+                snap.push(us);
+            }
+            // The rows alone: the seven by_patient reads and parsing their bodies.
+            let mut tx = store.begin_read().await?;
+            let t = Instant::now();
+            let mut parsed = 0;
+            for ty in lifecycle::DETECT_TYPES {
+                for r in tx.by_patient(&pid, Some(ty), 0, 100_000).await? {
+                    let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+                    parsed += usize::from(!v.is_null());
+                }
+            }
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            tx.commit().await?;
+            if i >= 3 {
+                rows.push(us);
+            }
+            std::hint::black_box(parsed);
+            if s.items.len() != items.len() {
+                bail!(
+                    "{}: the store's snapshot has {} records, expected {}",
+                    p.name,
+                    s.items.len(),
+                    items.len()
+                );
+            }
+        }
+        let mut tx = store.begin_read().await?;
+        let stored_alerts: Vec<String> = tx
+            .alerts_of_patient(&pid)
+            .await?
+            .into_iter()
+            .filter(|a| a.open)
+            .map(|a| a.fingerprint)
+            .collect();
+        tx.commit().await?;
+        if stored_alerts.len() != findings.len() {
+            bail!(
+                "{}: {} open alerts through the API, the pure detector finds {}",
+                p.name,
+                stored_alerts.len(),
+                findings.len()
+            );
+        }
+        let eval = stats(eval, "µs");
+        let snap = stats(snap, "µs");
+        let rows = stats(rows, "µs");
+        // References the snapshot looks up one by one as possible delivered copies.
+        let copy_lookups: usize = items
+            .iter()
+            .map(|i| {
+                ["inResponseTo", "addresses", "goal"]
+                    .iter()
+                    .filter_map(|k| i.body.get(*k).and_then(Value::as_array))
+                    .flatten()
+                    .filter(|r| r.get("reference").and_then(Value::as_str).is_some())
+                    .count()
+            })
+            .sum();
+        eprintln!("  evaluate: {eval} (alert changes during the runs: {events})");
+        eprintln!("  snapshot read alone: {snap}");
+        eprintln!(
+            "  of which the seven by_patient reads + parsing: {rows}; delivered-copy lookups: {copy_lookups}"
+        );
+
+        // 3. End to end.
+        let pid_local = p.sectors["gp"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let quiet = [
+            quiet_condition(&pid_local, "note b"),
+            quiet_condition(&pid_local, "note a"),
+        ];
+        let toggle = [
+            allopurinol("bench-toggle", &pid_local, "active", "General practitioner"),
+            allopurinol(
+                "bench-toggle",
+                &pid_local,
+                "stopped",
+                "General practitioner",
+            ),
+        ];
+        let mut e2e = serde_json::Map::new();
+        let load_e2e = loadavg();
+        for (g, label) in [(&on, "detection_on"), (&off, "detection_off")] {
+            // Warm-up: a few of each.
+            updates(
+                g,
+                &http,
+                "/gp/Condition/bench-quiet",
+                [&quiet[0], &quiet[1]],
+                4,
+            )
+            .await?;
+            updates(
+                g,
+                &http,
+                "/gp/MedicationRequest/bench-toggle",
+                [&toggle[0], &toggle[1]],
+                4,
+            )
+            .await?;
+            let q = updates(
+                g,
+                &http,
+                "/gp/Condition/bench-quiet",
+                [&quiet[0], &quiet[1]],
+                opts.updates,
+            )
+            .await?;
+            let a = updates(
+                g,
+                &http,
+                "/gp/MedicationRequest/bench-toggle",
+                [&toggle[0], &toggle[1]],
+                opts.updates,
+            )
+            .await?;
+            e2e.insert(
+                label.to_owned(),
+                json!({ "quiet": stats(q, "ms"), "alert": stats(a, "ms") }),
+            );
+        }
+        // The toggle raised and closed the alert each time.
+        let mut tx = store.begin_read().await?;
+        let toggled = tx
+            .alerts_of_patient(&pid)
+            .await?
+            .into_iter()
+            .find(|a| a.fingerprint == "DUPTHPGEN|M04AA01|systemic")
+            .map(|a| a.version)
+            .unwrap_or(0);
+        tx.commit().await?;
+        if toggled < (opts.updates + 4) as i64 {
+            bail!(
+                "{}: the toggled alert has {toggled} versions after {} updates",
+                p.name,
+                opts.updates + 4
+            );
+        }
+        eprintln!("  end to end: {}", Value::Object(e2e.clone()));
+        out.insert(
+            p.name.clone(),
+            json!({
+                "source": p.source,
+                "resources_stored": p.stored(),
+                "by_sector": p.sectors.iter().map(|(s, l)| (s.to_string(), l.len())).collect::<BTreeMap<_, _>>(),
+                "detection_records": items.len(),
+                "detection_records_by_type": by_type,
+                "shape": shape,
+                "findings": codes,
+                "push_seconds_detection_on": push_on_s,
+                "pure_detect": pure,
+                "pure_by_detector": Value::Object(by_detector),
+                "evaluate": eval,
+                "evaluate_alert_changes": events,
+                "snapshot_read": snap,
+                "snapshot_rows_read_and_parsed": rows,
+                "snapshot_copy_lookups": copy_lookups,
+                "end_to_end": Value::Object(e2e),
+                "toggled_alert_versions": toggled,
+                "loadavg_before_pure": load_pure,
+                "loadavg_before_end_to_end": load_e2e,
+            }),
+        );
+    }
+    on.stop().await;
+    off.stop().await;
+    let result = json!({
+        "smoke": opts.smoke,
+        "knowledge_load_ms": knowledge_load_ms,
+        "runtime": "in-process gateway, tokio multi-thread runtime with 2 workers; SQLite file (WAL, synchronous=FULL)",
+        "patients": out,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    std::fs::write(&opts.out, serde_json::to_string_pretty(&result)?)?;
+    Ok(())
+}
