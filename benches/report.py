@@ -213,7 +213,7 @@ def p3(work, smoke):
                      f"load {gw['loadavg_before']:.2f} -> {gw['loadavg_after']:.2f}")
         c = d["cpu_after_push"]
         lines.append(f"  CPU after the push (cores): gateway {c['gateway_cpu_cores']:.2f}, peer {c['peer_cpu_cores']:.2f}, "
-                     f"postgres (all) {c['postgres_cpu_cores']:.2f}, machine busy {c['machine_busy_cores']:.2f}, "
+                     f"postgres (all; '-' when some exited) {fmt(c['postgres_cpu_cores'] if (c['postgres_cpu_cores'] or 0) >= 0 else None, 2)}, machine busy {c['machine_busy_cores']:.2f}, "
                      f"iowait {c['machine_iowait_cores']:.2f}; gateway CPU per delivery "
                      f"{1000 * c['gateway_cpu_seconds'] / max(1, r['n'] - d['delivered_during_push']):.2f} ms")
         for name, x in [("POST with If-None-Exist (as the gateway)", ine), ("plain POST", plain),
