@@ -31,17 +31,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::exchange::codes::MappingError;
-use crate::fhir::json::parse_strict;
+use crate::exchange::codes::{self, MappingError, error, is_uri, json_files, required_str, str_at};
 
 /// The ATC classification (WHO).
 pub const ATC_SYSTEM: &str = "http://www.whocc.no/atc";
 
 /// The project's route families (`fhir-profiles/medications/route-family.json`).
 pub const ROUTE_FAMILY_SYSTEM: &str = "http://carebridge.example.org/fhir/CodeSystem/route-family";
-
-/// Nesting limit for the knowledge files.
-const MAX_DEPTH: usize = 100;
 
 /// The lengths of ATC codes at levels 5, 4, 3, 2 and 1 (e.g. C03CA01, C03CA, C03C, C03, C).
 const ATC_LEVEL_LENGTHS: [usize; 5] = [7, 5, 4, 3, 1];
@@ -398,46 +394,9 @@ fn system_and_code(coding: &Value) -> Option<(&str, &str)> {
 
 // ---- loading ----------------------------------------------------------------------------------
 
-fn error(file: &Path, message: impl Into<String>) -> MappingError {
-    MappingError {
-        file: file.display().to_string(),
-        message: message.into(),
-    }
-}
-
-/// The `*.json` files of a folder, sorted; none when the folder does not exist.
-fn json_files(dir: &Path) -> Result<Vec<PathBuf>, MappingError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(error(
-                dir,
-                format!("cannot read the folder ({e}); make it a readable folder or remove it"),
-            ));
-        }
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let path = entry
-            .map_err(|e| error(dir, format!("cannot list the folder ({e})")))?
-            .path();
-        if path.is_file() && path.extension().is_some_and(|x| x == "json") {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
+/// A loader document: valid JSON (read as `codes` reads its files) and an object.
 fn read_doc(file: &Path) -> Result<Value, MappingError> {
-    let bytes = std::fs::read(file).map_err(|e| error(file, format!("cannot read ({e})")))?;
-    let doc = parse_strict(&bytes, MAX_DEPTH).map_err(|e| {
-        error(
-            file,
-            format!("not valid JSON: {e}; fix the syntax of this file"),
-        )
-    })?;
+    let doc = codes::read_doc(file)?;
     if !doc.is_object() {
         return Err(error(
             file,
@@ -446,50 +405,6 @@ fn read_doc(file: &Path) -> Result<Value, MappingError> {
         ));
     }
     Ok(doc)
-}
-
-fn is_uri(s: &str) -> bool {
-    let ok_chars = !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
-    let http = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"))
-        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
-    let oid = s.strip_prefix("urn:oid:").is_some_and(|oid| {
-        !oid.is_empty()
-            && oid
-                .split('.')
-                .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()))
-    });
-    let other_urn = s.starts_with("urn:") && !s.starts_with("urn:oid:") && s.len() > 4;
-    ok_chars && (http || oid || other_urn)
-}
-
-fn str_at<'a>(
-    file: &Path,
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-    fix: &str,
-) -> Result<Option<&'a str>, MappingError> {
-    match obj.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s)),
-        Some(_) => Err(error(
-            file,
-            format!("{path}.{key} must be a non-empty string; {fix}"),
-        )),
-    }
-}
-
-fn required_str<'a>(
-    file: &Path,
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-    fix: &str,
-) -> Result<&'a str, MappingError> {
-    str_at(file, obj, key, path, fix)?
-        .ok_or_else(|| error(file, format!("{path}.{key} is missing; {fix}")))
 }
 
 fn array_at<'a>(

@@ -26,7 +26,7 @@ use crate::fhir::json::parse_strict;
 
 /// Nesting limit for mapping files and for walking resources (the API's parser already bounds
 /// incoming documents well below this).
-const MAX_DEPTH: usize = 100;
+pub(crate) const MAX_DEPTH: usize = 100;
 
 /// The equivalences a mapping set accepts when it does not say.
 pub const DEFAULT_EQUIVALENCE: [&str; 4] = ["equal", "equivalent", "wider", "subsumes"];
@@ -370,7 +370,7 @@ impl Mapping {
     }
 }
 
-fn error(file: &Path, message: impl Into<String>) -> MappingError {
+pub(crate) fn error(file: &Path, message: impl Into<String>) -> MappingError {
     MappingError {
         file: file.display().to_string(),
         message: message.into(),
@@ -378,7 +378,7 @@ fn error(file: &Path, message: impl Into<String>) -> MappingError {
 }
 
 /// The `*.json` files of a folder, sorted; none when the folder does not exist.
-fn json_files(dir: &Path) -> Result<Vec<PathBuf>, MappingError> {
+pub(crate) fn json_files(dir: &Path) -> Result<Vec<PathBuf>, MappingError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -402,7 +402,7 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>, MappingError> {
     Ok(files)
 }
 
-fn read_doc(file: &Path) -> Result<Value, MappingError> {
+pub(crate) fn read_doc(file: &Path) -> Result<Value, MappingError> {
     let bytes = std::fs::read(file).map_err(|e| error(file, format!("cannot read ({e})")))?;
     parse_strict(&bytes, MAX_DEPTH).map_err(|e| {
         error(
@@ -420,7 +420,7 @@ struct Seen {
     pairs: HashMap<(String, String, String, String), (Equivalence, PathBuf)>,
 }
 
-fn is_uri(s: &str) -> bool {
+pub(crate) fn is_uri(s: &str) -> bool {
     let ok_chars = !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
     let http = s
         .strip_prefix("http://")
@@ -436,7 +436,7 @@ fn is_uri(s: &str) -> bool {
     ok_chars && (http || oid || other_urn)
 }
 
-fn str_at<'a>(
+pub(crate) fn str_at<'a>(
     file: &Path,
     obj: &'a Map<String, Value>,
     key: &str,
@@ -453,7 +453,7 @@ fn str_at<'a>(
     }
 }
 
-fn required_str<'a>(
+pub(crate) fn required_str<'a>(
     file: &Path,
     obj: &'a Map<String, Value>,
     key: &str,
