@@ -985,6 +985,41 @@ mod tests {
     }
 
     #[test]
+    fn exchange_and_alert_settings_are_checked() {
+        let sectors = "[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n";
+        let cases = [
+            (
+                "[[exchange.routes]]\ntypes = [\"Condition\"]\nto = [\"nowhere\"]\n",
+                "exchange.routes[0].to",
+            ),
+            (
+                "[[exchange.routes]]\ntypes = []\nto = \"care\"\n",
+                "exchange.routes[0].types",
+            ),
+            ("[exchange]\nbatch = 0\n", "exchange.batch"),
+            (
+                "[exchange]\nretry_initial_ms = 5000\nretry_max_ms = 1000\n",
+                "exchange.retry_max_ms",
+            ),
+            ("[alerts]\nchronic = [\"T90\"]\n", "alerts.chronic"),
+        ];
+        for (extra, key) in cases {
+            let e = load(&format!("{extra}\n{sectors}")).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        let e = load("[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\nmode = \"pull\"\n").unwrap_err();
+        assert_eq!(e.key, "sectors[0].base_url", "{e}");
+        let e = load("[[sectors]]\nid = \"carebridge\"\nname = \"X\"\nkind = \"hospital\"\n")
+            .unwrap_err();
+        assert_eq!(e.key, "sectors[0].id", "{e}");
+        let ok = load(&format!(
+            "[alerts]\nchronic = [\"urn:oid:1.2.208.176.2.31|T9*\"]\n{sectors}"
+        ))
+        .unwrap();
+        assert_eq!(ok.exchange.effective_routes().len(), 2);
+    }
+
+    #[test]
     fn names_file_key_and_fix() {
         let err =
             load("[[sectors]]\nid = \"GP\"\nname = \"x\"\nkind = \"hospital\"\n").unwrap_err();
