@@ -1,6 +1,7 @@
 //! Fragmentation alerts on real-shaped data: the 50 Synthea patients of
 //! `../shared/data/synthea/`, each split across general practice, hospital and municipality,
-//! pushed through the API, and the alerts read back as DetectedIssue.
+//! brought to a state the care team has dealt with (the resolution step), pushed through the
+//! API, and the alerts read back as DetectedIssue; then findings are planted and withdrawn.
 //!
 //! **The split** (deterministic; [`split`]):
 //!
@@ -22,9 +23,6 @@
 //! - `Practitioner` and `Organization` are copied into every sector bundle that references them
 //!   (same ids, so one prescriber is the same `Practitioner/<id>` in every sector).
 //!
-//! Synthea carries no CareTeam and no Communication, so `no-care-coordinator` can never be
-//! satisfied and `unanswered-communication` never arises from the data.
-//!
 //! **References** are written as `Type/id` (the gateway would do the same with the fullUrls).
 //! A reference to a resource that the split put in another sector cannot be kept (a sector
 //! names only its own resources; the gateway delivers nothing here, so there are no copies to
@@ -39,42 +37,88 @@
 //! Sectors are configured **without** a `profile` and without a `base_url`: Synthea is US data
 //! (SNOMED CT, RxNorm, no CPR), which the dk-* profiles reject on purpose, and nothing is delivered.
 //!
+//! **The raw split** is never pushed. The pure detector (`carebridge::detect::detect`) finds on
+//! it what the Synthea data itself says under the alert rules (91 findings in 48 patients:
+//! `DUPTHPGEN` 9, `unaddressed-condition` 49, `no-care-coordinator` 33): Synthea carries no
+//! CareTeam (so every patient with active plans in two sectors lacks a coordinator), leaves
+//! chronic hypertension, coronary heart disease, atrial fibrillation, osteoporosis and diabetes
+//! without a CarePlan that addresses them, and leaves an older furosemide or simvastatin order
+//! active beside a newer one. Synthea has no Communication, so `unanswered-communication` never
+//! arises from the data.
+//!
+//! **Resolution** (deterministic, data-driven; [`resolve`]): before anything is pushed, the
+//! split records of each patient are changed the way the care team would answer those findings,
+//! derived from the pure detector's findings on the raw split (nothing is chosen per patient by
+//! hand):
+//!
+//! - every patient gets a general-practice `CareTeam` in `gp` (the Danish model: the patient's
+//!   GP practice coordinates): status `active`, the patient as subject, one participant whose
+//!   role is the first configured `alerts.coordinator_roles` coding (SNOMED CT 768730001, by
+//!   code only: no role text, so the detector's code match is what is tested) and whose member
+//!   is the Practitioner of the patient's latest ambulatory (`AMB`) encounter that names one
+//!   (else any Practitioner in `gp`), managed by that encounter's `serviceProvider`
+//!   Organization. This answers `no-care-coordinator`;
+//! - for `unaddressed-condition`, one "chronic care in general practice" CarePlan per patient
+//!   in `gp` (status `active`, intent `plan`, category SNOMED CT 736271009 "Outpatient care
+//!   plan", the CareTeam as `careTeam`): every implicated Condition recorded by `gp` is listed
+//!   under `addresses`; one recorded by another sector is given as a `reasonCode` of the plan's
+//!   one activity (`detail.status` `in-progress`, a description and no code, so the activity can
+//!   never take part in a `conflicting-plans` comparison);
+//! - for `DUPTHPGEN` (and `DUPTHPCLS`, were there any): of the implicated active
+//!   MedicationRequests and MedicationStatements, the most recently authored or asserted one
+//!   stays; every other becomes `completed` (it was superseded);
+//! - the rules are applied in rounds (detect, resolve) until the pure detector finds nothing;
+//!   a kind without a rule (`polypharmacy`, `conflicting-plans`, `condition-status-conflict`,
+//!   `unanswered-communication`: none in the data) would be left and fail the test.
+//!
+//! On the 50 patients this adds 50 CareTeams (every coordinator the Practitioner of the latest
+//! ambulatory encounter) and 35 chronic-care CarePlans addressing the 49 Conditions of the
+//! `unaddressed-condition` findings (all recorded by `gp`, so all by `addresses`; no
+//! `reasonCode` was needed), and completes 9 MedicationRequests, one per `DUPTHPGEN` (8 gp
+//! furosemide orders older than the hospital's, 1 gp simvastatin order older than another gp
+//! one). One round suffices (39 patients; the other 11 needed nothing beyond the CareTeam). The
+//! test prints these counts and, per raw finding, what answered it.
+//!
 //! **What is asserted**
 //!
-//! 1. *Clean split*: everything is pushed (one transaction per patient per sector, 150 in all,
-//!    from two clients: odd and even patients); the open alerts through the API equal, by
-//!    fingerprint, what the pure detector (`carebridge::detect::detect`) finds on the same split
-//!    records in-process; and the split adds nothing the data does not say: the pure detector on
-//!    the **unsplit** record of each patient (all in one sector) finds the same `DUPTHPCLS`,
-//!    `polypharmacy` and `unaddressed-condition` alerts (rules that do not look at sectors),
-//!    every unsplit `DUPTHPGEN` is in the split, and a split-only `DUPTHPGEN` always spans
-//!    sectors (the same prescriber's orders, now in two sectors). Cross-sector kinds
-//!    (`condition-status-conflict`, `conflicting-plans`, `no-care-coordinator`) cannot exist
-//!    unsplit; they are printed.
-//! 2. *Injected*: then, per patient, new records whose trigger the test controls exactly
-//!    ([`inject`]) are pushed to the same patients (one transaction per sector): a hospital order
-//!    duplicating an active gp drug (`DUPTHPGEN`), a second ingredient of one ATC class
-//!    (`DUPTHPCLS`), a gp Condition resolved in the hospital (`condition-status-conflict`), a
-//!    plan of another sector stopping an activity an active plan keeps (`conflicting-plans`), and
-//!    a chronic condition that no plan addresses and the patient has in no form
-//!    (`unaddressed-condition`). Targets already implicated in a clean alert of that kind are
-//!    skipped. Every planted finding is raised exactly once (by code and implicated records, and
-//!    by fingerprint where it is known beforehand), as a new `preliminary` alert, and per patient
-//!    and alert code `injected − clean` equals the number planted plus the consequences the
-//!    injection controls too (`no-care-coordinator` when it gives a second sector an active plan,
-//!    `polypharmacy` when the new ingredients reach the threshold). The API still equals the pure
-//!    detector on the records.
-//! 3. *Withdrawn*: the injected records are entered in error (plans revoked); the open alerts are
-//!    the clean ones again.
+//! 1. *Raw split, in-process*: the split adds nothing the data does not say: the pure detector
+//!    on the **unsplit** record of each patient (all in one sector) finds the same
+//!    `DUPTHPCLS`, `polypharmacy` and `unaddressed-condition` findings as on the raw split
+//!    (rules that do not look at sectors), every unsplit `DUPTHPGEN` is in the split, and a
+//!    split-only `DUPTHPGEN` always spans sectors (the same prescriber's orders, now in two
+//!    sectors). Cross-sector kinds (`condition-status-conflict`, `conflicting-plans`,
+//!    `no-care-coordinator`) cannot exist unsplit; they are printed.
+//! 2. *Resolved clean split*: the pure detector finds nothing on the resolved records; they are
+//!    pushed (one transaction per patient per sector, 150 in all, from two clients: odd and
+//!    even patients) and there is **no open alert at all** through the API, for every patient
+//!    (so no alert of an injected kind appears on the clean split).
+//! 3. *Injected*: per patient, records whose trigger the test controls exactly ([`inject`]) are
+//!    pushed to the same patients (one transaction per sector, then the CareTeam update on its
+//!    own): a hospital order duplicating a gp drug still active after resolution
+//!    (`DUPTHPGEN`), a second ingredient of one ATC class (`DUPTHPCLS`), a gp Condition
+//!    resolved in the hospital (`condition-status-conflict`), a plan of another sector stopping
+//!    an activity an active plan keeps (`conflicting-plans`), a chronic condition that no plan
+//!    addresses and the patient has in no form (`unaddressed-condition`; the chronic-care plan
+//!    does not address it), and the gp CareTeam made `inactive` (an update of the same
+//!    CareTeam) where the patient then has active plans in two or more sectors
+//!    (`no-care-coordinator`). Every planted finding is raised exactly once (by code and
+//!    implicated records, and by fingerprint where it is known beforehand), as a
+//!    `preliminary` alert, no two planted findings are the same alert, and every other open
+//!    alert is a consequence the injection controls (`polypharmacy` when the new ingredients
+//!    reach the threshold), exactly as many per kind as computed beforehand. Since the clean
+//!    baseline is zero, `injected − clean` is the planted findings plus those consequences.
+//! 4. *Withdrawn*: the injected records are entered in error (plans revoked) and the CareTeam
+//!    is active again; there is again no open alert.
 //!
-//! The second state is reached by adding to the same patients rather than pushing the split
-//! again into a fresh app: the records are the same either way (detection is a function of a
-//! patient's current records, which the API = pure-detector check confirms in both states), and
-//! a second full push would double the run time (the split takes about 30 s to push in the
-//! debug build; the whole test about a minute on 2 cores).
+//! In every state the open alerts through the API equal, by fingerprint, what the pure
+//! detector finds in-process on the same records (detection is a function of a patient's
+//! current records). The later states are reached by adding to the same patients rather than
+//! pushing the split again into a fresh app, which would double the run time (the split takes
+//! 20–35 s to push in the debug build; the whole test about a minute on 2 cores).
 //!
-//! The counts per alert code (unsplit, clean split, injected, withdrawn), every clean alert and
-//! every injection are printed with `eprintln!` (`cargo test --test synthea_alerts -- --nocapture`).
+//! The counts per alert code (unsplit, raw split, resolved clean split, injected, withdrawn),
+//! the resolution, every raw finding and every injection are printed with `eprintln!`
+//! (`cargo test --test synthea_alerts -- --nocapture`).
 
 mod common;
 
@@ -450,6 +494,279 @@ fn load_patients(rewrites: &mut Rewrites) -> Vec<SplitPatient> {
         .collect()
 }
 
+// ---- the resolution -----------------------------------------------------------------------
+
+/// Where the coordinator of a patient's gp CareTeam came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Coordinator {
+    /// The Practitioner of the latest ambulatory encounter that names one.
+    LatestAmbulatory,
+    /// Another Practitioner of the gp record.
+    OtherGp,
+    /// No Practitioner in the gp record: a participant with the role only.
+    Nobody,
+}
+
+/// What the resolution step did to one patient.
+#[derive(Debug)]
+struct Resolution {
+    /// The pure detector's findings on the raw split.
+    raw: Vec<detect::Finding>,
+    coordinator: Coordinator,
+    /// The gp CareTeam as pushed (active).
+    team: Value,
+    /// A chronic-care CarePlan was added to gp.
+    plan_added: bool,
+    /// Conditions the plan lists under `addresses` (recorded by gp).
+    by_reference: usize,
+    /// Conditions of other sectors the plan's activity gives as `reasonCode`.
+    by_reason_code: usize,
+    /// Superseded medications made `completed`: "sector Type: label".
+    completed: Vec<String>,
+    /// What answered each finding: (fingerprint, action).
+    actions: Vec<(String, String)>,
+    /// Rounds (detect, resolve) that changed something.
+    rounds: usize,
+    /// What the pure detector still finds on the resolved records (must be nothing).
+    left: Vec<detect::Finding>,
+}
+
+/// `authoredOn` (MedicationRequest) or `dateAsserted`/`effective[x]` (MedicationStatement) in
+/// seconds; a date without a time or a missing date sorts first.
+fn med_time(r: &Value) -> Option<i64> {
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+    [
+        &r["authoredOn"],
+        &r["dateAsserted"],
+        &r["effectiveDateTime"],
+        &r["effectivePeriod"]["start"],
+    ]
+    .into_iter()
+    .find_map(Value::as_str)
+    .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+    .map(OffsetDateTime::unix_timestamp)
+}
+
+/// The record with gateway id `g`, with its sector.
+fn record_mut<'a>(p: &'a mut SplitPatient, g: &str) -> Option<(&'static str, &'a mut Value)> {
+    p.sectors
+        .iter_mut()
+        .flat_map(|(s, list)| list.iter_mut().map(move |r| (*s, r)))
+        .find(|(s, r)| gid(s, r) == g)
+}
+
+/// A duplicate (`DUPTHPGEN`, `DUPTHPCLS`): the most recent implicated medication stays, the
+/// others are completed (superseded).
+fn supersede(p: &mut SplitPatient, f: &detect::Finding, res: &mut Resolution) -> Option<String> {
+    let mut meds: Vec<(Option<i64>, String)> = p
+        .resources()
+        .filter(|(_, r)| matches!(rtype(r), "MedicationRequest" | "MedicationStatement"))
+        .map(|(s, r)| (med_time(r), gid(s, r)))
+        .filter(|(_, g)| f.implicated.contains(g))
+        .collect();
+    meds.sort();
+    let (_, kept) = meds.pop()?;
+    if meds.is_empty() {
+        return None;
+    }
+    let mut done = Vec::new();
+    for (_, g) in &meds {
+        let (s, r) = record_mut(p, g).expect("an implicated record");
+        r["status"] = json!("completed");
+        done.push(format!(
+            "{s} {}: {}",
+            rtype(r),
+            detect::concept_label(concept_of(r))
+        ));
+    }
+    res.completed.extend(done.iter().cloned());
+    let (s, r) = record_mut(p, &kept).expect("the kept record");
+    Some(format!(
+        "completed (superseded) {}; kept the newer {s} {}",
+        done.join(", "),
+        rtype(r)
+    ))
+}
+
+/// An unaddressed chronic condition: the gp chronic-care plan addresses it (`addresses` for a
+/// gp Condition, an activity's `reasonCode` for another sector's).
+fn address(
+    p: &mut SplitPatient,
+    f: &detect::Finding,
+    team_id: &str,
+    res: &mut Resolution,
+) -> Option<String> {
+    let conditions: Vec<(&'static str, Value)> = p
+        .resources()
+        .filter(|(s, r)| rtype(r) == "Condition" && f.implicated.contains(&gid(s, r)))
+        .map(|(s, r)| (s, r.clone()))
+        .collect();
+    if conditions.is_empty() {
+        return None;
+    }
+    let plan_id = format!("gp-chronic-care-{}", p.patient_id);
+    let subject = format!("Patient/{}", p.patient_id);
+    let gp = p.sectors.get_mut("gp").unwrap();
+    let at = match gp
+        .iter()
+        .position(|r| rtype(r) == "CarePlan" && rid(r) == plan_id)
+    {
+        Some(at) => at,
+        None => {
+            res.plan_added = true;
+            gp.push(json!({
+                "resourceType": "CarePlan", "id": plan_id, "status": "active", "intent": "plan",
+                "category": [{
+                    "coding": [{ "system": SCT, "code": "736271009", "display": "Outpatient care plan" }],
+                    "text": "Chronic care in general practice"
+                }],
+                "title": "Chronic care in general practice",
+                "subject": { "reference": subject },
+                "careTeam": [{ "reference": format!("CareTeam/{team_id}") }],
+            }));
+            gp.len() - 1
+        }
+    };
+    let plan = &mut gp[at];
+    let mut how = Vec::new();
+    for (s, c) in conditions {
+        if s == "gp" {
+            push_concept(
+                &mut plan["addresses"],
+                &json!({ "reference": format!("Condition/{}", rid(&c)), "display": label(&c) }),
+            );
+            res.by_reference += 1;
+            how.push(format!("addresses gp Condition '{}'", label(&c)));
+        } else {
+            if !plan["activity"].is_array() {
+                plan["activity"] = json!([{ "detail": {
+                    "status": "in-progress",
+                    "description": "Follow-up of chronic conditions in general practice",
+                } }]);
+            }
+            push_concept(&mut plan["activity"][0]["detail"]["reasonCode"], &c["code"]);
+            res.by_reason_code += 1;
+            how.push(format!("reasonCode of {s} Condition '{}'", label(&c)));
+        }
+    }
+    Some(format!("gp chronic-care plan: {}", how.join(", ")))
+}
+
+/// The resolution step (module documentation): the raw split of `raw` changed the way the care
+/// team answers its findings.
+fn resolve(k: &Knowledge, raw: &SplitPatient) -> (SplitPatient, Resolution) {
+    let mut p = raw.clone();
+    let pid = p.patient_id.clone();
+    let found = k.detect(raw.items());
+
+    // The general-practice CareTeam, coordinated by the patient's GP.
+    let gp = &p.sectors["gp"];
+    let latest = gp
+        .iter()
+        .filter(|r| rtype(r) == "Encounter" && r["class"]["code"] == "AMB")
+        .filter_map(|e| {
+            let who = e["participant"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x["individual"]["reference"].as_str())
+                .find(|r| r.starts_with("Practitioner/"))?;
+            let start = e["period"]["start"].as_str().and_then(|s| {
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+            });
+            Some((
+                start,
+                rid(e),
+                who,
+                e["serviceProvider"]["reference"].as_str(),
+            ))
+        })
+        .max();
+    let (coordinator, member, organization) = match latest {
+        Some((_, _, who, org)) => (
+            Coordinator::LatestAmbulatory,
+            Some(who.to_owned()),
+            org.filter(|o| o.starts_with("Organization/"))
+                .map(str::to_owned),
+        ),
+        None => match gp.iter().find(|r| rtype(r) == "Practitioner") {
+            Some(pr) => (
+                Coordinator::OtherGp,
+                Some(format!("Practitioner/{}", rid(pr))),
+                None,
+            ),
+            None => (Coordinator::Nobody, None, None),
+        },
+    };
+    let (role_system, role_code) = k.rules.coordinator_roles[0]
+        .split_once('|')
+        .expect("a coordinator role as system|code");
+    let mut participant = json!({ "role": [{
+        "coding": [{ "system": role_system, "code": role_code, "display": "Care coordinator" }]
+    }] });
+    if let Some(m) = &member {
+        participant["member"] = json!({ "reference": m });
+    }
+    let team_id = format!("gp-team-{pid}");
+    let mut team = json!({
+        "resourceType": "CareTeam", "id": team_id, "status": "active",
+        "category": [{ "coding": [{ "system": "http://loinc.org", "code": "LA28865-6",
+                                     "display": "Longitudinal care-coordination focused care team" }] }],
+        "name": "General practice",
+        "subject": { "reference": format!("Patient/{pid}") },
+        "participant": [participant],
+    });
+    if let Some(o) = organization {
+        team["managingOrganization"] = json!([{ "reference": o }]);
+    }
+    p.sectors.get_mut("gp").unwrap().push(team.clone());
+    let mut res = Resolution {
+        raw: found.clone(),
+        coordinator,
+        team,
+        plan_added: false,
+        by_reference: 0,
+        by_reason_code: 0,
+        completed: Vec::new(),
+        actions: Vec::new(),
+        rounds: 0,
+        left: Vec::new(),
+    };
+    for f in found.iter().filter(|f| f.code.1 == "no-care-coordinator") {
+        res.actions.push((
+            f.fingerprint.clone(),
+            format!(
+                "gp CareTeam, coordinator {}",
+                member.as_deref().unwrap_or("(role only)")
+            ),
+        ));
+    }
+
+    // Rounds: detect on the changed records, answer what is found, until nothing is.
+    for _ in 0..3 {
+        let found = k.detect(p.items());
+        let mut changed = false;
+        for f in &found {
+            let action = match f.code.1 {
+                "DUPTHPGEN" | "DUPTHPCLS" => supersede(&mut p, f, &mut res),
+                "unaddressed-condition" => address(&mut p, f, &team_id, &mut res),
+                _ => None,
+            };
+            if let Some(a) = action {
+                changed = true;
+                res.actions.push((f.fingerprint.clone(), a));
+            }
+        }
+        if !changed {
+            break;
+        }
+        res.rounds += 1;
+    }
+    res.left = k.detect(p.items());
+    (p, res)
+}
+
 // ---- pushing and reading alerts ---------------------------------------------------------
 
 /// One transaction Bundle of PUTs under a sector.
@@ -648,11 +965,47 @@ struct Planted {
 #[derive(Debug, Default)]
 struct Injection {
     planted: Vec<Planted>,
-    /// Expected `injected − clean` per alert code (planted findings plus controlled
-    /// consequences).
-    delta: BTreeMap<&'static str, usize>,
+    /// Consequences the injection controls (not planted), per alert code: `polypharmacy` when
+    /// the new ingredients reach the threshold.
+    caused: BTreeMap<&'static str, usize>,
     /// The new records, by sector.
     records: Vec<(&'static str, Value)>,
+    /// Changed resolved records (the gp CareTeam made inactive), pushed after `records`.
+    updates: Vec<(&'static str, Value)>,
+    /// `no-care-coordinator` was not planted: fewer than two sectors with active plans.
+    no_coordinator_skipped: bool,
+}
+
+impl Injection {
+    /// Expected `injected − clean` per alert code: the planted findings and the consequences.
+    fn delta(&self) -> BTreeMap<&'static str, usize> {
+        let mut d = self.caused.clone();
+        for pl in &self.planted {
+            *d.entry(pl.code).or_default() += 1;
+        }
+        d
+    }
+
+    /// Everything pushed, in push order.
+    fn pushed(&self) -> impl Iterator<Item = &(&'static str, Value)> {
+        self.records.iter().chain(&self.updates)
+    }
+}
+
+/// `items` with `records` applied: a record replaces the item of the same gateway id, or is
+/// added.
+fn applied<'a>(
+    mut items: Vec<Item>,
+    records: impl IntoIterator<Item = &'a (&'static str, Value)>,
+) -> Vec<Item> {
+    for (s, r) in records {
+        let Some(new) = item(s, r) else { continue };
+        match items.iter_mut().find(|i| i.gid == new.gid) {
+            Some(old) => *old = new,
+            None => items.push(new),
+        }
+    }
+    items
 }
 
 fn order(id: &str, patient: &str, concept: Value, requester: &str, dosage: Option<Value>) -> Value {
@@ -703,12 +1056,9 @@ fn plan(id: &str, patient: &str, code: &Value, activity_status: &str) -> Value {
     })
 }
 
-/// ACE inhibitors, statins and beta blockers: a class with a list of its ingredients.
-const CLASSES: [(&str, [&str; 3]); 3] = [
-    ("C09AA", ["C09AA05", "C09AA02", "C09AA03"]),
-    ("C10AA", ["C10AA05", "C10AA07", "C10AA01"]),
-    ("C07AB", ["C07AB07", "C07AB02", "C07AB03"]),
-];
+/// ACE inhibitors (ATC C09AA): the class of the planted class duplicate, with three of its
+/// ingredients.
+const ACE_INHIBITORS: (&str, [&str; 3]) = ("C09AA", ["C09AA05", "C09AA02", "C09AA03"]);
 
 /// Chronic ICPC-2 codes (all in the default `alerts.chronic`) for the unaddressed condition.
 const CHRONIC_ICPC2: [&str; 8] = ["L95", "R96", "K78", "P76", "L89", "U99", "K77", "T90"];
@@ -716,30 +1066,24 @@ const CHRONIC_ICPC2: [&str; 8] = ["L95", "R96", "K78", "P76", "L89", "U99", "K77
 /// Non-chronic ICPC-2 codes for a planted status conflict when the gp has no active condition.
 const PLAIN_ICPC2: [&str; 3] = ["D93", "S91", "F92"];
 
-/// Adds the planted findings to `p` (new resources only; the split records are untouched).
-/// `clean` is the patient's clean-run alerts: targets already implicated in an alert of the
-/// planted kind are skipped, so the planted finding is new by construction.
-fn inject(k: &Knowledge, p: &SplitPatient, clean: &[Alert]) -> Injection {
+/// Plants findings in the resolved patient `p` (whose clean split raises nothing): new
+/// resources, and the gp CareTeam `team` made inactive where that leaves plans of two sectors
+/// without a coordinator.
+fn inject(k: &Knowledge, p: &SplitPatient, team: &Value) -> Injection {
     let pid = p.patient_id.clone();
     let mut inj = Injection::default();
     let before = p.items();
-    let clean_fps: BTreeSet<&str> = clean.iter().map(|a| a.fingerprint.as_str()).collect();
-    let implicated_in = |code: &str, gid: &str| {
-        clean
-            .iter()
-            .any(|a| a.code == code && a.implicated.contains(gid))
-    };
     let mut add: Vec<(&'static str, Value)> = Vec::new();
 
     // 1. DUPTHPGEN: the hospital orders what an active gp order gives (one known ingredient,
-    //    not already a duplicate). Else gp and hospital both order allopurinol.
+    //    still active after resolution). Else gp and hospital both order allopurinol.
     let target = before.iter().find_map(|i| {
         if i.sector != "gp" || i.rtype != "MedicationRequest" || !detect::active_medication(i) {
             return None;
         }
         let (ings, family) = k.med(&i.body);
         let fp = format!("DUPTHPGEN|{}|{family}", ings.first()?);
-        (ings.len() == 1 && !clean_fps.contains(fp.as_str())).then_some((i, fp))
+        (ings.len() == 1).then_some((i, fp))
     });
     let dup_id = format!("inj-dupgen-{}", p.index);
     match target {
@@ -788,17 +1132,14 @@ fn inject(k: &Knowledge, p: &SplitPatient, clean: &[Alert]) -> Injection {
         }
     }
 
-    // 2. DUPTHPCLS: a second ingredient of a class (ACE inhibitors first) that has no class
-    //    alert yet; when the patient takes none of the class, gp and hospital order two.
+    // 2. DUPTHPCLS: a second ingredient of a class (ACE inhibitors: the clean split has no class
+    //    alert, so the patient takes at most one); when the patient takes none of the class, gp and hospital order two.
     let active_ings: BTreeSet<String> = before
         .iter()
         .filter(|i| detect::active_medication(i))
         .flat_map(|i| k.med(&i.body).0)
         .collect();
-    let (class, ings) = CLASSES
-        .iter()
-        .find(|(c, _)| !clean_fps.contains(format!("DUPTHPCLS|{c}|systemic").as_str()))
-        .expect("a class without an alert");
+    let (class, ings) = &ACE_INHIBITORS;
     let present: Vec<&String> = active_ings
         .iter()
         .filter(|a| a.starts_with(class))
@@ -846,11 +1187,9 @@ fn inject(k: &Knowledge, p: &SplitPatient, clean: &[Alert]) -> Injection {
     });
 
     // 3. condition-status-conflict: the hospital records an active gp condition as resolved.
-    let gp_condition = before.iter().find(|i| {
-        i.sector == "gp"
-            && detect::active_condition(i)
-            && !implicated_in("condition-status-conflict", &i.gid)
-    });
+    let gp_condition = before
+        .iter()
+        .find(|i| i.sector == "gp" && detect::active_condition(i));
     let csc_id = format!("inj-resolved-{}", p.index);
     let all_condition_keys: BTreeSet<(String, String)> = before
         .iter()
@@ -968,12 +1307,6 @@ fn inject(k: &Knowledge, p: &SplitPatient, clean: &[Alert]) -> Injection {
         }
     }
     assert!(conflicting >= 1, "{}: a plan conflict is planted", p.file);
-    let plan_sectors_before: BTreeSet<&str> = plans.iter().map(|pl| pl.sector.as_str()).collect();
-    let mut plan_sectors_after = plan_sectors_before.clone();
-    plan_sectors_after.insert(stop_sector);
-    for (s, _) in &extra_plans {
-        plan_sectors_after.insert(*s);
-    }
     add.append(&mut extra_plans);
     add.push((stop_sector, stop));
 
@@ -1020,34 +1353,47 @@ fn inject(k: &Knowledge, p: &SplitPatient, clean: &[Alert]) -> Injection {
     });
     add.push(("gp", un));
 
-    // Expected deltas: the planted findings, and the consequences the injection controls.
-    for pl in &inj.planted {
-        *inj.delta.entry(pl.code).or_default() += 1;
+    // 6. no-care-coordinator: the gp CareTeam made inactive (an update of the same CareTeam,
+    //    pushed last), where the patient then has active plans in two or more sectors.
+    let after = applied(before.clone(), &add);
+    let active_plans: Vec<&Item> = after.iter().filter(|i| detect::active_plan(i)).collect();
+    let plan_sectors: BTreeSet<&str> = active_plans.iter().map(|i| i.sector.as_str()).collect();
+    if plan_sectors.len() >= 2 {
+        let mut off = team.clone();
+        off["status"] = json!("inactive");
+        inj.planted.push(Planted {
+            code: "no-care-coordinator",
+            fingerprint: Some("no-care-coordinator".into()),
+            implicated: active_plans.iter().map(|i| i.gid.clone()).collect(),
+            what: format!(
+                "gp CareTeam inactive; active plans in {}",
+                plan_sectors.iter().copied().collect::<Vec<_>>().join(", ")
+            ),
+        });
+        inj.updates.push(("gp", off));
+    } else {
+        inj.no_coordinator_skipped = true;
     }
-    // No CareTeam anywhere: a second sector with an active plan raises no-care-coordinator.
-    if plan_sectors_before.len() < 2 && plan_sectors_after.len() >= 2 {
-        *inj.delta.entry("no-care-coordinator").or_default() += 1;
-    }
-    let after: Vec<Item> = before
-        .iter()
-        .cloned()
-        .chain(add.iter().filter_map(|(s, r)| item(s, r)))
-        .collect();
+
+    // The consequence the injection controls: polypharmacy when the new ingredients reach the
+    // threshold.
     let threshold = k.rules.polypharmacy_threshold;
     let (n_before, n_after) = (k.distinct(&before).len(), k.distinct(&after).len());
     if n_before < threshold && n_after >= threshold {
-        *inj.delta.entry("polypharmacy").or_default() += 1;
+        *inj.caused.entry("polypharmacy").or_default() += 1;
     }
     inj.records = add;
     inj
 }
 
-/// The injected records withdrawn: orders and conditions entered in error, plans revoked.
+/// The injected records withdrawn: orders and conditions entered in error, plans revoked, the
+/// CareTeam active again.
 fn withdrawn(r: &Value) -> Value {
     let mut r = r.clone();
     match rtype(&r) {
         "MedicationRequest" => r["status"] = json!("entered-in-error"),
         "CarePlan" => r["status"] = json!("revoked"),
+        "CareTeam" => r["status"] = json!("active"),
         "Condition" => {
             r.as_object_mut().unwrap().remove("clinicalStatus");
             r.as_object_mut().unwrap().remove("abatementDateTime");
@@ -1065,7 +1411,7 @@ fn table_row(name: &str, counts: &BTreeMap<String, usize>) -> String {
 }
 
 fn signed_row(name: &str, count: &dyn Fn(&str) -> i64) -> String {
-    let mut s = format!("  {name:<28}");
+    let mut s = format!("  {name:<32}");
     let mut total = 0;
     for k in KINDS {
         s.push_str(&format!(" {:>10}", count(k)));
@@ -1096,18 +1442,110 @@ fn pure_fingerprints(k: &Knowledge, items: Vec<Item>) -> BTreeSet<String> {
     k.detect(items).into_iter().map(|f| f.fingerprint).collect()
 }
 
+/// The API's open alerts against the pure detector on the same records, by fingerprint.
+fn api_equals_pure(
+    failures: &mut Vec<String>,
+    state: &str,
+    k: &Knowledge,
+    p: &SplitPatient,
+    alerts: &[Alert],
+    items: Vec<Item>,
+) {
+    let api = fingerprints(alerts);
+    let pure = pure_fingerprints(k, items);
+    if api != pure.iter().map(String::as_str).collect() {
+        failures.push(format!(
+            "{}: {state}: API {api:?} != pure detector {pure:?}",
+            p.file
+        ));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn synthea_patients_split_across_sectors_raise_only_what_the_data_and_the_injections_say() {
+async fn synthea_split_resolved_raises_nothing_and_every_planted_finding_once() {
     let started = Instant::now();
     let k = Knowledge::load();
     let mut rewrites = Rewrites::new();
-    let patients = load_patients(&mut rewrites);
+    let raw = load_patients(&mut rewrites);
+    assert!(
+        raw.iter()
+            .flat_map(|p| p.unsplit.iter())
+            .all(|r| !matches!(rtype(r), "CareTeam" | "Communication")),
+        "Synthea has no CareTeam or Communication (the resolution's CareTeam assumes it)"
+    );
+    let mut failures: Vec<String> = Vec::new();
+
+    // (1) The raw split, in-process: what the data itself says (unsplit: all of a patient in
+    //     one sector), and that the split adds nothing the sectors do not explain.
+    let unsplit: Vec<Vec<detect::Finding>> = raw
+        .iter()
+        .map(|p| k.detect(p.unsplit.iter().filter_map(|r| item("lab", r)).collect()))
+        .collect();
+    let raw_found: Vec<Vec<detect::Finding>> = raw.iter().map(|p| k.detect(p.items())).collect();
+    for ((p, split_f), whole) in raw.iter().zip(&raw_found).zip(&unsplit) {
+        let split_fps: BTreeSet<&str> = split_f.iter().map(|f| f.fingerprint.as_str()).collect();
+        let whole_fps: BTreeSet<&str> = whole.iter().map(|f| f.fingerprint.as_str()).collect();
+        for kind in ["DUPTHPCLS", "polypharmacy", "unaddressed-condition"] {
+            let of = |fs: &[detect::Finding]| -> BTreeSet<String> {
+                fs.iter()
+                    .filter(|f| f.code.1 == kind)
+                    .map(|f| f.fingerprint.clone())
+                    .collect()
+            };
+            if of(split_f) != of(whole) {
+                failures.push(format!(
+                    "{}: {kind}: split {:?} but unsplit {:?}",
+                    p.file,
+                    of(split_f),
+                    of(whole)
+                ));
+            }
+        }
+        for f in whole.iter().filter(|f| f.code.1 == "DUPTHPGEN") {
+            if !split_fps.contains(f.fingerprint.as_str()) {
+                failures.push(format!(
+                    "{}: unsplit {} lost in the split",
+                    p.file, f.fingerprint
+                ));
+            }
+        }
+        let sector_of: HashMap<String, &str> = p.resources().map(|(s, r)| (gid(s, r), s)).collect();
+        for f in split_f
+            .iter()
+            .filter(|f| f.code.1 == "DUPTHPGEN" && !whole_fps.contains(f.fingerprint.as_str()))
+        {
+            let sectors: BTreeSet<&str> = f
+                .implicated
+                .iter()
+                .filter_map(|g| sector_of.get(g).copied())
+                .collect();
+            if sectors.len() < 2 {
+                failures.push(format!(
+                    "{}: split-only {} within one sector ({sectors:?})",
+                    p.file, f.fingerprint
+                ));
+            }
+        }
+    }
+
+    // (2) The resolution: the raw split answered the way the care team would, before pushing.
+    let (patients, resolutions): (Vec<SplitPatient>, Vec<Resolution>) =
+        raw.iter().map(|p| resolve(&k, p)).unzip();
+    for (p, res) in patients.iter().zip(&resolutions) {
+        if !res.left.is_empty() {
+            failures.push(format!(
+                "{}: the pure detector still finds {:?} after the resolution",
+                p.file,
+                res.left.iter().map(|f| &f.fingerprint).collect::<Vec<_>>()
+            ));
+        }
+    }
     let per_sector: BTreeMap<&str, usize> = SECTORS
         .iter()
         .map(|s| (*s, patients.iter().map(|p| p.sectors[s].len()).sum()))
         .collect();
     eprintln!(
-        "split: {} patients, {} entries pushed in {} transactions ({per_sector:?}, the Patient in each)",
+        "split: {} patients, {} entries pushed in {} transactions ({per_sector:?}, the Patient in each; after the resolution)",
         patients.len(),
         patients.iter().map(SplitPatient::entries).sum::<usize>(),
         patients.len() * SECTORS.len()
@@ -1118,22 +1556,40 @@ async fn synthea_patients_split_across_sectors_raise_only_what_the_data_and_the_
     for (k, n) in &rewrites {
         eprintln!("  {n:>5}  {k}");
     }
-    assert!(
-        patients
+    let count = |f: &dyn Fn(&Resolution) -> usize| resolutions.iter().map(f).sum::<usize>();
+    let completed: Vec<&String> = resolutions.iter().flat_map(|r| &r.completed).collect();
+    eprintln!(
+        "resolution (before pushing): {} gp CareTeams with a coordinator role (member: latest \
+         ambulatory encounter's Practitioner {}, another gp Practitioner {}, none {}); {} \
+         chronic-care CarePlans in gp addressing {} Conditions ({} by `addresses`, {} by activity \
+         `reasonCode`); {} medications completed as superseded ({} MedicationRequests, {} \
+         MedicationStatements); rounds: {:?}",
+        resolutions.len(),
+        count(&|r| usize::from(r.coordinator == Coordinator::LatestAmbulatory)),
+        count(&|r| usize::from(r.coordinator == Coordinator::OtherGp)),
+        count(&|r| usize::from(r.coordinator == Coordinator::Nobody)),
+        count(&|r| usize::from(r.plan_added)),
+        count(&|r| r.by_reference + r.by_reason_code),
+        count(&|r| r.by_reference),
+        count(&|r| r.by_reason_code),
+        completed.len(),
+        completed
             .iter()
-            .flat_map(|p| p.unsplit.iter())
-            .all(|r| !matches!(rtype(r), "CareTeam" | "Communication")),
-        "Synthea has no CareTeam or Communication (the no-care-coordinator expectation assumes it)"
+            .filter(|c| c.contains(" MedicationRequest:"))
+            .count(),
+        completed
+            .iter()
+            .filter(|c| c.contains(" MedicationStatement:"))
+            .count(),
+        count_codes(resolutions.iter().map(|r| match r.rounds {
+            0 => "0",
+            1 => "1",
+            2 => "2",
+            _ => "3",
+        })),
     );
-    let mut failures: Vec<String> = Vec::new();
 
-    // Unsplit, in-process: what the data itself says (all of a patient in one sector).
-    let unsplit: Vec<Vec<detect::Finding>> = patients
-        .iter()
-        .map(|p| k.detect(p.unsplit.iter().filter_map(|r| item("lab", r)).collect()))
-        .collect();
-
-    // (a) The clean split through the API.
+    // (3) The resolved clean split through the API: no open alert at all.
     let app = TestApp::spawn_config(Backend::Sqlite, config).await;
     let t = Instant::now();
     // Two clients (odd and even patients): one validates while the other writes.
@@ -1150,80 +1606,40 @@ async fn synthea_patients_split_across_sectors_raise_only_what_the_data_and_the_
     let t = Instant::now();
     let clean = all_open_alerts(&app, &patients).await;
     let read_secs = t.elapsed().as_secs_f64();
-    for ((p, alerts), whole) in patients.iter().zip(&clean).zip(&unsplit) {
-        // The API raised what the pure detector finds on the same records.
-        let api = fingerprints(alerts);
-        let pure = pure_fingerprints(&k, p.items());
-        if api != pure.iter().map(String::as_str).collect() {
+    for (p, alerts) in patients.iter().zip(&clean) {
+        if !alerts.is_empty() {
             failures.push(format!(
-                "{}: clean: API {api:?} != pure detector {pure:?}",
-                p.file
+                "{}: resolved clean split: open alerts {:?}",
+                p.file,
+                alerts
+                    .iter()
+                    .map(|a| format!("{}: {}", a.code, a.detail))
+                    .collect::<Vec<_>>()
             ));
         }
-        // The split adds nothing that the sectors do not explain.
-        let whole_fps: BTreeSet<&str> = whole.iter().map(|f| f.fingerprint.as_str()).collect();
-        for kind in ["DUPTHPCLS", "polypharmacy", "unaddressed-condition"] {
-            let split_k: BTreeSet<&str> = alerts
-                .iter()
-                .filter(|a| a.code == kind)
-                .map(|a| a.fingerprint.as_str())
-                .collect();
-            let whole_k: BTreeSet<&str> = whole
-                .iter()
-                .filter(|f| f.code.1 == kind)
-                .map(|f| f.fingerprint.as_str())
-                .collect();
-            if split_k != whole_k {
-                failures.push(format!(
-                    "{}: {kind}: split {split_k:?} but unsplit {whole_k:?}",
-                    p.file
-                ));
-            }
-        }
-        let sector_of: HashMap<String, &str> = p.resources().map(|(s, r)| (gid(s, r), s)).collect();
-        for f in whole.iter().filter(|f| f.code.1 == "DUPTHPGEN") {
-            if !api.contains(f.fingerprint.as_str()) {
-                failures.push(format!(
-                    "{}: unsplit {} lost in the split",
-                    p.file, f.fingerprint
-                ));
-            }
-        }
-        for a in alerts
-            .iter()
-            .filter(|a| a.code == "DUPTHPGEN" && !whole_fps.contains(a.fingerprint.as_str()))
-        {
-            let sectors: BTreeSet<&str> = a
-                .implicated
-                .iter()
-                .filter_map(|g| sector_of.get(g).copied())
-                .collect();
-            if sectors.len() < 2 {
-                failures.push(format!(
-                    "{}: split-only {} within one sector ({sectors:?})",
-                    p.file, a.fingerprint
-                ));
-            }
-        }
+        api_equals_pure(&mut failures, "clean", &k, p, alerts, p.items());
     }
 
-    // (b) Injected: planted findings added to the same patients (new records, one transaction
-    //     per sector and patient).
+    // (4) Injected: planted findings added to the same patients (new records, one transaction
+    //     per sector and patient; then the CareTeam update).
     let injections: Vec<Injection> = patients
         .iter()
-        .zip(&clean)
-        .map(|(p, c)| inject(&k, p, c))
+        .zip(&resolutions)
+        .map(|(p, res)| inject(&k, p, &res.team))
         .collect();
     let t = Instant::now();
     for (p, inj) in patients.iter().zip(&injections) {
         push_records(&app, p, &inj.records).await;
+        push_records(&app, p, &inj.updates).await;
     }
     let inject_secs = t.elapsed().as_secs_f64();
     let injected = all_open_alerts(&app, &patients).await;
     let mut planted_total: BTreeMap<String, usize> = BTreeMap::new();
+    let mut caused_total: BTreeMap<String, usize> = BTreeMap::new();
     let mut expected_delta: BTreeMap<String, usize> = BTreeMap::new();
     for (((p, inj), before), after) in patients.iter().zip(&injections).zip(&clean).zip(&injected) {
-        let clean_fps = fingerprints(before);
+        // Each planted finding is exactly one new alert, and no two are the same alert.
+        let mut matched: BTreeSet<&str> = BTreeSet::new();
         for pl in &inj.planted {
             *planted_total.entry(pl.code.to_owned()).or_default() += 1;
             let hits: Vec<&Alert> = after
@@ -1248,80 +1664,122 @@ async fn synthea_patients_split_across_sectors_raise_only_what_the_data_and_the_
                     p.file, pl.code, a.fingerprint
                 ));
             }
-            if clean_fps.contains(a.fingerprint.as_str()) || a.status != "preliminary" {
+            if fingerprints(before).contains(a.fingerprint.as_str()) || a.status != "preliminary" {
                 failures.push(format!(
                     "{}: planted {} is not a new alert: {} ({})",
                     p.file, pl.code, a.fingerprint, a.status
                 ));
             }
+            if !matched.insert(a.fingerprint.as_str()) {
+                failures.push(format!(
+                    "{}: two planted findings are one alert {}",
+                    p.file, a.fingerprint
+                ));
+            }
         }
-        let c0 = count_codes(before.iter().map(|a| a.code.as_str()));
-        let c1 = count_codes(after.iter().map(|a| a.code.as_str()));
+        // Every other open alert is a consequence the injection controls, as many as computed.
+        let rest = count_codes(
+            after
+                .iter()
+                .filter(|a| !matched.contains(a.fingerprint.as_str()))
+                .map(|a| a.code.as_str()),
+        );
+        let (c0, c1) = (
+            count_codes(before.iter().map(|a| a.code.as_str())),
+            count_codes(after.iter().map(|a| a.code.as_str())),
+        );
+        let delta = inj.delta();
         for kind in KINDS {
-            let want = inj.delta.get(kind).copied().unwrap_or(0);
+            let caused = inj.caused.get(kind).copied().unwrap_or(0);
+            *caused_total.entry(kind.to_owned()).or_default() += caused;
+            if rest.get(kind).copied().unwrap_or(0) != caused {
+                failures.push(format!(
+                    "{}: {kind}: {} open alerts besides the planted ones, expected {caused}: {:?}",
+                    p.file,
+                    rest.get(kind).copied().unwrap_or(0),
+                    after
+                        .iter()
+                        .filter(|a| a.code == kind && !matched.contains(a.fingerprint.as_str()))
+                        .map(|a| &a.detail)
+                        .collect::<Vec<_>>()
+                ));
+            }
+            let want = delta.get(kind).copied().unwrap_or(0);
             *expected_delta.entry(kind.to_owned()).or_default() += want;
             let n0 = c0.get(kind).copied().unwrap_or(0);
             let n1 = c1.get(kind).copied().unwrap_or(0);
             if n1 != n0 + want {
                 failures.push(format!(
-                    "{}: {kind}: clean {n0}, injected {n1}, expected +{want}; injected: {:?}",
-                    p.file,
-                    after
-                        .iter()
-                        .filter(|a| a.code == kind)
-                        .map(|a| &a.detail)
-                        .collect::<Vec<_>>()
+                    "{}: {kind}: clean {n0}, injected {n1}, expected +{want}",
+                    p.file
                 ));
             }
         }
-        let mut items = p.items();
-        items.extend(inj.records.iter().filter_map(|(s, r)| item(s, r)));
-        let api = fingerprints(after);
-        let pure = pure_fingerprints(&k, items);
-        if api != pure.iter().map(String::as_str).collect() {
-            failures.push(format!(
-                "{}: injected: API {api:?} != pure {pure:?}",
-                p.file
-            ));
-        }
+        api_equals_pure(
+            &mut failures,
+            "injected",
+            &k,
+            p,
+            after,
+            applied(p.items(), inj.pushed()),
+        );
     }
 
-    // (c) Withdrawn: the injected records entered in error (plans revoked); the alerts return to
-    //     the clean set, the planted ones closed.
-    for (p, inj) in patients.iter().zip(&injections) {
-        let back: Vec<(&'static str, Value)> = inj
-            .records
-            .iter()
-            .map(|(s, r)| (*s, withdrawn(r)))
-            .collect();
-        push_records(&app, p, &back).await;
+    // (5) Withdrawn: the injected records entered in error (plans revoked), the CareTeam active
+    //     again: no open alert again.
+    let withdrawals: Vec<Vec<(&'static str, Value)>> = injections
+        .iter()
+        .map(|inj| inj.pushed().map(|(s, r)| (*s, withdrawn(r))).collect())
+        .collect();
+    for (p, back) in patients.iter().zip(&withdrawals) {
+        push_records(&app, p, back).await;
     }
     let restored = all_open_alerts(&app, &patients).await;
-    for ((p, before), after) in patients.iter().zip(&clean).zip(&restored) {
-        if fingerprints(before) != fingerprints(after) {
+    for ((p, back), after) in patients.iter().zip(&withdrawals).zip(&restored) {
+        if !after.is_empty() {
             failures.push(format!(
-                "{}: after withdrawing the injections {:?} != clean {:?}",
+                "{}: after withdrawing the injections: open alerts {:?}",
                 p.file,
-                fingerprints(after),
-                fingerprints(before)
+                fingerprints(after)
             ));
         }
+        api_equals_pure(
+            &mut failures,
+            "withdrawn",
+            &k,
+            p,
+            after,
+            applied(p.items(), back),
+        );
     }
     app.stop().await;
 
     // Report.
     let totals = |runs: &[Vec<Alert>]| count_codes(runs.iter().flatten().map(|a| a.code.as_str()));
-    let unsplit_counts = count_codes(unsplit.iter().flatten().map(|f| f.code.1));
+    let pure_totals =
+        |runs: &[Vec<detect::Finding>]| count_codes(runs.iter().flatten().map(|f| f.code.1));
     let (clean_counts, injected_counts) = (totals(&clean), totals(&injected));
-    let mut header = format!("  {:<28}", "open alerts, 50 patients");
+    let mut header = format!("  {:<32}", "open alerts, 50 patients");
     for kind in KINDS {
         header.push_str(&format!(" {:>10}", short(kind)));
     }
     header.push_str("   total");
     eprintln!("\nalerts per code ({}):", KINDS.join(", "));
     eprintln!("{header}");
-    eprintln!("{}", table_row("unsplit (pure detector)", &unsplit_counts));
-    eprintln!("{}", table_row("clean split (API)", &clean_counts));
+    eprintln!(
+        "{}",
+        table_row("unsplit (pure detector)", &pure_totals(&unsplit))
+    );
+    eprintln!(
+        "{}",
+        table_row("raw split (pure detector)", &pure_totals(&raw_found))
+    );
+    let left: Vec<Vec<detect::Finding>> = resolutions.iter().map(|r| r.left.clone()).collect();
+    eprintln!(
+        "{}",
+        table_row("resolved split (pure detector)", &pure_totals(&left))
+    );
+    eprintln!("{}", table_row("resolved clean split (API)", &clean_counts));
     eprintln!("{}", table_row("injected (API)", &injected_counts));
     let n = |m: &BTreeMap<String, usize>, k: &str| m.get(k).copied().unwrap_or(0) as i64;
     eprintln!(
@@ -1330,23 +1788,45 @@ async fn synthea_patients_split_across_sectors_raise_only_what_the_data_and_the_
             - n(&clean_counts, k))
     );
     eprintln!("{}", table_row("  of which planted", &planted_total));
+    eprintln!("{}", table_row("  of which caused", &caused_total));
     eprintln!(
         "{}",
         table_row("  expected (planted + caused)", &expected_delta)
     );
+    eprintln!("{}", table_row("withdrawn (API)", &totals(&restored)));
     eprintln!(
-        "{}",
-        table_row("after withdrawing (API)", &totals(&restored))
+        "patients with a raw-split finding: {} of 50; no-care-coordinator not planted (plans in \
+         fewer than two sectors): {}; pushing the split took {push_secs:.1} s, reading the \
+         alerts {read_secs:.1} s, pushing the injections {inject_secs:.1} s",
+        raw_found.iter().filter(|f| !f.is_empty()).count(),
+        injections
+            .iter()
+            .filter(|i| i.no_coordinator_skipped)
+            .count()
     );
     eprintln!(
-        "patients with a clean alert: {} of 50; pushing the split took {push_secs:.1} s, reading \
-         the alerts {read_secs:.1} s, pushing the injections {inject_secs:.1} s",
-        clean.iter().filter(|a| !a.is_empty()).count()
+        "\nraw-split findings (what the Synthea data says under this split) and their resolution:"
     );
-    eprintln!("\nclean-split alerts (what the Synthea data says under this split):");
-    for (p, alerts) in patients.iter().zip(&clean) {
-        for a in alerts {
-            eprintln!("  [{:>2}] {} | {} | {}", p.index, p.file, a.code, a.detail);
+    for (p, res) in patients.iter().zip(&resolutions) {
+        for f in &res.raw {
+            let how: Vec<&str> = res
+                .actions
+                .iter()
+                .filter(|(fp, _)| *fp == f.fingerprint)
+                .map(|(_, a)| a.as_str())
+                .collect();
+            eprintln!(
+                "  [{:>2}] {} | {} | {}\n         -> {}",
+                p.index,
+                p.file,
+                f.code.1,
+                f.detail,
+                if how.is_empty() {
+                    "(nothing)".to_owned()
+                } else {
+                    how.join("; ")
+                }
+            );
         }
     }
     eprintln!("\ninjections per patient:");
@@ -1357,9 +1837,8 @@ async fn synthea_patients_split_across_sectors_raise_only_what_the_data_and_the_
             .map(|x| format!("{}: {}", x.code, x.what))
             .collect();
         let caused: Vec<String> = inj
-            .delta
+            .caused
             .iter()
-            .filter(|(c, _)| matches!(**c, "no-care-coordinator" | "polypharmacy"))
             .map(|(c, n)| format!("+{n} {c}"))
             .collect();
         eprintln!(
