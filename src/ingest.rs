@@ -196,6 +196,22 @@ impl Gateway {
                 issues.into_iter().map(place).collect(),
             ));
         }
+        self.check_profile(sector, resource, location)
+    }
+
+    /// The second half of [`Gateway::check`], for a resource whose structure was already
+    /// validated (a Bundle entry: `Validator::structural` on the Bundle validates every nested
+    /// resource against its own type, so the entries are not validated a second time).
+    fn check_profile(
+        &self,
+        sector: &SectorSettings,
+        resource: &Value,
+        location: Option<&str>,
+    ) -> Result<(), GatewayError> {
+        let place = |i: Issue| match location {
+            Some(l) => i.nested_under(l),
+            None => i,
+        };
         let mut issues = self.validator.profile(sector.profile.as_deref(), resource);
         issues.extend(self.foreign_patient_references(sector, resource));
         if !issues.is_empty() {
@@ -340,7 +356,7 @@ impl Gateway {
                 .map_err(GatewayError::Invalid)?;
             let mut unprocessable = Vec::new();
             for e in &entries {
-                match self.check(
+                match self.check_profile(
                     s,
                     &e.resource,
                     e.location
@@ -380,13 +396,15 @@ impl Gateway {
             let result = match entry {
                 Err(issues) => Err(GatewayError::Invalid(issues)),
                 Ok(_) if !entry_issues.is_empty() => Err(GatewayError::Invalid(entry_issues)),
-                Ok(e) => match self.check(s, &e.resource, Some(&format!("{prefix}.resource"))) {
-                    Ok(()) => self
-                        .apply(caller, s, vec![e], "batch")
-                        .await
-                        .map(|mut a| a.remove(0)),
-                    Err(err) => Err(err),
-                },
+                Ok(e) => {
+                    match self.check_profile(s, &e.resource, Some(&format!("{prefix}.resource"))) {
+                        Ok(()) => self
+                            .apply(caller, s, vec![e], "batch")
+                            .await
+                            .map(|mut a| a.remove(0)),
+                        Err(err) => Err(err),
+                    }
+                }
             };
             if let Err(e) = &result {
                 if let GatewayError::Store(_) = e {
