@@ -57,20 +57,25 @@ pub struct AlertEvent {
 
 /// Reads a patient's snapshot inside `tx`.
 pub async fn snapshot(tx: &mut dyn StoreTx, patient_id: &str, now_us: i64) -> Result<Snapshot> {
-    let mut items = Vec::new();
-    for t in DETECT_TYPES {
-        for s in tx.by_patient(patient_id, Some(t), 0, 100_000).await? {
-            let body: Value = serde_json::from_str(&s.body).unwrap_or(Value::Null);
-            items.push(Item {
-                gid: s.gid,
-                sector: s.sector,
-                rtype: s.rtype,
-                rid: s.rid,
-                version: s.version,
-                body,
-            });
-        }
-    }
+    // One read for every type, in the order of DETECT_TYPES (then sector and id).
+    let mut rows = tx.by_patient_types(patient_id, &DETECT_TYPES).await?;
+    rows.sort_by_key(|s| DETECT_TYPES.iter().position(|t| *t == s.rtype));
+    let items: Vec<Item> = rows
+        .into_iter()
+        .map(|s| Item {
+            body: serde_json::from_str(&s.body).unwrap_or(Value::Null),
+            gid: s.gid,
+            sector: s.sector,
+            rtype: s.rtype,
+            rid: s.rid,
+            version: s.version,
+        })
+        .collect();
+    // A reference to one of the sector's own records is not a delivered copy: no lookup.
+    let own: std::collections::HashSet<(String, String)> = items
+        .iter()
+        .map(|i| (i.sector.clone(), format!("{}/{}", i.rtype, i.rid)))
+        .collect();
     let mut snap = Snapshot {
         patient_id: patient_id.to_owned(),
         now_us,
@@ -89,6 +94,9 @@ pub async fn snapshot(tx: &mut dyn StoreTx, patient_id: &str, now_us: i64) -> Re
                 .flatten()
                 .filter_map(|r| r.get("reference")?.as_str())
             {
+                if own.contains(&(i.sector.clone(), r.to_owned())) {
+                    continue;
+                }
                 if let Some((t, id)) = crate::exchange::resolve::parse_relative(r) {
                     refs.push((i.sector.clone(), t.to_owned(), id.to_owned()));
                 }
@@ -148,6 +156,9 @@ pub async fn evaluate(
     patient_id: &str,
     now_us: i64,
 ) -> Result<Vec<AlertEvent>> {
+    // Before the snapshot, so that it sees what a transaction that held the lock committed.
+    // Callers evaluating several patients do so in id order (no deadlock).
+    tx.lock_patient_alerts(patient_id).await?;
     let snap = snapshot(tx, patient_id, now_us).await?;
     let cx = Context {
         knowledge: &d.knowledge,
@@ -259,6 +270,11 @@ pub async fn acknowledge(
     note: Option<&str>,
     now_us: i64,
 ) -> Result<Option<AlertEvent>> {
+    let Some(a) = tx.alert_get(id).await? else {
+        return Ok(None);
+    };
+    // The alert as it is once no detection is changing it.
+    tx.lock_patient_alerts(&a.patient_id).await?;
     let Some(a) = tx.alert_get(id).await? else {
         return Ok(None);
     };

@@ -44,6 +44,11 @@ pub trait AlertTx: Send {
     /// Inserts or replaces (by id).
     async fn alert_put(&mut self, row: &AlertRow) -> Result<()>;
     async fn alert_search(&mut self, q: &AlertQuery) -> Result<Vec<AlertRow>>;
+    /// Serialises alert work on one patient until the transaction ends: detection reads the
+    /// patient's records and stored alerts and writes the difference, which two transactions
+    /// must not do at once (on PostgreSQL each would miss the other's records, and both would
+    /// insert the same new alert). SQLite admits one writer anyway.
+    async fn lock_patient_alerts(&mut self, patient_id: &str) -> Result<()>;
 }
 
 const COLUMNS: &str = "id, patient_id, fingerprint, code, status, is_open, evidence, version, \
@@ -74,6 +79,10 @@ fn rows(rs: &[AnyRow]) -> Result<Vec<AlertRow>> {
 
 #[async_trait]
 impl AlertTx for SqlTx {
+    async fn lock_patient_alerts(&mut self, patient_id: &str) -> Result<()> {
+        self.lock(&format!("alerts|{patient_id}")).await
+    }
+
     async fn alerts_of_patient(&mut self, patient_id: &str) -> Result<Vec<AlertRow>> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM alerts WHERE patient_id = $1 ORDER BY created_us, id"

@@ -209,6 +209,9 @@ pub trait StoreTx: ExchangeTx + AlertTx + Send {
         offset: i64,
         count: i64,
     ) -> Result<Vec<Stored>>;
+    /// Current versions of a gateway patient's resources of these types, in one read (ordered
+    /// by type, sector and id).
+    async fn by_patient_types(&mut self, patient_id: &str, rtypes: &[&str]) -> Result<Vec<Stored>>;
     /// A gateway patient (following merges).
     async fn patient(&mut self, patient_id: &str) -> Result<Option<GatewayPatient>>;
     /// The gateway patient holding an identifier (a CPR number, or a sector Patient's key

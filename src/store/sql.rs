@@ -9,6 +9,7 @@
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
@@ -31,6 +32,11 @@ static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 pub struct SqlStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// SQLite admits one writer at a time; writers of this process queue here, first come
+    /// first served, instead of in SQLite's busy handler (which sleeps and retries, so a writer
+    /// can wait far longer than the transactions ahead of it take). Other processes on the same
+    /// file still meet `busy_timeout`.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqlStore {
@@ -77,7 +83,11 @@ impl SqlStore {
             Dialect::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
             Dialect::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
         }
-        Ok(SqlStore { pool, dialect })
+        Ok(SqlStore {
+            pool,
+            dialect,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -108,15 +118,19 @@ pub(super) fn map_err(e: sqlx::Error) -> StoreError {
 #[async_trait]
 impl Store for SqlStore {
     async fn begin(&self) -> Result<Box<dyn StoreTx>> {
-        let tx = match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.pool.begin().await,
-        }
-        .map_err(map_err)?;
+        let (tx, writer) = match self.dialect {
+            Dialect::Sqlite => {
+                let turn = self.writer.clone().lock_owned().await;
+                (self.pool.begin_with("BEGIN IMMEDIATE").await, Some(turn))
+            }
+            Dialect::Postgres => (self.pool.begin().await, None),
+        };
         Ok(Box::new(SqlTx {
-            tx,
+            tx: tx.map_err(map_err)?,
             dialect: self.dialect,
             pending_audit: Vec::new(),
+            _writer: writer,
+            patient_refs: Default::default(),
         }))
     }
 
@@ -126,6 +140,8 @@ impl Store for SqlStore {
             tx,
             dialect: self.dialect,
             pending_audit: Vec::new(),
+            _writer: None,
+            patient_refs: Default::default(),
         }))
     }
 
@@ -170,6 +186,13 @@ pub(super) struct SqlTx {
     pub(super) dialect: Dialect,
     /// Audit rows appended to the chain at commit.
     pending_audit: Vec<AuditRow>,
+    /// SQLite: this process's writer turn, held until the transaction ends (field order: it
+    /// is released after `tx` is dropped or committed).
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// (sector, patient reference) → gateway patient, for the rest of the transaction (a
+    /// Bundle's entries name the same patient hundreds of times). Cleared whenever a Patient is
+    /// linked or patients are merged.
+    patient_refs: std::collections::HashMap<(String, String), Option<String>>,
 }
 
 /// The one audit chain (all replicas append to it) and the lock that orders appends.
@@ -249,7 +272,7 @@ impl SqlTx {
     /// needs nothing: `BEGIN IMMEDIATE` already admits one writer at a time. On PostgreSQL a
     /// transaction-scoped advisory lock makes "read the current version, write the next" and
     /// "find or create the gateway patient" safe across connections and replicas.
-    async fn lock(&mut self, key: &str) -> Result<()> {
+    pub(super) async fn lock(&mut self, key: &str) -> Result<()> {
         if self.dialect == Dialect::Postgres {
             sqlx::query(
                 "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS locked",
@@ -370,6 +393,7 @@ impl SqlTx {
     /// Finds or creates the gateway patient of a sector Patient from its linking identifiers,
     /// merging gateway patients when one Patient names identifiers of two of them.
     async fn link_patient(&mut self, p: &Prepared) -> Result<String> {
+        self.patient_refs.clear();
         let mut keys = vec![(
             format!("{SECTOR_PATIENT_SYSTEM}{}", p.sector),
             p.rid.clone(),
@@ -447,6 +471,7 @@ impl SqlTx {
     }
 
     async fn merge_patient(&mut self, from: &str, into: &str) -> Result<()> {
+        self.patient_refs.clear();
         // Audit rows keep the id they were recorded under; searches follow patient_merges.
         for sql in [
             "UPDATE patient_identifiers SET patient_id = $2 WHERE patient_id = $1",
@@ -471,6 +496,22 @@ impl SqlTx {
 
     /// The gateway patient a non-Patient resource belongs to, if its Patient is known yet.
     async fn patient_of_reference(
+        &mut self,
+        sector: &str,
+        reference: &str,
+    ) -> Result<Option<String>> {
+        let key = (sector.to_owned(), reference.to_owned());
+        if let Some(known) = self.patient_refs.get(&key) {
+            return Ok(known.clone());
+        }
+        let found = self
+            .patient_of_reference_uncached(sector, reference)
+            .await?;
+        self.patient_refs.insert(key, found.clone());
+        Ok(found)
+    }
+
+    async fn patient_of_reference_uncached(
         &mut self,
         sector: &str,
         reference: &str,
@@ -655,6 +696,31 @@ impl StoreTx for SqlTx {
             .fetch_all(&mut *self.tx)
             .await
             .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(stored)
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    async fn by_patient_types(&mut self, patient_id: &str, rtypes: &[&str]) -> Result<Vec<Stored>> {
+        if rtypes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let patient_id = self.resolve_patient(patient_id).await?;
+        let params: Vec<String> = (0..rtypes.len()).map(|i| format!("${}", i + 2)).collect();
+        // Only placeholders are formatted into the statement; the types are bound.
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {STORED_COLUMNS} FROM resources r JOIN resource_versions v \
+             ON v.gid = r.gid AND v.version = r.version \
+             WHERE r.patient_id = $1 AND r.rtype IN ({}) \
+             ORDER BY r.rtype, r.sector, r.gid",
+            params.join(", ")
+        ));
+        let mut q = sqlx::query(sql).bind(&patient_id);
+        for t in rtypes {
+            q = q.bind(*t);
+        }
+        let rows = q.fetch_all(&mut *self.tx).await.map_err(map_err)?;
         Ok(rows
             .iter()
             .map(stored)
