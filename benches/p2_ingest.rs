@@ -25,14 +25,17 @@
 //! each timed phase. At the end the store's tables are counted to check that everything answered
 //! 2xx was written.
 
+#[path = "common/server.rs"]
+mod server;
+
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
+use server::{Server, cpu_secs, start_server};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Opts {
@@ -243,137 +246,6 @@ impl Source {
     }
 }
 
-/// The server process and where it listens.
-struct Server {
-    child: Child,
-    base: String,
-    startup_secs: f64,
-    log: Arc<Mutex<LogStats>>,
-}
-
-#[derive(Default)]
-struct LogStats {
-    errors: usize,
-    warnings: usize,
-    sample: Vec<String>,
-}
-
-fn start_server(config: &Path) -> Result<Server> {
-    let t = Instant::now();
-    // For diagnosis only: CAREBRIDGE_BENCH_SERVER_WRAP="valgrind --tool=callgrind" runs the
-    // server under that command.
-    let wrap = std::env::var("CAREBRIDGE_BENCH_SERVER_WRAP").unwrap_or_default();
-    let mut words = wrap.split_whitespace();
-    let mut cmd = match words.next() {
-        Some(program) => {
-            let mut c = Command::new(program);
-            c.args(words).arg(env!("CARGO_BIN_EXE_carebridge"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_carebridge")),
-    };
-    // The generated file is the whole configuration: `CAREBRIDGE_…` variables of this shell (the
-    // harness's own included) would be read as overrides, and unknown ones stop the start.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("CAREBRIDGE_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd
-        .args(["serve", "--config"])
-        .arg(config)
-        .current_dir(repo())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("start carebridge serve")?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let Some(line) = lines.next() else {
-            let _ = child.wait();
-            bail!("carebridge serve exited before listening");
-        };
-        let line = line?;
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-        }
-        eprintln!("  server: {line}");
-    };
-    let startup_secs = t.elapsed().as_secs_f64();
-    let log = Arc::new(Mutex::new(LogStats::default()));
-    let sink = log.clone();
-    // Keep draining the log (the server must never block on a full pipe); count its problems.
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let mut s = sink.lock().expect("log stats");
-            let error = line.contains(" ERROR ");
-            let warn = line.contains(" WARN ");
-            s.errors += usize::from(error);
-            s.warnings += usize::from(warn);
-            if (error || warn) && s.sample.len() < 10 {
-                s.sample.push(line);
-            }
-        }
-    });
-    Ok(Server {
-        child,
-        base: format!("http://{addr}/fhir"),
-        startup_secs,
-        log,
-    })
-}
-
-impl Server {
-    fn stop(&mut self) {
-        // SIGTERM for a graceful shutdown; SIGKILL if it does not come.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// User and system CPU seconds the server has used so far.
-    fn cpu_secs(&self) -> f64 {
-        cpu_secs(&format!("/proc/{}/stat", self.child.id()))
-    }
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn cpu_secs(stat: &str) -> f64 {
-    let Ok(text) = std::fs::read_to_string(stat) else {
-        return f64::NAN;
-    };
-    // Fields after the command name (which is in parentheses): state is field 3; utime 14, stime 15.
-    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| f.get(*i).and_then(|x| x.parse::<f64>().ok()))
-        .sum();
-    ticks / clock_ticks()
-}
-
 /// Jiffies of the whole machine since boot: (busy, iowait, all), from the `cpu` line of /proc/stat.
 fn machine_jiffies() -> (f64, f64, f64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -437,6 +309,17 @@ url = "{store_url}"
 
 [fhir]
 profiles_dir = "{profiles}"
+
+# The outbox is written in every accepting transaction (what lab sends is routed to gp and
+# hospital); the delivery workers do not run, so that P2 measures ingest alone (P4 measures
+# delivery). Detection ([alerts], on by default) runs for every patient a Bundle touches.
+[exchange]
+enabled = false
+
+[[exchange.routes]]
+from = ["lab"]
+types = ["Condition", "CarePlan", "CareTeam", "MedicationRequest", "MedicationStatement", "Communication", "Goal"]
+to = ["gp", "hospital"]
 
 [[sectors]]
 id = "gp"
@@ -636,7 +519,14 @@ async fn open_loop(
 async fn count_rows(store_url: &str) -> Result<Value> {
     use sqlx::Connection;
     let mut out = serde_json::Map::new();
-    let tables = ["resources", "resource_versions", "audit_log", "patients"];
+    let tables = [
+        "resources",
+        "resource_versions",
+        "audit_log",
+        "patients",
+        "outbox",
+        "alerts",
+    ];
     if let Some(path) = store_url.strip_prefix("sqlite://") {
         let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{path}")).await?;
         for t in tables {
@@ -867,6 +757,6 @@ async fn drive(
         "best_resources_per_s": best_rps,
         "half_load": half,
         "resources_answered_2xx": sent_ok,
-        "detection_and_outbox": "not built yet in the gateway: not exercised",
+        "detection_and_outbox": "on: detection for every patient a Bundle touches; outbox entries for lab's Conditions, CarePlans, CareTeams, medications, Communications and Goals to gp and hospital (delivery workers off)",
     }))
 }

@@ -122,7 +122,7 @@ def p1(work, smoke):
         lines.append(f"  100-patient batch: {batch['patients']} Synthea bundles as on disk ({batch['resources']} "
                      f"resources, {batch['bytes'] / 1e6:.0f} MB), parse + structural of each Bundle: "
                      f"{batch['seconds']:.3f} s (target < 0.5 s: {targets['batch_100_patients']['verdict']}); "
-                     f"as Gateway::bundle does it today (Bundle, then every entry again): "
+                     f"as Gateway::bundle does it (the Bundle, then every entry's profile rules): "
                      f"{batch['ingest_path_seconds']:.3f} s")
     for key, r in sides.items():
         if r["rejected"]:
@@ -186,23 +186,23 @@ def p2(work, smoke):
     return out, lines
 
 
-def p3(work, smoke):
-    """P3: delivery rate to one Medplum peer next to that peer's own POST rate (information: no
+def p4(work, smoke):
+    """P4: delivery rate to one Medplum peer next to that peer's own POST rate (information: no
     target is set for it)."""
     out = {}
     lines = []
     for backend in ["sqlite", "postgres"]:
-        r = load(os.path.join(work, f"p3-{backend}.json"))
+        r = load(os.path.join(work, f"p4-{backend}.json"))
         if r is None:
             continue
         out[backend] = r
         if "skipped" in r:
-            lines.append(f"P3 {backend}: skipped ({r['skipped']})")
+            lines.append(f"P4 {backend}: skipped ({r['skipped']})")
             continue
         gw = r.get("reference") or r.get("profile")
         direct = r.get("direct") or {}
         ine, plain, put = direct.get("if_none_exist"), direct.get("plain"), direct.get("put_derived_id")
-        lines.append(f"P3 delivery to one Medplum peer, {backend}: {gw['database']}; {r['n']} Conditions pushed by gp "
+        lines.append(f"P4 delivery to one Medplum peer, {backend}: {gw['database']}; {r['n']} Conditions pushed by gp "
                      f"in transaction Bundles of {r['bundle_size']}, one client ({gw['pass']} pass"
                      f"{', gateway log on: a diagnosis figure' if gw['pass'] == 'profile' else ''})")
         d = gw["delivery"]
@@ -260,15 +260,28 @@ def p3(work, smoke):
                              f"between {w['between_ms']:.2f}")
         log = gw.get("gateway_log") or {}
         lines.append(f"  gateway log: {log.get('errors')} errors, {log.get('warnings')} warnings")
+        ds = r.get("dead_sector")
+        if ds:
+            ok = max(ds["cost_refused"], ds["cost_silent"]) < 0.10
+            ds["verdict"] = "met" if ok else "not met"
+            lines.append(f"  a dead sector ({ds['n']} Conditions to two healthy Medplum sectors; rate to both, first->last):")
+            for run in ds["runs"]:
+                lines.append(f"    {run['dead']:>8}: {fmt(run['healthy_per_s_first_to_last'], 1)}/s "
+                             f"(hospital {fmt(run['per_target']['hospital']['per_s_first_to_last'], 1)}, municipality "
+                             f"{fmt(run['per_target']['municipality']['per_s_first_to_last'], 1)}); dead target "
+                             f"{run['dead_target']['entries']} entries, {run['dead_target']['attempts']} attempts; "
+                             f"load {run['loadavg_before']:.2f}")
+            lines.append(f"    cost against the mean baseline: refused {100 * ds['cost_refused']:.1f} %, silent "
+                         f"{100 * ds['cost_silent']:.1f} % (target < 10 %: {ds['verdict']})")
     return out, lines
 
 
-def p4(work, smoke):
-    """P4: detection latency for one patient (information: no target is set for it)."""
-    r = load(os.path.join(work, "p4.json"))
+def p3(work, smoke):
+    """P3: detection latency for one patient, and how it changes with the stored patients."""
+    r = load(os.path.join(work, "p3.json"))
     if r is None:
         return {}, []
-    lines = [f"P4 fragmentation detection for one patient ({r['runtime']}; medication knowledge and "
+    lines = [f"P3 fragmentation detection for one patient ({r['runtime']}; medication knowledge and "
              f"concept maps load in {r['knowledge_load_ms']:.0f} ms)"]
 
     def ms(x, scale=1.0):
@@ -301,6 +314,60 @@ def p4(work, smoke):
         lines.append("    slowest detectors alone (median ms): " + ", ".join(
             f"{k} {v['median'] / 1e3:.2f}" for k, v in slow))
         lines.append(f"    load average before: pure {p['loadavg_before_pure']}, end to end {p['loadavg_before_end_to_end']}")
+    pop = r.get("population") or {}
+    stages = pop.get("stages") or []
+    if stages:
+        lines.append("  as the store grows (background patients: re-identified Synthea copies, see benches/README.md); "
+                     "median / p99 ms:")
+        names = list(stages[0]["patients"].keys())
+        lines.append(f"    {'stored patients':>15} {'resources':>10} {'db MB':>7} {'load/s':>8} | " + " | ".join(
+            f"{n + ' evaluate':>26} {'PUT quiet':>14} {'PUT alert':>14}" for n in names))
+        for st in stages:
+            cells = []
+            for n in names:
+                x = st["patients"][n]
+                e2e = x["end_to_end_detection_on"]
+                cells.append(f"{ms(x['evaluate'], 1e-3):>26} {ms(e2e['quiet']):>14} {ms(e2e['alert']):>14}")
+            lines.append(f"    {st['store']['gateway_patients']:>15} {st['store']['resources']:>10} "
+                         f"{st['store']['db_bytes'] / 1e6:>7.0f} {fmt(st['load'].get('resources_per_s'), 0):>8} | " + " | ".join(cells))
+        first, last = stages[0], stages[-1]
+        targets = {}
+        for n in names:
+            a = first["patients"][n]["evaluate"]["median"]
+            b = last["patients"][n]["evaluate"]["median"]
+            targets[n] = {"evaluate_median_ms": b / 1e3, "growth": b / a,
+                          "verdict_median_below_1_ms": "met" if b / 1e3 < 1 else "not met",
+                          "verdict_growth_at_most_1_5": "met" if b / a <= 1.5 else "not met"}
+            lines.append(f"  {n}: evaluate median {a / 1e3:.2f} ms at {first['store']['gateway_patients']} patients, "
+                         f"{b / 1e3:.2f} ms at {last['store']['gateway_patients']}: x{b / a:.2f} (target <= 1.5: "
+                         f"{targets[n]['verdict_growth_at_most_1_5']}); median < 1 ms: {targets[n]['verdict_median_below_1_ms']}")
+        r["targets"] = targets
+    return r, lines
+
+
+def p5(work, smoke):
+    """P5: start-up time and resident memory with the population stored."""
+    r = load(os.path.join(work, "p5.json"))
+    if r is None:
+        return {}, []
+    st = r["store"]
+    m = r["memory"]
+    pop, emp = r["startup_populated"], r["startup_empty"]
+    startup_ok = pop["median_ready_s"] < 1.0
+    rss_ok = (m["peak_rss_mb"] or 0) < 200
+    r["targets"] = {"startup_below_1_s": "met" if startup_ok else "not met",
+                    "rss_below_200_mb": "met" if rss_ok else "not met"}
+    lines = [f"P5 footprint: carebridge serve on a store of {st['gateway_patients']} patients, {st['resources']} resources, "
+             f"{st['db_bytes'] / 1e6:.0f} MB",
+             f"  start-up (median of {len(pop['runs'])}): listening {pop['median_listening_s']:.3f} s, ready "
+             f"{pop['median_ready_s']:.3f} s, CPU {pop['median_cpu_s']:.3f} s, RSS {pop['median_rss_mb']:.1f} MB "
+             f"(target < 1 s: {r['targets']['startup_below_1_s']}); empty store: ready {emp['median_ready_s']:.3f} s, "
+             f"first start with migrations {r['first_start_with_migrations_s']:.3f} s",
+             f"  resident memory: {m['rss_after_start_mb']:.1f} MB after start, {m['rss_after_reads_mb']:.1f} MB after "
+             f"{m['reads']} $total-plan reads ({m['reads_seconds']:.1f} s), {m['rss_after_writes_mb']:.1f} MB after "
+             f"{m['writes']} writes ({m['writes_seconds']:.1f} s); peak {m['peak_rss_mb']:.1f} MB (target < 200 MB: "
+             f"{r['targets']['rss_below_200_mb']})",
+             f"  server log: {r['server_log']['errors']} errors, {r['server_log']['warnings']} warnings"]
     return r, lines
 
 
@@ -310,7 +377,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--command", required=True)
-    ap.add_argument("--parts", default="p1 p2 p3 p4")
+    ap.add_argument("--parts", default="p1 p2 p3 p4 p5")
     ap.add_argument("--profile", default="bench")
     a = ap.parse_args()
     smoke = a.mode == "smoke"
@@ -323,7 +390,7 @@ def main():
     meta["loadavg_before_each_step"] = loads
     if loads:
         print("load average (1 min) before each step: " + ", ".join(f"{k} {v}" for k, v in loads.items()))
-    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4)]:
+    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5)]:
         if part not in a.parts.split():
             continue
         data, lines = fn(a.work, smoke)

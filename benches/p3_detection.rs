@@ -1,9 +1,9 @@
-//! P4: fragmentation-detection latency for one patient, in-process and through the API.
+//! P3: fragmentation-detection latency for one patient, in-process and through the API.
 //!
 //! Run through `benches/run`; by hand:
 //!
 //! ```sh
-//! cargo bench --bench p4_detection -- --out p4.json [--smoke] [--runs 2000] [--eval-runs 300] \
+//! cargo bench --bench p3_detection -- --out p3.json [--smoke] [--runs 2000] [--eval-runs 300] \
 //!     [--updates 300] [--records 500]
 //! ```
 //!
@@ -89,6 +89,13 @@ struct Opts {
     updates: usize,
     /// Records of the synthetic patient, the three bench records included.
     records: usize,
+    /// Stored gateway patients at which detection is measured again (the two measured ones
+    /// included); background patients are added between the stages.
+    population: Vec<usize>,
+    /// Keep the detection-on gateway's SQLite file here (for P5) instead of a temporary dir.
+    store_dir: Option<PathBuf>,
+    /// Only build the store of the largest stage (P5's input), measure nothing.
+    populate_only: bool,
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -115,6 +122,24 @@ fn parse_opts() -> Result<Opts> {
         eval_runs: num("--eval-runs", 300, 5)?,
         updates: num("--updates", 300, 6)?,
         records: num("--records", 500, 100)?,
+        population: get("--population")
+            .unwrap_or_else(|| {
+                if smoke {
+                    "50,200".into()
+                } else {
+                    "1000,10000,100000".into()
+                }
+            })
+            .split(',')
+            .filter(|x| !x.trim().is_empty())
+            .map(|x| {
+                x.trim()
+                    .parse::<usize>()
+                    .with_context(|| format!("--population takes numbers, not {x}"))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        store_dir: get("--store-dir").map(PathBuf::from),
+        populate_only: args.iter().any(|a| a == "--populate-only"),
     })
 }
 
@@ -137,7 +162,7 @@ fn main() {
     let opts = match parse_opts() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("p4_detection: {e:#}");
+            eprintln!("p3_detection: {e:#}");
             std::process::exit(2);
         }
     };
@@ -147,7 +172,7 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     if let Err(e) = rt.block_on(run(opts, shared)) {
-        eprintln!("p4_detection: {e:#}");
+        eprintln!("p3_detection: {e:#}");
         std::process::exit(1);
     }
 }
@@ -516,6 +541,13 @@ fn patients(shared: &std::path::Path, size: usize) -> Result<Vec<Patient>> {
 
 // ---- measuring ------------------------------------------------------------------------------
 
+/// The 1-minute load average.
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -567,12 +599,29 @@ struct Gateway {
     gateway: Arc<carebridge::ingest::Gateway>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     handle: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    /// The SQLite file.
+    db: PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
-async fn start(detection: bool) -> Result<Gateway> {
-    let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("carebridge.db").display());
+/// A gateway on a fresh SQLite file: in a temporary directory, or in `keep` (emptied first) when
+/// the store must outlive the bench (P5 reads it).
+async fn start(detection: bool, keep: Option<&std::path::Path>) -> Result<Gateway> {
+    let (dir, temp) = match keep {
+        Some(d) => {
+            if d.exists() {
+                std::fs::remove_dir_all(d).with_context(|| d.display().to_string())?;
+            }
+            std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
+            (d.to_path_buf(), None)
+        }
+        None => {
+            let t = tempfile::tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let db = dir.join("carebridge.db");
+    let url = format!("sqlite://{}", db.display());
     let mut text = config_text(&url, detection);
     let mut tokens = HashMap::new();
     for (id, role) in [
@@ -587,7 +636,7 @@ async fn start(detection: bool) -> Result<Gateway> {
         ));
         tokens.insert(id.to_owned(), token);
     }
-    let config = dir.path().join("carebridge.toml");
+    let config = dir.join("carebridge.toml");
     std::fs::write(&config, text)?;
     let settings = Settings::load(&config)?;
     let clients = Clients::from_settings(&settings.clients);
@@ -608,7 +657,8 @@ async fn start(detection: bool) -> Result<Gateway> {
         gateway,
         shutdown: tx,
         handle,
-        _dir: dir,
+        db,
+        _dir: temp,
     })
 }
 
@@ -714,14 +764,12 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
         bail!("--records takes at least 10");
     }
     let patients = patients(&shared, opts.records)?;
-    let loadavg = || {
-        std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-    };
     let http = reqwest::Client::new();
-    let on = start(true).await?;
-    let off = start(false).await?;
+    let on = start(true, opts.store_dir.as_deref()).await?;
+    if opts.populate_only {
+        return populate_only(&opts, &on, &http, &patients, &shared, started).await;
+    }
+    let off = start(false, None).await?;
     let mut out = BTreeMap::new();
     for p in &patients {
         let items = p.items();
@@ -1017,13 +1065,481 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
             }),
         );
     }
-    on.stop().await;
     off.stop().await;
+
+    // 4. The same measurements as the store grows to each population stage.
+    let bundles = synthea_bundles(&shared)?;
+    let pids: Vec<(String, String)> = {
+        let mut v = Vec::new();
+        for p in &patients {
+            v.push((p.name.clone(), on.patient_id(&p.cpr).await?));
+        }
+        v
+    };
+    let mut stages = Vec::new();
+    let mut background = 0usize;
+    for &stage in &opts.population {
+        let want = stage.saturating_sub(patients.len());
+        let load = populate(&on, &bundles, background, want).await?;
+        background = background.max(want);
+        let stored = stored_counts(&on).await?;
+        eprintln!("population {stage}: {load} {stored}");
+        let mut per = serde_json::Map::new();
+        for (p, (name, pid)) in patients.iter().zip(&pids) {
+            let (eval, snap) = evaluate_runs(&on, pid, opts.eval_runs).await?;
+            let e2e = put_runs(&on, &http, p, (opts.updates / 3).max(4)).await?;
+            eprintln!(
+                "  {name}: evaluate median {:.0} µs p99 {:.0} µs; snapshot {:.0} µs; PUT quiet {:.1} ms, alert {:.1} ms",
+                eval["median"].as_f64().unwrap_or(0.0),
+                eval["p99"].as_f64().unwrap_or(0.0),
+                snap["median"].as_f64().unwrap_or(0.0),
+                e2e["quiet"]["median"].as_f64().unwrap_or(0.0),
+                e2e["alert"]["median"].as_f64().unwrap_or(0.0),
+            );
+            per.insert(
+                name.clone(),
+                json!({ "evaluate": eval, "snapshot_read": snap, "end_to_end_detection_on": e2e }),
+            );
+        }
+        stages.push(json!({
+            "stored_patients": stage,
+            "load": load,
+            "store": stored,
+            "loadavg": loadavg(),
+            "patients": per,
+        }));
+    }
+    on.stop().await;
     let result = json!({
         "smoke": opts.smoke,
         "knowledge_load_ms": knowledge_load_ms,
         "runtime": "in-process gateway, tokio multi-thread runtime with 2 workers; SQLite file (WAL, synchronous=FULL)",
         "patients": out,
+        "population": {
+            "background": "re-identified copies of the 50 Synthea patients (patient n is a copy of file n mod 50: new ids, CPR 02xxxxxxxx, name 'Background n'), split across the three sectors by the same rule, carrying the Patient in each sector and the records detection reads (Conditions, MedicationRequests, CarePlans, Goals); the first 50 written with the store's own put (resources, versions, identifiers, patient link), the rest as copies of those rows with every id, the CPR and the gateway patient id replaced and gateway id and hash computed again; no audit rows, outbox entries or alerts for them",
+            "stages": stages,
+        },
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    std::fs::write(&opts.out, serde_json::to_string_pretty(&result)?)?;
+    Ok(())
+}
+
+// ---- the population stages ------------------------------------------------------------------
+
+/// The Synthea bundles in file order.
+fn synthea_bundles(shared: &std::path::Path) -> Result<Vec<Value>> {
+    let dir = shared.join("synthea");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| dir.display().to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files.iter().map(|f| read(f)).collect()
+}
+
+/// The id of background patient `n` (fixed width: one id is never a prefix of another).
+fn bg(n: usize) -> String {
+    format!("bg{n:07}")
+}
+
+/// The CPR number of background patient `n`.
+fn bg_cpr(n: usize) -> String {
+    format!("02{n:08}")
+}
+
+/// The types a background patient carries besides its Patient.
+const BACKGROUND_TYPES: [&str; 4] = ["Condition", "MedicationRequest", "CarePlan", "Goal"];
+
+/// Background patient `n`: a re-identified copy of Synthea patient `n mod 50`, split across
+/// the sectors (the Patient in each, first).
+fn background(bundles: &[Value], n: usize) -> Vec<(&'static str, Value)> {
+    let b = &bundles[n % bundles.len()];
+    let template = b["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .find(|r| rtype(r) == "Patient");
+    let pid = bg(n);
+    let mut patient = json!({
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{ "system": CPR, "value": bg_cpr(n) }],
+        "name": [{ "family": "Background", "given": [format!("{n}")] }],
+    });
+    for key in ["gender", "birthDate", "deceasedDateTime", "maritalStatus"] {
+        if let Some(v) = template.and_then(|t| t.get(key)) {
+            patient[key] = v.clone();
+        }
+    }
+    let mut out: Vec<(&'static str, Value)> =
+        SECTORS.iter().map(|s| (*s, patient.clone())).collect();
+    out.extend(split(b, &format!("{pid}-"), &pid, Some(&BACKGROUND_TYPES)));
+    out
+}
+
+/// Adds background patients `from..to`: the first 50 (one per Synthea patient) through the
+/// store's own `put`, the rest as re-identified copies of those rows ([`replicate`]).
+async fn populate(g: &Gateway, bundles: &[Value], from: usize, to: usize) -> Result<Value> {
+    let templates = bundles.len();
+    let t = Instant::now();
+    let put = put_patients(g, bundles, from.min(templates), to.min(templates)).await?;
+    let copied = if to > templates {
+        replicate(&g.db, templates, from.max(templates), to).await?
+    } else {
+        0
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let written = put + copied;
+    Ok(json!({
+        "patients_added": to.saturating_sub(from),
+        "resources_written_by_put": put,
+        "resources_copied": copied,
+        "seconds": secs,
+        "resources_per_s": written as f64 / secs.max(1e-9),
+    }))
+}
+
+/// Background patients `from..to` through the store's own `put`, 200 per transaction; the
+/// resources written.
+async fn put_patients(g: &Gateway, bundles: &[Value], from: usize, to: usize) -> Result<usize> {
+    let sectors: HashMap<&str, &carebridge::config::SectorSettings> = g
+        .gateway
+        .settings
+        .sectors
+        .iter()
+        .map(|s| (s.id.as_str(), s))
+        .collect();
+    let mut written = 0usize;
+    let mut n = from;
+    while n < to {
+        let end = (n + 200).min(to);
+        let mut tx = g.gateway.store.begin().await?;
+        for k in n..end {
+            for (sector, r) in background(bundles, k) {
+                let prepared = carebridge::ingest::prepare(sectors[sector], rtype(&r), rid(&r), &r);
+                tx.put(&prepared).await?;
+                written += 1;
+            }
+        }
+        tx.commit().await?;
+        n = end;
+    }
+    Ok(written)
+}
+
+/// One resource row of a template patient: gid, sector, rtype, rid, version, patient_ref,
+/// last_updated, body, received_us.
+type ResourceRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    String,
+    String,
+    i64,
+);
+
+/// One template patient's rows.
+struct TemplateRows {
+    n: usize,
+    resources: Vec<ResourceRow>,
+    /// sector, rtype, system, value, gid
+    identifiers: Vec<(String, String, String, String, String)>,
+    /// system, value
+    links: Vec<(String, String)>,
+}
+
+/// Background patients `from..to` as copies of the rows `put` wrote for templates
+/// `0..templates` (patient `n` copies template `n mod templates`): every id, the CPR number and
+/// the gateway patient id replaced, the gateway id and content hash computed again, as `put`
+/// computes them. Written on a connection of its own, 500 patients per transaction (the gateway
+/// is idle meanwhile). Returns the resources written.
+async fn replicate(
+    db: &std::path::Path,
+    templates: usize,
+    from: usize,
+    to: usize,
+) -> Result<usize> {
+    use sqlx::{Connection, Row};
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await?;
+    sqlx::query("PRAGMA busy_timeout = 30000")
+        .execute(&mut c)
+        .await?;
+    let mut rows = Vec::with_capacity(templates);
+    for n in 0..templates {
+        let pid: String = sqlx::query_scalar(
+            "SELECT patient_id FROM patient_identifiers WHERE system = ? AND value = ?",
+        )
+        .bind(CPR)
+        .bind(bg_cpr(n))
+        .fetch_one(&mut c)
+        .await
+        .with_context(|| format!("template patient {n}"))?;
+        let resources = sqlx::query(
+            "SELECT r.gid, r.sector, r.rtype, r.rid, r.version, r.patient_ref, r.last_updated, v.body, v.received_us \
+             FROM resources r JOIN resource_versions v ON v.gid = r.gid AND v.version = r.version \
+             WHERE r.patient_id = ?",
+        )
+        .bind(&pid)
+        .fetch_all(&mut c)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
+                r.try_get(7)?,
+                r.try_get(8)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let mut identifiers = Vec::new();
+        for r in &resources {
+            for i in sqlx::query(
+                "SELECT sector, rtype, system, value, gid FROM resource_identifiers WHERE gid = ?",
+            )
+            .bind(&r.0)
+            .fetch_all(&mut c)
+            .await?
+            {
+                identifiers.push((
+                    i.try_get(0)?,
+                    i.try_get(1)?,
+                    i.try_get(2)?,
+                    i.try_get(3)?,
+                    i.try_get(4)?,
+                ));
+            }
+        }
+        let links =
+            sqlx::query("SELECT system, value FROM patient_identifiers WHERE patient_id = ?")
+                .bind(&pid)
+                .fetch_all(&mut c)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        rows.push(TemplateRows {
+            n,
+            resources,
+            identifiers,
+            links,
+        });
+    }
+    let mut written = 0;
+    let mut n = from;
+    while n < to {
+        let end = (n + 500).min(to);
+        let mut tx = c.begin().await?;
+        for k in n..end {
+            let t = &rows[k % templates];
+            let (old, new) = (bg(t.n), bg(k));
+            let (old_cpr, new_cpr) = (bg_cpr(t.n), bg_cpr(k));
+            let re = |s: &str| s.replace(&old, &new).replace(&old_cpr, &new_cpr);
+            let pid = uuid::Uuid::new_v4().to_string();
+            let now = carebridge::audit::now_us();
+            sqlx::query("INSERT INTO patients (id, created_us) VALUES (?, ?)")
+                .bind(&pid)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            for (system, value) in &t.links {
+                sqlx::query(
+                    "INSERT INTO patient_identifiers (system, value, patient_id) VALUES (?, ?, ?)",
+                )
+                .bind(system)
+                .bind(re(value))
+                .bind(&pid)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mut gids = HashMap::new();
+            for (gid, sector, rtype, rid, version, patient_ref, last_updated, body, received) in
+                &t.resources
+            {
+                let new_rid = re(rid);
+                let new_gid = gateway_id(sector, rtype, &new_rid);
+                let body = re(body);
+                let hash = carebridge::store::content_hash(body.as_bytes());
+                sqlx::query(
+                    "INSERT INTO resource_versions (gid, version, hash, body, received_us, last_updated) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&new_gid)
+                .bind(version)
+                .bind(&hash)
+                .bind(&body)
+                .bind(received)
+                .bind(last_updated)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, patient_id, last_updated) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&new_gid)
+                .bind(sector)
+                .bind(rtype)
+                .bind(&new_rid)
+                .bind(version)
+                .bind(&hash)
+                .bind(patient_ref.as_deref().map(&re))
+                .bind(&pid)
+                .bind(last_updated)
+                .execute(&mut *tx)
+                .await?;
+                gids.insert(gid.clone(), new_gid);
+                written += 1;
+            }
+            for (sector, rtype, system, value, gid) in &t.identifiers {
+                sqlx::query(
+                    "INSERT INTO resource_identifiers (sector, rtype, system, value, gid) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(sector)
+                .bind(rtype)
+                .bind(system)
+                .bind(re(value))
+                .bind(&gids[gid])
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        n = end;
+    }
+    c.close().await?;
+    Ok(written)
+}
+
+/// Gateway patients, resources and the SQLite file's size.
+async fn stored_counts(g: &Gateway) -> Result<Value> {
+    let stats = g.gateway.store.stats().await?;
+    let resources: i64 = stats.by_sector_type.iter().map(|(_, _, n)| n).sum();
+    let bytes = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+    let wal = PathBuf::from(format!("{}-wal", g.db.display()));
+    Ok(json!({
+        "gateway_patients": stats.patients,
+        "linked_patients": stats.linked_patients,
+        "resources": resources,
+        "db_bytes": bytes(g.db.clone()),
+        "wal_bytes": bytes(wal),
+    }))
+}
+
+/// `lifecycle::evaluate` and `lifecycle::snapshot` for one stored patient, `runs` times each
+/// after 3 warm-up runs (µs).
+async fn evaluate_runs(g: &Gateway, pid: &str, runs: usize) -> Result<(Value, Value)> {
+    let d = g.gateway.detection.clone().context("detection is on")?;
+    let store = g.gateway.store.clone();
+    let mut eval = Vec::new();
+    let mut snap = Vec::new();
+    for i in 0..runs + 3 {
+        let mut tx = store.begin().await?;
+        let t = Instant::now();
+        std::hint::black_box(
+            lifecycle::evaluate(&mut *tx, &d, pid, carebridge::audit::now_us()).await?,
+        );
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        tx.commit().await?;
+        let mut tx = store.begin_read().await?;
+        let t = Instant::now();
+        std::hint::black_box(
+            lifecycle::snapshot(&mut *tx, pid, carebridge::audit::now_us()).await?,
+        );
+        let us_snap = t.elapsed().as_secs_f64() * 1e6;
+        tx.commit().await?;
+        if i >= 3 {
+            eval.push(us);
+            snap.push(us_snap);
+        }
+    }
+    Ok((stats(eval, "µs"), stats(snap, "µs")))
+}
+
+/// The quiet and the alert-toggling PUT through the API, `n` of each after 4 warm-ups (ms).
+async fn put_runs(g: &Gateway, http: &reqwest::Client, p: &Patient, n: usize) -> Result<Value> {
+    let local = p.sectors["gp"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let quiet = [
+        quiet_condition(&local, "note b"),
+        quiet_condition(&local, "note a"),
+    ];
+    let toggle = [
+        allopurinol("bench-toggle", &local, "active", "General practitioner"),
+        allopurinol("bench-toggle", &local, "stopped", "General practitioner"),
+    ];
+    updates(
+        g,
+        http,
+        "/gp/Condition/bench-quiet",
+        [&quiet[0], &quiet[1]],
+        4,
+    )
+    .await?;
+    let q = updates(
+        g,
+        http,
+        "/gp/Condition/bench-quiet",
+        [&quiet[0], &quiet[1]],
+        n,
+    )
+    .await?;
+    updates(
+        g,
+        http,
+        "/gp/MedicationRequest/bench-toggle",
+        [&toggle[0], &toggle[1]],
+        4,
+    )
+    .await?;
+    let a = updates(
+        g,
+        http,
+        "/gp/MedicationRequest/bench-toggle",
+        [&toggle[0], &toggle[1]],
+        n,
+    )
+    .await?;
+    Ok(json!({ "quiet": stats(q, "ms"), "alert": stats(a, "ms") }))
+}
+
+/// `--populate-only`: the measured patients and the background up to the largest stage in
+/// `--store-dir`, for P5; nothing is measured but the load.
+async fn populate_only(
+    opts: &Opts,
+    on: &Gateway,
+    http: &reqwest::Client,
+    patients: &[Patient],
+    shared: &std::path::Path,
+    started: Instant,
+) -> Result<()> {
+    if opts.store_dir.is_none() {
+        bail!("--populate-only needs --store-dir DIR");
+    }
+    for p in patients {
+        on.push(http, p).await?;
+    }
+    let bundles = synthea_bundles(shared)?;
+    let top = opts.population.iter().copied().max().unwrap_or(0);
+    let load = populate(on, &bundles, 0, top.saturating_sub(patients.len())).await?;
+    let stored = stored_counts(on).await?;
+    eprintln!("population {top}: {load} {stored}");
+    let result = json!({
+        "populate_only": true,
+        "stored_patients": top,
+        "load": load,
+        "store": stored,
         "seconds": started.elapsed().as_secs_f64(),
     });
     std::fs::write(&opts.out, serde_json::to_string_pretty(&result)?)?;
