@@ -138,36 +138,37 @@ fn disjoint(a: &Target, b: &Target) -> bool {
 ///
 /// One finding per pair of plans and activity (or measure).
 pub fn conflicting_plans(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
-    let plans: Vec<&Item> = s.items.iter().filter(|i| active_plan(i)).collect();
+    // What each plan stops, keeps and aims at, worked out once per plan (not once per pair).
+    let plans: Vec<PlanFacts<'_>> = s
+        .items
+        .iter()
+        .filter(|i| active_plan(i))
+        .map(|p| PlanFacts::of(p, s, cx))
+        .collect();
     let mut out = Vec::new();
     for (n, a) in plans.iter().enumerate() {
         for b in &plans[n + 1..] {
-            if a.sector == b.sector {
+            if a.plan.sector == b.plan.sector {
                 continue;
             }
+            let pair = || sorted(vec![a.plan.gid.clone(), b.plan.gid.clone()]);
             for (x, y) in [(a, b), (b, a)] {
-                for stopped in details(x).filter(|d| stops(d)) {
-                    let sk = activity_keys(stopped, cx);
-                    for kept in details(y).filter(|d| keeps(d)) {
-                        let shared: Keys =
-                            sk.intersection(&activity_keys(kept, cx)).cloned().collect();
-                        if let Some(key) = shared.iter().next() {
+                for (stopped, sk) in &x.stopped {
+                    for kept in &y.kept {
+                        if let Some(key) = sk.intersection(kept).next() {
                             let label = stopped
                                 .get("code")
                                 .or_else(|| stopped.get("productCodeableConcept"));
                             out.push(Finding {
                                 code: (ALERT_CODE_SYSTEM, "conflicting-plans", "Conflicting care plans"),
                                 severity: "high",
-                                fingerprint: format!(
-                                    "conflicting-plans|{key}|{}",
-                                    sorted(vec![a.gid.clone(), b.gid.clone()]).join("+")
-                                ),
-                                implicated: sorted(vec![a.gid.clone(), b.gid.clone()]),
+                                fingerprint: format!("conflicting-plans|{key}|{}", pair().join("+")),
+                                implicated: pair(),
                                 detail: format!(
                                     "The {} care plan stops or forbids {} while the {} care plan keeps it going.",
-                                    x.sector,
+                                    x.plan.sector,
                                     super::concept_label(label),
-                                    y.sector
+                                    y.plan.sector
                                 ),
                             });
                         }
@@ -175,22 +176,11 @@ pub fn conflicting_plans(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
                 }
             }
             // Goals.
-            let goals_of = |p: &Item| -> Vec<&Item> {
-                p.body
-                    .get("goal")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|r| r.get("reference")?.as_str())
-                    .filter_map(|r| s.target(&p.sector, r))
-                    .filter_map(|gid| s.by_gid(&gid))
-                    .collect()
-            };
-            for ga in goals_of(a) {
-                for gb in goals_of(b) {
-                    for ta in targets(ga, cx) {
-                        for tb in targets(gb, cx) {
-                            if disjoint(&ta, &tb) {
+            for (ga, tas) in &a.goals {
+                for (gb, tbs) in &b.goals {
+                    for ta in tas {
+                        for tb in tbs {
+                            if disjoint(ta, tb) {
                                 let key = ta
                                     .measure
                                     .intersection(&tb.measure)
@@ -204,14 +194,19 @@ pub fn conflicting_plans(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
                                         "conflicting-plans|goal|{key}|{}",
                                         sorted(vec![ga.gid.clone(), gb.gid.clone()]).join("+")
                                     ),
-                                    implicated: sorted(vec![a.gid.clone(), b.gid.clone(), ga.gid.clone(), gb.gid.clone()]),
+                                    implicated: sorted(vec![
+                                        a.plan.gid.clone(),
+                                        b.plan.gid.clone(),
+                                        ga.gid.clone(),
+                                        gb.gid.clone(),
+                                    ]),
                                     detail: format!(
                                         "The {} and {} care plans set goals on {} that cannot both be met ({} vs {}).",
-                                        a.sector,
-                                        b.sector,
+                                        a.plan.sector,
+                                        b.plan.sector,
                                         key,
-                                        range_label(&ta),
-                                        range_label(&tb)
+                                        range_label(ta),
+                                        range_label(tb)
                                     ),
                                 });
                             }
@@ -222,6 +217,45 @@ pub fn conflicting_plans(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// One active plan as the pairwise comparison needs it.
+struct PlanFacts<'a> {
+    plan: &'a Item,
+    /// Activities it stops, cancels or forbids, with their keys.
+    stopped: Vec<(&'a Value, Keys)>,
+    /// The keys of each activity it keeps going.
+    kept: Vec<Keys>,
+    /// Its goals (`CarePlan.goal`, resolved in the snapshot) with their targets.
+    goals: Vec<(&'a Item, Vec<Target>)>,
+}
+
+impl<'a> PlanFacts<'a> {
+    fn of(plan: &'a Item, s: &'a Snapshot, cx: &Context<'_>) -> Self {
+        let goals = plan
+            .body
+            .get("goal")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.get("reference")?.as_str())
+            .filter_map(|r| s.target(&plan.sector, r))
+            .filter_map(|gid| s.by_gid(&gid))
+            .map(|g| (g, targets(g, cx)))
+            .collect();
+        PlanFacts {
+            plan,
+            stopped: details(plan)
+                .filter(|d| stops(d))
+                .map(|d| (d, activity_keys(d, cx)))
+                .collect(),
+            kept: details(plan)
+                .filter(|d| keeps(d))
+                .map(|d| activity_keys(d, cx))
+                .collect(),
+            goals,
+        }
+    }
 }
 
 fn range_label(t: &Target) -> String {
