@@ -948,8 +948,19 @@ async fn faults_are_retried_or_dead_lettered_and_dead_letters_replay() {
     app.stop().await;
 }
 
+/// A `carebridge serve` child that is killed when dropped, so that a failing test leaves no
+/// server behind.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `carebridge serve`; returns the child and its base URL (read from its log).
-fn start_binary(config: &std::path::Path) -> (std::process::Child, String) {
+fn start_binary(config: &std::path::Path) -> (Served, String) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_carebridge"))
         .args(["serve", "--config"])
@@ -976,7 +987,7 @@ fn start_binary(config: &std::path::Path) -> (std::process::Child, String) {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{addr}/fhir"))
+    (Served(child), format!("http://{addr}/fhir"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1001,8 +1012,8 @@ async fn two_replicas_on_postgresql_deliver_each_entry_exactly_once() {
     }
     let config_file = dir.path().join("carebridge.toml");
     std::fs::write(&config_file, text).unwrap();
-    let (mut a, base_a) = start_binary(&config_file);
-    let (mut b, base_b) = start_binary(&config_file);
+    let (a, base_a) = start_binary(&config_file);
+    let (b, base_b) = start_binary(&config_file);
     let http = reqwest::Client::new();
     let send = |base: String, who: &'static str, path: String, body: Value| {
         let http = http.clone();
@@ -1145,10 +1156,9 @@ async fn two_replicas_on_postgresql_deliver_each_entry_exactly_once() {
         all_delivered.as_secs_f64(),
         N as f64 / all_delivered.as_secs_f64()
     );
-    a.kill().unwrap();
-    b.kill().unwrap();
-    a.wait().unwrap();
-    b.wait().unwrap();
+    // Killed and waited for.
+    drop(a);
+    drop(b);
     store.close().await;
     drop(pg);
     common::drop_pg_database(&db).await;
