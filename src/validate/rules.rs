@@ -26,6 +26,25 @@ const CONDITION_VERIFICATION_CODES: [&str; 6] = [
     "entered-in-error",
 ];
 
+/// Where the walk is, built into a string only when an issue is recorded (most resources have
+/// none, and formatting every element's path was most of the walk's cost).
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root(&'a str),
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl Path<'_> {
+    fn render(&self) -> String {
+        match self {
+            Path::Root(r) => (*r).to_owned(),
+            Path::Key(parent, key) => format!("{}.{key}", parent.render()),
+            Path::Index(parent, i) => format!("{}[{i}]", parent.render()),
+        }
+    }
+}
+
 /// Walks `value` as an instance of `definition`, adding an issue for each rule it breaks.
 /// Nested resources (`ResourceList` positions) are skipped: they are checked on their own.
 pub fn check(
@@ -35,10 +54,20 @@ pub fn check(
     path: &str,
     issues: &mut Vec<Issue>,
 ) {
+    walk(schema, definition, value, &Path::Root(path), issues);
+}
+
+fn walk(
+    schema: &FhirSchema,
+    definition: &str,
+    value: &Value,
+    path: &Path<'_>,
+    issues: &mut Vec<Issue>,
+) {
     match value {
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                check(schema, definition, item, &format!("{path}[{i}]"), issues);
+                walk(schema, definition, item, &Path::Index(path, i), issues);
             }
         }
         Value::Object(map) => {
@@ -58,7 +87,7 @@ pub fn check(
                                     present.join(", ")
                                 ),
                             )
-                            .at(format!("{path}.{}", present[1])),
+                            .at(Path::Key(path, present[1]).render()),
                         );
                     }
                 }
@@ -68,14 +97,14 @@ pub fn check(
                     map.get("clinicalStatus"),
                     CONDITION_CLINICAL,
                     &CONDITION_CLINICAL_CODES,
-                    &format!("{path}.clinicalStatus"),
+                    &Path::Key(path, "clinicalStatus"),
                     issues,
                 );
                 check_coded(
                     map.get("verificationStatus"),
                     CONDITION_VERIFICATION,
                     &CONDITION_VERIFICATION_CODES,
-                    &format!("{path}.verificationStatus"),
+                    &Path::Key(path, "verificationStatus"),
                     issues,
                 );
             }
@@ -86,14 +115,14 @@ pub fn check(
                 let Some(info) = schema.prop(definition, key) else {
                     continue;
                 };
-                let child_path = format!("{path}.{key}");
+                let child_path = Path::Key(path, key);
                 match info.target.as_str() {
                     "date" | "dateTime" | "instant" => {
                         check_dates(child, &info.target, &child_path, issues)
                     }
                     "ResourceList" => {}
                     t if child.is_object() || child.is_array() => {
-                        check(schema, t, child, &child_path, issues)
+                        walk(schema, t, child, &child_path, issues)
                     }
                     _ => {}
                 }
@@ -107,7 +136,7 @@ fn check_coded(
     cc: Option<&Value>,
     system: &str,
     codes: &[&str],
-    path: &str,
+    path: &Path<'_>,
     issues: &mut Vec<Issue>,
 ) {
     let Some(codings) = cc.and_then(|c| c.get("coding")).and_then(Value::as_array) else {
@@ -127,20 +156,22 @@ fn check_coded(
                         codes.join(", ")
                     ),
                 )
-                .at(format!("{path}.coding[{i}].code")),
+                .at(format!("{}.coding[{i}].code", path.render())),
             ),
         }
     }
 }
 
-fn check_dates(value: &Value, kind: &str, path: &str, issues: &mut Vec<Issue>) {
+fn check_dates(value: &Value, kind: &str, path: &Path<'_>, issues: &mut Vec<Issue>) {
     match value {
         Value::String(s) if !calendar_valid(s) => {
-            issues.push(Issue::error("value", format!("not a valid calendar {kind}")).at(path));
+            issues.push(
+                Issue::error("value", format!("not a valid calendar {kind}")).at(path.render()),
+            );
         }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                check_dates(item, kind, &format!("{path}[{i}]"), issues);
+                check_dates(item, kind, &Path::Index(path, i), issues);
             }
         }
         _ => {}

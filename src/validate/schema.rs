@@ -11,6 +11,7 @@
 //! document costs microseconds instead of evaluating every branch of the `oneOf`.
 
 use jsonschema::{Draft, PatternOptions, Validator};
+use rustc_hash::FxHashMap;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -37,10 +38,12 @@ pub struct FhirSchema {
     registry: &'static jsonschema::Registry<'static>,
     resource_types: BTreeSet<String>,
     validators: HashMap<String, OnceLock<Result<Arc<Validator>, String>>>,
-    /// definition → property → info.
-    props: HashMap<String, HashMap<String, PropInfo>>,
+    /// definition → property → info. Looked up for every element the rules pass visits, so
+    /// with FxHash rather than SipHash: the tables are built from the schema and only read, so
+    /// keys from a request cannot grow a bucket (no collision flooding).
+    props: FxHashMap<String, FxHashMap<String, PropInfo>>,
     /// definition → choice groups: prefix → the concrete property names (`onset` → `onsetAge`, …).
-    choices: HashMap<String, BTreeMap<String, Vec<String>>>,
+    choices: FxHashMap<String, BTreeMap<String, Vec<String>>>,
 }
 
 impl FhirSchema {
@@ -382,19 +385,19 @@ fn primitive_by_suffix<'a>(prop: &str, primitives: &'a BTreeSet<String>) -> Opti
 }
 
 type PropMaps = (
-    HashMap<String, HashMap<String, PropInfo>>,
-    HashMap<String, BTreeMap<String, Vec<String>>>,
+    FxHashMap<String, FxHashMap<String, PropInfo>>,
+    FxHashMap<String, BTreeMap<String, Vec<String>>>,
 );
 
 /// Builds the property → type map and the choice groups (`value[x]` and the like) per definition.
 fn property_map(defs: &Map<String, Value>) -> PropMaps {
-    let mut props = HashMap::new();
-    let mut choices = HashMap::new();
+    let mut props = FxHashMap::default();
+    let mut choices = FxHashMap::default();
     for (name, def) in defs {
         let Some(ps) = def.get("properties").and_then(Value::as_object) else {
             continue;
         };
-        let mut map = HashMap::new();
+        let mut map = FxHashMap::default();
         for (prop, p) in ps {
             let target = p
                 .get("$ref")
