@@ -540,6 +540,16 @@ fn start_gateway(config: &Path, profile: bool) -> Result<Gateway> {
     })
 }
 
+/// A pass that fails half-way leaves no gateway behind.
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Gateway {
     fn stop(&mut self) {
         let _ = Command::new("kill")

@@ -100,6 +100,16 @@ pub fn start_server(config: &Path) -> Result<Server> {
     })
 }
 
+/// A bench that fails half-way leaves no server behind.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Server {
     pub fn stop(&mut self) {
         // SIGTERM for a graceful shutdown; SIGKILL if it does not come.
