@@ -876,31 +876,12 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
         let push_on_s = t.elapsed().as_secs_f64();
         off.push(&http, p).await?;
         let pid = on.patient_id(&p.cpr).await?;
-        let d = on.gateway.detection.clone().context("detection is on")?;
         let store = on.gateway.store.clone();
-        let mut eval = Vec::new();
-        let mut snap = Vec::new();
+        let (eval, snap, events) = evaluate_runs(&on, &pid, opts.eval_runs).await?;
+        // The rows alone, the way the snapshot was read before it became one statement: seven
+        // by_patient reads and parsing their bodies.
         let mut rows = Vec::new();
-        let mut events = 0;
         for i in 0..opts.eval_runs + 3 {
-            let mut tx = store.begin().await?;
-            let t = Instant::now();
-            let ev = lifecycle::evaluate(&mut *tx, &d, &pid, carebridge::audit::now_us()).await?;
-            let us = t.elapsed().as_secs_f64() * 1e6;
-            tx.commit().await?;
-            if i >= 3 {
-                eval.push(us);
-                events += ev.len();
-            }
-            let mut tx = store.begin_read().await?;
-            let t = Instant::now();
-            let s = lifecycle::snapshot(&mut *tx, &pid, carebridge::audit::now_us()).await?;
-            let us = t.elapsed().as_secs_f64() * 1e6;
-            tx.commit().await?;
-            if i >= 3 {
-                snap.push(us);
-            }
-            // The rows alone: the seven by_patient reads and parsing their bodies.
             let mut tx = store.begin_read().await?;
             let t = Instant::now();
             let mut parsed = 0;
@@ -916,14 +897,17 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
                 rows.push(us);
             }
             std::hint::black_box(parsed);
-            if s.items.len() != items.len() {
-                bail!(
-                    "{}: the store's snapshot has {} records, expected {}",
-                    p.name,
-                    s.items.len(),
-                    items.len()
-                );
-            }
+        }
+        let mut tx = store.begin_read().await?;
+        let s = lifecycle::snapshot(&mut *tx, &pid, carebridge::audit::now_us()).await?;
+        tx.commit().await?;
+        if s.items.len() != items.len() {
+            bail!(
+                "{}: the store's snapshot has {} records, expected {}",
+                p.name,
+                s.items.len(),
+                items.len()
+            );
         }
         let mut tx = store.begin_read().await?;
         let stored_alerts: Vec<String> = tx
@@ -942,8 +926,6 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
                 findings.len()
             );
         }
-        let eval = stats(eval, "µs");
-        let snap = stats(snap, "µs");
         let rows = stats(rows, "µs");
         // References the snapshot looks up one by one as possible delivered copies.
         let copy_lookups: usize = items
@@ -964,63 +946,10 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
         );
 
         // 3. End to end.
-        let pid_local = p.sectors["gp"][0]["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let quiet = [
-            quiet_condition(&pid_local, "note b"),
-            quiet_condition(&pid_local, "note a"),
-        ];
-        let toggle = [
-            allopurinol("bench-toggle", &pid_local, "active", "General practitioner"),
-            allopurinol(
-                "bench-toggle",
-                &pid_local,
-                "stopped",
-                "General practitioner",
-            ),
-        ];
         let mut e2e = serde_json::Map::new();
         let load_e2e = loadavg();
         for (g, label) in [(&on, "detection_on"), (&off, "detection_off")] {
-            // Warm-up: a few of each.
-            updates(
-                g,
-                &http,
-                "/gp/Condition/bench-quiet",
-                [&quiet[0], &quiet[1]],
-                4,
-            )
-            .await?;
-            updates(
-                g,
-                &http,
-                "/gp/MedicationRequest/bench-toggle",
-                [&toggle[0], &toggle[1]],
-                4,
-            )
-            .await?;
-            let q = updates(
-                g,
-                &http,
-                "/gp/Condition/bench-quiet",
-                [&quiet[0], &quiet[1]],
-                opts.updates,
-            )
-            .await?;
-            let a = updates(
-                g,
-                &http,
-                "/gp/MedicationRequest/bench-toggle",
-                [&toggle[0], &toggle[1]],
-                opts.updates,
-            )
-            .await?;
-            e2e.insert(
-                label.to_owned(),
-                json!({ "quiet": stats(q, "ms"), "alert": stats(a, "ms") }),
-            );
+            e2e.insert(label.to_owned(), put_runs(g, &http, p, opts.updates).await?);
         }
         // The toggle raised and closed the alert each time.
         let mut tx = store.begin_read().await?;
@@ -1086,7 +1015,7 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
         eprintln!("population {stage}: {load} {stored}");
         let mut per = serde_json::Map::new();
         for (p, (name, pid)) in patients.iter().zip(&pids) {
-            let (eval, snap) = evaluate_runs(&on, pid, opts.eval_runs).await?;
+            let (eval, snap, _) = evaluate_runs(&on, pid, opts.eval_runs).await?;
             let e2e = put_runs(&on, &http, p, (opts.updates / 3).max(4)).await?;
             eprintln!(
                 "  {name}: evaluate median {:.0} µs p99 {:.0} µs; snapshot {:.0} µs; PUT quiet {:.1} ms, alert {:.1} ms",
@@ -1436,18 +1365,17 @@ async fn stored_counts(g: &Gateway) -> Result<Value> {
 }
 
 /// `lifecycle::evaluate` and `lifecycle::snapshot` for one stored patient, `runs` times each
-/// after 3 warm-up runs (µs).
-async fn evaluate_runs(g: &Gateway, pid: &str, runs: usize) -> Result<(Value, Value)> {
+/// after 3 warm-up runs (µs), and the alert changes the timed evaluations made.
+async fn evaluate_runs(g: &Gateway, pid: &str, runs: usize) -> Result<(Value, Value, usize)> {
     let d = g.gateway.detection.clone().context("detection is on")?;
     let store = g.gateway.store.clone();
     let mut eval = Vec::new();
     let mut snap = Vec::new();
+    let mut events = 0;
     for i in 0..runs + 3 {
         let mut tx = store.begin().await?;
         let t = Instant::now();
-        std::hint::black_box(
-            lifecycle::evaluate(&mut *tx, &d, pid, carebridge::audit::now_us()).await?,
-        );
+        let ev = lifecycle::evaluate(&mut *tx, &d, pid, carebridge::audit::now_us()).await?;
         let us = t.elapsed().as_secs_f64() * 1e6;
         tx.commit().await?;
         let mut tx = store.begin_read().await?;
@@ -1460,58 +1388,40 @@ async fn evaluate_runs(g: &Gateway, pid: &str, runs: usize) -> Result<(Value, Va
         if i >= 3 {
             eval.push(us);
             snap.push(us_snap);
+            events += ev.len();
         }
     }
-    Ok((stats(eval, "µs"), stats(snap, "µs")))
+    Ok((stats(eval, "µs"), stats(snap, "µs"), events))
 }
 
 /// The quiet and the alert-toggling PUT through the API, `n` of each after 4 warm-ups (ms).
 async fn put_runs(g: &Gateway, http: &reqwest::Client, p: &Patient, n: usize) -> Result<Value> {
-    let local = p.sectors["gp"][0]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let quiet = [
-        quiet_condition(&local, "note b"),
-        quiet_condition(&local, "note a"),
+    let local = p.sectors["gp"][0]["id"].as_str().unwrap_or_default();
+    let kinds = [
+        (
+            "quiet",
+            "/gp/Condition/bench-quiet",
+            [
+                quiet_condition(local, "note b"),
+                quiet_condition(local, "note a"),
+            ],
+        ),
+        (
+            "alert",
+            "/gp/MedicationRequest/bench-toggle",
+            [
+                allopurinol("bench-toggle", local, "active", "General practitioner"),
+                allopurinol("bench-toggle", local, "stopped", "General practitioner"),
+            ],
+        ),
     ];
-    let toggle = [
-        allopurinol("bench-toggle", &local, "active", "General practitioner"),
-        allopurinol("bench-toggle", &local, "stopped", "General practitioner"),
-    ];
-    updates(
-        g,
-        http,
-        "/gp/Condition/bench-quiet",
-        [&quiet[0], &quiet[1]],
-        4,
-    )
-    .await?;
-    let q = updates(
-        g,
-        http,
-        "/gp/Condition/bench-quiet",
-        [&quiet[0], &quiet[1]],
-        n,
-    )
-    .await?;
-    updates(
-        g,
-        http,
-        "/gp/MedicationRequest/bench-toggle",
-        [&toggle[0], &toggle[1]],
-        4,
-    )
-    .await?;
-    let a = updates(
-        g,
-        http,
-        "/gp/MedicationRequest/bench-toggle",
-        [&toggle[0], &toggle[1]],
-        n,
-    )
-    .await?;
-    Ok(json!({ "quiet": stats(q, "ms"), "alert": stats(a, "ms") }))
+    let mut out = serde_json::Map::new();
+    for (kind, path, bodies) in &kinds {
+        updates(g, http, path, [&bodies[0], &bodies[1]], 4).await?;
+        let ms = updates(g, http, path, [&bodies[0], &bodies[1]], n).await?;
+        out.insert((*kind).to_owned(), stats(ms, "ms"));
+    }
+    Ok(Value::Object(out))
 }
 
 /// `--populate-only`: the measured patients and the background up to the largest stage in

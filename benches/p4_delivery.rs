@@ -37,16 +37,18 @@
 
 #[path = "../tests/common/peers.rs"]
 mod peers;
+#[path = "common/server.rs"]
+mod server;
 
 use anyhow::{Context, Result, anyhow, bail};
 use carebridge::exchange::SOURCE_ID_SYSTEM;
 use carebridge::store::{OutboxEntry, OutboxFilter, SqlStore, Store};
 use peers::{Peer, PeerOptions};
 use serde_json::{Value, json};
+use server::{Server, clock_ticks, start_server_with};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -151,16 +153,6 @@ fn now_us() -> i64 {
 // ------------------------------------------------------------------------------------------
 // Processes and CPU
 // ------------------------------------------------------------------------------------------
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
 
 /// (command name, user + system CPU seconds) of a process.
 fn proc_cpu(pid: u32) -> Option<(String, f64)> {
@@ -356,9 +348,6 @@ struct Event {
 
 #[derive(Default)]
 struct LogState {
-    errors: usize,
-    warnings: usize,
-    sample: Vec<String>,
     events: Vec<Event>,
     statements: Vec<String>,
     index: HashMap<String, usize>,
@@ -459,111 +448,32 @@ fn parse_log_line(state: &mut LogState, line: &str) {
     }
 }
 
+/// The gateway process (`common/server.rs`) and, in the profile pass, what its log said.
 struct Gateway {
-    child: Child,
-    base: String,
+    server: Server,
     log: Arc<Mutex<LogState>>,
-    startup_secs: f64,
 }
 
 const PROFILE_LOG: &str = "info,sqlx=warn,sqlx::query=debug,\
     hyper_util::client::legacy::pool=debug,hyper_util::client::legacy::connect::http=debug";
 
 fn start_gateway(config: &Path, profile: bool) -> Result<Gateway> {
-    let t = Instant::now();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_carebridge"));
-    // The generated file is the whole configuration (see P2: unknown CAREBRIDGE_ variables stop
-    // the start).
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("CAREBRIDGE_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd
-        .args(["serve", "--config"])
-        .arg(config)
-        .env(
-            "RUST_LOG",
-            if profile {
-                PROFILE_LOG
-            } else {
-                "info,sqlx=warn"
-            },
-        )
-        .current_dir(repo())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("start carebridge serve")?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let Some(line) = lines.next() else {
-            let _ = child.wait();
-            bail!("carebridge serve exited before listening");
-        };
-        let line = line?;
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-        }
-        if !line.contains("sqlx::query") {
-            eprintln!("  gateway: {line}");
-        }
-    };
-    let startup_secs = t.elapsed().as_secs_f64();
     let log = Arc::new(Mutex::new(LogState::default()));
     let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let mut s = sink.lock().expect("log state");
-            let error = line.contains(" ERROR ");
-            let warn = line.contains(" WARN ");
-            s.errors += usize::from(error);
-            s.warnings += usize::from(warn);
-            if (error || warn) && s.sample.len() < 10 {
-                s.sample.push(line.chars().take(400).collect());
-            }
+    let server = start_server_with(
+        config,
+        Some(if profile {
+            PROFILE_LOG
+        } else {
+            "info,sqlx=warn"
+        }),
+        move |line| {
             if profile {
-                parse_log_line(&mut s, &line);
+                parse_log_line(&mut sink.lock().expect("log state"), line);
             }
-        }
-    });
-    Ok(Gateway {
-        child,
-        base: format!("http://{addr}/fhir"),
-        log,
-        startup_secs,
-    })
-}
-
-/// A pass that fails half-way leaves no gateway behind.
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Gateway {
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        },
+    )?;
+    Ok(Gateway { server, log })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -863,18 +773,19 @@ async fn gateway_measure(
     std::fs::write(&config, config_text(store_url, &hospital.base, &tokens))?;
     let mut gw = start_gateway(&config, profile)?;
     let outcome = drive(opts, profile, &hospital, peer_pid, &gw, &tokens, store_url).await;
-    gw.stop();
+    gw.server.stop();
     let mut outcome = outcome?;
     let (events, statements, log_summary) = {
         let l = gw.log.lock().expect("log state");
+        let s = gw.server.log.lock().expect("log stats");
         (
             l.events.clone(),
             l.statements.clone(),
-            json!({ "errors": l.errors, "warnings": l.warnings, "sample": l.sample }),
+            json!({ "errors": s.errors, "warnings": s.warnings, "sample": s.sample }),
         )
     };
     outcome.result["gateway_log"] = log_summary;
-    outcome.result["gateway_startup_seconds"] = json!(gw.startup_secs);
+    outcome.result["gateway_startup_seconds"] = json!(gw.server.startup_secs);
     outcome.result["gateway_log_filter"] = json!(if profile {
         PROFILE_LOG
     } else {
@@ -921,14 +832,14 @@ async fn drive(
         .to_owned();
     let mut hp = patient(cpr);
     hp["id"] = json!(h_pid);
-    let url = format!("{}/hospital/Patient/{h_pid}", gw.base);
+    let url = format!("{}/hospital/Patient/{h_pid}", gw.server.base);
     let (status, body) = send(&http, reqwest::Method::PUT, &url, &token("hospital"), &hp).await?;
     if status >= 300 {
         bail!("registering the hospital Patient answered {status}: {body}");
     }
     let mut gp = patient(cpr);
     gp["id"] = json!("gp-p1");
-    let url = format!("{}/gp/Patient/gp-p1", gw.base);
+    let url = format!("{}/gp/Patient/gp-p1", gw.server.base);
     let (status, body) = send(&http, reqwest::Method::PUT, &url, &token("gp"), &gp).await?;
     if status >= 300 {
         bail!("registering the gp Patient answered {status}: {body}");
@@ -953,10 +864,10 @@ async fn drive(
         .context("a connection to the gateway's store")?;
 
     let load_before = loadavg();
-    let push_probe = CpuProbe::start(Some(gw.child.id()), peer_pid);
+    let push_probe = CpuProbe::start(Some(gw.server.child.id()), peer_pid);
     let t0 = now_us();
     let started = Instant::now();
-    let push_url = format!("{}/gp", gw.base);
+    let push_url = format!("{}/gp", gw.server.base);
     let mut push_ms = Vec::new();
     let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
     for body in &bodies {
@@ -978,7 +889,7 @@ async fn drive(
     if statuses.keys().any(|s| *s != 200) {
         bail!("pushes answered {statuses:?}");
     }
-    let tail_probe = CpuProbe::start(Some(gw.child.id()), peer_pid);
+    let tail_probe = CpuProbe::start(Some(gw.server.child.id()), peer_pid);
 
     // Wait for N delivered entries.
     let deadline = Instant::now() + Duration::from_secs(120 + opts.n as u64 / 5);
@@ -1786,7 +1697,7 @@ async fn dead_sector_run(opts: &Opts, dead: Dead) -> Result<Value> {
     std::fs::write(&config, text)?;
     let mut gw = start_gateway(&config, false)?;
     let outcome = dead_sector_drive(opts, &hospital, &municipality, &gw, &tokens, &store_url).await;
-    gw.stop();
+    gw.server.stop();
     hospital.stop().await;
     municipality.stop().await;
     if let Some(name) = &pg_db {
@@ -1842,7 +1753,7 @@ async fn dead_sector_drive(
     for (sector, id) in &register {
         let mut p = patient(cpr);
         p["id"] = json!(id);
-        let url = format!("{}/{sector}/Patient/{id}", gw.base);
+        let url = format!("{}/{sector}/Patient/{id}", gw.server.base);
         let (status, body) = send(&http, reqwest::Method::PUT, &url, &token(sector), &p).await?;
         if status >= 300 {
             bail!("registering the {sector} Patient answered {status}: {body}");
@@ -1866,7 +1777,7 @@ async fn dead_sector_drive(
     let t0 = now_us();
     for body in &bodies {
         let resp = http
-            .post(format!("{}/gp", gw.base))
+            .post(format!("{}/gp", gw.server.base))
             .bearer_auth(token("gp"))
             .header("content-type", "application/fhir+json")
             .body(body.clone())

@@ -1,7 +1,9 @@
 //! The `carebridge serve` process of a benchmark (P2, P5): started on a generated configuration,
 //! its log drained and counted, its CPU time read from `/proc`, stopped with SIGTERM.
 //!
-//! Included by the bench targets with `#[path = "common/server.rs"] mod server;`.
+//! Included by the bench targets with `#[path = "common/server.rs"] mod server;` (each uses
+//! part of it).
+#![allow(dead_code)]
 
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader};
@@ -30,7 +32,18 @@ pub struct LogStats {
     pub sample: Vec<String>,
 }
 
+/// `carebridge serve --config <config>` with the default log filter.
 pub fn start_server(config: &Path) -> Result<Server> {
+    start_server_with(config, None, |_| {})
+}
+
+/// The same with `RUST_LOG` set to `rust_log` (when given), every log line after the
+/// "listening" one also handed to `on_line` (from the thread that drains the log).
+pub fn start_server_with(
+    config: &Path,
+    rust_log: Option<&str>,
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) -> Result<Server> {
     let t = Instant::now();
     // For diagnosis only: CAREBRIDGE_BENCH_SERVER_WRAP="valgrind --tool=callgrind" runs the
     // server under that command.
@@ -50,6 +63,9 @@ pub fn start_server(config: &Path) -> Result<Server> {
         if key.to_string_lossy().starts_with("CAREBRIDGE_") {
             cmd.env_remove(key);
         }
+    }
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
     }
     let mut child = cmd
         .args(["serve", "--config"])
@@ -74,7 +90,10 @@ pub fn start_server(config: &Path) -> Result<Server> {
                 .unwrap_or_default()
                 .to_owned();
         }
-        eprintln!("  server: {line}");
+        // Statement logs (a profiling filter) would flood the terminal with the migrations.
+        if !line.contains("sqlx::query") {
+            eprintln!("  server: {line}");
+        }
     };
     let startup_secs = t.elapsed().as_secs_f64();
     let log = Arc::new(Mutex::new(LogStats::default()));
@@ -88,8 +107,10 @@ pub fn start_server(config: &Path) -> Result<Server> {
             s.errors += usize::from(error);
             s.warnings += usize::from(warn);
             if (error || warn) && s.sample.len() < 10 {
-                s.sample.push(line);
+                s.sample.push(line.chars().take(400).collect());
             }
+            drop(s);
+            on_line(&line);
         }
     });
     Ok(Server {
@@ -132,7 +153,7 @@ impl Server {
     }
 }
 
-fn clock_ticks() -> f64 {
+pub fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
