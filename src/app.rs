@@ -8,18 +8,20 @@ use tokio::net::TcpListener;
 
 use crate::auth::Clients;
 use crate::config::Settings;
-use crate::exchange::Exchange;
-use crate::exchange::codes::Mapping;
-use crate::ingest::Gateway;
+use crate::detect::Rules;
+use crate::gateway::Gateway;
+use crate::gateway::alerts::Detection;
 use crate::store::{SqlStore, Store};
+use crate::terminology::{Mapping, MedKnowledge};
 use crate::validate::{CORE_TYPES, FhirSchema, Profiles, Validator};
+use crate::workers::Workers;
 
 /// A built application, not yet listening.
 pub struct App {
     pub gateway: Arc<Gateway>,
     pub router: axum::Router,
     /// Delivery workers and pollers; started by [`App::serve`] when `exchange.enabled`.
-    pub exchange: Exchange,
+    pub workers: Workers,
 }
 
 impl App {
@@ -37,17 +39,23 @@ impl App {
         schema.warm(CORE_TYPES);
         let store = SqlStore::connect(&settings.store.url, settings.store.max_connections).await?;
         let store: Arc<dyn Store> = Arc::new(store);
-        let knowledge = crate::detect::knowledge::MedKnowledge::load(&settings.fhir.profiles_dir)?;
-        let detection = crate::detect::lifecycle::Detection {
+        let knowledge = MedKnowledge::load(&settings.fhir.profiles_dir)?;
+        let detection = Detection {
             knowledge,
             mapping: mapping.clone(),
-            rules: settings.alerts.rules(),
+            rules: Rules::from(&settings.alerts),
         };
-        let mut gateway = Gateway::new(settings, Validator::new(schema, profiles), store);
-        gateway.detection = Some(Arc::new(detection));
+        let validator = Validator::new(schema, profiles);
+        let gateway = Gateway::new(
+            settings,
+            validator,
+            store,
+            Arc::new(mapping),
+            Some(detection),
+        );
         let gateway = Arc::new(gateway);
         // Bearer JWTs of the `[auth]` issuer, besides the static tokens.
-        let clients = match crate::auth::JwtVerifier::from_settings(&gateway.settings)? {
+        let clients = match crate::auth::JwtVerifier::from_settings(gateway.settings())? {
             Some(verifier) => {
                 verifier.spawn_prefetch();
                 clients.with_jwt(verifier)
@@ -55,11 +63,11 @@ impl App {
             None => clients,
         };
         let router = crate::api::router(gateway.clone(), clients);
-        let exchange = Exchange::new(gateway.clone(), Arc::new(mapping))?;
+        let workers = Workers::new(gateway.clone())?;
         Ok(App {
             gateway,
             router,
-            exchange,
+            workers,
         })
     }
 
@@ -77,18 +85,18 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        if self.gateway.settings.exchange.enabled {
-            self.exchange.start();
+        if self.gateway.settings().exchange.enabled {
+            self.workers.start();
         }
-        let closing = self.gateway.shutting_down.clone();
+        let closing = self.gateway.clone();
         let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 // Long-lived responses (the alert stream) end, so that shutdown completes.
-                let _ = closing.send(true);
+                closing.begin_shutdown();
             })
             .await;
-        self.exchange.stop().await;
+        self.workers.stop().await;
         served?;
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! Who is calling, and the role it carries. Two kinds of bearer token:
+//! Who is calling (authentication; what they may do is [`crate::access`]). Two kinds of
+//! bearer token:
 //!
 //! - static tokens (`cb_…`), configured in `[[clients]]` only as SHA-256 hashes;
 //! - JWTs from the authorization server configured in `[auth]` (SMART Backend Services): RS256
@@ -18,47 +19,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use crate::access::{Client, Role};
 use crate::config::{AuthSettings, ClientSettings, Settings};
-
-/// What a client may do. `Sector` writes only under its own sector.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Role {
-    Sector(String),
-    CareTeam,
-    Auditor,
-    Admin,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Option<Role> {
-        match s.split_once(':') {
-            Some(("sector", id)) if !id.is_empty() => Some(Role::Sector(id.to_owned())),
-            None => match s {
-                "careteam" => Some(Role::CareTeam),
-                "auditor" => Some(Role::Auditor),
-                "admin" => Some(Role::Admin),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    pub fn label(&self) -> String {
-        match self {
-            Role::Sector(id) => format!("sector:{id}"),
-            Role::CareTeam => "careteam".into(),
-            Role::Auditor => "auditor".into(),
-            Role::Admin => "admin".into(),
-        }
-    }
-}
-
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Client {
-    pub id: String,
-    pub role: Role,
-}
 
 /// Why a request is not authenticated. Says nothing about the token's content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +160,7 @@ impl Clients {
 /// SHA-256 (hex) of a token. Tokens are 256-bit random values, so a plain hash is enough to
 /// make a leaked configuration useless to an attacker.
 pub fn token_hash(token: &str) -> String {
-    crate::store::content_hash(token.as_bytes())
+    crate::ids::content_hash(token.as_bytes())
 }
 
 /// A new random bearer token (256 bits, URL-safe).

@@ -122,8 +122,8 @@ enum DeliveriesCommand {
         #[arg(long, default_value = "config/default.toml")]
         config: PathBuf,
         /// pending, delivered, dead or superseded.
-        #[arg(long)]
-        state: Option<String>,
+        #[arg(long, value_parser = delivery_state)]
+        state: Option<crate::store::DeliveryState>,
         /// Only entries for this target sector.
         #[arg(long)]
         target: Option<String>,
@@ -260,7 +260,7 @@ async fn check_config(path: &std::path::Path, offline: bool) -> anyhow::Result<E
         println!("FAIL {e}");
         return Ok(ExitCode::FAILURE);
     }
-    let mapping = match crate::exchange::codes::Mapping::load(&settings.fhir.profiles_dir) {
+    let mapping = match crate::terminology::mapping::Mapping::load(&settings.fhir.profiles_dir) {
         Ok(m) => m,
         Err(e) => {
             println!("FAIL {e}");
@@ -337,11 +337,11 @@ async fn check_config(path: &std::path::Path, offline: bool) -> anyhow::Result<E
         println!("skip sector endpoints not probed (--offline)");
         return Ok(ExitCode::SUCCESS);
     }
-    let outbound = crate::exchange::outbound::Outbound::new(std::time::Duration::from_millis(
+    let outbound = crate::outbound::Outbound::new(std::time::Duration::from_millis(
         settings.exchange.request_timeout_ms.min(15_000),
     ))?;
     let mut ok = true;
-    for p in crate::exchange::probe::probe_all(&settings, &outbound).await {
+    for p in crate::outbound::probe::probe_all(&settings, &outbound).await {
         ok &= p.ok;
         println!(
             "{} endpoint {}: {}",
@@ -357,6 +357,17 @@ async fn check_config(path: &std::path::Path, offline: bool) -> anyhow::Result<E
     })
 }
 
+/// `--state`: one of the outbox states.
+fn delivery_state(s: &str) -> Result<crate::store::DeliveryState, String> {
+    crate::store::DeliveryState::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = crate::store::DeliveryState::ALL
+            .iter()
+            .map(|s| s.code())
+            .collect();
+        format!("'{s}' is not a state: use one of {}", all.join(", "))
+    })
+}
+
 async fn deliveries_command(command: DeliveriesCommand) -> anyhow::Result<ExitCode> {
     use crate::store::{OutboxFilter, Store};
     match command {
@@ -367,7 +378,7 @@ async fn deliveries_command(command: DeliveriesCommand) -> anyhow::Result<ExitCo
             count,
         } => {
             let store = open_store(&config).await?;
-            let entries = crate::exchange::list_deliveries(
+            let entries = crate::gateway::admin::list_deliveries(
                 &store,
                 &OutboxFilter {
                     state,
@@ -406,10 +417,10 @@ async fn deliveries_command(command: DeliveriesCommand) -> anyhow::Result<ExitCo
         } => {
             let store = open_store(&config).await?;
             let ids = if all_dead {
-                crate::exchange::list_deliveries(
+                crate::gateway::admin::list_deliveries(
                     &store,
                     &OutboxFilter {
-                        state: Some("dead".into()),
+                        state: Some(crate::store::DeliveryState::Dead),
                         target,
                         offset: 0,
                         count: i64::MAX,
@@ -433,7 +444,9 @@ async fn deliveries_command(command: DeliveriesCommand) -> anyhow::Result<ExitCo
             };
             let mut missing = 0;
             for id in ids {
-                match crate::exchange::retry_delivery(&store as &dyn Store, &actor, id).await? {
+                match crate::gateway::admin::retry_delivery(&store as &dyn Store, &actor, id)
+                    .await?
+                {
                     Some(e) => println!("retry {} ({} to {})", e.id, e.rtype, e.target),
                     None => {
                         missing += 1;
@@ -514,7 +527,7 @@ async fn open_store(config: &std::path::Path) -> anyhow::Result<crate::store::Sq
 
 /// Parses a FHIR date or dateTime given on the command line into its period.
 fn cli_period(flag: &str, value: &str) -> anyhow::Result<(i64, i64)> {
-    crate::fhir::period(value).ok_or_else(|| {
+    crate::fhir::time::period(value).ok_or_else(|| {
         anyhow::anyhow!(
             "{flag} {value}: not a FHIR date (2026-01-31) or dateTime (2026-01-31T10:00:00Z)"
         )
@@ -522,13 +535,13 @@ fn cli_period(flag: &str, value: &str) -> anyhow::Result<(i64, i64)> {
 }
 
 async fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
-    use crate::audit::{chain, segment};
+    use crate::gateway::ledger;
     use std::io::Write;
     match command {
         AuditCommand::Verify { config } => {
             let store = open_store(&config).await?;
             let mut tx = crate::store::Store::begin_read(&store).await?;
-            let report = chain::verify(tx.as_mut(), 5_000).await?;
+            let report = ledger::verify(tx.as_mut(), 5_000).await?;
             drop(tx);
             store.close().await;
             match &report.broken {
@@ -572,16 +585,15 @@ async fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
                     let file = std::fs::File::create(path)
                         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                     let mut w = std::io::BufWriter::new(file);
-                    let n =
-                        segment::export(&store, from_us, to_us, i64::MAX, &mut w, &mut progress)
-                            .await?;
+                    let n = ledger::export(&store, from_us, to_us, i64::MAX, &mut w, &mut progress)
+                        .await?;
                     w.flush()?;
                     n
                 }
                 None => {
                     let stdout = std::io::stdout();
                     let mut w = std::io::BufWriter::new(stdout.lock());
-                    segment::export(&store, from_us, to_us, i64::MAX, &mut w, &mut progress).await?
+                    ledger::export(&store, from_us, to_us, i64::MAX, &mut w, &mut progress).await?
                 }
             };
             store.close().await;
@@ -603,7 +615,7 @@ async fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
             let mut progress = |done: i64, _total: i64| {
                 eprintln!("exported {done} rows");
             };
-            let pruned = segment::prune(&store, before_us, &export, &actor, &mut progress).await?;
+            let pruned = ledger::prune(&store, before_us, &export, &actor, &mut progress).await?;
             store.close().await;
             match pruned {
                 None => println!("nothing recorded before {before}"),

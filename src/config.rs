@@ -101,18 +101,6 @@ impl Default for AlertSettings {
     }
 }
 
-impl AlertSettings {
-    pub fn rules(&self) -> crate::detect::Rules {
-        crate::detect::Rules {
-            polypharmacy_threshold: self.polypharmacy_threshold,
-            reply_within_hours: self.reply_within_hours,
-            chronic: self.chronic.clone(),
-            coordinator_roles: self.coordinator_roles.clone(),
-            reply_requested: self.reply_requested.clone(),
-        }
-    }
-}
-
 /// Routing, delivery and polling between the sectors.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -742,8 +730,11 @@ fn overrides_from_env() -> config::Map<String, String> {
 }
 
 /// Path segments under `/fhir` that cannot be sector ids.
-/// `carebridge` is the pseudo-sector of what the gateway authors itself (alert messages).
-const RESERVED_SEGMENTS: [&str; 4] = ["metadata", "_history", "_search", "carebridge"];
+/// The sector id under which the gateway keeps what it authors itself (alert messages): a
+/// pseudo-sector no configured sector may take.
+pub const GATEWAY_SECTOR: &str = "carebridge";
+
+const RESERVED_SEGMENTS: [&str; 4] = ["metadata", "_history", "_search", GATEWAY_SECTOR];
 
 fn is_sector_id(id: &str) -> bool {
     let mut chars = id.chars();

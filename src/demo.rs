@@ -8,11 +8,11 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::access::{Caller, Client, Role};
 use crate::app::{App, shutdown_signal};
-use crate::auth::{Client, Clients, Role, new_token, token_hash};
+use crate::auth::{Clients, new_token, token_hash};
 use crate::config::Settings;
 use crate::fhir::json::parse_strict;
-use crate::ingest::Caller;
 
 pub struct DemoOptions {
     pub listen: String,
@@ -164,7 +164,7 @@ async fn load_fixtures(
 }
 
 async fn summary(app: &App) -> anyhow::Result<()> {
-    let stats = app.gateway.store.stats().await?;
+    let stats = app.gateway.store().stats().await?;
     println!();
     println!(
         "{:<14} {:<22} {:>9}",

@@ -1,20 +1,27 @@
 //! carebridge: a FHIR R4 integration gateway between general practice, hospital and
 //! municipality.
 //!
-//! Modules in reading order:
+//! Modules in reading order (each layer uses only the layers above it in this list):
 //! - [`config`]: typed settings from a TOML file and `CAREBRIDGE_…` variables.
-//! - [`fhir`]: the wire layer (strict JSON, OperationOutcome, references).
+//! - [`fhir`]: the wire layer (strict JSON, OperationOutcome, references, time).
+//! - [`ids`]: gateway ids and content hashes.
+//! - [`terminology`]: ConceptMaps, mapping sets, medication knowledge.
 //! - [`validate`]: structural validation (official R4 schema, tightened) and sector profiles.
-//! - [`ingest`]: the pipeline of one request: authorise, validate, link, store, audit.
-//! - [`store`]: the database (SQLite or PostgreSQL), the only module that touches it.
-//! - [`audit`]: audit rows and their AuditEvent form.
-//! - [`auth`]: clients, tokens and roles.
-//! - [`exchange`]: routes, mapping, the delivery workers and the pull-mode pollers.
+//! - [`detect`]: the fragmentation detectors, pure functions over a patient's snapshot.
+//! - [`audit`]: audit rows, their hash chain and their AuditEvent form.
+//! - [`access`]: callers and roles, and `authorize`, the one access decision.
 //! - [`metrics`]: the Prometheus metrics.
-//! - [`api`]: the HTTP routes.
+//! - [`store`]: the database (SQLite or PostgreSQL), the only module that touches it.
+//! - [`exchange`]: routing, reference resolution and mapping inside the core.
+//! - [`gateway`]: the core — write pipeline, read service, alerts, the audit ledger.
+//! - [`outbound`]: the HTTP client to sector endpoints and issuers, and endpoint probes.
+//! - [`auth`]: authentication — static tokens and bearer JWTs.
+//! - [`workers`]: the delivery workers and pull-mode pollers, above the core.
+//! - [`api`]: the HTTP adapter.
 //! - [`app`]: assembling and serving the application.
 //! - [`cli`] and [`demo`]: the command line and the local demo.
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod audit;
@@ -25,7 +32,11 @@ pub mod demo;
 pub mod detect;
 pub mod exchange;
 pub mod fhir;
-pub mod ingest;
+pub mod gateway;
+pub mod ids;
 pub mod metrics;
+pub mod outbound;
 pub mod store;
+pub mod terminology;
 pub mod validate;
+pub mod workers;

@@ -6,8 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::fhir::FHIR_JSON;
 use crate::fhir::outcome::{Issue, operation_outcome};
-use crate::ingest::GatewayError;
-use crate::store::StoreError;
+use crate::gateway::GatewayError;
 
 /// An HTTP error with its issues.
 #[derive(Debug)]
@@ -45,43 +44,18 @@ impl ApiError {
     }
 }
 
-/// The status and issues a gateway error answers with.
-pub fn status_and_issues(e: &GatewayError) -> (StatusCode, Vec<Issue>) {
-    match e {
-        GatewayError::Invalid(i) => (StatusCode::BAD_REQUEST, i.clone()),
-        GatewayError::Unprocessable(i) => (StatusCode::UNPROCESSABLE_ENTITY, i.clone()),
-        GatewayError::NotFound(what) => (
-            StatusCode::NOT_FOUND,
-            vec![Issue::error("not-found", what.clone())],
-        ),
-        GatewayError::Forbidden(why) => (
-            StatusCode::FORBIDDEN,
-            vec![Issue::error("forbidden", why.clone())],
-        ),
-        GatewayError::Store(StoreError::Busy) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            vec![Issue::error(
-                "transient",
-                "the store is busy; nothing was stored, retry the request",
-            )],
-        ),
-        GatewayError::Store(err) => {
-            tracing::error!(error = %err, "store failure");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                vec![Issue::error(
-                    "exception",
-                    "the request could not be stored; nothing was stored, retry later",
-                )],
-            )
+impl From<GatewayError> for ApiError {
+    fn from(e: GatewayError) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            issues: e.issues(),
         }
     }
 }
 
-impl From<GatewayError> for ApiError {
-    fn from(e: GatewayError) -> Self {
-        let (status, issues) = status_and_issues(&e);
-        ApiError { status, issues }
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        GatewayError::from(e).into()
     }
 }
 

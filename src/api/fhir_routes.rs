@@ -6,21 +6,24 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use serde_json::Value;
 
 use super::AppState;
+use super::auth::Authed;
 use super::error::ApiError;
+use super::response::fhir_response;
 use super::views;
-use crate::audit;
+use crate::access::Caller;
+use crate::audit::{Action, Interaction, Outcome};
 use crate::fhir::FHIR_JSON;
 use crate::fhir::json::parse_strict;
 use crate::fhir::outcome::{Issue, PathRef, fhirpath};
-use crate::ingest::{Caller, Entry, Method, parse_identifier_query};
+use crate::gateway::views::{gateway_view, patient_view, sector_view};
+use crate::gateway::{Entry, Method, parse_identifier_query};
 use crate::store::AuditQuery;
 
 pub fn routes() -> Router<AppState> {
@@ -41,97 +44,6 @@ pub fn routes() -> Router<AppState> {
         })
 }
 
-/// The authenticated caller: a static token or a JWT of the configured issuer
-/// ([`crate::auth::Clients::authenticate_bearer`]). Anything else answers 401 with
-/// `WWW-Authenticate: Bearer` (plus `error="invalid_token"` when a token was presented) and an
-/// OperationOutcome, and leaves an audit row naming the method, the path and the kind of
-/// refusal, never the token or its claims.
-pub struct Authed(pub Caller);
-
-impl FromRequestParts<AppState> for Authed {
-    type Rejection = Response;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let request_id = parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        let result = match token {
-            Some(t) => state.clients.authenticate_bearer(t).await,
-            None => Err(crate::auth::Refusal::Missing),
-        };
-        match result {
-            Ok(client) => {
-                if let Err(wait) = state.rate_limit.check(&client.id) {
-                    state.metrics.rate_limited.inc();
-                    return Err(super::ops::too_many_requests(wait));
-                }
-                Ok(Authed(Caller { client, request_id }))
-            }
-            Err(refusal) => {
-                let actor = audit::Actor {
-                    client_id: None,
-                    role: None,
-                    request_id,
-                };
-                let mut row = audit::row(
-                    &actor,
-                    None,
-                    "E",
-                    "authenticate",
-                    audit::outcome::MINOR_FAILURE,
-                );
-                row.detail = Some(format!(
-                    "{} {}: no valid bearer token ({})",
-                    parts.method,
-                    parts.uri.path(),
-                    refusal.describe()
-                ));
-                state.gateway.write_audit(row).await;
-                if refusal == crate::auth::Refusal::Missing {
-                    return Err(ApiError::unauthorized().into_response());
-                }
-                // RFC 6750: a token was presented and refused.
-                let mut resp = ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "login",
-                    format!(
-                        "a valid bearer token is required (Authorization: Bearer <token>): {}",
-                        refusal.describe()
-                    ),
-                )
-                .into_response();
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
-                Err(resp)
-            }
-        }
-    }
-}
-
-pub(super) fn fhir_response(status: StatusCode, body: &Value) -> Response {
-    let mut resp = (status, body.to_string()).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    resp
-}
-
 fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
@@ -145,7 +57,7 @@ async fn metadata(State(state): State<AppState>, Authed(_): Authed) -> Response 
 }
 
 fn is_type(state: &AppState, name: &str) -> bool {
-    state.gateway.validator.schema.is_resource_type(name)
+    state.gateway.validator().schema.is_resource_type(name)
 }
 
 fn unknown_first_segment(a: &str) -> ApiError {
@@ -160,26 +72,16 @@ async fn read_body(
     caller: &Caller,
     sector: &str,
     root: &str,
-    interaction: &str,
+    interaction: Interaction,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, ApiError> {
     let result = parse_body(state, root, headers, body);
     if let Err(e) = &result {
-        let actor = audit::Actor {
-            client_id: Some(caller.client.id.clone()),
-            role: Some(caller.client.role.label()),
-            request_id: caller.request_id.clone(),
-        };
-        let mut row = audit::row(
-            &actor,
-            Some(sector),
-            "C",
-            interaction,
-            audit::outcome::MINOR_FAILURE,
-        );
-        row.detail = Some(format!("rejected body: HTTP {}", e.status.as_u16()));
-        state.gateway.write_audit(row).await;
+        state
+            .gateway
+            .rejected_body(caller, sector, interaction, e.status.as_u16())
+            .await;
     }
     result
 }
@@ -214,7 +116,7 @@ fn parse_body(
                 "too-costly",
                 format!(
                     "the body exceeds the limit of {} bytes",
-                    state.gateway.settings.server.max_body_bytes
+                    state.gateway.settings().server.max_body_bytes
                 ),
             )
         } else {
@@ -232,7 +134,7 @@ fn parse_body(
             "the request has no body",
         ));
     }
-    parse_strict(&bytes, state.gateway.settings.server.max_json_depth).map_err(|e| {
+    parse_strict(&bytes, state.gateway.settings().server.max_json_depth).map_err(|e| {
         let path = fhirpath(root, e.path.iter().map(PathRef::from));
         ApiError {
             status: StatusCode::BAD_REQUEST,
@@ -251,7 +153,16 @@ async fn post_bundle(
     if state.gateway.sector(&a).is_none() {
         return Err(unknown_first_segment(&a));
     }
-    let value = read_body(&state, &caller, &a, "Bundle", "transaction", &headers, body).await?;
+    let value = read_body(
+        &state,
+        &caller,
+        &a,
+        "Bundle",
+        Interaction::Transaction,
+        &headers,
+        body,
+    )
+    .await?;
     let response = state.gateway.bundle(&caller, &a, value).await?;
     Ok(fhir_response(StatusCode::OK, &response))
 }
@@ -271,7 +182,7 @@ async fn post_create(
             "'{b}' is not an R4 resource type"
         )));
     }
-    let value = read_body(&state, &caller, &a, &b, "create", &headers, body).await?;
+    let value = read_body(&state, &caller, &a, &b, Interaction::Create, &headers, body).await?;
     let if_none_exist = match headers.get("if-none-exist").and_then(|v| v.to_str().ok()) {
         None => None,
         Some(q) => Some(parse_identifier_query(q).ok_or_else(|| {
@@ -309,7 +220,7 @@ async fn put_update(
             "'{b}' is not an R4 resource type"
         )));
     }
-    let value = read_body(&state, &caller, &a, &b, "update", &headers, body).await?;
+    let value = read_body(&state, &caller, &a, &b, Interaction::Update, &headers, body).await?;
     let entry = Entry {
         location: None,
         method: Method::Put,
@@ -345,7 +256,7 @@ async fn write_response(
     } else {
         StatusCode::OK
     };
-    let mut resp = fhir_response(status, &views::sector_view(&state.gateway, &stored));
+    let mut resp = fhir_response(status, &sector_view(&state.gateway, &stored)?);
     let location = format!(
         "{}/{sector}/{}/{}/_history/{}",
         base_url(headers),
@@ -389,14 +300,11 @@ async fn get_two(
     if a == "Patient"
         && let Some(p) = state.gateway.patient(&caller, &b).await?
     {
-        return Ok(fhir_response(StatusCode::OK, &views::patient_view(&p)));
+        return Ok(fhir_response(StatusCode::OK, &patient_view(&p)));
     }
     let stored = state.gateway.read(&caller, None, &a, &b).await?;
     Ok(with_version(
-        fhir_response(
-            StatusCode::OK,
-            &views::gateway_view(&state.gateway, &stored),
-        ),
+        fhir_response(StatusCode::OK, &gateway_view(&state.gateway, &stored)?),
         stored.version,
     ))
 }
@@ -419,7 +327,7 @@ async fn get_three(
     }
     let stored = state.gateway.read(&caller, Some(&a), &b, &c).await?;
     Ok(with_version(
-        fhir_response(StatusCode::OK, &views::sector_view(&state.gateway, &stored)),
+        fhir_response(StatusCode::OK, &sector_view(&state.gateway, &stored)?),
         stored.version,
     ))
 }
@@ -560,8 +468,8 @@ async fn search(
     let got = found.len();
     let resources = found
         .iter()
-        .map(|s| views::gateway_view(&state.gateway, s))
-        .collect();
+        .map(|s| gateway_view(&state.gateway, s))
+        .collect::<Result<Vec<_>, _>>()?;
     let self_url = format!("{base}/{a}");
     let bundle = views::searchset(
         &base,
@@ -611,7 +519,7 @@ async fn patient_search(
         .gateway
         .patients_by_identifier(caller, system, value)
         .await?;
-    let resources = found.iter().map(views::patient_view).collect();
+    let resources = found.iter().map(patient_view).collect();
     Ok(fhir_response(
         StatusCode::OK,
         &views::searchset(base, &format!("{base}/Patient"), None, resources),
@@ -635,15 +543,14 @@ async fn audit_search(
         match k.as_str() {
             "patient" => q.patient_id = Some(v.strip_prefix("Patient/").unwrap_or(v).to_owned()),
             "outcome" => {
-                if !["0", "4", "8", "12"].contains(&v.as_str()) {
-                    return Err(ApiError::new(
+                q.outcome = Some(Outcome::parse(v).ok_or_else(|| {
+                    ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "value",
                         "outcome is one of 0, 4, 8, 12",
                     )
-                    .at("outcome"));
-                }
-                q.outcome = Some(v.clone());
+                    .at("outcome")
+                })?);
             }
             "date" => {
                 let (from, to) = date_bounds(v).ok_or_else(|| {
@@ -660,15 +567,14 @@ async fn audit_search(
             "agent" | "agent-name" => q.agent = Some(v.clone()),
             "sector" => q.sector = Some(v.clone()),
             "action" => {
-                if !["C", "R", "U", "D", "E"].contains(&v.as_str()) {
-                    return Err(ApiError::new(
+                q.action = Some(Action::parse(v).ok_or_else(|| {
+                    ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "value",
                         "action is one of C, R, U, D, E",
                     )
-                    .at("action"));
-                }
-                q.action = Some(v.clone());
+                    .at("action")
+                })?);
             }
             "entity-type" => {
                 if !is_type(state, v) {
@@ -694,7 +600,7 @@ async fn audit_search(
     }
     let rows = state.gateway.audit_search(caller, &q).await?;
     let got = rows.len();
-    let events = rows.iter().map(audit::audit_event).collect();
+    let events = rows.iter().map(crate::audit::audit_event).collect();
     let bundle = views::searchset(
         base,
         &format!("{base}/AuditEvent"),
@@ -710,7 +616,7 @@ fn date_bounds(v: &str) -> Option<(Option<i64>, Option<i64>)> {
         Some(p @ ("eq" | "ge" | "gt" | "le" | "lt")) => (p, &v[2..]),
         _ => ("eq", v),
     };
-    let (start, end) = crate::fhir::period(value)?;
+    let (start, end) = crate::fhir::time::period(value)?;
     Some(match prefix {
         "ge" => (Some(start), None),
         "gt" => (Some(end + 1), None),

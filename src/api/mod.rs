@@ -1,12 +1,14 @@
 //! The HTTP API: the FHIR REST surface under `/fhir` and the operations endpoints.
-//! Only this module knows HTTP; everything it does goes through [`crate::ingest::Gateway`].
+//! Only this module knows HTTP; everything it does goes through [`crate::gateway::Gateway`].
 
 mod admin_routes;
 mod alert_routes;
 mod audit_routes;
+pub mod auth;
 pub mod error;
 mod fhir_routes;
 pub mod ops;
+pub mod response;
 mod views;
 
 use axum::Router;
@@ -20,7 +22,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Clients;
-use crate::ingest::Gateway;
+use crate::gateway::Gateway;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -36,10 +38,10 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Builds the application router (tests and `serve` both use this).
 pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
-    let server = gateway.settings.server.clone();
+    let server = gateway.settings().server.clone();
     let capability = Arc::new(views::capability_statement(&gateway));
     let state = AppState {
-        metrics: gateway.metrics.clone(),
+        metrics: gateway.metrics().clone(),
         gateway,
         clients: Arc::new(clients),
         capability,
@@ -81,7 +83,7 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> (StatusCode, &'static str) {
-    if state.gateway.store.ping().await {
+    if state.gateway.store().ping().await {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")

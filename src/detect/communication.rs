@@ -47,7 +47,7 @@ pub fn unanswered(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
         })
         .filter_map(|c| {
             let sent = c.body.get("sent").and_then(|v| v.as_str())?;
-            let (sent_us, _) = crate::fhir::period(sent)?;
+            let (sent_us, _) = crate::fhir::time::period(sent)?;
             (s.now_us.saturating_sub(sent_us) > limit_us && !answered.contains(&c.gid)).then(|| {
                 Finding {
                     code: (

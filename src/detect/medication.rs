@@ -4,11 +4,11 @@
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::knowledge::{Ingredient, MedKnowledge, RouteFamily, concept_of};
 use super::{
     ACT_CODE_SYSTEM, ALERT_CODE_SYSTEM, Context, Finding, Item, Snapshot, active_medication,
     item_label, sorted,
 };
+use crate::terminology::medication::{Ingredient, MedKnowledge, RouteFamily, concept_of};
 
 /// An active medication with what it contains.
 struct Med<'a> {

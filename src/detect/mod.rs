@@ -18,19 +18,15 @@
 
 pub mod communication;
 pub mod conditions;
-pub mod knowledge;
-pub mod lifecycle;
 pub mod medication;
-pub mod notify;
 pub mod plans;
 pub mod team;
 
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 
-use crate::exchange::codes::Mapping;
-use crate::store::gateway_id;
-use knowledge::MedKnowledge;
+use crate::ids::gateway_id;
+use crate::terminology::{Mapping, MedKnowledge};
 
 /// The project CodeSystem of the alert codes that v3 ActCode has no code for.
 pub const ALERT_CODE_SYSTEM: &str = "http://carebridge.example.org/fhir/CodeSystem/alert-code";
@@ -70,7 +66,7 @@ impl Snapshot {
     /// The gateway id a reference in `sector`'s resource points at: a delivered copy's origin,
     /// or the sector's own resource.
     pub fn target(&self, sector: &str, reference: &str) -> Option<String> {
-        let local = crate::exchange::resolve::parse_relative(reference)?;
+        let local = crate::fhir::parse_relative(reference)?;
         let key = format!("{}/{}", local.0, local.1);
         if let Some(origin) = self.copies.get(&(sector.to_owned(), key)) {
             return Some(origin.clone());
@@ -216,6 +212,28 @@ pub fn ended_condition(i: &Item) -> bool {
 
 pub fn active_team(i: &Item) -> bool {
     i.rtype == "CareTeam" && matches!(str_at(&i.body, &["status"]), None | Some("active"))
+}
+
+/// A Goal still pursued: not completed, cancelled, rejected or entered in error.
+pub fn active_goal(i: &Item) -> bool {
+    i.rtype == "Goal"
+        && !matches!(
+            str_at(&i.body, &["lifecycleStatus"]),
+            Some("completed" | "cancelled" | "entered-in-error" | "rejected")
+        )
+}
+
+/// A record of the patient's current care: an active plan, condition, care team, medication
+/// or goal (what the total healthcare plan shows).
+pub fn current(i: &Item) -> bool {
+    match i.rtype.as_str() {
+        "CarePlan" => active_plan(i),
+        "Condition" => active_condition(i),
+        "CareTeam" => active_team(i),
+        "MedicationRequest" | "MedicationStatement" => active_medication(i),
+        "Goal" => active_goal(i),
+        _ => false,
+    }
 }
 
 /// A Condition's codings widened by the equal/equivalent translations: the key set that

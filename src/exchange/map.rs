@@ -1,5 +1,5 @@
 //! Mapping one stored version for one target sector: the target's profile and codes (from
-//! `fhir-profiles/`, see [`super::codes`]), its ids and references, and a business identifier
+//! `fhir-profiles/`, see [`crate::terminology`]), its ids and references, and a business identifier
 //! naming the source resource (which makes delivery idempotent and lets the poller recognise
 //! the gateway's own deliveries).
 //!
@@ -24,11 +24,13 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 
 use super::SOURCE_ID_SYSTEM;
-use super::codes::{CodeReport, Mapping};
-use super::resolve::{self, parse_conditional, parse_relative, sector_of_url};
+use super::resolve::{self, sector_of_url};
 use crate::config::{SectorSettings, Settings};
 use crate::fhir::SECTOR_TAG_SYSTEM;
-use crate::store::{OutboxEntry, Result, StoreTx, gateway_id};
+use crate::fhir::{parse_conditional, parse_relative};
+use crate::ids::gateway_id;
+use crate::store::{OutboxEntry, Result, StoreTx};
+use crate::terminology::{CodeReport, Mapping};
 use crate::validate::FhirSchema;
 
 /// A resource mapped for one target.
@@ -224,7 +226,7 @@ impl Mapper<'_> {
         // A logical reference by business identifier.
         let identifier = match tx.get(&gid).await? {
             Some(stored) => {
-                let body: Value = serde_json::from_str(&stored.body).unwrap_or(Value::Null);
+                let body: Value = stored.json()?;
                 crate::fhir::identifiers(&body)
                     .into_iter()
                     .find(|(s, _)| *s != SOURCE_ID_SYSTEM)
@@ -252,7 +254,7 @@ impl Mapper<'_> {
         let Some(target) = target else {
             return Ok(Replacement::Keep);
         };
-        let patient_id = if source == crate::detect::notify::GATEWAY_SECTOR {
+        let patient_id = if source == crate::config::GATEWAY_SECTOR {
             // What the gateway authors names its own patients.
             Some(rid.to_owned())
         } else {

@@ -5,8 +5,9 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 
 use crate::config::Settings;
-use crate::fhir::is_valid_id;
-use crate::store::{Result, StoreTx, gateway_id};
+use crate::fhir::{parse_conditional, parse_relative};
+use crate::ids::gateway_id;
+use crate::store::{Result, StoreTx};
 
 /// A resource that a reference resolves to, in the sector that holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,29 +39,6 @@ impl RefTarget {
     pub fn in_sector(&self, sector: &str) -> Option<&Found> {
         self.found.iter().find(|f| f.sector == sector)
     }
-}
-
-/// `Type/id` or `Type/id/_history/v` (a relative literal reference).
-pub fn parse_relative(reference: &str) -> Option<(&str, &str)> {
-    let mut parts = reference.split('/');
-    let rtype = parts.next()?;
-    let id = parts.next()?;
-    match (parts.next(), parts.next(), parts.next()) {
-        (None, _, _) | (Some("_history"), Some(_), None) => {}
-        _ => return None,
-    }
-    (rtype.chars().next().is_some_and(|c| c.is_ascii_uppercase())
-        && rtype.chars().all(|c| c.is_ascii_alphanumeric())
-        && is_valid_id(id))
-    .then_some((rtype, id))
-}
-
-/// `Type?identifier=system|value` (a conditional reference by identifier).
-pub fn parse_conditional(reference: &str) -> Option<(&str, &str, &str)> {
-    let (rtype, query) = reference.split_once('?')?;
-    let (system, value) = query.strip_prefix("identifier=")?.split_once('|')?;
-    (!rtype.is_empty() && !value.is_empty() && !value.contains('&'))
-        .then_some((rtype, system, value))
 }
 
 /// The configured sector whose FHIR base an absolute URL lies under, with the rest
@@ -181,7 +159,7 @@ async fn local(
         gid: gid.clone(),
     });
     if let Some(own) = tx.get(&gid).await? {
-        let body: Value = serde_json::from_str(&own.body).unwrap_or(Value::Null);
+        let body: Value = own.json()?;
         for (system, value) in crate::fhir::identifiers(&body) {
             if system == super::SOURCE_ID_SYSTEM {
                 continue;

@@ -180,3 +180,35 @@ pub async fn recipient_sectors(
     }
     Ok(out)
 }
+
+/// The types polled from a sector: Patient, then what the routes carry from it, referenced
+/// types before the types that reference them (a Condition before the CarePlan addressing it),
+/// so that references resolve to what was already delivered.
+pub fn pull_types(settings: &Settings, sector: &str) -> Vec<String> {
+    let mut out = vec!["Patient".to_owned()];
+    for r in settings.exchange.effective_routes() {
+        if r.from.is_empty() || r.from.iter().any(|f| f == sector) {
+            for t in r.types {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+    }
+    out.sort_by_key(|t| rank(t));
+    out
+}
+
+/// Order of polling: who is referenced comes first.
+fn rank(rtype: &str) -> u8 {
+    match rtype {
+        "Patient" => 0,
+        "Organization" | "Practitioner" | "PractitionerRole" | "RelatedPerson" | "Medication" => 1,
+        "Condition" | "Observation" | "Goal" => 2,
+        "MedicationRequest" | "MedicationStatement" => 3,
+        "CareTeam" => 4,
+        "CarePlan" => 5,
+        "Communication" => 7,
+        _ => 6,
+    }
+}

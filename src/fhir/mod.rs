@@ -5,6 +5,7 @@
 
 pub mod json;
 pub mod outcome;
+pub mod time;
 
 use serde_json::Value;
 
@@ -91,41 +92,27 @@ pub fn patient_reference(resource: &Value) -> Option<(&'static str, &str)> {
     None
 }
 
-/// The period a FHIR date or dateTime denotes: [first µs, last µs].
-pub fn period(value: &str) -> Option<(i64, i64)> {
-    use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
-    let us = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000) as i64;
-    if value.contains('T') {
-        let t =
-            OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).ok()?;
-        return Some((us(t), us(t)));
-    }
-    let parts: Vec<&str> = value.split('-').collect();
-    let year: i32 = parts.first()?.parse().ok()?;
-    let (start, end) = match parts.len() {
-        1 => (
-            Date::from_calendar_date(year, Month::January, 1).ok()?,
-            Date::from_calendar_date(year + 1, Month::January, 1).ok()?,
-        ),
-        2 => {
-            let m = Month::try_from(parts[1].parse::<u8>().ok()?).ok()?;
-            let s = Date::from_calendar_date(year, m, 1).ok()?;
-            let e = if m == Month::December {
-                Date::from_calendar_date(year + 1, Month::January, 1).ok()?
-            } else {
-                Date::from_calendar_date(year, m.next(), 1).ok()?
-            };
-            (s, e)
-        }
-        3 => {
-            let m = Month::try_from(parts[1].parse::<u8>().ok()?).ok()?;
-            let s = Date::from_calendar_date(year, m, parts[2].parse().ok()?).ok()?;
-            (s, s.next_day()?)
-        }
+/// `Type/id` or `Type/id/_history/v` (a relative literal reference).
+pub fn parse_relative(reference: &str) -> Option<(&str, &str)> {
+    let mut parts = reference.split('/');
+    let rtype = parts.next()?;
+    let id = parts.next()?;
+    match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) | (Some("_history"), Some(_), None) => {}
         _ => return None,
-    };
-    let at = |d: Date| PrimitiveDateTime::new(d, Time::MIDNIGHT).assume_utc();
-    Some((us(at(start)), us(at(end)) - 1))
+    }
+    (rtype.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        && rtype.chars().all(|c| c.is_ascii_alphanumeric())
+        && is_valid_id(id))
+    .then_some((rtype, id))
+}
+
+/// `Type?identifier=system|value` (a conditional reference by identifier).
+pub fn parse_conditional(reference: &str) -> Option<(&str, &str, &str)> {
+    let (rtype, query) = reference.split_once('?')?;
+    let (system, value) = query.strip_prefix("identifier=")?.split_once('|')?;
+    (!rtype.is_empty() && !value.is_empty() && !value.contains('&'))
+        .then_some((rtype, system, value))
 }
 
 #[cfg(test)]

@@ -26,6 +26,13 @@ pub struct AlertRow {
     pub body: String,
 }
 
+impl AlertRow {
+    /// The DetectedIssue as JSON ([`super::StoreError::Corrupt`] when the row was damaged).
+    pub fn json(&self) -> super::Result<serde_json::Value> {
+        super::parse_body(|| format!("DetectedIssue/{}", self.id), &self.body)
+    }
+}
+
 /// Filters of the DetectedIssue search.
 #[derive(Debug, Clone, Default)]
 pub struct AlertQuery {

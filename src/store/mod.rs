@@ -12,8 +12,13 @@ pub mod sql;
 
 use async_trait::async_trait;
 
+use crate::audit::{Action, AuditRow, Outcome};
+use crate::fhir::time::instant;
+
 pub use alerts::{AlertQuery, AlertRow, AlertTx};
-pub use outbox::{Delivered, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor};
+pub use outbox::{
+    Delivered, DeliveryState, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor,
+};
 pub use sql::SqlStore;
 
 /// A store failure. `Busy` is worth retrying; everything else is reported as a 5xx.
@@ -27,6 +32,28 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("the store URL is not usable: {0}")]
     Url(String),
+    /// A stored body that is not the JSON the gateway wrote (the database was altered or
+    /// damaged); names the record, never its content.
+    #[error("stored {what} is not valid JSON: {error}")]
+    Corrupt { what: String, error: String },
+}
+
+/// Stored bodies found unreadable since the process started (`carebridge_corrupt_bodies_total`).
+pub static CORRUPT_BODIES: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Parses a stored JSON body; a body that does not parse is logged (naming the record only),
+/// counted and returned as [`StoreError::Corrupt`] — never silently replaced.
+pub fn parse_body(what: impl FnOnce() -> String, body: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(body).map_err(|e| {
+        let what = what();
+        CORRUPT_BODIES.inc();
+        tracing::error!(record = %what, error = %e, "a stored body is not valid JSON");
+        StoreError::Corrupt {
+            what,
+            error: e.to_string(),
+        }
+    })
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -76,6 +103,13 @@ pub struct Stored {
     pub body: String,
 }
 
+impl Stored {
+    /// The stored body as JSON ([`StoreError::Corrupt`] when the row was damaged).
+    pub fn json(&self) -> Result<serde_json::Value> {
+        parse_body(|| format!("{}/{}", self.rtype, self.gid), &self.body)
+    }
+}
+
 /// A gateway patient with its identifiers and the sector Patients linked to it.
 #[derive(Debug, Clone)]
 pub struct GatewayPatient {
@@ -84,55 +118,18 @@ pub struct GatewayPatient {
     pub sector_patients: Vec<Stored>,
 }
 
-/// One audit row. `entities` are references (`Condition/<gid>`, `Patient/<gateway id>`).
-///
-/// `seq`, `prev_hash` and `hash` are assigned by the store when the row is appended to the
-/// chain (see [`crate::audit::chain`]); callers leave them empty.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuditRow {
-    pub seq: i64,
-    /// `event` for what happened; `checkpoint` for the row that records a pruned segment.
-    pub kind: String,
-    pub recorded_us: i64,
-    pub recorded: String,
-    pub request_id: Option<String>,
-    pub client_id: Option<String>,
-    pub role: Option<String>,
-    /// The sector the caller acted in (the source sector of a transfer).
-    pub sector: Option<String>,
-    /// The sector data was sent to (deliveries), if any.
-    pub target_sector: Option<String>,
-    /// C, R, U, D or E (FHIR AuditEvent.action).
-    pub action: String,
-    /// The REST interaction: create, update, read, search-type, transaction, batch, …
-    pub interaction: String,
-    /// FHIR AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure, 12 major failure.
-    pub outcome: String,
-    pub patient_id: Option<String>,
-    pub entities: Vec<String>,
-    /// The query of a search, as received (it may name a patient: it stays in the audit log).
-    pub query: Option<String>,
-    /// purposeOfUse (a v3 ActReason code such as `TREAT`), where known.
-    pub purpose: Option<String>,
-    /// A short description without patient data.
-    pub detail: Option<String>,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
 /// Filters for the audit search.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
     pub patient_id: Option<String>,
     pub from_us: Option<i64>,
     pub to_us: Option<i64>,
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
     /// The client id of the requesting agent.
     pub agent: Option<String>,
     /// Rows whose source or target sector is this one.
     pub sector: Option<String>,
-    /// C, R, U, D or E.
-    pub action: Option<String>,
+    pub action: Option<Action>,
     /// Rows naming a resource of this type among their entities.
     pub entity_type: Option<String>,
     pub offset: i64,
@@ -149,16 +146,16 @@ impl AuditQuery {
             }
         };
         add("patient", &self.patient_id);
-        add("outcome", &self.outcome);
+        add("outcome", &self.outcome.map(|o| o.code().to_owned()));
         add("agent", &self.agent);
         add("sector", &self.sector);
-        add("action", &self.action);
+        add("action", &self.action.map(|a| a.code().to_owned()));
         add("entity-type", &self.entity_type);
         if let Some(f) = self.from_us {
-            parts.push(format!("date=ge{}", sql::instant(f)));
+            parts.push(format!("date=ge{}", instant(f)));
         }
         if let Some(t) = self.to_us {
-            parts.push(format!("date=le{}", sql::instant(t)));
+            parts.push(format!("date=le{}", instant(t)));
         }
         parts.push(format!("_offset={}&_count={}", self.offset, self.count));
         format!("AuditEvent?{}", parts.join("&"))
@@ -241,22 +238,4 @@ pub trait StoreTx: ExchangeTx + AlertTx + Send {
     /// row recording the hash the remaining chain continues from. Returns the rows deleted.
     async fn audit_prune(&mut self, upto: i64, checkpoint: AuditRow) -> Result<i64>;
     async fn commit(self: Box<Self>) -> Result<()>;
-}
-
-/// The gateway id of a sector resource: stable, the same on every replica, at most 64 chars.
-pub fn gateway_id(sector: &str, rtype: &str, rid: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(sector.as_bytes());
-    h.update([0]);
-    h.update(rtype.as_bytes());
-    h.update([0]);
-    h.update(rid.as_bytes());
-    hex::encode(&h.finalize()[..12])
-}
-
-/// SHA-256 (hex) of bytes.
-pub fn content_hash(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(bytes))
 }

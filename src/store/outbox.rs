@@ -5,8 +5,8 @@
 //! writer at a time.
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
 
 use super::Result;
 use super::sql::{Dialect, SqlTx, map_err};
@@ -24,8 +24,29 @@ pub struct OutboxNew {
     pub route: String,
 }
 
-/// One outbox entry.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+crate::audit::row::codes! {
+    /// Where an outbox entry stands.
+    DeliveryState {
+        /// Waiting for (another) attempt.
+        Pending = "pending",
+        /// The target holds it.
+        Delivered = "delivered",
+        /// Given up: a permanent failure, or retries exhausted (an operator may retry it).
+        Dead = "dead",
+        /// A later version reached the target first; never sent.
+        Superseded = "superseded",
+    }
+}
+
+impl TryFrom<String> for DeliveryState {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        DeliveryState::parse(&s).ok_or_else(|| format!("unknown outbox state '{s}'"))
+    }
+}
+
+/// One outbox entry, as the `outbox` table holds it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxEntry {
     pub id: i64,
     pub target: String,
@@ -35,8 +56,8 @@ pub struct OutboxEntry {
     pub rtype: String,
     pub patient_id: Option<String>,
     pub route: String,
-    /// pending, delivered, dead or superseded.
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: DeliveryState,
     pub attempts: i64,
     pub created_us: i64,
     pub next_us: i64,
@@ -86,7 +107,7 @@ pub enum Finish {
 /// Filters for listing outbox entries.
 #[derive(Debug, Clone, Default)]
 pub struct OutboxFilter {
-    pub state: Option<String>,
+    pub state: Option<DeliveryState>,
     pub target: Option<String>,
     pub offset: i64,
     pub count: i64,
@@ -185,32 +206,10 @@ pub trait ExchangeTx: Send {
 const OUTBOX_COLUMNS: &str = "id, target, source, gid, version, rtype, patient_id, route, state, \
      attempts, created_us, next_us, updated_us, last_status, last_error, target_id, target_version";
 
-fn entry(r: &AnyRow) -> std::result::Result<OutboxEntry, sqlx::Error> {
-    Ok(OutboxEntry {
-        id: r.try_get(0)?,
-        target: r.try_get(1)?,
-        source: r.try_get(2)?,
-        gid: r.try_get(3)?,
-        version: r.try_get(4)?,
-        rtype: r.try_get(5)?,
-        patient_id: r.try_get(6)?,
-        route: r.try_get(7)?,
-        state: r.try_get(8)?,
-        attempts: r.try_get(9)?,
-        created_us: r.try_get(10)?,
-        next_us: r.try_get(11)?,
-        updated_us: r.try_get(12)?,
-        last_status: r.try_get(13)?,
-        last_error: r.try_get(14)?,
-        target_id: r.try_get(15)?,
-        target_version: r.try_get(16)?,
-    })
-}
-
 fn entries(rows: &[AnyRow]) -> Result<Vec<OutboxEntry>> {
     Ok(rows
         .iter()
-        .map(entry)
+        .map(OutboxEntry::from_row)
         .collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
@@ -328,7 +327,7 @@ impl ExchangeTx for SqlTx {
     }
 
     async fn outbox_add(&mut self, e: &OutboxNew) -> Result<bool> {
-        let now = super::sql::now_us();
+        let now = crate::fhir::time::now_us();
         let done = sqlx::query(
             "INSERT INTO outbox (target, source, gid, version, rtype, patient_id, route, state, \
              attempts, created_us, next_us, updated_us) \
@@ -398,7 +397,7 @@ impl ExchangeTx for SqlTx {
     }
 
     async fn outbox_finish(&mut self, id: i64, owner: &str, finish: &Finish) -> Result<bool> {
-        let now = super::sql::now_us();
+        let now = crate::fhir::time::now_us();
         let q = match finish {
             Finish::Delivered {
                 status,
@@ -485,7 +484,7 @@ impl ExchangeTx for SqlTx {
             .await
             .map_err(map_err)?
             .as_ref()
-            .map(entry)
+            .map(OutboxEntry::from_row)
             .transpose()?)
     }
 
@@ -495,7 +494,7 @@ impl ExchangeTx for SqlTx {
              AND ($2 = '' OR target = $2) ORDER BY id LIMIT $3 OFFSET $4"
         ));
         let rows = sqlx::query(sql)
-            .bind(f.state.as_deref().unwrap_or(""))
+            .bind(f.state.map_or("", DeliveryState::code))
             .bind(f.target.as_deref().unwrap_or(""))
             .bind(f.count)
             .bind(f.offset)
@@ -518,7 +517,7 @@ impl ExchangeTx for SqlTx {
             .await
             .map_err(map_err)?
             .as_ref()
-            .map(entry)
+            .map(OutboxEntry::from_row)
             .transpose()?)
     }
 
@@ -624,7 +623,7 @@ impl ExchangeTx for SqlTx {
         .bind(rtype)
         .bind(&c.since)
         .bind(seen)
-        .bind(super::sql::now_us())
+        .bind(crate::fhir::time::now_us())
         .execute(&mut *self.tx)
         .await
         .map_err(map_err)?;
@@ -680,7 +679,7 @@ impl ExchangeTx for SqlTx {
         .bind(rtype)
         .bind(rid)
         .bind(version_id)
-        .bind(super::sql::now_us())
+        .bind(crate::fhir::time::now_us())
         .bind(body)
         .bind(issues)
         .execute(&mut *self.tx)

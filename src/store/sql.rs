@@ -13,9 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    AuditQuery, AuditRow, GatewayPatient, Prepared, PutOutcome, Result, Stats, Store, StoreError,
-    StoreTx, Stored, gateway_id,
+    AuditQuery, GatewayPatient, Prepared, PutOutcome, Result, Stats, Store, StoreError, StoreTx,
+    Stored,
 };
+use crate::audit::AuditRow;
+use crate::audit::{Action, Outcome};
+use crate::fhir::time::{instant, now_us};
+use crate::ids::gateway_id;
 
 /// The identifier system under which each sector Patient keys its own gateway patient link.
 pub const SECTOR_PATIENT_SYSTEM: &str = "urn:carebridge:sector-patient:";
@@ -235,22 +239,6 @@ fn audit_rows(rows: &[AnyRow]) -> Result<Vec<AuditRow>> {
         .map_err(StoreError::from)
 }
 
-pub fn now_us() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    (now.unix_timestamp_nanos() / 1_000) as i64
-}
-
-/// FHIR `instant` with milliseconds, UTC.
-pub fn instant(us: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    t.format(&fmt)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
-}
-
 const STORED_COLUMNS: &str =
     "r.gid, r.sector, r.rtype, r.rid, r.version, r.last_updated, r.patient_id, v.body";
 
@@ -295,7 +283,7 @@ impl SqlTx {
         self.lock(AUDIT_CHAIN_LOCK).await?;
         let (mut seq, mut prev) = match self.audit_head().await? {
             Some(head) => head,
-            None => (0, crate::audit::chain::GENESIS.to_owned()),
+            None => (0, crate::audit::GENESIS.to_owned()),
         };
         let head_existed = seq > 0;
         for mut a in std::mem::take(&mut self.pending_audit) {
@@ -305,7 +293,7 @@ impl SqlTx {
                 a.kind = "event".into();
             }
             a.prev_hash = prev;
-            a.hash = crate::audit::chain::row_hash(&a);
+            a.hash = crate::audit::row_hash(&a);
             // A Vec<String> always serialises.
             let entities = serde_json::to_string(&a.entities).unwrap_or_else(|_| "[]".into());
             sqlx::query(
@@ -810,12 +798,12 @@ impl StoreTx for SqlTx {
         let mut query = sqlx::query(sql)
             .bind(q.from_us.unwrap_or(i64::MIN))
             .bind(q.to_us.unwrap_or(i64::MAX))
-            .bind(q.outcome.as_deref().unwrap_or(""))
+            .bind(q.outcome.map_or("", Outcome::code))
             .bind(q.count)
             .bind(q.offset)
             .bind(q.agent.as_deref().unwrap_or(""))
             .bind(q.sector.as_deref().unwrap_or(""))
-            .bind(q.action.as_deref().unwrap_or(""))
+            .bind(q.action.map_or("", Action::code))
             .bind(entity_pattern);
         for id in &patient_ids {
             query = query.bind(id);

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::exchange::codes::{self, MappingError, error, is_uri, json_files, required_str, str_at};
+use super::mapping::{MappingError, error, is_uri, json_files, required_str, str_at};
 
 /// The ATC classification (WHO).
 pub const ATC_SYSTEM: &str = "http://www.whocc.no/atc";
@@ -396,7 +396,7 @@ fn system_and_code(coding: &Value) -> Option<(&str, &str)> {
 
 /// A loader document: valid JSON (read as `codes` reads its files) and an object.
 fn read_doc(file: &Path) -> Result<Value, MappingError> {
-    let doc = codes::read_doc(file)?;
+    let doc = super::mapping::read_doc(file)?;
     if !doc.is_object() {
         return Err(error(
             file,

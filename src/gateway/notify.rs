@@ -1,6 +1,6 @@
 //! Telling the care team: each raised, updated or closed alert becomes a Communication
 //! (category `alert`, the detail as payload, `about` the DetectedIssue) that the gateway itself
-//! authors — it is stored under the pseudo-sector [`GATEWAY_SECTOR`] — and that goes through
+//! authors — it is stored under the pseudo-sector [`GATEWAY_SECTOR`](crate::config::GATEWAY_SECTOR) — and that goes through
 //! the outbox to the sector endpoint of every participant of the patient's active CareTeams
 //! (and each CareTeam's own sector); with no CareTeam, to the patient's general practice.
 //! Runs in the transaction that changes the alert.
@@ -8,13 +8,11 @@
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
-use super::lifecycle::AlertEvent;
-use crate::config::{SectorKind, Settings};
+use super::alerts::AlertEvent;
+use crate::config::{GATEWAY_SECTOR, SectorKind, Settings};
 use crate::exchange::resolve::reference_target;
-use crate::store::{OutboxNew, Prepared, Result, StoreTx, content_hash};
-
-/// The sector id under which the gateway keeps what it authors itself.
-pub const GATEWAY_SECTOR: &str = "carebridge";
+use crate::ids::content_hash;
+use crate::store::{OutboxNew, Prepared, Result, StoreTx};
 
 /// The identifier system of alert Communications: `<alert id>/<version>`.
 pub const ALERT_MESSAGE_SYSTEM: &str =
@@ -29,7 +27,7 @@ pub async fn care_team_sectors(
     let mut out = BTreeSet::new();
     let mut teams = 0;
     for team in tx.by_patient(patient_id, Some("CareTeam"), 0, 1000).await? {
-        let body: Value = serde_json::from_str(&team.body).unwrap_or(Value::Null);
+        let body: Value = team.json()?;
         if !matches!(
             body.get("status").and_then(Value::as_str),
             None | Some("active")

@@ -21,23 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-use super::codes::Mapping;
-use super::map::{Mapped, Mapper};
-use super::outbound::{Outbound, kind};
-use crate::audit::{self, Actor};
+use crate::audit::{self, Action, Actor, Interaction, Outcome};
 use crate::config::{OutboundAuth, SectorSettings};
+use crate::exchange::map::{Mapped, Mapper};
 use crate::fhir::FHIR_JSON;
-use crate::ingest::Gateway;
-use crate::store::{Delivered, Finish, OutboxEntry, StoreError, content_hash};
-
-/// The actor of delivery audit rows.
-pub fn actor() -> Actor {
-    Actor {
-        client_id: Some("carebridge".into()),
-        role: Some("gateway".into()),
-        request_id: None,
-    }
-}
+use crate::gateway::Gateway;
+use crate::ids::content_hash;
+use crate::outbound::{Outbound, kind};
+use crate::store::{Delivered, Finish, OutboxEntry, StoreError};
 
 /// What one attempt came to.
 #[derive(Debug)]
@@ -88,7 +79,6 @@ impl Failure {
 
 pub struct Delivery {
     pub gateway: Arc<Gateway>,
-    pub mapping: Arc<Mapping>,
     pub outbound: Arc<Outbound>,
     /// This replica's name in leases.
     pub owner: String,
@@ -120,7 +110,7 @@ fn us(d: Duration) -> i64 {
 impl Delivery {
     /// Runs the worker of one target until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, target: String, mut shutdown: watch::Receiver<bool>) {
-        let x = self.gateway.settings.exchange.clone();
+        let x = self.gateway.settings().exchange.clone();
         let idle = Duration::from_millis(x.idle_poll_ms);
         let mut paused_until: Option<Instant> = None;
         loop {
@@ -133,7 +123,7 @@ impl Delivery {
                     _ = shutdown.changed() => continue,
                 }
             }
-            let signal = self.gateway.outbox_signal.clone();
+            let signal = self.gateway.outbox_signal().clone();
             let notified = signal.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -170,13 +160,13 @@ impl Delivery {
     }
 
     async fn claim(&self, target: &str) -> Result<Vec<OutboxEntry>, StoreError> {
-        let x = &self.gateway.settings.exchange;
-        let now = audit::now_us();
+        let x = &self.gateway.settings().exchange;
+        let now = crate::fhir::time::now_us();
         // The lease outlasts every request of the batch (each bounded by the request timeout).
         let lease = Duration::from_millis(x.request_timeout_ms)
             .saturating_mul(2 * x.batch + 1)
             .saturating_add(Duration::from_secs(30));
-        let mut tx = self.gateway.store.begin().await?;
+        let mut tx = self.gateway.store().begin().await?;
         let batch = tx
             .outbox_claim(
                 target,
@@ -211,7 +201,7 @@ impl Delivery {
                     tracing::warn!(target_sector = %target, entry = e.id, error = %err, "could not record a delivery outcome");
                     pause = Some(
                         Instant::now()
-                            + Duration::from_millis(self.gateway.settings.exchange.idle_poll_ms),
+                            + Duration::from_millis(self.gateway.settings().exchange.idle_poll_ms),
                     );
                     break;
                 }
@@ -230,7 +220,7 @@ impl Delivery {
     }
 
     async fn release(&self, entries: &[OutboxEntry]) -> Result<(), StoreError> {
-        let mut tx = self.gateway.store.begin().await?;
+        let mut tx = self.gateway.store().begin().await?;
         for e in entries {
             tx.outbox_release(e.id, &self.owner).await?;
         }
@@ -239,20 +229,24 @@ impl Delivery {
 
     /// One attempt at one entry, recorded. `Some(wait)` asks the worker to pause the queue.
     async fn process(&self, e: &OutboxEntry) -> Result<Option<Duration>, StoreError> {
-        let x = &self.gateway.settings.exchange;
+        let x = &self.gateway.settings().exchange;
         let started = Instant::now();
         let attempt = self.attempt(e).await?;
-        let now = audit::now_us();
-        let metrics = &self.gateway.metrics;
-        let mut tx = self.gateway.store.begin().await?;
+        let now = crate::fhir::time::now_us();
+        let metrics = &self.gateway.metrics();
+        let mut tx = self.gateway.store().begin().await?;
         let mut pause = None;
-        let action = if e.version > 1 { "U" } else { "C" };
+        let action = if e.version > 1 {
+            Action::Update
+        } else {
+            Action::Create
+        };
         let mut row = audit::row(
-            &actor(),
+            &Actor::gateway(),
             Some(&e.source),
             action,
-            "deliver",
-            audit::outcome::SUCCESS,
+            Interaction::Deliver,
+            Outcome::Success,
         );
         row.target_sector = Some(e.target.clone());
         row.patient_id = e.patient_id.clone();
@@ -374,7 +368,7 @@ impl Delivery {
                         },
                     )
                     .await?;
-                    row.outcome = audit::outcome::MINOR_FAILURE.into();
+                    row.outcome = Outcome::MinorFailure.code().into();
                     row.detail = Some(format!(
                         "version {} attempt {attempts} failed: {}; retry in {} ms",
                         e.version,
@@ -400,7 +394,7 @@ impl Delivery {
                     } else {
                         format!("{attempts} attempts")
                     };
-                    row.outcome = audit::outcome::SERIOUS_FAILURE.into();
+                    row.outcome = Outcome::SeriousFailure.code().into();
                     row.detail = Some(format!(
                         "version {} dead-lettered after {why}: {}",
                         e.version, f.error
@@ -431,14 +425,14 @@ impl Delivery {
     /// Maps and sends one entry (no transaction is open during the request).
     async fn attempt(&self, e: &OutboxEntry) -> Result<Attempt, StoreError> {
         let gw = &self.gateway;
-        let Some(target) = gw.settings.sector(&e.target).cloned() else {
+        let Some(target) = gw.settings().sector(&e.target).cloned() else {
             return Ok(Attempt::Failed(Failure::permanent(
                 None,
                 format!("sector '{}' is no longer configured", e.target),
             )));
         };
         let (known, mapped) = {
-            let mut tx = gw.store.begin_read().await?;
+            let mut tx = gw.store().begin_read().await?;
             let known = tx.delivered_get(&e.target, &e.gid).await?;
             if known.as_ref().is_some_and(|d| d.version >= e.version) {
                 return Ok(Attempt::Superseded);
@@ -450,7 +444,8 @@ impl Delivery {
                 )));
             };
             let rid = tx.get(&e.gid).await?.map(|s| s.rid).unwrap_or_default();
-            let body: Value = match serde_json::from_str(&body) {
+            let what = || format!("{}/{} version {}", e.rtype, e.gid, e.version);
+            let body: Value = match crate::store::parse_body(what, &body) {
                 Ok(v) => v,
                 Err(_) => {
                     return Ok(Attempt::Failed(Failure::permanent(
@@ -460,9 +455,9 @@ impl Delivery {
                 }
             };
             let mapper = Mapper {
-                settings: &gw.settings,
-                mapping: &self.mapping,
-                schema: &gw.validator.schema,
+                settings: gw.settings(),
+                mapping: self.gateway.mapping(),
+                schema: &gw.validator().schema,
             };
             let mapped = mapper.map(&mut *tx, e, &rid, body).await?;
             (known, mapped)

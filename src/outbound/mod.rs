@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::{OutboundAuth, SectorSettings};
 
+pub mod probe;
+
 /// Why credentials could not be obtained (retryable: the identity provider may be down or the
 /// secret about to be fixed).
 #[derive(Debug, thiserror::Error)]

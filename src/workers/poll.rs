@@ -16,16 +16,17 @@
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 
-use super::SOURCE_ID_SYSTEM;
-use super::outbound::{Outbound, kind};
-use crate::auth::{Client, Role};
-use crate::config::{SectorSettings, Settings};
+use crate::access::Caller;
+use crate::access::{Client, Role};
+use crate::config::SectorSettings;
+use crate::exchange::SOURCE_ID_SYSTEM;
+use crate::exchange::route::pull_types;
 use crate::fhir::FHIR_JSON;
-use crate::ingest::{Caller, Entry, Gateway, GatewayError, Method};
+use crate::fhir::time::parse_instant;
+use crate::gateway::{Entry, Gateway, GatewayError, Method};
+use crate::outbound::{Outbound, kind};
 use crate::store::PollCursor;
 
 /// Counts of one poll cycle.
@@ -60,45 +61,9 @@ pub struct Poller {
     pub owner: String,
 }
 
-/// The types polled from a sector: Patient, then what the routes carry from it, referenced
-/// types before the types that reference them (a Condition before the CarePlan addressing it),
-/// so that references resolve to what was already delivered.
-pub fn pull_types(settings: &Settings, sector: &str) -> Vec<String> {
-    let mut out = vec!["Patient".to_owned()];
-    for r in settings.exchange.effective_routes() {
-        if r.from.is_empty() || r.from.iter().any(|f| f == sector) {
-            for t in r.types {
-                if !out.contains(&t) {
-                    out.push(t);
-                }
-            }
-        }
-    }
-    out.sort_by_key(|t| rank(t));
-    out
-}
-
-/// Order of polling: who is referenced comes first.
-fn rank(rtype: &str) -> u8 {
-    match rtype {
-        "Patient" => 0,
-        "Organization" | "Practitioner" | "PractitionerRole" | "RelatedPerson" | "Medication" => 1,
-        "Condition" | "Observation" | "Goal" => 2,
-        "MedicationRequest" | "MedicationStatement" => 3,
-        "CareTeam" => 4,
-        "CarePlan" => 5,
-        "Communication" => 7,
-        _ => 6,
-    }
-}
-
-fn instant(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &Rfc3339).ok()
-}
-
 impl Poller {
     pub async fn run(self: Arc<Self>, sector: String, mut shutdown: watch::Receiver<bool>) {
-        let every = Duration::from_millis(self.gateway.settings.exchange.poll_interval_ms);
+        let every = Duration::from_millis(self.gateway.settings().exchange.poll_interval_ms);
         loop {
             if *shutdown.borrow() {
                 return;
@@ -123,14 +88,14 @@ impl Poller {
     /// One poll of every pulled type of a sector (when this replica holds its lease).
     pub async fn cycle(&self, sector_id: &str) -> Result<PollReport, PollError> {
         let gw = &self.gateway;
-        let Some(sector) = gw.settings.sector(sector_id).cloned() else {
+        let Some(sector) = gw.settings().sector(sector_id).cloned() else {
             return Ok(PollReport::default());
         };
-        let x = &gw.settings.exchange;
-        let now = crate::audit::now_us();
+        let x = &gw.settings().exchange;
+        let now = crate::fhir::time::now_us();
         let hold = Duration::from_millis(x.poll_interval_ms.saturating_mul(2))
             + Duration::from_millis(x.request_timeout_ms.saturating_mul(4));
-        let mut tx = gw.store.begin().await?;
+        let mut tx = gw.store().begin().await?;
         let mine = tx
             .lease_acquire(
                 &format!("poll:{sector_id}"),
@@ -147,7 +112,7 @@ impl Poller {
             polled: true,
             ..PollReport::default()
         };
-        for rtype in pull_types(&gw.settings, sector_id) {
+        for rtype in pull_types(gw.settings(), sector_id) {
             self.poll_type(&sector, &rtype, &mut report).await?;
         }
         Ok(report)
@@ -163,9 +128,9 @@ impl Poller {
         let Some(base) = sector.base_url.as_deref().map(|b| b.trim_end_matches('/')) else {
             return Ok(());
         };
-        let page = gw.settings.exchange.poll_page_size;
+        let page = gw.settings().exchange.poll_page_size;
         let start = {
-            let mut tx = gw.store.begin_read().await?;
+            let mut tx = gw.store().begin_read().await?;
             tx.cursor_get(&sector.id, rtype).await?.unwrap_or_default()
         };
         let mut cursor = start.clone();
@@ -206,7 +171,7 @@ impl Poller {
                     .await?;
             }
             if cursor != start {
-                let mut tx = gw.store.begin().await?;
+                let mut tx = gw.store().begin().await?;
                 tx.cursor_put(&sector.id, rtype, &cursor).await?;
                 tx.commit().await?;
             }
@@ -262,24 +227,26 @@ impl Poller {
             .to_owned();
         let key = format!("{id}|{}", version.as_deref().unwrap_or(""));
         let at_start = !start.since.is_empty()
-            && instant(&updated).is_some()
-            && instant(&updated) == instant(&start.since);
+            && parse_instant(&updated).is_some()
+            && parse_instant(&updated) == parse_instant(&start.since);
         // Advance the cursor whatever happens to the resource below (except a store failure,
         // which aborts the cycle before the cursor is saved).
-        let advance = |cursor: &mut PollCursor| match (instant(&updated), instant(&cursor.since)) {
-            (Some(u), Some(c)) if u > c => {
-                cursor.since = updated.clone();
-                cursor.seen = vec![key.clone()];
-            }
-            (Some(u), Some(c)) if u == c && !cursor.seen.contains(&key) => {
-                cursor.seen.push(key.clone());
-            }
-            (Some(_), None) => {
-                cursor.since = updated.clone();
-                cursor.seen = vec![key.clone()];
-            }
-            _ => {}
-        };
+        let advance =
+            |cursor: &mut PollCursor| match (parse_instant(&updated), parse_instant(&cursor.since))
+            {
+                (Some(u), Some(c)) if u > c => {
+                    cursor.since = updated.clone();
+                    cursor.seen = vec![key.clone()];
+                }
+                (Some(u), Some(c)) if u == c && !cursor.seen.contains(&key) => {
+                    cursor.seen.push(key.clone());
+                }
+                (Some(_), None) => {
+                    cursor.since = updated.clone();
+                    cursor.seen = vec![key.clone()];
+                }
+                _ => {}
+            };
         if at_start && start.seen.contains(&key) {
             return Ok(());
         }
@@ -289,7 +256,7 @@ impl Poller {
             .await?
         {
             report.echo += 1;
-            gw.metrics.pull(&sector.id, "echo");
+            gw.metrics().pull(&sector.id, "echo");
             advance(cursor);
             return Ok(());
         }
@@ -312,11 +279,11 @@ impl Poller {
         match gw.put_one(&caller, &sector.id, entry).await {
             Ok(applied) if applied.outcome.changed => {
                 report.stored += 1;
-                gw.metrics.pull(&sector.id, "stored");
+                gw.metrics().pull(&sector.id, "stored");
             }
             Ok(_) => {
                 report.unchanged += 1;
-                gw.metrics.pull(&sector.id, "unchanged");
+                gw.metrics().pull(&sector.id, "unchanged");
             }
             Err(GatewayError::Store(e)) => return Err(PollError::Store(e)),
             Err(e) => {
@@ -329,7 +296,7 @@ impl Poller {
                     ])
                     .to_string(),
                 };
-                let mut tx = gw.store.begin().await?;
+                let mut tx = gw.store().begin().await?;
                 tx.quarantine_add(
                     &sector.id,
                     rtype,
@@ -341,7 +308,7 @@ impl Poller {
                 .await?;
                 tx.commit().await?;
                 report.quarantined += 1;
-                gw.metrics.pull(&sector.id, "quarantined");
+                gw.metrics().pull(&sector.id, "quarantined");
                 tracing::warn!(sector = %sector.id, resource_type = %rtype, "a pulled resource failed validation and was quarantined");
             }
         }
@@ -364,7 +331,7 @@ impl Poller {
         if tagged {
             return Ok(true);
         }
-        let mut tx = self.gateway.store.begin_read().await?;
+        let mut tx = self.gateway.store().begin_read().await?;
         Ok(
             match tx.delivered_by_target_id(&sector.id, rtype, id).await? {
                 Some(d) => d.target_version.is_none() || d.target_version.as_deref() == version,

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-use super::outbound::{Outbound, kind};
+use super::{Outbound, kind};
 use crate::config::{RouteTarget, SectorMode, SectorSettings, Settings};
 use crate::fhir::FHIR_JSON;
 
@@ -116,7 +116,7 @@ async fn probe(settings: &Settings, outbound: &Outbound, s: &SectorSettings) -> 
         }
     }
     if matches!(s.mode, SectorMode::Pull | SectorMode::Both) {
-        for t in super::poll::pull_types(settings, &s.id) {
+        for t in crate::exchange::route::pull_types(settings, &s.id) {
             if !supports(&t, "search-type") {
                 missing.push(format!("search-type {t}"));
             }

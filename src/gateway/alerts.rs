@@ -13,11 +13,13 @@
 
 use serde_json::{Value, json};
 
-use super::knowledge::MedKnowledge;
-use super::{Context, Finding, Item, Rules, Snapshot};
-use crate::exchange::codes::Mapping;
-use crate::store::sql::instant;
-use crate::store::{AlertRow, Result, StoreTx, content_hash};
+use crate::config::AlertSettings;
+use crate::detect::{Context, Finding, Item, Rules, Snapshot};
+use crate::fhir::time::instant;
+use crate::ids::content_hash;
+use crate::store::{AlertRow, Result, StoreTx};
+use crate::terminology::MedKnowledge;
+use crate::terminology::mapping::Mapping;
 
 /// The identifier system of an alert's fingerprint.
 pub const FINGERPRINT_SYSTEM: &str =
@@ -41,6 +43,19 @@ pub struct Detection {
     pub rules: Rules,
 }
 
+/// The detectors' rules as configured in `[alerts]`.
+impl From<&AlertSettings> for Rules {
+    fn from(a: &AlertSettings) -> Rules {
+        Rules {
+            polypharmacy_threshold: a.polypharmacy_threshold,
+            reply_within_hours: a.reply_within_hours,
+            chronic: a.chronic.clone(),
+            coordinator_roles: a.coordinator_roles.clone(),
+            reply_requested: a.reply_requested.clone(),
+        }
+    }
+}
+
 /// A change to an alert, for the stream and the audit log.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AlertEvent {
@@ -62,15 +77,17 @@ pub async fn snapshot(tx: &mut dyn StoreTx, patient_id: &str, now_us: i64) -> Re
     rows.sort_by_key(|s| DETECT_TYPES.iter().position(|t| *t == s.rtype));
     let items: Vec<Item> = rows
         .into_iter()
-        .map(|s| Item {
-            body: serde_json::from_str(&s.body).unwrap_or(Value::Null),
-            gid: s.gid,
-            sector: s.sector,
-            rtype: s.rtype,
-            rid: s.rid,
-            version: s.version,
+        .map(|s| {
+            Ok(Item {
+                body: s.json()?,
+                gid: s.gid,
+                sector: s.sector,
+                rtype: s.rtype,
+                rid: s.rid,
+                version: s.version,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     // A reference to one of the sector's own records is not a delivered copy: no lookup.
     let own: std::collections::HashSet<(String, String)> = items
         .iter()
@@ -97,7 +114,7 @@ pub async fn snapshot(tx: &mut dyn StoreTx, patient_id: &str, now_us: i64) -> Re
                 if own.contains(&(i.sector.clone(), r.to_owned())) {
                     continue;
                 }
-                if let Some((t, id)) = crate::exchange::resolve::parse_relative(r) {
+                if let Some((t, id)) = crate::fhir::parse_relative(r) {
                     refs.push((i.sector.clone(), t.to_owned(), id.to_owned()));
                 }
             }
@@ -165,7 +182,7 @@ pub async fn evaluate(
         mapping: &d.mapping,
         rules: &d.rules,
     };
-    let findings = super::detect(&snap, &cx);
+    let findings = crate::detect::detect(&snap, &cx);
     let existing = tx.alerts_of_patient(patient_id).await?;
     let mut events = Vec::new();
     for f in &findings {
@@ -211,9 +228,10 @@ pub async fn evaluate(
             ),
             Some(_) => continue,
         };
-        let old: Value = prior
-            .map(|a| serde_json::from_str(&a.body).unwrap_or(Value::Null))
-            .unwrap_or(Value::Null);
+        let old: Value = match prior {
+            Some(a) => a.json()?,
+            None => Value::Null,
+        };
         // A reopened alert starts without the acknowledgements of its earlier life.
         let mitigation = if kind == "raised" {
             None
@@ -229,7 +247,7 @@ pub async fn evaluate(
         if findings.iter().any(|f| f.fingerprint == a.fingerprint) {
             continue;
         }
-        let mut body: Value = serde_json::from_str(&a.body).unwrap_or(Value::Null);
+        let mut body: Value = a.json()?;
         let row = AlertRow {
             status: "cancelled".into(),
             open: false,
@@ -278,7 +296,7 @@ pub async fn acknowledge(
     let Some(a) = tx.alert_get(id).await? else {
         return Ok(None);
     };
-    let mut body: Value = serde_json::from_str(&a.body).unwrap_or(Value::Null);
+    let mut body: Value = a.json()?;
     let text = match note {
         Some(n) if !n.trim().is_empty() => format!("Acknowledged: {}", n.trim()),
         _ => "Acknowledged".to_owned(),

@@ -1,0 +1,15 @@
+//! FHIR responses: a JSON body with the FHIR media type.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::fhir::FHIR_JSON;
+
+/// A FHIR JSON response.
+pub fn fhir_response(status: StatusCode, body: &Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    resp
+}

@@ -1,0 +1,291 @@
+//! The care team's alert service: DetectedIssue search and read, `$acknowledge`, the live
+//! stream of alert changes, and a patient's total healthcare plan. Care-team members only
+//! ([`Request::Alerts`]); every read is audited.
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use super::alerts::{AlertEvent, snapshot};
+use super::views::{gateway_view, patient_view};
+use super::write::alert_audit_row;
+use super::{Gateway, GatewayError};
+use crate::access::{Caller, Request, authorize};
+use crate::audit::{self, Action, Interaction, Outcome};
+use crate::fhir::outcome::Issue;
+use crate::fhir::time::{instant, now_us};
+use crate::store::{AlertQuery, AlertRow, StoreTx};
+
+impl Gateway {
+    /// Alerts matching the search parameters `params` (patient, status, code; a merged
+    /// patient's alerts are found under the survivor), `count` from `offset`.
+    pub async fn alert_search(
+        &self,
+        caller: &Caller,
+        params: &[(String, String)],
+        offset: i64,
+        count: i64,
+    ) -> Result<Vec<Value>, GatewayError> {
+        authorize(caller, Request::Alerts)?;
+        let mut q = alert_query(params, offset, count)?;
+        let mut tx = self.store.begin().await?;
+        if let Some(p) = &q.patient_id
+            && let Some(gp) = tx.patient(p).await?
+        {
+            q.patient_id = Some(gp.id);
+        }
+        let rows = tx.alert_search(&q).await?;
+        let mut row = audit::row(
+            &caller.actor(),
+            None,
+            Action::Execute,
+            Interaction::SearchType,
+            Outcome::Success,
+        );
+        row.patient_id = q.patient_id.clone();
+        row.entities = rows
+            .iter()
+            .map(|a| format!("DetectedIssue/{}", a.id))
+            .collect();
+        row.query = Some(format!(
+            "DetectedIssue?{}",
+            params
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        ));
+        row.purpose = Some("TREAT".into());
+        row.detail = Some(format!("{} alerts returned", rows.len()));
+        tx.audit(&row).await?;
+        tx.commit().await?;
+        rows.iter().map(alert_body).collect()
+    }
+
+    /// One alert (its DetectedIssue), or `None`.
+    pub async fn alert(&self, caller: &Caller, id: &str) -> Result<Option<Value>, GatewayError> {
+        authorize(caller, Request::Alerts)?;
+        let mut tx = self.store.begin().await?;
+        let Some(a) = tx.alert_get(id).await? else {
+            return Ok(None);
+        };
+        let mut row = audit::row(
+            &caller.actor(),
+            None,
+            Action::Read,
+            Interaction::Read,
+            Outcome::Success,
+        );
+        row.patient_id = Some(a.patient_id.clone());
+        row.entities = vec![format!("DetectedIssue/{}", a.id)];
+        row.purpose = Some("TREAT".into());
+        tx.audit(&row).await?;
+        tx.commit().await?;
+        alert_body(&a).map(Some)
+    }
+
+    /// Acknowledges an alert with a Parameters resource naming the `author` (valueString, or
+    /// valueReference with a display or reference) and an optional `note` (valueString); the
+    /// new DetectedIssue, or `None` when there is no such alert.
+    pub async fn acknowledge(
+        &self,
+        caller: &Caller,
+        id: &str,
+        parameters: &Value,
+    ) -> Result<Option<Value>, GatewayError> {
+        authorize(caller, Request::Alerts)?;
+        let (author, note) = acknowledgement(parameters)?;
+        let mut tx = self.store.begin().await?;
+        let Some(event) =
+            super::alerts::acknowledge(&mut *tx, id, &author, note.as_deref(), now_us()).await?
+        else {
+            return Ok(None);
+        };
+        tx.audit(&alert_audit_row(&event, Some(caller))).await?;
+        tx.commit().await?;
+        let resource = event.resource.clone();
+        self.publish(vec![event]);
+        Ok(Some(resource))
+    }
+
+    /// Alert changes from now on, for a care-team member; opening the stream is audited.
+    pub async fn alert_stream(
+        &self,
+        caller: &Caller,
+    ) -> Result<broadcast::Receiver<AlertEvent>, GatewayError> {
+        authorize(caller, Request::Alerts)?;
+        let mut row = audit::row(
+            &caller.actor(),
+            None,
+            Action::Read,
+            Interaction::Stream,
+            Outcome::Success,
+        );
+        row.entities = vec!["DetectedIssue".into()];
+        row.purpose = Some("TREAT".into());
+        row.detail = Some("alert stream opened".into());
+        self.write_audit(row).await;
+        Ok(self.alert_events.subscribe())
+    }
+
+    /// The total healthcare plan of a gateway patient: one collection Bundle with every
+    /// sector's current CarePlans, Goals, Conditions, CareTeams and medications (each tagged
+    /// with its sector, as the cross-sector view shows them) and the patient's open alerts;
+    /// `None` when there is no such patient.
+    pub async fn total_plan(
+        &self,
+        caller: &Caller,
+        patient: &str,
+    ) -> Result<Option<Value>, GatewayError> {
+        authorize(caller, Request::Alerts)?;
+        let mut tx = self.store.begin().await?;
+        let Some(p) = tx.patient(patient).await? else {
+            return Ok(None);
+        };
+        let mut entries = vec![json!({
+            "fullUrl": format!("Patient/{}", p.id),
+            "resource": patient_view(&p),
+        })];
+        let mut gids = self.current_records(&mut *tx, &p.id, &mut entries).await?;
+        let open = tx
+            .alert_search(&AlertQuery {
+                patient_id: Some(p.id.clone()),
+                count: 1000,
+                ..AlertQuery::default()
+            })
+            .await?;
+        for a in open.iter().filter(|a| a.open) {
+            entries.push(
+                json!({ "fullUrl": format!("DetectedIssue/{}", a.id), "resource": alert_body(a)? }),
+            );
+            gids.push(format!("DetectedIssue/{}", a.id));
+        }
+        let mut row = audit::row(
+            &caller.actor(),
+            None,
+            Action::Read,
+            Interaction::Operation,
+            Outcome::Success,
+        );
+        row.patient_id = Some(p.id.clone());
+        row.entities = gids;
+        row.purpose = Some("TREAT".into());
+        row.detail = Some(format!("$total-plan: {} entries", entries.len()));
+        tx.audit(&row).await?;
+        tx.commit().await?;
+        Ok(Some(json!({
+            "resourceType": "Bundle",
+            "type": "collection",
+            "timestamp": instant(now_us()),
+            "entry": entries,
+        })))
+    }
+}
+
+impl Gateway {
+    /// The patient's current records (see [`crate::detect::current`]) appended to `entries`;
+    /// returns their references.
+    async fn current_records(
+        &self,
+        tx: &mut dyn StoreTx,
+        patient_id: &str,
+        entries: &mut Vec<Value>,
+    ) -> Result<Vec<String>, GatewayError> {
+        let snap = snapshot(tx, patient_id, now_us()).await?;
+        let mut gids = Vec::new();
+        for item in snap.items.iter().filter(|i| crate::detect::current(i)) {
+            if let Some(stored) = tx.get(&item.gid).await? {
+                entries.push(json!({
+                    "fullUrl": format!("{}/{}", item.rtype, item.gid),
+                    "resource": gateway_view(self, &stored)?,
+                }));
+                gids.push(format!("{}/{}", item.rtype, item.gid));
+            }
+        }
+        Ok(gids)
+    }
+}
+
+/// The alert search of DetectedIssue search parameters.
+fn alert_query(
+    params: &[(String, String)],
+    offset: i64,
+    count: i64,
+) -> Result<AlertQuery, GatewayError> {
+    let mut q = AlertQuery {
+        offset,
+        count,
+        ..AlertQuery::default()
+    };
+    for (k, v) in params {
+        match k.as_str() {
+            "patient" => {
+                let id = v.strip_prefix("Patient/").unwrap_or(v);
+                q.patient_id = Some(id.to_owned());
+            }
+            "status" => q.status = Some(v.clone()),
+            "code" => q.code = Some(v.rsplit('|').next().unwrap_or(v).to_owned()),
+            "_count" | "_offset" => {}
+            other => {
+                return Err(GatewayError::invalid(
+                    Issue::error(
+                        "not-supported",
+                        format!("DetectedIssue search takes patient, status, code, _count and _offset, not '{other}'"),
+                    )
+                    .at(other),
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// The author and note of an `$acknowledge` Parameters resource.
+fn acknowledgement(body: &Value) -> Result<(String, Option<String>), GatewayError> {
+    if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(GatewayError::invalid(
+            Issue::error(
+                "invalid",
+                "$acknowledge takes a Parameters resource with author and note",
+            )
+            .at("Parameters"),
+        ));
+    }
+    let param = |name: &str| {
+        body.get("parameter")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+    };
+    let author = param("author").and_then(|p| {
+        p.get("valueString")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| {
+                let r = p.get("valueReference")?;
+                r.get("display")
+                    .or_else(|| r.get("reference"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+    });
+    let Some(author) = author.filter(|a| !a.trim().is_empty()) else {
+        return Err(GatewayError::invalid(
+            Issue::error(
+                "required",
+                "name who acknowledges: a parameter 'author' (valueString or valueReference)",
+            )
+            .at("Parameters.parameter"),
+        ));
+    };
+    let note = param("note")
+        .and_then(|p| p.get("valueString"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok((author, note))
+}
+
+/// An alert's DetectedIssue as stored.
+fn alert_body(a: &AlertRow) -> Result<Value, GatewayError> {
+    Ok(a.json()?)
+}

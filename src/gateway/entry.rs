@@ -1,0 +1,291 @@
+//! What is written: one create or update (a single resource, or one entry of a transaction or
+//! batch Bundle), checked against its URL; what the store keeps for it; and the response
+//! Bundle of a transaction or batch. Pure: no store, no clock.
+
+use serde_json::{Value, json};
+
+use super::GatewayError;
+use crate::config::SectorSettings;
+use crate::fhir::outcome::Issue;
+use crate::fhir::{self, identifiers, is_valid_id, patient_reference};
+use crate::ids::content_hash;
+use crate::store::{Prepared, PutOutcome};
+
+/// One create or update to apply (a single request, or one Bundle entry).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Where the entry sits, for error locations: `Bundle.entry[3]`, or `None` for a single resource.
+    pub location: Option<String>,
+    pub method: Method,
+    pub rtype: String,
+    /// The id from the URL (PUT).
+    pub url_id: Option<String>,
+    /// `identifier=system|value` from `If-None-Exist`.
+    pub if_none_exist: Option<(String, String)>,
+    pub full_url: Option<String>,
+    pub resource: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Post,
+    Put,
+}
+
+/// The result of one applied entry.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub rtype: String,
+    pub rid: String,
+    pub outcome: PutOutcome,
+    /// The resource as stored.
+    pub body: Value,
+}
+
+/// Checks that a single resource matches its URL (type, and id for PUT).
+pub(super) fn check_entry_shape(e: &Entry) -> Result<(), GatewayError> {
+    let at = |p: &str| match &e.location {
+        Some(l) => format!("{l}.{p}"),
+        None => p.to_owned(),
+    };
+    if !e.resource.is_object() {
+        return Err(GatewayError::invalid(
+            Issue::error(
+                "structure",
+                "the body must be a JSON object holding one FHIR resource",
+            )
+            .at(at(&e.rtype)),
+        ));
+    }
+    match fhir::resource_type(&e.resource) {
+        Some(t) if t == e.rtype => {}
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                Issue::error(
+                    "invalid",
+                    format!("resourceType does not match the URL's type {}", e.rtype),
+                )
+                .at(at(&format!("{}.resourceType", e.rtype))),
+            ));
+        }
+        None => {
+            return Err(GatewayError::invalid(
+                Issue::error("required", "missing resourceType")
+                    .at(at(&format!("{}.resourceType", e.rtype))),
+            ));
+        }
+    }
+    if let Some(url_id) = &e.url_id {
+        if !is_valid_id(url_id) {
+            return Err(GatewayError::invalid(
+                Issue::error("value", "the id in the URL is not a valid FHIR id")
+                    .at(at(&format!("{}.id", e.rtype))),
+            ));
+        }
+        match fhir::resource_id(&e.resource) {
+            Some(id) if id == url_id => {}
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    Issue::error("invalid", "the resource id differs from the id in the URL")
+                        .at(at(&format!("{}.id", e.rtype))),
+                ));
+            }
+            None => {
+                return Err(GatewayError::invalid(
+                    Issue::error("required", "an update must carry the resource id")
+                        .at(at(&format!("{}.id", e.rtype))),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds what the store keeps for one resource.
+pub fn prepare(s: &SectorSettings, rtype: &str, rid: &str, resource: &Value) -> Prepared {
+    // Serialising a Value cannot fail: its keys are strings and its numbers are valid.
+    let body = serde_json::to_string(resource).unwrap_or_default();
+    let hash = content_hash(body.as_bytes());
+    let idents: Vec<(String, String)> = identifiers(resource)
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+    let (patient_ref, link_identifiers) = if rtype == "Patient" {
+        let links = idents
+            .iter()
+            .filter(|(sys, _)| *sys == s.patient_identifier_system)
+            .cloned()
+            .collect();
+        (None, links)
+    } else {
+        (
+            patient_reference(resource).and_then(|(_, r)| normalise_patient_ref(s, r)),
+            Vec::new(),
+        )
+    };
+    Prepared {
+        sector: s.id.clone(),
+        rtype: rtype.to_owned(),
+        rid: rid.to_owned(),
+        body,
+        hash,
+        patient_ref,
+        link_identifiers,
+        identifiers: idents,
+    }
+}
+
+/// `Patient/123`, `Patient/123/_history/2` and `<own base>/Patient/123` become `Patient/123`;
+/// a conditional reference stays as it is; anything else names no patient of this sector.
+fn normalise_patient_ref(s: &SectorSettings, r: &str) -> Option<String> {
+    if r.starts_with("Patient?identifier=") {
+        return Some(r.to_owned());
+    }
+    let local = match &s.base_url {
+        Some(base) => r
+            .strip_prefix(&format!("{}/", base.trim_end_matches('/')))
+            .unwrap_or(r),
+        None => r,
+    };
+    let id = local.strip_prefix("Patient/")?.split('/').next()?;
+    is_valid_id(id).then(|| format!("Patient/{id}"))
+}
+
+/// Reads the entries of a transaction/batch Bundle; each is an `Entry` or its issues.
+pub(super) fn bundle_entries(bundle: &Value) -> Vec<Result<Entry, Vec<Issue>>> {
+    let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let loc = format!("Bundle.entry[{i}]");
+            let fail = |code: &'static str, msg: &str, at: &str| {
+                vec![Issue::error(code, msg).at(format!("{loc}{at}"))]
+            };
+            let request = e
+                .get("request")
+                .ok_or_else(|| fail("required", "each entry needs a request", ".request"))?;
+            let method = match request.get("method").and_then(Value::as_str) {
+                Some("POST") => Method::Post,
+                Some("PUT") => Method::Put,
+                Some(m) => {
+                    return Err(fail(
+                        "not-supported",
+                        &format!("{m} entries are not supported: the gateway accepts POST and PUT"),
+                        ".request.method",
+                    ));
+                }
+                None => {
+                    return Err(fail(
+                        "required",
+                        "missing request method",
+                        ".request.method",
+                    ));
+                }
+            };
+            let url = request.get("url").and_then(Value::as_str).unwrap_or("");
+            let resource = e.get("resource").cloned().ok_or_else(|| {
+                fail(
+                    "required",
+                    "a POST or PUT entry needs a resource",
+                    ".resource",
+                )
+            })?;
+            let rtype = fhir::resource_type(&resource).unwrap_or("").to_owned();
+            let path = url.split('?').next().unwrap_or("");
+            let mut parts = path.split('/');
+            let url_type = parts.next().unwrap_or("");
+            let url_id = parts.next().map(str::to_owned);
+            if url_type != rtype {
+                return Err(fail(
+                    "invalid",
+                    "request.url does not name the entry resource's type",
+                    ".request.url",
+                ));
+            }
+            if method == Method::Put && url_id.is_none() {
+                return Err(fail(
+                    "invalid",
+                    "a PUT entry's url must be Type/id",
+                    ".request.url",
+                ));
+            }
+            if method == Method::Post && url_id.is_some() {
+                return Err(fail(
+                    "invalid",
+                    "a POST entry's url must be the resource type only",
+                    ".request.url",
+                ));
+            }
+            let if_none_exist = match request.get("ifNoneExist").and_then(Value::as_str) {
+                None => None,
+                Some(q) => Some(parse_identifier_query(q).ok_or_else(|| {
+                    fail(
+                        "not-supported",
+                        "ifNoneExist supports identifier=system|value only",
+                        ".request.ifNoneExist",
+                    )
+                })?),
+            };
+            let entry = Entry {
+                location: Some(loc.clone()),
+                method,
+                rtype,
+                url_id,
+                if_none_exist,
+                full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+                resource,
+            };
+            check_entry_shape(&entry).map_err(|err| match err {
+                GatewayError::Invalid(i) => i,
+                other => vec![Issue::error("invalid", other.to_string()).at(loc.clone())],
+            })?;
+            Ok(entry)
+        })
+        .collect()
+}
+
+/// `identifier=system|value` → (system, value).
+pub fn parse_identifier_query(q: &str) -> Option<(String, String)> {
+    let v = q.strip_prefix("identifier=")?;
+    let v = percent_decode(v);
+    let (s, val) = v.split_once('|')?;
+    (!s.is_empty() && !val.is_empty()).then(|| (s.to_owned(), val.to_owned()))
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The response Bundle of a transaction or batch.
+pub(super) fn response_bundle(kind: &str, results: Vec<Result<Applied, GatewayError>>) -> Value {
+    let entries: Vec<Value> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(a) => {
+                let status = if a.outcome.created {
+                    "201 Created"
+                } else {
+                    "200 OK"
+                };
+                json!({ "response": {
+                    "status": status,
+                    "location": format!("{}/{}/_history/{}", a.rtype, a.rid, a.outcome.version),
+                    "etag": format!("W/\"{}\"", a.outcome.version),
+                    "lastModified": a.outcome.last_updated,
+                }})
+            }
+            Err(e) => {
+                json!({ "response": {
+                    "status": e.status().to_string(),
+                    "outcome": crate::fhir::outcome::operation_outcome(&e.issues()),
+                }})
+            }
+        })
+        .collect();
+    json!({ "resourceType": "Bundle", "type": kind, "entry": entries })
+}

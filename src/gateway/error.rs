@@ -1,0 +1,69 @@
+//! Why the core did not carry out a request. Each kind has one HTTP status and one set of
+//! OperationOutcome issues, decided here so that every adapter (the HTTP API, a Bundle's
+//! response entries, the console) answers alike; only `api` turns them into responses.
+
+use crate::access::Denied;
+use crate::fhir::outcome::Issue;
+use crate::store::StoreError;
+
+/// Why a request was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// 400: unparseable or structurally invalid, or a malformed request.
+    #[error("invalid request ({} issues)", .0.len())]
+    Invalid(Vec<Issue>),
+    /// 422: valid FHIR that breaks a profile or business rule.
+    #[error("unprocessable ({} issues)", .0.len())]
+    Unprocessable(Vec<Issue>),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<Denied> for GatewayError {
+    fn from(d: Denied) -> Self {
+        GatewayError::Forbidden(d.0)
+    }
+}
+
+impl GatewayError {
+    pub fn invalid(issue: Issue) -> Self {
+        GatewayError::Invalid(vec![issue])
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::Invalid(_) => 400,
+            GatewayError::Unprocessable(_) => 422,
+            GatewayError::NotFound(_) => 404,
+            GatewayError::Forbidden(_) => 403,
+            GatewayError::Store(StoreError::Busy) => 503,
+            GatewayError::Store(_) => 500,
+        }
+    }
+
+    /// The OperationOutcome issues this error answers with; a store failure says only that
+    /// nothing was stored (its cause is logged, without patient data).
+    pub fn issues(&self) -> Vec<Issue> {
+        match self {
+            GatewayError::Invalid(i) | GatewayError::Unprocessable(i) => i.clone(),
+            GatewayError::NotFound(what) => vec![Issue::error("not-found", what.clone())],
+            GatewayError::Forbidden(why) => vec![Issue::error("forbidden", why.clone())],
+            GatewayError::Store(StoreError::Busy) => vec![Issue::error(
+                "transient",
+                "the store is busy; nothing was stored, retry the request",
+            )],
+            GatewayError::Store(err) => {
+                tracing::error!(error = %err, "store failure");
+                vec![Issue::error(
+                    "exception",
+                    "the request could not be stored; nothing was stored, retry later",
+                )]
+            }
+        }
+    }
+}

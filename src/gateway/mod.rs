@@ -1,0 +1,141 @@
+//! The gateway core: everything a request, the console, the command line or a worker can ask of
+//! carebridge, each operation deciding access through [`crate::access::authorize`] first.
+//!
+//! - [`write`]: the write pipeline — validate, resolve ids and references, link the patient,
+//!   store, route to the outbox, detect, audit — in one transaction.
+//! - [`entry`]: the shape of what is written (a resource or a Bundle entry) and the response
+//!   Bundle of a transaction or batch.
+//! - [`read`]: the read service — reads, searches, the audit search.
+//! - [`alerts`]: the alert lifecycle (detection inside the accepting transaction,
+//!   acknowledgement), [`alert_service`] its reads and the total plan, [`notify`] the care
+//!   team's messages.
+//! - [`ledger`]: walking, exporting and pruning the audit chain.
+//! - [`admin`]: the outbox as IT staff see it.
+//! - [`views`]: how stored resources are shown (per sector, across sectors).
+//!
+//! The HTTP API (`api`), the command line (`cli`, `demo`) and the workers (`workers`) are
+//! adapters over [`Gateway`]; only it reaches the store for them.
+
+pub mod admin;
+pub mod alert_service;
+pub mod alerts;
+pub mod entry;
+mod error;
+pub mod ledger;
+pub mod notify;
+pub mod read;
+pub mod views;
+pub mod write;
+
+pub use entry::{Applied, Entry, Method, parse_identifier_query, prepare};
+pub use error::GatewayError;
+
+use std::sync::Arc;
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::config::{SectorSettings, Settings};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::terminology::Mapping;
+use crate::validate::Validator;
+use alerts::{AlertEvent, Detection};
+
+/// The gateway core. Built once by [`Gateway::new`] with everything it needs; shared by the
+/// HTTP API, the workers and the command line.
+pub struct Gateway {
+    settings: Settings,
+    validator: Validator,
+    store: Arc<dyn Store>,
+    mapping: Arc<Mapping>,
+    metrics: Arc<Metrics>,
+    /// Woken after a commit that wrote outbox entries (the delivery workers wait on it).
+    outbox_signal: Arc<Notify>,
+    /// Fragmentation detection; `None` turns it off (the alerts stay as they are).
+    detection: Option<Detection>,
+    /// Alert changes, after they committed (`GET /alerts/stream`).
+    alert_events: broadcast::Sender<AlertEvent>,
+    /// Turns true when the server shuts down (long-lived responses such as the alert stream
+    /// end then).
+    shutting_down: watch::Sender<bool>,
+}
+
+impl Gateway {
+    /// The core over `store`, validating with `validator`, mapping codes with `mapping`, and
+    /// detecting fragmentation with `detection` (`None`: alerts are left as they are).
+    pub fn new(
+        settings: Settings,
+        validator: Validator,
+        store: Arc<dyn Store>,
+        mapping: Arc<Mapping>,
+        detection: Option<Detection>,
+    ) -> Self {
+        Gateway {
+            settings,
+            validator,
+            store,
+            mapping,
+            metrics: Arc::new(Metrics::new()),
+            outbox_signal: Arc::new(Notify::new()),
+            detection,
+            alert_events: broadcast::channel(1024).0,
+            shutting_down: watch::channel(false).0,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn validator(&self) -> &Validator {
+        &self.validator
+    }
+
+    /// The store, for the workers above the core and for operations tooling.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn mapping(&self) -> &Arc<Mapping> {
+        &self.mapping
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Woken after a commit that queued deliveries.
+    pub fn outbox_signal(&self) -> &Arc<Notify> {
+        &self.outbox_signal
+    }
+
+    pub fn sector(&self, id: &str) -> Option<&SectorSettings> {
+        self.settings.sector(id)
+    }
+
+    /// True when the store answers.
+    pub async fn ready(&self) -> bool {
+        self.store.ping().await
+    }
+
+    /// Alert changes from now on (each sent after it committed).
+    pub fn subscribe_alerts(&self) -> broadcast::Receiver<AlertEvent> {
+        self.alert_events.subscribe()
+    }
+
+    /// Turns true when the server begins to shut down.
+    pub fn watch_shutdown(&self) -> watch::Receiver<bool> {
+        self.shutting_down.subscribe()
+    }
+
+    /// Tells long-lived responses (the alert stream) to end.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutting_down.send(true);
+    }
+
+    /// Sends committed alert changes to the stream (nobody listening is fine).
+    fn publish(&self, events: Vec<AlertEvent>) {
+        for e in events {
+            let _ = self.alert_events.send(e);
+        }
+    }
+}

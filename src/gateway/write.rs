@@ -1,0 +1,666 @@
+//! The write pipeline of one request: authorise, validate, resolve ids and references, link
+//! the patient, store, route to the outbox, detect, audit — the same for the HTTP API, the
+//! poller and the demo loader.
+//!
+//! Invariant: what a request changes, its outbox entries, its alert changes and its audit rows
+//! commit in one transaction; a request that is rejected changes nothing and leaves one audit
+//! row saying why.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::alerts::AlertEvent;
+use super::entry::{
+    Applied, Entry, Method, bundle_entries, check_entry_shape, prepare, response_bundle,
+};
+use super::{Gateway, GatewayError};
+use crate::access::{Caller, Request, authorize};
+use crate::audit::{self, Action, Actor, AuditRow, Interaction, Outcome};
+use crate::config::SectorSettings;
+use crate::exchange::route::Routed;
+use crate::fhir::outcome::Issue;
+use crate::fhir::time::{instant, now_us};
+use crate::fhir::{self, for_each_reference_mut, identifiers, is_valid_id, patient_reference};
+use crate::ids::content_hash;
+use crate::store::{PutOutcome, StoreError, StoreTx};
+
+/// The entries of a Bundle, each an entry or the issues that make it unusable.
+type ParsedEntries = Vec<Result<Entry, Vec<Issue>>>;
+
+impl Gateway {
+    /// The sector a caller writes under: it must exist, and be the caller's own.
+    fn writable_sector(
+        &self,
+        caller: &Caller,
+        sector: &str,
+    ) -> Result<&SectorSettings, GatewayError> {
+        let s = self
+            .sector(sector)
+            .ok_or_else(|| GatewayError::NotFound(format!("no sector '{sector}'")))?;
+        authorize(caller, Request::WriteSector(sector))?;
+        Ok(s)
+    }
+
+    /// Validates one resource for a sector: structure first (400), then profiles and the
+    /// cross-sector reference rule (422). Locations are nested under `location` when given.
+    pub fn check(
+        &self,
+        sector: &SectorSettings,
+        resource: &Value,
+        location: Option<&str>,
+    ) -> Result<(), GatewayError> {
+        let place = |i: Issue| match location {
+            Some(l) => i.nested_under(l),
+            None => i,
+        };
+        let issues = self.validator.structural(resource);
+        if !issues.is_empty() {
+            return Err(GatewayError::Invalid(
+                issues.into_iter().map(place).collect(),
+            ));
+        }
+        self.check_profile(sector, resource, location)
+    }
+
+    /// The second half of [`Gateway::check`], for a resource whose structure was already
+    /// validated (a Bundle entry: `Validator::structural` on the Bundle validates every nested
+    /// resource against its own type, so the entries are not validated a second time).
+    fn check_profile(
+        &self,
+        sector: &SectorSettings,
+        resource: &Value,
+        location: Option<&str>,
+    ) -> Result<(), GatewayError> {
+        let place = |i: Issue| match location {
+            Some(l) => i.nested_under(l),
+            None => i,
+        };
+        let mut issues = self.validator.profile(sector.profile.as_deref(), resource);
+        issues.extend(self.foreign_patient_references(sector, resource));
+        if !issues.is_empty() {
+            return Err(GatewayError::Unprocessable(
+                issues.into_iter().map(place).collect(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A sector may only name its own patients: an absolute reference into another configured
+    /// sector's FHIR base is refused (use a conditional reference by CPR instead).
+    fn foreign_patient_references(&self, sector: &SectorSettings, resource: &Value) -> Vec<Issue> {
+        let Some((element, reference)) = patient_reference(resource) else {
+            return Vec::new();
+        };
+        let rtype = fhir::resource_type(resource).unwrap_or("Resource");
+        self.settings
+            .sectors
+            .iter()
+            .filter(|s| s.id != sector.id)
+            .filter_map(|s| s.base_url.as_deref())
+            .filter(|base| reference.starts_with(&format!("{}/", base.trim_end_matches('/'))))
+            .map(|_| {
+                Issue::error(
+                    "business-rule",
+                    "the reference points to a Patient of another sector; reference your own Patient \
+                     or use Patient?identifier=<system>|<value>",
+                )
+                .at(format!("{rtype}.{element}.reference"))
+            })
+            .collect()
+    }
+
+    /// POST/PUT of one resource under a sector.
+    pub async fn put_one(
+        &self,
+        caller: &Caller,
+        sector: &str,
+        entry: Entry,
+    ) -> Result<Applied, GatewayError> {
+        let interaction = match entry.method {
+            Method::Put => Interaction::Update,
+            Method::Post => Interaction::Create,
+        };
+        let rtype = entry.rtype.clone();
+        let result = self.put_one_inner(caller, sector, entry, interaction).await;
+        if let Err(e) = &result {
+            self.audit_rejection(caller, Some(sector), interaction, &rtype, e)
+                .await;
+        }
+        result
+    }
+
+    async fn put_one_inner(
+        &self,
+        caller: &Caller,
+        sector: &str,
+        entry: Entry,
+        interaction: Interaction,
+    ) -> Result<Applied, GatewayError> {
+        let s = self.writable_sector(caller, sector)?;
+        check_entry_shape(&entry)?;
+        self.check(s, &entry.resource, None)?;
+        let mut applied = self.apply(caller, s, vec![entry], interaction).await?;
+        Ok(applied.remove(0))
+    }
+
+    /// A `transaction` (all or nothing) or `batch` (entry by entry) Bundle under a sector.
+    /// Returns the response Bundle.
+    pub async fn bundle(
+        &self,
+        caller: &Caller,
+        sector: &str,
+        bundle: Value,
+    ) -> Result<Value, GatewayError> {
+        let result = self.bundle_inner(caller, sector, bundle).await;
+        if let Err(e) = &result {
+            self.audit_rejection(caller, Some(sector), Interaction::Transaction, "Bundle", e)
+                .await;
+        }
+        result
+    }
+
+    async fn bundle_inner(
+        &self,
+        caller: &Caller,
+        sector: &str,
+        bundle: Value,
+    ) -> Result<Value, GatewayError> {
+        let s = self.writable_sector(caller, sector)?;
+        let kind = self.bundle_kind(&bundle)?;
+        // The Bundle itself must be valid R4 in both modes (entries are checked with it).
+        let structural = self.validator.structural(&bundle);
+        let entries = bundle_entries(&bundle);
+        if kind == Interaction::Transaction {
+            return self.transaction(caller, s, structural, entries).await;
+        }
+        self.batch(caller, s, structural, entries).await
+    }
+
+    /// A Bundle's type (transaction or batch), after the checks that refuse it whole.
+    fn bundle_kind(&self, bundle: &Value) -> Result<Interaction, GatewayError> {
+        if fhir::resource_type(bundle) != Some("Bundle") {
+            return Err(GatewayError::invalid(
+                Issue::error(
+                    "invalid",
+                    "POST to a sector base takes a transaction or batch Bundle",
+                )
+                .at("Bundle.resourceType"),
+            ));
+        }
+        let kind = match bundle.get("type").and_then(Value::as_str) {
+            Some("transaction") => Interaction::Transaction,
+            Some("batch") => Interaction::Batch,
+            _ => {
+                return Err(GatewayError::invalid(
+                    Issue::error("invalid", "Bundle.type must be transaction or batch")
+                        .at("Bundle.type"),
+                ));
+            }
+        };
+        let count = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let limit = self.settings.server.max_bundle_entries;
+        if count > limit {
+            return Err(GatewayError::invalid(
+                Issue::error(
+                    "too-costly",
+                    format!("the Bundle has {count} entries; the limit is {limit}"),
+                )
+                .at("Bundle.entry"),
+            ));
+        }
+        Ok(kind)
+    }
+
+    /// A transaction: every entry valid, or nothing is stored.
+    async fn transaction(
+        &self,
+        caller: &Caller,
+        s: &SectorSettings,
+        structural: Vec<Issue>,
+        entries: ParsedEntries,
+    ) -> Result<Value, GatewayError> {
+        if !structural.is_empty() {
+            return Err(GatewayError::Invalid(structural));
+        }
+        let entries = entries
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(GatewayError::Invalid)?;
+        let mut unprocessable = Vec::new();
+        for e in &entries {
+            let at = e.location.as_deref().map(|l| format!("{l}.resource"));
+            match self.check_profile(s, &e.resource, at.as_deref()) {
+                Ok(()) => {}
+                Err(GatewayError::Unprocessable(i) | GatewayError::Invalid(i)) => {
+                    unprocessable.extend(i)
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if !unprocessable.is_empty() {
+            return Err(GatewayError::Unprocessable(unprocessable));
+        }
+        let applied = self
+            .apply(caller, s, entries, Interaction::Transaction)
+            .await?;
+        Ok(response_bundle(
+            "transaction-response",
+            applied.into_iter().map(Ok).collect(),
+        ))
+    }
+
+    /// A batch: each entry stands alone; a bad entry fails only itself.
+    async fn batch(
+        &self,
+        caller: &Caller,
+        s: &SectorSettings,
+        structural: Vec<Issue>,
+        entries: ParsedEntries,
+    ) -> Result<Value, GatewayError> {
+        let mut results = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.into_iter().enumerate() {
+            let prefix = format!("Bundle.entry[{i}]");
+            let result = match entry {
+                Err(issues) => Err(GatewayError::Invalid(issues)),
+                Ok(e) => self.batch_entry(caller, s, &structural, &prefix, e).await,
+            };
+            if let Err(e) = &result {
+                if let GatewayError::Store(_) = e {
+                    return Err(GatewayError::Store(StoreError::Busy));
+                }
+                self.audit_rejection(caller, Some(&s.id), Interaction::Batch, "Bundle", e)
+                    .await;
+            }
+            results.push(result);
+        }
+        Ok(response_bundle("batch-response", results))
+    }
+
+    /// One entry of a batch: its share of the Bundle's structural issues, its profile, then
+    /// its own transaction.
+    async fn batch_entry(
+        &self,
+        caller: &Caller,
+        s: &SectorSettings,
+        structural: &[Issue],
+        prefix: &str,
+        e: Entry,
+    ) -> Result<Applied, GatewayError> {
+        let nested = format!("{prefix}.");
+        let entry_issues: Vec<Issue> = structural
+            .iter()
+            .filter(|x| {
+                x.expression
+                    .as_deref()
+                    .is_some_and(|p| p == prefix || p.starts_with(&nested))
+            })
+            .cloned()
+            .collect();
+        if !entry_issues.is_empty() {
+            return Err(GatewayError::Invalid(entry_issues));
+        }
+        self.check_profile(s, &e.resource, Some(&format!("{prefix}.resource")))?;
+        let mut applied = self.apply(caller, s, vec![e], Interaction::Batch).await?;
+        Ok(applied.remove(0))
+    }
+
+    /// Applies entries in one transaction: ids, references, store, outbox, alerts, audit.
+    async fn apply(
+        &self,
+        caller: &Caller,
+        s: &SectorSettings,
+        mut entries: Vec<Entry>,
+        interaction: Interaction,
+    ) -> Result<Vec<Applied>, GatewayError> {
+        let mut tx = self.store.begin().await?;
+        let ids = assign_ids(&mut *tx, &s.id, &entries).await?;
+        let mut applied = store_entries(&mut *tx, s, &mut entries, ids).await?;
+        // Resources stored before their Patient in this request are linked by now.
+        for a in applied.iter_mut() {
+            if a.outcome.changed && a.outcome.patient_id.is_none() && a.rtype != "Patient" {
+                a.outcome.patient_id = tx.get(&a.outcome.gid).await?.and_then(|s| s.patient_id);
+            }
+        }
+        // The outbox: what goes to the other sectors commits with what was accepted.
+        let routed: Vec<Routed<'_>> = applied.iter().map(|a| routed(&s.id, a)).collect();
+        let targets = crate::exchange::route::enqueue(&mut *tx, &self.settings, &routed).await?;
+        // Alerts for the patients whose data changed, in the same transaction.
+        let touched: BTreeSet<String> = applied
+            .iter()
+            .filter(|a| a.outcome.changed)
+            .filter_map(|a| a.outcome.patient_id.clone())
+            .collect();
+        let alert_events = self.detect(&mut *tx, &touched).await?;
+        for row in accepted_rows(&caller.actor(), &s.id, interaction, &applied) {
+            tx.audit(&row).await?;
+        }
+        tx.commit().await?;
+        if !targets.is_empty() || !alert_events.is_empty() {
+            self.outbox_signal.notify_waiters();
+        }
+        self.publish(alert_events);
+        Ok(applied)
+    }
+
+    /// Re-evaluates the alerts of the patients touched, inside `tx`; writes their audit rows
+    /// and queues the care team's messages.
+    async fn detect(
+        &self,
+        tx: &mut dyn StoreTx,
+        patients: &BTreeSet<String>,
+    ) -> Result<Vec<AlertEvent>, GatewayError> {
+        let Some(d) = self.detection.as_ref() else {
+            return Ok(Vec::new());
+        };
+        if !self.settings.alerts.enabled {
+            return Ok(Vec::new());
+        }
+        let now = now_us();
+        let sent = instant(now);
+        let mut all = Vec::new();
+        for p in patients {
+            let events = super::alerts::evaluate(tx, d, p, now).await?;
+            for e in &events {
+                tx.audit(&alert_audit_row(e, None)).await?;
+                // The care team hears of it through the outbox.
+                super::notify::notify(tx, &self.settings, e, &sent).await?;
+            }
+            all.extend(events);
+        }
+        Ok(all)
+    }
+
+    async fn audit_rejection(
+        &self,
+        caller: &Caller,
+        sector: Option<&str>,
+        interaction: Interaction,
+        rtype: &str,
+        e: &GatewayError,
+    ) {
+        let (outcome, detail) = match e {
+            GatewayError::Invalid(i) => (
+                Outcome::MinorFailure,
+                format!("rejected {rtype}: invalid ({} issues)", i.len()),
+            ),
+            GatewayError::Unprocessable(i) => (
+                Outcome::MinorFailure,
+                format!(
+                    "rejected {rtype}: profile or business rule ({} issues)",
+                    i.len()
+                ),
+            ),
+            GatewayError::NotFound(_) => (
+                Outcome::MinorFailure,
+                format!("rejected {rtype}: not found"),
+            ),
+            GatewayError::Forbidden(_) => (
+                Outcome::MinorFailure,
+                format!("rejected {rtype}: forbidden"),
+            ),
+            GatewayError::Store(_) => (
+                Outcome::SeriousFailure,
+                format!("failed {rtype}: store unavailable"),
+            ),
+        };
+        let mut row = audit::row(
+            &caller.actor(),
+            sector,
+            Action::Create,
+            interaction,
+            outcome,
+        );
+        row.detail = Some(detail);
+        self.write_audit(row).await;
+    }
+
+    /// Records a write whose body was refused before it was read as FHIR (media type, size,
+    /// JSON): the HTTP status says why.
+    pub async fn rejected_body(
+        &self,
+        caller: &Caller,
+        sector: &str,
+        interaction: Interaction,
+        status: u16,
+    ) {
+        let mut row = audit::row(
+            &caller.actor(),
+            Some(sector),
+            Action::Create,
+            interaction,
+            Outcome::MinorFailure,
+        );
+        row.detail = Some(format!("rejected body: HTTP {status}"));
+        self.write_audit(row).await;
+    }
+
+    /// Records a request refused for want of a valid bearer token (`detail` names the method,
+    /// the path and the kind of refusal, never the token).
+    pub async fn refused_authentication(&self, request_id: Option<String>, detail: &str) {
+        let actor = Actor {
+            client_id: None,
+            role: None,
+            request_id,
+        };
+        let mut row = audit::row(
+            &actor,
+            None,
+            Action::Execute,
+            Interaction::Authenticate,
+            Outcome::MinorFailure,
+        );
+        row.detail = Some(detail.to_owned());
+        self.write_audit(row).await;
+    }
+
+    /// Writes a standalone audit row; a failure is logged (without patient data), never hidden.
+    pub(crate) async fn write_audit(&self, row: AuditRow) {
+        let result = async {
+            let mut tx = self.store.begin().await?;
+            tx.audit(&row).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, interaction = %row.interaction, "could not write an audit row");
+        }
+    }
+}
+
+/// The sector-local id of every entry, and whether it names a resource already stored (a
+/// conditional create that matched).
+async fn assign_ids(
+    tx: &mut dyn StoreTx,
+    sector: &str,
+    entries: &[Entry],
+) -> Result<Vec<(String, bool)>, GatewayError> {
+    let mut ids = Vec::with_capacity(entries.len());
+    for e in entries {
+        let id = if let Some(id) = &e.url_id {
+            (id.clone(), false)
+        } else if let Some((sys, val)) = &e.if_none_exist {
+            match tx.find_by_identifier(sector, &e.rtype, sys, val).await? {
+                Some(found) => (found, true),
+                None => (assign_id(e, tx, sector).await?, false),
+            }
+        } else {
+            (assign_id(e, tx, sector).await?, false)
+        };
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Stores each entry under its id, references to other entries (by fullUrl) rewritten to
+/// `Type/id`; an entry whose conditional create matched is answered with what is stored.
+async fn store_entries(
+    tx: &mut dyn StoreTx,
+    s: &SectorSettings,
+    entries: &mut [Entry],
+    ids: Vec<(String, bool)>,
+) -> Result<Vec<Applied>, GatewayError> {
+    let map: HashMap<String, String> = entries
+        .iter()
+        .zip(&ids)
+        .filter_map(|(e, (rid, _))| Some((e.full_url.clone()?, format!("{}/{rid}", e.rtype))))
+        .collect();
+    let mut applied = Vec::with_capacity(entries.len());
+    for (e, (rid, existing)) in entries.iter_mut().zip(ids) {
+        if existing {
+            applied.push(already_stored(tx, s, &e.rtype, rid).await?);
+            continue;
+        }
+        if !map.is_empty() {
+            for_each_reference_mut(&mut e.resource, &mut |r: &mut String| {
+                if let Some(target) = map.get(r.as_str()) {
+                    *r = target.clone();
+                }
+            });
+        }
+        if let Some(obj) = e.resource.as_object_mut() {
+            obj.insert("id".into(), Value::String(rid.clone()));
+        }
+        let outcome = tx.put(&prepare(s, &e.rtype, &rid, &e.resource)).await?;
+        applied.push(Applied {
+            rtype: e.rtype.clone(),
+            rid,
+            outcome,
+            body: std::mem::take(&mut e.resource),
+        });
+    }
+    Ok(applied)
+}
+
+/// The stored resource a conditional create matched, as an unchanged outcome.
+async fn already_stored(
+    tx: &mut dyn StoreTx,
+    s: &SectorSettings,
+    rtype: &str,
+    rid: String,
+) -> Result<Applied, GatewayError> {
+    let stored = tx
+        .get_sector(&s.id, rtype, &rid)
+        .await?
+        .ok_or_else(|| GatewayError::NotFound(format!("{rtype}/{rid}")))?;
+    Ok(Applied {
+        rtype: rtype.to_owned(),
+        rid,
+        body: stored.json()?,
+        outcome: PutOutcome {
+            gid: stored.gid,
+            version: stored.version,
+            last_updated: stored.last_updated,
+            changed: false,
+            created: false,
+            patient_id: stored.patient_id,
+        },
+    })
+}
+
+/// What routing needs of one applied entry.
+fn routed<'a>(sector: &'a str, a: &'a Applied) -> Routed<'a> {
+    Routed {
+        sector,
+        rtype: &a.rtype,
+        gid: &a.outcome.gid,
+        version: a.outcome.version,
+        patient_id: a.outcome.patient_id.as_deref(),
+        created: a.outcome.created,
+        changed: a.outcome.changed,
+        body: &a.body,
+    }
+}
+
+/// One audit row per patient touched by an accepted request.
+fn accepted_rows(
+    actor: &Actor,
+    sector: &str,
+    interaction: Interaction,
+    applied: &[Applied],
+) -> Vec<AuditRow> {
+    let mut groups: BTreeMap<Option<String>, Vec<&Applied>> = BTreeMap::new();
+    for a in applied {
+        groups
+            .entry(a.outcome.patient_id.clone())
+            .or_default()
+            .push(a);
+    }
+    groups
+        .into_iter()
+        .map(|(patient, items)| {
+            let created = items.iter().filter(|a| a.outcome.created).count();
+            let changed = items
+                .iter()
+                .filter(|a| a.outcome.changed && !a.outcome.created)
+                .count();
+            let unchanged = items.len() - created - changed;
+            let action = if created == items.len() {
+                Action::Create
+            } else {
+                Action::Update
+            };
+            let mut row = audit::row(actor, Some(sector), action, interaction, Outcome::Success);
+            row.patient_id = patient;
+            row.entities = items
+                .iter()
+                .map(|a| format!("{}/{}", a.rtype, a.outcome.gid))
+                .collect();
+            row.detail = Some(format!(
+                "accepted: {created} created, {changed} updated, {unchanged} unchanged"
+            ));
+            row
+        })
+        .collect()
+}
+
+/// The audit row of an alert change (raised, updated, closed by detection; acknowledged by a
+/// caller).
+pub fn alert_audit_row(e: &AlertEvent, caller: Option<&Caller>) -> AuditRow {
+    let actor = match caller {
+        Some(c) => c.actor(),
+        None => Actor::gateway(),
+    };
+    let action = match e.kind {
+        "raised" => Action::Create,
+        _ => Action::Update,
+    };
+    let mut row = audit::row(&actor, None, action, Interaction::Alert, Outcome::Success);
+    row.patient_id = Some(e.patient.clone());
+    let mut entities = vec![format!("DetectedIssue/{}", e.id)];
+    if let Some(list) = e.resource.get("implicated").and_then(Value::as_array) {
+        entities.extend(
+            list.iter()
+                .filter_map(|r| r.get("reference")?.as_str().map(str::to_owned)),
+        );
+    }
+    row.entities = entities;
+    row.purpose = Some("TREAT".into());
+    row.detail = Some(format!(
+        "alert {} {} (version {}, status {})",
+        e.code, e.kind, e.version, e.status
+    ));
+    row
+}
+
+/// The sector-local id of a created resource: the sender's own id (the gateway mirrors the
+/// sector's record), else the id already known for its business identifier, else an id derived
+/// from the identifier or the content, so that a re-sent create is recognised.
+async fn assign_id(e: &Entry, tx: &mut dyn StoreTx, sector: &str) -> Result<String, GatewayError> {
+    if let Some(id) = fhir::resource_id(&e.resource).filter(|id| is_valid_id(id)) {
+        return Ok(id.to_owned());
+    }
+    if let Some((sys, val)) = identifiers(&e.resource).first() {
+        if let Some(found) = tx.find_by_identifier(sector, &e.rtype, sys, val).await? {
+            return Ok(found);
+        }
+        return Ok(format!(
+            "i{}",
+            &content_hash(format!("{sys}|{val}").as_bytes())[..40]
+        ));
+    }
+    let bytes = serde_json::to_vec(&e.resource).unwrap_or_default();
+    Ok(format!("h{}", &content_hash(&bytes)[..40]))
+}
