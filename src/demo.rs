@@ -164,7 +164,7 @@ async fn load_fixtures(
 }
 
 async fn summary(app: &App) -> anyhow::Result<()> {
-    let stats = app.gateway.store().stats().await?;
+    let stats = app.gateway.stats().await?;
     println!();
     println!(
         "{:<14} {:<22} {:>9}",

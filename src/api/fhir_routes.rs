@@ -29,10 +29,10 @@ use crate::store::AuditQuery;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/fhir/metadata", get(metadata))
-        .route("/fhir/{a}", get(search).post(post_bundle))
-        .route("/fhir/{a}/{b}", get(get_two).post(post_create))
+        .route("/fhir/{base}", get(search).post(post_bundle))
+        .route("/fhir/{base}/{segment}", get(get_two).post(post_create))
         .route(
-            "/fhir/{a}/{b}/{c}",
+            "/fhir/{base}/{segment}/{leaf}",
             get(get_three).put(put_update).post(post_operation),
         )
         .method_not_allowed_fallback(|| async {
@@ -60,9 +60,9 @@ fn is_type(state: &AppState, name: &str) -> bool {
     state.gateway.validator().schema.is_resource_type(name)
 }
 
-fn unknown_first_segment(a: &str) -> ApiError {
+fn unknown_first_segment(base: &str) -> ApiError {
     ApiError::not_found(format!(
-        "'{a}' is neither a configured sector nor an R4 resource type"
+        "'{base}' is neither a configured sector nor an R4 resource type"
     ))
 }
 
@@ -146,43 +146,52 @@ fn parse_body(
 async fn post_bundle(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    Path(a): Path<String>,
+    Path(sector): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if state.gateway.sector(&a).is_none() {
-        return Err(unknown_first_segment(&a));
+    if state.gateway.sector(&sector).is_none() {
+        return Err(unknown_first_segment(&sector));
     }
     let value = read_body(
         &state,
         &caller,
-        &a,
+        &sector,
         "Bundle",
         Interaction::Transaction,
         &headers,
         body,
     )
     .await?;
-    let response = state.gateway.bundle(&caller, &a, value).await?;
+    let response = state.gateway.bundle(&caller, &sector, value).await?;
     Ok(fhir_response(StatusCode::OK, &response))
 }
 
 async fn post_create(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    Path((a, b)): Path<(String, String)>,
+    Path((sector, rtype)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if state.gateway.sector(&a).is_none() {
-        return Err(unknown_first_segment(&a));
+    if state.gateway.sector(&sector).is_none() {
+        return Err(unknown_first_segment(&sector));
     }
-    if !is_type(&state, &b) {
+    if !is_type(&state, &rtype) {
         return Err(ApiError::not_found(format!(
-            "'{b}' is not an R4 resource type"
+            "'{rtype}' is not an R4 resource type"
         )));
     }
-    let value = read_body(&state, &caller, &a, &b, Interaction::Create, &headers, body).await?;
+    let value = read_body(
+        &state,
+        &caller,
+        &sector,
+        &rtype,
+        Interaction::Create,
+        &headers,
+        body,
+    )
+    .await?;
     let if_none_exist = match headers.get("if-none-exist").and_then(|v| v.to_str().ok()) {
         None => None,
         Some(q) => Some(parse_identifier_query(q).ok_or_else(|| {
@@ -196,41 +205,50 @@ async fn post_create(
     let entry = Entry {
         location: None,
         method: Method::Post,
-        rtype: b,
+        rtype: rtype,
         url_id: None,
         if_none_exist,
         full_url: None,
         resource: value,
     };
-    write_response(&state, &headers, &caller, &a, entry).await
+    write_response(&state, &headers, &caller, &sector, entry).await
 }
 
 async fn put_update(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    Path((a, b, c)): Path<(String, String, String)>,
+    Path((sector, rtype, id)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if state.gateway.sector(&a).is_none() {
-        return Err(unknown_first_segment(&a));
+    if state.gateway.sector(&sector).is_none() {
+        return Err(unknown_first_segment(&sector));
     }
-    if !is_type(&state, &b) {
+    if !is_type(&state, &rtype) {
         return Err(ApiError::not_found(format!(
-            "'{b}' is not an R4 resource type"
+            "'{rtype}' is not an R4 resource type"
         )));
     }
-    let value = read_body(&state, &caller, &a, &b, Interaction::Update, &headers, body).await?;
+    let value = read_body(
+        &state,
+        &caller,
+        &sector,
+        &rtype,
+        Interaction::Update,
+        &headers,
+        body,
+    )
+    .await?;
     let entry = Entry {
         location: None,
         method: Method::Put,
-        rtype: b,
-        url_id: Some(c),
+        rtype: rtype,
+        url_id: Some(id),
         if_none_exist: None,
         full_url: None,
         resource: value,
     };
-    write_response(&state, &headers, &caller, &a, entry).await
+    write_response(&state, &headers, &caller, &sector, entry).await
 }
 
 async fn write_response(
@@ -278,31 +296,31 @@ async fn write_response(
 async fn get_two(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    Path((a, b)): Path<(String, String)>,
+    Path((base, segment)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    if state.gateway.sector(&a).is_some() {
-        if b == "metadata" {
+    if state.gateway.sector(&base).is_some() {
+        if segment == "metadata" {
             return Ok(fhir_response(
                 StatusCode::OK,
-                &views::sector_capability(&state.gateway, &a),
+                &views::sector_capability(&state.gateway, &base),
             ));
         }
         return Err(ApiError::not_found(format!(
-            "read under a sector needs /fhir/{a}/{{type}}/{{id}}"
+            "read under a sector needs /fhir/{base}/{{type}}/{{id}}"
         )));
     }
-    if !is_type(&state, &a) {
-        return Err(unknown_first_segment(&a));
+    if !is_type(&state, &base) {
+        return Err(unknown_first_segment(&base));
     }
-    if a == "DetectedIssue" {
-        return super::alert_routes::read(&state, &caller, &b).await;
+    if base == "DetectedIssue" {
+        return super::alert_routes::read(&state, &caller, &segment).await;
     }
-    if a == "Patient"
-        && let Some(p) = state.gateway.patient(&caller, &b).await?
+    if base == "Patient"
+        && let Some(p) = state.gateway.patient(&caller, &segment).await?
     {
         return Ok(fhir_response(StatusCode::OK, &patient_view(&p)));
     }
-    let stored = state.gateway.read(&caller, None, &a, &b).await?;
+    let stored = state.gateway.read(&caller, None, &base, &segment).await?;
     Ok(with_version(
         fhir_response(StatusCode::OK, &gateway_view(&state.gateway, &stored)?),
         stored.version,
@@ -312,20 +330,23 @@ async fn get_two(
 async fn get_three(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    Path((a, b, c)): Path<(String, String, String)>,
+    Path((base, segment, leaf)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    if a == "Patient" && c == "$total-plan" {
-        return super::alert_routes::total_plan(&state, &caller, &b).await;
+    if base == "Patient" && leaf == "$total-plan" {
+        return super::alert_routes::total_plan(&state, &caller, &segment).await;
     }
-    if state.gateway.sector(&a).is_none() {
-        return Err(unknown_first_segment(&a));
+    if state.gateway.sector(&base).is_none() {
+        return Err(unknown_first_segment(&base));
     }
-    if !is_type(&state, &b) {
+    if !is_type(&state, &segment) {
         return Err(ApiError::not_found(format!(
-            "'{b}' is not an R4 resource type"
+            "'{segment}' is not an R4 resource type"
         )));
     }
-    let stored = state.gateway.read(&caller, Some(&a), &b, &c).await?;
+    let stored = state
+        .gateway
+        .read(&caller, Some(&base), &segment, &leaf)
+        .await?;
     Ok(with_version(
         fhir_response(StatusCode::OK, &sector_view(&state.gateway, &stored)?),
         stored.version,
@@ -336,11 +357,11 @@ async fn get_three(
 async fn post_operation(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    Path((a, b, c)): Path<(String, String, String)>,
+    Path((rtype, id, operation)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !(a == "DetectedIssue" && c == "$acknowledge") {
+    if !(rtype == "DetectedIssue" && operation == "$acknowledge") {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "not-supported",
@@ -348,7 +369,7 @@ async fn post_operation(
         ));
     }
     let value = parse_body(&state, "Parameters", &headers, body)?;
-    super::alert_routes::acknowledge(&state, &caller, &b, &value).await
+    super::alert_routes::acknowledge(&state, &caller, &id, &value).await
 }
 
 fn with_version(mut resp: Response, version: i64) -> Response {
@@ -410,19 +431,19 @@ fn next_link(
 async fn search(
     State(state): State<AppState>,
     Authed(caller): Authed,
-    Path(a): Path<String>,
+    Path(rtype): Path<String>,
     headers: HeaderMap,
     params: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    if state.gateway.sector(&a).is_some() {
+    if state.gateway.sector(&rtype).is_some() {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "not-supported",
             "a sector base takes POST of a Bundle",
         ));
     }
-    if !is_type(&state, &a) {
-        return Err(unknown_first_segment(&a));
+    if !is_type(&state, &rtype) {
+        return Err(unknown_first_segment(&rtype));
     }
     let Query(params) = params.map_err(|_| {
         ApiError::new(
@@ -433,13 +454,13 @@ async fn search(
     })?;
     let (offset, count) = paging(&params)?;
     let base = base_url(&headers);
-    if a == "AuditEvent" {
+    if rtype == "AuditEvent" {
         return audit_search(&state, &caller, &base, &params, offset, count).await;
     }
-    if a == "DetectedIssue" {
+    if rtype == "DetectedIssue" {
         return super::alert_routes::search(&state, &caller, &params, offset, count).await;
     }
-    if a == "Patient" {
+    if rtype == "Patient" {
         return patient_search(&state, &caller, &base, &params).await;
     }
     for (k, _) in &params {
@@ -463,18 +484,18 @@ async fn search(
     let patient = patient.strip_prefix("Patient/").unwrap_or(patient);
     let found = state
         .gateway
-        .search_by_patient(&caller, &a, patient, offset, count)
+        .search_by_patient(&caller, &rtype, patient, offset, count)
         .await?;
     let got = found.len();
     let resources = found
         .iter()
         .map(|s| gateway_view(&state.gateway, s))
         .collect::<Result<Vec<_>, _>>()?;
-    let self_url = format!("{base}/{a}");
+    let self_url = format!("{base}/{rtype}");
     let bundle = views::searchset(
         &base,
         &self_url,
-        next_link(&base, &a, &params, offset, count, got),
+        next_link(&base, &rtype, &params, offset, count, got),
         resources,
     );
     Ok(fhir_response(StatusCode::OK, &bundle))
@@ -534,6 +555,26 @@ async fn audit_search(
     offset: i64,
     count: i64,
 ) -> Result<Response, ApiError> {
+    let q = audit_query(state, params, offset, count)?;
+    let rows = state.gateway.audit_search(caller, &q).await?;
+    let got = rows.len();
+    let events = rows.iter().map(crate::audit::audit_event).collect();
+    let bundle = views::searchset(
+        base,
+        &format!("{base}/AuditEvent"),
+        next_link(base, "AuditEvent", params, offset, count, got),
+        events,
+    );
+    Ok(fhir_response(StatusCode::OK, &bundle))
+}
+
+/// The audit search of AuditEvent search parameters.
+fn audit_query(
+    state: &AppState,
+    params: &[(String, String)],
+    offset: i64,
+    count: i64,
+) -> Result<AuditQuery, ApiError> {
     let mut q = AuditQuery {
         offset,
         count,
@@ -598,16 +639,7 @@ async fn audit_search(
             }
         }
     }
-    let rows = state.gateway.audit_search(caller, &q).await?;
-    let got = rows.len();
-    let events = rows.iter().map(crate::audit::audit_event).collect();
-    let bundle = views::searchset(
-        base,
-        &format!("{base}/AuditEvent"),
-        next_link(base, "AuditEvent", params, offset, count, got),
-        events,
-    );
-    Ok(fhir_response(StatusCode::OK, &bundle))
+    Ok(q)
 }
 
 /// A FHIR date search value → inclusive bounds in microseconds since the epoch.

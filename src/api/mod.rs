@@ -83,7 +83,7 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> (StatusCode, &'static str) {
-    if state.gateway.store().ping().await {
+    if state.gateway.ready().await {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")

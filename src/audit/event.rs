@@ -138,6 +138,38 @@ fn event_type(interaction: &str) -> (Value, Vec<Value>) {
 /// chain.
 pub fn audit_event(a: &AuditRow) -> Value {
     let delivery = a.interaction == super::Interaction::Deliver.code();
+    let (event_type, subtype) = event_type(&a.interaction);
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "id": a.seq.to_string(),
+        "type": event_type,
+        "subtype": subtype,
+        "action": a.action,
+        "recorded": a.recorded,
+        "outcome": a.outcome,
+        "agent": [requestor(a), destination(a, delivery)],
+        "source": {
+            "observer": { "display": "carebridge" },
+            "type": [coding(
+                "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "4",
+                "Application Server",
+            )]
+        }
+    });
+    if let Some(d) = &a.detail {
+        event["outcomeDesc"] = json!(d);
+    }
+    let entity = entities(a, delivery);
+    if !entity.is_empty() {
+        event["entity"] = Value::Array(entity);
+    }
+    event["extension"] = json!([chain_extension(a)]);
+    event
+}
+
+/// The patient, the resources, the query, the queue acted on and the request id.
+fn entities(a: &AuditRow, delivery: bool) -> Vec<Value> {
     let mut entity = Vec::new();
     if let Some(p) = &a.patient_id {
         entity.push(json!({
@@ -178,6 +210,12 @@ pub fn audit_event(a: &AuditRow) -> Value {
             "type": coding(BALP_ENTITY_TYPE, "XrequestId", "X-Request-Id")
         }));
     }
+    entity
+}
+
+/// The requesting agent: the client (or an unauthenticated caller), its role and sector, and
+/// the purpose of use.
+fn requestor(a: &AuditRow) -> Value {
     let mut client = json!({
         "type": { "coding": [coding(DCM, "110153", "Source Role ID")] },
         "requestor": true
@@ -204,52 +242,30 @@ pub fn audit_event(a: &AuditRow) -> Value {
             "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p
         }]}]);
     }
-    let mut agents = vec![client];
+    client
+}
+
+/// The other agent: the receiving sector of a delivery, else the gateway itself.
+fn destination(a: &AuditRow, delivery: bool) -> Value {
     match (&a.target_sector, delivery) {
-        (Some(t), true) => {
-            // An export: the gateway (the client above) is the source, the receiving sector
-            // system the destination.
-            agents.push(json!({
-                "type": { "coding": [coding(DCM, "110152", "Destination Role ID")] },
-                "who": { "identifier": { "system": SECTOR_SYSTEM, "value": t }, "display": format!("sector {t}") },
-                "requestor": false
-            }));
-        }
-        _ => {
-            // A request the gateway answered (or, for the command line, carried out).
-            agents.push(json!({
-                "type": { "coding": [coding(DCM, "110152", "Destination Role ID")] },
-                "who": { "display": "carebridge" },
-                "requestor": false
-            }));
-        }
+        // An export: the gateway (the requestor) is the source, the receiving sector system
+        // the destination.
+        (Some(t), true) => json!({
+            "type": { "coding": [coding(DCM, "110152", "Destination Role ID")] },
+            "who": { "identifier": { "system": SECTOR_SYSTEM, "value": t }, "display": format!("sector {t}") },
+            "requestor": false
+        }),
+        // A request the gateway answered (or, for the command line, carried out).
+        _ => json!({
+            "type": { "coding": [coding(DCM, "110152", "Destination Role ID")] },
+            "who": { "display": "carebridge" },
+            "requestor": false
+        }),
     }
-    let (event_type, subtype) = event_type(&a.interaction);
-    let mut event = json!({
-        "resourceType": "AuditEvent",
-        "id": a.seq.to_string(),
-        "type": event_type,
-        "subtype": subtype,
-        "action": a.action,
-        "recorded": a.recorded,
-        "outcome": a.outcome,
-        "agent": agents,
-        "source": {
-            "observer": { "display": "carebridge" },
-            "type": [coding(
-                "http://terminology.hl7.org/CodeSystem/security-source-type",
-                "4",
-                "Application Server",
-            )]
-        }
-    });
-    if let Some(d) = &a.detail {
-        event["outcomeDesc"] = json!(d);
-    }
-    if !entity.is_empty() {
-        event["entity"] = Value::Array(entity);
-    }
-    // The row's place in the hash chain, so that an exported segment can be checked offline.
+}
+
+/// The row's place in the hash chain, so that an exported segment can be checked offline.
+fn chain_extension(a: &AuditRow) -> Value {
     let mut chain = vec![
         json!({ "url": "seq", "valueString": a.seq.to_string() }),
         json!({ "url": "kind", "valueCode": a.kind }),
@@ -261,8 +277,7 @@ pub fn audit_event(a: &AuditRow) -> Value {
     {
         chain.push(json!({ "url": "checkpoint", "valueString": d }));
     }
-    event["extension"] = json!([{ "url": CHAIN_EXTENSION, "extension": chain }]);
-    event
+    json!({ "url": CHAIN_EXTENSION, "extension": chain })
 }
 
 /// The extension that carries an AuditEvent's place in the hash chain.

@@ -188,45 +188,8 @@ pub async fn evaluate(
     for f in &findings {
         let ev = evidence(f, &snap);
         let prior = existing.iter().find(|a| a.fingerprint == f.fingerprint);
-        let (mut row, kind) = match prior {
-            None => (
-                AlertRow {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    patient_id: patient_id.to_owned(),
-                    fingerprint: f.fingerprint.clone(),
-                    code: f.code.1.to_owned(),
-                    status: "preliminary".into(),
-                    open: true,
-                    evidence: ev.clone(),
-                    version: 1,
-                    created_us: now_us,
-                    updated_us: now_us,
-                    body: String::new(),
-                },
-                "raised",
-            ),
-            Some(a) if !a.open => (
-                AlertRow {
-                    status: "preliminary".into(),
-                    open: true,
-                    evidence: ev.clone(),
-                    version: a.version + 1,
-                    updated_us: now_us,
-                    ..a.clone()
-                },
-                "raised",
-            ),
-            Some(a) if a.evidence != ev => (
-                AlertRow {
-                    status: "amended".into(),
-                    evidence: ev.clone(),
-                    version: a.version + 1,
-                    updated_us: now_us,
-                    ..a.clone()
-                },
-                "updated",
-            ),
-            Some(_) => continue,
+        let Some((mut row, kind)) = raise_or_amend(patient_id, f, prior, ev, now_us) else {
+            continue;
         };
         let old: Value = match prior {
             Some(a) => a.json()?,
@@ -247,25 +210,80 @@ pub async fn evaluate(
         if findings.iter().any(|f| f.fingerprint == a.fingerprint) {
             continue;
         }
-        let mut body: Value = a.json()?;
-        let row = AlertRow {
-            status: "cancelled".into(),
-            open: false,
-            version: a.version + 1,
-            updated_us: now_us,
-            ..a.clone()
-        };
-        body["status"] = json!("cancelled");
-        body["meta"] =
-            json!({ "versionId": row.version.to_string(), "lastUpdated": instant(now_us) });
-        let row = AlertRow {
-            body: body.to_string(),
-            ..row
-        };
+        let (row, body) = closed(a, now_us)?;
         tx.alert_put(&row).await?;
         events.push(event("closed", &row, body));
     }
     Ok(events)
+}
+
+/// The alert row a finding leads to, given the alert it matched before (if any): raised (new,
+/// or reopened after it was closed) or updated (amended: the evidence changed); `None` when
+/// nothing changed.
+fn raise_or_amend(
+    patient_id: &str,
+    f: &Finding,
+    prior: Option<&AlertRow>,
+    evidence: String,
+    now_us: i64,
+) -> Option<(AlertRow, &'static str)> {
+    Some(match prior {
+        None => (
+            AlertRow {
+                id: uuid::Uuid::new_v4().to_string(),
+                patient_id: patient_id.to_owned(),
+                fingerprint: f.fingerprint.clone(),
+                code: f.code.1.to_owned(),
+                status: "preliminary".into(),
+                open: true,
+                evidence,
+                version: 1,
+                created_us: now_us,
+                updated_us: now_us,
+                body: String::new(),
+            },
+            "raised",
+        ),
+        Some(a) if !a.open => (
+            AlertRow {
+                status: "preliminary".into(),
+                open: true,
+                evidence,
+                version: a.version + 1,
+                updated_us: now_us,
+                ..a.clone()
+            },
+            "raised",
+        ),
+        Some(a) if a.evidence != evidence => (
+            AlertRow {
+                status: "amended".into(),
+                evidence,
+                version: a.version + 1,
+                updated_us: now_us,
+                ..a.clone()
+            },
+            "updated",
+        ),
+        Some(_) => return None,
+    })
+}
+
+/// An open alert whose cause disappeared, closed (`cancelled`) with a new version.
+fn closed(a: &AlertRow, now_us: i64) -> Result<(AlertRow, Value)> {
+    let mut body: Value = a.json()?;
+    let version = a.version + 1;
+    body["status"] = json!("cancelled");
+    body["meta"] = json!({ "versionId": version.to_string(), "lastUpdated": instant(now_us) });
+    let row = AlertRow {
+        status: "cancelled".into(),
+        open: false,
+        version,
+        updated_us: now_us,
+        body: body.to_string(),
+        ..a.clone()
+    };
+    Ok((row, body))
 }
 
 fn event(kind: &'static str, row: &AlertRow, resource: Value) -> AlertEvent {

@@ -159,92 +159,88 @@ pub(super) fn bundle_entries(bundle: &Value) -> Vec<Result<Entry, Vec<Issue>>> {
     entries
         .iter()
         .enumerate()
-        .map(|(i, e)| {
-            let loc = format!("Bundle.entry[{i}]");
-            let fail = |code: &'static str, msg: &str, at: &str| {
-                vec![Issue::error(code, msg).at(format!("{loc}{at}"))]
-            };
-            let request = e
-                .get("request")
-                .ok_or_else(|| fail("required", "each entry needs a request", ".request"))?;
-            let method = match request.get("method").and_then(Value::as_str) {
-                Some("POST") => Method::Post,
-                Some("PUT") => Method::Put,
-                Some(m) => {
-                    return Err(fail(
-                        "not-supported",
-                        &format!("{m} entries are not supported: the gateway accepts POST and PUT"),
-                        ".request.method",
-                    ));
-                }
-                None => {
-                    return Err(fail(
-                        "required",
-                        "missing request method",
-                        ".request.method",
-                    ));
-                }
-            };
-            let url = request.get("url").and_then(Value::as_str).unwrap_or("");
-            let resource = e.get("resource").cloned().ok_or_else(|| {
-                fail(
-                    "required",
-                    "a POST or PUT entry needs a resource",
-                    ".resource",
-                )
-            })?;
-            let rtype = fhir::resource_type(&resource).unwrap_or("").to_owned();
-            let path = url.split('?').next().unwrap_or("");
-            let mut parts = path.split('/');
-            let url_type = parts.next().unwrap_or("");
-            let url_id = parts.next().map(str::to_owned);
-            if url_type != rtype {
-                return Err(fail(
-                    "invalid",
-                    "request.url does not name the entry resource's type",
-                    ".request.url",
-                ));
-            }
-            if method == Method::Put && url_id.is_none() {
-                return Err(fail(
-                    "invalid",
-                    "a PUT entry's url must be Type/id",
-                    ".request.url",
-                ));
-            }
-            if method == Method::Post && url_id.is_some() {
-                return Err(fail(
-                    "invalid",
-                    "a POST entry's url must be the resource type only",
-                    ".request.url",
-                ));
-            }
-            let if_none_exist = match request.get("ifNoneExist").and_then(Value::as_str) {
-                None => None,
-                Some(q) => Some(parse_identifier_query(q).ok_or_else(|| {
-                    fail(
-                        "not-supported",
-                        "ifNoneExist supports identifier=system|value only",
-                        ".request.ifNoneExist",
-                    )
-                })?),
-            };
-            let entry = Entry {
-                location: Some(loc.clone()),
-                method,
-                rtype,
-                url_id,
-                if_none_exist,
-                full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
-                resource,
-            };
-            check_entry_shape(&entry).map_err(|err| match err {
-                GatewayError::Invalid(i) => i,
-                other => vec![Issue::error("invalid", other.to_string()).at(loc.clone())],
-            })?;
-            Ok(entry)
-        })
+        .map(|(i, e)| bundle_entry(&format!("Bundle.entry[{i}]"), e))
         .collect()
+}
+
+/// One entry of a Bundle at `loc`: its request (method, url, ifNoneExist) and resource.
+fn bundle_entry(loc: &str, e: &Value) -> Result<Entry, Vec<Issue>> {
+    let fail = |code: &'static str, msg: &str, at: &str| {
+        vec![Issue::error(code, msg).at(format!("{loc}{at}"))]
+    };
+    let request = e
+        .get("request")
+        .ok_or_else(|| fail("required", "each entry needs a request", ".request"))?;
+    let method = match request.get("method").and_then(Value::as_str) {
+        Some("POST") => Method::Post,
+        Some("PUT") => Method::Put,
+        Some(m) => {
+            return Err(fail(
+                "not-supported",
+                &format!("{m} entries are not supported: the gateway accepts POST and PUT"),
+                ".request.method",
+            ));
+        }
+        None => {
+            return Err(fail(
+                "required",
+                "missing request method",
+                ".request.method",
+            ));
+        }
+    };
+    let resource = e.get("resource").cloned().ok_or_else(|| {
+        fail(
+            "required",
+            "a POST or PUT entry needs a resource",
+            ".resource",
+        )
+    })?;
+    let rtype = fhir::resource_type(&resource).unwrap_or("").to_owned();
+    let url = request.get("url").and_then(Value::as_str).unwrap_or("");
+    let url_id =
+        entry_url_id(url, &rtype, method).map_err(|msg| fail("invalid", msg, ".request.url"))?;
+    let if_none_exist = match request.get("ifNoneExist").and_then(Value::as_str) {
+        None => None,
+        Some(q) => Some(parse_identifier_query(q).ok_or_else(|| {
+            fail(
+                "not-supported",
+                "ifNoneExist supports identifier=system|value only",
+                ".request.ifNoneExist",
+            )
+        })?),
+    };
+    let entry = Entry {
+        location: Some(loc.to_owned()),
+        method,
+        rtype,
+        url_id,
+        if_none_exist,
+        full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+        resource,
+    };
+    check_entry_shape(&entry).map_err(|err| match err {
+        GatewayError::Invalid(i) => i,
+        other => vec![Issue::error("invalid", other.to_string()).at(loc)],
+    })?;
+    Ok(entry)
+}
+
+/// The id a Bundle entry's `request.url` names (`Type/id` for a PUT, none for a POST), or
+/// why the url does not fit the entry.
+fn entry_url_id(url: &str, rtype: &str, method: Method) -> Result<Option<String>, &'static str> {
+    let path = url.split('?').next().unwrap_or("");
+    let mut parts = path.split('/');
+    let url_type = parts.next().unwrap_or("");
+    let url_id = parts.next().map(str::to_owned);
+    if url_type != rtype {
+        return Err("request.url does not name the entry resource's type");
+    }
+    match (method, &url_id) {
+        (Method::Put, None) => Err("a PUT entry's url must be Type/id"),
+        (Method::Post, Some(_)) => Err("a POST entry's url must be the resource type only"),
+        _ => Ok(url_id),
+    }
 }
 
 /// `identifier=system|value` → (system, value).

@@ -117,9 +117,9 @@ impl Gateway {
         self.store.ping().await
     }
 
-    /// Alert changes from now on (each sent after it committed).
-    pub fn subscribe_alerts(&self) -> broadcast::Receiver<AlertEvent> {
-        self.alert_events.subscribe()
+    /// Counts for the demo summary and operations (no patient data).
+    pub async fn stats(&self) -> Result<crate::store::Stats, crate::store::StoreError> {
+        self.store.stats().await
     }
 
     /// Turns true when the server begins to shut down.
