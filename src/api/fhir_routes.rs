@@ -205,7 +205,7 @@ async fn post_create(
     let entry = Entry {
         location: None,
         method: Method::Post,
-        rtype: rtype,
+        rtype,
         url_id: None,
         if_none_exist,
         full_url: None,
@@ -242,7 +242,7 @@ async fn put_update(
     let entry = Entry {
         location: None,
         method: Method::Put,
-        rtype: rtype,
+        rtype,
         url_id: Some(id),
         if_none_exist: None,
         full_url: None,
