@@ -42,6 +42,11 @@ pub struct PullLabels {
     pub outcome: String,
 }
 
+/// Stored bodies found unreadable since the process started
+/// (`carebridge_corrupt_bodies_total`): process-wide, because the store counts them wherever
+/// it meets one; every registry of the process exposes it.
+pub static CORRUPT_BODIES: std::sync::LazyLock<Counter> = std::sync::LazyLock::new(Counter::default);
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -106,6 +111,11 @@ impl Metrics {
             "pulled_resources",
             "Resources read from pull-mode sectors, by sector and outcome",
             pulled.clone(),
+        );
+        registry.register(
+            "corrupt_bodies",
+            "Stored bodies that were not valid JSON when read (a damaged or altered database)",
+            CORRUPT_BODIES.clone(),
         );
         Metrics {
             registry,

@@ -38,16 +38,12 @@ pub enum StoreError {
     Corrupt { what: String, error: String },
 }
 
-/// Stored bodies found unreadable since the process started (`carebridge_corrupt_bodies_total`).
-pub static CORRUPT_BODIES: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
-    std::sync::LazyLock::new(Default::default);
-
 /// Parses a stored JSON body; a body that does not parse is logged (naming the record only),
 /// counted and returned as [`StoreError::Corrupt`] — never silently replaced.
 pub fn parse_body(what: impl FnOnce() -> String, body: &str) -> Result<serde_json::Value> {
     serde_json::from_str(body).map_err(|e| {
         let what = what();
-        CORRUPT_BODIES.inc();
+        crate::metrics::CORRUPT_BODIES.inc();
         tracing::error!(record = %what, error = %e, "a stored body is not valid JSON");
         StoreError::Corrupt {
             what,
