@@ -17,13 +17,13 @@ use super::auth::Authed;
 use super::error::ApiError;
 use super::response::fhir_response;
 use super::views;
-use crate::access::Caller;
+use crate::access::{Caller, Request, authorize};
 use crate::audit::{Action, Interaction, Outcome};
 use crate::fhir::FHIR_JSON;
 use crate::fhir::json::parse_strict;
 use crate::fhir::outcome::{Issue, PathRef, fhirpath};
 use crate::gateway::views::{gateway_view, patient_view, sector_view};
-use crate::gateway::{Entry, Method, parse_identifier_query};
+use crate::gateway::{Entry, GatewayError, Method, parse_identifier_query};
 use crate::store::AuditQuery;
 
 pub fn routes() -> Router<AppState> {
@@ -52,8 +52,12 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("http://{host}/fhir")
 }
 
-async fn metadata(State(state): State<AppState>, Authed(_): Authed) -> Response {
-    fhir_response(StatusCode::OK, &state.capability)
+async fn metadata(
+    State(state): State<AppState>,
+    Authed(caller): Authed,
+) -> Result<Response, ApiError> {
+    authorize(&caller, Request::Capabilities).map_err(GatewayError::from)?;
+    Ok(fhir_response(StatusCode::OK, &state.capability))
 }
 
 fn is_type(state: &AppState, name: &str) -> bool {
@@ -300,6 +304,7 @@ async fn get_two(
 ) -> Result<Response, ApiError> {
     if state.gateway.sector(&base).is_some() {
         if segment == "metadata" {
+            authorize(&caller, Request::Capabilities).map_err(GatewayError::from)?;
             return Ok(fhir_response(
                 StatusCode::OK,
                 &views::sector_capability(&state.gateway, &base),
