@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::access::{Client, Role};
 use crate::config::{AuthSettings, ClientSettings, Settings};
+use crate::outbound::jwks::JwksClient;
 
 /// Why a request is not authenticated. Says nothing about the token's content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +206,8 @@ const MAX_JWT_BYTES: usize = 16 * 1024;
 /// The longest client id taken from a claim.
 const MAX_CLIENT_ID: usize = 128;
 
-/// Verifies bearer JWTs of one issuer against its JWKS, fetched over HTTP(S) and cached.
+/// Verifies bearer JWTs of one issuer against its JWKS, fetched over HTTP(S) (through
+/// [`crate::outbound::jwks`]) and cached.
 ///
 /// Fetches: at start-up ([`Self::spawn_prefetch`]); when a token names a `kid` that is not
 /// cached (key rotation, or a start-up fetch that failed), at most once per `jwks_refresh_secs`
@@ -222,7 +224,7 @@ pub struct JwtVerifier {
     sector_claim: Option<String>,
     scopes: HashMap<String, RoleRule>,
     sectors: HashSet<String>,
-    http: reqwest::Client,
+    jwks: JwksClient,
     cache: RwLock<KeyCache>,
     fetching: tokio::sync::Mutex<()>,
 }
@@ -258,10 +260,7 @@ impl JwtVerifier {
                 Ok((m.scope.clone(), rule))
             })
             .collect::<anyhow::Result<HashMap<_, _>>>()?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(a.jwks_timeout_ms))
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()?;
+        let jwks = JwksClient::new(Duration::from_millis(a.jwks_timeout_ms))?;
         Ok(Some(Arc::new(JwtVerifier {
             issuer: issuer.clone(),
             audience: a.audience.clone().unwrap_or_default(),
@@ -272,7 +271,7 @@ impl JwtVerifier {
             sector_claim: a.sector_claim.clone(),
             scopes,
             sectors: settings.sectors.iter().map(|s| s.id.clone()).collect(),
-            http,
+            jwks,
             cache: RwLock::new(KeyCache::default()),
             fetching: tokio::sync::Mutex::new(()),
         })))
@@ -418,43 +417,13 @@ impl JwtVerifier {
         }
     }
 
+    /// One fetch of the key set, and the keys of it this gateway can verify with.
     async fn fetch(&self) -> Result<Vec<VerifyKey>, String> {
-        let mut resp = self
-            .http
-            .get(&self.jwks_url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| describe_reqwest(&e))?;
-        if !resp.status().is_success() {
-            return Err(format!("HTTP {}", resp.status().as_u16()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| describe_reqwest(&e))? {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_JWKS_BYTES {
-                return Err(format!("the key set exceeds {MAX_JWKS_BYTES} bytes"));
-            }
-        }
-        let set: Value =
-            serde_json::from_slice(&body).map_err(|_| "the key set is not JSON".to_owned())?;
-        let Some(entries) = set.get("keys").and_then(Value::as_array) else {
-            return Err("the key set has no `keys` array".into());
-        };
-        // Keys this gateway cannot use (encryption keys, other algorithms and curves, RSA below
-        // 2048 bits) are skipped; the others are kept.
-        let keys: Vec<VerifyKey> = entries
-            .iter()
-            .filter_map(|v| serde_json::from_value::<Jwk>(v.clone()).ok())
-            .filter_map(|jwk| usable_key(&jwk))
-            .collect();
-        if keys.is_empty() {
-            return Err(format!(
-                "none of the {} keys is an RS256 or ES256 signing key",
-                entries.len()
-            ));
-        }
-        Ok(keys)
+        let set = self
+            .jwks
+            .fetch_json(&self.jwks_url, MAX_JWKS_BYTES, "the key set")
+            .await?;
+        usable_keys(&set)
     }
 
     /// Maps verified claims to a client.
@@ -535,6 +504,27 @@ fn peek_header(token: &str) -> Result<(Algorithm, Option<String>), JwtRefusal> {
     Ok((alg, kid))
 }
 
+/// The keys of a key set this gateway can verify with. Keys it cannot use (encryption keys,
+/// other algorithms and curves, RSA below 2048 bits) are skipped; a set without any usable key
+/// is refused.
+fn usable_keys(set: &Value) -> Result<Vec<VerifyKey>, String> {
+    let Some(entries) = set.get("keys").and_then(Value::as_array) else {
+        return Err("the key set has no `keys` array".into());
+    };
+    let keys: Vec<VerifyKey> = entries
+        .iter()
+        .filter_map(|v| serde_json::from_value::<Jwk>(v.clone()).ok())
+        .filter_map(|jwk| usable_key(&jwk))
+        .collect();
+    if keys.is_empty() {
+        return Err(format!(
+            "none of the {} keys is an RS256 or ES256 signing key",
+            entries.len()
+        ));
+    }
+    Ok(keys)
+}
+
 /// A JWK this gateway verifies with: an RSA key of at least 2048 bits for RS256 or a P-256 key
 /// for ES256, meant for signatures (when `use`, `key_ops` or `alg` say so).
 fn usable_key(jwk: &Jwk) -> Option<VerifyKey> {
@@ -583,27 +573,6 @@ fn usable_key(jwk: &Jwk) -> Option<VerifyKey> {
     })
 }
 
-/// A fetch failure in words, without the response body.
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    // reqwest built without TLS refuses https URLs at connect time with this message.
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        if s.to_string().contains("scheme is not http") {
-            return "https is not supported by this build (reqwest has no TLS feature)".into();
-        }
-        source = s.source();
-    }
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "could not connect".into()
-    } else if e.is_body() || e.is_decode() {
-        "the answer could not be read".into()
-    } else {
-        "the request failed".into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,6 +617,25 @@ mod tests {
         );
         assert_eq!(peek_header("a.b"), Err(JwtRefusal::Malformed));
         assert_eq!(peek_header("!!.b.c"), Err(JwtRefusal::Malformed));
+    }
+
+    #[test]
+    fn a_key_set_without_usable_keys_is_refused() {
+        use serde_json::json;
+        assert_eq!(
+            usable_keys(&json!({ "x": 1 })).err(),
+            Some("the key set has no `keys` array".into())
+        );
+        let set = json!({ "keys": [
+            { "kty": "oct", "k": "c2VjcmV0" },
+            { "kty": "RSA", "n": "AQAB", "e": "AQAB" },
+            { "kty": "EC", "crv": "P-384", "x": "AA", "y": "AA" },
+            "not a key"
+        ] });
+        assert_eq!(
+            usable_keys(&set).err(),
+            Some("none of the 4 keys is an RS256 or ES256 signing key".into())
+        );
     }
 
     #[tokio::test]

@@ -1,14 +1,18 @@
 //! The command line: `serve`, `demo`, `check-config`, `validate`, `token new`.
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::app::{App, shutdown_signal};
 use crate::auth::{Clients, new_token, token_hash};
-use crate::config::Settings;
+use crate::config::{RouteRule, RouteTarget, Settings};
 use crate::fhir::json::parse_strict;
 use crate::fhir::outcome::{Issue, PathRef, fhirpath, operation_outcome};
+use crate::gateway::ledger;
+use crate::store::{DeliveryState, OutboxFilter, Store};
+use crate::terminology::mapping::Mapping;
 use crate::validate::{FhirSchema, Profiles, Validator};
 
 #[derive(Parser)]
@@ -123,7 +127,7 @@ enum DeliveriesCommand {
         config: PathBuf,
         /// pending, delivered, dead or superseded.
         #[arg(long, value_parser = delivery_state)]
-        state: Option<crate::store::DeliveryState>,
+        state: Option<DeliveryState>,
         /// Only entries for this target sector.
         #[arg(long)]
         target: Option<String>,
@@ -188,21 +192,7 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { config } => {
-            let settings = Settings::load(&config)?;
-            let clients = Clients::from_settings(&settings.clients);
-            if clients.is_empty() && settings.auth.issuer.is_none() {
-                tracing::warn!(
-                    "no clients with a token are configured: every API call will answer 401"
-                );
-            }
-            let listen = settings.server.listen.clone();
-            let app = App::build(settings, &config.display().to_string(), clients).await?;
-            let (listener, addr) = App::bind(&listen).await?;
-            tracing::info!(%addr, "carebridge listening");
-            app.serve(listener, shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve { config } => serve(&config).await,
         Command::Demo {
             listen,
             config,
@@ -230,43 +220,68 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Audit { command } => audit_command(command).await,
         Command::Token {
             command: TokenCommand::New { client },
-        } => {
-            let token = new_token();
-            println!("token {token}");
-            println!("# for [[clients]] id = \"{client}\":");
-            println!("token_sha256 = \"{}\"", token_hash(&token));
-            Ok(ExitCode::SUCCESS)
-        }
+        } => Ok(token_new(&client)),
     }
 }
 
-async fn check_config(path: &std::path::Path, offline: bool) -> anyhow::Result<ExitCode> {
-    let file = path.display().to_string();
-    let settings = match Settings::load(path) {
-        Ok(s) => s,
-        Err(e) => {
-            println!("FAIL {e}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    let profiles = match Profiles::load(&settings.fhir.profiles_dir) {
-        Ok(p) => p,
-        Err(e) => {
-            println!("FAIL {e}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    if let Err(e) = settings.check_profiles(&file, &|p| profiles.has_set(p)) {
-        println!("FAIL {e}");
-        return Ok(ExitCode::FAILURE);
+/// `serve`: the gateway until a shutdown signal.
+async fn serve(config: &Path) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config)?;
+    let clients = Clients::from_settings(&settings.clients);
+    if clients.is_empty() && settings.auth.issuer.is_none() {
+        tracing::warn!("no clients with a token are configured: every API call will answer 401");
     }
-    let mapping = match crate::terminology::mapping::Mapping::load(&settings.fhir.profiles_dir) {
-        Ok(m) => m,
-        Err(e) => {
-            println!("FAIL {e}");
+    let listen = settings.server.listen.clone();
+    let app = App::build(settings, &config.display().to_string(), clients).await?;
+    let (listener, addr) = App::bind(&listen).await?;
+    tracing::info!(%addr, "carebridge listening");
+    app.serve(listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `token new`: a fresh token, printed once, and the hash line for the configuration.
+fn token_new(client: &str) -> ExitCode {
+    let token = new_token();
+    println!("token {token}");
+    println!("# for [[clients]] id = \"{client}\":");
+    println!("token_sha256 = \"{}\"", token_hash(&token));
+    ExitCode::SUCCESS
+}
+
+/// `check-config`: the files, then (unless `offline`) each sector's endpoint.
+async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
+    let (settings, mapping) = match load_for_check(path) {
+        Ok(loaded) => loaded,
+        Err(problem) => {
+            println!("FAIL {problem}");
             return Ok(ExitCode::FAILURE);
         }
     };
+    print_settings(&settings);
+    print_mapping_warnings(&settings, &mapping);
+    print_routes(&settings);
+    if offline {
+        println!("skip sector endpoints not probed (--offline)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    probe_endpoints(&settings).await
+}
+
+/// The settings, checked against the profiles they name, and the mapping sets; or the first
+/// problem, in words.
+fn load_for_check(path: &Path) -> Result<(Settings, Mapping), String> {
+    let file = path.display().to_string();
+    let settings = Settings::load(path).map_err(|e| e.to_string())?;
+    let profiles = Profiles::load(&settings.fhir.profiles_dir).map_err(|e| e.to_string())?;
+    settings
+        .check_profiles(&file, &|p| profiles.has_set(p))
+        .map_err(|e| e.to_string())?;
+    let mapping = Mapping::load(&settings.fhir.profiles_dir).map_err(|e| e.to_string())?;
+    Ok((settings, mapping))
+}
+
+/// The sectors, the clients and the store, one line each.
+fn print_settings(settings: &Settings) {
     for s in &settings.sectors {
         println!(
             "ok   sector {} ({}, {}): profile {}, mode {}, endpoint {}",
@@ -303,6 +318,10 @@ async fn check_config(path: &std::path::Path, offline: bool) -> anyhow::Result<E
             "warn no client has token_sha256: every API call would answer 401 (see `carebridge token new`)"
         );
     }
+}
+
+/// Sectors that receive copies under a profile without a mapping set.
+fn print_mapping_warnings(settings: &Settings, mapping: &Mapping) {
     for s in &settings.sectors {
         if let Some(p) = &s.profile
             && s.base_url.is_some()
@@ -315,6 +334,10 @@ async fn check_config(path: &std::path::Path, offline: bool) -> anyhow::Result<E
             );
         }
     }
+}
+
+/// The routes in effect, one line each.
+fn print_routes(settings: &Settings) {
     for r in settings.exchange.effective_routes() {
         println!(
             "ok   route {} from {} to {}",
@@ -325,23 +348,23 @@ async fn check_config(path: &std::path::Path, offline: bool) -> anyhow::Result<E
                 r.from.join(", ")
             },
             match &r.to {
-                crate::config::RouteTarget::Rule(crate::config::RouteRule::Care) =>
+                RouteTarget::Rule(RouteRule::Care) =>
                     "the other sectors in the patient's care".to_owned(),
-                crate::config::RouteTarget::Rule(crate::config::RouteRule::Recipients) =>
+                RouteTarget::Rule(RouteRule::Recipients) =>
                     "the sectors of the recipients".to_owned(),
-                crate::config::RouteTarget::Sectors(list) => list.join(", "),
+                RouteTarget::Sectors(list) => list.join(", "),
             }
         );
     }
-    if offline {
-        println!("skip sector endpoints not probed (--offline)");
-        return Ok(ExitCode::SUCCESS);
-    }
+}
+
+/// Probes every sector endpoint, one line each; fails when any probe does.
+async fn probe_endpoints(settings: &Settings) -> anyhow::Result<ExitCode> {
     let outbound = crate::outbound::Outbound::new(std::time::Duration::from_millis(
         settings.exchange.request_timeout_ms.min(15_000),
     ))?;
     let mut ok = true;
-    for p in crate::outbound::probe::probe_all(&settings, &outbound).await {
+    for p in crate::outbound::probe::probe_all(settings, &outbound).await {
         ok &= p.ok;
         println!(
             "{} endpoint {}: {}",
@@ -358,116 +381,125 @@ async fn check_config(path: &std::path::Path, offline: bool) -> anyhow::Result<E
 }
 
 /// `--state`: one of the outbox states.
-fn delivery_state(s: &str) -> Result<crate::store::DeliveryState, String> {
-    crate::store::DeliveryState::parse(s).ok_or_else(|| {
-        let all: Vec<&str> = crate::store::DeliveryState::ALL
-            .iter()
-            .map(|s| s.code())
-            .collect();
+fn delivery_state(s: &str) -> Result<DeliveryState, String> {
+    DeliveryState::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = DeliveryState::ALL.iter().map(|s| s.code()).collect();
         format!("'{s}' is not a state: use one of {}", all.join(", "))
     })
 }
 
 async fn deliveries_command(command: DeliveriesCommand) -> anyhow::Result<ExitCode> {
-    use crate::store::{OutboxFilter, Store};
     match command {
         DeliveriesCommand::List {
             config,
             state,
             target,
             count,
-        } => {
-            let store = open_store(&config).await?;
-            let entries = crate::gateway::admin::list_deliveries(
-                &store,
-                &OutboxFilter {
-                    state,
-                    target,
-                    offset: 0,
-                    count: count.clamp(1, 100_000),
-                },
-            )
-            .await?;
-            println!(
-                "id\tstate\ttarget\tsource\tresource\tversion\tattempts\tlast_status\tlast_error"
-            );
-            for e in &entries {
-                println!(
-                    "{}\t{}\t{}\t{}\t{}/{}\t{}\t{}\t{}\t{}",
-                    e.id,
-                    e.state,
-                    e.target,
-                    e.source,
-                    e.rtype,
-                    e.gid,
-                    e.version,
-                    e.attempts,
-                    e.last_status.map_or("-".into(), |s| s.to_string()),
-                    e.last_error.as_deref().unwrap_or("-")
-                );
-            }
-            eprintln!("{} entries", entries.len());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => deliveries_list(&config, state, target, count).await,
         DeliveriesCommand::Retry {
             config,
             ids,
             all_dead,
             target,
-        } => {
-            let store = open_store(&config).await?;
-            let ids = if all_dead {
-                crate::gateway::admin::list_deliveries(
-                    &store,
-                    &OutboxFilter {
-                        state: Some(crate::store::DeliveryState::Dead),
-                        target,
-                        offset: 0,
-                        count: i64::MAX,
-                    },
-                )
-                .await?
-                .into_iter()
-                .map(|e| e.id)
-                .collect()
-            } else {
-                ids
-            };
-            if ids.is_empty() {
-                eprintln!("nothing to retry: name entry ids or use --all-dead");
-                return Ok(ExitCode::FAILURE);
+        } => deliveries_retry(&config, ids, all_dead, target).await,
+    }
+}
+
+/// `deliveries list`: one tab-separated line per entry, oldest first.
+async fn deliveries_list(
+    config: &Path,
+    state: Option<DeliveryState>,
+    target: Option<String>,
+    count: i64,
+) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    let entries = crate::gateway::admin::list_deliveries(
+        &store,
+        &OutboxFilter {
+            state,
+            target,
+            offset: 0,
+            count: count.clamp(1, 100_000),
+        },
+    )
+    .await?;
+    println!("id\tstate\ttarget\tsource\tresource\tversion\tattempts\tlast_status\tlast_error");
+    for e in &entries {
+        println!(
+            "{}\t{}\t{}\t{}\t{}/{}\t{}\t{}\t{}\t{}",
+            e.id,
+            e.state,
+            e.target,
+            e.source,
+            e.rtype,
+            e.gid,
+            e.version,
+            e.attempts,
+            e.last_status.map_or("-".into(), |s| s.to_string()),
+            e.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    eprintln!("{} entries", entries.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `deliveries retry`: the named dead entries (or every dead one of `target`) back in their
+/// queue; fails when an id names no dead entry.
+async fn deliveries_retry(
+    config: &Path,
+    ids: Vec<i64>,
+    all_dead: bool,
+    target: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    let ids = if all_dead {
+        crate::gateway::admin::list_deliveries(
+            &store,
+            &OutboxFilter {
+                state: Some(DeliveryState::Dead),
+                target,
+                offset: 0,
+                count: i64::MAX,
+            },
+        )
+        .await?
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+    } else {
+        ids
+    };
+    if ids.is_empty() {
+        eprintln!("nothing to retry: name entry ids or use --all-dead");
+        return Ok(ExitCode::FAILURE);
+    }
+    let actor = crate::audit::Actor {
+        client_id: Some("cli".into()),
+        role: Some("admin".into()),
+        request_id: None,
+    };
+    let mut missing = 0;
+    for id in ids {
+        match crate::gateway::admin::retry_delivery(&store as &dyn Store, &actor, id).await? {
+            Some(e) => println!("retry {} ({} to {})", e.id, e.rtype, e.target),
+            None => {
+                missing += 1;
+                println!("skip  {id}: no dead-lettered entry with this id");
             }
-            let actor = crate::audit::Actor {
-                client_id: Some("cli".into()),
-                role: Some("admin".into()),
-                request_id: None,
-            };
-            let mut missing = 0;
-            for id in ids {
-                match crate::gateway::admin::retry_delivery(&store as &dyn Store, &actor, id)
-                    .await?
-                {
-                    Some(e) => println!("retry {} ({} to {})", e.id, e.rtype, e.target),
-                    None => {
-                        missing += 1;
-                        println!("skip  {id}: no dead-lettered entry with this id");
-                    }
-                }
-            }
-            store.close().await;
-            Ok(if missing == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
         }
     }
+    store.close().await;
+    Ok(if missing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn validate_files(
     files: &[PathBuf],
     sector: Option<&str>,
-    config: Option<&std::path::Path>,
+    config: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let schema = FhirSchema::load().map_err(anyhow::Error::msg)?;
     let (profiles, set) = match (sector, config) {
@@ -520,7 +552,7 @@ fn validate_files(
     })
 }
 
-async fn open_store(config: &std::path::Path) -> anyhow::Result<crate::store::SqlStore> {
+async fn open_store(config: &Path) -> anyhow::Result<crate::store::SqlStore> {
     let settings = Settings::load(config)?;
     Ok(crate::store::SqlStore::connect(&settings.store.url, 2).await?)
 }
@@ -535,99 +567,110 @@ fn cli_period(flag: &str, value: &str) -> anyhow::Result<(i64, i64)> {
 }
 
 async fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
-    use crate::gateway::ledger;
-    use std::io::Write;
     match command {
-        AuditCommand::Verify { config } => {
-            let store = open_store(&config).await?;
-            let mut tx = crate::store::Store::begin_read(&store).await?;
-            let report = ledger::verify(tx.as_mut(), 5_000).await?;
-            drop(tx);
-            store.close().await;
-            match &report.broken {
-                None => {
-                    println!(
-                        "audit log verified: {} rows, seq {}..{}, head {} {}",
-                        report.rows,
-                        report.first_seq.unwrap_or(0),
-                        report.last_seq.unwrap_or(0),
-                        report.head_seq.unwrap_or(0),
-                        report.head_hash.as_deref().unwrap_or("-")
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some(b) => {
-                    println!("audit log BROKEN at seq {}: {}", b.seq, b.problem);
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        AuditCommand::Verify { config } => audit_verify(&config).await,
         AuditCommand::Export {
             config,
             from,
             to,
             out,
-        } => {
-            let from_us = match &from {
-                Some(f) => cli_period("--from", f)?.0,
-                None => i64::MIN,
-            };
-            let to_us = match &to {
-                Some(t) => cli_period("--to", t)?.1,
-                None => i64::MAX,
-            };
-            let store = open_store(&config).await?;
-            let mut progress = |done: i64, total: i64| {
-                eprintln!("exported {done}/{total} rows");
-            };
-            let n = match &out {
-                Some(path) => {
-                    let file = std::fs::File::create(path)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                    let mut w = std::io::BufWriter::new(file);
-                    let n = ledger::export(&store, from_us, to_us, i64::MAX, &mut w, &mut progress)
-                        .await?;
-                    w.flush()?;
-                    n
-                }
-                None => {
-                    let stdout = std::io::stdout();
-                    let mut w = std::io::BufWriter::new(stdout.lock());
-                    ledger::export(&store, from_us, to_us, i64::MAX, &mut w, &mut progress).await?
-                }
-            };
-            store.close().await;
-            eprintln!("done: {n} AuditEvents");
-            Ok(ExitCode::SUCCESS)
-        }
+        } => audit_export(&config, from.as_deref(), to.as_deref(), out.as_deref()).await,
         AuditCommand::Prune {
             config,
             before,
             export,
-        } => {
-            let before_us = cli_period("--before", &before)?.0;
-            let store = open_store(&config).await?;
-            let actor = crate::audit::Actor {
-                client_id: Some("carebridge-cli".into()),
-                role: Some("admin".into()),
-                request_id: None,
-            };
-            let mut progress = |done: i64, _total: i64| {
-                eprintln!("exported {done} rows");
-            };
-            let pruned = ledger::prune(&store, before_us, &export, &actor, &mut progress).await?;
-            store.close().await;
-            match pruned {
-                None => println!("nothing recorded before {before}"),
-                Some(p) => println!(
-                    "pruned rows up to seq {}: {} exported to {}, {} deleted; a checkpoint continues the chain",
-                    p.through_seq,
-                    p.exported,
-                    export.display(),
-                    p.deleted
-                ),
-            }
+        } => audit_prune(&config, &before, &export).await,
+    }
+}
+
+/// `audit verify`: the whole chain; fails at the first broken link.
+async fn audit_verify(config: &Path) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    let mut tx = Store::begin_read(&store).await?;
+    let report = ledger::verify(tx.as_mut(), 5_000).await?;
+    drop(tx);
+    store.close().await;
+    match &report.broken {
+        None => {
+            println!(
+                "audit log verified: {} rows, seq {}..{}, head {} {}",
+                report.rows,
+                report.first_seq.unwrap_or(0),
+                report.last_seq.unwrap_or(0),
+                report.head_seq.unwrap_or(0),
+                report.head_hash.as_deref().unwrap_or("-")
+            );
             Ok(ExitCode::SUCCESS)
         }
+        Some(b) => {
+            println!("audit log BROKEN at seq {}: {}", b.seq, b.problem);
+            Ok(ExitCode::FAILURE)
+        }
     }
+}
+
+/// `audit export`: the AuditEvents of a period as NDJSON, to `out` or stdout.
+async fn audit_export(
+    config: &Path,
+    from: Option<&str>,
+    to: Option<&str>,
+    out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let from_us = match from {
+        Some(f) => cli_period("--from", f)?.0,
+        None => i64::MIN,
+    };
+    let to_us = match to {
+        Some(t) => cli_period("--to", t)?.1,
+        None => i64::MAX,
+    };
+    let store = open_store(config).await?;
+    let mut progress = |done: i64, total: i64| {
+        eprintln!("exported {done}/{total} rows");
+    };
+    let n = match out {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let n = ledger::export(&store, from_us, to_us, i64::MAX, &mut w, &mut progress).await?;
+            w.flush()?;
+            n
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            ledger::export(&store, from_us, to_us, i64::MAX, &mut w, &mut progress).await?
+        }
+    };
+    store.close().await;
+    eprintln!("done: {n} AuditEvents");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit prune`: the rows recorded before `before` exported to `export`, then deleted.
+async fn audit_prune(config: &Path, before: &str, export: &Path) -> anyhow::Result<ExitCode> {
+    let before_us = cli_period("--before", before)?.0;
+    let store = open_store(config).await?;
+    let actor = crate::audit::Actor {
+        client_id: Some("carebridge-cli".into()),
+        role: Some("admin".into()),
+        request_id: None,
+    };
+    let mut progress = |done: i64, _total: i64| {
+        eprintln!("exported {done} rows");
+    };
+    let pruned = ledger::prune(&store, before_us, export, &actor, &mut progress).await?;
+    store.close().await;
+    match pruned {
+        None => println!("nothing recorded before {before}"),
+        Some(p) => println!(
+            "pruned rows up to seq {}: {} exported to {}, {} deleted; a checkpoint continues the chain",
+            p.through_seq,
+            p.exported,
+            export.display(),
+            p.deleted
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }

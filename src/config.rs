@@ -420,256 +420,143 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Semantic checks that serde cannot express.
+    /// Semantic checks that serde cannot express, section by section; the first problem found
+    /// is reported.
     pub fn check(&self, file: &str) -> Result<(), ConfigError> {
-        let fail = |key: String, problem: String, fix: &str| ConfigError {
-            file: file.to_owned(),
-            key,
-            problem,
-            fix: fix.to_owned(),
-        };
-        if self.server.listen.parse::<SocketAddr>().is_err() {
-            return Err(fail(
-                "server.listen".into(),
-                format!("'{}' is not an address with a port", self.server.listen),
+        self.check_server(file)?;
+        self.check_store(file)?;
+        self.check_sectors(file)?;
+        self.check_exchange(file)?;
+        self.check_auth(file)?;
+        self.check_alerts(file)?;
+        self.check_clients(file)
+    }
+
+    /// `[server]`: an address with a port, a JSON depth and a body limit that FHIR fits in.
+    fn check_server(&self, file: &str) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.listen.parse::<SocketAddr>().is_err() {
+            return Err(problem(
+                file,
+                "server.listen",
+                format!("'{}' is not an address with a port", s.listen),
                 "write it as IP:PORT, for example \"127.0.0.1:8080\"",
             ));
         }
-        if self.server.max_json_depth < 8 || self.server.max_json_depth > 120 {
-            return Err(fail(
-                "server.max_json_depth".into(),
-                format!("{} is outside 8..=120", self.server.max_json_depth),
+        if s.max_json_depth < 8 || s.max_json_depth > 120 {
+            return Err(problem(
+                file,
+                "server.max_json_depth",
+                format!("{} is outside 8..=120", s.max_json_depth),
                 "choose a depth between 8 and 120 (FHIR resources rarely nest deeper than 20)",
             ));
         }
-        if self.server.max_body_bytes < 1024 {
-            return Err(fail(
-                "server.max_body_bytes".into(),
-                format!(
-                    "{} bytes cannot hold a FHIR resource",
-                    self.server.max_body_bytes
-                ),
+        if s.max_body_bytes < 1024 {
+            return Err(problem(
+                file,
+                "server.max_body_bytes",
+                format!("{} bytes cannot hold a FHIR resource", s.max_body_bytes),
                 "allow at least 1024 bytes (Synthea bundles need about 2 MB)",
             ));
         }
-        if !(self.store.url.starts_with("sqlite:")
-            || self.store.url.starts_with("postgres://")
-            || self.store.url.starts_with("postgresql://"))
+        Ok(())
+    }
+
+    /// `[store]`: SQLite or PostgreSQL.
+    fn check_store(&self, file: &str) -> Result<(), ConfigError> {
+        let url = &self.store.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
         {
-            return Err(fail(
-                "store.url".into(),
-                "the store URL names neither SQLite nor PostgreSQL".into(),
+            return Err(problem(
+                file,
+                "store.url",
+                "the store URL names neither SQLite nor PostgreSQL",
                 "use sqlite://PATH (the embedded default) or postgres://USER@HOST:PORT/DB",
             ));
         }
+        Ok(())
+    }
+
+    /// `[[sectors]]`: each sector's id, endpoint and outbound credentials.
+    fn check_sectors(&self, file: &str) -> Result<(), ConfigError> {
         let mut seen = HashSet::new();
         for (i, s) in self.sectors.iter().enumerate() {
-            let key = |k: &str| format!("sectors[{i}].{k}");
-            if !is_sector_id(&s.id) {
-                return Err(fail(
-                    key("id"),
-                    format!("'{}' is not a valid sector id", s.id),
-                    "use lowercase letters, digits and '-' starting with a letter (the id appears in URLs: /fhir/{id}/...)",
-                ));
-            }
-            if RESERVED_SEGMENTS.contains(&s.id.as_str()) {
-                return Err(fail(
-                    key("id"),
-                    format!("'{}' is reserved by the API", s.id),
-                    "choose another sector id",
-                ));
-            }
-            if !seen.insert(s.id.as_str()) {
-                return Err(fail(
-                    key("id"),
-                    format!("sector '{}' is configured twice", s.id),
-                    "give each sector a unique id",
-                ));
-            }
-            if let Some(url) = &s.base_url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                return Err(fail(
-                    key("base_url"),
-                    "not an http(s) URL".into(),
-                    "write the sector's FHIR base, for example https://fhir.example.org/r4",
-                ));
-            }
-            if s.patient_identifier_system.trim().is_empty() {
-                return Err(fail(
-                    key("patient_identifier_system"),
-                    "empty".into(),
-                    "leave it out for CPR (urn:oid:1.2.208.176.1.2) or name the system",
-                ));
-            }
-            match &s.auth {
-                OutboundAuth::Bearer {
-                    token_env: None,
-                    token_file: None,
-                } => {
-                    return Err(fail(
-                        key("auth"),
-                        "a bearer token needs a source".into(),
-                        "set token_env or token_file",
-                    ));
-                }
-                OutboundAuth::ClientCredentials {
-                    client_secret_env: None,
-                    client_secret_file: None,
-                    ..
-                } => {
-                    return Err(fail(
-                        key("auth"),
-                        "a client secret needs a source".into(),
-                        "set client_secret_env or client_secret_file",
-                    ));
-                }
-                _ => {}
-            }
+            check_sector_id(file, i, &s.id, &mut seen)?;
+            check_sector_endpoint(file, i, s)?;
+            check_outbound_auth(file, i, &s.auth)?;
         }
-        self.check_exchange(file)?;
-        self.check_auth(file)?;
-        for (key, list) in [
-            ("alerts.chronic", &self.alerts.chronic),
-            ("alerts.coordinator_roles", &self.alerts.coordinator_roles),
-            ("alerts.reply_requested", &self.alerts.reply_requested),
-        ] {
-            if let Some(bad) = list.iter().find(|e| {
-                e.split_once('|')
-                    .is_none_or(|(s, c)| s.is_empty() || c.is_empty())
-            }) {
-                return Err(fail(
-                    key.into(),
-                    format!("'{bad}' is not system|code"),
-                    "write each entry as system|code (a trailing * matches a code prefix)",
-                ));
-            }
+        Ok(())
+    }
+
+    /// `[exchange]`: its limits, its routes, and a base URL for every polled sector.
+    fn check_exchange(&self, file: &str) -> Result<(), ConfigError> {
+        check_exchange_limits(file, &self.exchange)?;
+        for (i, r) in self.exchange.routes.iter().enumerate() {
+            self.check_route(file, i, r)?;
         }
-        let mut client_ids = HashSet::new();
-        for (i, c) in self.clients.iter().enumerate() {
-            let key = |k: &str| format!("clients[{i}].{k}");
-            if c.id.trim().is_empty() || !client_ids.insert(c.id.as_str()) {
-                return Err(fail(
-                    key("id"),
-                    format!("client id '{}' is empty or repeated", c.id),
-                    "give each client a unique id",
+        self.check_polled_sectors(file)
+    }
+
+    /// One route: resource type names, and configured sectors to route from and to.
+    fn check_route(&self, file: &str, i: usize, r: &RouteSettings) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("exchange.routes[{i}].{k}");
+        if r.types.is_empty() {
+            return Err(problem(
+                file,
+                key("types"),
+                "no resource types",
+                "name the resource types this route moves, e.g. [\"Condition\"]",
+            ));
+        }
+        if let Some(t) = r
+            .types
+            .iter()
+            .find(|t| !t.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+        {
+            return Err(problem(
+                file,
+                key("types"),
+                format!("'{t}' is not a resource type name"),
+                "use FHIR resource type names such as CarePlan or Condition",
+            ));
+        }
+        if let Some(from) = r.from.iter().find(|from| self.sector(from).is_none()) {
+            return Err(problem(
+                file,
+                key("from"),
+                format!("sector '{from}' is not configured"),
+                "name configured sector ids, or leave `from` out for every sector",
+            ));
+        }
+        if let RouteTarget::Sectors(to) = &r.to {
+            if to.is_empty() {
+                return Err(problem(
+                    file,
+                    key("to"),
+                    "no target sectors",
+                    "use \"care\", \"recipients\" or a list of sector ids",
                 ));
             }
-            match c.role.split_once(':') {
-                Some(("sector", sector)) if self.sectors.iter().any(|s| s.id == sector) => {}
-                Some(("sector", sector)) => {
-                    return Err(fail(
-                        key("role"),
-                        format!("sector '{sector}' is not configured"),
-                        "name a configured sector: sector:<id>",
-                    ));
-                }
-                None if ["careteam", "auditor", "admin"].contains(&c.role.as_str()) => {}
-                _ => {
-                    return Err(fail(
-                        key("role"),
-                        format!("'{}' is not a role", c.role),
-                        "use sector:<sector-id>, careteam, auditor or admin",
-                    ));
-                }
-            }
-            if let Some(h) = &c.token_sha256
-                && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
-            {
-                return Err(fail(
-                    key("token_sha256"),
-                    "not a SHA-256 hex digest".into(),
-                    "paste the hash line printed by `carebridge token new --client ID`",
+            if let Some(t) = to.iter().find(|t| self.sector(t).is_none()) {
+                return Err(problem(
+                    file,
+                    key("to"),
+                    format!("sector '{t}' is not configured"),
+                    "use \"care\", \"recipients\" or configured sector ids",
                 ));
             }
         }
         Ok(())
     }
 
-    fn check_exchange(&self, file: &str) -> Result<(), ConfigError> {
-        let fail = |key: String, problem: String, fix: &str| ConfigError {
-            file: file.to_owned(),
-            key,
-            problem,
-            fix: fix.to_owned(),
-        };
-        let x = &self.exchange;
-        let bounds: [(&str, u64, u64, u64); 7] = [
-            ("max_attempts", u64::from(x.max_attempts), 1, 1_000),
-            ("batch", u64::from(x.batch), 1, 1_000),
-            ("request_timeout_ms", x.request_timeout_ms, 100, 600_000),
-            ("retry_initial_ms", x.retry_initial_ms, 10, 3_600_000),
-            ("idle_poll_ms", x.idle_poll_ms, 10, 3_600_000),
-            ("poll_interval_ms", x.poll_interval_ms, 100, 86_400_000),
-            ("poll_page_size", u64::from(x.poll_page_size), 1, 1_000),
-        ];
-        for (key, value, lo, hi) in bounds {
-            if value < lo || value > hi {
-                return Err(fail(
-                    format!("exchange.{key}"),
-                    format!("{value} is outside {lo}..={hi}"),
-                    "choose a value in that range (config/default.toml gives the default)",
-                ));
-            }
-        }
-        if x.retry_max_ms < x.retry_initial_ms {
-            return Err(fail(
-                "exchange.retry_max_ms".into(),
-                "smaller than exchange.retry_initial_ms".into(),
-                "make the longest retry delay at least the first one",
-            ));
-        }
-        for (i, r) in x.routes.iter().enumerate() {
-            let key = |k: &str| format!("exchange.routes[{i}].{k}");
-            if r.types.is_empty() {
-                return Err(fail(
-                    key("types"),
-                    "no resource types".into(),
-                    "name the resource types this route moves, e.g. [\"Condition\"]",
-                ));
-            }
-            if let Some(t) = r
-                .types
-                .iter()
-                .find(|t| !t.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
-            {
-                return Err(fail(
-                    key("types"),
-                    format!("'{t}' is not a resource type name"),
-                    "use FHIR resource type names such as CarePlan or Condition",
-                ));
-            }
-            for from in &r.from {
-                if self.sector(from).is_none() {
-                    return Err(fail(
-                        key("from"),
-                        format!("sector '{from}' is not configured"),
-                        "name configured sector ids, or leave `from` out for every sector",
-                    ));
-                }
-            }
-            if let RouteTarget::Sectors(to) = &r.to {
-                if to.is_empty() {
-                    return Err(fail(
-                        key("to"),
-                        "no target sectors".into(),
-                        "use \"care\", \"recipients\" or a list of sector ids",
-                    ));
-                }
-                for t in to {
-                    if self.sector(t).is_none() {
-                        return Err(fail(
-                            key("to"),
-                            format!("sector '{t}' is not configured"),
-                            "use \"care\", \"recipients\" or configured sector ids",
-                        ));
-                    }
-                }
-            }
-        }
+    /// A sector the gateway polls needs a base URL.
+    fn check_polled_sectors(&self, file: &str) -> Result<(), ConfigError> {
         for (i, s) in self.sectors.iter().enumerate() {
             if matches!(s.mode, SectorMode::Pull | SectorMode::Both) && s.base_url.is_none() {
-                return Err(fail(
+                return Err(problem(
+                    file,
                     format!("sectors[{i}].base_url"),
                     format!(
                         "sector '{}' is polled (mode = \"{}\") but has no base URL",
@@ -683,6 +570,76 @@ impl Settings {
         Ok(())
     }
 
+    /// `[alerts]`: every vocabulary entry is `system|code`.
+    fn check_alerts(&self, file: &str) -> Result<(), ConfigError> {
+        for (key, list) in [
+            ("alerts.chronic", &self.alerts.chronic),
+            ("alerts.coordinator_roles", &self.alerts.coordinator_roles),
+            ("alerts.reply_requested", &self.alerts.reply_requested),
+        ] {
+            if let Some(bad) = list.iter().find(|e| {
+                e.split_once('|')
+                    .is_none_or(|(s, c)| s.is_empty() || c.is_empty())
+            }) {
+                return Err(problem(
+                    file,
+                    key,
+                    format!("'{bad}' is not system|code"),
+                    "write each entry as system|code (a trailing * matches a code prefix)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[[clients]]`: unique ids, roles of configured sectors, token hashes that are hashes.
+    fn check_clients(&self, file: &str) -> Result<(), ConfigError> {
+        let mut ids = HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let key = |k: &str| format!("clients[{i}].{k}");
+            if c.id.trim().is_empty() || !ids.insert(c.id.as_str()) {
+                return Err(problem(
+                    file,
+                    key("id"),
+                    format!("client id '{}' is empty or repeated", c.id),
+                    "give each client a unique id",
+                ));
+            }
+            self.check_client_role(file, i, &c.role)?;
+            if let Some(h) = &c.token_sha256
+                && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(problem(
+                    file,
+                    key("token_sha256"),
+                    "not a SHA-256 hex digest",
+                    "paste the hash line printed by `carebridge token new --client ID`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A client's role: `sector:<configured sector>`, `careteam`, `auditor` or `admin`.
+    fn check_client_role(&self, file: &str, i: usize, role: &str) -> Result<(), ConfigError> {
+        let key = format!("clients[{i}].role");
+        match role.split_once(':') {
+            Some(("sector", sector)) if self.sector(sector).is_some() => Ok(()),
+            Some(("sector", sector)) => Err(problem(
+                file,
+                key,
+                format!("sector '{sector}' is not configured"),
+                "name a configured sector: sector:<id>",
+            )),
+            None if ["careteam", "auditor", "admin"].contains(&role) => Ok(()),
+            _ => Err(problem(
+                file,
+                key,
+                format!("'{role}' is not a role"),
+                "use sector:<sector-id>, careteam, auditor or admin",
+            )),
+        }
+    }
     /// Profile sets named by sectors must exist under `fhir.profiles_dir`.
     pub fn check_profiles(
         &self,
@@ -768,6 +725,143 @@ fn from_config_error(file: &str, e: config::ConfigError) -> ConfigError {
         fix: fix.into(),
     }
 }
+/// A problem at `key` of `file`, and how to fix it.
+fn problem(file: &str, key: impl Into<String>, what: impl Into<String>, fix: &str) -> ConfigError {
+    ConfigError {
+        file: file.to_owned(),
+        key: key.into(),
+        problem: what.into(),
+        fix: fix.to_owned(),
+    }
+}
+
+/// A sector id: well-formed, not a reserved path segment, not taken by an earlier sector.
+fn check_sector_id<'a>(
+    file: &str,
+    i: usize,
+    id: &'a str,
+    seen: &mut HashSet<&'a str>,
+) -> Result<(), ConfigError> {
+    let key = format!("sectors[{i}].id");
+    if !is_sector_id(id) {
+        return Err(problem(
+            file,
+            key,
+            format!("'{id}' is not a valid sector id"),
+            "use lowercase letters, digits and '-' starting with a letter (the id appears in URLs: /fhir/{id}/...)",
+        ));
+    }
+    if RESERVED_SEGMENTS.contains(&id) {
+        return Err(problem(
+            file,
+            key,
+            format!("'{id}' is reserved by the API"),
+            "choose another sector id",
+        ));
+    }
+    if !seen.insert(id) {
+        return Err(problem(
+            file,
+            key,
+            format!("sector '{id}' is configured twice"),
+            "give each sector a unique id",
+        ));
+    }
+    Ok(())
+}
+
+/// A sector's FHIR base (http or https, when set) and its patient identifier system.
+fn check_sector_endpoint(file: &str, i: usize, s: &SectorSettings) -> Result<(), ConfigError> {
+    if let Some(url) = &s.base_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(problem(
+            file,
+            format!("sectors[{i}].base_url"),
+            "not an http(s) URL",
+            "write the sector's FHIR base, for example https://fhir.example.org/r4",
+        ));
+    }
+    if s.patient_identifier_system.trim().is_empty() {
+        return Err(problem(
+            file,
+            format!("sectors[{i}].patient_identifier_system"),
+            "empty",
+            "leave it out for CPR (urn:oid:1.2.208.176.1.2) or name the system",
+        ));
+    }
+    Ok(())
+}
+
+/// A sector's outbound credentials name where their secret comes from.
+fn check_outbound_auth(file: &str, i: usize, auth: &OutboundAuth) -> Result<(), ConfigError> {
+    let key = format!("sectors[{i}].auth");
+    match auth {
+        OutboundAuth::Bearer {
+            token_env: None,
+            token_file: None,
+        } => Err(problem(
+            file,
+            key,
+            "a bearer token needs a source",
+            "set token_env or token_file",
+        )),
+        OutboundAuth::ClientCredentials {
+            client_secret_env: None,
+            client_secret_file: None,
+            ..
+        } => Err(problem(
+            file,
+            key,
+            "a client secret needs a source",
+            "set client_secret_env or client_secret_file",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `[exchange]`'s numbers: each within its range, and the longest retry delay at least the
+/// first.
+fn check_exchange_limits(file: &str, x: &ExchangeSettings) -> Result<(), ConfigError> {
+    let bounds: [(&str, u64, u64, u64); 7] = [
+        ("max_attempts", u64::from(x.max_attempts), 1, 1_000),
+        ("batch", u64::from(x.batch), 1, 1_000),
+        ("request_timeout_ms", x.request_timeout_ms, 100, 600_000),
+        ("retry_initial_ms", x.retry_initial_ms, 10, 3_600_000),
+        ("idle_poll_ms", x.idle_poll_ms, 10, 3_600_000),
+        ("poll_interval_ms", x.poll_interval_ms, 100, 86_400_000),
+        ("poll_page_size", u64::from(x.poll_page_size), 1, 1_000),
+    ];
+    check_bounds(file, "exchange", &bounds)?;
+    if x.retry_max_ms < x.retry_initial_ms {
+        return Err(problem(
+            file,
+            "exchange.retry_max_ms",
+            "smaller than exchange.retry_initial_ms",
+            "make the longest retry delay at least the first one",
+        ));
+    }
+    Ok(())
+}
+
+/// `(key, value, lowest, highest)` of a section: the first value out of its range is a problem.
+fn check_bounds(
+    file: &str,
+    section: &str,
+    bounds: &[(&str, u64, u64, u64)],
+) -> Result<(), ConfigError> {
+    for &(key, value, lo, hi) in bounds {
+        if value < lo || value > hi {
+            return Err(problem(
+                file,
+                format!("{section}.{key}"),
+                format!("{value} is outside {lo}..={hi}"),
+                "choose a value in that range (config/default.toml gives the default)",
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Bearer JWTs from an OAuth2 authorization server (SMART Backend Services), accepted besides
 /// the static tokens of `[[clients]]`. Without an issuer only static tokens work.
@@ -823,145 +917,162 @@ pub struct ScopeRoleSettings {
 impl Settings {
     /// `[auth]`: complete when an issuer is set, empty otherwise; every scope maps to a role.
     fn check_auth(&self, file: &str) -> Result<(), ConfigError> {
-        let fail = |key: &str, problem: String, fix: &str| ConfigError {
-            file: file.to_owned(),
-            key: format!("auth.{key}"),
-            problem,
-            fix: fix.to_owned(),
-        };
         let a = &self.auth;
         let Some(issuer) = &a.issuer else {
-            let set = [
-                ("audience", a.audience.is_some()),
-                ("jwks_url", a.jwks_url.is_some()),
-                ("sector_claim", a.sector_claim.is_some()),
-                ("scopes", !a.scopes.is_empty()),
-            ];
-            if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
-                return Err(fail(
-                    "issuer",
-                    format!("auth.{key} is set but no issuer is"),
-                    "set auth.issuer to the authorization server's `iss`, or remove the [auth] section (static tokens only)",
-                ));
-            }
-            return Ok(());
+            return check_auth_unused(file, a);
         };
-        if issuer.trim().is_empty() {
-            return Err(fail(
-                "issuer",
-                "empty".into(),
-                "write the exact `iss` of the tokens, e.g. \"https://idp.example.org\"",
-            ));
-        }
-        if a.audience.as_deref().is_none_or(|s| s.trim().is_empty()) {
-            return Err(fail(
-                "audience",
-                "missing or empty while an issuer is set".into(),
-                "set the `aud` value the issuer writes into tokens for carebridge, e.g. \"carebridge\"",
-            ));
-        }
-        match a.jwks_url.as_deref() {
-            Some(u) if u.starts_with("https://") || u.starts_with("http://") => {}
-            Some(_) => {
-                return Err(fail(
-                    "jwks_url",
-                    "not an http(s) URL".into(),
-                    "write the issuer's JWKS address, e.g. https://idp.example.org/.well-known/jwks.json",
-                ));
-            }
-            None => {
-                return Err(fail(
-                    "jwks_url",
-                    "missing while an issuer is set".into(),
-                    "set the issuer's JWKS address (`jwks_uri` of its .well-known metadata)",
-                ));
-            }
-        }
-        let bounds: [(&str, u64, u64, u64); 3] = [
-            ("jwks_refresh_secs", a.jwks_refresh_secs, 1, 86_400),
-            ("jwks_timeout_ms", a.jwks_timeout_ms, 100, 60_000),
-            ("leeway_secs", a.leeway_secs, 0, 300),
-        ];
-        for (key, value, lo, hi) in bounds {
-            if value < lo || value > hi {
-                return Err(fail(
-                    key,
-                    format!("{value} is outside {lo}..={hi}"),
-                    "choose a value in that range (config/default.toml gives the default)",
-                ));
-            }
-        }
-        if a.client_id_claim.trim().is_empty() {
-            return Err(fail(
-                "client_id_claim",
-                "empty".into(),
-                "name the claim that identifies the client (client_id by default)",
-            ));
-        }
-        if a.sector_claim
-            .as_deref()
-            .is_some_and(|c| c.trim().is_empty())
-        {
-            return Err(fail(
-                "sector_claim",
-                "empty".into(),
-                "name the claim that carries the sector id, or leave the key out",
-            ));
-        }
+        check_issuer(file, issuer, a)?;
+        check_auth_claims(file, a)?;
         if a.scopes.is_empty() {
-            return Err(fail(
+            return Err(auth_problem(
+                file,
                 "scopes",
-                "no scope is mapped to a role, so no token could be used".into(),
+                "no scope is mapped to a role, so no token could be used",
                 "add [[auth.scopes]] tables with scope and role (config/default.toml shows them)",
             ));
         }
         let mut seen = HashSet::new();
         for (i, m) in a.scopes.iter().enumerate() {
-            let key = |k: &str| format!("scopes[{i}].{k}");
             if m.scope.is_empty() || m.scope.contains(char::is_whitespace) {
-                return Err(fail(
-                    &key("scope"),
+                return Err(auth_problem(
+                    file,
+                    &format!("scopes[{i}].scope"),
                     format!("'{}' is not one scope", m.scope),
                     "write a single scope without spaces, e.g. \"system/AuditEvent.read\"",
                 ));
             }
             if !seen.insert(m.scope.as_str()) {
-                return Err(fail(
-                    &key("scope"),
+                return Err(auth_problem(
+                    file,
+                    &format!("scopes[{i}].scope"),
                     format!("scope '{}' is mapped twice", m.scope),
                     "map each scope to one role",
                 ));
             }
-            match m.role.split_once(':') {
-                Some(("sector", sector)) if self.sector(sector).is_some() => {}
-                Some(("sector", sector)) => {
-                    return Err(fail(
-                        &key("role"),
-                        format!("sector '{sector}' is not configured"),
-                        "name a configured sector: sector:<id>, or \"sector\" to take it from auth.sector_claim",
-                    ));
-                }
-                None if m.role == "sector" => {
-                    if a.sector_claim.is_none() {
-                        return Err(fail(
-                            &key("role"),
-                            "role \"sector\" takes the sector from a claim, but auth.sector_claim is not set".into(),
-                            "set auth.sector_claim to the claim that carries the sector id, or write sector:<id>",
-                        ));
-                    }
-                }
-                None if ["careteam", "auditor", "admin"].contains(&m.role.as_str()) => {}
-                _ => {
-                    return Err(fail(
-                        &key("role"),
-                        format!("'{}' is not a role", m.role),
-                        "use sector:<sector-id>, sector, careteam, auditor or admin",
-                    ));
-                }
-            }
+            self.check_scope_role(file, i, &m.role)?;
         }
         Ok(())
     }
+
+    /// The role a scope grants: `sector:<configured sector>`, `sector` (with a sector claim),
+    /// `careteam`, `auditor` or `admin`.
+    fn check_scope_role(&self, file: &str, i: usize, role: &str) -> Result<(), ConfigError> {
+        let key = format!("scopes[{i}].role");
+        match role.split_once(':') {
+            Some(("sector", sector)) if self.sector(sector).is_some() => Ok(()),
+            Some(("sector", sector)) => Err(auth_problem(
+                file,
+                &key,
+                format!("sector '{sector}' is not configured"),
+                "name a configured sector: sector:<id>, or \"sector\" to take it from auth.sector_claim",
+            )),
+            None if role == "sector" => match self.auth.sector_claim {
+                Some(_) => Ok(()),
+                None => Err(auth_problem(
+                    file,
+                    &key,
+                    "role \"sector\" takes the sector from a claim, but auth.sector_claim is not set",
+                    "set auth.sector_claim to the claim that carries the sector id, or write sector:<id>",
+                )),
+            },
+            None if ["careteam", "auditor", "admin"].contains(&role) => Ok(()),
+            _ => Err(auth_problem(
+                file,
+                &key,
+                format!("'{role}' is not a role"),
+                "use sector:<sector-id>, sector, careteam, auditor or admin",
+            )),
+        }
+    }
+}
+
+/// A problem at `auth.<key>`.
+fn auth_problem(file: &str, key: &str, what: impl Into<String>, fix: &str) -> ConfigError {
+    problem(file, format!("auth.{key}"), what, fix)
+}
+
+/// Without an issuer, no other key of `[auth]` may be set (it would have no effect).
+fn check_auth_unused(file: &str, a: &AuthSettings) -> Result<(), ConfigError> {
+    let set = [
+        ("audience", a.audience.is_some()),
+        ("jwks_url", a.jwks_url.is_some()),
+        ("sector_claim", a.sector_claim.is_some()),
+        ("scopes", !a.scopes.is_empty()),
+    ];
+    if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+        return Err(auth_problem(
+            file,
+            "issuer",
+            format!("auth.{key} is set but no issuer is"),
+            "set auth.issuer to the authorization server's `iss`, or remove the [auth] section (static tokens only)",
+        ));
+    }
+    Ok(())
+}
+
+/// The issuer, the audience its tokens must name, and where its keys are.
+fn check_issuer(file: &str, issuer: &str, a: &AuthSettings) -> Result<(), ConfigError> {
+    if issuer.trim().is_empty() {
+        return Err(auth_problem(
+            file,
+            "issuer",
+            "empty",
+            "write the exact `iss` of the tokens, e.g. \"https://idp.example.org\"",
+        ));
+    }
+    if a.audience.as_deref().is_none_or(|s| s.trim().is_empty()) {
+        return Err(auth_problem(
+            file,
+            "audience",
+            "missing or empty while an issuer is set",
+            "set the `aud` value the issuer writes into tokens for carebridge, e.g. \"carebridge\"",
+        ));
+    }
+    match a.jwks_url.as_deref() {
+        Some(u) if u.starts_with("https://") || u.starts_with("http://") => Ok(()),
+        Some(_) => Err(auth_problem(
+            file,
+            "jwks_url",
+            "not an http(s) URL",
+            "write the issuer's JWKS address, e.g. https://idp.example.org/.well-known/jwks.json",
+        )),
+        None => Err(auth_problem(
+            file,
+            "jwks_url",
+            "missing while an issuer is set",
+            "set the issuer's JWKS address (`jwks_uri` of its .well-known metadata)",
+        )),
+    }
+}
+
+/// The key set's refresh and timeout, the clock leeway, and the claims read from a token.
+fn check_auth_claims(file: &str, a: &AuthSettings) -> Result<(), ConfigError> {
+    let bounds: [(&str, u64, u64, u64); 3] = [
+        ("jwks_refresh_secs", a.jwks_refresh_secs, 1, 86_400),
+        ("jwks_timeout_ms", a.jwks_timeout_ms, 100, 60_000),
+        ("leeway_secs", a.leeway_secs, 0, 300),
+    ];
+    check_bounds(file, "auth", &bounds)?;
+    if a.client_id_claim.trim().is_empty() {
+        return Err(auth_problem(
+            file,
+            "client_id_claim",
+            "empty",
+            "name the claim that identifies the client (client_id by default)",
+        ));
+    }
+    if a.sector_claim
+        .as_deref()
+        .is_some_and(|c| c.trim().is_empty())
+    {
+        return Err(auth_problem(
+            file,
+            "sector_claim",
+            "empty",
+            "name the claim that carries the sector id, or leave the key out",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1028,6 +1139,296 @@ mod tests {
 
         let err = load("[[clients]]\nid = \"a\"\nrole = \"sector:nowhere\"\n").unwrap_err();
         assert_eq!(err.key, "clients[0].role");
+    }
+
+    /// A configuration and the problem it is reported with (`key: problem; fix`), or "" for a
+    /// valid one. When a file has several problems, the first in check order is reported.
+    const CHECKED: &[(&str, &str)] = &[
+        (
+            "[server]\nlisten = \"nowhere\"\n",
+            "server.listen: 'nowhere' is not an address with a port; write it as IP:PORT, for example \"127.0.0.1:8080\"",
+        ),
+        (
+            "[server]\nmax_json_depth = 7\n",
+            "server.max_json_depth: 7 is outside 8..=120; choose a depth between 8 and 120 (FHIR resources rarely nest deeper than 20)",
+        ),
+        (
+            "[server]\nmax_json_depth = 121\n",
+            "server.max_json_depth: 121 is outside 8..=120; choose a depth between 8 and 120 (FHIR resources rarely nest deeper than 20)",
+        ),
+        (
+            "[server]\nmax_body_bytes = 10\n",
+            "server.max_body_bytes: 10 bytes cannot hold a FHIR resource; allow at least 1024 bytes (Synthea bundles need about 2 MB)",
+        ),
+        (
+            "[store]\nurl = \"mysql://x\"\n",
+            "store.url: the store URL names neither SQLite nor PostgreSQL; use sqlite://PATH (the embedded default) or postgres://USER@HOST:PORT/DB",
+        ),
+        (
+            "[[sectors]]\nid = \"GP\"\nname = \"x\"\nkind = \"hospital\"\n",
+            "sectors[0].id: 'GP' is not a valid sector id; use lowercase letters, digits and '-' starting with a letter (the id appears in URLs: /fhir/{id}/...)",
+        ),
+        (
+            "[[sectors]]\nid = \"metadata\"\nname = \"x\"\nkind = \"hospital\"\n",
+            "sectors[0].id: 'metadata' is reserved by the API; choose another sector id",
+        ),
+        (
+            "[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n",
+            "sectors[1].id: sector 'gp' is configured twice; give each sector a unique id",
+        ),
+        (
+            "[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\nbase_url = \"ftp://x\"\n",
+            "sectors[0].base_url: not an http(s) URL; write the sector's FHIR base, for example https://fhir.example.org/r4",
+        ),
+        (
+            "[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\npatient_identifier_system = \" \"\n",
+            "sectors[0].patient_identifier_system: empty; leave it out for CPR (urn:oid:1.2.208.176.1.2) or name the system",
+        ),
+        (
+            "[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\nauth = { type = \"bearer\" }\n",
+            "sectors[0].auth: a bearer token needs a source; set token_env or token_file",
+        ),
+        (
+            "[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\nauth = { type = \"client-credentials\", token_url = \"x\", client_id = \"y\" }\n",
+            "sectors[0].auth: a client secret needs a source; set client_secret_env or client_secret_file",
+        ),
+        (
+            "[exchange]\nmax_attempts = 0\n",
+            "exchange.max_attempts: 0 is outside 1..=1000; choose a value in that range (config/default.toml gives the default)",
+        ),
+        (
+            "[exchange]\nbatch = 1001\n",
+            "exchange.batch: 1001 is outside 1..=1000; choose a value in that range (config/default.toml gives the default)",
+        ),
+        (
+            "[exchange]\nrequest_timeout_ms = 50\n",
+            "exchange.request_timeout_ms: 50 is outside 100..=600000; choose a value in that range (config/default.toml gives the default)",
+        ),
+        (
+            "[exchange]\nretry_initial_ms = 5\n",
+            "exchange.retry_initial_ms: 5 is outside 10..=3600000; choose a value in that range (config/default.toml gives the default)",
+        ),
+        (
+            "[exchange]\nidle_poll_ms = 5\n",
+            "exchange.idle_poll_ms: 5 is outside 10..=3600000; choose a value in that range (config/default.toml gives the default)",
+        ),
+        (
+            "[exchange]\npoll_interval_ms = 50\n",
+            "exchange.poll_interval_ms: 50 is outside 100..=86400000; choose a value in that range (config/default.toml gives the default)",
+        ),
+        (
+            "[exchange]\npoll_page_size = 0\n",
+            "exchange.poll_page_size: 0 is outside 1..=1000; choose a value in that range (config/default.toml gives the default)",
+        ),
+        (
+            "[exchange]\nretry_initial_ms = 5000\nretry_max_ms = 1000\n",
+            "exchange.retry_max_ms: smaller than exchange.retry_initial_ms; make the longest retry delay at least the first one",
+        ),
+        (
+            "[[exchange.routes]]\ntypes = []\nto = \"care\"\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n",
+            "exchange.routes[0].types: no resource types; name the resource types this route moves, e.g. [\"Condition\"]",
+        ),
+        (
+            "[[exchange.routes]]\ntypes = [\"condition\"]\nto = \"care\"\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n",
+            "exchange.routes[0].types: 'condition' is not a resource type name; use FHIR resource type names such as CarePlan or Condition",
+        ),
+        (
+            "[[exchange.routes]]\ntypes = [\"Condition\"]\nfrom = [\"nowhere\"]\nto = \"care\"\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n",
+            "exchange.routes[0].from: sector 'nowhere' is not configured; name configured sector ids, or leave `from` out for every sector",
+        ),
+        (
+            "[[exchange.routes]]\ntypes = [\"Condition\"]\nto = []\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n",
+            "exchange.routes[0].to: no target sectors; use \"care\", \"recipients\" or a list of sector ids",
+        ),
+        (
+            "[[exchange.routes]]\ntypes = [\"Condition\"]\nto = [\"nowhere\"]\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n",
+            "exchange.routes[0].to: sector 'nowhere' is not configured; use \"care\", \"recipients\" or configured sector ids",
+        ),
+        (
+            "[[exchange.routes]]\ntypes = [\"Condition\"]\nto = \"care\"\n[[exchange.routes]]\ntypes = [\"Goal\"]\nto = [\"gp\", \"x\"]\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n",
+            "exchange.routes[1].to: sector 'x' is not configured; use \"care\", \"recipients\" or configured sector ids",
+        ),
+        (
+            "[[sectors]]\nid = \"hospital\"\nname = \"H\"\nkind = \"hospital\"\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\nmode = \"pull\"\n",
+            "sectors[1].base_url: sector 'gp' is polled (mode = \"pull\") but has no base URL; set base_url to the sector's FHIR base, or use mode = \"push\"",
+        ),
+        (
+            "[[sectors]]\nid = \"hospital\"\nname = \"H\"\nkind = \"hospital\"\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\nmode = \"both\"\n",
+            "sectors[1].base_url: sector 'gp' is polled (mode = \"both\") but has no base URL; set base_url to the sector's FHIR base, or use mode = \"push\"",
+        ),
+        (
+            "[auth]\naudience = \"x\"\n",
+            "auth.issuer: auth.audience is set but no issuer is; set auth.issuer to the authorization server's `iss`, or remove the [auth] section (static tokens only)",
+        ),
+        (
+            "[auth]\njwks_url = \"https://x\"\n",
+            "auth.issuer: auth.jwks_url is set but no issuer is; set auth.issuer to the authorization server's `iss`, or remove the [auth] section (static tokens only)",
+        ),
+        (
+            "[auth]\nsector_claim = \"x\"\n",
+            "auth.issuer: auth.sector_claim is set but no issuer is; set auth.issuer to the authorization server's `iss`, or remove the [auth] section (static tokens only)",
+        ),
+        (
+            "[[auth.scopes]]\nscope = \"system/*.read\"\nrole = \"careteam\"\n",
+            "auth.issuer: auth.scopes is set but no issuer is; set auth.issuer to the authorization server's `iss`, or remove the [auth] section (static tokens only)",
+        ),
+        (
+            "[auth]\nissuer = \" \"\n",
+            "auth.issuer: empty; write the exact `iss` of the tokens, e.g. \"https://idp.example.org\"",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\n",
+            "auth.audience: missing or empty while an issuer is set; set the `aud` value the issuer writes into tokens for carebridge, e.g. \"carebridge\"",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \" \"\n",
+            "auth.audience: missing or empty while an issuer is set; set the `aud` value the issuer writes into tokens for carebridge, e.g. \"carebridge\"",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"cb\"\njwks_url = \"ftp://x\"\n",
+            "auth.jwks_url: not an http(s) URL; write the issuer's JWKS address, e.g. https://idp.example.org/.well-known/jwks.json",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"cb\"\n",
+            "auth.jwks_url: missing while an issuer is set; set the issuer's JWKS address (`jwks_uri` of its .well-known metadata)",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\njwks_refresh_secs = 0\n[[auth.scopes]]\nscope = \"system/*.read\"\nrole = \"careteam\"\n",
+            "auth.jwks_refresh_secs: 0 is outside 1..=86400; choose a value in that range (config/default.toml gives the default)",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\njwks_timeout_ms = 50\n[[auth.scopes]]\nscope = \"system/*.read\"\nrole = \"careteam\"\n",
+            "auth.jwks_timeout_ms: 50 is outside 100..=60000; choose a value in that range (config/default.toml gives the default)",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\nleeway_secs = 301\n[[auth.scopes]]\nscope = \"system/*.read\"\nrole = \"careteam\"\n",
+            "auth.leeway_secs: 301 is outside 0..=300; choose a value in that range (config/default.toml gives the default)",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\nclient_id_claim = \" \"\n[[auth.scopes]]\nscope = \"system/*.read\"\nrole = \"careteam\"\n",
+            "auth.client_id_claim: empty; name the claim that identifies the client (client_id by default)",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\nsector_claim = \" \"\n[[auth.scopes]]\nscope = \"system/*.read\"\nrole = \"careteam\"\n",
+            "auth.sector_claim: empty; name the claim that carries the sector id, or leave the key out",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\n",
+            "auth.scopes: no scope is mapped to a role, so no token could be used; add [[auth.scopes]] tables with scope and role (config/default.toml shows them)",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\n[[auth.scopes]]\nscope = \"a b\"\nrole = \"careteam\"\n",
+            "auth.scopes[0].scope: 'a b' is not one scope; write a single scope without spaces, e.g. \"system/AuditEvent.read\"",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\n[[auth.scopes]]\nscope = \"\"\nrole = \"careteam\"\n",
+            "auth.scopes[0].scope: '' is not one scope; write a single scope without spaces, e.g. \"system/AuditEvent.read\"",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\n[[auth.scopes]]\nscope = \"system/*.read\"\nrole = \"careteam\"\n[[auth.scopes]]\nscope = \"system/*.read\"\nrole = \"careteam\"\n",
+            "auth.scopes[1].scope: scope 'system/*.read' is mapped twice; map each scope to one role",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\n[[auth.scopes]]\nscope = \"s\"\nrole = \"sector:nowhere\"\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n",
+            "auth.scopes[0].role: sector 'nowhere' is not configured; name a configured sector: sector:<id>, or \"sector\" to take it from auth.sector_claim",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\n[[auth.scopes]]\nscope = \"s\"\nrole = \"sector\"\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n",
+            "auth.scopes[0].role: role \"sector\" takes the sector from a claim, but auth.sector_claim is not set; set auth.sector_claim to the claim that carries the sector id, or write sector:<id>",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\n[[auth.scopes]]\nscope = \"s\"\nrole = \"root\"\n",
+            "auth.scopes[0].role: 'root' is not a role; use sector:<sector-id>, sector, careteam, auditor or admin",
+        ),
+        (
+            "[auth]\nissuer = \"https://idp\"\naudience = \"carebridge\"\njwks_url = \"https://idp/jwks\"\nsector_claim = \"sec\"\n[[auth.scopes]]\nscope = \"s\"\nrole = \"sector\"\n[[auth.scopes]]\nscope = \"t\"\nrole = \"sector:gp\"\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n",
+            "",
+        ),
+        (
+            "[alerts]\nchronic = [\"T90\"]\n",
+            "alerts.chronic: 'T90' is not system|code; write each entry as system|code (a trailing * matches a code prefix)",
+        ),
+        (
+            "[alerts]\ncoordinator_roles = [\"|x\"]\n",
+            "alerts.coordinator_roles: '|x' is not system|code; write each entry as system|code (a trailing * matches a code prefix)",
+        ),
+        (
+            "[alerts]\nreply_requested = [\"x|\"]\n",
+            "alerts.reply_requested: 'x|' is not system|code; write each entry as system|code (a trailing * matches a code prefix)",
+        ),
+        (
+            "[[clients]]\nid = \" \"\nrole = \"admin\"\n",
+            "clients[0].id: client id ' ' is empty or repeated; give each client a unique id",
+        ),
+        (
+            "[[clients]]\nid = \"a\"\nrole = \"admin\"\n[[clients]]\nid = \"a\"\nrole = \"auditor\"\n",
+            "clients[1].id: client id 'a' is empty or repeated; give each client a unique id",
+        ),
+        (
+            "[[clients]]\nid = \"a\"\nrole = \"sector:nowhere\"\n",
+            "clients[0].role: sector 'nowhere' is not configured; name a configured sector: sector:<id>",
+        ),
+        (
+            "[[clients]]\nid = \"a\"\nrole = \"root\"\n",
+            "clients[0].role: 'root' is not a role; use sector:<sector-id>, careteam, auditor or admin",
+        ),
+        (
+            "[[clients]]\nid = \"a\"\nrole = \"sector\"\n",
+            "clients[0].role: 'sector' is not a role; use sector:<sector-id>, careteam, auditor or admin",
+        ),
+        (
+            "[[clients]]\nid = \"a\"\nrole = \"careteam\"\ntoken_sha256 = \"abc\"\n",
+            "clients[0].token_sha256: not a SHA-256 hex digest; paste the hash line printed by `carebridge token new --client ID`",
+        ),
+        (
+            "[[clients]]\nid = \"a\"\nrole = \"sector:gp\"\ntoken_sha256 = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n",
+            "",
+        ),
+        (
+            "[server]\nlisten = \"x\"\n[store]\nurl = \"mysql://x\"\n",
+            "server.listen: 'x' is not an address with a port; write it as IP:PORT, for example \"127.0.0.1:8080\"",
+        ),
+        (
+            "[store]\nurl = \"mysql://x\"\n[[sectors]]\nid = \"GP\"\nname = \"x\"\nkind = \"hospital\"\n",
+            "store.url: the store URL names neither SQLite nor PostgreSQL; use sqlite://PATH (the embedded default) or postgres://USER@HOST:PORT/DB",
+        ),
+        (
+            "[exchange]\nbatch = 0\n[[sectors]]\nid = \"GP\"\nname = \"x\"\nkind = \"hospital\"\n",
+            "sectors[0].id: 'GP' is not a valid sector id; use lowercase letters, digits and '-' starting with a letter (the id appears in URLs: /fhir/{id}/...)",
+        ),
+        (
+            "[exchange]\nbatch = 0\n[auth]\naudience = \"x\"\n",
+            "exchange.batch: 0 is outside 1..=1000; choose a value in that range (config/default.toml gives the default)",
+        ),
+        (
+            "[auth]\naudience = \"x\"\n[alerts]\nchronic = [\"T90\"]\n",
+            "auth.issuer: auth.audience is set but no issuer is; set auth.issuer to the authorization server's `iss`, or remove the [auth] section (static tokens only)",
+        ),
+        (
+            "[alerts]\nchronic = [\"T90\"]\n[[clients]]\nid = \"a\"\nrole = \"root\"\n",
+            "alerts.chronic: 'T90' is not system|code; write each entry as system|code (a trailing * matches a code prefix)",
+        ),
+        (
+            "[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\nbase_url = \"ftp://x\"\nmode = \"pull\"\n",
+            "sectors[0].base_url: not an http(s) URL; write the sector's FHIR base, for example https://fhir.example.org/r4",
+        ),
+        (
+            "[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\nbase_url = \"ftp://x\"\nauth = { type = \"bearer\" }\n",
+            "sectors[0].base_url: not an http(s) URL; write the sector's FHIR base, for example https://fhir.example.org/r4",
+        ),
+    ];
+
+    #[test]
+    fn every_check_names_its_key_problem_and_fix() {
+        for (text, expected) in CHECKED {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(text.as_bytes()).unwrap();
+            let file = f.path().display().to_string();
+            match Settings::load(f.path()) {
+                Ok(_) => assert_eq!(*expected, "", "accepted: {text}"),
+                Err(e) => assert_eq!(e.to_string(), format!("{file}: {expected}"), "{text}"),
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Outbound HTTP to the sectors' FHIR endpoints: one client, and the credentials of each
 //! sector — a static bearer token (from the environment or a file, read on use so that a
 //! rotated file takes effect) or an OAuth2 client-credentials token, cached until shortly before
-//! it expires. Secrets never reach the log.
+//! it expires. Secrets never reach the log. Also the fetch of an issuer's JSON Web Key Set
+//! ([`jwks`]) for [`crate::auth`], and `check-config`'s endpoint probes ([`probe`]).
 
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{OutboundAuth, SectorSettings};
 
+pub mod jwks;
 pub mod probe;
 
 /// Why credentials could not be obtained (retryable: the identity provider may be down or the
@@ -108,57 +110,59 @@ impl Outbound {
                     client_secret_file.as_deref(),
                     "client secret",
                 )?;
-                let mut form = vec![("grant_type", "client_credentials")];
-                if let Some(s) = scope {
-                    form.push(("scope", s.as_str()));
-                }
-                let resp = self
-                    .http
-                    .post(token_url)
-                    // RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.
-                    .basic_auth(form_encode(client_id), Some(form_encode(&secret)))
-                    .form(&form)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        AuthError(format!("the token endpoint did not answer: {}", kind(&e)))
-                    })?;
-                let status = resp.status();
-                if !status.is_success() {
-                    return Err(AuthError(format!(
-                        "the token endpoint refused the client credentials ({})",
-                        status.as_u16()
-                    )));
-                }
-                let token: TokenResponse = resp
-                    .json()
-                    .await
-                    .map_err(|_| AuthError("the token endpoint answered no access_token".into()))?;
-                if token
-                    .token_type
-                    .as_deref()
-                    .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
-                {
-                    return Err(AuthError(
-                        "the token endpoint issued a token that is not a bearer token".into(),
-                    ));
-                }
-                // At most a day: a token endpoint's `expires_in` is not trusted to be sane.
-                let lifetime = Duration::from_secs(token.expires_in.unwrap_or(300).min(86_400));
-                // Renew a little before expiry: 30 s early, or at 90 % of a short lifetime.
-                let margin = Duration::from_secs(30).min(lifetime / 10);
-                let header = format!("Bearer {}", token.access_token);
-                if let Ok(mut tokens) = self.tokens.lock() {
-                    tokens.insert(
-                        sector.id.clone(),
-                        Cached {
-                            header: header.clone(),
-                            until: Instant::now() + lifetime.saturating_sub(margin),
-                        },
-                    );
-                }
+                let token = self
+                    .request_token(token_url, client_id, &secret, scope.as_deref())
+                    .await?;
+                let header = bearer_header(&token)?;
+                self.remember(&sector.id, &header, token.expires_in);
                 Ok(Some(header))
             }
+        }
+    }
+
+    /// The client-credentials grant (RFC 6749 §4.4) at `token_url`.
+    async fn request_token(
+        &self,
+        token_url: &str,
+        client_id: &str,
+        secret: &str,
+        scope: Option<&str>,
+    ) -> Result<TokenResponse, AuthError> {
+        let mut form = vec![("grant_type", "client_credentials")];
+        if let Some(s) = scope {
+            form.push(("scope", s));
+        }
+        let resp = self
+            .http
+            .post(token_url)
+            // RFC 6749 §2.3.1: id and secret are form-encoded before Basic encoding.
+            .basic_auth(form_encode(client_id), Some(form_encode(secret)))
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| AuthError(format!("the token endpoint did not answer: {}", kind(&e))))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(AuthError(format!(
+                "the token endpoint refused the client credentials ({})",
+                status.as_u16()
+            )));
+        }
+        resp.json()
+            .await
+            .map_err(|_| AuthError("the token endpoint answered no access_token".into()))
+    }
+
+    /// Keeps a sector's token header until shortly before the token expires.
+    fn remember(&self, sector: &str, header: &str, expires_in: Option<u64>) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(
+                sector.to_owned(),
+                Cached {
+                    header: header.to_owned(),
+                    until: Instant::now() + reuse_for(expires_in),
+                },
+            );
         }
     }
 
@@ -174,6 +178,29 @@ impl Outbound {
             tokens.remove(sector);
         }
     }
+}
+
+/// The `Authorization` value of an issued token: only bearer tokens are used.
+fn bearer_header(token: &TokenResponse) -> Result<String, AuthError> {
+    if token
+        .token_type
+        .as_deref()
+        .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
+    {
+        return Err(AuthError(
+            "the token endpoint issued a token that is not a bearer token".into(),
+        ));
+    }
+    Ok(format!("Bearer {}", token.access_token))
+}
+
+/// How long an issued token is reused: its `expires_in` (300 s when the endpoint does not say;
+/// at most a day, since a token endpoint's `expires_in` is not trusted to be sane), renewed a
+/// little before expiry: 30 s early, or at 90 % of a short lifetime.
+fn reuse_for(expires_in: Option<u64>) -> Duration {
+    let lifetime = Duration::from_secs(expires_in.unwrap_or(300).min(86_400));
+    let margin = Duration::from_secs(30).min(lifetime / 10);
+    lifetime.saturating_sub(margin)
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
@@ -199,5 +226,44 @@ pub fn kind(e: &reqwest::Error) -> &'static str {
         "the connection failed"
     } else {
         "transport error"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(token_type: Option<&str>) -> TokenResponse {
+        TokenResponse {
+            access_token: "abc".into(),
+            token_type: token_type.map(str::to_owned),
+            expires_in: None,
+        }
+    }
+
+    #[test]
+    fn only_bearer_tokens_are_used() {
+        assert_eq!(bearer_header(&token(None)).unwrap(), "Bearer abc");
+        assert_eq!(bearer_header(&token(Some("bearer"))).unwrap(), "Bearer abc");
+        assert_eq!(
+            bearer_header(&token(Some("mac"))).unwrap_err().0,
+            "the token endpoint issued a token that is not a bearer token"
+        );
+    }
+
+    #[test]
+    fn tokens_are_renewed_shortly_before_they_expire() {
+        assert_eq!(reuse_for(None), Duration::from_secs(270));
+        assert_eq!(reuse_for(Some(3600)), Duration::from_secs(3570));
+        assert_eq!(reuse_for(Some(100)), Duration::from_secs(90));
+        assert_eq!(reuse_for(Some(0)), Duration::ZERO);
+        assert_eq!(reuse_for(Some(u64::MAX)), Duration::from_secs(86_370));
+    }
+
+    #[test]
+    fn client_credentials_are_form_encoded() {
+        assert_eq!(form_encode("carebridge gw"), "carebridge%20gw");
+        assert_eq!(form_encode("a-b_c.d*e"), "a-b_c.d*e");
+        assert_eq!(form_encode("s3:cr/t"), "s3%3Acr%2Ft");
     }
 }

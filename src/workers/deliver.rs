@@ -21,26 +21,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-use crate::audit::{self, Action, Actor, Interaction, Outcome};
-use crate::config::{OutboundAuth, SectorSettings};
+use crate::audit::{self, Action, Actor, AuditRow, Interaction, Outcome};
+use crate::config::{ExchangeSettings, OutboundAuth, SectorSettings};
 use crate::exchange::map::{Mapped, Mapper};
 use crate::fhir::FHIR_JSON;
 use crate::gateway::Gateway;
 use crate::ids::content_hash;
+use crate::metrics::TargetLabels;
 use crate::outbound::{Outbound, kind};
-use crate::store::{Delivered, Finish, OutboxEntry, StoreError};
+use crate::store::{Delivered, Finish, OutboxEntry, StoreError, StoreTx};
 
 /// What one attempt came to.
 #[derive(Debug)]
 enum Attempt {
-    Sent {
-        status: u16,
-        target_id: String,
-        target_version: Option<String>,
-        hash: String,
-        mapped: Box<Mapped>,
-        update: bool,
-    },
+    Sent(Sent),
     /// The mapped content equals what the target already holds.
     Unchanged {
         delivered: Delivered,
@@ -50,7 +44,26 @@ enum Attempt {
     Failed(Failure),
 }
 
-#[derive(Debug, Clone)]
+/// A copy the target accepted.
+#[derive(Debug)]
+struct Sent {
+    accepted: Accepted,
+    /// The hash of the mapped content (as the target holds it, without the id).
+    hash: String,
+    mapped: Box<Mapped>,
+    /// The target held a copy already (it was updated, or created again after a 404 or 410).
+    update: bool,
+}
+
+/// What the target holds after a request it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Accepted {
+    status: u16,
+    target_id: String,
+    target_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub status: Option<u16>,
     pub error: String,
@@ -227,199 +240,273 @@ impl Delivery {
         tx.commit().await
     }
 
-    /// One attempt at one entry, recorded. `Some(wait)` asks the worker to pause the queue.
+    /// One attempt at one entry, recorded with its audit row in one transaction (a deferral
+    /// leaves no row). `Some(wait)` asks the worker to pause the queue.
     async fn process(&self, e: &OutboxEntry) -> Result<Option<Duration>, StoreError> {
-        let x = &self.gateway.settings().exchange;
         let started = Instant::now();
         let attempt = self.attempt(e).await?;
         let now = crate::fhir::time::now_us();
-        let metrics = &self.gateway.metrics();
         let mut tx = self.gateway.store().begin().await?;
-        let mut pause = None;
-        let action = if e.version > 1 {
+        let mut row = delivery_row(e);
+        let (outcome, pause) = match attempt {
+            Attempt::Deferred => {
+                self.record_deferred(tx.as_mut(), e, now).await?;
+                tx.commit().await?;
+                return Ok(None);
+            }
+            Attempt::Sent(sent) => {
+                let outcome = self
+                    .record_sent(tx.as_mut(), e, sent, now, started, &mut row)
+                    .await?;
+                (outcome, None)
+            }
+            Attempt::Unchanged { delivered } => {
+                let outcome = self
+                    .record_unchanged(tx.as_mut(), e, &delivered, now, &mut row)
+                    .await?;
+                (outcome, None)
+            }
+            Attempt::Superseded => (
+                self.record_superseded(tx.as_mut(), e, &mut row).await?,
+                None,
+            ),
+            Attempt::Failed(f) => {
+                self.record_failure(tx.as_mut(), e, &f, now, &mut row)
+                    .await?
+            }
+        };
+        tx.audit(&row).await?;
+        tx.commit().await?;
+        self.gateway.metrics().delivery(&e.target, outcome);
+        Ok(pause)
+    }
+
+    /// Sent: what the target now holds, the entry delivered, the row naming the copy and what
+    /// mapping did, and the delivery's duration observed.
+    async fn record_sent(
+        &self,
+        tx: &mut dyn StoreTx,
+        e: &OutboxEntry,
+        sent: Sent,
+        now: i64,
+        started: Instant,
+        row: &mut AuditRow,
+    ) -> Result<&'static str, StoreError> {
+        let Accepted {
+            status,
+            target_id,
+            target_version,
+        } = sent.accepted;
+        tx.delivered_put(
+            &Delivered {
+                target: e.target.clone(),
+                gid: e.gid.clone(),
+                rtype: e.rtype.clone(),
+                target_id: target_id.clone(),
+                target_version: target_version.clone(),
+                version: e.version,
+                hash: sent.hash,
+            },
+            now,
+        )
+        .await?;
+        tx.outbox_finish(
+            e.id,
+            &self.owner,
+            &Finish::Delivered {
+                status: i64::from(status),
+                target_id: target_id.clone(),
+                target_version,
+            },
+        )
+        .await?;
+        let action = if sent.update {
             Action::Update
         } else {
             Action::Create
         };
-        let mut row = audit::row(
-            &Actor::gateway(),
-            Some(&e.source),
-            action,
-            Interaction::Deliver,
-            Outcome::Success,
-        );
-        row.target_sector = Some(e.target.clone());
-        row.patient_id = e.patient_id.clone();
-        row.entities = vec![format!("{}/{}", e.rtype, e.gid)];
-        row.purpose = Some("TREAT".into());
-        let outcome_label;
-        match attempt {
-            Attempt::Sent {
-                status,
-                target_id,
-                target_version,
-                hash,
-                mapped,
-                update,
-            } => {
-                tx.delivered_put(
-                    &Delivered {
-                        target: e.target.clone(),
-                        gid: e.gid.clone(),
-                        rtype: e.rtype.clone(),
-                        target_id: target_id.clone(),
-                        target_version: target_version.clone(),
-                        version: e.version,
-                        hash,
-                    },
-                    now,
-                )
-                .await?;
-                tx.outbox_finish(
-                    e.id,
-                    &self.owner,
-                    &Finish::Delivered {
-                        status: i64::from(status),
-                        target_id: target_id.clone(),
-                        target_version,
-                    },
-                )
-                .await?;
-                row.action = if update { "U".into() } else { "C".into() };
-                row.detail = Some(format!(
-                    "version {} delivered as {}/{} ({status}) by {}; mapped: {} codes translated, {} not accepted by the target's equivalence policy, {} references rewritten",
-                    e.version,
-                    e.rtype,
-                    target_id,
-                    self.owner,
-                    mapped.codes.translated,
-                    mapped.codes.not_accepted,
-                    mapped.references
-                ));
-                metrics
-                    .delivery_duration
-                    .get_or_create(&crate::metrics::TargetLabels {
-                        target: e.target.clone(),
-                    })
-                    .observe(started.elapsed().as_secs_f64());
-                outcome_label = "delivered";
+        row.action = action.code().into();
+        row.detail = Some(format!(
+            "version {} delivered as {}/{} ({status}) by {}; mapped: {} codes translated, {} not accepted by the target's equivalence policy, {} references rewritten",
+            e.version,
+            e.rtype,
+            target_id,
+            self.owner,
+            sent.mapped.codes.translated,
+            sent.mapped.codes.not_accepted,
+            sent.mapped.references
+        ));
+        self.gateway
+            .metrics()
+            .delivery_duration
+            .get_or_create(&TargetLabels {
+                target: e.target.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        Ok("delivered")
+    }
+
+    /// Unchanged: the target's copy now stands for this version too; nothing was sent.
+    async fn record_unchanged(
+        &self,
+        tx: &mut dyn StoreTx,
+        e: &OutboxEntry,
+        delivered: &Delivered,
+        now: i64,
+        row: &mut AuditRow,
+    ) -> Result<&'static str, StoreError> {
+        tx.delivered_put(
+            &Delivered {
+                version: e.version,
+                ..delivered.clone()
+            },
+            now,
+        )
+        .await?;
+        tx.outbox_finish(
+            e.id,
+            &self.owner,
+            &Finish::Delivered {
+                status: 304,
+                target_id: delivered.target_id.clone(),
+                target_version: delivered.target_version.clone(),
+            },
+        )
+        .await?;
+        row.detail = Some(format!(
+            "version {} maps to what {}/{} already holds; nothing sent",
+            e.version, e.rtype, delivered.target_id
+        ));
+        Ok("unchanged")
+    }
+
+    /// Superseded: a later version already reached the target; this one is never sent.
+    async fn record_superseded(
+        &self,
+        tx: &mut dyn StoreTx,
+        e: &OutboxEntry,
+        row: &mut AuditRow,
+    ) -> Result<&'static str, StoreError> {
+        tx.outbox_finish(e.id, &self.owner, &Finish::Superseded)
+            .await?;
+        row.detail = Some(format!(
+            "version {} not sent: a later version already reached the target",
+            e.version
+        ));
+        Ok("superseded")
+    }
+
+    /// Deferred: the entry waits (no attempt counted) for a resource it references.
+    async fn record_deferred(
+        &self,
+        tx: &mut dyn StoreTx,
+        e: &OutboxEntry,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let wait = Duration::from_millis(self.gateway.settings().exchange.retry_initial_ms);
+        tx.outbox_finish(
+            e.id,
+            &self.owner,
+            &Finish::Deferred {
+                next_us: now.saturating_add(us(wait)),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Failed: retried after a back-off (the queue pauses that long), or dead-lettered.
+    async fn record_failure(
+        &self,
+        tx: &mut dyn StoreTx,
+        e: &OutboxEntry,
+        f: &Failure,
+        now: i64,
+        row: &mut AuditRow,
+    ) -> Result<(&'static str, Option<Duration>), StoreError> {
+        let x = &self.gateway.settings().exchange;
+        match verdict(x, e.attempts, e.created_us, now, f) {
+            Verdict::Retry(retry) => {
+                self.record_retry(tx, e, f, &retry, now, row).await?;
+                Ok(("retry", Some(retry.wait)))
             }
-            Attempt::Unchanged { delivered } => {
-                tx.delivered_put(
-                    &Delivered {
-                        version: e.version,
-                        ..delivered.clone()
-                    },
-                    now,
-                )
-                .await?;
-                tx.outbox_finish(
-                    e.id,
-                    &self.owner,
-                    &Finish::Delivered {
-                        status: 304,
-                        target_id: delivered.target_id.clone(),
-                        target_version: delivered.target_version.clone(),
-                    },
-                )
-                .await?;
-                row.detail = Some(format!(
-                    "version {} maps to what {}/{} already holds; nothing sent",
-                    e.version, e.rtype, delivered.target_id
-                ));
-                outcome_label = "unchanged";
-            }
-            Attempt::Superseded => {
-                tx.outbox_finish(e.id, &self.owner, &Finish::Superseded)
-                    .await?;
-                row.detail = Some(format!(
-                    "version {} not sent: a later version already reached the target",
-                    e.version
-                ));
-                outcome_label = "superseded";
-            }
-            Attempt::Deferred => {
-                let wait = Duration::from_millis(x.retry_initial_ms);
-                tx.outbox_finish(
-                    e.id,
-                    &self.owner,
-                    &Finish::Deferred {
-                        next_us: now.saturating_add(us(wait)),
-                    },
-                )
-                .await?;
-                tx.commit().await?;
-                return Ok(None);
-            }
-            Attempt::Failed(f) => {
-                let attempts = u32::try_from(e.attempts + 1).unwrap_or(u32::MAX);
-                let too_old = now.saturating_sub(e.created_us)
-                    > i64::try_from(x.max_age_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
-                let status = f.status.map(i64::from);
-                if f.retryable && attempts < x.max_attempts && !too_old {
-                    let wait = backoff(x.retry_initial_ms, x.retry_max_ms, attempts, f.retry_after);
-                    tx.outbox_finish(
-                        e.id,
-                        &self.owner,
-                        &Finish::Retry {
-                            status,
-                            error: f.error.clone(),
-                            next_us: now.saturating_add(us(wait)),
-                        },
-                    )
-                    .await?;
-                    row.outcome = Outcome::MinorFailure.code().into();
-                    row.detail = Some(format!(
-                        "version {} attempt {attempts} failed: {}; retry in {} ms",
-                        e.version,
-                        f.error,
-                        wait.as_millis()
-                    ));
-                    pause = Some(wait);
-                    outcome_label = "retry";
-                } else {
-                    tx.outbox_finish(
-                        e.id,
-                        &self.owner,
-                        &Finish::Dead {
-                            status,
-                            error: f.error.clone(),
-                        },
-                    )
-                    .await?;
-                    let why = if !f.retryable {
-                        "a permanent failure".to_owned()
-                    } else if too_old {
-                        format!("older than {} s", x.max_age_secs)
-                    } else {
-                        format!("{attempts} attempts")
-                    };
-                    row.outcome = Outcome::SeriousFailure.code().into();
-                    row.detail = Some(format!(
-                        "version {} dead-lettered after {why}: {}",
-                        e.version, f.error
-                    ));
-                    metrics
-                        .dead_letters
-                        .get_or_create(&crate::metrics::TargetLabels {
-                            target: e.target.clone(),
-                        })
-                        .inc();
-                    tracing::warn!(
-                        target_sector = %e.target,
-                        entry = e.id,
-                        resource_type = %e.rtype,
-                        status = f.status.unwrap_or(0),
-                        "delivery dead-lettered; see GET /admin/deliveries?state=dead"
-                    );
-                    outcome_label = "dead";
-                }
+            Verdict::Dead { why } => {
+                self.record_dead(tx, e, f, &why, row).await?;
+                Ok(("dead", None))
             }
         }
-        tx.audit(&row).await?;
-        tx.commit().await?;
-        metrics.delivery(&e.target, outcome_label);
-        Ok(pause)
+    }
+
+    /// A retryable failure: the entry is due again after the back-off.
+    async fn record_retry(
+        &self,
+        tx: &mut dyn StoreTx,
+        e: &OutboxEntry,
+        f: &Failure,
+        retry: &Retry,
+        now: i64,
+        row: &mut AuditRow,
+    ) -> Result<(), StoreError> {
+        tx.outbox_finish(
+            e.id,
+            &self.owner,
+            &Finish::Retry {
+                status: f.status.map(i64::from),
+                error: f.error.clone(),
+                next_us: now.saturating_add(us(retry.wait)),
+            },
+        )
+        .await?;
+        row.outcome = Outcome::MinorFailure.code().into();
+        row.detail = Some(format!(
+            "version {} attempt {} failed: {}; retry in {} ms",
+            e.version,
+            retry.attempts,
+            f.error,
+            retry.wait.as_millis()
+        ));
+        Ok(())
+    }
+
+    /// A dead letter: the entry is given up, counted, and named in the log (without patient
+    /// data) for `GET /admin/deliveries?state=dead`.
+    async fn record_dead(
+        &self,
+        tx: &mut dyn StoreTx,
+        e: &OutboxEntry,
+        f: &Failure,
+        why: &str,
+        row: &mut AuditRow,
+    ) -> Result<(), StoreError> {
+        tx.outbox_finish(
+            e.id,
+            &self.owner,
+            &Finish::Dead {
+                status: f.status.map(i64::from),
+                error: f.error.clone(),
+            },
+        )
+        .await?;
+        row.outcome = Outcome::SeriousFailure.code().into();
+        row.detail = Some(format!(
+            "version {} dead-lettered after {why}: {}",
+            e.version, f.error
+        ));
+        self.gateway
+            .metrics()
+            .dead_letters
+            .get_or_create(&TargetLabels {
+                target: e.target.clone(),
+            })
+            .inc();
+        tracing::warn!(
+            target_sector = %e.target,
+            entry = e.id,
+            resource_type = %e.rtype,
+            status = f.status.unwrap_or(0),
+            "delivery dead-lettered; see GET /admin/deliveries?state=dead"
+        );
+        Ok(())
     }
 
     /// Maps and sends one entry (no transaction is open during the request).
@@ -483,26 +570,24 @@ impl Delivery {
             result = self.send(&target, e, &mapped, None).await;
         }
         Ok(match result {
-            Ok((status, target_id, target_version)) => Attempt::Sent {
-                status,
-                target_id,
-                target_version,
+            Ok(accepted) => Attempt::Sent(Sent {
+                accepted,
                 hash,
                 mapped: Box::new(mapped),
                 update: known.is_some(),
-            },
+            }),
             Err(f) => Attempt::Failed(f),
         })
     }
 
-    /// Sends a mapped resource; returns (status, target id, target version).
+    /// Sends a mapped resource: the copy the target now holds, or why not.
     async fn send(
         &self,
         target: &SectorSettings,
         e: &OutboxEntry,
         mapped: &Mapped,
         known: Option<&Delivered>,
-    ) -> Result<(u16, String, Option<String>), Failure> {
+    ) -> Result<Accepted, Failure> {
         let Some(base) = target.base_url.as_deref().map(|b| b.trim_end_matches('/')) else {
             return Err(Failure::permanent(
                 None,
@@ -514,58 +599,37 @@ impl Delivery {
             .authorization(target)
             .await
             .map_err(|err| Failure::retryable(None, err.0))?;
-        let mut body = mapped.body.clone();
-        let if_none_exist = mapped
-            .business_id
-            .as_ref()
-            .map(|(s, v)| format!("identifier={}|{}", encode(s), encode(v)));
-        let (method, url, transaction) = match (known, mapped.conditional) {
-            (Some(d), false) => {
-                body["id"] = json!(d.target_id);
-                (
-                    reqwest::Method::PUT,
-                    format!("{base}/{}/{}", e.rtype, d.target_id),
-                    false,
-                )
-            }
-            (None, false) => (reqwest::Method::POST, format!("{base}/{}", e.rtype), false),
-            (known, true) => {
-                let request = match known {
-                    Some(d) => {
-                        body["id"] = json!(d.target_id);
-                        json!({ "method": "PUT", "url": format!("{}/{}", e.rtype, d.target_id) })
-                    }
-                    None => {
-                        let mut r = json!({ "method": "POST", "url": e.rtype });
-                        if let Some(q) = &if_none_exist {
-                            r["ifNoneExist"] = json!(q);
-                        }
-                        r
-                    }
-                };
-                body = json!({
-                    "resourceType": "Bundle",
-                    "type": "transaction",
-                    "entry": [{ "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": body, "request": request }]
-                });
-                (reqwest::Method::POST, base.to_owned(), true)
-            }
-        };
+        let request = build_request(base, &e.rtype, mapped, known);
+        let answer = self.call(&request, auth.as_deref()).await?;
+        let client_credentials = matches!(target.auth, OutboundAuth::ClientCredentials { .. });
+        if answer.status == 401 && client_credentials {
+            // The cached token was refused: the next attempt obtains a new one.
+            self.outbound.invalidate(&target.id);
+        }
+        read_answer(
+            &answer,
+            &e.rtype,
+            request.transaction,
+            known,
+            client_credentials,
+        )
+    }
+
+    /// The HTTP exchange: the request with the fixed headers and the credentials, and the
+    /// whole answer. A transport failure is retryable.
+    async fn call(&self, request: &Request, auth: Option<&str>) -> Result<Answer, Failure> {
         let mut req = self
             .outbound
             .http
-            .request(method.clone(), &url)
+            .request(request.method.clone(), &request.url)
             .header(header::CONTENT_TYPE, FHIR_JSON)
             .header(header::ACCEPT, FHIR_JSON)
             .header("Prefer", "return=representation")
-            .body(body.to_string());
-        if let Some(a) = &auth {
+            .body(request.body.to_string());
+        if let Some(a) = auth {
             req = req.header(header::AUTHORIZATION, a);
         }
-        if !transaction
-            && method == reqwest::Method::POST
-            && let Some(q) = &if_none_exist
-        {
+        if let Some(q) = &request.if_none_exist {
             req = req.header("If-None-Exist", q);
         }
         let resp = match req.send().await {
@@ -574,86 +638,288 @@ impl Delivery {
         };
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let text = match resp.text().await {
-            Ok(t) => t,
-            Err(err) => return Err(Failure::retryable(Some(status), kind(&err))),
-        };
-        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if !(200..300).contains(&status) {
-            if status == 401 && matches!(target.auth, OutboundAuth::ClientCredentials { .. }) {
-                self.outbound.invalidate(&target.id);
-            }
-            let retryable = matches!(status, 401 | 408 | 429) || status >= 500;
-            let mut f = Failure {
-                status: Some(status),
-                error: describe_failure(status, &json),
-                retryable: retryable
-                    && (status != 401
-                        || matches!(target.auth, OutboundAuth::ClientCredentials { .. })),
-                retry_after: retry_after(&headers),
-            };
-            if status == 401 && !f.retryable {
-                f.error.push_str(" (check the sector's outbound auth)");
-            }
-            return Err(f);
-        }
-        let (id, version) = if transaction {
-            let first = json.pointer("/entry/0").cloned().unwrap_or(Value::Null);
-            let status_text = first
-                .pointer("/response/status")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if !status_text.starts_with('2') {
-                return Err(Failure::permanent(
-                    Some(status),
-                    format!("the transaction entry answered '{status_text}'"),
-                ));
-            }
-            let from_location = first
-                .pointer("/response/location")
-                .and_then(Value::as_str)
-                .and_then(|l| id_from_location(l, &e.rtype));
-            let from_resource = first
-                .get("resource")
-                .and_then(|r| id_from_resource(r, &e.rtype));
-            let id = from_resource
-                .clone()
-                .map(|(i, _)| i)
-                .or_else(|| from_location.clone().map(|(i, _)| i));
-            let version = from_resource
-                .and_then(|(_, v)| v)
-                .or_else(|| from_location.and_then(|(_, v)| v));
-            (id, version)
-        } else {
-            let from_resource = id_from_resource(&json, &e.rtype);
-            let from_location = headers
-                .get(header::LOCATION)
-                .or_else(|| headers.get(header::CONTENT_LOCATION))
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| id_from_location(l, &e.rtype));
-            let etag = headers
-                .get(header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .map(|t| t.trim_start_matches("W/").trim_matches('"').to_owned());
-            let id = from_resource
-                .clone()
-                .map(|(i, _)| i)
-                .or_else(|| from_location.clone().map(|(i, _)| i))
-                .or_else(|| known.map(|d| d.target_id.clone()));
-            let version = from_resource
-                .and_then(|(_, v)| v)
-                .or_else(|| from_location.and_then(|(_, v)| v))
-                .or(etag);
-            (id, version)
-        };
-        match id {
-            Some(id) => Ok((status, id, version)),
-            None => Err(Failure::permanent(
-                Some(status),
-                format!("the server answered {status} without the id of the resource"),
-            )),
+        match resp.text().await {
+            Ok(body) => Ok(Answer {
+                status,
+                headers,
+                body,
+            }),
+            Err(err) => Err(Failure::retryable(Some(status), kind(&err))),
         }
     }
+}
+
+/// The audit row of a delivery attempt before its outcome is known: the gateway exports a
+/// resource of the source sector to the target sector, for treatment.
+fn delivery_row(e: &OutboxEntry) -> AuditRow {
+    let action = if e.version > 1 {
+        Action::Update
+    } else {
+        Action::Create
+    };
+    let mut row = audit::row(
+        &Actor::gateway(),
+        Some(&e.source),
+        action,
+        Interaction::Deliver,
+        Outcome::Success,
+    );
+    row.target_sector = Some(e.target.clone());
+    row.patient_id = e.patient_id.clone();
+    row.entities = vec![format!("{}/{}", e.rtype, e.gid)];
+    row.purpose = Some("TREAT".into());
+    row
+}
+
+/// What a failed attempt leads to.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Retry(Retry),
+    /// Given up, and why ("a permanent failure", "older than … s", "… attempts").
+    Dead {
+        why: String,
+    },
+}
+
+#[derive(Debug, PartialEq)]
+struct Retry {
+    /// Attempts made, this one included.
+    attempts: u32,
+    wait: Duration,
+}
+
+/// Retry or dead letter: a retryable failure is retried until `exchange.max_attempts`
+/// attempts were made or the entry is older than `exchange.max_age_secs`. `attempts_before`
+/// counts the earlier attempts.
+fn verdict(
+    x: &ExchangeSettings,
+    attempts_before: i64,
+    created_us: i64,
+    now: i64,
+    f: &Failure,
+) -> Verdict {
+    let attempts = u32::try_from(attempts_before + 1).unwrap_or(u32::MAX);
+    let too_old = now.saturating_sub(created_us)
+        > i64::try_from(x.max_age_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    if f.retryable && attempts < x.max_attempts && !too_old {
+        let wait = backoff(x.retry_initial_ms, x.retry_max_ms, attempts, f.retry_after);
+        return Verdict::Retry(Retry { attempts, wait });
+    }
+    let why = if !f.retryable {
+        "a permanent failure".to_owned()
+    } else if too_old {
+        format!("older than {} s", x.max_age_secs)
+    } else {
+        format!("{attempts} attempts")
+    };
+    Verdict::Dead { why }
+}
+
+/// A delivery request: what goes on the wire besides the fixed headers (`Content-Type`,
+/// `Accept`, `Prefer: return=representation`) and the credentials.
+#[derive(Debug, Clone, PartialEq)]
+struct Request {
+    method: reqwest::Method,
+    url: String,
+    /// The `If-None-Exist` header: a plain create only (a transaction carries it in its entry).
+    if_none_exist: Option<String>,
+    /// The body is a transaction Bundle (and the answer a transaction-response).
+    transaction: bool,
+    body: Value,
+}
+
+/// The request that delivers `mapped` to the target at `base`: a PUT of the copy the target
+/// holds (`known`), else a POST conditional on the source-resource identifier (`If-None-Exist`,
+/// so a repeated create leaves one copy); inside a transaction Bundle when the body holds
+/// conditional references. No `If-Match` is sent: an update replaces the target's copy
+/// whatever its version.
+fn build_request(base: &str, rtype: &str, mapped: &Mapped, known: Option<&Delivered>) -> Request {
+    let mut body = mapped.body.clone();
+    let if_none_exist = mapped
+        .business_id
+        .as_ref()
+        .map(|(s, v)| format!("identifier={}|{}", encode(s), encode(v)));
+    match (known, mapped.conditional) {
+        (Some(d), false) => {
+            body["id"] = json!(d.target_id);
+            Request {
+                method: reqwest::Method::PUT,
+                url: format!("{base}/{rtype}/{}", d.target_id),
+                if_none_exist: None,
+                transaction: false,
+                body,
+            }
+        }
+        (None, false) => Request {
+            method: reqwest::Method::POST,
+            url: format!("{base}/{rtype}"),
+            if_none_exist,
+            transaction: false,
+            body,
+        },
+        (known, true) => Request {
+            method: reqwest::Method::POST,
+            url: base.to_owned(),
+            if_none_exist: None,
+            transaction: true,
+            body: transaction_bundle(rtype, body, known, if_none_exist),
+        },
+    }
+}
+
+/// A transaction Bundle of one entry: the update of the copy the target holds, else a create
+/// conditional on `if_none_exist`.
+fn transaction_bundle(
+    rtype: &str,
+    mut body: Value,
+    known: Option<&Delivered>,
+    if_none_exist: Option<String>,
+) -> Value {
+    let request = match known {
+        Some(d) => {
+            body["id"] = json!(d.target_id);
+            json!({ "method": "PUT", "url": format!("{rtype}/{}", d.target_id) })
+        }
+        None => {
+            let mut r = json!({ "method": "POST", "url": rtype });
+            if let Some(q) = &if_none_exist {
+                r["ifNoneExist"] = json!(q);
+            }
+            r
+        }
+    };
+    json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{ "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": body, "request": request }]
+    })
+}
+
+/// A target's answer as received.
+#[derive(Debug, Clone)]
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+/// Reads a target's answer (pure): a 2xx names the copy the target holds — from the returned
+/// resource, else `Location`/`Content-Location` (or the transaction-response's first entry),
+/// else for an update the id that was updated; the version likewise, else the `ETag`. A 2xx
+/// without an id, and every other status, is a failure.
+fn read_answer(
+    answer: &Answer,
+    rtype: &str,
+    transaction: bool,
+    known: Option<&Delivered>,
+    client_credentials: bool,
+) -> Result<Accepted, Failure> {
+    let status = answer.status;
+    // A received body that is not JSON (empty, or a proxy's HTML page) is treated as absent:
+    // the status and the headers still say what happened. (Stored bodies are never read so.)
+    let json: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
+    if !(200..300).contains(&status) {
+        return Err(refusal(status, &answer.headers, &json, client_credentials));
+    }
+    let (id, version) = if transaction {
+        transaction_copy(&json, status, rtype)?
+    } else {
+        plain_copy(&json, &answer.headers, rtype, known)
+    };
+    match id {
+        Some(target_id) => Ok(Accepted {
+            status,
+            target_id,
+            target_version: version,
+        }),
+        None => Err(Failure::permanent(
+            Some(status),
+            format!("the server answered {status} without the id of the resource"),
+        )),
+    }
+}
+
+/// The failure a non-2xx answer stands for: 408, 429 and 5xx are retried, and 401 when the
+/// sector's token comes from client credentials (a new one is obtained); the rest is permanent.
+fn refusal(status: u16, headers: &HeaderMap, body: &Value, client_credentials: bool) -> Failure {
+    let retryable = matches!(status, 401 | 408 | 429) || status >= 500;
+    let mut f = Failure {
+        status: Some(status),
+        error: describe_failure(status, body),
+        retryable: retryable && (status != 401 || client_credentials),
+        retry_after: retry_after(headers),
+    };
+    if status == 401 && !f.retryable {
+        f.error.push_str(" (check the sector's outbound auth)");
+    }
+    f
+}
+
+/// The id and the version of a target's copy, where its answer names them.
+type CopyIds = (Option<String>, Option<String>);
+
+/// (id, version) of the copy a transaction-response's first entry names; an entry that did
+/// not succeed is a permanent failure.
+fn transaction_copy(json: &Value, status: u16, rtype: &str) -> Result<CopyIds, Failure> {
+    let first = json.pointer("/entry/0").unwrap_or(&Value::Null);
+    let status_text = first
+        .pointer("/response/status")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !status_text.starts_with('2') {
+        return Err(Failure::permanent(
+            Some(status),
+            format!("the transaction entry answered '{status_text}'"),
+        ));
+    }
+    let from_location = first
+        .pointer("/response/location")
+        .and_then(Value::as_str)
+        .and_then(|l| id_from_location(l, rtype));
+    let from_resource = first
+        .get("resource")
+        .and_then(|r| id_from_resource(r, rtype));
+    Ok(pick_copy(from_resource, from_location))
+}
+
+/// (id, version) of the copy a plain create or update answer names: the returned resource, the
+/// location headers, the id that was updated; the version also from the `ETag`.
+fn plain_copy(
+    json: &Value,
+    headers: &HeaderMap,
+    rtype: &str,
+    known: Option<&Delivered>,
+) -> CopyIds {
+    let from_resource = id_from_resource(json, rtype);
+    let from_location = headers
+        .get(header::LOCATION)
+        .or_else(|| headers.get(header::CONTENT_LOCATION))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| id_from_location(l, rtype));
+    let etag = headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(|t| t.trim_start_matches("W/").trim_matches('"').to_owned());
+    let (id, version) = pick_copy(from_resource, from_location);
+    (
+        id.or_else(|| known.map(|d| d.target_id.clone())),
+        version.or(etag),
+    )
+}
+
+/// The id and the version each from the returned resource first, then from the location.
+fn pick_copy(
+    from_resource: Option<(String, Option<String>)>,
+    from_location: Option<(String, Option<String>)>,
+) -> CopyIds {
+    let id = from_resource
+        .as_ref()
+        .map(|(i, _)| i.clone())
+        .or_else(|| from_location.as_ref().map(|(i, _)| i.clone()));
+    let version = from_resource
+        .and_then(|(_, v)| v)
+        .or_else(|| from_location.and_then(|(_, v)| v));
+    (id, version)
 }
 
 fn encode(s: &str) -> String {
@@ -761,5 +1027,267 @@ mod tests {
         let d = describe_failure(400, &oo);
         assert_eq!(d, "HTTP 400: invalid at Condition.code");
         assert!(!d.contains("Jens"));
+    }
+
+    fn mapped(conditional: bool, business_id: Option<(&str, &str)>) -> Mapped {
+        Mapped {
+            body: json!({ "resourceType": "Condition", "subject": { "reference": "Patient/p" } }),
+            conditional,
+            codes: Default::default(),
+            references: 0,
+            business_id: business_id.map(|(s, v)| (s.to_owned(), v.to_owned())),
+            deferred: false,
+        }
+    }
+
+    fn known(target_id: &str) -> Delivered {
+        Delivered {
+            target: "hospital".into(),
+            gid: "g".into(),
+            rtype: "Condition".into(),
+            target_id: target_id.into(),
+            target_version: Some("1".into()),
+            version: 1,
+            hash: "h".into(),
+        }
+    }
+
+    const SOURCE_ID: Option<(&str, &str)> = Some(("http://x/source", "gp/Condition/a b"));
+
+    #[test]
+    fn a_new_resource_is_a_conditional_create() {
+        let r = build_request(
+            "http://h/fhir",
+            "Condition",
+            &mapped(false, SOURCE_ID),
+            None,
+        );
+        assert_eq!(r.method, reqwest::Method::POST);
+        assert_eq!(r.url, "http://h/fhir/Condition");
+        assert_eq!(
+            r.if_none_exist.as_deref(),
+            Some("identifier=http://x/source|gp/Condition/a%20b")
+        );
+        assert!(!r.transaction);
+        assert_eq!(r.body, mapped(false, None).body);
+    }
+
+    #[test]
+    fn a_known_resource_is_an_update_of_the_targets_copy() {
+        let d = known("t1");
+        let r = build_request(
+            "http://h/fhir",
+            "Condition",
+            &mapped(false, SOURCE_ID),
+            Some(&d),
+        );
+        assert_eq!(r.method, reqwest::Method::PUT);
+        assert_eq!(r.url, "http://h/fhir/Condition/t1");
+        assert_eq!(r.if_none_exist, None);
+        assert_eq!(r.body["id"], "t1");
+        assert!(!r.transaction);
+    }
+
+    #[test]
+    fn conditional_references_travel_in_a_transaction() {
+        let r = build_request("http://h/fhir", "Condition", &mapped(true, SOURCE_ID), None);
+        assert_eq!(
+            (r.method.clone(), r.url.as_str()),
+            (reqwest::Method::POST, "http://h/fhir")
+        );
+        assert!(r.transaction);
+        assert_eq!(r.if_none_exist, None);
+        assert_eq!(r.body["type"], "transaction");
+        let entry = &r.body["entry"][0];
+        assert!(entry["fullUrl"].as_str().unwrap().starts_with("urn:uuid:"));
+        assert_eq!(
+            entry["request"],
+            json!({ "method": "POST", "url": "Condition", "ifNoneExist": "identifier=http://x/source|gp/Condition/a%20b" })
+        );
+        assert_eq!(entry["resource"]["resourceType"], "Condition");
+
+        let d = known("t1");
+        let r = build_request(
+            "http://h/fhir",
+            "Condition",
+            &mapped(true, SOURCE_ID),
+            Some(&d),
+        );
+        let entry = &r.body["entry"][0];
+        assert_eq!(
+            entry["request"],
+            json!({ "method": "PUT", "url": "Condition/t1" })
+        );
+        assert_eq!(entry["resource"]["id"], "t1");
+    }
+
+    fn answer(status: u16, headers: &[(&'static str, &str)], body: &str) -> Answer {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, v.parse().unwrap());
+        }
+        Answer {
+            status,
+            headers: map,
+            body: body.into(),
+        }
+    }
+
+    fn accepted(status: u16, id: &str, version: Option<&str>) -> Result<Accepted, Failure> {
+        Ok(Accepted {
+            status,
+            target_id: id.into(),
+            target_version: version.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn an_accepted_copy_is_named_by_the_resource_then_the_headers() {
+        let created = r#"{"resourceType":"Condition","id":"c9","meta":{"versionId":"3"}}"#;
+        let a = answer(
+            201,
+            &[("location", "http://h/Condition/other/_history/1")],
+            created,
+        );
+        assert_eq!(
+            read_answer(&a, "Condition", false, None, false),
+            accepted(201, "c9", Some("3"))
+        );
+        // An empty or non-JSON body counts as absent: the headers name the copy.
+        let a = answer(
+            201,
+            &[("location", "http://h/fhir/Condition/c1/_history/2")],
+            "",
+        );
+        assert_eq!(
+            read_answer(&a, "Condition", false, None, false),
+            accepted(201, "c1", Some("2"))
+        );
+        let a = answer(
+            201,
+            &[("content-location", "Condition/c2"), ("etag", "W/\"5\"")],
+            "<html>",
+        );
+        assert_eq!(
+            read_answer(&a, "Condition", false, None, false),
+            accepted(201, "c2", Some("5"))
+        );
+        // A resource of another type does not name the copy.
+        let a = answer(
+            200,
+            &[("etag", "W/\"2\"")],
+            r#"{"resourceType":"OperationOutcome","id":"x"}"#,
+        );
+        let d = known("t1");
+        assert_eq!(
+            read_answer(&a, "Condition", false, Some(&d), false),
+            accepted(200, "t1", Some("2"))
+        );
+        let f = read_answer(&a, "Condition", false, None, false).unwrap_err();
+        assert_eq!((f.status, f.retryable), (Some(200), false));
+        assert_eq!(
+            f.error,
+            "the server answered 200 without the id of the resource"
+        );
+    }
+
+    #[test]
+    fn a_transaction_response_names_the_copy_in_its_first_entry() {
+        let body = json!({ "resourceType": "Bundle", "type": "transaction-response", "entry": [
+            { "response": { "status": "201 Created", "location": "Condition/t7/_history/1" } }
+        ] });
+        let a = answer(200, &[("location", "Condition/ignored")], &body.to_string());
+        assert_eq!(
+            read_answer(&a, "Condition", true, None, false),
+            accepted(200, "t7", Some("1"))
+        );
+        let body = json!({ "resourceType": "Bundle", "entry": [
+            { "response": { "status": "412 Precondition Failed" } }
+        ] });
+        let f = read_answer(
+            &answer(200, &[], &body.to_string()),
+            "Condition",
+            true,
+            None,
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            f.error,
+            "the transaction entry answered '412 Precondition Failed'"
+        );
+        assert!(!f.retryable);
+        let f = read_answer(
+            &answer(200, &[], "not json"),
+            "Condition",
+            true,
+            None,
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(f.error, "the transaction entry answered ''");
+    }
+
+    #[test]
+    fn refusals_are_retryable_or_permanent() {
+        let oo = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","diagnostics":"Jens","expression":["Condition.code"]}]}"#;
+        let f = read_answer(&answer(400, &[], oo), "Condition", false, None, false).unwrap_err();
+        assert_eq!((f.status, f.retryable), (Some(400), false));
+        assert_eq!(f.error, "HTTP 400: invalid at Condition.code");
+        let f = read_answer(
+            &answer(503, &[("retry-after", "7")], "down"),
+            "Condition",
+            false,
+            None,
+            false,
+        )
+        .unwrap_err();
+        assert!(f.retryable);
+        assert_eq!(f.error, "HTTP 503");
+        assert_eq!(f.retry_after, Some(Duration::from_secs(7)));
+        for status in [408, 429, 500] {
+            let f =
+                read_answer(&answer(status, &[], ""), "Condition", false, None, false).unwrap_err();
+            assert!(f.retryable, "{status}");
+        }
+        let f = read_answer(&answer(401, &[], ""), "Condition", false, None, false).unwrap_err();
+        assert!(!f.retryable);
+        assert_eq!(f.error, "HTTP 401 (check the sector's outbound auth)");
+        let f = read_answer(&answer(401, &[], ""), "Condition", false, None, true).unwrap_err();
+        assert!(f.retryable);
+        assert_eq!(f.error, "HTTP 401");
+    }
+
+    #[test]
+    fn failures_are_retried_until_attempts_or_age_run_out() {
+        let x = ExchangeSettings {
+            max_attempts: 3,
+            max_age_secs: 60,
+            retry_initial_ms: 100,
+            retry_max_ms: 1_000,
+            ..ExchangeSettings::default()
+        };
+        let now = 1_000_000_000;
+        let retryable = Failure::retryable(Some(503), "HTTP 503");
+        match verdict(&x, 1, now, now, &retryable) {
+            Verdict::Retry(r) => {
+                assert_eq!(r.attempts, 2);
+                assert!(
+                    r.wait >= Duration::from_millis(100) && r.wait <= Duration::from_millis(200)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let dead = |why: &str| Verdict::Dead { why: why.into() };
+        assert_eq!(verdict(&x, 2, now, now, &retryable), dead("3 attempts"));
+        assert_eq!(
+            verdict(&x, 0, now - 61_000_000, now, &retryable),
+            dead("older than 60 s")
+        );
+        let permanent = Failure::permanent(Some(400), "HTTP 400");
+        assert_eq!(
+            verdict(&x, 0, now, now, &permanent),
+            dead("a permanent failure")
+        );
     }
 }

@@ -134,37 +134,12 @@ impl Poller {
             tx.cursor_get(&sector.id, rtype).await?.unwrap_or_default()
         };
         let mut cursor = start.clone();
-        let mut query = format!("{base}/{rtype}?_sort=_lastUpdated&_count={page}");
-        if !start.since.is_empty() {
-            query.push_str("&_lastUpdated=ge");
-            query.push_str(
-                &percent_encoding::utf8_percent_encode(
-                    &start.since,
-                    percent_encoding::NON_ALPHANUMERIC,
-                )
-                .to_string(),
-            );
-        }
+        let query = search_url(base, rtype, page, &start.since);
         let mut url = query.clone();
         let mut offset = 0usize;
         loop {
             let bundle = self.get(sector, &url).await?;
-            let entries: Vec<Value> = bundle
-                .get("entry")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter(|e| {
-                            e.pointer("/search/mode")
-                                .and_then(Value::as_str)
-                                .unwrap_or("match")
-                                == "match"
-                        })
-                        .filter_map(|e| e.get("resource").cloned())
-                        .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some(rtype))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let entries = matches_of(&bundle, rtype);
             let n = entries.len();
             for r in entries {
                 self.take(sector, rtype, r, &start, &mut cursor, report)
@@ -175,18 +150,7 @@ impl Poller {
                 tx.cursor_put(&sector.id, rtype, &cursor).await?;
                 tx.commit().await?;
             }
-            let next = bundle
-                .get("link")
-                .and_then(Value::as_array)
-                .and_then(|links| {
-                    links
-                        .iter()
-                        .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
-                })
-                .and_then(|l| l.get("url"))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            match next {
+            match next_link(&bundle) {
                 Some(n) if n != url => url = n,
                 _ if n >= page as usize => {
                     offset += n;
@@ -198,7 +162,9 @@ impl Poller {
         Ok(())
     }
 
-    /// One resource read from the sector.
+    /// One resource read from the sector: skipped when the cursor's start already covers it,
+    /// else an echo, stored, unchanged or quarantined; the cursor moves past it either way
+    /// (except on a store failure, which aborts the cycle before the cursor is saved).
     async fn take(
         &self,
         sector: &SectorSettings,
@@ -208,75 +174,46 @@ impl Poller {
         cursor: &mut PollCursor,
         report: &mut PollReport,
     ) -> Result<(), PollError> {
-        let gw = &self.gateway;
-        let Some(id) = resource
-            .get("id")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-        else {
+        let Some(read) = Read::of(&resource) else {
             return Ok(());
         };
-        let version = resource
-            .pointer("/meta/versionId")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let updated = resource
-            .pointer("/meta/lastUpdated")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let key = format!("{id}|{}", version.as_deref().unwrap_or(""));
-        let at_start = !start.since.is_empty()
-            && parse_instant(&updated).is_some()
-            && parse_instant(&updated) == parse_instant(&start.since);
-        // Advance the cursor whatever happens to the resource below (except a store failure,
-        // which aborts the cycle before the cursor is saved).
-        let advance =
-            |cursor: &mut PollCursor| match (parse_instant(&updated), parse_instant(&cursor.since))
-            {
-                (Some(u), Some(c)) if u > c => {
-                    cursor.since = updated.clone();
-                    cursor.seen = vec![key.clone()];
-                }
-                (Some(u), Some(c)) if u == c && !cursor.seen.contains(&key) => {
-                    cursor.seen.push(key.clone());
-                }
-                (Some(_), None) => {
-                    cursor.since = updated.clone();
-                    cursor.seen = vec![key.clone()];
-                }
-                _ => {}
-            };
-        if at_start && start.seen.contains(&key) {
+        if read.seen_at(start) {
             return Ok(());
         }
         report.read += 1;
         if self
-            .is_echo(sector, rtype, &id, version.as_deref(), &resource)
+            .is_echo(sector, rtype, &read.id, read.version.as_deref(), &resource)
             .await?
         {
             report.echo += 1;
-            gw.metrics().pull(&sector.id, "echo");
-            advance(cursor);
-            return Ok(());
+            self.gateway.metrics().pull(&sector.id, "echo");
+        } else {
+            self.ingest(sector, rtype, &read, resource, report).await?;
         }
-        let caller = Caller {
-            client: Client {
-                id: format!("poller:{}", sector.id),
-                role: Role::Sector(sector.id.clone()),
-            },
-            request_id: None,
-        };
+        read.advance(cursor);
+        Ok(())
+    }
+
+    /// Stores a pulled resource as a PUT of the sector (quarantined when it is refused).
+    async fn ingest(
+        &self,
+        sector: &SectorSettings,
+        rtype: &str,
+        read: &Read,
+        resource: Value,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        let gw = &self.gateway;
         let entry = Entry {
             location: None,
             method: Method::Put,
             rtype: rtype.to_owned(),
-            url_id: Some(id.clone()),
+            url_id: Some(read.id.clone()),
             if_none_exist: None,
             full_url: None,
             resource: resource.clone(),
         };
-        match gw.put_one(&caller, &sector.id, entry).await {
+        match gw.put_one(&poller_caller(sector), &sector.id, entry).await {
             Ok(applied) if applied.outcome.changed => {
                 report.stored += 1;
                 gw.metrics().pull(&sector.id, "stored");
@@ -287,32 +224,36 @@ impl Poller {
             }
             Err(GatewayError::Store(e)) => return Err(PollError::Store(e)),
             Err(e) => {
-                let issues = match &e {
-                    GatewayError::Invalid(i) | GatewayError::Unprocessable(i) => {
-                        crate::fhir::outcome::operation_outcome(i).to_string()
-                    }
-                    other => crate::fhir::outcome::operation_outcome(&[
-                        crate::fhir::outcome::Issue::error("processing", other.to_string()),
-                    ])
-                    .to_string(),
-                };
-                let mut tx = gw.store().begin().await?;
-                tx.quarantine_add(
-                    &sector.id,
-                    rtype,
-                    &id,
-                    version.as_deref(),
-                    &resource.to_string(),
-                    &issues,
-                )
-                .await?;
-                tx.commit().await?;
+                self.quarantine(sector, rtype, read, &resource, &quarantine_issues(&e))
+                    .await?;
                 report.quarantined += 1;
                 gw.metrics().pull(&sector.id, "quarantined");
                 tracing::warn!(sector = %sector.id, resource_type = %rtype, "a pulled resource failed validation and was quarantined");
             }
         }
-        advance(cursor);
+        Ok(())
+    }
+
+    /// Keeps a refused resource and why it was refused.
+    async fn quarantine(
+        &self,
+        sector: &SectorSettings,
+        rtype: &str,
+        read: &Read,
+        resource: &Value,
+        issues: &str,
+    ) -> Result<(), PollError> {
+        let mut tx = self.gateway.store().begin().await?;
+        tx.quarantine_add(
+            &sector.id,
+            rtype,
+            &read.id,
+            read.version.as_deref(),
+            &resource.to_string(),
+            issues,
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -373,5 +314,216 @@ impl Poller {
             return Err(PollError::NotABundle);
         }
         Ok(bundle)
+    }
+}
+
+/// What the cursor needs of a resource read: its id, version and `meta.lastUpdated`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Read {
+    id: String,
+    version: Option<String>,
+    updated: String,
+    /// `id|versionId`, as the cursor remembers it.
+    key: String,
+}
+
+impl Read {
+    /// `None` for a resource without an id (it is skipped).
+    fn of(resource: &Value) -> Option<Read> {
+        let id = resource.get("id").and_then(Value::as_str)?.to_owned();
+        let version = resource
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let updated = resource
+            .pointer("/meta/lastUpdated")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let key = format!("{id}|{}", version.as_deref().unwrap_or(""));
+        Some(Read {
+            id,
+            version,
+            updated,
+            key,
+        })
+    }
+
+    /// Read in an earlier cycle: at the cursor's instant, among the versions it remembers.
+    fn seen_at(&self, start: &PollCursor) -> bool {
+        let at_start = !start.since.is_empty()
+            && parse_instant(&self.updated).is_some()
+            && parse_instant(&self.updated) == parse_instant(&start.since);
+        at_start && start.seen.contains(&self.key)
+    }
+
+    /// Moves the cursor to this resource's instant (a later one starts a new list of versions
+    /// seen; the same one adds to it). A resource without a valid instant leaves it alone.
+    fn advance(&self, cursor: &mut PollCursor) {
+        match (parse_instant(&self.updated), parse_instant(&cursor.since)) {
+            (Some(u), Some(c)) if u > c => {
+                cursor.since = self.updated.clone();
+                cursor.seen = vec![self.key.clone()];
+            }
+            (Some(u), Some(c)) if u == c && !cursor.seen.contains(&self.key) => {
+                cursor.seen.push(self.key.clone());
+            }
+            (Some(_), None) => {
+                cursor.since = self.updated.clone();
+                cursor.seen = vec![self.key.clone()];
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The caller a pulled resource is stored as: the sector itself.
+fn poller_caller(sector: &SectorSettings) -> Caller {
+    Caller {
+        client: Client {
+            id: format!("poller:{}", sector.id),
+            role: Role::Sector(sector.id.clone()),
+        },
+        request_id: None,
+    }
+}
+
+/// Why a pulled resource was refused, as an OperationOutcome (JSON text).
+fn quarantine_issues(e: &GatewayError) -> String {
+    match e {
+        GatewayError::Invalid(i) | GatewayError::Unprocessable(i) => {
+            crate::fhir::outcome::operation_outcome(i).to_string()
+        }
+        other => crate::fhir::outcome::operation_outcome(&[crate::fhir::outcome::Issue::error(
+            "processing",
+            other.to_string(),
+        )])
+        .to_string(),
+    }
+}
+
+/// The first search of a type: oldest change first, from the cursor's instant on (inclusive).
+fn search_url(base: &str, rtype: &str, page: u32, since: &str) -> String {
+    let mut query = format!("{base}/{rtype}?_sort=_lastUpdated&_count={page}");
+    if !since.is_empty() {
+        query.push_str("&_lastUpdated=ge");
+        query.push_str(
+            &percent_encoding::utf8_percent_encode(since, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+        );
+    }
+    query
+}
+
+/// The resources of a searchset page that matched the search and are of the searched type.
+fn matches_of(bundle: &Value, rtype: &str) -> Vec<Value> {
+    bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter(|e| {
+                    e.pointer("/search/mode")
+                        .and_then(Value::as_str)
+                        .unwrap_or("match")
+                        == "match"
+                })
+                .filter_map(|e| e.get("resource").cloned())
+                .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some(rtype))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `next` link of a searchset page.
+fn next_link(bundle: &Value) -> Option<String> {
+    bundle
+        .get("link")
+        .and_then(Value::as_array)
+        .and_then(|links| {
+            links
+                .iter()
+                .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
+        })
+        .and_then(|l| l.get("url"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(id: &str, version: &str, updated: &str) -> Read {
+        Read::of(&json!({ "resourceType": "Patient", "id": id, "meta": { "versionId": version, "lastUpdated": updated } }))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_cursor_moves_to_the_latest_instant_and_remembers_its_versions() {
+        let mut cursor = PollCursor::default();
+        read("a", "1", "2024-01-01T00:00:00Z").advance(&mut cursor);
+        assert_eq!(cursor.since, "2024-01-01T00:00:00Z");
+        assert_eq!(cursor.seen, vec!["a|1".to_owned()]);
+        read("b", "3", "2024-01-01T00:00:00.000Z").advance(&mut cursor);
+        assert_eq!(cursor.seen, vec!["a|1".to_owned(), "b|3".to_owned()]);
+        read("b", "3", "2024-01-01T00:00:00Z").advance(&mut cursor);
+        assert_eq!(cursor.seen.len(), 2);
+        read("c", "1", "2023-12-31T00:00:00Z").advance(&mut cursor);
+        assert_eq!(cursor.since, "2024-01-01T00:00:00Z");
+        read("d", "1", "not a time").advance(&mut cursor);
+        assert_eq!(cursor.seen.len(), 2);
+        read("c", "2", "2024-01-02T00:00:00Z").advance(&mut cursor);
+        assert_eq!(cursor.since, "2024-01-02T00:00:00Z");
+        assert_eq!(cursor.seen, vec!["c|2".to_owned()]);
+    }
+
+    #[test]
+    fn versions_read_at_the_start_instant_are_skipped() {
+        let start = PollCursor {
+            since: "2024-01-01T00:00:00Z".into(),
+            seen: vec!["a|1".into()],
+        };
+        assert!(read("a", "1", "2024-01-01T00:00:00Z").seen_at(&start));
+        assert!(!read("a", "2", "2024-01-01T00:00:00Z").seen_at(&start));
+        assert!(!read("a", "1", "2024-01-02T00:00:00Z").seen_at(&start));
+        assert!(!read("a", "1", "2024-01-01T00:00:00Z").seen_at(&PollCursor::default()));
+        assert_eq!(Read::of(&json!({ "resourceType": "Patient" })), None);
+        let bare = Read::of(&json!({ "resourceType": "Patient", "id": "x" })).unwrap();
+        assert_eq!((bare.key.as_str(), bare.updated.as_str()), ("x|", ""));
+    }
+
+    #[test]
+    fn searchset_pages_are_read() {
+        assert_eq!(
+            search_url("http://s/fhir", "Condition", 50, ""),
+            "http://s/fhir/Condition?_sort=_lastUpdated&_count=50"
+        );
+        assert_eq!(
+            search_url(
+                "http://s/fhir",
+                "Condition",
+                50,
+                "2024-01-01T00:00:00+01:00"
+            ),
+            "http://s/fhir/Condition?_sort=_lastUpdated&_count=50&_lastUpdated=ge2024%2D01%2D01T00%3A00%3A00%2B01%3A00"
+        );
+        let page = json!({
+            "resourceType": "Bundle",
+            "link": [{ "relation": "self", "url": "s" }, { "relation": "next", "url": "n" }],
+            "entry": [
+                { "resource": { "resourceType": "Condition", "id": "1" } },
+                { "resource": { "resourceType": "Condition", "id": "2" }, "search": { "mode": "match" } },
+                { "resource": { "resourceType": "Patient", "id": "3" }, "search": { "mode": "include" } },
+                { "resource": { "resourceType": "OperationOutcome" }, "search": { "mode": "outcome" } },
+                { "resource": { "resourceType": "Patient", "id": "4" } }
+            ]
+        });
+        let matched = matches_of(&page, "Condition");
+        let ids: Vec<&str> = matched.iter().filter_map(|r| r["id"].as_str()).collect();
+        assert_eq!(ids, ["1", "2"]);
+        assert_eq!(next_link(&page), Some("n".into()));
+        assert_eq!(next_link(&json!({ "resourceType": "Bundle" })), None);
     }
 }
