@@ -2,12 +2,13 @@
 //!
 //! Two kinds of files, both read once at start-up ([`Mapping::load`]):
 //!
-//! - `fhir-profiles/conceptmaps/*.json`: FHIR R4 ConceptMap resources. Each
-//!   `group[].element[].target[]` is one translation from (`group.source`, `element.code`) to
-//!   (`group.target`, `target.code`) with an `equivalence`. Only `status: active` maps are used.
+//! - `fhir-profiles/conceptmaps/*.json`: FHIR R4 ConceptMap resources, read by the one
+//!   ConceptMap reader (`conceptmap.rs`). Each `group[].element[].target[]` is one
+//!   translation from (`group.source`, `element.code`) to (`group.target`, `target.code`) with an
+//!   `equivalence`. Only `status: active` maps are used.
 //! - `fhir-profiles/mapping/<set>.json`: one mapping set per target profile set (the `profile`
 //!   key of the receiving sector): which profiles the target's copy of a resource claims, which
-//!   code systems the target understands, and which equivalences it accepts.
+//!   code systems the target understands, and which equivalences it accepts (`SetFile`).
 //!
 //! At delivery, [`Mapping::apply_profile`] replaces `meta.profile` with the target's claims and
 //! [`Mapping::translate_codes`] appends translated codings beside the sender's own ones. Nothing
@@ -17,84 +18,35 @@
 //! Lookups are hash maps built at load time: (system, code) to the list of translations,
 //! sorted by how close each is (equal first), and set name to policy.
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::fhir::json::parse_strict;
-
-/// Nesting limit for mapping files and for walking resources (the API's parser already bounds
-/// incoming documents well below this).
-pub(crate) const MAX_DEPTH: usize = 100;
+use super::conceptmap::{Flavour, MapGroup, Reader};
+use super::de::{Uri, checked_string, entries, some, typed};
+use super::equivalence::{Accepted, Equivalence};
+pub use super::files::MappingError;
+use super::files::{MAX_DEPTH, error, is_uri, json_files, read_object, resource_type};
 
 /// The equivalences a mapping set accepts when it does not say.
 pub const DEFAULT_EQUIVALENCE: [&str; 4] = ["equal", "equivalent", "wider", "subsumes"];
 
-/// The keys a mapping-set file may hold.
-const SET_KEYS: [&str; 5] = [
-    "description",
-    "profiles",
-    "codeSystems",
-    "equivalence",
-    "oneCodingPerSystem",
-];
-
-/// R4 `ConceptMapEquivalence`, read from target to source (`wider`: the target is broader).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Equivalence {
-    RelatedTo,
-    Equivalent,
-    Equal,
-    Wider,
-    Subsumes,
-    Narrower,
-    Specializes,
-    Inexact,
-    Unmatched,
-    Disjoint,
-}
-
-const EQUIVALENCE_CODES: &str = "relatedto, equivalent, equal, wider, subsumes, narrower, specializes, inexact, unmatched, disjoint";
-
-impl Equivalence {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "relatedto" => Self::RelatedTo,
-            "equivalent" => Self::Equivalent,
-            "equal" => Self::Equal,
-            "wider" => Self::Wider,
-            "subsumes" => Self::Subsumes,
-            "narrower" => Self::Narrower,
-            "specializes" => Self::Specializes,
-            "inexact" => Self::Inexact,
-            "unmatched" => Self::Unmatched,
-            "disjoint" => Self::Disjoint,
-            _ => return None,
-        })
-    }
-
-    /// Order of preference when one source code has several targets in one system.
-    fn rank(self) -> u8 {
-        match self {
-            Self::Equal => 0,
-            Self::Equivalent => 1,
-            Self::Wider => 2,
-            Self::Subsumes => 3,
-            Self::Narrower => 4,
-            Self::Specializes => 5,
-            Self::Inexact => 6,
-            Self::RelatedTo => 7,
-            Self::Unmatched => 8,
-            Self::Disjoint => 9,
-        }
-    }
-
-    /// `unmatched` and `disjoint` state that there is no translation.
-    fn is_translation(self) -> bool {
-        !matches!(self, Self::Unmatched | Self::Disjoint)
-    }
-}
+/// How `conceptmaps/` words the fixes of the ConceptMap reader.
+static CONCEPT_MAPS: Flavour = Flavour {
+    what: "ConceptMap",
+    source_fix: "name the source code system by its canonical URI (e.g. urn:oid:1.2.208.176.2.31)",
+    target_fix: "name the target code system by its canonical URI (e.g. http://snomed.info/sct)",
+    unmapped: "carebridge translates only the codes listed",
+    conditional: |key| {
+        format!(
+            "carebridge would apply the translation unconditionally; remove {key} or the target"
+        )
+    },
+    no_code_fix: "give the target code, or use equivalence unmatched for a code with no target",
+    source_code: |_, code| code.to_owned(),
+};
 
 /// One translation target of a source (system, code).
 #[derive(Debug)]
@@ -104,6 +56,9 @@ struct Translation {
     display: Option<String>,
     equivalence: Equivalence,
 }
+
+/// Source system, then source code, to its translations (best first).
+type Translations = HashMap<String, HashMap<String, Vec<Translation>>>;
 
 /// What one target profile set asks for.
 #[derive(Debug)]
@@ -119,8 +74,7 @@ struct TargetSet {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Source system, then source code, to its translations (best first).
-    translations: HashMap<String, HashMap<String, Vec<Translation>>>,
+    translations: Translations,
     sets: HashMap<String, TargetSet>,
 }
 
@@ -128,14 +82,6 @@ struct Inner {
 #[derive(Debug, Clone, Default)]
 pub struct Mapping {
     inner: Arc<Inner>,
-}
-
-/// A mapping file that cannot be used. `message` names the element path and the fix.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {message}")]
-pub struct MappingError {
-    pub file: String,
-    pub message: String,
 }
 
 /// What [`Mapping::translate_codes`] did to one resource.
@@ -155,51 +101,23 @@ impl Mapping {
 
     /// Reads `<dir>/conceptmaps/*.json` and `<dir>/mapping/*.json` (a missing folder means none).
     pub fn load(profiles_dir: &Path) -> Result<Mapping, MappingError> {
-        let mut inner = Inner::default();
-        let mut seen = Seen::default();
-        let mut maps = 0usize;
-        for file in json_files(&profiles_dir.join("conceptmaps"))? {
-            let doc = read_doc(&file)?;
-            if load_concept_map(&file, &doc, &mut inner.translations, &mut seen)? {
-                maps += 1;
-            }
-        }
-        for list in inner.translations.values_mut().flat_map(|m| m.values_mut()) {
-            list.sort_by_key(|t| t.equivalence.rank());
-        }
-        for file in json_files(&profiles_dir.join("mapping"))? {
-            let doc = read_doc(&file)?;
-            let name = file
-                .file_stem()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_owned();
-            if name.is_empty() {
-                return Err(error(
-                    &file,
-                    "the file name is the set name; name the file <set>.json",
-                ));
-            }
-            let set = load_set(&file, &doc)?;
-            inner.sets.insert(name, set);
-        }
-        let translations: usize = inner
-            .translations
+        let (translations, maps) = load_concept_maps(&profiles_dir.join("conceptmaps"))?;
+        let sets = load_sets(&profiles_dir.join("mapping"))?;
+        let count: usize = translations
             .values()
             .flat_map(|m| m.values())
             .map(Vec::len)
             .sum();
         tracing::info!(
             concept_maps = maps,
-            translations,
-            sets = inner.sets.len(),
+            translations = count,
+            sets = sets.len(),
             "code mappings loaded"
         );
         Ok(Mapping {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner { translations, sets }),
         })
     }
-
     /// The codes a ConceptMap says mean the same as (system, code): targets with equivalence
     /// `equal` or `equivalent` (one step; not chained). Used to recognise one condition across
     /// code systems.
@@ -370,353 +288,202 @@ impl Mapping {
     }
 }
 
-pub(crate) fn error(file: &Path, message: impl Into<String>) -> MappingError {
-    MappingError {
-        file: file.display().to_string(),
-        message: message.into(),
-    }
-}
-
-/// The `*.json` files of a folder, sorted; none when the folder does not exist.
-pub(crate) fn json_files(dir: &Path) -> Result<Vec<PathBuf>, MappingError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(error(
-                dir,
-                format!("cannot read the folder ({e}); make it a readable folder or remove it"),
-            ));
-        }
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let path = entry
-            .map_err(|e| error(dir, format!("cannot list the folder ({e})")))?
-            .path();
-        if path.is_file() && path.extension().is_some_and(|x| x == "json") {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-pub(crate) fn read_doc(file: &Path) -> Result<Value, MappingError> {
-    let bytes = std::fs::read(file).map_err(|e| error(file, format!("cannot read ({e})")))?;
-    parse_strict(&bytes, MAX_DEPTH).map_err(|e| {
-        error(
-            file,
-            format!("not valid JSON: {e}; fix the syntax of this file"),
-        )
-    })
-}
-
-/// Translations already loaded, to tell a repeat from a contradiction.
-#[derive(Default)]
-struct Seen {
-    urls: HashMap<String, PathBuf>,
-    /// (source system, source code, target system, target code) to equivalence and file.
-    pairs: HashMap<(String, String, String, String), (Equivalence, PathBuf)>,
-}
-
-pub(crate) fn is_uri(s: &str) -> bool {
-    let ok_chars = !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
-    let http = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"))
-        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
-    let oid = s.strip_prefix("urn:oid:").is_some_and(|oid| {
-        !oid.is_empty()
-            && oid
-                .split('.')
-                .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()))
-    });
-    let other_urn = s.starts_with("urn:") && !s.starts_with("urn:oid:") && s.len() > 4;
-    ok_chars && (http || oid || other_urn)
-}
-
-pub(crate) fn str_at<'a>(
-    file: &Path,
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-    fix: &str,
-) -> Result<Option<&'a str>, MappingError> {
-    match obj.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s)),
-        Some(_) => Err(error(
-            file,
-            format!("{path}.{key} must be a non-empty string; {fix}"),
-        )),
-    }
-}
-
-pub(crate) fn required_str<'a>(
-    file: &Path,
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-    fix: &str,
-) -> Result<&'a str, MappingError> {
-    str_at(file, obj, key, path, fix)?
-        .ok_or_else(|| error(file, format!("{path}.{key} is missing; {fix}")))
-}
-
-/// Adds the translations of one ConceptMap. Returns whether the map is used (it is active).
-fn load_concept_map(
-    file: &Path,
-    doc: &Value,
-    out: &mut HashMap<String, HashMap<String, Vec<Translation>>>,
-    seen: &mut Seen,
-) -> Result<bool, MappingError> {
-    let Some(root) = doc.as_object() else {
-        return Err(error(
-            file,
+/// Reads the ConceptMaps of `conceptmaps/`: their translations, and how many maps are used.
+fn load_concept_maps(dir: &Path) -> Result<(Translations, usize), MappingError> {
+    let mut reader = Reader::new(&CONCEPT_MAPS);
+    let mut translations = Translations::new();
+    let mut maps = 0usize;
+    for file in json_files(dir)? {
+        let doc = read_object(
+            &file,
             "the document must be a JSON object: a FHIR ConceptMap resource",
-        ));
-    };
-    if root.get("resourceType").and_then(Value::as_str) != Some("ConceptMap") {
-        return Err(error(
-            file,
-            "ConceptMap.resourceType: this folder holds only ConceptMap resources; set \
-             \"resourceType\": \"ConceptMap\" or move the file out of conceptmaps/",
-        ));
-    }
-    let url = required_str(
-        file,
-        root,
-        "url",
-        "ConceptMap",
-        "give the map a canonical URL (http://carebridge.example.org/fhir/ConceptMap/<id>)",
-    )?;
-    if !is_uri(url) {
-        return Err(error(
-            file,
-            "ConceptMap.url is not an absolute URI; use a canonical URL such as \
-             http://carebridge.example.org/fhir/ConceptMap/<id>",
-        ));
-    }
-    if let Some(other) = seen.urls.get(url) {
-        return Err(error(
-            file,
-            format!(
-                "ConceptMap.url is also the url of {}; give each map its own url",
-                other.display()
-            ),
-        ));
-    }
-    seen.urls.insert(url.to_owned(), file.to_path_buf());
-    let status = required_str(
-        file,
-        root,
-        "status",
-        "ConceptMap",
-        "set \"status\": \"active\" for a map in use",
-    )?;
-    match status {
-        "active" => {}
-        "draft" | "retired" | "unknown" => {
-            tracing::info!(file = %file.display(), status, "ConceptMap not used: status is not active");
-            return Ok(false);
-        }
-        _ => {
+        )?;
+        if resource_type(&doc) != Some("ConceptMap") {
             return Err(error(
-                file,
-                "ConceptMap.status must be one of draft, active, retired, unknown",
+                &file,
+                "ConceptMap.resourceType: this folder holds only ConceptMap resources; set \
+                 \"resourceType\": \"ConceptMap\" or move the file out of conceptmaps/",
             ));
         }
+        if let Some(groups) = reader.read(&file, &doc)? {
+            add_translations(&mut translations, groups);
+            maps += 1;
+        }
     }
-    let groups = match root.get("group") {
-        None => return Ok(true),
-        Some(Value::Array(g)) => g,
-        Some(_) => {
-            return Err(error(file, "ConceptMap.group must be an array of groups"));
-        }
-    };
-    for (gi, group) in groups.iter().enumerate() {
-        let gpath = format!("ConceptMap.group[{gi}]");
-        let Some(group) = group.as_object() else {
-            return Err(error(file, format!("{gpath} must be an object")));
-        };
-        let source = required_str(
-            file,
-            group,
-            "source",
-            &gpath,
-            "name the source code system (e.g. urn:oid:1.2.208.176.2.31)",
-        )?;
-        let target = required_str(
-            file,
-            group,
-            "target",
-            &gpath,
-            "name the target code system (e.g. http://snomed.info/sct)",
-        )?;
-        for (key, value) in [("source", source), ("target", target)] {
-            if !is_uri(value) {
-                return Err(error(
-                    file,
-                    format!(
-                        "{gpath}.{key} is not an absolute URI; use the code system's canonical \
-                         URI (http(s)://... or urn:oid:...)"
-                    ),
-                ));
-            }
-        }
-        if group.contains_key("unmapped") {
-            return Err(error(
-                file,
-                format!(
-                    "{gpath}.unmapped is not supported: carebridge translates only the codes \
-                     listed; remove unmapped and list the codes as elements"
-                ),
-            ));
-        }
-        let elements = match group.get("element") {
-            None => continue,
-            Some(Value::Array(e)) => e,
-            Some(_) => {
-                return Err(error(file, format!("{gpath}.element must be an array")));
-            }
-        };
-        for (ei, element) in elements.iter().enumerate() {
-            let epath = format!("{gpath}.element[{ei}]");
-            let Some(element) = element.as_object() else {
-                return Err(error(file, format!("{epath} must be an object")));
-            };
-            let code = required_str(
-                file,
-                element,
-                "code",
-                &epath,
-                "give the source code this element maps",
-            )?;
-            let targets = match element.get("target") {
-                None => continue,
-                Some(Value::Array(t)) => t,
-                Some(_) => {
-                    return Err(error(file, format!("{epath}.target must be an array")));
-                }
-            };
-            for (ti, t) in targets.iter().enumerate() {
-                let tpath = format!("{epath}.target[{ti}]");
-                let Some(t) = t.as_object() else {
-                    return Err(error(file, format!("{tpath} must be an object")));
-                };
-                let eq_text = required_str(
-                    file,
-                    t,
-                    "equivalence",
-                    &tpath,
-                    &format!("state how the target relates to the source: {EQUIVALENCE_CODES}"),
-                )?;
-                let Some(equivalence) = Equivalence::parse(eq_text) else {
-                    return Err(error(
-                        file,
-                        format!(
-                            "{tpath}.equivalence is not an R4 ConceptMapEquivalence; use one of \
-                             {EQUIVALENCE_CODES}"
-                        ),
-                    ));
-                };
-                for key in ["dependsOn", "product"] {
-                    if t.contains_key(key) {
-                        return Err(error(
-                            file,
-                            format!(
-                                "{tpath}.{key} is not supported: carebridge would apply the \
-                                 translation unconditionally; remove {key} or the target"
-                            ),
-                        ));
-                    }
-                }
-                let comment = str_at(file, t, "comment", &tpath, "write the comment as text")?;
-                if matches!(equivalence, Equivalence::Narrower | Equivalence::Inexact)
-                    && comment.is_none()
-                {
-                    return Err(error(
-                        file,
-                        format!(
-                            "{tpath}.comment is required for a {eq_text} map (R4 invariant \
-                             cmd-1); say what the target adds or leaves out"
-                        ),
-                    ));
-                }
-                let tcode = str_at(
-                    file,
-                    t,
-                    "code",
-                    &tpath,
-                    "give the target code, or use equivalence unmatched without a code",
-                )?;
-                let display = str_at(
-                    file,
-                    t,
-                    "display",
-                    &tpath,
-                    "give the target's display text or leave it out",
-                )?;
-                let tcode = match (equivalence, tcode) {
-                    (Equivalence::Unmatched, None) => continue,
-                    (Equivalence::Unmatched, Some(_)) => {
-                        return Err(error(
-                            file,
-                            format!(
-                                "{tpath}.code is given with equivalence unmatched; remove the \
-                                 code, or state the equivalence of this target"
-                            ),
-                        ));
-                    }
-                    (_, None) => {
-                        return Err(error(
-                            file,
-                            format!(
-                                "{tpath}.code is missing; give the target code, or use \
-                                 equivalence unmatched for a code with no target"
-                            ),
-                        ));
-                    }
-                    (_, Some(c)) => c,
-                };
-                let key = (
-                    source.to_owned(),
-                    code.to_owned(),
-                    target.to_owned(),
-                    tcode.to_owned(),
-                );
-                if let Some((earlier, other)) = seen.pairs.get(&key) {
-                    if *earlier == equivalence {
-                        continue;
-                    }
-                    return Err(error(
-                        file,
-                        format!(
-                            "{tpath}: {} maps the same source code to the same target code with \
-                             another equivalence; make the two maps agree",
-                            other.display()
-                        ),
-                    ));
-                }
-                seen.pairs.insert(key, (equivalence, file.to_path_buf()));
-                if !equivalence.is_translation() {
-                    continue;
-                }
-                out.entry(source.to_owned())
+    for list in translations.values_mut().flat_map(|m| m.values_mut()) {
+        list.sort_by_key(|t| t.equivalence.rank());
+    }
+    Ok((translations, maps))
+}
+
+/// Adds the translations of one active map, in file order; a repeat of an earlier translation
+/// is added once.
+fn add_translations(out: &mut Translations, groups: Vec<MapGroup>) {
+    for group in groups {
+        for element in group.elements {
+            for target in element.targets.into_iter().filter(|t| !t.repeat) {
+                out.entry(group.source.clone())
                     .or_default()
-                    .entry(code.to_owned())
+                    .entry(element.code.clone())
                     .or_default()
                     .push(Translation {
-                        system: target.to_owned(),
-                        code: tcode.to_owned(),
-                        display: display.map(str::to_owned),
-                        equivalence,
+                        system: group.target.clone(),
+                        code: target.code,
+                        display: target.display,
+                        equivalence: target.equivalence,
                     });
             }
         }
     }
-    Ok(true)
+}
+
+/// Reads the mapping sets of `mapping/`: the file name (without `.json`) is the set's name.
+fn load_sets(dir: &Path) -> Result<HashMap<String, TargetSet>, MappingError> {
+    let mut sets = HashMap::new();
+    for file in json_files(dir)? {
+        let doc = read_object(
+            &file,
+            "a mapping set is a JSON object with profiles, codeSystems and equivalence; see \
+             fhir-profiles/README.md",
+        )?;
+        let name = file
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if name.is_empty() {
+            return Err(error(
+                &file,
+                "the file name is the set name; name the file <set>.json",
+            ));
+        }
+        sets.insert(name, load_set(&file, &doc)?);
+    }
+    Ok(sets)
+}
+
+/// A mapping-set file (`fhir-profiles/README.md`, "mapping/"). No other keys are allowed: a
+/// misspelt key would silently change a sector's policy.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetFile {
+    /// Free text for people.
+    #[serde(default, rename = "description")]
+    _description: String,
+    /// Resource type to the profile canonical URLs its copy claims, in file order.
+    #[serde(default, deserialize_with = "entries")]
+    profiles: Vec<(String, Vec<ProfileUrl>)>,
+    #[serde(default, rename = "codeSystems")]
+    code_systems: Vec<Uri>,
+    /// `None`: [`DEFAULT_EQUIVALENCE`].
+    #[serde(default, deserialize_with = "some")]
+    equivalence: Option<Vec<Accepted>>,
+    #[serde(default, rename = "oneCodingPerSystem")]
+    one_coding_per_system: bool,
+}
+
+/// The canonical URL of a StructureDefinition, optionally with `|version`.
+struct ProfileUrl(String);
+
+impl<'de> Deserialize<'de> for ProfileUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_string(
+            deserializer,
+            "the canonical URL of a StructureDefinition",
+            is_profile_canonical,
+        )
+        .map(ProfileUrl)
+    }
+}
+
+fn load_set(file: &Path, doc: &Value) -> Result<TargetSet, MappingError> {
+    let set: SetFile = typed(file, "", doc, &set_fix)?;
+    let equivalence = match set.equivalence {
+        None => DEFAULT_EQUIVALENCE
+            .into_iter()
+            .filter_map(Equivalence::parse)
+            .collect(),
+        Some(list) => list.into_iter().map(|a| a.0).collect(),
+    };
+    Ok(TargetSet {
+        profiles: set_profiles(file, set.profiles)?,
+        code_systems: set_code_systems(file, set.code_systems)?,
+        equivalence,
+        one_per_system: set.one_coding_per_system,
+    })
+}
+
+/// Checks what serde cannot: keys are resource type names, and no list is empty.
+fn set_profiles(
+    file: &Path,
+    entries: Vec<(String, Vec<ProfileUrl>)>,
+) -> Result<HashMap<String, Vec<String>>, MappingError> {
+    let mut profiles = HashMap::with_capacity(entries.len());
+    for (rtype, urls) in entries {
+        if !is_resource_type_name(&rtype) {
+            return Err(error(
+                file,
+                format!(
+                    "profiles.{rtype}: not a resource type name; key each list by the R4 \
+                     resource type (e.g. Condition)"
+                ),
+            ));
+        }
+        if urls.is_empty() {
+            return Err(error(
+                file,
+                format!(
+                    "profiles.{rtype} must be a non-empty array of profile canonical URLs; list \
+                     at least one, or leave the type out"
+                ),
+            ));
+        }
+        profiles.insert(rtype, urls.into_iter().map(|u| u.0).collect());
+    }
+    Ok(profiles)
+}
+
+/// Checks that no system is listed twice.
+fn set_code_systems(file: &Path, list: Vec<Uri>) -> Result<HashSet<String>, MappingError> {
+    let mut systems = HashSet::with_capacity(list.len());
+    for (i, system) in list.into_iter().enumerate() {
+        if !systems.insert(system.0) {
+            return Err(error(
+                file,
+                format!("codeSystems[{i}] repeats a system; list each system once"),
+            ));
+        }
+    }
+    Ok(systems)
+}
+
+/// The fixes of mapping-set paths (see [`super::de::Fixes`]).
+fn set_fix(pattern: &str) -> Option<&'static str> {
+    Some(match pattern {
+        "*" => {
+            "a mapping set holds only description, profiles, codeSystems, equivalence, \
+             oneCodingPerSystem"
+        }
+        "description" => "write the description as text",
+        "profiles" => "map each resource type to a list of profile canonical URLs",
+        p if p.starts_with("profiles.") && p.ends_with("[]") => {
+            "use one such as http://hl7.dk/fhir/core/StructureDefinition/dk-core-condition"
+        }
+        p if p.starts_with("profiles.") => {
+            "list at least one profile canonical URL, or leave the type out"
+        }
+        "codeSystems" => "list the code system URIs the target understands",
+        "codeSystems[]" => {
+            "use the code system's canonical URI (e.g. urn:oid:1.2.208.176.2.4.12 or \
+             http://snomed.info/sct)"
+        }
+        "equivalence" => "list the ConceptMap equivalences the target accepts",
+        "equivalence[]" => {
+            "list only relatedto, equivalent, equal, wider, subsumes, narrower, specializes or \
+             inexact"
+        }
+        _ => return None,
+    })
 }
 
 fn is_resource_type_name(s: &str) -> bool {
@@ -732,163 +499,6 @@ fn is_profile_canonical(s: &str) -> bool {
         && url
             .rsplit_once("/StructureDefinition/")
             .is_some_and(|(_, id)| !id.is_empty() && !id.contains('/'))
-}
-
-fn load_set(file: &Path, doc: &Value) -> Result<TargetSet, MappingError> {
-    let Some(root) = doc.as_object() else {
-        return Err(error(
-            file,
-            "a mapping set is a JSON object with profiles, codeSystems and equivalence; see \
-             fhir-profiles/README.md",
-        ));
-    };
-    if let Some(key) = root.keys().find(|k| !SET_KEYS.contains(&k.as_str())) {
-        return Err(error(
-            file,
-            format!(
-                "{key}: unknown key; a mapping set holds only {}",
-                SET_KEYS.join(", ")
-            ),
-        ));
-    }
-    if let Some(d) = root.get("description")
-        && !d.is_string()
-    {
-        return Err(error(file, "description must be a string"));
-    }
-    let mut profiles = HashMap::new();
-    match root.get("profiles") {
-        None => {}
-        Some(Value::Object(types)) => {
-            for (rtype, urls) in types {
-                if !is_resource_type_name(rtype) {
-                    return Err(error(
-                        file,
-                        format!(
-                            "profiles.{rtype}: not a resource type name; key each list by the \
-                             R4 resource type (e.g. Condition)"
-                        ),
-                    ));
-                }
-                let list = match urls {
-                    Value::Array(list) if !list.is_empty() => list,
-                    _ => {
-                        return Err(error(
-                            file,
-                            format!(
-                                "profiles.{rtype} must be a non-empty array of profile canonical \
-                                 URLs; list at least one, or leave the type out"
-                            ),
-                        ));
-                    }
-                };
-                let mut claims = Vec::with_capacity(list.len());
-                for (i, url) in list.iter().enumerate() {
-                    match url.as_str() {
-                        Some(u) if is_profile_canonical(u) => claims.push(u.to_owned()),
-                        _ => {
-                            return Err(error(
-                                file,
-                                format!(
-                                    "profiles.{rtype}[{i}] is not the canonical URL of a \
-                                     StructureDefinition; use one such as \
-                                     http://hl7.dk/fhir/core/StructureDefinition/dk-core-condition"
-                                ),
-                            ));
-                        }
-                    }
-                }
-                profiles.insert(rtype.clone(), claims);
-            }
-        }
-        Some(_) => {
-            return Err(error(
-                file,
-                "profiles must be an object: resource type to a list of profile canonical URLs",
-            ));
-        }
-    }
-    let mut code_systems = HashSet::new();
-    match root.get("codeSystems") {
-        None => {}
-        Some(Value::Array(list)) => {
-            for (i, s) in list.iter().enumerate() {
-                let Some(system) = s.as_str().filter(|s| is_uri(s)) else {
-                    return Err(error(
-                        file,
-                        format!(
-                            "codeSystems[{i}] is not a code system URI; use its canonical URI \
-                             (e.g. urn:oid:1.2.208.176.2.4.12 or http://snomed.info/sct)"
-                        ),
-                    ));
-                };
-                if !code_systems.insert(system.to_owned()) {
-                    return Err(error(
-                        file,
-                        format!("codeSystems[{i}] repeats a system; list each system once"),
-                    ));
-                }
-            }
-        }
-        Some(_) => {
-            return Err(error(
-                file,
-                "codeSystems must be an array of code system URIs",
-            ));
-        }
-    }
-    let mut equivalence = HashSet::new();
-    match root.get("equivalence") {
-        None => {
-            equivalence.extend(
-                DEFAULT_EQUIVALENCE
-                    .into_iter()
-                    .filter_map(Equivalence::parse),
-            );
-        }
-        Some(Value::Array(list)) => {
-            for (i, e) in list.iter().enumerate() {
-                let Some(eq) = e.as_str().and_then(Equivalence::parse) else {
-                    return Err(error(
-                        file,
-                        format!(
-                            "equivalence[{i}] is not an R4 ConceptMapEquivalence; use one of \
-                             {EQUIVALENCE_CODES}"
-                        ),
-                    ));
-                };
-                if !eq.is_translation() {
-                    return Err(error(
-                        file,
-                        format!(
-                            "equivalence[{i}]: unmatched and disjoint say there is no \
-                             translation; remove them from the list"
-                        ),
-                    ));
-                }
-                equivalence.insert(eq);
-            }
-        }
-        Some(_) => {
-            return Err(error(
-                file,
-                "equivalence must be an array of ConceptMap equivalence codes",
-            ));
-        }
-    }
-    let one_per_system = match root.get("oneCodingPerSystem") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(error(file, "oneCodingPerSystem must be true or false"));
-        }
-    };
-    Ok(TargetSet {
-        profiles,
-        code_systems,
-        equivalence,
-        one_per_system,
-    })
 }
 
 #[cfg(test)]
@@ -979,8 +589,9 @@ mod tests {
 
     #[test]
     fn mapping_is_shareable() {
-        fn check<T: Clone + Send + Sync + std::fmt::Debug>() {}
-        check::<Mapping>();
+        // Compiles only if the type is Clone + Send + Sync + Debug.
+        struct Shareable<T: Clone + Send + Sync + std::fmt::Debug>(T);
+        let _ = Shareable(Mapping::empty());
     }
 
     #[test]
@@ -1273,126 +884,317 @@ mod tests {
         .to_string()
     }
 
+    /// Loads `files` (path under the profiles folder, text), which must fail; the error must
+    /// name `file` and its message contain every needle (the path, the reason, the fix).
+    fn expect_error(files: &[(&str, &str)], file: &str, needles: &[&str]) {
+        let e = load_err(files);
+        assert!(e.file.ends_with(file), "{file} not named by {e}");
+        for needle in needles {
+            assert!(e.message.contains(needle), "{needle:?} not in {e}");
+        }
+    }
+
+    fn one_group(group: Value) -> String {
+        concept_map(
+            "http://carebridge.example.org/fhir/ConceptMap/g",
+            json!([group]),
+        )
+        .to_string()
+    }
+
+    /// One kind of bad file per test.
+    mod bad_files_give_errors_naming_the_file_the_path_and_the_fix {
+        use super::*;
+
+        #[test]
+        fn not_json_or_duplicate_keys() {
+            let fix = "fix the syntax of this file";
+            let broken = [("conceptmaps/broken.json", "{\"resourceType\": ")];
+            expect_error(&broken, "broken.json", &["not valid JSON", "line 1", fix]);
+            let dup = r#"{"resourceType": "ConceptMap", "resourceType": "ConceptMap"}"#;
+            let dup = [("conceptmaps/dup.json", dup)];
+            expect_error(&dup, "dup.json", &["not valid JSON", "resourceType", fix]);
+            let set = [("mapping/s.json", "{\"codeSystems\": [}")];
+            expect_error(&set, "s.json", &["not valid JSON", fix]);
+        }
+
+        #[test]
+        fn concept_map_header() {
+            let vs = r#"{"resourceType": "ValueSet", "status": "active"}"#;
+            let needles = [
+                "ConceptMap.resourceType",
+                "move the file out of conceptmaps/",
+            ];
+            expect_error(&[("conceptmaps/vs.json", vs)], "vs.json", &needles);
+            let not_object = [("conceptmaps/a.json", "[1]")];
+            expect_error(
+                &not_object,
+                "a.json",
+                &["JSON object", "ConceptMap resource"],
+            );
+            let url = "http://carebridge.example.org/fhir/ConceptMap/<id>";
+            for (doc, needles) in [
+                (
+                    r#"{"resourceType": "ConceptMap", "status": "active"}"#,
+                    ["ConceptMap.url is missing", url],
+                ),
+                (
+                    r#"{"resourceType": "ConceptMap", "url": 5, "status": "active"}"#,
+                    ["ConceptMap.url must be", url],
+                ),
+                (
+                    r#"{"resourceType": "ConceptMap", "url": "not a url", "status": "active"}"#,
+                    ["ConceptMap.url must be an absolute URI", url],
+                ),
+                (
+                    r#"{"resourceType": "ConceptMap", "url": "urn:x"}"#,
+                    ["ConceptMap.status is missing", "\"active\""],
+                ),
+                (
+                    r#"{"resourceType": "ConceptMap", "url": "urn:x", "status": "final"}"#,
+                    [
+                        "ConceptMap.status must be one of draft, active",
+                        "\"active\"",
+                    ],
+                ),
+            ] {
+                expect_error(&[("conceptmaps/h.json", doc)], "h.json", &needles);
+            }
+        }
+
+        #[test]
+        fn concept_map_groups_and_elements() {
+            let bad = |group: Value, needles: &[&str]| {
+                expect_error(
+                    &[("conceptmaps/g.json", &one_group(group))],
+                    "g.json",
+                    needles,
+                );
+            };
+            bad(
+                json!({"target": SKS}),
+                &["ConceptMap.group[0].source is missing", "urn:oid:"],
+            );
+            bad(
+                json!({"source": ICPC}),
+                &["ConceptMap.group[0].target is missing", "canonical URI"],
+            );
+            bad(
+                json!({"source": "ICPC-2", "target": SKS}),
+                &["group[0].source must be an absolute URI", "canonical URI"],
+            );
+            bad(
+                json!([ICPC, SKS]),
+                &["ConceptMap.group[0] must be an object"],
+            );
+            bad(
+                json!({"source": ICPC, "target": SKS, "unmapped": {"mode": "provided"}}),
+                &[
+                    "group[0].unmapped is not supported",
+                    "list the codes as elements",
+                ],
+            );
+            bad(
+                json!({"source": ICPC, "target": SKS, "element": {}}),
+                &["group[0].element must be an array", "array of objects"],
+            );
+            bad(
+                json!({"source": ICPC, "target": SKS, "element": [{}]}),
+                &[
+                    "group[0].element[0].code is missing",
+                    "give the source code",
+                ],
+            );
+            bad(
+                json!({"source": ICPC, "target": SKS, "element": [{"code": " "}]}),
+                &[
+                    "element[0].code must be a non-empty string",
+                    "give the source code",
+                ],
+            );
+            let not_array = concept_map("http://e.org/ConceptMap/g", json!({})).to_string();
+            let needles = ["ConceptMap.group must be an array", "array of objects"];
+            expect_error(
+                &[("conceptmaps/g.json", not_array.as_str())],
+                "g.json",
+                &needles,
+            );
+        }
+
+        /// A map whose one target is `target`: the error names
+        /// `ConceptMap.group[0].element[0].target[0].<at>` and holds the needles.
+        fn bad_target(target: Value, at: &str, needles: &[&str]) {
+            let path = format!("ConceptMap.group[0].element[0].target[0].{at}");
+            let mut all = vec![path.as_str()];
+            all.extend_from_slice(needles);
+            expect_error(&[("conceptmaps/t.json", &map_text(target))], "t.json", &all);
+        }
+
+        #[test]
+        fn concept_map_target_equivalence_and_comment() {
+            let same = json!({"code": "DE11", "equivalence": "same"});
+            let reason = "must be an R4 ConceptMapEquivalence";
+            bad_target(same, "equivalence", &[reason, "relatedto, equivalent"]);
+            let missing = json!({"code": "DE11"});
+            bad_target(
+                missing,
+                "equivalence is missing",
+                &["how the target relates"],
+            );
+            let narrower = json!({"code": "DE11", "equivalence": "narrower"});
+            bad_target(
+                narrower,
+                "comment is required",
+                &["cmd-1", "say what the target"],
+            );
+            let comment = json!({"code": "DE11", "equivalence": "inexact", "comment": 3});
+            let reason = "must be a non-empty string";
+            bad_target(comment, "comment", &[reason, "write the comment as text"]);
+        }
+
+        #[test]
+        fn concept_map_target_code_and_refused_elements() {
+            let unmatched = json!({"code": "DE11", "equivalence": "unmatched"});
+            let reason = "is given with equivalence unmatched";
+            bad_target(unmatched, "code", &[reason, "remove the code"]);
+            let no_code = json!({"equivalence": "equivalent"});
+            bad_target(no_code, "code is missing", &["use equivalence unmatched"]);
+            let number = json!({"code": 11, "equivalence": "equivalent"});
+            let reason = "must be a non-empty string";
+            bad_target(number, "code", &[reason, "give the target code"]);
+            let display = json!({"code": "DE11", "equivalence": "equivalent", "display": null});
+            bad_target(display, "display", &[reason, "leave it out"]);
+            for key in ["dependsOn", "product"] {
+                let mut target = json!({"code": "DE11", "equivalence": "equivalent"});
+                target[key] = json!([]);
+                let fix = format!("remove {key} or the target");
+                bad_target(target, key, &["is not supported", &fix]);
+            }
+        }
+
+        #[test]
+        fn two_maps_that_disagree_or_share_a_url() {
+            let map = |url: &str, eq: &str| {
+                concept_map(
+                    url,
+                    json!([{"source": ICPC, "target": SKS, "element": [
+                        {"code": "T90", "target": [{"code": "DE11", "equivalence": eq}]}
+                    ]}]),
+                )
+                .to_string()
+            };
+            let (a, b) = ("http://e.org/ConceptMap/a", "http://e.org/ConceptMap/b");
+            let (first, other) = (map(a, "equivalent"), map(b, "wider"));
+            let files = [
+                ("conceptmaps/a.json", first.as_str()),
+                ("conceptmaps/b.json", other.as_str()),
+            ];
+            let needles = [
+                "ConceptMap.group[0].element[0].target[0]: ",
+                "a.json",
+                "make the two maps agree",
+            ];
+            expect_error(&files, "b.json", &needles);
+            let same_url = map(a, "equivalent");
+            let files = [
+                ("conceptmaps/a.json", first.as_str()),
+                ("conceptmaps/b.json", same_url.as_str()),
+            ];
+            let needles = [
+                "ConceptMap.url is also the url of",
+                "a.json",
+                "give each map its own url",
+            ];
+            expect_error(&files, "b.json", &needles);
+        }
+
+        #[test]
+        fn mapping_sets() {
+            for (doc, needles) in [
+                (
+                    r#"{"profiles": {"Condition": ["http://hl7.dk/fhir/core/dk-core-condition"]}}"#,
+                    &[
+                        "profiles.Condition[0] must be the canonical URL of a StructureDefinition",
+                        "use one such as",
+                    ][..],
+                ),
+                (
+                    r#"{"profiles": {"Condition": ["not a url"]}}"#,
+                    &[
+                        "profiles.Condition[0]",
+                        "StructureDefinition/dk-core-condition",
+                    ],
+                ),
+                (
+                    r#"{"profiles": {"Condition": []}}"#,
+                    &[
+                        "profiles.Condition must be a non-empty array",
+                        "leave the type out",
+                    ],
+                ),
+                (
+                    r#"{"profiles": {"condition": ["http://e.org/StructureDefinition/c"]}}"#,
+                    &[
+                        "profiles.condition: not a resource type name",
+                        "R4 resource type",
+                    ],
+                ),
+                (
+                    r#"{"profiles": []}"#,
+                    &["profiles must be an object", "map each resource type"],
+                ),
+                (
+                    r#"{"codeSystems": ["ICPC-2"]}"#,
+                    &["codeSystems[0] must be an absolute URI", "canonical URI"],
+                ),
+                (
+                    r#"{"codeSystems": ["urn:oid:1.2", "urn:oid:1.2"]}"#,
+                    &["codeSystems[1] repeats a system", "list each system once"],
+                ),
+                (
+                    r#"{"equivalence": ["equal", "unmatched"]}"#,
+                    &[
+                        "equivalence[1] must be an equivalence that states a translation",
+                        "list only relatedto",
+                    ],
+                ),
+                (
+                    r#"{"equivalence": ["same"]}"#,
+                    &[
+                        "equivalence[0] must be an R4 ConceptMapEquivalence",
+                        "list only relatedto",
+                    ],
+                ),
+                (
+                    r#"{"equivalences": ["equal"]}"#,
+                    &[
+                        "equivalences: unknown key",
+                        "a mapping set holds only description, profiles",
+                    ],
+                ),
+                (
+                    r#"{"oneCodingPerSystem": "yes"}"#,
+                    &["oneCodingPerSystem must be true or false"],
+                ),
+                (
+                    r#"{"description": null}"#,
+                    &["description must be a string"],
+                ),
+                (r#"["dk-gp"]"#, &["JSON object", "README"]),
+            ] {
+                expect_error(&[("mapping/s.json", doc)], "s.json", needles);
+            }
+        }
+    }
+
     #[test]
-    fn bad_files_give_errors_naming_the_file_the_path_and_the_fix() {
-        let e = load_err(&[("conceptmaps/broken.json", "{\"resourceType\": ")]);
-        assert!(e.file.ends_with("broken.json"), "{e}");
-        assert!(e.message.contains("not valid JSON"), "{e}");
-
-        let e = load_err(&[(
-            "conceptmaps/dup.json",
-            r#"{"resourceType": "ConceptMap", "resourceType": "ConceptMap"}"#,
-        )]);
-        assert!(
-            e.file.ends_with("dup.json") && e.message.contains("not valid JSON"),
-            "{e}"
-        );
-
-        let e = load_err(&[(
-            "conceptmaps/vs.json",
-            r#"{"resourceType": "ValueSet", "status": "active"}"#,
-        )]);
-        assert!(e.file.ends_with("vs.json"), "{e}");
-        assert!(e.message.contains("ConceptMap.resourceType"), "{e}");
-
-        let e = load_err(&[(
-            "conceptmaps/eq.json",
-            &map_text(json!({"code": "DE11", "equivalence": "same"})),
-        )]);
-        assert!(e.file.ends_with("eq.json"), "{e}");
-        assert!(
-            e.message
-                .contains("ConceptMap.group[0].element[0].target[0].equivalence")
-                && e.message.contains("relatedto"),
-            "{e}"
-        );
-
-        let e = load_err(&[(
-            "conceptmaps/n.json",
-            &map_text(json!({"code": "DE11", "equivalence": "narrower"})),
-        )]);
-        assert!(
-            e.message.contains("target[0].comment") && e.message.contains("cmd-1"),
-            "{e}"
-        );
-
-        let e = load_err(&[(
-            "conceptmaps/u.json",
-            &map_text(json!({"code": "DE11", "equivalence": "unmatched"})),
-        )]);
-        assert!(
-            e.message.contains("target[0].code") && e.message.contains("unmatched"),
-            "{e}"
-        );
-
-        let e = load_err(&[(
-            "conceptmaps/m.json",
-            &map_text(json!({"equivalence": "equivalent"})),
-        )]);
-        assert!(e.message.contains("target[0].code is missing"), "{e}");
-
-        let e = load_err(&[(
-            "conceptmaps/g.json",
-            &concept_map(
-                "http://carebridge.example.org/fhir/ConceptMap/g",
-                json!([{"target": SKS}]),
-            )
-            .to_string(),
-        )]);
-        assert!(
-            e.message.contains("ConceptMap.group[0].source is missing"),
-            "{e}"
-        );
-
-        let e = load_err(&[
-            (
-                "conceptmaps/a.json",
-                &map_text(json!({"code": "DE11", "equivalence": "equivalent"})),
-            ),
-            (
-                "conceptmaps/b.json",
-                &concept_map("http://carebridge.example.org/fhir/ConceptMap/x", json!([]))
-                    .to_string(),
-            ),
-        ]);
-        assert!(
-            e.file.ends_with("b.json") && e.message.contains("a.json"),
-            "{e}"
-        );
-
-        let e = load_err(&[(
-            "mapping/dk-gp.json",
-            r#"{"profiles": {"Condition": ["http://hl7.dk/fhir/core/dk-core-condition"]}}"#,
-        )]);
-        assert!(e.file.ends_with("dk-gp.json"), "{e}");
-        assert!(
-            e.message.contains("profiles.Condition[0]")
-                && e.message.contains("StructureDefinition"),
-            "{e}"
-        );
-
-        let e = load_err(&[(
-            "mapping/s.json",
-            r#"{"profiles": {"Condition": ["not a url"]}}"#,
-        )]);
-        assert!(e.message.contains("profiles.Condition[0]"), "{e}");
-
-        let e = load_err(&[("mapping/s.json", r#"{"codeSystems": ["ICPC-2"]}"#)]);
-        assert!(e.message.contains("codeSystems[0]"), "{e}");
-
-        let e = load_err(&[(
-            "mapping/s.json",
-            r#"{"equivalence": ["equal", "unmatched"]}"#,
-        )]);
-        assert!(e.message.contains("equivalence[1]"), "{e}");
-
-        let e = load_err(&[("mapping/s.json", r#"{"equivalences": ["equal"]}"#)]);
-        assert!(e.message.contains("equivalences: unknown key"), "{e}");
-
-        let e = load_err(&[("mapping/s.json", r#"["dk-gp"]"#)]);
-        assert!(
-            e.file.ends_with("s.json") && e.message.contains("README"),
-            "{e}"
+    fn the_projects_profiles_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fhir-profiles");
+        let m = Mapping::load(&dir).expect("fhir-profiles/ loads");
+        assert_eq!(m.sets(), ["dk-gp", "dk-hospital", "dk-municipality"]);
+        assert_eq!(
+            m.equivalents(ICPC, "T90"),
+            vec![pair(SKS, "DE11"), pair(SCT, "44054006")]
         );
     }
 

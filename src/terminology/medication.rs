@@ -9,6 +9,8 @@
 //! family, or the family of a route code), plus two CodeSystems: the one that defines the
 //! families, and a fragment of ATC that names its codes.
 //! The format is documented in `fhir-profiles/README.md`, section "medications/".
+//! The ConceptMaps are read by the ConceptMap reader that `mapping` uses too (`conceptmap.rs`:
+//! the same rules and messages); the CodeSystems are read here (`CodeSystem`).
 //!
 //! After loading, everything is a lookup in hash maps; nothing here does IO.
 //!
@@ -26,12 +28,15 @@
 //!   code is looked up at its own length and then at each shorter level: the longest listed class
 //!   wins), else [`RouteFamily::Unknown`], which callers treat as systemic.
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::mapping::{MappingError, error, is_uri, json_files, required_str, str_at};
+use super::conceptmap::{Flavour, MapElement, MapGroup, Reader};
+use super::de::{Text, objects, present, typed};
+use super::files::{MappingError, error, json_files, read_object, resource_type};
 
 /// The ATC classification (WHO).
 pub const ATC_SYSTEM: &str = "http://www.whocc.no/atc";
@@ -41,19 +46,6 @@ pub const ROUTE_FAMILY_SYSTEM: &str = "http://carebridge.example.org/fhir/CodeSy
 
 /// The lengths of ATC codes at levels 5, 4, 3, 2 and 1 (e.g. C03CA01, C03CA, C03C, C03, C).
 const ATC_LEVEL_LENGTHS: [usize; 5] = [7, 5, 4, 3, 1];
-
-const EQUIVALENCE_CODES: [&str; 10] = [
-    "relatedto",
-    "equivalent",
-    "equal",
-    "wider",
-    "subsumes",
-    "narrower",
-    "specializes",
-    "inexact",
-    "unmatched",
-    "disjoint",
-];
 
 /// One active ingredient: its ATC level-5 code and a name for people. The name is a function of
 /// the code (the knowledge's name for it, else the code), so two ingredients are equal exactly
@@ -177,28 +169,16 @@ impl MedKnowledge {
     /// Reads `<profiles_dir>/medications/*.json` (a missing folder means empty knowledge). An
     /// error names the file, the element path and the fix.
     pub fn load(profiles_dir: &Path) -> Result<MedKnowledge, MappingError> {
-        let mut inner = Inner::default();
-        let mut seen = Seen::default();
-        let mut maps = 0usize;
+        let mut loader = Loader {
+            inner: Inner::default(),
+            reader: Reader::new(&MEDICATION_MAPS),
+            family_files: HashMap::new(),
+            maps: 0,
+        };
         for file in json_files(&profiles_dir.join("medications"))? {
-            let doc = read_doc(&file)?;
-            match doc.get("resourceType").and_then(Value::as_str) {
-                Some("ConceptMap") => {
-                    if load_map(&file, &doc, &mut inner, &mut seen)? {
-                        maps += 1;
-                    }
-                }
-                Some("CodeSystem") => load_code_system(&file, &doc, &mut inner)?,
-                _ => {
-                    return Err(error(
-                        &file,
-                        "resourceType: medications/ holds ConceptMap resources and the \
-                         route-family and ATC CodeSystems only; set \"resourceType\": \
-                         \"ConceptMap\" or move the file out of medications/",
-                    ));
-                }
-            }
+            loader.file(&file)?;
         }
+        let Loader { inner, maps, .. } = loader;
         tracing::info!(
             concept_maps = maps,
             ingredient_entries = inner.ingredients.values().map(HashMap::len).sum::<usize>(),
@@ -394,51 +374,31 @@ fn system_and_code(coding: &Value) -> Option<(&str, &str)> {
 
 // ---- loading ----------------------------------------------------------------------------------
 
-/// A loader document: valid JSON (read as `codes` reads its files) and an object.
-fn read_doc(file: &Path) -> Result<Value, MappingError> {
-    let doc = super::mapping::read_doc(file)?;
-    if !doc.is_object() {
-        return Err(error(
-            file,
-            "the document must be a JSON object: a FHIR ConceptMap resource (or the route-family \
-             CodeSystem)",
-        ));
-    }
-    Ok(doc)
-}
-
-fn array_at<'a>(
-    file: &Path,
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<&'a [Value], MappingError> {
-    match obj.get(key) {
-        None => Ok(&[]),
-        Some(Value::Array(items)) => Ok(items),
-        Some(_) => Err(error(file, format!("{path}.{key} must be an array"))),
-    }
-}
-
-fn object_at<'a>(
-    file: &Path,
-    value: &'a Value,
-    path: &str,
-) -> Result<&'a Map<String, Value>, MappingError> {
-    value
-        .as_object()
-        .ok_or_else(|| error(file, format!("{path} must be an object")))
-}
-
-/// What earlier files said, to tell a repeat from a contradiction.
-#[derive(Default)]
-struct Seen {
-    urls: HashMap<String, PathBuf>,
-    /// (source system, source code, target system, target code) to equivalence and file.
-    pairs: HashMap<(String, String, String, String), (String, PathBuf)>,
-    /// (source system, source code) to the file that gave its route family.
-    families: HashMap<(String, String), PathBuf>,
-}
+/// How `medications/` words the fixes of the ConceptMap reader; ATC source codes are compared
+/// normalised.
+static MEDICATION_MAPS: Flavour = Flavour {
+    what: "medication ConceptMap",
+    source_fix: "name the source code system by its canonical URI (e.g. \
+                 http://www.nlm.nih.gov/research/umls/rxnorm)",
+    target_fix: "name the target code system (http://www.whocc.no/atc or \
+                 http://carebridge.example.org/fhir/CodeSystem/route-family)",
+    unmapped: "carebridge knows only the codes listed",
+    conditional: |key| {
+        format!(
+            "carebridge would apply the target unconditionally; remove {key}, and list each \
+             ingredient as a target of its own"
+        )
+    },
+    no_code_fix: "give the target code, or use equivalence unmatched for a product without this \
+                  kind of target",
+    source_code: |system, code| {
+        if system == ATC_SYSTEM {
+            normalise_atc(code)
+        } else {
+            code.to_owned()
+        }
+    },
+};
 
 /// What a group maps into.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -449,245 +409,230 @@ enum GroupKind {
     RouteFamily,
 }
 
-/// Adds one ConceptMap. Returns whether the map is used (it is active).
-fn load_map(
-    file: &Path,
-    doc: &Value,
-    inner: &mut Inner,
-    seen: &mut Seen,
-) -> Result<bool, MappingError> {
-    let root = object_at(file, doc, "ConceptMap")?;
-    let url = required_str(
-        file,
-        root,
-        "url",
-        "ConceptMap",
-        "give the map a canonical URL (http://carebridge.example.org/fhir/ConceptMap/<id>)",
-    )?;
-    if !is_uri(url) {
-        return Err(error(
+/// The knowledge being loaded, and what earlier files said.
+struct Loader {
+    inner: Inner,
+    reader: Reader,
+    /// (source system, source code) to the file that gave its route family.
+    family_files: HashMap<(String, String), PathBuf>,
+    /// Active ConceptMaps read.
+    maps: usize,
+}
+
+impl Loader {
+    /// Adds one file of `medications/`: a ConceptMap, or one of the two CodeSystems.
+    fn file(&mut self, file: &Path) -> Result<(), MappingError> {
+        let doc = read_object(
             file,
-            "ConceptMap.url is not an absolute URI; use a canonical URL such as \
-             http://carebridge.example.org/fhir/ConceptMap/<id>",
-        ));
-    }
-    if let Some(other) = seen.urls.get(url) {
-        return Err(error(
-            file,
-            format!(
-                "ConceptMap.url is also the url of {}; give each map its own url",
-                other.display()
-            ),
-        ));
-    }
-    seen.urls.insert(url.to_owned(), file.to_path_buf());
-    let status = required_str(
-        file,
-        root,
-        "status",
-        "ConceptMap",
-        "set \"status\": \"active\" for a map in use",
-    )?;
-    match status {
-        "active" => {}
-        "draft" | "retired" | "unknown" => {
-            tracing::info!(file = %file.display(), status, "medication ConceptMap not used: status is not active");
-            return Ok(false);
-        }
-        _ => {
-            return Err(error(
-                file,
-                "ConceptMap.status must be one of draft, active, retired, unknown",
-            ));
-        }
-    }
-    for (gi, group) in array_at(file, root, "group", "ConceptMap")?
-        .iter()
-        .enumerate()
-    {
-        let gpath = format!("ConceptMap.group[{gi}]");
-        let group = object_at(file, group, &gpath)?;
-        let source = required_str(
-            file,
-            group,
-            "source",
-            &gpath,
-            "name the source code system (e.g. http://www.nlm.nih.gov/research/umls/rxnorm)",
+            "the document must be a JSON object: a FHIR ConceptMap resource (or the route-family \
+             CodeSystem)",
         )?;
-        let target = required_str(
-            file,
-            group,
-            "target",
-            &gpath,
-            &format!("name the target code system ({ATC_SYSTEM} or {ROUTE_FAMILY_SYSTEM})"),
-        )?;
-        if !is_uri(source) {
-            return Err(error(
+        match resource_type(&doc) {
+            Some("ConceptMap") => self.concept_map(file, &doc),
+            Some("CodeSystem") => self.code_system(file, &doc),
+            _ => Err(error(
                 file,
-                format!(
-                    "{gpath}.source is not an absolute URI; use the code system's canonical URI \
-                     (http(s)://... or urn:oid:...)"
-                ),
-            ));
+                "resourceType: medications/ holds ConceptMap resources and the route-family and \
+                 ATC CodeSystems only; set \"resourceType\": \"ConceptMap\" or move the file out \
+                 of medications/",
+            )),
         }
-        let kind = match target {
-            ATC_SYSTEM => GroupKind::Ingredients,
-            ROUTE_FAMILY_SYSTEM => GroupKind::RouteFamily,
-            _ => {
+    }
+
+    fn concept_map(&mut self, file: &Path, doc: &Value) -> Result<(), MappingError> {
+        let Some(groups) = self.reader.read(file, doc)? else {
+            return Ok(());
+        };
+        self.maps += 1;
+        for group in groups {
+            let kind = group_kind(file, &group)?;
+            for element in group.elements {
+                if group.source == ATC_SYSTEM {
+                    check_atc_source(file, &element, kind)?;
+                }
+                match kind {
+                    GroupKind::Ingredients => self.ingredients(file, &group.source, element)?,
+                    GroupKind::RouteFamily => self.family(file, &group.source, element)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the ingredients of one element (none: the code has no ingredient) and the names
+    /// its targets display.
+    fn ingredients(
+        &mut self,
+        file: &Path,
+        source: &str,
+        element: MapElement,
+    ) -> Result<(), MappingError> {
+        let list = self
+            .inner
+            .ingredients
+            .entry(source.to_owned())
+            .or_default()
+            .entry(element.code)
+            .or_default();
+        for target in element.targets {
+            let atc = target.code;
+            if !is_atc_level5(&atc) {
                 return Err(error(
                     file,
                     format!(
-                        "{gpath}.target: medications/ maps drug codes to their ingredients \
-                         ({ATC_SYSTEM}) or to route families ({ROUTE_FAMILY_SYSTEM}); put \
-                         translations between other code systems in conceptmaps/"
+                        "{}.code is not an ATC level-5 code (7 characters such as C03CA01); an \
+                         ingredient is a level-5 code, a level-4 code is a class",
+                        target.path
                     ),
                 ));
             }
-        };
-        if group.contains_key("unmapped") {
-            return Err(error(
-                file,
-                format!(
-                    "{gpath}.unmapped is not supported: carebridge knows only the codes listed; \
-                     remove unmapped and list the codes as elements"
-                ),
-            ));
+            if let Some(name) = target.display {
+                self.inner.names.entry(atc.clone()).or_insert(name);
+            }
+            if !list.contains(&atc) {
+                list.push(atc);
+            }
         }
-        for (ei, element) in array_at(file, group, "element", &gpath)?.iter().enumerate() {
-            let epath = format!("{gpath}.element[{ei}]");
-            let element = object_at(file, element, &epath)?;
-            let raw_code = required_str(
-                file,
-                element,
-                "code",
-                &epath,
-                "give the source code this element maps",
-            )?;
-            let code = if source == ATC_SYSTEM {
-                check_atc_source(file, raw_code, kind, &epath)?
-            } else {
-                raw_code.to_owned()
-            };
-            let targets = load_targets(file, element, source, &code, target, &epath, seen)?;
-            match kind {
-                GroupKind::Ingredients => {
-                    let list = inner
-                        .ingredients
-                        .entry(source.to_owned())
-                        .or_default()
-                        .entry(code)
-                        .or_default();
-                    for MapTarget {
-                        path: tpath,
-                        code: atc,
-                        display,
-                    } in targets
-                    {
-                        if !is_atc_level5(atc) {
-                            return Err(error(
-                                file,
-                                format!(
-                                    "{tpath}.code is not an ATC level-5 code (7 characters such \
-                                     as C03CA01); an ingredient is a level-5 code, a level-4 \
-                                     code is a class"
-                                ),
-                            ));
-                        }
-                        if let Some(name) = display {
-                            inner
-                                .names
-                                .entry(atc.to_owned())
-                                .or_insert_with(|| name.to_owned());
-                        }
-                        if !list.iter().any(|a| a == atc) {
-                            list.push(atc.to_owned());
-                        }
-                    }
-                }
-                GroupKind::RouteFamily => {
-                    let mut family = None;
-                    for MapTarget {
-                        path: tpath,
-                        code: fcode,
-                        ..
-                    } in targets
-                    {
-                        let Some(f) = RouteFamily::from_code(fcode) else {
-                            return Err(error(
-                                file,
-                                format!(
-                                    "{tpath}.code is not a route family; use one of {}",
-                                    family_codes()
-                                ),
-                            ));
-                        };
-                        if family.is_some_and(|g| g != f) {
-                            return Err(error(
-                                file,
-                                format!(
-                                    "{tpath}: the element already has another route family; give \
-                                     one family per code"
-                                ),
-                            ));
-                        }
-                        family = Some(f);
-                    }
-                    let Some(family) = family else { continue };
-                    let codes = inner.families.entry(source.to_owned()).or_default();
-                    let key = (source.to_owned(), code.clone());
-                    match codes.get(&code) {
-                        Some(earlier) if *earlier != family => {
-                            let other = seen.families.get(&key).map_or_else(
-                                || file.display().to_string(),
-                                |p| p.display().to_string(),
-                            );
-                            return Err(error(
-                                file,
-                                format!(
-                                    "{epath}: {other} gives this code another route family; make \
-                                     the two agree"
-                                ),
-                            ));
-                        }
-                        Some(_) => {}
-                        None => {
-                            codes.insert(code, family);
-                            seen.families.insert(key, file.to_path_buf());
-                        }
-                    }
-                }
+        Ok(())
+    }
+
+    /// Records the route family of one element: one family per code, in every file.
+    fn family(
+        &mut self,
+        file: &Path,
+        source: &str,
+        element: MapElement,
+    ) -> Result<(), MappingError> {
+        let Some(family) = element_family(file, &element)? else {
+            return Ok(());
+        };
+        let codes = self.inner.families.entry(source.to_owned()).or_default();
+        let key = (source.to_owned(), element.code.clone());
+        match codes.get(&element.code) {
+            Some(earlier) if *earlier != family => {
+                let other = self.family_files.get(&key).map_or(file, PathBuf::as_path);
+                Err(error(
+                    file,
+                    format!(
+                        "{}: {} gives this code another route family; make the two agree",
+                        element.path,
+                        other.display()
+                    ),
+                ))
+            }
+            Some(_) => Ok(()),
+            None => {
+                codes.insert(element.code, family);
+                self.family_files.insert(key, file.to_path_buf());
+                Ok(())
             }
         }
     }
-    Ok(true)
+
+    /// A CodeSystem in medications/ is either the route-family one (which may define no other
+    /// codes than carebridge's families) or ATC (names of ATC codes; a fragment is enough).
+    fn code_system(&mut self, file: &Path, doc: &Value) -> Result<(), MappingError> {
+        let url: CodeSystemUrl = typed(file, "CodeSystem", doc, &code_system_fix)?;
+        match url.url.0.as_str() {
+            ROUTE_FAMILY_SYSTEM => {
+                let cs: CodeSystem<FamilyConcept> =
+                    typed(file, "CodeSystem", doc, &code_system_fix)?;
+                cs.concept
+                    .iter()
+                    .enumerate()
+                    .try_for_each(|(i, c)| c.check(file, i))
+            }
+            ATC_SYSTEM => {
+                let cs: CodeSystem<AtcConcept> = typed(file, "CodeSystem", doc, &code_system_fix)?;
+                for (i, concept) in cs.concept.into_iter().enumerate() {
+                    concept.check(file, i)?;
+                    // The CodeSystem's names win over the displays of map targets.
+                    self.inner.names.insert(concept.code.0, concept.display.0);
+                }
+                Ok(())
+            }
+            _ => Err(error(
+                file,
+                format!(
+                    "CodeSystem.url: the CodeSystems in medications/ are {ROUTE_FAMILY_SYSTEM} \
+                     and {ATC_SYSTEM} (names of ATC codes); move other code systems out of the \
+                     folder"
+                ),
+            )),
+        }
+    }
 }
 
-/// Checks an ATC source code: a combination (level 5) in an ingredient group, a class of any
-/// level in a route-family group. Returns it normalised.
+/// What a group maps into, from its target system.
+fn group_kind(file: &Path, group: &MapGroup) -> Result<GroupKind, MappingError> {
+    match group.target.as_str() {
+        ATC_SYSTEM => Ok(GroupKind::Ingredients),
+        ROUTE_FAMILY_SYSTEM => Ok(GroupKind::RouteFamily),
+        _ => Err(error(
+            file,
+            format!(
+                "{}.target: medications/ maps drug codes to their ingredients ({ATC_SYSTEM}) or \
+                 to route families ({ROUTE_FAMILY_SYSTEM}); put translations between other code \
+                 systems in conceptmaps/",
+                group.path
+            ),
+        )),
+    }
+}
+
+/// Checks an ATC source code (already normalised): a combination (level 5) in an ingredient
+/// group, a class of any level in a route-family group.
 fn check_atc_source(
     file: &Path,
-    code: &str,
+    element: &MapElement,
     kind: GroupKind,
-    epath: &str,
-) -> Result<String, MappingError> {
-    let normal = normalise_atc(code);
+) -> Result<(), MappingError> {
+    let (code, epath) = (&element.code, &element.path);
     match kind {
-        GroupKind::Ingredients if !is_atc_level5(&normal) => Err(error(
+        GroupKind::Ingredients if !is_atc_level5(code) => Err(error(
             file,
             format!(
                 "{epath}.code is not an ATC level-5 code; an ATC → ATC group maps the level-5 \
                  code of a combination (e.g. R03AK06) to its ingredients"
             ),
         )),
-        GroupKind::RouteFamily if !is_atc_any_level(&normal) => Err(error(
+        GroupKind::RouteFamily if !is_atc_any_level(code) => Err(error(
             file,
             format!(
                 "{epath}.code is not an ATC code; give an ATC class of any level (S01, R03A, \
                  D07AC) or a level-5 code"
             ),
         )),
-        _ => Ok(normal),
+        _ => Ok(()),
     }
+}
+
+/// The one route family the targets of an element give; `None` when they give none.
+fn element_family(file: &Path, element: &MapElement) -> Result<Option<RouteFamily>, MappingError> {
+    let mut family = None;
+    for target in &element.targets {
+        let Some(f) = RouteFamily::from_code(&target.code) else {
+            return Err(error(
+                file,
+                format!(
+                    "{}.code is not a route family; use one of {}",
+                    target.path,
+                    family_codes()
+                ),
+            ));
+        };
+        if family.is_some_and(|g| g != f) {
+            return Err(error(
+                file,
+                format!(
+                    "{}: the element already has another route family; give one family per code",
+                    target.path
+                ),
+            ));
+        }
+        family = Some(f);
+    }
+    Ok(family)
 }
 
 fn family_codes() -> String {
@@ -698,197 +643,94 @@ fn family_codes() -> String {
         .join(", ")
 }
 
-/// One target of an element that carries a code.
-struct MapTarget<'a> {
-    /// Its location, for errors (`ConceptMap.group[0].element[1].target[0]`).
-    path: String,
-    code: &'a str,
-    display: Option<&'a str>,
+/// The `url` of a CodeSystem, which says which of the two it is.
+#[derive(Deserialize)]
+struct CodeSystemUrl {
+    url: Text,
 }
 
-/// The targets of one element that carry a code. `unmatched` targets (no code) state that the
-/// product has no such target and are checked but not returned.
-fn load_targets<'a>(
-    file: &Path,
-    element: &'a Map<String, Value>,
-    source: &str,
-    code: &str,
-    target: &str,
-    epath: &str,
-    seen: &mut Seen,
-) -> Result<Vec<MapTarget<'a>>, MappingError> {
-    let mut out = Vec::new();
-    for (ti, t) in array_at(file, element, "target", epath)?.iter().enumerate() {
-        let tpath = format!("{epath}.target[{ti}]");
-        let t = object_at(file, t, &tpath)?;
-        let equivalence = required_str(
-            file,
-            t,
-            "equivalence",
-            &tpath,
-            &format!(
-                "state how the target relates to the source: {}",
-                EQUIVALENCE_CODES.join(", ")
-            ),
-        )?;
-        if !EQUIVALENCE_CODES.contains(&equivalence) {
+/// The concepts of a CodeSystem (other elements are ignored).
+#[derive(Deserialize)]
+#[serde(bound = "C: Deserialize<'de>")]
+struct CodeSystem<C> {
+    #[serde(default, deserialize_with = "objects")]
+    concept: Vec<C>,
+}
+
+/// A concept of the route-family CodeSystem.
+#[derive(Deserialize)]
+struct FamilyConcept {
+    code: Text,
+    #[serde(default, rename = "concept", deserialize_with = "present")]
+    nested: bool,
+}
+
+/// A concept of the ATC CodeSystem: a code of any level and its name.
+#[derive(Deserialize)]
+struct AtcConcept {
+    code: Text,
+    display: Text,
+    #[serde(default, rename = "concept", deserialize_with = "present")]
+    nested: bool,
+}
+
+impl FamilyConcept {
+    fn check(&self, file: &Path, i: usize) -> Result<(), MappingError> {
+        check_flat(file, i, self.nested)?;
+        if RouteFamily::from_code(&self.code.0).is_none() {
             return Err(error(
                 file,
                 format!(
-                    "{tpath}.equivalence is not an R4 ConceptMapEquivalence; use one of {}",
-                    EQUIVALENCE_CODES.join(", ")
+                    "CodeSystem.concept[{i}].code is not a family carebridge knows; the families \
+                     are {}",
+                    family_codes()
                 ),
             ));
         }
-        for key in ["dependsOn", "product"] {
-            if t.contains_key(key) {
-                return Err(error(
-                    file,
-                    format!(
-                        "{tpath}.{key} is not supported: carebridge would apply the target \
-                         unconditionally; remove {key}, and list each ingredient as a target of \
-                         its own"
-                    ),
-                ));
-            }
-        }
-        let comment = str_at(file, t, "comment", &tpath, "write the comment as text")?;
-        if matches!(equivalence, "narrower" | "inexact") && comment.is_none() {
-            return Err(error(
-                file,
-                format!(
-                    "{tpath}.comment is required for a {equivalence} map (R4 invariant cmd-1); \
-                     say what the target adds or leaves out"
-                ),
-            ));
-        }
-        let display = str_at(
-            file,
-            t,
-            "display",
-            &tpath,
-            "give the target's display text or leave it out",
-        )?;
-        let tcode = str_at(
-            file,
-            t,
-            "code",
-            &tpath,
-            "give the target code, or use equivalence unmatched without a code",
-        )?;
-        let tcode = match (equivalence, tcode) {
-            ("unmatched", None) => continue,
-            ("unmatched", Some(_)) => {
-                return Err(error(
-                    file,
-                    format!(
-                        "{tpath}.code is given with equivalence unmatched; remove the code, or \
-                         state the equivalence of this target"
-                    ),
-                ));
-            }
-            (_, None) => {
-                return Err(error(
-                    file,
-                    format!(
-                        "{tpath}.code is missing; give the target code, or use equivalence \
-                         unmatched for a product without this kind of target"
-                    ),
-                ));
-            }
-            (_, Some(c)) => c,
-        };
-        let key = (
-            source.to_owned(),
-            code.to_owned(),
-            target.to_owned(),
-            tcode.to_owned(),
-        );
-        if let Some((earlier, other)) = seen.pairs.get(&key)
-            && earlier != equivalence
-        {
-            return Err(error(
-                file,
-                format!(
-                    "{tpath}: {} maps the same source code to the same target code with another \
-                     equivalence; make the two maps agree",
-                    other.display()
-                ),
-            ));
-        }
-        seen.pairs
-            .entry(key)
-            .or_insert_with(|| (equivalence.to_owned(), file.to_path_buf()));
-        // `disjoint` says the source is not the target: nothing to record.
-        if equivalence == "disjoint" {
-            continue;
-        }
-        out.push(MapTarget {
-            path: tpath,
-            code: tcode,
-            display,
-        });
+        Ok(())
     }
-    Ok(out)
 }
 
-/// A CodeSystem in medications/ is either the route-family one (which may define no other codes
-/// than carebridge's families) or ATC (names of ATC codes; a fragment is enough).
-fn load_code_system(file: &Path, doc: &Value, inner: &mut Inner) -> Result<(), MappingError> {
-    let root = object_at(file, doc, "CodeSystem")?;
-    let url = root.get("url").and_then(Value::as_str);
-    if url != Some(ROUTE_FAMILY_SYSTEM) && url != Some(ATC_SYSTEM) {
+impl AtcConcept {
+    fn check(&self, file: &Path, i: usize) -> Result<(), MappingError> {
+        check_flat(file, i, self.nested)?;
+        if !is_atc_any_level(&self.code.0) {
+            return Err(error(
+                file,
+                format!(
+                    "CodeSystem.concept[{i}].code is not an ATC code (C, C03, C03C, C03CA or \
+                     C03CA01)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_flat(file: &Path, i: usize, nested: bool) -> Result<(), MappingError> {
+    if nested {
         return Err(error(
             file,
-            format!(
-                "CodeSystem.url: the CodeSystems in medications/ are {ROUTE_FAMILY_SYSTEM} and \
-                 {ATC_SYSTEM} (names of ATC codes); move other code systems out of the folder"
-            ),
+            format!("CodeSystem.concept[{i}].concept: list the codes flat; remove the nesting"),
         ));
     }
-    let atc = url == Some(ATC_SYSTEM);
-    for (i, concept) in array_at(file, root, "concept", "CodeSystem")?
-        .iter()
-        .enumerate()
-    {
-        let path = format!("CodeSystem.concept[{i}]");
-        let concept = object_at(file, concept, &path)?;
-        let code = required_str(file, concept, "code", &path, "give the concept's code")?;
-        if concept.contains_key("concept") {
-            return Err(error(
-                file,
-                format!("{path}.concept: list the codes flat; remove the nesting"),
-            ));
-        }
-        if !atc {
-            if RouteFamily::from_code(code).is_none() {
-                return Err(error(
-                    file,
-                    format!(
-                        "{path}.code is not a family carebridge knows; the families are {}",
-                        family_codes()
-                    ),
-                ));
-            }
-            continue;
-        }
-        if !is_atc_any_level(code) {
-            return Err(error(
-                file,
-                format!("{path}.code is not an ATC code (C, C03, C03C, C03CA or C03CA01)"),
-            ));
-        }
-        let display = required_str(
-            file,
-            concept,
-            "display",
-            &path,
-            "give the code's name (WHO's name, e.g. furosemide)",
-        )?;
-        // The CodeSystem's names win over the displays of map targets.
-        inner.names.insert(code.to_owned(), display.to_owned());
-    }
     Ok(())
+}
+
+/// The fixes of CodeSystem paths (see [`super::de::Fixes`]).
+fn code_system_fix(pattern: &str) -> Option<&'static str> {
+    Some(match pattern {
+        "url" => {
+            "medications/ holds the CodeSystems \
+             http://carebridge.example.org/fhir/CodeSystem/route-family and \
+             http://www.whocc.no/atc (names of ATC codes) only"
+        }
+        "concept" => "list the concepts as an array of objects",
+        "concept[]" => "write it as a JSON object",
+        "concept[].code" => "give the concept's code",
+        "concept[].display" => "give the code's name (WHO's name, e.g. furosemide)",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -984,8 +826,9 @@ mod tests {
 
     #[test]
     fn knowledge_is_shareable() {
-        fn check<T: Clone + Send + Sync + std::fmt::Debug>() {}
-        check::<MedKnowledge>();
+        // Compiles only if the type is Clone + Send + Sync + Debug.
+        struct Shareable<T: Clone + Send + Sync + std::fmt::Debug>(T);
+        let _ = Shareable(MedKnowledge::empty());
     }
 
     #[test]
@@ -1257,221 +1100,235 @@ mod tests {
         )
     }
 
-    #[test]
-    fn bad_files_give_errors_naming_the_file_the_path_and_the_fix() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("medications/broken.json");
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, "{\"resourceType\": ").expect("write");
-        let e = MedKnowledge::load(dir.path()).expect_err("broken JSON");
-        assert!(
-            e.file.ends_with("broken.json") && e.message.contains("not valid JSON"),
-            "{e}"
-        );
+    /// Loads `files`, which must fail; the error must name `file` and its message contain every
+    /// needle (the path, the reason, the fix).
+    fn expect_error(files: &[(&str, Value)], file: &str, needles: &[&str]) {
+        let e = load_err(files);
+        assert!(e.file.ends_with(file), "{file} not named by {e}");
+        for needle in needles {
+            assert!(e.message.contains(needle), "{needle:?} not in {e}");
+        }
+    }
 
-        let cases: Vec<(Value, &[&str])> = vec![
-            (
-                json!({"resourceType": "ValueSet", "status": "active"}),
-                &["resourceType", "ConceptMap"],
-            ),
-            (json!(["x"]), &["JSON object"]),
-            (
-                json!({"resourceType": "CodeSystem", "url": "http://example.org/cs", "status": "active", "content": "complete"}),
-                &["CodeSystem.url", "route-family"],
-            ),
-            (
-                json!({"resourceType": "CodeSystem", "url": ATC_SYSTEM, "concept": [{"code": "C03CA01X", "display": "x"}]}),
-                &["CodeSystem.concept[0].code", "ATC code"],
-            ),
-            (
-                json!({"resourceType": "CodeSystem", "url": ATC_SYSTEM, "concept": [{"code": "C03CA01"}]}),
-                &["CodeSystem.concept[0].display is missing"],
-            ),
-            (
-                json!({"resourceType": "CodeSystem", "url": ROUTE_FAMILY_SYSTEM, "concept": [{"code": "intravenous"}]}),
-                &["CodeSystem.concept[0].code", "systemic"],
-            ),
-            (
-                one_group(
-                    RX,
-                    ATC_SYSTEM,
-                    json!({"code": "1", "target": [ing("C03CA", "x", "wider")]}),
-                ),
-                &["target[0].code", "level-5", "class"],
-            ),
-            (
-                one_group(
-                    RX,
-                    "http://snomed.info/sct",
-                    json!({"code": "1", "target": [ing("1", "x", "wider")]}),
-                ),
-                &["group[0].target", "conceptmaps/"],
-            ),
-            (
-                one_group(
-                    RX,
-                    ROUTE_FAMILY_SYSTEM,
-                    json!({"code": "1", "target": fam("intravenous")}),
-                ),
-                &["target[0].code", "route family", "topical"],
-            ),
-            (
-                one_group(
-                    RX,
-                    ROUTE_FAMILY_SYSTEM,
-                    json!({"code": "1", "target": [{"code": "systemic", "equivalence": "wider"}, {"code": "topical", "equivalence": "wider"}]}),
-                ),
-                &["target[1]", "one family per code"],
-            ),
-            (
-                one_group(
-                    ATC_SYSTEM,
-                    ATC_SYSTEM,
-                    json!({"code": "R03AK", "target": [ing("R03AC12", "x", "relatedto")]}),
-                ),
-                &["element[0].code", "combination"],
-            ),
-            (
-                one_group(
-                    ATC_SYSTEM,
-                    ROUTE_FAMILY_SYSTEM,
-                    json!({"code": "R3", "target": fam("inhaled")}),
-                ),
-                &["element[0].code", "ATC class"],
-            ),
-            (
-                one_group(
-                    RX,
-                    ATC_SYSTEM,
-                    json!({"code": "1", "target": [ing("C03CA01", "x", "narrower")]}),
-                ),
-                &["target[0].comment", "cmd-1"],
-            ),
-            (
-                one_group(
-                    RX,
-                    ATC_SYSTEM,
-                    json!({"code": "1", "target": [{"code": "C03CA01", "equivalence": "unmatched"}]}),
-                ),
-                &["target[0].code", "unmatched"],
-            ),
-            (
-                one_group(
-                    RX,
-                    ATC_SYSTEM,
-                    json!({"code": "1", "target": [{"equivalence": "wider"}]}),
-                ),
-                &["target[0].code is missing"],
-            ),
-            (
-                one_group(
-                    RX,
-                    ATC_SYSTEM,
-                    json!({"code": "1", "target": [{"code": "C03CA01", "equivalence": "same"}]}),
-                ),
-                &["target[0].equivalence", "relatedto"],
-            ),
-            (
-                one_group(
-                    RX,
-                    ATC_SYSTEM,
-                    json!({"code": "1", "target": [{"code": "C03CA01", "equivalence": "wider", "dependsOn": []}]}),
-                ),
-                &["target[0].dependsOn"],
-            ),
-            (
-                one_group(RX, ATC_SYSTEM, json!({"target": []})),
-                &["element[0].code is missing"],
-            ),
-            (
-                cm(
-                    "http://carebridge.example.org/fhir/ConceptMap/x",
-                    json!([{"source": RX, "target": ATC_SYSTEM, "unmapped": {"mode": "provided"}}]),
-                ),
-                &["group[0].unmapped"],
-            ),
-            (
-                cm("not a url", json!([])),
-                &["ConceptMap.url", "absolute URI"],
-            ),
-            (
-                json!({"resourceType": "ConceptMap", "url": "http://example.org/x", "status": "final"}),
-                &["ConceptMap.status"],
-            ),
-        ];
-        for (doc, needles) in cases {
-            let e = load_err(&[("medications/bad.json", doc.clone())]);
-            assert!(e.file.ends_with("bad.json"), "{e}");
-            for needle in needles {
-                assert!(
-                    e.message.contains(needle),
-                    "{needle:?} not in {e} (for {doc})"
-                );
+    /// One bad `medications/bad.json`.
+    fn expect_bad(doc: Value, needles: &[&str]) {
+        expect_error(&[("medications/bad.json", doc)], "bad.json", needles);
+    }
+
+    /// One kind of bad file per test.
+    mod bad_files_give_errors_naming_the_file_the_path_and_the_fix {
+        use super::*;
+
+        #[test]
+        fn not_json_or_not_a_resource_of_the_folder() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("medications/broken.json");
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, "{\"resourceType\": ").expect("write");
+            let e = MedKnowledge::load(dir.path()).expect_err("broken JSON");
+            assert!(e.file.ends_with("broken.json"), "{e}");
+            for needle in ["not valid JSON", "line 1", "fix the syntax"] {
+                assert!(e.message.contains(needle), "{needle:?} not in {e}");
             }
+            let vs = json!({"resourceType": "ValueSet", "status": "active"});
+            expect_bad(
+                vs,
+                &[
+                    "resourceType",
+                    "ConceptMap",
+                    "move the file out of medications/",
+                ],
+            );
+            expect_bad(json!(["x"]), &["JSON object", "ConceptMap resource"]);
         }
 
-        // Two files that give one code two route families, or one pair two equivalences, or
-        // share a url.
-        let family = |url: &str, f: &str| {
-            cm(
-                url,
-                json!([{"source": RX, "target": ROUTE_FAMILY_SYSTEM, "element": [{"code": "1", "target": fam(f)}]}]),
-            )
-        };
-        let e = load_err(&[
-            (
-                "medications/a.json",
-                family(
-                    "http://carebridge.example.org/fhir/ConceptMap/a",
-                    "systemic",
+        #[test]
+        fn code_systems() {
+            let cs = |url: &str, concept: Value| json!({"resourceType": "CodeSystem", "url": url, "concept": concept});
+            let other = cs("http://example.org/cs", json!([]));
+            expect_bad(
+                other,
+                &["CodeSystem.url", "route-family", "move other code systems"],
+            );
+            let no_url = json!({"resourceType": "CodeSystem", "concept": []});
+            expect_bad(no_url, &["CodeSystem.url is missing", "route-family"]);
+            let not_atc = cs(ATC_SYSTEM, json!([{"code": "C03CA01X", "display": "x"}]));
+            expect_bad(
+                not_atc,
+                &["CodeSystem.concept[0].code", "ATC code", "C03CA01)"],
+            );
+            let unnamed = cs(ATC_SYSTEM, json!([{"code": "C03CA01"}]));
+            expect_bad(
+                unnamed,
+                &["CodeSystem.concept[0].display is missing", "WHO's name"],
+            );
+            let nested = cs(
+                ATC_SYSTEM,
+                json!([{"code": "C03CA", "display": "x", "concept": []}]),
+            );
+            expect_bad(
+                nested,
+                &["CodeSystem.concept[0].concept", "list the codes flat"],
+            );
+            let not_array = cs(ATC_SYSTEM, json!({}));
+            expect_bad(
+                not_array,
+                &["CodeSystem.concept must be an array", "array of objects"],
+            );
+            let unknown = cs(ROUTE_FAMILY_SYSTEM, json!([{"code": "intravenous"}]));
+            expect_bad(unknown, &["CodeSystem.concept[0].code", "systemic"]);
+        }
+
+        #[test]
+        fn concept_map_header_groups_and_elements() {
+            let url = "http://carebridge.example.org/fhir/ConceptMap/<id>";
+            expect_bad(
+                cm("not a url", json!([])),
+                &["ConceptMap.url", "absolute URI", url],
+            );
+            let status =
+                json!({"resourceType": "ConceptMap", "url": "http://e.org/x", "status": "final"});
+            expect_bad(status, &["ConceptMap.status", "\"active\""]);
+            let unmapped =
+                json!([{"source": RX, "target": ATC_SYSTEM, "unmapped": {"mode": "provided"}}]);
+            expect_bad(
+                cm("http://e.org/x", unmapped),
+                &["group[0].unmapped", "list the codes as elements"],
+            );
+            let sct = one_group(
+                RX,
+                SCT,
+                json!({"code": "1", "target": [ing("1", "x", "wider")]}),
+            );
+            expect_bad(sct, &["group[0].target", "conceptmaps/"]);
+            let no_source = cm("http://e.org/x", json!([{"target": ATC_SYSTEM}]));
+            expect_bad(
+                no_source,
+                &["ConceptMap.group[0].source is missing", "rxnorm"],
+            );
+            let no_code = one_group(RX, ATC_SYSTEM, json!({"target": []}));
+            expect_bad(
+                no_code,
+                &["element[0].code is missing", "give the source code"],
+            );
+            let level4 = json!({"code": "R03AK", "target": [ing("R03AC12", "x", "relatedto")]});
+            expect_bad(
+                one_group(ATC_SYSTEM, ATC_SYSTEM, level4),
+                &["element[0].code", "combination"],
+            );
+            let not_atc = json!({"code": "R3", "target": fam("inhaled")});
+            expect_bad(
+                one_group(ATC_SYSTEM, ROUTE_FAMILY_SYSTEM, not_atc),
+                &["element[0].code", "ATC class"],
+            );
+        }
+
+        #[test]
+        fn concept_map_targets() {
+            let bad = |target: Value, needles: &[&str]| {
+                expect_bad(
+                    one_group(RX, ATC_SYSTEM, json!({"code": "1", "target": [target]})),
+                    needles,
+                );
+            };
+            bad(
+                ing("C03CA", "x", "wider"),
+                &["target[0].code", "level-5", "class"],
+            );
+            bad(
+                ing("C03CA01", "x", "narrower"),
+                &["target[0].comment", "cmd-1", "say what"],
+            );
+            bad(
+                json!({"code": "C03CA01", "equivalence": "unmatched"}),
+                &["target[0].code", "unmatched", "remove the code"],
+            );
+            bad(
+                json!({"equivalence": "wider"}),
+                &["target[0].code is missing", "without this kind of target"],
+            );
+            bad(
+                json!({"code": "C03CA01", "equivalence": "same"}),
+                &["target[0].equivalence", "relatedto"],
+            );
+            bad(
+                json!({"code": "C03CA01", "equivalence": "wider", "dependsOn": []}),
+                &["target[0].dependsOn", "list each ingredient"],
+            );
+            let families = |targets: Value| {
+                one_group(
+                    RX,
+                    ROUTE_FAMILY_SYSTEM,
+                    json!({"code": "1", "target": targets}),
+                )
+            };
+            expect_bad(
+                families(fam("intravenous")),
+                &["target[0].code", "route family", "topical"],
+            );
+            let two = json!([{"code": "systemic", "equivalence": "wider"}, {"code": "topical", "equivalence": "wider"}]);
+            expect_bad(families(two), &["target[1]", "one family per code"]);
+        }
+
+        #[test]
+        fn two_files_that_disagree_or_share_a_url() {
+            let family = |url: &str, f: &str| {
+                cm(
+                    url,
+                    json!([{"source": RX, "target": ROUTE_FAMILY_SYSTEM, "element": [{"code": "1", "target": fam(f)}]}]),
+                )
+            };
+            let pair = |url: &str, eq: &str| {
+                cm(
+                    url,
+                    json!([{"source": RX, "target": ATC_SYSTEM, "element": [{"code": "1", "target": [ing("C03CA01", "x", eq)]}]}]),
+                )
+            };
+            let (a, b) = ("http://e.org/ConceptMap/a", "http://e.org/ConceptMap/b");
+            for (first, second, needles) in [
+                (
+                    family(a, "systemic"),
+                    family(b, "topical"),
+                    ["ConceptMap.group[0].element[0]: ", "another route family"],
                 ),
-            ),
-            (
-                "medications/b.json",
-                family("http://carebridge.example.org/fhir/ConceptMap/b", "topical"),
-            ),
-        ]);
-        assert!(
-            e.file.ends_with("b.json") && e.message.contains("a.json"),
-            "{e}"
-        );
-        let pair = |url: &str, eq: &str| {
-            cm(
-                url,
-                json!([{"source": RX, "target": ATC_SYSTEM, "element": [{"code": "1", "target": [ing("C03CA01", "x", eq)]}]}]),
-            )
-        };
-        let e = load_err(&[
-            (
-                "medications/a.json",
-                pair("http://carebridge.example.org/fhir/ConceptMap/a", "wider"),
-            ),
-            (
-                "medications/b.json",
-                pair(
-                    "http://carebridge.example.org/fhir/ConceptMap/b",
-                    "relatedto",
+                (
+                    pair(a, "wider"),
+                    pair(b, "relatedto"),
+                    [
+                        "ConceptMap.group[0].element[0].target[0]: ",
+                        "make the two maps agree",
+                    ],
                 ),
-            ),
-        ]);
-        assert!(
-            e.file.ends_with("b.json") && e.message.contains("a.json"),
-            "{e}"
-        );
-        let e = load_err(&[
-            (
-                "medications/a.json",
-                pair("http://carebridge.example.org/fhir/ConceptMap/a", "wider"),
-            ),
-            (
-                "medications/b.json",
-                pair("http://carebridge.example.org/fhir/ConceptMap/a", "wider"),
-            ),
-        ]);
-        assert!(
-            e.message.contains("ConceptMap.url") && e.message.contains("a.json"),
-            "{e}"
-        );
+                (
+                    pair(a, "wider"),
+                    pair(a, "wider"),
+                    ["ConceptMap.url is also the url of", "its own url"],
+                ),
+            ] {
+                let files = [
+                    ("medications/a.json", first),
+                    ("medications/b.json", second),
+                ];
+                expect_error(&files, "b.json", &[needles[0], needles[1], "a.json"]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_projects_knowledge_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fhir-profiles");
+        let k = MedKnowledge::load(&dir).expect("fhir-profiles/medications loads");
+        let got = k.ingredients(&cc(&[(RX, "1049221")]));
+        assert_eq!(atcs(&got), ["N02AA05", "N02BE01"]);
+        assert_eq!(got[1].name, "paracetamol");
+    }
+
+    #[test]
+    fn the_target_fix_names_both_systems() {
+        for system in [ATC_SYSTEM, ROUTE_FAMILY_SYSTEM] {
+            assert!(MEDICATION_MAPS.target_fix.contains(system), "{system}");
+            assert!(code_system_fix("url").is_some_and(|f| f.contains(system)));
+        }
     }
 
     #[test]
