@@ -9,6 +9,8 @@
 pub mod alerts;
 pub mod outbox;
 pub mod sql;
+#[cfg(test)]
+mod tests;
 
 use async_trait::async_trait;
 
