@@ -7,6 +7,7 @@
 //! is kept in both dialects under `migrations/`.
 
 pub mod alerts;
+mod busy;
 pub mod outbox;
 pub mod sql;
 #[cfg(test)]

@@ -103,17 +103,10 @@ impl SqlStore {
     }
 }
 
+/// A sqlx error as a [`StoreError`]: lock contention and an exhausted pool are
+/// [`StoreError::Busy`] (see [`super::busy`] for the codes), everything else passes through.
 pub(super) fn map_err(e: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = &e {
-        let msg = db.message();
-        if msg.contains("database is locked")
-            || msg.contains("could not serialize")
-            || msg.contains("deadlock")
-        {
-            return StoreError::Busy;
-        }
-    }
-    if matches!(e, sqlx::Error::PoolTimedOut) {
+    if super::busy::is_busy(&e) {
         return StoreError::Busy;
     }
     StoreError::Database(e)
