@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 
 use super::{
-    ALERT_CODE_SYSTEM, Context, Finding, Item, Snapshot, active_condition, active_plan,
+    ALERT_CODE_SYSTEM, Context, Finding, Item, Severity, Snapshot, active_condition, active_plan,
     coding_keys, concept_label, condition_keys, ended_condition, item_label, matches_code_list,
     sorted,
 };
@@ -62,7 +62,7 @@ pub fn status_conflict(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
                     "condition-status-conflict",
                     "Condition status conflict",
                 ),
-                severity: "moderate",
+                severity: Severity::Moderate,
                 fingerprint: format!("condition-status-conflict|{}", key_label(&keys)),
                 implicated: sorted(items.iter().map(|i| i.gid.clone()).collect()),
                 detail: format!(
@@ -178,7 +178,7 @@ fn unaddressed_finding(items: &[&Item], keys: &Keys) -> Finding {
             "unaddressed-condition",
             "Unaddressed condition",
         ),
-        severity: "moderate",
+        severity: Severity::Moderate,
         fingerprint: format!("unaddressed-condition|{}", key_label(keys)),
         implicated: sorted(items.iter().map(|i| i.gid.clone()).collect()),
         detail: format!(

@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 
 use super::{
-    ALERT_CODE_SYSTEM, Context, Finding, Item, Snapshot, active_plan, coding_keys, sorted,
+    ALERT_CODE_SYSTEM, Context, Finding, Item, Severity, Snapshot, active_plan, coding_keys, sorted,
 };
 
 type Keys = BTreeSet<String>;
@@ -187,7 +187,7 @@ fn activity_finding(x: &PlanFacts<'_>, y: &PlanFacts<'_>, stopped: &Value, key: 
         .or_else(|| stopped.get("productCodeableConcept"));
     Finding {
         code: CONFLICTING_PLANS,
-        severity: "high",
+        severity: Severity::High,
         fingerprint: format!("conflicting-plans|{key}|{}", pair.join("+")),
         implicated: pair,
         detail: format!(
@@ -241,7 +241,7 @@ fn goal_finding(
     let (goal_a, goal_b) = (&ga.goal.gid, &gb.goal.gid);
     Finding {
         code: CONFLICTING_PLANS,
-        severity: "moderate",
+        severity: Severity::Moderate,
         fingerprint: format!(
             "conflicting-plans|goal|{key}|{}",
             sorted(vec![goal_a.clone(), goal_b.clone()]).join("+")
