@@ -1,7 +1,8 @@
 //! unanswered-communication: a message that asks for a reply and has none in time.
 
 use super::{
-    ALERT_CODE_SYSTEM, Context, Finding, Snapshot, coding_keys, item_label, matches_code_list,
+    ALERT_CODE_SYSTEM, Context, Finding, Severity, Snapshot, coding_keys, item_label,
+    matches_code_list,
 };
 
 /// A Communication whose `category` is a configured reply-requested code, not
@@ -55,7 +56,7 @@ pub fn unanswered(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
                         "unanswered-communication",
                         "Unanswered communication",
                     ),
-                    severity: "low",
+                    severity: Severity::Low,
                     fingerprint: format!("unanswered-communication|{}", c.gid),
                     implicated: vec![c.gid.clone()],
                     detail: format!(

@@ -1,10 +1,11 @@
 //! Condition findings: one condition active in one sector and ended in another, and chronic
 //! conditions that no active care plan addresses.
 
+use serde_json::Value;
 use std::collections::BTreeSet;
 
 use super::{
-    ALERT_CODE_SYSTEM, Context, Finding, Item, Snapshot, active_condition, active_plan,
+    ALERT_CODE_SYSTEM, Context, Finding, Item, Severity, Snapshot, active_condition, active_plan,
     coding_keys, concept_label, condition_keys, ended_condition, item_label, matches_code_list,
     sorted,
 };
@@ -61,7 +62,7 @@ pub fn status_conflict(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
                     "condition-status-conflict",
                     "Condition status conflict",
                 ),
-                severity: "moderate",
+                severity: Severity::Moderate,
                 fingerprint: format!("condition-status-conflict|{}", key_label(&keys)),
                 implicated: sorted(items.iter().map(|i| i.gid.clone()).collect()),
                 detail: format!(
@@ -103,78 +104,91 @@ pub fn unaddressed(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
     if conditions.is_empty() {
         return Vec::new();
     }
-    // What the active plans address: gateway ids and codes.
-    let mut addressed_gids = BTreeSet::new();
-    let mut addressed_codes: Keys = BTreeSet::new();
-    for plan in s.items.iter().filter(|i| active_plan(i)) {
-        let mut refs: Vec<&str> = Vec::new();
-        if let Some(a) = plan.body.get("addresses").and_then(|a| a.as_array()) {
-            refs.extend(a.iter().filter_map(|r| r.get("reference")?.as_str()));
-        }
-        for act in plan
-            .body
-            .get("activity")
-            .and_then(|a| a.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let detail = act.get("detail");
-            if let Some(rr) = detail
-                .and_then(|d| d.get("reasonReference"))
-                .and_then(|a| a.as_array())
-            {
-                refs.extend(rr.iter().filter_map(|r| r.get("reference")?.as_str()));
+    let addressed = Addressed::by_active_plans(s, cx);
+    clusters(conditions)
+        .into_iter()
+        .filter(|(items, keys)| !addressed.covers(items, keys))
+        .map(|(items, keys)| unaddressed_finding(&items, &keys))
+        .collect()
+}
+
+/// What the active plans address: conditions (gateway ids) and condition codes.
+#[derive(Default)]
+struct Addressed {
+    gids: BTreeSet<String>,
+    codes: Keys,
+}
+
+impl Addressed {
+    fn by_active_plans(s: &Snapshot, cx: &Context<'_>) -> Addressed {
+        let mut a = Addressed::default();
+        for plan in s.items.iter().filter(|i| active_plan(i)) {
+            for r in plan_reason_references(plan) {
+                a.gids.extend(s.target(&plan.sector, r));
             }
-            for rc in detail
-                .and_then(|d| d.get("reasonCode"))
-                .and_then(|a| a.as_array())
-                .into_iter()
-                .flatten()
-            {
-                for (sys, code) in coding_keys(Some(rc)) {
-                    for e in cx.mapping.equivalents(&sys, &code) {
-                        addressed_codes.insert(e);
-                    }
-                    addressed_codes.insert((sys, code));
+            for concept in activity_details(plan).flat_map(|d| array(d.get("reasonCode"))) {
+                for (sys, code) in coding_keys(Some(concept)) {
+                    a.codes.extend(cx.mapping.equivalents(&sys, &code));
+                    a.codes.insert((sys, code));
                 }
             }
         }
-        for r in refs {
-            if let Some(gid) = s.target(&plan.sector, r) {
-                addressed_gids.insert(gid);
+        // A condition addressed in one sector is addressed for the same condition everywhere.
+        for gid in &a.gids {
+            if let Some(c) = s.by_gid(gid) {
+                a.codes.extend(condition_keys(c, cx.mapping));
             }
         }
+        a
     }
-    // A condition addressed in one sector is addressed for the same condition everywhere.
-    for gid in addressed_gids.clone() {
-        if let Some(c) = s.by_gid(&gid) {
-            addressed_codes.extend(condition_keys(c, cx.mapping));
-        }
+
+    /// True when one of the cluster's conditions is addressed, or one of its codes.
+    fn covers(&self, items: &[&Item], keys: &Keys) -> bool {
+        items.iter().any(|i| self.gids.contains(&i.gid)) || !keys.is_disjoint(&self.codes)
     }
-    clusters(conditions)
-        .into_iter()
-        .filter(|(items, keys)| {
-            !items.iter().any(|i| addressed_gids.contains(&i.gid))
-                && keys.is_disjoint(&addressed_codes)
-        })
-        .map(|(items, keys)| Finding {
-            code: (
-                ALERT_CODE_SYSTEM,
-                "unaddressed-condition",
-                "Unaddressed condition",
-            ),
-            severity: "moderate",
-            fingerprint: format!("unaddressed-condition|{}", key_label(&keys)),
-            implicated: sorted(items.iter().map(|i| i.gid.clone()).collect()),
-            detail: format!(
-                "{} (recorded by {}) is a chronic condition that no active care plan addresses.",
-                concept_label(items[0].body.get("code")),
-                items
-                    .iter()
-                    .map(|i| item_label(i))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        })
-        .collect()
+}
+
+/// The elements of a JSON array (none when absent or not an array).
+fn array(v: Option<&Value>) -> impl Iterator<Item = &Value> {
+    v.and_then(Value::as_array).into_iter().flatten()
+}
+
+/// `CarePlan.activity.detail` of each activity that has one.
+fn activity_details(plan: &Item) -> impl Iterator<Item = &Value> {
+    array(plan.body.get("activity")).filter_map(|a| a.get("detail"))
+}
+
+/// The references a plan addresses: `addresses`, then each activity's `reasonReference`.
+fn plan_reason_references(plan: &Item) -> Vec<&str> {
+    let mut refs: Vec<&str> = array(plan.body.get("addresses"))
+        .filter_map(|r| r.get("reference")?.as_str())
+        .collect();
+    for detail in activity_details(plan) {
+        refs.extend(
+            array(detail.get("reasonReference")).filter_map(|r| r.get("reference")?.as_str()),
+        );
+    }
+    refs
+}
+
+fn unaddressed_finding(items: &[&Item], keys: &Keys) -> Finding {
+    Finding {
+        code: (
+            ALERT_CODE_SYSTEM,
+            "unaddressed-condition",
+            "Unaddressed condition",
+        ),
+        severity: Severity::Moderate,
+        fingerprint: format!("unaddressed-condition|{}", key_label(keys)),
+        implicated: sorted(items.iter().map(|i| i.gid.clone()).collect()),
+        detail: format!(
+            "{} (recorded by {}) is a chronic condition that no active care plan addresses.",
+            concept_label(items[0].body.get("code")),
+            items
+                .iter()
+                .map(|i| item_label(i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }

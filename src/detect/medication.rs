@@ -5,8 +5,8 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    ACT_CODE_SYSTEM, ALERT_CODE_SYSTEM, Context, Finding, Item, Snapshot, active_medication,
-    item_label, sorted,
+    ACT_CODE_SYSTEM, ALERT_CODE_SYSTEM, Context, Finding, Item, Severity, Snapshot,
+    active_medication, item_label, sorted,
 };
 use crate::terminology::medication::{Ingredient, MedKnowledge, RouteFamily, concept_of};
 
@@ -115,7 +115,7 @@ pub fn duplicate_ingredient(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
         .filter(|(_, items)| items.len() >= 2 && any_independent_pair(items))
         .map(|((ing, family), items)| Finding {
             code: (ACT_CODE_SYSTEM, "DUPTHPGEN", "duplicate generic alert"),
-            severity: "high",
+            severity: Severity::High,
             fingerprint: format!("DUPTHPGEN|{}|{}", ing.atc, family_label(family)),
             implicated: sorted(items.iter().map(|i| i.gid.clone()).collect()),
             detail: format!(
@@ -162,7 +162,7 @@ pub fn duplicate_class(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
                     "DUPTHPCLS",
                     "duplicate therapeutic class alert",
                 ),
-                severity: "moderate",
+                severity: Severity::Moderate,
                 fingerprint: format!("DUPTHPCLS|{class}|{}", family_label(family)),
                 implicated: sorted(items.iter().map(|i| i.gid.clone()).collect()),
                 detail: format!(
@@ -212,7 +212,7 @@ pub fn polypharmacy(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
     let sectors: BTreeSet<&str> = meds.iter().map(|m| m.item.sector.as_str()).collect();
     vec![Finding {
         code: (ALERT_CODE_SYSTEM, "polypharmacy", "Polypharmacy"),
-        severity: "moderate",
+        severity: Severity::Moderate,
         fingerprint: "polypharmacy".into(),
         implicated: sorted(meds.iter().map(|m| m.item.gid.clone()).collect()),
         detail: format!(

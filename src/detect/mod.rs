@@ -96,13 +96,40 @@ pub struct Context<'a> {
     pub rules: &'a Rules,
 }
 
+/// How bad a finding is: FHIR `DetectedIssue.severity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Severity {
+    High,
+    Moderate,
+    Low,
+}
+
+impl Severity {
+    /// Every severity, gravest first.
+    pub const ALL: [Severity; 3] = [Severity::High, Severity::Moderate, Severity::Low];
+
+    /// The code as `DetectedIssue.severity` renders it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Severity::High => "high",
+            Severity::Moderate => "moderate",
+            Severity::Low => "low",
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
 /// One finding: what, how bad, about which resources, and its identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     /// (system, code, display).
     pub code: (&'static str, &'static str, &'static str),
-    /// high, moderate or low.
-    pub severity: &'static str,
+    pub severity: Severity,
     /// Identifies the finding across re-evaluations: the same finding is never raised twice.
     pub fingerprint: String,
     /// Gateway ids of the implicated resources, sorted.
@@ -427,6 +454,13 @@ mod tests {
             detect(&snapshot(a), &cx(&k, &m, &r)),
             detect(&snapshot(b), &cx(&k, &m, &r))
         );
+    }
+
+    #[test]
+    fn severities_render_as_detected_issue_codes() {
+        let codes: Vec<&str> = Severity::ALL.iter().map(|s| s.code()).collect();
+        assert_eq!(codes, ["high", "moderate", "low"]);
+        assert_eq!(Severity::Moderate.to_string(), "moderate");
     }
 
     #[test]

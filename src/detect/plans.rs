@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 
 use super::{
-    ALERT_CODE_SYSTEM, Context, Finding, Item, Snapshot, active_plan, coding_keys, sorted,
+    ALERT_CODE_SYSTEM, Context, Finding, Item, Severity, Snapshot, active_plan, coding_keys, sorted,
 };
 
 type Keys = BTreeSet<String>;
@@ -136,7 +136,8 @@ fn disjoint(a: &Target, b: &Target) -> bool {
 /// - their goals (`CarePlan.goal`) set targets on the same measure that cannot both be met
 ///   (non-overlapping ranges in the same unit).
 ///
-/// One finding per pair of plans and activity (or measure).
+/// One finding per pair of plans and activity (or measure). For each pair of plans (in snapshot
+/// order), what the first stops that the second keeps, then the reverse, then their goals.
 pub fn conflicting_plans(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
     // What each plan stops, keeps and aims at, worked out once per plan (not once per pair).
     let plans: Vec<PlanFacts<'_>> = s
@@ -147,76 +148,125 @@ pub fn conflicting_plans(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
         .collect();
     let mut out = Vec::new();
     for (n, a) in plans.iter().enumerate() {
-        for b in &plans[n + 1..] {
-            if a.plan.sector == b.plan.sector {
-                continue;
-            }
-            let pair = || sorted(vec![a.plan.gid.clone(), b.plan.gid.clone()]);
-            for (x, y) in [(a, b), (b, a)] {
-                for (stopped, sk) in &x.stopped {
-                    for kept in &y.kept {
-                        if let Some(key) = sk.intersection(kept).next() {
-                            let label = stopped
-                                .get("code")
-                                .or_else(|| stopped.get("productCodeableConcept"));
-                            out.push(Finding {
-                                code: (ALERT_CODE_SYSTEM, "conflicting-plans", "Conflicting care plans"),
-                                severity: "high",
-                                fingerprint: format!("conflicting-plans|{key}|{}", pair().join("+")),
-                                implicated: pair(),
-                                detail: format!(
-                                    "The {} care plan stops or forbids {} while the {} care plan keeps it going.",
-                                    x.plan.sector,
-                                    super::concept_label(label),
-                                    y.plan.sector
-                                ),
-                            });
-                        }
-                    }
-                }
-            }
-            // Goals.
-            for (ga, tas) in &a.goals {
-                for (gb, tbs) in &b.goals {
-                    for ta in tas {
-                        for tb in tbs {
-                            if disjoint(ta, tb) {
-                                let key = ta
-                                    .measure
-                                    .intersection(&tb.measure)
-                                    .next()
-                                    .cloned()
-                                    .unwrap_or_default();
-                                out.push(Finding {
-                                    code: (ALERT_CODE_SYSTEM, "conflicting-plans", "Conflicting care plans"),
-                                    severity: "moderate",
-                                    fingerprint: format!(
-                                        "conflicting-plans|goal|{key}|{}",
-                                        sorted(vec![ga.gid.clone(), gb.gid.clone()]).join("+")
-                                    ),
-                                    implicated: sorted(vec![
-                                        a.plan.gid.clone(),
-                                        b.plan.gid.clone(),
-                                        ga.gid.clone(),
-                                        gb.gid.clone(),
-                                    ]),
-                                    detail: format!(
-                                        "The {} and {} care plans set goals on {} that cannot both be met ({} vs {}).",
-                                        a.plan.sector,
-                                        b.plan.sector,
-                                        key,
-                                        range_label(ta),
-                                        range_label(tb)
-                                    ),
-                                });
-                            }
-                        }
-                    }
-                }
+        for b in plans[n + 1..]
+            .iter()
+            .filter(|b| b.plan.sector != a.plan.sector)
+        {
+            out.extend(activity_conflicts(a, b));
+            out.extend(activity_conflicts(b, a));
+            out.extend(goal_conflicts(a, b));
+        }
+    }
+    out
+}
+
+const CONFLICTING_PLANS: (&str, &str, &str) = (
+    ALERT_CODE_SYSTEM,
+    "conflicting-plans",
+    "Conflicting care plans",
+);
+
+/// What plan `x` stops, cancels or forbids while plan `y` keeps it going: one finding per
+/// stopped activity and kept activity sharing a key (the first shared key names it).
+fn activity_conflicts(x: &PlanFacts<'_>, y: &PlanFacts<'_>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (stopped, stopped_keys) in &x.stopped {
+        for kept in &y.kept {
+            if let Some(key) = stopped_keys.intersection(kept).next() {
+                out.push(activity_finding(x, y, stopped, key));
             }
         }
     }
     out
+}
+
+fn activity_finding(x: &PlanFacts<'_>, y: &PlanFacts<'_>, stopped: &Value, key: &str) -> Finding {
+    let pair = sorted(vec![x.plan.gid.clone(), y.plan.gid.clone()]);
+    let label = stopped
+        .get("code")
+        .or_else(|| stopped.get("productCodeableConcept"));
+    Finding {
+        code: CONFLICTING_PLANS,
+        severity: Severity::High,
+        fingerprint: format!("conflicting-plans|{key}|{}", pair.join("+")),
+        implicated: pair,
+        detail: format!(
+            "The {} care plan stops or forbids {} while the {} care plan keeps it going.",
+            x.plan.sector,
+            super::concept_label(label),
+            y.plan.sector
+        ),
+    }
+}
+
+/// Goals of plans `a` and `b` whose targets cannot both be met: one finding per pair of goals
+/// and pair of disjoint targets.
+fn goal_conflicts(a: &PlanFacts<'_>, b: &PlanFacts<'_>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for ga in &a.goals {
+        for gb in &b.goals {
+            out.extend(target_conflicts(a, b, ga, gb));
+        }
+    }
+    out
+}
+
+fn target_conflicts(
+    a: &PlanFacts<'_>,
+    b: &PlanFacts<'_>,
+    ga: &PlanGoal<'_>,
+    gb: &PlanGoal<'_>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for ta in &ga.targets {
+        for tb in gb.targets.iter().filter(|tb| disjoint(ta, tb)) {
+            out.push(goal_finding(a, b, (ga, ta), (gb, tb)));
+        }
+    }
+    out
+}
+
+fn goal_finding(
+    a: &PlanFacts<'_>,
+    b: &PlanFacts<'_>,
+    (ga, ta): (&PlanGoal<'_>, &Target),
+    (gb, tb): (&PlanGoal<'_>, &Target),
+) -> Finding {
+    let key = ta
+        .measure
+        .intersection(&tb.measure)
+        .next()
+        .cloned()
+        .unwrap_or_default();
+    let (goal_a, goal_b) = (&ga.goal.gid, &gb.goal.gid);
+    Finding {
+        code: CONFLICTING_PLANS,
+        severity: Severity::Moderate,
+        fingerprint: format!(
+            "conflicting-plans|goal|{key}|{}",
+            sorted(vec![goal_a.clone(), goal_b.clone()]).join("+")
+        ),
+        implicated: sorted(vec![
+            a.plan.gid.clone(),
+            b.plan.gid.clone(),
+            goal_a.clone(),
+            goal_b.clone(),
+        ]),
+        detail: format!(
+            "The {} and {} care plans set goals on {} that cannot both be met ({} vs {}).",
+            a.plan.sector,
+            b.plan.sector,
+            key,
+            range_label(ta),
+            range_label(tb)
+        ),
+    }
+}
+
+/// A goal of a plan (`CarePlan.goal`, resolved in the snapshot) with its targets.
+struct PlanGoal<'a> {
+    goal: &'a Item,
+    targets: Vec<Target>,
 }
 
 /// One active plan as the pairwise comparison needs it.
@@ -226,8 +276,8 @@ struct PlanFacts<'a> {
     stopped: Vec<(&'a Value, Keys)>,
     /// The keys of each activity it keeps going.
     kept: Vec<Keys>,
-    /// Its goals (`CarePlan.goal`, resolved in the snapshot) with their targets.
-    goals: Vec<(&'a Item, Vec<Target>)>,
+    /// Its goals, in the order the plan lists them.
+    goals: Vec<PlanGoal<'a>>,
 }
 
 impl<'a> PlanFacts<'a> {
@@ -241,7 +291,10 @@ impl<'a> PlanFacts<'a> {
             .filter_map(|r| r.get("reference")?.as_str())
             .filter_map(|r| s.target(&plan.sector, r))
             .filter_map(|gid| s.by_gid(&gid))
-            .map(|g| (g, targets(g, cx)))
+            .map(|goal| PlanGoal {
+                goal,
+                targets: targets(goal, cx),
+            })
             .collect();
         PlanFacts {
             plan,

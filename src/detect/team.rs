@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::{
-    ALERT_CODE_SYSTEM, Context, Finding, Snapshot, active_plan, active_team, coding_keys,
+    ALERT_CODE_SYSTEM, Context, Finding, Severity, Snapshot, active_plan, active_team, coding_keys,
     matches_code_list, sorted,
 };
 
@@ -47,7 +47,7 @@ pub fn no_coordinator(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
             "no-care-coordinator",
             "No care coordinator",
         ),
-        severity: "moderate",
+        severity: Severity::Moderate,
         fingerprint: "no-care-coordinator".into(),
         implicated: sorted(plans.iter().map(|p| p.gid.clone()).collect()),
         detail: format!(

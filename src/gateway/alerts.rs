@@ -154,7 +154,7 @@ pub fn render(row: &AlertRow, f: &Finding, s: &Snapshot, mitigation: Option<&Val
         "identifier": [{ "system": FINGERPRINT_SYSTEM, "value": row.fingerprint }],
         "status": row.status,
         "code": { "coding": [{ "system": f.code.0, "code": f.code.1, "display": f.code.2 }], "text": f.code.2 },
-        "severity": f.severity,
+        "severity": f.severity.code(),
         "patient": { "reference": format!("Patient/{}", row.patient_id) },
         "identifiedDateTime": instant(row.created_us),
         "implicated": implicated,

@@ -1,13 +1,12 @@
 //! The alerts table: one row per finding per patient, with its DetectedIssue.
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use super::Result;
 use super::sql::{SqlTx, map_err};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One row of `alerts`, read by column name ([`COLUMNS`]).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AlertRow {
     pub id: String,
     pub patient_id: String,
@@ -16,6 +15,8 @@ pub struct AlertRow {
     pub code: String,
     /// The DetectedIssue status: preliminary, amended, final or cancelled.
     pub status: String,
+    /// Column `is_open`: an integer, 1 or 0, on both dialects (see [`IsOpen`]).
+    #[sqlx(flatten, try_from = "IsOpen")]
     pub open: bool,
     /// A hash of the evidence (implicated versions and detail).
     pub evidence: String,
@@ -61,27 +62,17 @@ pub trait AlertTx: Send {
 const COLUMNS: &str = "id, patient_id, fingerprint, code, status, is_open, evidence, version, \
      created_us, updated_us, body";
 
-fn row(r: &AnyRow) -> std::result::Result<AlertRow, sqlx::Error> {
-    Ok(AlertRow {
-        id: r.try_get(0)?,
-        patient_id: r.try_get(1)?,
-        fingerprint: r.try_get(2)?,
-        code: r.try_get(3)?,
-        status: r.try_get(4)?,
-        open: r.try_get::<i64, _>(5)? != 0,
-        evidence: r.try_get(6)?,
-        version: r.try_get(7)?,
-        created_us: r.try_get(8)?,
-        updated_us: r.try_get(9)?,
-        body: r.try_get(10)?,
-    })
+/// `alerts.is_open` as stored: an integer (the `Any` driver has no boolean common to SQLite
+/// and PostgreSQL); anything but 0 is open.
+#[derive(sqlx::FromRow)]
+struct IsOpen {
+    is_open: i64,
 }
 
-fn rows(rs: &[AnyRow]) -> Result<Vec<AlertRow>> {
-    Ok(rs
-        .iter()
-        .map(row)
-        .collect::<std::result::Result<Vec<_>, _>>()?)
+impl From<IsOpen> for bool {
+    fn from(c: IsOpen) -> bool {
+        c.is_open != 0
+    }
 }
 
 #[async_trait]
@@ -94,24 +85,20 @@ impl AlertTx for SqlTx {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM alerts WHERE patient_id = $1 ORDER BY created_us, id"
         ));
-        let rs = sqlx::query(sql)
+        sqlx::query_as::<_, AlertRow>(sql)
             .bind(patient_id)
             .fetch_all(&mut *self.tx)
             .await
-            .map_err(map_err)?;
-        rows(&rs)
+            .map_err(map_err)
     }
 
     async fn alert_get(&mut self, id: &str) -> Result<Option<AlertRow>> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM alerts WHERE id = $1"));
-        Ok(sqlx::query(sql)
+        sqlx::query_as::<_, AlertRow>(sql)
             .bind(id)
             .fetch_optional(&mut *self.tx)
             .await
-            .map_err(map_err)?
-            .as_ref()
-            .map(row)
-            .transpose()?)
+            .map_err(map_err)
     }
 
     async fn alert_put(&mut self, a: &AlertRow) -> Result<()> {
@@ -145,7 +132,7 @@ impl AlertTx for SqlTx {
              AND ($2 = '' OR status = $2) AND ($3 = '' OR code = $3) \
              ORDER BY updated_us DESC, id LIMIT $4 OFFSET $5"
         ));
-        let rs = sqlx::query(sql)
+        sqlx::query_as::<_, AlertRow>(sql)
             .bind(q.patient_id.as_deref().unwrap_or(""))
             .bind(q.status.as_deref().unwrap_or(""))
             .bind(q.code.as_deref().unwrap_or(""))
@@ -153,7 +140,6 @@ impl AlertTx for SqlTx {
             .bind(q.offset)
             .fetch_all(&mut *self.tx)
             .await
-            .map_err(map_err)?;
-        rows(&rs)
+            .map_err(map_err)
     }
 }

@@ -7,8 +7,11 @@
 //! is kept in both dialects under `migrations/`.
 
 pub mod alerts;
+mod busy;
 pub mod outbox;
 pub mod sql;
+#[cfg(test)]
+mod tests;
 
 use async_trait::async_trait;
 
@@ -86,8 +89,9 @@ pub struct PutOutcome {
     pub patient_id: Option<String>,
 }
 
-/// One stored version of a sector resource.
-#[derive(Debug, Clone)]
+/// One stored version of a sector resource (the columns of `resources` joined with the body
+/// from `resource_versions`, selected by these names).
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Stored {
     pub gid: String,
     pub sector: String,

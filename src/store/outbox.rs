@@ -5,8 +5,7 @@
 //! writer at a time.
 
 use async_trait::async_trait;
-use sqlx::any::AnyRow;
-use sqlx::{FromRow, Row};
+use sqlx::FromRow;
 
 use super::Result;
 use super::sql::{Dialect, SqlTx, map_err};
@@ -68,8 +67,9 @@ pub struct OutboxEntry {
     pub target_version: Option<String>,
 }
 
-/// What a target sector holds of a delivered resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a target sector holds of a delivered resource (a row of `delivered`, read by the
+/// column names of [`DELIVERED_COLUMNS`]).
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct Delivered {
     pub target: String,
     pub gid: String,
@@ -206,26 +206,50 @@ pub trait ExchangeTx: Send {
 const OUTBOX_COLUMNS: &str = "id, target, source, gid, version, rtype, patient_id, route, state, \
      attempts, created_us, next_us, updated_us, last_status, last_error, target_id, target_version";
 
-fn entries(rows: &[AnyRow]) -> Result<Vec<OutboxEntry>> {
-    Ok(rows
-        .iter()
-        .map(OutboxEntry::from_row)
-        .collect::<std::result::Result<Vec<_>, _>>()?)
-}
-
-fn delivered(r: &AnyRow) -> std::result::Result<Delivered, sqlx::Error> {
-    Ok(Delivered {
-        target: r.try_get(0)?,
-        gid: r.try_get(1)?,
-        rtype: r.try_get(2)?,
-        target_id: r.try_get(3)?,
-        target_version: r.try_get(4)?,
-        version: r.try_get(5)?,
-        hash: r.try_get(6)?,
-    })
-}
-
 const DELIVERED_COLUMNS: &str = "target, gid, rtype, target_id, target_version, version, hash";
+
+/// A `poll_cursors` row as stored: `seen` is a JSON array in a text column.
+#[derive(FromRow)]
+struct CursorRecord {
+    since: String,
+    seen: String,
+}
+
+impl From<CursorRecord> for PollCursor {
+    fn from(r: CursorRecord) -> PollCursor {
+        PollCursor {
+            since: r.since,
+            // Written by `cursor_put` from a Vec<String>; an unreadable value only means the
+            // versions at the boundary instant are read (and recognised as unchanged) again.
+            seen: serde_json::from_str(&r.seen).unwrap_or_default(),
+        }
+    }
+}
+
+/// One current resource of a patient: (gid, sector, type, version).
+#[derive(FromRow)]
+struct PatientResource {
+    gid: String,
+    sector: String,
+    rtype: String,
+    version: i64,
+}
+
+/// A resource holding a business identifier: (sector, gid, rid).
+#[derive(FromRow)]
+struct IdentifierOwner {
+    sector: String,
+    gid: String,
+    rid: String,
+}
+
+/// Outbox entries per target and state.
+#[derive(FromRow)]
+struct StateCount {
+    target: String,
+    state: String,
+    entries: i64,
+}
 
 /// Error texts are kept short in the outbox (they may quote a server's answer).
 fn clip(s: &str) -> String {
@@ -235,36 +259,29 @@ fn clip(s: &str) -> String {
 #[async_trait]
 impl ExchangeTx for SqlTx {
     async fn care_sectors(&mut self, patient_id: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query(
+        sqlx::query_scalar(
             "SELECT DISTINCT sector FROM resources WHERE patient_id = $1 ORDER BY sector",
         )
         .bind(patient_id)
         .fetch_all(&mut *self.tx)
         .await
-        .map_err(map_err)?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<std::result::Result<_, _>>()?)
+        .map_err(map_err)
     }
 
     async fn sector_resource_count(&mut self, patient_id: &str, sector: &str) -> Result<i64> {
-        Ok(
-            sqlx::query("SELECT COUNT(*) FROM resources WHERE patient_id = $1 AND sector = $2")
-                .bind(patient_id)
-                .bind(sector)
-                .fetch_one(&mut *self.tx)
-                .await
-                .map_err(map_err)?
-                .try_get(0)?,
-        )
+        sqlx::query_scalar("SELECT COUNT(*) FROM resources WHERE patient_id = $1 AND sector = $2")
+            .bind(patient_id)
+            .bind(sector)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(map_err)
     }
 
     async fn patient_resources(
         &mut self,
         patient_id: &str,
     ) -> Result<Vec<(String, String, String, i64)>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, PatientResource>(
             "SELECT gid, sector, rtype, version FROM resources WHERE patient_id = $1 ORDER BY gid",
         )
         .bind(patient_id)
@@ -272,13 +289,13 @@ impl ExchangeTx for SqlTx {
         .await
         .map_err(map_err)?;
         Ok(rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-            .collect::<std::result::Result<_, sqlx::Error>>()?)
+            .into_iter()
+            .map(|r| (r.gid, r.sector, r.rtype, r.version))
+            .collect())
     }
 
     async fn sector_patient(&mut self, patient_id: &str, sector: &str) -> Result<Option<String>> {
-        Ok(sqlx::query(
+        sqlx::query_scalar(
             "SELECT rid FROM resources WHERE patient_id = $1 AND sector = $2 AND rtype = 'Patient' \
              ORDER BY rid LIMIT 1",
         )
@@ -286,9 +303,7 @@ impl ExchangeTx for SqlTx {
         .bind(sector)
         .fetch_optional(&mut *self.tx)
         .await
-        .map_err(map_err)?
-        .map(|r| r.try_get(0))
-        .transpose()?)
+        .map_err(map_err)
     }
 
     async fn identifier_owners(
@@ -297,8 +312,9 @@ impl ExchangeTx for SqlTx {
         system: &str,
         value: &str,
     ) -> Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query(
-            "SELECT i.sector, r.gid, r.rid FROM resource_identifiers i JOIN resources r ON r.gid = i.gid \
+        let rows = sqlx::query_as::<_, IdentifierOwner>(
+            "SELECT i.sector AS sector, r.gid AS gid, r.rid AS rid \
+             FROM resource_identifiers i JOIN resources r ON r.gid = i.gid \
              WHERE i.rtype = $1 AND i.system = $2 AND i.value = $3 ORDER BY i.sector",
         )
         .bind(rtype)
@@ -307,23 +323,16 @@ impl ExchangeTx for SqlTx {
         .fetch_all(&mut *self.tx)
         .await
         .map_err(map_err)?;
-        Ok(rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect::<std::result::Result<_, sqlx::Error>>()?)
+        Ok(rows.into_iter().map(|r| (r.sector, r.gid, r.rid)).collect())
     }
 
     async fn version_body(&mut self, gid: &str, version: i64) -> Result<Option<String>> {
-        Ok(
-            sqlx::query("SELECT body FROM resource_versions WHERE gid = $1 AND version = $2")
-                .bind(gid)
-                .bind(version)
-                .fetch_optional(&mut *self.tx)
-                .await
-                .map_err(map_err)?
-                .map(|r| r.try_get(0))
-                .transpose()?,
-        )
+        sqlx::query_scalar("SELECT body FROM resource_versions WHERE gid = $1 AND version = $2")
+            .bind(gid)
+            .bind(version)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)
     }
 
     async fn outbox_add(&mut self, e: &OutboxNew) -> Result<bool> {
@@ -369,7 +378,7 @@ impl ExchangeTx for SqlTx {
                ORDER BY o.id LIMIT $5{lock}) \
              RETURNING {OUTBOX_COLUMNS}"
         ));
-        let rows = sqlx::query(sql)
+        let mut out = sqlx::query_as::<_, OutboxEntry>(sql)
             .bind(owner)
             .bind(lease_until_us)
             .bind(now_us)
@@ -378,7 +387,6 @@ impl ExchangeTx for SqlTx {
             .fetch_all(&mut *self.tx)
             .await
             .map_err(map_err)?;
-        let mut out = entries(&rows)?;
         out.sort_by_key(|e| e.id);
         Ok(out)
     }
@@ -478,14 +486,11 @@ impl ExchangeTx for SqlTx {
 
     async fn outbox_get(&mut self, id: i64) -> Result<Option<OutboxEntry>> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1"));
-        Ok(sqlx::query(sql)
+        sqlx::query_as::<_, OutboxEntry>(sql)
             .bind(id)
             .fetch_optional(&mut *self.tx)
             .await
-            .map_err(map_err)?
-            .as_ref()
-            .map(OutboxEntry::from_row)
-            .transpose()?)
+            .map_err(map_err)
     }
 
     async fn outbox_list(&mut self, f: &OutboxFilter) -> Result<Vec<OutboxEntry>> {
@@ -493,15 +498,14 @@ impl ExchangeTx for SqlTx {
             "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE ($1 = '' OR state = $1) \
              AND ($2 = '' OR target = $2) ORDER BY id LIMIT $3 OFFSET $4"
         ));
-        let rows = sqlx::query(sql)
+        sqlx::query_as::<_, OutboxEntry>(sql)
             .bind(f.state.map_or("", DeliveryState::code))
             .bind(f.target.as_deref().unwrap_or(""))
             .bind(f.count)
             .bind(f.offset)
             .fetch_all(&mut *self.tx)
             .await
-            .map_err(map_err)?;
-        entries(&rows)
+            .map_err(map_err)
     }
 
     async fn outbox_retry(&mut self, id: i64, now_us: i64) -> Result<Option<OutboxEntry>> {
@@ -510,43 +514,38 @@ impl ExchangeTx for SqlTx {
              lease_owner = NULL, lease_until_us = NULL WHERE id = $1 AND state = 'dead' \
              RETURNING {OUTBOX_COLUMNS}"
         ));
-        Ok(sqlx::query(sql)
+        sqlx::query_as::<_, OutboxEntry>(sql)
             .bind(id)
             .bind(now_us)
             .fetch_optional(&mut *self.tx)
             .await
-            .map_err(map_err)?
-            .as_ref()
-            .map(OutboxEntry::from_row)
-            .transpose()?)
+            .map_err(map_err)
     }
 
     async fn outbox_counts(&mut self) -> Result<Vec<(String, String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT target, state, COUNT(*) FROM outbox GROUP BY target, state ORDER BY target, state",
+        let rows = sqlx::query_as::<_, StateCount>(
+            "SELECT target, state, COUNT(*) AS entries FROM outbox GROUP BY target, state \
+             ORDER BY target, state",
         )
         .fetch_all(&mut *self.tx)
         .await
         .map_err(map_err)?;
         Ok(rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect::<std::result::Result<_, sqlx::Error>>()?)
+            .into_iter()
+            .map(|r| (r.target, r.state, r.entries))
+            .collect())
     }
 
     async fn delivered_get(&mut self, target: &str, gid: &str) -> Result<Option<Delivered>> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {DELIVERED_COLUMNS} FROM delivered WHERE target = $1 AND gid = $2"
         ));
-        Ok(sqlx::query(sql)
+        sqlx::query_as::<_, Delivered>(sql)
             .bind(target)
             .bind(gid)
             .fetch_optional(&mut *self.tx)
             .await
-            .map_err(map_err)?
-            .as_ref()
-            .map(delivered)
-            .transpose()?)
+            .map_err(map_err)
     }
 
     async fn delivered_by_target_id(
@@ -559,16 +558,13 @@ impl ExchangeTx for SqlTx {
             "SELECT {DELIVERED_COLUMNS} FROM delivered WHERE target = $1 AND rtype = $2 \
              AND target_id = $3 ORDER BY delivered_us DESC LIMIT 1"
         ));
-        Ok(sqlx::query(sql)
+        sqlx::query_as::<_, Delivered>(sql)
             .bind(target)
             .bind(rtype)
             .bind(target_id)
             .fetch_optional(&mut *self.tx)
             .await
-            .map_err(map_err)?
-            .as_ref()
-            .map(delivered)
-            .transpose()?)
+            .map_err(map_err)
     }
 
     async fn delivered_put(&mut self, d: &Delivered, now_us: i64) -> Result<()> {
@@ -594,21 +590,15 @@ impl ExchangeTx for SqlTx {
     }
 
     async fn cursor_get(&mut self, sector: &str, rtype: &str) -> Result<Option<PollCursor>> {
-        let row =
-            sqlx::query("SELECT since, seen FROM poll_cursors WHERE sector = $1 AND rtype = $2")
-                .bind(sector)
-                .bind(rtype)
-                .fetch_optional(&mut *self.tx)
-                .await
-                .map_err(map_err)?;
-        let Some(row) = row else { return Ok(None) };
-        let seen: String = row.try_get(1)?;
-        Ok(Some(PollCursor {
-            since: row.try_get(0)?,
-            // Written by `cursor_put` from a Vec<String>; an unreadable value only means the
-            // versions at the boundary instant are read (and recognised as unchanged) again.
-            seen: serde_json::from_str(&seen).unwrap_or_default(),
-        }))
+        let row = sqlx::query_as::<_, CursorRecord>(
+            "SELECT since, seen FROM poll_cursors WHERE sector = $1 AND rtype = $2",
+        )
+        .bind(sector)
+        .bind(rtype)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(row.map(PollCursor::from))
     }
 
     async fn cursor_put(&mut self, sector: &str, rtype: &str, c: &PollCursor) -> Result<()> {

@@ -7,8 +7,8 @@
 //! advisory lock, see [`SqlTx::lock`]).
 
 use async_trait::async_trait;
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyPool, FromRow, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,17 +103,10 @@ impl SqlStore {
     }
 }
 
+/// A sqlx error as a [`StoreError`]: lock contention and an exhausted pool are
+/// [`StoreError::Busy`] (see [`super::busy`] for the codes), everything else passes through.
 pub(super) fn map_err(e: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = &e {
-        let msg = db.message();
-        if msg.contains("database is locked")
-            || msg.contains("could not serialize")
-            || msg.contains("deadlock")
-        {
-            return StoreError::Busy;
-        }
-    }
-    if matches!(e, sqlx::Error::PoolTimedOut) {
+    if super::busy::is_busy(&e) {
         return StoreError::Busy;
     }
     StoreError::Database(e)
@@ -150,29 +143,27 @@ impl Store for SqlStore {
     }
 
     async fn stats(&self) -> Result<Stats> {
-        let rows = sqlx::query(
-            "SELECT sector, rtype, COUNT(*) FROM resources GROUP BY sector, rtype ORDER BY sector, rtype",
+        let by_sector_type = sqlx::query_as::<_, TypeCount>(
+            "SELECT sector, rtype, COUNT(*) AS resources FROM resources GROUP BY sector, rtype \
+             ORDER BY sector, rtype",
         )
         .fetch_all(&self.pool)
         .await
-        .map_err(map_err)?;
-        let by_sector_type = rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
-        let patients: i64 = sqlx::query("SELECT COUNT(*) FROM patients")
+        .map_err(map_err)?
+        .into_iter()
+        .map(|c| (c.sector, c.rtype, c.resources))
+        .collect();
+        let patients: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM patients")
             .fetch_one(&self.pool)
             .await
-            .map_err(map_err)?
-            .try_get(0)?;
-        let linked_patients: i64 = sqlx::query(
+            .map_err(map_err)?;
+        let linked_patients: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM (SELECT patient_id FROM resources WHERE rtype = 'Patient' \
              AND patient_id IS NOT NULL GROUP BY patient_id HAVING COUNT(DISTINCT sector) > 1) AS linked",
         )
         .fetch_one(&self.pool)
         .await
-        .map_err(map_err)?
-        .try_get(0)?;
+        .map_err(map_err)?;
         Ok(Stats {
             by_sector_type,
             patients,
@@ -207,52 +198,93 @@ const AUDIT_COLUMNS: &str = "seq, kind, recorded_us, recorded, request_id, clien
      target_sector, action, interaction, outcome, patient_id, entities, query, purpose, detail, \
      prev_hash, hash";
 
-fn audit_rows(rows: &[AnyRow]) -> Result<Vec<AuditRow>> {
-    rows.iter()
-        .map(|r| {
-            let entities: String = r.try_get(13)?;
-            Ok(AuditRow {
-                seq: r.try_get(0)?,
-                kind: r.try_get(1)?,
-                recorded_us: r.try_get(2)?,
-                recorded: r.try_get(3)?,
-                request_id: r.try_get(4)?,
-                client_id: r.try_get(5)?,
-                role: r.try_get(6)?,
-                sector: r.try_get(7)?,
-                target_sector: r.try_get(8)?,
-                action: r.try_get(9)?,
-                interaction: r.try_get(10)?,
-                outcome: r.try_get(11)?,
-                patient_id: r.try_get(12)?,
-                // Written by `append_audit` from a Vec<String>; an unreadable value (a row edited
-                // outside the gateway) shows as no entities and fails `audit verify`.
-                entities: serde_json::from_str(&entities).unwrap_or_default(),
-                query: r.try_get(14)?,
-                purpose: r.try_get(15)?,
-                detail: r.try_get(16)?,
-                prev_hash: r.try_get(17)?,
-                hash: r.try_get(18)?,
-            })
-        })
-        .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-        .map_err(StoreError::from)
+/// An `audit_log` row as stored ([`AUDIT_COLUMNS`]): [`AuditRow`] itself knows nothing of the
+/// database, and `entities` is kept as a JSON array in a text column.
+#[derive(FromRow)]
+struct AuditRecord {
+    seq: i64,
+    kind: String,
+    recorded_us: i64,
+    recorded: String,
+    request_id: Option<String>,
+    client_id: Option<String>,
+    role: Option<String>,
+    sector: Option<String>,
+    target_sector: Option<String>,
+    action: String,
+    interaction: String,
+    outcome: String,
+    patient_id: Option<String>,
+    entities: String,
+    query: Option<String>,
+    purpose: Option<String>,
+    detail: Option<String>,
+    prev_hash: String,
+    hash: String,
 }
 
-const STORED_COLUMNS: &str =
-    "r.gid, r.sector, r.rtype, r.rid, r.version, r.last_updated, r.patient_id, v.body";
+impl From<AuditRecord> for AuditRow {
+    fn from(r: AuditRecord) -> AuditRow {
+        AuditRow {
+            seq: r.seq,
+            kind: r.kind,
+            recorded_us: r.recorded_us,
+            recorded: r.recorded,
+            request_id: r.request_id,
+            client_id: r.client_id,
+            role: r.role,
+            sector: r.sector,
+            target_sector: r.target_sector,
+            action: r.action,
+            interaction: r.interaction,
+            outcome: r.outcome,
+            patient_id: r.patient_id,
+            // Written by `append_audit` from a Vec<String>; an unreadable value (a row edited
+            // outside the gateway) shows as no entities and fails `audit verify`.
+            entities: serde_json::from_str(&r.entities).unwrap_or_default(),
+            query: r.query,
+            purpose: r.purpose,
+            detail: r.detail,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        }
+    }
+}
 
-fn stored(row: &AnyRow) -> std::result::Result<Stored, sqlx::Error> {
-    Ok(Stored {
-        gid: row.try_get(0)?,
-        sector: row.try_get(1)?,
-        rtype: row.try_get(2)?,
-        rid: row.try_get(3)?,
-        version: row.try_get(4)?,
-        last_updated: row.try_get(5)?,
-        patient_id: row.try_get(6)?,
-        body: row.try_get(7)?,
-    })
+/// The chain's head (`audit_head`): the last appended seq and its hash.
+#[derive(FromRow)]
+struct Head {
+    seq: i64,
+    hash: String,
+}
+
+/// The columns of [`Stored`], from `resources r` joined with `resource_versions v`.
+const STORED_COLUMNS: &str = "r.gid AS gid, r.sector AS sector, r.rtype AS rtype, r.rid AS rid, \
+     r.version AS version, r.last_updated AS last_updated, r.patient_id AS patient_id, \
+     v.body AS body";
+
+/// What `put` compares a new version with: the current row of `resources`.
+#[derive(FromRow)]
+struct Current {
+    version: i64,
+    hash: String,
+    last_updated: String,
+    patient_id: Option<String>,
+}
+
+/// One identifier of a gateway patient (`patient_identifiers`).
+#[derive(FromRow)]
+struct Identifier {
+    system: String,
+    value: String,
+}
+
+/// Resources per sector and type, for [`Stats`].
+#[derive(FromRow)]
+struct TypeCount {
+    sector: String,
+    rtype: String,
+    resources: i64,
 }
 
 impl SqlTx {
@@ -341,18 +373,114 @@ impl SqlTx {
         Ok(())
     }
 
+    /// The current row of a resource, if it has one (`put`, step 1).
+    async fn current(&mut self, gid: &str) -> Result<Option<Current>> {
+        sqlx::query_as::<_, Current>(
+            "SELECT version, hash, last_updated, patient_id FROM resources WHERE gid = $1",
+        )
+        .bind(gid)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)
+    }
+
+    /// The gateway patient of a resource about to be stored (`put`, step 2): a Patient is
+    /// linked (found or created), anything else follows its patient reference if the Patient
+    /// is known yet.
+    async fn patient_of_prepared(&mut self, p: &Prepared) -> Result<Option<String>> {
+        if p.rtype == "Patient" {
+            Ok(Some(self.link_patient(p).await?))
+        } else if let Some(r) = &p.patient_ref {
+            self.patient_of_reference(&p.sector, r).await
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Keeps the new version's body (`put`, step 3).
+    async fn insert_version(
+        &mut self,
+        gid: &str,
+        version: i64,
+        p: &Prepared,
+        received_us: i64,
+        last_updated: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO resource_versions (gid, version, hash, body, received_us, last_updated) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(gid)
+        .bind(version)
+        .bind(&p.hash)
+        .bind(&p.body)
+        .bind(received_us)
+        .bind(last_updated)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// Points the resource at its new current version (`put`, step 4).
+    async fn upsert_resource(
+        &mut self,
+        gid: &str,
+        version: i64,
+        p: &Prepared,
+        patient_id: Option<&str>,
+        last_updated: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, patient_id, last_updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (gid) DO UPDATE SET version = excluded.version, hash = excluded.hash, \
+             patient_ref = excluded.patient_ref, patient_id = excluded.patient_id, last_updated = excluded.last_updated",
+        )
+        .bind(gid)
+        .bind(&p.sector)
+        .bind(&p.rtype)
+        .bind(&p.rid)
+        .bind(version)
+        .bind(&p.hash)
+        .bind(p.patient_ref.as_deref())
+        .bind(patient_id)
+        .bind(last_updated)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// Records the resource's business identifiers, for conditional create (`put`, step 5).
+    async fn index_identifiers(&mut self, gid: &str, p: &Prepared) -> Result<()> {
+        for (system, value) in &p.identifiers {
+            sqlx::query(
+                "INSERT INTO resource_identifiers (sector, rtype, system, value, gid) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (sector, rtype, system, value) DO UPDATE SET gid = excluded.gid",
+            )
+            .bind(&p.sector)
+            .bind(&p.rtype)
+            .bind(system)
+            .bind(value)
+            .bind(gid)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
     /// Follows merges to the surviving gateway patient.
     async fn resolve_patient(&mut self, id: &str) -> Result<String> {
         let mut current = id.to_owned();
         for _ in 0..16 {
             let next: Option<String> =
-                sqlx::query("SELECT into_id FROM patient_merges WHERE from_id = $1")
+                sqlx::query_scalar("SELECT into_id FROM patient_merges WHERE from_id = $1")
                     .bind(&current)
                     .fetch_optional(&mut *self.tx)
                     .await
-                    .map_err(map_err)?
-                    .map(|r| r.try_get(0))
-                    .transpose()?;
+                    .map_err(map_err)?;
             match next {
                 Some(n) => current = n,
                 None => break,
@@ -366,16 +494,14 @@ impl SqlTx {
         system: &str,
         value: &str,
     ) -> Result<Option<String>> {
-        Ok(sqlx::query(
+        sqlx::query_scalar(
             "SELECT patient_id FROM patient_identifiers WHERE system = $1 AND value = $2",
         )
         .bind(system)
         .bind(value)
         .fetch_optional(&mut *self.tx)
         .await
-        .map_err(map_err)?
-        .map(|r| r.try_get(0))
-        .transpose()?)
+        .map_err(map_err)
     }
 
     /// Finds or creates the gateway patient of a sector Patient from its linking identifiers,
@@ -507,14 +633,14 @@ impl SqlTx {
         let found = if let Some(rid) = reference.strip_prefix("Patient/") {
             // By primary key: PostgreSQL's generic plan for the (sector, rtype, rid) form was
             // seen scanning once the table grew.
-            sqlx::query("SELECT patient_id FROM resources WHERE gid = $1")
-                .bind(gateway_id(sector, "Patient", rid))
-                .fetch_optional(&mut *self.tx)
-                .await
-                .map_err(map_err)?
-                .map(|r| r.try_get::<Option<String>, _>(0))
-                .transpose()?
-                .flatten()
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT patient_id FROM resources WHERE gid = $1",
+            )
+            .bind(gateway_id(sector, "Patient", rid))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?
+            .flatten()
         } else if let Some((s, v)) = reference
             .strip_prefix("Patient?identifier=")
             .and_then(|q| q.split_once('|'))
@@ -539,7 +665,7 @@ impl StoreTx for SqlTx {
         system: &str,
         value: &str,
     ) -> Result<Option<String>> {
-        Ok(sqlx::query(
+        sqlx::query_scalar(
             "SELECT r.rid FROM resource_identifiers i JOIN resources r ON r.gid = i.gid \
              WHERE i.sector = $1 AND i.rtype = $2 AND i.system = $3 AND i.value = $4",
         )
@@ -549,92 +675,32 @@ impl StoreTx for SqlTx {
         .bind(value)
         .fetch_optional(&mut *self.tx)
         .await
-        .map_err(map_err)?
-        .map(|r| r.try_get(0))
-        .transpose()?)
+        .map_err(map_err)
     }
 
     async fn put(&mut self, p: &Prepared) -> Result<PutOutcome> {
         let gid = gateway_id(&p.sector, &p.rtype, &p.rid);
         self.lock(&gid).await?;
-        let current = sqlx::query(
-            "SELECT version, hash, last_updated, patient_id FROM resources WHERE gid = $1",
-        )
-        .bind(&gid)
-        .fetch_optional(&mut *self.tx)
-        .await
-        .map_err(map_err)?;
-        let current: Option<(i64, String, String, Option<String>)> = match current {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)),
-            None => None,
-        };
-        if let Some((version, hash, last_updated, patient_id)) = &current
-            && *hash == p.hash
-        {
+        let current = self.current(&gid).await?;
+        if let Some(c) = current.as_ref().filter(|c| c.hash == p.hash) {
             return Ok(PutOutcome {
                 gid,
-                version: *version,
-                last_updated: last_updated.clone(),
+                version: c.version,
+                last_updated: c.last_updated.clone(),
                 changed: false,
                 created: false,
-                patient_id: patient_id.clone(),
+                patient_id: c.patient_id.clone(),
             });
         }
         let received = now_us();
         let last_updated = instant(received);
-        let version = current.as_ref().map_or(1, |c| c.0 + 1);
-        let patient_id = if p.rtype == "Patient" {
-            Some(self.link_patient(p).await?)
-        } else if let Some(r) = &p.patient_ref {
-            self.patient_of_reference(&p.sector, r).await?
-        } else {
-            None
-        };
-        sqlx::query(
-            "INSERT INTO resource_versions (gid, version, hash, body, received_us, last_updated) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&gid)
-        .bind(version)
-        .bind(&p.hash)
-        .bind(&p.body)
-        .bind(received)
-        .bind(&last_updated)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, patient_id, last_updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (gid) DO UPDATE SET version = excluded.version, hash = excluded.hash, \
-             patient_ref = excluded.patient_ref, patient_id = excluded.patient_id, last_updated = excluded.last_updated",
-        )
-        .bind(&gid)
-        .bind(&p.sector)
-        .bind(&p.rtype)
-        .bind(&p.rid)
-        .bind(version)
-        .bind(&p.hash)
-        .bind(p.patient_ref.as_deref())
-        .bind(patient_id.as_deref())
-        .bind(&last_updated)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(map_err)?;
-        for (system, value) in &p.identifiers {
-            sqlx::query(
-                "INSERT INTO resource_identifiers (sector, rtype, system, value, gid) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (sector, rtype, system, value) DO UPDATE SET gid = excluded.gid",
-            )
-            .bind(&p.sector)
-            .bind(&p.rtype)
-            .bind(system)
-            .bind(value)
-            .bind(&gid)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
-        }
+        let version = current.as_ref().map_or(1, |c| c.version + 1);
+        let patient_id = self.patient_of_prepared(p).await?;
+        self.insert_version(&gid, version, p, received, &last_updated)
+            .await?;
+        self.upsert_resource(&gid, version, p, patient_id.as_deref(), &last_updated)
+            .await?;
+        self.index_identifiers(&gid, p).await?;
         Ok(PutOutcome {
             gid,
             version,
@@ -650,12 +716,11 @@ impl StoreTx for SqlTx {
             "SELECT {STORED_COLUMNS} FROM resources r JOIN resource_versions v \
              ON v.gid = r.gid AND v.version = r.version WHERE r.gid = $1"
         ));
-        let row = sqlx::query(sql)
+        sqlx::query_as::<_, Stored>(sql)
             .bind(gid)
             .fetch_optional(&mut *self.tx)
             .await
-            .map_err(map_err)?;
-        Ok(row.as_ref().map(stored).transpose()?)
+            .map_err(map_err)
     }
 
     async fn get_sector(&mut self, sector: &str, rtype: &str, rid: &str) -> Result<Option<Stored>> {
@@ -676,18 +741,14 @@ impl StoreTx for SqlTx {
              WHERE r.patient_id = $1 AND ($2 = '' OR r.rtype = $2) \
              ORDER BY r.rtype, r.sector, r.gid LIMIT $3 OFFSET $4"
         ));
-        let rows = sqlx::query(sql)
+        sqlx::query_as::<_, Stored>(sql)
             .bind(&patient_id)
             .bind(rtype.unwrap_or(""))
             .bind(count)
             .bind(offset)
             .fetch_all(&mut *self.tx)
             .await
-            .map_err(map_err)?;
-        Ok(rows
-            .iter()
-            .map(stored)
-            .collect::<std::result::Result<_, _>>()?)
+            .map_err(map_err)
     }
 
     async fn by_patient_types(&mut self, patient_id: &str, rtypes: &[&str]) -> Result<Vec<Stored>> {
@@ -704,20 +765,16 @@ impl StoreTx for SqlTx {
              ORDER BY r.rtype, r.sector, r.gid",
             params.join(", ")
         ));
-        let mut q = sqlx::query(sql).bind(&patient_id);
+        let mut q = sqlx::query_as::<_, Stored>(sql).bind(&patient_id);
         for t in rtypes {
             q = q.bind(*t);
         }
-        let rows = q.fetch_all(&mut *self.tx).await.map_err(map_err)?;
-        Ok(rows
-            .iter()
-            .map(stored)
-            .collect::<std::result::Result<_, _>>()?)
+        q.fetch_all(&mut *self.tx).await.map_err(map_err)
     }
 
     async fn patient(&mut self, patient_id: &str) -> Result<Option<GatewayPatient>> {
         let id = self.resolve_patient(patient_id).await?;
-        let exists = sqlx::query("SELECT id FROM patients WHERE id = $1")
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM patients WHERE id = $1")
             .bind(&id)
             .fetch_optional(&mut *self.tx)
             .await
@@ -725,20 +782,17 @@ impl StoreTx for SqlTx {
         if exists.is_none() {
             return Ok(None);
         }
-        let idents = sqlx::query(
+        let identifiers = sqlx::query_as::<_, Identifier>(
             "SELECT system, value FROM patient_identifiers WHERE patient_id = $1 ORDER BY system, value",
         )
         .bind(&id)
         .fetch_all(&mut *self.tx)
         .await
-        .map_err(map_err)?;
-        let identifiers = idents
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<std::result::Result<Vec<(String, String)>, sqlx::Error>>()?
-            .into_iter()
-            .filter(|(s, _)| !s.starts_with(SECTOR_PATIENT_SYSTEM))
-            .collect();
+        .map_err(map_err)?
+        .into_iter()
+        .filter(|i| !i.system.starts_with(SECTOR_PATIENT_SYSTEM))
+        .map(|i| (i.system, i.value))
+        .collect();
         let sector_patients = self.by_patient(&id, Some("Patient"), 0, 1000).await?;
         Ok(Some(GatewayPatient {
             id,
@@ -765,14 +819,13 @@ impl StoreTx for SqlTx {
         if let Some(p) = &q.patient_id {
             let survivor = self.resolve_patient(p).await?;
             patient_ids.push(survivor.clone());
-            let merged = sqlx::query("SELECT from_id FROM patient_merges WHERE into_id = $1")
-                .bind(&survivor)
-                .fetch_all(&mut *self.tx)
-                .await
-                .map_err(map_err)?;
-            for r in merged {
-                patient_ids.push(r.try_get(0)?);
-            }
+            let merged: Vec<String> =
+                sqlx::query_scalar("SELECT from_id FROM patient_merges WHERE into_id = $1")
+                    .bind(&survivor)
+                    .fetch_all(&mut *self.tx)
+                    .await
+                    .map_err(map_err)?;
+            patient_ids.extend(merged);
         }
         let patient_filter = if patient_ids.is_empty() {
             String::new()
@@ -795,7 +848,7 @@ impl StoreTx for SqlTx {
              AND ($9 = '' OR entities LIKE $9) {patient_filter} \
              ORDER BY seq LIMIT $4 OFFSET $5"
         ));
-        let mut query = sqlx::query(sql)
+        let mut query = sqlx::query_as::<_, AuditRecord>(sql)
             .bind(q.from_us.unwrap_or(i64::MIN))
             .bind(q.to_us.unwrap_or(i64::MAX))
             .bind(q.outcome.map_or("", Outcome::code))
@@ -809,20 +862,20 @@ impl StoreTx for SqlTx {
             query = query.bind(id);
         }
         let rows = query.fetch_all(&mut *self.tx).await.map_err(map_err)?;
-        audit_rows(&rows)
+        Ok(rows.into_iter().map(AuditRow::from).collect())
     }
 
     async fn audit_chain_page(&mut self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
         ));
-        let rows = sqlx::query(sql)
+        let rows = sqlx::query_as::<_, AuditRecord>(sql)
             .bind(after)
             .bind(limit)
             .fetch_all(&mut *self.tx)
             .await
             .map_err(map_err)?;
-        audit_rows(&rows)
+        Ok(rows.into_iter().map(AuditRow::from).collect())
     }
 
     async fn audit_range_page(
@@ -836,7 +889,7 @@ impl StoreTx for SqlTx {
             "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 AND recorded_us >= $2 \
              AND recorded_us <= $3 ORDER BY seq LIMIT $4"
         ));
-        let rows = sqlx::query(sql)
+        let rows = sqlx::query_as::<_, AuditRecord>(sql)
             .bind(after)
             .bind(from_us)
             .bind(to_us)
@@ -844,42 +897,35 @@ impl StoreTx for SqlTx {
             .fetch_all(&mut *self.tx)
             .await
             .map_err(map_err)?;
-        audit_rows(&rows)
+        Ok(rows.into_iter().map(AuditRow::from).collect())
     }
 
     async fn audit_range_count(&mut self, from_us: i64, to_us: i64) -> Result<i64> {
-        Ok(sqlx::query(
+        sqlx::query_scalar(
             "SELECT COUNT(*) FROM audit_log WHERE recorded_us >= $1 AND recorded_us <= $2",
         )
         .bind(from_us)
         .bind(to_us)
         .fetch_one(&mut *self.tx)
         .await
-        .map_err(map_err)?
-        .try_get(0)?)
+        .map_err(map_err)
     }
 
     async fn audit_last_seq_before(&mut self, before_us: i64) -> Result<Option<i64>> {
-        Ok(
-            sqlx::query("SELECT MAX(seq) FROM audit_log WHERE recorded_us < $1")
-                .bind(before_us)
-                .fetch_one(&mut *self.tx)
-                .await
-                .map_err(map_err)?
-                .try_get(0)?,
-        )
+        sqlx::query_scalar("SELECT MAX(seq) FROM audit_log WHERE recorded_us < $1")
+            .bind(before_us)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(map_err)
     }
 
     async fn audit_head(&mut self) -> Result<Option<(i64, String)>> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE chain = $1")
+        let head = sqlx::query_as::<_, Head>("SELECT seq, hash FROM audit_head WHERE chain = $1")
             .bind(AUDIT_CHAIN)
             .fetch_optional(&mut *self.tx)
             .await
             .map_err(map_err)?;
-        Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
-            None => None,
-        })
+        Ok(head.map(|h| (h.seq, h.hash)))
     }
 
     async fn audit_prune(&mut self, upto: i64, checkpoint: AuditRow) -> Result<i64> {

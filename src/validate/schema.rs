@@ -170,6 +170,35 @@ pub fn issues_from_error(
     describe: Option<&Describe<'_>>,
 ) -> Vec<Issue> {
     use jsonschema::error::ValidationErrorKind as K;
+    let path = error_path(root, err);
+    let custom = describe.and_then(|d| d(err));
+    match err.kind() {
+        K::AdditionalProperties { unexpected } => unexpected
+            .iter()
+            .map(|p| {
+                Issue::error("structure", format!("unknown element '{p}'"))
+                    .at(format!("{path}.{p}"))
+            })
+            .collect(),
+        K::Required { property } => {
+            let name = property.as_str().unwrap_or("?");
+            vec![
+                Issue::error(
+                    "required",
+                    custom.unwrap_or_else(|| format!("missing required element '{name}'")),
+                )
+                .at(format!("{path}.{name}")),
+            ]
+        }
+        kind => {
+            let (code, diagnostics) = keyword_diagnostics(kind, keyword_definition(err));
+            vec![Issue::error(code, custom.unwrap_or(diagnostics)).at(path)]
+        }
+    }
+}
+
+/// The FHIRPath-like location of the failing instance, rooted at the resource type.
+fn error_path(root: &str, err: &jsonschema::ValidationError<'_>) -> String {
     let segs: Vec<String> = err
         .instance_path()
         .as_str()
@@ -177,35 +206,24 @@ pub fn issues_from_error(
         .skip(1)
         .map(|s| s.replace("~1", "/").replace("~0", "~"))
         .collect();
-    let path = fhirpath(
+    fhirpath(
         root,
         segs.iter().map(|s| match s.parse::<usize>() {
             Ok(i) => PathRef::Index(i),
             Err(_) => PathRef::Key(s),
         }),
-    );
-    let custom = describe.and_then(|d| d(err));
-    let type_name = keyword_definition(err);
-    let (code, diagnostics): (&'static str, String) = match err.kind() {
-        K::AdditionalProperties { unexpected } => {
-            return unexpected
-                .iter()
-                .map(|p| {
-                    Issue::error("structure", format!("unknown element '{p}'"))
-                        .at(format!("{path}.{p}"))
-                })
-                .collect();
-        }
-        K::Required { property } => {
-            let name = property.as_str().unwrap_or("?");
-            return vec![
-                Issue::error(
-                    "required",
-                    custom.unwrap_or_else(|| format!("missing required element '{name}'")),
-                )
-                .at(format!("{path}.{name}")),
-            ];
-        }
+    )
+}
+
+/// The issue code and diagnostics of a failed keyword that reports at the instance itself
+/// (everything but `additionalProperties` and `required`, which name a property below it).
+/// `type_name` is the FHIR definition whose keyword failed, if known.
+fn keyword_diagnostics(
+    kind: &jsonschema::error::ValidationErrorKind,
+    type_name: Option<String>,
+) -> (&'static str, String) {
+    use jsonschema::error::ValidationErrorKind as K;
+    match kind {
         K::Type { kind } => (
             "structure",
             format!("wrong JSON type: expected {}", type_kind(kind)),
@@ -242,8 +260,7 @@ pub fn issues_from_error(
         K::Not { .. } => ("invariant", "has a form that is not allowed here".into()),
         K::FalseSchema => ("structure", "is not allowed here".into()),
         other => ("invalid", format!("fails the '{}' rule", keyword_of(other))),
-    };
-    vec![Issue::error(code, custom.unwrap_or(diagnostics)).at(path)]
+    }
 }
 
 fn keyword_of(kind: &jsonschema::error::ValidationErrorKind) -> String {
