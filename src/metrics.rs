@@ -45,7 +45,8 @@ pub struct PullLabels {
 /// Stored bodies found unreadable since the process started
 /// (`carebridge_corrupt_bodies_total`): process-wide, because the store counts them wherever
 /// it meets one; every registry of the process exposes it.
-pub static CORRUPT_BODIES: std::sync::LazyLock<Counter> = std::sync::LazyLock::new(Counter::default);
+pub static CORRUPT_BODIES: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
 
 pub struct Metrics {
     registry: Registry,

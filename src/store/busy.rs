@@ -195,7 +195,6 @@ mod tests {
     }
 
     #[tokio::test]
-    #[ignore = "needs PostgreSQL (CAREBRIDGE_TEST_PG)"]
     async fn postgres_serialization_failure_and_deadlock_are_busy_lock_not_available_is_not() {
         let (mut a, mut b, name) = postgres_pair().await;
         // 40001: a repeatable-read transaction updates a row changed since its snapshot.

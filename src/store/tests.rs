@@ -32,7 +32,13 @@ pub(super) async fn fresh_pg_database() -> (String, String) {
     use sqlx::Connection;
     let name = format!("cb_store_{}", uuid::Uuid::new_v4().simple());
     let admin = pg_admin_url();
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {admin} (set CAREBRIDGE_TEST_PG or start it: see README): {e}"
+            )
+        });
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
@@ -481,7 +487,6 @@ async fn rows_round_trip_on_sqlite() {
 }
 
 #[tokio::test]
-#[ignore = "needs PostgreSQL (CAREBRIDGE_TEST_PG)"]
 async fn rows_round_trip_on_postgres() {
     let (url, name) = fresh_pg_database().await;
     let store = SqlStore::connect(&url, 2).await.unwrap();
