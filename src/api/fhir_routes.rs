@@ -84,7 +84,7 @@ async fn read_body(
     if let Err(e) = &result {
         state
             .gateway
-            .rejected_body(caller, sector, interaction, e.status.as_u16())
+            .rejected_body(&caller.actor(), sector, interaction, e.status.as_u16())
             .await;
     }
     result

@@ -421,13 +421,13 @@ impl Gateway {
     /// JSON): the HTTP status says why.
     pub async fn rejected_body(
         &self,
-        caller: &Caller,
+        actor: &Actor,
         sector: &str,
         interaction: Interaction,
         status: u16,
     ) {
         let mut row = audit::row(
-            &caller.actor(),
+            actor,
             Some(sector),
             Action::Create,
             interaction,
