@@ -35,6 +35,10 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("the store URL is not usable: {0}")]
     Url(String),
+    /// The lease on an outbox entry ended before its outcome was recorded (another replica
+    /// may hold it now): nothing of the attempt may be committed.
+    #[error("the lease on outbox entry {0} was lost before its outcome was recorded")]
+    LeaseLost(i64),
     /// A stored body that is not the JSON the gateway wrote (the database was altered or
     /// damaged); names the record, never its content.
     #[error("stored {what} is not valid JSON: {error}")]

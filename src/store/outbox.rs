@@ -158,8 +158,9 @@ pub trait ExchangeTx: Send {
     ) -> Result<Vec<OutboxEntry>>;
     /// Gives a leased entry back untouched.
     async fn outbox_release(&mut self, id: i64, owner: &str) -> Result<()>;
-    /// Records how an attempt ended; false when `owner` no longer holds the lease.
-    async fn outbox_finish(&mut self, id: i64, owner: &str, finish: &Finish) -> Result<bool>;
+    /// Records how an attempt ended; [`StoreError::LeaseLost`] when `owner` no longer holds
+    /// the lease (the caller must then commit nothing of the attempt).
+    async fn outbox_finish(&mut self, id: i64, owner: &str, finish: &Finish) -> Result<()>;
     /// True when an older entry of the same resource for the same target is still pending.
     async fn outbox_pending_before(&mut self, target: &str, gid: &str, before: i64)
     -> Result<bool>;
@@ -404,7 +405,7 @@ impl ExchangeTx for SqlTx {
         Ok(())
     }
 
-    async fn outbox_finish(&mut self, id: i64, owner: &str, finish: &Finish) -> Result<bool> {
+    async fn outbox_finish(&mut self, id: i64, owner: &str, finish: &Finish) -> Result<()> {
         let now = crate::fhir::time::now_us();
         let q = match finish {
             Finish::Delivered {
@@ -463,7 +464,11 @@ impl ExchangeTx for SqlTx {
             .bind(*next_us),
         };
         let done = q.execute(&mut *self.tx).await.map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(super::StoreError::LeaseLost(id))
+        }
     }
 
     async fn outbox_pending_before(

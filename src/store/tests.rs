@@ -327,7 +327,18 @@ async fn outbox_round_trip(store: &SqlStore, pid: &str) {
         target_id: "t1".into(),
         target_version: Some("7".into()),
     };
-    assert!(tx.outbox_finish(e.id, "w1", &finish).await.unwrap());
+    // Another worker's outcome is refused: the lease is w1's.
+    let lost = tx.outbox_finish(e.id, "w2", &finish).await;
+    assert!(
+        matches!(lost, Err(super::StoreError::LeaseLost(id)) if id == e.id),
+        "{lost:?}"
+    );
+    tx.outbox_finish(e.id, "w1", &finish).await.unwrap();
+    // Once finished, the lease is gone: a second outcome is refused too.
+    assert!(matches!(
+        tx.outbox_finish(e.id, "w1", &finish).await,
+        Err(super::StoreError::LeaseLost(_))
+    ));
     let got = tx.outbox_get(e.id).await.unwrap().unwrap();
     assert_eq!(
         (got.state, got.attempts, got.last_status, got.last_error),
