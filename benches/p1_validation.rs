@@ -19,6 +19,9 @@
 //! every line. It also times the "100-patient batch": the Synthea bundle files as they are on
 //! disk, each parsed and validated as one Bundle, `--batch-copies` times over.
 
+// In a benchmark, a failed assumption is a failure to report: unwrap/expect name it and stop.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -26,18 +29,60 @@ use std::time::Instant;
 use carebridge::config::ServerSettings;
 use carebridge::fhir::json::parse_strict;
 use carebridge::validate::{FhirSchema, Profiles, Validator};
+use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
+/// P1: structural validation throughput of the gateway's validator.
+#[derive(Parser)]
+#[command(name = "p1_validation", bin_name = "p1_validation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Appended by `cargo bench`; ignored.
+    #[arg(long, global = true, hide = true)]
+    bench: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes the shared corpus: one compact resource per line.
+    Corpus {
+        /// The NDJSON file to write.
+        out: String,
+        /// Keep an evenly spread subset of this many resources (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+    /// Times parse + structural validation over the corpus.
+    Run {
+        /// The corpus `corpus` wrote.
+        #[arg(long)]
+        corpus: String,
+        /// The JSON file for the results.
+        #[arg(long)]
+        out: String,
+        /// Timed passes (at least 1).
+        #[arg(long, default_value_t = 3)]
+        passes: usize,
+        /// Synthea Bundles of the 100-patient batch.
+        #[arg(long, default_value_t = 50)]
+        batch_bundles: usize,
+        /// How many times the batch is validated.
+        #[arg(long, default_value_t = 2)]
+        batch_copies: usize,
+    },
+}
+
 fn main() {
-    // `cargo bench` appends `--bench`; ignore it.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let result = match args.first().map(String::as_str) {
-        Some("corpus") => corpus(&args[1..]),
-        Some("run") => run(&args[1..]),
-        _ => Err("usage: p1_validation corpus OUT [--limit N] | run --corpus FILE --out FILE [--passes N] [--batch-bundles N] [--batch-copies N]".into()),
+    let result = match Cli::parse().command {
+        Command::Corpus { out, limit } => corpus(&out, limit),
+        Command::Run {
+            corpus,
+            out,
+            passes,
+            batch_bundles,
+            batch_copies,
+        } => run(&corpus, &out, passes.max(1), batch_bundles, batch_copies),
     };
     if let Err(e) = result {
         eprintln!("p1_validation: {e}");
@@ -46,20 +91,6 @@ fn main() {
 }
 
 type Res<T> = Result<T, String>;
-
-fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-}
-
-fn opt_num(args: &[String], name: &str, default: usize) -> Res<usize> {
-    match opt(args, name) {
-        Some(v) => v.parse().map_err(|_| format!("{name} takes a number")),
-        None => Ok(default),
-    }
-}
 
 fn shared_data() -> PathBuf {
     std::env::var_os("CAREBRIDGE_SHARED_DATA")
@@ -108,12 +139,7 @@ fn read(path: &Path) -> Res<Vec<u8>> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn corpus(args: &[String]) -> Res<()> {
-    let out = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .ok_or("corpus needs an output file")?;
-    let limit = opt_num(args, "--limit", 0)?;
+fn corpus(out: &str, limit: usize) -> Res<()> {
     let mut lines: Vec<(bool, String)> = Vec::new();
     for f in example_files()? {
         // serde_json (with `preserve_order` and `arbitrary_precision`) keeps keys and lexemes.
@@ -172,12 +198,13 @@ fn median(xs: &[f64]) -> f64 {
     }
 }
 
-fn run(args: &[String]) -> Res<()> {
-    let corpus = opt(args, "--corpus").ok_or("run needs --corpus FILE")?;
-    let out = opt(args, "--out").ok_or("run needs --out FILE")?;
-    let passes = opt_num(args, "--passes", 3)?.max(1);
-    let batch_bundles = opt_num(args, "--batch-bundles", 50)?;
-    let batch_copies = opt_num(args, "--batch-copies", 2)?;
+fn run(
+    corpus: &str,
+    out: &str,
+    passes: usize,
+    batch_bundles: usize,
+    batch_copies: usize,
+) -> Res<()> {
     let depth = ServerSettings::default().max_json_depth;
 
     let t = Instant::now();

@@ -8,10 +8,10 @@
 //! ```
 //!
 //! Two patients, each split across `gp`, `hospital` and `municipality` by the rule of
-//! `tests/synthea_alerts.rs` (encounter class AMB → gp, EMER/IMP → hospital; home-care,
-//! rehabilitation and self-care CarePlans → municipality; Goals with their plan; a reference into
-//! another sector becomes display-only, `CarePlan.addresses` and `reasonReference` keep the
-//! target's code as `reasonCode`):
+//! `tests/common/synthea.rs`, which `tests/it/synthea_alerts.rs` uses too (encounter class
+//! AMB → gp, EMER/IMP → hospital; home-care, rehabilitation and self-care CarePlans →
+//! municipality; Goals with their plan; a reference into another sector becomes display-only,
+//! `CarePlan.addresses` and `reasonReference` keep the target's code as `reasonCode`):
 //!
 //! - `synthea-largest`: the Synthea patient with the most resources (every resource of the file,
 //!   491 for Hobert Murazik), of which detection reads its Conditions, MedicationRequests,
@@ -30,7 +30,7 @@
 //!
 //! 1. **pure**: `carebridge::detect::detect` on the patient's snapshot built in memory (no IO):
 //!    `--runs` timed calls after 20 warm-up calls; median, p99, max.
-//! 2. **evaluate**: `carebridge::detect::lifecycle::evaluate` against the gateway's own store (a
+//! 2. **evaluate**: `carebridge::gateway::alerts::evaluate` against the gateway's own store (a
 //!    SQLite file: WAL, `synchronous=FULL`) holding the pushed split, in a transaction of its own
 //!    (begun before and committed after the timed call): the snapshot read (seven
 //!    `by_patient` queries and the delivered-copy lookups), detection, and the comparison with
@@ -53,33 +53,38 @@
 //! runtime with two workers, as `carebridge serve` has on this 2-core machine), with the three
 //! sectors without profile (Synthea is US data) and without base URL (nothing is delivered).
 
+// In a benchmark, a failed assumption is a failure to report: unwrap/expect name it and stop.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+#[path = "common/args.rs"]
+mod args;
+#[path = "../tests/common/conf.rs"]
+mod conf;
+#[path = "../tests/common/inproc.rs"]
+mod inproc;
+#[path = "../tests/common/synthea.rs"]
+mod synthea;
+
 use anyhow::{Context, Result, bail};
-use carebridge::app::App;
-use carebridge::auth::{Clients, new_token, token_hash};
-use carebridge::config::{AlertSettings, Settings};
-use carebridge::detect::knowledge::MedKnowledge;
-use carebridge::detect::{self, Item, Snapshot, lifecycle};
-use carebridge::exchange::codes::Mapping;
-use carebridge::store::gateway_id;
+use carebridge::config::AlertSettings;
+use carebridge::detect::{self, Item, Snapshot};
+use carebridge::gateway::alerts;
+use carebridge::ids::gateway_id;
+use carebridge::terminology::Mapping;
+use carebridge::terminology::MedKnowledge;
+use clap::Parser;
+use inproc::InProcess;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use synthea::{SECTORS, SplitOptions, rid, rtype};
 
 const CPR: &str = "urn:oid:1.2.208.176.1.2";
 const ICPC2: &str = "urn:oid:1.2.208.176.2.31";
 const ATC: &str = "http://www.whocc.no/atc";
 const SCT: &str = "http://snomed.info/sct";
-const SECTORS: [&str; 3] = ["gp", "hospital", "municipality"];
-const MUNICIPAL_PLANS: [&str; 6] = [
-    "326051000000105",
-    "386257007",
-    "47387005",
-    "225358003",
-    "91251008",
-    "872781000000100",
-];
 
 struct Opts {
     out: PathBuf,
@@ -98,49 +103,61 @@ struct Opts {
     populate_only: bool,
 }
 
-fn parse_opts() -> Result<Opts> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let get = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let smoke = args.iter().any(|a| a == "--smoke");
-    let num = |name: &str, full: usize, small: usize| -> Result<usize> {
-        get(name).map_or(Ok(if smoke { small } else { full }), |v| {
-            v.parse().with_context(|| format!("{name} takes a number"))
-        })
-    };
-    Ok(Opts {
-        out: PathBuf::from(get("--out").context("--out FILE is required")?),
+/// P3: fragmentation-detection latency for one patient, in-process and through the API, and
+/// as the store grows (see the module documentation).
+#[derive(Parser)]
+#[command(name = "p3_detection", bin_name = "p3_detection")]
+struct Args {
+    /// The JSON file for the results.
+    #[arg(long)]
+    out: PathBuf,
+    /// Timed pure detector calls [default: 2000; with --smoke: 20].
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Timed `alerts::evaluate` calls [default: 300; with --smoke: 5].
+    #[arg(long)]
+    eval_runs: Option<usize>,
+    /// PUTs of each kind through the API [default: 300; with --smoke: 6].
+    #[arg(long)]
+    updates: Option<usize>,
+    /// Records of the synthetic patient, the three bench records included [default: 500;
+    /// with --smoke: 100].
+    #[arg(long)]
+    records: Option<usize>,
+    /// Stored gateway patients at which detection is measured again, comma-separated
+    /// [default: 1000,10000,100000; with --smoke: 50,200].
+    #[arg(long, value_delimiter = ',')]
+    population: Option<Vec<usize>>,
+    /// Keep the detection-on gateway's SQLite file in this folder (emptied first; P5 reads it).
+    #[arg(long)]
+    store_dir: Option<PathBuf>,
+    /// Only build the store of the largest stage (P5's input); measure nothing.
+    #[arg(long)]
+    populate_only: bool,
+    #[command(flatten)]
+    common: args::Common,
+}
+
+fn parse_opts() -> Opts {
+    let a = Args::parse();
+    let smoke = a.common.smoke;
+    Opts {
+        out: a.out,
         smoke,
-        runs: num("--runs", 2000, 20)?,
-        eval_runs: num("--eval-runs", 300, 5)?,
-        updates: num("--updates", 300, 6)?,
-        records: num("--records", 500, 100)?,
-        population: get("--population")
-            .unwrap_or_else(|| {
-                if smoke {
-                    "50,200".into()
-                } else {
-                    "1000,10000,100000".into()
-                }
-            })
-            .split(',')
-            .filter(|x| !x.trim().is_empty())
-            .map(|x| {
-                x.trim()
-                    .parse::<usize>()
-                    .with_context(|| format!("--population takes numbers, not {x}"))
-            })
-            .collect::<Result<Vec<_>>>()?,
-        store_dir: get("--store-dir").map(PathBuf::from),
-        populate_only: args.iter().any(|a| a == "--populate-only"),
-    })
+        runs: a.common.pick(a.runs, 2000, 20),
+        eval_runs: a.common.pick(a.eval_runs, 300, 5),
+        updates: a.common.pick(a.updates, 300, 6),
+        records: a.common.pick(a.records, 500, 100),
+        population: a.population.unwrap_or_else(|| {
+            if smoke {
+                vec![50, 200]
+            } else {
+                vec![1000, 10000, 100000]
+            }
+        }),
+        store_dir: a.store_dir,
+        populate_only: a.populate_only,
+    }
 }
 
 fn repo() -> PathBuf {
@@ -156,16 +173,13 @@ fn main() {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("CAREBRIDGE_") {
             // SAFETY: no other thread exists yet (the runtime is built below).
-            unsafe { std::env::remove_var(&key) };
+            #[allow(unsafe_code)]
+            unsafe {
+                std::env::remove_var(&key)
+            };
         }
     }
-    let opts = match parse_opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("p3_detection: {e:#}");
-            std::process::exit(2);
-        }
-    };
+    let opts = parse_opts();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -179,193 +193,32 @@ fn main() {
 
 // ---- the patients ---------------------------------------------------------------------------
 
-fn rtype(r: &Value) -> &str {
-    r["resourceType"].as_str().unwrap_or_default()
-}
-
-fn rid(r: &Value) -> &str {
-    r["id"].as_str().unwrap_or_default()
-}
-
-/// Every Reference object in `v`, with the key path to it.
-fn walk_refs(v: &mut Value, path: &mut Vec<String>, f: &mut dyn FnMut(&[String], &mut Value)) {
-    match v {
-        Value::Object(map) => {
-            if map.get("reference").is_some_and(Value::is_string) {
-                f(path, v);
-                return;
-            }
-            for (k, child) in map.iter_mut() {
-                path.push(k.clone());
-                walk_refs(child, path, f);
-                path.pop();
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|c| walk_refs(c, path, f)),
-        _ => {}
-    }
-}
-
-fn encounter_sector(enc: &Value) -> &'static str {
-    match enc["class"]["code"].as_str() {
-        Some("EMER" | "IMP") => "hospital",
-        _ => "gp",
-    }
-}
-
-/// The sector of each resource of a Synthea bundle (by fullUrl), as in tests/synthea_alerts.rs.
-fn homes(entries: &[Value]) -> HashMap<String, &'static str> {
-    let by_url: HashMap<&str, &Value> = entries
-        .iter()
-        .map(|e| (e["fullUrl"].as_str().unwrap_or_default(), &e["resource"]))
-        .collect();
-    let mut home: HashMap<String, &'static str> = HashMap::new();
-    for e in entries {
-        let r = &e["resource"];
-        let url = e["fullUrl"].as_str().unwrap_or_default().to_owned();
-        let sector = match rtype(r) {
-            "Patient" | "Practitioner" | "Organization" | "Goal" => continue,
-            "Encounter" => encounter_sector(r),
-            "CarePlan"
-                if r["category"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|c| c["coding"].as_array().into_iter().flatten())
-                    .any(|c| MUNICIPAL_PLANS.contains(&c["code"].as_str().unwrap_or(""))) =>
-            {
-                "municipality"
-            }
-            _ => {
-                let mut found = None;
-                walk_refs(&mut r.clone(), &mut Vec::new(), &mut |_, reference| {
-                    let u = reference["reference"].as_str().unwrap_or_default();
-                    if let Some(t) = by_url
-                        .get(u)
-                        .filter(|t| found.is_none() && rtype(t) == "Encounter")
-                    {
-                        found = Some(encounter_sector(t));
-                    }
-                });
-                found.unwrap_or("gp")
-            }
-        };
-        home.insert(url, sector);
-    }
-    for e in entries
-        .iter()
-        .filter(|e| rtype(&e["resource"]) == "CarePlan")
-    {
-        let s = home[e["fullUrl"].as_str().unwrap_or_default()];
-        for g in e["resource"]["goal"].as_array().into_iter().flatten() {
-            if let Some(u) = g["reference"].as_str() {
-                home.entry(u.to_owned()).or_insert(s);
-            }
-        }
-    }
-    for e in entries.iter().filter(|e| rtype(&e["resource"]) == "Goal") {
-        home.entry(e["fullUrl"].as_str().unwrap_or_default().to_owned())
-            .or_insert("gp");
-    }
-    home
-}
-
-fn push_concept(list: &mut Value, concept: &Value) {
-    if !list.is_array() {
-        *list = json!([]);
-    }
-    let a = list.as_array_mut().expect("an array");
-    if !a.contains(concept) {
-        a.push(concept.clone());
-    }
-}
-
-/// The resources of a Synthea bundle by sector, pointed at `Patient/<patient>` and with ids
-/// prefixed by `prefix`. `only` limits the resource types (Practitioners and Organizations are
-/// copied where referenced unless `only` is given).
+/// The resources of a Synthea bundle by sector (the rule of `tests/common/synthea.rs`), pointed
+/// at `Patient/<patient>` and with ids prefixed by `prefix`: the Practitioners and Organizations
+/// each sector references first, then the records in Bundle order. `only` limits the resource
+/// types (and then no Practitioner or Organization is copied).
 fn split(
     bundle: &Value,
     prefix: &str,
     patient: &str,
     only: Option<&[&str]>,
 ) -> Vec<(&'static str, Value)> {
-    let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
-    let by_url: HashMap<String, Value> = entries
+    let parts = synthea::split(
+        bundle,
+        &SplitOptions {
+            id_prefix: prefix,
+            patient: Some(patient),
+            only,
+            display_code: false,
+        },
+    );
+    let mut out: Vec<(&'static str, Value)> = parts
+        .shared
         .iter()
-        .map(|e| {
-            (
-                e["fullUrl"].as_str().unwrap_or_default().to_owned(),
-                e["resource"].clone(),
-            )
-        })
+        .map(|(s, u)| (*s, parts.shared_resource(u)))
         .collect();
-    let home = homes(&entries);
-    let mut out: Vec<(&'static str, Value)> = Vec::new();
-    let mut shared: Vec<(&'static str, String)> = Vec::new();
-    for e in &entries {
-        let url = e["fullUrl"].as_str().unwrap_or_default();
-        let Some(&sector) = home.get(url) else {
-            continue;
-        };
-        let mut r = e["resource"].clone();
-        let t = rtype(&r).to_owned();
-        if only.is_some_and(|o| !o.contains(&t.as_str())) {
-            continue;
-        }
-        let mut reasons: Vec<(String, Value)> = Vec::new();
-        walk_refs(&mut r, &mut Vec::new(), &mut |path, reference| {
-            let u = reference["reference"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let Some(target) = by_url.get(&u) else {
-                return;
-            };
-            let tt = rtype(target);
-            match tt {
-                "Patient" => reference["reference"] = json!(format!("Patient/{patient}")),
-                "Practitioner" | "Organization" => {
-                    if only.is_none() && !shared.iter().any(|(s, x)| *s == sector && *x == u) {
-                        shared.push((sector, u.clone()));
-                    }
-                    reference["reference"] = json!(format!("{tt}/{}", rid(target)));
-                }
-                _ if home.get(&u) == Some(&sector) => {
-                    reference["reference"] = json!(format!("{tt}/{prefix}{}", rid(target)));
-                }
-                _ => {
-                    let other = home.get(&u).copied().unwrap_or("?");
-                    *reference = json!({ "display": format!("{tt} recorded by {other}") });
-                    if let Some(code) = target.get("code") {
-                        reasons.push((path.first().cloned().unwrap_or_default(), code.clone()));
-                    }
-                }
-            }
-        });
-        for (first, code) in reasons {
-            match (t.as_str(), first.as_str()) {
-                ("CarePlan", "addresses") => {
-                    for act in r["activity"].as_array_mut().into_iter().flatten() {
-                        if act["detail"].is_object() {
-                            push_concept(&mut act["detail"]["reasonCode"], &code);
-                        }
-                    }
-                }
-                ("MedicationRequest" | "Procedure", "reasonReference") => {
-                    push_concept(&mut r["reasonCode"], &code)
-                }
-                _ => {}
-            }
-        }
-        r["id"] = json!(format!("{prefix}{}", rid(&r)));
-        out.push((sector, r));
-    }
-    let mut copies: Vec<(&'static str, Value)> = shared
-        .into_iter()
-        .map(|(s, u)| (s, by_url[&u].clone()))
-        .collect();
-    copies.append(&mut out);
-    copies
+    out.extend(parts.records);
+    out
 }
 
 /// One patient of the bench: its records by sector (the Patient first in each).
@@ -403,7 +256,7 @@ impl Patient {
         self.sectors
             .iter()
             .flat_map(|(s, list)| list.iter().map(move |r| (*s, r)))
-            .filter(|(_, r)| lifecycle::DETECT_TYPES.contains(&rtype(r)))
+            .filter(|(_, r)| alerts::DETECT_TYPES.contains(&rtype(r)))
             .map(|(s, r)| Item {
                 gid: gateway_id(s, rtype(r), rid(r)),
                 sector: s.to_owned(),
@@ -463,12 +316,7 @@ fn read(path: &std::path::Path) -> Result<Value> {
 
 fn patients(shared: &std::path::Path, size: usize) -> Result<Vec<Patient>> {
     let dir = shared.join("synthea");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| dir.display().to_string())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
+    let files = synthea::files(shared).with_context(|| dir.display().to_string())?;
     if files.is_empty() {
         bail!("no Synthea bundles in {}", dir.display());
     }
@@ -592,13 +440,12 @@ fn config_text(store_url: &str, detection: bool) -> String {
     text
 }
 
-/// A gateway in this process, its base URL and the sector tokens.
+/// A gateway in this process (`tests/common/inproc.rs`), its base URL and the sector tokens.
 struct Gateway {
     base: String,
     tokens: HashMap<String, String>,
-    gateway: Arc<carebridge::ingest::Gateway>,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<()>,
+    gateway: Arc<inproc::Gateway>,
+    app: InProcess,
     /// The SQLite file.
     db: PathBuf,
     _dir: Option<tempfile::TempDir>,
@@ -622,41 +469,19 @@ async fn start(detection: bool, keep: Option<&std::path::Path>) -> Result<Gatewa
     };
     let db = dir.join("carebridge.db");
     let url = format!("sqlite://{}", db.display());
-    let mut text = config_text(&url, detection);
-    let mut tokens = HashMap::new();
-    for (id, role) in [
+    let (clients, tokens) = conf::mint(&[
         ("gp", "sector:gp"),
         ("hospital", "sector:hospital"),
         ("municipality", "sector:municipality"),
-    ] {
-        let token = new_token();
-        text.push_str(&format!(
-            "\n[[clients]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
-            token_hash(&token)
-        ));
-        tokens.insert(id.to_owned(), token);
-    }
+    ]);
     let config = dir.join("carebridge.toml");
-    std::fs::write(&config, text)?;
-    let settings = Settings::load(&config)?;
-    let clients = Clients::from_settings(&settings.clients);
-    let app = App::build(settings, &config.display().to_string(), clients).await?;
-    let gateway = app.gateway.clone();
-    let (listener, addr) = App::bind("127.0.0.1:0").await?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        let _ = app
-            .serve(listener, async {
-                let _ = rx.await;
-            })
-            .await;
-    });
+    std::fs::write(&config, config_text(&url, detection) + &clients)?;
+    let app = InProcess::start(&config).await?;
     Ok(Gateway {
-        base: format!("http://{addr}/fhir"),
+        base: app.base.clone(),
         tokens,
-        gateway,
-        shutdown: tx,
-        handle,
+        gateway: app.gateway.clone(),
+        app,
         db,
         _dir: temp,
     })
@@ -711,7 +536,7 @@ impl Gateway {
     }
 
     async fn patient_id(&self, cpr: &str) -> Result<String> {
-        let mut tx = self.gateway.store.begin_read().await?;
+        let mut tx = self.gateway.store().begin_read().await?;
         let id = tx
             .patient_by_identifier(CPR, cpr)
             .await?
@@ -720,9 +545,8 @@ impl Gateway {
         Ok(id)
     }
 
-    async fn stop(self) {
-        let _ = self.shutdown.send(());
-        let _ = self.handle.await;
+    async fn stop(mut self) {
+        self.app.stop().await;
     }
 }
 
@@ -753,7 +577,7 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
     let t = Instant::now();
     let knowledge = MedKnowledge::load(&repo().join("fhir-profiles"))?;
     let mapping = Mapping::load(&repo().join("fhir-profiles"))?;
-    let rules = AlertSettings::default().rules();
+    let rules = detect::Rules::from(&AlertSettings::default());
     let knowledge_load_ms = t.elapsed().as_secs_f64() * 1e3;
     let cx = detect::Context {
         knowledge: &knowledge,
@@ -798,7 +622,7 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
         // 1. Pure detection.
         let snapshot = Snapshot {
             patient_id: "p".into(),
-            now_us: carebridge::audit::now_us(),
+            now_us: carebridge::fhir::time::now_us(),
             items: items.clone(),
             copies: HashMap::new(),
         };
@@ -876,7 +700,7 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
         let push_on_s = t.elapsed().as_secs_f64();
         off.push(&http, p).await?;
         let pid = on.patient_id(&p.cpr).await?;
-        let store = on.gateway.store.clone();
+        let store = on.gateway.store().clone();
         let (eval, snap, events) = evaluate_runs(&on, &pid, opts.eval_runs).await?;
         // The rows alone, the way the snapshot was read before it became one statement: seven
         // by_patient reads and parsing their bodies.
@@ -885,7 +709,7 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
             let mut tx = store.begin_read().await?;
             let t = Instant::now();
             let mut parsed = 0;
-            for ty in lifecycle::DETECT_TYPES {
+            for ty in alerts::DETECT_TYPES {
                 for r in tx.by_patient(&pid, Some(ty), 0, 100_000).await? {
                     let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
                     parsed += usize::from(!v.is_null());
@@ -899,7 +723,7 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
             std::hint::black_box(parsed);
         }
         let mut tx = store.begin_read().await?;
-        let s = lifecycle::snapshot(&mut *tx, &pid, carebridge::audit::now_us()).await?;
+        let s = alerts::snapshot(&mut *tx, &pid, carebridge::fhir::time::now_us()).await?;
         tx.commit().await?;
         if s.items.len() != items.len() {
             bail!(
@@ -1058,13 +882,8 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
 
 /// The Synthea bundles in file order.
 fn synthea_bundles(shared: &std::path::Path) -> Result<Vec<Value>> {
-    let dir = shared.join("synthea");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| dir.display().to_string())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
+    let files =
+        synthea::files(shared).with_context(|| shared.join("synthea").display().to_string())?;
     files.iter().map(|f| read(f)).collect()
 }
 
@@ -1136,7 +955,7 @@ async fn populate(g: &Gateway, bundles: &[Value], from: usize, to: usize) -> Res
 async fn put_patients(g: &Gateway, bundles: &[Value], from: usize, to: usize) -> Result<usize> {
     let sectors: HashMap<&str, &carebridge::config::SectorSettings> = g
         .gateway
-        .settings
+        .settings()
         .sectors
         .iter()
         .map(|s| (s.id.as_str(), s))
@@ -1145,10 +964,11 @@ async fn put_patients(g: &Gateway, bundles: &[Value], from: usize, to: usize) ->
     let mut n = from;
     while n < to {
         let end = (n + 200).min(to);
-        let mut tx = g.gateway.store.begin().await?;
+        let mut tx = g.gateway.store().begin().await?;
         for k in n..end {
             for (sector, r) in background(bundles, k) {
-                let prepared = carebridge::ingest::prepare(sectors[sector], rtype(&r), rid(&r), &r);
+                let prepared =
+                    carebridge::gateway::prepare(sectors[sector], rtype(&r), rid(&r), &r);
                 tx.put(&prepared).await?;
                 written += 1;
             }
@@ -1276,7 +1096,7 @@ async fn replicate(
             let (old_cpr, new_cpr) = (bg_cpr(t.n), bg_cpr(k));
             let re = |s: &str| s.replace(&old, &new).replace(&old_cpr, &new_cpr);
             let pid = uuid::Uuid::new_v4().to_string();
-            let now = carebridge::audit::now_us();
+            let now = carebridge::fhir::time::now_us();
             sqlx::query("INSERT INTO patients (id, created_us) VALUES (?, ?)")
                 .bind(&pid)
                 .bind(now)
@@ -1299,7 +1119,7 @@ async fn replicate(
                 let new_rid = re(rid);
                 let new_gid = gateway_id(sector, rtype, &new_rid);
                 let body = re(body);
-                let hash = carebridge::store::content_hash(body.as_bytes());
+                let hash = carebridge::ids::content_hash(body.as_bytes());
                 sqlx::query(
                     "INSERT INTO resource_versions (gid, version, hash, body, received_us, last_updated) VALUES (?, ?, ?, ?, ?, ?)",
                 )
@@ -1351,7 +1171,7 @@ async fn replicate(
 
 /// Gateway patients, resources and the SQLite file's size.
 async fn stored_counts(g: &Gateway) -> Result<Value> {
-    let stats = g.gateway.store.stats().await?;
+    let stats = g.gateway.store().stats().await?;
     let resources: i64 = stats.by_sector_type.iter().map(|(_, _, n)| n).sum();
     let bytes = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
     let wal = PathBuf::from(format!("{}-wal", g.db.display()));
@@ -1364,24 +1184,33 @@ async fn stored_counts(g: &Gateway) -> Result<Value> {
     }))
 }
 
-/// `lifecycle::evaluate` and `lifecycle::snapshot` for one stored patient, `runs` times each
+/// `alerts::evaluate` and `alerts::snapshot` for one stored patient, `runs` times each
 /// after 3 warm-up runs (µs), and the alert changes the timed evaluations made.
 async fn evaluate_runs(g: &Gateway, pid: &str, runs: usize) -> Result<(Value, Value, usize)> {
-    let d = g.gateway.detection.clone().context("detection is on")?;
-    let store = g.gateway.store.clone();
+    // What the gateway detects with (as `App::build` loads it).
+    let settings = g.gateway.settings();
+    if !settings.alerts.enabled {
+        bail!("detection is off");
+    }
+    let d = alerts::Detection {
+        knowledge: MedKnowledge::load(&settings.fhir.profiles_dir)?,
+        mapping: Mapping::load(&settings.fhir.profiles_dir)?,
+        rules: detect::Rules::from(&settings.alerts),
+    };
+    let store = g.gateway.store().clone();
     let mut eval = Vec::new();
     let mut snap = Vec::new();
     let mut events = 0;
     for i in 0..runs + 3 {
         let mut tx = store.begin().await?;
         let t = Instant::now();
-        let ev = lifecycle::evaluate(&mut *tx, &d, pid, carebridge::audit::now_us()).await?;
+        let ev = alerts::evaluate(&mut *tx, &d, pid, carebridge::fhir::time::now_us()).await?;
         let us = t.elapsed().as_secs_f64() * 1e6;
         tx.commit().await?;
         let mut tx = store.begin_read().await?;
         let t = Instant::now();
         std::hint::black_box(
-            lifecycle::snapshot(&mut *tx, pid, carebridge::audit::now_us()).await?,
+            alerts::snapshot(&mut *tx, pid, carebridge::fhir::time::now_us()).await?,
         );
         let us_snap = t.elapsed().as_secs_f64() * 1e6;
         tx.commit().await?;

@@ -35,25 +35,35 @@
 //!
 //! Every peer runs with `--log`, so each request's time inside the server is known too.
 
+// In a benchmark, a failed assumption is a failure to report: unwrap/expect name it and stop.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+#[path = "common/args.rs"]
+mod args;
+#[path = "../tests/common/conf.rs"]
+mod conf;
 #[path = "../tests/common/peers.rs"]
 mod peers;
-#[path = "common/server.rs"]
+#[path = "../tests/common/pg.rs"]
+mod pg;
+#[path = "../tests/common/records.rs"]
+mod records;
+#[path = "../tests/common/server.rs"]
 mod server;
 
 use anyhow::{Context, Result, anyhow, bail};
 use carebridge::exchange::SOURCE_ID_SYSTEM;
 use carebridge::store::{OutboxEntry, OutboxFilter, SqlStore, Store};
+use clap::Parser;
 use peers::{Peer, PeerOptions};
+use records::{heart_failure, transaction};
 use serde_json::{Value, json};
-use server::{Server, clock_ticks, start_server_with};
+use server::{Serve, Server, clock_ticks};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const CPR: &str = "urn:oid:1.2.208.176.1.2";
-const ICPC2: &str = "urn:oid:1.2.208.176.2.31";
 
 struct Opts {
     backend: String,
@@ -67,48 +77,59 @@ struct Opts {
     dead_n: usize,
 }
 
+/// P4: the delivery rate to one Medplum sector, next to that server's own POST rate (see the
+/// module documentation).
+#[derive(Parser)]
+#[command(name = "p4_delivery", bin_name = "p4_delivery")]
+struct Args {
+    /// The gateway's store: a fresh SQLite file or a fresh PostgreSQL database.
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    backend: String,
+    /// The JSON file for the results.
+    #[arg(long)]
+    out: PathBuf,
+    /// Conditions per gateway pass [default: 2000; with --smoke: 100].
+    #[arg(long)]
+    n: Option<usize>,
+    /// Conditions per transaction Bundle.
+    #[arg(long, default_value_t = 100)]
+    bundle: usize,
+    /// Deliveries per rate window, at least 2 [default: 500; with --smoke: 25].
+    #[arg(long)]
+    window: Option<usize>,
+    /// The passes, comma-separated: reference, profile, direct, dead-sector [default: all;
+    /// with --smoke: profile,direct,dead-sector].
+    #[arg(long, value_delimiter = ',',
+          value_parser = ["reference", "profile", "direct", "dead-sector"])]
+    passes: Option<Vec<String>>,
+    /// Conditions per dead-sector sub-pass [default: 1000; with --smoke: 40].
+    #[arg(long)]
+    dead_n: Option<usize>,
+    #[command(flatten)]
+    common: args::Common,
+}
+
 fn parse_opts() -> Result<Opts> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let get = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let smoke = args.iter().any(|a| a == "--smoke");
-    let num = |name: &str, default: usize| -> Result<usize> {
-        get(name).map_or(Ok(default), |v| {
-            v.parse().with_context(|| format!("{name} takes a number"))
-        })
-    };
-    let passes = match get("--passes") {
-        Some(list) => list.split(',').map(|p| p.trim().to_owned()).collect(),
+    let a = Args::parse();
+    let smoke = a.common.smoke;
+    let passes = a.passes.unwrap_or_else(|| {
         // The smoke run has one gateway pass, with the profile log on, so that every part runs.
-        None if smoke => vec!["profile".into(), "direct".into(), "dead-sector".into()],
-        None => vec![
-            "reference".into(),
-            "profile".into(),
-            "direct".into(),
-            "dead-sector".into(),
-        ],
-    };
-    for p in &passes {
-        if !["reference", "profile", "direct", "dead-sector"].contains(&p.as_str()) {
-            bail!("--passes takes reference, profile, direct and dead-sector, not {p}");
-        }
-    }
+        let all: &[&str] = if smoke {
+            &["profile", "direct", "dead-sector"]
+        } else {
+            &["reference", "profile", "direct", "dead-sector"]
+        };
+        all.iter().map(|p| (*p).to_owned()).collect()
+    });
     let opts = Opts {
-        backend: get("--backend").unwrap_or_else(|| "sqlite".into()),
-        out: PathBuf::from(get("--out").context("--out FILE is required")?),
+        backend: a.backend,
+        out: a.out,
         smoke,
-        n: num("--n", if smoke { 100 } else { 2000 })?,
-        bundle: num("--bundle", 100)?,
-        window: num("--window", if smoke { 25 } else { 500 })?,
+        n: a.common.pick(a.n, 2000, 100),
+        bundle: a.bundle,
+        window: a.common.pick(a.window, 500, 25),
         passes,
-        dead_n: num("--dead-n", if smoke { 40 } else { 1000 })?,
+        dead_n: a.common.pick(a.dead_n, 1000, 40),
     };
     if opts.n == 0 || opts.bundle == 0 || opts.window < 2 {
         bail!("--n and --bundle must be positive, --window at least 2");
@@ -448,7 +469,7 @@ fn parse_log_line(state: &mut LogState, line: &str) {
     }
 }
 
-/// The gateway process (`common/server.rs`) and, in the profile pass, what its log said.
+/// The gateway process (`tests/common/server.rs`) and, in the profile pass, what its log said.
 struct Gateway {
     server: Server,
     log: Arc<Mutex<LogState>>,
@@ -460,19 +481,19 @@ const PROFILE_LOG: &str = "info,sqlx=warn,sqlx::query=debug,\
 fn start_gateway(config: &Path, profile: bool) -> Result<Gateway> {
     let log = Arc::new(Mutex::new(LogState::default()));
     let sink = log.clone();
-    let server = start_server_with(
-        config,
-        Some(if profile {
+    let server = Serve::new(config)
+        .rust_log(if profile {
             PROFILE_LOG
         } else {
             "info,sqlx=warn"
-        }),
-        move |line| {
+        })
+        .echo_startup()
+        .on_line(move |line| {
             if profile {
                 parse_log_line(&mut sink.lock().expect("log state"), line);
             }
-        },
-    )?;
+        })
+        .start()?;
     Ok(Gateway { server, log })
 }
 
@@ -497,37 +518,20 @@ fn config_text(store_url: &str, hospital_base: &str, tokens: &[(&str, &str, Stri
         profiles = repo().join("fhir-profiles").display()
     );
     for (id, role, token) in tokens {
-        text.push_str(&format!(
-            "\n[[clients]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
-            carebridge::auth::token_hash(token)
-        ));
+        text.push_str(&conf::client_table(id, role, token));
     }
     text
 }
 
 async fn create_pg_database() -> Result<(String, String)> {
-    use sqlx::Connection;
-    let name = format!("cb_bench_{}", uuid::Uuid::new_v4().simple());
     let admin = pg_admin_url();
-    let mut conn = sqlx::PgConnection::connect(&admin)
+    pg::create_database(&admin, "cb_bench_")
         .await
-        .with_context(|| format!("PostgreSQL at {admin}"))?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await?;
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    Ok((format!("{base}/{name}"), name))
+        .with_context(|| format!("PostgreSQL at {admin}"))
 }
 
 async fn drop_pg_database(name: &str) {
-    use sqlx::Connection;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-    }
+    pg::drop_database(&pg_admin_url(), name).await;
 }
 
 async fn pg_settings() -> Result<Value> {
@@ -548,42 +552,15 @@ async fn pg_settings() -> Result<Value> {
     Ok(Value::Object(out))
 }
 
+/// The Patient of the runs (`tests/common/records.rs`).
 fn patient(cpr: &str) -> Value {
-    json!({
-        "resourceType": "Patient",
-        "identifier": [{"system": CPR, "value": cpr}],
-        "name": [{"family": "Rahimi", "given": ["Test"]}],
-        "gender": "female",
-        "birthDate": "1948-03-14"
-    })
+    records::patient(cpr, "Rahimi")
 }
 
-/// The Condition of `tests/exchange.rs` (an extension, a primitive extension, an ICPC-2 code the
-/// hospital's ConceptMap translates).
+/// The Condition of `tests/it/exchange.rs` (`tests/common/records.rs`: an extension, a
+/// primitive extension, an ICPC-2 code the hospital's ConceptMap translates).
 fn condition(id: &str, patient: &str) -> Value {
-    json!({
-        "resourceType": "Condition",
-        "id": id,
-        "extension": [{"url": "http://example.org/fhir/StructureDefinition/carebridge-test-note", "valueString": "kept as is"}],
-        "identifier": [{"system": format!("urn:carebridge:test:{id}"), "value": id}],
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
-        "code": {"coding": [{"system": ICPC2, "code": "K77", "display": "Hjerteinsufficiens"}]},
-        "subject": {"reference": format!("Patient/{patient}")},
-        "recordedDate": "2026-10-01",
-        "_recordedDate": {"extension": [{"url": "http://example.org/fhir/StructureDefinition/carebridge-test-precision", "valueCode": "day"}]}
-    })
-}
-
-fn transaction(resources: &[Value]) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": resources.iter().map(|r| json!({
-            "resource": r,
-            "request": {"method": "PUT", "url": format!("Condition/{}", r["id"].as_str().unwrap_or_default())}
-        })).collect::<Vec<_>>()
-    })
+    heart_failure(id, patient)
 }
 
 /// `exchange::deliver::encode`, copied: the If-None-Exist value must be the gateway's, byte for
@@ -928,7 +905,7 @@ async fn drive(
     let load_after = loadavg();
 
     // The outbox as the gateway recorded it.
-    let all: Vec<OutboxEntry> = carebridge::exchange::list_deliveries(
+    let all: Vec<OutboxEntry> = carebridge::gateway::admin::list_deliveries(
         &store,
         &OutboxFilter {
             state: None,
@@ -938,7 +915,10 @@ async fn drive(
         },
     )
     .await?;
-    let mut delivered: Vec<&OutboxEntry> = all.iter().filter(|e| e.state == "delivered").collect();
+    let mut delivered: Vec<&OutboxEntry> = all
+        .iter()
+        .filter(|e| e.state.code() == "delivered")
+        .collect();
     if delivered.len() != opts.n || all.len() != opts.n {
         bail!(
             "{} outbox entries, {} delivered; expected {}",
@@ -1001,7 +981,7 @@ async fn drive(
                 meta.remove("lastUpdated");
             }
         }
-        if carebridge::store::content_hash(r.to_string().as_bytes()) == *hash {
+        if carebridge::ids::content_hash(r.to_string().as_bytes()) == *hash {
             identical += 1;
         }
         bodies.push(r);
@@ -1343,7 +1323,7 @@ fn derived_id(body: &Value) -> Option<String> {
     let value = body["identifier"].as_array()?.iter().find_map(|i| {
         (i["system"].as_str() == Some(SOURCE_ID_SYSTEM)).then(|| i["value"].as_str())?
     })?;
-    let hash = carebridge::store::content_hash(value.as_bytes());
+    let hash = carebridge::ids::content_hash(value.as_bytes());
     Some(format!("cb-{}", &hash[..32]))
 }
 
@@ -1401,7 +1381,7 @@ async fn direct_pass(
         prepared.push((url, text, header));
     }
     // The gateway's own outbound client (same builder, timeouts, user agent).
-    let outbound = carebridge::exchange::outbound::Outbound::new(Duration::from_millis(30_000))?;
+    let outbound = carebridge::outbound::Outbound::new(Duration::from_millis(30_000))?;
     let http = outbound.http;
     let load_before = loadavg();
     let probe = CpuProbe::start(None, pid);
@@ -1688,10 +1668,7 @@ async fn dead_sector_run(opts: &Opts, dead: Dead) -> Result<Value> {
         tokens.push(("homecare", "sector:homecare", carebridge::auth::new_token()));
     }
     for (id, role, token) in &tokens {
-        text.push_str(&format!(
-            "\n[[clients]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
-            carebridge::auth::token_hash(token)
-        ));
+        text.push_str(&conf::client_table(id, role, token));
     }
     let config = dir.path().join("carebridge.toml");
     std::fs::write(&config, text)?;
@@ -1816,10 +1793,10 @@ async fn dead_sector_drive(
     let mut per_target = serde_json::Map::new();
     let mut all_done = Vec::new();
     for t in healthy {
-        let entries: Vec<OutboxEntry> = carebridge::exchange::list_deliveries(
+        let entries: Vec<OutboxEntry> = carebridge::gateway::admin::list_deliveries(
             &store,
             &OutboxFilter {
-                state: Some("delivered".into()),
+                state: Some(carebridge::store::DeliveryState::Delivered),
                 target: Some(t.into()),
                 offset: 0,
                 count: 1_000_000,
@@ -1842,7 +1819,7 @@ async fn dead_sector_drive(
     }
     all_done.sort_unstable();
     let span = (all_done[all_done.len() - 1] - all_done[0]) as f64 / 1e6;
-    let dead_entries: Vec<OutboxEntry> = carebridge::exchange::list_deliveries(
+    let dead_entries: Vec<OutboxEntry> = carebridge::gateway::admin::list_deliveries(
         &store,
         &OutboxFilter {
             state: None,
@@ -1865,7 +1842,7 @@ async fn dead_sector_drive(
         "dead_target": {
             "entries": dead_entries.len(),
             "attempts": dead_entries.iter().map(|e| e.attempts).sum::<i64>(),
-            "delivered": dead_entries.iter().filter(|e| e.state == "delivered").count(),
+            "delivered": dead_entries.iter().filter(|e| e.state.code() == "delivered").count(),
         },
     }))
 }

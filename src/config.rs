@@ -686,11 +686,11 @@ fn overrides_from_env() -> config::Map<String, String> {
         .collect()
 }
 
-/// Path segments under `/fhir` that cannot be sector ids.
 /// The sector id under which the gateway keeps what it authors itself (alert messages): a
 /// pseudo-sector no configured sector may take.
 pub const GATEWAY_SECTOR: &str = "carebridge";
 
+/// Path segments under `/fhir` that cannot be sector ids.
 const RESERVED_SEGMENTS: [&str; 4] = ["metadata", "_history", "_search", GATEWAY_SECTOR];
 
 fn is_sector_id(id: &str) -> bool {

@@ -278,7 +278,7 @@ pub(super) fn response_bundle(kind: &str, results: Vec<Result<Applied, GatewayEr
             Err(e) => {
                 json!({ "response": {
                     "status": e.status().to_string(),
-                    "outcome": crate::fhir::outcome::operation_outcome(&e.issues()),
+                    "outcome": fhir::outcome::operation_outcome(&e.issues()),
                 }})
             }
         })

@@ -29,7 +29,7 @@ pub struct AlertRow {
 
 impl AlertRow {
     /// The DetectedIssue as JSON ([`super::StoreError::Corrupt`] when the row was damaged).
-    pub fn json(&self) -> super::Result<serde_json::Value> {
+    pub fn json(&self) -> Result<serde_json::Value> {
         super::parse_body(|| format!("DetectedIssue/{}", self.id), &self.body)
     }
 }

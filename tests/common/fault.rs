@@ -7,8 +7,8 @@
 //! upstream. Bodies and headers pass through untouched, so absolute URLs in responses (the
 //! `Location` header, `fullUrl`s, `link`s) still name the upstream, not the proxy.
 //!
-//! Self-contained (no `super::` items), so a test binary can include it either as
-//! `common::fault` or with `#[path = "common/fault.rs"] mod fault;`.
+//! Self-contained (no `super::` items): the tests include it as `common::fault`; a bench could
+//! with `#[path = "../tests/common/fault.rs"] mod fault;`.
 #![allow(dead_code)]
 
 use http_body_util::{BodyExt, Full};

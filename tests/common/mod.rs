@@ -1,17 +1,39 @@
 //! Test harness: starts the real application on port 0 with a real store (a SQLite file in a
 //! temporary folder, or a fresh PostgreSQL database), with minted tokens for every role.
+//!
+//! The modules beside this file are self-contained, so that the benches can include them with
+//! `#[path = "../tests/common/<module>.rs"]`:
+//!
+//! | module | what | used by |
+//! |---|---|---|
+//! | `child` | a test run again in a process of its own, with environment variables | `exchange_auth` |
+//! | `conf` | pieces of generated configurations: the four sectors, static tokens and their `[[clients]]` tables | `TestApp`, `exchange`, `exchange_auth`, `log_privacy`, `process`; P2, P3, P4, P5 |
+//! | `fault` | a fault-injecting HTTP proxy in front of a peer | `exchange`, `exchange_auth`, `peer_harness` |
+//! | `inproc` | the application in this process (`App::build`, served on port 0) | `TestApp`; P3 |
+//! | `peers` | Medplum FHIR peers and the Lantana validator (Node.js) | `exchange`, `exchange_auth`, `audit_events_valid`, `peer_harness`; P4 |
+//! | `pg` | fresh PostgreSQL databases | `fresh_pg_database` (every PostgreSQL test); P2, P4 |
+//! | `records` | the Patient, Condition and transaction Bundle of the exchange tests | `exchange`, `exchange_auth`; P4 |
+//! | `server` | the real binary, `carebridge serve`, as a child process | `exchange`, `exchange_auth`, `jwt`, `log_privacy`, `process`; P2, P4, P5 |
+//! | `synthea` | the Synthea files and their split across the three sectors | `synthea_alerts`, `public_data`; P2, P3 |
+//!
+//! Here, for the tests only: `TestApp`, `fresh_pg_database` (the one place a missing PostgreSQL
+//! is reported), `wait_for`, `outbox`, `copy_at`, the shared data.
 #![allow(dead_code)]
 
-use carebridge::app::App;
-use carebridge::auth::{Clients, new_token, token_hash};
-use carebridge::config::Settings;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod child;
+pub mod conf;
 pub mod fault;
+pub mod inproc;
 pub mod peers;
+pub mod pg;
+pub mod records;
+pub mod server;
+pub mod synthea;
 
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -35,38 +57,27 @@ pub fn pg_admin_url() -> String {
     std::env::var("CAREBRIDGE_TEST_PG").unwrap_or_else(|_| PG_ADMIN_URL.to_owned())
 }
 
-/// Creates an empty PostgreSQL database for one test and returns its URL.
+/// Creates an empty PostgreSQL database for one test and returns its URL and name. The one
+/// place where a test meets a missing PostgreSQL: it fails with one line that says so.
 pub async fn fresh_pg_database() -> (String, String) {
-    use sqlx::Connection;
-    let name = format!("cb_test_{}", uuid::Uuid::new_v4().simple());
     let admin = pg_admin_url();
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL is reachable for tests");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let base = admin
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_owned())
-        .unwrap_or(admin);
-    (format!("{base}/{name}"), name)
-}
-
-pub async fn drop_pg_database(name: &str) {
-    use sqlx::Connection;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
+    match pg::create_database(&admin, "cb_test_").await {
+        Ok(created) => created,
+        Err(pg::PgError::Unreachable(e)) => panic!(
+            "PostgreSQL is not reachable at {admin} (set CAREBRIDGE_TEST_PG or start it: see \
+             README, \"Prerequisites\"): {e}"
+        ),
+        Err(e) => panic!("PostgreSQL at {admin}: {e}"),
     }
 }
 
+pub async fn drop_pg_database(name: &str) {
+    pg::drop_database(&pg_admin_url(), name).await;
+}
+
 /// The test configuration: the three Danish sectors with their profiles, plus `lab`, a
-/// hospital-kind sector with structural validation only (for official examples and Synthea).
+/// hospital-kind sector with structural validation only (for official examples and Synthea):
+/// `conf::SECTORS`.
 pub fn config_text(store_url: &str, extra_server: &str) -> String {
     let profiles = repo().join("fhir-profiles");
     format!(
@@ -89,33 +100,9 @@ profiles_dir = "{profiles}"
 [exchange]
 enabled = false
 
-[[sectors]]
-id = "gp"
-name = "General practice"
-kind = "general-practice"
-base_url = "http://gp.test/fhir"
-profile = "dk-gp"
-
-[[sectors]]
-id = "hospital"
-name = "Hospital"
-kind = "hospital"
-base_url = "http://hospital.test/fhir"
-profile = "dk-hospital"
-
-[[sectors]]
-id = "municipality"
-name = "Municipality"
-kind = "municipality"
-base_url = "http://municipality.test/fhir"
-profile = "dk-municipality"
-
-[[sectors]]
-id = "lab"
-name = "Laboratory"
-kind = "hospital"
-"#,
-        profiles = profiles.display()
+{sectors}"#,
+        profiles = profiles.display(),
+        sectors = conf::SECTORS,
     )
 }
 
@@ -134,11 +121,10 @@ pub struct TestApp {
     pub base: String,
     pub tokens: HashMap<String, String>,
     pub http: reqwest::Client,
-    pub app_gateway: Arc<carebridge::ingest::Gateway>,
+    pub app_gateway: Arc<inproc::Gateway>,
     pub dir: tempfile::TempDir,
     pub pg_database: Option<String>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: Option<tokio::task::JoinHandle<()>>,
+    app: inproc::InProcess,
 }
 
 impl TestApp {
@@ -164,41 +150,19 @@ impl TestApp {
             }
         };
         let config = dir.path().join("carebridge.toml");
-        let mut text = make(&url);
-        let mut tokens = HashMap::new();
-        for (id, role) in ROLES {
-            let token = new_token();
-            text.push_str(&format!(
-                "\n[[clients]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
-                token_hash(&token)
-            ));
-            tokens.insert(id.to_owned(), token);
-        }
-        std::fs::write(&config, text).expect("write config");
-        let settings = Settings::load(&config).expect("test configuration loads");
-        let clients = Clients::from_settings(&settings.clients);
-        let app = App::build(settings, &config.display().to_string(), clients)
+        let (clients, tokens) = conf::mint(&ROLES);
+        std::fs::write(&config, make(&url) + &clients).expect("write config");
+        let app = inproc::InProcess::start(&config)
             .await
-            .expect("app builds");
-        let gateway = app.gateway.clone();
-        let (listener, addr) = App::bind("127.0.0.1:0").await.expect("bind port 0");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(async move {
-            let _ = app
-                .serve(listener, async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+            .unwrap_or_else(|e| panic!("the test application starts: {e:#}"));
         TestApp {
-            base: format!("http://{addr}/fhir"),
+            base: app.base.clone(),
             tokens,
             http: reqwest::Client::new(),
-            app_gateway: gateway,
+            app_gateway: app.gateway.clone(),
             dir,
             pg_database,
-            shutdown: Some(tx),
-            handle: Some(handle),
+            app,
         }
     }
 
@@ -212,14 +176,7 @@ impl TestApp {
         path: &str,
         body: &Value,
     ) -> (u16, Value, reqwest::header::HeaderMap) {
-        self.send(
-            who,
-            reqwest::Method::POST,
-            path,
-            Some(body.to_string().into_bytes()),
-            "application/fhir+json",
-        )
-        .await
+        self.send_json(who, reqwest::Method::POST, path, body).await
     }
 
     pub async fn put(
@@ -228,14 +185,19 @@ impl TestApp {
         path: &str,
         body: &Value,
     ) -> (u16, Value, reqwest::header::HeaderMap) {
-        self.send(
-            who,
-            reqwest::Method::PUT,
-            path,
-            Some(body.to_string().into_bytes()),
-            "application/fhir+json",
-        )
-        .await
+        self.send_json(who, reqwest::Method::PUT, path, body).await
+    }
+
+    async fn send_json(
+        &self,
+        who: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let bytes = body.to_string().into_bytes();
+        self.send(who, method, path, Some(bytes), "application/fhir+json")
+            .await
     }
 
     pub async fn get(&self, who: &str, path: &str) -> (u16, Value) {
@@ -275,21 +237,71 @@ impl TestApp {
 
     /// Resources stored in total (all sectors and types).
     pub async fn stored_count(&self) -> i64 {
-        let stats = self.app_gateway.store.stats().await.expect("stats");
+        let stats = self.app_gateway.store().stats().await.expect("stats");
         stats.by_sector_type.iter().map(|r| r.2).sum()
     }
 
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            let _ = h.await;
-        }
+        self.app.stop().await;
         if let Some(db) = self.pg_database.take() {
             drop_pg_database(&db).await;
         }
     }
+}
+
+/// Polls `f` every 100 ms until it returns Some, or panics after `secs` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The outbox entries of a store (those in `state`, or all).
+pub async fn outbox(
+    store: &dyn carebridge::store::Store,
+    state: Option<&str>,
+) -> Vec<carebridge::store::OutboxEntry> {
+    carebridge::gateway::admin::list_deliveries(
+        store,
+        &carebridge::store::OutboxFilter {
+            state: state.map(|s| {
+                carebridge::store::DeliveryState::parse(s)
+                    .unwrap_or_else(|| panic!("no outbox state {s}"))
+            }),
+            target: None,
+            offset: 0,
+            count: 100_000,
+        },
+    )
+    .await
+    .expect("outbox list")
+}
+
+/// The gateway's copy of `<source>/<rtype>/<id>` at a sector's peer, found by the
+/// source-resource identifier it carries (never more than one).
+pub async fn copy_at(peer: &peers::Peer, source: &str, rtype: &str, id: &str) -> Option<Value> {
+    let system = carebridge::exchange::SOURCE_ID_SYSTEM;
+    let q = format!("{rtype}?identifier={system}|{source}/{rtype}/{id}");
+    let found = peer.search_resources(&q).await;
+    assert!(
+        found.len() <= 1,
+        "{} copies of {source}/{rtype}/{id} at {}",
+        found.len(),
+        peer.name
+    );
+    found.into_iter().next()
 }
 
 /// Reads a JSON file of the shared data.

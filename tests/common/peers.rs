@@ -2,8 +2,11 @@
 //! FHIR router over its in-memory repository) run as child processes, and the independent
 //! Lantana FHIR.js validator (`tests/peers/validate-fhir.mjs`). See `tests/peers/README.md`.
 //!
-//! Self-contained (no `super::` items), so a test binary can include it either as
-//! `common::peers` or with `#[path = "common/peers.rs"] mod peers;`.
+//! Node.js is required (20 or later): `require_node` fails a test with one line when it is
+//! missing; `npm ci --prefix tests/peers` runs when `tests/peers/node_modules` is out of date.
+//!
+//! Self-contained (no `super::` items): the tests include it as `common::peers`, the P4 bench
+//! with `#[path = "../tests/common/peers.rs"] mod peers;`.
 #![allow(dead_code)]
 
 use serde_json::{Value, json};
@@ -31,6 +34,50 @@ pub fn peers_dir() -> PathBuf {
 /// The `node` executable (`CAREBRIDGE_NODE` overrides).
 pub fn node_bin() -> String {
     std::env::var("CAREBRIDGE_NODE").unwrap_or_else(|_| "node".to_owned())
+}
+
+/// The one message for a missing Node.js or npm.
+fn node_missing(detail: &str) -> String {
+    format!(
+        "node/npm not found: tests/peers needs Node.js 20 or later with npm (see \
+         tests/peers/README.md; CAREBRIDGE_NODE names another node): {detail}"
+    )
+}
+
+/// Fails the calling test with one line unless `node` (20 or later) runs. Checked once per
+/// process; every peer start and every validation calls it first.
+pub fn require_node() {
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    let checked = CHECKED.get_or_init(|| {
+        let node = node_bin();
+        let out = std::process::Command::new(&node)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| node_missing(&format!("`{node} --version`: {e}")))?;
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() {
+            return Err(node_missing(&format!(
+                "`{node} --version` failed ({})",
+                out.status
+            )));
+        }
+        let major: Option<u32> = version
+            .trim_start_matches('v')
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok());
+        match major {
+            Some(m) if m >= 20 => Ok(()),
+            _ => Err(format!(
+                "`{node}` is Node.js {version}: tests/peers needs Node.js 20 or later (see \
+                 tests/peers/README.md)"
+            )),
+        }
+    });
+    if let Err(e) = checked {
+        panic!("{e}");
+    }
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -107,6 +154,7 @@ impl Drop for DirLock {
 /// and serialised across test binaries by a lock directory in the temp folder. Blocking: from
 /// async code, call it through `tokio::task::spawn_blocking` (as `Peer::start` does).
 pub fn ensure_npm_installed() {
+    require_node();
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     let result = DONE.get_or_init(|| {
         let dir = peers_dir();
@@ -134,7 +182,7 @@ pub fn ensure_npm_installed() {
             .arg("--no-fund")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run npm: {e}"))?;
+            .map_err(|e| node_missing(&format!("`npm ci` is needed and `npm`: {e}")))?;
         if !out.status.success() {
             return Err(format!(
                 "npm ci --prefix {} failed ({}):\n{}\n{}",
@@ -297,9 +345,16 @@ impl Peer {
     }
 
     async fn spawn(name: &str, port: u16, opts: &PeerOptions) -> Spawned {
-        tokio::task::spawn_blocking(ensure_npm_installed)
-            .await
-            .expect("npm install task");
+        // On the test's own thread, so that a missing Node.js fails the test with its one line
+        // (a `node --version` once per process).
+        require_node();
+        if let Err(e) = tokio::task::spawn_blocking(ensure_npm_installed).await {
+            // Fail with the install's own message (a missing Node.js says so in one line).
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            panic!("npm install task: {e}");
+        }
         let _permit = start_permits().acquire().await.expect("start semaphore");
         let script = peers_dir().join("fhir-server.mjs");
         let started = Instant::now();
@@ -317,7 +372,7 @@ impl Peer {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {} (is Node installed?): {e}", node_bin()));
+            .unwrap_or_else(|e| panic!("{}", node_missing(&format!("`{}`: {e}", node_bin()))));
         let stdin = child.stdin.take().expect("piped stdin");
         let stderr = Arc::new(Mutex::new(String::new()));
         spawn_drain(
@@ -681,7 +736,12 @@ pub fn validate_with_lantana(resources: &[Value]) -> Vec<Value> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {} {}: {e}", node_bin(), script.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}",
+                node_missing(&format!("`{} {}`: {e}", node_bin(), script.display()))
+            )
+        });
     let mut input = String::new();
     for r in resources {
         input.push_str(&r.to_string());

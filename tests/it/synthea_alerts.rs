@@ -3,7 +3,8 @@
 //! brought to a state the care team has dealt with (the resolution step), pushed through the
 //! API, and the alerts read back as DetectedIssue; then findings are planted and withdrawn.
 //!
-//! **The split** (deterministic; [`split`]):
+//! **The split** (deterministic; [`split`], by the rule of `tests/common/synthea.rs`, which the P3
+//! bench shares):
 //!
 //! - `Patient` goes to all three sectors, with the same synthetic CPR identifier
 //!   (`urn:oid:1.2.208.176.1.2`, ten digits: `0101` + `50` + `7000 + index`, index = position of
@@ -11,7 +12,7 @@
 //! - an `Encounter` goes by its class: `AMB` (ambulatory, wellness) to `gp`, `EMER` and `IMP`
 //!   (emergency, inpatient) to `hospital`;
 //! - a `CarePlan` whose category is home-care, rehabilitation or self-care style
-//!   ([`MUNICIPAL_PLANS`]: self care, dementia management, head injury rehabilitation, wound
+//!   (`synthea::MUNICIPAL_PLANS`: self care, dementia management, head injury rehabilitation, wound
 //!   care, physical therapy, musculoskeletal care) goes to `municipality`; any other CarePlan
 //!   (disease management such as diabetes or heart failure self management, COPD, hyperlipidemia,
 //!   cancer, inpatient, fracture care ...) goes with its encounter;
@@ -118,16 +119,15 @@
 //!
 //! The counts per alert code (unsplit, raw split, resolved clean split, injected, withdrawn),
 //! the resolution, every raw finding and every injection are printed with `eprintln!`
-//! (`cargo test --test synthea_alerts -- --nocapture`).
+//! (`cargo test --test it synthea_alerts:: -- --nocapture`).
 
-mod common;
-
+use crate::common::synthea::{self, SECTORS, SplitOptions, push_concept, rid, rtype, walk_refs};
+use crate::common::{Backend, TestApp, read_json, repo, shared_data};
 use carebridge::config::AlertSettings;
-use carebridge::detect::knowledge::{MedKnowledge, RouteFamily, concept_of};
 use carebridge::detect::{self, Context, Item, Rules, Snapshot};
-use carebridge::exchange::codes::Mapping;
-use carebridge::store::gateway_id;
-use common::{Backend, TestApp, read_json, repo, shared_data};
+use carebridge::ids::gateway_id;
+use carebridge::terminology::Mapping;
+use carebridge::terminology::medication::{MedKnowledge, RouteFamily, concept_of};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
@@ -136,18 +136,6 @@ const CPR_SYSTEM: &str = "urn:oid:1.2.208.176.1.2";
 const ICPC2: &str = "urn:oid:1.2.208.176.2.31";
 const ATC: &str = "http://www.whocc.no/atc";
 const SCT: &str = "http://snomed.info/sct";
-const SECTORS: [&str; 3] = ["gp", "hospital", "municipality"];
-
-/// SNOMED CT CarePlan categories that a Danish municipality runs (home care, rehabilitation,
-/// self-care support).
-const MUNICIPAL_PLANS: [&str; 6] = [
-    "326051000000105", // Self care
-    "386257007",       // Demential management
-    "47387005",        // Head injury rehabilitation
-    "225358003",       // Wound care
-    "91251008",        // Physical therapy procedure
-    "872781000000100", // Musculoskeletal care
-];
 
 /// The alert codes, in print order.
 const KINDS: [&str; 8] = [
@@ -225,17 +213,9 @@ impl SplitPatient {
     }
 }
 
-fn rtype(r: &Value) -> &str {
-    r["resourceType"].as_str().unwrap_or_default()
-}
-
-fn rid(r: &Value) -> &str {
-    r["id"].as_str().unwrap_or_default()
-}
-
 fn item(sector: &str, r: &Value) -> Option<Item> {
     let t = rtype(r);
-    carebridge::detect::lifecycle::DETECT_TYPES
+    carebridge::gateway::alerts::DETECT_TYPES
         .contains(&t)
         .then(|| Item {
             gid: gateway_id(sector, t, rid(r)),
@@ -251,98 +231,8 @@ fn gid(sector: &str, r: &Value) -> String {
     gateway_id(sector, rtype(r), rid(r))
 }
 
-/// Every reference string in `v`, with the key path that leads to it.
-fn walk_refs(v: &mut Value, path: &mut Vec<String>, f: &mut dyn FnMut(&[String], &mut Value)) {
-    match v {
-        Value::Object(map) => {
-            if map.get("reference").is_some_and(Value::is_string) {
-                f(path, v);
-                return;
-            }
-            for (k, child) in map.iter_mut() {
-                path.push(k.clone());
-                walk_refs(child, path, f);
-                path.pop();
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|c| walk_refs(c, path, f)),
-        _ => {}
-    }
-}
-
-fn encounter_sector(enc: &Value) -> &'static str {
-    match enc["class"]["code"].as_str() {
-        Some("EMER" | "IMP") => "hospital",
-        _ => "gp",
-    }
-}
-
 fn label(r: &Value) -> String {
     detect::concept_label(r.get("code"))
-}
-
-/// The sector each resource goes to (see the module documentation). Patient, Practitioner and
-/// Organization are `None` (copied where needed).
-fn homes(entries: &[Value]) -> HashMap<String, &'static str> {
-    let by_url: HashMap<&str, &Value> = entries
-        .iter()
-        .map(|e| (e["fullUrl"].as_str().unwrap(), &e["resource"]))
-        .collect();
-    let mut home: HashMap<String, &'static str> = HashMap::new();
-    // The encounter a resource names, wherever it is.
-    let first_encounter = |r: &Value| -> Option<&'static str> {
-        let mut found = None;
-        let mut copy = r.clone();
-        walk_refs(&mut copy, &mut Vec::new(), &mut |_, reference| {
-            if found.is_none() {
-                let target = by_url.get(reference["reference"].as_str().unwrap());
-                if let Some(t) = target.filter(|t| rtype(t) == "Encounter") {
-                    found = Some(encounter_sector(t));
-                }
-            }
-        });
-        found
-    };
-    for e in entries {
-        let r = &e["resource"];
-        let url = e["fullUrl"].as_str().unwrap().to_owned();
-        let sector = match rtype(r) {
-            "Patient" | "Practitioner" | "Organization" | "Goal" => continue,
-            "Encounter" => encounter_sector(r),
-            "CarePlan"
-                if r["category"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|c| c["coding"].as_array().into_iter().flatten())
-                    .any(|c| MUNICIPAL_PLANS.contains(&c["code"].as_str().unwrap_or(""))) =>
-            {
-                "municipality"
-            }
-            _ => first_encounter(r).unwrap_or("gp"),
-        };
-        home.insert(url, sector);
-    }
-    // Goals go with the plan that lists them.
-    for e in entries {
-        let r = &e["resource"];
-        if rtype(r) != "CarePlan" {
-            continue;
-        }
-        let plan_sector = home[e["fullUrl"].as_str().unwrap()];
-        for g in r["goal"].as_array().into_iter().flatten() {
-            if let Some(u) = g["reference"].as_str() {
-                home.entry(u.to_owned()).or_insert(plan_sector);
-            }
-        }
-    }
-    for e in entries {
-        if rtype(&e["resource"]) == "Goal" {
-            home.entry(e["fullUrl"].as_str().unwrap().to_owned())
-                .or_insert("gp");
-        }
-    }
-    home
 }
 
 /// Counts of the references the split rewrote, by `Type.path -> target type`.
@@ -353,108 +243,63 @@ fn cpr_of(index: usize) -> String {
     format!("010150{:04}", 7000 + index)
 }
 
+/// One patient's split (the rule of `common::synthea`): the Patient, with the synthetic CPR
+/// added, in every sector, then the Practitioners and Organizations each sector references (in
+/// fullUrl order), then that sector's records in Bundle order; and the unsplit record.
 fn split(index: usize, file: &str, bundle: &Value, rewrites: &mut Rewrites) -> SplitPatient {
     let entries = bundle["entry"].as_array().expect("entries").clone();
-    let by_url: HashMap<String, Value> = entries
-        .iter()
-        .map(|e| {
-            (
-                e["fullUrl"].as_str().unwrap().to_owned(),
-                e["resource"].clone(),
-            )
-        })
-        .collect();
-    let home = homes(&entries);
     let cpr = cpr_of(index);
-    let patient = entries
+    let mut patient = entries
         .iter()
         .map(|e| &e["resource"])
         .find(|r| rtype(r) == "Patient")
         .expect("a Patient")
         .clone();
-    let mut patient = patient;
     patient["identifier"]
         .as_array_mut()
         .expect("identifiers")
         .push(json!({ "system": CPR_SYSTEM, "value": cpr }));
     let patient_id = rid(&patient).to_owned();
 
-    let mut sectors: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
-    let mut shared: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
-    let mut unsplit = vec![patient.clone()];
-    for s in SECTORS {
-        sectors.insert(s, vec![patient.clone()]);
+    let parts = synthea::split(
+        bundle,
+        &SplitOptions {
+            display_code: true,
+            ..SplitOptions::default()
+        },
+    );
+    for (k, n) in &parts.rewrites {
+        *rewrites.entry(k.clone()).or_default() += n;
     }
+    // Unsplit: every record the split placed, with every reference as Type/id.
+    let mut unsplit = vec![patient.clone()];
     for e in &entries {
-        let url = e["fullUrl"].as_str().unwrap();
-        let Some(&sector) = home.get(url) else {
+        if !parts.home.contains_key(e["fullUrl"].as_str().unwrap()) {
             continue;
-        };
-        let mut r = e["resource"].clone();
-        let t = rtype(&r).to_owned();
-        // Unsplit: every reference as Type/id.
-        let mut whole = r.clone();
+        }
+        let mut whole = e["resource"].clone();
         walk_refs(&mut whole, &mut Vec::new(), &mut |_, reference| {
             let u = reference["reference"].as_str().unwrap().to_owned();
-            if let Some(target) = by_url.get(&u) {
+            if let Some(target) = parts.by_url.get(&u) {
                 reference["reference"] = json!(format!("{}/{}", rtype(target), rid(target)));
             }
         });
         unsplit.push(whole);
-        // Split: same-sector and shared targets as Type/id; the rest display-only.
-        let mut reason_codes: Vec<(Vec<String>, Value)> = Vec::new();
-        walk_refs(&mut r, &mut Vec::new(), &mut |path, reference| {
-            let u = reference["reference"].as_str().unwrap().to_owned();
-            let Some(target) = by_url.get(&u) else {
-                return;
-            };
-            let tt = rtype(target);
-            let local = format!("{tt}/{}", rid(target));
-            match tt {
-                "Patient" => reference["reference"] = json!(local),
-                "Practitioner" | "Organization" => {
-                    shared.entry(sector).or_default().insert(u.clone());
-                    reference["reference"] = json!(local);
-                }
-                _ if home.get(&u) == Some(&sector) => reference["reference"] = json!(local),
-                _ => {
-                    let other = home.get(&u).copied().unwrap_or("?");
-                    *rewrites
-                        .entry(format!("{t}.{} -> {tt}", path.join(".")))
-                        .or_default() += 1;
-                    let code_text = target.get("code").map(|_| format!(": {}", label(target)));
-                    *reference = json!({
-                        "display": format!("{tt} recorded by {other}{}", code_text.unwrap_or_default())
-                    });
-                    if let Some(code) = target.get("code") {
-                        reason_codes.push((path.to_vec(), code.clone()));
-                    }
-                }
-            }
-        });
-        for (path, code) in reason_codes {
-            match (t.as_str(), path.first().map(String::as_str)) {
-                ("CarePlan", Some("addresses")) => {
-                    for act in r["activity"].as_array_mut().into_iter().flatten() {
-                        let detail = &mut act["detail"];
-                        if detail.is_object() {
-                            push_concept(&mut detail["reasonCode"], &code);
-                        }
-                    }
-                }
-                ("MedicationRequest" | "Procedure", Some("reasonReference")) => {
-                    push_concept(&mut r["reasonCode"], &code);
-                }
-                _ => {}
-            }
-        }
-        sectors.get_mut(sector).unwrap().push(r);
     }
-    // Practitioners and Organizations right after the Patient, where referenced.
-    for (sector, urls) in shared {
-        let list = sectors.get_mut(sector).unwrap();
-        let copies: Vec<Value> = urls.iter().map(|u| by_url[u].clone()).collect();
-        list.splice(1..1, copies);
+    let mut shared: BTreeMap<&'static str, BTreeSet<&str>> = BTreeMap::new();
+    for (sector, url) in &parts.shared {
+        shared.entry(sector).or_default().insert(url);
+    }
+    let mut sectors: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
+    for s in SECTORS {
+        let mut list = vec![patient.clone()];
+        for url in shared.get(s).into_iter().flatten() {
+            list.push(parts.shared_resource(url));
+        }
+        sectors.insert(s, list);
+    }
+    for (sector, r) in parts.records {
+        sectors.get_mut(sector).unwrap().push(r);
     }
     SplitPatient {
         index,
@@ -466,23 +311,8 @@ fn split(index: usize, file: &str, bundle: &Value, rewrites: &mut Rewrites) -> S
     }
 }
 
-fn push_concept(list: &mut Value, concept: &Value) {
-    if !list.is_array() {
-        *list = json!([]);
-    }
-    let a = list.as_array_mut().unwrap();
-    if !a.contains(concept) {
-        a.push(concept.clone());
-    }
-}
-
 fn load_patients(rewrites: &mut Rewrites) -> Vec<SplitPatient> {
-    let mut files: Vec<_> = std::fs::read_dir(shared_data().join("synthea"))
-        .expect("synthea folder")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
+    let files = synthea::files(&shared_data()).expect("synthea folder");
     assert_eq!(files.len(), 50);
     files
         .iter()
@@ -875,14 +705,14 @@ impl Knowledge {
         Knowledge {
             med: MedKnowledge::load(&dir).expect("medication knowledge"),
             mapping: Mapping::load(&dir).expect("concept maps"),
-            rules: AlertSettings::default().rules(),
+            rules: Rules::from(&AlertSettings::default()),
         }
     }
 
     fn detect(&self, items: Vec<Item>) -> Vec<detect::Finding> {
         let s = Snapshot {
             patient_id: "p".into(),
-            now_us: carebridge::audit::now_us(),
+            now_us: carebridge::fhir::time::now_us(),
             items,
             copies: HashMap::new(),
         };

@@ -2,19 +2,19 @@
 //! `tests/peers/`), pushing, pulling, mapping, delivering, surviving outages and faults. The
 //! fault proxy (tests/common/fault.rs) sits in front of a real server only to inject faults.
 
-mod common;
+use crate::common;
 
+use crate::common::fault::{Fault, FaultProxy, Matcher};
+use crate::common::peers::{Peer, PeerOptions, lantana_errors, start_three, validate_with_lantana};
+use crate::common::records::{CPR, ICPC2, condition, patient, transaction};
+use crate::common::server::{Serve, Server};
+use crate::common::{Backend, TestApp, conf, copy_at, repo, wait_for};
 use carebridge::exchange::SOURCE_ID_SYSTEM;
-use carebridge::store::{OutboxEntry, OutboxFilter};
-use common::fault::{Fault, FaultProxy, Matcher};
-use common::peers::{Peer, PeerOptions, lantana_errors, start_three, validate_with_lantana};
-use common::{Backend, TestApp, repo};
+use carebridge::store::OutboxEntry;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-const CPR: &str = "urn:oid:1.2.208.176.1.2";
-const ICPC2: &str = "urn:oid:1.2.208.176.2.31";
 const SKSD: &str = "urn:oid:1.2.208.176.2.4.12";
 const FSIII: &str = "urn:oid:1.2.208.176.2.21";
 const ATC: &str = "http://www.whocc.no/atc";
@@ -57,53 +57,17 @@ fn config(store_url: &str, sectors: &[(&str, String, &str)], exchange: &str) -> 
     text
 }
 
-/// Polls `f` until it returns Some, or panics after `secs` with `what`.
-async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn outbox(app: &TestApp, state: Option<&str>) -> Vec<OutboxEntry> {
-    carebridge::exchange::list_deliveries(
-        app.app_gateway.store.as_ref(),
-        &OutboxFilter {
-            state: state.map(str::to_owned),
-            target: None,
-            offset: 0,
-            count: 100_000,
-        },
-    )
-    .await
-    .expect("outbox list")
+    common::outbox(app.app_gateway.store().as_ref(), state).await
 }
 
 /// Waits until nothing is pending, then returns every entry.
 async fn settled(app: &TestApp, secs: u64) -> Vec<OutboxEntry> {
     wait_for("the outbox to drain", secs, || async {
         let all = outbox(app, None).await;
-        (!all.is_empty() && all.iter().all(|e| e.state != "pending")).then_some(all)
+        (!all.is_empty() && all.iter().all(|e| e.state.code() != "pending")).then_some(all)
     })
     .await
-}
-
-fn patient(cpr: &str, family: &str) -> Value {
-    json!({
-        "resourceType": "Patient",
-        "identifier": [{"system": CPR, "value": cpr}],
-        "name": [{"family": family, "given": ["Test"]}],
-        "gender": "female",
-        "birthDate": "1948-03-14"
-    })
 }
 
 /// Creates the patient on the sector's own server, then the sector pushes it to the gateway
@@ -118,21 +82,6 @@ async fn register_patient(app: &TestApp, peer: &Peer, sector: &str, cpr: &str) -
         .await;
     assert!(status == 201 || status == 200, "{status} {out}");
     id
-}
-
-fn condition(id: &str, patient: &str, system: &str, code: &str, display: &str) -> Value {
-    json!({
-        "resourceType": "Condition",
-        "id": id,
-        "extension": [{"url": "http://example.org/fhir/StructureDefinition/carebridge-test-note", "valueString": "kept as is"}],
-        "identifier": [{"system": format!("urn:carebridge:test:{id}"), "value": id}],
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
-        "code": {"coding": [{"system": system, "code": code, "display": display}]},
-        "subject": {"reference": format!("Patient/{patient}")},
-        "recordedDate": "2026-10-01",
-        "_recordedDate": {"extension": [{"url": "http://example.org/fhir/StructureDefinition/carebridge-test-precision", "valueCode": "day"}]}
-    })
 }
 
 fn care_plan(id: &str, patient: &str, condition: &str, activity: Option<(&str, &str)>) -> Value {
@@ -176,17 +125,6 @@ fn care_team(id: &str, patient: &str) -> Value {
     })
 }
 
-fn transaction(resources: &[Value]) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": resources.iter().map(|r| json!({
-            "resource": r,
-            "request": {"method": "PUT", "url": format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap())}
-        })).collect::<Vec<_>>()
-    })
-}
-
 async fn push(app: &TestApp, sector: &str, resources: &[Value]) {
     let (status, body, _) = app
         .post(sector, &format!("/{sector}"), &transaction(resources))
@@ -208,19 +146,6 @@ fn codings(r: &Value, pointer: &str) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The copy of `sector/Type/id` at a peer, found by the source-resource identifier.
-async fn copy_at(peer: &Peer, source: &str, rtype: &str, id: &str) -> Option<Value> {
-    let q = format!("{rtype}?identifier={SOURCE_ID_SYSTEM}|{source}/{rtype}/{id}");
-    let found = peer.search_resources(&q).await;
-    assert!(
-        found.len() <= 1,
-        "{} copies of {source}/{rtype}/{id} at {}",
-        found.len(),
-        peer.name
-    );
-    found.into_iter().next()
 }
 
 fn mapping_profiles(set: &str, rtype: &str) -> Vec<String> {
@@ -307,13 +232,16 @@ async fn pushes_reach_the_other_sectors_mapped_and_valid() {
     .await;
 
     let entries = settled(&app, 60).await;
-    let dead: Vec<_> = entries.iter().filter(|e| e.state == "dead").collect();
+    let dead: Vec<_> = entries
+        .iter()
+        .filter(|e| e.state.code() == "dead")
+        .collect();
     assert!(dead.is_empty(), "dead letters: {dead:#?}");
     // 4 GP resources to 2 sectors, 2 hospital resources to 2, 2 municipal resources to 2 (beside
     // them, the alert messages the gateway itself sends to the care team: source `carebridge`).
     let delivered: Vec<_> = entries
         .iter()
-        .filter(|e| e.state == "delivered" && e.source != "carebridge")
+        .filter(|e| e.state.code() == "delivered" && e.source != "carebridge")
         .collect();
     assert_eq!(delivered.len(), 16, "{entries:#?}");
 
@@ -768,7 +696,7 @@ async fn a_sector_that_was_down_receives_what_it_missed_once_and_in_order() {
     hospital.restart().await;
     let entries = settled(&app, 60).await;
     assert!(
-        entries.iter().all(|e| e.state == "delivered"),
+        entries.iter().all(|e| e.state.code() == "delivered"),
         "{entries:#?}"
     );
     for id in &ids {
@@ -799,7 +727,7 @@ async fn a_sector_that_was_down_receives_what_it_missed_once_and_in_order() {
 
 /// The hospital's entry for `gp/Condition/<id>`.
 async fn entry_for(app: &TestApp, id: &str) -> OutboxEntry {
-    let gid = carebridge::store::gateway_id("gp", "Condition", id);
+    let gid = carebridge::ids::gateway_id("gp", "Condition", id);
     outbox(app, None)
         .await
         .into_iter()
@@ -810,7 +738,7 @@ async fn entry_for(app: &TestApp, id: &str) -> OutboxEntry {
 async fn wait_state(app: &TestApp, id: &str, state: &str) -> OutboxEntry {
     wait_for(&format!("{id} to be {state}"), 60, || async {
         let e = entry_for(app, id).await;
-        (e.state == state).then_some(e)
+        (e.state.code() == state).then_some(e)
     })
     .await
 }
@@ -948,46 +876,15 @@ async fn faults_are_retried_or_dead_lettered_and_dead_letters_replay() {
     app.stop().await;
 }
 
-/// A `carebridge serve` child that is killed when dropped, so that a failing test leaves no
-/// server behind.
-struct Served(std::process::Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `carebridge serve`; returns the child and its base URL (read from its log).
-fn start_binary(config: &std::path::Path) -> (Served, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_carebridge"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .current_dir(repo())
-        .env("RUST_LOG", "warn,carebridge=info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+/// Starts `carebridge serve`; the child is killed when dropped, so that a failing test leaves
+/// no server behind.
+fn start_binary(config: &std::path::Path) -> (Server, String) {
+    let server = Serve::new(config)
+        .rust_log("warn,carebridge=info")
+        .start()
         .expect("the binary starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server logs its address")
-            .expect("log");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Served(child), format!("http://{addr}/fhir"))
+    let base = server.base.clone();
+    (server, base)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -996,22 +893,14 @@ async fn two_replicas_on_postgresql_deliver_each_entry_exactly_once() {
     let hospital = Peer::start("hospital", &PeerOptions::default()).await;
     let (url, db) = common::fresh_pg_database().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut text = config(
+    let text = config(
         &url,
         &[("hospital", hospital.base.clone(), "push")],
         &format!("{FAST}batch = 32\n"),
     );
-    let mut tokens = HashMap::new();
-    for (id, role) in [("gp", "sector:gp"), ("hospital", "sector:hospital")] {
-        let token = carebridge::auth::new_token();
-        text.push_str(&format!(
-            "\n[[clients]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
-            carebridge::auth::token_hash(&token)
-        ));
-        tokens.insert(id, token);
-    }
+    let (clients, tokens) = conf::mint(&[("gp", "sector:gp"), ("hospital", "sector:hospital")]);
     let config_file = dir.path().join("carebridge.toml");
-    std::fs::write(&config_file, text).unwrap();
+    std::fs::write(&config_file, text + &clients).unwrap();
     let (a, base_a) = start_binary(&config_file);
     let (b, base_b) = start_binary(&config_file);
     let http = reqwest::Client::new();
@@ -1091,33 +980,13 @@ async fn two_replicas_on_postgresql_deliver_each_entry_exactly_once() {
 
     let store = carebridge::store::SqlStore::connect(&url, 2).await.unwrap();
     wait_for("2,000 deliveries", 300, || async {
-        let delivered = carebridge::exchange::list_deliveries(
-            &store,
-            &OutboxFilter {
-                state: Some("delivered".into()),
-                target: None,
-                offset: 0,
-                count: 100_000,
-            },
-        )
-        .await
-        .unwrap();
+        let delivered = common::outbox(&store, Some("delivered")).await;
         (delivered.len() == N).then_some(())
     })
     .await;
     let all_delivered = started.elapsed();
     // Nothing else is pending or dead.
-    let all = carebridge::exchange::list_deliveries(
-        &store,
-        &OutboxFilter {
-            state: None,
-            target: None,
-            offset: 0,
-            count: 100_000,
-        },
-    )
-    .await
-    .unwrap();
+    let all = common::outbox(&store, None).await;
     assert_eq!(all.len(), N);
 
     // Exactly once: one successful delivery row per entry, and 2,000 copies at the hospital.
@@ -1166,7 +1035,7 @@ async fn two_replicas_on_postgresql_deliver_each_entry_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_reach_the_care_team_as_communications_and_close_when_the_cause_goes() {
-    use carebridge::detect::notify::ALERT_MESSAGE_SYSTEM;
+    use carebridge::gateway::notify::ALERT_MESSAGE_SYSTEM;
     let gp = Peer::start(
         "gp",
         &PeerOptions {

@@ -2,13 +2,10 @@
 //! (pushes, reads, searches by CPR, rejects that carry names), with every log level on, and the
 //! captured output contains none of the fixture patients' names or national identifiers.
 
-mod common;
+use crate::common;
 
-use carebridge::auth::{new_token, token_hash};
+use crate::common::server::Serve;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 /// Names and CPR numbers of every Patient in the demo fixtures.
 fn fixture_patient_data() -> Vec<String> {
@@ -47,53 +44,13 @@ async fn the_log_holds_no_names_or_national_identifiers() {
     assert!(secrets.len() >= 15, "{secrets:?}");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("carebridge.db");
-    let mut text = common::config_text(&format!("sqlite://{}", db.display()), "");
-    let mut tokens = std::collections::HashMap::new();
-    for (id, role) in common::ROLES {
-        let token = new_token();
-        text.push_str(&format!(
-            "\n[[clients]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
-            token_hash(&token)
-        ));
-        tokens.insert(id, token);
-    }
+    let (clients, tokens) = common::conf::mint(&common::ROLES);
+    let text = common::config_text(&format!("sqlite://{}", db.display()), "") + &clients;
     let config = dir.path().join("carebridge.toml");
     std::fs::write(&config, text).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_carebridge"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .current_dir(common::repo())
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let out_log = log.clone();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        out_log.lock().unwrap().push_str(&s);
-    });
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server starts").unwrap();
-        log.lock().unwrap().push_str(&line);
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    let err_log = log.clone();
-    let err_reader = std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let mut l = err_log.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let base = format!("http://{addr}/fhir");
+    let mut server = Serve::traced(&config).start().expect("the server starts");
+    let base = server.base.clone();
     let http = reqwest::Client::new();
 
     // Push every fixture Bundle through the API.
@@ -169,11 +126,7 @@ async fn the_log_holds_no_names_or_national_identifiers() {
         .unwrap();
     assert_eq!(resp.status(), 400);
 
-    child.kill().unwrap();
-    child.wait().unwrap();
-    err_reader.join().unwrap();
-    out_reader.join().unwrap();
-    let log = log.lock().unwrap().clone();
+    let log = server.output();
     assert!(
         log.lines().count() > 50,
         "the log at trace level was captured"

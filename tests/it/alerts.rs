@@ -2,9 +2,7 @@
 //! cases and near misses) raises exactly what it expects; the lifecycle (raise, update,
 //! acknowledge, close, reopen) as DetectedIssue; the live stream; the total healthcare plan.
 
-mod common;
-
-use common::{Backend, TestApp, repo};
+use crate::common::{Backend, TestApp, repo};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 

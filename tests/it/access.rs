@@ -1,12 +1,10 @@
 //! Access control and limits: every route with no token, a bad token and each role, checked
-//! against the matrix documented in README.md ("Access matrix"; `tests/jwt.rs` runs the role
+//! against the matrix documented in README.md ("Access matrix"; `tests/it/jwt.rs` runs the role
 //! columns again with bearer JWTs), with the `WWW-Authenticate` challenge of each 401; and the
 //! limit cases (body size, JSON depth, Bundle entries, rate) each answered with their status
 //! and an OperationOutcome, never a 5xx.
 
-mod common;
-
-use common::{Backend, TestApp};
+use crate::common::{Backend, TestApp};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -39,7 +37,7 @@ async fn every_route_answers_each_caller_as_the_matrix_says() {
     assert_eq!(s, 201);
     let (s, cond, _) = app.put("gp", "/gp/Condition/ac1", &gp_condition()).await;
     assert_eq!(s, 201, "{cond}");
-    let gid = carebridge::store::gateway_id("gp", "Condition", "ac1");
+    let gid = carebridge::ids::gateway_id("gp", "Condition", "ac1");
     let (_, found) = app
         .get(
             "careteam",

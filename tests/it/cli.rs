@@ -1,6 +1,6 @@
 //! The command line, run as the real binary.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -1,8 +1,7 @@
 //! The official R4 examples and the Synthea patients, through the real API.
 
-mod common;
-
-use common::{Backend, TestApp, expressions, official_examples, read_json, shared_data};
+use crate::common::synthea;
+use crate::common::{Backend, TestApp, expressions, official_examples, read_json, shared_data};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -61,12 +60,7 @@ fn counts(bundle: &Value) -> BTreeMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_synthea_bundle_is_accepted_whole_and_read_back_by_patient() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let mut files: Vec<_> = std::fs::read_dir(shared_data().join("synthea"))
-        .expect("synthea folder")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
+    let files = synthea::files(&shared_data()).expect("synthea folder");
     assert_eq!(files.len(), 50);
     for path in &files {
         let bundle = read_json(path);

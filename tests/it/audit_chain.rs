@@ -3,11 +3,10 @@
 //! on PostgreSQL. The append-only triggers refuse updates and deletes, and a pruned segment
 //! leaves a chain that still verifies.
 
-mod common;
-
-use carebridge::audit::{self, Actor, chain, segment};
-use carebridge::store::{AuditRow, SqlStore, Store};
-use common::{Backend, drop_pg_database, fresh_pg_database};
+use crate::common::{Backend, drop_pg_database, fresh_pg_database};
+use carebridge::audit::{self, Action, Actor, AuditRow, Interaction, Outcome, chain};
+use carebridge::gateway::ledger;
+use carebridge::store::{SqlStore, Store};
 use sqlx::AnyPool;
 
 const ROWS: i64 = 30;
@@ -42,7 +41,13 @@ impl Fixture {
         for t in 0..ROWS / 3 {
             let mut tx = store.begin().await.unwrap();
             for i in 0..3 {
-                let mut row = audit::row(&actor, Some("gp"), "C", "create", "0");
+                let mut row = audit::row(
+                    &actor,
+                    Some("gp"),
+                    Action::Create,
+                    Interaction::Create,
+                    Outcome::Success,
+                );
                 row.patient_id = Some(format!("patient-{}", t % 4));
                 row.entities = vec![format!("Condition/c{t}-{i}")];
                 row.detail = Some(format!("accepted Condition {t}-{i}"));
@@ -61,7 +66,7 @@ impl Fixture {
     async fn verify(&self) -> chain::Report {
         let mut tx = self.store.begin_read().await.unwrap();
         // A small page size makes the walk cross page boundaries.
-        chain::verify(tx.as_mut(), 7).await.unwrap()
+        ledger::verify(tx.as_mut(), 7).await.unwrap()
     }
 
     /// A connection with the powers of someone who can change the database directly.
@@ -131,7 +136,7 @@ async fn tamper_cases(backend: Backend) {
     let pool = f.attacker().await;
     let mut forged = f.row(12).await;
     forged.patient_id = Some("someone-else".into());
-    forged.hash = chain::row_hash(&forged);
+    forged.hash = audit::row_hash(&forged);
     exec(
         &pool,
         &format!(
@@ -181,7 +186,7 @@ async fn tamper_cases(backend: Backend) {
     forged.seq = 20;
     forged.detail = Some("forged".into());
     forged.prev_hash = prev.hash.clone();
-    forged.hash = chain::row_hash(&forged);
+    forged.hash = audit::row_hash(&forged);
     exec(
         &pool,
         &format!(
@@ -233,10 +238,16 @@ async fn tamper_cases(backend: Backend) {
 async fn prune_keeps_the_chain_verifiable(backend: Backend) {
     let f = Fixture::new(&backend).await;
     // Everything so far is "old": prune through the last row recorded before now.
-    let cut = audit::now_us() + 1;
+    let cut = carebridge::fhir::time::now_us() + 1;
     let later = {
         let mut tx = f.store.begin().await.unwrap();
-        let mut row = audit::row(&Actor::default(), None, "R", "read", "0");
+        let mut row = audit::row(
+            &Actor::default(),
+            None,
+            Action::Read,
+            Interaction::Read,
+            Outcome::Success,
+        );
         row.recorded_us = cut + 1_000_000;
         tx.audit(&row).await.unwrap();
         tx.commit().await.unwrap();
@@ -244,7 +255,7 @@ async fn prune_keeps_the_chain_verifiable(backend: Backend) {
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("segment.ndjson");
-    let pruned = segment::prune(&f.store, cut, &out, &Actor::default(), &mut |_, _| {})
+    let pruned = ledger::prune(&f.store, cut, &out, &Actor::default(), &mut |_, _| {})
         .await
         .unwrap()
         .unwrap();

@@ -1,11 +1,9 @@
 //! The project's ConceptMaps and mapping sets (`fhir-profiles/conceptmaps`, `fhir-profiles/mapping`)
 //! against the R4 schema, the demo fixtures and the official R4 examples.
 
-mod common;
-
-use carebridge::exchange::codes::{CodeReport, Mapping};
+use crate::common::{official_examples, read_json, repo};
+use carebridge::terminology::{CodeReport, Mapping};
 use carebridge::validate::{FhirSchema, Profiles, Validator};
-use common::{official_examples, read_json, repo};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -1,14 +1,12 @@
 //! The project's medication knowledge (`fhir-profiles/medications`) against the R4 schema, the
 //! Synthea bundles, the demo fixtures and the official R4 examples.
 
-mod common;
-
-use carebridge::detect::knowledge::{
+use crate::common::{official_examples, read_json, repo, shared_data};
+use carebridge::terminology::medication::{
     ATC_SYSTEM, Ingredient, MedKnowledge, ROUTE_FAMILY_SYSTEM, RouteFamily, concept_of,
     is_atc_level5,
 };
 use carebridge::validate::{FhirSchema, Profiles, Validator};
-use common::{official_examples, read_json, repo, shared_data};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

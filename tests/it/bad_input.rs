@@ -1,9 +1,7 @@
 //! The bad-input corpus: every case gets a 4xx with an OperationOutcome naming the path (where
 //! there is one) and the reason, nothing is stored, and nothing answers 5xx.
 
-mod common;
-
-use common::{Backend, TestApp, expressions};
+use crate::common::{Backend, TestApp, expressions};
 use reqwest::Method;
 use serde_json::{Value, json};
 

@@ -1,11 +1,12 @@
 //! The store suite: the same checks against SQLite (a real file) and PostgreSQL (a fresh
 //! database on 127.0.0.1:5432).
 
-mod common;
+use crate::common;
 
+use carebridge::audit::AuditRow;
 use carebridge::config::{SectorKind, SectorMode, SectorSettings};
-use carebridge::ingest::prepare;
-use carebridge::store::{AuditQuery, AuditRow, SqlStore, Store};
+use carebridge::gateway::prepare;
+use carebridge::store::{AuditQuery, SqlStore, Store};
 use serde_json::{Value, json};
 use std::sync::Arc;
 

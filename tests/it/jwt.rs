@@ -6,20 +6,19 @@
 //! drops removed keys; a failed fetch keeps the cached keys; configuration errors name the key;
 //! the real binary's log at trace level holds no token, claim or key.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::server::Serve;
+use crate::common::{Backend, TestApp};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use common::{Backend, TestApp};
 use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
@@ -286,7 +285,7 @@ fn is_outcome(v: &Value) -> bool {
 }
 
 /// The rows of README's access matrix for the five role columns (sector own = gp, sector other
-/// = hospital, careteam, auditor, admin); copied from tests/access.rs. 200 matches any 2xx.
+/// = hospital, careteam, auditor, admin); copied from tests/it/access.rs. 200 matches any 2xx.
 fn matrix(gid: &str, pid: &str) -> Vec<(Method, String, Option<Value>, [u16; 5])> {
     let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
         { "fullUrl": "urn:uuid:6f1c7c4e-3d0a-4c57-9d59-0f5a7d1c2b02", "resource": gp_condition(),
@@ -438,7 +437,7 @@ async fn rs256_and_es256_tokens_of_each_role_reach_what_the_matrix_says() {
             .as_str()
             .unwrap()
             .to_owned();
-        let gid = carebridge::store::gateway_id("gp", "Condition", "jc1");
+        let gid = carebridge::ids::gateway_id("gp", "Condition", "jc1");
 
         let mut failures = Vec::new();
         for (method, path, body, expected) in matrix(&gid, &pid) {
@@ -925,39 +924,8 @@ async fn the_log_holds_no_token_claim_or_key() {
         common::config_text(&format!("sqlite://{}", db.display()), "") + &auth_section(&url, 300);
     let config = dir.path().join("carebridge.toml");
     std::fs::write(&config, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_carebridge"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .current_dir(common::repo())
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let out_log = log.clone();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        out_log.lock().unwrap().push_str(&s);
-    });
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server starts").unwrap();
-        log.lock().unwrap().push_str(&line);
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    let err_log = log.clone();
-    let err_reader = std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let mut l = err_log.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
+    let mut server = Serve::traced(&config).start().expect("the server starts");
+    let addr = server.addr.clone();
     let http = reqwest::Client::new();
     let secret_client = "client-7f3a9c";
     let mut tokens = Vec::new();
@@ -978,11 +946,7 @@ async fn the_log_holds_no_token_claim_or_key() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), *want);
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    err_reader.join().unwrap();
-    out_reader.join().unwrap();
-    let log = log.lock().unwrap().clone();
+    let log = server.output();
     assert!(log.contains("fetched the issuer's JWKS"), "{log}");
     let mut secrets: Vec<String> = vec![secret_client.into(), "claim-value-5d2e".into()];
     for (token, _) in &tokens {

@@ -2,13 +2,9 @@
 //! restart empty; token and OAuth2 client-credentials peers guard their data; the fault proxy
 //! produces every fault as a real HTTP client sees it; Lantana FHIR.js validates independently.
 
-#[path = "common/fault.rs"]
-mod fault;
-#[path = "common/peers.rs"]
-mod peers;
-
-use fault::{Fault, FaultProxy, Matcher};
-use peers::{Peer, PeerOptions, lantana_errors, start_three, validate_with_lantana};
+use crate::common::fault::{Fault, FaultProxy, Matcher};
+use crate::common::peers;
+use crate::common::peers::{Peer, PeerOptions, lantana_errors, start_three, validate_with_lantana};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};

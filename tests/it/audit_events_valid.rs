@@ -4,18 +4,18 @@
 //! letter, `/audit/verify`, `/audit/export` and a prune; then every AuditEvent of the search
 //! API, of the NDJSON export and of the prune file is validated. The chain still verifies.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::common::peers::{lantana_errors, validate_with_lantana};
+use crate::common::{Backend, TestApp};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method as HttpMethod, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use common::peers::{lantana_errors, validate_with_lantana};
-use common::{Backend, TestApp};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -249,9 +249,9 @@ async fn every_audit_event_is_valid_for_lantana() {
         request_id: None,
     };
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let pruned = carebridge::audit::segment::prune(
-        app.app_gateway.store.as_ref(),
-        carebridge::audit::now_us(),
+    let pruned = carebridge::gateway::ledger::prune(
+        app.app_gateway.store().as_ref(),
+        carebridge::fhir::time::now_us(),
         &pruned_file,
         &actor,
         &mut |_, _| {},
@@ -331,7 +331,7 @@ async fn every_audit_event_is_valid_for_lantana() {
     // Reads and searches.
     let (s, _) = app.get("gp", "/gp/Condition/vc1").await;
     assert_eq!(s, 200);
-    let gid = carebridge::store::gateway_id("gp", "Condition", "vc1");
+    let gid = carebridge::ids::gateway_id("gp", "Condition", "vc1");
     let (s, _) = app.get("careteam", &format!("/Condition/{gid}")).await;
     assert_eq!(s, 200);
     let (s, found) = app

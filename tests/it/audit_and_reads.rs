@@ -1,8 +1,6 @@
 //! Audit rows for accepts, rejects and reads, served as AuditEvents; reads across sectors.
 
-mod common;
-
-use common::{Backend, TestApp};
+use crate::common::{Backend, TestApp};
 use serde_json::{Value, json};
 
 fn patient(id: &str, cpr: &str) -> Value {

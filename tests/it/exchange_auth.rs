@@ -9,23 +9,24 @@
 //!   after a 401; a wrong secret retried and dead-lettered, and neither the secret nor the
 //!   tokens in the log of the real binary at `RUST_LOG=trace`;
 //! - `check-config`: `ok`/`FAIL endpoint <sector>:` per sector, exit 0/1, `--offline`.
+//!
+//! The in-process gateway reads `token_env` and `client_secret_env` from this process's
+//! environment; the tests that need such a variable run in a process of their own that has it
+//! from the start (`common::child`), since all tests share one process. The real binary and
+//! `check-config` get theirs on their command.
 
-mod common;
-
+use crate::common::fault::{Fault, FaultProxy, Matcher};
+use crate::common::peers::{Peer, PeerOptions};
+use crate::common::records::{patient, plain_heart_failure, transaction};
+use crate::common::server::Serve;
+use crate::common::{Backend, TestApp, child, conf, copy_at, outbox, repo, wait_for};
 use base64::Engine as _;
-use carebridge::store::{OutboxEntry, OutboxFilter, Store};
-use common::fault::{Fault, FaultProxy, Matcher};
-use common::peers::{Peer, PeerOptions};
-use common::{Backend, TestApp, repo};
+use carebridge::store::{OutboxEntry, Store};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const CPR: &str = "urn:oid:1.2.208.176.1.2";
-const ICPC2: &str = "urn:oid:1.2.208.176.2.31";
-const SOURCE_ID_SYSTEM: &str = carebridge::exchange::SOURCE_ID_SYSTEM;
 
 /// Fast retries for tests; an entry is dead after three attempts.
 const FAST: &str = "retry_initial_ms = 100\nretry_max_ms = 400\nidle_poll_ms = 100\n\
@@ -110,8 +111,8 @@ fn config(store_url: &str, exchange: &str, sectors: &[String]) -> String {
     )
 }
 
-/// A name for an environment variable of this test process, unique per call. (Not under
-/// `CAREBRIDGE_`, the prefix of configuration overrides.)
+/// A name for an environment variable of a child process (the real binary), unique per call.
+/// (Not under `CAREBRIDGE_`, the prefix of configuration overrides.)
 fn unique_var(what: &str) -> String {
     format!(
         "EXCHANGE_AUTH_TEST_{what}_{}",
@@ -119,15 +120,10 @@ fn unique_var(what: &str) -> String {
     )
 }
 
-/// Sets an environment variable of the test process (read by the in-process gateway).
-fn set_env(name: &str, value: &str) {
-    // SAFETY: every name passed here is fresh (`unique_var`) and read only by the gateway that
-    // the same test starts afterwards. Other threads of this test binary may read the
-    // environment meanwhile, but only through `std::env` (configuration overrides, reqwest),
-    // which serialises with `set_var` through std's environment lock; nothing in these tests
-    // calls libc `getenv` directly, and every address is an IP literal (no resolver reads the
-    // environment).
-    unsafe { std::env::set_var(name, value) };
+/// The value of a variable that `common::child::in_own_process` set for this test's process
+/// (the in-process gateway reads it there too).
+fn own_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set for this test's own process"))
 }
 
 fn random(what: &str) -> String {
@@ -137,40 +133,6 @@ fn random(what: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Resources and the gateway's API
 // ---------------------------------------------------------------------------------------------
-
-fn patient(cpr: &str) -> Value {
-    json!({
-        "resourceType": "Patient",
-        "identifier": [{"system": CPR, "value": cpr}],
-        "name": [{"family": "Mortensen", "given": ["Test"]}],
-        "gender": "female",
-        "birthDate": "1948-03-14"
-    })
-}
-
-fn condition(id: &str, patient: &str) -> Value {
-    json!({
-        "resourceType": "Condition",
-        "id": id,
-        "identifier": [{"system": format!("urn:carebridge:test:{id}"), "value": id}],
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
-        "code": {"coding": [{"system": ICPC2, "code": "K77", "display": "Hjerteinsufficiens"}]},
-        "subject": {"reference": format!("Patient/{patient}")},
-        "recordedDate": "2026-10-01"
-    })
-}
-
-fn transaction(resources: &[Value]) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": resources.iter().map(|r| json!({
-            "resource": r,
-            "request": {"method": "PUT", "url": format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap())}
-        })).collect::<Vec<_>>()
-    })
-}
 
 /// The gateway's FHIR API (in-process app or the real binary), with a token per client.
 #[derive(Clone)]
@@ -217,13 +179,13 @@ impl Api {
     /// server when it has one (the gateway then knows it under that server's id).
     async fn register_patient(&self, sector: &str, peer: Option<&Peer>, cpr: &str) -> String {
         let id = match peer {
-            Some(p) => p.create(&patient(cpr)).await["id"]
+            Some(p) => p.create(&patient(cpr, "Mortensen")).await["id"]
                 .as_str()
                 .expect("id")
                 .to_owned(),
             None => format!("{sector}-{cpr}"),
         };
-        let mut body = patient(cpr);
+        let mut body = patient(cpr, "Mortensen");
         body["id"] = json!(id);
         let (status, out) = self
             .send(
@@ -254,69 +216,26 @@ impl Api {
 // Outbox and peers
 // ---------------------------------------------------------------------------------------------
 
-/// Polls `f` until it returns Some, or panics after `secs` with `what`.
-async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn outbox(store: &dyn Store) -> Vec<OutboxEntry> {
-    carebridge::exchange::list_deliveries(
-        store,
-        &OutboxFilter {
-            state: None,
-            target: None,
-            offset: 0,
-            count: 100_000,
-        },
-    )
-    .await
-    .expect("outbox list")
-}
-
 /// The entry that carries `gp/Condition/<id>` to `target`, once it is no longer pending.
 async fn settled_entry(store: &dyn Store, target: &str, id: &str) -> OutboxEntry {
-    let gid = carebridge::store::gateway_id("gp", "Condition", id);
+    let gid = carebridge::ids::gateway_id("gp", "Condition", id);
     wait_for(
         &format!("gp/Condition/{id} to {target} to settle"),
         90,
         || async {
-            outbox(store)
+            outbox(store, None)
                 .await
                 .into_iter()
-                .find(|e| e.gid == gid && e.target == target && e.state != "pending")
+                .find(|e| e.gid == gid && e.target == target && e.state.code() != "pending")
         },
     )
     .await
 }
 
-/// The copy of `gp/Condition/<id>` at a peer, found by the source-resource identifier.
-async fn copy_at(peer: &Peer, id: &str) -> Option<Value> {
-    let q = format!("Condition?identifier={SOURCE_ID_SYSTEM}|gp/Condition/{id}");
-    let found = peer.search_resources(&q).await;
-    assert!(
-        found.len() <= 1,
-        "{} copies of {id} at {}",
-        found.len(),
-        peer.name
-    );
-    found.into_iter().next()
-}
-
 /// Asserts that an entry was delivered and that the peer holds the copy it names.
 async fn assert_delivered(e: &OutboxEntry, peer: &Peer, id: &str) {
-    assert_eq!(e.state, "delivered", "{e:#?}");
-    let copy = copy_at(peer, id)
+    assert_eq!(e.state.code(), "delivered", "{e:#?}");
+    let copy = copy_at(peer, "gp", "Condition", id)
         .await
         .unwrap_or_else(|| panic!("{id} is not at {}", peer.name));
     assert_eq!(copy["id"].as_str(), e.target_id.as_deref(), "{e:#?}");
@@ -338,7 +257,21 @@ fn oauth_peer(secret: &str, ttl: Option<u64>, harness_token: &str) -> PeerOption
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_bearer_tokens_from_env_and_file_are_sent_and_a_wrong_one_is_dead_lettered() {
-    let token = random("static-token");
+    // The gateway reads the hospital's token from the process environment: the test runs in a
+    // process of its own that has the variable from the start (and never the unset one).
+    const VAR: &str = "EXCHANGE_AUTH_TEST_HOSPITAL_TOKEN";
+    const UNSET: &str = "EXCHANGE_AUTH_TEST_MUNICIPALITY_TOKEN_NEVER_SET";
+    if !child::in_own_process(
+        module_path!(),
+        "static_bearer_tokens_from_env_and_file_are_sent_and_a_wrong_one_is_dead_lettered",
+        &[(VAR, &random("static-token"))],
+        &[UNSET],
+    )
+    .await
+    {
+        return;
+    }
+    let token = own_env(VAR);
     let hospital = Peer::start(
         "hospital",
         &PeerOptions {
@@ -351,23 +284,22 @@ async fn static_bearer_tokens_from_env_and_file_are_sent_and_a_wrong_one_is_dead
     // (a) The token from an environment variable. The municipality (the same server) is
     // configured with a variable that is not set: that is retried (it may be about to be
     // fixed), then dead-lettered.
-    let var = unique_var("HOSPITAL_TOKEN");
-    let unset = unique_var("MUNICIPALITY_TOKEN_NEVER_SET");
-    set_env(&var, &token);
+    let (var, unset) = (VAR, UNSET);
     let sectors = [
         sector("gp", None, ""),
-        sector("hospital", Some(&hospital.base), &bearer_env(&var)),
-        sector("municipality", Some(&hospital.base), &bearer_env(&unset)),
+        sector("hospital", Some(&hospital.base), &bearer_env(var)),
+        sector("municipality", Some(&hospital.base), &bearer_env(unset)),
         sector("lab", None, ""),
     ];
     let app = TestApp::spawn_config(Backend::Sqlite, |url| config(url, FAST, &sectors)).await;
     let api = Api::of(&app);
-    let store = app.app_gateway.store.as_ref();
+    let store = app.app_gateway.store().as_ref();
     let cpr = "2103481234";
     let gp_pid = api.register_patient("gp", None, cpr).await;
     api.register_patient("hospital", Some(&hospital), cpr).await;
     api.register_patient("municipality", None, cpr).await;
-    api.push("gp", &[condition("bearer-env", &gp_pid)]).await;
+    api.push("gp", &[plain_heart_failure("bearer-env", &gp_pid)])
+        .await;
 
     let e = settled_entry(store, "hospital", "bearer-env").await;
     assert_delivered(&e, &hospital, "bearer-env").await;
@@ -375,12 +307,12 @@ async fn static_bearer_tokens_from_env_and_file_are_sent_and_a_wrong_one_is_dead
 
     let m = settled_entry(store, "municipality", "bearer-env").await;
     assert_eq!(
-        (m.state.as_str(), m.attempts, m.last_status),
+        (m.state.code(), m.attempts, m.last_status),
         ("dead", 3, None),
         "{m:#?}"
     );
     let err = m.last_error.clone().unwrap_or_default();
-    assert!(err.contains(&unset) && err.contains("not set"), "{err}");
+    assert!(err.contains(unset) && err.contains("not set"), "{err}");
     app.stop().await;
 
     // (b) The token from a file, first a wrong one: 401 is permanent, dead at once.
@@ -396,15 +328,16 @@ async fn static_bearer_tokens_from_env_and_file_are_sent_and_a_wrong_one_is_dead
     ];
     let app = TestApp::spawn_config(Backend::Sqlite, |url| config(url, FAST, &sectors)).await;
     let api = Api::of(&app);
-    let store = app.app_gateway.store.as_ref();
+    let store = app.app_gateway.store().as_ref();
     let cpr = "2103481235";
     let gp_pid = api.register_patient("gp", None, cpr).await;
     api.register_patient("hospital", Some(&hospital), cpr).await;
-    api.push("gp", &[condition("bearer-file", &gp_pid)]).await;
+    api.push("gp", &[plain_heart_failure("bearer-file", &gp_pid)])
+        .await;
 
     let dead = settled_entry(store, "hospital", "bearer-file").await;
     assert_eq!(
-        (dead.state.as_str(), dead.attempts, dead.last_status),
+        (dead.state.code(), dead.attempts, dead.last_status),
         ("dead", 1, Some(401)),
         "{dead:#?}"
     );
@@ -414,7 +347,11 @@ async fn static_bearer_tokens_from_env_and_file_are_sent_and_a_wrong_one_is_dead
         "{err}"
     );
     assert!(!err.contains(&wrong), "the token in last_error: {err}");
-    assert!(copy_at(&hospital, "bearer-file").await.is_none());
+    assert!(
+        copy_at(&hospital, "gp", "Condition", "bearer-file")
+            .await
+            .is_none()
+    );
 
     // The file is rotated (read on use): the replayed dead letter and a new record arrive.
     std::fs::write(&file, format!("{token}\n")).unwrap();
@@ -423,13 +360,14 @@ async fn static_bearer_tokens_from_env_and_file_are_sent_and_a_wrong_one_is_dead
         role: Some("admin".into()),
         request_id: None,
     };
-    carebridge::exchange::retry_delivery(store, &actor, dead.id)
+    carebridge::gateway::admin::retry_delivery(store, &actor, dead.id)
         .await
         .unwrap()
         .expect("the dead letter is put back");
     let e = settled_entry(store, "hospital", "bearer-file").await;
     assert_delivered(&e, &hospital, "bearer-file").await;
-    api.push("gp", &[condition("bearer-file-2", &gp_pid)]).await;
+    api.push("gp", &[plain_heart_failure("bearer-file-2", &gp_pid)])
+        .await;
     let e = settled_entry(store, "hospital", "bearer-file-2").await;
     assert_delivered(&e, &hospital, "bearer-file-2").await;
     assert_eq!(e.attempts, 1, "{e:#?}");
@@ -445,8 +383,21 @@ async fn client_credentials_tokens_are_cached_renewed_after_expiry_and_replaced_
     // The hospital's tokens live 3 s; the municipality's an hour, behind a fault proxy that can
     // answer 401 to a token that is still valid.
     const TTL: u64 = 3;
+    // The gateway reads the hospital's client secret from the process environment: the test
+    // runs in a process of its own that has the variable from the start.
+    const VAR: &str = "EXCHANGE_AUTH_TEST_HOSPITAL_CLIENT_SECRET";
+    if !child::in_own_process(
+        module_path!(),
+        "client_credentials_tokens_are_cached_renewed_after_expiry_and_replaced_after_a_401",
+        &[(VAR, &random("hospital-secret"))],
+        &[],
+    )
+    .await
+    {
+        return;
+    }
     let harness = random("harness");
-    let h_secret = random("hospital-secret");
+    let h_secret = own_env(VAR);
     let m_secret = random("municipality-secret");
     let (h_opts, m_opts) = (
         oauth_peer(&h_secret, Some(TTL), &harness),
@@ -459,8 +410,7 @@ async fn client_credentials_tokens_are_cached_renewed_after_expiry_and_replaced_
     let proxy = FaultProxy::start(&municipality.base).await;
     let proxy_origin = proxy.base.trim_end_matches("/fhir").to_owned();
 
-    let var = unique_var("HOSPITAL_CLIENT_SECRET");
-    set_env(&var, &h_secret);
+    let var = VAR;
     let dir = tempfile::tempdir().unwrap();
     let m_file = dir.path().join("municipality-secret");
     std::fs::write(&m_file, format!("{m_secret}\n")).unwrap();
@@ -469,7 +419,7 @@ async fn client_credentials_tokens_are_cached_renewed_after_expiry_and_replaced_
         sector(
             "hospital",
             Some(&hospital.base),
-            &client_credentials(&hospital.token_url(), &secret_env(&var)),
+            &client_credentials(&hospital.token_url(), &secret_env(var)),
         ),
         sector(
             "municipality",
@@ -483,7 +433,7 @@ async fn client_credentials_tokens_are_cached_renewed_after_expiry_and_replaced_
     ];
     let app = TestApp::spawn_config(Backend::Sqlite, |url| config(url, FAST, &sectors)).await;
     let api = Api::of(&app);
-    let store = app.app_gateway.store.as_ref();
+    let store = app.app_gateway.store().as_ref();
     let cpr = "0704521234";
     let gp_pid = api.register_patient("gp", None, cpr).await;
     api.register_patient("hospital", Some(&hospital), cpr).await;
@@ -498,7 +448,7 @@ async fn client_credentials_tokens_are_cached_renewed_after_expiry_and_replaced_
     api.push(
         "gp",
         &ids.iter()
-            .map(|id| condition(id, &gp_pid))
+            .map(|id| plain_heart_failure(id, &gp_pid))
             .collect::<Vec<_>>(),
     )
     .await;
@@ -535,7 +485,8 @@ async fn client_credentials_tokens_are_cached_renewed_after_expiry_and_replaced_
         Fault::Status(401),
         1,
     );
-    api.push("gp", &[condition("cc-4", &gp_pid)]).await;
+    api.push("gp", &[plain_heart_failure("cc-4", &gp_pid)])
+        .await;
 
     // The hospital: a new token, minted before the request (no refused attempt).
     let e = settled_entry(store, "hospital", "cc-4").await;
@@ -643,82 +594,6 @@ impl Drop for Tee {
     }
 }
 
-/// A child process that is killed when dropped (also when the test panics).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `carebridge serve` with every log level on: the child, its API base and its whole output
-/// (stdout and stderr) as it is written.
-fn start_binary_logging(
-    config: &Path,
-    envs: &[(&str, &str)],
-) -> (
-    KillOnDrop,
-    String,
-    Arc<Mutex<String>>,
-    Vec<std::thread::JoinHandle<()>>,
-) {
-    use std::io::{BufRead, BufReader, Read};
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_carebridge"));
-    cmd.args(["serve", "--config"])
-        .arg(config)
-        .current_dir(repo())
-        .env("RUST_LOG", "trace")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = KillOnDrop(cmd.spawn().expect("the binary starts"));
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut stdout = child.0.stdout.take().unwrap();
-    let out_log = log.clone();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        out_log.lock().unwrap().push_str(&s);
-    });
-    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let Some(Ok(line)) = lines.next() else {
-            panic!(
-                "the server exited before listening:\n{}",
-                log.lock().unwrap()
-            );
-        };
-        {
-            let mut l = log.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-        if line.contains("carebridge listening")
-            && let Some(rest) = line.split("addr=").nth(1)
-        {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    let err_log = log.clone();
-    let err_reader = std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let mut l = err_log.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    (
-        child,
-        format!("http://{addr}/fhir"),
-        log,
-        vec![out_reader, err_reader],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_client_secret_is_retried_then_dead_and_no_secret_or_token_reaches_the_log() {
     let harness = random("harness");
@@ -751,23 +626,21 @@ async fn a_wrong_client_secret_is_retried_then_dead_and_no_secret_or_token_reach
             &client_credentials(&peer.token_url(), &secret_env(&var)),
         ),
     ];
-    let mut text = config(&store_url, FAST, &sectors);
-    let mut tokens = HashMap::new();
-    for id in ["gp", "hospital", "municipality"] {
-        let token = carebridge::auth::new_token();
-        text.push_str(&format!(
-            "\n[[clients]]\nid = \"{id}\"\nrole = \"sector:{id}\"\ntoken_sha256 = \"{}\"\n",
-            carebridge::auth::token_hash(&token)
-        ));
-        tokens.insert(id.to_owned(), token);
-    }
+    let (clients, tokens) = conf::mint(&[
+        ("gp", "sector:gp"),
+        ("hospital", "sector:hospital"),
+        ("municipality", "sector:municipality"),
+    ]);
     let config_file = dir.path().join("carebridge.toml");
-    std::fs::write(&config_file, text).unwrap();
-    // The child's environment only: no need to touch this process's.
-    let (child, base, log, readers) =
-        start_binary_logging(&config_file, &[(var.as_str(), wrong.as_str())]);
+    std::fs::write(&config_file, config(&store_url, FAST, &sectors) + &clients).unwrap();
+    // `carebridge serve` with every log level on; the variable in the child's environment
+    // only.
+    let mut server = Serve::traced(&config_file)
+        .env(&var, &wrong)
+        .start()
+        .expect("the binary starts");
     let api = Api {
-        base,
+        base: server.base.clone(),
         tokens,
         http: reqwest::Client::new(),
     };
@@ -776,7 +649,8 @@ async fn a_wrong_client_secret_is_retried_then_dead_and_no_secret_or_token_reach
     let gp_pid = api.register_patient("gp", None, cpr).await;
     api.register_patient("hospital", Some(&peer), cpr).await;
     api.register_patient("municipality", None, cpr).await;
-    api.push("gp", &[condition("cc-log", &gp_pid)]).await;
+    api.push("gp", &[plain_heart_failure("cc-log", &gp_pid)])
+        .await;
 
     let store = carebridge::store::SqlStore::connect(&store_url, 2)
         .await
@@ -787,7 +661,7 @@ async fn a_wrong_client_secret_is_retried_then_dead_and_no_secret_or_token_reach
     // then dead after max_attempts, with the reason and without the secret.
     let dead = settled_entry(&store, "municipality", "cc-log").await;
     assert_eq!(
-        (dead.state.as_str(), dead.attempts, dead.last_status),
+        (dead.state.code(), dead.attempts, dead.last_status),
         ("dead", 3, None),
         "{dead:#?}"
     );
@@ -805,11 +679,7 @@ async fn a_wrong_client_secret_is_retried_then_dead_and_no_secret_or_token_reach
     assert_eq!(peer.tokens_issued_to_others().await, 1);
     assert!(peer.oauth_stats().await["rejected"] == json!(0));
 
-    drop(child);
-    for r in readers {
-        r.join().unwrap();
-    }
-    let log = log.lock().unwrap().clone();
+    let log = server.output();
     assert!(
         log.lines().count() > 50,
         "the log at trace level was captured"
@@ -1073,9 +943,22 @@ async fn check_config_probes_every_sector_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_expires_in_neither_crashes_the_probe_nor_stops_delivery() {
+    // The in-process gateway reads the client secret from the process environment: the test
+    // runs in a process of its own that has the variable from the start.
+    const VAR: &str = "EXCHANGE_AUTH_TEST_ABSURD_TTL_SECRET";
+    if !child::in_own_process(
+        module_path!(),
+        "an_absurd_expires_in_neither_crashes_the_probe_nor_stops_delivery",
+        &[(VAR, &random("secret"))],
+        &[],
+    )
+    .await
+    {
+        return;
+    }
     // 10^19 s: a valid JSON number and u64, beyond what `Instant` can add.
     let harness = random("harness");
-    let secret = random("secret");
+    let secret = own_env(VAR);
     let mut opts = oauth_peer(&secret, None, &harness);
     opts.token_ttl = Some(10_000_000_000_000_000_000);
     let hospital = Peer::start("hospital", &opts).await;
@@ -1087,8 +970,8 @@ async fn an_absurd_expires_in_neither_crashes_the_probe_nor_stops_delivery() {
 
     let dir = tempfile::tempdir().unwrap();
     let store_url = format!("sqlite://{}", dir.path().join("carebridge.db").display());
-    let var = unique_var("ABSURD_TTL_SECRET");
-    let auth = client_credentials(&hospital.token_url(), &secret_env(&var));
+    let var = VAR;
+    let auth = client_credentials(&hospital.token_url(), &secret_env(var));
     let text = config(
         &store_url,
         "",
@@ -1099,15 +982,15 @@ async fn an_absurd_expires_in_neither_crashes_the_probe_nor_stops_delivery() {
         "absurd-ttl",
         &text,
         &[],
-        &[(var.as_str(), secret.as_str())],
+        &[(var, secret.as_str())],
     )
     .await;
     // An absurd `expires_in` is clamped (to a day): the token is used, nothing overflows.
     assert_eq!(code, Some(0), "{out}");
     assert_ok_line(&out, "hospital");
 
-    // The same token endpoint in `serve`: the sector's deliveries go on.
-    set_env(&var, &secret);
+    // The same token endpoint in `serve` (in this process, which has the variable): the
+    // sector's deliveries go on.
     let sectors = [
         sector("gp", None, ""),
         sector("hospital", Some(&hospital.base), &auth),
@@ -1119,8 +1002,9 @@ async fn an_absurd_expires_in_neither_crashes_the_probe_nor_stops_delivery() {
     let cpr = "0101701234";
     let gp_pid = api.register_patient("gp", None, cpr).await;
     api.register_patient("hospital", Some(&hospital), cpr).await;
-    api.push("gp", &[condition("absurd-ttl", &gp_pid)]).await;
-    let e = settled_entry(app.app_gateway.store.as_ref(), "hospital", "absurd-ttl").await;
+    api.push("gp", &[plain_heart_failure("absurd-ttl", &gp_pid)])
+        .await;
+    let e = settled_entry(app.app_gateway.store().as_ref(), "hospital", "absurd-ttl").await;
     assert_delivered(&e, &hospital, "absurd-ttl").await;
     app.stop().await;
 }

@@ -1,0 +1,61 @@
+//! Pieces of the configuration files that tests and benches generate: the four sectors of the
+//! store tests, and static bearer tokens (a fresh token per client and the `[[clients]]` tables
+//! that hold their SHA-256, what `carebridge token new` prints).
+//!
+//! Self-contained (no `super::` items): the tests include it as `common::conf`, the benches
+//! with `#[path = "../tests/common/conf.rs"] mod conf;`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+/// The three Danish sectors with their profiles and base URLs that nobody serves (nothing is
+/// delivered), and `lab`, a hospital-kind sector with structural validation only (official
+/// examples and Synthea, which is US data).
+pub const SECTORS: &str = r#"
+[[sectors]]
+id = "gp"
+name = "General practice"
+kind = "general-practice"
+base_url = "http://gp.test/fhir"
+profile = "dk-gp"
+
+[[sectors]]
+id = "hospital"
+name = "Hospital"
+kind = "hospital"
+base_url = "http://hospital.test/fhir"
+profile = "dk-hospital"
+
+[[sectors]]
+id = "municipality"
+name = "Municipality"
+kind = "municipality"
+base_url = "http://municipality.test/fhir"
+profile = "dk-municipality"
+
+[[sectors]]
+id = "lab"
+name = "Laboratory"
+kind = "hospital"
+"#;
+
+/// The `[[clients]]` table of one client holding `token`.
+pub fn client_table(id: &str, role: &str, token: &str) -> String {
+    format!(
+        "\n[[clients]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
+        carebridge::auth::token_hash(token)
+    )
+}
+
+/// Fresh tokens for `(id, role)` clients: the `[[clients]]` tables to append to a
+/// configuration, and each client's token by id.
+pub fn mint(clients: &[(&str, &str)]) -> (String, HashMap<String, String>) {
+    let mut text = String::new();
+    let mut tokens = HashMap::new();
+    for (id, role) in clients {
+        let token = carebridge::auth::new_token();
+        text.push_str(&client_table(id, role, &token));
+        tokens.insert((*id).to_owned(), token);
+    }
+    (text, tokens)
+}

@@ -1,0 +1,345 @@
+//! Every route of the router goes through `access::authorize`: the routes are read from the
+//! sources of `src/api/`, each must be listed here with the access request it stands for, and
+//! each is sent as every kind of caller to the real application. A route answers 403 exactly
+//! when `authorize` refuses one of its requests, with the reason `authorize` gives — so a route
+//! that skipped the decision, or asked the wrong question, fails here.
+
+use std::collections::BTreeSet;
+
+use carebridge::access::{Caller, Client, Request, Role, authorize};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::{Backend, TestApp};
+
+const CPR: &str = "0707071234";
+
+/// The callers, by token holder of the test application, with their roles.
+const CALLERS: [(&str, &str); 5] = [
+    ("gp", "sector:gp"),
+    ("hospital", "sector:hospital"),
+    ("careteam", "careteam"),
+    ("auditor", "auditor"),
+    ("admin", "admin"),
+];
+
+/// The `(method, path template)` of every route declared in `src/api/`.
+fn declared_routes() -> BTreeSet<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+    let mut out = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).expect("src/api") {
+        let text = std::fs::read_to_string(entry.expect("an entry").path()).expect("a file");
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find(".route(") {
+            rest = &rest[i + ".route(".len()..];
+            // The call's text, up to its closing parenthesis.
+            let mut depth = 1;
+            let end = rest
+                .char_indices()
+                .find(|(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map_or(rest.len(), |(i, _)| i);
+            let call = &rest[..end];
+            let start = call.find('"').expect("a path literal") + 1;
+            let path = &call[start..start + call[start..].find('"').expect("closed")];
+            let handlers = &call[start + path.len() + 1..];
+            for (needle, method) in [("get(", "GET"), ("post(", "POST"), ("put(", "PUT")] {
+                let named = handlers
+                    .match_indices(needle)
+                    .any(|(i, _)| i == 0 || !handlers.as_bytes()[i - 1].is_ascii_alphanumeric());
+                if named {
+                    out.insert((method.to_owned(), path.to_owned()));
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Route {
+    method: Method,
+    template: &'static str,
+    /// An example request of this route.
+    path: String,
+    body: Option<Value>,
+    /// What `authorize` is asked for this request (all must be granted); empty for the
+    /// operational endpoints that take no token.
+    requests: Vec<Request<'static>>,
+}
+
+fn caller(id: &str, role: &str) -> Caller {
+    Caller {
+        client: Client {
+            id: id.to_owned(),
+            role: Role::parse(role).expect("a role"),
+        },
+        request_id: None,
+    }
+}
+
+fn condition() -> Value {
+    json!({ "resourceType": "Condition", "id": "rc1",
+            "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active" }] },
+            "code": { "coding": [{ "system": "urn:oid:1.2.208.176.2.31", "code": "T90", "display": "Diabetes" }] },
+            "subject": { "reference": "Patient/rp1" } })
+}
+
+fn table(gid: &str, pid: &str) -> Vec<Route> {
+    let route = |method: Method, template, path: String, body, requests| Route {
+        method,
+        template,
+        path,
+        body,
+        requests,
+    };
+    let bundle = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "resource": condition(), "request": { "method": "PUT", "url": "Condition/rc1" } } ] });
+    let ack = json!({ "resourceType": "Parameters", "parameter": [
+        { "name": "author", "valueString": "Dr. Test" } ] });
+    let record = vec![Request::PatientData, Request::Record { sector: "gp" }];
+    vec![
+        route(Method::GET, "/healthz", "/healthz".into(), None, vec![]),
+        route(Method::GET, "/readyz", "/readyz".into(), None, vec![]),
+        route(Method::GET, "/metrics", "/metrics".into(), None, vec![]),
+        route(
+            Method::GET,
+            "/fhir/metadata",
+            "/fhir/metadata".into(),
+            None,
+            vec![Request::Capabilities],
+        ),
+        route(
+            Method::GET,
+            "/fhir/{base}",
+            format!("/fhir/Condition?patient={pid}"),
+            None,
+            vec![Request::PatientData],
+        ),
+        route(
+            Method::GET,
+            "/fhir/{base}",
+            format!("/fhir/Patient?identifier=urn:oid:1.2.208.176.1.2|{CPR}"),
+            None,
+            vec![Request::GatewayPatientSearch],
+        ),
+        route(
+            Method::GET,
+            "/fhir/{base}",
+            "/fhir/AuditEvent".into(),
+            None,
+            vec![Request::AuditLog],
+        ),
+        route(
+            Method::GET,
+            "/fhir/{base}",
+            format!("/fhir/DetectedIssue?patient={pid}"),
+            None,
+            vec![Request::Alerts],
+        ),
+        route(
+            Method::POST,
+            "/fhir/{base}",
+            "/fhir/gp".into(),
+            Some(bundle),
+            vec![Request::WriteSector("gp")],
+        ),
+        route(
+            Method::GET,
+            "/fhir/{base}/{segment}",
+            format!("/fhir/Condition/{gid}"),
+            None,
+            record.clone(),
+        ),
+        route(
+            Method::GET,
+            "/fhir/{base}/{segment}",
+            "/fhir/gp/metadata".into(),
+            None,
+            vec![Request::Capabilities],
+        ),
+        route(
+            Method::GET,
+            "/fhir/{base}/{segment}",
+            "/fhir/DetectedIssue/no-such-alert".into(),
+            None,
+            vec![Request::Alerts],
+        ),
+        route(
+            Method::POST,
+            "/fhir/{base}/{segment}",
+            "/fhir/gp/Condition".into(),
+            Some(condition()),
+            vec![Request::WriteSector("gp")],
+        ),
+        route(
+            Method::GET,
+            "/fhir/{base}/{segment}/{leaf}",
+            "/fhir/gp/Condition/rc1".into(),
+            None,
+            record,
+        ),
+        route(
+            Method::GET,
+            "/fhir/{base}/{segment}/{leaf}",
+            format!("/fhir/Patient/{pid}/$total-plan"),
+            None,
+            vec![Request::Alerts],
+        ),
+        route(
+            Method::PUT,
+            "/fhir/{base}/{segment}/{leaf}",
+            "/fhir/gp/Condition/rc1".into(),
+            Some(condition()),
+            vec![Request::WriteSector("gp")],
+        ),
+        route(
+            Method::POST,
+            "/fhir/{base}/{segment}/{leaf}",
+            "/fhir/DetectedIssue/no-such-alert/$acknowledge".into(),
+            Some(ack),
+            vec![Request::Alerts],
+        ),
+        route(
+            Method::GET,
+            "/alerts/stream",
+            "/alerts/stream".into(),
+            None,
+            vec![Request::Alerts],
+        ),
+        route(
+            Method::GET,
+            "/audit/verify",
+            "/audit/verify".into(),
+            None,
+            vec![Request::AuditLog],
+        ),
+        route(
+            Method::GET,
+            "/audit/export",
+            "/audit/export".into(),
+            None,
+            vec![Request::AuditLog],
+        ),
+        route(
+            Method::GET,
+            "/admin/deliveries",
+            "/admin/deliveries".into(),
+            None,
+            vec![Request::Deliveries],
+        ),
+        route(
+            Method::POST,
+            "/admin/deliveries/{id}/retry",
+            "/admin/deliveries/999999/retry".into(),
+            None,
+            vec![Request::Deliveries],
+        ),
+    ]
+}
+
+#[test]
+fn every_declared_route_is_in_the_table() {
+    let declared = declared_routes();
+    assert!(
+        declared.len() >= 15,
+        "found only {} routes in src/api",
+        declared.len()
+    );
+    let listed: BTreeSet<(String, String)> = table("g", "p")
+        .iter()
+        .map(|r| (r.method.to_string(), r.template.to_owned()))
+        .collect();
+    let missing: Vec<_> = declared.difference(&listed).collect();
+    assert!(
+        missing.is_empty(),
+        "routes without an access request here: {missing:?}"
+    );
+    let stale: Vec<_> = listed.difference(&declared).collect();
+    assert!(
+        stale.is_empty(),
+        "listed routes the router no longer has: {stale:?}"
+    );
+}
+
+#[tokio::test]
+async fn each_route_answers_403_exactly_when_authorize_refuses() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let root = app.base.trim_end_matches("/fhir").to_owned();
+    let patient = json!({ "resourceType": "Patient", "id": "rp1",
+        "identifier": [{ "system": "urn:oid:1.2.208.176.1.2", "value": CPR }] });
+    assert_eq!(app.put("gp", "/gp/Patient/rp1", &patient).await.0, 201);
+    assert_eq!(
+        app.put("gp", "/gp/Condition/rc1", &condition()).await.0,
+        201
+    );
+    let gid = carebridge::ids::gateway_id("gp", "Condition", "rc1");
+    let (_, found) = app
+        .get(
+            "careteam",
+            &format!("/Patient?identifier=urn:oid:1.2.208.176.1.2|{CPR}"),
+        )
+        .await;
+    let pid = found["entry"][0]["resource"]["id"]
+        .as_str()
+        .expect("a gateway patient")
+        .to_owned();
+
+    let mut failures = Vec::new();
+    for r in table(&gid, &pid) {
+        for (who, role) in CALLERS {
+            let decision = r
+                .requests
+                .iter()
+                .map(|q| authorize(&caller(who, role), *q))
+                .find(|d| d.is_err());
+            let mut req = app
+                .http
+                .request(r.method.clone(), format!("{root}{}", r.path))
+                .bearer_auth(app.token(who));
+            if let Some(b) = &r.body {
+                req = req
+                    .header("content-type", "application/fhir+json")
+                    .body(b.to_string());
+            }
+            let resp = req.send().await.expect("the request is answered");
+            let status = resp.status().as_u16();
+            // The alert stream stays open for callers it admits: only its status is read.
+            let body: Value = if status == 403 {
+                resp.json().await.unwrap_or(Value::Null)
+            } else {
+                Value::Null
+            };
+            match decision {
+                Some(Err(denied)) => {
+                    let reason = body["issue"][0]["diagnostics"].as_str().unwrap_or("");
+                    if status != 403 || reason != denied.0 {
+                        failures.push(format!(
+                            "{} {} as {who}: {status} {reason:?}, authorize says 403 {:?}",
+                            r.method, r.path, denied.0
+                        ));
+                    }
+                }
+                _ => {
+                    if status == 403 || status == 401 {
+                        failures.push(format!(
+                            "{} {} as {who}: {status}, authorize grants it",
+                            r.method, r.path
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    app.stop().await;
+    assert!(
+        failures.is_empty(),
+        "routes deciding access otherwise:\n{}",
+        failures.join("\n")
+    );
+}
