@@ -660,7 +660,7 @@ async fn drive(
     token: &str,
     mean_entries: f64,
 ) -> Result<Value> {
-    let http = reqwest::Client::builder()
+    let http = carebridge::outbound::client_builder()
         .timeout(Duration::from_secs(120))
         .build()?;
     let url = format!("{}/lab", server.base);

@@ -588,7 +588,7 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
         bail!("--records takes at least 10");
     }
     let patients = patients(&shared, opts.records)?;
-    let http = reqwest::Client::new();
+    let http = carebridge::outbound::client().expect("an HTTP client");
     let on = start(true, opts.store_dir.as_deref()).await?;
     if opts.populate_only {
         return populate_only(&opts, &on, &http, &patients, &shared, started).await;

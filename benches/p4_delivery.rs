@@ -790,7 +790,7 @@ async fn drive(
     tokens: &[(&str, &str, String); 2],
     store_url: &str,
 ) -> Result<GatewayPass> {
-    let http = reqwest::Client::builder()
+    let http = carebridge::outbound::client_builder()
         .timeout(Duration::from_secs(120))
         .build()?;
     let token = |id: &str| {
@@ -1705,7 +1705,7 @@ async fn dead_sector_drive(
     tokens: &[(&str, &str, String)],
     store_url: &str,
 ) -> Result<Value> {
-    let http = reqwest::Client::builder()
+    let http = carebridge::outbound::client_builder()
         .timeout(Duration::from_secs(120))
         .build()?;
     let token = |id: &str| {

@@ -230,7 +230,7 @@ async fn run(opts: Opts) -> Result<()> {
         opts.store.display(),
         db_bytes as f64 / 1e6
     );
-    let http = reqwest::Client::new();
+    let http = carebridge::outbound::client().expect("an HTTP client");
     let (cfg, careteam, gp) = config(&dir, &opts.store)?;
 
     // 1. Start-up: populated store, then a fresh one.

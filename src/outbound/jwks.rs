@@ -13,7 +13,7 @@ pub struct JwksClient {
 impl JwksClient {
     /// A client whose requests give up after `timeout` and follow at most three redirects.
     pub fn new(timeout: Duration) -> anyhow::Result<JwksClient> {
-        let http = reqwest::Client::builder()
+        let http = super::client_builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()?;
@@ -94,6 +94,31 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
+    }
+
+    /// https works: the client is built with the ring provider installed from the crate
+    /// feature, and speaks TLS — the first bytes on the wire are a TLS handshake record carrying
+    /// a ClientHello.
+    #[tokio::test]
+    async fn https_speaks_tls_through_the_ring_provider() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/jwks.json", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut hello = vec![0u8; 6];
+            socket.read_exact(&mut hello).await.unwrap();
+            hello
+        });
+        let client = JwksClient::new(Duration::from_secs(5)).unwrap();
+        let failed = client.fetch_json(&url, 1024, "the key set").await;
+        let hello = server.await.unwrap();
+        assert_eq!(hello[0], 0x16, "a TLS handshake record");
+        assert_eq!(hello[5], 0x01, "a ClientHello");
+        assert!(failed.is_err(), "nothing valid was answered");
+        assert_ne!(
+            failed,
+            Err("https is not supported by this build (reqwest has no TLS feature)".into())
+        );
     }
 
     #[tokio::test]

@@ -67,9 +67,27 @@ fn read_secret(
     Err(AuthError(format!("no source for the {what}")))
 }
 
+/// A builder of HTTP clients whose TLS (rustls) uses the ring provider: it is installed as the
+/// process default before the first client is built (reqwest asks for the default provider).
+/// Every HTTP client of the process — the gateway's, and those of its tests and benchmarks —
+/// starts here.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        // Err only when another provider was installed first, which then serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
+/// A client with reqwest's defaults (see [`client_builder`]).
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    client_builder().build()
+}
+
 impl Outbound {
     pub fn new(timeout: Duration) -> reqwest::Result<Outbound> {
-        let http = reqwest::Client::builder()
+        let http = client_builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("carebridge/", env!("CARGO_PKG_VERSION")))

@@ -349,7 +349,7 @@ impl FaultProxy {
         let port = listener.local_addr().expect("local addr").port();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
-            client: reqwest::Client::builder()
+            client: carebridge::outbound::client_builder()
                 .no_proxy()
                 // A fresh upstream connection per request: no stale pooled connection after
                 // the upstream restarts.

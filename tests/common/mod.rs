@@ -158,7 +158,7 @@ impl TestApp {
         TestApp {
             base: app.base.clone(),
             tokens,
-            http: reqwest::Client::new(),
+            http: carebridge::outbound::client().expect("an HTTP client"),
             app_gateway: app.gateway.clone(),
             dir,
             pg_database,

@@ -425,7 +425,7 @@ impl Peer {
             port: actual_port,
             opts: opts.clone(),
             started_in,
-            http: reqwest::Client::builder()
+            http: carebridge::outbound::client_builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(60))
                 .build()

@@ -176,7 +176,8 @@ fn the_demo_loads_its_fixtures_serves_and_answers() {
     std::thread::spawn(move || lines.for_each(drop));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
-        reqwest::Client::new()
+        carebridge::outbound::client()
+            .expect("an HTTP client")
             .get(format!("{base}/metadata"))
             .bearer_auth(&token)
             .send()

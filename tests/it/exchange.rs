@@ -903,7 +903,7 @@ async fn two_replicas_on_postgresql_deliver_each_entry_exactly_once() {
     std::fs::write(&config_file, text + &clients).unwrap();
     let (a, base_a) = start_binary(&config_file);
     let (b, base_b) = start_binary(&config_file);
-    let http = reqwest::Client::new();
+    let http = carebridge::outbound::client().expect("an HTTP client");
     let send = |base: String, who: &'static str, path: String, body: Value| {
         let http = http.clone();
         let token = tokens[who].clone();

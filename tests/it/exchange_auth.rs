@@ -642,7 +642,7 @@ async fn a_wrong_client_secret_is_retried_then_dead_and_no_secret_or_token_reach
     let api = Api {
         base: server.base.clone(),
         tokens,
-        http: reqwest::Client::new(),
+        http: carebridge::outbound::client().expect("an HTTP client"),
     };
 
     let cpr = "1112601234";

@@ -926,7 +926,7 @@ async fn the_log_holds_no_token_claim_or_key() {
     std::fs::write(&config, text).unwrap();
     let mut server = Serve::traced(&config).start().expect("the server starts");
     let addr = server.addr.clone();
-    let http = reqwest::Client::new();
+    let http = carebridge::outbound::client().expect("an HTTP client");
     let secret_client = "client-7f3a9c";
     let mut tokens = Vec::new();
     let mut c = role_claims("careteam", secret_client);

@@ -51,7 +51,7 @@ async fn the_log_holds_no_names_or_national_identifiers() {
 
     let mut server = Serve::traced(&config).start().expect("the server starts");
     let base = server.base.clone();
-    let http = reqwest::Client::new();
+    let http = carebridge::outbound::client().expect("an HTTP client");
 
     // Push every fixture Bundle through the API.
     for sector in ["gp", "hospital", "municipality"] {

@@ -20,7 +20,7 @@ fn patient(cpr: &str) -> Value {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    carebridge::outbound::client_builder()
         .no_proxy()
         .build()
         .expect("client")

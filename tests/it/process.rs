@@ -22,7 +22,7 @@ async fn a_201_survives_a_kill_right_after_it() {
     std::fs::write(&config, text).unwrap();
 
     let (mut child, base) = start(&config);
-    let http = reqwest::Client::new();
+    let http = carebridge::outbound::client().expect("an HTTP client");
     let patient =
         serde_json::json!({ "resourceType": "Patient", "id": "survivor", "gender": "other" });
     let resp = http
