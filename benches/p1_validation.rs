@@ -208,7 +208,7 @@ fn run(
     let depth = ServerSettings::default().max_json_depth;
 
     let t = Instant::now();
-    let schema = FhirSchema::load()?;
+    let schema = FhirSchema::load().map_err(|e| e.to_string())?;
     let profiles = Profiles::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fhir-profiles"))
         .map_err(|e| format!("{}: {}", e.file, e.reason))?;
     let validator = Validator::new(schema, profiles);

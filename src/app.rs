@@ -32,7 +32,7 @@ impl App {
         config_file: &str,
         clients: Clients,
     ) -> anyhow::Result<App> {
-        let schema = FhirSchema::load().map_err(anyhow::Error::msg)?;
+        let schema = FhirSchema::load()?;
         let profiles = Profiles::load(&settings.fhir.profiles_dir)?;
         let mapping = Mapping::load(&settings.fhir.profiles_dir)?;
         settings.check_profiles(config_file, &|p| profiles.has_set(p))?;

@@ -501,7 +501,7 @@ fn validate_files(
     sector: Option<&str>,
     config: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
-    let schema = FhirSchema::load().map_err(anyhow::Error::msg)?;
+    let schema = FhirSchema::load()?;
     let (profiles, set) = match (sector, config) {
         (Some(sector), Some(config)) => {
             let settings = Settings::load(config)?;

@@ -46,21 +46,31 @@ pub struct FhirSchema {
     choices: FxHashMap<String, BTreeMap<String, Vec<String>>>,
 }
 
+/// Why the embedded R4 schema could not be loaded (a build that embedded a broken file).
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("the embedded FHIR schema is not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("the embedded FHIR schema has no {0}")]
+    Missing(&'static str),
+    #[error("the embedded FHIR schema cannot be registered: {0}")]
+    Registry(String),
+}
+
 impl FhirSchema {
     /// Loads and tightens the embedded schema. Compiling a type's validator is deferred to its
     /// first use (each takes tens of milliseconds; all 146 would delay start-up by seconds).
-    pub fn load() -> Result<Self, String> {
-        let mut schema: Value = serde_json::from_slice(SCHEMA_BYTES)
-            .map_err(|e| format!("the embedded FHIR schema is not JSON: {e}"))?;
+    pub fn load() -> Result<Self, SchemaError> {
+        let mut schema: Value = serde_json::from_slice(SCHEMA_BYTES)?;
         let resource_types: BTreeSet<String> = schema["discriminator"]["mapping"]
             .as_object()
-            .ok_or("the embedded FHIR schema has no discriminator mapping")?
+            .ok_or(SchemaError::Missing("discriminator mapping"))?
             .keys()
             .cloned()
             .collect();
         let defs = schema["definitions"]
             .as_object_mut()
-            .ok_or("the embedded FHIR schema has no definitions")?;
+            .ok_or(SchemaError::Missing("definitions"))?;
         tighten(defs);
         let (props, choices) = property_map(defs);
         let doc = json!({
@@ -74,7 +84,7 @@ impl FhirSchema {
             .draft(Draft::Draft6)
             .add(BASE, doc)
             .and_then(|b| b.prepare())
-            .map_err(|e| format!("the embedded FHIR schema cannot be registered: {e}"))?;
+            .map_err(|e| SchemaError::Registry(e.to_string()))?;
         let registry: &'static jsonschema::Registry<'static> = Box::leak(Box::new(registry));
         let validators = resource_types
             .iter()
