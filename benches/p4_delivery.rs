@@ -563,31 +563,14 @@ fn condition(id: &str, patient: &str) -> Value {
     heart_failure(id, patient)
 }
 
-/// `exchange::deliver::encode`, copied: the If-None-Exist value must be the gateway's, byte for
-/// byte.
-fn encode(s: &str) -> String {
-    use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-    const SET: &AsciiSet = &CONTROLS
-        .add(b' ')
-        .add(b'"')
-        .add(b'#')
-        .add(b'%')
-        .add(b'&')
-        .add(b'+')
-        .add(b'<')
-        .add(b'>')
-        .add(b'|');
-    utf8_percent_encode(s, SET).to_string()
-}
-
 /// The `If-None-Exist` value the gateway sends for a mapped body.
 fn if_none_exist(body: &Value) -> Option<String> {
     body["identifier"].as_array()?.iter().find_map(|i| {
         (i["system"].as_str() == Some(SOURCE_ID_SYSTEM)).then(|| {
             format!(
                 "identifier={}|{}",
-                encode(SOURCE_ID_SYSTEM),
-                encode(i["value"].as_str().unwrap_or_default())
+                carebridge::workers::deliver::encode(SOURCE_ID_SYSTEM),
+                carebridge::workers::deliver::encode(i["value"].as_str().unwrap_or_default())
             )
         })
     })

@@ -383,8 +383,10 @@ async fn probe_endpoints(settings: &Settings) -> anyhow::Result<ExitCode> {
 /// `--state`: one of the outbox states.
 fn delivery_state(s: &str) -> Result<DeliveryState, String> {
     DeliveryState::parse(s).ok_or_else(|| {
-        let all: Vec<&str> = DeliveryState::ALL.iter().map(|s| s.code()).collect();
-        format!("'{s}' is not a state: use one of {}", all.join(", "))
+        format!(
+            "'{s}' is not a state: use one of {}",
+            DeliveryState::codes()
+        )
     })
 }
 

@@ -64,6 +64,19 @@ fn is_type(state: &AppState, name: &str) -> bool {
     state.gateway.validator().schema.is_resource_type(name)
 }
 
+/// A write under `/fhir/{sector}/{type}`: the sector is configured and the type is R4's.
+fn sector_and_type(state: &AppState, sector: &str, rtype: &str) -> Result<(), ApiError> {
+    if state.gateway.sector(sector).is_none() {
+        return Err(unknown_first_segment(sector));
+    }
+    if !is_type(state, rtype) {
+        return Err(ApiError::not_found(format!(
+            "'{rtype}' is not an R4 resource type"
+        )));
+    }
+    Ok(())
+}
+
 fn unknown_first_segment(base: &str) -> ApiError {
     ApiError::not_found(format!(
         "'{base}' is neither a configured sector nor an R4 resource type"
@@ -178,14 +191,7 @@ async fn post_create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if state.gateway.sector(&sector).is_none() {
-        return Err(unknown_first_segment(&sector));
-    }
-    if !is_type(&state, &rtype) {
-        return Err(ApiError::not_found(format!(
-            "'{rtype}' is not an R4 resource type"
-        )));
-    }
+    sector_and_type(&state, &sector, &rtype)?;
     let value = read_body(
         &state,
         &caller,
@@ -225,14 +231,7 @@ async fn put_update(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if state.gateway.sector(&sector).is_none() {
-        return Err(unknown_first_segment(&sector));
-    }
-    if !is_type(&state, &rtype) {
-        return Err(ApiError::not_found(format!(
-            "'{rtype}' is not an R4 resource type"
-        )));
-    }
+    sector_and_type(&state, &sector, &rtype)?;
     let value = read_body(
         &state,
         &caller,
@@ -593,7 +592,7 @@ fn audit_query(
                     ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "value",
-                        "outcome is one of 0, 4, 8, 12",
+                        format!("outcome is one of {}", Outcome::codes()),
                     )
                     .at("outcome")
                 })?);
@@ -617,7 +616,7 @@ fn audit_query(
                     ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "value",
-                        "action is one of C, R, U, D, E",
+                        format!("action is one of {}", Action::codes()),
                     )
                     .at("action")
                 })?);

@@ -62,6 +62,11 @@ macro_rules! codes_enum {
                 match self { $($name::$variant => $code),+ }
             }
 
+            /// Every code, comma-separated (for messages that list what is accepted).
+            pub fn codes() -> String {
+                [$($code),+].join(", ")
+            }
+
             /// The member with this code.
             pub fn parse(code: &str) -> Option<$name> {
                 match code { $($code => Some($name::$variant),)+ _ => None }

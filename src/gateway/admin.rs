@@ -64,8 +64,10 @@ fn outbox_filter(params: &[(String, String)]) -> Result<OutboxFilter, GatewayErr
     let state = match text("state") {
         None => None,
         Some(s) => Some(DeliveryState::parse(&s).ok_or_else(|| {
-            let all: Vec<&str> = DeliveryState::ALL.iter().map(|s| s.code()).collect();
-            invalid("state", format!("state must be one of {}", all.join(", ")))
+            invalid(
+                "state",
+                format!("state must be one of {}", DeliveryState::codes()),
+            )
         })?),
     };
     Ok(OutboxFilter {

@@ -49,15 +49,9 @@ impl Gateway {
         resource: &Value,
         location: Option<&str>,
     ) -> Result<(), GatewayError> {
-        let place = |i: Issue| match location {
-            Some(l) => i.nested_under(l),
-            None => i,
-        };
         let issues = self.validator.structural(resource);
         if !issues.is_empty() {
-            return Err(GatewayError::Invalid(
-                issues.into_iter().map(place).collect(),
-            ));
+            return Err(GatewayError::Invalid(placed(issues, location)));
         }
         self.check_profile(sector, resource, location)
     }
@@ -71,16 +65,10 @@ impl Gateway {
         resource: &Value,
         location: Option<&str>,
     ) -> Result<(), GatewayError> {
-        let place = |i: Issue| match location {
-            Some(l) => i.nested_under(l),
-            None => i,
-        };
         let mut issues = self.validator.profile(sector.profile.as_deref(), resource);
         issues.extend(self.foreign_patient_references(sector, resource));
         if !issues.is_empty() {
-            return Err(GatewayError::Unprocessable(
-                issues.into_iter().map(place).collect(),
-            ));
+            return Err(GatewayError::Unprocessable(placed(issues, location)));
         }
         Ok(())
     }
@@ -467,6 +455,14 @@ impl Gateway {
         if let Err(e) = result {
             tracing::error!(error = %e, interaction = %row.interaction, "could not write an audit row");
         }
+    }
+}
+
+/// Issues located under `location` (a Bundle entry's resource), when given.
+fn placed(issues: Vec<Issue>, location: Option<&str>) -> Vec<Issue> {
+    match location {
+        Some(l) => issues.into_iter().map(|i| i.nested_under(l)).collect(),
+        None => issues,
     }
 }
 

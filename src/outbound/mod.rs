@@ -86,6 +86,18 @@ pub fn client() -> reqwest::Result<reqwest::Client> {
 }
 
 impl Outbound {
+    /// A GET of FHIR JSON from a sector, with its `Authorization` header when it has one.
+    pub fn fhir_get(&self, url: &str, authorization: Option<String>) -> reqwest::RequestBuilder {
+        let req = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, crate::fhir::FHIR_JSON);
+        match authorization {
+            Some(a) => req.header(reqwest::header::AUTHORIZATION, a),
+            None => req,
+        }
+    }
+
     pub fn new(timeout: Duration) -> reqwest::Result<Outbound> {
         let http = client_builder()
             .timeout(timeout)

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 
 use super::{Outbound, kind};
 use crate::config::{RouteTarget, SectorMode, SectorSettings, Settings};
-use crate::fhir::FHIR_JSON;
 
 /// The verdict on one sector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,14 +75,8 @@ async fn fetch_metadata(
         .authorization(s)
         .await
         .map_err(|e| format!("credentials: {}", e.0))?;
-    let mut req = outbound
-        .http
-        .get(format!("{base}/metadata"))
-        .header(reqwest::header::ACCEPT, FHIR_JSON);
-    if let Some(a) = auth {
-        req = req.header(reqwest::header::AUTHORIZATION, a);
-    }
-    let resp = req
+    let resp = outbound
+        .fhir_get(&format!("{base}/metadata"), auth)
         .send()
         .await
         .map_err(|e| format!("{base}/metadata: {}", kind(&e)))?;

@@ -922,7 +922,9 @@ fn pick_copy(
     (id, version)
 }
 
-fn encode(s: &str) -> String {
+/// A value of an `If-None-Exist` query (`identifier=<system>|<value>`), percent-encoded as
+/// the gateway sends it.
+pub fn encode(s: &str) -> String {
     use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
     const SET: &AsciiSet = &CONTROLS
         .add(b' ')

@@ -23,7 +23,6 @@ use crate::access::{Client, Role};
 use crate::config::SectorSettings;
 use crate::exchange::SOURCE_ID_SYSTEM;
 use crate::exchange::route::pull_types;
-use crate::fhir::FHIR_JSON;
 use crate::fhir::time::parse_instant;
 use crate::gateway::{Entry, Gateway, GatewayError, Method};
 use crate::outbound::{Outbound, kind};
@@ -287,15 +286,9 @@ impl Poller {
             .authorization(sector)
             .await
             .map_err(|e| PollError::Auth(e.0))?;
-        let mut req = self
+        let resp = self
             .outbound
-            .http
-            .get(url)
-            .header(reqwest::header::ACCEPT, FHIR_JSON);
-        if let Some(a) = auth {
-            req = req.header(reqwest::header::AUTHORIZATION, a);
-        }
-        let resp = req
+            .fhir_get(url, auth)
             .send()
             .await
             .map_err(|e| PollError::Transport(kind(&e)))?;

@@ -53,12 +53,7 @@ fn code(text: &str) -> String {
 
 /// The crate modules a file names (`crate::a::b`, `super::x`, `use crate::{a, b}`), resolved
 /// to the longest module path that exists.
-fn imports(
-    module: &str,
-    is_folder: bool,
-    text: &str,
-    known: &BTreeSet<String>,
-) -> BTreeSet<String> {
+fn imports(module: &str, text: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
     let ident = |s: &str| -> Vec<String> {
         s.split("::")
             .map(|p| p.trim().to_owned())
@@ -108,7 +103,6 @@ fn imports(
             }
         }
     }
-    let _ = is_folder;
     out.remove(module);
     out
 }
@@ -123,7 +117,7 @@ fn graph() -> Graph {
     let mut edges = BTreeMap::new();
     for (module, path, text) in &files {
         let folder = path.file_name().is_some_and(|f| f == "mod.rs");
-        let mut deps = imports(module, folder, &code(text), &known);
+        let mut deps = imports(module, &code(text), &known);
         // A folder's mod.rs is the folder's face: it declares and re-exports its children.
         if folder {
             deps.retain(|d| !d.starts_with(&format!("{module}::")));
