@@ -19,7 +19,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use crate::access::{Client, Role};
+use crate::access::{Client, Ident, Person, Role};
 use crate::config::{AuthSettings, ClientSettings, Settings};
 use crate::outbound::jwks::JwksClient;
 
@@ -97,6 +97,16 @@ impl Refusal {
     }
 }
 
+/// The person a `[[clients]]` entry is bound to, if any.
+fn configured_person(c: &ClientSettings) -> Option<Person> {
+    let person = Person {
+        practitioner: c.practitioner.as_deref().and_then(Ident::parse),
+        organization: c.organization.as_deref().and_then(Ident::parse),
+        sector: c.sector.clone(),
+    };
+    (person != Person::default()).then_some(person)
+}
+
 /// The clients: static ones looked up by the hash of the presented token, and the JWT verifier
 /// when an issuer is configured.
 #[derive(Debug, Default, Clone)]
@@ -113,13 +123,10 @@ impl Clients {
             .filter_map(|c| {
                 let role = Role::parse(&c.role)?;
                 let hash = c.token_sha256.as_ref()?.to_ascii_lowercase();
-                Some((
-                    hash,
-                    Client {
-                        id: c.id.clone(),
-                        role,
-                    },
-                ))
+                let mut client = Client::system(c.id.clone(), role);
+                client.person = configured_person(c);
+                client.asserts_relationship = c.asserts_relationship;
+                Some((hash, client))
             })
             .collect();
         Clients { by_hash, jwt: None }
@@ -222,6 +229,7 @@ pub struct JwtVerifier {
     leeway: u64,
     client_id_claim: String,
     sector_claim: Option<String>,
+    person: PersonClaims,
     scopes: HashMap<String, RoleRule>,
     sectors: HashSet<String>,
     jwks: JwksClient,
@@ -269,6 +277,7 @@ impl JwtVerifier {
             leeway: a.leeway_secs,
             client_id_claim: a.client_id_claim.clone(),
             sector_claim: a.sector_claim.clone(),
+            person: PersonClaims::from(a),
             scopes,
             sectors: settings.sectors.iter().map(|s| s.id.clone()).collect(),
             jwks,
@@ -467,12 +476,80 @@ impl JwtVerifier {
         }
         match roles.len() {
             0 => Err(JwtRefusal::NoRole),
-            1 => Ok(Client {
-                id: id.to_owned(),
-                role: roles.remove(0),
-            }),
+            1 => {
+                let mut client = Client::system(id, roles.remove(0));
+                if client.role == Role::CareTeam {
+                    client.person = self.person.person(claims, &self.sectors);
+                    client.launch_patient = self.person.launch(claims);
+                }
+                Ok(client)
+            }
             _ => Err(JwtRefusal::AmbiguousRole),
         }
+    }
+}
+
+/// Where a care-team token names its person and its launch context (`[auth]`).
+#[derive(Debug, Clone)]
+struct PersonClaims {
+    practitioner: Option<(String, String)>,
+    organization: Option<(String, String)>,
+    sector: Option<String>,
+    patient: String,
+}
+
+impl From<&AuthSettings> for PersonClaims {
+    fn from(a: &AuthSettings) -> Self {
+        PersonClaims {
+            practitioner: a
+                .practitioner_claim
+                .clone()
+                .map(|c| (c, a.practitioner_system.clone())),
+            organization: a
+                .organization_claim
+                .clone()
+                .map(|c| (c, a.organization_system.clone())),
+            sector: a.person_sector_claim.clone(),
+            patient: a.patient_claim.clone(),
+        }
+    }
+}
+
+impl PersonClaims {
+    fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+        claims
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= MAX_CLIENT_ID)
+    }
+
+    fn ident(claims: &Map<String, Value>, rule: &Option<(String, String)>) -> Option<Ident> {
+        let (claim, system) = rule.as_ref()?;
+        Self::claim(claims, claim).map(|v| Ident {
+            system: system.clone(),
+            value: v.to_owned(),
+        })
+    }
+
+    /// The person the claims name (a sector claim naming no configured sector is ignored).
+    fn person(&self, claims: &Map<String, Value>, sectors: &HashSet<String>) -> Option<Person> {
+        let person = Person {
+            practitioner: Self::ident(claims, &self.practitioner),
+            organization: Self::ident(claims, &self.organization),
+            sector: self
+                .sector
+                .as_deref()
+                .and_then(|c| Self::claim(claims, c))
+                .filter(|s| sectors.contains(*s))
+                .map(str::to_owned),
+        };
+        (person != Person::default()).then_some(person)
+    }
+
+    /// The launch context's patient.
+    fn launch(&self, claims: &Map<String, Value>) -> Option<String> {
+        Self::claim(claims, &self.patient).map(str::to_owned)
     }
 }
 

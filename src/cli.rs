@@ -479,6 +479,7 @@ async fn deliveries_retry(
         client_id: Some("cli".into()),
         role: Some("admin".into()),
         request_id: None,
+        person: None,
     };
     let mut missing = 0;
     for id in ids {
@@ -658,6 +659,7 @@ async fn audit_prune(config: &Path, before: &str, export: &Path) -> anyhow::Resu
         client_id: Some("carebridge-cli".into()),
         role: Some("admin".into()),
         request_id: None,
+        person: None,
     };
     let mut progress = |done: i64, _total: i64| {
         eprintln!("exported {done} rows");

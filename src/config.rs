@@ -2,6 +2,9 @@
 //! by `CAREBRIDGE_…` environment variables (`CAREBRIDGE_STORE__URL` sets `store.url`).
 //! Every problem is reported with the file, the key and the fix; secrets never print.
 
+mod access;
+pub use access::{AccessSettings, RELATIONSHIPS, ReasonSettings, split_system_value};
+
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt;
@@ -22,6 +25,8 @@ pub struct Settings {
     pub fhir: FhirSettings,
     #[serde(default)]
     pub alerts: AlertSettings,
+    #[serde(default)]
+    pub access: AccessSettings,
     #[serde(default)]
     pub sectors: Vec<SectorSettings>,
     #[serde(default)]
@@ -357,6 +362,20 @@ pub struct ClientSettings {
     /// SHA-256 (hex) of the client's bearer token. Optional only for the demo, which mints one.
     #[serde(default)]
     pub token_sha256: Option<String>,
+    /// For a careteam client used by one person: their practitioner identifier `system|value`.
+    #[serde(default)]
+    pub practitioner: Option<String>,
+    /// The person's organisation identifier `system|value` (e.g. a SOR code).
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// The configured sector the person's organisation is.
+    #[serde(default)]
+    pub sector: Option<String>,
+    /// A careteam system that enforces the treatment relationship itself (its users can only
+    /// open patients in their care) and asserts it for every look-up: its reads are granted
+    /// without a relationship here, audited with the basis `asserted`; blocks still apply.
+    #[serde(default)]
+    pub asserts_relationship: bool,
 }
 
 /// A secret value read from the environment or a file; it never prints.
@@ -429,6 +448,7 @@ impl Settings {
         self.check_exchange(file)?;
         self.check_auth(file)?;
         self.check_alerts(file)?;
+        self.check_access(file)?;
         self.check_clients(file)
     }
 
@@ -606,6 +626,7 @@ impl Settings {
                 ));
             }
             self.check_client_role(file, i, &c.role)?;
+            self.check_client_person(file, i, c)?;
             if let Some(h) = &c.token_sha256
                 && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
             {
@@ -887,6 +908,16 @@ pub struct AuthSettings {
     pub sector_claim: Option<String>,
     /// Which scope of the `scope` claim grants which role.
     pub scopes: Vec<ScopeRoleSettings>,
+    /// The claim holding a care-team person's practitioner identifier value, and its system.
+    pub practitioner_claim: Option<String>,
+    pub practitioner_system: String,
+    /// The claim holding the person's organisation identifier value, and its system.
+    pub organization_claim: Option<String>,
+    pub organization_system: String,
+    /// The claim naming the sector the person works in (a configured sector id).
+    pub person_sector_claim: Option<String>,
+    /// The claim of a SMART launch's patient context (a gateway patient id or `system|value`).
+    pub patient_claim: String,
 }
 
 impl Default for AuthSettings {
@@ -901,6 +932,12 @@ impl Default for AuthSettings {
             client_id_claim: "client_id".into(),
             sector_claim: None,
             scopes: Vec::new(),
+            practitioner_claim: None,
+            practitioner_system: "https://autregweb.sst.dk".into(),
+            organization_claim: None,
+            organization_system: "urn:oid:1.2.208.176.1.1".into(),
+            person_sector_claim: None,
+            patient_claim: "patient".into(),
         }
     }
 }

@@ -53,20 +53,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         c.token_sha256 = Some(token_hash(&token));
         tokens.push((c.id.clone(), c.role.clone(), token));
     }
-    for (id, role, token) in &tokens {
-        println!("token {id} {role} {token}");
-    }
     let clients = Clients::from_settings(&settings.clients);
+    let lookup = clients.clone();
     let sector_clients: BTreeMap<String, Client> = settings
         .clients
         .iter()
         .filter_map(|c| match Role::parse(&c.role)? {
             Role::Sector(s) => Some((
                 s.clone(),
-                Client {
-                    id: c.id.clone(),
-                    role: Role::Sector(s),
-                },
+                Client::system(c.id.clone(), Role::Sector(s)),
             )),
             _ => None,
         })
@@ -76,6 +71,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let (listener, local) = App::bind(&opts.listen).await?;
     load_fixtures(&app, &opts.fixtures, &sector_clients).await?;
     summary(&app).await?;
+    print_tokens(&app, &lookup, &opts.fixtures, &tokens).await?;
     if !opts.serve {
         return Ok(());
     }
@@ -161,6 +157,71 @@ async fn load_fixtures(
         );
     }
     Ok(())
+}
+
+/// One line per client: its id, role and token; for a care-team member, which of the demo
+/// patients they may read (a treatment relationship decided as for any request).
+async fn print_tokens(
+    app: &App,
+    clients: &Clients,
+    fixtures: &Path,
+    tokens: &[(String, String, String)],
+) -> anyhow::Result<()> {
+    let patients = demo_patients(fixtures)?;
+    let ids: Vec<(String, String)> = patients.iter().map(|(_, i)| i.clone()).collect();
+    println!();
+    for (id, role, token) in tokens {
+        // Persons (care-team members) get their caseload beside the token; systems do not.
+        let Some(client) = clients.authenticate(token).filter(|c| c.person.is_some()).cloned()
+        else {
+            println!("token {id} {role} {token}");
+            continue;
+        };
+        let caller = Caller {
+            client,
+            request_id: None,
+        };
+        let readable = app.gateway.caseload(&caller, &ids).await?;
+        let names: Vec<&str> = patients
+            .iter()
+            .zip(&readable)
+            .filter(|(_, r)| **r)
+            .map(|((name, _), _)| name.as_str())
+            .collect();
+        println!(
+            "token {id} {role} {token}  # may read {} of {} demo patients: {}",
+            names.len(),
+            patients.len(),
+            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+        );
+    }
+    Ok(())
+}
+
+/// The demo patients by fixture name, with their CPR identifier (from the gp bundles).
+fn demo_patients(dir: &Path) -> anyhow::Result<Vec<(String, (String, String))>> {
+    let mut out = Vec::new();
+    for (sector, file) in fixture_files(dir)? {
+        if sector != "gp" {
+            continue;
+        }
+        let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let bundle: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not JSON", file.display()))?;
+        let cpr = bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["resource"]["resourceType"] == "Patient")
+            .flat_map(|e| e["resource"]["identifier"].as_array().cloned().unwrap_or_default())
+            .find(|i| i["system"] == crate::config::CPR_SYSTEM)
+            .and_then(|i| i["value"].as_str().map(str::to_owned));
+        let name = file.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(cpr) = cpr {
+            out.push((name.to_owned(), (crate::config::CPR_SYSTEM.to_owned(), cpr)));
+        }
+    }
+    Ok(out)
 }
 
 async fn summary(app: &App) -> anyhow::Result<()> {

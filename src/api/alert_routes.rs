@@ -90,12 +90,13 @@ async fn stream(
     State(state): State<AppState>,
     Authed(caller): Authed,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let mut rx = state.gateway.alert_stream(&caller).await?;
+    let mut subscription = state.gateway.alert_stream(&caller).await?;
     let mut closing = state.gateway.watch_shutdown();
+    let gateway = state.gateway.clone();
     let s = async_stream(move |tx| async move {
         loop {
             let next = tokio::select! {
-                e = rx.recv() => e,
+                e = gateway.next_alert(&mut subscription) => e,
                 _ = closing.wait_for(|c| *c) => return,
                 () = tx.closed() => return,
             };

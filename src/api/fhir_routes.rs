@@ -357,7 +357,8 @@ async fn get_three(
     ))
 }
 
-/// `POST /fhir/DetectedIssue/{id}/$acknowledge`; other instance operations are not supported.
+/// `POST /fhir/DetectedIssue/{id}/$acknowledge` and `POST /fhir/Patient/{id}/$break-glass`;
+/// other instance operations are not supported.
 async fn post_operation(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -365,14 +366,19 @@ async fn post_operation(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !(rtype == "DetectedIssue" && operation == "$acknowledge") {
+    let known = (rtype == "DetectedIssue" && operation == "$acknowledge")
+        || (rtype == "Patient" && operation == "$break-glass");
+    if !known {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "not-supported",
-            "POST here is only $acknowledge on a DetectedIssue",
+            "POST here is $acknowledge on a DetectedIssue or $break-glass on a Patient",
         ));
     }
     let value = parse_body(&state, "Parameters", &headers, body)?;
+    if rtype == "Patient" {
+        return super::access_routes::break_glass(&state, &caller, &id, &value).await;
+    }
     super::alert_routes::acknowledge(&state, &caller, &id, &value).await
 }
 

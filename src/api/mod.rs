@@ -1,6 +1,7 @@
 //! The HTTP API: the FHIR REST surface under `/fhir` and the operations endpoints.
 //! Only this module knows HTTP; everything it does goes through [`crate::gateway::Gateway`].
 
+mod access_routes;
 mod admin_routes;
 mod alert_routes;
 mod audit_routes;
@@ -56,6 +57,7 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
         .route("/metrics", get(ops::metrics))
         .merge(fhir_routes::routes())
         .merge(audit_routes::routes())
+        .merge(access_routes::routes())
         .merge(admin_routes::routes())
         .merge(alert_routes::routes())
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })

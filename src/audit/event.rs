@@ -22,7 +22,7 @@ pub const SUBTYPE_SYSTEM: &str =
     "http://carebridge.example.org/fhir/CodeSystem/audit-event-subtype";
 
 /// The codes of [`SUBTYPE_SYSTEM`]: (code, display, definition).
-pub const SUBTYPES: [(&str, &str, &str); 8] = [
+pub const SUBTYPES: [(&str, &str, &str); 10] = [
     (
         "authenticate",
         "Authenticate a request",
@@ -62,6 +62,17 @@ pub const SUBTYPES: [(&str, &str, &str); 8] = [
         "stream",
         "Open the alert stream",
         "GET /alerts/stream: a caller subscribed to alert changes.",
+    ),
+    (
+        "break-glass",
+        "Break the glass",
+        "POST /fhir/Patient/{id}/$break-glass: emergency access to one patient without a \
+         treatment relationship, granted for a limited time with a coded reason.",
+    ),
+    (
+        "review-break-glass",
+        "Review a break-the-glass access",
+        "POST /audit/break-glass/{id}/review: an auditor recorded their review of a grant.",
     ),
 ];
 
@@ -129,6 +140,9 @@ fn event_type(interaction: &str) -> (Value, Vec<Value>) {
         "verify" | "export" | "prune" => (coding(DCM, "110101", "Audit Log Used"), vec![own]),
         "deliver" => (coding(DCM, "110106", "Export"), vec![own]),
         "alert" | "stream" => (coding(DCM, "110110", "Patient Record"), vec![own]),
+        // An emergency override of the access rules: IHE records it as a Security Alert.
+        "break-glass" => (coding(DCM, "110113", "Security Alert"), vec![own]),
+        "review-break-glass" => (coding(DCM, "110101", "Audit Log Used"), vec![own]),
         _ => (coding(DCM, "110100", "Application Activity"), vec![own]),
     }
 }
@@ -213,8 +227,9 @@ fn entities(a: &AuditRow, delivery: bool) -> Vec<Value> {
     entity
 }
 
-/// The requesting agent: the client (or an unauthenticated caller), its role and sector, and
-/// the purpose of use.
+/// The requesting agent: the client (or an unauthenticated caller), its role and sector, the
+/// person acting through it (`altId`), the purpose of use, and the access basis as a policy
+/// URI (`urn:carebridge:basis:<kind>:<proof>`).
 fn requestor(a: &AuditRow) -> Value {
     let mut client = json!({
         "type": { "coding": [coding(DCM, "110153", "Source Role ID")] },
@@ -242,7 +257,19 @@ fn requestor(a: &AuditRow) -> Value {
             "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p
         }]}]);
     }
+    if let Some(person) = &a.person {
+        client["altId"] = json!(person);
+    }
+    if let Some(b) = &a.basis {
+        client["policy"] = json!([basis_uri(b)]);
+    }
     client
+}
+
+/// The basis column as a URI (no whitespace): `urn:carebridge:basis:care-team:CareTeam/<gid>`.
+pub fn basis_uri(basis: &str) -> String {
+    let joined: Vec<&str> = basis.split_whitespace().collect();
+    format!("urn:carebridge:basis:{}", joined.join(":"))
 }
 
 /// The other agent: the receiving sector of a delivery, else the gateway itself.

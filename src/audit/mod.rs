@@ -23,6 +23,8 @@ pub struct Actor {
     pub client_id: Option<String>,
     pub role: Option<String>,
     pub request_id: Option<String>,
+    /// The person acting through the client (`system|value` of their practitioner id).
+    pub person: Option<String>,
 }
 
 impl Actor {
@@ -32,6 +34,7 @@ impl Actor {
             client_id: Some("carebridge".into()),
             role: Some("gateway".into()),
             request_id: None,
+            person: None,
         }
     }
 }
@@ -52,6 +55,7 @@ pub fn row(
         request_id: actor.request_id.clone(),
         client_id: actor.client_id.clone(),
         role: actor.role.clone(),
+        person: actor.person.clone(),
         sector: sector.map(str::to_owned),
         action: action.code().to_owned(),
         interaction: interaction.code().to_owned(),

@@ -42,6 +42,11 @@ pub struct AuditRow {
     pub purpose: Option<String>,
     /// A short description without patient data.
     pub detail: Option<String>,
+    /// The person acting through the client (`system|value`), when the client is one.
+    pub person: Option<String>,
+    /// Why access was granted or refused (`access::Basis::code`): `care-team CareTeam/<gid>`,
+    /// `exchange …`, `launch`, `break-glass <grant>`, `own-sector <id>`, ….
+    pub basis: Option<String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -122,6 +127,8 @@ codes_enum! {
         RetryDelivery = "retry-delivery",
         Alert = "alert",
         Stream = "stream",
+        BreakGlass = "break-glass",
+        ReviewBreakGlass = "review-break-glass",
     }
 }
 
@@ -145,14 +152,16 @@ pub struct Checkpoint {
 }
 
 /// SHA-256 (hex) over the row's canonical content, `prev_hash` included: a canonical JSON
-/// array of every column but `hash` itself (the chain format version first, `prev_hash` last).
+/// array of every column but `hash` itself (the chain format version first, `prev_hash` last
+/// of the original columns; `person` and `basis` follow only when either is set, so rows
+/// written before they existed keep their hashes).
 pub fn row_hash(a: &AuditRow) -> String {
     hash_with_seq(a, a.seq)
 }
 
 /// The hash the row would have at `seq` (the walk uses it to recognise a renumbered row).
 pub fn hash_with_seq(a: &AuditRow, seq: i64) -> String {
-    let canonical = json!([
+    let mut canonical = json!([
         FORMAT,
         seq,
         a.kind,
@@ -173,6 +182,12 @@ pub fn hash_with_seq(a: &AuditRow, seq: i64) -> String {
         a.detail,
         a.prev_hash,
     ]);
+    if (a.person.is_some() || a.basis.is_some())
+        && let Some(cols) = canonical.as_array_mut()
+    {
+        cols.push(json!(a.person));
+        cols.push(json!(a.basis));
+    }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
@@ -192,5 +207,35 @@ mod tests {
             assert_eq!(Interaction::parse(i.code()), Some(*i));
         }
         assert_eq!(Outcome::parse("5"), None);
+    }
+
+    #[test]
+    fn basis_and_person_are_hashed_only_when_set() {
+        let row = AuditRow {
+            kind: "event".into(),
+            action: "R".into(),
+            prev_hash: GENESIS.into(),
+            ..AuditRow::default()
+        };
+        // A row without them hashes as rows did before the columns existed.
+        let before = hex::encode(Sha256::digest(
+            json!([
+                FORMAT, 0, "event", 0, "", null, null, null, null, null, "R", "", "", null,
+                [], null, null, null, GENESIS
+            ])
+            .to_string()
+            .as_bytes(),
+        ));
+        assert_eq!(row_hash(&row), before);
+        let with = AuditRow {
+            basis: Some("launch".into()),
+            ..row.clone()
+        };
+        assert_ne!(row_hash(&with), before);
+        let other = AuditRow {
+            basis: Some("care-team CareTeam/x".into()),
+            ..row
+        };
+        assert_ne!(row_hash(&with), row_hash(&other));
     }
 }

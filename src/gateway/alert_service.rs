@@ -4,16 +4,24 @@
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
 
 use super::alerts::{AlertEvent, snapshot};
 use super::views::{gateway_view, patient_view};
+use super::relation::{Access, mark};
 use super::write::alert_audit_row;
 use super::{Gateway, GatewayError};
-use crate::access::{Caller, Request, authorize};
+use crate::access::{Caller, Request};
 use crate::audit::{self, Action, Interaction, Outcome};
 use crate::fhir::outcome::Issue;
 use crate::fhir::time::{instant, now_us};
 use crate::store::{AlertQuery, AlertRow, StoreTx};
+
+/// A subscription to alert changes ([`Gateway::alert_stream`], [`Gateway::next_alert`]).
+pub struct AlertStream {
+    rx: broadcast::Receiver<AlertEvent>,
+    caller: Caller,
+}
 
 impl Gateway {
     /// Alerts matching the search parameters `params` (patient, status, code; a merged
@@ -25,7 +33,8 @@ impl Gateway {
         offset: i64,
         count: i64,
     ) -> Result<Vec<Value>, GatewayError> {
-        authorize(caller, Request::Alerts)?;
+        self.gate(caller, Request::Alerts, Interaction::SearchType)
+            .await?;
         let mut q = alert_query(params, offset, count)?;
         let mut tx = self.store.begin().await?;
         if let Some(p) = &q.patient_id
@@ -33,7 +42,25 @@ impl Gateway {
         {
             q.patient_id = Some(gp.id);
         }
-        let rows = tx.alert_search(&q).await?;
+        let mut bases = Vec::new();
+        if let Some(p) = q.patient_id.clone() {
+            let (t, access) = self.admit(tx, caller, &p, Interaction::SearchType).await?;
+            tx = t;
+            bases.push(access.basis.code());
+        }
+        let mut rows = tx.alert_search(&q).await?;
+        if q.patient_id.is_none() {
+            // Without a patient: only the alerts of patients the caller may read.
+            let patients: Vec<String> = rows.iter().map(|a| a.patient_id.clone()).collect();
+            let decided = self.decide_each(&mut *tx, caller, patients).await?;
+            rows.retain(|a| matches!(decided.get(&a.patient_id), Some(Some(_))));
+            for access in decided.values().flatten() {
+                let code = access.basis.code();
+                if !bases.contains(&code) {
+                    bases.push(code);
+                }
+            }
+        }
         let mut row = audit::row(
             &caller.actor(),
             None,
@@ -55,6 +82,9 @@ impl Gateway {
                 .join("&")
         ));
         row.purpose = Some("TREAT".into());
+        if !bases.is_empty() {
+            row.basis = Some(bases.join("; "));
+        }
         row.detail = Some(format!("{} alerts returned", rows.len()));
         tx.audit(&row).await?;
         tx.commit().await?;
@@ -63,11 +93,14 @@ impl Gateway {
 
     /// One alert (its DetectedIssue), or `None`.
     pub async fn alert(&self, caller: &Caller, id: &str) -> Result<Option<Value>, GatewayError> {
-        authorize(caller, Request::Alerts)?;
+        self.gate(caller, Request::Alerts, Interaction::Read).await?;
         let mut tx = self.store.begin().await?;
         let Some(a) = tx.alert_get(id).await? else {
             return Ok(None);
         };
+        let (mut tx, access) = self
+            .admit(tx, caller, &a.patient_id, Interaction::Read)
+            .await?;
         let mut row = audit::row(
             &caller.actor(),
             None,
@@ -78,6 +111,7 @@ impl Gateway {
         row.patient_id = Some(a.patient_id.clone());
         row.entities = vec![format!("DetectedIssue/{}", a.id)];
         row.purpose = Some("TREAT".into());
+        mark(&mut row, &access.basis);
         tx.audit(&row).await?;
         tx.commit().await?;
         alert_body(&a).map(Some)
@@ -92,15 +126,21 @@ impl Gateway {
         id: &str,
         parameters: &Value,
     ) -> Result<Option<Value>, GatewayError> {
-        authorize(caller, Request::Alerts)?;
+        self.gate(caller, Request::Alerts, Interaction::Alert).await?;
         let (author, note) = acknowledgement(parameters)?;
         let mut tx = self.store.begin().await?;
+        let Some(patient) = tx.alert_get(id).await?.map(|a| a.patient_id) else {
+            return Ok(None);
+        };
+        let (mut tx, access) = self.admit(tx, caller, &patient, Interaction::Alert).await?;
         let Some(event) =
             super::alerts::acknowledge(&mut *tx, id, &author, note.as_deref(), now_us()).await?
         else {
             return Ok(None);
         };
-        tx.audit(&alert_audit_row(&event, Some(caller))).await?;
+        let mut row = alert_audit_row(&event, Some(caller));
+        mark(&mut row, &access.basis);
+        tx.audit(&row).await?;
         tx.commit().await?;
         let resource = event.resource.clone();
         self.publish(vec![event]);
@@ -108,11 +148,11 @@ impl Gateway {
     }
 
     /// Alert changes from now on, for a care-team member; opening the stream is audited.
-    pub async fn alert_stream(
-        &self,
-        caller: &Caller,
-    ) -> Result<broadcast::Receiver<AlertEvent>, GatewayError> {
-        authorize(caller, Request::Alerts)?;
+    /// Read it with [`Gateway::next_alert`]: each subscriber receives only the events of
+    /// patients it may read.
+    pub async fn alert_stream(&self, caller: &Caller) -> Result<AlertStream, GatewayError> {
+        self.gate(caller, Request::Alerts, Interaction::Stream)
+            .await?;
         let mut row = audit::row(
             &caller.actor(),
             None,
@@ -124,7 +164,31 @@ impl Gateway {
         row.purpose = Some("TREAT".into());
         row.detail = Some("alert stream opened".into());
         self.write_audit(row).await;
-        Ok(self.alert_events.subscribe())
+        Ok(AlertStream {
+            rx: self.alert_events.subscribe(),
+            caller: caller.clone(),
+        })
+    }
+
+    /// The next alert change the stream's caller may see: events of patients without a
+    /// relationship (or whose relationship cannot be read now) are skipped.
+    pub async fn next_alert(&self, stream: &mut AlertStream) -> Result<AlertEvent, RecvError> {
+        loop {
+            let event = stream.rx.recv().await?;
+            let decided = async {
+                let mut tx = self.store.begin_read().await?;
+                self.patient_access(&mut *tx, &stream.caller, &event.patient)
+                    .await
+            }
+            .await;
+            match decided {
+                Ok(Ok(_)) => return Ok(event),
+                Ok(Err(_)) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "alert stream: access undecidable, event withheld");
+                }
+            }
+        }
     }
 
     /// The total healthcare plan of a gateway patient: one collection Bundle with every
@@ -136,16 +200,22 @@ impl Gateway {
         caller: &Caller,
         patient: &str,
     ) -> Result<Option<Value>, GatewayError> {
-        authorize(caller, Request::Alerts)?;
+        self.gate(caller, Request::Alerts, Interaction::Operation)
+            .await?;
         let mut tx = self.store.begin().await?;
         let Some(p) = tx.patient(patient).await? else {
             return Ok(None);
         };
+        let (mut tx, access) = self
+            .admit(tx, caller, &p.id, Interaction::Operation)
+            .await?;
         let mut entries = vec![json!({
             "fullUrl": format!("Patient/{}", p.id),
             "resource": patient_view(&p),
         })];
-        let mut gids = self.current_records(&mut *tx, &p.id, &mut entries).await?;
+        let mut gids = self
+            .current_records(&mut *tx, caller, &access, &p.id, &mut entries)
+            .await?;
         let open = tx
             .alert_search(&AlertQuery {
                 patient_id: Some(p.id.clone()),
@@ -169,6 +239,7 @@ impl Gateway {
         row.patient_id = Some(p.id.clone());
         row.entities = gids;
         row.purpose = Some("TREAT".into());
+        mark(&mut row, &access.basis);
         row.detail = Some(format!("$total-plan: {} entries", entries.len()));
         tx.audit(&row).await?;
         tx.commit().await?;
@@ -187,13 +258,17 @@ impl Gateway {
     async fn current_records(
         &self,
         tx: &mut dyn StoreTx,
+        caller: &Caller,
+        access: &Access,
         patient_id: &str,
         entries: &mut Vec<Value>,
     ) -> Result<Vec<String>, GatewayError> {
         let snap = snapshot(tx, patient_id, now_us()).await?;
         let mut gids = Vec::new();
         for item in snap.items.iter().filter(|i| crate::detect::current(i)) {
-            if let Some(stored) = tx.get(&item.gid).await? {
+            if let Some(stored) = tx.get(&item.gid).await?
+                && self.record_shown(caller, &stored, access)
+            {
                 entries.push(json!({
                     "fullUrl": format!("{}/{}", item.rtype, item.gid),
                     "resource": gateway_view(self, &stored)?,

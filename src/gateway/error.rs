@@ -19,6 +19,9 @@ pub enum GatewayError {
     NotFound(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// 409: the request conflicts with what is stored (e.g. a grant already reviewed).
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -41,6 +44,7 @@ impl GatewayError {
             GatewayError::Unprocessable(_) => 422,
             GatewayError::NotFound(_) => 404,
             GatewayError::Forbidden(_) => 403,
+            GatewayError::Conflict(_) => 409,
             GatewayError::Store(StoreError::Busy) => 503,
             GatewayError::Store(_) => 500,
         }
@@ -53,6 +57,7 @@ impl GatewayError {
             GatewayError::Invalid(i) | GatewayError::Unprocessable(i) => i.clone(),
             GatewayError::NotFound(what) => vec![Issue::error("not-found", what.clone())],
             GatewayError::Forbidden(why) => vec![Issue::error("forbidden", why.clone())],
+            GatewayError::Conflict(why) => vec![Issue::error("conflict", why.clone())],
             GatewayError::Store(StoreError::Busy) => vec![Issue::error(
                 "transient",
                 "the store is busy; nothing was stored, retry the request",

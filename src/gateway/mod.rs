@@ -6,6 +6,10 @@
 //! - [`entry`]: the shape of what is written (a resource or a Bundle entry) and the response
 //!   Bundle of a transaction or batch.
 //! - [`read`]: the read service — reads, searches, the audit search.
+//! - [`break_glass`]: emergency access to one patient, its review queue, and a patient's
+//!   access report.
+//! - [`relation`]: treatment relationships — the evidence a care-team member's access to a
+//!   patient is decided on, blocks, private markings, refusals audited.
 //! - [`alerts`]: the alert lifecycle (detection inside the accepting transaction,
 //!   acknowledgement), [`alert_service`] its reads and the total plan, [`notify`] the care
 //!   team's messages.
@@ -19,11 +23,13 @@
 pub mod admin;
 pub mod alert_service;
 pub mod alerts;
+pub mod break_glass;
 pub mod entry;
 mod error;
 pub mod ledger;
 pub mod notify;
 pub mod read;
+pub mod relation;
 pub mod views;
 pub mod write;
 

@@ -2,8 +2,9 @@
 //! audit search. Each read decides access through [`authorize`] and leaves an audit row in the
 //! transaction it reads in.
 
+use super::relation::mark;
 use super::{Gateway, GatewayError};
-use crate::access::{Caller, Request, authorize};
+use crate::access::{BLOCKED, Caller, Denied, Request, authorize};
 use crate::audit::{self, Action, AuditRow, Interaction, Outcome};
 use crate::store::{AuditQuery, GatewayPatient, Stored};
 
@@ -16,7 +17,8 @@ impl Gateway {
         rtype: &str,
         id: &str,
     ) -> Result<Stored, GatewayError> {
-        authorize(caller, Request::PatientData)?;
+        self.gate(caller, Request::PatientData, Interaction::Read)
+            .await?;
         let mut tx = self.store.begin().await?;
         let found = match sector {
             Some(s) => tx.get_sector(s, rtype, id).await?,
@@ -32,6 +34,19 @@ impl Gateway {
                 sector: &stored.sector,
             },
         )?;
+        let mut basis = None;
+        if let Some(pid) = stored.patient_id.clone() {
+            let (t, access) = self.admit(tx, caller, &pid, Interaction::Read).await?;
+            tx = t;
+            if !self.record_shown(caller, &stored, &access) {
+                drop(tx);
+                let denied = Denied(BLOCKED.into());
+                return Err(self
+                    .gate_refused(caller, Some(&pid), Interaction::Read, denied)
+                    .await);
+            }
+            basis = Some(access.basis);
+        }
         let mut row = audit::row(
             &caller.actor(),
             Some(&stored.sector),
@@ -39,6 +54,9 @@ impl Gateway {
             Interaction::Read,
             Outcome::Success,
         );
+        if let Some(b) = &basis {
+            mark(&mut row, b);
+        }
         row.patient_id = stored.patient_id.clone();
         row.entities = vec![format!("{}/{}", stored.rtype, stored.gid)];
         tx.audit(&row).await?;
@@ -60,6 +78,7 @@ impl Gateway {
         let Some(p) = tx.patient(id).await? else {
             return Ok(None);
         };
+        let (mut tx, access) = self.admit(tx, caller, &p.id, Interaction::Read).await?;
         let mut row = audit::row(
             &caller.actor(),
             None,
@@ -67,6 +86,7 @@ impl Gateway {
             Interaction::Read,
             Outcome::Success,
         );
+        mark(&mut row, &access.basis);
         row.patient_id = Some(p.id.clone());
         row.entities = vec![format!("Patient/{}", p.id)];
         tx.audit(&row).await?;
@@ -81,12 +101,21 @@ impl Gateway {
         system: &str,
         value: &str,
     ) -> Result<Vec<GatewayPatient>, GatewayError> {
-        authorize(caller, Request::GatewayPatientSearch)?;
+        self.gate(caller, Request::GatewayPatientSearch, Interaction::SearchType)
+            .await?;
         let mut tx = self.store.begin().await?;
         let found = match tx.patient_by_identifier(system, value).await? {
             Some(id) => tx.patient(&id).await?,
             None => None,
         };
+        let mut basis = None;
+        if let Some(p) = &found {
+            let (t, access) = self
+                .admit(tx, caller, &p.id, Interaction::SearchType)
+                .await?;
+            tx = t;
+            basis = Some(access.basis);
+        }
         let mut row = audit::row(
             &caller.actor(),
             None,
@@ -96,6 +125,9 @@ impl Gateway {
         );
         row.patient_id = found.as_ref().map(|p| p.id.clone());
         row.entities = found.iter().map(|p| format!("Patient/{}", p.id)).collect();
+        if let Some(b) = &basis {
+            mark(&mut row, b);
+        }
         row.query = Some(format!("Patient?identifier={system}|{value}"));
         row.detail = Some(format!(
             "search Patient by identifier: {} results",
@@ -115,12 +147,17 @@ impl Gateway {
         offset: i64,
         count: i64,
     ) -> Result<Vec<Stored>, GatewayError> {
-        authorize(caller, Request::PatientData)?;
-        let mut tx = self.store.begin().await?;
+        self.gate(caller, Request::PatientData, Interaction::SearchType)
+            .await?;
+        let tx = self.store.begin().await?;
+        let (mut tx, access) = self
+            .admit(tx, caller, patient, Interaction::SearchType)
+            .await?;
         let found = tx.by_patient(patient, Some(rtype), offset, count).await?;
         let visible: Vec<Stored> = found
             .into_iter()
             .filter(|s| authorize(caller, Request::Record { sector: &s.sector }).is_ok())
+            .filter(|s| self.record_shown(caller, s, &access))
             .collect();
         let mut row = audit::row(
             &caller.actor(),
@@ -137,6 +174,7 @@ impl Gateway {
             .iter()
             .map(|s| format!("{}/{}", s.rtype, s.gid))
             .collect();
+        mark(&mut row, &access.basis);
         row.query = Some(format!(
             "{rtype}?patient={patient}&_offset={offset}&_count={count}"
         ));

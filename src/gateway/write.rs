@@ -389,6 +389,10 @@ impl Gateway {
                 Outcome::MinorFailure,
                 format!("rejected {rtype}: forbidden"),
             ),
+            GatewayError::Conflict(_) => (
+                Outcome::MinorFailure,
+                format!("rejected {rtype}: conflict"),
+            ),
             GatewayError::Store(_) => (
                 Outcome::SeriousFailure,
                 format!("failed {rtype}: store unavailable"),
@@ -432,6 +436,7 @@ impl Gateway {
             client_id: None,
             role: None,
             request_id,
+            person: None,
         };
         let mut row = audit::row(
             &actor,

@@ -6,6 +6,7 @@
 //! SQLite (the embedded default, a WAL file) and PostgreSQL (for several replicas); the schema
 //! is kept in both dialects under `migrations/`.
 
+pub mod access;
 pub mod alerts;
 mod busy;
 pub mod outbox;
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 use crate::audit::{Action, AuditRow, Outcome};
 use crate::fhir::time::instant;
 
+pub use access::{AccessTx, Grant, Identified};
 pub use alerts::{AlertQuery, AlertRow, AlertTx};
 pub use outbox::{
     Delivered, DeliveryState, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor,
@@ -189,7 +191,7 @@ pub trait Store: Send + Sync {
 
 /// A transaction: the foundation's operations here, the exchange's in [`ExchangeTx`].
 #[async_trait]
-pub trait StoreTx: ExchangeTx + AlertTx + Send {
+pub trait StoreTx: ExchangeTx + AlertTx + AccessTx + Send {
     /// The sector-local id of the resource holding this business identifier, if any.
     async fn find_by_identifier(
         &mut self,

@@ -194,14 +194,14 @@ pub(super) struct SqlTx {
 const AUDIT_CHAIN: &str = "main";
 const AUDIT_CHAIN_LOCK: &str = "carebridge:audit-chain";
 
-const AUDIT_COLUMNS: &str = "seq, kind, recorded_us, recorded, request_id, client_id, role, sector, \
+pub(super) const AUDIT_COLUMNS: &str = "seq, kind, recorded_us, recorded, request_id, client_id, role, sector, \
      target_sector, action, interaction, outcome, patient_id, entities, query, purpose, detail, \
-     prev_hash, hash";
+     person, basis, prev_hash, hash";
 
 /// An `audit_log` row as stored ([`AUDIT_COLUMNS`]): [`AuditRow`] itself knows nothing of the
 /// database, and `entities` is kept as a JSON array in a text column.
 #[derive(FromRow)]
-struct AuditRecord {
+pub(super) struct AuditRecord {
     seq: i64,
     kind: String,
     recorded_us: i64,
@@ -219,6 +219,8 @@ struct AuditRecord {
     query: Option<String>,
     purpose: Option<String>,
     detail: Option<String>,
+    person: Option<String>,
+    basis: Option<String>,
     prev_hash: String,
     hash: String,
 }
@@ -245,6 +247,8 @@ impl From<AuditRecord> for AuditRow {
             query: r.query,
             purpose: r.purpose,
             detail: r.detail,
+            person: r.person,
+            basis: r.basis,
             prev_hash: r.prev_hash,
             hash: r.hash,
         }
@@ -331,8 +335,8 @@ impl SqlTx {
             sqlx::query(
                 "INSERT INTO audit_log (seq, kind, recorded_us, recorded, request_id, client_id, role, \
                  sector, target_sector, action, interaction, outcome, patient_id, entities, query, \
-                 purpose, detail, prev_hash, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+                 purpose, detail, person, basis, prev_hash, hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
             )
             .bind(a.seq)
             .bind(&a.kind)
@@ -351,6 +355,8 @@ impl SqlTx {
             .bind(a.query.as_deref())
             .bind(a.purpose.as_deref())
             .bind(a.detail.as_deref())
+            .bind(a.person.as_deref())
+            .bind(a.basis.as_deref())
             .bind(&a.prev_hash)
             .bind(&a.hash)
             .execute(&mut *self.tx)
@@ -472,7 +478,7 @@ impl SqlTx {
     }
 
     /// Follows merges to the surviving gateway patient.
-    async fn resolve_patient(&mut self, id: &str) -> Result<String> {
+    pub(super) async fn resolve_patient(&mut self, id: &str) -> Result<String> {
         let mut current = id.to_owned();
         for _ in 0..16 {
             let next: Option<String> =

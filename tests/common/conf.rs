@@ -41,8 +41,15 @@ kind = "hospital"
 
 /// The `[[clients]]` table of one client holding `token`.
 pub fn client_table(id: &str, role: &str, token: &str) -> String {
+    // The suites' `careteam` client is a care-team system that asserts the treatment
+    // relationship itself (tests/it/treatment.rs checks the persons' relationships).
+    let asserts = if id == "careteam" {
+        "asserts_relationship = true\n"
+    } else {
+        ""
+    };
     format!(
-        "\n[[clients]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n",
+        "\n[[clients]]\nid = \"{id}\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n{asserts}",
         carebridge::auth::token_hash(token)
     )
 }

@@ -149,7 +149,7 @@ fn the_demo_loads_its_fixtures_serves_and_answers() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let mut careteam_token = None;
+    let mut nurse_tokens = std::collections::HashMap::new();
     let mut base = None;
     let mut summary = String::new();
     let mut lines = BufReader::new(stdout).lines();
@@ -157,8 +157,11 @@ fn the_demo_loads_its_fixtures_serves_and_answers() {
         let line = line.unwrap();
         summary.push_str(&line);
         summary.push('\n');
-        if let Some(rest) = line.strip_prefix("token careteam careteam ") {
-            careteam_token = Some(rest.to_owned());
+        for nurse in ["nurse-lassen", "nurse-dam"] {
+            if let Some(rest) = line.strip_prefix(&format!("token {nurse} careteam ")) {
+                let token = rest.split_whitespace().next().unwrap().to_owned();
+                nurse_tokens.insert(nurse, token);
+            }
         }
         if let Some(rest) = line.strip_prefix("serving on ") {
             base = Some(rest.split_whitespace().next().unwrap().to_owned());
@@ -171,20 +174,40 @@ fn the_demo_loads_its_fixtures_serves_and_answers() {
         summary.contains("5 linked across two or more sectors"),
         "{summary}"
     );
-    let token = careteam_token.expect("a careteam token line");
+    // Each care-team token is a person who sees the patients in their care, and says so.
+    assert!(
+        summary.contains("# may read 2 of 5 demo patients: ahmad-rahimi, karen-holm"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(
+            "# may read 3 of 5 demo patients: bent-larsen, ingrid-mortensen, poul-andersen"
+        ),
+        "{summary}"
+    );
+    let lassen = nurse_tokens["nurse-lassen"].clone();
     // Keep reading what the demo prints after it started serving.
     std::thread::spawn(move || lines.for_each(drop));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let status = rt.block_on(async {
-        carebridge::outbound::client()
-            .expect("an HTTP client")
-            .get(format!("{base}/metadata"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let get = |path: String| {
+        let base = base.clone();
+        let token = lassen.clone();
+        rt.block_on(async move {
+            carebridge::outbound::client()
+                .expect("an HTTP client")
+                .get(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let cpr = |v: &str| format!("/Patient?identifier=urn:oid:1.2.208.176.1.2|{v}");
+    // Ahmad Rahimi is in Pia Lassen's care; Bent Larsen is not.
+    assert_eq!(get(cpr("1503570721")), 200);
+    assert_eq!(get(cpr("0906543083")), 403);
+    let status = get("/metadata".into());
     assert_eq!(status, 200);
     child.kill().unwrap();
     child.wait().unwrap();

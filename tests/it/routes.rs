@@ -74,11 +74,11 @@ struct Route {
 }
 
 fn caller(id: &str, role: &str) -> Caller {
+    let mut client = Client::system(id, Role::parse(role).expect("a role"));
+    // As the test application configures it (tests/common/conf.rs).
+    client.asserts_relationship = id == "careteam";
     Caller {
-        client: Client {
-            id: id.to_owned(),
-            role: Role::parse(role).expect("a role"),
-        },
+        client,
         request_id: None,
     }
 }
@@ -102,6 +102,9 @@ fn table(gid: &str, pid: &str) -> Vec<Route> {
         { "resource": condition(), "request": { "method": "PUT", "url": "Condition/rc1" } } ] });
     let ack = json!({ "resourceType": "Parameters", "parameter": [
         { "name": "author", "valueString": "Dr. Test" } ] });
+    let glass = json!({ "resourceType": "Parameters", "parameter": [
+        { "name": "reason", "valueCode": "emergency" },
+        { "name": "text", "valueString": "unconscious on admission" } ] });
     let record = vec![Request::PatientData, Request::Record { sector: "gp" }];
     vec![
         route(Method::GET, "/healthz", "/healthz".into(), None, vec![]),
@@ -204,6 +207,34 @@ fn table(gid: &str, pid: &str) -> Vec<Route> {
             "/fhir/DetectedIssue/no-such-alert/$acknowledge".into(),
             Some(ack),
             vec![Request::Alerts],
+        ),
+        route(
+            Method::POST,
+            "/fhir/{base}/{segment}/{leaf}",
+            format!("/fhir/Patient/{pid}/$break-glass"),
+            Some(glass),
+            vec![Request::BreakGlass],
+        ),
+        route(
+            Method::GET,
+            "/audit/break-glass",
+            "/audit/break-glass?status=all".into(),
+            None,
+            vec![Request::AccessReview],
+        ),
+        route(
+            Method::POST,
+            "/audit/break-glass/{id}/review",
+            "/audit/break-glass/no-such-grant/review".into(),
+            Some(json!({ "note": "checked with the ward" })),
+            vec![Request::AccessReview],
+        ),
+        route(
+            Method::GET,
+            "/audit/access-report",
+            format!("/audit/access-report?patient={pid}"),
+            None,
+            vec![Request::AccessReview],
         ),
         route(
             Method::GET,
