@@ -334,6 +334,12 @@ pub fn authorize(caller: &Caller, request: Request<'_>) -> Result<Basis, Denied>
     }
 }
 
+/// Whether [`authorize_patient`] decides `caller` from evidence in the records (care-team
+/// members); systems and the roles that read no patient data are decided by role alone.
+pub fn needs_evidence(caller: &Caller) -> bool {
+    caller.client.role == Role::CareTeam
+}
+
 /// Decides whether `caller` may read one patient's data, from what the records say.
 /// Systems keep their roles: a sector client reads what its sector sent (each record is then
 /// decided by [`Request::Record`]); auditors and administrators read no patient data.
@@ -394,7 +400,8 @@ pub fn private_record_visible(
                 .as_ref()
                 .and_then(|p| p.sector.as_deref())
                 == Some(record_sector);
-            own || (basis.is_break_glass() && evidence.grant.as_ref().is_some_and(|g| g.overrides_block))
+            own || (basis.is_break_glass()
+                && evidence.grant.as_ref().is_some_and(|g| g.overrides_block))
         }
         Role::Auditor | Role::Admin => false,
     }
@@ -469,7 +476,10 @@ mod tests {
             launch: true,
             ..Evidence::default()
         };
-        assert_eq!(authorize_patient(&team, policy, &launched), Ok(Basis::Launch));
+        assert_eq!(
+            authorize_patient(&team, policy, &launched),
+            Ok(Basis::Launch)
+        );
         let no_launch = Policy {
             launch: false,
             ..policy

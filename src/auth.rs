@@ -477,11 +477,11 @@ impl JwtVerifier {
         match roles.len() {
             0 => Err(JwtRefusal::NoRole),
             1 => {
+                // The person and the launch context matter to care-team access; an auditor's
+                // person names the reviewer of a break-the-glass grant.
                 let mut client = Client::system(id, roles.remove(0));
-                if client.role == Role::CareTeam {
-                    client.person = self.person.person(claims, &self.sectors);
-                    client.launch_patient = self.person.launch(claims);
-                }
+                client.person = self.person.person(claims, &self.sectors);
+                client.launch_patient = self.person.launch(claims);
                 Ok(client)
             }
             _ => Err(JwtRefusal::AmbiguousRole),
@@ -661,6 +661,7 @@ mod tests {
             id: "gp-system".into(),
             role: "sector:gp".into(),
             token_sha256: Some(token_hash(&token)),
+            ..ClientSettings::default()
         }]);
         let c = clients.authenticate(&token).unwrap();
         assert_eq!(c.role, Role::Sector("gp".into()));

@@ -354,7 +354,7 @@ pub enum OutboundAuth {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSettings {
     pub id: String,

@@ -59,10 +59,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .clients
         .iter()
         .filter_map(|c| match Role::parse(&c.role)? {
-            Role::Sector(s) => Some((
-                s.clone(),
-                Client::system(c.id.clone(), Role::Sector(s)),
-            )),
+            Role::Sector(s) => Some((s.clone(), Client::system(c.id.clone(), Role::Sector(s)))),
             _ => None,
         })
         .collect();
@@ -172,7 +169,10 @@ async fn print_tokens(
     println!();
     for (id, role, token) in tokens {
         // Persons (care-team members) get their caseload beside the token; systems do not.
-        let Some(client) = clients.authenticate(token).filter(|c| c.person.is_some()).cloned()
+        let Some(client) = clients
+            .authenticate(token)
+            .filter(|c| c.person.is_some())
+            .cloned()
         else {
             println!("token {id} {role} {token}");
             continue;
@@ -192,7 +192,11 @@ async fn print_tokens(
             "token {id} {role} {token}  # may read {} of {} demo patients: {}",
             names.len(),
             patients.len(),
-            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
         );
     }
     Ok(())
@@ -205,7 +209,8 @@ fn demo_patients(dir: &Path) -> anyhow::Result<Vec<(String, (String, String))>> 
         if sector != "gp" {
             continue;
         }
-        let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
         let bundle: serde_json::Value = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not JSON", file.display()))?;
         let cpr = bundle["entry"]
@@ -213,10 +218,18 @@ fn demo_patients(dir: &Path) -> anyhow::Result<Vec<(String, (String, String))>> 
             .into_iter()
             .flatten()
             .filter(|e| e["resource"]["resourceType"] == "Patient")
-            .flat_map(|e| e["resource"]["identifier"].as_array().cloned().unwrap_or_default())
+            .flat_map(|e| {
+                e["resource"]["identifier"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .find(|i| i["system"] == crate::config::CPR_SYSTEM)
             .and_then(|i| i["value"].as_str().map(str::to_owned));
-        let name = file.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = file
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if let Some(cpr) = cpr {
             out.push((name.to_owned(), (crate::config::CPR_SYSTEM.to_owned(), cpr)));
         }

@@ -109,7 +109,9 @@ async fn review(
         .await?
     {
         Some(grant) => Ok((StatusCode::OK, Json(json!({ "grant": grant }))).into_response()),
-        None => Err(ApiError::not_found(format!("no break-the-glass grant {id}"))),
+        None => Err(ApiError::not_found(format!(
+            "no break-the-glass grant {id}"
+        ))),
     }
 }
 

@@ -220,8 +220,25 @@ mod tests {
         // A row without them hashes as rows did before the columns existed.
         let before = hex::encode(Sha256::digest(
             json!([
-                FORMAT, 0, "event", 0, "", null, null, null, null, null, "R", "", "", null,
-                [], null, null, null, GENESIS
+                FORMAT,
+                0,
+                "event",
+                0,
+                "",
+                null,
+                null,
+                null,
+                null,
+                null,
+                "R",
+                "",
+                "",
+                null,
+                [],
+                null,
+                null,
+                null,
+                GENESIS
             ])
             .to_string()
             .as_bytes(),

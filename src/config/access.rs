@@ -122,7 +122,10 @@ impl Settings {
                 return Err(problem(
                     file,
                     format!("access.break_glass_reasons[{i}]"),
-                    format!("reason '{}' needs a code without spaces and a display", r.code),
+                    format!(
+                        "reason '{}' needs a code without spaces and a display",
+                        r.code
+                    ),
                     "write code = \"emergency\", display = \"…\"",
                 ));
             }
@@ -160,7 +163,10 @@ impl Settings {
                 "use them only on a careteam client, or remove those keys",
             ));
         }
-        for (k, v) in [("practitioner", &c.practitioner), ("organization", &c.organization)] {
+        for (k, v) in [
+            ("practitioner", &c.practitioner),
+            ("organization", &c.organization),
+        ] {
             if let Some(v) = v
                 && split_system_value(v).is_none()
             {

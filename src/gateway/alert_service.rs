@@ -7,8 +7,8 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::alerts::{AlertEvent, snapshot};
-use super::views::{gateway_view, patient_view};
 use super::relation::{Access, mark};
+use super::views::{gateway_view, patient_view};
 use super::write::alert_audit_row;
 use super::{Gateway, GatewayError};
 use crate::access::{Caller, Request};
@@ -83,6 +83,9 @@ impl Gateway {
         ));
         row.purpose = Some("TREAT".into());
         if !bases.is_empty() {
+            if bases.iter().any(|b| b.starts_with("break-glass ")) {
+                row.purpose = Some("ETREAT".into());
+            }
             row.basis = Some(bases.join("; "));
         }
         row.detail = Some(format!("{} alerts returned", rows.len()));
@@ -93,7 +96,8 @@ impl Gateway {
 
     /// One alert (its DetectedIssue), or `None`.
     pub async fn alert(&self, caller: &Caller, id: &str) -> Result<Option<Value>, GatewayError> {
-        self.gate(caller, Request::Alerts, Interaction::Read).await?;
+        self.gate(caller, Request::Alerts, Interaction::Read)
+            .await?;
         let mut tx = self.store.begin().await?;
         let Some(a) = tx.alert_get(id).await? else {
             return Ok(None);
@@ -126,7 +130,8 @@ impl Gateway {
         id: &str,
         parameters: &Value,
     ) -> Result<Option<Value>, GatewayError> {
-        self.gate(caller, Request::Alerts, Interaction::Alert).await?;
+        self.gate(caller, Request::Alerts, Interaction::Alert)
+            .await?;
         let (author, note) = acknowledgement(parameters)?;
         let mut tx = self.store.begin().await?;
         let Some(patient) = tx.alert_get(id).await?.map(|a| a.patient_id) else {

@@ -140,7 +140,10 @@ impl Gateway {
             return Err(GatewayError::invalid(
                 Issue::error(
                     "code-invalid",
-                    format!("'{reason}' is not a reason; use one of: {}", known.join(", ")),
+                    format!(
+                        "'{reason}' is not a reason; use one of: {}",
+                        known.join(", ")
+                    ),
                 )
                 .at("Parameters.parameter"),
             ));
@@ -220,7 +223,10 @@ impl Gateway {
         );
         row.entities = vec!["break-glass".into()];
         row.basis = Some("auditor".into());
-        row.detail = Some(format!("break-the-glass review queue: {} grants", grants.len()));
+        row.detail = Some(format!(
+            "break-the-glass review queue: {} grants",
+            grants.len()
+        ));
         tx.audit(&row).await?;
         tx.commit().await?;
         Ok(grants.into_iter().map(|g| self.grant_view(g)).collect())

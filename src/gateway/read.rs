@@ -101,8 +101,12 @@ impl Gateway {
         system: &str,
         value: &str,
     ) -> Result<Vec<GatewayPatient>, GatewayError> {
-        self.gate(caller, Request::GatewayPatientSearch, Interaction::SearchType)
-            .await?;
+        self.gate(
+            caller,
+            Request::GatewayPatientSearch,
+            Interaction::SearchType,
+        )
+        .await?;
         let mut tx = self.store.begin().await?;
         let found = match tx.patient_by_identifier(system, value).await? {
             Some(id) => tx.patient(&id).await?,

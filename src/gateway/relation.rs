@@ -19,8 +19,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::{Gateway, GatewayError};
 use crate::access::{
-    Basis, Caller, Denied, Evidence, GrantInForce, Person, Policy, Request, Role, authorize,
-    authorize_patient,
+    Basis, Caller, Denied, Evidence, GrantInForce, Person, Policy, Request, authorize,
+    authorize_patient, needs_evidence,
 };
 use crate::audit::{self, Action, AuditRow, Interaction, Outcome};
 use crate::fhir::time::{instant, now_us, parse_instant};
@@ -54,7 +54,8 @@ impl Me {
             let r = r.rsplit('/').take(2).collect::<Vec<_>>();
             if let [id, rtype] = r.as_slice() {
                 let key = format!("{rtype}/{id}");
-                if self.local.contains(&(sector.to_owned(), key.clone())) || self.gids.contains(&key)
+                if self.local.contains(&(sector.to_owned(), key.clone()))
+                    || self.gids.contains(&key)
                 {
                     return true;
                 }
@@ -112,7 +113,10 @@ fn care_team_names(me: &Me, team: &Value, sector: &str, now: i64) -> bool {
 /// An active, denying Consent in force now that names the person (or nobody: everyone).
 fn consent_blocks(me: &Me, consent: &Value, sector: &str, now: i64) -> bool {
     let provision = consent.get("provision");
-    let denies = provision.and_then(|p| p.get("type")).and_then(Value::as_str) == Some("deny");
+    let denies = provision
+        .and_then(|p| p.get("type"))
+        .and_then(Value::as_str)
+        == Some("deny");
     let active = consent.get("status").and_then(Value::as_str) == Some("active");
     if !denies || !active || !in_period(provision.and_then(|p| p.get("period")), now) {
         return false;
@@ -258,9 +262,10 @@ impl Gateway {
         patient_id: &str,
     ) -> Result<Result<Access, Denied>, GatewayError> {
         let policy = Policy::from(&self.settings.access);
-        let evidence = match caller.client.role {
-            Role::CareTeam => self.evidence(tx, caller, patient_id, policy).await?,
-            _ => Evidence::default(),
+        let evidence = if needs_evidence(caller) {
+            self.evidence(tx, caller, patient_id, policy).await?
+        } else {
+            Evidence::default()
         };
         Ok(authorize_patient(caller, policy, &evidence).map(|basis| Access { basis, evidence }))
     }
@@ -361,9 +366,9 @@ impl Gateway {
     ) -> Result<HashMap<String, Option<Access>>, GatewayError> {
         let mut decided = HashMap::new();
         for pid in patients {
-            if !decided.contains_key(&pid) {
-                let a = self.patient_access(tx, caller, &pid).await?.ok();
-                decided.insert(pid, a);
+            if let std::collections::hash_map::Entry::Vacant(slot) = decided.entry(pid) {
+                let a = self.patient_access(tx, caller, slot.key()).await?.ok();
+                slot.insert(a);
             }
         }
         Ok(decided)
@@ -372,7 +377,8 @@ impl Gateway {
     /// Whether one record of a patient the caller may read is shown (private marking).
     pub(crate) fn record_shown(&self, caller: &Caller, s: &Stored, access: &Access) -> bool {
         // Most records carry no security label at all: only those are parsed.
-        let private = s.body.contains("\"security\"") && s.json().is_ok_and(|b| self.privately_marked(&b));
+        let private =
+            s.body.contains("\"security\"") && s.json().is_ok_and(|b| self.privately_marked(&b));
         !private
             || crate::access::private_record_visible(
                 caller,

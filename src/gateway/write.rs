@@ -389,10 +389,9 @@ impl Gateway {
                 Outcome::MinorFailure,
                 format!("rejected {rtype}: forbidden"),
             ),
-            GatewayError::Conflict(_) => (
-                Outcome::MinorFailure,
-                format!("rejected {rtype}: conflict"),
-            ),
+            GatewayError::Conflict(_) => {
+                (Outcome::MinorFailure, format!("rejected {rtype}: conflict"))
+            }
             GatewayError::Store(_) => (
                 Outcome::SeriousFailure,
                 format!("failed {rtype}: store unavailable"),

@@ -56,8 +56,12 @@ pub trait AccessTx: Send {
     ) -> Result<Vec<Identified>>;
     /// The newest record (`Type/gid`) `sector` sent about the patient updated since `since`
     /// (an instant as the store writes them).
-    async fn last_sent(&mut self, patient_id: &str, sector: &str, since: &str)
-    -> Result<Option<String>>;
+    async fn last_sent(
+        &mut self,
+        patient_id: &str,
+        sector: &str,
+        since: &str,
+    ) -> Result<Option<String>>;
     /// The newest record (`Type/gid`) delivered to `sector` about the patient since `since_us`.
     async fn last_received(
         &mut self,
@@ -75,8 +79,12 @@ pub trait AccessTx: Send {
     ) -> Result<Option<Grant>>;
     async fn grant_get(&mut self, id: &str) -> Result<Option<Grant>>;
     /// Grants newest first: all, only unreviewed (`Some(false)`) or only reviewed.
-    async fn grants(&mut self, reviewed: Option<bool>, offset: i64, count: i64)
-    -> Result<Vec<Grant>>;
+    async fn grants(
+        &mut self,
+        reviewed: Option<bool>,
+        offset: i64,
+        count: i64,
+    ) -> Result<Vec<Grant>>;
     /// Records an auditor's review; false when the grant is unknown or already reviewed.
     async fn grant_review(
         &mut self,

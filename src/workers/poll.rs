@@ -373,7 +373,10 @@ impl Read {
 /// The caller a pulled resource is stored as: the sector itself.
 fn poller_caller(sector: &SectorSettings) -> Caller {
     Caller {
-        client: Client::system(format!("poller:{}", sector.id), Role::Sector(sector.id.clone())),
+        client: Client::system(
+            format!("poller:{}", sector.id),
+            Role::Sector(sector.id.clone()),
+        ),
         request_id: None,
     }
 }

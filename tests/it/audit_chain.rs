@@ -37,6 +37,7 @@ impl Fixture {
             client_id: Some("gp-system".into()),
             role: Some("sector:gp".into()),
             request_id: None,
+            person: None,
         };
         for t in 0..ROWS / 3 {
             let mut tx = store.begin().await.unwrap();

@@ -247,6 +247,7 @@ async fn every_audit_event_is_valid_for_lantana() {
         client_id: Some("carebridge-cli".into()),
         role: Some("admin".into()),
         request_id: None,
+        person: None,
     };
     tokio::time::sleep(Duration::from_millis(5)).await;
     let pruned = carebridge::gateway::ledger::prune(

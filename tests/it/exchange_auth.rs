@@ -359,6 +359,7 @@ async fn static_bearer_tokens_from_env_and_file_are_sent_and_a_wrong_one_is_dead
         client_id: Some("test".into()),
         role: Some("admin".into()),
         request_id: None,
+        person: None,
     };
     carebridge::gateway::admin::retry_delivery(store, &actor, dead.id)
         .await

@@ -228,7 +228,13 @@ fn role_claims(who: &str, client: &str) -> Value {
             c
         }
         "hospital" => claims(client, "carebridge/sector.hospital"),
-        "careteam" => claims(client, "openid system/*.read"),
+        // A SMART launch: the sector system handed over the patient context (by CPR), which is
+        // the care-team member's treatment relationship with that patient.
+        "careteam" => {
+            let mut c = claims(client, "openid system/*.read");
+            c["patient"] = json!(format!("urn:oid:1.2.208.176.1.2|{CPR}"));
+            c
+        }
         "auditor" => claims(client, "system/AuditEvent.read"),
         "admin" => claims(client, "carebridge/admin"),
         other => panic!("no role {other}"),
@@ -498,6 +504,94 @@ async fn rs256_and_es256_tokens_of_each_role_reach_what_the_matrix_says() {
     assert!(
         log["entry"].as_array().is_some_and(|e| !e.is_empty()),
         "{log}"
+    );
+    app.stop().await;
+}
+
+/// A care-team token is a person (practitioner claim) with the launch context of one patient:
+/// that patient is readable on the basis `launch`, another is not, nor is any patient without
+/// the context; the audit log names the person and the basis.
+#[tokio::test]
+async fn a_launch_context_grants_exactly_its_patient() {
+    let keys = keys(&["rsa-1"], &[]).await;
+    let s = &keys["rsa-1"];
+    let (_jwks, url) = serve_jwks(&[s]).await;
+    let section = auth_section(&url, 300).replace(
+        "sector_claim = \"carebridge_sector\"",
+        "sector_claim = \"carebridge_sector\"\npractitioner_claim = \"fhirUser_id\"",
+    );
+    let app =
+        TestApp::spawn_config(Backend::Sqlite, |u| common::config_text(u, "") + &section).await;
+    let other = json!({ "resourceType": "Patient", "id": "jp2",
+            "identifier": [{ "system": "urn:oid:1.2.208.176.1.2", "value": "0808081234" }] });
+    for p in [gp_patient(), other] {
+        let id = p["id"].as_str().unwrap().to_owned();
+        let (st, _, _) = app.put("gp", &format!("/gp/Patient/{id}"), &p).await;
+        assert_eq!(st, 201);
+    }
+    let token = |launch: Option<&str>| {
+        let mut c = claims("smart-app", "openid system/*.read");
+        c["fhirUser_id"] = json!("JWT42");
+        if let Some(l) = launch {
+            c["patient"] = json!(l);
+        }
+        sign(s, &c)
+    };
+    let read = |t: String, cpr: &'static str| {
+        let app = &app;
+        async move {
+            call(
+                app,
+                Some(&t),
+                Method::GET,
+                &format!("/fhir/Patient?identifier=urn:oid:1.2.208.176.1.2|{cpr}"),
+                None,
+            )
+            .await
+        }
+    };
+    let launched = token(Some(&format!("urn:oid:1.2.208.176.1.2|{CPR}")));
+    let (st, found, _) = read(launched.clone(), CPR).await;
+    assert_eq!(st, 200, "{found}");
+    let pid = found["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // By gateway id too.
+    let (st, _, _) = read(token(Some(&pid)), CPR).await;
+    assert_eq!(st, 200);
+    let (st, v, _) = read(launched, "0808081234").await;
+    assert_eq!(st, 403, "{v}");
+    assert!(
+        v["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("no treatment relationship"),
+        "{v}"
+    );
+    let (st, _, _) = read(token(None), CPR).await;
+    assert_eq!(st, 403);
+    let (st, report, _) = call(
+        &app,
+        Some(app.token("auditor")),
+        Method::GET,
+        &format!("/audit/access-report?patient={pid}"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let lines = report["accesses"].as_array().unwrap();
+    assert!(
+        lines.iter().any(|l| l["basis"] == "launch"
+            && l["person"] == "https://autregweb.sst.dk|JWT42"
+            && l["client"] == "smart-app"),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["basis"] == "refused" && l["granted"] == false),
+        "{lines:?}"
     );
     app.stop().await;
 }
