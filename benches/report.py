@@ -371,13 +371,35 @@ def p5(work, smoke):
     return r, lines
 
 
+def p6(work, smoke):
+    """P6: the cost of a treatment-relationship decision with the population stored."""
+    r = load(os.path.join(work, "p6.json"))
+    if r is None:
+        return {}, []
+    d = r["decisions"]
+    worst = r["worst_decision_p99_us"]
+    r["targets"] = {"relationship_check_below_1_ms": "met" if worst < 1000 else "not met"}
+    lines = [f"P6 access: {r['sampled_patients']} patients sampled from a store of {r['store']['gateway_patients']} patients, "
+             f"{r['runs']} decisions each"]
+    for k, v in d.items():
+        s = v["decision"]
+        lines.append(f"  {k:<28} median {s['median']:.0f} µs, p99 {s['p99']:.0f} µs, max {s['max']:.0f} µs "
+                     f"({v['granted']} granted)")
+    rd = r["reads"]
+    lines.append(f"  GET Patient/{{id}}: asserting system median {rd['asserted_system']['median']:.2f} ms p99 "
+                 f"{rd['asserted_system']['p99']:.2f} ms; care-team member median {rd['care_team_member']['median']:.2f} ms "
+                 f"p99 {rd['care_team_member']['p99']:.2f} ms")
+    lines.append(f"  worst decision p99 {worst:.0f} µs (target < 1 ms: {r['targets']['relationship_check_below_1_ms']})")
+    return r, lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["full", "smoke"], required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--command", required=True)
-    ap.add_argument("--parts", default="p1 p2 p3 p4 p5")
+    ap.add_argument("--parts", default="p1 p2 p3 p4 p5 p6")
     ap.add_argument("--profile", default="bench")
     a = ap.parse_args()
     smoke = a.mode == "smoke"
@@ -390,7 +412,7 @@ def main():
     meta["loadavg_before_each_step"] = loads
     if loads:
         print("load average (1 min) before each step: " + ", ".join(f"{k} {v}" for k, v in loads.items()))
-    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5)]:
+    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5), ("p6", p6)]:
         if part not in a.parts.split():
             continue
         data, lines = fn(a.work, smoke)
