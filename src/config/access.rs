@@ -191,3 +191,62 @@ impl Settings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Settings;
+
+    fn load(extra: &str) -> Result<Settings, crate::config::ConfigError> {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("c.toml");
+        let text = format!(
+            "[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n{extra}"
+        );
+        std::fs::write(&path, text).expect("written");
+        Settings::load(&path)
+    }
+
+    #[test]
+    fn access_problems_name_the_key_and_the_fix() {
+        assert!(load("").is_ok());
+        let cases = [
+            (
+                "[access]\nrelationships = [\"friendship\"]\n",
+                "access.relationships[0]",
+            ),
+            (
+                "[access]\nexchange_window_days = 0\n",
+                "access.exchange_window_days",
+            ),
+            (
+                "[access]\nbreak_glass_minutes = 10000\n",
+                "access.break_glass_minutes",
+            ),
+            (
+                "[access]\nbreak_glass_reasons = []\n",
+                "access.break_glass_reasons",
+            ),
+            (
+                "[access]\nprivate_labels = [\"R\"]\n",
+                "access.private_labels[0]",
+            ),
+            (
+                "[[clients]]\nid = \"a\"\nrole = \"sector:gp\"\npractitioner = \"x|1\"\n",
+                "clients[0].role",
+            ),
+            (
+                "[[clients]]\nid = \"a\"\nrole = \"careteam\"\npractitioner = \"nobar\"\n",
+                "clients[0].practitioner",
+            ),
+            (
+                "[[clients]]\nid = \"a\"\nrole = \"careteam\"\nsector = \"mars\"\n",
+                "clients[0].sector",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = load(text).expect_err(text);
+            assert_eq!(err.key, key, "{text}: {err:?}");
+            assert!(!err.fix.is_empty());
+        }
+    }
+}

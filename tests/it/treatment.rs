@@ -166,7 +166,7 @@ struct World {
 }
 
 impl World {
-    async fn start() -> World {
+    async fn start(backend: Backend) -> World {
         let mut tokens = HashMap::new();
         let mut tables = String::new();
         for (id, keys) in PERSONS {
@@ -175,10 +175,9 @@ impl World {
             tables.push_str(keys);
             tokens.insert(id.to_owned(), token);
         }
-        let mut app = TestApp::spawn_config(Backend::Sqlite, |url| {
-            crate::common::config_text(url, "") + &tables
-        })
-        .await;
+        let mut app =
+            TestApp::spawn_config(backend, |url| crate::common::config_text(url, "") + &tables)
+                .await;
         app.tokens.extend(tokens);
         // The blocks come last: the asserting care-team system looks the patients up first.
         let (consents, rest): (Vec<_>, Vec<_>) = records()
@@ -220,21 +219,25 @@ impl World {
         World { app, gid }
     }
 
-    fn db(&self) -> std::path::PathBuf {
-        self.app.dir.path().join("carebridge.db")
-    }
-
-    /// Runs one statement on the store file (to age records or grants).
+    /// Runs one statement on the store (to age records or grants), SQLite file or PostgreSQL.
     async fn sql(&self, statement: &str) {
         use sqlx::Connection;
-        let url = format!("sqlite://{}", self.db().display());
-        let mut c = sqlx::SqliteConnection::connect(&url)
-            .await
-            .expect("the store");
-        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
-            .execute(&mut c)
-            .await
-            .expect("the statement runs");
+        let text = || sqlx::AssertSqlSafe(statement.to_owned());
+        match &self.app.pg_database {
+            Some(name) => {
+                let url = crate::common::pg::database_url(&crate::common::pg_admin_url(), name);
+                let mut c = sqlx::PgConnection::connect(&url).await.expect("the store");
+                sqlx::query(text()).execute(&mut c).await.expect("runs");
+            }
+            None => {
+                let db = self.app.dir.path().join("carebridge.db");
+                let url = format!("sqlite://{}", db.display());
+                let mut c = sqlx::SqliteConnection::connect(&url)
+                    .await
+                    .expect("the store");
+                sqlx::query(text()).execute(&mut c).await.expect("runs");
+            }
+        }
     }
 
     /// Every read path of one patient, as `who`: `(path, status, diagnostics)`.
@@ -349,7 +352,16 @@ impl World {
 
 #[tokio::test]
 async fn persons_read_only_the_patients_in_their_care_on_every_path() {
-    let w = World::start().await;
+    every_path(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn persons_read_only_the_patients_in_their_care_on_every_path_postgres() {
+    every_path(Backend::Postgres).await;
+}
+
+async fn every_path(backend: Backend) {
+    let w = World::start(backend).await;
     // Age the municipality's records of m-old beyond the 90-day exchange window.
     w.sql(&format!(
         "UPDATE resources SET last_updated = '2020-01-01T00:00:00.000Z' WHERE patient_id = '{}'",
@@ -383,6 +395,30 @@ async fn persons_read_only_the_patients_in_their_care_on_every_path() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
+    // The GP's private marking: the record stays with the GP, even for a person in the care team.
+    let p_ref = w.gid["p-ref"].clone();
+    let private = carebridge::ids::gateway_id("gp", "MedicationRequest", "mr-private");
+    let (s, found) = w
+        .app
+        .get("u-ref", &format!("/MedicationRequest?patient={p_ref}"))
+        .await;
+    assert_eq!(s, 200);
+    assert!(!found.to_string().contains(&private), "{found}");
+    let (s, body) = w
+        .app
+        .get("u-ref", &format!("/MedicationRequest/{private}"))
+        .await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.to_string().contains(BLOCKED), "{body}");
+    let (s, plan) = w
+        .app
+        .get("u-ref", &format!("/Patient/{p_ref}/$total-plan"))
+        .await;
+    assert_eq!(s, 200);
+    assert!(!plan.to_string().contains(&private), "{plan}");
+    let (s, _) = w.app.get("gp", "/gp/MedicationRequest/mr-private").await;
+    assert_eq!(s, 200);
+
     // The CareTeam that proves a relationship is named in the basis.
     let ct = carebridge::ids::gateway_id("gp", "CareTeam", "ct-ref");
     let lines = w.report("p-ref").await;
@@ -397,7 +433,16 @@ async fn persons_read_only_the_patients_in_their_care_on_every_path() {
 
 #[tokio::test]
 async fn break_the_glass_grants_one_patient_until_it_expires_and_is_reviewed() {
-    let w = World::start().await;
+    break_the_glass(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn break_the_glass_grants_one_patient_until_it_expires_and_is_reviewed_postgres() {
+    break_the_glass(Backend::Postgres).await;
+}
+
+async fn break_the_glass(backend: Backend) {
+    let w = World::start(backend).await;
     let glass = |reason: &str, text: &str| {
         json!({ "resourceType": "Parameters", "parameter": [
             { "name": "reason", "valueCode": reason }, { "name": "text", "valueString": text } ] })
@@ -592,7 +637,7 @@ async fn break_the_glass_grants_one_patient_until_it_expires_and_is_reviewed() {
 /// Alerts and the stream: a person sees only the alerts of patients in their care.
 #[tokio::test]
 async fn alerts_and_the_stream_carry_only_related_patients() {
-    let w = World::start().await;
+    let w = World::start(Backend::Sqlite).await;
     let (s, all) = w.app.get("u-ref", "/DetectedIssue?_count=1000").await;
     assert_eq!(s, 200, "{all}");
     let patients: Vec<String> = all["entry"]
