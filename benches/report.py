@@ -371,15 +371,15 @@ def p5(work, smoke):
     return r, lines
 
 
-def p6(work, smoke):
-    """P6: the cost of a treatment-relationship decision with the population stored."""
-    r = load(os.path.join(work, "p6.json"))
+def p8(work, smoke):
+    """P8: the cost of a treatment-relationship decision with the population stored."""
+    r = load(os.path.join(work, "p8.json"))
     if r is None:
         return {}, []
     d = r["decisions"]
     worst = r["worst_decision_p99_us"]
     r["targets"] = {"relationship_check_below_1_ms": "met" if worst < 1000 else "not met"}
-    lines = [f"P6 access: {r['sampled_patients']} patients sampled from a store of {r['store']['gateway_patients']} patients, "
+    lines = [f"P8 access: {r['sampled_patients']} patients sampled from a store of {r['store']['gateway_patients']} patients, "
              f"{r['runs']} decisions each"]
     for k, v in d.items():
         s = v["decision"]
@@ -399,7 +399,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--command", required=True)
-    ap.add_argument("--parts", default="p1 p2 p3 p4 p5 p6")
+    ap.add_argument("--parts", default="p1 p2 p3 p4 p5 p8")
     ap.add_argument("--profile", default="bench")
     a = ap.parse_args()
     smoke = a.mode == "smoke"
@@ -412,7 +412,7 @@ def main():
     meta["loadavg_before_each_step"] = loads
     if loads:
         print("load average (1 min) before each step: " + ", ".join(f"{k} {v}" for k, v in loads.items()))
-    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5), ("p6", p6)]:
+    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5), ("p8", p8)]:
         if part not in a.parts.split():
             continue
         data, lines = fn(a.work, smoke)
