@@ -39,6 +39,8 @@ pub struct Element {
     pub ext_forms: Vec<Box<str>>,
     /// The required binding's expansion (an index into `Definitions::valuesets`).
     pub binding: Option<u32>,
+    /// For a required element, its bit in the mask of required elements seen in an object.
+    pub required_bit: Option<u64>,
 }
 
 /// A resource, data type or backbone element.
@@ -85,6 +87,7 @@ struct RawTables {
     types: BTreeMap<String, Vec<RawElement>>,
     valuesets: Vec<RawValueSet>,
     unexpanded: Vec<String>,
+    constraints: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +118,8 @@ pub struct Definitions {
     valuesets: Vec<ValueSet>,
     /// Required bindings whose value set is not expandable from the package (not checked).
     pub unexpanded: Vec<String>,
+    /// Element path → the keys of its error-level invariants, as the definitions state them.
+    constraints: BTreeMap<String, Vec<String>>,
 }
 
 impl Definitions {
@@ -147,6 +152,7 @@ impl Definitions {
             by_name,
             valuesets,
             unexpanded: raw.unexpanded,
+            constraints: raw.constraints,
         })
     }
 
@@ -160,6 +166,19 @@ impl Definitions {
 
     pub fn value_set(&self, index: u32) -> Option<&ValueSet> {
         self.valuesets.get(index as usize)
+    }
+
+    /// The keys of the error-level invariants the definitions give an element path
+    /// (`CarePlan.activity` → `cpl-3`, `ele-1`).
+    pub fn constraint_keys(&self, path: &str) -> &[String] {
+        self.constraints.get(path).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every error-level invariant key of R4, with the paths that carry it.
+    pub fn constraints(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.constraints
+            .iter()
+            .map(|(p, k)| (p.as_str(), k.as_slice()))
     }
 
     /// Every indexed type (resources, data types, backbone elements).
@@ -192,6 +211,9 @@ fn type_def(
         for (fi, (json_name, _)) in forms.iter().enumerate() {
             props.insert(json_name.clone(), (ei, fi as u16));
         }
+        // A type has at most a dozen required elements; past 64 (none in R4) the presence check
+        // falls back to looking each one up.
+        let required_bit = (r.min > 0 && required.len() < 64).then(|| 1u64 << required.len());
         if r.min > 0 {
             required.push(ei);
         }
@@ -204,6 +226,7 @@ fn type_def(
             forms,
             ext_forms,
             binding: r.vs,
+            required_bit,
         });
     }
     Ok(TypeDef {

@@ -34,39 +34,81 @@ pub enum Invariant {
     Tim9,
 }
 
+/// The invariants evaluated in code, by the type (or backbone element path) they belong to.
+pub const TABLE: &[(&str, &[Invariant])] = {
+    use Invariant as I;
+    const QTY: &[Invariant] = &[I::Implies("qty-3", "code", "system")];
+    &[
+        ("Extension", &[I::Ext1]),
+        ("Reference", &[I::Ref1]),
+        ("Period", &[I::Per1]),
+        ("Attachment", &[I::Implies("att-1", "data", "contentType")]),
+        ("ContactPoint", &[I::Implies("cpt-2", "value", "system")]),
+        ("Quantity", QTY),
+        ("Age", QTY),
+        ("Count", QTY),
+        ("Distance", QTY),
+        ("Duration", QTY),
+        (
+            "Timing.repeat",
+            &[
+                I::Implies("tim-1", "duration", "durationUnit"),
+                I::Implies("tim-2", "period", "periodUnit"),
+                I::Implies("tim-6", "periodMax", "period"),
+                I::Implies("tim-7", "durationMax", "duration"),
+                I::Implies("tim-8", "countMax", "count"),
+                I::Exclusive("tim-10", "timeOfDay", "when"),
+                I::Tim9,
+            ],
+        ),
+        ("CarePlan.activity", &[I::Exclusive("cpl-3", "detail", "reference")]),
+        ("Condition", &[I::Con4, I::Con5]),
+        ("Condition.stage", &[I::AnyOf("con-1", &["summary", "assessment"])]),
+        ("Condition.evidence", &[I::AnyOf("con-2", &["code", "detail"])]),
+        ("Goal.target", &[I::Implies("gol-1", "detail", "measure")]),
+        (
+            "Patient.contact",
+            &[I::AnyOf("pat-1", &["name", "telecom", "address", "organization"])],
+        ),
+        (
+            "Organization",
+            &[I::AnyOf("org-1", &["identifier", "name"]), I::OrgNotHome],
+        ),
+        ("Bundle", &[I::Bundle]),
+        (
+            "Bundle.entry",
+            &[I::AnyOf("bdl-5", &["resource", "request", "response"])],
+        ),
+    ]
+};
+
 /// The invariants of a type, by its name in the definitions (a backbone element by its path).
 pub fn for_type(name: &str) -> &'static [Invariant] {
-    use Invariant as I;
-    match name {
-        "Extension" => &[I::Ext1],
-        "Reference" => &[I::Ref1],
-        "Period" => &[I::Per1],
-        "Attachment" => &[I::Implies("att-1", "data", "contentType")],
-        "ContactPoint" => &[I::Implies("cpt-2", "value", "system")],
-        "Quantity" | "Age" | "Count" | "Distance" | "Duration" | "MoneyQuantity"
-        | "SimpleQuantity" => &[I::Implies("qty-3", "code", "system")],
-        "Timing.repeat" => &[
-            I::Implies("tim-1", "duration", "durationUnit"),
-            I::Implies("tim-2", "period", "periodUnit"),
-            I::Implies("tim-6", "periodMax", "period"),
-            I::Implies("tim-7", "durationMax", "duration"),
-            I::Implies("tim-8", "countMax", "count"),
-            I::Exclusive("tim-10", "timeOfDay", "when"),
-            I::Tim9,
-        ],
-        "CarePlan.activity" => &[I::Exclusive("cpl-3", "detail", "reference")],
-        "Condition" => &[I::Con4, I::Con5],
-        "Condition.stage" => &[I::AnyOf("con-1", &["summary", "assessment"])],
-        "Condition.evidence" => &[I::AnyOf("con-2", &["code", "detail"])],
-        "Goal.target" => &[I::Implies("gol-1", "detail", "measure")],
-        "Patient.contact" => &[I::AnyOf(
-            "pat-1",
-            &["name", "telecom", "address", "organization"],
-        )],
-        "Organization" => &[I::AnyOf("org-1", &["identifier", "name"]), I::OrgNotHome],
-        "Bundle" => &[I::Bundle],
-        "Bundle.entry" => &[I::AnyOf("bdl-5", &["resource", "request", "response"])],
-        _ => &[],
+    TABLE
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, list)| *list)
+        .unwrap_or(&[])
+}
+
+impl Invariant {
+    /// The invariant keys this check stands for, as the R4 definitions name them.
+    pub fn keys(self) -> Vec<&'static str> {
+        use Invariant as I;
+        match self {
+            I::Ext1 => vec!["ext-1"],
+            I::Ref1 => vec!["ref-1"],
+            I::Exclusive(k, ..) | I::Implies(k, ..) | I::AnyOf(k, _) => vec![k],
+            I::Per1 => vec!["per-1"],
+            I::Con4 => vec!["con-4"],
+            I::Con5 => vec!["con-5"],
+            I::OrgNotHome => vec!["org-2", "org-3"],
+            I::Bundle => vec![
+                "bdl-1", "bdl-2", "bdl-3", "bdl-4", "bdl-7", "bdl-8", "bdl-9", "bdl-10",
+                "bdl-11", "bdl-12",
+            ],
+            I::Tim9 => vec!["tim-9"],
+        }
     }
 }
 
@@ -239,5 +281,27 @@ fn tim9(map: &Map<String, Value>, out: &mut Vec<Broken>) {
             "tim-9",
             "an offset needs a when that is not relative to a meal (C, CM, CD, CV)",
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TABLE;
+    use crate::validate::definitions::Definitions;
+
+    /// Each invariant evaluated in code is one the R4 definitions state, on that type (or one
+    /// of its elements), at severity error.
+    #[test]
+    fn every_invariant_in_code_is_in_the_definitions() {
+        let d = Definitions::load().unwrap();
+        for (path, invariants) in TABLE {
+            for key in invariants.iter().flat_map(|i| i.keys()) {
+                let below = format!("{path}.");
+                let found = d.constraints().any(|(p, keys)| {
+                    (p == *path || p.starts_with(&below)) && keys.iter().any(|k| k == key)
+                });
+                assert!(found, "{key} is not an invariant of {path} in R4");
+            }
+        }
     }
 }

@@ -106,6 +106,7 @@ impl Walk<'_> {
             return;
         }
         let mut choices: Vec<(&Element, &str)> = Vec::new();
+        let mut seen = 0u64;
         for (key, child) in map {
             let (name, extension) = match key.strip_prefix('_') {
                 Some(n) => (n, true),
@@ -114,6 +115,9 @@ impl Walk<'_> {
             let Some((element, kind)) = td.prop(name) else {
                 continue; // unknown elements are reported by the schema
             };
+            if let Some(bit) = element.required_bit {
+                seen |= bit;
+            }
             let child_path = Path::Key(path, key);
             if extension {
                 self.each(child, &child_path, |w, v, p| {
@@ -135,7 +139,7 @@ impl Walk<'_> {
             }
             self.each(child, &child_path, |w, v, p| w.value(element, kind, v, p));
         }
-        self.required(td, map, path);
+        self.required(td, map, seen, path);
         self.invariants(td, map, path);
     }
 
@@ -159,16 +163,20 @@ impl Walk<'_> {
         }
     }
 
-    fn required(&mut self, td: &TypeDef, map: &Map<String, Value>, path: &Path<'_>) {
+    /// Minimum cardinality: `seen` has the bit of each required element met in the object.
+    fn required(&mut self, td: &TypeDef, map: &Map<String, Value>, seen: u64, path: &Path<'_>) {
         for &ei in &td.required {
             let Some(element) = td.elements.get(usize::from(ei)) else {
                 continue;
             };
-            let present = element
-                .forms
-                .iter()
-                .zip(&element.ext_forms)
-                .any(|((n, _), x)| map.contains_key(&**n) || map.contains_key(&**x));
+            let present = match element.required_bit {
+                Some(bit) => seen & bit != 0,
+                None => element
+                    .forms
+                    .iter()
+                    .zip(&element.ext_forms)
+                    .any(|((n, _), x)| map.contains_key(&**n) || map.contains_key(&**x)),
+            };
             if !present {
                 let (name, what) = if element.choice {
                     (format!("{}[x]", element.name), "a value for")
