@@ -61,14 +61,26 @@ pub const TABLE: &[(&str, &[Invariant])] = {
                 I::Tim9,
             ],
         ),
-        ("CarePlan.activity", &[I::Exclusive("cpl-3", "detail", "reference")]),
+        (
+            "CarePlan.activity",
+            &[I::Exclusive("cpl-3", "detail", "reference")],
+        ),
         ("Condition", &[I::Con4, I::Con5]),
-        ("Condition.stage", &[I::AnyOf("con-1", &["summary", "assessment"])]),
-        ("Condition.evidence", &[I::AnyOf("con-2", &["code", "detail"])]),
+        (
+            "Condition.stage",
+            &[I::AnyOf("con-1", &["summary", "assessment"])],
+        ),
+        (
+            "Condition.evidence",
+            &[I::AnyOf("con-2", &["code", "detail"])],
+        ),
         ("Goal.target", &[I::Implies("gol-1", "detail", "measure")]),
         (
             "Patient.contact",
-            &[I::AnyOf("pat-1", &["name", "telecom", "address", "organization"])],
+            &[I::AnyOf(
+                "pat-1",
+                &["name", "telecom", "address", "organization"],
+            )],
         ),
         (
             "Organization",
@@ -104,8 +116,8 @@ impl Invariant {
             I::Con5 => vec!["con-5"],
             I::OrgNotHome => vec!["org-2", "org-3"],
             I::Bundle => vec![
-                "bdl-1", "bdl-2", "bdl-3", "bdl-4", "bdl-7", "bdl-8", "bdl-9", "bdl-10",
-                "bdl-11", "bdl-12",
+                "bdl-1", "bdl-2", "bdl-3", "bdl-4", "bdl-7", "bdl-8", "bdl-9", "bdl-10", "bdl-11",
+                "bdl-12",
             ],
             I::Tim9 => vec!["tim-9"],
         }
