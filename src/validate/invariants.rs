@@ -201,22 +201,31 @@ pub fn check(inv: Invariant, map: &Map<String, Value>, contained: &[&str], out: 
     }
 }
 
-/// per-1, decided only when certain: the latest instant the start may denote is before the
-/// earliest the end may (a value without a time zone may be 14 hours either way).
+/// per-1, decided only when certain. Two values of the same shape (same precision, same
+/// offset) compare as text; otherwise by the instants they denote, where a value without a
+/// time zone beside one with a time zone may be 14 hours either way.
 fn per1(map: &Map<String, Value>, out: &mut Vec<Broken>) {
     let (Some(Value::String(s)), Some(Value::String(e))) = (map.get("start"), map.get("end"))
     else {
         return;
     };
-    let (Some(start), Some(end)) = (period(s), period(e)) else {
-        return;
+    let zoned = |v: &str| {
+        v.contains('T') && (v.ends_with('Z') || v.get(10..).is_some_and(|t| t.contains(['+', '-'])))
     };
-    let slack = |v: &str| {
-        let zoned = v.contains('T')
-            && (v.ends_with('Z') || v.get(10..).is_some_and(|t| t.contains(['+', '-'])));
-        if zoned { 0 } else { 14 * 3_600_000_000 }
+    let after = if s.len() == e.len() && zoned(s) == zoned(e) && s.get(19..) == e.get(19..) {
+        s > e
+    } else {
+        let (Some(start), Some(end)) = (period(s), period(e)) else {
+            return;
+        };
+        let slack = if zoned(s) == zoned(e) {
+            0
+        } else {
+            14 * 3_600_000_000
+        };
+        start.0 - slack > end.1 + slack
     };
-    if start.0 - slack(s) > end.1 + slack(e) {
+    if after {
         out.push(broken("per-1", "the period's start is after its end"));
     }
 }
@@ -315,5 +324,33 @@ mod tests {
                 assert!(found, "{key} is not an invariant of {path} in R4");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod per1_tests {
+    use super::{Broken, per1};
+    use serde_json::json;
+
+    fn broken(start: &str, end: &str) -> bool {
+        let mut out: Vec<Broken> = Vec::new();
+        let v = json!({"start": start, "end": end});
+        per1(v.as_object().unwrap(), &mut out);
+        !out.is_empty()
+    }
+
+    #[test]
+    fn a_period_ends_after_it_starts() {
+        assert!(broken("2020-01-02", "2020-01-01"));
+        assert!(broken(
+            "2020-01-01T10:00:00+01:00",
+            "2020-01-01T09:00:00+01:00"
+        ));
+        assert!(broken("2021", "2020-06-01"));
+        assert!(broken("2020-01-03T10:00:00Z", "2020-01-01"));
+        assert!(!broken("2020-01-01", "2020-01-01"));
+        assert!(!broken("2020-01-01T10:00:00+01:00", "2020-01-01T09:30:00Z"));
+        assert!(!broken("2020-01-01T10:00:00Z", "2020-01-01"));
+        assert!(!broken("2020", "2020-06-01"));
     }
 }

@@ -91,7 +91,7 @@ pub fn check(kind: Primitive, value: &Value) -> Option<String> {
     use Primitive as P;
     match (kind, value) {
         (P::Integer | P::PositiveInt | P::UnsignedInt, Value::Number(n)) => {
-            integer(kind, &n.to_string())
+            integer(kind, n.as_str())
         }
         (P::Boolean | P::Decimal, _) | (_, Value::Number(_) | Value::Bool(_)) => None,
         (P::Xhtml, _) => None,
@@ -135,11 +135,13 @@ fn integer(kind: Primitive, lexeme: &str) -> Option<String> {
 
 /// Rules of the string-based primitives beyond the schema's patterns.
 fn text(kind: Primitive, s: &str) -> Option<String> {
-    if let Some(c) = s.chars().find(|c| is_forbidden_control(*c)) {
-        let what = if c == '\0' {
+    // Below U+0020 every character is one byte in UTF-8, and no byte of a longer character is:
+    // a byte scan finds exactly the forbidden characters.
+    if let Some(b) = s.bytes().find(|b| is_forbidden_control(*b)) {
+        let what = if b == 0 {
             "U+0000".to_owned()
         } else {
-            format!("a control character (U+{:04X})", c as u32)
+            format!("a control character (U+{b:04X})")
         };
         return Some(format!(
             "not a valid FHIR {}: contains {what}; only tab, CR and LF are allowed below U+0020",
@@ -159,8 +161,8 @@ fn text(kind: Primitive, s: &str) -> Option<String> {
 }
 
 /// Characters below U+0020 other than tab, LF and CR (and U+0000 anywhere).
-fn is_forbidden_control(c: char) -> bool {
-    (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r')
+fn is_forbidden_control(b: u8) -> bool {
+    b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')
 }
 
 /// Base64 (RFC 4648, standard alphabet, padded) with whitespace allowed between groups, as the
@@ -216,9 +218,9 @@ pub fn calendar_valid(s: &str) -> bool {
 
 /// `hh:mm:ss` within a day (the pattern has already checked the shape).
 fn time_valid(t: &str) -> bool {
-    let hms: Vec<&str> = t.get(..8).unwrap_or(t).split(':').collect();
-    match hms.as_slice() {
-        [h, m, sec] => {
+    let mut parts = t.get(..8).unwrap_or(t).split(':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(m), Some(sec), None) => {
             h.parse::<u32>().is_ok_and(|h| h < 24)
                 && m.parse::<u32>().is_ok_and(|m| m < 60)
                 && sec.parse::<u32>().is_ok_and(|s| s < 60)
