@@ -284,6 +284,22 @@ fn value_set(raw: RawValueSet) -> ValueSet {
 mod tests {
     use super::*;
 
+    /// Each invariant evaluated in code is one the R4 definitions state, on that type (or one
+    /// of its elements), at severity error.
+    #[test]
+    fn every_invariant_in_code_is_in_the_definitions() {
+        let d = Definitions::load().unwrap();
+        for (path, invariants) in invariants::TABLE {
+            for key in invariants.iter().flat_map(|i| i.keys()) {
+                let below = format!("{path}.");
+                let found = d.constraints().any(|(p, keys)| {
+                    (p == *path || p.starts_with(&below)) && keys.iter().any(|k| k == key)
+                });
+                assert!(found, "{key} is not an invariant of {path} in R4");
+            }
+        }
+    }
+
     #[test]
     fn careplan_rules_come_from_the_definitions() {
         let d = Definitions::load().unwrap();

@@ -9,8 +9,9 @@
 
 use serde_json::{Map, Value};
 
+use super::bundle_rules;
 use super::definitions::{Definitions, Element, Kind, TypeDef};
-use super::invariants::{self, Broken};
+use super::invariants::{self, Broken, Invariant};
 use super::primitive::{self, Primitive};
 use super::{narrative, schema::FhirSchema};
 use crate::fhir::outcome::Issue;
@@ -199,7 +200,10 @@ impl Walk<'_> {
         }
         let mut broken: Vec<Broken> = Vec::new();
         for inv in td.invariants {
-            invariants::check(*inv, map, &self.contained, &mut broken);
+            match inv {
+                Invariant::Bundle => bundle_rules::check(map, &mut broken),
+                _ => invariants::check(*inv, map, &self.contained, &mut broken),
+            }
         }
         for b in broken {
             let at = match b.at {
