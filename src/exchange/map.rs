@@ -140,10 +140,7 @@ impl Mapper<'_> {
         entry: &OutboxEntry,
         rid: &str,
     ) -> Option<(String, String)> {
-        let repeating = self
-            .schema
-            .prop(&entry.rtype, "identifier")
-            .is_some_and(|p| p.is_array);
+        let repeating = self.schema.repeats(&entry.rtype, "identifier");
         if !repeating {
             return None;
         }

@@ -1,6 +1,11 @@
 //! Validation: structural (the tightened R4 schema plus the rules pass) and then the sector's
 //! profile rules. Pure: a value in, every issue out, each with its FHIRPath-like location.
 
+mod bundle_rules;
+pub mod definitions;
+pub mod invariants;
+pub mod narrative;
+pub mod primitive;
 pub mod profiles;
 pub mod rules;
 pub mod schema;
@@ -45,11 +50,18 @@ impl Validator {
     /// Locations are rooted at the resource type (`Bundle.entry[1].resource.gender`).
     pub fn structural(&self, resource: &Value) -> Vec<Issue> {
         let mut issues = Vec::new();
-        self.structural_at(resource, None, &mut issues);
+        self.structural_at(resource, None, None, &mut issues);
         issues
     }
 
-    fn structural_at(&self, resource: &Value, prefix: Option<&str>, issues: &mut Vec<Issue>) {
+    /// `container` is the resource whose `contained` holds this one, if it is contained.
+    fn structural_at(
+        &self,
+        resource: &Value,
+        container: Option<&Value>,
+        prefix: Option<&str>,
+        issues: &mut Vec<Issue>,
+    ) {
         let place = |i: Issue| match prefix {
             Some(p) => i.nested_under(p),
             None => i,
@@ -89,13 +101,14 @@ impl Validator {
         };
         issues.extend(self.schema.check(rtype, resource).into_iter().map(place));
         let mut own = Vec::new();
-        rules::check(&self.schema, rtype, resource, rtype, &mut own);
+        rules::check_resource(&self.schema, rtype, resource, container, rtype, &mut own);
         issues.extend(own.into_iter().map(place));
         let base = prefix
             .map(str::to_owned)
             .unwrap_or_else(|| rtype.to_owned());
         for (path, nested) in nested_resources(rtype, obj) {
-            self.structural_at(nested, Some(&format!("{base}.{path}")), issues);
+            let container = path.starts_with("contained[").then_some(resource);
+            self.structural_at(nested, container, Some(&format!("{base}.{path}")), issues);
         }
     }
 

@@ -11,11 +11,11 @@
 //! document costs microseconds instead of evaluating every branch of the `oneOf`.
 
 use jsonschema::{Draft, PatternOptions, Validator};
-use rustc_hash::FxHashMap;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 
+use super::definitions::{Definitions, DefinitionsError};
 use crate::fhir::outcome::{Issue, PathRef, fhirpath};
 
 /// The schema bytes, obtained and checksummed by `build.rs`.
@@ -23,27 +23,13 @@ const SCHEMA_BYTES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fhir.schem
 /// The URI under which the tightened schema is registered for `$ref` resolution.
 const BASE: &str = "urn:carebridge:fhir-r4";
 
-/// What the compiled schema knows about one property of a definition.
-#[derive(Debug, Clone)]
-pub struct PropInfo {
-    /// The definition the property's value (or each array item) refers to, e.g. `dateTime`.
-    pub target: String,
-    /// True for repeating elements.
-    pub is_array: bool,
-}
-
-/// The tightened R4 schema: resource types, per-type validators (built on first use) and a
-/// property map used by the rules pass.
+/// The tightened R4 schema: resource types, per-type validators (built on first use), and the
+/// R4 StructureDefinitions as tables for the rules pass.
 pub struct FhirSchema {
     registry: &'static jsonschema::Registry<'static>,
     resource_types: BTreeSet<String>,
     validators: HashMap<String, OnceLock<Result<Arc<Validator>, String>>>,
-    /// definition → property → info. Looked up for every element the rules pass visits, so
-    /// with FxHash rather than SipHash: the tables are built from the schema and only read, so
-    /// keys from a request cannot grow a bucket (no collision flooding).
-    props: FxHashMap<String, FxHashMap<String, PropInfo>>,
-    /// definition → choice groups: prefix → the concrete property names (`onset` → `onsetAge`, …).
-    choices: FxHashMap<String, BTreeMap<String, Vec<String>>>,
+    definitions: Definitions,
 }
 
 /// Why the embedded R4 schema could not be loaded (a build that embedded a broken file).
@@ -55,6 +41,8 @@ pub enum SchemaError {
     Missing(&'static str),
     #[error("the embedded FHIR schema cannot be registered: {0}")]
     Registry(String),
+    #[error(transparent)]
+    Definitions(#[from] DefinitionsError),
 }
 
 impl FhirSchema {
@@ -72,7 +60,6 @@ impl FhirSchema {
             .as_object_mut()
             .ok_or(SchemaError::Missing("definitions"))?;
         tighten(defs);
-        let (props, choices) = property_map(defs);
         let doc = json!({
             "$schema": "http://json-schema.org/draft-06/schema#",
             "definitions": Value::Object(std::mem::take(defs)),
@@ -94,8 +81,7 @@ impl FhirSchema {
             registry,
             resource_types,
             validators,
-            props,
-            choices,
+            definitions: Definitions::load()?,
         })
     }
 
@@ -107,12 +93,18 @@ impl FhirSchema {
         self.resource_types.iter().map(String::as_str)
     }
 
-    pub fn prop(&self, definition: &str, property: &str) -> Option<&PropInfo> {
-        self.props.get(definition)?.get(property)
+    /// True when `property` of `definition` is a repeating element (`Patient.identifier`).
+    pub fn repeats(&self, definition: &str, property: &str) -> bool {
+        let d = &self.definitions;
+        d.index(definition)
+            .and_then(|i| d.get(i))
+            .and_then(|t| t.prop(property))
+            .is_some_and(|(element, _)| element.many)
     }
 
-    pub fn choice_groups(&self, definition: &str) -> Option<&BTreeMap<String, Vec<String>>> {
-        self.choices.get(definition)
+    /// The R4 StructureDefinitions as rule tables (cardinality, types, required bindings).
+    pub fn definitions(&self) -> &Definitions {
+        &self.definitions
     }
 
     /// Compiles the validators of these types now (used at start-up for the types the gateway
@@ -409,98 +401,4 @@ fn primitive_by_suffix<'a>(prop: &str, primitives: &'a BTreeSet<String>) -> Opti
         })
         .max_by_key(|p| p.len())
         .map(String::as_str)
-}
-
-type PropMaps = (
-    FxHashMap<String, FxHashMap<String, PropInfo>>,
-    FxHashMap<String, BTreeMap<String, Vec<String>>>,
-);
-
-/// Builds the property → type map and the choice groups (`value[x]` and the like) per definition.
-fn property_map(defs: &Map<String, Value>) -> PropMaps {
-    let mut props = FxHashMap::default();
-    let mut choices = FxHashMap::default();
-    for (name, def) in defs {
-        let Some(ps) = def.get("properties").and_then(Value::as_object) else {
-            continue;
-        };
-        let mut map = FxHashMap::default();
-        for (prop, p) in ps {
-            let target = p
-                .get("$ref")
-                .or_else(|| p.get("items").and_then(|i| i.get("$ref")))
-                .or_else(|| {
-                    p.get("items")
-                        .and_then(|i| i.get("anyOf"))
-                        .and_then(|a| a.get(1))
-                        .and_then(|b| b.get("$ref"))
-                })
-                .and_then(Value::as_str)
-                .map(|r| r.trim_start_matches("#/definitions/").to_owned());
-            if let Some(target) = target {
-                let is_array = p.get("type").and_then(Value::as_str) == Some("array");
-                map.insert(prop.clone(), PropInfo { target, is_array });
-            }
-        }
-        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (prop, info) in &map {
-            // Choice elements (`value[x]`) never repeat; `CarePlan.activity.outcomeReference`
-            // and `outcomeCodeableConcept` are two lists, not one choice.
-            if prop.starts_with('_') || info.is_array {
-                continue;
-            }
-            let mut chars = info.target.chars();
-            let Some(first) = chars.next() else { continue };
-            let suffix: String = first.to_uppercase().chain(chars).collect();
-            if let Some(prefix) = prop.strip_suffix(&suffix)
-                && !prefix.is_empty()
-                && prefix
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_uppercase())
-            {
-                groups
-                    .entry(prefix.to_owned())
-                    .or_default()
-                    .push(prop.clone());
-            }
-        }
-        groups.retain(|prefix, members| {
-            // A real choice group has several members and the bare prefix is not itself a property.
-            members.sort();
-            members.len() >= 2 && !map.contains_key(prefix)
-        });
-        if !groups.is_empty() {
-            choices.insert(name.clone(), groups);
-        }
-        props.insert(name.clone(), map);
-    }
-    (props, choices)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn choice_groups_are_found() {
-        let s = FhirSchema::load().unwrap();
-        let g = s
-            .choice_groups("Condition")
-            .expect("Condition has choice elements");
-        assert_eq!(
-            g["onset"],
-            [
-                "onsetAge",
-                "onsetDateTime",
-                "onsetPeriod",
-                "onsetRange",
-                "onsetString"
-            ]
-        );
-        let careplan = s.choice_groups("CarePlan_Activity");
-        assert!(
-            careplan.is_none_or(|g| !g.contains_key("outcome")),
-            "{careplan:?}"
-        );
-    }
 }

@@ -729,46 +729,14 @@ pub fn validate_with_lantana(resources: &[Value]) -> Vec<Value> {
     }
     ensure_npm_installed();
     let script = peers_dir().join("validate-fhir.mjs");
-    let mut child = std::process::Command::new(node_bin())
-        .arg(&script)
-        .current_dir(peers_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}",
-                node_missing(&format!("`{} {}`: {e}", node_bin(), script.display()))
-            )
-        });
-    let mut input = String::new();
-    for r in resources {
-        input.push_str(&r.to_string());
-        input.push('\n');
-    }
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    // Write from a thread: the validator streams nothing until it has read everything, but a
-    // large output must not dead-lock against a large input either way.
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .read_to_string(&mut stdout)
-        .expect("validator stdout");
-    let mut stderr = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr);
-    let status = child.wait().expect("validator exits");
-    writer
-        .join()
-        .expect("writer thread")
-        .unwrap_or_else(|e| panic!("writing to the validator: {e}; stderr:\n{stderr}"));
+    let mut command = std::process::Command::new(node_bin());
+    command.arg(&script).current_dir(peers_dir());
+    let (stdout, stderr, status) = pipe_ndjson(command, resources).unwrap_or_else(|e| {
+        panic!(
+            "{}",
+            node_missing(&format!("`{} {}`: {e}", node_bin(), script.display()))
+        )
+    });
     // 0: all valid, 1: some invalid, 2: a line was not a JSON object (still reported per line).
     if !matches!(status.code(), Some(0..=2)) {
         panic!("validate-fhir.mjs failed ({status}); stderr:\n{stderr}\nstdout:\n{stdout}");
@@ -785,6 +753,82 @@ pub fn validate_with_lantana(resources: &[Value]) -> Vec<Value> {
         results.len(),
         resources.len()
     );
+    results
+}
+
+/// Runs a validator that reads NDJSON on stdin: the resources in, (stdout, stderr, status) out.
+fn pipe_ndjson(
+    mut command: std::process::Command,
+    resources: &[Value],
+) -> std::io::Result<(String, String, std::process::ExitStatus)> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut input = String::new();
+    for r in resources {
+        input.push_str(&r.to_string());
+        input.push('\n');
+    }
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // Write from a thread: the validator may stream its answers while reading, and a large
+    // output must not dead-lock against a large input either way.
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut stderr = String::new();
+        let _ = stderr_pipe.read_to_string(&mut stderr);
+        stderr
+    });
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut stdout)?;
+    let status = child.wait()?;
+    let stderr = reader.join().unwrap_or_default();
+    writer
+        .join()
+        .expect("writer thread")
+        .unwrap_or_else(|e| panic!("writing to the validator: {e}; stderr:\n{stderr}"));
+    Ok((stdout, stderr, status))
+}
+
+/// The `python3` executable (`CAREBRIDGE_PYTHON` overrides).
+pub fn python_bin() -> String {
+    std::env::var("CAREBRIDGE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// Validates each resource with PyPI `fhir.resources` 5.1.1 (`tests/peers/validate-fhir-resources.py`,
+/// installed from `tests/peers/requirements.txt`): one result per resource, in order,
+/// `{"index", "valid", "error"}`.
+pub fn validate_with_fhir_resources(resources: &[Value]) -> Vec<Value> {
+    if resources.is_empty() {
+        return Vec::new();
+    }
+    let script = peers_dir().join("validate-fhir-resources.py");
+    let mut command = std::process::Command::new(python_bin());
+    command.arg(&script);
+    let (stdout, stderr, status) = pipe_ndjson(command, resources).unwrap_or_else(|e| {
+        panic!(
+            "`{} {}` could not run ({e}): install Python 3 and `pip install -r \
+             tests/peers/requirements.txt`",
+            python_bin(),
+            script.display()
+        )
+    });
+    assert!(
+        status.success(),
+        "validate-fhir-resources.py failed ({status}); stderr:\n{stderr}"
+    );
+    let results: Vec<Value> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("validator output {l:?}: {e}")))
+        .collect();
+    assert_eq!(results.len(), resources.len(), "stderr:\n{stderr}");
     results
 }
 

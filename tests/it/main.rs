@@ -46,3 +46,4 @@ mod routes;
 mod store_suite;
 mod synthea_alerts;
 mod treatment;
+mod validation_depth;
