@@ -485,7 +485,17 @@ mod tests {
             ..policy
         };
         assert!(authorize_patient(&team, no_launch, &launched).is_err());
-        // A block wins over every relationship; only an overriding grant passes it.
+    }
+
+    #[test]
+    fn blocks_win_and_only_an_overriding_grant_passes_them() {
+        let team = caller(Role::CareTeam);
+        let policy = Policy::default();
+        let none = Evidence::default();
+        let member = Evidence {
+            care_team: Some("CareTeam/t".into()),
+            ..Evidence::default()
+        };
         let blocked = Evidence {
             blocks: vec!["Consent/x".into()],
             grant: Some(GrantInForce {
