@@ -8,6 +8,8 @@
 
 pub mod chain;
 pub mod event;
+pub mod merkle;
+pub mod note;
 pub mod row;
 
 pub use event::{CHAIN_EXTENSION, SUBTYPE_SYSTEM, SUBTYPES, audit_event};
