@@ -252,7 +252,11 @@ impl Frontier {
         let nodes = Frontier::nodes_for(size);
         (nodes.len() == hashes.len()).then(|| Frontier {
             size,
-            edge: nodes.iter().map(|n| n.level).zip(hashes.iter().copied()).collect(),
+            edge: nodes
+                .iter()
+                .map(|n| n.level)
+                .zip(hashes.iter().copied())
+                .collect(),
         })
     }
 
@@ -268,7 +272,13 @@ impl Frontier {
     /// Appends a leaf hash; returns every node it completes (the leaf itself first).
     pub fn push(&mut self, leaf: Hash) -> Vec<(Node, Hash)> {
         let index = self.size;
-        let mut made = vec![(Node { level: 0, idx: index }, leaf)];
+        let mut made = vec![(
+            Node {
+                level: 0,
+                idx: index,
+            },
+            leaf,
+        )];
         let mut carry = (0u32, leaf);
         while let Some(&(level, left)) = self.edge.last() {
             if level != carry.0 {
@@ -335,7 +345,10 @@ mod tests {
                     .into_iter()
                     .map(|rg| hash_of(&all, rg))
                     .collect();
-                assert!(verify_consistency(old, size, &old_root, &r, &proof), "{old}->{size}");
+                assert!(
+                    verify_consistency(old, size, &old_root, &r, &proof),
+                    "{old}->{size}"
+                );
                 if old < size {
                     let wrong = leaf_hash(b"other");
                     assert!(!verify_consistency(old, size, &wrong, &r, &proof));

@@ -11,6 +11,7 @@ pub mod event;
 pub mod merkle;
 pub mod note;
 pub mod row;
+pub mod verify;
 
 pub use event::{CHAIN_EXTENSION, SUBTYPE_SYSTEM, SUBTYPES, audit_event};
 pub use row::{

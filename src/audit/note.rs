@@ -193,7 +193,12 @@ impl Verifier {
     pub fn encode(&self) -> String {
         let mut bytes = vec![self.kind];
         bytes.extend_from_slice(self.key.as_bytes());
-        format!("{}+{}+{}", self.name, hex::encode(self.id), B64.encode(bytes))
+        format!(
+            "{}+{}+{}",
+            self.name,
+            hex::encode(self.id),
+            B64.encode(bytes)
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -231,7 +236,10 @@ impl Verifier {
             t.copy_from_slice(&bytes[4..12]);
             let time = u64::from_be_bytes(t);
             let sig = Signature::from_slice(&bytes[12..]).or(err("bad signature length"))?;
-            return match self.key.verify(cosigned_message(body, time).as_bytes(), &sig) {
+            return match self
+                .key
+                .verify(cosigned_message(body, time).as_bytes(), &sig)
+            {
                 Ok(()) => Ok(time),
                 Err(_) => err(format!("the cosignature of {} does not verify", self.name)),
             };
@@ -241,7 +249,10 @@ impl Verifier {
 }
 
 /// A note's text (ending in a newline) and its signature lines as (name, decoded bytes).
-fn split_note(note: &str) -> Result<(&str, Vec<(&str, Vec<u8>)>), NoteError> {
+/// A signature line: the key name and the decoded signature bytes.
+type SignatureLine<'a> = (&'a str, Vec<u8>);
+
+fn split_note(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), NoteError> {
     let Some(at) = note.rfind("\n\n") else {
         return err("a signed note is its text, an empty line and signature lines");
     };
@@ -276,7 +287,12 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The checkpoint's text (the note body).
     pub fn body(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
     }
 
     /// Reads a checkpoint's text (extension lines after the root are allowed and ignored).
@@ -324,6 +340,36 @@ pub fn b64(h: &Hash) -> String {
 /// A hash from base64.
 pub fn unb64(s: &str) -> Option<Hash> {
     B64.decode(s.trim()).ok()?.try_into().ok()
+}
+
+/// The body of a C2SP tlog-witness `add-checkpoint` request: `old <size>`, the consistency
+/// proof (a base64 hash per line), an empty line, the signed checkpoint note.
+pub fn add_checkpoint_body(old: u64, proof: &[Hash], note: &str) -> String {
+    let mut body = format!("old {old}\n");
+    for p in proof {
+        body.push_str(&b64(p));
+        body.push('\n');
+    }
+    body.push('\n');
+    body.push_str(note);
+    body
+}
+
+/// Reads an `add-checkpoint` request body into the old size, the proof and the note.
+pub fn parse_add_checkpoint(body: &str) -> Result<(u64, Vec<Hash>, &str), NoteError> {
+    let Some((head, note)) = body.split_once("\n\n") else {
+        return err("an add-checkpoint body is `old N`, proof lines, an empty line and the note");
+    };
+    let mut lines = head.lines();
+    let old = lines
+        .next()
+        .and_then(|l| l.strip_prefix("old "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or(NoteError("the first line must be `old <size>`".into()))?;
+    let proof = lines
+        .map(|l| unb64(l).ok_or(NoteError(format!("proof line {l:?} is not a base64 hash"))))
+        .collect::<Result<Vec<Hash>, NoteError>>()?;
+    Ok((old, proof, note))
 }
 
 #[cfg(test)]

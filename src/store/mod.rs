@@ -8,6 +8,7 @@
 
 pub mod alerts;
 mod busy;
+pub mod merkle;
 pub mod outbox;
 pub mod sql;
 #[cfg(test)]
@@ -19,6 +20,7 @@ use crate::audit::{Action, AuditRow, Outcome};
 use crate::fhir::time::instant;
 
 pub use alerts::{AlertQuery, AlertRow, AlertTx};
+pub use merkle::{StoredCheckpoint, TransparencyTx, WitnessState};
 pub use outbox::{
     Delivered, DeliveryState, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor,
 };
@@ -189,7 +191,7 @@ pub trait Store: Send + Sync {
 
 /// A transaction: the foundation's operations here, the exchange's in [`ExchangeTx`].
 #[async_trait]
-pub trait StoreTx: ExchangeTx + AlertTx + Send {
+pub trait StoreTx: ExchangeTx + AlertTx + TransparencyTx + Send {
     /// The sector-local id of the resource holding this business identifier, if any.
     async fn find_by_identifier(
         &mut self,
