@@ -45,3 +45,4 @@ mod public_data;
 mod routes;
 mod store_suite;
 mod synthea_alerts;
+mod transparency;
