@@ -164,7 +164,7 @@ async fn store_tree(backend: Backend) {
                 &root
             ));
         }
-        let old_root = merkle::root(&leaves[..(size as usize + 1) / 2]);
+        let old_root = merkle::root(&leaves[..(size as usize).div_ceil(2)]);
         let proof = transparency::consistency_proof(tx.as_mut(), size.div_ceil(2), size)
             .await
             .unwrap();
