@@ -396,7 +396,9 @@ def p6(work, smoke):
         r.setdefault("targets", {})[f"append_{b}_within_10_percent"] = verdict(ok, smoke)
         lines.append(f"P6 append, {b}: {a['current_median_ms']:.3f} ms per audited write with the tree, "
                      f"{a['baseline_median_ms']:.3f} ms before it (median of {a['rounds']} alternating rounds of "
-                     f"{a['writes_per_round']} writes): ratio {a['ratio']:.3f} (target <= 1.10: {verdict(ok, smoke)})")
+                     f"{a['writes_per_round']} writes): ratio {a['ratio']:.3f} (target <= 1.10: {verdict(ok, smoke)}); "
+                     f"best rounds {a.get('current_best_ms', 0):.3f} / {a.get('baseline_best_ms', 0):.3f} ms, "
+                     f"ratio {a.get('ratio_best', 0):.3f}")
     return r, lines
 
 

@@ -1351,6 +1351,30 @@ mod tests {
             "sectors[1].base_url: sector 'gp' is polled (mode = \"both\") but has no base URL; set base_url to the sector's FHIR base, or use mode = \"push\"",
         ),
         (
+            "[audit]\nsigning_key_file = \"k\"\nsigning_key_env = \"K\"\n",
+            "audit.signing_key_env: the signing key has two sources; set either audit.signing_key_file or audit.signing_key_env",
+        ),
+        (
+            "[audit]\ncheckpoint_every_rows = 0\n",
+            "audit.checkpoint_every_rows: must be at least 1; set a positive number",
+        ),
+        (
+            "[audit]\ncheckpoint_every_secs = 0\n",
+            "audit.checkpoint_every_secs: must be at least 1; set a positive number",
+        ),
+        (
+            "[audit]\nwitnesses = [\"https://w.example\"]\n",
+            "audit.witnesses: witnesses are configured but no checkpoint is signed; set audit.signing_key_file or audit.signing_key_env (carebridge audit keygen makes a key), or remove the witnesses",
+        ),
+        (
+            "[audit]\nsigning_key_env = \"K\"\nwitnesses = [\"w.example\"]\n",
+            "audit.witnesses[0]: 'w.example' is not an http(s) URL; give the witness's base URL, e.g. https://witness.example.org",
+        ),
+        (
+            "[audit]\nsigning_key_env = \"K\"\nwitnesses = [\"https://w.example\", \"https://w.example/\"]\n",
+            "audit.witnesses[1]: 'https://w.example/' is listed twice; list each witness once",
+        ),
+        (
             "[auth]\naudience = \"x\"\n",
             "auth.issuer: auth.audience is set but no issuer is; set auth.issuer to the authorization server's `iss`, or remove the [auth] section (static tokens only)",
         ),

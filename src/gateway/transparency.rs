@@ -82,30 +82,46 @@ async fn prove(tx: &mut dyn StoreTx, ranges: &[Range]) -> crate::store::Result<V
     for p in &parts {
         let hashes: Option<Vec<Hash>> = found[at..at + p.len()].iter().copied().collect();
         at += p.len();
-        let h = hashes.as_deref().and_then(merkle::range_hash);
+        // An empty range is the empty tree (the root of size 0).
+        let h = match hashes.as_deref() {
+            Some([]) => Some(merkle::empty_root()),
+            other => other.and_then(merkle::range_hash),
+        };
         out.push(h.ok_or_else(|| missing(ranges.last().map_or(0, |r| r.1)))?);
     }
     Ok(out)
 }
 
-/// The leaf of row `seq` and its inclusion proof in the tree of `size` leaves.
+/// The leaf of row `seq`, its inclusion proof in the tree of `size` leaves and that tree's root,
+/// from one read of the nodes (the root is the fold of the range `[0, size)`).
 pub async fn inclusion_proof(
     tx: &mut dyn StoreTx,
     seq: u64,
     size: u64,
-) -> crate::store::Result<(Hash, Vec<Hash>)> {
-    let leaf = prove(tx, &[(seq - 1, seq)]).await?;
-    let proof = prove(tx, &merkle::inclusion_ranges(seq - 1, size)).await?;
-    Ok((leaf[0], proof))
+) -> crate::store::Result<(Hash, Vec<Hash>, Hash)> {
+    let mut ranges = vec![(seq - 1, seq)];
+    ranges.extend(merkle::inclusion_ranges(seq - 1, size));
+    ranges.push((0, size));
+    let mut hashes = prove(tx, &ranges).await?;
+    let root = hashes.pop().ok_or_else(|| missing(size))?;
+    let leaf = hashes.remove(0);
+    Ok((leaf, hashes, root))
 }
 
-/// The consistency proof from the tree of `old` leaves to that of `new`.
+/// The consistency proof from the tree of `old` leaves to that of `new`, with both roots, from
+/// one read of the nodes.
 pub async fn consistency_proof(
     tx: &mut dyn StoreTx,
     old: u64,
     new: u64,
-) -> crate::store::Result<Vec<Hash>> {
-    prove(tx, &merkle::consistency_ranges(old, new)).await
+) -> crate::store::Result<(Vec<Hash>, Hash, Hash)> {
+    let mut ranges = merkle::consistency_ranges(old, new);
+    ranges.push((0, old));
+    ranges.push((0, new));
+    let mut hashes = prove(tx, &ranges).await?;
+    let new_root = hashes.pop().ok_or_else(|| missing(new))?;
+    let old_root = hashes.pop().ok_or_else(|| missing(old))?;
+    Ok((hashes, old_root, new_root))
 }
 
 /// Signs a checkpoint of the tree as it is (the chain's head is its size) unless the latest
@@ -158,13 +174,7 @@ pub async fn entries(
     from: i64,
     to: i64,
 ) -> crate::store::Result<Vec<LogEntry>> {
-    let nodes: Vec<merkle::Node> = (from..=to)
-        .map(|s| merkle::Node {
-            level: 0,
-            idx: (s - 1) as u64,
-        })
-        .collect();
-    let leaves = tx.merkle_nodes(&nodes).await?;
+    let leaves = tx.merkle_leaves((from - 1) as u64, (to - 1) as u64).await?;
     let mut rows = tx
         .audit_chain_page(from - 1, to - from + 1)
         .await?
@@ -242,8 +252,7 @@ impl Gateway {
         if seq < 1 || seq > size {
             return Err(bad("seq", "seq must be between 1 and size"));
         }
-        let (leaf, proof) = inclusion_proof(tx.as_mut(), seq as u64, size as u64).await?;
-        let root = tree_root(tx.as_mut(), size as u64).await?;
+        let (leaf, proof, root) = inclusion_proof(tx.as_mut(), seq as u64, size as u64).await?;
         Ok(InclusionProof {
             seq,
             size,
@@ -269,12 +278,13 @@ impl Gateway {
         if from < 1 || from > to {
             return Err(bad("from", "from must be between 1 and to"));
         }
-        let proof = consistency_proof(tx.as_mut(), from as u64, to as u64).await?;
+        let (proof, from_root, to_root) =
+            consistency_proof(tx.as_mut(), from as u64, to as u64).await?;
         Ok(ConsistencyProof {
             from,
             to,
-            from_root: note::b64(&tree_root(tx.as_mut(), from as u64).await?),
-            to_root: note::b64(&tree_root(tx.as_mut(), to as u64).await?),
+            from_root: note::b64(&from_root),
+            to_root: note::b64(&to_root),
             proof: proof.iter().map(note::b64).collect(),
         })
     }
@@ -322,5 +332,46 @@ impl Gateway {
             Some(s) => sign_checkpoint(self.store.as_ref(), s).await,
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(file: &std::path::Path) -> AuditSettings {
+        AuditSettings {
+            signing_key_file: Some(file.to_path_buf()),
+            ..AuditSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_read_names_file_key_and_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.key");
+        let e = load_signer(&settings(&missing), "cb.toml").unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("cb.toml", "audit.signing_key_file")
+        );
+        assert!(
+            e.problem.contains("none.key") && e.fix.contains("audit keygen"),
+            "{e}"
+        );
+        let garbage = dir.path().join("garbage.key");
+        std::fs::write(&garbage, "not a key").unwrap();
+        let e = load_signer(&settings(&garbage), "cb.toml").unwrap_err();
+        assert!(e.problem.starts_with("not a signing key"), "{e}");
+        let good = dir.path().join("good.key");
+        let signer = Signer::from_seed("log.example", [1; 32]).unwrap();
+        std::fs::write(&good, signer.encode() + "\n").unwrap();
+        let loaded = load_signer(&settings(&good), "cb.toml").unwrap().unwrap();
+        assert_eq!(loaded.verifier(), signer.verifier());
+        assert!(
+            load_signer(&AuditSettings::default(), "cb.toml")
+                .unwrap()
+                .is_none()
+        );
     }
 }

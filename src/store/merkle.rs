@@ -41,6 +41,8 @@ pub struct WitnessState {
 pub trait TransparencyTx: Send {
     /// The hashes of these nodes, in the same order (`None` where a node is not stored).
     async fn merkle_nodes(&mut self, nodes: &[Node]) -> Result<Vec<Option<Hash>>>;
+    /// The leaves `from..=to` (by index), in order, in one statement (`None` where missing).
+    async fn merkle_leaves(&mut self, from: u64, to: u64) -> Result<Vec<Option<Hash>>>;
     async fn checkpoint_insert(&mut self, c: &StoredCheckpoint) -> Result<()>;
     /// The checkpoint of the largest signed size.
     async fn checkpoint_latest(&mut self) -> Result<Option<StoredCheckpoint>>;
@@ -182,6 +184,24 @@ impl SqlTx {
 impl TransparencyTx for SqlTx {
     async fn merkle_nodes(&mut self, nodes: &[Node]) -> Result<Vec<Option<Hash>>> {
         self.fetch_nodes(nodes).await
+    }
+
+    async fn merkle_leaves(&mut self, from: u64, to: u64) -> Result<Vec<Option<Hash>>> {
+        let rows = sqlx::query_as::<_, NodeRecord>(
+            "SELECT level, idx, hash FROM audit_merkle WHERE level = 0 AND idx >= $1 AND idx <= $2 \
+             ORDER BY idx",
+        )
+        .bind(from as i64)
+        .bind(to as i64)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        let mut out = vec![None; (to + 1).saturating_sub(from) as usize];
+        for r in rows {
+            let i = (r.idx as u64 - from) as usize;
+            out[i] = Some(to_hash(r.hash, || format!("Merkle leaf {}", r.idx))?);
+        }
+        Ok(out)
     }
 
     async fn checkpoint_insert(&mut self, c: &StoredCheckpoint) -> Result<()> {

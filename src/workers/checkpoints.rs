@@ -102,7 +102,9 @@ async fn push(gw: &Gateway, http: &reqwest::Client, url: &str) -> Result<(), Sto
     }
     // A witness holding more than the log has is told anyway: it reports the rollback.
     let proof = if state.size < latest.size {
-        consistency_proof(tx.as_mut(), state.size as u64, latest.size as u64).await?
+        consistency_proof(tx.as_mut(), state.size as u64, latest.size as u64)
+            .await?
+            .0
     } else {
         Vec::new()
     };

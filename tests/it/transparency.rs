@@ -152,9 +152,10 @@ async fn store_tree(backend: Backend) {
             "root of {size}"
         );
         for seq in [1, size / 2 + 1, size] {
-            let (leaf, proof) = transparency::inclusion_proof(tx.as_mut(), seq, size)
+            let (leaf, proof, r) = transparency::inclusion_proof(tx.as_mut(), seq, size)
                 .await
                 .unwrap();
+            assert_eq!(r, root);
             assert_eq!(leaf, leaves[seq as usize - 1]);
             assert!(merkle::verify_inclusion(
                 seq - 1,
@@ -165,9 +166,10 @@ async fn store_tree(backend: Backend) {
             ));
         }
         let old_root = merkle::root(&leaves[..(size as usize).div_ceil(2)]);
-        let proof = transparency::consistency_proof(tx.as_mut(), size.div_ceil(2), size)
+        let (proof, a, b) = transparency::consistency_proof(tx.as_mut(), size.div_ceil(2), size)
             .await
             .unwrap();
+        assert_eq!((a, b), (old_root, root));
         assert!(merkle::verify_consistency(
             size.div_ceil(2),
             size,
