@@ -393,13 +393,44 @@ def p8(work, smoke):
     return r, lines
 
 
+def p6(work, smoke):
+    """P6: proofs on a large tree; the cost per audited write against the build before the tree."""
+    proofs = load(os.path.join(work, "p6-proofs.json"))
+    appends = {b: load(os.path.join(work, f"p6-append-{b}.json")) for b in ("sqlite", "postgres")}
+    r = {"proofs": proofs, "append": appends}
+    lines = []
+    if proofs:
+        i, c = proofs["inclusion_with_root"], proofs["consistency"]
+        ok = i["p99_ms"] < 5.0 and c["p99_ms"] < 5.0
+        r["targets"] = {"proofs_below_5_ms": verdict(ok, smoke)}
+        lines += [f"P6 proofs on a tree of {proofs['leaves']:,} leaves ({proofs['stored_nodes_bytes'] / 1e6:.0f} MB of nodes, "
+                  f"built in {proofs['build_secs']:.0f} s)",
+                  f"  inclusion proof + root: p50 {i['p50_ms']:.2f} ms, p99 {i['p99_ms']:.2f} ms, max {i['max_ms']:.2f} ms "
+                  f"({i['n']} random; at most {proofs['inclusion_proof_hashes_max']} hashes)",
+                  f"  consistency proof: p50 {c['p50_ms']:.2f} ms, p99 {c['p99_ms']:.2f} ms, max {c['max_ms']:.2f} ms "
+                  f"(target p99 < 5 ms: {r['targets']['proofs_below_5_ms']})"]
+    for b, a in appends.items():
+        if not a or "skipped" in a:
+            if a:
+                lines.append(f"P6 append, {b}: skipped ({a['skipped']})")
+            continue
+        ok = a["ratio"] <= 1.10
+        r.setdefault("targets", {})[f"append_{b}_within_10_percent"] = verdict(ok, smoke)
+        lines.append(f"P6 append, {b}: {a['current_median_ms']:.3f} ms per audited write with the tree, "
+                     f"{a['baseline_median_ms']:.3f} ms before it (median of {a['rounds']} alternating rounds of "
+                     f"{a['writes_per_round']} writes): ratio {a['ratio']:.3f} (target <= 1.10: {verdict(ok, smoke)}); "
+                     f"best rounds {a.get('current_best_ms', 0):.3f} / {a.get('baseline_best_ms', 0):.3f} ms, "
+                     f"ratio {a.get('ratio_best', 0):.3f}")
+    return r, lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["full", "smoke"], required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--command", required=True)
-    ap.add_argument("--parts", default="p1 p2 p3 p4 p5 p8")
+    ap.add_argument("--parts", default="p1 p2 p3 p4 p5 p6 p8")
     ap.add_argument("--profile", default="bench")
     a = ap.parse_args()
     smoke = a.mode == "smoke"
@@ -412,7 +443,7 @@ def main():
     meta["loadavg_before_each_step"] = loads
     if loads:
         print("load average (1 min) before each step: " + ", ".join(f"{k} {v}" for k, v in loads.items()))
-    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5), ("p8", p8)]:
+    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5), ("p6", p6), ("p8", p8)]:
         if part not in a.parts.split():
             continue
         data, lines = fn(a.work, smoke)

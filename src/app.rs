@@ -46,13 +46,15 @@ impl App {
             rules: Rules::from(&settings.alerts),
         };
         let validator = Validator::new(schema, profiles);
-        let gateway = Gateway::new(
+        let signer = crate::gateway::transparency::load_signer(&settings.audit, config_file)?;
+        let mut gateway = Gateway::new(
             settings,
             validator,
             store,
             Arc::new(mapping),
             Some(detection),
         );
+        gateway.set_signer(signer);
         let gateway = Arc::new(gateway);
         // Bearer JWTs of the `[auth]` issuer, besides the static tokens.
         let clients = match crate::auth::JwtVerifier::from_settings(gateway.settings())? {
@@ -88,6 +90,9 @@ impl App {
         if self.gateway.settings().exchange.enabled {
             self.workers.start();
         }
+        if self.gateway.signer().is_some() {
+            self.workers.start_audit();
+        }
         let closing = self.gateway.clone();
         let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(async move {
@@ -100,6 +105,40 @@ impl App {
         served?;
         Ok(())
     }
+}
+
+/// Serves a witness of another carebridge's audit log (`carebridge audit witness`) until
+/// `shutdown`: `POST /add-checkpoint` (C2SP tlog-witness; the log's signature authenticates
+/// the request), `GET /status` (what it holds and the alarms it raised: sizes, hashes and
+/// sequence numbers only) and `GET /healthz`.
+pub async fn serve_witness(
+    witness: Arc<crate::workers::witness::Witness>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    type W = State<Arc<crate::workers::witness::Witness>>;
+    async fn add(State(w): W, body: String) -> (StatusCode, String) {
+        let a = w.add_checkpoint(&body).await;
+        (
+            StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            a.body,
+        )
+    }
+    async fn status(State(w): W) -> axum::Json<serde_json::Value> {
+        axum::Json(w.status().await)
+    }
+    let router = axum::Router::new()
+        .route("/add-checkpoint", axum::routing::post(add))
+        .route("/status", axum::routing::get(status))
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .with_state(witness);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `demo`, `check-config`, `validate`, `token new`.
+//! The command line: `serve`, `demo`, `check-config`, `validate`, `deliveries`, `audit`
+//! (verify, export, prune, keygen, witness), `token new`.
 
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -6,14 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::app::{App, shutdown_signal};
+use crate::audit::merkle;
+use crate::audit::note::{Checkpoint, Signer, Verifier};
+use crate::audit::verify::{self, Held, LogEntry, read_leaves};
 use crate::auth::{Clients, new_token, token_hash};
 use crate::config::{RouteRule, RouteTarget, Settings};
 use crate::fhir::json::parse_strict;
 use crate::fhir::outcome::{Issue, PathRef, fhirpath, operation_outcome};
 use crate::gateway::ledger;
+use crate::outbound::audit_log::LogClient;
 use crate::store::{DeliveryState, OutboxFilter, Store};
 use crate::terminology::mapping::Mapping;
 use crate::validate::{FhirSchema, Profiles, Validator};
+use crate::workers::witness::Witness;
 
 #[derive(Parser)]
 #[command(
@@ -86,10 +92,61 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Walk the whole chain; prints the first broken link and exits 1, or exits 0.
+    /// Walk the whole chain; prints the first broken link and exits 1, or exits 0. With
+    /// --checkpoint and --key, check the log (live, or an export of its rows) against a signed
+    /// checkpoint held outside it instead: exits 1 on a rollback, a fork, a rewritten history
+    /// or a row that is not in the signed tree, naming the first affected seq.
     Verify {
         #[arg(long, default_value = "config/default.toml")]
         config: PathBuf,
+        /// A signed checkpoint note held outside the log (from a witness, an earlier verify,
+        /// an export).
+        #[arg(long, requires = "key")]
+        checkpoint: Option<PathBuf>,
+        /// The log's verifier key (<origin>+<id>+<key>), or a file holding it.
+        #[arg(long, requires = "checkpoint")]
+        key: Option<String>,
+        /// The live log's base URL (an auditor's token in CAREBRIDGE_AUDIT_TOKEN).
+        #[arg(long, requires = "checkpoint", conflicts_with = "export")]
+        from_url: Option<String>,
+        /// A file written by `audit export --rows`.
+        #[arg(long, requires = "checkpoint")]
+        export: Option<PathBuf>,
+        /// The leaves of the held checkpoint (a witness's `leaves` file, or one written by
+        /// --advance): with them the first affected seq is named exactly.
+        #[arg(long, requires = "checkpoint")]
+        leaves: Option<PathBuf>,
+        /// When the log verifies, replace --checkpoint (and --leaves) with the log's latest.
+        #[arg(long, requires = "checkpoint")]
+        advance: bool,
+    },
+    /// Make an Ed25519 signing key for the log's checkpoints (or a witness's cosignatures):
+    /// the key to FILE (mode 0600), its verifier key to FILE.pub and stdout.
+    Keygen {
+        /// The log's origin (or the witness's name): no spaces, no '+'.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run a witness of another carebridge's audit log: countersign its checkpoints when they
+    /// extend the one held, raise an alarm when they do not.
+    Witness {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: String,
+        /// Where the witness keeps what it holds (checkpoint, leaves, alarms).
+        #[arg(long)]
+        state: PathBuf,
+        /// The witness's own signing key file (`audit keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The log's verifier key, or a file holding it.
+        #[arg(long)]
+        log_key: String,
+        /// The log's base URL, to mirror its leaves (an auditor's token in
+        /// CAREBRIDGE_WITNESS_TOKEN): alarms then name the first affected seq.
+        #[arg(long)]
+        log_url: Option<String>,
     },
     /// Write the AuditEvents recorded in a period as NDJSON (stdout or --out), with progress
     /// on stderr.
@@ -104,6 +161,10 @@ enum AuditCommand {
         to: Option<String>,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write the canonical rows with their leaves and the latest signed checkpoint (what
+        /// `audit verify --export` reads) instead of AuditEvents; --from and --to do not apply.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        rows: bool,
     },
     /// Export every row recorded before a date to a file, then delete those rows; a checkpoint
     /// row keeps the remaining chain verifiable.
@@ -571,12 +632,43 @@ fn cli_period(flag: &str, value: &str) -> anyhow::Result<(i64, i64)> {
 
 async fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
-        AuditCommand::Verify { config } => audit_verify(&config).await,
+        AuditCommand::Verify {
+            config: _,
+            checkpoint: Some(checkpoint),
+            key: Some(key),
+            from_url,
+            export,
+            leaves,
+            advance,
+        } => {
+            let held = HeldFiles {
+                checkpoint,
+                leaves,
+                advance,
+            };
+            audit_verify_against(&held, &key, from_url.as_deref(), export.as_deref()).await
+        }
+        AuditCommand::Verify { config, .. } => audit_verify(&config).await,
+        AuditCommand::Keygen { name, out } => audit_keygen(&name, &out),
+        AuditCommand::Witness {
+            listen,
+            state,
+            key,
+            log_key,
+            log_url,
+        } => audit_witness(&listen, &state, &key, &log_key, log_url.as_deref()).await,
+        AuditCommand::Export {
+            config,
+            out,
+            rows: true,
+            ..
+        } => audit_export_rows(&config, out.as_deref()).await,
         AuditCommand::Export {
             config,
             from,
             to,
             out,
+            ..
         } => audit_export(&config, from.as_deref(), to.as_deref(), out.as_deref()).await,
         AuditCommand::Prune {
             config,
@@ -665,6 +757,15 @@ async fn audit_prune(config: &Path, before: &str, export: &Path) -> anyhow::Resu
         eprintln!("exported {done} rows");
     };
     let pruned = ledger::prune(&store, before_us, export, &actor, &mut progress).await?;
+    // Every prune is followed by a signed checkpoint (when the log signs).
+    let settings = Settings::load(config)?;
+    let file = config.display().to_string();
+    if pruned.is_some()
+        && let Some(signer) = crate::gateway::transparency::load_signer(&settings.audit, &file)?
+        && let Some(c) = crate::gateway::transparency::sign_checkpoint(&store, &signer).await?
+    {
+        println!("signed a checkpoint of {} rows", c.size);
+    }
     store.close().await;
     match pruned {
         None => println!("nothing recorded before {before}"),
@@ -676,5 +777,248 @@ async fn audit_prune(config: &Path, before: &str, export: &Path) -> anyhow::Resu
             p.deleted
         ),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What an auditor holds outside the log, for `audit verify --checkpoint`.
+struct HeldFiles {
+    checkpoint: PathBuf,
+    leaves: Option<PathBuf>,
+    advance: bool,
+}
+
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// A verifier key given literally or as a file holding it.
+fn verifier_key(arg: &str) -> anyhow::Result<Verifier> {
+    let path = Path::new(arg);
+    let text = if path.is_file() {
+        read_text(path)?
+    } else {
+        arg.to_owned()
+    };
+    Verifier::parse(&text).map_err(|e| anyhow::anyhow!("the key {arg}: {e}"))
+}
+
+/// The held checkpoint (signature checked) and its leaves, if a leaves file exists.
+fn held_evidence(h: &HeldFiles, key: &Verifier) -> anyhow::Result<Held> {
+    let text = read_text(&h.checkpoint)?;
+    let c = Checkpoint::open(&text, key)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", h.checkpoint.display()))?;
+    let leaves = match &h.leaves {
+        Some(p) if p.is_file() => {
+            let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let mut l = read_leaves(&bytes)
+                .ok_or_else(|| anyhow::anyhow!("{}: not whole 32-byte hashes", p.display()))?;
+            l.truncate(c.size as usize);
+            if l.len() as u64 != c.size || merkle::root(&l) != c.root {
+                anyhow::bail!(
+                    "{}: these leaves do not make the held checkpoint's tree",
+                    p.display()
+                );
+            }
+            Some(l)
+        }
+        _ => None,
+    };
+    Ok(Held {
+        checkpoint: Some(c),
+        leaves,
+    })
+}
+
+/// The log's latest signed checkpoint (note and opened) and its entries, live or exported.
+async fn log_evidence(
+    key: &Verifier,
+    from_url: Option<&str>,
+    export: Option<&Path>,
+) -> anyhow::Result<(String, Result<Checkpoint, String>, Vec<LogEntry>)> {
+    let (note, entries) = match (from_url, export) {
+        (Some(url), _) => {
+            let token = std::env::var("CAREBRIDGE_AUDIT_TOKEN").ok();
+            let log = LogClient::new(url, token, std::time::Duration::from_secs(60))?;
+            let note = log.checkpoint().await?;
+            let size = Checkpoint::parse(&note).map(|c| c.size).unwrap_or(0) as i64;
+            let entries = if size > 0 {
+                log.entries(1, size).await?
+            } else {
+                Vec::new()
+            };
+            (note, entries)
+        }
+        (None, Some(path)) => read_rows_export(path)?,
+        (None, None) => anyhow::bail!("give the log to check: --from-url URL or --export FILE"),
+    };
+    let opened = Checkpoint::open(&note, key).map_err(|e| e.to_string());
+    Ok((note, opened, entries))
+}
+
+/// A file of `audit export --rows`: the checkpoint line, then one entry per line.
+fn read_rows_export(path: &Path) -> anyhow::Result<(String, Vec<LogEntry>)> {
+    let text = read_text(path)?;
+    let mut lines = text.lines();
+    let head: serde_json::Value = serde_json::from_str(lines.next().unwrap_or(""))
+        .map_err(|e| anyhow::anyhow!("{}: line 1: {e}", path.display()))?;
+    let note = head["checkpoint"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("{}: line 1 carries no checkpoint", path.display()))?
+        .to_owned();
+    let entries = lines
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| anyhow::anyhow!("{}: line {}: {e}", path.display(), i + 2))
+        })
+        .collect::<anyhow::Result<Vec<LogEntry>>>()?;
+    Ok((note, entries))
+}
+
+/// `audit verify --checkpoint FILE --key KEY (--from-url URL | --export FILE)`.
+async fn audit_verify_against(
+    h: &HeldFiles,
+    key: &str,
+    from_url: Option<&str>,
+    export: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let key = verifier_key(key)?;
+    let held = held_evidence(h, &key)?;
+    let (note, latest, entries) = log_evidence(&key, from_url, export).await?;
+    let latest = match latest {
+        Ok(c) => c,
+        Err(e) => {
+            println!(
+                "audit log MISBEHAVED: its latest checkpoint does not verify with the key: {e}"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let verdict = verify::check(&held, &latest, &entries);
+    let Some(finding) = &verdict.finding else {
+        println!(
+            "audit log verified: {}; latest checkpoint {} rows, root {}",
+            verdict.detail,
+            latest.size,
+            crate::audit::note::b64(&latest.root)
+        );
+        if h.advance {
+            write_held(h, &note, &verdict.leaves)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!(
+        "audit log MISBEHAVED ({}): {}",
+        serde_json::to_string(finding)?.trim_matches('"'),
+        verdict.detail
+    );
+    match verdict.first_affected_seq {
+        Some(seq) => println!("first affected seq: {seq}"),
+        None => println!("first affected seq: unknown (keep --leaves to have it named)"),
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// Replaces the held checkpoint (and leaves) with the verified latest, each synced.
+fn write_held(h: &HeldFiles, note: &str, leaves: &[merkle::Hash]) -> anyhow::Result<()> {
+    let write = |path: &Path, bytes: &[u8]| -> anyhow::Result<()> {
+        let tmp = path.with_extension("tmp");
+        let mut f =
+            std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    };
+    if let Some(p) = &h.leaves {
+        write(p, &leaves.concat())?;
+    }
+    write(&h.checkpoint, note.as_bytes())
+}
+
+/// `audit keygen`: a fresh signing key to `out`, its verifier key beside it and on stdout.
+fn audit_keygen(name: &str, out: &Path) -> anyhow::Result<ExitCode> {
+    let mut seed = [0u8; 32];
+    rand::fill(&mut seed);
+    let signer = Signer::from_seed(name, seed)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(out)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (keygen never overwrites a key)", out.display()))?;
+    writeln!(f, "{}", signer.encode())?;
+    f.sync_all()?;
+    let public = out.with_extension("pub");
+    std::fs::write(&public, format!("{}\n", signer.verifier().encode()))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", public.display()))?;
+    println!(
+        "signing key written to {} (keep it out of the database and its backups)",
+        out.display()
+    );
+    println!("verifier key (also in {}):", public.display());
+    println!("{}", signer.verifier().encode());
+    println!("as a witness, its cosignature key is:");
+    println!("{}", signer.cosigner().encode());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit witness`: serves until a shutdown signal.
+async fn audit_witness(
+    listen: &str,
+    state: &Path,
+    key: &Path,
+    log_key: &str,
+    log_url: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let key =
+        Signer::parse(&read_text(key)?).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let log_key = verifier_key(log_key)?;
+    let log = match log_url {
+        Some(u) => Some(LogClient::new(
+            u,
+            std::env::var("CAREBRIDGE_WITNESS_TOKEN").ok(),
+            std::time::Duration::from_secs(60),
+        )?),
+        None => None,
+    };
+    let witness = std::sync::Arc::new(Witness::open(state, key, log_key, log)?);
+    let (listener, addr) = App::bind(listen).await?;
+    tracing::info!(%addr, "carebridge audit witness listening");
+    crate::app::serve_witness(witness, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit export --rows`: the latest signed checkpoint, then every entry it covers.
+async fn audit_export_rows(config: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    let mut tx = Store::begin_read(&store).await?;
+    let Some(c) = tx.checkpoint_latest().await? else {
+        anyhow::bail!(
+            "no checkpoint has been signed: configure [audit] signing_key_file and run the gateway"
+        );
+    };
+    let mut w: Box<dyn Write> = match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    };
+    writeln!(w, "{}", serde_json::json!({ "checkpoint": c.note }))?;
+    let mut from = 1;
+    while from <= c.size {
+        let to = (from + crate::gateway::transparency::MAX_ROWS - 1).min(c.size);
+        for e in crate::gateway::transparency::entries(tx.as_mut(), from, to).await? {
+            writeln!(w, "{}", serde_json::to_string(&e)?)?;
+        }
+        from = to + 1;
+    }
+    w.flush()?;
+    drop(tx);
+    store.close().await;
+    eprintln!(
+        "done: {} rows under the checkpoint of size {}",
+        c.size, c.size
+    );
     Ok(ExitCode::SUCCESS)
 }

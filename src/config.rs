@@ -35,6 +35,8 @@ pub struct Settings {
     pub exchange: ExchangeSettings,
     #[serde(default)]
     pub auth: AuthSettings,
+    #[serde(default)]
+    pub audit: AuditSettings,
 }
 
 /// Fragmentation detection: thresholds and vocabularies (see docs/alerts.md).
@@ -449,7 +451,8 @@ impl Settings {
         self.check_auth(file)?;
         self.check_alerts(file)?;
         self.check_access(file)?;
-        self.check_clients(file)
+        self.check_clients(file)?;
+        check_audit(file, &self.audit)
     }
 
     /// `[server]`: an address with a port, a JSON depth and a body limit that FHIR fits in.
@@ -1112,6 +1115,97 @@ fn check_auth_claims(file: &str, a: &AuthSettings) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `[audit]`: signed checkpoints of the audit log and the witnesses they are pushed to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// A file holding the log's signing key (`carebridge audit keygen` writes one); never the
+    /// database.
+    pub signing_key_file: Option<PathBuf>,
+    /// Or the name of an environment variable holding it.
+    pub signing_key_env: Option<String>,
+    /// A checkpoint is signed once this many rows were appended since the last one…
+    pub checkpoint_every_rows: u64,
+    /// …or this many seconds after the last one, if anything was appended.
+    pub checkpoint_every_secs: u64,
+    /// Witness base URLs: each checkpoint is POSTed to `<url>/add-checkpoint`.
+    pub witnesses: Vec<String>,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            signing_key_file: None,
+            signing_key_env: None,
+            checkpoint_every_rows: 1_000,
+            checkpoint_every_secs: 60,
+            witnesses: Vec::new(),
+        }
+    }
+}
+
+impl AuditSettings {
+    /// True when a signing key is configured (checkpoints are signed).
+    pub fn signs(&self) -> bool {
+        self.signing_key_file.is_some() || self.signing_key_env.is_some()
+    }
+}
+
+/// `[audit]`: one source of the key, intervals of at least 1, witnesses only with a key and
+/// each an http(s) URL, no two alike.
+fn check_audit(file: &str, a: &AuditSettings) -> Result<(), ConfigError> {
+    if a.signing_key_file.is_some() && a.signing_key_env.is_some() {
+        return Err(problem(
+            file,
+            "audit.signing_key_env",
+            "the signing key has two sources",
+            "set either audit.signing_key_file or audit.signing_key_env",
+        ));
+    }
+    for (key, v) in [
+        ("audit.checkpoint_every_rows", a.checkpoint_every_rows),
+        ("audit.checkpoint_every_secs", a.checkpoint_every_secs),
+    ] {
+        if v == 0 {
+            return Err(problem(
+                file,
+                key,
+                "must be at least 1",
+                "set a positive number",
+            ));
+        }
+    }
+    if !a.witnesses.is_empty() && !a.signs() {
+        return Err(problem(
+            file,
+            "audit.witnesses",
+            "witnesses are configured but no checkpoint is signed",
+            "set audit.signing_key_file or audit.signing_key_env (carebridge audit keygen makes a key), or remove the witnesses",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, w) in a.witnesses.iter().enumerate() {
+        let key = format!("audit.witnesses[{i}]");
+        if !(w.starts_with("http://") || w.starts_with("https://")) || w.len() < 10 {
+            return Err(problem(
+                file,
+                key,
+                format!("'{w}' is not an http(s) URL"),
+                "give the witness's base URL, e.g. https://witness.example.org",
+            ));
+        }
+        if !seen.insert(w.trim_end_matches('/')) {
+            return Err(problem(
+                file,
+                key,
+                format!("'{w}' is listed twice"),
+                "list each witness once",
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1292,6 +1386,30 @@ mod tests {
         (
             "[[sectors]]\nid = \"hospital\"\nname = \"H\"\nkind = \"hospital\"\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\nmode = \"both\"\n",
             "sectors[1].base_url: sector 'gp' is polled (mode = \"both\") but has no base URL; set base_url to the sector's FHIR base, or use mode = \"push\"",
+        ),
+        (
+            "[audit]\nsigning_key_file = \"k\"\nsigning_key_env = \"K\"\n",
+            "audit.signing_key_env: the signing key has two sources; set either audit.signing_key_file or audit.signing_key_env",
+        ),
+        (
+            "[audit]\ncheckpoint_every_rows = 0\n",
+            "audit.checkpoint_every_rows: must be at least 1; set a positive number",
+        ),
+        (
+            "[audit]\ncheckpoint_every_secs = 0\n",
+            "audit.checkpoint_every_secs: must be at least 1; set a positive number",
+        ),
+        (
+            "[audit]\nwitnesses = [\"https://w.example\"]\n",
+            "audit.witnesses: witnesses are configured but no checkpoint is signed; set audit.signing_key_file or audit.signing_key_env (carebridge audit keygen makes a key), or remove the witnesses",
+        ),
+        (
+            "[audit]\nsigning_key_env = \"K\"\nwitnesses = [\"w.example\"]\n",
+            "audit.witnesses[0]: 'w.example' is not an http(s) URL; give the witness's base URL, e.g. https://witness.example.org",
+        ),
+        (
+            "[audit]\nsigning_key_env = \"K\"\nwitnesses = [\"https://w.example\", \"https://w.example/\"]\n",
+            "audit.witnesses[1]: 'https://w.example/' is listed twice; list each witness once",
         ),
         (
             "[auth]\naudience = \"x\"\n",

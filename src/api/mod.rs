@@ -10,6 +10,7 @@ pub mod error;
 mod fhir_routes;
 pub mod ops;
 pub mod response;
+mod transparency_routes;
 mod views;
 
 use axum::Router;
@@ -58,6 +59,7 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
         .merge(fhir_routes::routes())
         .merge(audit_routes::routes())
         .merge(access_routes::routes())
+        .merge(transparency_routes::routes())
         .merge(admin_routes::routes())
         .merge(alert_routes::routes())
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })

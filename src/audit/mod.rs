@@ -8,7 +8,10 @@
 
 pub mod chain;
 pub mod event;
+pub mod merkle;
+pub mod note;
 pub mod row;
+pub mod verify;
 
 pub use event::{CHAIN_EXTENSION, SUBTYPE_SYSTEM, SUBTYPES, audit_event};
 pub use row::{

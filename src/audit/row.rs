@@ -13,8 +13,10 @@ use sha2::{Digest, Sha256};
 /// One audit row. `entities` are references (`Condition/<gid>`, `Patient/<gateway id>`).
 ///
 /// `seq`, `prev_hash` and `hash` are assigned by the store when the row is appended to the
-/// chain; callers leave them empty.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// chain; callers leave them empty. Its JSON form (every column by name) is the canonical row
+/// that `GET /audit/rows` serves and the offline verifier rehashes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AuditRow {
     pub seq: i64,
     /// [`RowKind`]: `event` for what happened; `checkpoint` for a pruned segment's record.

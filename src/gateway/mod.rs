@@ -14,6 +14,7 @@
 //!   acknowledgement), [`alert_service`] its reads and the total plan, [`notify`] the care
 //!   team's messages.
 //! - [`ledger`]: walking, exporting and pruning the audit chain.
+//! - [`transparency`]: signed checkpoints over the audit log's Merkle tree, proofs for auditors.
 //! - [`admin`]: the outbox as IT staff see it.
 //! - [`views`]: how stored resources are shown (per sector, across sectors).
 //!
@@ -30,6 +31,7 @@ pub mod ledger;
 pub mod notify;
 pub mod read;
 pub mod relation;
+pub mod transparency;
 pub mod views;
 pub mod write;
 
@@ -63,6 +65,8 @@ pub struct Gateway {
     /// Turns true when the server shuts down (long-lived responses such as the alert stream
     /// end then).
     shutting_down: watch::Sender<bool>,
+    /// The audit log's checkpoint signing key (`[audit]`), never kept in the store.
+    signer: Option<crate::audit::note::Signer>,
 }
 
 impl Gateway {
@@ -85,7 +89,18 @@ impl Gateway {
             detection,
             alert_events: broadcast::channel(1024).0,
             shutting_down: watch::channel(false).0,
+            signer: None,
         }
+    }
+
+    /// Gives the core the audit log's checkpoint signing key (before it is shared).
+    pub fn set_signer(&mut self, signer: Option<crate::audit::note::Signer>) {
+        self.signer = signer;
+    }
+
+    /// The checkpoint signing key, if one is configured.
+    pub fn signer(&self) -> Option<&crate::audit::note::Signer> {
+        self.signer.as_ref()
     }
 
     pub fn settings(&self) -> &Settings {

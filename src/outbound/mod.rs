@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{OutboundAuth, SectorSettings};
 
+pub mod audit_log;
 pub mod jwks;
 pub mod probe;
 

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod alerts;
 mod busy;
+pub mod merkle;
 pub mod outbox;
 pub mod sql;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use crate::fhir::time::instant;
 
 pub use access::{AccessTx, Grant, Identified};
 pub use alerts::{AlertQuery, AlertRow, AlertTx};
+pub use merkle::{StoredCheckpoint, TransparencyTx, WitnessState};
 pub use outbox::{
     Delivered, DeliveryState, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor,
 };
@@ -191,7 +193,7 @@ pub trait Store: Send + Sync {
 
 /// A transaction: the foundation's operations here, the exchange's in [`ExchangeTx`].
 #[async_trait]
-pub trait StoreTx: ExchangeTx + AlertTx + AccessTx + Send {
+pub trait StoreTx: ExchangeTx + AlertTx + AccessTx + TransparencyTx + Send {
     /// The sector-local id of the resource holding this business identifier, if any.
     async fn find_by_identifier(
         &mut self,

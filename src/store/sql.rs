@@ -87,10 +87,30 @@ impl SqlStore {
             Dialect::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
             Dialect::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
         }
-        Ok(SqlStore {
+        let store = SqlStore {
             pool,
             dialect,
             writer: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        store.merkle_backfill().await?;
+        Ok(store)
+    }
+
+    /// A write transaction (see [`Store::begin`]).
+    pub(super) async fn begin_sql(&self) -> Result<SqlTx> {
+        let (tx, writer) = match self.dialect {
+            Dialect::Sqlite => {
+                let turn = self.writer.clone().lock_owned().await;
+                (self.pool.begin_with("BEGIN IMMEDIATE").await, Some(turn))
+            }
+            Dialect::Postgres => (self.pool.begin().await, None),
+        };
+        Ok(SqlTx {
+            tx: tx.map_err(map_err)?,
+            dialect: self.dialect,
+            pending_audit: Vec::new(),
+            _writer: writer,
+            patient_refs: Default::default(),
         })
     }
 
@@ -115,20 +135,7 @@ pub(super) fn map_err(e: sqlx::Error) -> StoreError {
 #[async_trait]
 impl Store for SqlStore {
     async fn begin(&self) -> Result<Box<dyn StoreTx>> {
-        let (tx, writer) = match self.dialect {
-            Dialect::Sqlite => {
-                let turn = self.writer.clone().lock_owned().await;
-                (self.pool.begin_with("BEGIN IMMEDIATE").await, Some(turn))
-            }
-            Dialect::Postgres => (self.pool.begin().await, None),
-        };
-        Ok(Box::new(SqlTx {
-            tx: tx.map_err(map_err)?,
-            dialect: self.dialect,
-            pending_audit: Vec::new(),
-            _writer: writer,
-            patient_refs: Default::default(),
-        }))
+        Ok(Box::new(self.begin_sql().await?))
     }
 
     async fn begin_read(&self) -> Result<Box<dyn StoreTx>> {
@@ -322,6 +329,8 @@ impl SqlTx {
             None => (0, crate::audit::GENESIS.to_owned()),
         };
         let head_existed = seq > 0;
+        let tree_size = seq as u64;
+        let mut leaves = Vec::with_capacity(self.pending_audit.len());
         for mut a in std::mem::take(&mut self.pending_audit) {
             seq += 1;
             a.seq = seq;
@@ -362,8 +371,10 @@ impl SqlTx {
             .execute(&mut *self.tx)
             .await
             .map_err(map_err)?;
+            leaves.push(a.hash.clone());
             prev = a.hash;
         }
+        self.merkle_append(tree_size, &leaves).await?;
         let sql = if head_existed {
             "UPDATE audit_head SET seq = $2, hash = $3 WHERE chain = $1"
         } else {

@@ -1,10 +1,14 @@
 //! The workers above the gateway core: one delivery worker per target sector ([`deliver`]:
 //! lease, map, send, record; retries, dead letters) and one poller per pull-mode sector
-//! ([`poll`]: durable cursors, echo suppression, quarantine), plus the outbox gauge. They send
-//! through [`crate::outbound`] and reach the store only through the core's store handle.
+//! ([`poll`]: durable cursors, echo suppression, quarantine), plus the outbox gauge; the audit
+//! log's checkpoint signer and witness pushes ([`checkpoints`]); and the witness of another
+//! log (`carebridge audit witness`, [`witness`]). They send through [`crate::outbound`] and
+//! reach the store only through the core's store handle.
 
+pub mod checkpoints;
 pub mod deliver;
 pub mod poll;
+pub mod witness;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +79,22 @@ impl Workers {
         }
         let rx = self.shutdown.subscribe();
         self.tasks.push(tokio::spawn(refresh_gauges(gw, rx)));
+    }
+
+    /// Starts the audit checkpoint signer and a pusher per configured witness.
+    pub fn start_audit(&mut self) {
+        let gw = self.delivery.gateway.clone();
+        let rx = self.shutdown.subscribe();
+        self.tasks
+            .push(tokio::spawn(checkpoints::run_signer(gw.clone(), rx)));
+        for url in &gw.settings().audit.witnesses {
+            let rx = self.shutdown.subscribe();
+            self.tasks.push(tokio::spawn(checkpoints::run_witness(
+                gw.clone(),
+                url.clone(),
+                rx,
+            )));
+        }
     }
 
     /// Stops the tasks: each finishes the request in flight (bounded by the request timeout).

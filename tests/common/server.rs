@@ -38,6 +38,7 @@ pub struct Serve {
     keep_output: bool,
     echo_startup: bool,
     on_line: Option<LineHook>,
+    program: Option<PathBuf>,
 }
 
 impl Serve {
@@ -51,7 +52,15 @@ impl Serve {
             keep_output: false,
             echo_startup: false,
             on_line: None,
+            program: None,
         }
+    }
+
+    /// Another `carebridge` binary than the one cargo built for this target (P6 runs a
+    /// baseline build beside the current one).
+    pub fn program(mut self, path: &Path) -> Serve {
+        self.program = Some(path.to_path_buf());
+        self
     }
 
     /// The binary on `config` with every log level on (`RUST_LOG=trace`) and its whole output
@@ -105,7 +114,11 @@ impl Serve {
                 c.args(words).arg(env!("CARGO_BIN_EXE_carebridge"));
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_carebridge")),
+            None => Command::new(
+                self.program
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_carebridge"))),
+            ),
         };
         // The configuration file is the whole configuration: `CAREBRIDGE_…` variables of this
         // process (a developer's shell, the bench's own) would be read as overrides.

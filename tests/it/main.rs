@@ -45,5 +45,6 @@ mod public_data;
 mod routes;
 mod store_suite;
 mod synthea_alerts;
+mod transparency;
 mod treatment;
 mod validation_depth;
