@@ -180,7 +180,7 @@ pub fn base64_valid(s: &str) -> bool {
         }
         n += 1;
     }
-    n > 0 && n % 4 == 0 && padding <= 2
+    n > 0 && n.is_multiple_of(4) && padding <= 2
 }
 
 /// True when the date part names a real day and the time part a real time of day. The format
