@@ -17,23 +17,30 @@ use crate::store::{AlertQuery, AlertRow, StoreTx};
 
 impl Gateway {
     /// Alerts matching the search parameters `params` (patient, status, code; a merged
-    /// patient's alerts are found under the survivor), `count` from `offset`.
+    /// patient's alerts are found under the survivor): how many match, and `count` of them
+    /// from `offset`.
     pub async fn alert_search(
         &self,
         caller: &Caller,
         params: &[(String, String)],
         offset: i64,
         count: i64,
-    ) -> Result<Vec<Value>, GatewayError> {
+    ) -> Result<(usize, Vec<Value>), GatewayError> {
         authorize(caller, Request::Alerts)?;
-        let mut q = alert_query(params, offset, count)?;
+        let mut q = alert_query(params, 0, super::search::MAX_CANDIDATES)?;
         let mut tx = self.store.begin().await?;
         if let Some(p) = &q.patient_id
             && let Some(gp) = tx.patient(p).await?
         {
             q.patient_id = Some(gp.id);
         }
-        let rows = tx.alert_search(&q).await?;
+        let all = tx.alert_search(&q).await?;
+        let total = all.len();
+        let rows: Vec<AlertRow> = all
+            .into_iter()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(count).unwrap_or(0))
+            .collect();
         let mut row = audit::row(
             &caller.actor(),
             None,
@@ -55,10 +62,11 @@ impl Gateway {
                 .join("&")
         ));
         row.purpose = Some("TREAT".into());
-        row.detail = Some(format!("{} alerts returned", rows.len()));
+        row.detail = Some(format!("{} alerts returned of {total}", rows.len()));
         tx.audit(&row).await?;
         tx.commit().await?;
-        rows.iter().map(alert_body).collect()
+        let bodies = rows.iter().map(alert_body).collect::<Result<Vec<_>, _>>()?;
+        Ok((total, bodies))
     }
 
     /// One alert (its DetectedIssue), or `None`.
@@ -141,8 +149,9 @@ impl Gateway {
         let Some(p) = tx.patient(patient).await? else {
             return Ok(None);
         };
+        let base = self.fhir_base();
         let mut entries = vec![json!({
-            "fullUrl": format!("Patient/{}", p.id),
+            "fullUrl": format!("{base}/Patient/{}", p.id),
             "resource": patient_view(&p),
         })];
         let mut gids = self.current_records(&mut *tx, &p.id, &mut entries).await?;
@@ -155,7 +164,7 @@ impl Gateway {
             .await?;
         for a in open.iter().filter(|a| a.open) {
             entries.push(
-                json!({ "fullUrl": format!("DetectedIssue/{}", a.id), "resource": alert_body(a)? }),
+                json!({ "fullUrl": format!("{base}/DetectedIssue/{}", a.id), "resource": alert_body(a)? }),
             );
             gids.push(format!("DetectedIssue/{}", a.id));
         }
@@ -192,14 +201,20 @@ impl Gateway {
     ) -> Result<Vec<String>, GatewayError> {
         let snap = snapshot(tx, patient_id, now_us()).await?;
         let mut gids = Vec::new();
+        let mut records = Vec::new();
         for item in snap.items.iter().filter(|i| crate::detect::current(i)) {
             if let Some(stored) = tx.get(&item.gid).await? {
-                entries.push(json!({
-                    "fullUrl": format!("{}/{}", item.rtype, item.gid),
-                    "resource": gateway_view(self, &stored)?,
-                }));
-                gids.push(format!("{}/{}", item.rtype, item.gid));
+                records.push(stored);
             }
+        }
+        let refs = self.reference_map(tx, &records).await?;
+        let base = self.fhir_base();
+        for stored in &records {
+            entries.push(json!({
+                "fullUrl": format!("{base}/{}/{}", stored.rtype, stored.gid),
+                "resource": gateway_view(self, stored, &refs)?,
+            }));
+            gids.push(format!("{}/{}", stored.rtype, stored.gid));
         }
         Ok(gids)
     }
@@ -224,7 +239,7 @@ fn alert_query(
             }
             "status" => q.status = Some(v.clone()),
             "code" => q.code = Some(v.rsplit('|').next().unwrap_or(v).to_owned()),
-            "_count" | "_offset" => {}
+            "_count" | "_offset" | "_total" | "_format" => {}
             other => {
                 return Err(GatewayError::invalid(
                     Issue::error(

@@ -5,7 +5,8 @@
 //!   store, route to the outbox, detect, audit — in one transaction.
 //! - [`entry`]: the shape of what is written (a resource or a Bundle entry) and the response
 //!   Bundle of a transaction or batch.
-//! - [`read`]: the read service — reads, searches, the audit search.
+//! - [`read`]: the read service — reads, the gateway patient, the audit search;
+//!   [`search`] searches (with [`params`], the search registry), history and vread.
 //! - [`alerts`]: the alert lifecycle (detection inside the accepting transaction,
 //!   acknowledgement), [`alert_service`] its reads and the total plan, [`notify`] the care
 //!   team's messages.
@@ -23,14 +24,16 @@ pub mod entry;
 mod error;
 pub mod ledger;
 pub mod notify;
+pub mod params;
 pub mod read;
+pub mod search;
 pub mod views;
 pub mod write;
 
 pub use entry::{Applied, Entry, Method, parse_identifier_query, prepare};
 pub use error::GatewayError;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{Notify, broadcast, watch};
 
 use crate::config::{SectorSettings, Settings};
@@ -57,6 +60,9 @@ pub struct Gateway {
     /// Turns true when the server shuts down (long-lived responses such as the alert stream
     /// end then).
     shutting_down: watch::Sender<bool>,
+    /// The FHIR base of links when `server.public_base_url` is not set: the address the server
+    /// listens on, set once it is bound.
+    listen_base: OnceLock<String>,
 }
 
 impl Gateway {
@@ -79,6 +85,7 @@ impl Gateway {
             detection,
             alert_events: broadcast::channel(1024).0,
             shutting_down: watch::channel(false).0,
+            listen_base: OnceLock::new(),
         }
     }
 
@@ -106,6 +113,23 @@ impl Gateway {
     /// Woken after a commit that queued deliveries.
     pub fn outbox_signal(&self) -> &Arc<Notify> {
         &self.outbox_signal
+    }
+
+    /// The FHIR base URL of every link, `fullUrl` and `Location`: `server.public_base_url` +
+    /// `/fhir`, else the address the server listens on. Never the request's Host header.
+    pub fn fhir_base(&self) -> String {
+        if let Some(base) = self.settings.server.public_fhir_base() {
+            return base;
+        }
+        match self.listen_base.get() {
+            Some(b) => b.clone(),
+            None => format!("http://{}/fhir", self.settings.server.listen),
+        }
+    }
+
+    /// Records the address the server listens on (for links when no public URL is set).
+    pub fn listening_on(&self, addr: std::net::SocketAddr) {
+        let _ = self.listen_base.set(format!("http://{addr}/fhir"));
     }
 
     pub fn sector(&self, id: &str) -> Option<&SectorSettings> {
