@@ -35,6 +35,7 @@ mod cli;
 mod corrupt;
 mod exchange;
 mod exchange_auth;
+mod fhir_api;
 mod jwt;
 mod log_privacy;
 mod mapping_codes;
