@@ -567,14 +567,9 @@ async fn audit_search(
         show_total: total.is_some(),
     };
     let mut bundle = views::searchset(&page, events, Vec::new());
-    if more
-        && bundle["link"]
-            .as_array()
-            .is_some_and(|l| !l.iter().any(|x| x["relation"] == "next"))
-    {
-        if let Some(links) = bundle["link"].as_array_mut() {
-            links.push(serde_json::json!({ "relation": "next", "url": views::page_url(&page, offset + count) }));
-        }
+    // `total` 0 gave no next link: there is one exactly when a row beyond this page was read.
+    if more && let Some(links) = bundle["link"].as_array_mut() {
+        links.push(serde_json::json!({ "relation": "next", "url": views::page_url(&page, offset + count) }));
     }
     Ok(fhir_response(StatusCode::OK, &bundle))
 }

@@ -176,6 +176,7 @@ async fn post_create(
     State(state): State<AppState>,
     Authed(caller): Authed,
     Path((sector, rtype)): Path<(String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -190,6 +191,16 @@ async fn post_create(
         body,
     )
     .await?;
+    // `If-None-Exist`, or (as clients such as fhirpy send it) the search as the POST's query.
+    let from_query = uri
+        .query()
+        .map(parse_query)
+        .map(|q| {
+            q.into_iter()
+                .filter(|(k, _)| k != "_format")
+                .collect::<Vec<_>>()
+        })
+        .filter(|q| !q.is_empty());
     let if_none_exist = headers
         .get("if-none-exist")
         .map(|v| {
@@ -202,7 +213,8 @@ async fn post_create(
                 .at("If-None-Exist")
             })
         })
-        .transpose()?;
+        .transpose()?
+        .or(from_query);
     let entry = Entry {
         location: None,
         method: Method::Post,

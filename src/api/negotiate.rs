@@ -180,8 +180,11 @@ pub fn not_modified(headers: &HeaderMap, version: i64) -> bool {
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim() == "*" || etag_version(t) == Some(version))
+            v.split(',').any(|t| {
+                let t = t.trim();
+                // A bare versionId is read too (fhirpy's refresh sends one).
+                t == "*" || etag_version(t).or_else(|| t.parse().ok()) == Some(version)
+            })
         })
 }
 

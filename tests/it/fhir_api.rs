@@ -277,7 +277,7 @@ async fn a_sector_set_to_resend_by_identifier_updates_the_known_resource() {
 }
 
 /// Pushes one alert scenario's resources for the patient `pid` of `sector`.
-async fn push_scenario(app: &TestApp, name: &str, cpr: &str) {
+pub(crate) async fn push_scenario(app: &TestApp, name: &str, cpr: &str) {
     let scenario: Value = serde_json::from_slice(
         &std::fs::read(repo().join("fixtures/scenarios").join(name)).unwrap(),
     )

@@ -36,6 +36,7 @@ mod corrupt;
 mod exchange;
 mod exchange_auth;
 mod fhir_api;
+mod fhir_clients;
 mod jwt;
 mod log_privacy;
 mod mapping_codes;
