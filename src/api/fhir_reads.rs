@@ -141,6 +141,11 @@ pub async fn get_two(
     if base == "DetectedIssue" {
         return super::alert_routes::read(&state, &caller, &segment).await;
     }
+    if base == "OperationDefinition"
+        && let Some(d) = views::operation_definition(&state.gateway, &segment)
+    {
+        return Ok(fhir_response(StatusCode::OK, &d));
+    }
     if base == "Patient"
         && let Some(p) = state.gateway.patient(&caller, &segment).await?
     {
@@ -411,37 +416,7 @@ async fn patient_search(
         .cloned()
         .collect();
     let (offset, count) = paging(params)?;
-    let found = if let Some((_, id)) = params.iter().find(|(k, _)| k == "_id") {
-        state
-            .gateway
-            .patient(caller, id)
-            .await?
-            .into_iter()
-            .collect()
-    } else if let Some((_, ident)) = params.iter().find(|(k, _)| k == "identifier") {
-        let Some((system, value)) = ident
-            .split_once('|')
-            .filter(|(s, v)| !s.is_empty() && !v.is_empty())
-        else {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "value",
-                "identifier takes <system>|<value>",
-            )
-            .at("identifier"));
-        };
-        state
-            .gateway
-            .patients_by_identifier(caller, system, value)
-            .await?
-    } else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "required",
-            "Patient search needs identifier=<system>|<value>, _id or _lastUpdated",
-        )
-        .at("identifier"));
-    };
+    let found = gateway_patients(state, caller, params).await?;
     let total = found.len();
     let resources = found
         .iter()
@@ -463,6 +438,45 @@ async fn patient_search(
         StatusCode::OK,
         &views::searchset(&page, resources, Vec::new()),
     ))
+}
+
+/// The gateway patients a Patient search names (by `_id` or `identifier`).
+async fn gateway_patients(
+    state: &AppState,
+    caller: &Caller,
+    params: &[(String, String)],
+) -> Result<Vec<crate::store::GatewayPatient>, ApiError> {
+    if let Some((_, id)) = params.iter().find(|(k, _)| k == "_id") {
+        return Ok(state
+            .gateway
+            .patient(caller, id)
+            .await?
+            .into_iter()
+            .collect());
+    }
+    let Some((_, ident)) = params.iter().find(|(k, _)| k == "identifier") else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "required",
+            "Patient search needs identifier=<system>|<value>, _id or _lastUpdated",
+        )
+        .at("identifier"));
+    };
+    let Some((system, value)) = ident
+        .split_once('|')
+        .filter(|(s, v)| !s.is_empty() && !v.is_empty())
+    else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "value",
+            "identifier takes <system>|<value>",
+        )
+        .at("identifier"));
+    };
+    Ok(state
+        .gateway
+        .patients_by_identifier(caller, system, value)
+        .await?)
 }
 
 const ALERT_PARAMS: [&str; 7] = [

@@ -193,15 +193,56 @@ fn stored_type(rtype: &str) -> Value {
     r
 }
 
-fn operation(name: &str, definition: &str) -> Value {
-    json!({ "name": name, "definition": definition })
+fn operation(gw: &Gateway, name: &str, id: &str) -> Value {
+    json!({ "name": name, "definition": format!("{}/OperationDefinition/{id}", gw.fhir_base()) })
 }
 
-/// The OperationDefinitions of the two operations, by canonical URL.
-pub const TOTAL_PLAN_DEFINITION: &str =
-    "http://carebridge.example.org/fhir/OperationDefinition/Patient-total-plan";
-pub const ACKNOWLEDGE_DEFINITION: &str =
-    "http://carebridge.example.org/fhir/OperationDefinition/DetectedIssue-acknowledge";
+/// The ids of the gateway's OperationDefinitions, served at `/fhir/OperationDefinition/{id}`.
+pub const TOTAL_PLAN: &str = "Patient-total-plan";
+pub const ACKNOWLEDGE: &str = "DetectedIssue-acknowledge";
+
+/// One of the gateway's OperationDefinitions, by id.
+pub fn operation_definition(gw: &Gateway, id: &str) -> Option<Value> {
+    let url = format!("{}/OperationDefinition/{id}", gw.fhir_base());
+    let common = |name: &str, code: &str, desc: &str| {
+        json!({
+            "resourceType": "OperationDefinition", "id": id, "url": url, "version": env!("CARGO_PKG_VERSION"),
+            "name": name, "status": "active", "kind": "operation", "description": desc,
+            "code": code, "system": false, "instance": true,
+        })
+    };
+    match id {
+        TOTAL_PLAN => {
+            let mut d = common(
+                "TotalPlan",
+                "total-plan",
+                "A gateway patient's total healthcare plan: every sector's current CarePlans, Goals, Conditions, CareTeams and medications and the open alerts, in one collection Bundle",
+            );
+            d["affectsState"] = json!(false);
+            d["resource"] = json!(["Patient"]);
+            d["type"] = json!(false);
+            d["parameter"] = json!([{ "name": "return", "use": "out", "min": 1, "max": "1", "type": "Bundle", "documentation": "a collection Bundle" }]);
+            Some(d)
+        }
+        ACKNOWLEDGE => {
+            let mut d = common(
+                "Acknowledge",
+                "acknowledge",
+                "A care-team member acknowledges an alert: recorded as a mitigation, the DetectedIssue becomes final; audited",
+            );
+            d["affectsState"] = json!(true);
+            d["resource"] = json!(["DetectedIssue"]);
+            d["type"] = json!(false);
+            d["parameter"] = json!([
+                { "name": "author", "use": "in", "min": 1, "max": "1", "documentation": "who acknowledges: valueString, or valueReference with a display or reference", "type": "string" },
+                { "name": "note", "use": "in", "min": 0, "max": "1", "type": "string" },
+                { "name": "return", "use": "out", "min": 1, "max": "1", "type": "DetectedIssue" }
+            ]);
+            Some(d)
+        }
+        _ => None,
+    }
+}
 
 /// The security section: bearer tokens; SMART with the token endpoint when one is configured.
 fn security(gw: &Gateway) -> Value {
@@ -241,7 +282,7 @@ pub fn capability_statement(gw: &Gateway) -> Value {
             search_param("identifier", "token", "system|value: a CPR number or a sector Patient key"),
             search_param("_id", "token", "the gateway patient's id"),
         ],
-        "operation": [operation("total-plan", TOTAL_PLAN_DEFINITION)]
+        "operation": [operation(gw, "total-plan", TOTAL_PLAN)]
     }));
     resources.push(json!({
         "type": "DetectedIssue",
@@ -251,7 +292,7 @@ pub fn capability_statement(gw: &Gateway) -> Value {
             search_param("status", "token", "preliminary, amended, final or cancelled"),
             search_param("code", "token", "the alert code ([system|]code)"),
         ],
-        "operation": [operation("acknowledge", ACKNOWLEDGE_DEFINITION)]
+        "operation": [operation(gw, "acknowledge", ACKNOWLEDGE)]
     }));
     resources.push(json!({
         "type": "AuditEvent",
@@ -290,8 +331,8 @@ pub fn capability_statement(gw: &Gateway) -> Value {
             "security": security(gw),
             "resource": resources,
             "operation": [
-                operation("total-plan", TOTAL_PLAN_DEFINITION),
-                operation("acknowledge", ACKNOWLEDGE_DEFINITION)
+                operation(gw, "total-plan", TOTAL_PLAN),
+                operation(gw, "acknowledge", ACKNOWLEDGE)
             ]
         }]
     })

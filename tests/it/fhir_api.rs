@@ -864,6 +864,16 @@ async fn the_capability_statement_claims_exactly_what_works() {
         .map(|o| o["name"].as_str().unwrap())
         .collect();
     assert_eq!(ops, ["total-plan", "acknowledge"]);
+    let mut documents = vec![cap.clone()];
+    for o in rest["operation"].as_array().unwrap() {
+        let url = o["definition"].as_str().unwrap();
+        let (s, def) = app.get("careteam", &below_base(&app, url)).await;
+        assert_eq!(s, 200, "{url}");
+        assert_eq!(def["resourceType"], "OperationDefinition");
+        assert_eq!(def["url"], url);
+        assert_eq!(Some(def["code"].as_str().unwrap()), o["name"].as_str());
+        documents.push(def);
+    }
     let (s, _) = app
         .get("careteam", &format!("/Patient/{pid}/$total-plan"))
         .await;
@@ -918,6 +928,23 @@ async fn the_capability_statement_claims_exactly_what_works() {
         .map(|i| i["code"].as_str().unwrap())
         .collect();
     assert_eq!(whole, ["transaction", "batch"]);
+    documents.push(sector.clone());
+    // What was claimed is valid R4 for an independent validator.
+    let invalid: Vec<String> = tokio::task::spawn_blocking(move || {
+        crate::common::peers::lantana_invalid(&documents)
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {:?}",
+                    r["resourceType"],
+                    crate::common::peers::lantana_errors(r)
+                )
+            })
+            .collect()
+    })
+    .await
+    .unwrap();
+    assert!(invalid.is_empty(), "{invalid:#?}");
     // Unclaimed: a parameter the registry lacks is refused under strict handling.
     let (s, _, _) = strict(format!("/Condition?patient={pid}&severity=high")).await;
     assert_eq!(s, 400);
@@ -926,4 +953,92 @@ async fn the_capability_statement_claims_exactly_what_works() {
 
 fn urlencode(v: &str) -> String {
     percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Every `reference` string anywhere in `v`.
+fn references(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("reference", Value::String(s)) => out.push(s.clone()),
+                    _ => references(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| references(x, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reference_of_the_demo_in_the_cross_sector_view_resolves() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let mut cprs = std::collections::BTreeSet::new();
+    let mut types = std::collections::BTreeSet::from(["Communication".to_owned()]);
+    for sector in ["gp", "hospital", "municipality"] {
+        let dir = repo().join("fixtures/demo").join(sector);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let bundle: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+            for e in entries(&bundle) {
+                let r = &e["resource"];
+                types.insert(r["resourceType"].as_str().unwrap().to_owned());
+                for i in r["identifier"].as_array().into_iter().flatten() {
+                    if r["resourceType"] == "Patient" && i["system"] == CPR {
+                        cprs.insert(i["value"].as_str().unwrap().to_owned());
+                    }
+                }
+            }
+            let (s, b, _) = app.post(sector, &format!("/{sector}"), &bundle).await;
+            assert_eq!(s, 200, "{}: {b}", f.display());
+        }
+    }
+    types.remove("Patient");
+    let mut refs = Vec::new();
+    for cpr in &cprs {
+        let pid = gateway_patient(&app, cpr).await;
+        for t in &types {
+            let (_, found) =
+                all_pages(&app, "careteam", &format!("/{t}?patient={pid}&_count=500")).await;
+            for e in found {
+                references(&e["resource"], &mut refs);
+            }
+        }
+        let (_, alerts) =
+            all_pages(&app, "careteam", &format!("/DetectedIssue?patient={pid}")).await;
+        for e in alerts {
+            references(&e["resource"], &mut refs);
+        }
+        let (s, plan) = app
+            .get("careteam", &format!("/Patient/{pid}/$total-plan"))
+            .await;
+        assert_eq!(s, 200);
+        references(&plan, &mut refs);
+    }
+    refs.sort();
+    refs.dedup();
+    assert!(refs.len() > 100, "{} distinct references", refs.len());
+    let mut unresolved = Vec::new();
+    for r in &refs {
+        let (s, _) = app.get("careteam", &format!("/{r}")).await;
+        if s != 200 {
+            unresolved.push(format!("{r}: {s}"));
+        }
+    }
+    assert!(
+        unresolved.is_empty(),
+        "{} of {} references do not resolve: {unresolved:#?}",
+        unresolved.len(),
+        refs.len()
+    );
+    println!(
+        "demo: {} distinct references in the cross-sector view and $total-plan, all resolve",
+        refs.len()
+    );
+    app.stop().await;
 }
