@@ -86,7 +86,16 @@ fn below_base(app: &TestApp, url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_are_locked_read_and_listed() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    versions_are_locked_read_and_listed_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_locked_read_and_listed_on_postgresql() {
+    versions_are_locked_read_and_listed_on(Backend::Postgres).await;
+}
+
+async fn versions_are_locked_read_and_listed_on(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (s, b, _) = app
         .put("gp", "/gp/Patient/vp1", &patient("vp1", "0101010101"))
         .await;
@@ -200,7 +209,16 @@ async fn versions_are_locked_read_and_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_create_follows_the_spec() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    conditional_create_follows_the_spec_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_create_follows_the_spec_on_postgresql() {
+    conditional_create_follows_the_spec_on(Backend::Postgres).await;
+}
+
+async fn conditional_create_follows_the_spec_on(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.put("gp", "/gp/Patient/cp1", &patient("cp1", "0202020202"))
         .await;
     let mut c = condition("x", "cp1", "T90", "active");
@@ -324,7 +342,16 @@ async fn all_pages(app: &TestApp, who: &str, first: &str) -> (Vec<Value>, Vec<Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn searches_say_what_they_did_and_page_to_the_end() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    searches_say_what_they_did_and_page_to_the_end_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_say_what_they_did_and_page_to_the_end_on_postgresql() {
+    searches_say_what_they_did_and_page_to_the_end_on(Backend::Postgres).await;
+}
+
+async fn searches_say_what_they_did_and_page_to_the_end_on(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let cpr = "0404040404";
     for s in [
         "dupthpgen-two-sectors.json",
