@@ -49,6 +49,10 @@
 //!    records with `[alerts] enabled = false`: the difference is what detection adds to a
 //!    request.
 //!
+//! 4. **as the store grows**: evaluate and the updates again at each population stage, and
+//!    three searches through the API as the care team (`search_runs`): a patient's
+//!    Conditions, a `_lastUpdated` window, a search with `_include`.
+//!
 //! The gateway runs in this process (`App::build` + `App::serve` on port 0, the bench's tokio
 //! runtime with two workers, as `carebridge serve` has on this 2-core machine), with the three
 //! sectors without profile (Synthea is US data) and without base URL (nothing is delivered).
@@ -473,6 +477,7 @@ async fn start(detection: bool, keep: Option<&std::path::Path>) -> Result<Gatewa
         ("gp", "sector:gp"),
         ("hospital", "sector:hospital"),
         ("municipality", "sector:municipality"),
+        ("careteam", "careteam"),
     ]);
     let config = dir.join("carebridge.toml");
     std::fs::write(&config, config_text(&url, detection) + &clients)?;
@@ -838,6 +843,7 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
         let stored = stored_counts(&on).await?;
         eprintln!("population {stage}: {load} {stored}");
         let mut per = serde_json::Map::new();
+        let since = carebridge::fhir::time::instant(carebridge::fhir::time::now_us());
         for (p, (name, pid)) in patients.iter().zip(&pids) {
             let (eval, snap, _) = evaluate_runs(&on, pid, opts.eval_runs).await?;
             let e2e = put_runs(&on, &http, p, (opts.updates / 3).max(4)).await?;
@@ -854,12 +860,15 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
                 json!({ "evaluate": eval, "snapshot_read": snap, "end_to_end_detection_on": e2e }),
             );
         }
+        let search = search_runs(&on, &http, &pids[0].1, &since, opts.eval_runs).await?;
+        eprintln!("  search: {search}");
         stages.push(json!({
             "stored_patients": stage,
             "load": load,
             "store": stored,
             "loadavg": loadavg(),
             "patients": per,
+            "search": search,
         }));
     }
     on.stop().await;
@@ -1150,16 +1159,20 @@ async fn replicate(
                 written += 1;
             }
             for (sector, rtype, system, value, gid) in &t.identifiers {
-                sqlx::query(
-                    "INSERT INTO resource_identifiers (sector, rtype, system, value, gid) VALUES (?, ?, ?, ?, ?)",
-                )
-                .bind(sector)
-                .bind(rtype)
-                .bind(system)
-                .bind(re(value))
-                .bind(&gids[gid])
-                .execute(&mut *tx)
-                .await?;
+                // Both identifier tables, as `put` writes them.
+                for table in ["resource_identifiers", "identifier_index"] {
+                    let sql = format!(
+                        "INSERT INTO {table} (sector, rtype, system, value, gid) VALUES (?, ?, ?, ?, ?)"
+                    );
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(sector)
+                        .bind(rtype)
+                        .bind(system)
+                        .bind(re(value))
+                        .bind(&gids[gid])
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
         }
         tx.commit().await?;
@@ -1249,6 +1262,62 @@ async fn put_runs(g: &Gateway, http: &reqwest::Client, p: &Patient, n: usize) ->
         updates(g, http, path, [&bodies[0], &bodies[1]], 4).await?;
         let ms = updates(g, http, path, [&bodies[0], &bodies[1]], n).await?;
         out.insert((*kind).to_owned(), stats(ms, "ms"));
+    }
+    Ok(Value::Object(out))
+}
+
+/// Search latency through the API as the careteam client (HTTP over loopback, one client,
+/// sequential; each search also writes its audit row): `runs` timed searches of each kind after
+/// three untimed ones, in milliseconds.
+///
+/// - `patient_conditions`: `Condition?patient=<the Synthea patient>` (all its Conditions);
+/// - `last_updated_window`: `Condition?_lastUpdated=ge<since>`: the Conditions changed since the
+///   stage began (the two patients' `bench-quiet` updates), among every stored Condition;
+/// - `include`: `CarePlan?patient=<…>&_include=CarePlan:addresses` (its plans and the
+///   Conditions they address).
+async fn search_runs(
+    g: &Gateway,
+    http: &reqwest::Client,
+    pid: &str,
+    since: &str,
+    runs: usize,
+) -> Result<Value> {
+    let kinds = [
+        ("patient_conditions", format!("/Condition?patient={pid}")),
+        (
+            "last_updated_window",
+            format!("/Condition?_lastUpdated=ge{since}"),
+        ),
+        (
+            "include",
+            format!("/CarePlan?patient={pid}&_include=CarePlan:addresses"),
+        ),
+    ];
+    let mut out = serde_json::Map::new();
+    for (kind, path) in &kinds {
+        let mut ms = Vec::with_capacity(runs);
+        let mut entries = 0;
+        for i in 0..runs + 3 {
+            let t = Instant::now();
+            let resp = http
+                .get(format!("{}{path}", g.base))
+                .bearer_auth(&g.tokens["careteam"])
+                .send()
+                .await?;
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await?;
+            let took = t.elapsed().as_secs_f64() * 1e3;
+            if status != 200 {
+                bail!("{path}: {status} {body}");
+            }
+            entries = body["entry"].as_array().map_or(0, Vec::len);
+            if i >= 3 {
+                ms.push(took);
+            }
+        }
+        let mut st = stats(ms, "ms");
+        st["entries"] = json!(entries);
+        out.insert((*kind).to_owned(), st);
     }
     Ok(Value::Object(out))
 }

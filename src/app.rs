@@ -87,6 +87,9 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        if let Ok(addr) = listener.local_addr() {
+            self.gateway.listening_on(addr);
+        }
         if self.gateway.settings().exchange.enabled {
             self.workers.start();
         }

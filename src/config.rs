@@ -224,6 +224,20 @@ pub struct ServerSettings {
     pub request_timeout_secs: u64,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// The URL clients reach the gateway at (scheme, host, port and any path prefix, without
+    /// `/fhir`): every link and `Location` is built from it, never from the Host header.
+    pub public_base_url: Option<String>,
+    /// Origins that browsers may call the API from (CORS); none by default.
+    pub cors_origins: Vec<String>,
+}
+
+impl ServerSettings {
+    /// The FHIR base URL of the API as configured (`public_base_url` + `/fhir`), if set.
+    pub fn public_fhir_base(&self) -> Option<String> {
+        self.public_base_url
+            .as_deref()
+            .map(|u| format!("{}/fhir", u.trim_end_matches('/')))
+    }
 }
 
 impl Default for ServerSettings {
@@ -236,6 +250,8 @@ impl Default for ServerSettings {
             request_timeout_secs: 60,
             rate_limit_per_second: 1000,
             rate_limit_burst: 2000,
+            public_base_url: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -322,6 +338,11 @@ pub struct SectorSettings {
     pub patient_identifier_system: String,
     #[serde(default)]
     pub auth: OutboundAuth,
+    /// A create without an id whose first business identifier the sector already used updates
+    /// that resource (for senders that re-send creates after a lost answer and cannot send
+    /// `If-None-Exist`). Off by default: such a create makes a new resource.
+    #[serde(default)]
+    pub resend_by_identifier: bool,
 }
 
 fn default_mode() -> SectorMode {
@@ -473,6 +494,32 @@ impl Settings {
                 format!("{} is outside 8..=120", s.max_json_depth),
                 "choose a depth between 8 and 120 (FHIR resources rarely nest deeper than 20)",
             ));
+        }
+        if let Some(url) = &s.public_base_url {
+            let ok = (url.starts_with("https://") || url.starts_with("http://"))
+                && !url.contains(['?', '#'])
+                && !url.trim_end_matches('/').ends_with("/fhir");
+            if !ok {
+                return Err(problem(
+                    file,
+                    "server.public_base_url",
+                    format!("'{url}' is not a base URL"),
+                    "write the http(s) URL clients reach the gateway at, without /fhir, query or fragment, for example \"https://carebridge.example.dk\"",
+                ));
+            }
+        }
+        for origin in &s.cors_origins {
+            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && origin.splitn(4, '/').nth(3).is_none()
+                && origin.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(problem(
+                    file,
+                    "server.cors_origins",
+                    format!("'{origin}' is not an origin"),
+                    "list origins as scheme://host[:port] without a path, for example \"https://app.example.dk\"",
+                ));
+            }
         }
         if s.max_body_bytes < 1024 {
             return Err(problem(
@@ -898,6 +945,11 @@ pub struct AuthSettings {
     pub audience: Option<String>,
     /// The issuer's JSON Web Key Set (`http://` or `https://`).
     pub jwks_url: Option<String>,
+    /// The authorisation server's token endpoint, announced in the CapabilityStatement and at
+    /// `/.well-known/smart-configuration` (SMART App Launch discovery).
+    pub token_endpoint: Option<String>,
+    /// Its authorisation endpoint, announced beside the token endpoint when set.
+    pub authorization_endpoint: Option<String>,
     /// Keys older than this are refetched; and a token whose `kid` is not cached causes at most
     /// one fetch per this many seconds.
     pub jwks_refresh_secs: u64,
@@ -929,6 +981,8 @@ impl Default for AuthSettings {
             issuer: None,
             audience: None,
             jwks_url: None,
+            token_endpoint: None,
+            authorization_endpoint: None,
             jwks_refresh_secs: 300,
             jwks_timeout_ms: 5_000,
             leeway_secs: 30,

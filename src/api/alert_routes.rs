@@ -1,4 +1,4 @@
-//! The care team's alert endpoints: `GET /fhir/DetectedIssue?patient=&status=&code=`,
+//! The care team's alert endpoints (the DetectedIssue search is in `fhir_reads`):
 //! `GET /fhir/DetectedIssue/{id}`, `POST /fhir/DetectedIssue/{id}/$acknowledge`,
 //! `GET /fhir/Patient/{id}/$total-plan` (dispatched from `fhir_routes`), and the live stream
 //! `GET /alerts/stream` (Server-Sent Events). Adapters over `gateway::alert_service`.
@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use futures_util::Stream;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::convert::Infallible;
 
 use super::AppState;
@@ -21,31 +21,6 @@ use crate::access::Caller;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/alerts/stream", get(stream))
-}
-
-/// `GET /fhir/DetectedIssue?patient=&status=&code=&_count=&_offset=`.
-pub async fn search(
-    state: &AppState,
-    caller: &Caller,
-    params: &[(String, String)],
-    offset: i64,
-    count: i64,
-) -> Result<Response, ApiError> {
-    let found = state
-        .gateway
-        .alert_search(caller, params, offset, count)
-        .await?;
-    let entries: Vec<Value> = found
-        .into_iter()
-        .map(|r| {
-            let id = r.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
-            json!({ "fullUrl": format!("DetectedIssue/{id}"), "resource": r, "search": { "mode": "match" } })
-        })
-        .collect();
-    Ok(fhir_response(
-        StatusCode::OK,
-        &json!({ "resourceType": "Bundle", "type": "searchset", "entry": entries }),
-    ))
 }
 
 /// `GET /fhir/DetectedIssue/{id}`.

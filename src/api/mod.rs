@@ -7,7 +7,9 @@ mod alert_routes;
 mod audit_routes;
 pub mod auth;
 pub mod error;
+mod fhir_reads;
 mod fhir_routes;
+mod negotiate;
 pub mod ops;
 pub mod response;
 mod transparency_routes;
@@ -15,10 +17,11 @@ mod views;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::routing::get;
 use std::sync::Arc;
 use std::time::Duration;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -31,7 +34,6 @@ use crate::gateway::Gateway;
 pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub clients: Arc<Clients>,
-    pub capability: Arc<serde_json::Value>,
     pub metrics: Arc<ops::Metrics>,
     pub rate_limit: Arc<ops::RateLimit>,
 }
@@ -41,12 +43,10 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Builds the application router (tests and `serve` both use this).
 pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
     let server = gateway.settings().server.clone();
-    let capability = Arc::new(views::capability_statement(&gateway));
     let state = AppState {
         metrics: gateway.metrics().clone(),
         gateway,
         clients: Arc::new(clients),
-        capability,
         rate_limit: Arc::new(ops::RateLimit::new(
             server.rate_limit_per_second,
             server.rate_limit_burst,
@@ -56,6 +56,8 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/.well-known/smart-configuration", get(smart_configuration))
+        .route("/fhir/.well-known/smart-configuration", get(smart_configuration))
         .merge(fhir_routes::routes())
         .merge(audit_routes::routes())
         .merge(access_routes::routes())
@@ -71,7 +73,9 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(server.request_timeout_secs),
         ))
+        .layer(axum::middleware::from_fn(negotiate::acceptable))
         .layer(axum::middleware::from_fn(ops::outcome_for_bare_errors))
+        .layer(cors(&server.cors_origins))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             // Spans carry the method, the path and the request id: never bodies or query strings,
@@ -82,6 +86,53 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// CORS for the configured origins only (none: no CORS headers, browsers refuse cross-origin
+/// calls). Preflights are answered here, before authentication.
+fn cors(origins: &[String]) -> CorsLayer {
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([Method::GET, Method::POST, Method::PUT])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("if-none-exist"),
+            HeaderName::from_static("prefer"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::CONTENT_LOCATION,
+            header::ETAG,
+            header::LAST_MODIFIED,
+        ])
+}
+
+/// `/.well-known/smart-configuration` (and under `/fhir`): SMART discovery, without a token;
+/// 404 when no authorisation server is configured.
+async fn smart_configuration(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    match views::smart_configuration(&state.gateway) {
+        Some(v) => {
+            let mut resp = axum::response::IntoResponse::into_response(axum::Json(v));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        None => axum::response::IntoResponse::into_response(error::ApiError::not_found(
+            "no authorisation server is configured (auth.token_endpoint)",
+        )),
+    }
 }
 
 async fn readyz(

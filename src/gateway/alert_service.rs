@@ -25,17 +25,18 @@ pub struct AlertStream {
 
 impl Gateway {
     /// Alerts matching the search parameters `params` (patient, status, code; a merged
-    /// patient's alerts are found under the survivor), `count` from `offset`.
+    /// patient's alerts are found under the survivor): how many match, and `count` of them
+    /// from `offset`.
     pub async fn alert_search(
         &self,
         caller: &Caller,
         params: &[(String, String)],
         offset: i64,
         count: i64,
-    ) -> Result<Vec<Value>, GatewayError> {
+    ) -> Result<(usize, Vec<Value>), GatewayError> {
         self.gate(caller, Request::Alerts, Interaction::SearchType)
             .await?;
-        let mut q = alert_query(params, offset, count)?;
+        let mut q = alert_query(params, 0, super::search::MAX_CANDIDATES)?;
         let mut tx = self.store.begin().await?;
         if let Some(p) = &q.patient_id
             && let Some(gp) = tx.patient(p).await?
@@ -48,12 +49,12 @@ impl Gateway {
             tx = t;
             bases.push(access.basis.code());
         }
-        let mut rows = tx.alert_search(&q).await?;
+        let mut all = tx.alert_search(&q).await?;
         if q.patient_id.is_none() {
             // Without a patient: only the alerts of patients the caller may read.
-            let patients: Vec<String> = rows.iter().map(|a| a.patient_id.clone()).collect();
+            let patients: Vec<String> = all.iter().map(|a| a.patient_id.clone()).collect();
             let decided = self.decide_each(&mut *tx, caller, patients).await?;
-            rows.retain(|a| matches!(decided.get(&a.patient_id), Some(Some(_))));
+            all.retain(|a| matches!(decided.get(&a.patient_id), Some(Some(_))));
             for access in decided.values().flatten() {
                 let code = access.basis.code();
                 if !bases.contains(&code) {
@@ -61,6 +62,12 @@ impl Gateway {
                 }
             }
         }
+        let total = all.len();
+        let rows: Vec<AlertRow> = all
+            .into_iter()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(count).unwrap_or(0))
+            .collect();
         let mut row = audit::row(
             &caller.actor(),
             None,
@@ -88,10 +95,11 @@ impl Gateway {
             }
             row.basis = Some(bases.join("; "));
         }
-        row.detail = Some(format!("{} alerts returned", rows.len()));
+        row.detail = Some(format!("{} alerts returned of {total}", rows.len()));
         tx.audit(&row).await?;
         tx.commit().await?;
-        rows.iter().map(alert_body).collect()
+        let bodies = rows.iter().map(alert_body).collect::<Result<Vec<_>, _>>()?;
+        Ok((total, bodies))
     }
 
     /// One alert (its DetectedIssue), or `None`.
@@ -214,8 +222,9 @@ impl Gateway {
         let (mut tx, access) = self
             .admit(tx, caller, &p.id, Interaction::Operation)
             .await?;
+        let base = self.fhir_base();
         let mut entries = vec![json!({
-            "fullUrl": format!("Patient/{}", p.id),
+            "fullUrl": format!("{base}/Patient/{}", p.id),
             "resource": patient_view(&p),
         })];
         let mut gids = self
@@ -230,7 +239,7 @@ impl Gateway {
             .await?;
         for a in open.iter().filter(|a| a.open) {
             entries.push(
-                json!({ "fullUrl": format!("DetectedIssue/{}", a.id), "resource": alert_body(a)? }),
+                json!({ "fullUrl": format!("{base}/DetectedIssue/{}", a.id), "resource": alert_body(a)? }),
             );
             gids.push(format!("DetectedIssue/{}", a.id));
         }
@@ -270,16 +279,22 @@ impl Gateway {
     ) -> Result<Vec<String>, GatewayError> {
         let snap = snapshot(tx, patient_id, now_us()).await?;
         let mut gids = Vec::new();
+        let mut records = Vec::new();
         for item in snap.items.iter().filter(|i| crate::detect::current(i)) {
             if let Some(stored) = tx.get(&item.gid).await?
                 && self.record_shown(caller, &stored, access)
             {
-                entries.push(json!({
-                    "fullUrl": format!("{}/{}", item.rtype, item.gid),
-                    "resource": gateway_view(self, &stored)?,
-                }));
-                gids.push(format!("{}/{}", item.rtype, item.gid));
+                records.push(stored);
             }
+        }
+        let refs = self.reference_map(tx, &records).await?;
+        let base = self.fhir_base();
+        for stored in &records {
+            entries.push(json!({
+                "fullUrl": format!("{base}/{}/{}", stored.rtype, stored.gid),
+                "resource": gateway_view(self, stored, &refs)?,
+            }));
+            gids.push(format!("{}/{}", stored.rtype, stored.gid));
         }
         Ok(gids)
     }
@@ -304,7 +319,7 @@ fn alert_query(
             }
             "status" => q.status = Some(v.clone()),
             "code" => q.code = Some(v.rsplit('|').next().unwrap_or(v).to_owned()),
-            "_count" | "_offset" => {}
+            "_count" | "_offset" | "_total" | "_format" => {}
             other => {
                 return Err(GatewayError::invalid(
                     Issue::error(

@@ -20,8 +20,10 @@ pub struct Entry {
     pub rtype: String,
     /// The id from the URL (PUT).
     pub url_id: Option<String>,
-    /// `identifier=system|value` from `If-None-Exist`.
-    pub if_none_exist: Option<(String, String)>,
+    /// The search of `If-None-Exist` (a conditional create), as query pairs.
+    pub if_none_exist: Option<Vec<(String, String)>>,
+    /// `If-Match`: the version an update expects to replace.
+    pub if_match: Option<i64>,
     pub full_url: Option<String>,
     pub resource: Value,
 }
@@ -132,6 +134,8 @@ pub fn prepare(s: &SectorSettings, rtype: &str, rid: &str, resource: &Value) -> 
         patient_ref,
         link_identifiers,
         identifiers: idents,
+        patient_id: None,
+        expected_version: None,
     }
 }
 
@@ -149,6 +153,48 @@ fn normalise_patient_ref(s: &SectorSettings, r: &str) -> Option<String> {
     };
     let id = local.strip_prefix("Patient/")?.split('/').next()?;
     is_valid_id(id).then(|| format!("Patient/{id}"))
+}
+
+/// What makes a Bundle's entries ambiguous: two entries with one `fullUrl`, or a `urn:uuid:`
+/// reference that no entry's `fullUrl` names (it could only be stored dangling).
+pub(super) fn bundle_links(bundle: &Value) -> Vec<Issue> {
+    let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let mut issues = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(full) = e.get("fullUrl").and_then(Value::as_str)
+            && !seen.insert(full)
+        {
+            issues.push(
+                Issue::error(
+                    "invalid",
+                    "two entries have this fullUrl; each fullUrl names one entry",
+                )
+                .at(format!("Bundle.entry[{i}].fullUrl")),
+            );
+        }
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let Some(mut resource) = e.get("resource").cloned() else {
+            continue;
+        };
+        let mut dangling = false;
+        fhir::for_each_reference_mut(&mut resource, &mut |r: &mut String| {
+            dangling |= r.starts_with("urn:uuid:") && !seen.contains(r.as_str());
+        });
+        if dangling {
+            issues.push(
+                Issue::error(
+                    "invalid",
+                    "a urn:uuid reference names no entry of the Bundle; send the entry or reference a stored resource",
+                )
+                .at(format!("Bundle.entry[{i}].resource")),
+            );
+        }
+    }
+    issues
 }
 
 /// Reads the entries of a transaction/batch Bundle; each is an `Entry` or its issues.
@@ -200,13 +246,17 @@ fn bundle_entry(loc: &str, e: &Value) -> Result<Entry, Vec<Issue>> {
     let url = request.get("url").and_then(Value::as_str).unwrap_or("");
     let url_id =
         entry_url_id(url, &rtype, method).map_err(|msg| fail("invalid", msg, ".request.url"))?;
-    let if_none_exist = match request.get("ifNoneExist").and_then(Value::as_str) {
+    let if_none_exist = request
+        .get("ifNoneExist")
+        .and_then(Value::as_str)
+        .map(parse_query);
+    let if_match = match request.get("ifMatch").and_then(Value::as_str) {
         None => None,
-        Some(q) => Some(parse_identifier_query(q).ok_or_else(|| {
+        Some(tag) => Some(etag_version(tag).ok_or_else(|| {
             fail(
-                "not-supported",
-                "ifNoneExist supports identifier=system|value only",
-                ".request.ifNoneExist",
+                "value",
+                "ifMatch takes the ETag of a version, W/\"<versionId>\"",
+                ".request.ifMatch",
             )
         })?),
     };
@@ -216,6 +266,7 @@ fn bundle_entry(loc: &str, e: &Value) -> Result<Entry, Vec<Issue>> {
         rtype,
         url_id,
         if_none_exist,
+        if_match,
         full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
         resource,
     };
@@ -243,22 +294,48 @@ fn entry_url_id(url: &str, rtype: &str, method: Method) -> Result<Option<String>
     }
 }
 
+/// A query string (`a=1&b=x%7Cy`) → decoded pairs.
+pub fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.trim_start_matches('?')
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+/// The version an ETag names: `W/"3"` or `"3"`.
+pub fn etag_version(tag: &str) -> Option<i64> {
+    let t = tag.trim();
+    let t = t.strip_prefix("W/").unwrap_or(t);
+    t.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+}
+
 /// `identifier=system|value` → (system, value).
 pub fn parse_identifier_query(q: &str) -> Option<(String, String)> {
-    let v = q.strip_prefix("identifier=")?;
-    let v = percent_decode(v);
-    let (s, val) = v.split_once('|')?;
-    (!s.is_empty() && !val.is_empty()).then(|| (s.to_owned(), val.to_owned()))
+    match parse_query(q).as_slice() {
+        [(k, v)] if k == "identifier" => {
+            let (s, val) = v.split_once('|')?;
+            (!s.is_empty() && !val.is_empty()).then(|| (s.to_owned(), val.to_owned()))
+        }
+        _ => None,
+    }
 }
 
 fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
         .decode_utf8_lossy()
         .into_owned()
 }
 
 /// The response Bundle of a transaction or batch.
-pub(super) fn response_bundle(kind: &str, results: Vec<Result<Applied, GatewayError>>) -> Value {
+pub(super) fn response_bundle(
+    kind: &str,
+    base: &str,
+    results: Vec<Result<Applied, GatewayError>>,
+) -> Value {
     let entries: Vec<Value> = results
         .into_iter()
         .map(|r| match r {
@@ -270,7 +347,7 @@ pub(super) fn response_bundle(kind: &str, results: Vec<Result<Applied, GatewayEr
                 };
                 json!({ "response": {
                     "status": status,
-                    "location": format!("{}/{}/_history/{}", a.rtype, a.rid, a.outcome.version),
+                    "location": format!("{base}/{}/{}/_history/{}", a.rtype, a.rid, a.outcome.version),
                     "etag": format!("W/\"{}\"", a.outcome.version),
                     "lastModified": a.outcome.last_updated,
                 }})

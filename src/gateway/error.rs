@@ -22,8 +22,30 @@ pub enum GatewayError {
     /// 409: the request conflicts with what is stored (e.g. a grant already reviewed).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// 412: a precondition of the request does not hold (`If-Match` names another version,
+    /// a conditional create matches several resources).
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for GatewayError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::VersionConflict { expected, current } => {
+                GatewayError::PreconditionFailed(match current {
+                    Some(c) => format!(
+                        "If-Match names version {expected}, but the current version is {c}; read it again and re-apply the change"
+                    ),
+                    None => format!(
+                        "If-Match names version {expected}, but the resource does not exist"
+                    ),
+                })
+            }
+            other => GatewayError::Store(other),
+        }
+    }
 }
 
 impl From<Denied> for GatewayError {
@@ -45,6 +67,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => 404,
             GatewayError::Forbidden(_) => 403,
             GatewayError::Conflict(_) => 409,
+            GatewayError::PreconditionFailed(_) => 412,
             GatewayError::Store(StoreError::Busy) => 503,
             GatewayError::Store(_) => 500,
         }
@@ -58,6 +81,7 @@ impl GatewayError {
             GatewayError::NotFound(what) => vec![Issue::error("not-found", what.clone())],
             GatewayError::Forbidden(why) => vec![Issue::error("forbidden", why.clone())],
             GatewayError::Conflict(why) => vec![Issue::error("conflict", why.clone())],
+            GatewayError::PreconditionFailed(why) => vec![Issue::error("conflict", why.clone())],
             GatewayError::Store(StoreError::Busy) => vec![Issue::error(
                 "transient",
                 "the store is busy; nothing was stored, retry the request",

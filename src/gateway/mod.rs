@@ -5,7 +5,8 @@
 //!   store, route to the outbox, detect, audit — in one transaction.
 //! - [`entry`]: the shape of what is written (a resource or a Bundle entry) and the response
 //!   Bundle of a transaction or batch.
-//! - [`read`]: the read service — reads, searches, the audit search.
+//! - [`read`]: the read service — reads, the gateway patient, the audit search;
+//!   [`search`] searches (with [`params`], the search registry), history and vread.
 //! - [`break_glass`]: emergency access to one patient, its review queue, and a patient's
 //!   access report.
 //! - [`relation`]: treatment relationships — the evidence a care-team member's access to a
@@ -29,8 +30,10 @@ pub mod entry;
 mod error;
 pub mod ledger;
 pub mod notify;
+pub mod params;
 pub mod read;
 pub mod relation;
+pub mod search;
 pub mod transparency;
 pub mod views;
 pub mod write;
@@ -38,7 +41,7 @@ pub mod write;
 pub use entry::{Applied, Entry, Method, parse_identifier_query, prepare};
 pub use error::GatewayError;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{Notify, broadcast, watch};
 
 use crate::config::{SectorSettings, Settings};
@@ -67,6 +70,9 @@ pub struct Gateway {
     shutting_down: watch::Sender<bool>,
     /// The audit log's checkpoint signing key (`[audit]`), never kept in the store.
     signer: Option<crate::audit::note::Signer>,
+    /// The FHIR base of links when `server.public_base_url` is not set: the address the server
+    /// listens on, set once it is bound.
+    listen_base: OnceLock<String>,
 }
 
 impl Gateway {
@@ -90,6 +96,7 @@ impl Gateway {
             alert_events: broadcast::channel(1024).0,
             shutting_down: watch::channel(false).0,
             signer: None,
+            listen_base: OnceLock::new(),
         }
     }
 
@@ -127,6 +134,23 @@ impl Gateway {
     /// Woken after a commit that queued deliveries.
     pub fn outbox_signal(&self) -> &Arc<Notify> {
         &self.outbox_signal
+    }
+
+    /// The FHIR base URL of every link, `fullUrl` and `Location`: `server.public_base_url` +
+    /// `/fhir`, else the address the server listens on. Never the request's Host header.
+    pub fn fhir_base(&self) -> String {
+        if let Some(base) = self.settings.server.public_fhir_base() {
+            return base;
+        }
+        match self.listen_base.get() {
+            Some(b) => b.clone(),
+            None => format!("http://{}/fhir", self.settings.server.listen),
+        }
+    }
+
+    /// Records the address the server listens on (for links when no public URL is set).
+    pub fn listening_on(&self, addr: std::net::SocketAddr) {
+        let _ = self.listen_base.set(format!("http://{addr}/fhir"));
     }
 
     pub fn sector(&self, id: &str) -> Option<&SectorSettings> {

@@ -125,6 +125,8 @@ pub async fn notify(
             ALERT_MESSAGE_SYSTEM.into(),
             format!("{}/{}", event.id, event.version),
         )],
+        patient_id: Some(event.patient.clone()),
+        expected_version: None,
     };
     let stored = tx.put(&prepared).await?;
     for target in &targets {

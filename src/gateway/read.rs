@@ -1,6 +1,6 @@
-//! The read service: one record, a gateway patient, a patient's records across sectors, the
-//! audit search. Each read decides access through [`authorize`] and leaves an audit row in the
-//! transaction it reads in.
+//! The read service: one record, a gateway patient, the audit search (searches, histories and
+//! vread are in `search`). Each read decides access through [`authorize`] and leaves an audit
+//! row in the transaction it reads in.
 
 use super::relation::mark;
 use super::{Gateway, GatewayError};
@@ -140,55 +140,6 @@ impl Gateway {
         tx.audit(&row).await?;
         tx.commit().await?;
         Ok(found.into_iter().collect())
-    }
-
-    /// Current resources of a gateway patient across sectors (a sector client sees its own).
-    pub async fn search_by_patient(
-        &self,
-        caller: &Caller,
-        rtype: &str,
-        patient: &str,
-        offset: i64,
-        count: i64,
-    ) -> Result<Vec<Stored>, GatewayError> {
-        self.gate(caller, Request::PatientData, Interaction::SearchType)
-            .await?;
-        let tx = self.store.begin().await?;
-        let (mut tx, access) = self
-            .admit(tx, caller, patient, Interaction::SearchType)
-            .await?;
-        let found = tx.by_patient(patient, Some(rtype), offset, count).await?;
-        let visible: Vec<Stored> = found
-            .into_iter()
-            .filter(|s| authorize(caller, Request::Record { sector: &s.sector }).is_ok())
-            .filter(|s| self.record_shown(caller, s, &access))
-            .collect();
-        let mut row = audit::row(
-            &caller.actor(),
-            None,
-            Action::Execute,
-            Interaction::SearchType,
-            Outcome::Success,
-        );
-        row.patient_id = visible
-            .first()
-            .and_then(|s| s.patient_id.clone())
-            .or_else(|| Some(patient.to_owned()));
-        row.entities = visible
-            .iter()
-            .map(|s| format!("{}/{}", s.rtype, s.gid))
-            .collect();
-        mark(&mut row, &access.basis);
-        row.query = Some(format!(
-            "{rtype}?patient={patient}&_offset={offset}&_count={count}"
-        ));
-        row.detail = Some(format!(
-            "search {rtype} by patient: {} results",
-            visible.len()
-        ));
-        tx.audit(&row).await?;
-        tx.commit().await?;
-        Ok(visible)
     }
 
     /// The audit log, for auditors (and administrators); the search itself is audited.

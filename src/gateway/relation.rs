@@ -303,6 +303,28 @@ impl Gateway {
         GatewayError::from(denied)
     }
 
+    /// The caller's access to one record's patient (none needed for a record without one),
+    /// and its private marking; a refusal is audited and committed in `tx`.
+    pub(crate) async fn admit_record(
+        &self,
+        tx: Box<dyn StoreTx>,
+        caller: &Caller,
+        record: &Stored,
+    ) -> Result<(Box<dyn StoreTx>, Vec<Basis>), GatewayError> {
+        let Some(pid) = record.patient_id.clone() else {
+            return Ok((tx, Vec::new()));
+        };
+        let (mut tx, access) = self.admit(tx, caller, &pid, Interaction::Read).await?;
+        if !self.record_shown(caller, record, &access) {
+            let denied = Denied(crate::access::BLOCKED.into());
+            tx.audit(&refusal_row(caller, Some(&pid), Interaction::Read, &denied))
+                .await?;
+            tx.commit().await?;
+            return Err(GatewayError::from(denied));
+        }
+        Ok((tx, vec![access.basis]))
+    }
+
     /// [`authorize`] for an operation on patient data: a refusal is audited (in its own
     /// transaction: call it before opening one).
     pub(crate) async fn gate(

@@ -1,12 +1,17 @@
 //! How stored resources are shown: as the sector knows them (its own ids) or across sectors
-//! (gateway ids, the subject pointing at the gateway patient), each tagged with its sector;
+//! (gateway ids, the subject pointing at the gateway patient, every reference to a stored
+//! resource pointing at its gateway id), each tagged with its sector;
 //! and the gateway patient with a link to every sector's Patient.
 
 use serde_json::{Map, Value, json};
+use std::collections::{HashMap, HashSet};
 
 use super::Gateway;
-use crate::fhir::{SECTOR_TAG_SYSTEM, patient_reference};
-use crate::store::{GatewayPatient, StoreError, Stored};
+use crate::fhir::{
+    SECTOR_TAG_SYSTEM, for_each_reference_mut, parse_conditional, parse_relative, patient_reference,
+};
+use crate::ids::gateway_id;
+use crate::store::{GatewayPatient, StoreError, StoreTx, Stored};
 
 /// Sets `meta.versionId`, `meta.lastUpdated` and the sector tag, keeping the rest of `meta`.
 fn stamp(resource: &mut Value, stored: &Stored, sector_name: &str) {
@@ -43,14 +48,110 @@ pub fn sector_view(gw: &Gateway, stored: &Stored) -> Result<Value, StoreError> {
     Ok(r)
 }
 
-/// The resource as the gateway shows it across sectors: gateway id, and its patient reference
-/// pointing at the gateway patient when linked. References to other resources keep the
-/// sector's own ids; `GET /fhir/{sector}/{type}/{id}` resolves them.
-pub fn gateway_view(gw: &Gateway, stored: &Stored) -> Result<Value, StoreError> {
+/// Where the cross-sector view points the references of some stored resources: (sector,
+/// reference as stored) → `Type/<gateway id>`, for every reference that names a stored
+/// resource (relative, absolute into the sector's own base, or conditional by identifier).
+pub type ReferenceMap = HashMap<(String, String), String>;
+
+/// The references of a resource that name a resource of its own sector: (reference, type, id).
+fn local_references(
+    gw: &Gateway,
+    stored: &Stored,
+    body: &mut Value,
+) -> Vec<(String, String, String)> {
+    let base = gw
+        .sector(&stored.sector)
+        .and_then(|s| s.base_url.as_deref())
+        .map(|b| format!("{}/", b.trim_end_matches('/')));
+    let mut out = Vec::new();
+    for_each_reference_mut(body, &mut |r: &mut String| {
+        let local = base
+            .as_deref()
+            .and_then(|b| r.strip_prefix(b))
+            .unwrap_or(r.as_str());
+        if let Some((t, id)) = parse_relative(local) {
+            out.push((r.clone(), t.to_owned(), id.to_owned()));
+        }
+    });
+    out
+}
+
+impl Gateway {
+    /// Stored resources as shown on a sector's base (`sector` given: the sector's own ids) or
+    /// on the cross-sector base (gateway ids, references resolved in a read transaction).
+    pub async fn show(
+        &self,
+        sector: Option<&str>,
+        items: &[Stored],
+    ) -> Result<Vec<Value>, StoreError> {
+        if sector.is_some() {
+            return items.iter().map(|s| sector_view(self, s)).collect();
+        }
+        let mut tx = self.store().begin_read().await?;
+        let refs = self.reference_map(&mut *tx, items).await?;
+        items.iter().map(|s| gateway_view(self, s, &refs)).collect()
+    }
+
+    /// The [`ReferenceMap`] of these resources, read in `tx`.
+    pub(crate) async fn reference_map(
+        &self,
+        tx: &mut dyn StoreTx,
+        items: &[Stored],
+    ) -> Result<ReferenceMap, StoreError> {
+        let mut wanted: Vec<((String, String), String, String)> = Vec::new();
+        for stored in items {
+            let mut body = stored.json()?;
+            for (reference, t, id) in local_references(self, stored, &mut body) {
+                let gid = gateway_id(&stored.sector, &t, &id);
+                wanted.push(((stored.sector.clone(), reference), t, gid));
+            }
+            let mut conditional = Vec::new();
+            for_each_reference_mut(&mut body, &mut |r: &mut String| {
+                if let Some((t, s, v)) = parse_conditional(r) {
+                    conditional.push((r.clone(), t.to_owned(), s.to_owned(), v.to_owned()));
+                }
+            });
+            for (reference, t, system, value) in conditional {
+                if let Some(rid) = tx
+                    .find_by_identifier(&stored.sector, &t, &system, &value)
+                    .await?
+                {
+                    let gid = gateway_id(&stored.sector, &t, &rid);
+                    wanted.push(((stored.sector.clone(), reference), t, gid));
+                }
+            }
+        }
+        let mut gids: Vec<String> = wanted.iter().map(|w| w.2.clone()).collect();
+        gids.sort();
+        gids.dedup();
+        let known: HashSet<String> = tx.existing(&gids).await?.into_iter().collect();
+        Ok(wanted
+            .into_iter()
+            .filter(|(_, _, gid)| known.contains(gid))
+            .map(|(key, t, gid)| (key, format!("{t}/{gid}")))
+            .collect())
+    }
+}
+
+/// The resource as the gateway shows it across sectors: gateway id, its patient reference
+/// pointing at the gateway patient when linked, and every reference that names a stored
+/// resource pointing at its gateway id (`refs`, from [`Gateway::reference_map`]); a reference
+/// the gateway cannot resolve stays as sent.
+pub fn gateway_view(
+    gw: &Gateway,
+    stored: &Stored,
+    refs: &ReferenceMap,
+) -> Result<Value, StoreError> {
     let mut r = stored.json()?;
     if let Some(obj) = r.as_object_mut() {
         obj.insert("id".into(), json!(stored.gid));
     }
+    let key = |reference: &String| (stored.sector.clone(), reference.clone());
+    for_each_reference_mut(&mut r, &mut |reference: &mut String| {
+        if let Some(to) = refs.get(&key(reference)) {
+            *reference = to.clone();
+        }
+    });
     if stored.rtype != "Patient"
         && let Some(pid) = &stored.patient_id
         && let Some((element, _)) = patient_reference(&r)

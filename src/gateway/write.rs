@@ -11,8 +11,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::alerts::AlertEvent;
 use super::entry::{
-    Applied, Entry, Method, bundle_entries, check_entry_shape, prepare, response_bundle,
+    Applied, Entry, Method, bundle_entries, bundle_links, check_entry_shape, prepare,
+    response_bundle,
 };
+use super::params;
 use super::{Gateway, GatewayError};
 use crate::access::{Caller, Request, authorize};
 use crate::audit::{self, Action, Actor, AuditRow, Interaction, Outcome};
@@ -22,7 +24,7 @@ use crate::fhir::outcome::Issue;
 use crate::fhir::time::{instant, now_us};
 use crate::fhir::{self, for_each_reference_mut, identifiers, is_valid_id, patient_reference};
 use crate::ids::content_hash;
-use crate::store::{PutOutcome, StoreError, StoreTx};
+use crate::store::{PutOutcome, SearchFilter, StoreError, StoreTx};
 
 /// The entries of a Bundle, each an entry or the issues that make it unusable.
 type ParsedEntries = Vec<Result<Entry, Vec<Issue>>>;
@@ -39,6 +41,11 @@ impl Gateway {
             .ok_or_else(|| GatewayError::NotFound(format!("no sector '{sector}'")))?;
         authorize(caller, Request::WriteSector(sector))?;
         Ok(s)
+    }
+
+    /// A sector's FHIR base as clients reach it.
+    pub fn sector_base(&self, sector: &str) -> String {
+        format!("{}/{sector}", self.fhir_base())
     }
 
     /// Validates one resource for a sector: structure first (400), then profiles and the
@@ -155,6 +162,10 @@ impl Gateway {
     ) -> Result<Value, GatewayError> {
         let s = self.writable_sector(caller, sector)?;
         let kind = self.bundle_kind(&bundle)?;
+        let links = bundle_links(&bundle);
+        if !links.is_empty() {
+            return Err(GatewayError::Invalid(links));
+        }
         // The Bundle itself must be valid R4 in both modes (entries are checked with it).
         let structural = self.validator.structural(&bundle);
         let entries = bundle_entries(&bundle);
@@ -236,6 +247,7 @@ impl Gateway {
             .await?;
         Ok(response_bundle(
             "transaction-response",
+            &self.sector_base(&s.id),
             applied.into_iter().map(Ok).collect(),
         ))
     }
@@ -264,7 +276,11 @@ impl Gateway {
             }
             results.push(result);
         }
-        Ok(response_bundle("batch-response", results))
+        Ok(response_bundle(
+            "batch-response",
+            &self.sector_base(&s.id),
+            results,
+        ))
     }
 
     /// One entry of a batch: its share of the Bundle's structural issues, its profile, then
@@ -304,7 +320,7 @@ impl Gateway {
         interaction: Interaction,
     ) -> Result<Vec<Applied>, GatewayError> {
         let mut tx = self.store.begin().await?;
-        let ids = assign_ids(&mut *tx, &s.id, &entries).await?;
+        let ids = assign_ids(&mut *tx, s, &entries).await?;
         let mut applied = store_entries(&mut *tx, s, &mut entries, ids).await?;
         // Resources stored before their Patient in this request are linked by now.
         for a in applied.iter_mut() {
@@ -392,6 +408,10 @@ impl Gateway {
             GatewayError::Conflict(_) => {
                 (Outcome::MinorFailure, format!("rejected {rtype}: conflict"))
             }
+            GatewayError::PreconditionFailed(_) => (
+                Outcome::MinorFailure,
+                format!("rejected {rtype}: precondition failed"),
+            ),
             GatewayError::Store(_) => (
                 Outcome::SeriousFailure,
                 format!("failed {rtype}: store unavailable"),
@@ -474,24 +494,90 @@ fn placed(issues: Vec<Issue>, location: Option<&str>) -> Vec<Issue> {
 /// conditional create that matched).
 async fn assign_ids(
     tx: &mut dyn StoreTx,
-    sector: &str,
+    s: &SectorSettings,
     entries: &[Entry],
 ) -> Result<Vec<(String, bool)>, GatewayError> {
     let mut ids = Vec::with_capacity(entries.len());
     for e in entries {
         let id = if let Some(id) = &e.url_id {
             (id.clone(), false)
-        } else if let Some((sys, val)) = &e.if_none_exist {
-            match tx.find_by_identifier(sector, &e.rtype, sys, val).await? {
-                Some(found) => (found, true),
-                None => (assign_id(e, tx, sector).await?, false),
+        } else if let Some(query) = &e.if_none_exist {
+            match conditional_matches(tx, &s.id, e, query).await?.as_slice() {
+                [] => (assign_id(e, tx, s).await?, false),
+                [one] => (one.clone(), true),
+                many => {
+                    return Err(GatewayError::PreconditionFailed(format!(
+                        "If-None-Exist matches {} {} resources of this sector; make the search select one",
+                        many.len(),
+                        e.rtype
+                    )));
+                }
             }
         } else {
-            (assign_id(e, tx, sector).await?, false)
+            (assign_id(e, tx, s).await?, false)
         };
         ids.push(id);
     }
     Ok(ids)
+}
+
+/// The sector-local ids of the sector's resources that the `If-None-Exist` search selects (any
+/// search the registry supports; a parameter it does not know is an error here, since ignoring
+/// it would select more).
+async fn conditional_matches(
+    tx: &mut dyn StoreTx,
+    sector: &str,
+    e: &Entry,
+    query: &[(String, String)],
+) -> Result<Vec<String>, GatewayError> {
+    let at = match &e.location {
+        Some(l) => format!("{l}.request.ifNoneExist"),
+        None => "If-None-Exist".to_owned(),
+    };
+    let c = params::criteria(&e.rtype, query)
+        .map_err(|i| GatewayError::invalid(i.nested_under(&at)))?;
+    if query.is_empty() || !c.ignored.is_empty() {
+        return Err(GatewayError::invalid(
+            Issue::error(
+                "not-supported",
+                format!(
+                    "If-None-Exist needs search parameters {} supports (unknown: {})",
+                    e.rtype,
+                    c.ignored.join(", ")
+                ),
+            )
+            .at(at),
+        ));
+    }
+    let patient_id = match &c.patient {
+        None => None,
+        Some(p) => match tx
+            .get_sector(sector, "Patient", p)
+            .await?
+            .and_then(|x| x.patient_id)
+        {
+            Some(id) => Some(id),
+            None => return Ok(Vec::new()),
+        },
+    };
+    let filter = SearchFilter {
+        rtype: e.rtype.clone(),
+        sector: Some(sector.to_owned()),
+        patient_id,
+        rids: c.ids.clone(),
+        identifier: c.identifier.clone(),
+        updated_from: c.updated_from.clone(),
+        updated_to: c.updated_to.clone(),
+        limit: super::search::MAX_CANDIDATES,
+        ..SearchFilter::default()
+    };
+    let mut out = Vec::new();
+    for stored in tx.search(&filter).await? {
+        if params::matches(&stored.json()?, sector, &c.matched) {
+            out.push(stored.rid);
+        }
+    }
+    Ok(out)
 }
 
 /// Stores each entry under its id, references to other entries (by fullUrl) rewritten to
@@ -523,7 +609,9 @@ async fn store_entries(
         if let Some(obj) = e.resource.as_object_mut() {
             obj.insert("id".into(), Value::String(rid.clone()));
         }
-        let outcome = tx.put(&prepare(s, &e.rtype, &rid, &e.resource)).await?;
+        let mut prepared = prepare(s, &e.rtype, &rid, &e.resource);
+        prepared.expected_version = e.if_match;
+        let outcome = tx.put(&prepared).await?;
         applied.push(Applied {
             rtype: e.rtype.clone(),
             rid,
@@ -646,14 +734,21 @@ pub fn alert_audit_row(e: &AlertEvent, caller: Option<&Caller>) -> AuditRow {
 }
 
 /// The sector-local id of a created resource: the sender's own id (the gateway mirrors the
-/// sector's record), else the id already known for its business identifier, else an id derived
-/// from the identifier or the content, so that a re-sent create is recognised.
-async fn assign_id(e: &Entry, tx: &mut dyn StoreTx, sector: &str) -> Result<String, GatewayError> {
+/// sector's record); else, where the sector is set to `resend_by_identifier`, the id already
+/// known for its first business identifier; else an id derived from the content, so that the
+/// same content re-sent is recognised (and anything else is a new resource).
+async fn assign_id(
+    e: &Entry,
+    tx: &mut dyn StoreTx,
+    s: &SectorSettings,
+) -> Result<String, GatewayError> {
     if let Some(id) = fhir::resource_id(&e.resource).filter(|id| is_valid_id(id)) {
         return Ok(id.to_owned());
     }
-    if let Some((sys, val)) = identifiers(&e.resource).first() {
-        if let Some(found) = tx.find_by_identifier(sector, &e.rtype, sys, val).await? {
+    if s.resend_by_identifier
+        && let Some((sys, val)) = identifiers(&e.resource).first()
+    {
+        if let Some(found) = tx.find_by_identifier(&s.id, &e.rtype, sys, val).await? {
             return Ok(found);
         }
         return Ok(format!(

@@ -47,6 +47,10 @@ pub enum StoreError {
     /// damaged); names the record, never its content.
     #[error("stored {what} is not valid JSON: {error}")]
     Corrupt { what: String, error: String },
+    /// An update's `If-Match` names another version than the current one (`None`: the resource
+    /// does not exist).
+    #[error("version conflict: expected {expected}, current {current:?}")]
+    VersionConflict { expected: i64, current: Option<i64> },
 }
 
 /// Parses a stored JSON body; a body that does not parse is logged (naming the record only),
@@ -82,6 +86,12 @@ pub struct Prepared {
     pub link_identifiers: Vec<(String, String)>,
     /// Business identifiers (system, value), for conditional create.
     pub identifiers: Vec<(String, String)>,
+    /// The gateway patient, when the writer knows it (what the gateway authors itself names
+    /// the gateway patient, not a sector's Patient).
+    pub patient_id: Option<String>,
+    /// `If-Match`: the version the writer last saw; any other current version (or none) is
+    /// [`StoreError::VersionConflict`], decided under the resource's lock.
+    pub expected_version: Option<i64>,
 }
 
 /// What storing a [`Prepared`] did.
@@ -170,6 +180,27 @@ impl AuditQuery {
     }
 }
 
+/// What a search reads from the store before the resources' own elements are matched: the
+/// type and the selective conditions an index answers. Every field narrows the result.
+#[derive(Debug, Clone, Default)]
+pub struct SearchFilter {
+    pub rtype: String,
+    pub sector: Option<String>,
+    /// A gateway patient (merges followed).
+    pub patient_id: Option<String>,
+    /// Gateway ids (`_id`).
+    pub gids: Option<Vec<String>>,
+    /// Sector-local ids (`_id` on a sector base).
+    pub rids: Option<Vec<String>>,
+    /// A business identifier: (system, value), the system optional.
+    pub identifier: Option<(Option<String>, String)>,
+    /// `meta.lastUpdated` bounds, inclusive, as FHIR instants (they sort as text).
+    pub updated_from: Option<String>,
+    pub updated_to: Option<String>,
+    /// At most this many rows are read.
+    pub limit: i64,
+}
+
 /// Counts for summaries: (sector, resource type, resources).
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
@@ -217,6 +248,24 @@ pub trait StoreTx: ExchangeTx + AlertTx + AccessTx + TransparencyTx + Send {
     /// Current versions of a gateway patient's resources of these types, in one read (ordered
     /// by type, sector and id).
     async fn by_patient_types(&mut self, patient_id: &str, rtypes: &[&str]) -> Result<Vec<Stored>>;
+    /// Every version of a resource, newest first.
+    async fn versions(&mut self, gid: &str) -> Result<Vec<Stored>>;
+    /// One version of a resource.
+    async fn version(&mut self, gid: &str, version: i64) -> Result<Option<Stored>>;
+    /// Versions of every resource of a type (of one sector, when given), newest first.
+    async fn type_history(
+        &mut self,
+        rtype: &str,
+        sector: Option<&str>,
+        offset: i64,
+        count: i64,
+    ) -> Result<Vec<Stored>>;
+    /// Current resources matching the filter (at most `limit`), in gateway id order.
+    async fn search(&mut self, filter: &SearchFilter) -> Result<Vec<Stored>>;
+    /// Current resources by gateway id (those that exist).
+    async fn get_many(&mut self, gids: &[String]) -> Result<Vec<Stored>>;
+    /// Which of these gateway ids name a stored resource.
+    async fn existing(&mut self, gids: &[String]) -> Result<Vec<String>>;
     /// A gateway patient (following merges).
     async fn patient(&mut self, patient_id: &str) -> Result<Option<GatewayPatient>>;
     /// The gateway patient holding an identifier (a CPR number, or a sector Patient's key

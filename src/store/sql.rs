@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    AuditQuery, GatewayPatient, Prepared, PutOutcome, Result, Stats, Store, StoreError, StoreTx,
-    Stored,
+    AuditQuery, GatewayPatient, Prepared, PutOutcome, Result, SearchFilter, Stats, Store,
+    StoreError, StoreTx, Stored,
 };
 use crate::audit::AuditRow;
 use crate::audit::{Action, Outcome};
@@ -274,6 +274,95 @@ const STORED_COLUMNS: &str = "r.gid AS gid, r.sector AS sector, r.rtype AS rtype
      r.version AS version, r.last_updated AS last_updated, r.patient_id AS patient_id, \
      v.body AS body";
 
+/// The columns of [`Stored`] for one version of `resource_versions`.
+const VERSION_COLUMNS: &str = "r.gid AS gid, r.sector AS sector, r.rtype AS rtype, r.rid AS rid, \
+     v.version AS version, v.last_updated AS last_updated, r.patient_id AS patient_id, \
+     v.body AS body";
+
+/// `$from, $from+1, …` (`n` placeholders).
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A value bound to a search statement.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// The statement of [`StoreTx::search`] and its values, in placeholder order. Only
+/// placeholders and fixed conditions are formatted into the text; every value is bound.
+fn search_sql(f: &SearchFilter, patient: Option<String>) -> (String, Vec<Bind>) {
+    let mut conds = vec!["r.rtype = $1".to_owned()];
+    let mut binds = vec![Bind::Text(f.rtype.clone())];
+    let mut push = |cond: &dyn Fn(usize) -> String, b: Bind, binds: &mut Vec<Bind>| {
+        binds.push(b);
+        conds.push(cond(binds.len()));
+    };
+    if let Some(s) = &f.sector {
+        push(
+            &|i| format!("r.sector = ${i}"),
+            Bind::Text(s.clone()),
+            &mut binds,
+        );
+    }
+    if let Some(p) = patient {
+        push(
+            &|i| format!("r.patient_id = ${i}"),
+            Bind::Text(p),
+            &mut binds,
+        );
+    }
+    if let Some(from) = &f.updated_from {
+        push(
+            &|i| format!("r.last_updated >= ${i}"),
+            Bind::Text(from.clone()),
+            &mut binds,
+        );
+    }
+    if let Some(to) = &f.updated_to {
+        push(
+            &|i| format!("r.last_updated <= ${i}"),
+            Bind::Text(to.clone()),
+            &mut binds,
+        );
+    }
+    for (column, ids) in [("r.gid", &f.gids), ("r.rid", &f.rids)] {
+        if let Some(ids) = ids {
+            let start = binds.len() + 1;
+            binds.extend(ids.iter().cloned().map(Bind::Text));
+            conds.push(if ids.is_empty() {
+                "1 = 0".to_owned()
+            } else {
+                format!("{column} IN ({})", placeholders(start, ids.len()))
+            });
+        }
+    }
+    if let Some((system, value)) = &f.identifier {
+        binds.push(Bind::Text(value.clone()));
+        let v = binds.len();
+        let mut cond =
+            format!("r.gid IN (SELECT gid FROM identifier_index WHERE rtype = $1 AND value = ${v}");
+        if let Some(system) = system {
+            binds.push(Bind::Text(system.clone()));
+            cond.push_str(&format!(" AND system = ${}", binds.len()));
+        }
+        cond.push(')');
+        conds.push(cond);
+    }
+    binds.push(Bind::Int(f.limit));
+    let sql = format!(
+        "SELECT {STORED_COLUMNS} FROM resources r JOIN resource_versions v \
+         ON v.gid = r.gid AND v.version = r.version WHERE {} ORDER BY r.gid LIMIT ${}",
+        conds.join(" AND "),
+        binds.len()
+    );
+    (sql, binds)
+}
+
 /// What `put` compares a new version with: the current row of `resources`.
 #[derive(FromRow)]
 struct Current {
@@ -407,6 +496,8 @@ impl SqlTx {
     async fn patient_of_prepared(&mut self, p: &Prepared) -> Result<Option<String>> {
         if p.rtype == "Patient" {
             Ok(Some(self.link_patient(p).await?))
+        } else if let Some(id) = &p.patient_id {
+            Ok(Some(self.resolve_patient(id).await?))
         } else if let Some(r) = &p.patient_ref {
             self.patient_of_reference(&p.sector, r).await
         } else {
@@ -469,9 +560,28 @@ impl SqlTx {
         Ok(())
     }
 
-    /// Records the resource's business identifiers, for conditional create (`put`, step 5).
+    /// Records the resource's business identifiers, for conditional create and search
+    /// (`put`, step 5): `resource_identifiers` keeps the latest holder of each identifier,
+    /// `identifier_index` every current holder.
     async fn index_identifiers(&mut self, gid: &str, p: &Prepared) -> Result<()> {
+        sqlx::query("DELETE FROM identifier_index WHERE gid = $1")
+            .bind(gid)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
         for (system, value) in &p.identifiers {
+            sqlx::query(
+                "INSERT INTO identifier_index (sector, rtype, system, value, gid) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&p.sector)
+            .bind(&p.rtype)
+            .bind(system)
+            .bind(value)
+            .bind(gid)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
             sqlx::query(
                 "INSERT INTO resource_identifiers (sector, rtype, system, value, gid) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (sector, rtype, system, value) DO UPDATE SET gid = excluded.gid",
@@ -699,6 +809,15 @@ impl StoreTx for SqlTx {
         let gid = gateway_id(&p.sector, &p.rtype, &p.rid);
         self.lock(&gid).await?;
         let current = self.current(&gid).await?;
+        if let Some(expected) = p.expected_version {
+            let now = current.as_ref().map(|c| c.version);
+            if now != Some(expected) {
+                return Err(StoreError::VersionConflict {
+                    expected,
+                    current: now,
+                });
+            }
+        }
         if let Some(c) = current.as_ref().filter(|c| c.hash == p.hash) {
             return Ok(PutOutcome {
                 gid,
@@ -787,6 +906,103 @@ impl StoreTx for SqlTx {
             q = q.bind(*t);
         }
         q.fetch_all(&mut *self.tx).await.map_err(map_err)
+    }
+
+    async fn versions(&mut self, gid: &str) -> Result<Vec<Stored>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {VERSION_COLUMNS} FROM resources r JOIN resource_versions v ON v.gid = r.gid \
+             WHERE r.gid = $1 ORDER BY v.version DESC"
+        ));
+        sqlx::query_as::<_, Stored>(sql)
+            .bind(gid)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn version(&mut self, gid: &str, version: i64) -> Result<Option<Stored>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {VERSION_COLUMNS} FROM resources r JOIN resource_versions v ON v.gid = r.gid \
+             WHERE r.gid = $1 AND v.version = $2"
+        ));
+        sqlx::query_as::<_, Stored>(sql)
+            .bind(gid)
+            .bind(version)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn type_history(
+        &mut self,
+        rtype: &str,
+        sector: Option<&str>,
+        offset: i64,
+        count: i64,
+    ) -> Result<Vec<Stored>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {VERSION_COLUMNS} FROM resources r JOIN resource_versions v ON v.gid = r.gid \
+             WHERE r.rtype = $1 AND ($2 = '' OR r.sector = $2) \
+             ORDER BY v.received_us DESC, v.gid, v.version DESC LIMIT $3 OFFSET $4"
+        ));
+        sqlx::query_as::<_, Stored>(sql)
+            .bind(rtype)
+            .bind(sector.unwrap_or(""))
+            .bind(count)
+            .bind(offset)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn search(&mut self, f: &SearchFilter) -> Result<Vec<Stored>> {
+        let patient = match &f.patient_id {
+            Some(p) => Some(self.resolve_patient(p).await?),
+            None => None,
+        };
+        let (sql, binds) = search_sql(f, patient);
+        let sql = sqlx::AssertSqlSafe(sql);
+        let mut q = sqlx::query_as::<_, Stored>(sql);
+        for b in binds {
+            q = match b {
+                Bind::Text(t) => q.bind(t),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        q.fetch_all(&mut *self.tx).await.map_err(map_err)
+    }
+
+    async fn get_many(&mut self, gids: &[String]) -> Result<Vec<Stored>> {
+        let mut out = Vec::new();
+        for chunk in gids.chunks(500) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT {STORED_COLUMNS} FROM resources r JOIN resource_versions v \
+                 ON v.gid = r.gid AND v.version = r.version WHERE r.gid IN ({}) ORDER BY r.gid",
+                placeholders(1, chunk.len())
+            ));
+            let mut q = sqlx::query_as::<_, Stored>(sql);
+            for g in chunk {
+                q = q.bind(g);
+            }
+            out.extend(q.fetch_all(&mut *self.tx).await.map_err(map_err)?);
+        }
+        Ok(out)
+    }
+
+    async fn existing(&mut self, gids: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for chunk in gids.chunks(500) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT gid FROM resources WHERE gid IN ({})",
+                placeholders(1, chunk.len())
+            ));
+            let mut q = sqlx::query_scalar::<_, String>(sql);
+            for g in chunk {
+                q = q.bind(g);
+            }
+            out.extend(q.fetch_all(&mut *self.tx).await.map_err(map_err)?);
+        }
+        Ok(out)
     }
 
     async fn patient(&mut self, patient_id: &str) -> Result<Option<GatewayPatient>> {

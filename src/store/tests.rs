@@ -88,6 +88,8 @@ fn prepared(sector: &str, body: Value, patient_ref: Option<&str>) -> Prepared {
         identifiers: vec![("urn:test:id".into(), format!("{sector}-{rid}"))],
         link_identifiers,
         rid,
+        patient_id: None,
+        expected_version: None,
     }
 }
 

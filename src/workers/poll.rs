@@ -209,6 +209,7 @@ impl Poller {
             rtype: rtype.to_owned(),
             url_id: Some(read.id.clone()),
             if_none_exist: None,
+            if_match: None,
             full_url: None,
             resource: resource.clone(),
         };

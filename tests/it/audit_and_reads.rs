@@ -116,8 +116,11 @@ async fn audit_flow(backend: Backend) {
     assert_eq!(s, 403);
     let (s, _) = app.get("careteam", "/AuditEvent").await;
     assert_eq!(s, 403);
-    let (s, _) = app.get("", "/metadata").await;
+    let (s, _) = app.get("", "/lab/metadata").await;
     assert_eq!(s, 401);
+    // The CapabilityStatement is discovery: it needs no token.
+    let (s, _) = app.get("", "/metadata").await;
+    assert_eq!(s, 200);
     let (s, cap) = app.get("careteam", "/metadata").await;
     assert_eq!(s, 200);
     assert_eq!(cap["fhirVersion"], "4.0.1");

@@ -358,7 +358,7 @@ async fn every_audit_event_is_valid_for_lantana() {
     assert_eq!(s, 200);
 
     // 401s: no token, an unknown token, on /fhir and on /audit.
-    let (s, _) = app.get("", "/metadata").await;
+    let (s, _) = app.get("", "/gp/metadata").await;
     assert_eq!(s, 401);
     let (s, _) = app.get("cb_not_a_token", "/gp/Condition/vc1").await;
     assert_eq!(s, 401);

@@ -749,7 +749,7 @@ async fn tokens_failing_a_check_answer_401_and_are_audited() {
         &app,
         Some(&sign(ec, &with(&|c| c["exp"] = json!(just_expired)))),
         Method::GET,
-        "/fhir/metadata",
+        "/fhir/gp/metadata",
         None,
     )
     .await;
@@ -757,7 +757,7 @@ async fn tokens_failing_a_check_answer_401_and_are_audited() {
 
     let mut failures = Vec::new();
     for (name, token, reason) in &cases {
-        for path in ["/fhir/metadata", "/audit/verify"] {
+        for path in ["/fhir/gp/metadata", "/audit/verify"] {
             let (st, v, headers) = call(&app, Some(token), Method::GET, path, None).await;
             let challenge = headers
                 .get("www-authenticate")
@@ -782,7 +782,7 @@ async fn tokens_failing_a_check_answer_401_and_are_audited() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // No token at all: a plain challenge.
-    let (st, _, headers) = call(&app, None, Method::GET, "/fhir/metadata", None).await;
+    let (st, _, headers) = call(&app, None, Method::GET, "/fhir/gp/metadata", None).await;
     assert_eq!(st, 401);
     assert_eq!(headers["www-authenticate"], "Bearer");
 
@@ -858,7 +858,7 @@ async fn key_rotation_refetches_once_per_period_and_drops_removed_keys() {
     let (jwks, url) = serve_jwks(&[old]).await;
     let app = spawn(&url, REFRESH).await;
     async fn status_of(app: &TestApp, token: String) -> u16 {
-        call(app, Some(&token), Method::GET, "/fhir/metadata", None)
+        call(app, Some(&token), Method::GET, "/fhir/gp/metadata", None)
             .await
             .0
     }
@@ -1033,7 +1033,7 @@ async fn the_log_holds_no_token_claim_or_key() {
     tokens.push((sign(&signer_with_kid(ec, "nope"), &c), 401));
     for (token, want) in &tokens {
         let resp = http
-            .get(format!("http://{addr}/fhir/metadata"))
+            .get(format!("http://{addr}/fhir/gp/metadata"))
             .bearer_auth(token)
             .send()
             .await

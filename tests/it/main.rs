@@ -35,6 +35,8 @@ mod cli;
 mod corrupt;
 mod exchange;
 mod exchange_auth;
+mod fhir_api;
+mod fhir_clients;
 mod jwt;
 mod log_privacy;
 mod mapping_codes;

@@ -94,9 +94,17 @@ async fn every_synthea_bundle_is_accepted_whole_and_read_back_by_patient() {
         let patient_location = entries
             .iter()
             .filter_map(|e| e["response"]["location"].as_str())
-            .find(|l| l.starts_with("Patient/"))
+            .find(|l| l.contains("/lab/Patient/"))
             .expect("a Patient entry");
-        let rid = patient_location.split('/').nth(1).expect("patient id");
+        assert!(
+            patient_location.starts_with(&app.base),
+            "{patient_location}"
+        );
+        let rid = patient_location
+            .split("/lab/Patient/")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .expect("patient id");
         let (status, found) = app
             .get(
                 "careteam",

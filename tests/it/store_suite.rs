@@ -20,6 +20,7 @@ fn sector(id: &str) -> SectorSettings {
         profile: None,
         patient_identifier_system: "urn:oid:1.2.208.176.1.2".into(),
         auth: Default::default(),
+        resend_by_identifier: false,
     }
 }
 

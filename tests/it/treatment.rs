@@ -395,6 +395,65 @@ async fn every_path(backend: Backend) {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
+    // Searches without a patient, and what they include, hold only related patients' records.
+    let (s, found) = w
+        .app
+        .get(
+            "u-ref",
+            "/Condition?code=urn:oid:1.2.208.176.2.31|T90&_include=Condition:subject",
+        )
+        .await;
+    assert_eq!(s, 200, "{found}");
+    let mine = format!("Patient/{}", w.gid["p-ref"]);
+    let entries = found["entry"].as_array().cloned().unwrap_or_default();
+    assert!(!entries.is_empty(), "{found}");
+    for e in &entries {
+        let r = &e["resource"];
+        match r["resourceType"].as_str() {
+            Some("Condition") => assert_eq!(r["subject"]["reference"], mine.as_str(), "{r}"),
+            Some("Patient") => assert_eq!(r["id"], w.gid["p-ref"].as_str(), "{r}"),
+            other => panic!("unexpected {other:?} in {found}"),
+        }
+    }
+    assert!(
+        entries.iter().any(|e| e["search"]["mode"] == "include"),
+        "the gateway patient is included: {found}"
+    );
+    // The asserting system's same search finds every patient's diabetes (blocks aside).
+    let (_, every) = w
+        .app
+        .get("careteam", "/Condition?code=urn:oid:1.2.208.176.2.31|T90")
+        .await;
+    assert!(every["total"].as_u64().unwrap_or(0) > found["total"].as_u64().unwrap_or(0));
+    // A search's audit row carries the basis of what it returned.
+    let lines = w.report("p-ref").await;
+    assert!(
+        lines.iter().any(|l| l["interaction"] == "search-type"
+            && l["basis"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("care-team CareTeam/")),
+        "{lines:?}"
+    );
+    // History and vread decide like a read.
+    let c_none = carebridge::ids::gateway_id("gp", "Condition", "c-p-none");
+    let (s, _) = w
+        .app
+        .get("u-ref", &format!("/Condition/{c_none}/_history"))
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = w
+        .app
+        .get("u-ref", &format!("/Condition/{c_none}/_history/1"))
+        .await;
+    assert_eq!(s, 403);
+    let c_ref = carebridge::ids::gateway_id("gp", "Condition", "c-p-ref");
+    let (s, _) = w
+        .app
+        .get("u-ref", &format!("/Condition/{c_ref}/_history/1"))
+        .await;
+    assert_eq!(s, 200);
+
     // The GP's private marking: the record stays with the GP, even for a person in the care team.
     let p_ref = w.gid["p-ref"].clone();
     let private = carebridge::ids::gateway_id("gp", "MedicationRequest", "mr-private");
