@@ -126,6 +126,12 @@ fn records() -> Vec<(&'static str, String, Value)> {
     add("gp", care_team("ct-ref", "p-ref", vec![pr("pr-ref")]));
     add("gp", private_medication("mr-private", "p-ref"));
     add(
+        "gp",
+        json!({ "resourceType": "CarePlan", "id": "cp-ref", "status": "active", "intent": "plan",
+                "subject": { "reference": "Patient/p-ref" },
+                "addresses": [{ "reference": "Condition/c-p-ref" }] }),
+    );
+    add(
         "hospital",
         care_team("ct-ident", "h-ident", vec![by_ident.clone()]),
     );
@@ -395,6 +401,7 @@ async fn every_path(backend: Backend) {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
+    let p_ref = w.gid["p-ref"].clone();
     // Searches without a patient, and what they include, hold only related patients' records.
     let (s, found) = w
         .app
@@ -435,6 +442,33 @@ async fn every_path(backend: Backend) {
                 .starts_with("care-team CareTeam/")),
         "{lines:?}"
     );
+    // _include and _revinclude of a patient in care: the care team's practitioner, the plan
+    // that addresses the condition; for a person without a relationship the search is refused.
+    let (s, team) = w
+        .app
+        .get(
+            "u-ref",
+            &format!("/CareTeam?patient={p_ref}&_include=CareTeam:participant"),
+        )
+        .await;
+    assert_eq!(s, 200, "{team}");
+    assert!(team.to_string().contains("\"Practitioner\""), "{team}");
+    let revinclude = format!("/Condition?patient={p_ref}&_revinclude=CarePlan:addresses");
+    let (s, plans) = w.app.get("u-ref", &revinclude).await;
+    assert_eq!(s, 200, "{plans}");
+    assert!(
+        plans["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(
+                |e| e["resource"]["resourceType"] == "CarePlan" && e["search"]["mode"] == "include"
+            ),
+        "{plans}"
+    );
+    let (s, _) = w.app.get("u-none", &revinclude).await;
+    assert_eq!(s, 403);
+
     // History and vread decide like a read.
     let c_none = carebridge::ids::gateway_id("gp", "Condition", "c-p-none");
     let (s, _) = w
@@ -455,7 +489,6 @@ async fn every_path(backend: Backend) {
     assert_eq!(s, 200);
 
     // The GP's private marking: the record stays with the GP, even for a person in the care team.
-    let p_ref = w.gid["p-ref"].clone();
     let private = carebridge::ids::gateway_id("gp", "MedicationRequest", "mr-private");
     let (s, found) = w
         .app
