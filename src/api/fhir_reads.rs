@@ -558,31 +558,28 @@ async fn audit_search(
         .cloned()
         .collect();
     let (offset, count) = paging(params)?;
-    // One more than a page: whether a next page exists.
-    let q = audit_query(state, &executed, offset, count + 1)?;
-    let mut rows = state.gateway.audit_search(caller, &q).await?;
-    let more = rows.len() as i64 > count;
-    rows.truncate(usize::try_from(count).unwrap_or(0));
+    // `_total=none` skips the count (a COUNT over the matching rows).
+    let want_total = !params.iter().any(|(k, v)| k == "_total" && v == "none");
+    let q = audit_query(state, &executed, offset, count)?;
+    let (rows, total) = state.gateway.audit_search(caller, &q, want_total).await?;
     let events = rows.iter().map(crate::audit::audit_event).collect();
     let base = state.gateway.fhir_base();
-    // The total is known once the last page is reached; before, the next link says there is more.
-    let total = if more {
-        None
-    } else {
-        Some(offset as usize + rows.len())
-    };
     let page = Page {
         base: &base,
         rtype: "AuditEvent",
         executed: &executed,
         offset,
         count,
-        total: total.unwrap_or(0),
+        total: total.map_or(0, |t| usize::try_from(t).unwrap_or(usize::MAX)),
         show_total: total.is_some(),
     };
     let mut bundle = views::searchset(&page, events, Vec::new());
-    // `total` 0 gave no next link: there is one exactly when a row beyond this page was read.
-    if more && let Some(links) = bundle["link"].as_array_mut() {
+    // Without a total the next link is known from a full page.
+    if total.is_none()
+        && rows.len() as i64 == count
+        && count > 0
+        && let Some(links) = bundle["link"].as_array_mut()
+    {
         links.push(serde_json::json!({ "relation": "next", "url": views::page_url(&page, offset + count) }));
     }
     Ok(fhir_response(StatusCode::OK, &bundle))

@@ -142,15 +142,21 @@ impl Gateway {
         Ok(found.into_iter().collect())
     }
 
-    /// The audit log, for auditors (and administrators); the search itself is audited.
+    /// The audit log, for auditors; with `total`, how many rows match in all (paging aside).
+    /// The search itself is audited.
     pub async fn audit_search(
         &self,
         caller: &Caller,
         query: &AuditQuery,
-    ) -> Result<Vec<AuditRow>, GatewayError> {
+        total: bool,
+    ) -> Result<(Vec<AuditRow>, Option<i64>), GatewayError> {
         authorize(caller, Request::AuditLog)?;
         let mut tx = self.store.begin().await?;
         let rows = tx.audit_search(query).await?;
+        let total = match total {
+            true => Some(tx.audit_count(query).await?),
+            false => None,
+        };
         let mut row = audit::row(
             &caller.actor(),
             None,
@@ -164,6 +170,6 @@ impl Gateway {
         row.detail = Some(format!("audit search: {} events", rows.len()));
         tx.audit(&row).await?;
         tx.commit().await?;
-        Ok(rows)
+        Ok((rows, total))
     }
 }

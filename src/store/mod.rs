@@ -275,6 +275,8 @@ pub trait StoreTx: ExchangeTx + AlertTx + AccessTx + TransparencyTx + Send {
     /// only for the append itself).
     async fn audit(&mut self, row: &AuditRow) -> Result<()>;
     async fn audit_search(&mut self, query: &AuditQuery) -> Result<Vec<AuditRow>>;
+    /// How many rows `query` matches, paging aside.
+    async fn audit_count(&mut self, query: &AuditQuery) -> Result<i64>;
     /// Rows (events and checkpoints) with `seq > after`, in chain order, at most `limit`.
     async fn audit_chain_page(&mut self, after: i64, limit: i64) -> Result<Vec<AuditRow>>;
     /// Rows recorded in `[from_us, to_us]` with `seq > after`, in chain order, at most `limit`.

@@ -287,7 +287,7 @@ fn placeholders(from: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// A value bound to a search statement.
+/// A value bound to a search statement (resources or the audit log).
 enum Bind {
     Text(String),
     Int(i64),
@@ -388,6 +388,54 @@ struct TypeCount {
 }
 
 impl SqlTx {
+    /// The `WHERE` clause of an audit search (placeholders `$1`…`$7`, then one per merged
+    /// patient id from `$8`) and the values bound to it, in order.
+    async fn audit_filter(&mut self, q: &AuditQuery) -> Result<(String, Vec<Bind>)> {
+        // A merged patient's rows were recorded under its old id: search all ids merged into it.
+        let mut patient_ids: Vec<String> = Vec::new();
+        if let Some(p) = &q.patient_id {
+            let survivor = self.resolve_patient(p).await?;
+            patient_ids.push(survivor.clone());
+            let merged: Vec<String> =
+                sqlx::query_scalar("SELECT from_id FROM patient_merges WHERE into_id = $1")
+                    .bind(&survivor)
+                    .fetch_all(&mut *self.tx)
+                    .await
+                    .map_err(map_err)?;
+            patient_ids.extend(merged);
+        }
+        let patient_filter = if patient_ids.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (0..patient_ids.len())
+                .map(|i| format!("${}", i + 8))
+                .collect();
+            format!("AND patient_id IN ({})", marks.join(", "))
+        };
+        let entity_pattern = q
+            .entity_type
+            .as_deref()
+            .map(|t| format!("%\"{t}/%"))
+            .unwrap_or_default();
+        let filter = format!(
+            "WHERE kind = 'event' AND recorded_us >= $1 AND recorded_us <= $2 \
+             AND ($3 = '' OR outcome = $3) AND ($4 = '' OR client_id = $4) \
+             AND ($5 = '' OR sector = $5 OR target_sector = $5) AND ($6 = '' OR action = $6) \
+             AND ($7 = '' OR entities LIKE $7) {patient_filter}"
+        );
+        let mut values = vec![
+            Bind::Int(q.from_us.unwrap_or(i64::MIN)),
+            Bind::Int(q.to_us.unwrap_or(i64::MAX)),
+            Bind::Text(q.outcome.map_or("", Outcome::code).to_owned()),
+            Bind::Text(q.agent.clone().unwrap_or_default()),
+            Bind::Text(q.sector.clone().unwrap_or_default()),
+            Bind::Text(q.action.map_or("", Action::code).to_owned()),
+            Bind::Text(entity_pattern),
+        ];
+        values.extend(patient_ids.into_iter().map(Bind::Text));
+        Ok((filter, values))
+    }
+
     /// Serialises writers of one key (a resource, a patient identifier) until commit. SQLite
     /// needs nothing: `BEGIN IMMEDIATE` already admits one writer at a time. On PostgreSQL a
     /// transaction-scoped advisory lock makes "read the current version, write the next" and
@@ -1047,55 +1095,38 @@ impl StoreTx for SqlTx {
     }
 
     async fn audit_search(&mut self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
-        // A merged patient's rows were recorded under its old id: search all ids merged into it.
-        let mut patient_ids: Vec<String> = Vec::new();
-        if let Some(p) = &q.patient_id {
-            let survivor = self.resolve_patient(p).await?;
-            patient_ids.push(survivor.clone());
-            let merged: Vec<String> =
-                sqlx::query_scalar("SELECT from_id FROM patient_merges WHERE into_id = $1")
-                    .bind(&survivor)
-                    .fetch_all(&mut *self.tx)
-                    .await
-                    .map_err(map_err)?;
-            patient_ids.extend(merged);
-        }
-        let patient_filter = if patient_ids.is_empty() {
-            String::new()
-        } else {
-            let marks: Vec<String> = (0..patient_ids.len())
-                .map(|i| format!("${}", i + 10))
-                .collect();
-            format!("AND patient_id IN ({})", marks.join(", "))
-        };
-        let entity_pattern = q
-            .entity_type
-            .as_deref()
-            .map(|t| format!("%\"{t}/%"))
-            .unwrap_or_default();
+        let (filter, values) = self.audit_filter(q).await?;
+        let (limit, offset) = (values.len() + 1, values.len() + 2);
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_log \
-             WHERE kind = 'event' AND recorded_us >= $1 AND recorded_us <= $2 \
-             AND ($3 = '' OR outcome = $3) AND ($6 = '' OR client_id = $6) \
-             AND ($7 = '' OR sector = $7 OR target_sector = $7) AND ($8 = '' OR action = $8) \
-             AND ($9 = '' OR entities LIKE $9) {patient_filter} \
-             ORDER BY seq LIMIT $4 OFFSET $5"
+            "SELECT {AUDIT_COLUMNS} FROM audit_log {filter} ORDER BY seq LIMIT ${limit} OFFSET ${offset}"
         ));
-        let mut query = sqlx::query_as::<_, AuditRecord>(sql)
-            .bind(q.from_us.unwrap_or(i64::MIN))
-            .bind(q.to_us.unwrap_or(i64::MAX))
-            .bind(q.outcome.map_or("", Outcome::code))
+        let mut query = sqlx::query_as::<_, AuditRecord>(sql);
+        for v in values {
+            query = match v {
+                Bind::Int(i) => query.bind(i),
+                Bind::Text(t) => query.bind(t),
+            };
+        }
+        let rows = query
             .bind(q.count)
             .bind(q.offset)
-            .bind(q.agent.as_deref().unwrap_or(""))
-            .bind(q.sector.as_deref().unwrap_or(""))
-            .bind(q.action.map_or("", Action::code))
-            .bind(entity_pattern);
-        for id in &patient_ids {
-            query = query.bind(id);
-        }
-        let rows = query.fetch_all(&mut *self.tx).await.map_err(map_err)?;
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
         Ok(rows.into_iter().map(AuditRow::from).collect())
+    }
+
+    async fn audit_count(&mut self, q: &AuditQuery) -> Result<i64> {
+        let (filter, values) = self.audit_filter(q).await?;
+        let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM audit_log {filter}"));
+        let mut query = sqlx::query_scalar::<_, i64>(sql);
+        for v in values {
+            query = match v {
+                Bind::Int(i) => query.bind(i),
+                Bind::Text(t) => query.bind(t),
+            };
+        }
+        query.fetch_one(&mut *self.tx).await.map_err(map_err)
     }
 
     async fn audit_chain_page(&mut self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
