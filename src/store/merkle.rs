@@ -96,15 +96,6 @@ fn to_hash(bytes: Vec<u8>, what: impl FnOnce() -> String) -> Result<Hash> {
     })
 }
 
-/// The right edge of the tree at a size, with the chain's head hash at that size.
-pub type Edge = (u64, String, Frontier);
-
-/// This process's right edge after its last committed append. An append uses it only when the
-/// chain's head (read under the chain lock) is exactly the size and hash it was left at, so an
-/// append by another process or replica in between (which moves the head) makes it read the
-/// edge from the database as usual; it saves that read on every commit otherwise.
-pub type TreeCache = std::sync::Arc<std::sync::Mutex<Option<Edge>>>;
-
 /// Nodes per statement (three parameters each).
 const CHUNK: usize = 200;
 

@@ -42,8 +42,8 @@ pub struct SqlStore {
     /// file still meet `busy_timeout`.
     writer: Arc<tokio::sync::Mutex<()>>,
     /// The Merkle tree's right edge after this process's last committed append (see
-    /// [`super::merkle::TreeCache`]).
-    tree: super::merkle::TreeCache,
+    /// [`TreeCache`]).
+    tree: TreeCache,
 }
 
 impl SqlStore {
@@ -129,6 +129,15 @@ impl SqlStore {
     }
 }
 
+/// The right edge of the tree at a size, with the chain's head hash at that size.
+pub type Edge = (u64, String, crate::audit::merkle::Frontier);
+
+/// This process's right edge after its last committed append. An append uses it only when the
+/// chain's head (read under the chain lock) is exactly the size and hash it was left at, so an
+/// append by another process or replica in between (which moves the head) makes it read the
+/// edge from the database as usual; it saves that read on every commit otherwise.
+pub type TreeCache = Arc<std::sync::Mutex<Option<Edge>>>;
+
 /// A sqlx error as a [`StoreError`]: lock contention and an exhausted pool are
 /// [`StoreError::Busy`] (see [`super::busy`] for the codes), everything else passes through.
 pub(super) fn map_err(e: sqlx::Error) -> StoreError {
@@ -205,8 +214,8 @@ pub(super) struct SqlTx {
     patient_refs: std::collections::HashMap<(String, String), Option<String>>,
     /// The process's cached right edge of the Merkle tree, and what it becomes once this
     /// transaction commits.
-    pub(super) tree: super::merkle::TreeCache,
-    pub(super) tree_after: Option<super::merkle::Edge>,
+    pub(super) tree: TreeCache,
+    pub(super) tree_after: Option<Edge>,
 }
 
 /// The one audit chain (all replicas append to it) and the lock that orders appends.
