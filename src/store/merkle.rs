@@ -100,9 +100,23 @@ fn to_hash(bytes: Vec<u8>, what: impl FnOnce() -> String) -> Result<Hash> {
 const CHUNK: usize = 200;
 
 impl SqlTx {
-    /// Extends the tree of `size` leaves by the rows with these hashes (hex), in order.
-    pub(super) async fn merkle_append(&mut self, size: u64, row_hashes: &[String]) -> Result<()> {
-        let mut frontier = self.frontier(size).await?;
+    /// Extends the tree of `size` leaves (whose last row has hash `head`, when known) by the
+    /// rows with these hashes (hex), in order.
+    pub(super) async fn merkle_append(
+        &mut self,
+        size: u64,
+        head: Option<&str>,
+        row_hashes: &[String],
+    ) -> Result<()> {
+        let cached = self.tree.lock().ok().and_then(|c| {
+            c.as_ref()
+                .filter(|(n, h, _)| *n == size && Some(h.as_str()) == head)
+                .map(|e| e.2.clone())
+        });
+        let mut frontier = match cached {
+            Some(f) => f,
+            None => self.frontier(size).await?,
+        };
         let mut made = Vec::with_capacity(row_hashes.len() * 2);
         for h in row_hashes {
             // The store computed these hashes itself: always 64 hex digits.
@@ -112,7 +126,11 @@ impl SqlTx {
             })?;
             made.extend(frontier.push(leaf));
         }
-        self.insert_nodes(&made).await
+        self.insert_nodes(&made).await?;
+        if let Some(last) = row_hashes.last() {
+            self.tree_after = Some((frontier.size(), last.clone(), frontier));
+        }
+        Ok(())
     }
 
     /// The right edge of the tree of `size` leaves, from its stored nodes.
@@ -308,7 +326,7 @@ impl SqlStore {
                 });
             }
             let hashes: Vec<String> = rows.into_iter().map(|r| r.hash).collect();
-            tx.merkle_append(size, &hashes).await?;
+            tx.merkle_append(size, None, &hashes).await?;
             size += hashes.len() as u64;
         }
         tx.tx.commit().await.map_err(map_err)

@@ -41,6 +41,9 @@ pub struct SqlStore {
     /// can wait far longer than the transactions ahead of it take). Other processes on the same
     /// file still meet `busy_timeout`.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// The Merkle tree's right edge after this process's last committed append (see
+    /// [`TreeCache`]).
+    tree: TreeCache,
 }
 
 impl SqlStore {
@@ -91,6 +94,7 @@ impl SqlStore {
             pool,
             dialect,
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            tree: Default::default(),
         };
         store.merkle_backfill().await?;
         Ok(store)
@@ -111,6 +115,8 @@ impl SqlStore {
             pending_audit: Vec::new(),
             _writer: writer,
             patient_refs: Default::default(),
+            tree: self.tree.clone(),
+            tree_after: None,
         })
     }
 
@@ -122,6 +128,15 @@ impl SqlStore {
         self.pool.close().await;
     }
 }
+
+/// The right edge of the tree at a size, with the chain's head hash at that size.
+pub type Edge = (u64, String, crate::audit::merkle::Frontier);
+
+/// This process's right edge after its last committed append. An append uses it only when the
+/// chain's head (read under the chain lock) is exactly the size and hash it was left at, so an
+/// append by another process or replica in between (which moves the head) makes it read the
+/// edge from the database as usual; it saves that read on every commit otherwise.
+pub type TreeCache = Arc<std::sync::Mutex<Option<Edge>>>;
 
 /// A sqlx error as a [`StoreError`]: lock contention and an exhausted pool are
 /// [`StoreError::Busy`] (see [`super::busy`] for the codes), everything else passes through.
@@ -146,6 +161,8 @@ impl Store for SqlStore {
             pending_audit: Vec::new(),
             _writer: None,
             patient_refs: Default::default(),
+            tree: self.tree.clone(),
+            tree_after: None,
         }))
     }
 
@@ -195,6 +212,10 @@ pub(super) struct SqlTx {
     /// Bundle's entries name the same patient hundreds of times). Cleared whenever a Patient is
     /// linked or patients are merged.
     patient_refs: std::collections::HashMap<(String, String), Option<String>>,
+    /// The process's cached right edge of the Merkle tree, and what it becomes once this
+    /// transaction commits.
+    pub(super) tree: TreeCache,
+    pub(super) tree_after: Option<Edge>,
 }
 
 /// The one audit chain (all replicas append to it) and the lock that orders appends.
@@ -466,7 +487,7 @@ impl SqlTx {
             None => (0, crate::audit::GENESIS.to_owned()),
         };
         let head_existed = seq > 0;
-        let tree_size = seq as u64;
+        let tree = (seq as u64, prev.clone());
         let mut leaves = Vec::with_capacity(self.pending_audit.len());
         for mut a in std::mem::take(&mut self.pending_audit) {
             seq += 1;
@@ -511,7 +532,7 @@ impl SqlTx {
             leaves.push(a.hash.clone());
             prev = a.hash;
         }
-        self.merkle_append(tree_size, &leaves).await?;
+        self.merkle_append(tree.0, Some(&tree.1), &leaves).await?;
         let sql = if head_existed {
             "UPDATE audit_head SET seq = $2, hash = $3 WHERE chain = $1"
         } else {
@@ -1215,6 +1236,15 @@ impl StoreTx for SqlTx {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         self.append_audit().await?;
-        self.tx.commit().await.map_err(map_err)
+        let after = self.tree_after.take();
+        let cache = self.tree.clone();
+        self.tx.commit().await.map_err(map_err)?;
+        // Only what committed is remembered.
+        if let Some(edge) = after
+            && let Ok(mut c) = cache.lock()
+        {
+            *c = Some(edge);
+        }
+        Ok(())
     }
 }
