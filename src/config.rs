@@ -4,6 +4,8 @@
 
 mod access;
 pub use access::{AccessSettings, RELATIONSHIPS, ReasonSettings, split_system_value};
+mod ui;
+pub use ui::{AckReason, UiSettings};
 
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -35,6 +37,8 @@ pub struct Settings {
     pub exchange: ExchangeSettings,
     #[serde(default)]
     pub auth: AuthSettings,
+    #[serde(default)]
+    pub ui: UiSettings,
 }
 
 /// Fragmentation detection: thresholds and vocabularies (see docs/alerts.md).
@@ -449,6 +453,7 @@ impl Settings {
         self.check_auth(file)?;
         self.check_alerts(file)?;
         self.check_access(file)?;
+        self.check_ui(file)?;
         self.check_clients(file)
     }
 
