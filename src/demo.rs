@@ -216,7 +216,9 @@ fn print_sign_in_links(
     }
     let minutes = app.gateway.settings().ui.sign_in_link_minutes;
     println!();
-    println!("the care team's console: each link signs its person in once, within {minutes} minutes");
+    println!(
+        "the care team's console: each link signs its person in once, within {minutes} minutes"
+    );
     for (id, role, token) in tokens {
         let Some(client) = clients.authenticate(token).filter(|c| c.person.is_some()) else {
             continue;

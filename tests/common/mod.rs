@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 pub mod child;
 pub mod conf;
+pub mod demo;
 pub mod fault;
 pub mod inproc;
 pub mod peers;

@@ -32,6 +32,7 @@ mod audit_chain;
 mod audit_events_valid;
 mod bad_input;
 mod cli;
+mod console;
 mod corrupt;
 mod exchange;
 mod exchange_auth;

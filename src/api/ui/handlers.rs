@@ -38,14 +38,23 @@ fn frame<'a>(s: &'a SignedIn, title: &'a str, path: &'a str) -> Frame<'a> {
 }
 
 /// A page with one message and its status.
-fn message_page(lang: Lang, status: StatusCode, title: Msg, text: Msg, s: Option<&SignedIn>) -> Response {
+fn message_page(
+    lang: Lang,
+    status: StatusCode,
+    title: Msg,
+    text: Msg,
+    s: Option<&SignedIn>,
+) -> Response {
     let f = Frame {
         lang,
         title: lang.t(title),
         who: s.map(|s| (s.who.as_str(), s.csrf.as_str())),
         path: "/ui/inbox",
     };
-    html(status, pages::page(&f, pages::message(lang, title, lang.t(text), s.is_some())))
+    html(
+        status,
+        pages::page(&f, pages::message(lang, title, lang.t(text), s.is_some())),
+    )
 }
 
 /// A gateway refusal or failure as a page (a 500 is logged by its kind only).
@@ -91,7 +100,10 @@ pub async fn sign_in_page(Language(lang): Language, Query(q): Query<SignInQuery>
         who: None,
         path: "/ui/sign-in",
     };
-    html(StatusCode::OK, pages::page(&f, pages::sign_in(lang, notice)))
+    html(
+        StatusCode::OK,
+        pages::page(&f, pages::sign_in(lang, notice)),
+    )
 }
 
 /// A one-time sign-in link: a session and the inbox, or 403 when used or expired.
@@ -102,7 +114,13 @@ pub async fn sign_in_link(
 ) -> Response {
     match state.sessions.redeem(&token) {
         Some(cookie) => with_cookie(see_other("/ui/inbox"), &state.sessions.cookie(&cookie)),
-        None => message_page(lang, StatusCode::FORBIDDEN, Msg::SignInTitle, Msg::LinkRefused, None),
+        None => message_page(
+            lang,
+            StatusCode::FORBIDDEN,
+            Msg::SignInTitle,
+            Msg::LinkRefused,
+            None,
+        ),
     }
 }
 
@@ -131,7 +149,13 @@ pub async fn sign_out(
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
     if !csrf_ok(&s, &form) {
-        return message_page(s.lang, StatusCode::FORBIDDEN, Msg::SignOut, Msg::CsrfRefused, Some(&s));
+        return message_page(
+            s.lang,
+            StatusCode::FORBIDDEN,
+            Msg::SignOut,
+            Msg::CsrfRefused,
+            Some(&s),
+        );
     }
     state.sessions.end(&s.cookie);
     with_cookie(see_other("/ui/sign-in"), &state.sessions.clear_cookie())
@@ -146,10 +170,19 @@ pub struct Back {
 /// Switches the language and returns to the console page it was chosen on.
 pub async fn language(Path(code): Path<String>, Query(b): Query<Back>) -> Response {
     let Some(lang) = Lang::parse(&code) else {
-        return message_page(Lang::Da, StatusCode::NOT_FOUND, Msg::NotFound, Msg::NotFound, None);
+        return message_page(
+            Lang::Da,
+            StatusCode::NOT_FOUND,
+            Msg::NotFound,
+            Msg::NotFound,
+            None,
+        );
     };
     // Only a path of the console: never another site, never a query string.
-    let back = if b.back.starts_with("/ui/") && !b.back.contains(['?', '\\', ':']) && !b.back.starts_with("//") {
+    let back = if b.back.starts_with("/ui/")
+        && !b.back.contains(['?', '\\', ':'])
+        && !b.back.starts_with("//")
+    {
         b.back
     } else {
         "/ui/inbox".to_owned()
@@ -170,7 +203,11 @@ pub struct InboxQuery {
 }
 
 /// The signed-in person's open alerts, filtered, by severity then age.
-pub async fn inbox(State(state): State<AppState>, s: SignedIn, Query(q): Query<InboxQuery>) -> Response {
+pub async fn inbox(
+    State(state): State<AppState>,
+    s: SignedIn,
+    Query(q): Query<InboxQuery>,
+) -> Response {
     let f = &q.filter;
     let mut params = Vec::new();
     if !f.code.is_empty() {
@@ -179,7 +216,11 @@ pub async fn inbox(State(state): State<AppState>, s: SignedIn, Query(q): Query<I
     if !f.status.is_empty() {
         params.push(("status".to_owned(), f.status.clone()));
     }
-    let found = match state.gateway.alert_search(&s.caller, &params, 0, INBOX_LIMIT).await {
+    let found = match state
+        .gateway
+        .alert_search(&s.caller, &params, 0, INBOX_LIMIT)
+        .await
+    {
         Ok(found) => found,
         Err(e) => return failure(&s, &e),
     };
@@ -191,15 +232,26 @@ pub async fn inbox(State(state): State<AppState>, s: SignedIn, Query(q): Query<I
         .filter(|a| f.sector.is_empty() || a.sectors().contains(&f.sector.as_str()))
         .collect();
     view::order(&mut lines);
-    let page: Vec<AlertLine> = lines.into_iter().skip(q.page * PAGE_ROWS).take(PAGE_ROWS).collect();
+    let page: Vec<AlertLine> = lines
+        .into_iter()
+        .skip(q.page * PAGE_ROWS)
+        .take(PAGE_ROWS)
+        .collect();
     let title = s.lang.t(Msg::InboxTitle);
     let reasons = &state.gateway.settings().ui.acknowledge_reasons;
     let body = pages::inbox(s.lang, f, &sectors(&state), &page, &s.csrf, reasons);
-    html(StatusCode::OK, pages::page(&frame(&s, title, "/ui/inbox"), body))
+    html(
+        StatusCode::OK,
+        pages::page(&frame(&s, title, "/ui/inbox"), body),
+    )
 }
 
 /// One alert: its records side by side, the rule, the history, what to do.
-pub async fn alert_page(State(state): State<AppState>, s: SignedIn, Path(id): Path<String>) -> Response {
+pub async fn alert_page(
+    State(state): State<AppState>,
+    s: SignedIn,
+    Path(id): Path<String>,
+) -> Response {
     let di = match state.gateway.alert(&s.caller, &id).await {
         Ok(Some(di)) => di,
         Ok(None) => return failure(&s, &GatewayError::NotFound(format!("DetectedIssue/{id}"))),
@@ -219,7 +271,9 @@ pub async fn alert_page(State(state): State<AppState>, s: SignedIn, Path(id): Pa
             Err(e) => return failure(&s, &e),
         };
         match gateway_view(&state.gateway, &stored) {
-            Ok(v) => records.push(Record::from_view(&v, &|r: &Value| coordinator_role(r, roles))),
+            Ok(v) => records.push(Record::from_view(&v, &|r: &Value| {
+                coordinator_role(r, roles)
+            })),
             Err(e) => return failure(&s, &GatewayError::from(e)),
         }
     }
@@ -239,10 +293,22 @@ pub async fn acknowledge(
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
     if !csrf_ok(&s, &form) {
-        return message_page(s.lang, StatusCode::FORBIDDEN, Msg::Acknowledge, Msg::CsrfRefused, Some(&s));
+        return message_page(
+            s.lang,
+            StatusCode::FORBIDDEN,
+            Msg::Acknowledge,
+            Msg::CsrfRefused,
+            Some(&s),
+        );
     }
     let Some(reason) = state.gateway.settings().ui.reason(field(&form, "reason")) else {
-        return message_page(s.lang, StatusCode::BAD_REQUEST, Msg::Acknowledge, Msg::UnknownReason, Some(&s));
+        return message_page(
+            s.lang,
+            StatusCode::BAD_REQUEST,
+            Msg::Acknowledge,
+            Msg::UnknownReason,
+            Some(&s),
+        );
     };
     let comment = field(&form, "comment").trim();
     let note = if comment.is_empty() {
@@ -261,7 +327,11 @@ pub async fn acknowledge(
 }
 
 /// The patient's total healthcare plan, by sector side by side.
-pub async fn patient_page(State(state): State<AppState>, s: SignedIn, Path(id): Path<String>) -> Response {
+pub async fn patient_page(
+    State(state): State<AppState>,
+    s: SignedIn,
+    Path(id): Path<String>,
+) -> Response {
     let bundle = match state.gateway.total_plan(&s.caller, &id).await {
         Ok(Some(b)) => b,
         Ok(None) => return failure(&s, &GatewayError::NotFound(format!("Patient/{id}"))),
@@ -280,7 +350,14 @@ pub async fn asset(Path(file): Path<String>) -> Response {
     let (body, kind) = match file.as_str() {
         "console.css" => (CSS, "text/css; charset=utf-8"),
         "console.js" => (JS, "text/javascript; charset=utf-8"),
-        _ => return (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "not found").into_response(),
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "text/plain")],
+                "not found",
+            )
+                .into_response();
+        }
     };
     (StatusCode::OK, [(header::CONTENT_TYPE, kind)], body).into_response()
 }
@@ -291,7 +368,11 @@ pub async fn events(
     State(state): State<AppState>,
     s: SignedIn,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Response> {
-    let mut subscription = state.gateway.alert_stream(&s.caller).await.map_err(|e| failure(&s, &e))?;
+    let mut subscription = state
+        .gateway
+        .alert_stream(&s.caller)
+        .await
+        .map_err(|e| failure(&s, &e))?;
     let mut closing = state.gateway.watch_shutdown();
     let gateway = state.gateway.clone();
     let stream = crate::api::alert_routes::async_stream(move |tx| async move {
@@ -305,9 +386,9 @@ pub async fn events(
                 Ok(e) => Event::default()
                     .event("alert")
                     .data(json!({ "kind": e.kind, "id": e.id, "status": e.status }).to_string()),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    Event::default().event("alert").data("{\"kind\":\"lagged\"}")
-                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Event::default()
+                    .event("alert")
+                    .data("{\"kind\":\"lagged\"}"),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             if tx.send(Ok(ev)).await.is_err() {

@@ -293,9 +293,18 @@ mod tests {
 
     #[test]
     fn accept_language_picks_the_preferred_of_the_two() {
-        assert_eq!(Lang::from_accept_language("da-DK,da;q=0.9,en;q=0.8"), Some(Lang::Da));
-        assert_eq!(Lang::from_accept_language("en-GB,en;q=0.9,da;q=0.5"), Some(Lang::En));
-        assert_eq!(Lang::from_accept_language("de-DE,en;q=0.3,da;q=0.7"), Some(Lang::Da));
+        assert_eq!(
+            Lang::from_accept_language("da-DK,da;q=0.9,en;q=0.8"),
+            Some(Lang::Da)
+        );
+        assert_eq!(
+            Lang::from_accept_language("en-GB,en;q=0.9,da;q=0.5"),
+            Some(Lang::En)
+        );
+        assert_eq!(
+            Lang::from_accept_language("de-DE,en;q=0.3,da;q=0.7"),
+            Some(Lang::Da)
+        );
         assert_eq!(Lang::from_accept_language("fr, de"), None);
         assert_eq!(Lang::from_accept_language("en;q=0, da;q=0"), None);
     }

@@ -83,9 +83,7 @@ fn lang_of(parts: &Parts) -> Lang {
     header_str(parts, header::COOKIE)
         .and_then(|c| cookie_value(c, LANG_COOKIE))
         .and_then(Lang::parse)
-        .or_else(|| {
-            header_str(parts, header::ACCEPT_LANGUAGE).and_then(Lang::from_accept_language)
-        })
+        .or_else(|| header_str(parts, header::ACCEPT_LANGUAGE).and_then(Lang::from_accept_language))
         .unwrap_or(Lang::Da)
 }
 
@@ -127,8 +125,8 @@ impl FromRequestParts<AppState> for SignedIn {
             .as_ref()
             .and_then(crate::access::Person::label)
             .unwrap_or_else(|| session.client.id.clone());
-        let request_id = header_str(parts, header::HeaderName::from_static("x-request-id"))
-            .map(str::to_owned);
+        let request_id =
+            header_str(parts, header::HeaderName::from_static("x-request-id")).map(str::to_owned);
         Ok(SignedIn {
             who,
             lang: lang_of(parts),

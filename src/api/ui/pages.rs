@@ -96,7 +96,13 @@ pub struct Filter {
     pub severity: String,
 }
 
-fn select(lang: Lang, name: &str, label: Msg, current: &str, options: &[(String, String)]) -> Markup {
+fn select(
+    lang: Lang,
+    name: &str,
+    label: Msg,
+    current: &str,
+    options: &[(String, String)],
+) -> Markup {
     let id = format!("f-{name}");
     html! {
         div class="field" {
@@ -257,7 +263,13 @@ fn record_card(lang: Lang, r: &Record, marks: &[(Vec<String>, Msg)]) -> Markup {
 }
 
 /// One section of the patient page: a column per sector, side by side.
-fn by_sector(lang: Lang, heading: Msg, recs: &[&Record], sectors: &[(String, String)], marks: &[(Vec<String>, Msg)]) -> Markup {
+fn by_sector(
+    lang: Lang,
+    heading: Msg,
+    recs: &[&Record],
+    sectors: &[(String, String)],
+    marks: &[(Vec<String>, Msg)],
+) -> Markup {
     let hid = format!("h-{heading:?}").to_lowercase();
     html! {
         section aria-labelledby=(hid) {
@@ -360,7 +372,14 @@ fn history(lang: Lang, a: &AlertLine) -> Markup {
 }
 
 /// An alert's detail: what, the records side by side, the rule, the history, what to do.
-pub fn alert(lang: Lang, a: &AlertLine, records: &[Record], rule: &[String], csrf: &str, reasons: &[AckReason]) -> Markup {
+pub fn alert(
+    lang: Lang,
+    a: &AlertLine,
+    records: &[Record],
+    rule: &[String],
+    csrf: &str,
+    reasons: &[AckReason],
+) -> Markup {
     let advice = i18n::code_texts(&a.code).map(|(_, d)| lang.t(d));
     html! {
         h1 { (severity_badge(lang, &a.severity)) " " (code_name(lang, &a.code, &a.code_text)) }

@@ -190,7 +190,10 @@ mod tests {
 
     #[test]
     fn cookies_and_tokens() {
-        assert_eq!(cookie_value("a=1; cb_session=xyz; b=2", SESSION_COOKIE), Some("xyz"));
+        assert_eq!(
+            cookie_value("a=1; cb_session=xyz; b=2", SESSION_COOKIE),
+            Some("xyz")
+        );
         assert_eq!(cookie_value("cb_sessionx=1", SESSION_COOKIE), None);
         assert!(same_token("abc", "abc"));
         assert!(!same_token("abc", "abd"));

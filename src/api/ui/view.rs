@@ -106,9 +106,7 @@ impl AlertLine {
 
 /// Orders alerts by severity, then the oldest first.
 pub fn order(lines: &mut [AlertLine]) {
-    lines.sort_by(|a, b| {
-        (a.rank(), &a.raised, &a.id).cmp(&(b.rank(), &b.raised, &b.id))
-    });
+    lines.sort_by(|a, b| (a.rank(), &a.raised, &a.id).cmp(&(b.rank(), &b.raised, &b.id)));
 }
 
 /// The date part of a FHIR instant or dateTime (`2026-12-05T10:00:00Z` → `2026-12-05`).
@@ -300,8 +298,7 @@ impl Plan {
             match r["resourceType"].as_str().unwrap_or("") {
                 "Patient" => {
                     for i in r["identifier"].as_array().into_iter().flatten() {
-                        plan.identifiers
-                            .push((s(i, &["system"]), s(i, &["value"])));
+                        plan.identifiers.push((s(i, &["system"]), s(i, &["value"])));
                     }
                 }
                 "DetectedIssue" => plan.alerts.push(AlertLine::from_issue(r)),
@@ -340,7 +337,9 @@ impl Plan {
 /// The section of `docs/alerts.md` that explains an alert code, as plain paragraphs.
 pub fn rule_text(doc: &str, code: &str) -> Vec<String> {
     let needle = format!("`{code}`");
-    let mut lines = doc.lines().skip_while(|l| !(l.starts_with("### ") && l.contains(&needle)));
+    let mut lines = doc
+        .lines()
+        .skip_while(|l| !(l.starts_with("### ") && l.contains(&needle)));
     let Some(_) = lines.next() else {
         return Vec::new();
     };
@@ -379,7 +378,10 @@ mod tests {
                            { "reference": "MedicationRequest/g2", "display": "hospital MedicationRequest" }],
             "mitigation": [{ "action": { "text": "Acknowledged" }, "date": "2026-01-03", "author": { "display": "N" } }] });
         let a = AlertLine::from_issue(&di);
-        assert_eq!((a.patient.as_str(), a.code.as_str(), a.rank()), ("p1", "DUPTHPGEN", 0));
+        assert_eq!(
+            (a.patient.as_str(), a.code.as_str(), a.rank()),
+            ("p1", "DUPTHPGEN", 0)
+        );
         assert_eq!(a.sectors(), ["gp", "hospital"]);
         assert_eq!(a.mitigations.len(), 1);
         assert!(a.open());
@@ -388,7 +390,10 @@ mod tests {
     #[test]
     fn the_rule_text_comes_from_its_section() {
         let doc = "# T\n\n### Polypharmacy — `polypharmacy` (moderate)\n\nMany **drugs**\nat once.\n\nSecond.\n\n## Next\nNo.";
-        assert_eq!(rule_text(doc, "polypharmacy"), ["Many drugs at once.", "Second."]);
+        assert_eq!(
+            rule_text(doc, "polypharmacy"),
+            ["Many drugs at once.", "Second."]
+        );
         assert!(rule_text(doc, "DUPTHPGEN").is_empty());
     }
 }
