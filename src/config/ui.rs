@@ -127,3 +127,49 @@ impl Settings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        Settings::load(f.path())
+    }
+
+    #[test]
+    fn ui_settings_are_checked_with_key_and_fix() {
+        let reason = |code: &str| {
+            format!("[[ui.acknowledge_reasons]]\ncode = \"{code}\"\nda = \"x\"\nen = \"y\"\n")
+        };
+        let cases = [
+            (
+                "[ui]\nsession_idle_minutes = 0\n".to_owned(),
+                "ui.session_idle_minutes",
+            ),
+            (
+                "[ui]\nsign_in_link_minutes = 61\n".to_owned(),
+                "ui.sign_in_link_minutes",
+            ),
+            (
+                "[ui]\nacknowledge_reasons = []\n".to_owned(),
+                "ui.acknowledge_reasons",
+            ),
+            (reason("two words"), "ui.acknowledge_reasons[0]"),
+            (
+                format!("{}{}", reason("a"), reason("a")),
+                "ui.acknowledge_reasons[1].code",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = load(&text).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(!e.fix.is_empty());
+        }
+        let ok = load(&reason("checked")).unwrap();
+        assert_eq!(ok.ui.reason("checked").map(|r| r.en.as_str()), Some("y"));
+        assert!(load("[ui]\nno_such_key = 1\n").is_err());
+    }
+}

@@ -14,6 +14,7 @@
 //!   acknowledgement), [`alert_service`] its reads and the total plan, [`notify`] the care
 //!   team's messages.
 //! - [`ledger`]: walking, exporting and pruning the audit chain.
+//! - [`console`]: what the care team's console shows beside alerts (patient names, owners).
 //! - [`admin`]: the outbox as IT staff see it.
 //! - [`views`]: how stored resources are shown (per sector, across sectors).
 //!
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod alert_service;
 pub mod alerts;
 pub mod break_glass;
+pub mod console;
 pub mod entry;
 mod error;
 pub mod ledger;

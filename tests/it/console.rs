@@ -85,7 +85,7 @@ fn csrf(html: &str) -> String {
     attrs(&html[i..], "value")[0].clone()
 }
 
-async fn api(demo: &Demo, who: &str, path: &str) -> (u16, Value) {
+pub(crate) async fn api(demo: &Demo, who: &str, path: &str) -> (u16, Value) {
     let resp = carebridge::outbound::client()
         .unwrap()
         .get(format!("{}/fhir{path}", demo.origin))
@@ -100,7 +100,7 @@ async fn api(demo: &Demo, who: &str, path: &str) -> (u16, Value) {
 }
 
 /// The ids of the open alerts the FHIR API gives a person.
-async fn open_alerts(demo: &Demo, who: &str) -> BTreeSet<String> {
+pub(crate) async fn open_alerts(demo: &Demo, who: &str) -> BTreeSet<String> {
     let (status, bundle) = api(demo, who, "/DetectedIssue?_count=1000").await;
     assert_eq!(status, 200);
     bundle["entry"]
@@ -151,6 +151,32 @@ async fn a_sign_in_link_works_once_and_the_inbox_holds_exactly_the_persons_alert
         let others = open_alerts(&demo, other).await;
         assert!(shown.is_disjoint(&others), "none of {other}'s alerts");
     }
+
+    // Owners: an alert that nobody coordinates is listed under "nobody", never under a
+    // coordinator.
+    let (_, no_coordinator) = api(
+        &demo,
+        "nurse-lassen",
+        "/DetectedIssue?code=no-care-coordinator",
+    )
+    .await;
+    let uncoordinated: BTreeSet<String> = no_coordinator["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["status"] != "cancelled")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!uncoordinated.is_empty());
+    let (_, nobody) = lassen.get("/ui/inbox?owner=nobody", "en").await;
+    let (_, someone) = lassen.get("/ui/inbox?owner=coordinator", "en").await;
+    let nobody: BTreeSet<String> = attrs(&nobody, "data-alert").into_iter().collect();
+    let someone: BTreeSet<String> = attrs(&someone, "data-alert").into_iter().collect();
+    assert!(uncoordinated.is_subset(&nobody) && uncoordinated.is_disjoint(&someone));
+    assert_eq!(
+        nobody.len() + someone.len(),
+        open_alerts(&demo, "nurse-lassen").await.len()
+    );
 
     // No session: the sign-in page; an unknown cookie: the sign-in page saying so.
     let anonymous = no_redirects()
@@ -308,6 +334,34 @@ async fn the_patient_page_shows_every_sectors_records_of_the_total_plan() {
     for s in &sectors {
         assert!(html.contains(&format!("<h3>{s}</h3>")), "a column for {s}");
     }
+    // The heading names the patient as a sector's Patient does.
+    let (_, gateway_patient) = api(&demo, "nurse-lassen", &format!("/Patient/{patient}")).await;
+    let mut names = Vec::new();
+    for link in gateway_patient["link"].as_array().unwrap() {
+        let (_, p) = api(
+            &demo,
+            "nurse-lassen",
+            &format!("/{}", link["other"]["reference"].as_str().unwrap()),
+        )
+        .await;
+        let n = &p["name"][0];
+        let given: Vec<&str> = n["given"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_str().unwrap())
+            .collect();
+        names.push(format!(
+            "{} {}",
+            given.join(" "),
+            n["family"].as_str().unwrap()
+        ));
+    }
+    let h1 = &html[html.find("<h1>").unwrap()..html.find("</h1>").unwrap()];
+    assert!(
+        names.iter().any(|n| h1.contains(n.as_str())),
+        "{h1} names one of {names:?}"
+    );
     // A patient outside the person's care: the gateway refuses, the page says so.
     let (_, dam_page) = {
         let dam = sign_in(&demo, "nurse-dam").await;
@@ -323,7 +377,7 @@ async fn the_patient_page_shows_every_sectors_records_of_the_total_plan() {
 
 /// A MedicationRequest of the hospital for Karen Holm with the active ingredient of her GP's
 /// metoprolol: a duplicate medication across two sectors.
-fn duplicate_metoprolol() -> Value {
+pub(crate) fn duplicate_metoprolol() -> Value {
     json!({ "resourceType": "MedicationRequest", "id": "console-dup-1", "status": "active", "intent": "order",
         "medicationCodeableConcept": { "coding": [{ "system": "http://www.whocc.no/atc", "code": "C07AB02", "display": "metoprolol" }], "text": "Metoprolol 50 mg" },
         "subject": { "reference": "Patient/9e95a454-d498-461e-a6c1-14a4aeedfae4" },

@@ -31,6 +31,7 @@ mod audit_and_reads;
 mod audit_chain;
 mod audit_events_valid;
 mod bad_input;
+mod browser;
 mod cli;
 mod console;
 mod corrupt;

@@ -6,17 +6,18 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use serde_json::{Value, json};
+use serde_json::json;
+use std::collections::HashMap;
 use std::convert::Infallible;
 
 use super::i18n::{Lang, Msg};
 use super::pages::{self, Filter, Frame};
 use super::session::{LANG_COOKIE, same_token};
-use super::view::{self, AlertLine, Plan, Record};
+use super::view::{self, AlertLine, Knowledge, Plan, Record};
 use super::{Language, SignedIn, html, see_other};
 use crate::api::AppState;
-use crate::detect::team::coordinator_role;
 use crate::gateway::GatewayError;
+use crate::gateway::console::PatientCard;
 use crate::gateway::views::gateway_view;
 
 /// The alerts the inbox reads at most (then orders by severity and age).
@@ -32,7 +33,7 @@ fn frame<'a>(s: &'a SignedIn, title: &'a str, path: &'a str) -> Frame<'a> {
     Frame {
         lang: s.lang,
         title,
-        who: Some((&s.who, &s.csrf)),
+        who: Some((&s.name, &s.csrf)),
         path,
     }
 }
@@ -48,7 +49,7 @@ fn message_page(
     let f = Frame {
         lang,
         title: lang.t(title),
-        who: s.map(|s| (s.who.as_str(), s.csrf.as_str())),
+        who: s.map(|s| (s.name.as_str(), s.csrf.as_str())),
         path: "/ui/inbox",
     };
     html(
@@ -232,18 +233,59 @@ pub async fn inbox(
         .filter(|a| f.sector.is_empty() || a.sectors().contains(&f.sector.as_str()))
         .collect();
     view::order(&mut lines);
+    // Owners are known per patient: for the owner filter, of every listed patient; else of the
+    // patients of the page shown.
+    if !f.owner.is_empty() {
+        let cards = match cards(&state, &s, &lines).await {
+            Ok(c) => c,
+            Err(e) => return failure(&s, &e),
+        };
+        let want = f.owner == "coordinator";
+        lines.retain(|a| {
+            cards
+                .get(&a.patient)
+                .is_some_and(|c| c.coordinator.is_some() == want)
+        });
+    }
     let page: Vec<AlertLine> = lines
         .into_iter()
         .skip(q.page * PAGE_ROWS)
         .take(PAGE_ROWS)
         .collect();
+    let cards = match cards(&state, &s, &page).await {
+        Ok(c) => c,
+        Err(e) => return failure(&s, &e),
+    };
     let title = s.lang.t(Msg::InboxTitle);
     let reasons = &state.gateway.settings().ui.acknowledge_reasons;
-    let body = pages::inbox(s.lang, f, &sectors(&state), &page, &s.csrf, reasons);
+    let body = pages::inbox(s.lang, f, &sectors(&state), &page, &cards, &s.csrf, reasons);
     html(
         StatusCode::OK,
         pages::page(&frame(&s, title, "/ui/inbox"), body),
     )
+}
+
+/// The coordinator test of detection and the gateway's ConceptMaps, for the pages.
+fn knowledge(state: &AppState) -> Knowledge<'_> {
+    Knowledge {
+        coordinator_roles: &state.gateway.settings().alerts.coordinator_roles,
+        mapping: state.gateway.mapping(),
+    }
+}
+
+/// The names and owners of the patients of these alerts.
+async fn cards(
+    state: &AppState,
+    s: &SignedIn,
+    lines: &[AlertLine],
+) -> Result<HashMap<String, PatientCard>, GatewayError> {
+    let mut patients: Vec<String> = lines.iter().map(|a| a.patient.clone()).collect();
+    patients.sort();
+    patients.dedup();
+    if patients.is_empty() {
+        return Ok(HashMap::new());
+    }
+    state.gateway.patient_cards(&s.caller, &patients).await
 }
 
 /// One alert: its records side by side, the rule, the history, what to do.
@@ -258,7 +300,6 @@ pub async fn alert_page(
         Err(e) => return failure(&s, &e),
     };
     let a = AlertLine::from_issue(&di);
-    let roles = &state.gateway.settings().alerts.coordinator_roles;
     let mut records = Vec::new();
     for (reference, _, _) in &a.implicated {
         let Some((rtype, gid)) = reference.split_once('/') else {
@@ -271,9 +312,7 @@ pub async fn alert_page(
             Err(e) => return failure(&s, &e),
         };
         match gateway_view(&state.gateway, &stored) {
-            Ok(v) => records.push(Record::from_view(&v, &|r: &Value| {
-                coordinator_role(r, roles)
-            })),
+            Ok(v) => records.push(Record::from_view(&v, &knowledge(&state))),
             Err(e) => return failure(&s, &GatewayError::from(e)),
         }
     }
@@ -337,11 +376,18 @@ pub async fn patient_page(
         Ok(None) => return failure(&s, &GatewayError::NotFound(format!("Patient/{id}"))),
         Err(e) => return failure(&s, &e),
     };
-    let roles = &state.gateway.settings().alerts.coordinator_roles;
-    let plan = Plan::from_bundle(&bundle, &|r: &Value| coordinator_role(r, roles));
+    let plan = Plan::from_bundle(&bundle, &knowledge(&state));
+    let card = match state
+        .gateway
+        .patient_cards(&s.caller, std::slice::from_ref(&id))
+        .await
+    {
+        Ok(mut c) => c.remove(&id).unwrap_or_default(),
+        Err(e) => return failure(&s, &e),
+    };
     let title = s.lang.t(Msg::PatientTitle);
     let path = format!("/ui/patients/{id}");
-    let body = pages::patient(s.lang, &plan, &sectors(&state));
+    let body = pages::patient(s.lang, &plan, &card, &sectors(&state));
     html(StatusCode::OK, pages::page(&frame(&s, title, &path), body))
 }
 

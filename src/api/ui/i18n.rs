@@ -95,7 +95,6 @@ catalogue! {
     SignedInAs => ("Logget ind som", "Signed in as"),
     SignOut => ("Log ud", "Sign out"),
     OtherLanguage => ("English", "Dansk"),
-    OtherLanguageName => ("Skift sprog til engelsk", "Change language to Danish"),
     InboxTitle => ("Åbne advarsler for dine patienter", "Open alerts for your patients"),
     InboxIntro => (
         "Advarsler om fragmenteret behandling for de patienter, du har en behandlingsrelation til. Den øverste alvorlighed er fremhævet.",
@@ -152,7 +151,7 @@ catalogue! {
     NoRecords => ("Intet registreret.", "Nothing recorded."),
     Period => ("Periode", "Period"),
     Codes => ("Koder", "Codes"),
-    Mapped => ("oversat", "mapped"),
+    Mapped => ("Samme diagnose i andre kodesystemer", "The same condition in other code systems"),
     Drug => ("Lægemiddel", "Drug"),
     Dosage => ("Dosering", "Dosage"),
     Prescriber => ("Sektor", "Sector"),

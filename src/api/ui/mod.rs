@@ -92,8 +92,10 @@ fn lang_of(parts: &Parts) -> Lang {
 pub struct SignedIn {
     pub caller: Caller,
     pub csrf: String,
-    /// Who the page names and an acknowledgement records.
+    /// Who an acknowledgement records: the practitioner, else the client.
     pub who: String,
+    /// Who the pages say is signed in: the client (the person's account).
+    pub name: String,
     pub lang: Lang,
     pub cookie: String,
 }
@@ -129,6 +131,7 @@ impl FromRequestParts<AppState> for SignedIn {
             header_str(parts, header::HeaderName::from_static("x-request-id")).map(str::to_owned);
         Ok(SignedIn {
             who,
+            name: session.client.id.clone(),
             lang: lang_of(parts),
             csrf: session.csrf,
             caller: Caller {

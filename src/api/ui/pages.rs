@@ -6,8 +6,11 @@
 use maud::{DOCTYPE, Markup, html};
 
 use super::i18n::{self, CODES, Lang, Msg};
+use std::collections::HashMap;
+
 use super::view::{AlertLine, Plan, Record, day};
 use crate::config::AckReason;
+use crate::gateway::console::PatientCard;
 
 /// What every page of a signed-in person shows around its content.
 pub struct Frame<'a> {
@@ -42,8 +45,7 @@ pub fn page(f: &Frame<'_>, content: Markup) -> Markup {
                             }
                             li {
                                 a href={ "/ui/language/" (l.other().code()) "?back=" (f.path) }
-                                  lang=(l.other().code())
-                                  aria-label=(l.t(Msg::OtherLanguageName)) { (l.t(Msg::OtherLanguage)) }
+                                  lang=(l.other().code()) hreflang=(l.other().code()) { (l.t(Msg::OtherLanguage)) }
                             }
                         }
                     }
@@ -94,6 +96,9 @@ pub struct Filter {
     pub status: String,
     #[serde(default)]
     pub severity: String,
+    /// `nobody` (no coordinator) or `coordinator`.
+    #[serde(default)]
+    pub owner: String,
 }
 
 fn select(
@@ -130,6 +135,13 @@ fn filters(lang: Lang, f: &Filter, sectors: &[(String, String)]) -> Markup {
         .iter()
         .map(|s| (s.to_string(), lang.t(i18n::severity(s)).to_owned()))
         .collect();
+    let owners = vec![
+        (
+            "coordinator".to_owned(),
+            lang.t(Msg::Coordinator).to_owned(),
+        ),
+        ("nobody".to_owned(), lang.t(Msg::Nobody).to_owned()),
+    ];
     html! {
         form class="filters" method="get" action="/ui/inbox" {
             fieldset {
@@ -138,6 +150,7 @@ fn filters(lang: Lang, f: &Filter, sectors: &[(String, String)]) -> Markup {
                 (select(lang, "sector", Msg::FilterSector, &f.sector, sectors))
                 (select(lang, "status", Msg::FilterStatus, &f.status, &statuses))
                 (select(lang, "severity", Msg::FilterSeverity, &f.severity, &severities))
+                (select(lang, "owner", Msg::FilterOwner, &f.owner, &owners))
                 button type="submit" { (lang.t(Msg::Apply)) }
             }
         }
@@ -173,7 +186,27 @@ pub fn ack_form(lang: Lang, a: &AlertLine, csrf: &str, reasons: &[AckReason]) ->
     }
 }
 
-fn alert_row(lang: Lang, a: &AlertLine, csrf: &str, reasons: &[AckReason]) -> Markup {
+/// The patient's name (or "the patient's total plan") and the alert's owner.
+fn patient_and_owner<'a>(
+    lang: Lang,
+    a: &AlertLine,
+    cards: &'a HashMap<String, PatientCard>,
+) -> (String, Option<&'a str>) {
+    let card = cards.get(&a.patient);
+    let name = card
+        .and_then(|c| c.name.clone())
+        .unwrap_or_else(|| lang.t(Msg::OpenPatient).to_owned());
+    (name, card.and_then(|c| c.coordinator.as_deref()))
+}
+
+fn alert_row(
+    lang: Lang,
+    a: &AlertLine,
+    cards: &HashMap<String, PatientCard>,
+    csrf: &str,
+    reasons: &[AckReason],
+) -> Markup {
+    let (name, owner) = patient_and_owner(lang, a, cards);
     html! {
         tr class={ "alert sev-row-" (a.severity) } data-alert=(a.id) {
             td { (severity_badge(lang, &a.severity)) }
@@ -181,8 +214,9 @@ fn alert_row(lang: Lang, a: &AlertLine, csrf: &str, reasons: &[AckReason]) -> Ma
                 a href={ "/ui/alerts/" (a.id) } { (code_name(lang, &a.code, &a.code_text)) }
                 p class="detail" lang="en" { (a.detail) }
             }
-            td { a href={ "/ui/patients/" (a.patient) } { (lang.t(Msg::OpenPatient)) } }
+            td { a href={ "/ui/patients/" (a.patient) } { (name) } }
             td { (a.sectors().join(", ")) }
+            td { @match owner { Some(o) => (o), None => em { (lang.t(Msg::Nobody)) } } }
             td { time datetime=(a.raised) { (day(&a.raised)) } }
             td { (lang.t(i18n::status(&a.status))) }
             td {
@@ -193,7 +227,13 @@ fn alert_row(lang: Lang, a: &AlertLine, csrf: &str, reasons: &[AckReason]) -> Ma
 }
 
 /// The alerts table (the live script replaces it when alerts change).
-pub fn alert_table(lang: Lang, alerts: &[AlertLine], csrf: &str, reasons: &[AckReason]) -> Markup {
+pub fn alert_table(
+    lang: Lang,
+    alerts: &[AlertLine],
+    cards: &HashMap<String, PatientCard>,
+    csrf: &str,
+    reasons: &[AckReason],
+) -> Markup {
     html! {
         div id="alerts" {
             p class="count" { (alerts.len()) " " (lang.t(Msg::AlertCount)) }
@@ -207,12 +247,13 @@ pub fn alert_table(lang: Lang, alerts: &[AlertLine], csrf: &str, reasons: &[AckR
                         th scope="col" { (lang.t(Msg::ColAlert)) }
                         th scope="col" { (lang.t(Msg::ColPatient)) }
                         th scope="col" { (lang.t(Msg::ColSectors)) }
+                        th scope="col" { (lang.t(Msg::ColOwner)) }
                         th scope="col" { (lang.t(Msg::ColAge)) }
                         th scope="col" { (lang.t(Msg::ColStatus)) }
                         th scope="col" { (lang.t(Msg::ColAction)) }
                     } }
                     tbody {
-                        @for a in alerts { (alert_row(lang, a, csrf, reasons)) }
+                        @for a in alerts { (alert_row(lang, a, cards, csrf, reasons)) }
                     }
                 }
             }
@@ -226,6 +267,7 @@ pub fn inbox(
     f: &Filter,
     sectors: &[(String, String)],
     alerts: &[AlertLine],
+    cards: &HashMap<String, PatientCard>,
     csrf: &str,
     reasons: &[AckReason],
 ) -> Markup {
@@ -235,7 +277,7 @@ pub fn inbox(
         (filters(lang, f, sectors))
         p id="live" class="live" role="status" aria-live="polite"
           data-on=(lang.t(Msg::LiveOn)) data-changed=(lang.t(Msg::LiveChanged)) {}
-        (alert_table(lang, alerts, csrf, reasons))
+        (alert_table(lang, alerts, cards, csrf, reasons))
     }
 }
 
@@ -247,6 +289,7 @@ fn record_card(lang: Lang, r: &Record, marks: &[(Vec<String>, Msg)]) -> Markup {
                 @if gids.contains(&r.gid) { p class="flag" { strong { (lang.t(*m)) } } }
             }
             @if !r.codes.is_empty() { p class="codes" { (lang.t(Msg::Codes)) ": " (r.codes.join(", ")) } }
+            @if !r.mapped.is_empty() { p class="codes" { (lang.t(Msg::Mapped)) ": " (r.mapped.join(", ")) } }
             @if !r.status.is_empty() { p { (lang.t(Msg::Status)) ": " (r.status) } }
             @if !r.when.is_empty() { p { (lang.t(Msg::Period)) ": " (r.when) } }
             @if !r.note.is_empty() { p { (r.note) } }
@@ -320,14 +363,21 @@ fn medication_card(lang: Lang, plan: &Plan, marks: &[(Vec<String>, Msg)]) -> Mar
 }
 
 /// The patient page: the whole `$total-plan`, grouped by kind and sector.
-pub fn patient(lang: Lang, plan: &Plan, sectors: &[(String, String)]) -> Markup {
+pub fn patient(
+    lang: Lang,
+    plan: &Plan,
+    card: &PatientCard,
+    sectors: &[(String, String)],
+) -> Markup {
     let marks = vec![
         (plan.implicated_by("DUPTHPGEN"), Msg::Duplicate),
         (plan.implicated_by("DUPTHPCLS"), Msg::ClassDuplicate),
     ];
     html! {
-        h1 { (lang.t(Msg::PatientTitle)) }
+        h1 { (lang.t(Msg::PatientTitle)) @if let Some(n) = &card.name { ": " (n) } }
         p { (lang.t(Msg::PatientIntro)) }
+        p { (lang.t(Msg::Coordinator)) ": "
+            @match &card.coordinator { Some(c) => strong { (c) }, None => em { (lang.t(Msg::Nobody)) } } }
         @if !plan.identifiers.is_empty() {
             p { (lang.t(Msg::Identifiers)) ": "
                 @for (i, (_, v)) in plan.identifiers.iter().enumerate() { @if i > 0 { ", " } (v) } }
@@ -346,7 +396,8 @@ pub fn patient(lang: Lang, plan: &Plan, sectors: &[(String, String)]) -> Markup 
         (by_sector(lang, Msg::Goals, &plan.records(&["Goal"]), sectors, &[]))
         (medication_card(lang, plan, &marks))
         (by_sector(lang, Msg::CareTeams, &plan.records(&["CareTeam"]), sectors, &[]))
-        (by_sector(lang, Msg::Messages, &plan.records(&["Communication"]), sectors, &[]))
+        @let messages = plan.records(&["Communication"]);
+        @if !messages.is_empty() { (by_sector(lang, Msg::Messages, &messages, sectors, &[])) }
     }
 }
 

@@ -5,7 +5,9 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+use crate::detect::team::coordinator_role;
 use crate::fhir::SECTOR_TAG_SYSTEM;
+use crate::terminology::Mapping;
 
 /// One alert as the inbox and the detail page show it.
 #[derive(Debug, Clone)]
@@ -114,6 +116,13 @@ pub fn day(t: &str) -> &str {
     t.get(..10).unwrap_or(t)
 }
 
+/// What the pages need of the gateway's knowledge: the coordinator roles detection uses, and
+/// the ConceptMaps (the codes given as equal to a code).
+pub struct Knowledge<'a> {
+    pub coordinator_roles: &'a [String],
+    pub mapping: &'a Mapping,
+}
+
 /// A record of the total plan or an alert's implicated record, reduced to what a card shows.
 #[derive(Debug, Clone, Default)]
 pub struct Record {
@@ -125,6 +134,8 @@ pub struct Record {
     pub title: String,
     /// Its codes as `system-name code`.
     pub codes: Vec<String>,
+    /// The codes the gateway's ConceptMaps give as the same (a condition's, for other sectors).
+    pub mapped: Vec<String>,
     pub status: String,
     /// A period or date, as written.
     pub when: String,
@@ -153,7 +164,9 @@ fn system_name(system: &str) -> String {
         "http://www.whocc.no/atc" => "ATC".into(),
         "http://hl7.org/fhir/sid/icd-10" => "ICD-10".into(),
         "urn:oid:1.2.208.176.2.31" => "ICPC-2".into(),
-        "urn:oid:1.2.208.176.2.4" => "SKS".into(),
+        "urn:oid:1.2.208.176.2.4" | "urn:oid:1.2.208.176.2.4.12" => "SKS-D".into(),
+        "urn:oid:1.2.208.176.2.21" => "FSIII".into(),
+        "http://loinc.org" => "LOINC".into(),
         _ => system
             .rsplit(['/', ':', '.'])
             .next()
@@ -241,8 +254,7 @@ fn note(rtype: &str, r: &Value) -> String {
 }
 
 impl Record {
-    /// `coordinator` tells whether a CareTeam participant's role is a coordinator's.
-    pub fn from_view(r: &Value, coordinator: &dyn Fn(&Value) -> bool) -> Record {
+    pub fn from_view(r: &Value, k: &Knowledge<'_>) -> Record {
         let rtype = s(r, &["resourceType"]);
         let tag = r["meta"]["tag"]
             .as_array()
@@ -263,10 +275,22 @@ impl Record {
                     .into_iter()
                     .find(|t| !t.is_empty())
                     .unwrap_or_default();
-                (name, role_text, coordinator(role))
+                (name, role_text, coordinator_role(role, k.coordinator_roles))
             })
             .collect();
+        let mapped = if rtype == "Condition" {
+            r["code"]["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| k.mapping.equivalents(&s(c, &["system"]), &s(c, &["code"])))
+                .map(|(system, code)| format!("{} {code}", system_name(&system)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Record {
+            mapped,
             gid: s(r, &["id"]),
             sector: tag.map(|t| s(t, &["code"])).unwrap_or_default(),
             sector_name: tag.map(|t| s(t, &["display"])).unwrap_or_default(),
@@ -291,7 +315,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn from_bundle(bundle: &Value, coordinator: &dyn Fn(&Value) -> bool) -> Plan {
+    pub fn from_bundle(bundle: &Value, k: &Knowledge<'_>) -> Plan {
         let mut plan = Plan::default();
         for e in bundle["entry"].as_array().into_iter().flatten() {
             let r = &e["resource"];
@@ -303,7 +327,7 @@ impl Plan {
                 }
                 "DetectedIssue" => plan.alerts.push(AlertLine::from_issue(r)),
                 _ => {
-                    let rec = Record::from_view(r, coordinator);
+                    let rec = Record::from_view(r, k);
                     plan.by_type.entry(rec.rtype.clone()).or_default().push(rec);
                 }
             }
