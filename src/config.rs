@@ -5,7 +5,7 @@
 mod access;
 pub use access::{AccessSettings, RELATIONSHIPS, ReasonSettings, split_system_value};
 mod ui;
-pub use ui::{AckReason, UiSettings};
+pub use ui::{AckReason, OidcSettings, UiSettings};
 
 use serde::Deserialize;
 use std::collections::HashSet;

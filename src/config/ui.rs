@@ -19,6 +19,33 @@ pub struct UiSettings {
     pub secure_cookie: bool,
     /// The reasons an acknowledgement may give.
     pub acknowledge_reasons: Vec<AckReason>,
+    /// Sign-in with OpenID Connect (authorization code flow with PKCE); none: demo links only.
+    pub oidc: Option<OidcSettings>,
+}
+
+/// `[ui.oidc]`: the issuer people sign in with. The access token it issues for `resource` is
+/// verified like any bearer JWT (`[auth]`: the same issuer, audience, key set, scopes and
+/// person claims), so a console session is the caller the API would see with that token.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSettings {
+    /// The issuer (its `/.well-known/openid-configuration` names the endpoints).
+    pub issuer: String,
+    /// The console's client id at the issuer (a public client: PKCE, no secret).
+    pub client_id: String,
+    /// Where the issuer sends the browser back: `<public origin>/ui/oidc/callback`.
+    pub redirect_url: String,
+    /// The scopes asked for.
+    #[serde(default = "default_oidc_scope")]
+    pub scope: String,
+    /// The resource indicator (RFC 8707) whose access token the gateway accepts, if the issuer
+    /// needs one.
+    #[serde(default)]
+    pub resource: Option<String>,
+}
+
+fn default_oidc_scope() -> String {
+    "openid careteam".into()
 }
 
 /// One coded acknowledgement reason, with its text in both languages of the console.
@@ -59,6 +86,7 @@ impl Default for UiSettings {
                     "Forwarded to the patient's coordinator",
                 ),
             ],
+            oidc: None,
         }
     }
 }
@@ -124,6 +152,47 @@ impl Settings {
                 ));
             }
         }
+        self.check_oidc(file)
+    }
+
+    /// `[ui.oidc]`: URLs, and the issuer that `[auth]` verifies tokens of.
+    fn check_oidc(&self, file: &str) -> Result<(), ConfigError> {
+        let Some(o) = &self.ui.oidc else {
+            return Ok(());
+        };
+        let http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if !http(&o.issuer) {
+            return Err(problem(
+                file,
+                "ui.oidc.issuer",
+                format!("'{}' is not an http(s) URL", o.issuer),
+                "write the issuer URL as its tokens' `iss` claim has it",
+            ));
+        }
+        if !http(&o.redirect_url) || !o.redirect_url.ends_with("/ui/oidc/callback") {
+            return Err(problem(
+                file,
+                "ui.oidc.redirect_url",
+                format!("'{}' is not the console's callback", o.redirect_url),
+                "write <the gateway's public origin>/ui/oidc/callback, as registered at the issuer",
+            ));
+        }
+        if o.client_id.trim().is_empty() {
+            return Err(problem(
+                file,
+                "ui.oidc.client_id",
+                "the client id is empty",
+                "write the console's client id at the issuer",
+            ));
+        }
+        if self.auth.issuer.as_deref() != Some(o.issuer.as_str()) {
+            return Err(problem(
+                file,
+                "ui.oidc.issuer",
+                "the console's issuer is not the [auth] issuer whose tokens the gateway verifies",
+                "set [auth] issuer, audience and jwks_url for the same issuer",
+            ));
+        }
         Ok(())
     }
 }
@@ -171,5 +240,19 @@ mod tests {
         let ok = load(&reason("checked")).unwrap();
         assert_eq!(ok.ui.reason("checked").map(|r| r.en.as_str()), Some("y"));
         assert!(load("[ui]\nno_such_key = 1\n").is_err());
+        let oidc = "[ui.oidc]\nissuer = \"http://idp\"\nclient_id = \"c\"\nredirect_url = \"http://gw/ui/oidc/callback\"\n";
+        assert_eq!(
+            load(oidc).unwrap_err().key,
+            "ui.oidc.issuer",
+            "no [auth] issuer"
+        );
+        let auth = "[auth]\nissuer = \"http://idp\"\naudience = \"carebridge\"\njwks_url = \"http://idp/jwks\"\n";
+        let ok = load(&format!("{auth}{oidc}")).unwrap();
+        assert_eq!(ok.ui.oidc.unwrap().scope, "openid careteam");
+        let bad = oidc.replace("/ui/oidc/callback", "/elsewhere");
+        assert_eq!(
+            load(&format!("{auth}{bad}")).unwrap_err().key,
+            "ui.oidc.redirect_url"
+        );
     }
 }

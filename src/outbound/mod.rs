@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::config::{OutboundAuth, SectorSettings};
 
 pub mod jwks;
+pub mod oidc;
 pub mod probe;
 
 /// Why credentials could not be obtained (retryable: the identity provider may be down or the

@@ -21,9 +21,15 @@ pub struct Demo {
 impl Demo {
     /// Starts the demo and reads its output until it serves.
     pub fn start() -> Demo {
+        Demo::start_with(&["--listen", "127.0.0.1:0"])
+    }
+
+    /// Starts the demo with more arguments (`--config`, `--listen`).
+    pub fn start_with(args: &[&str]) -> Demo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_carebridge"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["demo", "--listen", "127.0.0.1:0"])
+            .arg("demo")
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

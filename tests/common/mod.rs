@@ -12,6 +12,7 @@
 //! | `demo` | `carebridge demo` as a child process: its tokens and sign-in links | `console`, `browser` |
 //! | `fault` | a fault-injecting HTTP proxy in front of a peer | `exchange`, `exchange_auth`, `peer_harness` |
 //! | `inproc` | the application in this process (`App::build`, served on port 0) | `TestApp`; P3 |
+//! | `oidc` | an OpenID provider (npm `oidc-provider`) and the demo signing in with it | `browser`, `console` |
 //! | `peers` | Medplum FHIR peers and the Lantana validator (Node.js) | `exchange`, `exchange_auth`, `audit_events_valid`, `peer_harness`; P4 |
 //! | `pg` | fresh PostgreSQL databases | `fresh_pg_database` (every PostgreSQL test); P2, P4 |
 //! | `records` | the Patient, Condition and transaction Bundle of the exchange tests | `exchange`, `exchange_auth`; P4 |
@@ -33,6 +34,7 @@ pub mod conf;
 pub mod demo;
 pub mod fault;
 pub mod inproc;
+pub mod oidc;
 pub mod peers;
 pub mod pg;
 pub mod records;

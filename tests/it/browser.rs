@@ -248,3 +248,60 @@ async fn the_console_in_a_real_browser() {
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn signing_in_through_a_real_openid_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let (demo, _provider) = crate::common::oidc::demo_with_provider(dir.path());
+    let b = Browser::start("en").await;
+    b.client
+        .goto(&format!("{}/ui/sign-in", demo.origin))
+        .await
+        .unwrap();
+    accessible(&b, "the sign-in page with the organisation's login").await;
+    b.client
+        .find(Locator::Css("a[href='/ui/oidc/start']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The provider's own login form (its development interactions): account and password.
+    let login = b
+        .client
+        .wait()
+        .for_element(Locator::Css("input[name=login]"))
+        .await
+        .unwrap();
+    login.send_keys("nurse-lassen").await.unwrap();
+    b.client
+        .find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys("any")
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let inbox = url::Url::parse(&format!("{}/ui/inbox", demo.origin)).unwrap();
+    if b.client
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_url(&inbox)
+        .await
+        .is_err()
+    {
+        let at = b.client.current_url().await.unwrap();
+        panic!("the sign-in ended at {at}: {}", b.text().await);
+    }
+    // The session is the person the provider's token names: Pia Lassen's alerts, exactly.
+    assert_eq!(rows(&b).await, open_alerts(&demo, "nurse-lassen").await);
+    assert!(b.text().await.contains("nurse-lassen"));
+    accessible(&b, "the inbox after an OpenID sign-in").await;
+    b.stop().await;
+}

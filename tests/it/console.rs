@@ -500,3 +500,62 @@ async fn pages_follow_the_browsers_language_and_the_switch() {
         "the switch wins"
     );
 }
+
+#[tokio::test]
+async fn an_openid_sign_in_starts_with_pkce_and_takes_back_only_its_own_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (demo, provider) = crate::common::oidc::demo_with_provider(dir.path());
+    let http = no_redirects();
+    let start = http
+        .get(format!("{}/ui/oidc/start", demo.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    let to = start.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        to.starts_with(&format!("{}/auth?", provider.issuer)),
+        "{to}"
+    );
+    for part in [
+        "response_type=code",
+        "code_challenge_method=S256",
+        "client_id=carebridge%2Dconsole",
+        "state=",
+        "code_challenge=",
+    ] {
+        assert!(to.contains(part), "{to} lacks {part}");
+    }
+    // A callback with a state the gateway never issued, or none: refused, no session.
+    for query in ["?code=abc&state=cb_forged", "?code=abc"] {
+        let resp = http
+            .get(format!("{}/ui/oidc/callback{query}", demo.origin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert!(resp.headers().get("set-cookie").is_none());
+    }
+    // The state it did issue, with a code the provider never gave: refused by the provider.
+    let state = to
+        .split("state=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let state = percent_encoding::percent_decode_str(state)
+        .decode_utf8()
+        .unwrap()
+        .to_string();
+    let resp = http
+        .get(format!(
+            "{}/ui/oidc/callback?code=not-a-code&state={state}",
+            demo.origin
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(resp.headers().get("set-cookie").is_none());
+}

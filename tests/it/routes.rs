@@ -290,12 +290,20 @@ fn table(gid: &str, pid: &str) -> Vec<Route> {
 /// The console's routes (`src/api/ui/`): a person's session cookie, not a bearer token, signs
 /// them in, and each page calls the gateway core as that person (`tests/it/console.rs` shows
 /// the gateway's refusals on them). With a bearer token and no session, each answers this.
-const CONSOLE: [(&str, &str, &str, u16); 13] = [
+const CONSOLE: [(&str, &str, &str, u16); 15] = [
     ("GET", "/ui", "/ui", 303),
     ("GET", "/ui/", "/ui/", 303),
     ("GET", "/ui/sign-in", "/ui/sign-in", 200),
     ("GET", "/ui/sign-in/{token}", "/ui/sign-in/cb_unknown", 403),
     ("POST", "/ui/sign-out", "/ui/sign-out", 303),
+    // The test application configures no OpenID issuer.
+    ("GET", "/ui/oidc/start", "/ui/oidc/start", 404),
+    (
+        "GET",
+        "/ui/oidc/callback",
+        "/ui/oidc/callback?code=x&state=y",
+        404,
+    ),
     ("GET", "/ui/language/{lang}", "/ui/language/en", 303),
     ("GET", "/ui/inbox", "/ui/inbox", 303),
     ("GET", "/ui/events", "/ui/events", 303),

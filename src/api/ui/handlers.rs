@@ -39,7 +39,7 @@ fn frame<'a>(s: &'a SignedIn, title: &'a str, path: &'a str) -> Frame<'a> {
 }
 
 /// A page with one message and its status.
-fn message_page(
+pub(super) fn message_page(
     lang: Lang,
     status: StatusCode,
     title: Msg,
@@ -93,8 +93,13 @@ pub struct SignInQuery {
     ended: Option<String>,
 }
 
-pub async fn sign_in_page(Language(lang): Language, Query(q): Query<SignInQuery>) -> Response {
+pub async fn sign_in_page(
+    State(state): State<AppState>,
+    Language(lang): Language,
+    Query(q): Query<SignInQuery>,
+) -> Response {
     let notice = q.ended.map(|_| Msg::SessionEnded);
+    let oidc = state.gateway.settings().ui.oidc.is_some();
     let f = Frame {
         lang,
         title: lang.t(Msg::SignInTitle),
@@ -103,7 +108,7 @@ pub async fn sign_in_page(Language(lang): Language, Query(q): Query<SignInQuery>
     };
     html(
         StatusCode::OK,
-        pages::page(&f, pages::sign_in(lang, notice)),
+        pages::page(&f, pages::sign_in(lang, notice, oidc)),
     )
 }
 
@@ -125,7 +130,7 @@ pub async fn sign_in_link(
     }
 }
 
-fn with_cookie(mut r: Response, cookie: &str) -> Response {
+pub(super) fn with_cookie(mut r: Response, cookie: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(cookie) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }

@@ -179,6 +179,10 @@ catalogue! {
         "Linket er allerede brugt eller udløbet. Bed om et nyt.",
         "This sign-in link has already been used or has expired. Ask for a new one."
     ),
+    SignInOidc => ("Log ind med din organisations login", "Sign in with your organisation's login"),
+    SignInFailed => ("Login lykkedes ikke. Prøv igen.", "The sign-in did not succeed. Please try again."),
+    SignedIn => ("Du er logget ind.", "You are signed in."),
+    Continue => ("Fortsæt til advarslerne", "Continue to the alerts"),
     SessionEnded => ("Din session er udløbet. Log ind igen.", "Your session has ended. Please sign in again."),
     Forbidden => ("Du har ikke adgang til dette.", "You do not have access to this."),
     NotFound => ("Findes ikke.", "Not found."),

@@ -4,12 +4,14 @@
 //! relationship, and audited, exactly as the API's requests are. No page needs JavaScript;
 //! `console.js` only refreshes the inbox when the alert stream reports a change.
 //!
-//! Sign-in: the demo's one-time links (`Sessions::mint_link`). A session is a server-side
+//! Sign-in: OpenID Connect with PKCE against `[ui.oidc]`'s issuer ([`oidc`]), or the demo's
+//! one-time links (`Sessions::mint_link`). A session is a server-side
 //! record behind an `HttpOnly`, `SameSite=Strict` cookie ([`session`]); every form carries
 //! the session's CSRF token. URLs carry gateway ids only, never a national identifier.
 
 mod handlers;
 mod i18n;
+mod oidc;
 mod pages;
 pub mod session;
 mod view;
@@ -36,6 +38,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/sign-in", get(handlers::sign_in_page))
         .route("/ui/sign-in/{token}", get(handlers::sign_in_link))
         .route("/ui/sign-out", post(handlers::sign_out))
+        .route("/ui/oidc/start", get(oidc::start))
+        .route("/ui/oidc/callback", get(oidc::callback))
         .route("/ui/language/{lang}", get(handlers::language))
         .route("/ui/inbox", get(handlers::inbox))
         .route("/ui/events", get(handlers::events))

@@ -76,12 +76,29 @@ pub fn message(lang: Lang, title: Msg, text: &str, signed_in: bool) -> Markup {
     }
 }
 
-/// The sign-in page.
-pub fn sign_in(lang: Lang, notice: Option<Msg>) -> Markup {
+/// The sign-in page: the organisation's login when an issuer is configured.
+pub fn sign_in(lang: Lang, notice: Option<Msg>, oidc: bool) -> Markup {
     html! {
         h1 { (lang.t(Msg::SignInTitle)) }
         @if let Some(n) = notice { p class="notice" role="status" { (lang.t(n)) } }
         p { (lang.t(Msg::SignInIntro)) }
+        @if oidc { p { a class="button" href="/ui/oidc/start" { (lang.t(Msg::SignInOidc)) } } }
+    }
+}
+
+/// After a sign-in through the issuer: a page of the console's own that moves on to the inbox,
+/// so that the (SameSite=Strict) cookie is sent by a navigation of this site.
+pub fn signed_in(lang: Lang) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang=(lang.code()) {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content="0;url=/ui/inbox";
+                title { (lang.t(Msg::SignedIn)) " – carebridge" }
+            }
+            body { main { h1 { (lang.t(Msg::SignedIn)) } p { a href="/ui/inbox" { (lang.t(Msg::Continue)) } } } }
+        }
     }
 }
 

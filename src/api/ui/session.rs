@@ -12,9 +12,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio::sync::OnceCell;
+
 use crate::access::Client;
 use crate::auth::{new_token, token_hash};
 use crate::config::UiSettings;
+use crate::outbound::oidc::{Endpoints, OidcClient};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "cb_session";
@@ -43,6 +46,10 @@ struct Link {
 pub struct Sessions {
     live: Mutex<HashMap<String, Live>>,
     links: Mutex<HashMap<String, Link>>,
+    /// OpenID Connect sign-ins under way: hash of `state` → PKCE verifier, until when.
+    pending: Mutex<HashMap<String, (String, Instant)>>,
+    /// The OpenID Connect issuer's client and endpoints, once discovered.
+    pub(super) issuer: OnceCell<(OidcClient, Endpoints)>,
     idle: Duration,
     link_ttl: Duration,
     secure: bool,
@@ -58,6 +65,8 @@ impl Sessions {
         Sessions {
             live: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            issuer: OnceCell::const_new(),
             idle: Duration::from_secs(u64::from(settings.session_idle_minutes) * 60),
             link_ttl: Duration::from_secs(u64::from(settings.sign_in_link_minutes) * 60),
             secure: settings.secure_cookie,
@@ -88,6 +97,23 @@ impl Sessions {
             return None;
         }
         Some(self.start(link.client))
+    }
+
+    /// Begins an OpenID Connect sign-in: its `state` and PKCE code verifier (valid once, for
+    /// the lifetime of a sign-in link).
+    pub fn begin_sign_in(&self) -> (String, String) {
+        let (state, verifier) = (new_token(), new_token());
+        let now = Instant::now();
+        let mut pending = lock(&self.pending);
+        pending.retain(|_, (_, until)| *until > now);
+        pending.insert(token_hash(&state), (verifier.clone(), now + self.link_ttl));
+        (state, verifier)
+    }
+
+    /// The verifier of a sign-in under way, once; `None` for an unknown, used or late `state`.
+    pub fn finish_sign_in(&self, state: &str) -> Option<String> {
+        let (verifier, until) = lock(&self.pending).remove(&token_hash(state))?;
+        (until > Instant::now()).then_some(verifier)
     }
 
     /// Starts a session for `client`; its cookie value.
