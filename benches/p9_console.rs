@@ -316,6 +316,37 @@ async fn timed(
     Ok((out, bytes))
 }
 
+/// Where the inbox's time goes: the core's alert search alone (decisions and audit included),
+/// and the patient cards of the first page's patients alone.
+async fn core_parts(
+    app: &InProcess,
+    caller: &carebridge::access::Caller,
+    runs: usize,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<String>)> {
+    let (mut search, mut cards, mut page_patients) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..=runs {
+        let t = Instant::now();
+        let found = app.gateway.alert_search(caller, &[], 0, 10_000).await?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        if i == 0 {
+            page_patients = found
+                .iter()
+                .take(50)
+                .filter_map(|a| a["patient"]["reference"].as_str())
+                .map(|r| r.trim_start_matches("Patient/").to_owned())
+                .collect();
+            page_patients.sort();
+            page_patients.dedup();
+            continue;
+        }
+        search.push(ms);
+        let t = Instant::now();
+        app.gateway.patient_cards(caller, &page_patients).await?;
+        cards.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok((search, cards, page_patients))
+}
+
 async fn run(o: Opts) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("carebridge.db");
@@ -336,6 +367,10 @@ async fn run(o: Opts) -> Result<()> {
         organization: None,
         sector: Some("gp".into()),
     });
+    let caller = carebridge::access::Caller {
+        client: person.clone(),
+        request_id: None,
+    };
     let link = app.sessions.mint_link(person);
     let signed = send(http.get(format!("{root}/ui/sign-in/{link}")), "sign-in").await?;
     let cookie = signed.headers()["set-cookie"]
@@ -347,11 +382,14 @@ async fn run(o: Opts) -> Result<()> {
     let (inbox, inbox_bytes) = timed(&http, &format!("{root}/ui/inbox"), &cookie, o.runs).await?;
     let (page, page_bytes) =
         timed(&http, &format!("{root}/ui/patients/{big}"), &cookie, o.runs).await?;
+    let (search, cards, page_patients) = core_parts(&app, &caller, o.runs).await?;
     let result = json!({
         "patients": o.patients, "open_alerts": o.alerts, "records_of_the_patient": o.records,
         "runs": o.runs, "fill_seconds": fill_s,
         "inbox_first_page": { "ms": stats(inbox), "bytes": inbox_bytes },
         "patient_page": { "ms": stats(page), "bytes": page_bytes },
+        "core_alert_search_all": { "ms": stats(search) },
+        "core_patient_cards_of_a_page": { "ms": stats(cards), "patients": page_patients.len() },
     });
     let mut app = app;
     app.stop().await;
