@@ -246,7 +246,7 @@ mod tests {
             "ui.oidc.issuer",
             "no [auth] issuer"
         );
-        let auth = "[auth]\nissuer = \"http://idp\"\naudience = \"carebridge\"\njwks_url = \"http://idp/jwks\"\n";
+        let auth = "[auth]\nissuer = \"http://idp\"\naudience = \"carebridge\"\njwks_url = \"http://idp/jwks\"\n[[auth.scopes]]\nscope = \"careteam\"\nrole = \"careteam\"\n";
         let ok = load(&format!("{auth}{oidc}")).unwrap();
         assert_eq!(ok.ui.oidc.unwrap().scope, "openid careteam");
         let bad = oidc.replace("/ui/oidc/callback", "/elsewhere");
