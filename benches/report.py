@@ -424,13 +424,32 @@ def p6(work, smoke):
     return r, lines
 
 
+def p9(work, smoke):
+    """P9: the console's inbox and patient page, server-side."""
+    r = load(os.path.join(work, "p9.json"))
+    if r is None:
+        return {}, []
+    inbox, page = r["inbox_first_page"]["ms"], r["patient_page"]["ms"]
+    r["targets"] = {
+        "inbox_first_page_below_100_ms": "met" if inbox["median"] < 100 else "not met",
+        "patient_page_below_100_ms": "met" if page["median"] < 100 else "not met",
+    }
+    lines = [f"P9 console: {r['open_alerts']} open alerts of {r['patients']} patients; a patient of "
+             f"{r['records_of_the_patient']} records; {r['runs']} requests each",
+             f"  GET /ui/inbox (first page): median {inbox['median']:.1f} ms, p90 {inbox['p90']:.1f} ms, "
+             f"max {inbox['max']:.1f} ms (target < 100 ms: {r['targets']['inbox_first_page_below_100_ms']})",
+             f"  GET /ui/patients/{{id}}: median {page['median']:.1f} ms, p90 {page['p90']:.1f} ms, "
+             f"max {page['max']:.1f} ms (target < 100 ms: {r['targets']['patient_page_below_100_ms']})"]
+    return r, lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["full", "smoke"], required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--command", required=True)
-    ap.add_argument("--parts", default="p1 p2 p3 p4 p5 p6 p8")
+    ap.add_argument("--parts", default="p1 p2 p3 p4 p5 p6 p8 p9")
     ap.add_argument("--profile", default="bench")
     a = ap.parse_args()
     smoke = a.mode == "smoke"
@@ -443,7 +462,7 @@ def main():
     meta["loadavg_before_each_step"] = loads
     if loads:
         print("load average (1 min) before each step: " + ", ".join(f"{k} {v}" for k, v in loads.items()))
-    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5), ("p6", p6), ("p8", p8)]:
+    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5), ("p6", p6), ("p8", p8), ("p9", p9)]:
         if part not in a.parts.split():
             continue
         data, lines = fn(a.work, smoke)

@@ -20,6 +20,8 @@ use crate::workers::Workers;
 pub struct App {
     pub gateway: Arc<Gateway>,
     pub router: axum::Router,
+    /// The console's sessions (the demo mints its sign-in links here).
+    pub sessions: Arc<crate::api::ui::Sessions>,
     /// Delivery workers and pollers; started by [`App::serve`] when `exchange.enabled`.
     pub workers: Workers,
 }
@@ -64,11 +66,13 @@ impl App {
             }
             None => clients,
         };
-        let router = crate::api::router(gateway.clone(), clients);
+        let sessions = Arc::new(crate::api::ui::Sessions::new(&gateway.settings().ui));
+        let router = crate::api::router_with(gateway.clone(), clients, sessions.clone());
         let workers = Workers::new(gateway.clone())?;
         Ok(App {
             gateway,
             router,
+            sessions,
             workers,
         })
     }

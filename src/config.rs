@@ -4,6 +4,8 @@
 
 mod access;
 pub use access::{AccessSettings, RELATIONSHIPS, ReasonSettings, split_system_value};
+mod ui;
+pub use ui::{AckReason, OidcSettings, UiSettings};
 
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -37,6 +39,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     #[serde(default)]
     pub audit: AuditSettings,
+    pub ui: UiSettings,
 }
 
 /// Fragmentation detection: thresholds and vocabularies (see docs/alerts.md).
@@ -472,6 +475,7 @@ impl Settings {
         self.check_auth(file)?;
         self.check_alerts(file)?;
         self.check_access(file)?;
+        self.check_ui(file)?;
         self.check_clients(file)?;
         check_audit(file, &self.audit)
     }

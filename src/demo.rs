@@ -69,6 +69,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     load_fixtures(&app, &opts.fixtures, &sector_clients).await?;
     summary(&app).await?;
     print_tokens(&app, &lookup, &opts.fixtures, &tokens).await?;
+    print_sign_in_links(&app, &lookup, &tokens, local);
     if !opts.serve {
         return Ok(());
     }
@@ -200,6 +201,31 @@ async fn print_tokens(
         );
     }
     Ok(())
+}
+
+/// One sign-in link of the console per person (`login <person> <role> <url>`): valid once,
+/// for `[ui] sign_in_link_minutes`.
+fn print_sign_in_links(
+    app: &App,
+    clients: &Clients,
+    tokens: &[(String, String, String)],
+    local: SocketAddr,
+) {
+    if !app.gateway.settings().ui.enabled {
+        return;
+    }
+    let minutes = app.gateway.settings().ui.sign_in_link_minutes;
+    println!();
+    println!(
+        "the care team's console: each link signs its person in once, within {minutes} minutes"
+    );
+    for (id, role, token) in tokens {
+        let Some(client) = clients.authenticate(token).filter(|c| c.person.is_some()) else {
+            continue;
+        };
+        let link = app.sessions.mint_link(client.clone());
+        println!("login {id} {role} http://{local}/ui/sign-in/{link}");
+    }
 }
 
 /// The demo patients by fixture name, with their CPR identifier (from the gp bundles).

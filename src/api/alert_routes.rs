@@ -102,7 +102,7 @@ async fn stream(
 }
 
 /// A stream fed by a task through a channel (closed when the client goes away).
-fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<Event, Infallible>>
+pub(super) fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<Event, Infallible>>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<Event, Infallible>>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,

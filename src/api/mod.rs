@@ -13,6 +13,7 @@ mod negotiate;
 pub mod ops;
 pub mod response;
 mod transparency_routes;
+pub mod ui;
 mod views;
 
 use axum::Router;
@@ -36,12 +37,22 @@ pub struct AppState {
     pub clients: Arc<Clients>,
     pub metrics: Arc<ops::Metrics>,
     pub rate_limit: Arc<ops::RateLimit>,
+    /// The console's sessions and sign-in links.
+    pub sessions: Arc<ui::Sessions>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Builds the application router (tests and `serve` both use this).
+/// Builds the application router with the console's sessions of its own.
 pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
+    let sessions = Arc::new(ui::Sessions::new(&gateway.settings().ui));
+    router_with(gateway, clients, sessions)
+}
+
+/// Builds the application router (tests and `serve` both use this); `sessions` is shared with
+/// whoever mints sign-in links (the demo).
+pub fn router_with(gateway: Arc<Gateway>, clients: Clients, sessions: Arc<ui::Sessions>) -> Router {
+    let console = gateway.settings().ui.enabled;
     let server = gateway.settings().server.clone();
     let state = AppState {
         metrics: gateway.metrics().clone(),
@@ -51,7 +62,9 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
             server.rate_limit_per_second,
             server.rate_limit_burst,
         )),
+        sessions,
     };
+    let console = if console { ui::routes() } else { Router::new() };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -64,6 +77,7 @@ pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
         .merge(transparency_routes::routes())
         .merge(admin_routes::routes())
         .merge(alert_routes::routes())
+        .merge(console)
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), ops::track))
         .with_state(state)

@@ -1,5 +1,6 @@
 //! no-care-coordinator: active plans in two or more sectors and nobody coordinating.
 
+use serde_json::Value;
 use std::collections::BTreeSet;
 
 use super::{
@@ -28,15 +29,7 @@ pub fn no_coordinator(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
                     .into_iter()
                     .flatten()
             })
-            .any(|role| {
-                coding_keys(Some(role))
-                    .iter()
-                    .any(|(sys, code)| matches_code_list(&cx.rules.coordinator_roles, sys, code))
-                    || role.get("text").and_then(|t| t.as_str()).is_some_and(|t| {
-                        let t = t.to_lowercase();
-                        t.contains("coordinator") || t.contains("koordinator")
-                    })
-            })
+            .any(|role| coordinator_role(role, &cx.rules.coordinator_roles))
     });
     if coordinated {
         return Vec::new();
@@ -56,4 +49,17 @@ pub fn no_coordinator(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
             sectors.into_iter().collect::<Vec<_>>().join(", ")
         ),
     }]
+}
+
+/// Whether a CareTeam participant's role (a CodeableConcept) is a coordinator's: one of the
+/// configured `coordinator_roles` codes, or a text that says "coordinator"/"koordinator". The
+/// console marks the coordinator by the same test.
+pub fn coordinator_role(role: &Value, coordinator_roles: &[String]) -> bool {
+    coding_keys(Some(role))
+        .iter()
+        .any(|(sys, code)| matches_code_list(coordinator_roles, sys, code))
+        || role.get("text").and_then(Value::as_str).is_some_and(|t| {
+            let t = t.to_lowercase();
+            t.contains("coordinator") || t.contains("koordinator")
+        })
 }

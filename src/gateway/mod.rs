@@ -16,6 +16,7 @@
 //!   team's messages.
 //! - [`ledger`]: walking, exporting and pruning the audit chain.
 //! - [`transparency`]: signed checkpoints over the audit log's Merkle tree, proofs for auditors.
+//! - [`console`]: what the care team's console shows beside alerts (patient names, owners).
 //! - [`admin`]: the outbox as IT staff see it.
 //! - [`views`]: how stored resources are shown (per sector, across sectors).
 //!
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod alert_service;
 pub mod alerts;
 pub mod break_glass;
+pub mod console;
 pub mod entry;
 mod error;
 pub mod ledger;

@@ -50,7 +50,7 @@ impl JwksClient {
 }
 
 /// A fetch failure in words, without the response body.
-fn describe_reqwest(e: &reqwest::Error) -> String {
+pub(super) fn describe_reqwest(e: &reqwest::Error) -> String {
     // reqwest built without TLS refuses https URLs at connect time with this message.
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(s) = source {

@@ -13,6 +13,7 @@ use crate::config::{OutboundAuth, SectorSettings};
 
 pub mod audit_log;
 pub mod jwks;
+pub mod oidc;
 pub mod probe;
 
 /// Why credentials could not be obtained (retryable: the identity provider may be down or the

@@ -19,6 +19,8 @@ pub struct InProcess {
     /// `http://127.0.0.1:<port>/fhir`
     pub base: String,
     pub gateway: Arc<Gateway>,
+    /// The console's sessions (benchmarks mint sign-in links here).
+    pub sessions: Arc<carebridge::api::ui::Sessions>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
@@ -30,6 +32,7 @@ impl InProcess {
         let clients = Clients::from_settings(&settings.clients);
         let app = App::build(settings, &config.display().to_string(), clients).await?;
         let gateway = app.gateway.clone();
+        let sessions = app.sessions.clone();
         let (listener, addr) = App::bind("127.0.0.1:0").await?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
@@ -42,6 +45,7 @@ impl InProcess {
         Ok(InProcess {
             base: format!("http://{addr}/fhir"),
             gateway,
+            sessions,
             shutdown: Some(tx),
             handle: Some(handle),
         })

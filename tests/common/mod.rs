@@ -6,10 +6,13 @@
 //!
 //! | module | what | used by |
 //! |---|---|---|
+//! | `browser` | chromedriver and a headless chromium (fantoccini), axe-core, screenshots | `browser` |
 //! | `child` | a test run again in a process of its own, with environment variables | `exchange_auth` |
 //! | `conf` | pieces of generated configurations: the four sectors, static tokens and their `[[clients]]` tables | `TestApp`, `exchange`, `exchange_auth`, `log_privacy`, `process`; P2, P3, P4, P5 |
+//! | `demo` | `carebridge demo` as a child process: its tokens and sign-in links | `console`, `browser` |
 //! | `fault` | a fault-injecting HTTP proxy in front of a peer | `exchange`, `exchange_auth`, `peer_harness` |
 //! | `inproc` | the application in this process (`App::build`, served on port 0) | `TestApp`; P3 |
+//! | `oidc` | an OpenID provider (npm `oidc-provider`) and the demo signing in with it | `browser`, `console` |
 //! | `peers` | Medplum FHIR peers and the Lantana validator (Node.js) | `exchange`, `exchange_auth`, `audit_events_valid`, `peer_harness`; P4 |
 //! | `pg` | fresh PostgreSQL databases | `fresh_pg_database` (every PostgreSQL test); P2, P4 |
 //! | `records` | the Patient, Condition and transaction Bundle of the exchange tests | `exchange`, `exchange_auth`; P4 |
@@ -25,10 +28,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod browser;
 pub mod child;
 pub mod conf;
+pub mod demo;
 pub mod fault;
 pub mod inproc;
+pub mod oidc;
 pub mod peers;
 pub mod pg;
 pub mod records;

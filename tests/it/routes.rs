@@ -27,8 +27,21 @@ const CALLERS: [(&str, &str); 5] = [
 fn declared_routes() -> BTreeSet<(String, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
     let mut out = BTreeSet::new();
-    for entry in std::fs::read_dir(dir).expect("src/api") {
-        let text = std::fs::read_to_string(entry.expect("an entry").path()).expect("a file");
+    // The sources of src/api and its folders (the console's, src/api/ui/).
+    let mut files = Vec::new();
+    let mut dirs = vec![dir];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(d).expect("src/api") {
+            let path = entry.expect("an entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    for path in files {
+        let text = std::fs::read_to_string(path).expect("a file");
         let mut rest = text.as_str();
         while let Some(i) = rest.find(".route(") {
             rest = &rest[i + ".route(".len()..];
@@ -351,6 +364,82 @@ fn table(gid: &str, pid: &str) -> Vec<Route> {
     ]
 }
 
+/// The console's routes (`src/api/ui/`): a person's session cookie, not a bearer token, signs
+/// them in, and each page calls the gateway core as that person (`tests/it/console.rs` shows
+/// the gateway's refusals on them). With a bearer token and no session, each answers this.
+const CONSOLE: [(&str, &str, &str, u16); 15] = [
+    ("GET", "/ui", "/ui", 303),
+    ("GET", "/ui/", "/ui/", 303),
+    ("GET", "/ui/sign-in", "/ui/sign-in", 200),
+    ("GET", "/ui/sign-in/{token}", "/ui/sign-in/cb_unknown", 403),
+    ("POST", "/ui/sign-out", "/ui/sign-out", 303),
+    // The test application configures no OpenID issuer.
+    ("GET", "/ui/oidc/start", "/ui/oidc/start", 404),
+    (
+        "GET",
+        "/ui/oidc/callback",
+        "/ui/oidc/callback?code=x&state=y",
+        404,
+    ),
+    ("GET", "/ui/language/{lang}", "/ui/language/en", 303),
+    ("GET", "/ui/inbox", "/ui/inbox", 303),
+    ("GET", "/ui/events", "/ui/events", 303),
+    ("GET", "/ui/alerts/{id}", "/ui/alerts/no-such-alert", 303),
+    (
+        "POST",
+        "/ui/alerts/{id}/acknowledge",
+        "/ui/alerts/no-such-alert/acknowledge",
+        303,
+    ),
+    (
+        "GET",
+        "/ui/patients/{id}",
+        "/ui/patients/no-such-patient",
+        303,
+    ),
+    ("GET", "/ui/assets/{file}", "/ui/assets/console.css", 200),
+    ("GET", "/ui/assets/{file}", "/ui/assets/console.js", 200),
+];
+
+#[tokio::test]
+async fn console_routes_need_a_session_not_a_bearer_token() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let root = app.base.trim_end_matches("/fhir").to_owned();
+    let http = carebridge::outbound::client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client");
+    let mut failures = Vec::new();
+    for (method, _, path, expected) in CONSOLE {
+        for (who, _) in CALLERS {
+            let method = Method::from_bytes(method.as_bytes()).expect("a method");
+            let resp = http
+                .request(method.clone(), format!("{root}{path}"))
+                .bearer_auth(app.token(who))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("csrf=x")
+                .send()
+                .await
+                .expect("answered");
+            let status = resp.status().as_u16();
+            let location = resp
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap_or("").to_owned());
+            let to_sign_in = location
+                .as_deref()
+                .is_some_and(|l| l.starts_with("/ui/sign-in") || l.starts_with("/ui/inbox"));
+            if status != expected || (status == 303 && !to_sign_in) {
+                failures.push(format!(
+                    "{method} {path} as {who}: {status} {location:?}, expected {expected}"
+                ));
+            }
+        }
+    }
+    app.stop().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn every_declared_route_is_in_the_table() {
     let declared = declared_routes();
@@ -362,6 +451,11 @@ fn every_declared_route_is_in_the_table() {
     let listed: BTreeSet<(String, String)> = table("g", "p")
         .iter()
         .map(|r| (r.method.to_string(), r.template.to_owned()))
+        .chain(
+            CONSOLE
+                .iter()
+                .map(|(m, t, _, _)| ((*m).to_owned(), (*t).to_owned())),
+        )
         .collect();
     let missing: Vec<_> = declared.difference(&listed).collect();
     assert!(
