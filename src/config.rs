@@ -39,6 +39,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     #[serde(default)]
     pub audit: AuditSettings,
+    #[serde(default)]
     pub ui: UiSettings,
 }
 
