@@ -78,6 +78,15 @@ pub fn identifiers(resource: &Value) -> Vec<(&str, &str)> {
 const PATIENT_ELEMENTS: [&str; 4] = ["subject", "patient", "beneficiary", "individual"];
 
 /// The reference a resource uses for its patient (`subject`, `patient`, …), if it is to a Patient.
+/// The parameter named `name` of a Parameters resource (its first, when repeated).
+pub fn parameter<'a>(parameters: &'a Value, name: &str) -> Option<&'a Value> {
+    parameters
+        .get("parameter")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+}
+
 pub fn patient_reference(resource: &Value) -> Option<(&'static str, &str)> {
     for el in PATIENT_ELEMENTS {
         if let Some(r) = resource

@@ -7,7 +7,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::alerts::{AlertEvent, snapshot};
-use super::relation::{Access, mark};
+use super::relation::{Access, mark, mark_all, merge_bases};
 use super::views::{gateway_view, patient_view};
 use super::write::alert_audit_row;
 use super::{Gateway, GatewayError};
@@ -47,7 +47,7 @@ impl Gateway {
         if let Some(p) = q.patient_id.clone() {
             let (t, access) = self.admit(tx, caller, &p, Interaction::SearchType).await?;
             tx = t;
-            bases.push(access.basis.code());
+            bases.push(access.basis);
         }
         let mut all = tx.alert_search(&q).await?;
         if q.patient_id.is_none() {
@@ -55,12 +55,8 @@ impl Gateway {
             let patients: Vec<String> = all.iter().map(|a| a.patient_id.clone()).collect();
             let decided = self.decide_each(&mut *tx, caller, patients).await?;
             all.retain(|a| matches!(decided.get(&a.patient_id), Some(Some(_))));
-            for access in decided.values().flatten() {
-                let code = access.basis.code();
-                if !bases.contains(&code) {
-                    bases.push(code);
-                }
-            }
+            let found = decided.into_values().flatten().map(|a| a.basis).collect();
+            merge_bases(&mut bases, found);
         }
         let total = all.len();
         let rows: Vec<AlertRow> = all
@@ -89,12 +85,7 @@ impl Gateway {
                 .join("&")
         ));
         row.purpose = Some("TREAT".into());
-        if !bases.is_empty() {
-            if bases.iter().any(|b| b.starts_with("break-glass ")) {
-                row.purpose = Some("ETREAT".into());
-            }
-            row.basis = Some(bases.join("; "));
-        }
+        mark_all(&mut row, &bases);
         row.detail = Some(format!("{} alerts returned of {total}", rows.len()));
         tx.audit(&row).await?;
         tx.commit().await?;
@@ -345,13 +336,7 @@ fn acknowledgement(body: &Value) -> Result<(String, Option<String>), GatewayErro
             .at("Parameters"),
         ));
     }
-    let param = |name: &str| {
-        body.get("parameter")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
-    };
+    let param = |name: &str| crate::fhir::parameter(body, name);
     let author = param("author").and_then(|p| {
         p.get("valueString")
             .and_then(Value::as_str)

@@ -79,13 +79,7 @@ fn request_parts(body: &Value) -> Result<(String, String), GatewayError> {
             "Parameters",
         ));
     }
-    let param = |name: &str| {
-        body.get("parameter")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
-    };
+    let param = |name: &str| crate::fhir::parameter(body, name);
     let reason = param("reason").and_then(|p| {
         p.get("valueCode")
             .or_else(|| p.get("valueCoding").and_then(|c| c.get("code")))

@@ -158,6 +158,28 @@ pub(crate) fn mark(row: &mut AuditRow, basis: &Basis) {
     }
 }
 
+/// Records the bases of a read of several records (`; `-separated); ETREAT when any is a
+/// break-the-glass grant.
+pub(crate) fn mark_all(row: &mut AuditRow, bases: &[Basis]) {
+    if bases.is_empty() {
+        return;
+    }
+    let codes: Vec<String> = bases.iter().map(Basis::code).collect();
+    row.basis = Some(codes.join("; "));
+    if bases.iter().any(Basis::is_break_glass) {
+        row.purpose = Some("ETREAT".into());
+    }
+}
+
+/// Adds the bases not yet in `bases`.
+pub(crate) fn merge_bases(bases: &mut Vec<Basis>, more: Vec<Basis>) {
+    for b in more {
+        if !bases.contains(&b) {
+            bases.push(b);
+        }
+    }
+}
+
 impl Gateway {
     /// The person's records by their identifiers, in every sector and as delivered copies.
     async fn me(&self, tx: &mut dyn StoreTx, person: &Person) -> Result<Me, GatewayError> {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::params::{self, Criteria, SortKey};
-use super::relation::Access;
+use super::relation::{mark_all, merge_bases};
 use super::{Gateway, GatewayError};
 use crate::access::{Basis, Caller, Request, authorize};
 use crate::audit::{self, Action, AuditRow, Interaction, Outcome};
@@ -57,29 +57,27 @@ impl Gateway {
         caller: &Caller,
         found: Vec<Stored>,
     ) -> Result<(Vec<Stored>, Vec<Basis>), GatewayError> {
-        let mut decided: HashMap<String, Option<Access>> = HashMap::new();
+        let found: Vec<Stored> = found
+            .into_iter()
+            .filter(|s| authorize(caller, Request::Record { sector: &s.sector }).is_ok())
+            .collect();
+        let patients: Vec<String> = found.iter().filter_map(|s| s.patient_id.clone()).collect();
+        let decided = self.decide_each(tx, caller, patients).await?;
         let mut kept = Vec::with_capacity(found.len());
         let mut bases: Vec<Basis> = Vec::new();
         for s in found {
-            if authorize(caller, Request::Record { sector: &s.sector }).is_err() {
-                continue;
-            }
-            let Some(pid) = s.patient_id.clone() else {
-                kept.push(s);
-                continue;
+            let access = match &s.patient_id {
+                None => None,
+                Some(pid) => match decided.get(pid) {
+                    Some(Some(access)) => Some(access),
+                    _ => continue,
+                },
             };
-            if let std::collections::hash_map::Entry::Vacant(slot) = decided.entry(pid.clone()) {
-                let a = self.patient_access(tx, caller, slot.key()).await?.ok();
-                slot.insert(a);
-            }
-            let Some(Some(access)) = decided.get(&pid) else {
-                continue;
-            };
-            if !self.record_shown(caller, &s, access) {
-                continue;
-            }
-            if !bases.contains(&access.basis) {
-                bases.push(access.basis.clone());
+            if let Some(access) = access {
+                if !self.record_shown(caller, &s, access) {
+                    continue;
+                }
+                merge_bases(&mut bases, vec![access.basis.clone()]);
             }
             kept.push(s);
         }
@@ -510,26 +508,6 @@ fn search_row(
         included.len()
     ));
     row
-}
-
-/// Records the bases of a read of several records (`; `-separated); ETREAT when any is a
-/// break-the-glass grant.
-fn mark_all(row: &mut AuditRow, bases: &[Basis]) {
-    if bases.is_empty() {
-        return;
-    }
-    row.basis = Some(bases.iter().map(Basis::code).collect::<Vec<_>>().join("; "));
-    if bases.iter().any(Basis::is_break_glass) {
-        row.purpose = Some("ETREAT".into());
-    }
-}
-
-fn merge_bases(bases: &mut Vec<Basis>, more: Vec<Basis>) {
-    for b in more {
-        if !bases.contains(&b) {
-            bases.push(b);
-        }
-    }
 }
 
 /// Sorts by the `_sort` keys (none: the store's gateway id order stays).
