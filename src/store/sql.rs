@@ -308,6 +308,20 @@ fn placeholders(from: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// Binds every value of a `Vec<Bind>` to a sqlx query (`query_as`, `query_scalar`, …), in order.
+macro_rules! bind_all {
+    ($query:expr, $values:expr) => {{
+        let mut q = $query;
+        for v in $values {
+            q = match v {
+                Bind::Text(t) => q.bind(t),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        q
+    }};
+}
+
 /// A value bound to a search statement (resources or the audit log).
 enum Bind {
     Text(String),
@@ -1031,14 +1045,10 @@ impl StoreTx for SqlTx {
         };
         let (sql, binds) = search_sql(f, patient);
         let sql = sqlx::AssertSqlSafe(sql);
-        let mut q = sqlx::query_as::<_, Stored>(sql);
-        for b in binds {
-            q = match b {
-                Bind::Text(t) => q.bind(t),
-                Bind::Int(i) => q.bind(i),
-            };
-        }
-        q.fetch_all(&mut *self.tx).await.map_err(map_err)
+        bind_all!(sqlx::query_as::<_, Stored>(sql), binds)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)
     }
 
     async fn get_many(&mut self, gids: &[String]) -> Result<Vec<Stored>> {
@@ -1116,21 +1126,13 @@ impl StoreTx for SqlTx {
     }
 
     async fn audit_search(&mut self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
-        let (filter, values) = self.audit_filter(q).await?;
+        let (filter, mut values) = self.audit_filter(q).await?;
         let (limit, offset) = (values.len() + 1, values.len() + 2);
+        values.extend([Bind::Int(q.count), Bind::Int(q.offset)]);
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {AUDIT_COLUMNS} FROM audit_log {filter} ORDER BY seq LIMIT ${limit} OFFSET ${offset}"
         ));
-        let mut query = sqlx::query_as::<_, AuditRecord>(sql);
-        for v in values {
-            query = match v {
-                Bind::Int(i) => query.bind(i),
-                Bind::Text(t) => query.bind(t),
-            };
-        }
-        let rows = query
-            .bind(q.count)
-            .bind(q.offset)
+        let rows = bind_all!(sqlx::query_as::<_, AuditRecord>(sql), values)
             .fetch_all(&mut *self.tx)
             .await
             .map_err(map_err)?;
@@ -1140,14 +1142,10 @@ impl StoreTx for SqlTx {
     async fn audit_count(&mut self, q: &AuditQuery) -> Result<i64> {
         let (filter, values) = self.audit_filter(q).await?;
         let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM audit_log {filter}"));
-        let mut query = sqlx::query_scalar::<_, i64>(sql);
-        for v in values {
-            query = match v {
-                Bind::Int(i) => query.bind(i),
-                Bind::Text(t) => query.bind(t),
-            };
-        }
-        query.fetch_one(&mut *self.tx).await.map_err(map_err)
+        bind_all!(sqlx::query_scalar::<_, i64>(sql), values)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(map_err)
     }
 
     async fn audit_chain_page(&mut self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
