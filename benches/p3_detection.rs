@@ -432,15 +432,7 @@ fn config_text(store_url: &str, detection: bool) -> String {
          [alerts]\nenabled = {detection}\n",
         repo().join("fhir-profiles").display()
     );
-    for (id, kind) in [
-        ("gp", "general-practice"),
-        ("hospital", "hospital"),
-        ("municipality", "municipality"),
-    ] {
-        text.push_str(&format!(
-            "\n[[sectors]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"{kind}\"\n"
-        ));
-    }
+    text.push_str(&conf::bench_sectors());
     text
 }
 

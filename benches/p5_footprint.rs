@@ -112,15 +112,7 @@ fn config(dir: &Path, db: &Path) -> Result<(PathBuf, String, String)> {
         db.display(),
         repo().join("fhir-profiles").display()
     );
-    for (id, kind) in [
-        ("gp", "general-practice"),
-        ("hospital", "hospital"),
-        ("municipality", "municipality"),
-    ] {
-        text.push_str(&format!(
-            "\n[[sectors]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"{kind}\"\n"
-        ));
-    }
+    text.push_str(&conf::bench_sectors());
     text.push_str(&clients);
     let path = dir.join("carebridge.toml");
     std::fs::write(&path, text)?;

@@ -102,15 +102,7 @@ fn config(db: &std::path::Path, clients: &str) -> String {
         db.display(),
         repo().join("fhir-profiles").display()
     );
-    for (id, kind) in [
-        ("gp", "general-practice"),
-        ("hospital", "hospital"),
-        ("municipality", "municipality"),
-    ] {
-        text.push_str(&format!(
-            "\n[[sectors]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"{kind}\"\n"
-        ));
-    }
+    text.push_str(&conf::bench_sectors());
     text + clients
 }
 

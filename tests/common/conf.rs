@@ -40,6 +40,21 @@ kind = "hospital"
 "#;
 
 /// The `[[clients]]` table of one client holding `token`.
+/// The three sectors as the benchmarks configure them: push mode, no base URL, no profile.
+pub fn bench_sectors() -> String {
+    let mut text = String::new();
+    for (id, kind) in [
+        ("gp", "general-practice"),
+        ("hospital", "hospital"),
+        ("municipality", "municipality"),
+    ] {
+        text.push_str(&format!(
+            "\n[[sectors]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"{kind}\"\n"
+        ));
+    }
+    text
+}
+
 pub fn client_table(id: &str, role: &str, token: &str) -> String {
     // The suites' `careteam` client is a care-team system that asserts the treatment
     // relationship itself (tests/it/treatment.rs checks the persons' relationships).
