@@ -95,13 +95,27 @@ impl App {
             self.gateway.listening_on(addr);
         }
         if self.gateway.settings().exchange.enabled {
+            self.workers.reclaim().await;
             self.workers.start();
         }
         if self.gateway.signer().is_some() {
             self.workers.start_audit();
         }
+        // Refused authentications are audited per address and minute once the minute is over.
+        let tally = self.gateway.clone();
+        let flusher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                tally.flush_refusals(false).await;
+            }
+        });
         let closing = self.gateway.clone();
-        let served = axum::serve(listener, self.router)
+        // The client's address reaches the handlers (the per-address rate limit, the
+        // aggregated audit of refused tokens).
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, service)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 // Long-lived responses (the alert stream) end, so that shutdown completes.
@@ -109,6 +123,8 @@ impl App {
             })
             .await;
         self.workers.stop().await;
+        flusher.abort();
+        self.gateway.flush_refusals(true).await;
         served?;
         Ok(())
     }

@@ -207,6 +207,22 @@ enum DeliveriesCommand {
         #[arg(long, requires = "all_dead")]
         target: Option<String>,
     },
+    /// Send a target sector again the current version of everything it should hold (after it
+    /// was restored empty or from an old backup): its copies are read first, so what it holds
+    /// is left alone and what it lost is created again. A running gateway delivers them.
+    Resync {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// The target sector's id.
+        #[arg(long)]
+        target: String,
+        /// Only the resources of this gateway patient.
+        #[arg(long)]
+        patient: Option<String>,
+        /// Only resources changed at or after this FHIR date or dateTime.
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -465,7 +481,55 @@ async fn deliveries_command(command: DeliveriesCommand) -> anyhow::Result<ExitCo
             all_dead,
             target,
         } => deliveries_retry(&config, ids, all_dead, target).await,
+        DeliveriesCommand::Resync {
+            config,
+            target,
+            patient,
+            since,
+        } => deliveries_resync(&config, &target, patient.as_deref(), since.as_deref()).await,
     }
+}
+
+/// `deliveries resync`: queues again what `target` should hold; fails on a sector that is
+/// not configured or has no base URL.
+async fn deliveries_resync(
+    config: &Path,
+    target: &str,
+    patient: Option<&str>,
+    since: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config)?;
+    if settings.sector(target).is_none_or(|s| s.base_url.is_none()) {
+        anyhow::bail!(
+            "{}: --target {target}: no sector with this id and a base_url is configured; name a sector the gateway delivers to",
+            config.display()
+        );
+    }
+    let since = match since {
+        Some(s) => Some(crate::fhir::time::instant(cli_period("--since", s)?.0)),
+        None => None,
+    };
+    let store = crate::store::SqlStore::connect(&settings.store.url, 2).await?;
+    let actor = crate::audit::Actor {
+        client_id: Some("cli".into()),
+        role: Some("admin".into()),
+        request_id: None,
+        person: None,
+    };
+    let done = crate::gateway::admin::resync(
+        &store as &dyn Store,
+        &actor,
+        target,
+        patient,
+        since.as_deref(),
+    )
+    .await?;
+    store.close().await;
+    println!(
+        "resync {target}: {} resources, {} queued again",
+        done.resources, done.queued
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `deliveries list`: one tab-separated line per entry, oldest first.

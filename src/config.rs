@@ -120,11 +120,18 @@ pub struct ExchangeSettings {
     pub enabled: bool,
     /// Which resource types go from which sectors to which; empty means the default routes.
     pub routes: Vec<RouteSettings>,
-    /// Attempts before an entry is dead-lettered.
+    /// Attempts before an entry is dead-lettered; 0 (the default): no limit by count, retries
+    /// are bounded by `max_age_secs` alone.
     pub max_attempts: u32,
-    /// Age (seconds since the entry was written) after which an undelivered entry is
-    /// dead-lettered.
+    /// Age (seconds since the entry was written) after which an entry that still fails with a
+    /// retryable failure is dead-lettered.
     pub max_age_secs: u64,
+    /// How long a claimed outbox entry stays leased to one process; renewed while its batch
+    /// runs, so an entry of a process that died is taken over this long after its last renewal.
+    pub lease_secs: u64,
+    /// This process's name in leases (with its process id); the host name when unset. A process
+    /// that starts takes back at once what a dead process of the same name held.
+    pub instance: Option<String>,
     /// First retry delay; each retry doubles it (with jitter) up to `retry_max_ms`.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
@@ -145,8 +152,10 @@ impl Default for ExchangeSettings {
         ExchangeSettings {
             enabled: true,
             routes: Vec::new(),
-            max_attempts: 10,
-            max_age_secs: 86_400,
+            max_attempts: 0,
+            max_age_secs: 7 * 86_400,
+            lease_secs: 10,
+            instance: None,
             retry_initial_ms: 1_000,
             retry_max_ms: 300_000,
             request_timeout_ms: 30_000,
@@ -228,6 +237,11 @@ pub struct ServerSettings {
     pub request_timeout_secs: u64,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// Requests per second each client address may send, checked before authentication (a
+    /// token bucket per address); 0 turns it off.
+    pub address_rate_limit_per_second: u32,
+    /// Requests an address may send at once before its per-second rate applies.
+    pub address_rate_limit_burst: u32,
     /// The URL clients reach the gateway at (scheme, host, port and any path prefix, without
     /// `/fhir`): every link and `Location` is built from it, never from the Host header.
     pub public_base_url: Option<String>,
@@ -254,6 +268,8 @@ impl Default for ServerSettings {
             request_timeout_secs: 60,
             rate_limit_per_second: 1000,
             rate_limit_burst: 2000,
+            address_rate_limit_per_second: 2000,
+            address_rate_limit_burst: 4000,
             public_base_url: None,
             cors_origins: Vec::new(),
         }
@@ -899,8 +915,10 @@ fn check_outbound_auth(file: &str, i: usize, auth: &OutboundAuth) -> Result<(), 
 /// `[exchange]`'s numbers: each within its range, and the longest retry delay at least the
 /// first.
 fn check_exchange_limits(file: &str, x: &ExchangeSettings) -> Result<(), ConfigError> {
-    let bounds: [(&str, u64, u64, u64); 7] = [
-        ("max_attempts", u64::from(x.max_attempts), 1, 1_000),
+    let bounds: [(&str, u64, u64, u64); 9] = [
+        ("max_attempts", u64::from(x.max_attempts), 0, 1_000_000),
+        ("max_age_secs", x.max_age_secs, 1, 366 * 86_400),
+        ("lease_secs", x.lease_secs, 2, 3_600),
         ("batch", u64::from(x.batch), 1, 1_000),
         ("request_timeout_ms", x.request_timeout_ms, 100, 600_000),
         ("retry_initial_ms", x.retry_initial_ms, 10, 3_600_000),
@@ -909,6 +927,20 @@ fn check_exchange_limits(file: &str, x: &ExchangeSettings) -> Result<(), ConfigE
         ("poll_page_size", u64::from(x.poll_page_size), 1, 1_000),
     ];
     check_bounds(file, "exchange", &bounds)?;
+    if let Some(name) = &x.instance
+        && (name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(problem(
+            file,
+            "exchange.instance",
+            format!("'{name}' is not a name of 1 to 64 letters, digits, '.', '-' or '_'"),
+            "name this process like a host name, or leave the key out for the host name",
+        ));
+    }
     if x.retry_max_ms < x.retry_initial_ms {
         return Err(problem(
             file,
@@ -1383,8 +1415,8 @@ mod tests {
             "sectors[0].auth: a client secret needs a source; set client_secret_env or client_secret_file",
         ),
         (
-            "[exchange]\nmax_attempts = 0\n",
-            "exchange.max_attempts: 0 is outside 1..=1000; choose a value in that range (config/default.toml gives the default)",
+            "[exchange]\nlease_secs = 1\n",
+            "exchange.lease_secs: 1 is outside 2..=3600; choose a value in that range (config/default.toml gives the default)",
         ),
         (
             "[exchange]\nbatch = 1001\n",

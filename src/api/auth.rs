@@ -14,8 +14,9 @@ use crate::access::Caller;
 /// The authenticated caller: a static token or a JWT of the configured issuer
 /// ([`crate::auth::Clients::authenticate_bearer`]). Anything else answers 401 with
 /// `WWW-Authenticate: Bearer` (plus `error="invalid_token"` when a token was presented) and an
-/// OperationOutcome, and leaves an audit row naming the method, the path and the kind of
-/// refusal, never the token or its claims.
+/// OperationOutcome, and is counted for the audit log: one row per client address and minute
+/// with the count of each kind of refusal, never the token or its claims. Before any of that,
+/// a client address over `server.address_rate_limit_per_second` is answered 429.
 pub struct Authed(pub Caller);
 
 impl FromRequestParts<AppState> for Authed {
@@ -25,6 +26,17 @@ impl FromRequestParts<AppState> for Authed {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let address = super::ops::client_address(&parts.extensions);
+        if let Some(ip) = address
+            && let Err(wait) = state.address_limit.check(&ip.to_string())
+        {
+            state.metrics.rate_limited.inc();
+            state
+                .gateway
+                .refused_authentication(address, "throttled before authentication")
+                .await;
+            return Err(super::ops::too_many_requests(wait));
+        }
         let request_id = parts
             .headers
             .get("x-request-id")
@@ -55,15 +67,7 @@ impl FromRequestParts<AppState> for Authed {
             Err(refusal) => {
                 state
                     .gateway
-                    .refused_authentication(
-                        request_id,
-                        &format!(
-                            "{} {}: no valid bearer token ({})",
-                            parts.method,
-                            parts.uri.path(),
-                            refusal.describe()
-                        ),
-                    )
+                    .refused_authentication(address, refusal.describe())
                     .await;
                 if refusal == crate::auth::Refusal::Missing {
                     return Err(ApiError::unauthorized().into_response());

@@ -37,6 +37,8 @@ pub struct AppState {
     pub clients: Arc<Clients>,
     pub metrics: Arc<ops::Metrics>,
     pub rate_limit: Arc<ops::RateLimit>,
+    /// The per-address rate limit, checked before authentication.
+    pub address_limit: Arc<ops::RateLimit>,
     /// The console's sessions and sign-in links.
     pub sessions: Arc<ui::Sessions>,
 }
@@ -61,6 +63,10 @@ pub fn router_with(gateway: Arc<Gateway>, clients: Clients, sessions: Arc<ui::Se
         rate_limit: Arc::new(ops::RateLimit::new(
             server.rate_limit_per_second,
             server.rate_limit_burst,
+        )),
+        address_limit: Arc::new(ops::RateLimit::new(
+            server.address_rate_limit_per_second,
+            server.address_rate_limit_burst,
         )),
         sessions,
     };
@@ -100,6 +106,9 @@ pub fn router_with(gateway: Arc<Gateway>, clients: Clients, sessions: Arc<ui::Se
             }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        // A client's request id is kept only when it is short and plain; else the gateway's own
+        // replaces it (it is logged and audited).
+        .layer(axum::middleware::from_fn(ops::plain_request_id))
 }
 
 /// CORS for the configured origins only (none: no CORS headers, browsers refuse cross-origin

@@ -73,7 +73,32 @@ pub async fn outcome_for_bare_errors(req: Request, next: Next) -> Response {
     out
 }
 
-/// A token bucket per client id.
+/// Removes an `x-request-id` that is longer than 64 characters or holds anything but
+/// `[A-Za-z0-9._-]`, so that the gateway's own id replaces it.
+pub async fn plain_request_id(mut req: Request, next: Next) -> Response {
+    let plain = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 64
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+    };
+    let headers = req.headers_mut();
+    let values: Vec<&HeaderValue> = headers.get_all("x-request-id").iter().collect();
+    if values.len() > 1 || values.first().is_some_and(|v| !plain(v)) {
+        headers.remove("x-request-id");
+    }
+    next.run(req).await
+}
+
+/// The client's address, when the server was started with it (`App::serve`).
+pub fn client_address(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// A token bucket per client id (or per client address).
 pub struct RateLimit {
     limiter: Option<DefaultKeyedRateLimiter<String>>,
 }
@@ -93,6 +118,10 @@ impl RateLimit {
         let Some(l) = &self.limiter else {
             return Ok(());
         };
+        if l.len() > 100_000 {
+            // Many keys (addresses): forget those whose buckets are full again.
+            l.retain_recent();
+        }
         l.check_key(&client_id.to_owned())
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
@@ -104,7 +133,7 @@ pub fn too_many_requests(wait: Duration) -> Response {
     let mut resp = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "throttled",
-        format!("this client sends too many requests; retry after {secs} s"),
+        format!("too many requests from this client; retry after {secs} s"),
     )
     .into_response();
     if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {

@@ -9,6 +9,60 @@ use crate::fhir::outcome::Issue;
 use crate::fhir::time::now_us;
 use crate::store::{DeliveryState, OutboxEntry, OutboxFilter, Store};
 
+/// What `deliveries resync` found and queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resync {
+    /// Resources the target was sent or was to be sent (within the filters).
+    pub resources: usize,
+    /// Of those, queued again (the others were pending already).
+    pub queued: usize,
+}
+
+/// `deliveries resync`: the current version of every resource `target` was sent (or was to
+/// be sent), of one gateway patient and changed at or after `since` when given, queued again
+/// with the target's copies marked unverified: the worker reads each copy before it sends, so
+/// a copy that is there with the same content is left alone, a lost one is created again
+/// (conditionally on the source-resource identifier) and an outdated one updated. One audit
+/// row names the target, the filters and the counts.
+pub async fn resync(
+    store: &dyn Store,
+    actor: &Actor,
+    target: &str,
+    patient: Option<&str>,
+    since_instant: Option<&str>,
+) -> crate::store::Result<Resync> {
+    let mut tx = store.begin().await?;
+    let candidates = tx.resync_candidates(target, patient, since_instant).await?;
+    let now = now_us();
+    let mut queued = 0;
+    for c in &candidates {
+        if tx.resync_queue(c, target, now).await? {
+            queued += 1;
+        }
+    }
+    let mut row = audit::row(
+        actor,
+        None,
+        Action::Execute,
+        Interaction::RetryDelivery,
+        Outcome::Success,
+    );
+    row.target_sector = Some(target.to_owned());
+    row.patient_id = patient.map(str::to_owned);
+    row.detail = Some(format!(
+        "resync of {target}{}{}: {} resources, {queued} queued again; the target's copies are read before anything is sent",
+        patient.map_or(String::new(), |_| " for one patient".to_owned()),
+        since_instant.map_or(String::new(), |s| format!(" changed since {s}")),
+        candidates.len()
+    ));
+    tx.audit(&row).await?;
+    tx.commit().await?;
+    Ok(Resync {
+        resources: candidates.len(),
+        queued,
+    })
+}
+
 impl Gateway {
     /// `GET /admin/deliveries?state=&target=&_count=&_offset=`: the filter as understood and
     /// the entries it selects.

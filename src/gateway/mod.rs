@@ -34,6 +34,7 @@ pub mod ledger;
 pub mod notify;
 pub mod params;
 pub mod read;
+pub mod refusals;
 pub mod relation;
 pub mod search;
 pub mod transparency;
@@ -75,6 +76,9 @@ pub struct Gateway {
     /// The FHIR base of links when `server.public_base_url` is not set: the address the server
     /// listens on, set once it is bound.
     listen_base: OnceLock<String>,
+    /// Refused authentications counted per client address and minute (audited as one row
+    /// each when the minute is over).
+    refusals: refusals::Refusals,
 }
 
 impl Gateway {
@@ -99,6 +103,7 @@ impl Gateway {
             shutting_down: watch::channel(false).0,
             signer: None,
             listen_base: OnceLock::new(),
+            refusals: refusals::Refusals::default(),
         }
     }
 

@@ -448,26 +448,6 @@ impl Gateway {
         self.write_audit(row).await;
     }
 
-    /// Records a request refused for want of a valid bearer token (`detail` names the method,
-    /// the path and the kind of refusal, never the token).
-    pub async fn refused_authentication(&self, request_id: Option<String>, detail: &str) {
-        let actor = Actor {
-            client_id: None,
-            role: None,
-            request_id,
-            person: None,
-        };
-        let mut row = audit::row(
-            &actor,
-            None,
-            Action::Execute,
-            Interaction::Authenticate,
-            Outcome::MinorFailure,
-        );
-        row.detail = Some(detail.to_owned());
-        self.write_audit(row).await;
-    }
-
     /// Writes a standalone audit row; a failure is logged (without patient data), never hidden.
     pub(crate) async fn write_audit(&self, row: AuditRow) {
         let result = async {

@@ -25,6 +25,7 @@ pub use alerts::{AlertQuery, AlertRow, AlertTx};
 pub use merkle::{StoredCheckpoint, TransparencyTx, WitnessState};
 pub use outbox::{
     Delivered, DeliveryState, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor,
+    ResyncCandidate, UNVERIFIED,
 };
 pub use sql::SqlStore;
 

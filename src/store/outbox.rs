@@ -104,6 +104,20 @@ pub enum Finish {
     Deferred { next_us: i64 },
 }
 
+/// A resource queued again by a resync: the current version of one resource.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct ResyncCandidate {
+    pub gid: String,
+    pub sector: String,
+    pub rtype: String,
+    pub version: i64,
+    pub patient_id: Option<String>,
+}
+
+/// The `delivered.hash` of a copy the worker must read at the target before it sends: the
+/// target may have lost it (a resync).
+pub const UNVERIFIED: &str = "";
+
 /// Filters for listing outbox entries.
 #[derive(Debug, Clone, Default)]
 pub struct OutboxFilter {
@@ -158,6 +172,32 @@ pub trait ExchangeTx: Send {
     ) -> Result<Vec<OutboxEntry>>;
     /// Gives a leased entry back untouched.
     async fn outbox_release(&mut self, id: i64, owner: &str) -> Result<()>;
+    /// Extends the leases `owner` holds on pending entries of `target` to `until_us`; returns
+    /// how many.
+    async fn outbox_renew(&mut self, target: &str, owner: &str, until_us: i64) -> Result<u64>;
+    /// Every owner of a lease, an outbox entry's or a named one.
+    async fn lease_holders(&mut self) -> Result<Vec<String>>;
+    /// Gives back everything `owner` holds: (outbox entries, named leases).
+    async fn reclaim_owner(&mut self, owner: &str) -> Result<(u64, u64)>;
+    /// The resources `target` was sent (or was to be sent) at their current version, with
+    /// their patient, optionally of one patient and changed at or after `since` (a FHIR
+    /// instant or date, compared with `meta.lastUpdated`).
+    async fn resync_candidates(
+        &mut self,
+        target: &str,
+        patient_id: Option<&str>,
+        since: Option<&str>,
+    ) -> Result<Vec<ResyncCandidate>>;
+    /// Queues the current version of one resource for `target` again (a new entry, or its
+    /// finished entry back to pending), and marks what the target holds of it as unverified
+    /// (the worker reads the target's copy before it sends). False when an entry of that
+    /// version is pending already.
+    async fn resync_queue(
+        &mut self,
+        c: &ResyncCandidate,
+        target: &str,
+        now_us: i64,
+    ) -> Result<bool>;
     /// Records how an attempt ended; [`StoreError::LeaseLost`] when `owner` no longer holds
     /// the lease (the caller must then commit nothing of the attempt).
     async fn outbox_finish(&mut self, id: i64, owner: &str, finish: &Finish) -> Result<()>;
@@ -403,6 +443,104 @@ impl ExchangeTx for SqlTx {
         .await
         .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn outbox_renew(&mut self, target: &str, owner: &str, until_us: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE outbox SET lease_until_us = $3 WHERE target = $1 AND lease_owner = $2 \
+             AND state = 'pending'",
+        )
+        .bind(target)
+        .bind(owner)
+        .bind(until_us)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn lease_holders(&mut self) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner IS NOT NULL \
+             UNION SELECT owner FROM leases",
+        )
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn reclaim_owner(&mut self, owner: &str) -> Result<(u64, u64)> {
+        let entries = sqlx::query(
+            "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        let leases = sqlx::query("DELETE FROM leases WHERE owner = $1")
+            .bind(owner)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        Ok((entries, leases))
+    }
+
+    async fn resync_candidates(
+        &mut self,
+        target: &str,
+        patient_id: Option<&str>,
+        since: Option<&str>,
+    ) -> Result<Vec<ResyncCandidate>> {
+        sqlx::query_as::<_, ResyncCandidate>(
+            "SELECT r.gid AS gid, r.sector AS sector, r.rtype AS rtype, r.version AS version, \
+             r.patient_id AS patient_id FROM resources r \
+             WHERE r.gid IN (SELECT o.gid FROM outbox o WHERE o.target = $1) \
+             AND ($2 = '' OR r.patient_id = $2) AND ($3 = '' OR r.last_updated >= $3) \
+             ORDER BY r.gid",
+        )
+        .bind(target)
+        .bind(patient_id.unwrap_or(""))
+        .bind(since.unwrap_or(""))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn resync_queue(
+        &mut self,
+        c: &ResyncCandidate,
+        target: &str,
+        now_us: i64,
+    ) -> Result<bool> {
+        let queued = sqlx::query(
+            "INSERT INTO outbox (target, source, gid, version, rtype, patient_id, route, state, \
+             attempts, created_us, next_us, updated_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'resync', 'pending', 0, $7, $7, $7) \
+             ON CONFLICT (target, gid, version) DO UPDATE SET state = 'pending', attempts = 0, \
+             created_us = $7, next_us = $7, updated_us = $7, lease_owner = NULL, \
+             lease_until_us = NULL WHERE outbox.state <> 'pending'",
+        )
+        .bind(target)
+        .bind(&c.sector)
+        .bind(&c.gid)
+        .bind(c.version)
+        .bind(&c.rtype)
+        .bind(c.patient_id.as_deref())
+        .bind(now_us)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        sqlx::query("UPDATE delivered SET hash = $3 WHERE target = $1 AND gid = $2")
+            .bind(target)
+            .bind(&c.gid)
+            .bind(UNVERIFIED)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok(queued == 1)
     }
 
     async fn outbox_finish(&mut self, id: i64, owner: &str, finish: &Finish) -> Result<()> {

@@ -3,23 +3,36 @@
 //! A worker leases a batch of due entries of its target (oldest first; an entry waits while an
 //! older entry of the same resource is pending, so version n+1 never overtakes version n),
 //! then for each entry: maps the stored version for the target, sends it (update of the known
-//! target id, else conditional create with `If-None-Exist` on the source-resource identifier,
-//! in a transaction Bundle when it carries conditional references), and records the outcome
-//! with its audit row in one transaction. The HTTP request never runs inside a database
-//! transaction; the lease keeps other replicas off the entry meanwhile.
+//! target id with `If-Match` on the version the gateway wrote, else conditional create with
+//! `If-None-Exist` on the source-resource identifier, in a transaction Bundle when it carries
+//! conditional references), and records the outcome with its audit row in one transaction.
+//! The HTTP request never runs inside a database transaction; the lease (`exchange.lease_secs`,
+//! renewed while the batch runs) keeps other replicas off the entry meanwhile, and ends soon
+//! after a process dies (at once when the process of the same instance starts again:
+//! [`super::Workers::reclaim`]).
 //!
-//! Failures: timeouts, connection errors, 408, 429 and 5xx are retried with exponential
-//! back-off and jitter, and pause the whole queue of that target until the retry is due (the
-//! next entries would fail the same way); other 4xx are permanent. After
-//! `exchange.max_attempts` or `exchange.max_age_secs` an entry is dead-lettered: a metric, a
-//! warning in the log, an audit row, and `GET /admin/deliveries?state=dead`.
+//! An update answered 412 (the target's copy is not the version the gateway last wrote: an
+//! update whose answer was lost in a crash, or an edit at the target) and a copy a resync
+//! marked unverified are read back first: equal content is recorded without sending (no second
+//! version at the target), a copy that is gone is created again, another one is updated.
+//!
+//! Failures: timeouts, connection errors, 408, 429 and 5xx are retryable: they open the
+//! target's circuit ([`super::circuit`]): the queue pauses for a back-off (doubling with
+//! jitter up to `exchange.retry_max_ms`), then one entry probes the sector while the others
+//! wait without attempts. A retryable failure is retried until the entry is older than
+//! `exchange.max_age_secs` (7 days by default; `exchange.max_attempts` can add a bound by
+//! count); other 4xx are permanent and dead-lettered at once: a metric, a warning in the log,
+//! an audit row, and `GET /admin/deliveries?state=dead`.
 
 use rand::RngExt;
 use reqwest::header::{self, HeaderMap};
 use serde_json::{Value, json};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+use super::circuit::{Change, Circuit};
 
 use crate::audit::{self, Action, Actor, AuditRow, Interaction, Outcome};
 use crate::config::{ExchangeSettings, OutboundAuth, SectorSettings};
@@ -29,7 +42,7 @@ use crate::gateway::Gateway;
 use crate::ids::content_hash;
 use crate::metrics::TargetLabels;
 use crate::outbound::{Outbound, kind};
-use crate::store::{Delivered, Finish, OutboxEntry, StoreError, StoreTx};
+use crate::store::{Delivered, Finish, OutboxEntry, StoreError, StoreTx, UNVERIFIED};
 
 /// What one attempt came to.
 #[derive(Debug)]
@@ -95,6 +108,19 @@ pub struct Delivery {
     pub outbound: Arc<Outbound>,
     /// This replica's name in leases.
     pub owner: String,
+    /// Each target's circuit.
+    circuits: Mutex<HashMap<String, Circuit>>,
+}
+
+/// What reading the target's copy showed.
+#[derive(Debug)]
+enum TargetCopy {
+    /// It holds what the gateway would send, at this version.
+    Same(Option<String>),
+    /// It holds something else, at this version.
+    Differs(Option<String>),
+    /// It holds nothing (404 or 410).
+    Gone,
 }
 
 /// The delay before retry `attempt` (1-based): doubling from `initial`, at most `max`, with
@@ -121,6 +147,56 @@ fn us(d: Duration) -> i64 {
 }
 
 impl Delivery {
+    pub fn new(gateway: Arc<Gateway>, outbound: Arc<Outbound>, owner: String) -> Delivery {
+        Delivery {
+            gateway,
+            outbound,
+            owner,
+            circuits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The circuit of `target` as it stands.
+    pub fn circuit(&self, target: &str) -> Circuit {
+        self.circuits
+            .lock()
+            .map(|c| c.get(target).copied().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Records whether `target` answered (`reached`) or failed in a retryable way; the log
+    /// says when its circuit opens and closes (the sector, never a resource).
+    fn sector_outcome(&self, target: &str, reached: bool) {
+        let Ok(mut circuits) = self.circuits.lock() else {
+            return;
+        };
+        let circuit = circuits.entry(target.to_owned()).or_default();
+        let failures = circuit.failures();
+        let change = if reached {
+            circuit.answered()
+        } else {
+            circuit.failed()
+        };
+        drop(circuits);
+        match change {
+            Change::Opened => tracing::warn!(
+                target_sector = %target,
+                "sector unreachable: its deliveries wait, one entry probes it after each back-off"
+            ),
+            Change::Closed => tracing::warn!(
+                target_sector = %target,
+                failures,
+                "sector reachable again: its deliveries resume"
+            ),
+            Change::Same => {}
+        }
+    }
+
+    /// How long a claim holds an entry before it is renewed.
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.gateway.settings().exchange.lease_secs)
+    }
+
     /// Runs the worker of one target until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, target: String, mut shutdown: watch::Receiver<bool>) {
         let x = self.gateway.settings().exchange.clone();
@@ -172,30 +248,61 @@ impl Delivery {
         Ok(n)
     }
 
+    /// Leases a batch of due entries (one, the probe, while the target's circuit is open) for
+    /// `exchange.lease_secs`.
     async fn claim(&self, target: &str) -> Result<Vec<OutboxEntry>, StoreError> {
         let x = &self.gateway.settings().exchange;
         let now = crate::fhir::time::now_us();
-        // The lease outlasts every request of the batch (each bounded by the request timeout).
-        let lease = Duration::from_millis(x.request_timeout_ms)
-            .saturating_mul(2 * x.batch + 1)
-            .saturating_add(Duration::from_secs(30));
+        let limit = self.circuit(target).batch(x.batch);
         let mut tx = self.gateway.store().begin().await?;
         let batch = tx
             .outbox_claim(
                 target,
                 &self.owner,
                 now,
-                now.saturating_add(us(lease)),
-                i64::from(x.batch),
+                now.saturating_add(us(self.lease())),
+                i64::from(limit),
             )
             .await?;
         tx.commit().await?;
         Ok(batch)
     }
 
+    /// Processes a claimed batch, renewing its leases every third of the lease meanwhile.
+    async fn process_batch(
+        &self,
+        target: &str,
+        batch: Vec<OutboxEntry>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Option<Instant> {
+        let work = self.process_entries(target, batch, shutdown);
+        tokio::pin!(work);
+        let every = self.lease() / 3;
+        loop {
+            tokio::select! {
+                pause = &mut work => return pause,
+                () = tokio::time::sleep(every) => self.renew(target).await,
+            }
+        }
+    }
+
+    /// Extends the leases of this worker's entries of `target`.
+    async fn renew(&self, target: &str) {
+        let until = crate::fhir::time::now_us().saturating_add(us(self.lease()));
+        let result = async {
+            let mut tx = self.gateway.store().begin().await?;
+            tx.outbox_renew(target, &self.owner, until).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(target_sector = %target, error = %err, "could not renew the leases of a batch; another replica may take its entries over");
+        }
+    }
+
     /// Processes a claimed batch in order. Returns when the queue should pause (a retryable
     /// failure): the rest of the batch is given back.
-    async fn process_batch(
+    async fn process_entries(
         &self,
         target: &str,
         batch: Vec<OutboxEntry>,
@@ -248,6 +355,7 @@ impl Delivery {
         let now = crate::fhir::time::now_us();
         let mut tx = self.gateway.store().begin().await?;
         let mut row = delivery_row(e);
+        let reached = reached(&attempt);
         let (outcome, pause) = match attempt {
             Attempt::Deferred => {
                 self.record_deferred(tx.as_mut(), e, now).await?;
@@ -278,6 +386,9 @@ impl Delivery {
         tx.audit(&row).await?;
         tx.commit().await?;
         self.gateway.metrics().delivery(&e.target, outcome);
+        if let Some(reached) = reached {
+            self.sector_outcome(&e.target, reached);
+        }
         Ok(pause)
     }
 
@@ -425,7 +536,8 @@ impl Delivery {
         row: &mut AuditRow,
     ) -> Result<(&'static str, Option<Duration>), StoreError> {
         let x = &self.gateway.settings().exchange;
-        match verdict(x, e.attempts, e.created_us, now, f) {
+        let failures = i64::from(self.circuit(&e.target).failures());
+        match verdict(x, e.attempts, failures, e.created_us, now, f) {
             Verdict::Retry(retry) => {
                 self.record_retry(tx, e, f, &retry, now, row).await?;
                 Ok(("retry", Some(retry.wait)))
@@ -511,65 +623,105 @@ impl Delivery {
 
     /// Maps and sends one entry (no transaction is open during the request).
     async fn attempt(&self, e: &OutboxEntry) -> Result<Attempt, StoreError> {
-        let gw = &self.gateway;
-        let Some(target) = gw.settings().sector(&e.target).cloned() else {
+        let Some(target) = self.gateway.settings().sector(&e.target).cloned() else {
             return Ok(Attempt::Failed(Failure::permanent(
                 None,
                 format!("sector '{}' is no longer configured", e.target),
             )));
         };
-        let (known, mapped) = {
-            let mut tx = gw.store().begin_read().await?;
-            let known = tx.delivered_get(&e.target, &e.gid).await?;
-            if known.as_ref().is_some_and(|d| d.version >= e.version) {
-                return Ok(Attempt::Superseded);
-            }
-            let Some(body) = tx.version_body(&e.gid, e.version).await? else {
-                return Ok(Attempt::Failed(Failure::permanent(
-                    None,
-                    "the stored version is missing",
-                )));
-            };
-            let rid = tx.get(&e.gid).await?.map(|s| s.rid).unwrap_or_default();
-            let what = || format!("{}/{} version {}", e.rtype, e.gid, e.version);
-            let body: Value = match crate::store::parse_body(what, &body) {
-                Ok(v) => v,
-                Err(_) => {
-                    return Ok(Attempt::Failed(Failure::permanent(
-                        None,
-                        "the stored version is not JSON",
-                    )));
-                }
-            };
-            let mapper = Mapper {
-                settings: gw.settings(),
-                mapping: self.gateway.mapping(),
-                schema: &gw.validator().schema,
-            };
-            let mapped = mapper.map(&mut *tx, e, &rid, body).await?;
-            (known, mapped)
+        let (mut known, mapped) = match self.prepare(e).await? {
+            Ok(ready) => ready,
+            Err(done) => return Ok(done),
         };
         if mapped.deferred {
             return Ok(Attempt::Deferred);
         }
         // The hash covers the content as the target will hold it, without the id.
         let hash = content_hash(mapped.body.to_string().as_bytes());
-        if let Some(d) = &known
-            && d.hash == hash
-        {
-            return Ok(Attempt::Unchanged {
-                delivered: d.clone(),
-            });
+        if let Some(d) = known.clone() {
+            if d.hash == hash {
+                return Ok(Attempt::Unchanged { delivered: d });
+            }
+            if d.hash == UNVERIFIED {
+                // A resync: what the target holds now decides.
+                match self.read_copy(&target, e, &mapped, &d).await {
+                    Err(f) => return Ok(Attempt::Failed(f)),
+                    Ok(TargetCopy::Same(version)) => return Ok(unchanged(&d, version, hash)),
+                    Ok(TargetCopy::Gone) => known = None,
+                    Ok(TargetCopy::Differs(version)) => known = Some(at_version(&d, version)),
+                }
+            }
         }
-        let mut result = self.send(&target, e, &mapped, known.as_ref()).await;
-        if known.is_some()
-            && let Err(f) = &result
-            && matches!(f.status, Some(404 | 410))
+        Ok(self.deliver(&target, e, mapped, known, hash).await)
+    }
+
+    /// What to send: the target's copy as recorded, and the stored version mapped for the
+    /// target; or the attempt's end when there is nothing to send.
+    async fn prepare(
+        &self,
+        e: &OutboxEntry,
+    ) -> Result<Result<(Option<Delivered>, Mapped), Attempt>, StoreError> {
+        let gw = &self.gateway;
+        let mut tx = gw.store().begin_read().await?;
+        let known = tx.delivered_get(&e.target, &e.gid).await?;
+        if known
+            .as_ref()
+            .is_some_and(|d| d.version >= e.version && d.hash != UNVERIFIED)
         {
-            // The target no longer has the resource: create it again.
-            result = self.send(&target, e, &mapped, None).await;
+            return Ok(Err(Attempt::Superseded));
         }
-        Ok(match result {
+        let Some(body) = tx.version_body(&e.gid, e.version).await? else {
+            return Ok(Err(Attempt::Failed(Failure::permanent(
+                None,
+                "the stored version is missing",
+            ))));
+        };
+        let rid = tx.get(&e.gid).await?.map(|s| s.rid).unwrap_or_default();
+        let what = || format!("{}/{} version {}", e.rtype, e.gid, e.version);
+        let Ok(body) = crate::store::parse_body(what, &body) else {
+            return Ok(Err(Attempt::Failed(Failure::permanent(
+                None,
+                "the stored version is not JSON",
+            ))));
+        };
+        let mapper = Mapper {
+            settings: gw.settings(),
+            mapping: gw.mapping(),
+            schema: &gw.validator().schema,
+        };
+        let mapped = mapper.map(&mut *tx, e, &rid, body).await?;
+        Ok(Ok((known, mapped)))
+    }
+
+    /// Sends the mapped version. An update of a copy the target no longer has (404, 410)
+    /// creates it again; an update refused for its `If-Match` (412) reads the copy first: the
+    /// same content is recorded as it is (no second version), another is updated at the
+    /// version read.
+    async fn deliver(
+        &self,
+        target: &SectorSettings,
+        e: &OutboxEntry,
+        mapped: Mapped,
+        known: Option<Delivered>,
+        hash: String,
+    ) -> Attempt {
+        let mut result = self.send(target, e, &mapped, known.as_ref()).await;
+        if let (Some(d), Err(f)) = (&known, &result) {
+            match f.status {
+                Some(404 | 410) => result = self.send(target, e, &mapped, None).await,
+                Some(412) => match self.read_copy(target, e, &mapped, d).await {
+                    Ok(TargetCopy::Same(version)) => return unchanged(d, version, hash),
+                    Ok(TargetCopy::Gone) => result = self.send(target, e, &mapped, None).await,
+                    Ok(TargetCopy::Differs(version)) => {
+                        let at = at_version(d, version);
+                        result = self.send(target, e, &mapped, Some(&at)).await;
+                    }
+                    Err(f) => result = Err(f),
+                },
+                _ => {}
+            }
+        }
+        match result {
             Ok(accepted) => Attempt::Sent(Sent {
                 accepted,
                 hash,
@@ -577,7 +729,57 @@ impl Delivery {
                 update: known.is_some(),
             }),
             Err(f) => Attempt::Failed(f),
-        })
+        }
+    }
+
+    /// Reads the target's copy `d` and compares it with what the gateway would send.
+    async fn read_copy(
+        &self,
+        target: &SectorSettings,
+        e: &OutboxEntry,
+        mapped: &Mapped,
+        d: &Delivered,
+    ) -> Result<TargetCopy, Failure> {
+        let Some(base) = target.base_url.as_deref().map(|b| b.trim_end_matches('/')) else {
+            return Err(Failure::permanent(
+                None,
+                "the target sector has no base_url",
+            ));
+        };
+        let auth = self
+            .outbound
+            .authorization(target)
+            .await
+            .map_err(|err| Failure::retryable(None, err.0))?;
+        let mut req = self
+            .outbound
+            .http
+            .get(format!("{base}/{}/{}", e.rtype, d.target_id))
+            .header(header::ACCEPT, FHIR_JSON);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|err| Failure::retryable(None, kind(&err)))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .text()
+            .await
+            .map_err(|err| Failure::retryable(Some(status), kind(&err)))?;
+        // A body that is not JSON is treated as absent (as in `read_answer`).
+        let copy: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        match status {
+            404 | 410 => Ok(TargetCopy::Gone),
+            200..=299 => Ok(compare_copy(&mapped.body, &copy)),
+            _ => {
+                let client_credentials =
+                    matches!(target.auth, OutboundAuth::ClientCredentials { .. });
+                Err(refusal(status, &headers, &copy, client_credentials))
+            }
+        }
     }
 
     /// Sends a mapped resource: the copy the target now holds, or why not.
@@ -632,6 +834,9 @@ impl Delivery {
         if let Some(q) = &request.if_none_exist {
             req = req.header("If-None-Exist", q);
         }
+        if let Some(v) = &request.if_match {
+            req = req.header(header::IF_MATCH, v);
+        }
         let resp = match req.send().await {
             Ok(r) => r,
             Err(err) => return Err(Failure::retryable(None, kind(&err))),
@@ -646,6 +851,53 @@ impl Delivery {
             }),
             Err(err) => Err(Failure::retryable(Some(status), kind(&err))),
         }
+    }
+}
+
+/// The target's copy `d` stands for this version too (its content is what would be sent).
+fn unchanged(d: &Delivered, version: Option<String>, hash: String) -> Attempt {
+    Attempt::Unchanged {
+        delivered: Delivered {
+            target_version: version.or_else(|| d.target_version.clone()),
+            hash,
+            ..d.clone()
+        },
+    }
+}
+
+/// The target's copy `d` at another version.
+fn at_version(d: &Delivered, version: Option<String>) -> Delivered {
+    Delivered {
+        target_version: version,
+        ..d.clone()
+    }
+}
+
+/// Whether a copy read from the target holds what the gateway would send: equal without the
+/// id and the server's `meta.versionId` and `meta.lastUpdated` (key order aside).
+fn compare_copy(mapped: &Value, copy: &Value) -> TargetCopy {
+    fn bare(v: &Value) -> Value {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("id");
+            if let Some(meta) = o.get_mut("meta").and_then(Value::as_object_mut) {
+                meta.remove("versionId");
+                meta.remove("lastUpdated");
+                if meta.is_empty() {
+                    o.remove("meta");
+                }
+            }
+        }
+        v
+    }
+    let version = copy
+        .pointer("/meta/versionId")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if copy.is_object() && bare(mapped) == bare(copy) {
+        TargetCopy::Same(version)
+    } else {
+        TargetCopy::Differs(version)
     }
 }
 
@@ -688,12 +940,15 @@ struct Retry {
     wait: Duration,
 }
 
-/// Retry or dead letter: a retryable failure is retried until `exchange.max_attempts`
-/// attempts were made or the entry is older than `exchange.max_age_secs`. `attempts_before`
-/// counts the earlier attempts.
+/// Retry or dead letter: a retryable failure is retried until the entry is older than
+/// `exchange.max_age_secs` (or, when `exchange.max_attempts` is set, that many attempts were
+/// made). `attempts_before` counts the entry's earlier attempts, `failures_before` the target's
+/// consecutive failures: the back-off grows with the larger, so probes of a sector that stays
+/// down grow apart whichever entry probes.
 fn verdict(
     x: &ExchangeSettings,
     attempts_before: i64,
+    failures_before: i64,
     created_us: i64,
     now: i64,
     f: &Failure,
@@ -701,8 +956,10 @@ fn verdict(
     let attempts = u32::try_from(attempts_before + 1).unwrap_or(u32::MAX);
     let too_old = now.saturating_sub(created_us)
         > i64::try_from(x.max_age_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
-    if f.retryable && attempts < x.max_attempts && !too_old {
-        let wait = backoff(x.retry_initial_ms, x.retry_max_ms, attempts, f.retry_after);
+    let exhausted = x.max_attempts > 0 && attempts >= x.max_attempts;
+    if f.retryable && !exhausted && !too_old {
+        let step = u32::try_from(attempts_before.max(failures_before) + 1).unwrap_or(u32::MAX);
+        let wait = backoff(x.retry_initial_ms, x.retry_max_ms, step, f.retry_after);
         return Verdict::Retry(Retry { attempts, wait });
     }
     let why = if !f.retryable {
@@ -715,6 +972,18 @@ fn verdict(
     Verdict::Dead { why }
 }
 
+/// Whether an attempt reached the target (`Some(true)`: it answered; `Some(false)`: a
+/// retryable failure) or says nothing about it (`None`: nothing was sent, or the failure was
+/// the gateway's own).
+fn reached(attempt: &Attempt) -> Option<bool> {
+    match attempt {
+        Attempt::Sent(_) => Some(true),
+        Attempt::Failed(f) if f.retryable => Some(false),
+        Attempt::Failed(f) => f.status.map(|_| true),
+        Attempt::Unchanged { .. } | Attempt::Superseded | Attempt::Deferred => None,
+    }
+}
+
 /// A delivery request: what goes on the wire besides the fixed headers (`Content-Type`,
 /// `Accept`, `Prefer: return=representation`) and the credentials.
 #[derive(Debug, Clone, PartialEq)]
@@ -723,6 +992,8 @@ struct Request {
     url: String,
     /// The `If-None-Exist` header: a plain create only (a transaction carries it in its entry).
     if_none_exist: Option<String>,
+    /// The `If-Match` header: a plain update of a copy whose version is known.
+    if_match: Option<String>,
     /// The body is a transaction Bundle (and the answer a transaction-response).
     transaction: bool,
     body: Value,
@@ -731,8 +1002,8 @@ struct Request {
 /// The request that delivers `mapped` to the target at `base`: a PUT of the copy the target
 /// holds (`known`), else a POST conditional on the source-resource identifier (`If-None-Exist`,
 /// so a repeated create leaves one copy); inside a transaction Bundle when the body holds
-/// conditional references. No `If-Match` is sent: an update replaces the target's copy
-/// whatever its version.
+/// conditional references. An update carries `If-Match` on the version the gateway wrote
+/// (when the target named it), so that an update re-sent after a crash adds no version.
 fn build_request(base: &str, rtype: &str, mapped: &Mapped, known: Option<&Delivered>) -> Request {
     let mut body = mapped.body.clone();
     let if_none_exist = mapped
@@ -746,6 +1017,7 @@ fn build_request(base: &str, rtype: &str, mapped: &Mapped, known: Option<&Delive
                 method: reqwest::Method::PUT,
                 url: format!("{base}/{rtype}/{}", d.target_id),
                 if_none_exist: None,
+                if_match: if_match(d),
                 transaction: false,
                 body,
             }
@@ -754,6 +1026,7 @@ fn build_request(base: &str, rtype: &str, mapped: &Mapped, known: Option<&Delive
             method: reqwest::Method::POST,
             url: format!("{base}/{rtype}"),
             if_none_exist,
+            if_match: None,
             transaction: false,
             body,
         },
@@ -761,10 +1034,16 @@ fn build_request(base: &str, rtype: &str, mapped: &Mapped, known: Option<&Delive
             method: reqwest::Method::POST,
             url: base.to_owned(),
             if_none_exist: None,
+            if_match: None,
             transaction: true,
             body: transaction_bundle(rtype, body, known, if_none_exist),
         },
     }
+}
+
+/// The `If-Match` value of an update of `d`: the version the target gave it, when it did.
+fn if_match(d: &Delivered) -> Option<String> {
+    d.target_version.as_ref().map(|v| format!("W/\"{v}\""))
 }
 
 /// A transaction Bundle of one entry: the update of the copy the target holds, else a create
@@ -778,7 +1057,11 @@ fn transaction_bundle(
     let request = match known {
         Some(d) => {
             body["id"] = json!(d.target_id);
-            json!({ "method": "PUT", "url": format!("{rtype}/{}", d.target_id) })
+            let mut r = json!({ "method": "PUT", "url": format!("{rtype}/{}", d.target_id) });
+            if let Some(v) = if_match(d) {
+                r["ifMatch"] = json!(v);
+            }
+            r
         }
         None => {
             let mut r = json!({ "method": "POST", "url": rtype });
@@ -867,8 +1150,10 @@ fn transaction_copy(json: &Value, status: u16, rtype: &str) -> Result<CopyIds, F
         .and_then(Value::as_str)
         .unwrap_or("");
     if !status_text.starts_with('2') {
+        // The entry's own status where it gives one (a 412 or 404 is handled like a plain one).
+        let entry_status = status_text.get(..3).and_then(|c| c.parse::<u16>().ok());
         return Err(Failure::permanent(
-            Some(status),
+            Some(entry_status.unwrap_or(status)),
             format!("the transaction entry answered '{status_text}'"),
         ));
     }
@@ -1086,6 +1371,7 @@ mod tests {
         assert_eq!(r.method, reqwest::Method::PUT);
         assert_eq!(r.url, "http://h/fhir/Condition/t1");
         assert_eq!(r.if_none_exist, None);
+        assert_eq!(r.if_match.as_deref(), Some("W/\"1\""));
         assert_eq!(r.body["id"], "t1");
         assert!(!r.transaction);
     }
@@ -1118,7 +1404,7 @@ mod tests {
         let entry = &r.body["entry"][0];
         assert_eq!(
             entry["request"],
-            json!({ "method": "PUT", "url": "Condition/t1" })
+            json!({ "method": "PUT", "url": "Condition/t1", "ifMatch": "W/\"1\"" })
         );
         assert_eq!(entry["resource"]["id"], "t1");
     }
@@ -1261,17 +1547,17 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_retried_until_attempts_or_age_run_out() {
+    fn failures_are_retried_until_the_entry_is_too_old() {
         let x = ExchangeSettings {
-            max_attempts: 3,
             max_age_secs: 60,
             retry_initial_ms: 100,
             retry_max_ms: 1_000,
             ..ExchangeSettings::default()
         };
+        assert_eq!(x.max_attempts, 0, "no bound by count by default");
         let now = 1_000_000_000;
         let retryable = Failure::retryable(Some(503), "HTTP 503");
-        match verdict(&x, 1, now, now, &retryable) {
+        match verdict(&x, 1, 0, now, now, &retryable) {
             Verdict::Retry(r) => {
                 assert_eq!(r.attempts, 2);
                 assert!(
@@ -1280,16 +1566,48 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A thousand attempts are no reason to give up; the back-off stays at its maximum.
+        match verdict(&x, 1_000, 0, now - 59_000_000, now, &retryable) {
+            Verdict::Retry(r) => assert!(r.wait <= Duration::from_millis(1_000)),
+            other => panic!("{other:?}"),
+        }
+        // A fresh entry probing a sector that failed often waits as long as the sector's
+        // failures say.
+        match verdict(&x, 0, 4, now, now, &retryable) {
+            Verdict::Retry(r) => assert!(r.wait >= Duration::from_millis(500), "{r:?}"),
+            other => panic!("{other:?}"),
+        }
         let dead = |why: &str| Verdict::Dead { why: why.into() };
-        assert_eq!(verdict(&x, 2, now, now, &retryable), dead("3 attempts"));
         assert_eq!(
-            verdict(&x, 0, now - 61_000_000, now, &retryable),
+            verdict(&x, 0, 0, now - 61_000_000, now, &retryable),
             dead("older than 60 s")
         );
         let permanent = Failure::permanent(Some(400), "HTTP 400");
         assert_eq!(
-            verdict(&x, 0, now, now, &permanent),
+            verdict(&x, 0, 0, now, now, &permanent),
             dead("a permanent failure")
         );
+        let counted = ExchangeSettings {
+            max_attempts: 3,
+            ..x
+        };
+        assert_eq!(
+            verdict(&counted, 2, 0, now, now, &retryable),
+            dead("3 attempts")
+        );
+    }
+
+    #[test]
+    fn a_copy_read_back_is_compared_without_the_servers_fields() {
+        let mapped = json!({"resourceType": "Condition", "meta": {"profile": ["p"]}, "code": {"text": "x"}, "subject": {"reference": "Patient/p"}});
+        let copy = json!({"subject": {"reference": "Patient/p"}, "resourceType": "Condition", "id": "t1", "code": {"text": "x"}, "meta": {"versionId": "v2", "lastUpdated": "2026-01-01T00:00:00Z", "profile": ["p"]}});
+        assert!(matches!(compare_copy(&mapped, &copy), TargetCopy::Same(Some(v)) if v == "v2"));
+        let mut other = copy.clone();
+        other["code"]["text"] = json!("y");
+        assert!(matches!(compare_copy(&mapped, &other), TargetCopy::Differs(Some(v)) if v == "v2"));
+        assert!(matches!(
+            compare_copy(&mapped, &Value::Null),
+            TargetCopy::Differs(None)
+        ));
     }
 }

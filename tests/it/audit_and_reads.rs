@@ -125,7 +125,9 @@ async fn audit_flow(backend: Backend) {
     assert_eq!(s, 200);
     assert_eq!(cap["fhirVersion"], "4.0.1");
 
-    // The log: accepts, the reject, the reads, the 401.
+    // The log: accepts, the reject, the reads, the 401 (refusals are audited per address and
+    // minute; the minute is closed here).
+    app.app_gateway.flush_refusals(true).await;
     let (s, log) = app.get("auditor", "/AuditEvent?_count=1000").await;
     assert_eq!(s, 200, "{log}");
     let events: Vec<&Value> = log["entry"]

@@ -369,6 +369,8 @@ async fn every_audit_event_is_valid_for_lantana() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
+    // Refusals are audited per client address and minute; the minute is closed here.
+    app.app_gateway.flush_refusals(true).await;
 
     // The deliveries: one delivered to the lab, one dead-lettered for the gp; replay it.
     wait_for_events(&app, "a delivery and a dead letter", |events| {
