@@ -46,6 +46,7 @@ mod med_knowledge;
 mod peer_harness;
 mod process;
 mod public_data;
+mod recovery;
 mod routes;
 mod store_suite;
 mod synthea_alerts;
