@@ -502,7 +502,7 @@ fn start_gateway(config: &Path, profile: bool) -> Result<Gateway> {
 // ------------------------------------------------------------------------------------------
 
 /// The exchange settings of the run: the gateway's defaults, written out for the record.
-const EXCHANGE: &str = "max_attempts = 10\nmax_age_secs = 86400\nretry_initial_ms = 1000\n\
+const EXCHANGE: &str = "max_attempts = 0\nmax_age_secs = 604800\nlease_secs = 10\nretry_initial_ms = 1000\n\
     retry_max_ms = 300000\nrequest_timeout_ms = 30000\nbatch = 16\nidle_poll_ms = 1000\n";
 
 fn config_text(store_url: &str, hospital_base: &str, tokens: &[(&str, &str, String)]) -> String {

@@ -268,21 +268,25 @@ impl Delivery {
         Ok(batch)
     }
 
-    /// Processes a claimed batch, renewing its leases every third of the lease meanwhile.
+    /// Processes a claimed batch, renewing its leases every third of the lease meanwhile. The
+    /// two run side by side: a renewal waiting for the batch's open transaction (its lock, or
+    /// SQLite's one writer) never holds the batch up.
     async fn process_batch(
         &self,
         target: &str,
         batch: Vec<OutboxEntry>,
         shutdown: &watch::Receiver<bool>,
     ) -> Option<Instant> {
-        let work = self.process_entries(target, batch, shutdown);
-        tokio::pin!(work);
         let every = self.lease() / 3;
-        loop {
-            tokio::select! {
-                pause = &mut work => return pause,
-                () = tokio::time::sleep(every) => self.renew(target).await,
+        let renewals = async {
+            loop {
+                tokio::time::sleep(every).await;
+                self.renew(target).await;
             }
+        };
+        tokio::select! {
+            pause = self.process_entries(target, batch, shutdown) => pause,
+            () = renewals => None,
         }
     }
 
