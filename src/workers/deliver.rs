@@ -668,10 +668,10 @@ impl Delivery {
         let gw = &self.gateway;
         let mut tx = gw.store().begin_read().await?;
         let known = tx.delivered_get(&e.target, &e.gid).await?;
-        if known
-            .as_ref()
-            .is_some_and(|d| d.version >= e.version && d.hash != UNVERIFIED)
-        {
+        // A later version reached the target; the same version did unless a resync asks.
+        if known.as_ref().is_some_and(|d| {
+            d.version > e.version || (d.version == e.version && d.hash != UNVERIFIED)
+        }) {
             return Ok(Err(Attempt::Superseded));
         }
         let Some(body) = tx.version_body(&e.gid, e.version).await? else {
