@@ -741,7 +741,14 @@ async fn storm(backend: Backend, kills: usize) {
     ));
     let started = Instant::now();
     for k in 0..kills {
-        tokio::time::sleep(Duration::from_millis(600 + 97 * (k as u64 % 5))).await;
+        // Each kill comes while the client writes and the workers deliver: after three more
+        // acknowledged writes, at a varying moment.
+        let acked = ledger.lock().unwrap().len();
+        wait_for("writes before the kill", 60, || async {
+            (ledger.lock().unwrap().len() >= acked + 3).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(97 * (k as u64 % 5))).await;
         gw.kill();
         gw.start();
         *base.lock().unwrap() = gw.base.clone();
@@ -762,7 +769,7 @@ async fn storm(backend: Backend, kills: usize) {
         out.trim()
     );
     assert!(
-        ledger.len() > kills * 5,
+        ledger.len() >= kills * 3,
         "the client wrote throughout: {}",
         ledger.len()
     );
