@@ -392,6 +392,79 @@ async fn after_a_kill_during_delivery_the_restarted_process_delivers_within_10_s
     gw.kill();
 }
 
+/// Another process's lease on the entry of `gp/Condition/<id>`, for `secs` from now (as a
+/// replica on another host that died leaves it).
+async fn lease_elsewhere(url: &str, id: &str, secs: i64) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let gid = carebridge::ids::gateway_id("gp", "Condition", id);
+    let until = carebridge::fhir::time::now_us() + secs * 1_000_000;
+    let done = sqlx::query(
+        "UPDATE outbox SET lease_owner = 'other-host/4242/dead/beef', lease_until_us = $1 \
+         WHERE gid = $2 AND state = 'pending'",
+    )
+    .bind(until)
+    .bind(gid)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(done.rows_affected(), 1);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_of_a_dead_replica_elsewhere_is_taken_over_when_it_expires() {
+    let hospital = Peer::start("hospital", &PeerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("carebridge.db").display());
+    let served = [("hospital", hospital.base.clone())];
+    // First without workers: the entry waits in the outbox, then a replica on another host
+    // leases it and dies.
+    let mut gw = Binary::write(dir.path(), config(&url, &served, "", "enabled = false\n"));
+    gw.start();
+    let pid = gw.register(&hospital, "0101010101").await;
+    let v1 = transaction(&[marked("exp-1", &pid, "v1")]);
+    assert_eq!(gw.send("gp", reqwest::Method::POST, "/gp", &v1).await, 200);
+    gw.kill();
+    lease_elsewhere(&url, "exp-1", 4).await;
+    let leased = Instant::now();
+    let exchange = "lease_secs = 2\nidle_poll_ms = 100\nretry_initial_ms = 100\n";
+    let mut gw = Binary {
+        log: Arc::default(),
+        ..Binary::write(dir.path(), config(&url, &served, "", exchange))
+    };
+    gw.start();
+    // A later version waits behind the leased one, and not for long.
+    let v2 = transaction(&[marked("exp-1", &pid, "v2")]);
+    assert_eq!(gw.send("gp", reqwest::Method::POST, "/gp", &v2).await, 200);
+    let store = SqlStore::connect(&url, 2).await.unwrap();
+    all_delivered(&store, 2, 20).await;
+    let took = leased.elapsed();
+    eprintln!(
+        "expired lease: taken over {:.2} s after a 4 s lease was taken",
+        took.as_secs_f64()
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "the lease was honoured: {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let copy = copy_at(&hospital, "gp", "Condition", "exp-1")
+        .await
+        .unwrap();
+    let history = hospital
+        .history(&format!("Condition/{}", copy["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(markers(&history), ["v1", "v2"], "in order, once each");
+    let log = gw.log.lock().unwrap().join("\n");
+    assert!(
+        !log.contains("took back"),
+        "another host's lease is left to expire: {log}"
+    );
+    store.close().await;
+    gw.kill();
+}
+
 // ---------------------------------------------------------------------------------------------
 // An outage, and a sector restored empty
 // ---------------------------------------------------------------------------------------------
