@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use carebridge::config::ServerSettings;
-use carebridge::fhir::json::parse_strict;
-use carebridge::validate::{FhirSchema, Profiles, Validator};
+use carebridge::fhir::json::{Node, parse_borrowed, parse_strict};
+use carebridge::validate::{FhirSchema, Profiles, Validator, rules};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
@@ -211,7 +211,8 @@ fn run(
     let schema = FhirSchema::load().map_err(|e| e.to_string())?;
     let profiles = Profiles::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fhir-profiles"))
         .map_err(|e| format!("{}: {}", e.file, e.reason))?;
-    let validator = Validator::new(schema, profiles);
+    // One thread: P1 compares one thread with one thread (each peer runs on one).
+    let validator = Validator::new(schema, profiles).with_threads(1);
     let load_secs = t.elapsed().as_secs_f64();
 
     let text = std::fs::read(corpus).map_err(|e| format!("{corpus}: {e}"))?;
@@ -221,27 +222,24 @@ fn run(
         .collect();
     let bytes: usize = lines.iter().map(|l| l.len()).sum();
 
-    // Warm-up pass (compiles each type's validator once), which also counts the verdicts.
+    // Warm-up pass, which also counts the verdicts.
     let t = Instant::now();
     let mut accepted = 0usize;
     let mut rejects = Vec::new();
     for (i, line) in lines.iter().enumerate() {
-        match parse_strict(line, depth) {
-            Ok(v) => {
-                let issues = validator.structural(&v);
-                if issues.is_empty() {
-                    accepted += 1;
-                } else {
-                    let first = &issues[0];
-                    rejects.push(json!({
-                        "line": i + 1,
-                        "resourceType": v.get("resourceType"),
-                        "issues": issues.len(),
-                        "code": first.code,
-                        "expression": first.expression,
-                        "diagnostics": first.diagnostics,
-                    }));
-                }
+        match validator.structural_bytes(line, depth) {
+            Ok(issues) if issues.is_empty() => accepted += 1,
+            Ok(issues) => {
+                let first = &issues[0];
+                let v = parse_strict(line, depth).unwrap_or(Value::Null);
+                rejects.push(json!({
+                    "line": i + 1,
+                    "resourceType": v.get("resourceType"),
+                    "issues": issues.len(),
+                    "code": first.code,
+                    "expression": first.expression,
+                    "diagnostics": first.diagnostics,
+                }));
             }
             Err(e) => rejects.push(json!({ "line": i + 1, "parse": e.to_string() })),
         }
@@ -253,102 +251,20 @@ fn run(
         let t = Instant::now();
         let mut ok = 0usize;
         for line in &lines {
-            if let Ok(v) = parse_strict(line, depth) {
-                ok += usize::from(black_box(validator.structural(&v)).is_empty());
+            if let Ok(issues) = validator.structural_bytes(line, depth) {
+                ok += usize::from(black_box(issues).is_empty());
             }
         }
         times.push(t.elapsed().as_secs_f64());
         assert_eq!(ok, accepted, "verdicts are stable across passes");
     }
     let secs = median(&times);
-
-    // Where the time goes (information): the same corpus through each stage alone. The schema
-    // and rules figures are for each line's top-level resource only (nested ones excluded).
-    let time_it = |f: &dyn Fn(&[u8], &Value)| {
-        let values: Vec<Value> = lines
-            .iter()
-            .map(|l| parse_strict(l, depth).unwrap_or(Value::Null))
-            .collect();
-        let mut best = f64::INFINITY;
-        for _ in 0..passes {
-            let t = Instant::now();
-            for (l, v) in lines.iter().zip(&values) {
-                f(l, v);
-            }
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        best
-    };
-    let rtype = |v: &Value| v["resourceType"].as_str().unwrap_or("Resource").to_owned();
-    let stages = json!({
-        "note": "seconds for the whole corpus, best of the passes; schema and rules: top-level resource only",
-        "parse_strict": time_it(&|l, _| {
-            black_box(parse_strict(l, depth).is_ok());
-        }),
-        "serde_json_from_slice (same Value type, no duplicate-key or depth checks)": time_it(&|l, _| {
-            black_box(serde_json::from_slice::<Value>(l).is_ok());
-        }),
-        "schema_check (compiled JSON Schema)": time_it(&|_, v| {
-            black_box(validator.schema.check(&rtype(v), v));
-        }),
-        "rules_check": time_it(&|_, v| {
-            let t = rtype(v);
-            let mut issues = Vec::new();
-            carebridge::validate::rules::check(&validator.schema, &t, v, &t, &mut issues);
-            black_box(issues);
-        }),
-        "structural (all of it, parse excluded)": time_it(&|_, v| {
-            black_box(validator.structural(v));
-        }),
-    });
-
-    // The 100-patient batch: the Synthea bundle files as on disk, parsed and validated whole.
-    let files: Vec<PathBuf> = synthea_files()?.into_iter().take(batch_bundles).collect();
-    let bundles: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect::<Res<_>>()?;
-    let batch_bytes: usize = bundles.iter().map(Vec::len).sum::<usize>() * batch_copies;
-    let mut batch_resources = 0usize;
-    let mut batch_invalid = 0usize;
-    let mut batch_times = Vec::new();
-    let mut ingest_times = Vec::new();
-    for pass in 0..=passes {
-        // validator: parse + structural of the whole Bundle (nested resources included).
-        let t = Instant::now();
-        let mut resources = 0usize;
-        let mut invalid = 0usize;
-        for _ in 0..batch_copies {
-            for b in &bundles {
-                let v = parse_strict(b, depth).map_err(|e| e.to_string())?;
-                let issues = black_box(validator.structural(&v));
-                invalid += usize::from(!issues.is_empty());
-                resources += v["entry"].as_array().map_or(0, Vec::len);
-            }
-        }
-        let batch = t.elapsed().as_secs_f64();
-        // What `Gateway::bundle` does for a transaction: the Bundle's structure (every entry's
-        // resource included), then each entry's profile rules of the sector (here none).
-        let t = Instant::now();
-        for _ in 0..batch_copies {
-            for b in &bundles {
-                let v = parse_strict(b, depth).map_err(|e| e.to_string())?;
-                black_box(validator.structural(&v));
-                for e in v["entry"].as_array().into_iter().flatten() {
-                    black_box(validator.profile(None, &e["resource"]));
-                }
-            }
-        }
-        let ingest = t.elapsed().as_secs_f64();
-        if pass > 0 {
-            // pass 0 is the warm-up
-            batch_times.push(batch);
-            ingest_times.push(ingest);
-        }
-        batch_resources = resources;
-        batch_invalid = invalid;
-    }
+    let stages = stages(&validator, &lines, depth, passes);
+    let batch = batch(&validator, depth, passes, batch_bundles, batch_copies)?;
 
     let result = json!({
         "side": "carebridge",
-        "what": "carebridge::fhir::json::parse_strict (depth limit = server.max_json_depth default) + Validator::structural, one thread",
+        "what": "carebridge Validator::structural_bytes: fhir::json::parse_borrowed (depth limit = server.max_json_depth default) + the one walk (schema and rules), one thread",
         "version": env!("CARGO_PKG_VERSION"),
         "resources": lines.len(),
         "bytes": bytes,
@@ -362,17 +278,7 @@ fn run(
         "warmup_seconds": warmup_secs,
         "validator_load_seconds": load_secs,
         "stages": stages,
-        "batch": {
-            "bundles": bundles.len() * batch_copies,
-            "patients": bundles.len() * batch_copies,
-            "resources": batch_resources,
-            "bytes": batch_bytes,
-            "invalid_bundles": batch_invalid,
-            "passes": batch_times,
-            "seconds": median(&batch_times),
-            "ingest_path_passes": ingest_times,
-            "ingest_path_seconds": median(&ingest_times),
-        },
+        "batch": batch,
     });
     std::fs::write(
         out,
@@ -380,12 +286,205 @@ fn run(
     )
     .map_err(|e| format!("{out}: {e}"))?;
     eprintln!(
-        "carebridge: {} resources, {} accepted, {:.0} resources/s; batch of {} patients {:.3} s",
+        "carebridge: {} resources, {} accepted, {:.0} resources/s; batch of {} patients {:.3} s \
+         (one thread), {:.3} s (two)",
         lines.len(),
         accepted,
         lines.len() as f64 / secs,
-        bundles.len() * batch_copies,
-        median(&batch_times)
+        batch["patients"],
+        batch["seconds"].as_f64().unwrap_or(f64::NAN),
+        batch["two_threads_over_bundles_seconds"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
     );
     Ok(())
+}
+
+/// Where the time goes (information): the same corpus through each stage alone, best of the
+/// passes. The walk and the compiled schema are for each line's top-level resource only.
+fn stages(validator: &Validator, lines: &[&[u8]], depth: usize, passes: usize) -> Value {
+    let best = |f: &mut dyn FnMut()| {
+        let mut best = f64::INFINITY;
+        for _ in 0..passes {
+            let t = Instant::now();
+            f();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        best
+    };
+    let nodes: Vec<Node<'_>> = lines
+        .iter()
+        .map(|l| parse_borrowed(l, depth).unwrap_or(Node::Null))
+        .collect();
+    let values: Vec<Value> = lines
+        .iter()
+        .map(|l| parse_strict(l, depth).unwrap_or(Value::Null))
+        .collect();
+    let rtype = |v: &Node<'_>| {
+        v.get("resourceType")
+            .and_then(Node::as_str)
+            .unwrap_or("Resource")
+            .to_owned()
+    };
+    json!({
+        "note": "seconds for the whole corpus, best of the passes; walk and compiled schema: top-level resource only",
+        "parse_borrowed (fhir::json::Node, what validation reads)": best(&mut || {
+            for l in lines {
+                black_box(parse_borrowed(l, depth).is_ok());
+            }
+        }),
+        "parse_strict (owned serde_json::Value, what the gateway keeps)": best(&mut || {
+            for l in lines {
+                black_box(parse_strict(l, depth).is_ok());
+            }
+        }),
+        "serde_json_from_slice (same Value type, no duplicate-key or depth checks)": best(&mut || {
+            for l in lines {
+                black_box(serde_json::from_slice::<Value>(l).is_ok());
+            }
+        }),
+        "walk (schema and rules in one walk)": best(&mut || {
+            for n in &nodes {
+                let t = rtype(n);
+                let mut issues = Vec::new();
+                rules::check(&validator.schema, &t, n, None, rules::Depth::Full, &mut issues);
+                black_box(issues);
+            }
+        }),
+        "walk, schema level only": best(&mut || {
+            for n in &nodes {
+                let t = rtype(n);
+                let mut issues = Vec::new();
+                rules::check(&validator.schema, &t, n, None, rules::Depth::Schema, &mut issues);
+                black_box(issues);
+            }
+        }),
+        "compiled JSON Schema (jsonschema crate, the reference; no longer on the path)": best(&mut || {
+            for v in &values {
+                let t = v["resourceType"].as_str().unwrap_or("Resource");
+                black_box(validator.schema.check(t, v));
+            }
+        }),
+        "structural_node (all of it, parse excluded)": best(&mut || {
+            for n in &nodes {
+                black_box(validator.structural_node(n));
+            }
+        }),
+        "structural of an owned Value (Node::from_value + the walk: Gateway::check's path)": best(&mut || {
+            for v in &values {
+                black_box(validator.structural(v));
+            }
+        }),
+    })
+}
+
+/// The 100-patient batch: the Synthea bundle files as on disk, each parsed and validated whole
+/// (nested resources included), on one thread and on two.
+fn batch(
+    validator: &Validator,
+    depth: usize,
+    passes: usize,
+    batch_bundles: usize,
+    batch_copies: usize,
+) -> Res<Value> {
+    let files: Vec<PathBuf> = synthea_files()?.into_iter().take(batch_bundles).collect();
+    let bundles: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect::<Res<_>>()?;
+    let all: Vec<&[u8]> = (0..batch_copies)
+        .flat_map(|_| bundles.iter().map(Vec::as_slice))
+        .collect();
+    let batch_bytes: usize = all.iter().map(|b| b.len()).sum();
+    let one = |v: &Validator, b: &[u8]| -> Res<usize> {
+        let issues = v.structural_bytes(b, depth).map_err(|e| e.to_string())?;
+        Ok(usize::from(!black_box(issues).is_empty()))
+    };
+    let two = validator_with_threads(2);
+    let mut invalid = 0usize;
+    let mut single = Vec::new();
+    let mut within = Vec::new();
+    let mut over = Vec::new();
+    let mut owned = Vec::new();
+    for pass in 0..=passes {
+        // One thread: parse + validate each Bundle.
+        let t = Instant::now();
+        invalid = all.iter().map(|b| one(validator, b)).sum::<Res<usize>>()?;
+        let a = t.elapsed().as_secs_f64();
+        // Two threads inside each Bundle (its entries split between them); the parse is serial.
+        let t = Instant::now();
+        all.iter().map(|b| one(&two, b)).sum::<Res<usize>>()?;
+        let b = t.elapsed().as_secs_f64();
+        // Two threads over the batch: each takes every other Bundle (parse included).
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|k| {
+                    let all = &all;
+                    s.spawn(move || {
+                        all.iter()
+                            .skip(k)
+                            .step_by(2)
+                            .map(|b| one(validator, b))
+                            .sum::<Res<usize>>()
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .sum::<Res<usize>>()
+        })?;
+        let c = t.elapsed().as_secs_f64();
+        // What the gateway's ingest path does today: the owned Value (which it keeps), the walk
+        // over it, and each entry's profile rules of the sector (here none). One thread.
+        let t = Instant::now();
+        for b in &all {
+            let v = parse_strict(b, depth).map_err(|e| e.to_string())?;
+            black_box(validator.structural(&v));
+            for e in v["entry"].as_array().into_iter().flatten() {
+                black_box(validator.profile(None, &e["resource"]));
+            }
+        }
+        let d = t.elapsed().as_secs_f64();
+        if pass > 0 {
+            // pass 0 is the warm-up
+            single.push(a);
+            within.push(b);
+            over.push(c);
+            owned.push(d);
+        }
+    }
+    let resources: usize = all
+        .iter()
+        .map(|b| {
+            parse_borrowed(b, depth)
+                .ok()
+                .and_then(|n| {
+                    n.get("entry")
+                        .and_then(Node::as_array)
+                        .map(<[Node<'_>]>::len)
+                })
+                .unwrap_or(0)
+        })
+        .sum();
+    Ok(json!({
+        "bundles": all.len(),
+        "patients": all.len(),
+        "resources": resources,
+        "bytes": batch_bytes,
+        "invalid_bundles": invalid,
+        "passes": single,
+        "seconds": median(&single),
+        "two_threads_within_bundle_passes": within,
+        "two_threads_within_bundle_seconds": median(&within),
+        "two_threads_over_bundles_passes": over,
+        "two_threads_over_bundles_seconds": median(&over),
+        "ingest_path_passes": owned,
+        "ingest_path_seconds": median(&owned),
+    }))
+}
+
+/// A second validator over the same embedded tables with another thread count.
+fn validator_with_threads(threads: usize) -> Validator {
+    let schema = FhirSchema::load().expect("the embedded schema loads");
+    let profiles = Profiles::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fhir-profiles"))
+        .expect("the profiles load");
+    Validator::new(schema, profiles).with_threads(threads)
 }

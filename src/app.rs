@@ -13,7 +13,7 @@ use crate::gateway::Gateway;
 use crate::gateway::alerts::Detection;
 use crate::store::{SqlStore, Store};
 use crate::terminology::{Mapping, MedKnowledge};
-use crate::validate::{CORE_TYPES, FhirSchema, Profiles, Validator};
+use crate::validate::{FhirSchema, Profiles, Validator};
 use crate::workers::Workers;
 
 /// A built application, not yet listening.
@@ -38,7 +38,6 @@ impl App {
         let profiles = Profiles::load(&settings.fhir.profiles_dir)?;
         let mapping = Mapping::load(&settings.fhir.profiles_dir)?;
         settings.check_profiles(config_file, &|p| profiles.has_set(p))?;
-        schema.warm(CORE_TYPES);
         let store = SqlStore::connect(&settings.store.url, settings.store.max_connections).await?;
         let store: Arc<dyn Store> = Arc::new(store);
         let knowledge = MedKnowledge::load(&settings.fhir.profiles_dir)?;

@@ -2,7 +2,7 @@
 //! must carry. bdl-5 (an entry has a resource, a request or a response) is an ordinary
 //! invariant of `Bundle.entry` (`validate::invariants`).
 
-use serde_json::{Map, Value};
+use crate::fhir::json::{Node, Object};
 use std::collections::HashSet;
 
 use super::invariants::{Broken, present};
@@ -15,13 +15,9 @@ fn at(key: &'static str, message: &str, at: Option<String>) -> Broken {
     }
 }
 
-pub fn check(map: &Map<String, Value>, out: &mut Vec<Broken>) {
-    let kind = map.get("type").and_then(Value::as_str).unwrap_or("");
-    let entries: &[Value] = map
-        .get("entry")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
+pub fn check(map: &Object<'_>, out: &mut Vec<Broken>) {
+    let kind = map.get("type").and_then(Node::as_str).unwrap_or("");
+    let entries: &[Node<'_>] = map.get("entry").and_then(Node::as_array).unwrap_or(&[]);
     if present(map, "total") && !matches!(kind, "searchset" | "history") {
         out.push(at(
             "bdl-1",
@@ -58,7 +54,7 @@ pub fn check(map: &Map<String, Value>, out: &mut Vec<Broken>) {
                 here(),
             ));
         }
-        if let Some(Value::String(full)) = e.get("fullUrl") {
+        if let Some(Node::String(full)) = e.get("fullUrl") {
             if full.contains("/_history/") {
                 out.push(at(
                     "bdl-8",
@@ -70,9 +66,9 @@ pub fn check(map: &Map<String, Value>, out: &mut Vec<Broken>) {
                 .get("resource")
                 .and_then(|r| r.get("meta"))
                 .and_then(|m| m.get("versionId"))
-                .and_then(Value::as_str)
+                .and_then(Node::as_str)
                 .unwrap_or("");
-            if kind != "history" && !seen.insert((full.as_str(), version)) {
+            if kind != "history" && !seen.insert((full.as_ref(), version)) {
                 out.push(at(
                     "bdl-7",
                     "two entries have the same fullUrl (and version)",
@@ -85,12 +81,12 @@ pub fn check(map: &Map<String, Value>, out: &mut Vec<Broken>) {
 }
 
 /// bdl-9, 10, 11 (documents) and bdl-12 (messages).
-fn by_type(kind: &str, map: &Map<String, Value>, entries: &[Value], out: &mut Vec<Broken>) {
+fn by_type(kind: &str, map: &Object<'_>, entries: &[Node<'_>], out: &mut Vec<Broken>) {
     let first = entries
         .first()
         .and_then(|e| e.get("resource"))
         .and_then(|r| r.get("resourceType"))
-        .and_then(Value::as_str);
+        .and_then(Node::as_str);
     match kind {
         "document" => {
             let id = map.get("identifier");

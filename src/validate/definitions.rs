@@ -65,6 +65,11 @@ impl TypeDef {
         let (_, kind) = element.forms.get(usize::from(f))?;
         Some((element, *kind))
     }
+
+    /// The indices of the element and form a JSON property name stands for.
+    pub fn prop_index(&self, name: &str) -> Option<(u16, u16)> {
+        self.props.get(name).copied()
+    }
 }
 
 /// The codes of a required binding's value set.

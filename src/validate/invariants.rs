@@ -3,7 +3,7 @@
 //! definitions are loaded (`for_type`), so the rules pass only looks at a type's own list.
 //! `docs/validation.md` lists which invariants are checked and which are not, and why.
 
-use serde_json::{Map, Value};
+use crate::fhir::json::{Node, Object};
 
 use crate::fhir::time::period;
 
@@ -142,7 +142,7 @@ fn broken(key: &'static str, message: impl Into<String>) -> Broken {
 
 /// True when the element is present: `name`, its `_name` extension, or (for a choice) any
 /// `name<Type>`.
-pub fn present(map: &Map<String, Value>, name: &str) -> bool {
+pub fn present(map: &Object<'_>, name: &str) -> bool {
     map.keys().any(|k| {
         let k = k.strip_prefix('_').unwrap_or(k);
         k.strip_prefix(name).is_some_and(|rest| {
@@ -152,7 +152,7 @@ pub fn present(map: &Map<String, Value>, name: &str) -> bool {
 }
 
 /// Evaluates one invariant on an object. `contained` holds the ids `#id` references may name.
-pub fn check(inv: Invariant, map: &Map<String, Value>, contained: &[&str], out: &mut Vec<Broken>) {
+pub fn check(inv: Invariant, map: &Object<'_>, contained: &[&str], out: &mut Vec<Broken>) {
     use Invariant as I;
     match inv {
         I::Ext1 => {
@@ -164,7 +164,7 @@ pub fn check(inv: Invariant, map: &Map<String, Value>, contained: &[&str], out: 
             }
         }
         I::Ref1 => {
-            if let Some(Value::String(r)) = map.get("reference")
+            if let Some(Node::String(r)) = map.get("reference")
                 && let Some(id) = r.strip_prefix('#')
                 && !id.is_empty()
                 && !contained.contains(&id)
@@ -205,9 +205,8 @@ pub fn check(inv: Invariant, map: &Map<String, Value>, contained: &[&str], out: 
 /// per-1, decided only when certain. Two values of the same shape (same precision, same
 /// offset) compare as text; otherwise by the instants they denote, where a value without a
 /// time zone beside one with a time zone may be 14 hours either way.
-fn per1(map: &Map<String, Value>, out: &mut Vec<Broken>) {
-    let (Some(Value::String(s)), Some(Value::String(e))) = (map.get("start"), map.get("end"))
-    else {
+fn per1(map: &Object<'_>, out: &mut Vec<Broken>) {
+    let (Some(Node::String(s)), Some(Node::String(e))) = (map.get("start"), map.get("end")) else {
         return;
     };
     let zoned = |v: &str| {
@@ -231,16 +230,19 @@ fn per1(map: &Map<String, Value>, out: &mut Vec<Broken>) {
     }
 }
 
-fn codes<'a>(cc: Option<&'a Value>, system: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+fn codes<'a, 'n: 'a>(
+    cc: Option<&'a Node<'n>>,
+    system: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
     cc.and_then(|c| c.get("coding"))
-        .and_then(Value::as_array)
+        .and_then(Node::as_array)
         .into_iter()
         .flatten()
-        .filter(move |c| c.get("system").and_then(Value::as_str) == Some(system))
-        .filter_map(|c| c.get("code").and_then(Value::as_str))
+        .filter(move |c| c.get("system").and_then(Node::as_str) == Some(system))
+        .filter_map(|c| c.get("code").and_then(Node::as_str))
 }
 
-fn condition(inv: Invariant, map: &Map<String, Value>, out: &mut Vec<Broken>) {
+fn condition(inv: Invariant, map: &Object<'_>, out: &mut Vec<Broken>) {
     const CLINICAL: &str = "http://terminology.hl7.org/CodeSystem/condition-clinical";
     const VERIFICATION: &str = "http://terminology.hl7.org/CodeSystem/condition-ver-status";
     match inv {
@@ -268,15 +270,15 @@ fn condition(inv: Invariant, map: &Map<String, Value>, out: &mut Vec<Broken>) {
     }
 }
 
-fn org_not_home(map: &Map<String, Value>, out: &mut Vec<Broken>) {
+fn org_not_home(map: &Object<'_>, out: &mut Vec<Broken>) {
     for (key, element) in [("org-2", "address"), ("org-3", "telecom")] {
         let items = map
             .get(element)
-            .and_then(Value::as_array)
+            .and_then(Node::as_array)
             .into_iter()
             .flatten();
         for (i, item) in items.enumerate() {
-            if item.get("use").and_then(Value::as_str) == Some("home") {
+            if item.get("use").and_then(Node::as_str) == Some("home") {
                 out.push(Broken {
                     key,
                     message: format!("an organization's {element} must not have use 'home'"),
@@ -287,16 +289,16 @@ fn org_not_home(map: &Map<String, Value>, out: &mut Vec<Broken>) {
     }
 }
 
-fn tim9(map: &Map<String, Value>, out: &mut Vec<Broken>) {
+fn tim9(map: &Object<'_>, out: &mut Vec<Broken>) {
     if !map.contains_key("offset") {
         return;
     }
     let whens: Vec<&str> = map
         .get("when")
-        .and_then(Value::as_array)
+        .and_then(Node::as_array)
         .into_iter()
         .flatten()
-        .filter_map(Value::as_str)
+        .filter_map(Node::as_str)
         .collect();
     if whens.is_empty() || whens.iter().any(|w| matches!(*w, "C" | "CM" | "CD" | "CV")) {
         out.push(broken(
@@ -309,12 +311,13 @@ fn tim9(map: &Map<String, Value>, out: &mut Vec<Broken>) {
 #[cfg(test)]
 mod per1_tests {
     use super::{Broken, per1};
+    use crate::fhir::json::Node;
     use serde_json::json;
 
     fn broken(start: &str, end: &str) -> bool {
         let mut out: Vec<Broken> = Vec::new();
         let v = json!({"start": start, "end": end});
-        per1(v.as_object().unwrap(), &mut out);
+        per1(Node::from_value(&v).as_object().unwrap(), &mut out);
         !out.is_empty()
     }
 

@@ -9,9 +9,11 @@ pub mod primitive;
 pub mod profiles;
 pub mod rules;
 pub mod schema;
+pub mod shape;
 
 use serde_json::Value;
 
+use crate::fhir::json::{JsonError, Node, Object, parse_borrowed};
 use crate::fhir::outcome::Issue;
 pub use profiles::Profiles;
 pub use schema::FhirSchema;
@@ -35,80 +37,145 @@ pub const CORE_TYPES: [&str; 15] = [
     "OperationOutcome",
 ];
 
+/// A document with at least this many nested resources is validated on the pool's threads
+/// (below it, starting threads costs more than it saves).
+const PARALLEL_FROM: usize = 64;
+
 /// Structural and profile validation, shared by every request.
 pub struct Validator {
     pub schema: FhirSchema,
     pub profiles: Profiles,
+    /// Threads a large document's nested resources are validated on (1: the caller's only).
+    threads: usize,
 }
 
 impl Validator {
+    /// A validator that uses up to two threads for a large Bundle (the machine's cores, at
+    /// most two: the rest serve other requests).
     pub fn new(schema: FhirSchema, profiles: Profiles) -> Self {
-        Validator { schema, profiles }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Validator {
+            schema,
+            profiles,
+            threads: cores.clamp(1, 2),
+        }
+    }
+
+    /// Sets how many threads validate the nested resources of one large document (at least 1).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Structural validation of a whole document (any resource, nested resources included).
     /// Locations are rooted at the resource type (`Bundle.entry[1].resource.gender`).
     pub fn structural(&self, resource: &Value) -> Vec<Issue> {
-        let mut issues = Vec::new();
-        self.structural_at(resource, None, None, &mut issues);
-        issues
+        self.structural_node(&Node::from_value(resource))
+    }
+
+    /// Parses `bytes` strictly (`fhir::json`, into a tree borrowed from the bytes) and validates
+    /// the document: what a request body goes through, without an owned copy of it.
+    pub fn structural_bytes(
+        &self,
+        bytes: &[u8],
+        max_depth: usize,
+    ) -> Result<Vec<Issue>, JsonError> {
+        Ok(self.structural_node(&parse_borrowed(bytes, max_depth)?))
+    }
+
+    /// Structural validation of a parsed document.
+    pub fn structural_node(&self, resource: &Node<'_>) -> Vec<Issue> {
+        self.structural_at(resource, None, None, rules::Depth::Full)
+    }
+
+    /// Only what the tightened R4 JSON Schema says, through the same walk: the side of the
+    /// differential test against the compiled schema (`FhirSchema::check`).
+    pub fn schema_level(&self, resource: &Value) -> Vec<Issue> {
+        self.structural_at(
+            &Node::from_value(resource),
+            None,
+            None,
+            rules::Depth::Schema,
+        )
     }
 
     /// `container` is the resource whose `contained` holds this one, if it is contained.
     fn structural_at(
         &self,
-        resource: &Value,
-        container: Option<&Value>,
+        resource: &Node<'_>,
+        container: Option<&Node<'_>>,
         prefix: Option<&str>,
-        issues: &mut Vec<Issue>,
-    ) {
+        depth: rules::Depth,
+    ) -> Vec<Issue> {
         let place = |i: Issue| match prefix {
             Some(p) => i.nested_under(p),
             None => i,
         };
-        let Some(obj) = resource.as_object() else {
-            issues.push(place(
-                Issue::error("structure", "a resource must be a JSON object")
-                    .at(prefix.unwrap_or("$this")),
-            ));
-            return;
+        let (rtype, obj) = match self.resource_type(resource) {
+            Ok(found) => found,
+            Err(Root::NotObject) => {
+                let at = prefix.unwrap_or("$this");
+                return vec![Issue::error("structure", "a resource must be a JSON object").at(at)];
+            }
+            Err(Root::Issue(issue)) => return vec![place(issue)],
         };
-        let rtype = match obj.get("resourceType") {
-            Some(Value::String(t)) if self.schema.is_resource_type(t) => t.as_str(),
-            Some(Value::String(_)) => {
-                issues.push(place(
-                    Issue::error(
-                        "not-supported",
-                        "resourceType does not name an R4 resource type",
-                    )
-                    .at("Resource.resourceType"),
-                ));
-                return;
-            }
-            Some(_) => {
-                issues.push(place(
-                    Issue::error("structure", "resourceType must be a string")
-                        .at("Resource.resourceType"),
-                ));
-                return;
-            }
-            None => {
-                issues.push(place(
-                    Issue::error("required", "missing resourceType").at("Resource.resourceType"),
-                ));
-                return;
-            }
-        };
-        issues.extend(self.schema.check(rtype, resource).into_iter().map(place));
         let mut own = Vec::new();
-        rules::check_resource(&self.schema, rtype, resource, container, rtype, &mut own);
-        issues.extend(own.into_iter().map(place));
+        rules::check(&self.schema, rtype, resource, container, depth, &mut own);
+        let mut issues: Vec<Issue> = own.into_iter().map(place).collect();
         let base = prefix
             .map(str::to_owned)
             .unwrap_or_else(|| rtype.to_owned());
-        for (path, nested) in nested_resources(rtype, obj) {
+        let nested = nested_resources(rtype, obj);
+        let one = |(path, nested): &(String, &Node<'_>)| {
             let container = path.starts_with("contained[").then_some(resource);
-            self.structural_at(nested, container, Some(&format!("{base}.{path}")), issues);
+            self.structural_at(nested, container, Some(&format!("{base}.{path}")), depth)
+        };
+        if self.threads < 2 || nested.len() < PARALLEL_FROM {
+            issues.extend(nested.iter().flat_map(one));
+            return issues;
+        }
+        // A large Bundle: its entries in contiguous chunks, one per thread, issues kept in
+        // document order.
+        let chunk = nested.len().div_ceil(self.threads);
+        let parts: Vec<Vec<Issue>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = nested
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().flat_map(one).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        issues.extend(parts.into_iter().flatten());
+        issues
+    }
+
+    /// The resource's type and members, or the issue that it has no (known) type.
+    fn resource_type<'n>(&self, resource: &'n Node<'n>) -> Result<(&'n str, &'n Object<'n>), Root> {
+        let Some(obj) = resource.as_object() else {
+            return Err(Root::NotObject);
+        };
+        match obj.get("resourceType") {
+            Some(Node::String(t)) if self.schema.is_resource_type(t) => Ok((t, obj)),
+            Some(Node::String(_)) => Err(Root::Issue(
+                Issue::error(
+                    "not-supported",
+                    "resourceType does not name an R4 resource type",
+                )
+                .at("Resource.resourceType"),
+            )),
+            Some(_) => Err(Root::Issue(
+                Issue::error("structure", "resourceType must be a string")
+                    .at("Resource.resourceType"),
+            )),
+            None => Err(Root::Issue(
+                Issue::error("required", "missing resourceType").at("Resource.resourceType"),
+            )),
         }
     }
 
@@ -121,21 +188,24 @@ impl Validator {
     }
 }
 
+/// Why a document is not a resource of a known type.
+enum Root {
+    NotObject,
+    Issue(Issue),
+}
+
 /// The nested resources of a resource with their relative locations: `contained`, and for
 /// Bundles and Parameters the positions that hold whole resources.
-fn nested_resources<'a>(
-    rtype: &str,
-    obj: &'a serde_json::Map<String, Value>,
-) -> Vec<(String, &'a Value)> {
+fn nested_resources<'n>(rtype: &str, obj: &'n Object<'n>) -> Vec<(String, &'n Node<'n>)> {
     let mut out = Vec::new();
-    if let Some(Value::Array(items)) = obj.get("contained") {
+    if let Some(Node::Array(items)) = obj.get("contained") {
         for (i, r) in items.iter().enumerate() {
             out.push((format!("contained[{i}]"), r));
         }
     }
     match rtype {
         "Bundle" => {
-            if let Some(Value::Array(entries)) = obj.get("entry") {
+            if let Some(Node::Array(entries)) = obj.get("entry") {
                 for (i, e) in entries.iter().enumerate() {
                     if let Some(r) = e.get("resource") {
                         out.push((format!("entry[{i}].resource"), r));
@@ -147,7 +217,7 @@ fn nested_resources<'a>(
             }
         }
         "Parameters" => {
-            if let Some(Value::Array(params)) = obj.get("parameter") {
+            if let Some(Node::Array(params)) = obj.get("parameter") {
                 parameters(params, "parameter", &mut out);
             }
         }
@@ -156,12 +226,12 @@ fn nested_resources<'a>(
     out
 }
 
-fn parameters<'a>(params: &'a [Value], path: &str, out: &mut Vec<(String, &'a Value)>) {
+fn parameters<'n>(params: &'n [Node<'n>], path: &str, out: &mut Vec<(String, &'n Node<'n>)>) {
     for (i, p) in params.iter().enumerate() {
         if let Some(r) = p.get("resource") {
             out.push((format!("{path}[{i}].resource"), r));
         }
-        if let Some(Value::Array(parts)) = p.get("part") {
+        if let Some(Node::Array(parts)) = p.get("part") {
             parameters(parts, &format!("{path}[{i}].part"), out);
         }
     }

@@ -3,7 +3,7 @@
 //! string, strict base64, and calendar-valid dates and times. A value of the wrong JSON type is
 //! left to the schema (which reports it), so each problem is reported once.
 
-use serde_json::Value;
+use crate::fhir::json::Node;
 
 /// The R4 primitive types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,15 +87,13 @@ impl Primitive {
 
 /// Why a primitive value breaks its type's format rules, or `None` when it keeps them (or has
 /// a JSON type the schema reports). Never quotes the value.
-pub fn check(kind: Primitive, value: &Value) -> Option<String> {
+pub fn check(kind: Primitive, value: &Node<'_>) -> Option<String> {
     use Primitive as P;
     match (kind, value) {
-        (P::Integer | P::PositiveInt | P::UnsignedInt, Value::Number(n)) => {
-            integer(kind, n.as_str())
-        }
-        (P::Boolean | P::Decimal, _) | (_, Value::Number(_) | Value::Bool(_)) => None,
+        (P::Integer | P::PositiveInt | P::UnsignedInt, Node::Number(n)) => integer(kind, n),
+        (P::Boolean | P::Decimal, _) | (_, Node::Number(_) | Node::Bool(_)) => None,
         (P::Xhtml, _) => None,
-        (_, Value::String(s)) => text(kind, s),
+        (_, Node::String(s)) => text(kind, s),
         _ => None,
     }
 }
@@ -232,10 +230,14 @@ fn time_valid(t: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use std::borrow::Cow;
 
-    fn num(s: &str) -> Value {
-        serde_json::from_str(s).unwrap()
+    fn num(s: &str) -> Node<'_> {
+        Node::Number(Cow::Borrowed(s))
+    }
+
+    fn string_node(s: &str) -> Node<'_> {
+        Node::String(Cow::Borrowed(s))
     }
 
     #[test]
@@ -258,12 +260,18 @@ mod tests {
 
     #[test]
     fn strings_and_binaries() {
-        assert!(check(Primitive::String, &json!("a\u{0}b")).is_some());
-        assert!(check(Primitive::Id, &json!("a\u{1b}")).is_some());
-        assert_eq!(check(Primitive::String, &json!("line\r\n\ttab")), None);
-        assert!(check(Primitive::Base64Binary, &json!("%%%2@()()")).is_some());
-        assert!(check(Primitive::Base64Binary, &json!("YWJj=")).is_some());
-        assert_eq!(check(Primitive::Base64Binary, &json!("YWJj ZA==")), None);
+        assert!(check(Primitive::String, &string_node("a\u{0}b")).is_some());
+        assert!(check(Primitive::Id, &string_node("a\u{1b}")).is_some());
+        assert_eq!(
+            check(Primitive::String, &string_node("line\r\n\ttab")),
+            None
+        );
+        assert!(check(Primitive::Base64Binary, &string_node("%%%2@()()")).is_some());
+        assert!(check(Primitive::Base64Binary, &string_node("YWJj=")).is_some());
+        assert_eq!(
+            check(Primitive::Base64Binary, &string_node("YWJj ZA==")),
+            None
+        );
     }
 
     #[test]

@@ -1,19 +1,22 @@
-//! The rules pass: one walk over a resource driven by the R4 StructureDefinitions
-//! (`validate::definitions`), checking what the JSON Schema cannot say — minimum cardinality
+//! The rules pass: one walk over a resource that checks both the tightened R4 JSON Schema
+//! (compiled into `validate::shape`: JSON types, unknown elements, the primitives' patterns, the
+//! schema's enums and required members, arrays never empty) and what the schema cannot say,
+//! driven by the R4 StructureDefinitions (`validate::definitions`) — minimum cardinality
 //! (required elements, choice elements included), one value per choice element (`onset[x]`),
 //! required bindings against their value-set expansions, primitive formats
 //! (`validate::primitive`), narrative safety (`validate::narrative`), empty objects (ele-1),
 //! the invariants of `validate::invariants`, and the rules on contained resources (dom-2…5).
 //! Every problem is reported, each at its FHIRPath-like location. Nested resources are left to
-//! their own walk (`validate::Validator::structural`).
-
-use serde_json::{Map, Value};
+//! their own walk (`validate::Validator::structural`). The walk reads the borrowed tree of
+//! `fhir::json` (no owned copy of the document is needed).
 
 use super::bundle_rules;
 use super::definitions::{Definitions, Element, Kind, TypeDef};
 use super::invariants::{self, Broken, Invariant};
 use super::primitive::{self, Primitive};
+use super::shape::{Leaf, Prop, Shapes};
 use super::{narrative, schema::FhirSchema};
+use crate::fhir::json::{Node, Object};
 use crate::fhir::outcome::Issue;
 
 /// Where the walk is, built into a string only when an issue is recorded (most resources have
@@ -35,137 +38,310 @@ impl Path<'_> {
     }
 }
 
-struct Walk<'a> {
+/// How deep a walk goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Only what the tightened R4 JSON Schema says (the reference of the differential test).
+    Schema,
+    /// The schema and every rule of the R4 definitions: what the gateway checks.
+    Full,
+}
+
+struct Walk<'a, 'n> {
     defs: &'a Definitions,
+    shapes: &'a Shapes,
+    deep: bool,
     /// The ids a local reference (`#id`) may name: the contained resources of the resource
     /// (of its container, for a contained resource).
-    contained: Vec<&'a str>,
+    contained: Vec<&'n str>,
     issues: &'a mut Vec<Issue>,
 }
 
-/// Walks a resource of type `resource_type`, adding an issue for each rule it breaks.
+/// Walks a resource of type `resource_type` (not its nested resources), adding an issue for
+/// each rule it breaks. `container` is the resource whose `contained` holds it, if any (its
+/// local references resolve against the container's contained ids).
 pub fn check(
     schema: &FhirSchema,
     resource_type: &str,
-    value: &Value,
-    path: &str,
+    value: &Node<'_>,
+    container: Option<&Node<'_>>,
+    depth: Depth,
     issues: &mut Vec<Issue>,
 ) {
-    check_resource(schema, resource_type, value, None, path, issues);
-}
-
-/// As `check`, for a resource that may sit in a container's `contained` (whose ids its local
-/// references resolve against).
-pub fn check_resource(
-    schema: &FhirSchema,
-    resource_type: &str,
-    value: &Value,
-    container: Option<&Value>,
-    path: &str,
-    issues: &mut Vec<Issue>,
-) {
-    let defs = schema.definitions();
-    let (Some(ti), Some(map)) = (defs.index(resource_type), value.as_object()) else {
+    let shapes = schema.shapes();
+    let (Some(o), Some(map)) = (shapes.resource(resource_type), value.as_object()) else {
         return;
     };
     let mut walk = Walk {
-        defs,
+        defs: schema.definitions(),
+        shapes,
+        deep: depth == Depth::Full,
         contained: contained_ids(container.unwrap_or(value)),
         issues,
     };
-    let root = Path::Root(path);
-    walk.object(ti, map, &root);
-    if container.is_none() {
+    let root = Path::Root(resource_type);
+    walk.object(o, map, &root);
+    if walk.deep && container.is_none() {
         walk.contained_rules(map, &root);
     }
 }
 
-fn contained_ids(resource: &Value) -> Vec<&str> {
+fn contained_ids<'n>(resource: &'n Node<'_>) -> Vec<&'n str> {
     match resource.get("contained") {
-        Some(Value::Array(items)) => items
+        Some(Node::Array(items)) => items
             .iter()
-            .filter_map(|r| r.get("id").and_then(Value::as_str))
+            .filter_map(|r| r.get("id").and_then(Node::as_str))
             .collect(),
         _ => Vec::new(),
     }
 }
 
-impl Walk<'_> {
+impl<'n> Walk<'_, 'n> {
     fn issue(&mut self, code: &'static str, message: impl Into<String>, at: String) {
         self.issues.push(Issue::error(code, message).at(at));
     }
 
-    fn object(&mut self, ti: u32, map: &Map<String, Value>, path: &Path<'_>) {
-        let defs = self.defs;
-        let Some(td) = defs.get(ti) else { return };
+    fn object(&mut self, o: u32, map: &'n Object<'n>, path: &Path<'_>) {
+        let shapes = self.shapes;
+        let Some(shape) = shapes.object(o) else {
+            return;
+        };
+        let td = shape
+            .td
+            .and_then(|t| self.defs.get(t))
+            .filter(|_| self.deep);
         if map.is_empty() {
+            if self.deep {
+                self.issue(
+                    "invariant",
+                    "ele-1: an element must have a value or children (an empty object is not \
+                     allowed)",
+                    path.render(),
+                );
+            }
+            for key in &shape.required {
+                let message = format!("missing required element '{key}'");
+                self.issue("required", message, format!("{}.{key}", path.render()));
+            }
+            return;
+        }
+        let mut choices: Vec<(u16, &str)> = Vec::new();
+        let mut seen = 0u64;
+        for (key, child) in map.iter() {
+            let child_path = Path::Key(path, key);
+            let Some(prop) = shape.props.get(key) else {
+                if shape.closed {
+                    let message = format!("unknown element '{key}'");
+                    self.issue("structure", message, child_path.render());
+                }
+                continue;
+            };
+            let element = match (td, prop.element) {
+                (Some(td), Some(ei)) => td.elements.get(usize::from(ei)),
+                _ => None,
+            };
+            if let (Some(element), Some(ei)) = (element, prop.element) {
+                if let Some(bit) = element.required_bit {
+                    seen |= bit;
+                }
+                if element.choice && !prop.ext {
+                    if let Some((_, first)) = choices.iter().find(|(e, _)| *e == ei) {
+                        let message = format!(
+                            "{}[x] may have only one form, found {first}, {key}",
+                            element.name
+                        );
+                        self.issue("structure", message, child_path.render());
+                    }
+                    choices.push((ei, key));
+                }
+            }
+            self.prop(prop, element, child, &child_path);
+        }
+        let reported = match td {
+            Some(td) => self.required(td, map, seen, path),
+            None => 0,
+        };
+        // The schema's required members; those missing that the definitions' cardinality has
+        // just reported (with its wording) are not reported twice.
+        for key in &shape.required {
+            let said = self.issues.iter().rev().take(reported).any(|i| {
+                i.expression
+                    .as_deref()
+                    .and_then(|e| e.rsplit('.').next())
+                    .is_some_and(|last| last == &**key)
+            });
+            if !said && !map.contains_key(key) {
+                let message = format!("missing required element '{key}'");
+                self.issue("required", message, format!("{}.{key}", path.render()));
+            }
+        }
+        if let Some(td) = td {
+            self.invariants(td, map, path);
+        }
+    }
+
+    /// A property's value: an array of items or one item, as the schema says.
+    fn prop(
+        &mut self,
+        prop: &Prop,
+        element: Option<&Element>,
+        value: &'n Node<'n>,
+        path: &Path<'_>,
+    ) {
+        if !prop.array {
+            return self.leaf(prop, element, value, path);
+        }
+        let Node::Array(items) = value else {
             self.issue(
-                "invariant",
-                "ele-1: an element must have a value or children (an empty object is not allowed)",
+                "structure",
+                "wrong JSON type: expected array",
                 path.render(),
             );
             return;
+        };
+        if items.is_empty() {
+            self.issue(
+                "required",
+                "an array must not be empty (omit the element instead)",
+                path.render(),
+            );
         }
-        let mut choices: Vec<(&Element, &str)> = Vec::new();
-        let mut seen = 0u64;
-        for (key, child) in map {
-            let (name, extension) = match key.strip_prefix('_') {
-                Some(n) => (n, true),
-                None => (key.as_str(), false),
-            };
-            let Some((element, kind)) = td.prop(name) else {
-                continue; // unknown elements are reported by the schema
-            };
-            if let Some(bit) = element.required_bit {
-                seen |= bit;
+        for (i, item) in items.iter().enumerate() {
+            let here = Path::Index(path, i);
+            if !item.is_null() {
+                self.leaf(prop, element, item, &here);
+            } else if !prop.null_items {
+                let message = format!("wrong JSON type: expected {}", self.leaf_type(prop.leaf));
+                self.issue("structure", message, here.render());
             }
-            let child_path = Path::Key(path, key);
-            if extension {
-                self.each(child, &child_path, |w, v, p| {
-                    if let Value::Object(m) = v {
-                        w.object(defs.element, m, p);
-                    }
-                });
-                continue;
-            }
-            if element.choice {
-                if let Some((_, first)) = choices.iter().find(|(e, _)| std::ptr::eq(*e, element)) {
-                    let message = format!(
-                        "{}[x] may have only one form, found {first}, {key}",
-                        element.name
-                    );
-                    self.issue("structure", message, child_path.render());
-                }
-                choices.push((element, key));
-            }
-            self.each(child, &child_path, |w, v, p| w.value(element, kind, v, p));
         }
-        self.required(td, map, seen, path);
-        self.invariants(td, map, path);
     }
 
-    /// Calls `f` on the value, or on each item of an array (nulls padding a primitive array
-    /// are skipped).
-    fn each(
+    fn leaf_type(&self, leaf: Leaf) -> &'static str {
+        match leaf {
+            Leaf::Prim(p) => self
+                .shapes
+                .prims
+                .get(p as usize)
+                .map_or("value", |p| p.json.name()),
+            Leaf::Object(_) | Leaf::Resource => "object",
+            Leaf::Enum(_) | Leaf::Const(_) => "string",
+        }
+    }
+
+    /// One value against its schema form, then (deep) the rules of its element.
+    fn leaf(
         &mut self,
-        value: &Value,
+        prop: &Prop,
+        element: Option<&Element>,
+        value: &'n Node<'n>,
         path: &Path<'_>,
-        mut f: impl FnMut(&mut Self, &Value, &Path<'_>),
     ) {
-        match value {
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if !item.is_null() {
-                        f(self, item, &Path::Index(path, i));
-                    }
+        let shapes = self.shapes;
+        match prop.leaf {
+            Leaf::Prim(p) => {
+                if let Some((code, message)) =
+                    shapes.prims.get(p as usize).and_then(|p| p.check(value))
+                {
+                    self.issue(code, message, path.render());
+                }
+                self.primitive_rules(prop.kind, element, value, path);
+            }
+            Leaf::Enum(e) => {
+                let codes = shapes
+                    .enums
+                    .get(e as usize)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                if !value
+                    .as_str()
+                    .is_some_and(|s| codes.iter().any(|c| **c == *s))
+                {
+                    let list: Vec<&str> = codes.iter().map(|c| &**c).collect();
+                    let message = format!("not one of the allowed codes ({})", list.join(", "));
+                    self.issue("code-invalid", message, path.render());
+                }
+                self.primitive_rules(prop.kind, element, value, path);
+            }
+            Leaf::Const(c) => {
+                let expected = shapes.consts.get(c as usize).map_or("", |c| &**c);
+                if value.as_str() != Some(expected) {
+                    self.issue("value", format!("must be \"{expected}\""), path.render());
                 }
             }
-            v => f(self, v, path),
+            Leaf::Object(o) => {
+                let Node::Object(map) = value else {
+                    self.issue(
+                        "structure",
+                        "wrong JSON type: expected object",
+                        path.render(),
+                    );
+                    return;
+                };
+                self.object(o, map, path);
+                if let (Some(vs), Some(Kind::Complex(ti))) =
+                    (element.and_then(|e| e.binding), prop.kind)
+                {
+                    self.coded_binding(vs, ti, map, path);
+                }
+            }
+            Leaf::Resource => self.resource(value, path),
+        }
+    }
+
+    /// A nested resource as the schema's `ResourceList` (here: an object with a string
+    /// `resourceType`); its content is validated against its own type by the caller.
+    fn resource(&mut self, value: &Node<'_>, path: &Path<'_>) {
+        let Node::Object(map) = value else {
+            self.issue(
+                "structure",
+                "wrong JSON type: expected object",
+                path.render(),
+            );
+            return;
+        };
+        let at = Path::Key(path, "resourceType");
+        match map.get("resourceType") {
+            Some(Node::String(_)) => {}
+            Some(_) => self.issue("structure", "wrong JSON type: expected string", at.render()),
+            None => self.issue(
+                "required",
+                "missing required element 'resourceType'",
+                at.render(),
+            ),
+        }
+    }
+
+    /// A primitive's rules beyond the schema: its format, a narrative, a required binding.
+    fn primitive_rules(
+        &mut self,
+        kind: Option<Kind>,
+        element: Option<&Element>,
+        value: &Node<'_>,
+        path: &Path<'_>,
+    ) {
+        let Some(element) = element else { return };
+        match (kind, value) {
+            (Some(Kind::Primitive(Primitive::Xhtml)), Node::String(div)) => {
+                if let Some(problem) = narrative::check(div) {
+                    self.issue("value", problem, path.render());
+                }
+            }
+            (Some(Kind::Primitive(p)), v) => {
+                if let Some(problem) = primitive::check(p, v) {
+                    self.issue("value", problem, path.render());
+                } else if let (Some(vs), Node::String(code)) = (element.binding, v) {
+                    self.code_binding(vs, code, path);
+                }
+            }
+            _ => {}
         }
     }
 
     /// Minimum cardinality: `seen` has the bit of each required element met in the object.
-    fn required(&mut self, td: &TypeDef, map: &Map<String, Value>, seen: u64, path: &Path<'_>) {
+    /// Returns how many issues it added.
+    fn required(&mut self, td: &TypeDef, map: &Object<'_>, seen: u64, path: &Path<'_>) -> usize {
+        let before = self.issues.len();
         for &ei in &td.required {
             let Some(element) = td.elements.get(usize::from(ei)) else {
                 continue;
@@ -176,7 +352,7 @@ impl Walk<'_> {
                     .forms
                     .iter()
                     .zip(&element.ext_forms)
-                    .any(|((n, _), x)| map.contains_key(&**n) || map.contains_key(&**x)),
+                    .any(|((n, _), x)| map.contains_key(n) || map.contains_key(x)),
             };
             if !present {
                 let (name, what) = if element.choice {
@@ -192,9 +368,10 @@ impl Walk<'_> {
                 self.issue("required", message, format!("{}.{name}", path.render()));
             }
         }
+        self.issues.len() - before
     }
 
-    fn invariants(&mut self, td: &TypeDef, map: &Map<String, Value>, path: &Path<'_>) {
+    fn invariants(&mut self, td: &TypeDef, map: &Object<'_>, path: &Path<'_>) {
         if td.invariants.is_empty() {
             return;
         }
@@ -214,30 +391,6 @@ impl Walk<'_> {
         }
     }
 
-    fn value(&mut self, element: &Element, kind: Kind, value: &Value, path: &Path<'_>) {
-        match (kind, value) {
-            (Kind::Primitive(Primitive::Xhtml), Value::String(div)) => {
-                if let Some(problem) = narrative::check(div) {
-                    self.issue("value", problem, path.render());
-                }
-            }
-            (Kind::Primitive(p), v) => {
-                if let Some(problem) = primitive::check(p, v) {
-                    self.issue("value", problem, path.render());
-                } else if let (Some(vs), Value::String(code)) = (element.binding, v) {
-                    self.code_binding(vs, code, path);
-                }
-            }
-            (Kind::Complex(ti), Value::Object(map)) => {
-                self.object(ti, map, path);
-                if let Some(vs) = element.binding {
-                    self.coded_binding(vs, ti, map, path);
-                }
-            }
-            _ => {} // a resource is walked on its own; a wrong JSON type is the schema's
-        }
-    }
-
     fn code_binding(&mut self, vs: u32, code: &str, path: &Path<'_>) {
         let Some(set) = self.defs.value_set(vs) else {
             return;
@@ -250,15 +403,15 @@ impl Walk<'_> {
 
     /// A Coding, or a CodeableConcept, bound to a required value set: a coding of one of the
     /// set's systems must have one of its codes, and at least one coding must be from the set.
-    fn coded_binding(&mut self, vs: u32, ti: u32, map: &Map<String, Value>, path: &Path<'_>) {
+    fn coded_binding(&mut self, vs: u32, ti: u32, map: &Object<'_>, path: &Path<'_>) {
         let defs = self.defs;
         let Some(set) = defs.value_set(vs) else {
             return;
         };
-        let codings: Vec<(Option<usize>, &Map<String, Value>)> = if ti == defs.coding {
+        let codings: Vec<(Option<usize>, &Object<'_>)> = if ti == defs.coding {
             vec![(None, map)]
         } else if ti == defs.codeable_concept {
-            let items = map.get("coding").and_then(Value::as_array);
+            let items = map.get("coding").and_then(Node::as_array);
             let objects = items.into_iter().flatten().enumerate();
             objects
                 .filter_map(|(i, c)| Some((Some(i), c.as_object()?)))
@@ -268,11 +421,11 @@ impl Walk<'_> {
         };
         let mut from_set = false;
         for (i, coding) in codings {
-            let system = coding.get("system").and_then(Value::as_str);
+            let system = coding.get("system").and_then(Node::as_str);
             let Some(codes) = system.and_then(|s| set.systems.get(s)) else {
                 continue;
             };
-            match coding.get("code").and_then(Value::as_str) {
+            match coding.get("code").and_then(Node::as_str) {
                 Some(code) if codes.contains(code) => from_set = true,
                 _ => {
                     let at = match i {
@@ -293,8 +446,8 @@ impl Walk<'_> {
 
     /// dom-2 … dom-5: contained resources hold no contained resources, no versionId,
     /// lastUpdated or security labels, and each is referenced from the resource.
-    fn contained_rules(&mut self, map: &Map<String, Value>, path: &Path<'_>) {
-        let Some(Value::Array(items)) = map.get("contained") else {
+    fn contained_rules(&mut self, map: &Object<'_>, path: &Path<'_>) {
+        let Some(Node::Array(items)) = map.get("contained") else {
             return;
         };
         let contained_path = Path::Key(path, "contained");
@@ -323,7 +476,7 @@ impl Walk<'_> {
                     here.render(),
                 );
             }
-            if let Some(id) = r.get("id").and_then(Value::as_str)
+            if let Some(id) = r.get("id").and_then(Node::as_str)
                 && !map.values().any(|v| references_local(v, id))
             {
                 self.issue(
@@ -337,13 +490,13 @@ impl Walk<'_> {
 }
 
 /// True when some string in the resource is `#id` (or `#`, a reference to the container).
-fn references_local(value: &Value, id: &str) -> bool {
+fn references_local(value: &Node<'_>, id: &str) -> bool {
     match value {
-        Value::String(s) => s
+        Node::String(s) => s
             .strip_prefix('#')
             .is_some_and(|rest| rest == id || rest.is_empty()),
-        Value::Array(items) => items.iter().any(|v| references_local(v, id)),
-        Value::Object(map) => map.values().any(|v| references_local(v, id)),
+        Node::Array(items) => items.iter().any(|v| references_local(v, id)),
+        Node::Object(map) => map.values().any(|v| references_local(v, id)),
         _ => false,
     }
 }

@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use super::definitions::{Definitions, DefinitionsError};
+use super::shape::Shapes;
 use crate::fhir::outcome::{Issue, PathRef, fhirpath};
 
 /// The schema bytes, obtained and checksummed by `build.rs`.
@@ -30,6 +31,7 @@ pub struct FhirSchema {
     resource_types: BTreeSet<String>,
     validators: HashMap<String, OnceLock<Result<Arc<Validator>, String>>>,
     definitions: Definitions,
+    shapes: Shapes,
 }
 
 /// Why the embedded R4 schema could not be loaded (a build that embedded a broken file).
@@ -43,6 +45,8 @@ pub enum SchemaError {
     Registry(String),
     #[error(transparent)]
     Definitions(#[from] DefinitionsError),
+    #[error("the embedded FHIR schema uses a form the rules pass cannot check: {0}")]
+    Shape(String),
 }
 
 impl FhirSchema {
@@ -60,6 +64,8 @@ impl FhirSchema {
             .as_object_mut()
             .ok_or(SchemaError::Missing("definitions"))?;
         tighten(defs);
+        let definitions = Definitions::load()?;
+        let shapes = Shapes::compile(defs, &definitions).map_err(SchemaError::Shape)?;
         let doc = json!({
             "$schema": "http://json-schema.org/draft-06/schema#",
             "definitions": Value::Object(std::mem::take(defs)),
@@ -81,7 +87,8 @@ impl FhirSchema {
             registry,
             resource_types,
             validators,
-            definitions: Definitions::load()?,
+            definitions,
+            shapes,
         })
     }
 
@@ -105,6 +112,11 @@ impl FhirSchema {
     /// The R4 StructureDefinitions as rule tables (cardinality, types, required bindings).
     pub fn definitions(&self) -> &Definitions {
         &self.definitions
+    }
+
+    /// The schema compiled into the shapes the rules pass checks (`validate::shape`).
+    pub fn shapes(&self) -> &Shapes {
+        &self.shapes
     }
 
     /// Compiles the validators of these types now (used at start-up for the types the gateway

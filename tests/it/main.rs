@@ -53,3 +53,4 @@ mod synthea_alerts;
 mod transparency;
 mod treatment;
 mod validation_depth;
+mod validation_schema;
