@@ -169,6 +169,12 @@ pub enum Request<'a> {
     BreakGlass,
     /// Review break-the-glass grants and report who accessed a patient (auditors).
     AccessReview,
+    /// Sign in to the console: persons of a care team, auditors and administrators (a sector's
+    /// system has no console).
+    Console,
+    /// IT staff's board of sector endpoints, their probes and the gateway's version and
+    /// configuration file (administrators).
+    Operations,
 }
 
 /// Why access was granted, for the audit row.
@@ -331,6 +337,14 @@ pub fn authorize(caller: &Caller, request: Request<'_>) -> Result<Basis, Denied>
         }
         (Request::Deliveries, Role::Admin) => Ok(Basis::Admin),
         (Request::Deliveries, _) => deny("only administrators manage deliveries"),
+        (Request::Console, Role::CareTeam) if caller.client.person.is_some() => Ok(Basis::CareTeam),
+        (Request::Console, Role::Auditor) => Ok(Basis::Auditor),
+        (Request::Console, Role::Admin) => Ok(Basis::Admin),
+        (Request::Console, _) => {
+            deny("the console is for care-team persons, auditors and administrators")
+        }
+        (Request::Operations, Role::Admin) => Ok(Basis::Admin),
+        (Request::Operations, _) => deny("only administrators see the sector endpoints"),
     }
 }
 

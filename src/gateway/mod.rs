@@ -32,10 +32,12 @@ pub mod entry;
 mod error;
 pub mod ledger;
 pub mod notify;
+pub mod operations;
 pub mod params;
 pub mod read;
 pub mod relation;
 pub mod search;
+pub mod sector_health;
 pub mod transparency;
 pub mod views;
 pub mod write;
@@ -75,6 +77,10 @@ pub struct Gateway {
     /// The FHIR base of links when `server.public_base_url` is not set: the address the server
     /// listens on, set once it is bound.
     listen_base: OnceLock<String>,
+    /// The configuration file the application was built from (IT staff's console shows it).
+    config_file: OnceLock<String>,
+    /// When the core was built (microseconds since the epoch).
+    started_us: i64,
 }
 
 impl Gateway {
@@ -99,6 +105,8 @@ impl Gateway {
             shutting_down: watch::channel(false).0,
             signer: None,
             listen_base: OnceLock::new(),
+            config_file: OnceLock::new(),
+            started_us: crate::fhir::time::now_us(),
         }
     }
 
