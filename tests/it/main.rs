@@ -36,6 +36,7 @@ mod cli;
 mod console;
 mod console_ops;
 mod corrupt;
+mod deploy;
 mod exchange;
 mod exchange_auth;
 mod fhir_api;
