@@ -461,6 +461,28 @@ mod tests {
     }
 
     #[test]
+    fn the_console_is_for_persons_auditors_and_administrators() {
+        let mut person = caller(Role::CareTeam);
+        person.client.person = Some(Person {
+            practitioner: Ident::parse("https://autregweb.sst.dk|N8SD2"),
+            ..Person::default()
+        });
+        for ok in [&person, &caller(Role::Auditor), &caller(Role::Admin)] {
+            assert!(authorize(ok, Request::Console).is_ok(), "{ok:?}");
+        }
+        for refused in [&caller(Role::CareTeam), &caller(Role::Sector("gp".into()))] {
+            assert!(authorize(refused, Request::Console).is_err(), "{refused:?}");
+        }
+        assert_eq!(
+            authorize(&caller(Role::Admin), Request::Operations),
+            Ok(Basis::Admin)
+        );
+        for refused in [Role::Auditor, Role::CareTeam, Role::Sector("gp".into())] {
+            assert!(authorize(&caller(refused), Request::Operations).is_err());
+        }
+    }
+
+    #[test]
     fn treatment_relationship_decides_for_persons() {
         let team = caller(Role::CareTeam);
         let policy = Policy::default();

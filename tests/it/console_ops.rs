@@ -780,6 +780,17 @@ impl Visitor {
         }
     }
 
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> StatusCode {
+        self.http
+            .post(format!("{}{path}", self.origin))
+            .header("cookie", &self.cookie)
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
     async fn get(&self, path: &str) -> (StatusCode, String) {
         let resp = self
             .http
@@ -859,4 +870,27 @@ async fn each_role_opens_only_its_own_pages_and_admins_see_no_patient_data() {
     for path in AUDIT_PAGES {
         assert_eq!(auditor.get(path).await.0, StatusCode::OK, "auditor: {path}");
     }
+    // Forms without the session's CSRF token are refused.
+    let forged = [
+        ("csrf", "forged"),
+        ("cpr", "1503570721"),
+        ("target", "gp"),
+        ("reason", "x"),
+    ];
+    assert_eq!(
+        auditor.post("/ui/audit/search", &forged).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        auditor.post("/ui/audit/export", &forged).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        admin.post("/ui/it/dead/replay-sector", &forged).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        admin.post("/ui/it/system/probe", &forged).await,
+        StatusCode::FORBIDDEN
+    );
 }
