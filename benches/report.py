@@ -443,13 +443,36 @@ def p9(work, smoke):
     return r, lines
 
 
+def p10(work, smoke):
+    """P10: IT staff's message browser and board, server-side."""
+    r = load(os.path.join(work, "p10.json"))
+    if r is None:
+        return {}, []
+    pages = r["pages"]
+    browser = pages["by_resource_id"]
+    r["targets"] = {
+        "message_browser_below_100_ms": verdict(browser["median"] < 100 and pages["newest_page"]["median"] < 100, smoke),
+    }
+    lines = [f"P10 operations console: {r['outbox_entries']} outbox entries; {r['runs']} requests each"]
+    for name, label in [("by_resource_id", "GET /ui/it/messages?resource=<id>"),
+                        ("newest_page", "GET /ui/it/messages (newest 50)"),
+                        ("type_and_state", "GET /ui/it/messages?type=&state="),
+                        ("board", "GET /ui/it/board")]:
+        p = pages[name]
+        lines.append(f"  {label:<40} median {p['median']:.1f} ms, p90 {p['p90']:.1f} ms, max {p['max']:.1f} ms")
+    c = r["core_browse_by_resource_id"]
+    lines.append(f"  core browse_outbox by resource id: median {c['median']:.2f} ms, p99 {c['p99']:.2f} ms")
+    lines.append(f"  (target: the message browser's page < 100 ms median: {r['targets']['message_browser_below_100_ms']})")
+    return r, lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["full", "smoke"], required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--command", required=True)
-    ap.add_argument("--parts", default="p1 p2 p3 p4 p5 p6 p8 p9")
+    ap.add_argument("--parts", default="p1 p2 p3 p4 p5 p6 p8 p9 p10")
     ap.add_argument("--profile", default="bench")
     a = ap.parse_args()
     smoke = a.mode == "smoke"
@@ -462,7 +485,7 @@ def main():
     meta["loadavg_before_each_step"] = loads
     if loads:
         print("load average (1 min) before each step: " + ", ".join(f"{k} {v}" for k, v in loads.items()))
-    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5), ("p6", p6), ("p8", p8), ("p9", p9)]:
+    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5), ("p6", p6), ("p8", p8), ("p9", p9), ("p10", p10)]:
         if part not in a.parts.split():
             continue
         data, lines = fn(a.work, smoke)

@@ -169,6 +169,12 @@ pub enum Request<'a> {
     BreakGlass,
     /// Review break-the-glass grants and report who accessed a patient (auditors).
     AccessReview,
+    /// Sign in to the console: persons of a care team, auditors and administrators (a sector's
+    /// system has no console).
+    Console,
+    /// IT staff's board of sector endpoints, their probes and the gateway's version and
+    /// configuration file (administrators).
+    Operations,
 }
 
 /// Why access was granted, for the audit row.
@@ -331,6 +337,14 @@ pub fn authorize(caller: &Caller, request: Request<'_>) -> Result<Basis, Denied>
         }
         (Request::Deliveries, Role::Admin) => Ok(Basis::Admin),
         (Request::Deliveries, _) => deny("only administrators manage deliveries"),
+        (Request::Console, Role::CareTeam) if caller.client.person.is_some() => Ok(Basis::CareTeam),
+        (Request::Console, Role::Auditor) => Ok(Basis::Auditor),
+        (Request::Console, Role::Admin) => Ok(Basis::Admin),
+        (Request::Console, _) => {
+            deny("the console is for care-team persons, auditors and administrators")
+        }
+        (Request::Operations, Role::Admin) => Ok(Basis::Admin),
+        (Request::Operations, _) => deny("only administrators see the sector endpoints"),
     }
 }
 
@@ -444,6 +458,28 @@ mod tests {
         assert!(authorize(&team, Request::Deliveries).is_err());
         assert!(authorize(&gp, Request::Alerts).is_err());
         assert_eq!(authorize(&team, Request::Alerts), Ok(Basis::CareTeam));
+    }
+
+    #[test]
+    fn the_console_is_for_persons_auditors_and_administrators() {
+        let mut person = caller(Role::CareTeam);
+        person.client.person = Some(Person {
+            practitioner: Ident::parse("https://autregweb.sst.dk|N8SD2"),
+            ..Person::default()
+        });
+        for ok in [&person, &caller(Role::Auditor), &caller(Role::Admin)] {
+            assert!(authorize(ok, Request::Console).is_ok(), "{ok:?}");
+        }
+        for refused in [&caller(Role::CareTeam), &caller(Role::Sector("gp".into()))] {
+            assert!(authorize(refused, Request::Console).is_err(), "{refused:?}");
+        }
+        assert_eq!(
+            authorize(&caller(Role::Admin), Request::Operations),
+            Ok(Basis::Admin)
+        );
+        for refused in [Role::Auditor, Role::CareTeam, Role::Sector("gp".into())] {
+            assert!(authorize(&caller(refused), Request::Operations).is_err());
+        }
     }
 
     #[test]

@@ -56,6 +56,7 @@ impl App {
             Some(detection),
         );
         gateway.set_signer(signer);
+        gateway.set_config_file(config_file);
         let gateway = Arc::new(gateway);
         // Bearer JWTs of the `[auth]` issuer, besides the static tokens.
         let clients = match crate::auth::JwtVerifier::from_settings(gateway.settings())? {

@@ -145,6 +145,12 @@ pub struct ExchangeSettings {
     pub poll_interval_ms: u64,
     /// Entries per page when polling (`_count`).
     pub poll_page_size: u32,
+    /// Consecutive failed attempts after which a sector endpoint is reported failing (once,
+    /// until it recovers).
+    pub failing_after_failures: u32,
+    /// Age (seconds) of the oldest entry waiting for a sector, after a failed attempt, at
+    /// which the endpoint is reported failing even before `failing_after_failures`.
+    pub failing_after_age_secs: u64,
 }
 
 impl Default for ExchangeSettings {
@@ -163,6 +169,8 @@ impl Default for ExchangeSettings {
             idle_poll_ms: 1_000,
             poll_interval_ms: 30_000,
             poll_page_size: 100,
+            failing_after_failures: 3,
+            failing_after_age_secs: 900,
         }
     }
 }
@@ -915,10 +923,22 @@ fn check_outbound_auth(file: &str, i: usize, auth: &OutboundAuth) -> Result<(), 
 /// `[exchange]`'s numbers: each within its range, and the longest retry delay at least the
 /// first.
 fn check_exchange_limits(file: &str, x: &ExchangeSettings) -> Result<(), ConfigError> {
-    let bounds: [(&str, u64, u64, u64); 9] = [
+    let bounds: [(&str, u64, u64, u64); 11] = [
         ("max_attempts", u64::from(x.max_attempts), 0, 1_000_000),
         ("max_age_secs", x.max_age_secs, 1, 366 * 86_400),
         ("lease_secs", x.lease_secs, 2, 3_600),
+        (
+            "failing_after_failures",
+            u64::from(x.failing_after_failures),
+            1,
+            1_000,
+        ),
+        (
+            "failing_after_age_secs",
+            x.failing_after_age_secs,
+            1,
+            604_800,
+        ),
         ("batch", u64::from(x.batch), 1, 1_000),
         ("request_timeout_ms", x.request_timeout_ms, 100, 600_000),
         ("retry_initial_ms", x.retry_initial_ms, 10, 3_600_000),

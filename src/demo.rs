@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::access::{Caller, Client, Role};
+use crate::access::{Caller, Client, Request, Role, authorize};
 use crate::app::{App, shutdown_signal};
 use crate::auth::{Clients, new_token, token_hash};
 use crate::config::Settings;
@@ -217,10 +217,16 @@ fn print_sign_in_links(
     let minutes = app.gateway.settings().ui.sign_in_link_minutes;
     println!();
     println!(
-        "the care team's console: each link signs its person in once, within {minutes} minutes"
+        "the console (care team, auditor, IT staff): each link signs its person in once, within {minutes} minutes"
     );
     for (id, role, token) in tokens {
-        let Some(client) = clients.authenticate(token).filter(|c| c.person.is_some()) else {
+        let Some(client) = clients.authenticate(token).filter(|c| {
+            let caller = Caller {
+                client: (*c).clone(),
+                request_id: None,
+            };
+            authorize(&caller, Request::Console).is_ok()
+        }) else {
             continue;
         };
         let link = app.sessions.mint_link(client.clone());

@@ -36,6 +36,13 @@ pub struct OutboxLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SectorStateLabels {
+    pub target: String,
+    /// failing, recovered.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PullLabels {
     pub sector: String,
     /// stored, unchanged, echo, quarantined, failed.
@@ -58,6 +65,8 @@ pub struct Metrics {
     pub dead_letters: Family<TargetLabels, Counter>,
     pub outbox: Family<OutboxLabels, Gauge>,
     pub pulled: Family<PullLabels, Counter>,
+    pub sector_failing: Family<TargetLabels, Gauge>,
+    pub sector_changes: Family<SectorStateLabels, Counter>,
 }
 
 impl Metrics {
@@ -113,6 +122,7 @@ impl Metrics {
             "Resources read from pull-mode sectors, by sector and outcome",
             pulled.clone(),
         );
+        let (sector_failing, sector_changes) = register_sector_health(&mut registry);
         registry.register(
             "corrupt_bodies",
             "Stored bodies that were not valid JSON when read (a damaged or altered database)",
@@ -128,6 +138,8 @@ impl Metrics {
             dead_letters,
             outbox,
             pulled,
+            sector_failing,
+            sector_changes,
         }
     }
 
@@ -155,6 +167,29 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// `carebridge_sector_failing` and `carebridge_sector_state_changes_total`: the endpoints'
+/// states as `gateway::sector_health` records them (raised once, cleared once).
+fn register_sector_health(
+    registry: &mut Registry,
+) -> (
+    Family<TargetLabels, Gauge>,
+    Family<SectorStateLabels, Counter>,
+) {
+    let sector_failing = Family::<TargetLabels, Gauge>::default();
+    registry.register(
+        "sector_failing",
+        "1 while a target sector endpoint is failing (raised once, cleared once), else 0",
+        sector_failing.clone(),
+    );
+    let sector_changes = Family::<SectorStateLabels, Counter>::default();
+    registry.register(
+        "sector_state_changes",
+        "Target sector endpoints turning failing or recovered, by target and new state",
+        sector_changes.clone(),
+    );
+    (sector_failing, sector_changes)
 }
 
 impl Default for Metrics {

@@ -310,6 +310,15 @@ impl Gateway {
         self.gate(caller, Request::AccessReview, Interaction::SearchType)
             .await?;
         let mut tx = self.store.begin().await?;
+        // A sector identifier (`system|value`, e.g. a CPR number) names the patient it links to.
+        let resolved = match crate::config::split_system_value(patient) {
+            Some((system, value)) => tx.patient_by_identifier(system, value).await?,
+            None => Some(patient.to_owned()),
+        };
+        let Some(patient) = resolved else {
+            return Ok(Vec::new());
+        };
+        let patient = patient.as_str();
         let rows = tx.access_report(patient, offset, count).await?;
         let mut row = audit::row(
             &caller.actor(),

@@ -32,11 +32,13 @@ pub mod entry;
 mod error;
 pub mod ledger;
 pub mod notify;
+pub mod operations;
 pub mod params;
 pub mod read;
 pub mod refusals;
 pub mod relation;
 pub mod search;
+pub mod sector_health;
 pub mod transparency;
 pub mod views;
 pub mod write;
@@ -79,6 +81,10 @@ pub struct Gateway {
     /// Refused authentications counted per client address and minute (audited as one row
     /// each when the minute is over).
     refusals: refusals::Refusals,
+    /// The configuration file the application was built from (IT staff's console shows it).
+    config_file: OnceLock<String>,
+    /// When the core was built (microseconds since the epoch).
+    started_us: i64,
 }
 
 impl Gateway {
@@ -104,6 +110,8 @@ impl Gateway {
             signer: None,
             listen_base: OnceLock::new(),
             refusals: refusals::Refusals::default(),
+            config_file: OnceLock::new(),
+            started_us: crate::fhir::time::now_us(),
         }
     }
 

@@ -152,10 +152,16 @@ impl Gateway {
     ) -> Result<(Vec<AuditRow>, Option<i64>), GatewayError> {
         authorize(caller, Request::AuditLog)?;
         let mut tx = self.store.begin().await?;
-        let rows = tx.audit_search(query).await?;
-        let total = match total {
-            true => Some(tx.audit_count(query).await?),
-            false => None,
+        let resolved = resolve_identifier(tx.as_mut(), query).await?;
+        let query = &resolved;
+        let rows = match &query.patient_id {
+            Some(p) if p.is_empty() => Vec::new(),
+            _ => tx.audit_search(query).await?,
+        };
+        let total = match (total, &query.patient_id) {
+            (true, Some(p)) if p.is_empty() => Some(0),
+            (true, _) => Some(tx.audit_count(query).await?),
+            (false, _) => None,
         };
         let mut row = audit::row(
             &caller.actor(),
@@ -164,7 +170,7 @@ impl Gateway {
             Interaction::SearchType,
             Outcome::Success,
         );
-        row.patient_id = query.patient_id.clone();
+        row.patient_id = query.patient_id.clone().filter(|p| !p.is_empty());
         row.entities = vec!["AuditEvent".into()];
         row.query = Some(query.describe());
         row.detail = Some(format!("audit search: {} events", rows.len()));
@@ -172,4 +178,29 @@ impl Gateway {
         tx.commit().await?;
         Ok((rows, total))
     }
+}
+
+/// The query with its patient identifier (`system|value`) resolved to the gateway patient, so
+/// that the identifier itself is never written to the log; an identifier no patient holds
+/// matches nothing (an empty `patient_id`).
+async fn resolve_identifier(
+    tx: &mut dyn crate::store::StoreTx,
+    query: &AuditQuery,
+) -> Result<AuditQuery, GatewayError> {
+    let mut q = query.clone();
+    let Some(ident) = q.patient_identifier.take() else {
+        return Ok(q);
+    };
+    let Some((system, value)) = crate::config::split_system_value(&ident) else {
+        return Err(GatewayError::invalid(
+            crate::fhir::outcome::Issue::error("value", "a patient identifier is system|value")
+                .at("patient-identifier"),
+        ));
+    };
+    q.patient_id = Some(
+        tx.patient_by_identifier(system, value)
+            .await?
+            .unwrap_or_default(),
+    );
+    Ok(q)
 }

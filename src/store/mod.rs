@@ -10,6 +10,7 @@ pub mod access;
 pub mod alerts;
 mod busy;
 pub mod merkle;
+pub mod ops;
 pub mod outbox;
 pub mod sql;
 #[cfg(test)]
@@ -23,6 +24,7 @@ use crate::fhir::time::instant;
 pub use access::{AccessTx, Grant, Identified};
 pub use alerts::{AlertQuery, AlertRow, AlertTx};
 pub use merkle::{StoredCheckpoint, TransparencyTx, WitnessState};
+pub use ops::{AttemptCount, CursorStat, OpsTx, OutboxQuery, QueueStat, SectorHealth};
 pub use outbox::{
     Delivered, DeliveryState, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor,
     ResyncCandidate, UNVERIFIED,
@@ -151,6 +153,13 @@ pub struct AuditQuery {
     pub action: Option<Action>,
     /// Rows naming a resource of this type among their entities.
     pub entity_type: Option<String>,
+    /// The person (practitioner or organisation `system|value`) who acted.
+    pub person: Option<String>,
+    /// Rows whose basis begins with this (`break-glass`, `care-team`, `refused`, …).
+    pub basis: Option<String>,
+    /// The patient by a sector identifier (`system|value`, e.g. a CPR number); the gateway
+    /// resolves it to `patient_id` before searching, so the identifier is never stored.
+    pub patient_identifier: Option<String>,
     pub offset: i64,
     pub count: i64,
 }
@@ -170,6 +179,8 @@ impl AuditQuery {
         add("sector", &self.sector);
         add("action", &self.action.map(|a| a.code().to_owned()));
         add("entity-type", &self.entity_type);
+        add("person", &self.person);
+        add("basis", &self.basis);
         if let Some(f) = self.from_us {
             parts.push(format!("date=ge{}", instant(f)));
         }
@@ -225,7 +236,7 @@ pub trait Store: Send + Sync {
 
 /// A transaction: the foundation's operations here, the exchange's in [`ExchangeTx`].
 #[async_trait]
-pub trait StoreTx: ExchangeTx + AlertTx + AccessTx + TransparencyTx + Send {
+pub trait StoreTx: ExchangeTx + AlertTx + AccessTx + TransparencyTx + OpsTx + Send {
     /// The sector-local id of the resource holding this business identifier, if any.
     async fn find_by_identifier(
         &mut self,

@@ -321,9 +321,10 @@ macro_rules! bind_all {
         q
     }};
 }
+pub(super) use bind_all;
 
-/// A value bound to a search statement (resources or the audit log).
-enum Bind {
+/// A value bound to a search statement (resources, the audit log, the outbox browser).
+pub(super) enum Bind {
     Text(String),
     Int(i64),
 }
@@ -423,8 +424,8 @@ struct TypeCount {
 }
 
 impl SqlTx {
-    /// The `WHERE` clause of an audit search (placeholders `$1`…`$7`, then one per merged
-    /// patient id from `$8`) and the values bound to it, in order.
+    /// The `WHERE` clause of an audit search (placeholders `$1`…`$9`, then one per merged
+    /// patient id from `$10`) and the values bound to it, in order.
     async fn audit_filter(&mut self, q: &AuditQuery) -> Result<(String, Vec<Bind>)> {
         // A merged patient's rows were recorded under its old id: search all ids merged into it.
         let mut patient_ids: Vec<String> = Vec::new();
@@ -443,7 +444,7 @@ impl SqlTx {
             String::new()
         } else {
             let marks: Vec<String> = (0..patient_ids.len())
-                .map(|i| format!("${}", i + 8))
+                .map(|i| format!("${}", i + 10))
                 .collect();
             format!("AND patient_id IN ({})", marks.join(", "))
         };
@@ -456,7 +457,8 @@ impl SqlTx {
             "WHERE kind = 'event' AND recorded_us >= $1 AND recorded_us <= $2 \
              AND ($3 = '' OR outcome = $3) AND ($4 = '' OR client_id = $4) \
              AND ($5 = '' OR sector = $5 OR target_sector = $5) AND ($6 = '' OR action = $6) \
-             AND ($7 = '' OR entities LIKE $7) {patient_filter}"
+             AND ($7 = '' OR entities LIKE $7) AND ($8 = '' OR person = $8) \
+             AND ($9 = '' OR basis LIKE $9) {patient_filter}"
         );
         let mut values = vec![
             Bind::Int(q.from_us.unwrap_or(i64::MIN)),
@@ -466,6 +468,13 @@ impl SqlTx {
             Bind::Text(q.sector.clone().unwrap_or_default()),
             Bind::Text(q.action.map_or("", Action::code).to_owned()),
             Bind::Text(entity_pattern),
+            Bind::Text(q.person.clone().unwrap_or_default()),
+            Bind::Text(
+                q.basis
+                    .as_deref()
+                    .map(|b| format!("{b}%"))
+                    .unwrap_or_default(),
+            ),
         ];
         values.extend(patient_ids.into_iter().map(Bind::Text));
         Ok((filter, values))

@@ -39,6 +39,7 @@ use crate::config::{ExchangeSettings, OutboundAuth, SectorSettings};
 use crate::exchange::map::{Mapped, Mapper};
 use crate::fhir::FHIR_JSON;
 use crate::gateway::Gateway;
+use crate::gateway::sector_health;
 use crate::ids::content_hash;
 use crate::metrics::TargetLabels;
 use crate::outbound::{Outbound, kind};
@@ -387,8 +388,10 @@ impl Delivery {
                     .await?
             }
         };
+        let health = sector_health::observe(tx.as_mut(), &self.gateway, e, outcome).await?;
         tx.audit(&row).await?;
         tx.commit().await?;
+        sector_health::announce(&self.gateway, health);
         self.gateway.metrics().delivery(&e.target, outcome);
         if let Some(reached) = reached {
             self.sector_outcome(&e.target, reached);

@@ -231,7 +231,7 @@ impl Workers {
     }
 }
 
-/// Keeps `carebridge_outbox_entries` current.
+/// Keeps `carebridge_outbox_entries` and `carebridge_sector_failing` current.
 async fn refresh_gauges(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     loop {
         if *shutdown.borrow() {
@@ -248,6 +248,8 @@ async fn refresh_gauges(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
                     .set(n);
             }
         }
+        // The endpoints' states, as whichever replica recorded them.
+        let _ = crate::gateway::sector_health::refresh_gauge(&gw).await;
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = shutdown.changed() => {}

@@ -172,6 +172,15 @@ impl TestApp {
         }
     }
 
+    /// A one-time sign-in link of the console for a client of this role (no person).
+    pub fn sign_in_link(&self, who: &str, role: carebridge::access::Role) -> String {
+        let token = self
+            .app
+            .sessions
+            .mint_link(carebridge::access::Client::system(who, role));
+        format!("{}/ui/sign-in/{token}", self.base.trim_end_matches("/fhir"))
+    }
+
     pub fn token(&self, who: &str) -> &str {
         &self.tokens[who]
     }

@@ -17,7 +17,7 @@ use crate::common::browser::Browser;
 use crate::common::demo::Demo;
 
 /// axe-core finds nothing on the current page, or the test fails naming what it found.
-async fn accessible(b: &Browser, page: &str) {
+pub(crate) async fn accessible(b: &Browser, page: &str) {
     let v = b.axe_violations().await;
     assert!(
         v.is_empty(),

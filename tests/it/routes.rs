@@ -401,6 +401,54 @@ const CONSOLE: [(&str, &str, &str, u16); 15] = [
     ("GET", "/ui/assets/{file}", "/ui/assets/console.js", 200),
 ];
 
+/// The auditor's and IT staff's pages of the console: a bearer token is no session either.
+const OPS_CONSOLE: [(&str, &str, &str, u16); 16] = [
+    ("GET", "/ui/audit", "/ui/audit", 303),
+    ("GET", "/ui/audit/search", "/ui/audit/search", 303),
+    ("POST", "/ui/audit/search", "/ui/audit/search", 303),
+    ("POST", "/ui/audit/export", "/ui/audit/export", 303),
+    ("GET", "/ui/audit/verify", "/ui/audit/verify", 303),
+    ("GET", "/ui/audit/access", "/ui/audit/access", 303),
+    ("POST", "/ui/audit/access", "/ui/audit/access", 303),
+    ("GET", "/ui/audit/break-glass", "/ui/audit/break-glass", 303),
+    (
+        "POST",
+        "/ui/audit/break-glass/{id}/review",
+        "/ui/audit/break-glass/x/review",
+        303,
+    ),
+    ("GET", "/ui/it", "/ui/it", 303),
+    ("GET", "/ui/it/board", "/ui/it/board", 303),
+    ("GET", "/ui/it/dead", "/ui/it/dead", 303),
+    (
+        "POST",
+        "/ui/it/dead/{id}/replay",
+        "/ui/it/dead/1/replay",
+        303,
+    ),
+    (
+        "POST",
+        "/ui/it/dead/replay-sector",
+        "/ui/it/dead/replay-sector",
+        303,
+    ),
+    ("GET", "/ui/it/messages", "/ui/it/messages", 303),
+    (
+        "POST",
+        "/ui/it/messages/{id}/resend",
+        "/ui/it/messages/1/resend",
+        303,
+    ),
+];
+
+/// Every page of the console, the care team's and the others'.
+fn console_routes() -> impl Iterator<Item = (&'static str, &'static str, &'static str, u16)> {
+    CONSOLE.into_iter().chain(OPS_CONSOLE).chain([
+        ("GET", "/ui/it/system", "/ui/it/system", 303),
+        ("POST", "/ui/it/system/probe", "/ui/it/system/probe", 303),
+    ])
+}
+
 #[tokio::test]
 async fn console_routes_need_a_session_not_a_bearer_token() {
     let app = TestApp::spawn(Backend::Sqlite).await;
@@ -410,7 +458,7 @@ async fn console_routes_need_a_session_not_a_bearer_token() {
         .build()
         .expect("a client");
     let mut failures = Vec::new();
-    for (method, _, path, expected) in CONSOLE {
+    for (method, _, path, expected) in console_routes() {
         for (who, _) in CALLERS {
             let method = Method::from_bytes(method.as_bytes()).expect("a method");
             let resp = http
@@ -451,11 +499,7 @@ fn every_declared_route_is_in_the_table() {
     let listed: BTreeSet<(String, String)> = table("g", "p")
         .iter()
         .map(|r| (r.method.to_string(), r.template.to_owned()))
-        .chain(
-            CONSOLE
-                .iter()
-                .map(|(m, t, _, _)| ((*m).to_owned(), (*t).to_owned())),
-        )
+        .chain(console_routes().map(|(m, t, _, _)| (m.to_owned(), t.to_owned())))
         .collect();
     let missing: Vec<_> = declared.difference(&listed).collect();
     assert!(

@@ -82,8 +82,8 @@ fn sectors(state: &AppState) -> Vec<(String, String)> {
         .collect()
 }
 
-pub async fn home(_: SignedIn) -> Response {
-    see_other("/ui/inbox")
+pub async fn home(s: SignedIn) -> Response {
+    see_other(super::landing(&s.caller))
 }
 
 #[derive(serde::Deserialize)]
@@ -118,7 +118,15 @@ pub async fn sign_in_link(
     Path(token): Path<String>,
 ) -> Response {
     match state.sessions.redeem(&token) {
-        Some(cookie) => with_cookie(see_other("/ui/inbox"), &state.sessions.cookie(&cookie)),
+        Some(cookie) => {
+            let to = state.sessions.get(&cookie).map_or("/ui/inbox", |session| {
+                super::landing(&crate::access::Caller {
+                    client: session.client,
+                    request_id: None,
+                })
+            });
+            with_cookie(see_other(to), &state.sessions.cookie(&cookie))
+        }
         None => message_page(
             lang,
             StatusCode::FORBIDDEN,
@@ -137,12 +145,12 @@ pub(super) fn with_cookie(mut r: Response, cookie: &str) -> Response {
 }
 
 /// The form's CSRF token matches the session's.
-fn csrf_ok(s: &SignedIn, form: &[(String, String)]) -> bool {
+pub(super) fn csrf_ok(s: &SignedIn, form: &[(String, String)]) -> bool {
     form.iter()
         .any(|(k, v)| k == "csrf" && same_token(v, &s.csrf))
 }
 
-fn field<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
+pub(super) fn field<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
     form.iter()
         .find(|(k, _)| k == name)
         .map_or("", |(_, v)| v.as_str())

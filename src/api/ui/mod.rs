@@ -9,8 +9,12 @@
 //! record behind an `HttpOnly`, `SameSite=Strict` cookie ([`session`]); every form carries
 //! the session's CSRF token. URLs carry gateway ids only, never a national identifier.
 
+mod audit_handlers;
+mod audit_pages;
 mod handlers;
 mod i18n;
+mod it_handlers;
+mod it_pages;
 mod oidc;
 mod pages;
 pub mod session;
@@ -47,6 +51,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/alerts/{id}/acknowledge", post(handlers::acknowledge))
         .route("/ui/patients/{id}", get(handlers::patient_page))
         .route("/ui/assets/{file}", get(handlers::asset))
+        .merge(audit_handlers::routes())
+        .merge(it_handlers::routes())
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -144,6 +150,21 @@ impl FromRequestParts<AppState> for SignedIn {
             },
             cookie,
         })
+    }
+}
+
+/// Where a signed-in person starts: the inbox (care-team persons), the audit search
+/// (auditors) or the board of sector endpoints (IT staff), as `authorize` decides.
+pub fn landing(caller: &Caller) -> &'static str {
+    use crate::access::{Request, authorize};
+    if authorize(caller, Request::Alerts).is_ok() {
+        "/ui/inbox"
+    } else if authorize(caller, Request::AuditLog).is_ok() {
+        "/ui/audit/search"
+    } else if authorize(caller, Request::Operations).is_ok() {
+        "/ui/it/board"
+    } else {
+        "/ui/inbox"
     }
 }
 

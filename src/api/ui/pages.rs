@@ -23,6 +23,16 @@ pub struct Frame<'a> {
 }
 
 pub fn page(f: &Frame<'_>, content: Markup) -> Markup {
+    let inbox: &[(&str, Msg)] = if f.who.is_some() {
+        &[("/ui/inbox", Msg::NavInbox)]
+    } else {
+        &[]
+    };
+    page_with(f, inbox, content)
+}
+
+/// A page with its own navigation links (the auditor's and IT staff's pages).
+pub fn page_with(f: &Frame<'_>, nav: &[(&str, Msg)], content: Markup) -> Markup {
     let l = f.lang;
     html! {
         (DOCTYPE)
@@ -40,8 +50,8 @@ pub fn page(f: &Frame<'_>, content: Markup) -> Markup {
                     p class="brand" { (l.t(Msg::Product)) }
                     nav aria-label=(l.t(Msg::MainNav)) {
                         ul {
-                            @if f.who.is_some() {
-                                li { a href="/ui/inbox" { (l.t(Msg::NavInbox)) } }
+                            @for (href, text) in nav {
+                                li { a href=(href) aria-current=[(*href == f.path).then_some("page")] { (l.t(*text)) } }
                             }
                             li {
                                 a href={ "/ui/language/" (l.other().code()) "?back=" (f.path) }
