@@ -100,6 +100,9 @@ impl App {
         if self.gateway.signer().is_some() {
             self.workers.start_audit();
         }
+        if self.gateway.settings().alerts.enabled {
+            self.workers.start_schedule();
+        }
         let closing = self.gateway.clone();
         let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(async move {

@@ -35,6 +35,7 @@ pub mod notify;
 pub mod params;
 pub mod read;
 pub mod relation;
+pub mod schedule;
 pub mod search;
 pub mod transparency;
 pub mod views;
