@@ -386,3 +386,78 @@ async fn an_alert_is_raised_updated_acknowledged_closed_and_reopened() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_plan_shows_the_last_needs_assessment_and_the_overdue_alert() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let cpr = "0101601234";
+    let condition = |id: &str, system: &str, code: &str| {
+        json!({ "resourceType": "Condition", "id": id, "subject": { "reference": "Patient/PAT" },
+                "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active" }] },
+                "code": { "coding": [{ "system": system, "code": code }] } })
+    };
+    let plan = |id: &str, c: &str| {
+        json!({ "resourceType": "CarePlan", "id": id, "status": "active", "intent": "plan",
+                "subject": { "reference": "Patient/PAT" }, "addresses": [{ "reference": format!("Condition/{c}") }] })
+    };
+    push(
+        &app,
+        "gp",
+        cpr,
+        &[
+            condition("gp-dm", "urn:oid:1.2.208.176.2.31", "T90"),
+            plan("gp-plan", "gp-dm"),
+        ],
+    )
+    .await;
+    push(
+        &app,
+        "hospital",
+        cpr,
+        &[
+            condition("h-hf", "urn:oid:1.2.208.176.2.4.12", "DI500"),
+            plan("h-plan", "h-hf"),
+        ],
+    )
+    .await;
+    let pid = gateway_patient(&app, cpr).await;
+    let plan_of = |plan: &Value| -> (Option<String>, Vec<String>) {
+        let entries = plan["entry"].as_array().unwrap();
+        let last = entries[0]["resource"]["extension"][0]["valueDateTime"]
+            .as_str()
+            .map(str::to_owned);
+        let codes = entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "DetectedIssue")
+            .map(|e| code(&e["resource"]).to_owned())
+            .collect();
+        (last, codes)
+    };
+    let (_, plan) = app
+        .get("careteam", &format!("/Patient/{pid}/$total-plan"))
+        .await;
+    let (last, codes) = plan_of(&plan);
+    assert_eq!(last, None, "{plan}");
+    assert!(
+        codes.contains(&"needs-assessment-overdue".to_owned()),
+        "{codes:?}"
+    );
+
+    // The municipality records an FSIII functional assessment 30 days ago.
+    let when =
+        carebridge::fhir::time::instant(carebridge::fhir::time::now_us() - 30 * 86_400_000_000);
+    let fsiii = json!({ "resourceType": "Observation", "id": "m-fsiii", "status": "final",
+        "subject": { "reference": "Patient/PAT" }, "effectiveDateTime": when,
+        "code": { "coding": [{ "system": "urn:oid:1.2.208.176.2.21", "code": "J3.8" }] } });
+    push(&app, "municipality", cpr, &[fsiii]).await;
+    let (_, plan) = app
+        .get("careteam", &format!("/Patient/{pid}/$total-plan"))
+        .await;
+    let (last, codes) = plan_of(&plan);
+    assert_eq!(last.as_deref(), Some(when.as_str()), "{plan}");
+    assert!(
+        !codes.contains(&"needs-assessment-overdue".to_owned()),
+        "{codes:?}"
+    );
+    app.stop().await;
+}
