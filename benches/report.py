@@ -466,13 +466,33 @@ def p10(work, smoke):
     return r, lines
 
 
+def p11(work, smoke):
+    """P11: the time-driven alert evaluation's cost per due item."""
+    r = load(os.path.join(work, "p11.json"))
+    if r is None:
+        return {}, []
+    d, idle = r["due"], r["idle_claim_ms"]
+    per = d["per_item_ms"]
+    # Within a minute of the due time: the worker looks every 15 s, so a replica has 45 s left.
+    per_minute = 45_000 / per["median"] if per["median"] > 0 else float("inf")
+    r["targets"] = {"due_items_per_replica_within_a_minute": round(per_minute)}
+    lines = [f"P11 schedule: {r['patients']} patients falling due, claimed {r['batch']} per transaction "
+             f"(load average {r.get('loadavg')})",
+             f"  per due item: median {per['median']:.2f} ms, p90 {per['p90']:.2f} ms, max {per['max']:.2f} ms; "
+             f"{d['items_per_second']:.0f} items/s ({d['items']} in {d['seconds']:.1f} s)",
+             f"  a look with nothing due: median {idle['median']:.2f} ms, p99 {idle['p99']:.2f} ms",
+             f"  -> about {round(per_minute)} due patients per replica within a minute of their time "
+             f"(45 s after a 15 s look interval)"]
+    return r, lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["full", "smoke"], required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--command", required=True)
-    ap.add_argument("--parts", default="p1 p2 p3 p4 p5 p6 p8 p9 p10")
+    ap.add_argument("--parts", default="p1 p2 p3 p4 p5 p6 p8 p9 p10 p11")
     ap.add_argument("--profile", default="bench")
     a = ap.parse_args()
     smoke = a.mode == "smoke"
@@ -485,7 +505,7 @@ def main():
     meta["loadavg_before_each_step"] = loads
     if loads:
         print("load average (1 min) before each step: " + ", ".join(f"{k} {v}" for k, v in loads.items()))
-    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5), ("p6", p6), ("p8", p8), ("p9", p9), ("p10", p10)]:
+    for part, fn in [("p1", p1), ("p2", p2), ("p3", p3), ("p4", p4), ("p5", p5), ("p6", p6), ("p8", p8), ("p9", p9), ("p10", p10), ("p11", p11)]:
         if part not in a.parts.split():
             continue
         data, lines = fn(a.work, smoke)

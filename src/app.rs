@@ -109,6 +109,9 @@ impl App {
                 tally.flush_refusals(false).await;
             }
         });
+        if self.gateway.settings().alerts.enabled {
+            self.workers.start_schedule();
+        }
         let closing = self.gateway.clone();
         // The client's address reaches the handlers (the per-address rate limit, the
         // aggregated audit of refused tokens).

@@ -53,61 +53,49 @@ pub struct AlertSettings {
     pub polypharmacy_threshold: usize,
     /// Hours a Communication that asks for a reply may wait for one.
     pub reply_within_hours: u64,
-    /// Chronic conditions: `system|code`, or `system|prefix*`.
+    /// Chronic conditions: `system|code` (an SKS-D or ICD-10 code covers its hierarchy), or
+    /// `system|prefix*`; empty means the default list of `fhir-profiles/conditions/`.
     pub chronic: Vec<String>,
     /// CareTeam participant roles that coordinate care (`system|code`).
     pub coordinator_roles: Vec<String>,
     /// Communication categories that ask for a reply (`system|code`).
     pub reply_requested: Vec<String>,
+    /// An active medication or service request naming a condition as reason addresses it.
+    pub addressed_by_orders: bool,
+    /// Procedure/Observation codes that record a systematic needs assessment (`system|code`,
+    /// `system|prefix*`).
+    pub needs_assessment_codes: Vec<String>,
+    /// Questionnaires (canonical URLs) whose completed responses are needs assessments.
+    pub needs_assessment_questionnaires: Vec<String>,
+    /// Months a needs assessment counts; 0 turns needs-assessment-overdue off.
+    pub needs_assessment_months: u32,
+    /// How often each replica looks for due time-based evaluations (ms).
+    pub schedule_interval_ms: u64,
 }
 
 impl Default for AlertSettings {
     fn default() -> Self {
-        let icpc2 = "urn:oid:1.2.208.176.2.31|";
-        let sksd = "urn:oid:1.2.208.176.2.4.12|";
-        let sct = "http://snomed.info/sct|";
-        let mut chronic = Vec::new();
-        for c in [
-            "T89", "T90", "K74", "K76", "K77", "K78", "K86", "K87", "R95", "R96", "P70", "P76",
-            "L89", "L90", "L95", "U99",
-        ] {
-            chronic.push(format!("{icpc2}{c}"));
-        }
-        for c in [
-            "DE10*", "DE11*", "DE14*", "DI10*", "DI11*", "DI20*", "DI25*", "DI48*", "DI50*",
-            "DJ44*", "DJ45*", "DN18*", "DF00*", "DF01*", "DF03*", "DF32*", "DF33*", "DM15*",
-            "DM16*", "DM17*", "DM81*", "DG20*",
-        ] {
-            chronic.push(format!("{sksd}{c}"));
-        }
-        for c in [
-            "44054006",
-            "46635009",
-            "84114007",
-            "38341003",
-            "13645005",
-            "195967001",
-            "49436004",
-            "709044004",
-            "52448006",
-            "35489007",
-            "396275006",
-            "64859006",
-            "414545008",
-            "49049000",
-        ] {
-            chronic.push(format!("{sct}{c}"));
-        }
         AlertSettings {
             enabled: true,
             polypharmacy_threshold: 10,
             reply_within_hours: 72,
-            chronic,
-            coordinator_roles: vec![format!("{sct}768730001")],
+            // Empty: the default list of fhir-profiles/conditions/chronic-conditions.json.
+            chronic: Vec::new(),
+            coordinator_roles: vec!["http://snomed.info/sct|768730001".into()],
             reply_requested: vec![
                 "http://carebridge.example.org/fhir/CodeSystem/communication-category|reply-requested"
                     .into(),
             ],
+            addressed_by_orders: true,
+            needs_assessment_codes: vec![
+                "urn:oid:1.2.208.176.2.21|J*".into(),
+                "http://carebridge.example.org/fhir/CodeSystem/assessment|needs-assessment".into(),
+            ],
+            needs_assessment_questionnaires: vec![
+                "http://carebridge.example.org/fhir/Questionnaire/needs-assessment".into(),
+            ],
+            needs_assessment_months: 12,
+            schedule_interval_ms: 15_000,
         }
     }
 }
@@ -675,6 +663,10 @@ impl Settings {
             ("alerts.chronic", &self.alerts.chronic),
             ("alerts.coordinator_roles", &self.alerts.coordinator_roles),
             ("alerts.reply_requested", &self.alerts.reply_requested),
+            (
+                "alerts.needs_assessment_codes",
+                &self.alerts.needs_assessment_codes,
+            ),
         ] {
             if let Some(bad) = list.iter().find(|e| {
                 e.split_once('|')
@@ -687,6 +679,14 @@ impl Settings {
                     "write each entry as system|code (a trailing * matches a code prefix)",
                 ));
             }
+        }
+        if self.alerts.schedule_interval_ms == 0 {
+            return Err(problem(
+                file,
+                "alerts.schedule_interval_ms",
+                "0 would look for due evaluations without pause".to_owned(),
+                "set it to the milliseconds between looks (default 15000)",
+            ));
         }
         Ok(())
     }

@@ -1,14 +1,15 @@
-//! Condition findings: one condition active in one sector and ended in another, and chronic
-//! conditions that no active care plan addresses.
+//! Condition findings: one condition active in one sector and ended in another (not a past
+//! episode), and chronic conditions that no active care plan (or order) addresses.
 
 use serde_json::Value;
 use std::collections::BTreeSet;
 
 use super::{
-    ALERT_CODE_SYSTEM, Context, Finding, Item, Severity, Snapshot, active_condition, active_plan,
-    coding_keys, concept_label, condition_keys, ended_condition, item_label, matches_code_list,
-    sorted,
+    ALERT_CODE_SYSTEM, Context, Finding, Item, Severity, Snapshot, active_condition,
+    active_medication, active_plan, chronic_keys, concept_condition_keys, concept_label,
+    condition_keys, end_us, ended_condition, item_label, sorted, start_us,
 };
+use crate::terminology::conditions::same_condition;
 
 type Keys = BTreeSet<(String, String)>;
 
@@ -19,7 +20,7 @@ fn clusters(items: Vec<(&Item, Keys)>) -> Vec<(Vec<&Item>, Keys)> {
         let hits: Vec<usize> = out
             .iter()
             .enumerate()
-            .filter(|(_, (_, k))| !k.is_disjoint(&keys))
+            .filter(|(_, (_, k))| same_condition(k, &keys))
             .map(|(n, _)| n)
             .collect();
         let mut merged = (vec![item], keys);
@@ -40,8 +41,26 @@ fn key_label(keys: &Keys) -> String {
         .unwrap_or_default()
 }
 
-/// condition-status-conflict: the same condition (after code mapping) is active in one sector
-/// and resolved, inactive, in remission or refuted in another.
+/// When a Condition began: `onsetDateTime`, else `onsetPeriod.start`.
+fn onset_us(i: &Item) -> Option<i64> {
+    start_us(i.body.get("onsetDateTime")).or_else(|| start_us(i.body.pointer("/onsetPeriod/start")))
+}
+
+/// When a Condition ended: `abatementDateTime`, else `abatementPeriod.end`.
+fn abatement_us(i: &Item) -> Option<i64> {
+    end_us(i.body.get("abatementDateTime"))
+        .or_else(|| end_us(i.body.pointer("/abatementPeriod/end")))
+}
+
+/// An ended condition that abated before the active one's onset is a past episode: a new
+/// episode, not a disagreement about the current one.
+fn past_episode(ended: &Item, active: &Item) -> bool {
+    matches!((abatement_us(ended), onset_us(active)), (Some(e), Some(o)) if e < o)
+}
+
+/// condition-status-conflict: the same condition (after code mapping and along the code
+/// hierarchy) is active in one sector and resolved, inactive, in remission or refuted in
+/// another — unless the ended record abated before the active one's onset (a past episode).
 pub fn status_conflict(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
     let relevant: Vec<(&Item, Keys)> = s
         .of_type("Condition")
@@ -53,9 +72,11 @@ pub fn status_conflict(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
         .filter_map(|(items, keys)| {
             let active: Vec<&&Item> = items.iter().filter(|i| active_condition(i)).collect();
             let ended: Vec<&&Item> = items.iter().filter(|i| ended_condition(i)).collect();
-            let conflict = active
-                .iter()
-                .any(|a| ended.iter().any(|e| e.sector != a.sector));
+            let conflict = active.iter().any(|a| {
+                ended
+                    .iter()
+                    .any(|e| e.sector != a.sector && !past_episode(e, a))
+            });
             conflict.then(|| Finding {
                 code: (
                     ALERT_CODE_SYSTEM,
@@ -84,22 +105,18 @@ pub fn status_conflict(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
         .collect()
 }
 
-fn chronic(i: &Item, keys: &Keys, cx: &Context<'_>) -> bool {
-    let _ = i;
-    keys.iter()
-        .any(|(s, c)| matches_code_list(&cx.rules.chronic, s, c))
-}
-
-/// unaddressed-condition: an active chronic condition (configured codes, matched after code
-/// mapping) that no active CarePlan of any sector addresses — through `addresses`, an
-/// activity's `reasonReference` (to it or to the same condition in another sector), or an
-/// activity's `reasonCode` with one of its codes.
+/// unaddressed-condition: an active chronic condition (the chronic list, matched along the code
+/// hierarchy after code mapping) that no active CarePlan of any sector addresses — through
+/// `addresses`, an activity's `reasonReference` (to it or to the same condition in another
+/// sector), or an activity's `reasonCode` with one of its codes — and, when
+/// `addressed_by_orders` is on, no active MedicationRequest or ServiceRequest names as its
+/// `reasonReference` or `reasonCode`.
 pub fn unaddressed(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
     let conditions: Vec<(&Item, Keys)> = s
         .of_type("Condition")
         .filter(|i| active_condition(i))
         .map(|i| (i, condition_keys(i, cx.mapping)))
-        .filter(|(i, k)| chronic(i, k, cx))
+        .filter(|(_, k)| chronic_keys(k, cx))
         .collect();
     if conditions.is_empty() {
         return Vec::new();
@@ -127,9 +144,20 @@ impl Addressed {
                 a.gids.extend(s.target(&plan.sector, r));
             }
             for concept in activity_details(plan).flat_map(|d| array(d.get("reasonCode"))) {
-                for (sys, code) in coding_keys(Some(concept)) {
-                    a.codes.extend(cx.mapping.equivalents(&sys, &code));
-                    a.codes.insert((sys, code));
+                a.codes
+                    .extend(concept_condition_keys(Some(concept), cx.mapping));
+            }
+        }
+        if cx.rules.addressed_by_orders {
+            for order in s.items.iter().filter(|i| active_order(i)) {
+                for r in array(order.body.get("reasonReference"))
+                    .filter_map(|r| r.get("reference")?.as_str())
+                {
+                    a.gids.extend(s.target(&order.sector, r));
+                }
+                for concept in array(order.body.get("reasonCode")) {
+                    a.codes
+                        .extend(concept_condition_keys(Some(concept), cx.mapping));
                 }
             }
         }
@@ -144,7 +172,19 @@ impl Addressed {
 
     /// True when one of the cluster's conditions is addressed, or one of its codes.
     fn covers(&self, items: &[&Item], keys: &Keys) -> bool {
-        items.iter().any(|i| self.gids.contains(&i.gid)) || !keys.is_disjoint(&self.codes)
+        items.iter().any(|i| self.gids.contains(&i.gid)) || same_condition(keys, &self.codes)
+    }
+}
+
+/// An order that treats something now: an active medication order or statement, or a
+/// ServiceRequest that is `active` or `on-hold`.
+fn active_order(i: &Item) -> bool {
+    match i.rtype.as_str() {
+        "ServiceRequest" => matches!(
+            i.body.get("status").and_then(Value::as_str),
+            Some("active" | "on-hold")
+        ),
+        _ => active_medication(i),
     }
 }
 

@@ -1,26 +1,65 @@
 //! Medication findings: the same ingredient twice (`DUPTHPGEN`), two ingredients of one class
-//! (`DUPTHPCLS`), and polypharmacy.
+//! (`DUPTHPCLS`), polypharmacy, and orders left active after their inpatient stay or validity
+//! (`stale-order`).
+//!
+//! Medication identity: the ingredients the knowledge gives a product (ATC level 5, combination
+//! codes resolved to their ingredients); a product the knowledge cannot resolve is identified by
+//! its own codings (`system|code`: the same code from two sectors is the same product). A stale
+//! order is not a current medication for any of the medication rules.
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     ACT_CODE_SYSTEM, ALERT_CODE_SYSTEM, Context, Finding, Item, Severity, Snapshot,
-    active_medication, item_label, sorted,
+    active_medication, coding_keys, end_us, item_label, sorted,
 };
-use crate::terminology::medication::{Ingredient, MedKnowledge, RouteFamily, concept_of};
+use crate::terminology::medication::{
+    Ingredient, MedKnowledge, RouteFamily, concept_of, is_atc_level5,
+};
 
 /// An active medication with what it contains.
 struct Med<'a> {
     item: &'a Item,
+    /// What it contains, as far as the knowledge knows.
     ingredients: Vec<Ingredient>,
+    /// The product's own codings when the knowledge gives it no ingredient (`atc` holds
+    /// `system|code`): the identity of an unknown product.
+    products: Vec<Ingredient>,
     family: RouteFamily,
 }
 
+impl Med<'_> {
+    /// What identifies it for DUPTHPGEN: its ingredients, else its product codes.
+    fn identity(&self) -> &[Ingredient] {
+        if self.ingredients.is_empty() {
+            &self.products
+        } else {
+            &self.ingredients
+        }
+    }
+}
+
+/// The codings of an unresolved product as pseudo-ingredients.
+fn product_codes(concept: &Value) -> Vec<Ingredient> {
+    let label = super::concept_label(Some(concept));
+    let mut out: Vec<Ingredient> = coding_keys(Some(concept))
+        .into_iter()
+        .map(|(s, c)| Ingredient {
+            atc: format!("{s}|{c}"),
+            name: label.clone(),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The active, not stale, medications.
 fn meds<'a>(s: &'a Snapshot, k: &MedKnowledge) -> Vec<Med<'a>> {
     s.items
         .iter()
-        .filter(|i| active_medication(i))
+        .filter(|i| active_medication(i) && stale(s, i).is_none())
         .map(|i| {
             let concept = concept_of(&i.body).cloned().unwrap_or(Value::Null);
             let family = match k.route_family(&i.body, &concept) {
@@ -28,9 +67,16 @@ fn meds<'a>(s: &'a Snapshot, k: &MedKnowledge) -> Vec<Med<'a>> {
                 RouteFamily::Unknown => RouteFamily::Systemic,
                 f => f,
             };
+            let ingredients = k.ingredients(&concept);
+            let products = if ingredients.is_empty() {
+                product_codes(&concept)
+            } else {
+                Vec::new()
+            };
             Med {
                 item: i,
-                ingredients: k.ingredients(&concept),
+                ingredients,
+                products,
                 family,
             }
         })
@@ -77,42 +123,69 @@ fn family_label(f: RouteFamily) -> String {
     format!("{f:?}").to_lowercase()
 }
 
-/// The items a duplicate is judged on: the orders (MedicationRequests) when there are any —
-/// a MedicationStatement beside an order of the same ingredient reports taking that order,
-/// it does not duplicate it — else the statements.
-fn judged<'a>(items: &[&'a Item]) -> Vec<&'a Item> {
+/// The items a duplicate is judged on: every order, and every statement that does not report
+/// one of the orders (a statement reporting an order is the patient taking that order, not a
+/// second supply of the ingredient).
+fn judged<'a>(s: &Snapshot, items: &[&'a Item]) -> Vec<&'a Item> {
     let orders: Vec<&Item> = items
         .iter()
         .copied()
         .filter(|i| i.rtype == "MedicationRequest")
         .collect();
-    if orders.is_empty() {
-        items.to_vec()
-    } else {
-        orders
+    items
+        .iter()
+        .copied()
+        .filter(|i| i.rtype == "MedicationRequest" || !orders.iter().any(|o| reports(s, i, o)))
+        .collect()
+}
+
+/// A statement reports an order when it names the same product (a shared `system|code`), is
+/// `basedOn` or `derivedFrom` it (directly or through the copy the statement's sector got), or
+/// is its own sector's statement of the ingredient.
+fn reports(s: &Snapshot, statement: &Item, order: &Item) -> bool {
+    if statement.sector == order.sector {
+        return true;
     }
+    let codes = |i: &Item| coding_keys(concept_of(&i.body));
+    let order_codes = codes(order);
+    if codes(statement).iter().any(|c| order_codes.contains(c)) {
+        return true;
+    }
+    ["basedOn", "derivedFrom"]
+        .iter()
+        .flat_map(|k| statement.body.get(*k).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|r| r.get("reference")?.as_str())
+        .any(|r| s.target(&statement.sector, r).as_deref() == Some(order.gid.as_str()))
 }
 
 /// DUPTHPGEN: two or more active medications with the same active ingredient (ATC level 5,
-/// directly or through the medication maps) in the same route family, from different sectors
-/// or different prescribers. A combination product counts for each of its ingredients. When
-/// orders exist for the ingredient only orders count (statements that report taking an order
-/// are not duplicates of it). One finding per ingredient and route family.
+/// directly or through the medication maps; a product the knowledge cannot resolve by its own
+/// `system|code`) in the same route family, from different sectors or different prescribers. A
+/// combination product counts for each of its ingredients. A statement that reports one of the
+/// orders (see [`reports`]) is set aside; any other statement counts like an order. One finding
+/// per ingredient (or product code) and route family.
 pub fn duplicate_ingredient(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
     let meds = meds(s, cx.knowledge);
     let mut groups: BTreeMap<(Ingredient, RouteFamily), Vec<&Item>> = BTreeMap::new();
     for m in &meds {
-        for ing in &m.ingredients {
+        for ing in m.identity() {
             let g = groups.entry((ing.clone(), m.family)).or_default();
             if !g.iter().any(|i| i.gid == m.item.gid) {
                 g.push(m.item);
             }
         }
     }
+    // A product with several unknown codings is one product: one finding per set of records.
+    let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
     groups
         .into_iter()
-        .map(|(key, items)| (key, judged(&items)))
+        .map(|(key, items)| (key, judged(s, &items)))
         .filter(|(_, items)| items.len() >= 2 && any_independent_pair(items))
+        .filter(|((ing, _), items)| {
+            is_atc_level5(&ing.atc)
+                || seen.insert(sorted(items.iter().map(|i| i.gid.clone()).collect()))
+        })
         .map(|((ing, family), items)| Finding {
             code: (ACT_CODE_SYSTEM, "DUPTHPGEN", "duplicate generic alert"),
             severity: Severity::High,
@@ -196,7 +269,7 @@ pub fn polypharmacy(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
     for m in &meds {
         if m.ingredients.is_empty() {
             let concept = concept_of(&m.item.body);
-            let key = super::coding_keys(concept)
+            let key = coding_keys(concept)
                 .first()
                 .map(|(s, c)| format!("{s}|{c}"))
                 .unwrap_or_else(|| m.item.gid.clone());
@@ -222,4 +295,68 @@ pub fn polypharmacy(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
             threshold
         ),
     }]
+}
+
+/// Why an active MedicationRequest is stale, if it is: its `dispenseRequest.validityPeriod`
+/// ended, or the inpatient encounter it was ordered in (`encounter`: class IMP, ACUTE or NONAC)
+/// is `finished`/`cancelled` or its period ended. Returns the reason and the encounter's gateway
+/// id when that is the cause.
+pub fn stale<'a>(s: &'a Snapshot, i: &Item) -> Option<(String, Option<&'a Item>)> {
+    if i.rtype != "MedicationRequest" {
+        return None;
+    }
+    if let Some(end) = end_us(i.body.pointer("/dispenseRequest/validityPeriod/end"))
+        && end < s.now_us
+    {
+        return Some(("its validity period has ended".into(), None));
+    }
+    let r = i.body.pointer("/encounter/reference")?.as_str()?;
+    let enc = s.by_gid(&s.target(&i.sector, r)?)?;
+    let class = enc.body.pointer("/class/code").and_then(Value::as_str);
+    if !matches!(class, Some("IMP" | "ACUTE" | "NONAC")) {
+        return None;
+    }
+    let status = enc.body.get("status").and_then(Value::as_str);
+    let ended = matches!(status, Some("finished" | "cancelled"))
+        || end_us(enc.body.pointer("/period/end")).is_some_and(|e| e < s.now_us);
+    ended.then(|| {
+        (
+            "the inpatient stay it was ordered in has ended".into(),
+            Some(enc),
+        )
+    })
+}
+
+/// stale-order (low): an active MedicationRequest that is [`stale`]; it is left out of the
+/// other medication rules. One finding per order.
+pub fn stale_orders(s: &Snapshot, _cx: &Context<'_>) -> Vec<Finding> {
+    s.of_type("MedicationRequest")
+        .filter(|i| active_medication(i))
+        .filter_map(|i| {
+            let (why, enc) = stale(s, i)?;
+            let mut implicated = vec![i.gid.clone()];
+            implicated.extend(enc.map(|e| e.gid.clone()));
+            Some(Finding {
+                code: (ALERT_CODE_SYSTEM, "stale-order", "Stale order"),
+                severity: Severity::Low,
+                fingerprint: format!("stale-order|{}", i.gid),
+                implicated: sorted(implicated),
+                detail: format!(
+                    "{} for {} is still active but {why}: complete or renew it.",
+                    item_label(i),
+                    super::concept_label(concept_of(&i.body)),
+                ),
+            })
+        })
+        .collect()
+}
+
+/// The next time an active order becomes stale by its validity period alone.
+pub fn next_stale(s: &Snapshot) -> Option<i64> {
+    s.of_type("MedicationRequest")
+        .filter(|i| active_medication(i))
+        .filter_map(|i| end_us(i.body.pointer("/dispenseRequest/validityPeriod/end")))
+        .filter(|e| *e >= s.now_us)
+        .map(|e| e + 1)
+        .min()
 }

@@ -12,13 +12,20 @@
 //!   in error);
 //! - CareTeam: status `active` or no status.
 //!
-//! One condition across code systems: two Conditions are the same condition when their codings,
-//! each widened by the `equal`/`equivalent` translations of the ConceptMaps in
-//! `fhir-profiles/conceptmaps/`, share a (system, code).
+//! One condition across code systems and hierarchies: two Conditions are the same condition
+//! when their codings, each widened by [`Mapping::condition_keys`] (ICD-10 as SKS-D, the
+//! `equal`/`equivalent` translations of `fhir-profiles/conceptmaps/`, and `wider`/`narrower`
+//! ones towards a concept that names one disease), relate: equal, or one below the other in the
+//! SKS-D hierarchy ([`crate::terminology::conditions::related`]).
+//!
+//! No new alert is raised for a patient recorded as deceased in any sector ([`patient`]); the
+//! lifecycle closes the open ones with that reason.
 
 pub mod communication;
 pub mod conditions;
 pub mod medication;
+pub mod needs;
+pub mod patient;
 pub mod plans;
 pub mod team;
 
@@ -87,6 +94,22 @@ pub struct Rules {
     pub coordinator_roles: Vec<String>,
     /// `system|code` of the Communication category that asks for a reply.
     pub reply_requested: Vec<String>,
+    /// An active MedicationRequest or ServiceRequest naming a condition as its reason addresses
+    /// it (besides care plans).
+    pub addressed_by_orders: bool,
+    /// The systematic needs assessment (PORT).
+    pub needs_assessment: NeedsAssessment,
+}
+
+/// What records a systematic needs assessment, and how long one counts.
+#[derive(Debug, Clone, Default)]
+pub struct NeedsAssessment {
+    /// `system|code` of a Procedure or Observation code (an FSIII assessment, say).
+    pub codes: Vec<String>,
+    /// Canonical URLs of Questionnaires whose completed responses are assessments.
+    pub questionnaires: Vec<String>,
+    /// Months an assessment counts; 0 turns the rule off.
+    pub within_months: u32,
 }
 
 /// What detection needs besides the snapshot.
@@ -138,8 +161,11 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// Runs every detector.
+/// Runs every detector; nothing for a deceased patient.
 pub fn detect(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
+    if patient::deceased(s).is_some() {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     out.extend(medication::duplicate_ingredient(s, cx));
     out.extend(medication::duplicate_class(s, cx));
@@ -149,8 +175,29 @@ pub fn detect(s: &Snapshot, cx: &Context<'_>) -> Vec<Finding> {
     out.extend(conditions::unaddressed(s, cx));
     out.extend(team::no_coordinator(s, cx));
     out.extend(communication::unanswered(s, cx));
+    out.extend(medication::stale_orders(s, cx));
+    out.extend(needs::overdue(s, cx));
     out.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
     out.dedup_by(|a, b| a.fingerprint == b.fingerprint);
+    out
+}
+
+/// When the time-based findings of the snapshot may next change by time alone (no record
+/// changing): the earliest future due time of each rule, as (rule, due µs). Nothing for a
+/// deceased patient.
+pub fn next_due(s: &Snapshot, cx: &Context<'_>) -> Vec<(&'static str, i64)> {
+    if patient::deceased(s).is_some() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut add = |rule: &'static str, due: Option<i64>| {
+        if let Some(d) = due.filter(|d| *d > s.now_us) {
+            out.push((rule, d));
+        }
+    };
+    add("unanswered-communication", communication::next_due(s, cx));
+    add("stale-order", medication::next_stale(s));
+    add("needs-assessment-overdue", needs::next_due(s, cx));
     out
 }
 
@@ -266,14 +313,43 @@ pub fn current(i: &Item) -> bool {
 /// A Condition's codings widened by the equal/equivalent translations: the key set that
 /// recognises one condition across code systems.
 pub fn condition_keys(i: &Item, mapping: &Mapping) -> BTreeSet<(String, String)> {
+    concept_condition_keys(i.body.get("code"), mapping)
+}
+
+/// The condition keys of any CodeableConcept (a reason code, say).
+pub fn concept_condition_keys(
+    concept: Option<&Value>,
+    mapping: &Mapping,
+) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
-    for (system, code) in coding_keys(i.body.get("code")) {
-        for e in mapping.equivalents(&system, &code) {
-            out.insert(e);
-        }
-        out.insert((system, code));
+    for (system, code) in coding_keys(concept) {
+        out.extend(mapping.condition_keys(&system, &code));
     }
     out
+}
+
+/// Whether a condition (its keys) is on the chronic list: the configured one, else the default
+/// of `fhir-profiles/conditions/`; an entry covers its hierarchy (SKS-D, ICD-10).
+pub fn chronic_keys(keys: &BTreeSet<(String, String)>, cx: &Context<'_>) -> bool {
+    let list = if cx.rules.chronic.is_empty() {
+        cx.mapping.chronic_default()
+    } else {
+        &cx.rules.chronic
+    };
+    keys.iter().any(|(s, c)| {
+        list.iter()
+            .any(|e| crate::terminology::conditions::matches_entry(e, s, c))
+    })
+}
+
+/// The first instant (µs) a FHIR date/dateTime denotes.
+pub fn start_us(v: Option<&Value>) -> Option<i64> {
+    crate::fhir::time::period(v?.as_str()?).map(|p| p.0)
+}
+
+/// The last instant (µs) a FHIR date/dateTime denotes.
+pub fn end_us(v: Option<&Value>) -> Option<i64> {
+    crate::fhir::time::period(v?.as_str()?).map(|p| p.1)
 }
 
 /// The display of a CodeableConcept: its text, else the first coding's display, else code.
@@ -351,6 +427,12 @@ pub(crate) mod testing {
                 "http://carebridge.example.org/fhir/CodeSystem/communication-category|reply-requested"
                     .into(),
             ],
+            addressed_by_orders: true,
+            needs_assessment: NeedsAssessment {
+                codes: vec!["urn:oid:1.2.208.176.2.21|J*".into()],
+                questionnaires: vec![],
+                within_months: 12,
+            },
         }
     }
 

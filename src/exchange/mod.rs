@@ -13,7 +13,4 @@ pub mod map;
 pub mod resolve;
 pub mod route;
 
-/// The identifier system of the business identifier the gateway gives every copy it delivers:
-/// `<sector>/<Type>/<id>` of the source resource.
-pub const SOURCE_ID_SYSTEM: &str =
-    "http://carebridge.example.org/fhir/NamingSystem/source-resource";
+pub use crate::fhir::SOURCE_ID_SYSTEM;

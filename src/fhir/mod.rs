@@ -15,6 +15,11 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 /// The CodeSystem that tags each served resource with the sector it came from.
 pub const SECTOR_TAG_SYSTEM: &str = "http://carebridge.example.org/fhir/CodeSystem/sector";
 
+/// The identifier system of the business identifier the gateway gives every copy it delivers:
+/// `<sector>/<Type>/<id>` of the source resource (the exchange writes it; detection reads it).
+pub const SOURCE_ID_SYSTEM: &str =
+    "http://carebridge.example.org/fhir/NamingSystem/source-resource";
+
 /// `resource.resourceType`, if it is a string.
 pub fn resource_type(resource: &Value) -> Option<&str> {
     resource.get("resourceType")?.as_str()

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::alerts::{AlertEvent, snapshot};
+use super::alerts::{AlertEvent, add_assessments, snapshot};
 use super::relation::{Access, mark, mark_all, merge_bases};
 use super::views::{gateway_view, patient_view};
 use super::write::alert_audit_row;
@@ -214,9 +214,15 @@ impl Gateway {
             .admit(tx, caller, &p.id, Interaction::Operation)
             .await?;
         let base = self.fhir_base();
+        let mut shown = patient_view(&p);
+        if let Some(t) = self.last_assessment(&mut *tx, &p.id).await? {
+            // The date of the last systematic needs assessment (docs/alerts.md).
+            shown["extension"] =
+                json!([{ "url": LAST_ASSESSMENT_URL, "valueDateTime": instant(t) }]);
+        }
         let mut entries = vec![json!({
             "fullUrl": format!("{base}/Patient/{}", p.id),
-            "resource": patient_view(&p),
+            "resource": shown,
         })];
         let mut gids = self
             .current_records(&mut *tx, caller, &access, &p.id, &mut entries)
@@ -257,7 +263,25 @@ impl Gateway {
     }
 }
 
+/// The extension of `$total-plan`'s Patient that gives the last needs assessment's date.
+pub const LAST_ASSESSMENT_URL: &str =
+    "http://carebridge.example.org/fhir/StructureDefinition/last-needs-assessment";
+
 impl Gateway {
+    /// When the patient's last systematic needs assessment was (see `detect::needs`).
+    async fn last_assessment(
+        &self,
+        tx: &mut dyn StoreTx,
+        patient_id: &str,
+    ) -> Result<Option<i64>, GatewayError> {
+        let Some(d) = self.detection.as_ref() else {
+            return Ok(None);
+        };
+        let mut snap = snapshot(tx, patient_id, now_us()).await?;
+        add_assessments(tx, d, &mut snap, true).await?;
+        Ok(crate::detect::needs::last_assessment(&snap, &d.context()).map(|(t, _)| t))
+    }
+
     /// The patient's current records (see [`crate::detect::current`]) appended to `entries`;
     /// returns their references.
     async fn current_records(

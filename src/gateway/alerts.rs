@@ -8,13 +8,19 @@
 //! - `final`: acknowledged by a care-team member (a `mitigation` records who, when and the
 //!   note);
 //! - `amended`: the evidence changed after it was raised or acknowledged (still open);
-//! - `cancelled`: closed automatically because the cause disappeared. If the cause returns the
-//!   same alert reopens as `preliminary` with a new version.
+//! - `cancelled`: closed automatically because the cause disappeared (or the patient is
+//!   recorded as deceased: a `mitigation` states it). If the cause returns the same alert
+//!   reopens as `preliminary` with a new version.
+//!
+//! Time-driven evaluation: every evaluation also writes the patient's schedule (the next time
+//! a time-based finding may change with no record changing, per rule: [`crate::detect::next_due`])
+//! in the same transaction; [`evaluate_due`] re-evaluates the patients whose time has come.
 
 use serde_json::{Value, json};
 
 use crate::config::AlertSettings;
-use crate::detect::{Context, Finding, Item, Rules, Snapshot};
+use crate::detect::{Context, Finding, Item, NeedsAssessment, Rules, Snapshot};
+use crate::fhir::SOURCE_ID_SYSTEM;
 use crate::fhir::time::instant;
 use crate::ids::content_hash;
 use crate::store::{AlertRow, Result, StoreTx};
@@ -25,8 +31,9 @@ use crate::terminology::mapping::Mapping;
 pub const FINGERPRINT_SYSTEM: &str =
     "http://carebridge.example.org/fhir/NamingSystem/alert-fingerprint";
 
-/// The resource types detection reads.
-pub const DETECT_TYPES: [&str; 7] = [
+/// The resource types detection reads (besides the Encounters that active orders name, and the
+/// assessment records when the needs-assessment rule applies).
+pub const DETECT_TYPES: [&str; 9] = [
     "Condition",
     "CarePlan",
     "CareTeam",
@@ -34,7 +41,12 @@ pub const DETECT_TYPES: [&str; 7] = [
     "MedicationRequest",
     "MedicationStatement",
     "Goal",
+    "ServiceRequest",
+    "Patient",
 ];
+
+/// Who closes an alert of a deceased patient.
+const GATEWAY_AUTHOR: &str = "carebridge";
 
 /// Everything detection needs, loaded once.
 pub struct Detection {
@@ -52,6 +64,12 @@ impl From<&AlertSettings> for Rules {
             chronic: a.chronic.clone(),
             coordinator_roles: a.coordinator_roles.clone(),
             reply_requested: a.reply_requested.clone(),
+            addressed_by_orders: a.addressed_by_orders,
+            needs_assessment: NeedsAssessment {
+                codes: a.needs_assessment_codes.clone(),
+                questionnaires: a.needs_assessment_questionnaires.clone(),
+                within_months: a.needs_assessment_months,
+            },
         }
     }
 }
@@ -75,19 +93,7 @@ pub async fn snapshot(tx: &mut dyn StoreTx, patient_id: &str, now_us: i64) -> Re
     // One read for every type, in the order of DETECT_TYPES (then sector and id).
     let mut rows = tx.by_patient_types(patient_id, &DETECT_TYPES).await?;
     rows.sort_by_key(|s| DETECT_TYPES.iter().position(|t| *t == s.rtype));
-    let items: Vec<Item> = rows
-        .into_iter()
-        .map(|s| {
-            Ok(Item {
-                body: s.json()?,
-                gid: s.gid,
-                sector: s.sector,
-                rtype: s.rtype,
-                rid: s.rid,
-                version: s.version,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let items = to_items(rows)?;
     // A reference to one of the sector's own records is not a delivered copy: no lookup.
     let own: std::collections::HashSet<(String, String)> = items
         .iter()
@@ -125,7 +131,72 @@ pub async fn snapshot(tx: &mut dyn StoreTx, patient_id: &str, now_us: i64) -> Re
             snap.copies.insert((sector, format!("{t}/{id}")), d.gid);
         }
     }
+    add_order_encounters(tx, &mut snap).await?;
     Ok(snap)
+}
+
+fn to_items(rows: Vec<crate::store::Stored>) -> Result<Vec<Item>> {
+    rows.into_iter()
+        .map(|s| {
+            Ok(Item {
+                body: s.json()?,
+                gid: s.gid,
+                sector: s.sector,
+                rtype: s.rtype,
+                rid: s.rid,
+                version: s.version,
+            })
+        })
+        .collect()
+}
+
+/// The Encounters that active MedicationRequests were ordered in (for stale orders): one read.
+async fn add_order_encounters(tx: &mut dyn StoreTx, snap: &mut Snapshot) -> Result<()> {
+    let mut gids: Vec<String> = snap
+        .of_type("MedicationRequest")
+        .filter(|i| crate::detect::active_medication(i))
+        .filter_map(|i| {
+            let r = i.body.pointer("/encounter/reference")?.as_str()?;
+            snap.target(&i.sector, r)
+        })
+        .collect();
+    gids.sort();
+    gids.dedup();
+    if !gids.is_empty() {
+        let found = tx.get_many(&gids).await?;
+        snap.items.extend(to_items(found)?);
+    }
+    Ok(())
+}
+
+/// Adds the patient's assessment records (Procedure, Observation, QuestionnaireResponse) to a
+/// snapshot: always when `always`, else only when the needs-assessment rule applies (two
+/// sectors with chronic conditions), so that most evaluations read nothing more.
+pub async fn add_assessments(
+    tx: &mut dyn StoreTx,
+    d: &Detection,
+    snap: &mut Snapshot,
+    always: bool,
+) -> Result<()> {
+    if !always && !crate::detect::needs::qualifies(snap, &d.context()) {
+        return Ok(());
+    }
+    let rows = tx
+        .by_patient_types(&snap.patient_id, &crate::detect::needs::ASSESSMENT_TYPES)
+        .await?;
+    snap.items.extend(to_items(rows)?);
+    Ok(())
+}
+
+impl Detection {
+    /// The detectors' context.
+    pub fn context(&self) -> Context<'_> {
+        Context {
+            knowledge: &self.knowledge,
+            mapping: &self.mapping,
+            rules: &self.rules,
+        }
+    }
 }
 
 fn evidence(f: &Finding, s: &Snapshot) -> String {
@@ -137,13 +208,29 @@ fn evidence(f: &Finding, s: &Snapshot) -> String {
     content_hash(format!("{}\n{}", versions.join(","), f.detail).as_bytes())
 }
 
+/// An implicated record: the gateway's reference, and the record as its sector knows it — the
+/// source-resource identifier `<sector>/<Type>/<id>` (which every copy the gateway delivers
+/// carries too) assigned by the sector.
+fn implicated_ref(i: &Item) -> Value {
+    json!({
+        "reference": format!("{}/{}", i.rtype, i.gid),
+        "type": i.rtype,
+        "identifier": {
+            "system": SOURCE_ID_SYSTEM,
+            "value": format!("{}/{}/{}", i.sector, i.rtype, i.rid),
+            "assigner": { "display": i.sector },
+        },
+        "display": format!("{} {} {}", i.sector, i.rtype, i.rid),
+    })
+}
+
 /// The DetectedIssue of an alert.
 pub fn render(row: &AlertRow, f: &Finding, s: &Snapshot, mitigation: Option<&Value>) -> Value {
     let implicated: Vec<Value> = f
         .implicated
         .iter()
         .map(|g| match s.by_gid(g) {
-            Some(i) => json!({ "reference": format!("{}/{}", i.rtype, g), "display": format!("{} {}", i.sector, i.rtype) }),
+            Some(i) => implicated_ref(i),
             None => json!({ "reference": format!("Resource/{g}") }),
         })
         .collect();
@@ -166,7 +253,8 @@ pub fn render(row: &AlertRow, f: &Finding, s: &Snapshot, mitigation: Option<&Val
     di
 }
 
-/// Re-evaluates one patient and brings the alerts in line; returns what changed.
+/// Re-evaluates one patient and brings the alerts in line; returns what changed. Writes the
+/// patient's schedule of time-based re-evaluation.
 pub async fn evaluate(
     tx: &mut dyn StoreTx,
     d: &Detection,
@@ -176,13 +264,12 @@ pub async fn evaluate(
     // Before the snapshot, so that it sees what a transaction that held the lock committed.
     // Callers evaluating several patients do so in id order (no deadlock).
     tx.lock_patient_alerts(patient_id).await?;
-    let snap = snapshot(tx, patient_id, now_us).await?;
-    let cx = Context {
-        knowledge: &d.knowledge,
-        mapping: &d.mapping,
-        rules: &d.rules,
-    };
+    let mut snap = snapshot(tx, patient_id, now_us).await?;
+    add_assessments(tx, d, &mut snap, false).await?;
+    let cx = d.context();
     let findings = crate::detect::detect(&snap, &cx);
+    tx.schedule_set(patient_id, &crate::detect::next_due(&snap, &cx))
+        .await?;
     let existing = tx.alerts_of_patient(patient_id).await?;
     let mut events = Vec::new();
     for f in &findings {
@@ -206,15 +293,33 @@ pub async fn evaluate(
         tx.alert_put(&row).await?;
         events.push(event(kind, &row, body));
     }
+    let reason = crate::detect::patient::deceased(&snap)
+        .map(|sector| format!("Closed: the patient is recorded as deceased ({sector})."));
     for a in existing.iter().filter(|a| a.open) {
         if findings.iter().any(|f| f.fingerprint == a.fingerprint) {
             continue;
         }
-        let (row, body) = closed(a, now_us)?;
+        let (row, body) = closed(a, now_us, reason.as_deref())?;
         tx.alert_put(&row).await?;
         events.push(event("closed", &row, body));
     }
     Ok(events)
+}
+
+/// Claims the patients whose scheduled time has come (at most `limit`) and re-evaluates each,
+/// in id order, in `tx`; returns the patients and what changed.
+pub async fn evaluate_due(
+    tx: &mut dyn StoreTx,
+    d: &Detection,
+    now_us: i64,
+    limit: i64,
+) -> Result<(Vec<String>, Vec<AlertEvent>)> {
+    let patients = tx.schedule_claim(now_us, limit).await?;
+    let mut events = Vec::new();
+    for p in &patients {
+        events.extend(evaluate(tx, d, p, now_us).await?);
+    }
+    Ok((patients, events))
 }
 
 /// The alert row a finding leads to, given the alert it matched before (if any): raised (new,
@@ -269,11 +374,23 @@ fn raise_or_amend(
     })
 }
 
-/// An open alert whose cause disappeared, closed (`cancelled`) with a new version.
-fn closed(a: &AlertRow, now_us: i64) -> Result<(AlertRow, Value)> {
+/// An open alert whose cause disappeared, closed (`cancelled`) with a new version; a `reason`
+/// (the patient died) is recorded as a mitigation.
+fn closed(a: &AlertRow, now_us: i64, reason: Option<&str>) -> Result<(AlertRow, Value)> {
     let mut body: Value = a.json()?;
     let version = a.version + 1;
     body["status"] = json!("cancelled");
+    if let Some(text) = reason {
+        let entry = json!({
+            "action": { "text": text },
+            "date": instant(now_us),
+            "author": { "display": GATEWAY_AUTHOR },
+        });
+        match body.get_mut("mitigation").and_then(Value::as_array_mut) {
+            Some(list) => list.push(entry),
+            None => body["mitigation"] = json!([entry]),
+        }
+    }
     body["meta"] = json!({ "versionId": version.to_string(), "lastUpdated": instant(now_us) });
     let row = AlertRow {
         status: "cancelled".into(),

@@ -37,6 +37,7 @@ pub mod params;
 pub mod read;
 pub mod refusals;
 pub mod relation;
+pub mod schedule;
 pub mod search;
 pub mod sector_health;
 pub mod transparency;

@@ -4,6 +4,11 @@
 //! the outbox to the sector endpoint of every participant of the patient's active CareTeams
 //! (and each CareTeam's own sector); with no CareTeam, to the patient's general practice.
 //! Runs in the transaction that changes the alert.
+//!
+//! Each target sector gets its own Communication, whose `about` also names the alert's
+//! implicated records as that sector knows them: its own record, or the copy the gateway
+//! delivered to it (as an absolute URL under the sector's base, which delivery makes relative),
+//! else a logical reference by the source-resource identifier.
 
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -100,23 +105,40 @@ pub async fn notify(
         Some("high") if event.kind != "closed" => "urgent",
         _ => "routine",
     };
-    let body = json!({
-        "resourceType": "Communication",
-        "id": rid,
-        "identifier": [{ "system": ALERT_MESSAGE_SYSTEM, "value": format!("{}/{}", event.id, event.version) }],
-        "status": "completed",
-        "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/communication-category", "code": "alert", "display": "Alert" }] }],
-        "priority": priority,
-        "subject": { "reference": format!("Patient/{}", event.patient) },
-        "about": [{ "reference": format!("DetectedIssue/{}", event.id), "display": title }],
-        "sent": now,
-        "payload": [{ "contentString": format!("{what}: {title}. {detail}") }],
-    });
+    for (n, target) in targets.iter().enumerate() {
+        let mut about =
+            vec![json!({ "reference": format!("DetectedIssue/{}", event.id), "display": title })];
+        about.extend(local_records(tx, settings, target, &event.resource).await?);
+        let body = json!({
+            "resourceType": "Communication",
+            "id": format!("{rid}-{n}"),
+            "identifier": [{ "system": ALERT_MESSAGE_SYSTEM, "value": format!("{}/{}", event.id, event.version) }],
+            "status": "completed",
+            "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/communication-category", "code": "alert", "display": "Alert" }] }],
+            "priority": priority,
+            "subject": { "reference": format!("Patient/{}", event.patient) },
+            "about": about,
+            "sent": now,
+            "payload": [{ "contentString": format!("{what}: {title}. {detail}") }],
+        });
+        queue(tx, event, target, &format!("{rid}-{n}"), &body).await?;
+    }
+    Ok(targets)
+}
+
+/// Stores one target's Communication and queues it for that target.
+async fn queue(
+    tx: &mut dyn StoreTx,
+    event: &AlertEvent,
+    target: &str,
+    rid: &str,
+    body: &Value,
+) -> Result<()> {
     let text = body.to_string();
     let prepared = Prepared {
         sector: GATEWAY_SECTOR.into(),
         rtype: "Communication".into(),
-        rid: rid.clone(),
+        rid: rid.to_owned(),
         hash: content_hash(text.as_bytes()),
         body: text,
         patient_ref: None,
@@ -129,17 +151,60 @@ pub async fn notify(
         expected_version: None,
     };
     let stored = tx.put(&prepared).await?;
-    for target in &targets {
-        tx.outbox_add(&OutboxNew {
-            target: target.clone(),
-            source: GATEWAY_SECTOR.into(),
-            gid: stored.gid.clone(),
-            version: stored.version,
-            rtype: "Communication".into(),
-            patient_id: Some(event.patient.clone()),
-            route: "alert".into(),
-        })
-        .await?;
+    tx.outbox_add(&OutboxNew {
+        target: target.to_owned(),
+        source: GATEWAY_SECTOR.into(),
+        gid: stored.gid.clone(),
+        version: stored.version,
+        rtype: "Communication".into(),
+        patient_id: Some(event.patient.clone()),
+        route: "alert".into(),
+    })
+    .await?;
+    Ok(())
+}
+
+/// The DetectedIssue's implicated records as `target` knows them (see the module comment).
+async fn local_records(
+    tx: &mut dyn StoreTx,
+    settings: &Settings,
+    target: &str,
+    issue: &Value,
+) -> Result<Vec<Value>> {
+    let base = settings
+        .sector(target)
+        .and_then(|s| s.base_url.clone())
+        .unwrap_or_default();
+    let base = base.trim_end_matches('/');
+    let mut out = Vec::new();
+    for r in issue
+        .get("implicated")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (Some(reference), Some(ident)) = (
+            r.get("reference").and_then(Value::as_str),
+            r.get("identifier"),
+        ) else {
+            continue;
+        };
+        let Some((rtype, gid)) = crate::fhir::parse_relative(reference) else {
+            continue;
+        };
+        let display = r.get("display").and_then(Value::as_str).unwrap_or(rtype);
+        let own = ident
+            .get("value")
+            .and_then(Value::as_str)
+            .and_then(|v| v.strip_prefix(&format!("{target}/{rtype}/")));
+        let local = match own {
+            Some(rid) => Some(rid.to_owned()),
+            None => tx.delivered_get(target, gid).await?.map(|d| d.target_id),
+        };
+        out.push(match local {
+            Some(id) => json!({ "reference": format!("{base}/{rtype}/{id}"), "display": display }),
+            None => json!({ "type": rtype, "identifier": ident, "display": display }),
+        });
     }
-    Ok(targets)
+    Ok(out)
 }

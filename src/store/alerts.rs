@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::Result;
-use super::sql::{SqlTx, map_err};
+use super::sql::{Dialect, SqlTx, map_err};
 
 /// One row of `alerts`, read by column name ([`COLUMNS`]).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -57,6 +57,12 @@ pub trait AlertTx: Send {
     /// must not do at once (on PostgreSQL each would miss the other's records, and both would
     /// insert the same new alert). SQLite admits one writer anyway.
     async fn lock_patient_alerts(&mut self, patient_id: &str) -> Result<()>;
+    /// Replaces the patient's schedule: (rule, due µs) pairs; none clears it.
+    async fn schedule_set(&mut self, patient_id: &str, due: &[(&str, i64)]) -> Result<()>;
+    /// Claims up to `limit` patients with a row due at `now_us`, earliest first, and deletes
+    /// their due rows: the caller re-evaluates them in the same transaction (which writes the
+    /// next due times). On PostgreSQL rows another transaction holds are skipped.
+    async fn schedule_claim(&mut self, now_us: i64, limit: i64) -> Result<Vec<String>>;
 }
 
 const COLUMNS: &str = "id, patient_id, fingerprint, code, status, is_open, evidence, version, \
@@ -77,6 +83,48 @@ impl From<IsOpen> for bool {
 
 #[async_trait]
 impl AlertTx for SqlTx {
+    async fn schedule_set(&mut self, patient_id: &str, due: &[(&str, i64)]) -> Result<()> {
+        sqlx::query("DELETE FROM alert_schedule WHERE patient_id = $1")
+            .bind(patient_id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        for (rule, due_us) in due {
+            sqlx::query(
+                "INSERT INTO alert_schedule (patient_id, rule, due_us) VALUES ($1, $2, $3) \
+                 ON CONFLICT (patient_id, rule) DO UPDATE SET due_us = excluded.due_us",
+            )
+            .bind(patient_id)
+            .bind(*rule)
+            .bind(*due_us)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn schedule_claim(&mut self, now_us: i64, limit: i64) -> Result<Vec<String>> {
+        let lock = match self.dialect {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let sql = sqlx::AssertSqlSafe(format!(
+            "DELETE FROM alert_schedule WHERE (patient_id, rule) IN (SELECT patient_id, rule \
+             FROM alert_schedule WHERE due_us <= $1 ORDER BY due_us, patient_id LIMIT $2{lock}) \
+             RETURNING patient_id"
+        ));
+        let mut ids: Vec<String> = sqlx::query_scalar(sql)
+            .bind(now_us)
+            .bind(limit)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
     async fn lock_patient_alerts(&mut self, patient_id: &str) -> Result<()> {
         self.lock(&format!("alerts|{patient_id}")).await
     }

@@ -25,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::conceptmap::{Flavour, MapGroup, Reader};
+use super::conditions::{self, ConditionTerms};
 use super::de::{Uri, checked_string, entries, some, typed};
 use super::equivalence::{Accepted, Equivalence};
 pub use super::files::MappingError;
@@ -76,6 +77,7 @@ struct TargetSet {
 struct Inner {
     translations: Translations,
     sets: HashMap<String, TargetSet>,
+    conditions: ConditionTerms,
 }
 
 /// The loaded ConceptMaps and mapping sets. Cheap to clone (shared).
@@ -103,6 +105,7 @@ impl Mapping {
     pub fn load(profiles_dir: &Path) -> Result<Mapping, MappingError> {
         let (translations, maps) = load_concept_maps(&profiles_dir.join("conceptmaps"))?;
         let sets = load_sets(&profiles_dir.join("mapping"))?;
+        let conditions = ConditionTerms::load(profiles_dir)?;
         let count: usize = translations
             .values()
             .flat_map(|m| m.values())
@@ -115,7 +118,11 @@ impl Mapping {
             "code mappings loaded"
         );
         Ok(Mapping {
-            inner: Arc::new(Inner { translations, sets }),
+            inner: Arc::new(Inner {
+                translations,
+                sets,
+                conditions,
+            }),
         })
     }
     /// The codes a ConceptMap says mean the same as (system, code): targets with equivalence
@@ -135,6 +142,51 @@ impl Mapping {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The keys that recognise one condition coded as (system, code), each in its canonical
+    /// form ([`conditions::canonical`]: ICD-10 as SKS-D): the code itself, its `equal` and
+    /// `equivalent` translations, and its `wider`/`narrower` translations where the broader
+    /// concept names one disease (`fhir-profiles/conditions/single-disease-concepts.json`).
+    /// One step; not chained.
+    pub fn condition_keys(&self, system: &str, code: &str) -> Vec<conditions::Key> {
+        let mut out = vec![conditions::canonical(system, code)];
+        let (ks, kc) = &out[0];
+        let (ks, kc) = (ks.clone(), kc.clone());
+        let ts = self
+            .inner
+            .translations
+            .get(system)
+            .and_then(|codes| codes.get(code))
+            .into_iter()
+            .chain(
+                // An ICD-10 code is also translated as its SKS-D form.
+                (ks != system)
+                    .then(|| self.inner.translations.get(&ks)?.get(&kc))
+                    .flatten(),
+            )
+            .flatten();
+        let single = |s: &str, c: &str| self.inner.conditions.single_disease(s, c);
+        for t in ts {
+            let safe = match t.equivalence {
+                Equivalence::Equal | Equivalence::Equivalent => true,
+                // The target is broader than the source.
+                Equivalence::Wider | Equivalence::Subsumes => single(&t.system, &t.code),
+                // The source is broader than the target.
+                Equivalence::Narrower | Equivalence::Specializes => single(&ks, &kc),
+                _ => false,
+            };
+            if safe {
+                out.push(conditions::canonical(&t.system, &t.code));
+            }
+        }
+        out
+    }
+
+    /// The default chronic list (`fhir-profiles/conditions/chronic-conditions.json`), as
+    /// `system|code` entries.
+    pub fn chronic_default(&self) -> &[String] {
+        self.inner.conditions.chronic()
     }
 
     pub fn has_set(&self, set: &str) -> bool {

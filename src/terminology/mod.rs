@@ -7,6 +7,7 @@
 //! equivalences (`equivalence`); `files` finds and strictly parses the files.
 
 mod conceptmap;
+pub mod conditions;
 mod de;
 mod equivalence;
 mod files;

@@ -9,6 +9,7 @@ pub mod checkpoints;
 pub mod circuit;
 pub mod deliver;
 pub mod poll;
+pub mod schedule;
 pub mod witness;
 
 use std::sync::Arc;
@@ -193,6 +194,13 @@ impl Workers {
         }
         let rx = self.shutdown.subscribe();
         self.tasks.push(tokio::spawn(refresh_gauges(gw, rx)));
+    }
+
+    /// Starts the time-driven alert evaluation ([`schedule`]).
+    pub fn start_schedule(&mut self) {
+        let gw = self.delivery.gateway.clone();
+        let rx = self.shutdown.subscribe();
+        self.tasks.push(tokio::spawn(schedule::run(gw, rx)));
     }
 
     /// Starts the audit checkpoint signer and a pusher per configured witness.

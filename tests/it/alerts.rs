@@ -14,9 +14,25 @@ fn patient(id: &str, cpr: &str) -> Value {
 
 /// Pushes one sector's resources (with its Patient) as a transaction.
 async fn push(app: &TestApp, sector: &str, cpr: &str, resources: &[Value]) {
+    push_with(app, sector, cpr, resources, None).await;
+}
+
+/// Pushes one sector's resources with its Patient, to which `extra` adds elements
+/// (`deceasedDateTime`, say).
+async fn push_with(
+    app: &TestApp,
+    sector: &str,
+    cpr: &str,
+    resources: &[Value],
+    extra: Option<&Value>,
+) {
     let pid = format!("{sector}-{cpr}");
+    let mut p = patient(&pid, cpr);
+    for (k, v) in extra.and_then(Value::as_object).into_iter().flatten() {
+        p[k] = v.clone();
+    }
     let mut entries = vec![
-        json!({ "resource": patient(&pid, cpr), "request": { "method": "PUT", "url": format!("Patient/{pid}") } }),
+        json!({ "resource": p, "request": { "method": "PUT", "url": format!("Patient/{pid}") } }),
     ];
     for r in resources {
         let text = r
@@ -60,52 +76,133 @@ fn code(di: &Value) -> &str {
     di["code"]["coding"][0]["code"].as_str().unwrap()
 }
 
+/// Replaces every string `@now`, `@now-<n><unit>` or `@now+<n><unit>` (unit `s`, `m`, `h`, `d`)
+/// by that instant: scenarios about time (a reply due in seconds, a recent assessment).
+fn at_now(v: &mut Value, now_us: i64) {
+    match v {
+        Value::String(s) if s.starts_with("@now") => {
+            let rest = &s[4..];
+            let offset = if rest.is_empty() {
+                0
+            } else {
+                let (sign, num) = rest.split_at(1);
+                let (n, unit) = num.split_at(num.len() - 1);
+                let n: i64 = n.parse().expect("a number after @now±");
+                let unit_s = match unit {
+                    "s" => 1,
+                    "m" => 60,
+                    "h" => 3600,
+                    "d" => 86_400,
+                    other => panic!("unit {other}"),
+                };
+                let us = n * unit_s * 1_000_000;
+                if sign == "-" { -us } else { us }
+            };
+            *s = carebridge::fhir::time::instant(now_us + offset);
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| at_now(x, now_us)),
+        Value::Object(o) => o.values_mut().for_each(|x| at_now(x, now_us)),
+        _ => {}
+    }
+}
+
+/// Pushes a scenario's sectors (each with its Patient, to which `patient.<sector>` adds).
+async fn push_scenario(app: &TestApp, scenario: &Value, cpr: &str) {
+    for (sector, resources) in scenario["sectors"].as_object().unwrap() {
+        let extra = scenario.pointer(&format!("/patient/{sector}"));
+        push_with(app, sector, cpr, resources.as_array().unwrap(), extra).await;
+    }
+}
+
+/// The open alerts per code; checks what every open alert must carry.
+fn open_counts(di_list: &[Value], pid: &str) -> BTreeMap<String, usize> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    // Alerts raised while one sector's records were in and closed when the next sector's
+    // arrived (an addressed condition, say) are cancelled: count the open ones.
+    for di in di_list.iter().filter(|d| d["status"] != json!("cancelled")) {
+        *counts.entry(code(di).to_owned()).or_default() += 1;
+        // Amended when a later sector's records changed its evidence.
+        assert!(
+            di["status"] == json!("preliminary") || di["status"] == json!("amended"),
+            "{di}"
+        );
+        assert_eq!(di["patient"]["reference"], json!(format!("Patient/{pid}")));
+        assert!(di["implicated"].as_array().is_some_and(|a| !a.is_empty()));
+        assert!(di["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        // Every implicated record names its sector and its id there.
+        for r in di["implicated"].as_array().unwrap() {
+            let value = r["identifier"]["value"].as_str().unwrap_or("");
+            let sector = r["identifier"]["assigner"]["display"]
+                .as_str()
+                .unwrap_or("?");
+            assert!(value.starts_with(&format!("{sector}/")), "{r}");
+        }
+    }
+    counts
+}
+
+/// What a scenario's alerts lack against its `expect`, `absent` and `closed` lists.
+fn scenario_failures(name: &str, scenario: &Value, found: &[Value], pid: &str) -> Vec<String> {
+    let counts = open_counts(found, pid);
+    let mut failures = Vec::new();
+    for want in scenario["expect"].as_array().unwrap() {
+        let w = want.as_str().unwrap();
+        if counts.get(w) != Some(&1) {
+            failures.push(format!("{name}: expected one {w}, got {counts:?}"));
+        }
+    }
+    for not in scenario["absent"].as_array().unwrap() {
+        let w = not.as_str().unwrap();
+        if counts.contains_key(w) {
+            failures.push(format!("{name}: {w} raised but ruled out ({counts:?})"));
+        }
+    }
+    // Closed with a stated reason (a mitigation), as for a deceased patient.
+    for c in scenario["closed"].as_array().into_iter().flatten() {
+        let w = c.as_str().unwrap();
+        let ok = found.iter().any(|d| {
+            code(d) == w
+                && d["status"] == json!("cancelled")
+                && d["mitigation"].as_array().is_some_and(|m| !m.is_empty())
+        });
+        if !ok {
+            failures.push(format!("{name}: expected {w} closed with a reason"));
+        }
+    }
+    failures
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_raises_what_it_expects_and_nothing_it_rules_out() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    // The schedule looks for due evaluations every half second.
+    let app = TestApp::spawn_config(Backend::Sqlite, |url| {
+        crate::common::config_text(url, "") + "\n[alerts]\nschedule_interval_ms = 500\n"
+    })
+    .await;
     let dir = repo().join("fixtures/scenarios");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert!(files.len() >= 20);
+    assert!(files.len() >= 40);
     let mut failures = Vec::new();
     for (n, file) in files.iter().enumerate() {
-        let scenario: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        let mut scenario: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        at_now(&mut scenario, carebridge::fhir::time::now_us());
         let cpr = format!("{:010}", 1_000_000_000u64 + n as u64);
-        for (sector, resources) in scenario["sectors"].as_object().unwrap() {
-            push(&app, sector, &cpr, resources.as_array().unwrap()).await;
-        }
+        push_scenario(&app, &scenario, &cpr).await;
         let pid = gateway_patient(&app, &cpr).await;
-        let found = alerts(&app, &pid).await;
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        // Alerts raised while one sector's records were in and closed when the next sector's
-        // arrived (an addressed condition, say) are cancelled: count the open ones.
-        for di in found.iter().filter(|d| d["status"] != json!("cancelled")) {
-            *counts.entry(code(di).to_owned()).or_default() += 1;
-            assert_eq!(di["status"], json!("preliminary"), "{di}");
-            assert_eq!(di["patient"]["reference"], json!(format!("Patient/{pid}")));
-            assert!(di["implicated"].as_array().is_some_and(|a| !a.is_empty()));
-            assert!(di["detail"].as_str().is_some_and(|d| !d.is_empty()));
-        }
         let name = file.file_stem().unwrap().to_string_lossy().to_string();
-        for want in scenario["expect"].as_array().unwrap() {
-            let w = want.as_str().unwrap();
-            if counts.get(w) != Some(&1) {
-                failures.push(format!("{name}: expected one {w}, got {counts:?}"));
-            }
+        // A scenario about time waits (up to 30 s) for the schedule to re-evaluate the patient.
+        let wait = scenario["await_schedule_secs"].as_u64().unwrap_or(0);
+        if wait > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
         }
-        for not in scenario["absent"].as_array().unwrap() {
-            let w = not.as_str().unwrap();
-            if counts.contains_key(w) {
-                failures.push(format!("{name}: {w} raised but ruled out ({counts:?})"));
-            }
-        }
+        let found = alerts(&app, &pid).await;
+        failures.extend(scenario_failures(&name, &scenario, &found, &pid));
         // Re-sending the same records raises nothing new.
-        for (sector, resources) in scenario["sectors"].as_object().unwrap() {
-            push(&app, sector, &cpr, resources.as_array().unwrap()).await;
-        }
+        push_scenario(&app, &scenario, &cpr).await;
         if alerts(&app, &pid).await.len() != found.len() {
             failures.push(format!("{name}: re-sending changed the alerts"));
         }
@@ -286,6 +383,81 @@ async fn an_alert_is_raised_updated_acknowledged_closed_and_reopened() {
     assert!(
         subtypes.iter().filter(|s| **s == "alert").count() >= 5,
         "{subtypes:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_plan_shows_the_last_needs_assessment_and_the_overdue_alert() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let cpr = "0101601234";
+    let condition = |id: &str, system: &str, code: &str| {
+        json!({ "resourceType": "Condition", "id": id, "subject": { "reference": "Patient/PAT" },
+                "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active" }] },
+                "code": { "coding": [{ "system": system, "code": code }] } })
+    };
+    let plan = |id: &str, c: &str| {
+        json!({ "resourceType": "CarePlan", "id": id, "status": "active", "intent": "plan",
+                "subject": { "reference": "Patient/PAT" }, "addresses": [{ "reference": format!("Condition/{c}") }] })
+    };
+    push(
+        &app,
+        "gp",
+        cpr,
+        &[
+            condition("gp-dm", "urn:oid:1.2.208.176.2.31", "T90"),
+            plan("gp-plan", "gp-dm"),
+        ],
+    )
+    .await;
+    push(
+        &app,
+        "hospital",
+        cpr,
+        &[
+            condition("h-hf", "urn:oid:1.2.208.176.2.4.12", "DI500"),
+            plan("h-plan", "h-hf"),
+        ],
+    )
+    .await;
+    let pid = gateway_patient(&app, cpr).await;
+    let plan_of = |plan: &Value| -> (Option<String>, Vec<String>) {
+        let entries = plan["entry"].as_array().unwrap();
+        let last = entries[0]["resource"]["extension"][0]["valueDateTime"]
+            .as_str()
+            .map(str::to_owned);
+        let codes = entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "DetectedIssue")
+            .map(|e| code(&e["resource"]).to_owned())
+            .collect();
+        (last, codes)
+    };
+    let (_, plan) = app
+        .get("careteam", &format!("/Patient/{pid}/$total-plan"))
+        .await;
+    let (last, codes) = plan_of(&plan);
+    assert_eq!(last, None, "{plan}");
+    assert!(
+        codes.contains(&"needs-assessment-overdue".to_owned()),
+        "{codes:?}"
+    );
+
+    // The municipality records an FSIII functional assessment 30 days ago.
+    let when =
+        carebridge::fhir::time::instant(carebridge::fhir::time::now_us() - 30 * 86_400_000_000);
+    let fsiii = json!({ "resourceType": "Observation", "id": "m-fsiii", "status": "final",
+        "subject": { "reference": "Patient/PAT" }, "effectiveDateTime": when,
+        "code": { "coding": [{ "system": "urn:oid:1.2.208.176.2.21", "code": "J3.8" }] } });
+    push(&app, "municipality", cpr, &[fsiii]).await;
+    let (_, plan) = app
+        .get("careteam", &format!("/Patient/{pid}/$total-plan"))
+        .await;
+    let (last, codes) = plan_of(&plan);
+    assert_eq!(last.as_deref(), Some(when.as_str()), "{plan}");
+    assert!(
+        !codes.contains(&"needs-assessment-overdue".to_owned()),
+        "{codes:?}"
     );
     app.stop().await;
 }

@@ -1118,6 +1118,14 @@ async fn alerts_reach_the_care_team_as_communications_and_close_when_the_cause_g
             .contains("New alert")
     );
     assert_eq!(first["priority"], json!("urgent"));
+    // It names the implicated records as general practice knows them: its own order by its id.
+    let about: Vec<&str> = first["about"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["reference"].as_str())
+        .collect();
+    assert!(about.contains(&"MedicationRequest/gp-furo"), "{first}");
     assert!(message(&hospital, &id, 1).await.is_none());
 
     // The hospital's care team names a general practitioner too: both sectors hear what follows.

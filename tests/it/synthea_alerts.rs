@@ -138,7 +138,7 @@ const ATC: &str = "http://www.whocc.no/atc";
 const SCT: &str = "http://snomed.info/sct";
 
 /// The alert codes, in print order.
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 10] = [
     "DUPTHPGEN",
     "DUPTHPCLS",
     "polypharmacy",
@@ -147,6 +147,8 @@ const KINDS: [&str; 8] = [
     "unaddressed-condition",
     "no-care-coordinator",
     "unanswered-communication",
+    "stale-order",
+    "needs-assessment-overdue",
 ];
 
 /// Three sectors without profile (Synthea is US data) and without base URL (nothing is
@@ -215,16 +217,19 @@ impl SplitPatient {
 
 fn item(sector: &str, r: &Value) -> Option<Item> {
     let t = rtype(r);
-    carebridge::gateway::alerts::DETECT_TYPES
-        .contains(&t)
-        .then(|| Item {
-            gid: gateway_id(sector, t, rid(r)),
-            sector: sector.to_owned(),
-            rtype: t.to_owned(),
-            rid: rid(r).to_owned(),
-            version: 1,
-            body: r.clone(),
-        })
+    // What the gateway's snapshot holds: the detection types, the Encounters orders name and
+    // the assessment records (here all of them: detection looks only at those it needs).
+    let read = carebridge::gateway::alerts::DETECT_TYPES.contains(&t)
+        || t == "Encounter"
+        || detect::needs::ASSESSMENT_TYPES.contains(&t);
+    read.then(|| Item {
+        gid: gateway_id(sector, t, rid(r)),
+        sector: sector.to_owned(),
+        rtype: t.to_owned(),
+        rid: rid(r).to_owned(),
+        version: 1,
+        body: r.clone(),
+    })
 }
 
 fn gid(sector: &str, r: &Value) -> String {
@@ -359,6 +364,8 @@ struct Resolution {
     rounds: usize,
     /// What the pure detector still finds on the resolved records (must be nothing).
     left: Vec<detect::Finding>,
+    /// Needs assessments recorded in the municipality.
+    assessed: usize,
 }
 
 /// `authoredOn` (MedicationRequest) or `dateAsserted`/`effective[x]` (MedicationStatement) in
@@ -417,6 +424,46 @@ fn supersede(p: &mut SplitPatient, f: &detect::Finding, res: &mut Resolution) ->
         done.join(", "),
         rtype(r)
     ))
+}
+
+/// A stale order (left active after its inpatient stay or validity): completed.
+fn complete_stale(
+    p: &mut SplitPatient,
+    f: &detect::Finding,
+    res: &mut Resolution,
+) -> Option<String> {
+    let g = f
+        .implicated
+        .iter()
+        .find(|g| record_mut(p, g).is_some_and(|(_, r)| rtype(r) == "MedicationRequest"))?
+        .clone();
+    let (s, r) = record_mut(p, &g)?;
+    r["status"] = json!("completed");
+    let what = format!(
+        "{s} MedicationRequest: {}",
+        detect::concept_label(concept_of(r))
+    );
+    res.completed.push(what.clone());
+    Some(format!("completed the stale order {what}"))
+}
+
+/// An overdue needs assessment: the municipality records one (a completed response to the
+/// configured questionnaire, authored now).
+fn assess(p: &mut SplitPatient, k: &Knowledge, res: &mut Resolution) -> Option<String> {
+    let q = k.rules.needs_assessment.questionnaires.first()?.clone();
+    let id = format!("m-needs-assessment-{}", p.patient_id);
+    let subject = format!("Patient/{}", p.patient_id);
+    let list = p.sectors.get_mut("municipality")?;
+    if list.iter().any(|r| rid(r) == id) {
+        return None;
+    }
+    list.push(json!({
+        "resourceType": "QuestionnaireResponse", "id": id, "status": "completed",
+        "questionnaire": q, "subject": { "reference": subject },
+        "authored": carebridge::fhir::time::instant(carebridge::fhir::time::now_us()),
+    }));
+    res.assessed += 1;
+    Some("municipality needs assessment (QuestionnaireResponse) recorded".into())
 }
 
 /// An unaddressed chronic condition: the gp chronic-care plan addresses it (`addresses` for a
@@ -562,6 +609,7 @@ fn resolve(k: &Knowledge, raw: &SplitPatient) -> (SplitPatient, Resolution) {
         actions: Vec::new(),
         rounds: 0,
         left: Vec::new(),
+        assessed: 0,
     };
     for f in found.iter().filter(|f| f.code.1 == "no-care-coordinator") {
         res.actions.push((
@@ -581,6 +629,8 @@ fn resolve(k: &Knowledge, raw: &SplitPatient) -> (SplitPatient, Resolution) {
             let action = match f.code.1 {
                 "DUPTHPGEN" | "DUPTHPCLS" => supersede(&mut p, f, &mut res),
                 "unaddressed-condition" => address(&mut p, f, &team_id, &mut res),
+                "stale-order" => complete_stale(&mut p, f, &mut res),
+                "needs-assessment-overdue" => assess(&mut p, k, &mut res),
                 _ => None,
             };
             if let Some(a) = action {
@@ -726,12 +776,7 @@ impl Knowledge {
 
     /// Widened condition keys of a CodeableConcept.
     fn keys(&self, concept: &Value) -> BTreeSet<(String, String)> {
-        let mut out = BTreeSet::new();
-        for (s, c) in detect::coding_keys(Some(concept)) {
-            out.extend(self.mapping.equivalents(&s, &c));
-            out.insert((s, c));
-        }
-        out
+        detect::concept_condition_keys(Some(concept), &self.mapping)
     }
 
     /// Ingredients (ATC) and route family of an active medication, as the detectors see it.
@@ -804,6 +849,10 @@ struct Injection {
     updates: Vec<(&'static str, Value)>,
     /// `no-care-coordinator` was not planted: fewer than two sectors with active plans.
     no_coordinator_skipped: bool,
+    /// The patient is recorded as deceased: the records are pushed, nothing may be raised.
+    deceased: bool,
+    /// Findings that would have been planted for a living patient.
+    suppressed: usize,
 }
 
 impl Injection {
@@ -1213,7 +1262,28 @@ fn inject(k: &Knowledge, p: &SplitPatient, team: &Value) -> Injection {
         *inj.caused.entry("polypharmacy").or_default() += 1;
     }
     inj.records = add;
+    // A deceased patient gets no new alert, whatever is recorded.
+    let cx = Context {
+        knowledge: &k.med,
+        mapping: &k.mapping,
+        rules: &k.rules,
+    };
+    if detect::patient::deceased(&snapshot_of(before, &cx)).is_some() {
+        inj.deceased = true;
+        inj.suppressed = inj.planted.len() + inj.caused.values().sum::<usize>();
+        inj.planted.clear();
+        inj.caused.clear();
+    }
     inj
+}
+
+fn snapshot_of(items: Vec<Item>, _cx: &Context<'_>) -> Snapshot {
+    Snapshot {
+        patient_id: "p".into(),
+        now_us: carebridge::fhir::time::now_us(),
+        items,
+        copies: HashMap::new(),
+    }
 }
 
 /// The injected records withdrawn: orders and conditions entered in error, plans revoked, the
@@ -1260,6 +1330,8 @@ fn short(kind: &str) -> &str {
         "condition-status-conflict" => "statusconf",
         "unaddressed-condition" => "unaddress",
         "no-care-coordinator" => "nocoord",
+        "stale-order" => "stale",
+        "needs-assessment-overdue" => "needsasmt",
         _ => "unanswer",
     }
 }
@@ -1624,6 +1696,13 @@ async fn synthea_split_resolved_raises_nothing_and_every_planted_finding_once() 
         table_row("  expected (planted + caused)", &expected_delta)
     );
     eprintln!("{}", table_row("withdrawn (API)", &totals(&restored)));
+    eprintln!(
+        "deceased patients (no alert may be raised): {}; planted findings suppressed for them: {}; \
+         needs assessments recorded by the resolution: {}",
+        injections.iter().filter(|i| i.deceased).count(),
+        injections.iter().map(|i| i.suppressed).sum::<usize>(),
+        resolutions.iter().map(|r| r.assessed).sum::<usize>()
+    );
     eprintln!(
         "patients with a raw-split finding: {} of 50; no-care-coordinator not planted (plans in \
          fewer than two sectors): {}; pushing the split took {push_secs:.1} s, reading the \
