@@ -21,7 +21,9 @@ use crate::audit::{Action, AuditRow, Outcome};
 use crate::fhir::time::instant;
 
 pub use access::{AccessTx, Grant, Identified};
-pub use alerts::{AlertQuery, AlertRow, AlertTx};
+pub use alerts::{
+    AlertQuery, AlertRow, AlertTx, HistoryRow, InboxQuery, InboxRow, Snooze, Snoozed,
+};
 pub use merkle::{StoredCheckpoint, TransparencyTx, WitnessState};
 pub use outbox::{
     Delivered, DeliveryState, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor,

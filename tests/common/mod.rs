@@ -176,6 +176,11 @@ impl TestApp {
         &self.tokens[who]
     }
 
+    /// The console's sessions (tests mint sign-in links here).
+    pub fn sessions(&self) -> &Arc<carebridge::api::ui::Sessions> {
+        &self.app.sessions
+    }
+
     pub async fn post(
         &self,
         who: &str,

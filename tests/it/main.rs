@@ -34,6 +34,7 @@ mod bad_input;
 mod browser;
 mod cli;
 mod console;
+mod console_alerts;
 mod corrupt;
 mod exchange;
 mod exchange_auth;

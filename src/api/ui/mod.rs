@@ -45,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/events", get(handlers::events))
         .route("/ui/alerts/{id}", get(handlers::alert_page))
         .route("/ui/alerts/{id}/acknowledge", post(handlers::acknowledge))
+        .route("/ui/alerts/{id}/snooze", post(handlers::snooze))
         .route("/ui/patients/{id}", get(handlers::patient_page))
         .route("/ui/assets/{file}", get(handlers::asset))
         .layer(axum::middleware::map_response(security_headers))
