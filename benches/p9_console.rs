@@ -362,7 +362,7 @@ async fn run(o: Opts) -> Result<()> {
         client: person.clone(),
         request_id: None,
     };
-    let link = app.sessions.mint_link(person);
+    let link = app.sessions.mint_link(person).await?;
     let signed = send(http.get(format!("{root}/ui/sign-in/{link}")), "sign-in").await?;
     let cookie = signed.headers()["set-cookie"]
         .to_str()?

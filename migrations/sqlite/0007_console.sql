@@ -38,3 +38,24 @@ CREATE TABLE alert_history (
     implicated  TEXT NOT NULL,
     PRIMARY KEY (alert_id, seq)
 );
+
+-- The console's sign-in state, shared by every replica on the database: sessions (by the
+-- SHA-256 of the cookie value; the signed-in client as JSON, the CSRF token, when last used —
+-- a session unused for `[ui] session_idle_minutes` is over) and one-time values (`kind`
+-- `link`: a sign-in link's hash → the client; `state`: an OpenID Connect `state`'s hash → the
+-- PKCE verifier), each taken once (deleted when used) or dropped when expired.
+CREATE TABLE console_sessions (
+    key          TEXT PRIMARY KEY,
+    client       TEXT NOT NULL,
+    csrf         TEXT NOT NULL,
+    last_used_us INTEGER NOT NULL
+);
+CREATE INDEX console_sessions_last_used ON console_sessions (last_used_us);
+
+CREATE TABLE console_once (
+    kind        TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    expires_us  INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+);

@@ -11,9 +11,10 @@ pub mod alerts;
 mod busy;
 pub mod merkle;
 pub mod outbox;
+pub mod sessions;
 pub mod sql;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use async_trait::async_trait;
 
@@ -28,6 +29,7 @@ pub use merkle::{StoredCheckpoint, TransparencyTx, WitnessState};
 pub use outbox::{
     Delivered, DeliveryState, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor,
 };
+pub use sessions::{SessionRow, SessionTx};
 pub use sql::SqlStore;
 
 /// A store failure. `Busy` is worth retrying; everything else is reported as a 5xx.
@@ -226,7 +228,7 @@ pub trait Store: Send + Sync {
 
 /// A transaction: the foundation's operations here, the exchange's in [`ExchangeTx`].
 #[async_trait]
-pub trait StoreTx: ExchangeTx + AlertTx + AccessTx + TransparencyTx + Send {
+pub trait StoreTx: ExchangeTx + AlertTx + AccessTx + TransparencyTx + SessionTx + Send {
     /// The sector-local id of the resource holding this business identifier, if any.
     async fn find_by_identifier(
         &mut self,

@@ -15,7 +15,7 @@ use crate::ids::{content_hash, gateway_id};
 
 const CPR: &str = "urn:oid:1.2.208.176.1.2";
 
-pub(super) async fn sqlite_store() -> (tempfile::TempDir, SqlStore) {
+pub(crate) async fn sqlite_store() -> (tempfile::TempDir, SqlStore) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     let store = SqlStore::connect(&url, 2).await.unwrap();

@@ -325,7 +325,7 @@ async fn check_pages(app: &TestApp, expected: &[String], theirs: &[String]) {
         organization: None,
         sector: Some("gp".into()),
     });
-    let link = app.sessions().mint_link(person);
+    let link = app.sessions().mint_link(person).await.unwrap();
     let root = app.base.trim_end_matches("/fhir").to_owned();
     let http = carebridge::outbound::client_builder()
         .redirect(reqwest::redirect::Policy::none())

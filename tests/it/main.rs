@@ -35,6 +35,7 @@ mod browser;
 mod cli;
 mod console;
 mod console_alerts;
+mod console_sessions;
 mod corrupt;
 mod exchange;
 mod exchange_auth;

@@ -53,6 +53,20 @@ pub(super) fn message_page(
     )
 }
 
+/// The store could not keep or read sign-in state: 503 when it was busy, else 500 (logged by
+/// kind only).
+pub(super) fn session_failure(lang: Lang, e: &crate::store::StoreError) -> Response {
+    let status = match e {
+        crate::store::StoreError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    tracing::warn!(
+        status = status.as_u16(),
+        "console: sign-in state unavailable"
+    );
+    message_page(lang, status, Msg::SignInTitle, Msg::ServerError, None)
+}
+
 /// A gateway refusal or failure as a page (a 500 is logged by its kind only).
 fn failure(s: &SignedIn, e: &GatewayError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -113,9 +127,10 @@ pub async fn sign_in_link(
     Language(lang): Language,
     Path(token): Path<String>,
 ) -> Response {
-    match state.sessions.redeem(&token) {
-        Some(cookie) => with_cookie(see_other("/ui/inbox"), &state.sessions.cookie(&cookie)),
-        None => message_page(
+    match state.sessions.redeem(&token).await {
+        Ok(Some(cookie)) => with_cookie(see_other("/ui/inbox"), &state.sessions.cookie(&cookie)),
+        Err(e) => session_failure(lang, &e),
+        Ok(None) => message_page(
             lang,
             StatusCode::FORBIDDEN,
             Msg::SignInTitle,
@@ -158,7 +173,9 @@ pub async fn sign_out(
             Some(&s),
         );
     }
-    state.sessions.end(&s.cookie);
+    if let Err(e) = state.sessions.end(&s.cookie).await {
+        return session_failure(s.lang, &e);
+    }
     with_cookie(see_other("/ui/sign-in"), &state.sessions.clear_cookie())
 }
 

@@ -119,8 +119,10 @@ impl FromRequestParts<AppState> for SignedIn {
         let Some(cookie) = cookie else {
             return Err(see_other("/ui/sign-in"));
         };
-        let Some(session) = state.sessions.get(&cookie) else {
-            return Err(see_other("/ui/sign-in?ended=1"));
+        let session = match state.sessions.get(&cookie).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(see_other("/ui/sign-in?ended=1")),
+            Err(e) => return Err(handlers::session_failure(lang_of(parts), &e)),
         };
         if let Err(wait) = state.rate_limit.check(&session.client.id) {
             state.metrics.rate_limited.inc();
