@@ -366,7 +366,10 @@ async fn check_pages(app: &TestApp, expected: &[String], theirs: &[String]) {
         );
         shown.extend(rows);
         match attrs(&page, "name=\"after\" value").first() {
-            Some(after) => next = format!("/ui/inbox?after={after}"),
+            Some(after) => {
+                assert!(page.contains("50+ "), "a full page says more follow");
+                next = format!("/ui/inbox?after={after}");
+            }
             None => break,
         }
     }

@@ -304,7 +304,7 @@ pub fn alert_table(
     let (alerts, cards) = (l.alerts, l.cards);
     html! {
         div id="alerts" {
-            p class="count" { (alerts.len()) " " (lang.t(Msg::AlertCount)) }
+            p class="count" { (alerts.len()) @if l.next.is_some() { "+" } " " (lang.t(Msg::AlertCount)) }
             @if alerts.is_empty() {
                 p { (lang.t(Msg::NoAlerts)) }
             } @else {
