@@ -221,7 +221,8 @@ async fn run(o: Opts) -> Result<()> {
     let fill_s = t.elapsed().as_secs_f64();
     let link = app
         .sessions
-        .mint_link(Client::system("bench-admin", Role::Admin));
+        .mint_link(Client::system("bench-admin", Role::Admin))
+        .await?;
     let signed = http.get(format!("{root}/ui/sign-in/{link}")).send().await?;
     let cookie = signed.headers()["set-cookie"]
         .to_str()?

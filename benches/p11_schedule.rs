@@ -212,7 +212,7 @@ async fn open_unanswered(app: &InProcess) -> Result<usize> {
         })
         .await?;
     tx.commit().await?;
-    Ok(rows.iter().filter(|a| a.open).count())
+    Ok(rows.iter().filter(|a| a.alert.open).count())
 }
 
 async fn run(o: Opts) -> Result<()> {

@@ -15,7 +15,7 @@ use crate::audit::Actor;
 use crate::config::{AccessSettings, split_system_value};
 
 /// What a client may do. `Sector` writes only under its own sector.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Role {
     Sector(String),
     CareTeam,
@@ -48,7 +48,7 @@ impl Role {
 }
 
 /// An identifier `system|value` (a practitioner's authorisation id, an organisation's SOR code).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Ident {
     pub system: String,
     pub value: String,
@@ -69,7 +69,7 @@ impl Ident {
 }
 
 /// The person behind a care-team caller: who they are and where they work.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Person {
     /// Their practitioner identifier (e.g. the Danish authorisation id).
     pub practitioner: Option<Ident>,
@@ -90,7 +90,7 @@ impl Person {
 }
 
 /// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Client {
     pub id: String,
     pub role: Role,

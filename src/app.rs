@@ -66,7 +66,10 @@ impl App {
             }
             None => clients,
         };
-        let sessions = Arc::new(crate::api::ui::Sessions::new(&gateway.settings().ui));
+        let sessions = Arc::new(crate::api::ui::Sessions::new(
+            &gateway.settings().ui,
+            gateway.store().clone(),
+        ));
         let router = crate::api::router_with(gateway.clone(), clients, sessions.clone());
         let workers = Workers::new(gateway.clone())?;
         Ok(App {

@@ -69,7 +69,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     load_fixtures(&app, &opts.fixtures, &sector_clients).await?;
     summary(&app).await?;
     print_tokens(&app, &lookup, &opts.fixtures, &tokens).await?;
-    print_sign_in_links(&app, &lookup, &tokens, local);
+    print_sign_in_links(&app, &lookup, &tokens, local).await?;
     if !opts.serve {
         return Ok(());
     }
@@ -205,14 +205,14 @@ async fn print_tokens(
 
 /// One sign-in link of the console per person (`login <person> <role> <url>`): valid once,
 /// for `[ui] sign_in_link_minutes`.
-fn print_sign_in_links(
+async fn print_sign_in_links(
     app: &App,
     clients: &Clients,
     tokens: &[(String, String, String)],
     local: SocketAddr,
-) {
+) -> anyhow::Result<()> {
     if !app.gateway.settings().ui.enabled {
-        return;
+        return Ok(());
     }
     let minutes = app.gateway.settings().ui.sign_in_link_minutes;
     println!();
@@ -229,9 +229,10 @@ fn print_sign_in_links(
         }) else {
             continue;
         };
-        let link = app.sessions.mint_link(client.clone());
+        let link = app.sessions.mint_link(client.clone()).await?;
         println!("login {id} {role} http://{local}/ui/sign-in/{link}");
     }
+    Ok(())
 }
 
 /// The demo patients by fixture name, with their CPR identifier (from the gp bundles).

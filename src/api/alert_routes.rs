@@ -1,5 +1,5 @@
 //! The care team's alert endpoints (the DetectedIssue search is in `fhir_reads`):
-//! `GET /fhir/DetectedIssue/{id}`, `POST /fhir/DetectedIssue/{id}/$acknowledge`,
+//! `GET /fhir/DetectedIssue/{id}`, `POST /fhir/DetectedIssue/{id}/$acknowledge` and `$snooze`,
 //! `GET /fhir/Patient/{id}/$total-plan` (dispatched from `fhir_routes`), and the live stream
 //! `GET /alerts/stream` (Server-Sent Events). Adapters over `gateway::alert_service`.
 
@@ -40,6 +40,20 @@ pub async fn acknowledge(
     body: &Value,
 ) -> Result<Response, ApiError> {
     match state.gateway.acknowledge(caller, id, body).await? {
+        Some(resource) => Ok(fhir_response(StatusCode::OK, &resource)),
+        None => Err(ApiError::not_found(format!("no DetectedIssue/{id}"))),
+    }
+}
+
+/// `POST /fhir/DetectedIssue/{id}/$snooze` with a Parameters resource: `until` (valueDate or
+/// valueDateTime), `author` and `note`, as for `$acknowledge`.
+pub async fn snooze(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    body: &Value,
+) -> Result<Response, ApiError> {
+    match state.gateway.snooze(caller, id, body).await? {
         Some(resource) => Ok(fhir_response(StatusCode::OK, &resource)),
         None => Err(ApiError::not_found(format!("no DetectedIssue/{id}"))),
     }

@@ -312,7 +312,8 @@ async fn write_response(
     Ok(resp)
 }
 
-/// `POST /fhir/DetectedIssue/{id}/$acknowledge` and `POST /fhir/Patient/{id}/$break-glass`;
+/// `POST /fhir/DetectedIssue/{id}/$acknowledge`, `POST /fhir/DetectedIssue/{id}/$snooze` and
+/// `POST /fhir/Patient/{id}/$break-glass`;
 /// other instance operations are not supported.
 async fn post_operation(
     State(state): State<AppState>,
@@ -321,18 +322,22 @@ async fn post_operation(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let known = (rtype == "DetectedIssue" && operation == "$acknowledge")
+    let known = (rtype == "DetectedIssue"
+        && ["$acknowledge", "$snooze"].contains(&operation.as_str()))
         || (rtype == "Patient" && operation == "$break-glass");
     if !known {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "not-supported",
-            "POST here is $acknowledge on a DetectedIssue or $break-glass on a Patient",
+            "POST here is $acknowledge or $snooze on a DetectedIssue, or $break-glass on a Patient",
         ));
     }
     let value = parse_body(&state, "Parameters", &headers, body)?;
     if rtype == "Patient" {
         return super::access_routes::break_glass(&state, &caller, &id, &value).await;
+    }
+    if operation == "$snooze" {
+        return super::alert_routes::snooze(&state, &caller, &id, &value).await;
     }
     super::alert_routes::acknowledge(&state, &caller, &id, &value).await
 }

@@ -47,7 +47,10 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Builds the application router with the console's sessions of its own.
 pub fn router(gateway: Arc<Gateway>, clients: Clients) -> Router {
-    let sessions = Arc::new(ui::Sessions::new(&gateway.settings().ui));
+    let sessions = Arc::new(ui::Sessions::new(
+        &gateway.settings().ui,
+        gateway.store().clone(),
+    ));
     router_with(gateway, clients, sessions)
 }
 

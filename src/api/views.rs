@@ -200,6 +200,7 @@ fn operation(gw: &Gateway, name: &str, id: &str) -> Value {
 /// The ids of the gateway's OperationDefinitions, served at `/fhir/OperationDefinition/{id}`.
 pub const TOTAL_PLAN: &str = "Patient-total-plan";
 pub const ACKNOWLEDGE: &str = "DetectedIssue-acknowledge";
+pub const SNOOZE: &str = "DetectedIssue-snooze";
 
 /// One of the gateway's OperationDefinitions, by id.
 pub fn operation_definition(gw: &Gateway, id: &str) -> Option<Value> {
@@ -235,6 +236,23 @@ pub fn operation_definition(gw: &Gateway, id: &str) -> Option<Value> {
             d["type"] = json!(false);
             d["parameter"] = json!([
                 { "name": "author", "use": "in", "min": 1, "max": "1", "documentation": "who acknowledges: valueString, or valueReference with a display or reference", "type": "string" },
+                { "name": "note", "use": "in", "min": 0, "max": "1", "type": "string" },
+                { "name": "return", "use": "out", "min": 1, "max": "1", "type": "DetectedIssue" }
+            ]);
+            Some(d)
+        }
+        SNOOZE => {
+            let mut d = common(
+                "Snooze",
+                "snooze",
+                "A care-team member snoozes an open alert until a date: it leaves the console's default inbox until then (or until the alert changes) and carries the alert-snooze extension meanwhile; recorded in the alert's history; audited",
+            );
+            d["affectsState"] = json!(true);
+            d["resource"] = json!(["DetectedIssue"]);
+            d["type"] = json!(false);
+            d["parameter"] = json!([
+                { "name": "until", "use": "in", "min": 1, "max": "1", "documentation": "until when: valueDate (from its first moment, UTC) or valueDateTime, in the future", "type": "dateTime" },
+                { "name": "author", "use": "in", "min": 1, "max": "1", "documentation": "who snoozes: valueString, or valueReference with a display or reference", "type": "string" },
                 { "name": "note", "use": "in", "min": 0, "max": "1", "type": "string" },
                 { "name": "return", "use": "out", "min": 1, "max": "1", "type": "DetectedIssue" }
             ]);
@@ -292,7 +310,10 @@ pub fn capability_statement(gw: &Gateway) -> Value {
             search_param("status", "token", "preliminary, amended, final or cancelled"),
             search_param("code", "token", "the alert code ([system|]code)"),
         ],
-        "operation": [operation(gw, "acknowledge", ACKNOWLEDGE)]
+        "operation": [
+            operation(gw, "acknowledge", ACKNOWLEDGE),
+            operation(gw, "snooze", SNOOZE)
+        ]
     }));
     resources.push(json!({
         "type": "AuditEvent",
@@ -332,7 +353,8 @@ pub fn capability_statement(gw: &Gateway) -> Value {
             "resource": resources,
             "operation": [
                 operation(gw, "total-plan", TOTAL_PLAN),
-                operation(gw, "acknowledge", ACKNOWLEDGE)
+                operation(gw, "acknowledge", ACKNOWLEDGE),
+                operation(gw, "snooze", SNOOZE)
             ]
         }]
     })

@@ -7,6 +7,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::alerts::{AlertEvent, add_assessments, snapshot};
+use super::history::{author_and_note, history_row, record, served, snooze_request};
 use super::relation::{Access, mark, mark_all, merge_bases};
 use super::views::{gateway_view, patient_view};
 use super::write::alert_audit_row;
@@ -15,7 +16,7 @@ use crate::access::{Caller, Request};
 use crate::audit::{self, Action, Interaction, Outcome};
 use crate::fhir::outcome::Issue;
 use crate::fhir::time::{instant, now_us};
-use crate::store::{AlertQuery, AlertRow, StoreTx};
+use crate::store::{AlertQuery, InboxRow, StoreTx};
 
 /// A subscription to alert changes ([`Gateway::alert_stream`], [`Gateway::next_alert`]).
 pub struct AlertStream {
@@ -52,14 +53,14 @@ impl Gateway {
         let mut all = tx.alert_search(&q).await?;
         if q.patient_id.is_none() {
             // Without a patient: only the alerts of patients the caller may read.
-            let patients: Vec<String> = all.iter().map(|a| a.patient_id.clone()).collect();
+            let patients: Vec<String> = all.iter().map(|a| a.alert.patient_id.clone()).collect();
             let decided = self.decide_each(&mut *tx, caller, patients).await?;
-            all.retain(|a| matches!(decided.get(&a.patient_id), Some(Some(_))));
+            all.retain(|a| matches!(decided.get(&a.alert.patient_id), Some(Some(_))));
             let found = decided.into_values().flatten().map(|a| a.basis).collect();
             merge_bases(&mut bases, found);
         }
         let total = all.len();
-        let rows: Vec<AlertRow> = all
+        let rows: Vec<InboxRow> = all
             .into_iter()
             .skip(usize::try_from(offset).unwrap_or(usize::MAX))
             .take(usize::try_from(count).unwrap_or(0))
@@ -74,7 +75,7 @@ impl Gateway {
         row.patient_id = q.patient_id.clone();
         row.entities = rows
             .iter()
-            .map(|a| format!("DetectedIssue/{}", a.id))
+            .map(|a| format!("DetectedIssue/{}", a.alert.id))
             .collect();
         row.query = Some(format!(
             "DetectedIssue?{}",
@@ -115,9 +116,10 @@ impl Gateway {
         row.entities = vec![format!("DetectedIssue/{}", a.id)];
         row.purpose = Some("TREAT".into());
         mark(&mut row, &access.basis);
+        let snooze = tx.alert_snooze_get(id).await?.unwrap_or_default();
         tx.audit(&row).await?;
         tx.commit().await?;
-        alert_body(&a).map(Some)
+        served(&a, &snooze, now_us()).map(Some)
     }
 
     /// Acknowledges an alert with a Parameters resource naming the `author` (valueString, or
@@ -137,11 +139,20 @@ impl Gateway {
             return Ok(None);
         };
         let (mut tx, access) = self.admit(tx, caller, &patient, Interaction::Alert).await?;
+        let now = now_us();
         let Some(event) =
-            super::alerts::acknowledge(&mut *tx, id, &author, note.as_deref(), now_us()).await?
+            super::alerts::acknowledge(&mut *tx, id, &author, note.as_deref(), now).await?
         else {
             return Ok(None);
         };
+        record(
+            &mut *tx,
+            &event,
+            &author,
+            note.as_deref().unwrap_or(""),
+            now,
+        )
+        .await?;
         let mut row = alert_audit_row(&event, Some(caller));
         mark(&mut row, &access.basis);
         tx.audit(&row).await?;
@@ -234,11 +245,12 @@ impl Gateway {
                 ..AlertQuery::default()
             })
             .await?;
-        for a in open.iter().filter(|a| a.open) {
+        for a in open.iter().filter(|a| a.alert.open) {
+            let id = &a.alert.id;
             entries.push(
-                json!({ "fullUrl": format!("{base}/DetectedIssue/{}", a.id), "resource": alert_body(a)? }),
+                json!({ "fullUrl": format!("{base}/DetectedIssue/{id}"), "resource": alert_body(a)? }),
             );
-            gids.push(format!("DetectedIssue/{}", a.id));
+            gids.push(format!("DetectedIssue/{id}"));
         }
         let mut row = audit::row(
             &caller.actor(),
@@ -282,6 +294,60 @@ impl Gateway {
         Ok(crate::detect::needs::last_assessment(&snap, &d.context()).map(|(t, _)| t))
     }
 
+    /// Snoozes an open alert (see the module); the DetectedIssue as served, or `None` when
+    /// there is no such alert. A closed alert cannot be snoozed (422).
+    pub async fn snooze(
+        &self,
+        caller: &Caller,
+        id: &str,
+        parameters: &Value,
+    ) -> Result<Option<Value>, GatewayError> {
+        self.gate(caller, Request::Alerts, Interaction::Alert)
+            .await?;
+        let now = now_us();
+        let snooze = snooze_request(parameters, now)?;
+        let mut tx = self.store.begin().await?;
+        let Some(patient) = tx.alert_get(id).await?.map(|a| a.patient_id) else {
+            return Ok(None);
+        };
+        let (mut tx, access) = self.admit(tx, caller, &patient, Interaction::Alert).await?;
+        tx.lock_patient_alerts(&patient).await?;
+        let Some(a) = tx.alert_get(id).await? else {
+            return Ok(None);
+        };
+        if !a.open {
+            return Err(GatewayError::Unprocessable(vec![
+                Issue::error("business-rule", "a closed alert cannot be snoozed")
+                    .at("DetectedIssue.status"),
+            ]));
+        }
+        tx.alert_snooze(id, &snooze).await?;
+        let resource = served(&a, &snooze, now)?;
+        let event = AlertEvent {
+            kind: "snoozed",
+            id: a.id.clone(),
+            patient: a.patient_id.clone(),
+            code: a.code.clone(),
+            status: a.status.clone(),
+            version: a.version,
+            resource: resource.clone(),
+        };
+        let until = instant(snooze.until_us);
+        // A snooze's history row says until when in place of the alert's detail.
+        let mut h = history_row(&event, &snooze.by, &snooze.note, now);
+        h.detail.clone_from(&until);
+        tx.alert_history_append(&h).await?;
+        let mut row = alert_audit_row(&event, Some(caller));
+        row.detail = Some(format!("alert {} snoozed until {until}", a.code));
+        mark(&mut row, &access.basis);
+        tx.audit(&row).await?;
+        tx.commit().await?;
+        self.publish(vec![event]);
+        Ok(Some(resource))
+    }
+}
+
+impl Gateway {
     /// The patient's current records (see [`crate::detect::current`]) appended to `entries`;
     /// returns their references.
     async fn current_records(
@@ -360,36 +426,10 @@ fn acknowledgement(body: &Value) -> Result<(String, Option<String>), GatewayErro
             .at("Parameters"),
         ));
     }
-    let param = |name: &str| crate::fhir::parameter(body, name);
-    let author = param("author").and_then(|p| {
-        p.get("valueString")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| {
-                let r = p.get("valueReference")?;
-                r.get("display")
-                    .or_else(|| r.get("reference"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-    });
-    let Some(author) = author.filter(|a| !a.trim().is_empty()) else {
-        return Err(GatewayError::invalid(
-            Issue::error(
-                "required",
-                "name who acknowledges: a parameter 'author' (valueString or valueReference)",
-            )
-            .at("Parameters.parameter"),
-        ));
-    };
-    let note = param("note")
-        .and_then(|p| p.get("valueString"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    Ok((author, note))
+    author_and_note(body, "$acknowledge")
 }
 
-/// An alert's DetectedIssue as stored.
-fn alert_body(a: &AlertRow) -> Result<Value, GatewayError> {
-    Ok(a.json()?)
+/// An alert's DetectedIssue as served (with its snooze while it lasts).
+fn alert_body(a: &InboxRow) -> Result<Value, GatewayError> {
+    served(&a.alert, &a.snooze, now_us())
 }

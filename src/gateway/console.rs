@@ -6,10 +6,12 @@
 use serde_json::Value;
 use std::collections::HashMap;
 
+use super::relation::Access;
 use super::{Gateway, GatewayError};
 use crate::access::{Caller, Request};
 use crate::audit::{self, Action, Interaction, Outcome};
 use crate::detect::team::coordinator_role;
+use crate::store::StoreTx;
 
 /// What the console shows of a patient beside their alerts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,31 +37,11 @@ impl Gateway {
             .await?;
         let mut cards = HashMap::new();
         let mut bases: Vec<String> = Vec::new();
-        let roles = &self.settings.alerts.coordinator_roles;
         for (pid, access) in decided {
             let Some(access) = access else {
                 continue;
             };
-            let mut card = PatientCard::default();
-            if let Some(p) = tx.patient(&pid).await? {
-                card.name = p
-                    .sector_patients
-                    .iter()
-                    .filter(|s| self.record_shown(caller, s, &access))
-                    .find_map(|s| s.json().ok().as_ref().and_then(human_name));
-            }
-            for team in tx.by_patient_types(&pid, &["CareTeam"]).await? {
-                if card.coordinator.is_some() || !self.record_shown(caller, &team, &access) {
-                    continue;
-                }
-                let body = team.json()?;
-                if matches!(
-                    body.get("status").and_then(Value::as_str),
-                    None | Some("active")
-                ) {
-                    card.coordinator = coordinator_of(&body, roles);
-                }
-            }
+            let card = self.card(&mut *tx, caller, &pid, &access).await?;
             let code = access.basis.code();
             if !bases.contains(&code) {
                 bases.push(code);
@@ -90,6 +72,40 @@ impl Gateway {
         tx.audit(&row).await?;
         tx.commit().await?;
         Ok(cards)
+    }
+}
+
+impl Gateway {
+    /// What the console shows of one patient the caller may read (on `access`).
+    pub(crate) async fn card(
+        &self,
+        tx: &mut dyn StoreTx,
+        caller: &Caller,
+        pid: &str,
+        access: &Access,
+    ) -> Result<PatientCard, GatewayError> {
+        let roles = &self.settings.alerts.coordinator_roles;
+        let mut card = PatientCard::default();
+        if let Some(p) = tx.patient(pid).await? {
+            card.name = p
+                .sector_patients
+                .iter()
+                .filter(|s| self.record_shown(caller, s, access))
+                .find_map(|s| s.json().ok().as_ref().and_then(human_name));
+        }
+        for team in tx.by_patient_types(pid, &["CareTeam"]).await? {
+            if card.coordinator.is_some() || !self.record_shown(caller, &team, access) {
+                continue;
+            }
+            let body = team.json()?;
+            if matches!(
+                body.get("status").and_then(Value::as_str),
+                None | Some("active")
+            ) {
+                card.coordinator = coordinator_of(&body, roles);
+            }
+        }
+        Ok(card)
     }
 }
 

@@ -16,7 +16,8 @@
 //!   team's messages.
 //! - [`ledger`]: walking, exporting and pruning the audit chain.
 //! - [`transparency`]: signed checkpoints over the audit log's Merkle tree, proofs for auditors.
-//! - [`console`]: what the care team's console shows beside alerts (patient names, owners).
+//! - [`console`]: what the care team's console shows beside alerts (patient names, owners);
+//!   [`inbox`] its first page of alerts; [`history`] an alert's durable history and `$snooze`.
 //! - [`admin`]: the outbox as IT staff see it.
 //! - [`views`]: how stored resources are shown (per sector, across sectors).
 //!
@@ -30,6 +31,8 @@ pub mod break_glass;
 pub mod console;
 pub mod entry;
 mod error;
+pub mod history;
+pub mod inbox;
 pub mod ledger;
 pub mod notify;
 pub mod operations;

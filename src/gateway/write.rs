@@ -369,6 +369,7 @@ impl Gateway {
             let events = super::alerts::evaluate(tx, d, p, now).await?;
             for e in &events {
                 tx.audit(&alert_audit_row(e, None)).await?;
+                super::history::record(tx, e, "", "", now).await?;
                 // The care team hears of it through the outbox.
                 super::notify::notify(tx, &self.settings, e, &sent).await?;
             }

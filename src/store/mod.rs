@@ -12,9 +12,10 @@ mod busy;
 pub mod merkle;
 pub mod ops;
 pub mod outbox;
+pub mod sessions;
 pub mod sql;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use async_trait::async_trait;
 
@@ -22,13 +23,16 @@ use crate::audit::{Action, AuditRow, Outcome};
 use crate::fhir::time::instant;
 
 pub use access::{AccessTx, Grant, Identified};
-pub use alerts::{AlertQuery, AlertRow, AlertTx};
+pub use alerts::{
+    AlertQuery, AlertRow, AlertTx, HistoryRow, InboxQuery, InboxRow, Snooze, Snoozed,
+};
 pub use merkle::{StoredCheckpoint, TransparencyTx, WitnessState};
 pub use ops::{AttemptCount, CursorStat, OpsTx, OutboxQuery, QueueStat, SectorHealth};
 pub use outbox::{
     Delivered, DeliveryState, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor,
     ResyncCandidate, UNVERIFIED,
 };
+pub use sessions::{SessionRow, SessionTx};
 pub use sql::SqlStore;
 
 /// A store failure. `Busy` is worth retrying; everything else is reported as a 5xx.
@@ -236,7 +240,9 @@ pub trait Store: Send + Sync {
 
 /// A transaction: the foundation's operations here, the exchange's in [`ExchangeTx`].
 #[async_trait]
-pub trait StoreTx: ExchangeTx + AlertTx + AccessTx + TransparencyTx + OpsTx + Send {
+pub trait StoreTx:
+    ExchangeTx + AlertTx + AccessTx + TransparencyTx + OpsTx + SessionTx + Send
+{
     /// The sector-local id of the resource holding this business identifier, if any.
     async fn find_by_identifier(
         &mut self,

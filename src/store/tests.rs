@@ -7,15 +7,15 @@ use serde_json::{Value, json};
 
 use super::sql::{Dialect, SqlStore};
 use super::{
-    AlertQuery, AlertRow, AuditQuery, Delivered, DeliveryState, Finish, OutboxFilter, OutboxNew,
-    PollCursor, Prepared, Store,
+    AlertQuery, AlertRow, AuditQuery, Delivered, DeliveryState, Finish, HistoryRow, InboxQuery,
+    OutboxFilter, OutboxNew, PollCursor, Prepared, Snooze, Snoozed, Store,
 };
 use crate::audit::{AuditRow, GENESIS, row_hash};
 use crate::ids::{content_hash, gateway_id};
 
 const CPR: &str = "urn:oid:1.2.208.176.1.2";
 
-pub(super) async fn sqlite_store() -> (tempfile::TempDir, SqlStore) {
+pub(crate) async fn sqlite_store() -> (tempfile::TempDir, SqlStore) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     let store = SqlStore::connect(&url, 2).await.unwrap();
@@ -429,7 +429,138 @@ async fn alerts_round_trip(store: &SqlStore) {
         })
         .await
         .unwrap();
+    let found: Vec<AlertRow> = found.into_iter().map(|r| r.alert).collect();
     assert_eq!(found, vec![closed]);
+}
+
+fn inbox_alert(id: &str, severity: &str, sectors: &[&str], created_us: i64) -> AlertRow {
+    let implicated: Vec<Value> = sectors
+        .iter()
+        .map(|s| json!({ "reference": "Condition/x", "display": format!("{s} Condition") }))
+        .collect();
+    AlertRow {
+        code: if severity == "high" {
+            "DUPTHPGEN"
+        } else {
+            "polypharmacy"
+        }
+        .into(),
+        body: json!({ "resourceType": "DetectedIssue", "id": id, "severity": severity,
+                      "implicated": implicated })
+        .to_string(),
+        ..alert(id, &format!("p-{id}"), true, created_us)
+    }
+}
+
+async fn inbox_ids(store: &SqlStore, q: &InboxQuery) -> Vec<String> {
+    let mut tx = store.begin_read().await.unwrap();
+    let rows = tx.alert_inbox(q).await.unwrap();
+    rows.into_iter().map(|r| r.alert.id).collect()
+}
+
+/// The inbox's order (severity, then oldest first), keyset paging, the column filters, snoozes
+/// (ended by any change of the alert) and the history.
+async fn inbox_round_trip(store: &SqlStore) {
+    let mut tx = store.begin().await.unwrap();
+    for a in [
+        inbox_alert("i1", "low", &["gp"], 10),
+        inbox_alert("i2", "high", &["gp", "hospital"], 30),
+        inbox_alert("i3", "moderate", &["my_sector"], 20),
+        inbox_alert("i4", "high", &["municipality"], 20),
+        alert("i5", "p", false, 1),
+    ] {
+        tx.alert_put(&a).await.unwrap();
+    }
+    let snooze = Snooze {
+        until_us: 1_000,
+        by: "N".into(),
+        note: "later".into(),
+    };
+    tx.alert_snooze("i3", &snooze).await.unwrap();
+    tx.commit().await.unwrap();
+    let q = |f: &dyn Fn(&mut InboxQuery)| {
+        let mut q = InboxQuery {
+            now_us: 500,
+            limit: 10,
+            ..Default::default()
+        };
+        f(&mut q);
+        q
+    };
+    // a3 and a1 (of alerts_round_trip) have no severity: low, after i1.
+    assert_eq!(
+        inbox_ids(store, &q(&|_| {})).await,
+        ["i4", "i2", "i1", "a3", "a1"]
+    );
+    assert_eq!(
+        inbox_ids(store, &q(&|q| q.snoozed = Snoozed::Any)).await,
+        ["i4", "i2", "i3", "i1", "a3", "a1"]
+    );
+    assert_eq!(
+        inbox_ids(store, &q(&|q| q.snoozed = Snoozed::Only)).await,
+        ["i3"]
+    );
+    // After the date the snooze is over by itself.
+    assert_eq!(
+        inbox_ids(store, &q(&|q| q.now_us = 1_000)).await,
+        ["i4", "i2", "i3", "i1", "a3", "a1"]
+    );
+    let after = q(&|q| {
+        q.limit = 1;
+        q.after = Some((0, 20, "i4".into()));
+    });
+    assert_eq!(inbox_ids(store, &after).await, ["i2"]);
+    let gp = q(&|q| q.sector = Some("gp".into()));
+    assert_eq!(inbox_ids(store, &gp).await, ["i2", "i1"]);
+    // `_` is not a wildcard: "my_sector" does not match "myXsector".
+    let like = q(&|q| {
+        q.sector = Some("my_sector".into());
+        q.snoozed = Snoozed::Any;
+    });
+    assert_eq!(inbox_ids(store, &like).await, ["i3"]);
+    let wild = q(&|q| {
+        q.sector = Some("my%".into());
+        q.snoozed = Snoozed::Any;
+    });
+    assert!(inbox_ids(store, &wild).await.is_empty());
+    let sev = q(&|q| q.severity_rank = Some(0));
+    assert_eq!(inbox_ids(store, &sev).await, ["i4", "i2"]);
+    let code = q(&|q| q.code = Some("polypharmacy".into()));
+    assert_eq!(inbox_ids(store, &code).await, ["i1", "a3", "a1"]);
+    snoozes_end_and_history_appends(store, snooze).await;
+}
+
+/// A change of the alert ends its snooze; the history counts its changes per alert.
+async fn snoozes_end_and_history_appends(store: &SqlStore, snooze: Snooze) {
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.alert_snooze_get("i3").await.unwrap(), Some(snooze));
+    // A change of the alert ends its snooze.
+    tx.alert_put(&inbox_alert("i3", "moderate", &["my_sector"], 20))
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.alert_snooze_get("i3").await.unwrap(),
+        Some(Snooze::default())
+    );
+    for kind in ["raised", "acknowledged"] {
+        let h = HistoryRow {
+            alert_id: "i3".into(),
+            kind: kind.into(),
+            version: 1,
+            at_us: 7,
+            author: "N".into(),
+            note: "n".into(),
+            detail: "d".into(),
+            implicated: "[]".into(),
+            ..Default::default()
+        };
+        tx.alert_history_append(&h).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mut tx = store.begin_read().await.unwrap();
+    let h = tx.alert_history("i3").await.unwrap();
+    let got: Vec<(i64, &str)> = h.iter().map(|h| (h.seq, h.kind.as_str())).collect();
+    assert_eq!(got, [(1, "raised"), (2, "acknowledged")]);
 }
 
 async fn audit_round_trip(store: &SqlStore, pid: &str) {
@@ -488,6 +619,7 @@ async fn round_trips(store: &SqlStore) {
     outbox_round_trip(store, &written.pid).await;
     delivered_and_cursors_round_trip(store).await;
     alerts_round_trip(store).await;
+    inbox_round_trip(store).await;
     audit_round_trip(store, &written.pid).await;
 }
 

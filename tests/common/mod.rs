@@ -173,16 +173,23 @@ impl TestApp {
     }
 
     /// A one-time sign-in link of the console for a client of this role (no person).
-    pub fn sign_in_link(&self, who: &str, role: carebridge::access::Role) -> String {
+    pub async fn sign_in_link(&self, who: &str, role: carebridge::access::Role) -> String {
         let token = self
             .app
             .sessions
-            .mint_link(carebridge::access::Client::system(who, role));
+            .mint_link(carebridge::access::Client::system(who, role))
+            .await
+            .expect("a sign-in link is stored");
         format!("{}/ui/sign-in/{token}", self.base.trim_end_matches("/fhir"))
     }
 
     pub fn token(&self, who: &str) -> &str {
         &self.tokens[who]
+    }
+
+    /// The console's sessions (tests mint sign-in links here).
+    pub fn sessions(&self) -> &Arc<carebridge::api::ui::Sessions> {
+        &self.app.sessions
     }
 
     pub async fn post(

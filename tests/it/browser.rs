@@ -60,8 +60,9 @@ async fn push_duplicate(demo: &Demo) {
     assert!(resp.status().is_success());
 }
 
-/// Every page in both languages: axe-core, and a screenshot of each.
-async fn every_page_is_accessible(b: &Browser, demo: &Demo, lang: &str) {
+/// Every page in both languages: axe-core, and a screenshot of each (the alert: `alert`, with
+/// its history; the inbox's snoozed view besides the default one).
+async fn every_page_is_accessible(b: &Browser, demo: &Demo, lang: &str, alert: &str) {
     b.client
         .goto(&format!("{}/ui/inbox", demo.origin))
         .await
@@ -74,12 +75,7 @@ async fn every_page_is_accessible(b: &Browser, demo: &Demo, lang: &str) {
     assert_eq!(html_lang, lang);
     accessible(b, &format!("the inbox ({lang})")).await;
     b.screenshot(&format!("inbox-{lang}")).await;
-    let alert = b
-        .client
-        .find(Locator::Css("tr.sev-row-high a[href^='/ui/alerts/']"))
-        .await
-        .unwrap();
-    let alert_href = alert.attr("href").await.unwrap().unwrap();
+    let alert_href = format!("/ui/alerts/{alert}");
     let patient = b
         .client
         .find(Locator::Css("tr[data-alert] a[href^='/ui/patients/']"))
@@ -96,13 +92,84 @@ async fn every_page_is_accessible(b: &Browser, demo: &Demo, lang: &str) {
         .goto(&format!("{}{alert_href}", demo.origin))
         .await
         .unwrap();
-    accessible(b, &format!("an alert ({lang})")).await;
+    accessible(b, &format!("an alert with its history ({lang})")).await;
     b.screenshot(&format!("alert-{lang}")).await;
+    b.client
+        .goto(&format!("{}/ui/inbox?status=snoozed", demo.origin))
+        .await
+        .unwrap();
+    accessible(b, &format!("the snoozed alerts ({lang})")).await;
     b.client
         .goto(&format!("{}/ui/sign-in", demo.origin))
         .await
         .unwrap();
     accessible(b, &format!("the sign-in page ({lang})")).await;
+}
+
+/// Snoozes the alert shown on its detail page with the form: it leaves the inbox, the snoozed
+/// view lists it, and its history shows it raised, acknowledged and snoozed, by whom.
+async fn snooze_on_the_detail_page(b: &Browser, demo: &Demo, id: &str) {
+    b.client
+        .execute(
+            "document.querySelector('form.snooze input[name=until]').value = '2999-01-01';",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let form = b.client.find(Locator::Css("form.snooze")).await.unwrap();
+    form.find(Locator::Css("input[name=comment]"))
+        .await
+        .unwrap()
+        .send_keys("until the medication review")
+        .await
+        .unwrap();
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.client
+        .wait()
+        .for_element(Locator::XPath(
+            "//ol[@class='history']/li[contains(., 'Snoozed until')]",
+        ))
+        .await
+        .expect("the history shows the snooze");
+    let history = b
+        .client
+        .find(Locator::Css("ol.history"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for step in [
+        "Raised",
+        "Acknowledged",
+        "Snoozed until",
+        "until the medication review",
+    ] {
+        assert!(history.contains(step), "{step} in {history}");
+    }
+    let (_, di) = api(demo, "nurse-lassen", &format!("/DetectedIssue/{id}")).await;
+    assert!(
+        di["extension"][0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("alert-snooze")
+    );
+    b.client
+        .goto(&format!("{}/ui/inbox", demo.origin))
+        .await
+        .unwrap();
+    assert!(!rows(b).await.contains(id), "out of the default inbox");
+    b.client
+        .goto(&format!("{}/ui/inbox?status=snoozed", demo.origin))
+        .await
+        .unwrap();
+    assert_eq!(rows(b).await, BTreeSet::from([id.to_owned()]));
+    assert!(b.text().await.contains("snoozed until 2999-01-01"));
 }
 
 #[tokio::test]
@@ -187,6 +254,7 @@ async fn the_console_in_a_real_browser() {
         .unwrap();
     let (_, di) = api(&demo, "nurse-lassen", &format!("/DetectedIssue/{id}")).await;
     assert_eq!(di["status"], "final");
+    snooze_on_the_detail_page(&b, &demo, &id).await;
 
     // A form sent without its CSRF token is refused.
     b.client
@@ -224,7 +292,7 @@ async fn the_console_in_a_real_browser() {
     }
     assert!(text.contains("Metoprolol 50 mg") && text.contains("Duplicate medication"));
 
-    every_page_is_accessible(&b, &demo, "en").await;
+    every_page_is_accessible(&b, &demo, "en", &id).await;
     // The language switch: every page again in Danish.
     b.client
         .goto(&format!("{}/ui/inbox", demo.origin))
@@ -237,7 +305,7 @@ async fn the_console_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    every_page_is_accessible(&b, &demo, "da").await;
+    every_page_is_accessible(&b, &demo, "da", &id).await;
 
     // The link, used again, is refused.
     b.client.goto(&link).await.unwrap();

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::common::demo::Demo;
 
 /// A person's browser without a browser: the session cookie and the page's CSRF token.
-struct Visitor {
+pub(crate) struct Visitor {
     http: reqwest::Client,
     origin: String,
     cookie: String,
@@ -26,7 +26,7 @@ fn no_redirects() -> reqwest::Client {
 }
 
 /// Signs in with a demo link; panics unless it answers 303 with a session cookie.
-async fn sign_in(demo: &Demo, person: &str) -> Visitor {
+pub(crate) async fn sign_in(demo: &Demo, person: &str) -> Visitor {
     let http = no_redirects();
     let resp = http.get(&demo.links[person]).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
@@ -44,7 +44,7 @@ async fn sign_in(demo: &Demo, person: &str) -> Visitor {
 }
 
 impl Visitor {
-    async fn get(&self, path: &str, lang: &str) -> (StatusCode, String) {
+    pub(crate) async fn get(&self, path: &str, lang: &str) -> (StatusCode, String) {
         let resp = self
             .http
             .get(format!("{}{path}", self.origin))
@@ -56,7 +56,7 @@ impl Visitor {
         (resp.status(), resp.text().await.unwrap())
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.origin))
             .header("cookie", &self.cookie)
@@ -68,7 +68,7 @@ impl Visitor {
 }
 
 /// Every value of `attr="…"` in a page.
-fn attrs(html: &str, attr: &str) -> Vec<String> {
+pub(crate) fn attrs(html: &str, attr: &str) -> Vec<String> {
     let needle = format!("{attr}=\"");
     html.match_indices(&needle)
         .map(|(i, _)| {
@@ -78,7 +78,7 @@ fn attrs(html: &str, attr: &str) -> Vec<String> {
         .collect()
 }
 
-fn csrf(html: &str) -> String {
+pub(crate) fn csrf(html: &str) -> String {
     let i = html
         .find("name=\"csrf\" value=\"")
         .expect("a form with a CSRF token");

@@ -403,7 +403,7 @@ async fn a_tampered_copy_of_the_store_shows_its_first_broken_link() {
     let b = Browser::start("en").await;
     for (which, expected) in [(&app, None), (&copy, Some("3"))] {
         b.client
-            .goto(&which.sign_in_link("auditor-2", Role::Auditor))
+            .goto(&which.sign_in_link("auditor-2", Role::Auditor).await)
             .await
             .unwrap();
         let origin = which.base.trim_end_matches("/fhir").to_owned();
@@ -639,7 +639,7 @@ async fn an_admin_sees_a_sector_fail_and_recover_and_replays_a_dead_letter() {
     .await;
     let b = Browser::start("en").await;
     b.client
-        .goto(&app.sign_in_link("it-staff", Role::Admin))
+        .goto(&app.sign_in_link("it-staff", Role::Admin).await)
         .await
         .unwrap();
     assert_eq!(
@@ -712,7 +712,7 @@ async fn the_message_browser_finds_an_entry_among_10000_without_reading_bodies()
     let origin = app.base.trim_end_matches("/fhir").to_owned();
     let b = Browser::start("en").await;
     b.client
-        .goto(&app.sign_in_link("it-staff", Role::Admin))
+        .goto(&app.sign_in_link("it-staff", Role::Admin).await)
         .await
         .unwrap();
     goto(&b, &origin, "/ui/it/messages").await;

@@ -890,7 +890,7 @@ async fn the_capability_statement_claims_exactly_what_works() {
         .iter()
         .map(|o| o["name"].as_str().unwrap())
         .collect();
-    assert_eq!(ops, ["total-plan", "acknowledge"]);
+    assert_eq!(ops, ["total-plan", "acknowledge", "snooze"]);
     let mut documents = vec![cap.clone()];
     for o in rest["operation"].as_array().unwrap() {
         let url = o["definition"].as_str().unwrap();
@@ -921,6 +921,14 @@ async fn the_capability_statement_claims_exactly_what_works() {
         )
         .await;
     assert_eq!(s, 200);
+    let snooze = json!({ "resourceType": "Parameters", "parameter": [
+        { "name": "until", "valueDate": "2999-01-01" },
+        { "name": "author", "valueString": "Dr. Test" } ] });
+    let (s, snoozed, _) = app
+        .post("careteam", &format!("/DetectedIssue/{id}/$snooze"), &snooze)
+        .await;
+    assert_eq!(s, 200, "{snoozed}");
+    documents.push(snoozed);
     // The sector's base claims the writes it takes; every route of the router is claimed.
     let (_, sector) = app.get("gp", "/gp/metadata").await;
     let condition = sector["rest"][0]["resource"]

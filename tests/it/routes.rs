@@ -115,6 +115,9 @@ fn table(gid: &str, pid: &str) -> Vec<Route> {
         { "resource": condition(), "request": { "method": "PUT", "url": "Condition/rc1" } } ] });
     let ack = json!({ "resourceType": "Parameters", "parameter": [
         { "name": "author", "valueString": "Dr. Test" } ] });
+    let snooze = json!({ "resourceType": "Parameters", "parameter": [
+        { "name": "until", "valueDate": "2999-01-01" },
+        { "name": "author", "valueString": "Dr. Test" } ] });
     let glass = json!({ "resourceType": "Parameters", "parameter": [
         { "name": "reason", "valueCode": "emergency" },
         { "name": "text", "valueString": "unconscious on admission" } ] });
@@ -273,6 +276,13 @@ fn table(gid: &str, pid: &str) -> Vec<Route> {
         route(
             Method::POST,
             "/fhir/{base}/{segment}/{leaf}",
+            "/fhir/DetectedIssue/no-such-alert/$snooze".into(),
+            Some(snooze),
+            vec![Request::Alerts],
+        ),
+        route(
+            Method::POST,
+            "/fhir/{base}/{segment}/{leaf}",
             format!("/fhir/Patient/{pid}/$break-glass"),
             Some(glass),
             vec![Request::BreakGlass],
@@ -367,7 +377,7 @@ fn table(gid: &str, pid: &str) -> Vec<Route> {
 /// The console's routes (`src/api/ui/`): a person's session cookie, not a bearer token, signs
 /// them in, and each page calls the gateway core as that person (`tests/it/console.rs` shows
 /// the gateway's refusals on them). With a bearer token and no session, each answers this.
-const CONSOLE: [(&str, &str, &str, u16); 15] = [
+const CONSOLE: [(&str, &str, &str, u16); 16] = [
     ("GET", "/ui", "/ui", 303),
     ("GET", "/ui/", "/ui/", 303),
     ("GET", "/ui/sign-in", "/ui/sign-in", 200),
@@ -389,6 +399,12 @@ const CONSOLE: [(&str, &str, &str, u16); 15] = [
         "POST",
         "/ui/alerts/{id}/acknowledge",
         "/ui/alerts/no-such-alert/acknowledge",
+        303,
+    ),
+    (
+        "POST",
+        "/ui/alerts/{id}/snooze",
+        "/ui/alerts/no-such-alert/snooze",
         303,
     ),
     (

@@ -7,26 +7,22 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde_json::json;
-use std::collections::HashMap;
 use std::convert::Infallible;
 
 use super::i18n::{Lang, Msg};
-use super::pages::{self, Filter, Frame};
+use super::pages::{self, Filter, Frame, Listing};
 use super::session::{LANG_COOKIE, same_token};
 use super::view::{self, AlertLine, Knowledge, Plan, Record};
 use super::{Language, SignedIn, html, see_other};
 use crate::api::AppState;
 use crate::gateway::GatewayError;
-use crate::gateway::console::PatientCard;
+use crate::gateway::inbox::InboxFilter;
 
-/// The alerts the inbox reads at most (then orders by severity and age).
-pub const INBOX_LIMIT: i64 = 10_000;
 /// Rows on one page of the inbox.
 pub const PAGE_ROWS: usize = 50;
 
 const CSS: &str = include_str!("console.css");
 const JS: &str = include_str!("console.js");
-const ALERTS_DOC: &str = include_str!("../../../docs/alerts.md");
 
 fn frame<'a>(s: &'a SignedIn, title: &'a str, path: &'a str) -> Frame<'a> {
     Frame {
@@ -55,6 +51,20 @@ pub(super) fn message_page(
         status,
         pages::page(&f, pages::message(lang, title, lang.t(text), s.is_some())),
     )
+}
+
+/// The store could not keep or read sign-in state: 503 when it was busy, else 500 (logged by
+/// kind only).
+pub(super) fn session_failure(lang: Lang, e: &crate::store::StoreError) -> Response {
+    let status = match e {
+        crate::store::StoreError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    tracing::warn!(
+        status = status.as_u16(),
+        "console: sign-in state unavailable"
+    );
+    message_page(lang, status, Msg::SignInTitle, Msg::ServerError, None)
 }
 
 /// A gateway refusal or failure as a page (a 500 is logged by its kind only).
@@ -117,17 +127,19 @@ pub async fn sign_in_link(
     Language(lang): Language,
     Path(token): Path<String>,
 ) -> Response {
-    match state.sessions.redeem(&token) {
-        Some(cookie) => {
-            let to = state.sessions.get(&cookie).map_or("/ui/inbox", |session| {
-                super::landing(&crate::access::Caller {
+    match state.sessions.redeem(&token).await {
+        Ok(Some(cookie)) => {
+            let to = match state.sessions.get(&cookie).await {
+                Ok(Some(session)) => super::landing(&crate::access::Caller {
                     client: session.client,
                     request_id: None,
-                })
-            });
+                }),
+                _ => "/ui/inbox",
+            };
             with_cookie(see_other(to), &state.sessions.cookie(&cookie))
         }
-        None => message_page(
+        Err(e) => session_failure(lang, &e),
+        Ok(None) => message_page(
             lang,
             StatusCode::FORBIDDEN,
             Msg::SignInTitle,
@@ -170,7 +182,9 @@ pub async fn sign_out(
             Some(&s),
         );
     }
-    state.sessions.end(&s.cookie);
+    if let Err(e) = state.sessions.end(&s.cookie).await {
+        return session_failure(s.lang, &e);
+    }
     with_cookie(see_other("/ui/sign-in"), &state.sessions.clear_cookie())
 }
 
@@ -211,66 +225,44 @@ pub async fn language(Path(code): Path<String>, Query(b): Query<Back>) -> Respon
 pub struct InboxQuery {
     #[serde(flatten)]
     filter: Filter,
+    /// The last alert of the previous page (an alert id).
     #[serde(default)]
-    page: usize,
+    after: String,
 }
 
-/// The signed-in person's open alerts, filtered, by severity then age.
+/// The signed-in person's open alerts, filtered, by severity then age: one page of them from
+/// the core's inbox (which decides, and audits, only what the page shows).
 pub async fn inbox(
     State(state): State<AppState>,
     s: SignedIn,
     Query(q): Query<InboxQuery>,
 ) -> Response {
     let f = &q.filter;
-    let mut params = Vec::new();
-    if !f.code.is_empty() {
-        params.push(("code".to_owned(), f.code.clone()));
-    }
-    if !f.status.is_empty() {
-        params.push(("status".to_owned(), f.status.clone()));
-    }
-    let found = match state
+    let filter = InboxFilter {
+        code: f.code.clone(),
+        status: f.status.clone(),
+        sector: f.sector.clone(),
+        severity: f.severity.clone(),
+        owner: f.owner.clone(),
+    };
+    let after = (!q.after.is_empty()).then_some(q.after.as_str());
+    let page = match state
         .gateway
-        .alert_search(&s.caller, &params, 0, INBOX_LIMIT)
+        .inbox(&s.caller, &filter, after, PAGE_ROWS)
         .await
     {
-        Ok((_, found)) => found,
+        Ok(p) => p,
         Err(e) => return failure(&s, &e),
     };
-    let mut lines: Vec<AlertLine> = found
-        .iter()
-        .map(AlertLine::from_issue)
-        .filter(|a| a.open())
-        .filter(|a| f.severity.is_empty() || a.severity == f.severity)
-        .filter(|a| f.sector.is_empty() || a.sectors().contains(&f.sector.as_str()))
-        .collect();
-    view::order(&mut lines);
-    // Owners are known per patient: for the owner filter, of every listed patient; else of the
-    // patients of the page shown.
-    if !f.owner.is_empty() {
-        let cards = match cards(&state, &s, &lines).await {
-            Ok(c) => c,
-            Err(e) => return failure(&s, &e),
-        };
-        let want = f.owner == "coordinator";
-        lines.retain(|a| {
-            cards
-                .get(&a.patient)
-                .is_some_and(|c| c.coordinator.is_some() == want)
-        });
-    }
-    let page: Vec<AlertLine> = lines
-        .into_iter()
-        .skip(q.page * PAGE_ROWS)
-        .take(PAGE_ROWS)
-        .collect();
-    let cards = match cards(&state, &s, &page).await {
-        Ok(c) => c,
-        Err(e) => return failure(&s, &e),
+    let lines: Vec<AlertLine> = page.alerts.iter().map(AlertLine::from_issue).collect();
+    let listing = Listing {
+        alerts: &lines,
+        cards: &page.cards,
+        next: page.next.as_deref(),
     };
     let title = s.lang.t(Msg::InboxTitle);
     let reasons = &state.gateway.settings().ui.acknowledge_reasons;
-    let body = pages::inbox(s.lang, f, &sectors(&state), &page, &cards, &s.csrf, reasons);
+    let body = pages::inbox(s.lang, f, &sectors(&state), &listing, &s.csrf, reasons);
     html(
         StatusCode::OK,
         pages::page(&frame(&s, title, "/ui/inbox"), body),
@@ -285,29 +277,14 @@ fn knowledge(state: &AppState) -> Knowledge<'_> {
     }
 }
 
-/// The names and owners of the patients of these alerts.
-async fn cards(
-    state: &AppState,
-    s: &SignedIn,
-    lines: &[AlertLine],
-) -> Result<HashMap<String, PatientCard>, GatewayError> {
-    let mut patients: Vec<String> = lines.iter().map(|a| a.patient.clone()).collect();
-    patients.sort();
-    patients.dedup();
-    if patients.is_empty() {
-        return Ok(HashMap::new());
-    }
-    state.gateway.patient_cards(&s.caller, &patients).await
-}
-
 /// One alert: its records side by side, the rule, the history, what to do.
 pub async fn alert_page(
     State(state): State<AppState>,
     s: SignedIn,
     Path(id): Path<String>,
 ) -> Response {
-    let di = match state.gateway.alert(&s.caller, &id).await {
-        Ok(Some(di)) => di,
+    let (di, history) = match state.gateway.alert_with_history(&s.caller, &id).await {
+        Ok(Some(found)) => found,
         Ok(None) => return failure(&s, &GatewayError::NotFound(format!("DetectedIssue/{id}"))),
         Err(e) => return failure(&s, &e),
     };
@@ -336,11 +313,11 @@ pub async fn alert_page(
             Err(e) => return failure(&s, &GatewayError::from(e)),
         }
     }
-    let rule = view::rule_text(ALERTS_DOC, &a.code);
+    let lines = view::history(&history);
     let reasons = &state.gateway.settings().ui.acknowledge_reasons;
     let title = pages::code_name(s.lang, &a.code, &a.code_text);
     let path = format!("/ui/alerts/{id}");
-    let body = pages::alert(s.lang, &a, &records, &rule, &s.csrf, reasons);
+    let body = pages::alert(s.lang, &a, &records, &lines, &s.csrf, reasons);
     html(StatusCode::OK, pages::page(&frame(&s, &title, &path), body))
 }
 
@@ -381,6 +358,47 @@ pub async fn acknowledge(
     match state.gateway.acknowledge(&s.caller, &id, &parameters).await {
         Ok(Some(_)) => see_other(&format!("/ui/alerts/{id}")),
         Ok(None) => failure(&s, &GatewayError::NotFound(format!("DetectedIssue/{id}"))),
+        Err(e) => failure(&s, &e),
+    }
+}
+
+/// Snoozes an alert until a date (`until`, `YYYY-MM-DD`) with an optional comment, as the
+/// signed-in person.
+pub async fn snooze(
+    State(state): State<AppState>,
+    s: SignedIn,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    if !csrf_ok(&s, &form) {
+        return message_page(
+            s.lang,
+            StatusCode::FORBIDDEN,
+            Msg::Snooze,
+            Msg::CsrfRefused,
+            Some(&s),
+        );
+    }
+    let until = field(&form, "until").trim();
+    let mut parameters = vec![
+        json!({ "name": "until", "valueDate": until }),
+        json!({ "name": "author", "valueString": s.who }),
+    ];
+    let comment = field(&form, "comment").trim();
+    if !comment.is_empty() {
+        parameters.push(json!({ "name": "note", "valueString": comment }));
+    }
+    let parameters = json!({ "resourceType": "Parameters", "parameter": parameters });
+    match state.gateway.snooze(&s.caller, &id, &parameters).await {
+        Ok(Some(_)) => see_other(&format!("/ui/alerts/{id}")),
+        Ok(None) => failure(&s, &GatewayError::NotFound(format!("DetectedIssue/{id}"))),
+        Err(e) if e.status() == 400 => message_page(
+            s.lang,
+            StatusCode::BAD_REQUEST,
+            Msg::Snooze,
+            Msg::SnoozeBadDate,
+            Some(&s),
+        ),
         Err(e) => failure(&s, &e),
     }
 }

@@ -162,12 +162,34 @@ catalogue! {
     AlertTitle => ("Advarsel", "Alert"),
     Implicated => ("Berørte registreringer", "Records involved"),
     Rule => ("Reglen", "The rule"),
-    RuleSource => ("Fra docs/alerts.md (engelsk)", "From docs/alerts.md"),
+    RuleSource => (
+        "Med almindelige ord, som i docs/alerts.md. Regelversion:",
+        "In plain words, as in docs/alerts.md. Rule version:"
+    ),
     History => ("Forløb", "History"),
     EvRaised => ("Rejst", "Raised"),
     EvUpdated => ("Senest ændret", "Last changed"),
     EvAcknowledged => ("Kvitteret", "Acknowledged"),
     EvClosed => ("Lukket", "Closed"),
+    EvReopened => ("Genåbnet", "Reopened"),
+    EvAmended => ("Ændret", "Amended"),
+    EvSnoozed => ("Udsat til", "Snoozed until"),
+    EvBy => ("af", "by"),
+    EvDetection => ("carebridge (automatisk)", "carebridge (automatic)"),
+    EvAdded => ("Nye registreringer", "Records added"),
+    EvRemoved => ("Ikke længere berørt", "No longer involved"),
+    NoHistory => ("Intet forløb registreret.", "No history recorded."),
+    Snooze => ("Udsæt", "Snooze"),
+    SnoozeUntil => ("Udsæt til (dato)", "Snooze until (date)"),
+    SnoozeComment => ("Kommentar (valgfri)", "Comment (optional)"),
+    SnoozeHint => (
+        "Advarslen forsvinder fra indbakken til datoen, eller indtil den ændrer sig.",
+        "The alert leaves the inbox until the date, or until it changes."
+    ),
+    SnoozeBadDate => ("Vælg en dato efter i dag.", "Choose a date after today."),
+    StSnoozed => ("Udsat", "Snoozed"),
+    SnoozedUntil => ("udsat til", "snoozed until"),
+    NextPage => ("Næste side", "Next page"),
     WhatToDo => ("Hvad skal du gøre", "What to do"),
     Detail => ("Beskrivelse", "Description"),
     SignInTitle => ("Log ind", "Sign in"),
@@ -227,6 +249,38 @@ catalogue! {
         "Name a coordinator in the patient's care team."
     ),
     DoUnanswered => ("Besvar henvendelsen eller følg op hos afsenderen.", "Answer the message or follow up with its sender."),
+    RuleDupGen => (
+        "Det samme aktive indholdsstof (ATC niveau 5) er aktivt to gange, fra forskellige sektorer eller ordinatører og givet på samme måde (fx gennem munden). En creme og tabletter med samme stof er ikke dobbeltmedicinering. Én advarsel pr. stof og administrationsvej.",
+        "The same active ingredient (ATC level 5) is active twice, from different sectors or prescribers and given the same way (for example by mouth). A cream and tablets of the same ingredient are not a duplicate. One alert per ingredient and route."
+    ),
+    RuleDupCls => (
+        "To forskellige indholdsstoffer fra samme lægemiddelklasse (ATC niveau 4, fx to ACE-hæmmere) er aktive samtidig og gives på samme måde, uanset hvem der har ordineret dem. Én advarsel pr. klasse og administrationsvej.",
+        "Two different ingredients of the same drug class (ATC level 4, for example two ACE inhibitors) are active at the same time and given the same way, whoever prescribed them. One alert per class and route."
+    ),
+    RulePlans => (
+        "To aktive planer fra forskellige sektorer er uenige: den ene stopper eller forbyder en aktivitet eller et lægemiddel, som den anden fortsætter (høj), eller deres mål for samme måling kan ikke begge nås, fx HbA1c under 48 i den ene og 58–64 mmol/mol i den anden (middel).",
+        "Two active care plans of different sectors disagree: one stops or forbids an activity or a medication that the other keeps going (high), or their goals for the same measurement cannot both be met, for example HbA1c below 48 in one and 58–64 mmol/mol in the other (moderate)."
+    ),
+    RuleCondStatus => (
+        "Den samme diagnose er aktiv i én sektor og afsluttet (helbredt, inaktiv, i remission eller afkræftet) i en anden. En af de to registreringer er forældet.",
+        "The same condition is active in one sector and ended (resolved, inactive, in remission or refuted) in another. One of the two records is out of date."
+    ),
+    RuleUnaddressed => (
+        "En aktiv kronisk diagnose, som ingen aktiv plan i nogen sektor adresserer – hverken direkte, som begrundelse for en aktivitet eller via samme diagnose i en anden sektor. Hvilke diagnoser der er kroniske, er konfiguration.",
+        "An active chronic condition that no active care plan of any sector addresses – directly, as the reason of an activity, or through the same condition recorded by another sector. Which conditions are chronic is configuration."
+    ),
+    RuleNoCoordinator => (
+        "Patienten har aktive planer i to eller flere sektorer, og intet medlem af et aktivt behandlingsteam har en koordinerende rolle.",
+        "The patient has active care plans in two or more sectors, and no member of any active care team has a coordinating role."
+    ),
+    RuleUnanswered => (
+        "En henvendelse, der beder om svar, blev sendt for mere end den konfigurerede frist siden (som standard 72 timer), og ingen henvendelse fra nogen sektor besvarer den.",
+        "A message that asks for a reply was sent longer ago than the configured limit (72 hours by default), and no message of any sector answers it."
+    ),
+    RulePolypharmacy => (
+        "Patienten får det konfigurerede antal (som standard 10) eller flere forskellige aktive indholdsstoffer fra alle sektorer tilsammen. Ingen enkelt sektor kan se det.",
+        "The patient takes the configured number (10 by default) or more different active ingredients across all sectors together. No single sector can see this."
+    ),
     DoPolypharmacy => (
         "Gennemgå den samlede medicin med patienten og de ordinerende sektorer.",
         "Review all medication with the patient and the prescribing sectors."
@@ -262,7 +316,6 @@ catalogue! {
     ColSubject => ("Patient (gateway-id)", "Patient (gateway id)"),
     NoEvents => ("Ingen hændelser matcher.", "No events match."),
     PrevPage => ("Forrige side", "Previous page"),
-    NextPage => ("Næste side", "Next page"),
     PageOf => ("Side", "Page"),
     VerifyTitle => ("Kontrol af loggens kæde", "Verification of the log's chain"),
     VerifyIntro => (
@@ -372,19 +425,45 @@ catalogue! {
     Done => ("Udført.", "Done."),
 }
 
-/// The catalogue's name and advice for an alert code (`None` for a code it does not know).
-pub fn code_texts(code: &str) -> Option<(Msg, Msg)> {
-    Some(match code {
-        "DUPTHPGEN" => (Msg::CodeDupGen, Msg::DoDupGen),
-        "DUPTHPCLS" => (Msg::CodeDupCls, Msg::DoDupCls),
-        "conflicting-plans" => (Msg::CodePlans, Msg::DoPlans),
-        "condition-status-conflict" => (Msg::CodeCondStatus, Msg::DoCondStatus),
-        "unaddressed-condition" => (Msg::CodeUnaddressed, Msg::DoUnaddressed),
-        "no-care-coordinator" => (Msg::CodeNoCoordinator, Msg::DoNoCoordinator),
-        "unanswered-communication" => (Msg::CodeUnanswered, Msg::DoUnanswered),
-        "polypharmacy" => (Msg::CodePolypharmacy, Msg::DoPolypharmacy),
+/// The catalogue's texts of an alert code: its name, the rule in plain words, and what to do
+/// (`None` for a code it does not know).
+pub fn code_texts(code: &str) -> Option<CodeTexts> {
+    let (name, rule, todo) = match code {
+        "DUPTHPGEN" => (Msg::CodeDupGen, Msg::RuleDupGen, Msg::DoDupGen),
+        "DUPTHPCLS" => (Msg::CodeDupCls, Msg::RuleDupCls, Msg::DoDupCls),
+        "conflicting-plans" => (Msg::CodePlans, Msg::RulePlans, Msg::DoPlans),
+        "condition-status-conflict" => {
+            (Msg::CodeCondStatus, Msg::RuleCondStatus, Msg::DoCondStatus)
+        }
+        "unaddressed-condition" => (
+            Msg::CodeUnaddressed,
+            Msg::RuleUnaddressed,
+            Msg::DoUnaddressed,
+        ),
+        "no-care-coordinator" => (
+            Msg::CodeNoCoordinator,
+            Msg::RuleNoCoordinator,
+            Msg::DoNoCoordinator,
+        ),
+        "unanswered-communication" => (Msg::CodeUnanswered, Msg::RuleUnanswered, Msg::DoUnanswered),
+        "polypharmacy" => (
+            Msg::CodePolypharmacy,
+            Msg::RulePolypharmacy,
+            Msg::DoPolypharmacy,
+        ),
         _ => return None,
-    })
+    };
+    Some(CodeTexts { name, rule, todo })
+}
+
+/// An alert code's texts in the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeTexts {
+    pub name: Msg,
+    /// When the rule raises the alert, in plain words (as `docs/alerts.md` says it).
+    pub rule: Msg,
+    /// What the care team can do about it.
+    pub todo: Msg,
 }
 
 /// The alert codes, in the order the filter lists them.
@@ -414,6 +493,7 @@ pub fn status(s: &str) -> Msg {
         "final" => Msg::StFinal,
         "amended" => Msg::StAmended,
         "cancelled" => Msg::StCancelled,
+        "snoozed" => Msg::StSnoozed,
         _ => Msg::StPreliminary,
     }
 }
@@ -430,6 +510,54 @@ mod tests {
         }
         for c in CODES {
             assert!(code_texts(c).is_some(), "{c}");
+        }
+    }
+
+    /// The codes the detectors can raise: every string literal after an `…_CODE_SYSTEM,` in
+    /// the sources of `src/detect/`.
+    fn detector_codes() -> Vec<String> {
+        let sources = [
+            include_str!("../../detect/medication.rs"),
+            include_str!("../../detect/plans.rs"),
+            include_str!("../../detect/conditions.rs"),
+            include_str!("../../detect/team.rs"),
+            include_str!("../../detect/communication.rs"),
+        ];
+        let mut codes = Vec::new();
+        for src in sources {
+            for (i, _) in src.match_indices("_CODE_SYSTEM,") {
+                let rest = src[i + "_CODE_SYSTEM,".len()..].trim_start();
+                if let Some(lit) = rest.strip_prefix('"') {
+                    codes.push(lit[..lit.find('"').unwrap()].to_owned());
+                }
+            }
+        }
+        codes.sort();
+        codes.dedup();
+        codes
+    }
+
+    #[test]
+    fn every_detector_code_has_its_rule_and_advice_in_both_languages_and_a_section_in_the_docs() {
+        let doc = include_str!("../../../docs/alerts.md");
+        let codes = detector_codes();
+        assert_eq!(codes.len(), 8, "{codes:?}");
+        let mut listed: Vec<String> = CODES.iter().map(|c| (*c).to_owned()).collect();
+        listed.sort();
+        assert_eq!(codes, listed, "the filter lists every detector code");
+        for c in &codes {
+            let t = code_texts(c).unwrap_or_else(|| panic!("{c} has no texts"));
+            for m in [t.name, t.rule, t.todo] {
+                let (da, en) = m.texts();
+                assert!(
+                    !da.trim().is_empty() && !en.trim().is_empty() && da != en,
+                    "{c}: {m:?}"
+                );
+            }
+            let heading = doc
+                .lines()
+                .find(|l| l.starts_with("### ") && l.contains(&format!("`{c}`")));
+            assert!(heading.is_some(), "docs/alerts.md has no section for {c}");
         }
     }
 

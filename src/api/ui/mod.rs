@@ -49,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/events", get(handlers::events))
         .route("/ui/alerts/{id}", get(handlers::alert_page))
         .route("/ui/alerts/{id}/acknowledge", post(handlers::acknowledge))
+        .route("/ui/alerts/{id}/snooze", post(handlers::snooze))
         .route("/ui/patients/{id}", get(handlers::patient_page))
         .route("/ui/assets/{file}", get(handlers::asset))
         .merge(audit_handlers::routes())
@@ -124,8 +125,10 @@ impl FromRequestParts<AppState> for SignedIn {
         let Some(cookie) = cookie else {
             return Err(see_other("/ui/sign-in"));
         };
-        let Some(session) = state.sessions.get(&cookie) else {
-            return Err(see_other("/ui/sign-in?ended=1"));
+        let session = match state.sessions.get(&cookie).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(see_other("/ui/sign-in?ended=1")),
+            Err(e) => return Err(handlers::session_failure(lang_of(parts), &e)),
         };
         if let Err(wait) = state.rate_limit.check(&session.client.id) {
             state.metrics.rate_limited.inc();

@@ -64,7 +64,10 @@ pub async fn start(State(state): State<AppState>, Language(lang): Language) -> R
             None,
         );
     };
-    let (client_state, verifier) = state.sessions.begin_sign_in();
+    let (client_state, verifier) = match state.sessions.begin_sign_in().await {
+        Ok(v) => v,
+        Err(e) => return super::handlers::session_failure(lang, &e),
+    };
     let (_, endpoints) = match issuer(&state.sessions, &o).await {
         Ok(i) => i,
         Err(e) => return failed(lang, &e),
@@ -108,12 +111,14 @@ pub async fn callback(
             None,
         );
     };
-    let Some(verifier) = cb
-        .state
-        .as_deref()
-        .and_then(|s| state.sessions.finish_sign_in(s))
-    else {
-        return failed(lang, "unknown, used or expired state");
+    let found = match cb.state.as_deref() {
+        Some(s) => state.sessions.finish_sign_in(s).await,
+        None => Ok(None),
+    };
+    let verifier = match found {
+        Ok(Some(v)) => v,
+        Ok(None) => return failed(lang, "unknown, used or expired state"),
+        Err(e) => return super::handlers::session_failure(lang, &e),
     };
     let Some(code) = cb.code else {
         return failed(lang, "the issuer returned no code");
@@ -141,7 +146,10 @@ pub async fn callback(
     };
     match state.clients.authenticate_bearer(access).await {
         Ok(client) => {
-            let cookie = state.sessions.start(client);
+            let cookie = match state.sessions.start(client).await {
+                Ok(c) => c,
+                Err(e) => return super::handlers::session_failure(lang, &e),
+            };
             with_cookie(
                 html(StatusCode::OK, pages::signed_in(lang)),
                 &state.sessions.cookie(&cookie),

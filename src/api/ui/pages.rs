@@ -8,7 +8,7 @@ use maud::{DOCTYPE, Markup, html};
 use super::i18n::{self, CODES, Lang, Msg};
 use std::collections::HashMap;
 
-use super::view::{AlertLine, Plan, Record, day};
+use super::view::{AlertLine, HistoryLine, Plan, Record, day};
 use crate::config::AckReason;
 use crate::gateway::console::PatientCard;
 
@@ -154,7 +154,7 @@ fn filters(lang: Lang, f: &Filter, sectors: &[(String, String)]) -> Markup {
         .iter()
         .map(|c| (c.to_string(), code_name(lang, c, c)))
         .collect();
-    let statuses: Vec<(String, String)> = ["preliminary", "amended", "final"]
+    let statuses: Vec<(String, String)> = ["preliminary", "amended", "final", "snoozed"]
         .iter()
         .map(|s| (s.to_string(), lang.t(i18n::status(s)).to_owned()))
         .collect();
@@ -186,7 +186,7 @@ fn filters(lang: Lang, f: &Filter, sectors: &[(String, String)]) -> Markup {
 
 /// An alert code's name in the catalogue, else the DetectedIssue's own text.
 pub fn code_name(lang: Lang, code: &str, fallback: &str) -> String {
-    i18n::code_texts(code).map_or_else(|| fallback.to_owned(), |(m, _)| lang.t(m).to_owned())
+    i18n::code_texts(code).map_or_else(|| fallback.to_owned(), |t| lang.t(t.name).to_owned())
 }
 
 fn severity_badge(lang: Lang, sev: &str) -> Markup {
@@ -209,6 +209,49 @@ pub fn ack_form(lang: Lang, a: &AlertLine, csrf: &str, reasons: &[AckReason]) ->
             label for=(cid) { (lang.t(Msg::AckComment)) }
             input id=(cid) type="text" name="comment" maxlength="500";
             button type="submit" { (lang.t(Msg::Acknowledge)) }
+        }
+    }
+}
+
+/// An alert's status; while snoozed, "snoozed until <date> by <author>".
+fn status_text(lang: Lang, a: &AlertLine) -> Markup {
+    html! {
+        (lang.t(i18n::status(&a.status)))
+        @if let Some((until, by, _)) = &a.snoozed {
+            ", " (lang.t(Msg::SnoozedUntil)) " " time datetime=(until) { (day(until)) }
+            " " (lang.t(Msg::EvBy)) " " (by)
+        }
+    }
+}
+
+/// The snooze form of one open alert.
+pub fn snooze_form(lang: Lang, a: &AlertLine, csrf: &str) -> Markup {
+    let did = format!("until-{}", a.id);
+    let cid = format!("snooze-comment-{}", a.id);
+    let hid = format!("snooze-hint-{}", a.id);
+    html! {
+        form class="snooze" method="post" action={ "/ui/alerts/" (a.id) "/snooze" } {
+            input type="hidden" name="csrf" value=(csrf);
+            label for=(did) { (lang.t(Msg::SnoozeUntil)) }
+            input id=(did) type="date" name="until" required aria-describedby=(hid);
+            label for=(cid) { (lang.t(Msg::SnoozeComment)) }
+            input id=(cid) type="text" name="comment" maxlength="500";
+            button type="submit" { (lang.t(Msg::Snooze)) }
+            p id=(hid) class="hint" { (lang.t(Msg::SnoozeHint)) }
+        }
+    }
+}
+
+/// The "next page" of the inbox: a GET form carrying the filters and the last alert shown.
+fn next_page(lang: Lang, f: &Filter, after: &str) -> Markup {
+    html! {
+        form class="next" method="get" action="/ui/inbox" {
+            @for (name, value) in [("code", &f.code), ("sector", &f.sector), ("status", &f.status),
+                                   ("severity", &f.severity), ("owner", &f.owner)] {
+                @if !value.is_empty() { input type="hidden" name=(name) value=(value); }
+            }
+            input type="hidden" name="after" value=(after);
+            button type="submit" { (lang.t(Msg::NextPage)) }
         }
     }
 }
@@ -245,7 +288,7 @@ fn alert_row(
             td { (a.sectors().join(", ")) }
             td { @match owner { Some(o) => (o), None => em { (lang.t(Msg::Nobody)) } } }
             td { time datetime=(a.raised) { (day(&a.raised)) } }
-            td { (lang.t(i18n::status(&a.status))) }
+            td { (status_text(lang, a)) }
             td {
                 @if a.status == "final" { "—" } @else { (ack_form(lang, a, csrf, reasons)) }
             }
@@ -253,17 +296,25 @@ fn alert_row(
     }
 }
 
+/// A page of the inbox: its alerts, their patients' cards, and where the next page starts.
+pub struct Listing<'a> {
+    pub alerts: &'a [AlertLine],
+    pub cards: &'a HashMap<String, PatientCard>,
+    pub next: Option<&'a str>,
+}
+
 /// The alerts table (the live script replaces it when alerts change).
 pub fn alert_table(
     lang: Lang,
-    alerts: &[AlertLine],
-    cards: &HashMap<String, PatientCard>,
+    f: &Filter,
+    l: &Listing<'_>,
     csrf: &str,
     reasons: &[AckReason],
 ) -> Markup {
+    let (alerts, cards) = (l.alerts, l.cards);
     html! {
         div id="alerts" {
-            p class="count" { (alerts.len()) " " (lang.t(Msg::AlertCount)) }
+            p class="count" { (alerts.len()) @if l.next.is_some() { "+" } " " (lang.t(Msg::AlertCount)) }
             @if alerts.is_empty() {
                 p { (lang.t(Msg::NoAlerts)) }
             } @else {
@@ -284,6 +335,7 @@ pub fn alert_table(
                     }
                 }
             }
+            @if let Some(after) = l.next { (next_page(lang, f, after)) }
         }
     }
 }
@@ -293,8 +345,7 @@ pub fn inbox(
     lang: Lang,
     f: &Filter,
     sectors: &[(String, String)],
-    alerts: &[AlertLine],
-    cards: &HashMap<String, PatientCard>,
+    listing: &Listing<'_>,
     csrf: &str,
     reasons: &[AckReason],
 ) -> Markup {
@@ -304,7 +355,7 @@ pub fn inbox(
         (filters(lang, f, sectors))
         p id="live" class="live" role="status" aria-live="polite"
           data-on=(lang.t(Msg::LiveOn)) data-changed=(lang.t(Msg::LiveChanged)) {}
-        (alert_table(lang, alerts, cards, csrf, reasons))
+        (alert_table(lang, f, listing, csrf, reasons))
     }
 }
 
@@ -428,40 +479,56 @@ pub fn patient(
     }
 }
 
-fn history(lang: Lang, a: &AlertLine) -> Markup {
+fn event_name(kind: &str) -> Msg {
+    match kind {
+        "raised" => Msg::EvRaised,
+        "updated" => Msg::EvAmended,
+        "acknowledged" => Msg::EvAcknowledged,
+        "snoozed" => Msg::EvSnoozed,
+        "reopened" => Msg::EvReopened,
+        _ => Msg::EvClosed,
+    }
+}
+
+fn history_line(lang: Lang, h: &HistoryLine) -> Markup {
     html! {
-        section aria-labelledby="h-history" {
-            h2 id="h-history" { (lang.t(Msg::History)) }
-            ol class="history" {
-                li { time datetime=(a.raised) { (a.raised) } " – " (lang.t(Msg::EvRaised)) }
-                @for (date, author, text) in &a.mitigations {
-                    li { time datetime=(date) { (date) } " – " (lang.t(Msg::EvAcknowledged)) ": " (author)
-                         " – " span lang="en" { (text) } }
-                }
-                @if a.status == "amended" {
-                    li { time datetime=(a.updated) { (a.updated) } " – " (lang.t(Msg::EvUpdated)) }
-                }
-                @if !a.open() {
-                    li { time datetime=(a.updated) { (a.updated) } " – " (lang.t(Msg::EvClosed)) }
-                }
-            }
+        li {
+            time datetime=(h.at) { (h.at) } " – " strong { (lang.t(event_name(&h.kind))) }
+            @if h.kind == "snoozed" { " " time datetime=(h.detail) { (day(&h.detail)) } }
+            " " (lang.t(Msg::EvBy)) " "
+            @if h.author.is_empty() { (lang.t(Msg::EvDetection)) } @else { (h.author) }
+            @if !h.note.is_empty() { ": " span lang="en" { (h.note) } }
+            @if h.kind == "updated" { p lang="en" { (h.detail) } }
+            @if !h.added.is_empty() { p { (lang.t(Msg::EvAdded)) ": " (h.added.join(", ")) } }
+            @if !h.removed.is_empty() { p { (lang.t(Msg::EvRemoved)) ": " (h.removed.join(", ")) } }
         }
     }
 }
 
-/// An alert's detail: what, the records side by side, the rule, the history, what to do.
+fn history(lang: Lang, lines: &[HistoryLine]) -> Markup {
+    html! {
+        section aria-labelledby="h-history" {
+            h2 id="h-history" { (lang.t(Msg::History)) }
+            @if lines.is_empty() { p { (lang.t(Msg::NoHistory)) } }
+            @else { ol class="history" { @for h in lines { (history_line(lang, h)) } } }
+        }
+    }
+}
+
+/// An alert's detail: what, the records side by side, the rule, the history, what to do, and
+/// the forms to acknowledge and snooze it.
 pub fn alert(
     lang: Lang,
     a: &AlertLine,
     records: &[Record],
-    rule: &[String],
+    lines: &[HistoryLine],
     csrf: &str,
     reasons: &[AckReason],
 ) -> Markup {
-    let advice = i18n::code_texts(&a.code).map(|(_, d)| lang.t(d));
+    let texts = i18n::code_texts(&a.code);
     html! {
         h1 { (severity_badge(lang, &a.severity)) " " (code_name(lang, &a.code, &a.code_text)) }
-        p { (lang.t(Msg::Status)) ": " (lang.t(i18n::status(&a.status))) " · "
+        p { (lang.t(Msg::Status)) ": " (status_text(lang, a)) " · "
             a href={ "/ui/patients/" (a.patient) } { (lang.t(Msg::OpenPatient)) } }
         h2 { (lang.t(Msg::Detail)) }
         p lang="en" { (a.detail) }
@@ -478,15 +545,19 @@ pub fn alert(
                 }
             } }
         }
-        section aria-labelledby="h-rule" {
-            h2 id="h-rule" { (lang.t(Msg::Rule)) }
-            p class="source" { (lang.t(Msg::RuleSource)) }
-            @for para in rule { p lang="en" { (para) } }
+        @if let Some(t) = texts {
+            section aria-labelledby="h-rule" {
+                h2 id="h-rule" { (lang.t(Msg::Rule)) }
+                p class="source" { (lang.t(Msg::RuleSource)) " " code { (a.code) } " "
+                    (env!("CARGO_PKG_VERSION")) }
+                p { (lang.t(t.rule)) }
+            }
         }
-        (history(lang, a))
-        @if let Some(advice) = advice {
-            section aria-labelledby="h-todo" { h2 id="h-todo" { (lang.t(Msg::WhatToDo)) } p { (advice) } }
+        (history(lang, lines))
+        @if let Some(t) = texts {
+            section aria-labelledby="h-todo" { h2 id="h-todo" { (lang.t(Msg::WhatToDo)) } p { (lang.t(t.todo)) } }
         }
         @if a.open() && a.status != "final" { (ack_form(lang, a, csrf, reasons)) }
+        @if a.open() { (snooze_form(lang, a, csrf)) }
     }
 }

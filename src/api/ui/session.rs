@@ -1,28 +1,33 @@
-//! Server-side sessions of the console and the one-time sign-in links of the demo.
+//! Server-side sessions of the console and the one-time sign-in links of the demo, kept in the
+//! store so that every replica behind one address shares them.
 //!
 //! A session is a random 256-bit value in an `HttpOnly`, `SameSite=Strict` cookie (and `Secure`
-//! unless `[ui] secure_cookie = false`); the server keeps only its SHA-256, with the signed-in
-//! client (a person), the session's CSRF token and when it was last used. A session unused for
-//! `[ui] session_idle_minutes` ends. A sign-in link is a random value too, kept as a hash until
-//! it is used once or its `[ui] sign_in_link_minutes` pass. Sessions live in the memory of the
-//! replica that created them (a restart signs everybody out; behind a load balancer, route a
-//! session to its replica).
+//! unless `[ui] secure_cookie = false`); the store keeps only its SHA-256 (`console_sessions`),
+//! with the signed-in client (a person), the session's CSRF token and when it was last used. A
+//! session unused for `[ui] session_idle_minutes` ends (its last use is written at most once a
+//! minute, so a page costs no write). A sign-in link and an OpenID Connect `state` are random
+//! values too, kept as hashes (`console_once`) until they are used once or their
+//! `[ui] sign_in_link_minutes` pass: a link redeemed on one replica is refused on every other.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
 use crate::access::Client;
 use crate::auth::{new_token, token_hash};
 use crate::config::UiSettings;
+use crate::fhir::time::now_us;
 use crate::outbound::oidc::{Endpoints, OidcClient};
+use crate::store::{SessionRow, Store, StoreError};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "cb_session";
 /// The language cookie's name.
 pub const LANG_COOKIE: &str = "cb_lang";
+
+/// How stale a session's recorded last use may get before a request records it again.
+const TOUCH_EVERY_US: i64 = 60_000_000;
 
 /// A signed-in person's session, as a request sees it.
 #[derive(Debug, Clone)]
@@ -32,22 +37,9 @@ pub struct Session {
     pub csrf: String,
 }
 
-struct Live {
-    session: Session,
-    last_seen: Instant,
-}
-
-struct Link {
-    client: Client,
-    expires: Instant,
-}
-
-/// The console's sign-in state: live sessions and unused sign-in links.
+/// The console's sign-in state, in the store.
 pub struct Sessions {
-    live: Mutex<HashMap<String, Live>>,
-    links: Mutex<HashMap<String, Link>>,
-    /// OpenID Connect sign-ins under way: hash of `state` → PKCE verifier, until when.
-    pending: Mutex<HashMap<String, (String, Instant)>>,
+    store: Arc<dyn Store>,
     /// The OpenID Connect issuer's client and endpoints, once discovered.
     pub(super) issuer: OnceCell<(OidcClient, Endpoints)>,
     idle: Duration,
@@ -55,17 +47,22 @@ pub struct Sessions {
     secure: bool,
 }
 
-/// A poisoned lock still holds a consistent map (every critical section is one map operation).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// A stored client that does not read back (never its contents: only where and why).
+fn corrupt(what: &str, e: &serde_json::Error) -> StoreError {
+    StoreError::Corrupt {
+        what: what.to_owned(),
+        error: e.to_string(),
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 impl Sessions {
-    pub fn new(settings: &UiSettings) -> Sessions {
+    pub fn new(settings: &UiSettings, store: Arc<dyn Store>) -> Sessions {
         Sessions {
-            live: Mutex::new(HashMap::new()),
-            links: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            store,
             issuer: OnceCell::const_new(),
             idle: Duration::from_secs(u64::from(settings.session_idle_minutes) * 60),
             link_ttl: Duration::from_secs(u64::from(settings.sign_in_link_minutes) * 60),
@@ -73,86 +70,106 @@ impl Sessions {
         }
     }
 
+    /// Keeps a one-time value for the lifetime of a sign-in link; expired ones are dropped.
+    async fn keep_once(&self, kind: &str, token: &str, value: &str) -> Result<(), StoreError> {
+        let now = now_us();
+        let mut tx = self.store.begin().await?;
+        tx.sessions_expire(now - micros(self.idle), now).await?;
+        tx.once_put(kind, &token_hash(token), value, now + micros(self.link_ttl))
+            .await?;
+        tx.commit().await
+    }
+
+    /// Takes a one-time value once, if it has not expired.
+    async fn take_once(&self, kind: &str, token: &str) -> Result<Option<String>, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let found = tx.once_take(kind, &token_hash(token)).await?;
+        tx.commit().await?;
+        Ok(found.and_then(|(value, until)| (until > now_us()).then_some(value)))
+    }
+
     /// A one-time sign-in link's token for `client` (the demo prints it in a URL).
-    pub fn mint_link(&self, client: Client) -> String {
+    pub async fn mint_link(&self, client: Client) -> Result<String, StoreError> {
         let token = new_token();
-        let now = Instant::now();
-        let mut links = lock(&self.links);
-        links.retain(|_, l| l.expires > now);
-        links.insert(
-            token_hash(&token),
-            Link {
-                client,
-                expires: now + self.link_ttl,
-            },
-        );
-        token
+        let value = serde_json::to_string(&client).map_err(|e| corrupt("sign-in link", &e))?;
+        self.keep_once("link", &token, &value).await?;
+        Ok(token)
     }
 
     /// Uses a sign-in link: the new session's cookie value, or `None` when the link is unknown,
-    /// used or expired. A link works once, whatever happens next.
-    pub fn redeem(&self, token: &str) -> Option<String> {
-        let link = lock(&self.links).remove(&token_hash(token))?;
-        if link.expires <= Instant::now() {
-            return None;
-        }
-        Some(self.start(link.client))
+    /// used or expired. A link works once, whatever happens next, on any replica.
+    pub async fn redeem(&self, token: &str) -> Result<Option<String>, StoreError> {
+        let Some(value) = self.take_once("link", token).await? else {
+            return Ok(None);
+        };
+        let client: Client =
+            serde_json::from_str(&value).map_err(|e| corrupt("sign-in link", &e))?;
+        self.start(client).await.map(Some)
     }
 
     /// Begins an OpenID Connect sign-in: its `state` and PKCE code verifier (valid once, for
     /// the lifetime of a sign-in link).
-    pub fn begin_sign_in(&self) -> (String, String) {
+    pub async fn begin_sign_in(&self) -> Result<(String, String), StoreError> {
         let (state, verifier) = (new_token(), new_token());
-        let now = Instant::now();
-        let mut pending = lock(&self.pending);
-        pending.retain(|_, (_, until)| *until > now);
-        pending.insert(token_hash(&state), (verifier.clone(), now + self.link_ttl));
-        (state, verifier)
+        self.keep_once("state", &state, &verifier).await?;
+        Ok((state, verifier))
     }
 
     /// The verifier of a sign-in under way, once; `None` for an unknown, used or late `state`.
-    pub fn finish_sign_in(&self, state: &str) -> Option<String> {
-        let (verifier, until) = lock(&self.pending).remove(&token_hash(state))?;
-        (until > Instant::now()).then_some(verifier)
+    pub async fn finish_sign_in(&self, state: &str) -> Result<Option<String>, StoreError> {
+        self.take_once("state", state).await
     }
 
     /// Starts a session for `client`; its cookie value.
-    pub fn start(&self, client: Client) -> String {
+    pub async fn start(&self, client: Client) -> Result<String, StoreError> {
         let cookie = new_token();
-        let now = Instant::now();
-        let mut live = lock(&self.live);
-        let idle = self.idle;
-        live.retain(|_, s| now.duration_since(s.last_seen) < idle);
-        live.insert(
-            token_hash(&cookie),
-            Live {
-                session: Session {
-                    client,
-                    csrf: new_token(),
-                },
-                last_seen: now,
-            },
-        );
-        cookie
+        let now = now_us();
+        let row = SessionRow {
+            key: token_hash(&cookie),
+            client: serde_json::to_string(&client).map_err(|e| corrupt("console session", &e))?,
+            csrf: new_token(),
+            last_used_us: now,
+        };
+        let mut tx = self.store.begin().await?;
+        tx.sessions_expire(now - micros(self.idle), now).await?;
+        tx.session_put(&row).await?;
+        tx.commit().await?;
+        Ok(cookie)
     }
 
     /// The live session of a cookie value (its idle time starts again), or `None`.
-    pub fn get(&self, cookie: &str) -> Option<Session> {
+    pub async fn get(&self, cookie: &str) -> Result<Option<Session>, StoreError> {
         let key = token_hash(cookie);
-        let now = Instant::now();
-        let mut live = lock(&self.live);
-        let entry = live.get_mut(&key)?;
-        if now.duration_since(entry.last_seen) >= self.idle {
-            live.remove(&key);
-            return None;
+        let now = now_us();
+        let row = {
+            let mut tx = self.store.begin_read().await?;
+            tx.session_get(&key).await?
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if now - row.last_used_us >= micros(self.idle) {
+            self.end(cookie).await?;
+            return Ok(None);
         }
-        entry.last_seen = now;
-        Some(entry.session.clone())
+        if now - row.last_used_us >= TOUCH_EVERY_US {
+            let mut tx = self.store.begin().await?;
+            tx.session_touch(&key, now).await?;
+            tx.commit().await?;
+        }
+        let client: Client =
+            serde_json::from_str(&row.client).map_err(|e| corrupt("console session", &e))?;
+        Ok(Some(Session {
+            client,
+            csrf: row.csrf,
+        }))
     }
 
-    /// Ends the session of a cookie value.
-    pub fn end(&self, cookie: &str) {
-        lock(&self.live).remove(&token_hash(cookie));
+    /// Ends the session of a cookie value (on every replica).
+    pub async fn end(&self, cookie: &str) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        tx.session_delete(&token_hash(cookie)).await?;
+        tx.commit().await
     }
 
     /// The `Set-Cookie` value that carries a session.
@@ -195,27 +212,53 @@ mod tests {
     use super::*;
     use crate::access::Role;
 
-    fn sessions(idle_minutes: u32) -> Sessions {
-        Sessions::new(&UiSettings {
+    async fn sessions(idle_minutes: u32) -> (tempfile::TempDir, Sessions) {
+        let (dir, store) = crate::store::tests::sqlite_store().await;
+        let settings = UiSettings {
             session_idle_minutes: idle_minutes,
             ..UiSettings::default()
-        })
+        };
+        (dir, Sessions::new(&settings, Arc::new(store)))
     }
 
-    #[test]
-    fn a_link_signs_in_once() {
-        let s = sessions(30);
-        let token = s.mint_link(Client::system("nurse", Role::CareTeam));
-        let cookie = s.redeem(&token).expect("the first use signs in");
-        assert_eq!(s.get(&cookie).expect("a session").client.id, "nurse");
-        assert!(s.redeem(&token).is_none(), "the second use is refused");
-        assert!(s.redeem("cb_unknown").is_none());
-        s.end(&cookie);
-        assert!(s.get(&cookie).is_none());
+    #[tokio::test]
+    async fn a_link_signs_in_once() {
+        let (_dir, s) = sessions(30).await;
+        let token = s
+            .mint_link(Client::system("nurse", Role::CareTeam))
+            .await
+            .unwrap();
+        let cookie = s
+            .redeem(&token)
+            .await
+            .unwrap()
+            .expect("the first use signs in");
+        let session = s.get(&cookie).await.unwrap().expect("a session");
+        assert_eq!(session.client.id, "nurse");
+        assert!(
+            s.redeem(&token).await.unwrap().is_none(),
+            "the second use is refused"
+        );
+        assert!(s.redeem("cb_unknown").await.unwrap().is_none());
+        let (state, verifier) = s.begin_sign_in().await.unwrap();
+        assert_eq!(s.finish_sign_in(&state).await.unwrap(), Some(verifier));
+        assert_eq!(s.finish_sign_in(&state).await.unwrap(), None);
+        s.end(&cookie).await.unwrap();
+        assert!(s.get(&cookie).await.unwrap().is_none());
     }
 
-    #[test]
-    fn cookies_and_tokens() {
+    #[tokio::test]
+    async fn an_idle_session_ends() {
+        let (_dir, s) = sessions(0).await;
+        let cookie = s
+            .start(Client::system("nurse", Role::CareTeam))
+            .await
+            .unwrap();
+        assert!(s.get(&cookie).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn cookies_and_tokens() {
         assert_eq!(
             cookie_value("a=1; cb_session=xyz; b=2", SESSION_COOKIE),
             Some("xyz")
@@ -224,7 +267,8 @@ mod tests {
         assert!(same_token("abc", "abc"));
         assert!(!same_token("abc", "abd"));
         assert!(!same_token("abc", "ab"));
-        let c = sessions(30).cookie("v");
+        let (_dir, s) = sessions(30).await;
+        let c = s.cookie("v");
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Secure"));
     }
 }

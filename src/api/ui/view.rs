@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 
 use crate::detect::team::coordinator_role;
 use crate::fhir::SECTOR_TAG_SYSTEM;
+use crate::fhir::time::instant;
+use crate::gateway::history::SNOOZE_EXTENSION;
+use crate::store::HistoryRow;
 use crate::terminology::Mapping;
 
 /// One alert as the inbox and the detail page show it.
@@ -19,12 +22,64 @@ pub struct AlertLine {
     pub severity: String,
     pub status: String,
     pub raised: String,
-    pub updated: String,
     pub detail: String,
     /// The implicated records: (`Type/gid`, sector, type).
     pub implicated: Vec<(String, String, String)>,
-    /// Acknowledgements: (date, author, text).
-    pub mitigations: Vec<(String, String, String)>,
+    /// While the alert is snoozed: until when (a FHIR dateTime), by whom, why.
+    pub snoozed: Option<(String, String, String)>,
+}
+
+/// One change in an alert's history, as the detail page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryLine {
+    /// raised, updated, acknowledged, snoozed, closed or reopened.
+    pub kind: String,
+    /// When (a FHIR instant).
+    pub at: String,
+    /// Who (empty: the gateway's detection).
+    pub author: String,
+    pub note: String,
+    /// The alert's detail text after the change.
+    pub detail: String,
+    /// Implicated records that joined or left with this change (`Type/gid`).
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// The history lines of an alert's stored history: each change with what it changed in the
+/// implicated records, compared with the change before it.
+pub fn history(rows: &[HistoryRow]) -> Vec<HistoryLine> {
+    let mut before: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for (i, h) in rows.iter().enumerate() {
+        let now: Vec<String> = serde_json::from_str(&h.implicated).unwrap_or_default();
+        let (added, removed) = if i == 0 || h.kind == "snoozed" || h.kind == "acknowledged" {
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                now.iter()
+                    .filter(|r| !before.contains(r))
+                    .cloned()
+                    .collect(),
+                before
+                    .iter()
+                    .filter(|r| !now.contains(r))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        out.push(HistoryLine {
+            kind: h.kind.clone(),
+            at: instant(h.at_us),
+            author: h.author.clone(),
+            note: h.note.clone(),
+            detail: h.detail.clone(),
+            added,
+            removed,
+        });
+        before = now;
+    }
+    out
 }
 
 fn s(v: &Value, path: &[&str]) -> String {
@@ -51,18 +106,6 @@ impl AlertLine {
                 (reference, sector.to_owned(), rtype.to_owned())
             })
             .collect();
-        let mitigations = di["mitigation"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| {
-                (
-                    s(m, &["date"]),
-                    s(m, &["author", "display"]),
-                    s(m, &["action", "text"]),
-                )
-            })
-            .collect();
         AlertLine {
             id: s(di, &["id"]),
             patient: s(di, &["patient", "reference"])
@@ -73,10 +116,9 @@ impl AlertLine {
             severity: s(di, &["severity"]),
             status: s(di, &["status"]),
             raised: s(di, &["identifiedDateTime"]),
-            updated: s(di, &["meta", "lastUpdated"]),
             detail: s(di, &["detail"]),
             implicated,
-            mitigations,
+            snoozed: snooze_of(di),
         }
     }
 
@@ -104,6 +146,28 @@ impl AlertLine {
             _ => 2,
         }
     }
+}
+
+/// The snooze extension of a served DetectedIssue: (until, author, note).
+fn snooze_of(di: &Value) -> Option<(String, String, String)> {
+    let ext = di["extension"]
+        .as_array()?
+        .iter()
+        .find(|e| e["url"] == SNOOZE_EXTENSION)?;
+    let part = |name: &str, key: &str| {
+        ext["extension"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["url"] == name)
+            .map(|e| s(e, &[key]))
+            .unwrap_or_default()
+    };
+    Some((
+        part("until", "valueDateTime"),
+        part("author", "valueString"),
+        part("note", "valueString"),
+    ))
 }
 
 /// Orders alerts by severity, then the oldest first.
@@ -358,35 +422,6 @@ impl Plan {
     }
 }
 
-/// The section of `docs/alerts.md` that explains an alert code, as plain paragraphs.
-pub fn rule_text(doc: &str, code: &str) -> Vec<String> {
-    let needle = format!("`{code}`");
-    let mut lines = doc
-        .lines()
-        .skip_while(|l| !(l.starts_with("### ") && l.contains(&needle)));
-    let Some(_) = lines.next() else {
-        return Vec::new();
-    };
-    let mut paragraphs = Vec::new();
-    let mut cur = String::new();
-    for l in lines.take_while(|l| !l.starts_with('#')) {
-        if l.trim().is_empty() {
-            if !cur.is_empty() {
-                paragraphs.push(std::mem::take(&mut cur));
-            }
-            continue;
-        }
-        if !cur.is_empty() {
-            cur.push(' ');
-        }
-        cur.push_str(l.trim().replace(['`', '*'], "").as_str());
-    }
-    if !cur.is_empty() {
-        paragraphs.push(cur);
-    }
-    paragraphs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,17 +442,34 @@ mod tests {
             ("p1", "DUPTHPGEN", 0)
         );
         assert_eq!(a.sectors(), ["gp", "hospital"]);
-        assert_eq!(a.mitigations.len(), 1);
         assert!(a.open());
     }
 
     #[test]
-    fn the_rule_text_comes_from_its_section() {
-        let doc = "# T\n\n### Polypharmacy — `polypharmacy` (moderate)\n\nMany **drugs**\nat once.\n\nSecond.\n\n## Next\nNo.";
+    fn a_snooze_and_the_history_are_read_as_shown() {
+        let di = json!({ "resourceType": "DetectedIssue", "id": "a1", "extension": [{
+            "url": SNOOZE_EXTENSION, "extension": [
+                { "url": "until", "valueDateTime": "2026-12-10T00:00:00.000Z" },
+                { "url": "author", "valueString": "N" } ] }] });
         assert_eq!(
-            rule_text(doc, "polypharmacy"),
-            ["Many drugs at once.", "Second."]
+            AlertLine::from_issue(&di).snoozed,
+            Some(("2026-12-10T00:00:00.000Z".into(), "N".into(), String::new()))
         );
-        assert!(rule_text(doc, "DUPTHPGEN").is_empty());
+        let row = |kind: &str, implicated: &str| HistoryRow {
+            kind: kind.into(),
+            implicated: implicated.into(),
+            ..HistoryRow::default()
+        };
+        let lines = history(&[
+            row("raised", r#"["A/1","A/2"]"#),
+            row("acknowledged", r#"["A/1","A/2"]"#),
+            row("updated", r#"["A/1","A/3"]"#),
+        ]);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].added.is_empty() && lines[1].added.is_empty());
+        assert_eq!(
+            (lines[2].added.clone(), lines[2].removed.clone()),
+            (vec!["A/3".to_owned()], vec!["A/2".to_owned()])
+        );
     }
 }
