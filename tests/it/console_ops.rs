@@ -275,6 +275,18 @@ async fn auditor_verifies_and_reports(b: &Browser, demo: &Demo, cpr: &str, lang:
     assert!(count(b, "#accesses tr[data-seq]").await >= 1);
     assert!(b.text().await.contains("N8SD2"));
     checked(b, "audit-access", lang).await;
+    set_value(b, "a-person", "https://autregweb.sst.dk|N8SD2").await;
+    click_until(
+        b,
+        "div.sectors form:nth-of-type(2) button[type=submit]",
+        "#h-report",
+    )
+    .await;
+    assert!(
+        count(b, "#events tr[data-seq]").await >= 1,
+        "the person's rows"
+    );
+    checked(b, "audit-access-person", lang).await;
 }
 
 #[tokio::test]
@@ -560,6 +572,10 @@ async fn hospital_fails(app: &TestApp, b: &Browser, origin: &str, hospital: &mut
         "raised once after four failed attempts: {raised}"
     );
     assert!(cleared.is_empty(), "{cleared}");
+    checked(b, "it-board-failing", "en").await;
+    goto(b, origin, "/ui/it/dead").await;
+    assert_eq!(count(b, "#dead tr[data-entry] form").await, 1);
+    checked(b, "it-dead-letter", "en").await;
 }
 
 /// The admin replays the dead letter with a reason; the copy arrives, the board recovers once.
