@@ -315,11 +315,12 @@ impl Gateway {
             Some((system, value)) => tx.patient_by_identifier(system, value).await?,
             None => Some(patient.to_owned()),
         };
-        let Some(patient) = resolved else {
-            return Ok(Vec::new());
+        // An identifier no patient holds reports nothing (and the look-up is audited as well).
+        let patient = resolved.unwrap_or_default();
+        let rows = match patient.is_empty() {
+            true => Vec::new(),
+            false => tx.access_report(&patient, offset, count).await?,
         };
-        let patient = patient.as_str();
-        let rows = tx.access_report(patient, offset, count).await?;
         let mut row = audit::row(
             &caller.actor(),
             None,
@@ -327,7 +328,7 @@ impl Gateway {
             Interaction::SearchType,
             Outcome::Success,
         );
-        row.patient_id = Some(patient.to_owned());
+        row.patient_id = Some(patient).filter(|p| !p.is_empty());
         row.entities = vec!["access-report".into()];
         row.basis = Some("auditor".into());
         row.detail = Some(format!("access report: {} lines", rows.len()));

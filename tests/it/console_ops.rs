@@ -115,6 +115,18 @@ async fn click(b: &Browser, css: &str) {
         .unwrap();
 }
 
+/// Clicks and waits until the page that follows shows `until` (a click does not wait for the
+/// navigation it starts).
+async fn click_until(b: &Browser, css: &str, until: &str) {
+    click(b, css).await;
+    b.client
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(until))
+        .await
+        .unwrap_or_else(|e| panic!("after {css}, no {until}: {e}"));
+}
+
 async fn set_value(b: &Browser, id: &str, value: &str) {
     b.client
         .execute(
@@ -166,9 +178,10 @@ async fn auditor_searches(b: &Browser, demo: &Demo, cpr: &str, gid: &str, lang: 
     set_value(b, "a-cpr", cpr).await;
     set_value(b, "a-from", &today()).await;
     set_value(b, "a-to", &today()).await;
-    click(
+    click_until(
         b,
         "form[action='/ui/audit/search'] fieldset button[type=submit]",
+        "#h-result",
     )
     .await;
     let text = b.text().await;
@@ -233,7 +246,12 @@ async fn auditor_reviews(b: &Browser, demo: &Demo, grant: &str, lang: &str) {
             "Checked with the ward: emergency admission",
         )
         .await;
-        click(b, &format!("tr[data-grant='{grant}'] button[type=submit]")).await;
+        click_until(
+            b,
+            &format!("tr[data-grant='{grant}'] button[type=submit]"),
+            "#bg-status option[value='reviewed'][selected]",
+        )
+        .await;
         assert_eq!(path_now(b).await, "/ui/audit/break-glass");
         let text = b.text().await;
         assert!(text.contains("Checked with the ward"), "{text}");
@@ -248,10 +266,27 @@ async fn auditor_verifies_and_reports(b: &Browser, demo: &Demo, cpr: &str, lang:
     checked(b, "audit-verify", lang).await;
     goto(b, &demo.origin, "/ui/audit/access").await;
     set_value(b, "a-cpr", cpr).await;
-    click(b, "form[action='/ui/audit/access'] button[type=submit]").await;
+    click_until(
+        b,
+        "form[action='/ui/audit/access'] button[type=submit]",
+        "#h-report",
+    )
+    .await;
     assert!(count(b, "#accesses tr[data-seq]").await >= 1);
     assert!(b.text().await.contains("N8SD2"));
     checked(b, "audit-access", lang).await;
+    set_value(b, "a-person", "https://autregweb.sst.dk|N8SD2").await;
+    click_until(
+        b,
+        "div.sectors form:nth-of-type(2) button[type=submit]",
+        "#h-report",
+    )
+    .await;
+    assert!(
+        count(b, "#events tr[data-seq]").await >= 1,
+        "the person's rows"
+    );
+    checked(b, "audit-access-person", lang).await;
 }
 
 #[tokio::test]
@@ -537,6 +572,10 @@ async fn hospital_fails(app: &TestApp, b: &Browser, origin: &str, hospital: &mut
         "raised once after four failed attempts: {raised}"
     );
     assert!(cleared.is_empty(), "{cleared}");
+    checked(b, "it-board-failing", "en").await;
+    goto(b, origin, "/ui/it/dead").await;
+    assert_eq!(count(b, "#dead tr[data-entry] form").await, 1);
+    checked(b, "it-dead-letter", "en").await;
 }
 
 /// The admin replays the dead letter with a reason; the copy arrives, the board recovers once.
@@ -552,8 +591,12 @@ async fn admin_replays(app: &TestApp, b: &Browser, origin: &str, hospital: &Peer
         .unwrap()
         .unwrap();
     set_value(b, &format!("reason-{id}"), "The hospital's server is back").await;
-    click(b, &format!("tr[data-entry='{id}'] button[type=submit]")).await;
-    assert_eq!(count(b, "#done").await, 1);
+    click_until(
+        b,
+        &format!("tr[data-entry='{id}'] button[type=submit]"),
+        "#done",
+    )
+    .await;
     wait_for("the replayed copy at the hospital", 30, || async {
         copy_at(hospital, "gp", "Condition", "c1").await
     })
@@ -723,6 +766,11 @@ async fn the_message_browser_finds_an_entry_among_10000_without_reading_bodies()
     );
     set_value(&b, "m-resource", &gid).await;
     click(&b, "form[action='/ui/it/messages'] button[type=submit]").await;
+    wait_for("the search's page", 30, || async {
+        let url = b.client.current_url().await.unwrap();
+        url.as_str().contains(&gid).then_some(())
+    })
+    .await;
     let found: Vec<String> = {
         let mut out = Vec::new();
         for row in b
@@ -750,6 +798,11 @@ async fn the_message_browser_finds_an_entry_among_10000_without_reading_bodies()
     // The next page of everything, by the link the page gives.
     goto(&b, &origin, "/ui/it/messages?type=CarePlan").await;
     click(&b, "nav.pages a").await;
+    wait_for("the next page", 30, || async {
+        let url = b.client.current_url().await.unwrap();
+        url.as_str().contains("before=").then_some(())
+    })
+    .await;
     assert_eq!(count(&b, "#messages tr[data-entry]").await, 50);
     let text = b.text().await;
     assert!(!text.contains("patient-"), "no patient id on the page");
@@ -870,6 +923,14 @@ async fn each_role_opens_only_its_own_pages_and_admins_see_no_patient_data() {
     for path in AUDIT_PAGES {
         assert_eq!(auditor.get(path).await.0, StatusCode::OK, "auditor: {path}");
     }
+    // A page number past any result is an empty page, not a failure.
+    let csrf_of = |page: &str| {
+        let i = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+        page[i..i + page[i..].find('"').unwrap()].to_owned()
+    };
+    let token = csrf_of(&auditor.get("/ui/audit/search").await.1);
+    let far = [("csrf", token.as_str()), ("page", "9223372036854775807")];
+    assert_eq!(auditor.post("/ui/audit/search", &far).await, StatusCode::OK);
     // Forms without the session's CSRF token are refused.
     let forged = [
         ("csrf", "forged"),

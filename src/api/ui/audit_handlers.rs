@@ -25,8 +25,10 @@ use crate::store::AuditQuery;
 
 /// Rows on one page of the audit search.
 pub const PAGE_ROWS: i64 = 50;
-/// The most rows one export of a search holds.
+/// The most rows one export of a search holds (`X-Total-Count` tells a longer result).
 pub const EXPORT_MAX: i64 = 10_000;
+/// The last page a search form may ask for.
+const MAX_PAGE: i64 = 1_000_000;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -168,7 +170,7 @@ async fn search(
         return csrf_refused(&s, Msg::AuditSearchTitle);
     }
     let f = posted(&form);
-    let q = match audit_query(&f, f.page.max(0) * PAGE_ROWS, PAGE_ROWS) {
+    let q = match audit_query(&f, f.page * PAGE_ROWS, PAGE_ROWS) {
         Ok(q) => q,
         Err(e) => return refused(&s, Msg::AuditSearchTitle, &e),
     };
@@ -194,7 +196,11 @@ fn posted(form: &[(String, String)]) -> AuditForm {
         action: get("action"),
         outcome: get("outcome"),
         basis: get("basis"),
-        page: field(form, "page").parse().unwrap_or(0),
+        // Any page number a form may carry, within what the arithmetic of paging can hold.
+        page: field(form, "page")
+            .parse::<i64>()
+            .unwrap_or(0)
+            .clamp(0, MAX_PAGE),
     }
 }
 
@@ -211,8 +217,8 @@ async fn export(
         Ok(q) => q,
         Err(e) => return refused(&s, Msg::AuditSearchTitle, &e),
     };
-    let rows = match state.gateway.audit_search(&s.caller, &q, false).await {
-        Ok((rows, _)) => rows,
+    let (rows, total) = match state.gateway.audit_search(&s.caller, &q, true).await {
+        Ok(found) => found,
         Err(e) => return refused(&s, Msg::AuditSearchTitle, &e),
     };
     let mut body = Vec::with_capacity(rows.len() * 1024);
@@ -231,6 +237,10 @@ async fn export(
         header::CONTENT_DISPOSITION,
         HeaderValue::from_static("attachment; filename=\"audit-search.ndjson\""),
     );
+    // The whole result's size: more than the file holds when it was cut at EXPORT_MAX.
+    if let Ok(v) = HeaderValue::from_str(&total.unwrap_or(0).to_string()) {
+        h.insert("x-total-count", v);
+    }
     resp
 }
 
