@@ -61,7 +61,7 @@ impl From<&AlertSettings> for Rules {
         Rules {
             polypharmacy_threshold: a.polypharmacy_threshold,
             reply_within_hours: a.reply_within_hours,
-            chronic: a.chronic.clone(),
+            chronic: crate::terminology::conditions::CodeList::new(&a.chronic),
             coordinator_roles: a.coordinator_roles.clone(),
             reply_requested: a.reply_requested.clone(),
             addressed_by_orders: a.addressed_by_orders,
