@@ -108,7 +108,14 @@ pub async fn snapshot(tx: &mut dyn StoreTx, patient_id: &str, now_us: i64) -> Re
     // References that may point at copies the gateway delivered to the referring sector.
     let mut refs = Vec::new();
     for i in &snap.items {
-        for key in ["inResponseTo", "addresses", "goal"] {
+        for key in [
+            "inResponseTo",
+            "addresses",
+            "goal",
+            "basedOn",
+            "derivedFrom",
+            "reasonReference",
+        ] {
             for r in i
                 .body
                 .get(key)
