@@ -256,20 +256,45 @@ impl Patient {
         }
     }
 
+    /// What the gateway's snapshot holds: the records of the detected types, and the
+    /// Encounters that active orders name (for stale orders).
     fn items(&self) -> Vec<Item> {
-        self.sectors
-            .iter()
-            .flat_map(|(s, list)| list.iter().map(move |r| (*s, r)))
+        let all = || {
+            self.sectors
+                .iter()
+                .flat_map(|(s, list)| list.iter().map(move |r| (*s, r)))
+        };
+        let item = |s: &str, r: &Value| Item {
+            gid: gateway_id(s, rtype(r), rid(r)),
+            sector: s.to_owned(),
+            rtype: rtype(r).to_owned(),
+            rid: rid(r).to_owned(),
+            version: 1,
+            body: r.clone(),
+        };
+        let mut items: Vec<Item> = all()
             .filter(|(_, r)| alerts::DETECT_TYPES.contains(&rtype(r)))
-            .map(|(s, r)| Item {
-                gid: gateway_id(s, rtype(r), rid(r)),
-                sector: s.to_owned(),
-                rtype: rtype(r).to_owned(),
-                rid: rid(r).to_owned(),
-                version: 1,
-                body: r.clone(),
+            .map(|(s, r)| item(s, r))
+            .collect();
+        let named: std::collections::BTreeSet<(String, String)> = items
+            .iter()
+            .filter(|i| detect::active_medication(i))
+            .filter_map(|i| {
+                Some((
+                    i.sector.clone(),
+                    i.body.pointer("/encounter/reference")?.as_str()?.to_owned(),
+                ))
             })
-            .collect()
+            .collect();
+        items.extend(
+            all()
+                .filter(|(s, r)| {
+                    rtype(r) == "Encounter"
+                        && named.contains(&((*s).to_owned(), format!("Encounter/{}", rid(r))))
+                })
+                .map(|(s, r)| item(s, r)),
+        );
+        items
     }
 
     fn stored(&self) -> usize {
@@ -645,8 +670,8 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
         let each = (opts.runs / 4).max(1);
         let mut by_detector = serde_json::Map::new();
         {
-            use detect::{communication, conditions, medication, plans, team};
-            let detectors: [(&str, &dyn Fn() -> usize); 8] = [
+            use detect::{communication, conditions, medication, needs, plans, team};
+            let detectors: [(&str, &dyn Fn() -> usize); 10] = [
                 ("medication::duplicate_ingredient", &|| {
                     medication::duplicate_ingredient(&snapshot, &cx).len()
                 }),
@@ -671,6 +696,10 @@ async fn run(opts: Opts, shared: PathBuf) -> Result<()> {
                 ("communication::unanswered", &|| {
                     communication::unanswered(&snapshot, &cx).len()
                 }),
+                ("medication::stale_orders", &|| {
+                    medication::stale_orders(&snapshot, &cx).len()
+                }),
+                ("needs::overdue", &|| needs::overdue(&snapshot, &cx).len()),
             ];
             for (name, f) in detectors {
                 let mut us = Vec::with_capacity(each);

@@ -140,8 +140,8 @@ fn judged<'a>(s: &Snapshot, items: &[&'a Item]) -> Vec<&'a Item> {
 }
 
 /// A statement reports an order when it names the same product (a shared `system|code`), is
-/// `basedOn` or `derivedFrom` it (directly or through the copy the statement's sector got), or
-/// is its own sector's statement of the ingredient.
+/// `basedOn` or `derivedFrom` it (by the gateway id, or through the copy the statement's sector
+/// got), or is its own sector's statement of the ingredient.
 fn reports(s: &Snapshot, statement: &Item, order: &Item) -> bool {
     if statement.sector == order.sector {
         return true;
@@ -156,7 +156,10 @@ fn reports(s: &Snapshot, statement: &Item, order: &Item) -> bool {
         .flat_map(|k| statement.body.get(*k).and_then(Value::as_array))
         .flatten()
         .filter_map(|r| r.get("reference")?.as_str())
-        .any(|r| s.target(&statement.sector, r).as_deref() == Some(order.gid.as_str()))
+        .any(|r| {
+            s.target(&statement.sector, r).as_deref() == Some(order.gid.as_str())
+                || crate::fhir::parse_relative(r).is_some_and(|(_, id)| id == order.gid)
+        })
 }
 
 /// DUPTHPGEN: two or more active medications with the same active ingredient (ATC level 5,
@@ -359,4 +362,123 @@ pub fn next_stale(s: &Snapshot) -> Option<i64> {
         .filter(|e| *e >= s.now_us)
         .map(|e| e + 1)
         .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{item, rules, snapshot};
+    use super::super::{Context, detect};
+    use crate::terminology::{Mapping, MedKnowledge};
+    use serde_json::{Value, json};
+
+    fn med(
+        sector: &str,
+        rtype: &str,
+        id: &str,
+        system: &str,
+        code: &str,
+        extra: Value,
+    ) -> super::Item {
+        let mut body = json!({"status": "active", "intent": "order",
+            "medicationCodeableConcept": {"coding": [{"system": system, "code": code}]}});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        item(sector, rtype, id, body)
+    }
+
+    fn found(items: Vec<super::Item>) -> Vec<&'static str> {
+        let (k, m, r) = (MedKnowledge::empty(), Mapping::empty(), rules());
+        let cx = Context {
+            knowledge: &k,
+            mapping: &m,
+            rules: &r,
+        };
+        detect(&snapshot(items), &cx)
+            .into_iter()
+            .map(|f| f.code.1)
+            .collect()
+    }
+
+    const P: &str = "urn:test:product";
+    const ATC: &str = "http://www.whocc.no/atc";
+
+    #[test]
+    fn an_unknown_product_code_is_itself() {
+        let none = json!({});
+        let same = vec![
+            med("gp", "MedicationRequest", "a", P, "081234", none.clone()),
+            med(
+                "hospital",
+                "MedicationRequest",
+                "b",
+                P,
+                "081234",
+                none.clone(),
+            ),
+        ];
+        assert_eq!(found(same), ["DUPTHPGEN"]);
+        let differ = vec![
+            med("gp", "MedicationRequest", "a", P, "081234", none.clone()),
+            med("hospital", "MedicationRequest", "b", P, "099999", none),
+        ];
+        assert!(found(differ).is_empty());
+    }
+
+    #[test]
+    fn a_statement_counts_unless_it_reports_an_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fhir-profiles");
+        let (k, m, r) = (MedKnowledge::load(&dir).unwrap(), Mapping::empty(), rules());
+        let cx = Context {
+            knowledge: &k,
+            mapping: &m,
+            rules: &r,
+        };
+        let codes = |items: Vec<super::Item>| -> Vec<&'static str> {
+            detect(&snapshot(items), &cx)
+                .into_iter()
+                .map(|f| f.code.1)
+                .collect()
+        };
+        // Codeine with paracetamol ordered; paracetamol alone reported by another sector.
+        let order = med("gp", "MedicationRequest", "o", ATC, "N02AJ06", json!({}));
+        let statement = |code: &str, extra: Value| {
+            med("municipality", "MedicationStatement", "s", ATC, code, extra)
+        };
+        assert_eq!(
+            codes(vec![order.clone(), statement("N02BE01", json!({}))]),
+            ["DUPTHPGEN"]
+        );
+        // The same product, or a statement based on the order: it reports the order.
+        assert!(codes(vec![order.clone(), statement("N02AJ06", json!({}))]).is_empty());
+        let based_on =
+            json!({"basedOn": [{"reference": format!("MedicationRequest/{}", order.gid)}]});
+        assert!(codes(vec![order.clone(), statement("N02BE01", based_on)]).is_empty());
+        // The ordering sector's own statement of it.
+        let own = med("gp", "MedicationStatement", "s", ATC, "N02BE01", json!({}));
+        assert!(codes(vec![order, own]).is_empty());
+    }
+
+    #[test]
+    fn an_order_past_its_validity_is_stale_not_a_duplicate() {
+        let gp = med("gp", "MedicationRequest", "a", ATC, "C03CA01", json!({}));
+        let old = med(
+            "hospital",
+            "MedicationRequest",
+            "b",
+            ATC,
+            "C03CA01",
+            json!({"dispenseRequest": {"validityPeriod": {"end": "2026-01-01"}}}),
+        );
+        assert_eq!(found(vec![gp.clone(), old]), ["stale-order"]);
+        let current = med(
+            "hospital",
+            "MedicationRequest",
+            "b",
+            ATC,
+            "C03CA01",
+            json!({"dispenseRequest": {"validityPeriod": {"end": "2099-01-01"}}}),
+        );
+        assert_eq!(found(vec![gp, current]), ["DUPTHPGEN"]);
+    }
 }

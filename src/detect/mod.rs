@@ -33,6 +33,7 @@ use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 
 use crate::ids::gateway_id;
+use crate::terminology::conditions::CodeList;
 use crate::terminology::{Mapping, MedKnowledge};
 
 /// The project CodeSystem of the alert codes that v3 ActCode has no code for.
@@ -87,8 +88,9 @@ impl Snapshot {
 pub struct Rules {
     pub polypharmacy_threshold: usize,
     pub reply_within_hours: u64,
-    /// `system|code` or `system|prefix*` of chronic conditions.
-    pub chronic: Vec<String>,
+    /// Chronic conditions (`system|code`, covering its hierarchy, or `system|prefix*`); empty
+    /// means the default list of `fhir-profiles/conditions/`.
+    pub chronic: CodeList,
     /// `system|code` of CareTeam participant roles that coordinate care; a role whose text
     /// contains "coordinator" or "koordinator" counts too.
     pub coordinator_roles: Vec<String>,
@@ -336,10 +338,7 @@ pub fn chronic_keys(keys: &BTreeSet<(String, String)>, cx: &Context<'_>) -> bool
     } else {
         &cx.rules.chronic
     };
-    keys.iter().any(|(s, c)| {
-        list.iter()
-            .any(|e| crate::terminology::conditions::matches_entry(e, s, c))
-    })
+    keys.iter().any(|(s, c)| list.matches(s, c))
 }
 
 /// The first instant (µs) a FHIR date/dateTime denotes.
@@ -417,11 +416,11 @@ pub(crate) mod testing {
         Rules {
             polypharmacy_threshold: 5,
             reply_within_hours: 48,
-            chronic: vec![
+            chronic: CodeList::new(&[
                 "urn:oid:1.2.208.176.2.31|T90".into(),
                 "urn:oid:1.2.208.176.2.31|K77".into(),
                 "urn:oid:1.2.208.176.2.4.12|DE11*".into(),
-            ],
+            ]),
             coordinator_roles: vec!["http://snomed.info/sct|768730001".into()],
             reply_requested: vec![
                 "http://carebridge.example.org/fhir/CodeSystem/communication-category|reply-requested"

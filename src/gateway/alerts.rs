@@ -61,7 +61,7 @@ impl From<&AlertSettings> for Rules {
         Rules {
             polypharmacy_threshold: a.polypharmacy_threshold,
             reply_within_hours: a.reply_within_hours,
-            chronic: a.chronic.clone(),
+            chronic: crate::terminology::conditions::CodeList::new(&a.chronic),
             coordinator_roles: a.coordinator_roles.clone(),
             reply_requested: a.reply_requested.clone(),
             addressed_by_orders: a.addressed_by_orders,
@@ -108,7 +108,14 @@ pub async fn snapshot(tx: &mut dyn StoreTx, patient_id: &str, now_us: i64) -> Re
     // References that may point at copies the gateway delivered to the referring sector.
     let mut refs = Vec::new();
     for i in &snap.items {
-        for key in ["inResponseTo", "addresses", "goal"] {
+        for key in [
+            "inResponseTo",
+            "addresses",
+            "goal",
+            "basedOn",
+            "derivedFrom",
+            "reasonReference",
+        ] {
             for r in i
                 .body
                 .get(key)

@@ -23,7 +23,7 @@
 //! The file format is documented in `fhir-profiles/README.md`, section "conditions/".
 
 use serde_json::Value;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use super::files::{MappingError, error, json_files, read_object, resource_type};
@@ -40,11 +40,83 @@ pub const SINGLE_DISEASE_VALUESET: &str =
 /// A (system, code) pair.
 pub type Key = (String, String);
 
+/// A list of conditions (`system|code` entries, an entry covering its hierarchy, or
+/// `system|prefix*`), prepared for lookups: a code is checked with one hash lookup per prefix
+/// length of its hierarchy, not against every entry.
+#[derive(Debug, Clone, Default)]
+pub struct CodeList {
+    /// System to codes, canonical ([`canonical`]).
+    codes: HashMap<String, HashSet<String>>,
+    /// `system|prefix*` entries, canonical.
+    prefixes: Vec<Key>,
+    entries: usize,
+}
+
+impl CodeList {
+    /// From `system|code` / `system|prefix*` entries (entries without `|` are ignored: the
+    /// configuration refuses them).
+    pub fn new(entries: &[String]) -> CodeList {
+        let mut out = CodeList::default();
+        for e in entries {
+            let Some((s, c)) = e.split_once('|') else {
+                continue;
+            };
+            out.entries += 1;
+            match c.strip_suffix('*') {
+                Some(prefix) => {
+                    let (ks, kc) = canonical(s, prefix);
+                    // An ICD-10 prefix in its SKS-D form; any other as written.
+                    let kc = if s == ICD10_SYSTEM {
+                        kc
+                    } else {
+                        prefix.to_owned()
+                    };
+                    out.prefixes.push((ks, kc));
+                }
+                None => {
+                    let (ks, kc) = canonical(s, c);
+                    out.codes.entry(ks).or_default().insert(kc);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// How many entries it was made of.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// Whether a canonical (system, code) is on the list: listed itself, below a listed SKS-D
+    /// code of at least a category, or under a listed prefix.
+    pub fn matches(&self, system: &str, code: &str) -> bool {
+        if let Some(codes) = self.codes.get(system) {
+            if codes.contains(code) {
+                return true;
+            }
+            if by_prefix(system)
+                && (MIN_CATEGORY_LEN..code.len())
+                    .any(|n| code.get(..n).is_some_and(|p| codes.contains(p)))
+            {
+                return true;
+            }
+        }
+        self.prefixes
+            .iter()
+            .any(|(s, p)| s == system && code.starts_with(p.as_str()))
+    }
+}
+
 /// What `fhir-profiles/conditions/` says.
 #[derive(Debug, Default)]
 pub struct ConditionTerms {
     /// The default chronic list, as `system|code` entries (ICD-10 entries in their SKS-D form).
-    chronic: Vec<String>,
+    chronic_entries: Vec<String>,
+    chronic: CodeList,
     /// Concepts naming one disease (ICD-10 in its SKS-D form).
     single_disease: HashSet<Key>,
 }
@@ -123,6 +195,9 @@ impl ConditionTerms {
         for file in json_files(&profiles_dir.join("conditions"))? {
             out.file(&file)?;
         }
+        out.chronic_entries.sort();
+        out.chronic_entries.dedup();
+        out.chronic = CodeList::new(&out.chronic_entries);
         Ok(out)
     }
 
@@ -139,7 +214,7 @@ impl ConditionTerms {
         let keys = include_keys(file, &doc)?;
         match url {
             CHRONIC_VALUESET => self
-                .chronic
+                .chronic_entries
                 .extend(keys.into_iter().map(|(s, c)| format!("{s}|{c}"))),
             SINGLE_DISEASE_VALUESET => self.single_disease.extend(keys),
             other => {
@@ -156,8 +231,8 @@ impl ConditionTerms {
         Ok(())
     }
 
-    /// The default chronic list (`system|code`, ICD-10 as SKS-D).
-    pub fn chronic(&self) -> &[String] {
+    /// The default chronic list.
+    pub fn chronic(&self) -> &CodeList {
         &self.chronic
     }
 
@@ -256,6 +331,34 @@ mod tests {
         ));
         assert!(!matches_entry("s|T90", "s", "T9"));
         assert!(!matches_entry("s|T90", "t", "T90"));
+    }
+
+    #[test]
+    fn a_code_list_agrees_with_its_entries() {
+        let entries: Vec<String> = [
+            "urn:oid:1.2.208.176.2.4.12|DE03",
+            "http://hl7.org/fhir/sid/icd-10|I50",
+            "urn:oid:1.2.208.176.2.4.12|DE11*",
+            "http://hl7.org/fhir/sid/icd-10|J4*",
+            "s|T90",
+        ]
+        .map(String::from)
+        .to_vec();
+        let list = CodeList::new(&entries);
+        for (system, code) in [
+            (ICD10_SYSTEM, "E03.9"),
+            (SKSD_SYSTEM, "DI500"),
+            (SKSD_SYSTEM, "DE112"),
+            (ICD10_SYSTEM, "J44.9"),
+            ("s", "T90"),
+            ("s", "T9"),
+            (SKSD_SYSTEM, "DE1"),
+            (SKSD_SYSTEM, "DE10"),
+        ] {
+            let (ks, kc) = canonical(system, code);
+            let by_entries = entries.iter().any(|e| matches_entry(e, system, code));
+            assert_eq!(list.matches(&ks, &kc), by_entries, "{system}|{code}");
+        }
     }
 
     #[test]

@@ -185,7 +185,7 @@ impl Mapping {
 
     /// The default chronic list (`fhir-profiles/conditions/chronic-conditions.json`), as
     /// `system|code` entries.
-    pub fn chronic_default(&self) -> &[String] {
+    pub fn chronic_default(&self) -> &conditions::CodeList {
         self.inner.conditions.chronic()
     }
 

@@ -255,12 +255,54 @@ async fn concurrent_versions(store: Arc<dyn Store>) {
     assert_eq!(current.version, 8);
 }
 
+/// The alert schedule: a patient's rows are replaced as a whole, due rows are claimed once, and
+/// (`concurrent`: PostgreSQL) a second transaction claiming at the same time skips the rows the
+/// first holds instead of waiting for them or taking them twice.
+async fn schedule_claims(store: Arc<dyn Store>, concurrent: bool) {
+    let mut tx = store.begin().await.unwrap();
+    tx.schedule_set(
+        "p1",
+        &[("unanswered-communication", 100), ("stale-order", 300)],
+    )
+    .await
+    .unwrap();
+    tx.schedule_set("p2", &[("unanswered-communication", 150)])
+        .await
+        .unwrap();
+    tx.schedule_set("p3", &[("needs-assessment-overdue", 10_000)])
+        .await
+        .unwrap();
+    // Replaced as a whole: p1 keeps only its new row.
+    tx.schedule_set("p1", &[("unanswered-communication", 120)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    if concurrent {
+        let mut a = store.begin().await.unwrap();
+        assert_eq!(a.schedule_claim(200, 1).await.unwrap(), ["p1"]);
+        let mut b = store.begin().await.unwrap();
+        assert_eq!(b.schedule_claim(200, 10).await.unwrap(), ["p2"]);
+        b.commit().await.unwrap();
+        a.commit().await.unwrap();
+    } else {
+        let mut a = store.begin().await.unwrap();
+        assert_eq!(a.schedule_claim(200, 10).await.unwrap(), ["p1", "p2"]);
+        a.commit().await.unwrap();
+    }
+    let mut c = store.begin().await.unwrap();
+    assert!(c.schedule_claim(9_999, 10).await.unwrap().is_empty());
+    assert_eq!(c.schedule_claim(10_000, 10).await.unwrap(), ["p3"]);
+    assert!(c.schedule_claim(1_000_000, 10).await.unwrap().is_empty());
+    c.commit().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_suite_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     let store: Arc<dyn Store> = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
     suite(store.clone()).await;
+    schedule_claims(store.clone(), false).await;
     concurrent_versions(store).await;
 }
 
@@ -269,6 +311,7 @@ async fn store_suite_on_postgres() {
     let (url, name) = common::fresh_pg_database().await;
     let store = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
     suite(store.clone()).await;
+    schedule_claims(store.clone(), true).await;
     concurrent_versions(store.clone()).await;
     store.close().await;
     common::drop_pg_database(&name).await;
