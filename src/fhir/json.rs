@@ -82,10 +82,12 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
             .map(Value::Number)
             .ok_or_else(|| E::custom("number is not finite"))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.allowed(v)?;
         Ok(Value::String(v.to_owned()))
     }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.allowed(&v)?;
         Ok(Value::String(v))
     }
     fn visit_unit<E>(self) -> Result<Value, E> {
@@ -135,6 +137,11 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
                 self.enter::<A::Error>()?;
             }
             first = false;
+            if let Some(b) = super::forbidden_character(key.as_bytes()) {
+                let reason = format!("an object key holds {}", super::describe_forbidden(b));
+                self.ctx.borrow_mut().reason = Some(reason.clone());
+                return Err(de::Error::custom(reason));
+            }
             if obj.contains_key(&key) {
                 let mut ctx = self.ctx.borrow_mut();
                 ctx.reason = Some(format!("duplicate key '{key}'"));
@@ -164,6 +171,20 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 }
 
 impl ValueSeed<'_> {
+    /// Refuses a string holding a character FHIR forbids in every string (U+0000 and the other
+    /// control characters but tab, CR and LF): no element, known or not, may carry one, and
+    /// PostgreSQL cannot store U+0000 in text at all.
+    fn allowed<E: de::Error>(&self, v: &str) -> Result<(), E> {
+        match super::forbidden_character(v.as_bytes()) {
+            None => Ok(()),
+            Some(b) => {
+                let reason = format!("a string holds {}", super::describe_forbidden(b));
+                self.ctx.borrow_mut().reason = Some(reason.clone());
+                Err(E::custom(reason))
+            }
+        }
+    }
+
     /// Checks the depth of the container being entered and returns the depth of its children.
     fn enter<E: de::Error>(&self) -> Result<usize, E> {
         if self.depth >= self.max_depth {
@@ -252,6 +273,23 @@ mod tests {
                 PathSeg::Key("family".into())
             ]
         );
+    }
+
+    #[test]
+    fn refuses_control_characters_in_strings_and_keys_with_their_path() {
+        let e = parse_strict(br#"{"a": [{"b": "x\u0000y"}]}"#, 32).unwrap_err();
+        assert!(e.reason.contains("U+0000"), "{}", e.reason);
+        assert_eq!(
+            e.path,
+            vec![
+                PathSeg::Key("a".into()),
+                PathSeg::Index(0),
+                PathSeg::Key("b".into())
+            ]
+        );
+        let e = parse_strict(br#"{"a\u0007": 1}"#, 32).unwrap_err();
+        assert!(e.reason.contains("U+0007"), "{}", e.reason);
+        assert!(parse_strict(br#"{"a": "tab\tcr\rlf\n"}"#, 32).is_ok());
     }
 
     #[test]

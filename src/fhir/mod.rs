@@ -15,6 +15,21 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 /// The CodeSystem that tags each served resource with the sector it came from.
 pub const SECTOR_TAG_SYSTEM: &str = "http://carebridge.example.org/fhir/CodeSystem/sector";
 
+/// The first character FHIR forbids in any string, if `s` holds one: U+0000 and every other
+/// character below U+0020 except tab, LF and CR (R4 `string`: `[ \r\n\t\S]+`). Below U+0020
+/// every character is one byte in UTF-8 and no byte of a longer character is, so a byte scan
+/// finds exactly these.
+pub fn forbidden_character(s: &[u8]) -> Option<u8> {
+    s.iter()
+        .copied()
+        .find(|b| *b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+}
+
+/// How [`forbidden_character`]'s find is named in a diagnostic (never the text around it).
+pub fn describe_forbidden(b: u8) -> String {
+    format!("U+{b:04X}: FHIR allows no control characters below U+0020 other than tab, CR and LF")
+}
+
 /// `resource.resourceType`, if it is a string.
 pub fn resource_type(resource: &Value) -> Option<&str> {
     resource.get("resourceType")?.as_str()
