@@ -138,6 +138,9 @@ pub struct ExchangeSettings {
     pub poll_interval_ms: u64,
     /// Entries per page when polling (`_count`).
     pub poll_page_size: u32,
+    /// A sector that joins the care of more new patients than this within an hour raises an
+    /// operational alert (a warning and `carebridge_care_join_alerts_total`); 0 turns it off.
+    pub max_new_patients_per_hour: u32,
 }
 
 impl Default for ExchangeSettings {
@@ -154,6 +157,7 @@ impl Default for ExchangeSettings {
             idle_poll_ms: 1_000,
             poll_interval_ms: 30_000,
             poll_page_size: 100,
+            max_new_patients_per_hour: 100,
         }
     }
 }
@@ -347,6 +351,18 @@ pub struct SectorSettings {
     /// `If-None-Exist`). Off by default: such a create makes a new resource.
     #[serde(default)]
     pub resend_by_identifier: bool,
+    /// Identifier systems whose numbers this sector issues itself: its replacement CPR numbers
+    /// (erstatningspersonnummer). A Patient links by them as by `patient_identifier_system`, and
+    /// a Patient naming one of them beside a real CPR may join the two gateway patients (the
+    /// sector learnt who its replacement number stood for); no other write joins two gateway
+    /// patients without review.
+    #[serde(default)]
+    pub replacement_identifier_systems: Vec<String>,
+    /// This sector joins a patient's care (and receives what the `care` routes carry, with a
+    /// backfill) as soon as it sends the patient's Patient. Off by default: it joins with its
+    /// first clinical record of the patient, or when a Communication is addressed to it.
+    #[serde(default)]
+    pub join_care_on_patient: bool,
 }
 
 fn default_mode() -> SectorMode {

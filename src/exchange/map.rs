@@ -320,11 +320,9 @@ fn tag_source(body: &mut Value, sector: &str, name: &str) {
         return;
     };
     let tags = meta.entry("tag").or_insert_with(|| json!([]));
-    if let Some(tags) = tags.as_array_mut()
-        && !tags
-            .iter()
-            .any(|t| t.get("system").and_then(Value::as_str) == Some(SECTOR_TAG_SYSTEM))
-    {
+    if let Some(tags) = tags.as_array_mut() {
+        // Never a tag in the gateway's system that the source wrote itself.
+        tags.retain(|t| t.get("system").and_then(Value::as_str) != Some(SECTOR_TAG_SYSTEM));
         tags.push(json!({ "system": SECTOR_TAG_SYSTEM, "code": sector, "display": name }));
     }
 }

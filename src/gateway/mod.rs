@@ -30,6 +30,7 @@ pub mod break_glass;
 pub mod console;
 pub mod entry;
 mod error;
+pub mod identity;
 pub mod ledger;
 pub mod notify;
 pub mod params;

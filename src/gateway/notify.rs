@@ -127,6 +127,8 @@ pub async fn notify(
         )],
         patient_id: Some(event.patient.clone()),
         expected_version: None,
+        authority_systems: Vec::new(),
+        allow_merge: false,
     };
     let stored = tx.put(&prepared).await?;
     for target in &targets {

@@ -27,11 +27,12 @@ fn stamp(resource: &mut Value, stored: &Stored, sector_name: &str) {
     meta["versionId"] = json!(stored.version.to_string());
     meta["lastUpdated"] = json!(stored.last_updated);
     let tag = json!({ "system": SECTOR_TAG_SYSTEM, "code": stored.sector, "display": sector_name });
+    // The gateway's tag replaces any in its system (the write pipeline refuses them; a version
+    // stored before that rule is not trusted either).
     match meta.get_mut("tag").and_then(Value::as_array_mut) {
         Some(tags) => {
-            if !tags.iter().any(|t| t.get("system") == tag.get("system")) {
-                tags.push(tag);
-            }
+            tags.retain(|t| t.get("system") != tag.get("system"));
+            tags.push(tag);
         }
         None => meta["tag"] = json!([tag]),
     }

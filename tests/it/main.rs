@@ -51,4 +51,5 @@ mod store_suite;
 mod synthea_alerts;
 mod transparency;
 mod treatment;
+mod trust;
 mod validation_depth;
