@@ -237,6 +237,11 @@ pub struct ServerSettings {
     pub public_base_url: Option<String>,
     /// Origins that browsers may call the API from (CORS); none by default.
     pub cors_origins: Vec<String>,
+    /// Not configuration: the FHIR base of the address the server listens on, once bound
+    /// (`Gateway::listening_on`), so that references to the gateway's own sector bases are
+    /// recognised wherever the settings are read.
+    #[serde(skip)]
+    pub listening_fhir_base: std::sync::OnceLock<String>,
 }
 
 impl ServerSettings {
@@ -245,6 +250,13 @@ impl ServerSettings {
         self.public_base_url
             .as_deref()
             .map(|u| format!("{}/fhir", u.trim_end_matches('/')))
+    }
+
+    /// The gateway's own FHIR base: the public one, else the address it listens on.
+    pub fn own_fhir_base(&self) -> String {
+        self.public_fhir_base()
+            .or_else(|| self.listening_fhir_base.get().cloned())
+            .unwrap_or_else(|| format!("http://{}/fhir", self.listen))
     }
 }
 
@@ -260,6 +272,7 @@ impl Default for ServerSettings {
             rate_limit_burst: 2000,
             public_base_url: None,
             cors_origins: Vec::new(),
+            listening_fhir_base: std::sync::OnceLock::new(),
         }
     }
 }
@@ -363,6 +376,10 @@ pub struct SectorSettings {
     /// first clinical record of the patient, or when a Communication is addressed to it.
     #[serde(default)]
     pub join_care_on_patient: bool,
+    /// Other spellings of `base_url` that references may use (another host name or scheme of
+    /// the same server): a reference under one of them is recognised as this sector's.
+    #[serde(default)]
+    pub base_url_aliases: Vec<String>,
 }
 
 fn default_mode() -> SectorMode {

@@ -108,7 +108,10 @@ pub fn patient_reference(resource: &Value) -> Option<(&'static str, &str)> {
             .get(el)
             .and_then(|s| s.get("reference"))
             .and_then(Value::as_str)
-            && (r.starts_with("Patient/") || r.contains("/Patient/") || r.starts_with("Patient?"))
+            && (r.starts_with("Patient/")
+                || r.contains("/Patient/")
+                || r.starts_with("Patient?")
+                || r.contains("/Patient?"))
         {
             return Some((el, r));
         }

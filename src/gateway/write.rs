@@ -18,7 +18,8 @@ use super::params;
 use super::{Gateway, GatewayError};
 use crate::access::{Caller, Request, authorize};
 use crate::audit::{self, Action, Actor, AuditRow, Interaction, Outcome};
-use crate::config::SectorSettings;
+use crate::config::{SectorSettings, Settings};
+use crate::exchange::resolve::locate;
 use crate::exchange::route::Routed;
 use crate::fhir::outcome::Issue;
 use crate::fhir::time::{instant, now_us};
@@ -84,36 +85,43 @@ impl Gateway {
         location: Option<&str>,
     ) -> Result<(), GatewayError> {
         let mut issues = self.validator.profile(sector.profile.as_deref(), resource);
-        issues.extend(self.foreign_patient_references(sector, resource));
-        issues.extend(spoofed_tags(resource));
+        issues.extend(self.foreign_references(sector, resource));
+        issues.extend(spoofed_tags(&sector.id, resource));
         if !issues.is_empty() {
             return Err(GatewayError::Unprocessable(placed(issues, location)));
         }
         Ok(())
     }
 
-    /// A sector may only name its own patients: an absolute reference into another configured
-    /// sector's FHIR base is refused (use a conditional reference by CPR instead).
-    fn foreign_patient_references(&self, sector: &SectorSettings, resource: &Value) -> Vec<Issue> {
-        let Some((element, reference)) = patient_reference(resource) else {
-            return Vec::new();
-        };
-        let rtype = fhir::resource_type(resource).unwrap_or("Resource");
-        self.settings
-            .sectors
-            .iter()
-            .filter(|s| s.id != sector.id)
-            .filter_map(|s| s.base_url.as_deref())
-            .filter(|base| reference.starts_with(&format!("{}/", base.trim_end_matches('/'))))
-            .map(|_| {
-                Issue::error(
-                    "business-rule",
-                    "the reference points to a Patient of another sector; reference your own Patient \
-                     or use Patient?identifier=<system>|<value>",
-                )
-                .at(format!("{rtype}.{element}.reference"))
-            })
-            .collect()
+    /// The reference policy, the same for every spelling ([`locate`] normalises each absolute
+    /// reference of every Reference element, found by type): a sector names only its own
+    /// patients, so a reference to another sector's Patient (by any URL under its base, the
+    /// gateway's own bases included, literal or conditional) is refused; a reference under a
+    /// configured base must name `Type/id` or `Type?identifier=…`. Other references into a
+    /// configured sector are that sector's resources (mapped on delivery).
+    fn foreign_references(&self, sector: &SectorSettings, resource: &Value) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        for (path, element) in self.validator.references(resource) {
+            let Some(r) = element.get("reference").and_then(Value::as_str) else {
+                continue;
+            };
+            let Some(at) = locate(&self.settings, r) else {
+                continue;
+            };
+            let why = match at.rtype() {
+                None => {
+                    "the reference lies under a configured sector's FHIR base but names no \
+                         Type/id or Type?identifier=<system>|<value>"
+                }
+                Some("Patient") if at.sector != sector.id => {
+                    "the reference points to a Patient of another sector; reference your own \
+                     Patient or use Patient?identifier=<system>|<value>"
+                }
+                Some(_) => continue,
+            };
+            issues.push(Issue::error("business-rule", why).at(format!("{path}.reference")));
+        }
+        issues
     }
 
     /// POST/PUT of one resource under a sector.
@@ -387,7 +395,8 @@ impl Gateway {
                 return Err(GatewayError::Invalid(twice));
             }
         }
-        let mut applied = store_entries(&mut *tx, s, &mut entries, ids, allow_merge).await?;
+        let mut applied =
+            store_entries(&mut *tx, s, &mut entries, ids, allow_merge, &self.settings).await?;
         let merges: Vec<(String, String)> = applied
             .iter()
             .flat_map(|a| {
@@ -563,20 +572,25 @@ impl Gateway {
 }
 
 /// The sector tag is the gateway's: a resource that carries a `meta.tag` in the gateway's tag
-/// system (claiming to come from some sector) is refused, never stored or delivered as that
-/// sector's.
-fn spoofed_tags(resource: &Value) -> Vec<Issue> {
+/// system naming another sector than the one writing it is refused, never stored or delivered
+/// as that sector's. The writer's own tag (what the gateway put on the resource it served, sent
+/// back in a read-modify-write) is accepted and, like every tag in that system, replaced by the
+/// gateway's wherever the resource is shown or delivered.
+fn spoofed_tags(sector: &str, resource: &Value) -> Vec<Issue> {
     let rtype = fhir::resource_type(resource).unwrap_or("Resource");
     let Some(tags) = resource.pointer("/meta/tag").and_then(Value::as_array) else {
         return Vec::new();
     };
     tags.iter()
         .enumerate()
-        .filter(|(_, t)| t.get("system").and_then(Value::as_str) == Some(fhir::SECTOR_TAG_SYSTEM))
+        .filter(|(_, t)| {
+            t.get("system").and_then(Value::as_str) == Some(fhir::SECTOR_TAG_SYSTEM)
+                && t.get("code").and_then(Value::as_str) != Some(sector)
+        })
         .map(|(i, _)| {
             Issue::error(
                 "business-rule",
-                "the sector tag is set by the gateway from the sector that sends; remove this tag",
+                "the sector tag names the sector that sends, set by the gateway; remove this tag",
             )
             .at(format!("{rtype}.meta.tag[{i}]"))
         })
@@ -723,6 +737,7 @@ async fn store_entries(
     entries: &mut [Entry],
     ids: Vec<(String, bool)>,
     allow_merge: bool,
+    settings: &Settings,
 ) -> Result<Vec<Applied>, GatewayError> {
     let map: HashMap<String, String> = entries
         .iter()
@@ -746,6 +761,9 @@ async fn store_entries(
             obj.insert("id".into(), Value::String(rid.clone()));
         }
         let mut p = prepare(s, &e.rtype, rid, &e.resource);
+        if p.patient_ref.is_none() && e.rtype != "Patient" {
+            p.patient_ref = own_patient_ref(settings, s, &e.resource);
+        }
         p.expected_version = e.if_match;
         p.allow_merge = allow_merge;
         prepared.push(Some(p));
@@ -769,6 +787,18 @@ async fn store_entries(
         });
     }
     Ok(applied)
+}
+
+/// The patient reference of a resource that names its own sector's Patient by an absolute URL
+/// in any spelling ([`locate`]): `Patient/<id>` or `Patient?identifier=…`, for linking.
+fn own_patient_ref(settings: &Settings, s: &SectorSettings, resource: &Value) -> Option<String> {
+    let (_, r) = patient_reference(resource)?;
+    let at = locate(settings, r).filter(|at| at.sector == s.id)?;
+    if let Some((_, id)) = at.relative() {
+        return Some(format!("Patient/{id}"));
+    }
+    let (_, system, value) = fhir::parse_conditional(&at.rest)?;
+    Some(format!("Patient?identifier={system}|{value}"))
 }
 
 /// The stored resource a conditional create matched, as an unchanged outcome.

@@ -23,6 +23,7 @@ fn sector(id: &str) -> SectorSettings {
         resend_by_identifier: false,
         replacement_identifier_systems: vec![REPLACEMENT.into()],
         join_care_on_patient: false,
+        base_url_aliases: Vec::new(),
     }
 }
 

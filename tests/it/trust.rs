@@ -360,11 +360,14 @@ async fn a_spoofed_sector_tag_is_refused() {
     let (status, oo) = put(&app, "gp", &c).await;
     assert_eq!(status, 422, "{oo}");
     assert_eq!(expressions(&oo), ["Condition.meta.tag[1]"]);
-    let (status, oo, _) = app.post("gp", "/gp", &transaction(&[c])).await;
+    let (status, oo, _) = app.post("gp", "/gp", &transaction(&[c.clone()])).await;
     assert_eq!(status, 422, "{oo}");
     assert_eq!(expressions(&oo), ["Bundle.entry[0].resource.meta.tag[1]"]);
     let (status, _) = app.get("gp", "/gp/Condition/gc1").await;
     assert_eq!(status, 404, "nothing stored");
+    // The writer's own tag, as the gateway served it, comes back in a read-modify-write.
+    c["meta"] = json!({"tag": [{"system": SECTOR_TAG_SYSTEM, "code": "gp"}]});
+    put_ok(&app, "gp", &c).await;
     app.stop().await;
 }
 
@@ -482,5 +485,293 @@ async fn crossing_transactions_on_postgres_all_succeed() {
         assert_eq!(tx.versions(&c.gid).await.unwrap().len(), 40);
     }
     drop(tx);
+    app.stop().await;
+}
+
+/// A GP Condition naming the hospital's Patient h1, every way a URL can spell it (and in
+/// elements beside `subject`): each refused with the location of the reference. The GP's own
+/// Patient by a URL in another spelling is accepted and linked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_another_sectors_patient_is_refused() {
+    let app = spawn(Backend::Sqlite).await;
+    put_ok(&app, "gp", &patient_with_id("g1", "0101701111")).await;
+    put_ok(&app, "hospital", &patient_with_id("h1", "0101701111")).await;
+    let own = app.base.clone();
+    let local = own.replace("127.0.0.1", "localhost");
+    let subjects = [
+        "HTTP://HOSPITAL.TEST/fhir/Patient/h1".to_owned(),
+        "http://hospital.test:80/fhir/Patient/h1".to_owned(),
+        "http://someone@hospital.test/fhir/Patient/h1".to_owned(),
+        "http://hospital.test/fhir//Patient/h1/_history/1".to_owned(),
+        format!("http://hospital.test/fhir/Patient?identifier={CPR}%7C0101701111"),
+        format!("{own}/hospital/Patient/h1"),
+        format!("{local}/hospital/Patient/h1"),
+        format!("{own}/Patient/any-gateway-patient"),
+    ];
+    for (i, subject) in subjects.iter().enumerate() {
+        let mut c = condition(&format!("c{i}"), "g1", ICPC2, "K77", "x");
+        c["subject"] = json!({"reference": subject});
+        let (status, oo) = put(&app, "gp", &c).await;
+        assert_eq!(status, 422, "{subject}: {oo}");
+        assert_eq!(
+            expressions(&oo),
+            ["Condition.subject.reference"],
+            "{subject}"
+        );
+    }
+    let foreign = "http://hospital.test/fhir/Patient/h1";
+    let mut detail = condition("d1", "g1", ICPC2, "K77", "x");
+    detail["evidence"] = json!([{"detail": [{"reference": foreign}]}]);
+    let mut extended = condition("e1", "g1", ICPC2, "K77", "x");
+    extended["extension"] = json!([{"url": "urn:x", "valueReference": {"reference": foreign}}]);
+    for (c, at) in [
+        (&detail, "Condition.evidence[0].detail[0].reference"),
+        (&extended, "Condition.extension[0].valueReference.reference"),
+    ] {
+        let (status, oo) = put(&app, "gp", c).await;
+        assert_eq!(status, 422, "{oo}");
+        assert_eq!(expressions(&oo), [at]);
+    }
+    assert_eq!(app.stored_count().await, 2, "only the two Patients");
+
+    let mut mine = condition("m1", "g1", ICPC2, "K77", "x");
+    mine["subject"] = json!({"reference": "HTTP://user@GP.test:80/fhir/Patient/g1"});
+    put_ok(&app, "gp", &mine).await;
+    let mut tx = app.app_gateway.store().begin_read().await.unwrap();
+    let stored = tx
+        .get_sector("gp", "Condition", "m1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.patient_id, gateway_patient(&app, "gp", "g1").await);
+    drop(tx);
+    app.stop().await;
+}
+
+mod end_to_end {
+    use super::*;
+    use crate::common::peers::{Peer, PeerOptions, start_three};
+    use crate::common::{copy_at, wait_for};
+
+    /// Three sectors with real servers; the hospital and the municipality take part in a
+    /// patient's care from its Patient on, so that the GP's CareTeam goes to both.
+    fn config(store_url: &str, peers: [&Peer; 3]) -> String {
+        let mut text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_second = 0\n\n\
+             [store]\nurl = \"{store_url}\"\nmax_connections = 4\n\n\
+             [fhir]\nprofiles_dir = \"{}\"\n\n[exchange]\nretry_initial_ms = 100\n\
+             retry_max_ms = 1000\nidle_poll_ms = 100\nrequest_timeout_ms = 5000\n\n\
+             [alerts]\nenabled = false\n\n\
+             [[sectors]]\nid = \"lab\"\nname = \"Laboratory\"\nkind = \"hospital\"\n",
+            common::repo().join("fhir-profiles").display()
+        );
+        for (id, kind, peer) in [
+            ("gp", "general-practice", peers[0]),
+            ("hospital", "hospital", peers[1]),
+            ("municipality", "municipality", peers[2]),
+        ] {
+            text.push_str(&format!(
+                "\n[[sectors]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"{kind}\"\n\
+                 base_url = \"{}\"\nprofile = \"dk-{id}\"\njoin_care_on_patient = {}\n",
+                peer.base,
+                id != "gp"
+            ));
+        }
+        text
+    }
+
+    async fn register(app: &TestApp, peer: &Peer, sector: &str) -> String {
+        let created = peer.create(&patient("1403482196", "Mortensen")).await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        put_ok(app, sector, &patient_with_id(&id, "1403482196")).await;
+        id
+    }
+
+    /// The municipality's home-care Organization named by the GP's CareTeam in every spelling
+    /// of its URL: the municipality's copy names its own `Organization/<id>` each time, the
+    /// hospital's a logical reference by the Organization's identifier, never a URL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_sectors_resource_is_mapped_alike_in_every_spelling() {
+        let (gp, hospital, municipality) = start_three(&PeerOptions::default()).await;
+        let app = TestApp::spawn_config(Backend::Sqlite, |url| {
+            config(url, [&gp, &hospital, &municipality])
+        })
+        .await;
+        let g = register(&app, &gp, "gp").await;
+        register(&app, &hospital, "hospital").await;
+        register(&app, &municipality, "municipality").await;
+        let org = json!({"resourceType": "Organization", "name": "Hjemmeplejen",
+                         "identifier": [{"system": "urn:test:org", "value": "home-care-1"}]});
+        let oid = municipality.create(&org).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut stored_org = org.clone();
+        stored_org["id"] = json!(oid);
+        put_ok(&app, "municipality", &stored_org).await;
+
+        let base = municipality.base.clone();
+        let spellings = [
+            format!("{base}/Organization/{oid}"),
+            format!(
+                "{}/Organization/{oid}",
+                base.replace("http://127.0.0.1", "HTTP://LOCALHOST")
+            ),
+            format!(
+                "{}/Organization/{oid}",
+                base.replace("http://", "http://someone@")
+            ),
+            format!("{base}//Organization/{oid}/"),
+            format!("{}/municipality/Organization/{oid}", app.base),
+        ];
+        let members: Vec<Value> = spellings
+            .iter()
+            .map(|r| json!({"member": {"reference": r, "display": "Hjemmeplejen"}}))
+            .collect();
+        let team = json!({"resourceType": "CareTeam", "id": "gp-team", "status": "active",
+                          "subject": {"reference": format!("Patient/{g}")},
+                          "participant": members});
+        put_ok(&app, "gp", &team).await;
+
+        let at_municipality = wait_for("the copy at the municipality", 60, || async {
+            copy_at(&municipality, "gp", "CareTeam", "gp-team").await
+        })
+        .await;
+        let at_hospital = wait_for("the copy at the hospital", 60, || async {
+            copy_at(&hospital, "gp", "CareTeam", "gp-team").await
+        })
+        .await;
+        for (i, p) in at_municipality["participant"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                p["member"],
+                json!({"reference": format!("Organization/{oid}"), "display": "Hjemmeplejen"}),
+                "{}",
+                spellings[i]
+            );
+        }
+        for (i, p) in at_hospital["participant"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                p["member"],
+                json!({"display": "Hjemmeplejen", "type": "Organization",
+                       "identifier": {"system": "urn:test:org", "value": "home-care-1"}}),
+                "{}",
+                spellings[i]
+            );
+        }
+        assert_eq!(
+            at_hospital["participant"].as_array().unwrap().len(),
+            spellings.len()
+        );
+        app.stop().await;
+    }
+}
+
+/// A Communication addressed to the municipality makes it take part in the patient's care: the
+/// other sectors' records are queued for it, audited with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_communication_addressed_to_a_sector_joins_it_to_the_care() {
+    let app = spawn(Backend::Sqlite).await;
+    put_ok(&app, "gp", &patient_with_id("g1", "0101701111")).await;
+    put_ok(
+        &app,
+        "gp",
+        &condition("gc1", "g1", ICPC2, "K77", "Hjerteinsufficiens"),
+    )
+    .await;
+    put_ok(&app, "hospital", &patient_with_id("h1", "0101701111")).await;
+    put_ok(&app, "hospital", &hospital_condition("hc1", "h1")).await;
+    assert!(entries_for(&app, "municipality").await.is_empty());
+    let referral = json!({"resourceType": "Communication", "id": "ref1", "status": "completed",
+        "subject": {"reference": "Patient/g1"},
+        "recipient": [{"reference": "HTTP://municipality.TEST/fhir/Organization/home-care"}],
+        "payload": [{"contentString": "Please visit"}]});
+    put_ok(&app, "gp", &referral).await;
+    let to_municipality = entries_for(&app, "municipality").await;
+    let mut routes: Vec<(&str, &str)> = to_municipality
+        .iter()
+        .map(|e| (e.rtype.as_str(), e.route.as_str()))
+        .collect();
+    routes.sort();
+    assert_eq!(
+        routes,
+        [
+            ("Communication", "recipients"),
+            ("Condition", "backfill"),
+            ("Condition", "backfill")
+        ]
+    );
+    let rows: Vec<_> = audit_rows(&app, "backfill")
+        .await
+        .into_iter()
+        .filter(|r| r.target_sector.as_deref() == Some("municipality"))
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("Communication addressed to it")
+    );
+    app.stop().await;
+}
+
+/// The operator lists and rejects a held write with the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_writes_are_listed_and_rejected_on_the_command_line() {
+    let app = spawn(Backend::Sqlite).await;
+    put_ok(&app, "gp", &patient_with_id("g1", "0101701111")).await;
+    put_ok(&app, "hospital", &patient_with_id("h1", "0202802222")).await;
+    let both = sector_patient("g2", &[(CPR, "0101701111"), (CPR, "0202802222")]);
+    assert_eq!(put(&app, "gp", &both).await.0, 422);
+    let config = app.dir.path().join("carebridge.toml");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_carebridge"))
+            .current_dir(common::repo())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let listed = cli(&["patients", "held", "list", "--state", "held"]);
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let line = text
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("a held write: {text}"));
+    let id = line.split('\t').next().unwrap().to_owned();
+    assert!(line.contains("\theld\tgp\tupdate\t"), "{line}");
+    let rejected = cli(&["patients", "held", "reject", &id]);
+    assert!(
+        rejected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rejected.stderr)
+    );
+    let again = cli(&["patients", "held", "reject", &id]);
+    assert!(
+        !again.status.success(),
+        "a decided write is not decided again"
+    );
+    let operator = Caller::operator();
+    let held = app.app_gateway.held_writes(&operator, None).await.unwrap();
+    assert_eq!(held[0].state, "rejected");
+    assert_eq!(held[0].decided_by.as_deref(), Some("cli"));
+    assert_eq!(gateway_patient(&app, "gp", "g2").await, None);
     app.stop().await;
 }
