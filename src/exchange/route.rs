@@ -71,14 +71,22 @@ pub struct Enqueued {
     pub joins: Vec<Join>,
 }
 
-/// The sectors taking part in a patient's care, read once per request.
+/// The sectors taking part in a patient's care, read once per request: those the store knows
+/// ([`crate::store::ExchangeTx::care_sectors`]) and those configured with
+/// `join_care_on_patient` that hold the patient's Patient.
 async fn in_care<'c>(
     tx: &mut dyn StoreTx,
+    settings: &Settings,
     cache: &'c mut HashMap<String, Vec<String>>,
     patient: &str,
 ) -> Result<&'c Vec<String>> {
     if !cache.contains_key(patient) {
-        let sectors = tx.care_sectors(patient).await?;
+        let mut sectors = tx.care_sectors(patient).await?;
+        for s in settings.sectors.iter().filter(|s| s.join_care_on_patient) {
+            if !sectors.contains(&s.id) && tx.sector_patient(patient, &s.id).await?.is_some() {
+                sectors.push(s.id.clone());
+            }
+        }
         cache.insert(patient.to_owned(), sectors);
     }
     Ok(cache.entry(patient.to_owned()).or_default())
@@ -102,14 +110,14 @@ pub async fn enqueue(
             }
             let targets: Vec<String> = match &route.to {
                 RouteTarget::Rule(RouteRule::Care) => match item.patient_id {
-                    Some(p) => in_care(tx, &mut care_cache, p).await?.clone(),
+                    Some(p) => in_care(tx, settings, &mut care_cache, p).await?.clone(),
                     None => Vec::new(),
                 },
                 RouteTarget::Rule(RouteRule::Recipients) => {
                     let sectors = recipient_sectors(tx, settings, item.sector, item.body).await?;
                     if let Some(p) = item.patient_id {
                         // A Communication addressed to a sector makes it take part in the care.
-                        let care = in_care(tx, &mut care_cache, p).await?.clone();
+                        let care = in_care(tx, settings, &mut care_cache, p).await?.clone();
                         joins.extend(sectors.iter().filter(|t| !care.contains(t)).map(|t| Join {
                             sector: t.clone(),
                             patient: p.to_owned(),
@@ -213,7 +221,11 @@ async fn backfill(
     join: &mut Join,
     targets_hit: &mut BTreeSet<String>,
 ) -> Result<()> {
-    for (gid, source, rtype, version) in tx.patient_resources(&join.patient).await? {
+    let mut resources = tx.patient_resources(&join.patient).await?;
+    // Referenced types first (a Condition before the CarePlan addressing it), so that the
+    // later entries' references find the copies already delivered.
+    resources.sort_by(|a, b| rank(&a.2).cmp(&rank(&b.2)).then_with(|| a.0.cmp(&b.0)));
+    for (gid, source, rtype, version) in resources {
         if source == join.sector {
             continue;
         }
