@@ -513,7 +513,7 @@ fn config_text(store_url: &str, hospital_base: &str, tokens: &[(&str, &str, Stri
          [fhir]\nprofiles_dir = \"{profiles}\"\n\n\
          [exchange]\n{EXCHANGE}\n\
          [[sectors]]\nid = \"gp\"\nname = \"General practice\"\nkind = \"general-practice\"\nprofile = \"dk-gp\"\n\n\
-         [[sectors]]\nid = \"hospital\"\nname = \"Hospital\"\nkind = \"hospital\"\nbase_url = \"{hospital_base}\"\nmode = \"push\"\nprofile = \"dk-hospital\"\n\n\
+         [[sectors]]\nid = \"hospital\"\nname = \"Hospital\"\nkind = \"hospital\"\nbase_url = \"{hospital_base}\"\nmode = \"push\"\nprofile = \"dk-hospital\"\njoin_care_on_patient = true\n\n\
          [[sectors]]\nid = \"municipality\"\nname = \"Municipality\"\nkind = \"municipality\"\nprofile = \"dk-municipality\"\n",
         profiles = repo().join("fhir-profiles").display()
     );
@@ -1638,15 +1638,15 @@ async fn dead_sector_run(opts: &Opts, dead: Dead) -> Result<Value> {
          [fhir]\nprofiles_dir = \"{profiles}\"\n\n\
          [exchange]\n{EXCHANGE}\n\
          [[sectors]]\nid = \"gp\"\nname = \"General practice\"\nkind = \"general-practice\"\nprofile = \"dk-gp\"\n\n\
-         [[sectors]]\nid = \"hospital\"\nname = \"Hospital\"\nkind = \"hospital\"\nbase_url = \"{}\"\nmode = \"push\"\nprofile = \"dk-hospital\"\n\n\
-         [[sectors]]\nid = \"municipality\"\nname = \"Municipality\"\nkind = \"municipality\"\nbase_url = \"{}\"\nmode = \"push\"\nprofile = \"dk-municipality\"\n",
+         [[sectors]]\nid = \"hospital\"\nname = \"Hospital\"\nkind = \"hospital\"\nbase_url = \"{}\"\nmode = \"push\"\nprofile = \"dk-hospital\"\njoin_care_on_patient = true\n\n\
+         [[sectors]]\nid = \"municipality\"\nname = \"Municipality\"\nkind = \"municipality\"\nbase_url = \"{}\"\nmode = \"push\"\nprofile = \"dk-municipality\"\njoin_care_on_patient = true\n",
         hospital.base,
         municipality.base,
         profiles = repo().join("fhir-profiles").display()
     );
     if let Some(base) = &dead_base {
         text.push_str(&format!(
-            "\n[[sectors]]\nid = \"homecare\"\nname = \"Home care\"\nkind = \"municipality\"\nbase_url = \"{base}\"\nmode = \"push\"\n"
+            "\n[[sectors]]\nid = \"homecare\"\nname = \"Home care\"\nkind = \"municipality\"\nbase_url = \"{base}\"\nmode = \"push\"\njoin_care_on_patient = true\n"
         ));
         tokens.push(("homecare", "sector:homecare", carebridge::auth::new_token()));
     }

@@ -132,6 +132,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The operator at the machine's command line (`carebridge patients …`): an administrator
+    /// named `cli` in the audit rows.
+    pub fn operator() -> Caller {
+        Caller {
+            client: Client::system("cli", Role::Admin),
+            request_id: None,
+        }
+    }
+
     /// Who the audit rows of this caller's request name.
     pub fn actor(&self) -> Actor {
         Actor {
@@ -163,6 +172,8 @@ pub enum Request<'a> {
     AuditLog,
     /// The outbox: list deliveries, retry a dead letter.
     Deliveries,
+    /// Patient identity: held writes (list, release, reject) and undoing a merge.
+    PatientIdentity,
     /// The CapabilityStatement.
     Capabilities,
     /// Break the glass: emergency access to one patient (care-team persons).
@@ -345,6 +356,10 @@ pub fn authorize(caller: &Caller, request: Request<'_>) -> Result<Basis, Denied>
         }
         (Request::Operations, Role::Admin) => Ok(Basis::Admin),
         (Request::Operations, _) => deny("only administrators see the sector endpoints"),
+        (Request::PatientIdentity, Role::Admin) => Ok(Basis::Admin),
+        (Request::PatientIdentity, _) => {
+            deny("only administrators review held writes and undo merges")
+        }
     }
 }
 
@@ -456,6 +471,12 @@ mod tests {
         assert!(authorize(&admin, Request::AuditLog).is_err());
         assert_eq!(authorize(&admin, Request::Deliveries), Ok(Basis::Admin));
         assert!(authorize(&team, Request::Deliveries).is_err());
+        assert_eq!(
+            authorize(&admin, Request::PatientIdentity),
+            Ok(Basis::Admin)
+        );
+        assert!(authorize(&gp, Request::PatientIdentity).is_err());
+        assert!(authorize(&auditor, Request::PatientIdentity).is_err());
         assert!(authorize(&gp, Request::Alerts).is_err());
         assert_eq!(authorize(&team, Request::Alerts), Ok(Basis::CareTeam));
     }

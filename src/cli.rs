@@ -68,6 +68,12 @@ enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// Patient identity: writes held because they would have joined two gateway patients, and
+    /// undoing a merge.
+    Patients {
+        #[command(subcommand)]
+        command: PatientsCommand,
+    },
     /// Validate FHIR JSON files; prints an OperationOutcome per file, exit 1 if any is invalid.
     Validate {
         #[arg(required = true)]
@@ -226,6 +232,48 @@ enum DeliveriesCommand {
 }
 
 #[derive(Subcommand)]
+enum PatientsCommand {
+    /// Held writes: list them, apply one (joining the patients it names) or reject it.
+    Held {
+        #[command(subcommand)]
+        command: HeldCommand,
+    },
+    /// Undo the merge of a gateway patient into another: its identifiers and the records its
+    /// sector Patients name are its own again; prints what was routed for either patient since
+    /// the merge.
+    Unmerge {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// The gateway patient that was merged (the audit row of the merge names it).
+        patient: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum HeldCommand {
+    /// One line per held write, newest first.
+    List {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// held, released or rejected.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Apply a held write as its sector sent it, joining the gateway patients it names.
+    Release {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        id: i64,
+    },
+    /// Reject a held write: nothing of it is stored.
+    Reject {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Mint a token; prints it once, and the hash line to put in the configuration.
     New {
@@ -289,6 +337,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { config, offline } => check_config(&config, offline).await,
         Command::Deliveries { command } => deliveries_command(command).await,
+        Command::Patients { command } => patients_command(command).await,
         Command::Validate {
             files,
             sector,
@@ -530,6 +579,87 @@ async fn deliveries_resync(
         done.resources, done.queued
     );
     Ok(ExitCode::SUCCESS)
+}
+
+async fn patients_command(command: PatientsCommand) -> anyhow::Result<ExitCode> {
+    let config = match &command {
+        PatientsCommand::Unmerge { config, .. }
+        | PatientsCommand::Held {
+            command:
+                HeldCommand::List { config, .. }
+                | HeldCommand::Release { config, .. }
+                | HeldCommand::Reject { config, .. },
+        } => config.clone(),
+    };
+    let settings = Settings::load(&config)?;
+    let app = App::build(
+        settings,
+        &config.display().to_string(),
+        Clients::from_settings(&[]),
+    )
+    .await?;
+    let gw = app.gateway.clone();
+    let caller = crate::access::Caller::operator();
+    match command {
+        PatientsCommand::Held {
+            command: HeldCommand::List { state, .. },
+        } => {
+            println!("id\tstate\tsector\tinteraction\theld\tpatients\treason");
+            for h in gw.held_writes(&caller, state.as_deref()).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    h.id,
+                    h.state,
+                    h.sector,
+                    h.interaction,
+                    crate::fhir::time::instant(h.held_us),
+                    h.patients,
+                    h.reason
+                );
+            }
+        }
+        PatientsCommand::Held {
+            command: HeldCommand::Release { id, .. },
+        } => {
+            let n = gw.release_held(&caller, id).await?;
+            println!("held write {id} released: {n} entries applied");
+        }
+        PatientsCommand::Held {
+            command: HeldCommand::Reject { id, .. },
+        } => {
+            gw.reject_held(&caller, id).await?;
+            println!("held write {id} rejected");
+        }
+        PatientsCommand::Unmerge { patient, .. } => unmerge(&gw, &caller, &patient).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `patients unmerge`: undoes the merge and prints what was routed meanwhile.
+async fn unmerge(
+    gw: &crate::gateway::Gateway,
+    caller: &crate::access::Caller,
+    patient: &str,
+) -> anyhow::Result<()> {
+    let report = gw.unmerge(caller, patient).await?;
+    let u = &report.unmerged;
+    println!(
+        "gateway patient {patient} unmerged from {}: {} identifiers and {} records are its own again",
+        u.into, u.identifiers, u.resources
+    );
+    println!(
+        "routed for either patient since the merge ({}): check that no sector received a record \
+         of the other person",
+        crate::fhir::time::instant(u.merged_us)
+    );
+    println!("outbox\ttarget\tsource\tresource\tversion\troute\tstate");
+    for e in &report.routed {
+        println!(
+            "{}\t{}\t{}\t{}/{}\t{}\t{}\t{}",
+            e.id, e.target, e.source, e.rtype, e.gid, e.version, e.route, e.state
+        );
+    }
+    Ok(())
 }
 
 /// `deliveries list`: one tab-separated line per entry, oldest first.

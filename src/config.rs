@@ -139,6 +139,9 @@ pub struct ExchangeSettings {
     /// Age (seconds) of the oldest entry waiting for a sector, after a failed attempt, at
     /// which the endpoint is reported failing even before `failing_after_failures`.
     pub failing_after_age_secs: u64,
+    /// A sector that joins the care of more new patients than this within an hour raises an
+    /// operational alert (a warning and `carebridge_care_join_alerts_total`); 0 turns it off.
+    pub max_new_patients_per_hour: u32,
 }
 
 impl Default for ExchangeSettings {
@@ -159,6 +162,7 @@ impl Default for ExchangeSettings {
             poll_page_size: 100,
             failing_after_failures: 3,
             failing_after_age_secs: 900,
+            max_new_patients_per_hour: 100,
         }
     }
 }
@@ -243,6 +247,11 @@ pub struct ServerSettings {
     pub public_base_url: Option<String>,
     /// Origins that browsers may call the API from (CORS); none by default.
     pub cors_origins: Vec<String>,
+    /// Not configuration: the FHIR base of the address the server listens on, once bound
+    /// (`Gateway::listening_on`), so that references to the gateway's own sector bases are
+    /// recognised wherever the settings are read.
+    #[serde(skip)]
+    pub listening_fhir_base: std::sync::OnceLock<String>,
 }
 
 impl ServerSettings {
@@ -251,6 +260,13 @@ impl ServerSettings {
         self.public_base_url
             .as_deref()
             .map(|u| format!("{}/fhir", u.trim_end_matches('/')))
+    }
+
+    /// The gateway's own FHIR base: the public one, else the address it listens on.
+    pub fn own_fhir_base(&self) -> String {
+        self.public_fhir_base()
+            .or_else(|| self.listening_fhir_base.get().cloned())
+            .unwrap_or_else(|| format!("http://{}/fhir", self.listen))
     }
 }
 
@@ -268,6 +284,7 @@ impl Default for ServerSettings {
             address_rate_limit_burst: 4000,
             public_base_url: None,
             cors_origins: Vec::new(),
+            listening_fhir_base: std::sync::OnceLock::new(),
         }
     }
 }
@@ -359,6 +376,22 @@ pub struct SectorSettings {
     /// `If-None-Exist`). Off by default: such a create makes a new resource.
     #[serde(default)]
     pub resend_by_identifier: bool,
+    /// Identifier systems whose numbers this sector issues itself: its replacement CPR numbers
+    /// (erstatningspersonnummer). A Patient links by them as by `patient_identifier_system`, and
+    /// a Patient naming one of them beside a real CPR may join the two gateway patients (the
+    /// sector learnt who its replacement number stood for); no other write joins two gateway
+    /// patients without review.
+    #[serde(default)]
+    pub replacement_identifier_systems: Vec<String>,
+    /// This sector joins a patient's care (and receives what the `care` routes carry, with a
+    /// backfill) as soon as it sends the patient's Patient. Off by default: it joins with its
+    /// first clinical record of the patient, or when a Communication is addressed to it.
+    #[serde(default)]
+    pub join_care_on_patient: bool,
+    /// Other spellings of `base_url` that references may use (another host name or scheme of
+    /// the same server): a reference under one of them is recognised as this sector's.
+    #[serde(default)]
+    pub base_url_aliases: Vec<String>,
 }
 
 fn default_mode() -> SectorMode {

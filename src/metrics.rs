@@ -24,6 +24,11 @@ pub struct DeliveryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SectorLabels {
+    pub sector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
     pub target: String,
 }
@@ -67,6 +72,41 @@ pub struct Metrics {
     pub pulled: Family<PullLabels, Counter>,
     pub sector_failing: Family<TargetLabels, Gauge>,
     pub sector_changes: Family<SectorStateLabels, Counter>,
+    /// Write transactions run again after the database answered busy.
+    pub busy_retries: Counter,
+    /// Writes held for review because they would have joined two gateway patients.
+    pub held_writes: Family<SectorLabels, Counter>,
+    /// Times a sector joined the care of more new patients within an hour than configured.
+    pub care_join_alerts: Family<SectorLabels, Counter>,
+}
+
+type TrustMetrics = (
+    Counter,
+    Family<SectorLabels, Counter>,
+    Family<SectorLabels, Counter>,
+);
+
+/// The write pipeline's operational alerts: busy retries, held writes, care joins.
+fn register_trust(registry: &mut Registry) -> TrustMetrics {
+    let busy_retries = Counter::default();
+    registry.register(
+        "busy_retries",
+        "Write transactions run again after the database rolled them back as busy (serialisation failure, deadlock)",
+        busy_retries.clone(),
+    );
+    let held_writes = Family::<SectorLabels, Counter>::default();
+    registry.register(
+        "held_writes",
+        "Writes held for review because they would have joined two gateway patients, by sector",
+        held_writes.clone(),
+    );
+    let care_join_alerts = Family::<SectorLabels, Counter>::default();
+    registry.register(
+        "care_join_alerts",
+        "Times a sector joined the care of more new patients within an hour than exchange.max_new_patients_per_hour",
+        care_join_alerts.clone(),
+    );
+    (busy_retries, held_writes, care_join_alerts)
 }
 
 impl Metrics {
@@ -128,8 +168,12 @@ impl Metrics {
             "Stored bodies that were not valid JSON when read (a damaged or altered database)",
             CORRUPT_BODIES.clone(),
         );
+        let (busy_retries, held_writes, care_join_alerts) = register_trust(&mut registry);
         Metrics {
             registry,
+            busy_retries,
+            held_writes,
+            care_join_alerts,
             requests,
             duration,
             rate_limited,

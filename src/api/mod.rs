@@ -97,6 +97,7 @@ pub fn router_with(gateway: Arc<Gateway>, clients: Clients, sessions: Arc<ui::Se
             Duration::from_secs(server.request_timeout_secs),
         ))
         .layer(axum::middleware::from_fn(negotiate::acceptable))
+        .layer(axum::middleware::from_fn(negotiate::forbidden_characters))
         .layer(axum::middleware::from_fn(ops::outcome_for_bare_errors))
         .layer(cors(&server.cors_origins))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

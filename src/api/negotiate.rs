@@ -21,6 +21,31 @@ pub async fn acceptable(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Refuses with 400 a request whose path or query, once percent-decoded, holds a character
+/// FHIR forbids in every string (U+0000 and the other control characters but tab, CR and LF):
+/// no search value, id or parameter can hold one, and PostgreSQL cannot bind U+0000 as text.
+pub async fn forbidden_characters(req: Request, next: Next) -> Response {
+    for (part, text) in [
+        ("path", req.uri().path()),
+        ("query", req.uri().query().unwrap_or("")),
+    ] {
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(text).collect();
+        if let Some(b) = crate::fhir::forbidden_character(&decoded) {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!(
+                    "the request's {part} holds {}",
+                    crate::fhir::describe_forbidden(b)
+                ),
+            )
+            .at(part)
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 fn not_acceptable(what: String) -> ApiError {
     ApiError::new(
         StatusCode::NOT_ACCEPTABLE,

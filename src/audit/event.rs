@@ -22,7 +22,7 @@ pub const SUBTYPE_SYSTEM: &str =
     "http://carebridge.example.org/fhir/CodeSystem/audit-event-subtype";
 
 /// The codes of [`SUBTYPE_SYSTEM`]: (code, display, definition).
-pub const SUBTYPES: [(&str, &str, &str); 10] = [
+pub const SUBTYPES: [(&str, &str, &str); 15] = [
     (
         "authenticate",
         "Authenticate a request",
@@ -73,6 +73,33 @@ pub const SUBTYPES: [(&str, &str, &str); 10] = [
         "review-break-glass",
         "Review a break-the-glass access",
         "POST /audit/break-glass/{id}/review: an auditor recorded their review of a grant.",
+    ),
+    (
+        "merge",
+        "Merge two gateway patients",
+        "A sector's Patient linked a replacement number it issues to a real CPR (or an \
+         operator released a held write), and one gateway patient was merged into another.",
+    ),
+    (
+        "unmerge",
+        "Undo a merge of gateway patients",
+        "carebridge patients unmerge: a merged gateway patient got its identifiers and records back.",
+    ),
+    (
+        "hold-write",
+        "Hold a write for review",
+        "A write that would have joined two gateway patients was refused with 422 and kept for review.",
+    ),
+    (
+        "review-held-write",
+        "Review a held write",
+        "carebridge patients held release|reject: an operator applied or rejected a held write.",
+    ),
+    (
+        "backfill",
+        "Disclose a patient's records to a sector joining the care",
+        "A sector joined a patient's care: the current versions the care routes carry from the \
+         other sectors were queued for it.",
     ),
 ];
 
@@ -139,7 +166,11 @@ fn event_type(interaction: &str) -> (Value, Vec<Value>) {
         ),
         "verify" | "export" | "prune" => (coding(DCM, "110101", "Audit Log Used"), vec![own]),
         "deliver" => (coding(DCM, "110106", "Export"), vec![own]),
-        "alert" | "stream" => (coding(DCM, "110110", "Patient Record"), vec![own]),
+        "alert" | "stream" | "merge" | "unmerge" | "hold-write" | "review-held-write" => {
+            (coding(DCM, "110110", "Patient Record"), vec![own])
+        }
+        // Records leave for a sector that joins the care: a disclosure, as a delivery is.
+        "backfill" => (coding(DCM, "110106", "Export"), vec![own]),
         // An emergency override of the access rules: IHE records it as a Security Alert.
         "break-glass" => (coding(DCM, "110113", "Security Alert"), vec![own]),
         "review-break-glass" => (coding(DCM, "110101", "Audit Log Used"), vec![own]),

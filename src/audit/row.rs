@@ -131,6 +131,11 @@ codes_enum! {
         Stream = "stream",
         BreakGlass = "break-glass",
         ReviewBreakGlass = "review-break-glass",
+        Merge = "merge",
+        Unmerge = "unmerge",
+        HoldWrite = "hold-write",
+        ReviewHeldWrite = "review-held-write",
+        Backfill = "backfill",
     }
 }
 

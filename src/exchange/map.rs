@@ -8,7 +8,9 @@
 //!
 //! References, in the order tried (see [`Mapper::rewrite`]):
 //! 1. `#local`, `urn:` and absolute URLs outside the configured sectors stay as they are; an
-//!    absolute URL under the target's own base becomes relative.
+//!    absolute URL into a configured sector, however it is spelt ([`resolve::locate`]), is
+//!    that sector's resource and goes through the steps below as that sector's reference: the
+//!    owning sector gets its own `Type/id`, every other sector what steps 3–5 give.
 //! 2. A Patient becomes the target's own Patient of the same gateway patient, else a conditional
 //!    reference by the target's patient identifier (CPR): `Patient?identifier=system|value`.
 //! 3. A resource already delivered to the target becomes `Type/<the id it got there>`; a
@@ -24,8 +26,8 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 
 use super::SOURCE_ID_SYSTEM;
-use super::resolve::{self, sector_of_url};
-use crate::config::{SectorSettings, Settings};
+use super::resolve::{self, locate, normalise_url};
+use crate::config::{GATEWAY_SECTOR, SectorSettings, Settings};
 use crate::fhir::SECTOR_TAG_SYSTEM;
 use crate::fhir::{parse_conditional, parse_relative};
 use crate::ids::gateway_id;
@@ -182,15 +184,49 @@ impl Mapper<'_> {
         if r.starts_with('#') || r.starts_with("urn:") {
             return Ok(Replacement::Keep);
         }
-        if r.starts_with("http://") || r.starts_with("https://") {
-            return Ok(match sector_of_url(self.settings, r) {
-                Some((owner, rest)) if owner == t => Replacement::Literal(rest.to_owned()),
-                _ => Replacement::Keep,
-            });
+        if normalise_url(r).is_none() {
+            return self.in_sector(tx, entry, target, source, reference).await;
         }
+        // An absolute URL into a configured sector, however it is spelt, is that sector's
+        // resource (the gateway's own sector bases included); any other URL stays as it is.
+        let Some(at) = locate(self.settings, r) else {
+            return Ok(Replacement::Keep);
+        };
+        let (owner, rest) = match (at.sector.as_str(), at.relative()) {
+            // The gateway's cross-sector base names a stored resource by its gateway id.
+            (GATEWAY_SECTOR, Some((rtype, gid))) if rtype != "Patient" => {
+                match tx.get(gid).await? {
+                    Some(st) => (st.sector, format!("{}/{}", st.rtype, st.rid)),
+                    None => (at.sector.clone(), at.rest.clone()),
+                }
+            }
+            _ => (at.sector.clone(), at.rest.clone()),
+        };
+        let mut located = reference.clone();
+        located["reference"] = Value::String(rest);
+        self.in_sector(tx, entry, target, &owner, &located).await
+    }
+
+    /// What a relative or conditional reference of `owner`'s (the source's own, or the sector
+    /// an absolute URL was located in) becomes at the target: the owner itself gets its own
+    /// reference, any other sector the id its copy got there, the target's own resource, or a
+    /// logical reference.
+    async fn in_sector(
+        &self,
+        tx: &mut dyn StoreTx,
+        entry: &OutboxEntry,
+        target: Option<&SectorSettings>,
+        owner: &str,
+        reference: &Value,
+    ) -> Result<Replacement> {
+        let t = entry.target.as_str();
+        let r = reference
+            .get("reference")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if let Some((rtype, system, value)) = parse_conditional(r) {
-            for (owner, _gid, rid) in tx.identifier_owners(rtype, system, value).await? {
-                if owner == t && !is_assigned_id(&rid) {
+            for (holder, _gid, rid) in tx.identifier_owners(rtype, system, value).await? {
+                if holder == t && !is_assigned_id(&rid) {
                     return Ok(Replacement::Literal(format!("{rtype}/{rid}")));
                 }
             }
@@ -200,13 +236,17 @@ impl Mapper<'_> {
             return Ok(Replacement::Keep);
         };
         if rtype == "Patient" {
-            return self.patient(tx, source, target, rid).await;
+            return self.patient(tx, owner, target, rid).await;
         }
-        let gid = gateway_id(source, rtype, rid);
+        if owner == t {
+            // The owning sector: its own reference.
+            return Ok(Replacement::Literal(format!("{rtype}/{rid}")));
+        }
+        let gid = gateway_id(owner, rtype, rid);
         if let Some(d) = tx.delivered_get(t, &gid).await? {
             return Ok(Replacement::Literal(format!("{rtype}/{}", d.target_id)));
         }
-        let found = resolve::reference_target(tx, self.settings, source, reference).await?;
+        let found = resolve::reference_target(tx, self.settings, owner, reference).await?;
         if let Some(f) = found.in_sector(t)
             && !is_assigned_id(&f.rid)
         {
@@ -220,8 +260,20 @@ impl Mapper<'_> {
         if tx.outbox_pending_before(t, &gid, entry.id).await? {
             return Ok(Replacement::Defer);
         }
-        // A logical reference by business identifier.
-        let identifier = match tx.get(&gid).await? {
+        self.logical(tx, owner, rtype, rid, &gid).await
+    }
+
+    /// A logical reference by business identifier: the resource's own (when the gateway holds
+    /// it), else the source-resource identifier `<owner>/<Type>/<id>`.
+    async fn logical(
+        &self,
+        tx: &mut dyn StoreTx,
+        owner: &str,
+        rtype: &str,
+        rid: &str,
+        gid: &str,
+    ) -> Result<Replacement> {
+        let identifier = match tx.get(gid).await? {
             Some(stored) => {
                 let body: Value = stored.json()?;
                 crate::fhir::identifiers(&body)
@@ -232,7 +284,7 @@ impl Mapper<'_> {
             None => None,
         }
         .unwrap_or_else(
-            || json!({ "system": SOURCE_ID_SYSTEM, "value": source_id_value(source, rtype, rid) }),
+            || json!({ "system": SOURCE_ID_SYSTEM, "value": source_id_value(owner, rtype, rid) }),
         );
         Ok(Replacement::Logical {
             rtype: rtype.to_owned(),
@@ -251,7 +303,7 @@ impl Mapper<'_> {
         let Some(target) = target else {
             return Ok(Replacement::Keep);
         };
-        let patient_id = if source == crate::config::GATEWAY_SECTOR {
+        let patient_id = if source == GATEWAY_SECTOR {
             // What the gateway authors names its own patients.
             Some(rid.to_owned())
         } else {
@@ -320,11 +372,9 @@ fn tag_source(body: &mut Value, sector: &str, name: &str) {
         return;
     };
     let tags = meta.entry("tag").or_insert_with(|| json!([]));
-    if let Some(tags) = tags.as_array_mut()
-        && !tags
-            .iter()
-            .any(|t| t.get("system").and_then(Value::as_str) == Some(SECTOR_TAG_SYSTEM))
-    {
+    if let Some(tags) = tags.as_array_mut() {
+        // Never a tag in the gateway's system that the source wrote itself.
+        tags.retain(|t| t.get("system").and_then(Value::as_str) != Some(SECTOR_TAG_SYSTEM));
         tags.push(json!({ "system": SECTOR_TAG_SYSTEM, "code": sector, "display": name }));
     }
 }

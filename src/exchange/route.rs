@@ -8,14 +8,16 @@
 //! - `recipients`: the sectors of a Communication's recipients (see [`recipient_sectors`]);
 //! - a list of sector ids.
 //!
-//! Only sectors with a `base_url` receive anything. When a sector joins a patient's care (its
-//! first resources of that patient arrive), the current versions that the `care` routes carry
-//! from the other sectors are queued for it too (`backfill`).
+//! Only sectors with a `base_url` receive anything. A sector joins a patient's care with its
+//! first clinical record of the patient (its Patient alone does not count, unless the sector is
+//! configured with `join_care_on_patient`) or when a Communication about the patient is
+//! addressed to it; then the current versions that the `care` routes carry from the other
+//! sectors are queued for it too (`backfill`), and the gateway audits the disclosure ([`Join`]).
 
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::config::{RouteRule, RouteSettings, RouteTarget, Settings};
+use crate::config::{GATEWAY_SECTOR, RouteRule, RouteSettings, RouteTarget, Settings};
 use crate::exchange::resolve::reference_target;
 use crate::store::{OutboxNew, Result, StoreTx};
 
@@ -50,16 +52,57 @@ fn deliverable(settings: &Settings, sector: &str) -> bool {
         .is_some_and(|s| s.base_url.is_some())
 }
 
-/// Writes the outbox entries for `items` (all from one request of one sector) and returns the
-/// target sectors that got entries.
+/// A sector that joined a patient's care in this request: why, and what was queued for it
+/// (`Type/<gateway id>`), so that the disclosure is audited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    pub sector: String,
+    pub patient: String,
+    pub why: String,
+    pub queued: Vec<String>,
+}
+
+/// What routing one request wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Enqueued {
+    /// The target sectors that got entries.
+    pub targets: BTreeSet<String>,
+    /// The sectors that joined a patient's care, each with its backfill.
+    pub joins: Vec<Join>,
+}
+
+/// The sectors taking part in a patient's care, read once per request: those the store knows
+/// ([`crate::store::ExchangeTx::care_sectors`]) and those configured with
+/// `join_care_on_patient` that hold the patient's Patient.
+async fn in_care<'c>(
+    tx: &mut dyn StoreTx,
+    settings: &Settings,
+    cache: &'c mut HashMap<String, Vec<String>>,
+    patient: &str,
+) -> Result<&'c Vec<String>> {
+    if !cache.contains_key(patient) {
+        let mut sectors = tx.care_sectors(patient).await?;
+        for s in settings.sectors.iter().filter(|s| s.join_care_on_patient) {
+            if !sectors.contains(&s.id) && tx.sector_patient(patient, &s.id).await?.is_some() {
+                sectors.push(s.id.clone());
+            }
+        }
+        cache.insert(patient.to_owned(), sectors);
+    }
+    Ok(cache.entry(patient.to_owned()).or_default())
+}
+
+/// Writes the outbox entries for `items` (all from one request of one sector): what the routes
+/// carry, and the backfill of every sector that joined a patient's care.
 pub async fn enqueue(
     tx: &mut dyn StoreTx,
     settings: &Settings,
     items: &[Routed<'_>],
-) -> Result<BTreeSet<String>> {
+) -> Result<Enqueued> {
     let routes = settings.exchange.effective_routes();
-    let mut targets_hit = BTreeSet::new();
+    let mut out = Enqueued::default();
     let mut care_cache: HashMap<String, Vec<String>> = HashMap::new();
+    let mut joins: Vec<Join> = Vec::new();
     for item in items.iter().filter(|i| i.changed) {
         for (i, route) in routes.iter().enumerate() {
             if !applies(route, item.sector, item.rtype) {
@@ -67,20 +110,22 @@ pub async fn enqueue(
             }
             let targets: Vec<String> = match &route.to {
                 RouteTarget::Rule(RouteRule::Care) => match item.patient_id {
-                    Some(p) => {
-                        if !care_cache.contains_key(p) {
-                            let sectors = tx.care_sectors(p).await?;
-                            care_cache.insert(p.to_owned(), sectors);
-                        }
-                        care_cache.get(p).cloned().unwrap_or_default()
-                    }
+                    Some(p) => in_care(tx, settings, &mut care_cache, p).await?.clone(),
                     None => Vec::new(),
                 },
                 RouteTarget::Rule(RouteRule::Recipients) => {
-                    recipient_sectors(tx, settings, item.sector, item.body)
-                        .await?
-                        .into_iter()
-                        .collect()
+                    let sectors = recipient_sectors(tx, settings, item.sector, item.body).await?;
+                    if let Some(p) = item.patient_id {
+                        // A Communication addressed to a sector makes it take part in the care.
+                        let care = in_care(tx, settings, &mut care_cache, p).await?.clone();
+                        joins.extend(sectors.iter().filter(|t| !care.contains(t)).map(|t| Join {
+                            sector: t.clone(),
+                            patient: p.to_owned(),
+                            why: format!("a {} addressed to it", item.rtype),
+                            queued: Vec::new(),
+                        }));
+                    }
+                    sectors.into_iter().collect()
                 }
                 RouteTarget::Sectors(list) => list.clone(),
             };
@@ -100,58 +145,111 @@ pub async fn enqueue(
                     })
                     .await?;
                 if added {
-                    targets_hit.insert(target);
+                    out.targets.insert(target);
                 }
             }
         }
     }
-    backfill(tx, settings, &routes, items, &mut targets_hit).await?;
-    Ok(targets_hit)
-}
-
-/// When the request's sector just joined a patient's care, queue for it what the `care`
-/// routes carry from the other sectors.
-async fn backfill(
-    tx: &mut dyn StoreTx,
-    settings: &Settings,
-    routes: &[RouteSettings],
-    items: &[Routed<'_>],
-    targets_hit: &mut BTreeSet<String>,
-) -> Result<()> {
-    let mut created: HashMap<(&str, &str), i64> = HashMap::new();
-    for item in items.iter().filter(|i| i.created) {
-        if let Some(p) = item.patient_id {
-            *created.entry((item.sector, p)).or_default() += 1;
+    joins.extend(record_joins(tx, settings, items).await?);
+    joins.retain(|j| deliverable(settings, &j.sector) && j.sector != GATEWAY_SECTOR);
+    let mut seen = BTreeSet::new();
+    joins.retain(|j| seen.insert((j.sector.clone(), j.patient.clone())));
+    for mut join in joins {
+        backfill(tx, &routes, &mut join, &mut out.targets).await?;
+        // A join that discloses nothing (no other sector holds records of the patient) is
+        // neither audited nor counted.
+        if !join.queued.is_empty() {
+            out.joins.push(join);
         }
     }
-    for ((sector, patient), n) in created {
-        if !deliverable(settings, sector) || tx.sector_resource_count(patient, sector).await? != n {
+    Ok(out)
+}
+
+/// The sectors that joined a patient's care with this request's records: with their first
+/// clinical record of the patient (its Patient alone is not enough: a CPR number names a
+/// person, it does not show that the sector treats them), or, for a sector configured with
+/// `join_care_on_patient`, with their first resource of the patient.
+async fn record_joins(
+    tx: &mut dyn StoreTx,
+    settings: &Settings,
+    items: &[Routed<'_>],
+) -> Result<Vec<Join>> {
+    let mut created: BTreeMap<(&str, &str), (i64, &str)> = BTreeMap::new();
+    for item in items.iter().filter(|i| i.created) {
+        let on_patient = settings
+            .sector(item.sector)
+            .is_some_and(|s| s.join_care_on_patient);
+        if let Some(p) = item.patient_id
+            && (item.rtype != "Patient" || on_patient)
+        {
+            let e = created.entry((item.sector, p)).or_insert((0, item.rtype));
+            e.0 += 1;
+        }
+    }
+    let mut joins = Vec::new();
+    for ((sector, patient), (n, first)) in created {
+        let on_patient = settings
+            .sector(sector)
+            .is_some_and(|s| s.join_care_on_patient);
+        if tx
+            .sector_resource_count(patient, sector, !on_patient)
+            .await?
+            != n
+        {
             continue;
         }
-        for (gid, source, rtype, version) in tx.patient_resources(patient).await? {
-            if source == sector {
-                continue;
-            }
-            let carried = routes
-                .iter()
-                .any(|r| r.to == RouteTarget::Rule(RouteRule::Care) && applies(r, &source, &rtype));
-            if !carried {
-                continue;
-            }
-            let added = tx
-                .outbox_add(&OutboxNew {
-                    target: sector.to_owned(),
-                    source,
-                    gid,
-                    version,
-                    rtype,
-                    patient_id: Some(patient.to_owned()),
-                    route: "backfill".into(),
-                })
-                .await?;
-            if added {
-                targets_hit.insert(sector.to_owned());
-            }
+        let why = if on_patient {
+            "its first resource of the patient (join_care_on_patient)".to_owned()
+        } else {
+            format!("its first clinical record of the patient (a {first})")
+        };
+        joins.push(Join {
+            sector: sector.to_owned(),
+            patient: patient.to_owned(),
+            why,
+            queued: Vec::new(),
+        });
+    }
+    Ok(joins)
+}
+
+/// Queues for a sector that joined a patient's care what the `care` routes carry of that
+/// patient from the other sectors; `join.queued` lists it.
+async fn backfill(
+    tx: &mut dyn StoreTx,
+    routes: &[RouteSettings],
+    join: &mut Join,
+    targets_hit: &mut BTreeSet<String>,
+) -> Result<()> {
+    let mut resources = tx.patient_resources(&join.patient).await?;
+    // Referenced types first (a Condition before the CarePlan addressing it), so that the
+    // later entries' references find the copies already delivered.
+    resources.sort_by(|a, b| rank(&a.2).cmp(&rank(&b.2)).then_with(|| a.0.cmp(&b.0)));
+    for (gid, source, rtype, version) in resources {
+        if source == join.sector {
+            continue;
+        }
+        let carried = routes
+            .iter()
+            .any(|r| r.to == RouteTarget::Rule(RouteRule::Care) && applies(r, &source, &rtype));
+        if !carried {
+            continue;
+        }
+        let entity = format!("{rtype}/{gid}");
+        let added = tx
+            .outbox_add(&OutboxNew {
+                target: join.sector.clone(),
+                source,
+                gid,
+                version,
+                rtype,
+                patient_id: Some(join.patient.clone()),
+                route: "backfill".into(),
+            })
+            .await?;
+        if added {
+            targets_hit.insert(join.sector.clone());
+            join.queued.push(entity);
         }
     }
     Ok(())

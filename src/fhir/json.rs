@@ -325,6 +325,20 @@ impl<'c, T> Seed<'c, T> {
         }
         Ok(self.depth + 1)
     }
+
+    /// Refuses a string holding a character FHIR forbids in every string (U+0000 and the other
+    /// control characters but tab, CR and LF): no element, known or not, may carry one, and
+    /// PostgreSQL cannot store U+0000 in text at all.
+    fn allowed<E: de::Error>(&self, v: &str) -> Result<(), E> {
+        match super::forbidden_character(v.as_bytes()) {
+            None => Ok(()),
+            Some(b) => {
+                let reason = format!("a string holds {}", super::describe_forbidden(b));
+                self.ctx.borrow_mut().reason = Some(reason.clone());
+                Err(E::custom(reason))
+            }
+        }
+    }
 }
 
 impl<'de, T: Build<'de>> DeserializeSeed<'de> for Seed<'_, T> {
@@ -355,13 +369,16 @@ impl<'de, T: Build<'de>> Visitor<'de> for Seed<'_, T> {
         }
         T::number(v.to_string()).map_err(E::custom)
     }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<T, E> {
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<T, E> {
+        self.allowed(v)?;
         Ok(T::string(Cow::Borrowed(v)))
     }
-    fn visit_str<E>(self, v: &str) -> Result<T, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        self.allowed(v)?;
         Ok(T::string(Cow::Owned(v.to_owned())))
     }
-    fn visit_string<E>(self, v: String) -> Result<T, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<T, E> {
+        self.allowed(&v)?;
         Ok(T::string(Cow::Owned(v)))
     }
     fn visit_unit<E>(self) -> Result<T, E> {
@@ -404,6 +421,11 @@ impl<'de, T: Build<'de>> Visitor<'de> for Seed<'_, T> {
                 self.enter::<A::Error>()?;
             }
             first = false;
+            if let Some(b) = super::forbidden_character(key.as_bytes()) {
+                let reason = format!("an object key holds {}", super::describe_forbidden(b));
+                self.ctx.borrow_mut().reason = Some(reason.clone());
+                return Err(de::Error::custom(reason));
+            }
             if T::has_key(&mut obj, &key) {
                 let mut ctx = self.ctx.borrow_mut();
                 ctx.reason = Some(format!("duplicate key '{key}'"));
@@ -514,6 +536,23 @@ mod tests {
                 PathSeg::Key("family".into())
             ]
         );
+    }
+
+    #[test]
+    fn refuses_control_characters_in_strings_and_keys_with_their_path() {
+        let e = parse_strict(br#"{"a": [{"b": "x\u0000y"}]}"#, 32).unwrap_err();
+        assert!(e.reason.contains("U+0000"), "{}", e.reason);
+        assert_eq!(
+            e.path,
+            vec![
+                PathSeg::Key("a".into()),
+                PathSeg::Index(0),
+                PathSeg::Key("b".into())
+            ]
+        );
+        let e = parse_strict(br#"{"a\u0007": 1}"#, 32).unwrap_err();
+        assert!(e.reason.contains("U+0007"), "{}", e.reason);
+        assert!(parse_strict(br#"{"a": "tab\tcr\rlf\n"}"#, 32).is_ok());
     }
 
     #[test]

@@ -20,6 +20,21 @@ pub const SECTOR_TAG_SYSTEM: &str = "http://carebridge.example.org/fhir/CodeSyst
 pub const SOURCE_ID_SYSTEM: &str =
     "http://carebridge.example.org/fhir/NamingSystem/source-resource";
 
+/// The first character FHIR forbids in any string, if `s` holds one: U+0000 and every other
+/// character below U+0020 except tab, LF and CR (R4 `string`: `[ \r\n\t\S]+`). Below U+0020
+/// every character is one byte in UTF-8 and no byte of a longer character is, so a byte scan
+/// finds exactly these.
+pub fn forbidden_character(s: &[u8]) -> Option<u8> {
+    s.iter()
+        .copied()
+        .find(|b| *b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+}
+
+/// How [`forbidden_character`]'s find is named in a diagnostic (never the text around it).
+pub fn describe_forbidden(b: u8) -> String {
+    format!("U+{b:04X}: FHIR allows no control characters below U+0020 other than tab, CR and LF")
+}
+
 /// `resource.resourceType`, if it is a string.
 pub fn resource_type(resource: &Value) -> Option<&str> {
     resource.get("resourceType")?.as_str()
@@ -98,7 +113,10 @@ pub fn patient_reference(resource: &Value) -> Option<(&'static str, &str)> {
             .get(el)
             .and_then(|s| s.get("reference"))
             .and_then(Value::as_str)
-            && (r.starts_with("Patient/") || r.contains("/Patient/") || r.starts_with("Patient?"))
+            && (r.starts_with("Patient/")
+                || r.contains("/Patient/")
+                || r.starts_with("Patient?")
+                || r.contains("/Patient?"))
         {
             return Some((el, r));
         }

@@ -2,6 +2,7 @@
 //! batch Bundle), checked against its URL; what the store keeps for it; and the response
 //! Bundle of a transaction or batch. Pure: no store, no clock.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::GatewayError;
@@ -12,7 +13,7 @@ use crate::ids::content_hash;
 use crate::store::{Prepared, PutOutcome};
 
 /// One create or update to apply (a single request, or one Bundle entry).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
     /// Where the entry sits, for error locations: `Bundle.entry[3]`, or `None` for a single resource.
     pub location: Option<String>,
@@ -28,7 +29,7 @@ pub struct Entry {
     pub resource: Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Method {
     Post,
     Put,
@@ -115,7 +116,10 @@ pub fn prepare(s: &SectorSettings, rtype: &str, rid: &str, resource: &Value) -> 
     let (patient_ref, link_identifiers) = if rtype == "Patient" {
         let links = idents
             .iter()
-            .filter(|(sys, _)| *sys == s.patient_identifier_system)
+            .filter(|(sys, _)| {
+                *sys == s.patient_identifier_system
+                    || s.replacement_identifier_systems.contains(sys)
+            })
             .cloned()
             .collect();
         (None, links)
@@ -136,6 +140,12 @@ pub fn prepare(s: &SectorSettings, rtype: &str, rid: &str, resource: &Value) -> 
         identifiers: idents,
         patient_id: None,
         expected_version: None,
+        authority_systems: if rtype == "Patient" {
+            s.replacement_identifier_systems.clone()
+        } else {
+            Vec::new()
+        },
+        allow_merge: false,
     }
 }
 

@@ -69,6 +69,7 @@ impl GatewayError {
             GatewayError::Conflict(_) => 409,
             GatewayError::PreconditionFailed(_) => 412,
             GatewayError::Store(StoreError::Busy) => 503,
+            GatewayError::Store(StoreError::MergeHeld { .. }) => 422,
             GatewayError::Store(_) => 500,
         }
     }
@@ -86,6 +87,9 @@ impl GatewayError {
                 "transient",
                 "the store is busy; nothing was stored, retry the request",
             )],
+            GatewayError::Store(StoreError::MergeHeld { reason, .. }) => {
+                vec![Issue::error("business-rule", reason.clone())]
+            }
             GatewayError::Store(err) => {
                 tracing::error!(error = %err, "store failure");
                 vec![Issue::error(

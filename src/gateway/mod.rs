@@ -32,6 +32,7 @@ pub mod console;
 pub mod entry;
 mod error;
 pub mod history;
+pub mod identity;
 pub mod inbox;
 pub mod ledger;
 pub mod notify;
@@ -170,6 +171,11 @@ impl Gateway {
     /// Records the address the server listens on (for links when no public URL is set).
     pub fn listening_on(&self, addr: std::net::SocketAddr) {
         let _ = self.listen_base.set(format!("http://{addr}/fhir"));
+        let _ = self
+            .settings
+            .server
+            .listening_fhir_base
+            .set(format!("http://{addr}/fhir"));
     }
 
     pub fn sector(&self, id: &str) -> Option<&SectorSettings> {

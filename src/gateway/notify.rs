@@ -149,6 +149,8 @@ async fn queue(
         )],
         patient_id: Some(event.patient.clone()),
         expected_version: None,
+        authority_systems: Vec::new(),
+        allow_merge: false,
     };
     let stored = tx.put(&prepared).await?;
     tx.outbox_add(&OutboxNew {

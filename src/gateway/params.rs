@@ -269,6 +269,9 @@ pub fn criteria(rtype: &str, query: &[(String, String)]) -> Result<Criteria, Iss
     let params = params_of(rtype).unwrap_or(&[]);
     let mut c = Criteria::default();
     for (key, value) in query {
+        if let Some(b) = crate::fhir::forbidden_character(format!("{key}{value}").as_bytes()) {
+            return Err(bad(key, crate::fhir::describe_forbidden(b)));
+        }
         let (name, modifier) = match key.split_once(':') {
             Some((n, m)) => (n, Some(m.to_owned())),
             None => (key.as_str(), None),

@@ -7,6 +7,8 @@ use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
 
 use super::Gateway;
+use crate::config::GATEWAY_SECTOR;
+use crate::exchange::resolve::locate;
 use crate::fhir::{
     SECTOR_TAG_SYSTEM, for_each_reference_mut, parse_conditional, parse_relative, patient_reference,
 };
@@ -27,11 +29,12 @@ fn stamp(resource: &mut Value, stored: &Stored, sector_name: &str) {
     meta["versionId"] = json!(stored.version.to_string());
     meta["lastUpdated"] = json!(stored.last_updated);
     let tag = json!({ "system": SECTOR_TAG_SYSTEM, "code": stored.sector, "display": sector_name });
+    // The gateway's tag replaces any in its system (the write pipeline refuses them; a version
+    // stored before that rule is not trusted either).
     match meta.get_mut("tag").and_then(Value::as_array_mut) {
         Some(tags) => {
-            if !tags.iter().any(|t| t.get("system") == tag.get("system")) {
-                tags.push(tag);
-            }
+            tags.retain(|t| t.get("system") != tag.get("system"));
+            tags.push(tag);
         }
         None => meta["tag"] = json!([tag]),
     }
@@ -50,27 +53,32 @@ pub fn sector_view(gw: &Gateway, stored: &Stored) -> Result<Value, StoreError> {
 
 /// Where the cross-sector view points the references of some stored resources: (sector,
 /// reference as stored) → `Type/<gateway id>`, for every reference that names a stored
-/// resource (relative, absolute into the sector's own base, or conditional by identifier).
+/// resource (relative, absolute into a configured sector's base in any spelling, or conditional by identifier).
 pub type ReferenceMap = HashMap<(String, String), String>;
 
-/// The references of a resource that name a resource of its own sector: (reference, type, id).
+/// The references of a resource that name a stored resource by id: (reference, owning sector,
+/// type, id) — relative ones name its own sector's, absolute ones in any spelling the sector
+/// whose base they lie under ([`locate`]).
 fn local_references(
     gw: &Gateway,
     stored: &Stored,
     body: &mut Value,
-) -> Vec<(String, String, String)> {
-    let base = gw
-        .sector(&stored.sector)
-        .and_then(|s| s.base_url.as_deref())
-        .map(|b| format!("{}/", b.trim_end_matches('/')));
+) -> Vec<(String, String, String, String)> {
     let mut out = Vec::new();
     for_each_reference_mut(body, &mut |r: &mut String| {
-        let local = base
-            .as_deref()
-            .and_then(|b| r.strip_prefix(b))
-            .unwrap_or(r.as_str());
-        if let Some((t, id)) = parse_relative(local) {
-            out.push((r.clone(), t.to_owned(), id.to_owned()));
+        if let Some(at) = locate(gw.settings(), r) {
+            if let Some((t, id)) = at.relative()
+                && at.sector != GATEWAY_SECTOR
+            {
+                out.push((r.clone(), at.sector.clone(), t.to_owned(), id.to_owned()));
+            }
+        } else if let Some((t, id)) = parse_relative(r) {
+            out.push((
+                r.clone(),
+                stored.sector.clone(),
+                t.to_owned(),
+                id.to_owned(),
+            ));
         }
     });
     out
@@ -101,8 +109,8 @@ impl Gateway {
         let mut wanted: Vec<((String, String), String, String)> = Vec::new();
         for stored in items {
             let mut body = stored.json()?;
-            for (reference, t, id) in local_references(self, stored, &mut body) {
-                let gid = gateway_id(&stored.sector, &t, &id);
+            for (reference, owner, t, id) in local_references(self, stored, &mut body) {
+                let gid = gateway_id(&owner, &t, &id);
                 wanted.push(((stored.sector.clone(), reference), t, gid));
             }
             let mut conditional = Vec::new();

@@ -18,13 +18,25 @@ use super::params;
 use super::{Gateway, GatewayError};
 use crate::access::{Caller, Request, authorize};
 use crate::audit::{self, Action, Actor, AuditRow, Interaction, Outcome};
-use crate::config::SectorSettings;
+use crate::config::{SectorSettings, Settings};
+use crate::exchange::resolve::locate;
 use crate::exchange::route::Routed;
 use crate::fhir::outcome::Issue;
 use crate::fhir::time::{instant, now_us};
 use crate::fhir::{self, for_each_reference_mut, identifiers, is_valid_id, patient_reference};
 use crate::ids::content_hash;
 use crate::store::{PutOutcome, SearchFilter, StoreError, StoreTx};
+
+/// How many times a write transaction runs before a busy database is answered with 503.
+const BUSY_ATTEMPTS: u32 = 6;
+
+/// The pause before attempt `attempt + 1`: a random share of 10 ms doubling per attempt, so
+/// that transactions that collided do not collide again in step.
+fn busy_pause(attempt: u32) -> std::time::Duration {
+    use rand::RngExt;
+    let ceiling = 10u64 << attempt.min(6);
+    std::time::Duration::from_millis(rand::rng().random_range(1..=ceiling))
+}
 
 /// The entries of a Bundle, each an entry or the issues that make it unusable.
 type ParsedEntries = Vec<Result<Entry, Vec<Issue>>>;
@@ -73,35 +85,43 @@ impl Gateway {
         location: Option<&str>,
     ) -> Result<(), GatewayError> {
         let mut issues = self.validator.profile(sector.profile.as_deref(), resource);
-        issues.extend(self.foreign_patient_references(sector, resource));
+        issues.extend(self.foreign_references(sector, resource));
+        issues.extend(spoofed_tags(&sector.id, resource));
         if !issues.is_empty() {
             return Err(GatewayError::Unprocessable(placed(issues, location)));
         }
         Ok(())
     }
 
-    /// A sector may only name its own patients: an absolute reference into another configured
-    /// sector's FHIR base is refused (use a conditional reference by CPR instead).
-    fn foreign_patient_references(&self, sector: &SectorSettings, resource: &Value) -> Vec<Issue> {
-        let Some((element, reference)) = patient_reference(resource) else {
-            return Vec::new();
-        };
-        let rtype = fhir::resource_type(resource).unwrap_or("Resource");
-        self.settings
-            .sectors
-            .iter()
-            .filter(|s| s.id != sector.id)
-            .filter_map(|s| s.base_url.as_deref())
-            .filter(|base| reference.starts_with(&format!("{}/", base.trim_end_matches('/'))))
-            .map(|_| {
-                Issue::error(
-                    "business-rule",
-                    "the reference points to a Patient of another sector; reference your own Patient \
-                     or use Patient?identifier=<system>|<value>",
-                )
-                .at(format!("{rtype}.{element}.reference"))
-            })
-            .collect()
+    /// The reference policy, the same for every spelling ([`locate`] normalises each absolute
+    /// reference of every Reference element, found by type): a sector names only its own
+    /// patients, so a reference to another sector's Patient (by any URL under its base, the
+    /// gateway's own bases included, literal or conditional) is refused; a reference under a
+    /// configured base must name `Type/id` or `Type?identifier=…`. Other references into a
+    /// configured sector are that sector's resources (mapped on delivery).
+    fn foreign_references(&self, sector: &SectorSettings, resource: &Value) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        for (path, element) in self.validator.references(resource) {
+            let Some(r) = element.get("reference").and_then(Value::as_str) else {
+                continue;
+            };
+            let Some(at) = locate(&self.settings, r) else {
+                continue;
+            };
+            let why = match at.rtype() {
+                None => {
+                    "the reference lies under a configured sector's FHIR base but names no \
+                         Type/id or Type?identifier=<system>|<value>"
+                }
+                Some("Patient") if at.sector != sector.id => {
+                    "the reference points to a Patient of another sector; reference your own \
+                     Patient or use Patient?identifier=<system>|<value>"
+                }
+                Some(_) => continue,
+            };
+            issues.push(Issue::error("business-rule", why).at(format!("{path}.reference")));
+        }
+        issues
     }
 
     /// POST/PUT of one resource under a sector.
@@ -311,17 +331,84 @@ impl Gateway {
         Ok(applied.remove(0))
     }
 
-    /// Applies entries in one transaction: ids, references, store, outbox, alerts, audit.
+    /// Applies entries in one transaction ([`Gateway::apply_once`]); a transaction the database
+    /// rolled back as busy (a PostgreSQL serialisation failure or deadlock, SQLite busy, an
+    /// exhausted pool) stored nothing and is run again, a bounded number of times with a short
+    /// random pause, before the caller hears 503.
     async fn apply(
+        &self,
+        caller: &Caller,
+        s: &SectorSettings,
+        entries: Vec<Entry>,
+        interaction: Interaction,
+    ) -> Result<Vec<Applied>, GatewayError> {
+        self.apply_with(caller, s, entries, interaction, false)
+            .await
+    }
+
+    /// [`Gateway::apply`]; `allow_merge` (a held write an operator released) lets the write
+    /// join gateway patients, else such a write is held for review (422).
+    pub(super) async fn apply_with(
+        &self,
+        caller: &Caller,
+        s: &SectorSettings,
+        entries: Vec<Entry>,
+        interaction: Interaction,
+        allow_merge: bool,
+    ) -> Result<Vec<Applied>, GatewayError> {
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .apply_once(caller, s, entries.clone(), interaction, allow_merge)
+                .await;
+            match result {
+                Err(GatewayError::Store(StoreError::MergeHeld { reason, patients })) => {
+                    return Err(self
+                        .hold(caller, s, &entries, interaction, reason, patients)
+                        .await);
+                }
+                Err(GatewayError::Store(StoreError::Busy)) if attempt < BUSY_ATTEMPTS => {
+                    self.metrics.busy_retries.inc();
+                    tracing::debug!(attempt, "a write transaction was busy; running it again");
+                    tokio::time::sleep(busy_pause(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Applies entries in one transaction: ids, references, store, outbox, alerts, audit.
+    async fn apply_once(
         &self,
         caller: &Caller,
         s: &SectorSettings,
         mut entries: Vec<Entry>,
         interaction: Interaction,
+        allow_merge: bool,
     ) -> Result<Vec<Applied>, GatewayError> {
         let mut tx = self.store.begin().await?;
         let ids = assign_ids(&mut *tx, s, &entries).await?;
-        let mut applied = store_entries(&mut *tx, s, &mut entries, ids).await?;
+        if interaction == Interaction::Transaction {
+            let twice = duplicate_entries(&entries, &ids);
+            if !twice.is_empty() {
+                return Err(GatewayError::Invalid(twice));
+            }
+        }
+        let mut applied =
+            store_entries(&mut *tx, s, &mut entries, ids, allow_merge, &self.settings).await?;
+        let merges: Vec<(String, String)> = applied
+            .iter()
+            .flat_map(|a| {
+                let into = a.outcome.patient_id.clone().unwrap_or_default();
+                a.outcome
+                    .merged
+                    .iter()
+                    .map(move |m| (m.clone(), into.clone()))
+            })
+            .collect();
+        super::identity::audit_merges(&mut *tx, &caller.actor(), &s.id, interaction, &merges)
+            .await?;
         // Resources stored before their Patient in this request are linked by now.
         for a in applied.iter_mut() {
             if a.outcome.changed && a.outcome.patient_id.is_none() && a.rtype != "Patient" {
@@ -330,7 +417,9 @@ impl Gateway {
         }
         // The outbox: what goes to the other sectors commits with what was accepted.
         let routed: Vec<Routed<'_>> = applied.iter().map(|a| routed(&s.id, a)).collect();
-        let targets = crate::exchange::route::enqueue(&mut *tx, &self.settings, &routed).await?;
+        let routed = crate::exchange::route::enqueue(&mut *tx, &self.settings, &routed).await?;
+        self.disclose(&mut *tx, caller, &routed.joins).await?;
+        let targets = routed.targets;
         // Alerts for the patients whose data changed, in the same transaction.
         let touched: BTreeSet<String> = applied
             .iter()
@@ -463,12 +552,72 @@ impl Gateway {
     }
 }
 
+/// The sector tag is the gateway's: a resource that carries a `meta.tag` in the gateway's tag
+/// system naming another sector than the one writing it is refused, never stored or delivered
+/// as that sector's. The writer's own tag (what the gateway put on the resource it served, sent
+/// back in a read-modify-write) is accepted and, like every tag in that system, replaced by the
+/// gateway's wherever the resource is shown or delivered.
+fn spoofed_tags(sector: &str, resource: &Value) -> Vec<Issue> {
+    let rtype = fhir::resource_type(resource).unwrap_or("Resource");
+    let Some(tags) = resource.pointer("/meta/tag").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    tags.iter()
+        .enumerate()
+        .filter(|(_, t)| {
+            t.get("system").and_then(Value::as_str) == Some(fhir::SECTOR_TAG_SYSTEM)
+                && t.get("code").and_then(Value::as_str) != Some(sector)
+        })
+        .map(|(i, _)| {
+            Issue::error(
+                "business-rule",
+                "the sector tag names the sector that sends, set by the gateway; remove this tag",
+            )
+            .at(format!("{rtype}.meta.tag[{i}]"))
+        })
+        .collect()
+}
+
 /// Issues located under `location` (a Bundle entry's resource), when given.
 fn placed(issues: Vec<Issue>, location: Option<&str>) -> Vec<Issue> {
     match location {
         Some(l) => issues.into_iter().map(|i| i.nested_under(l)).collect(),
         None => issues,
     }
+}
+
+/// Entries of one transaction that write the same resource (type and id, however the id was
+/// given: the URL, the body, a conditional create's match or the content): the second would be
+/// stored as another version in the same transaction, so both are named and nothing is stored.
+fn duplicate_entries(entries: &[Entry], ids: &[(String, bool)]) -> Vec<Issue> {
+    let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut issues = Vec::new();
+    let at = |i: usize| {
+        entries[i]
+            .location
+            .clone()
+            .unwrap_or_else(|| format!("Bundle.entry[{i}]"))
+    };
+    for (i, (e, (rid, _))) in entries.iter().zip(ids).enumerate() {
+        match first.get(&(e.rtype.as_str(), rid.as_str())) {
+            None => {
+                first.insert((e.rtype.as_str(), rid.as_str()), i);
+            }
+            Some(&j) => {
+                let message = |other: usize| {
+                    format!(
+                        "{}/{rid} is written by {} and {}; a transaction writes each resource once",
+                        e.rtype,
+                        at(j),
+                        at(other)
+                    )
+                };
+                issues.push(Issue::error("invalid", message(i)).at(at(j)));
+                issues.push(Issue::error("invalid", message(i)).at(at(i)));
+            }
+        }
+    }
+    issues
 }
 
 /// The sector-local id of every entry, and whether it names a resource already stored (a
@@ -568,16 +717,18 @@ async fn store_entries(
     s: &SectorSettings,
     entries: &mut [Entry],
     ids: Vec<(String, bool)>,
+    allow_merge: bool,
+    settings: &Settings,
 ) -> Result<Vec<Applied>, GatewayError> {
     let map: HashMap<String, String> = entries
         .iter()
         .zip(&ids)
         .filter_map(|(e, (rid, _))| Some((e.full_url.clone()?, format!("{}/{rid}", e.rtype))))
         .collect();
-    let mut applied = Vec::with_capacity(entries.len());
-    for (e, (rid, existing)) in entries.iter_mut().zip(ids) {
-        if existing {
-            applied.push(already_stored(tx, s, &e.rtype, rid).await?);
+    let mut prepared = Vec::with_capacity(entries.len());
+    for (e, (rid, existing)) in entries.iter_mut().zip(&ids) {
+        if *existing {
+            prepared.push(None);
             continue;
         }
         if !map.is_empty() {
@@ -590,9 +741,25 @@ async fn store_entries(
         if let Some(obj) = e.resource.as_object_mut() {
             obj.insert("id".into(), Value::String(rid.clone()));
         }
-        let mut prepared = prepare(s, &e.rtype, &rid, &e.resource);
-        prepared.expected_version = e.if_match;
-        let outcome = tx.put(&prepared).await?;
+        let mut p = prepare(s, &e.rtype, rid, &e.resource);
+        if p.patient_ref.is_none() && e.rtype != "Patient" {
+            p.patient_ref = own_patient_ref(settings, s, &e.resource);
+        }
+        p.expected_version = e.if_match;
+        p.allow_merge = allow_merge;
+        prepared.push(Some(p));
+    }
+    // Every lock the writes need, taken up front in one sorted order: two transactions that
+    // write the same resources in different orders wait for each other instead of deadlocking.
+    let writes: Vec<&crate::store::Prepared> = prepared.iter().flatten().collect();
+    tx.lock_writes(&writes).await?;
+    let mut applied = Vec::with_capacity(entries.len());
+    for ((e, (rid, _)), p) in entries.iter_mut().zip(ids).zip(prepared) {
+        let Some(p) = p else {
+            applied.push(already_stored(tx, s, &e.rtype, rid).await?);
+            continue;
+        };
+        let outcome = tx.put(&p).await?;
         applied.push(Applied {
             rtype: e.rtype.clone(),
             rid,
@@ -601,6 +768,18 @@ async fn store_entries(
         });
     }
     Ok(applied)
+}
+
+/// The patient reference of a resource that names its own sector's Patient by an absolute URL
+/// in any spelling ([`locate`]): `Patient/<id>` or `Patient?identifier=…`, for linking.
+fn own_patient_ref(settings: &Settings, s: &SectorSettings, resource: &Value) -> Option<String> {
+    let (_, r) = patient_reference(resource)?;
+    let at = locate(settings, r).filter(|at| at.sector == s.id)?;
+    if let Some((_, id)) = at.relative() {
+        return Some(format!("Patient/{id}"));
+    }
+    let (_, system, value) = fhir::parse_conditional(&at.rest)?;
+    Some(format!("Patient?identifier={system}|{value}"))
 }
 
 /// The stored resource a conditional create matched, as an unchanged outcome.
@@ -625,6 +804,7 @@ async fn already_stored(
             changed: false,
             created: false,
             patient_id: stored.patient_id,
+            merged: Vec::new(),
         },
     })
 }

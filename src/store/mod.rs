@@ -9,6 +9,7 @@
 pub mod access;
 pub mod alerts;
 mod busy;
+pub mod identity;
 pub mod merkle;
 pub mod ops;
 pub mod outbox;
@@ -26,6 +27,7 @@ pub use access::{AccessTx, Grant, Identified};
 pub use alerts::{
     AlertQuery, AlertRow, AlertTx, HistoryRow, InboxQuery, InboxRow, Snooze, Snoozed,
 };
+pub use identity::{HeldNew, HeldWrite, IdentityTx, RoutedEntry, Unmerged};
 pub use merkle::{StoredCheckpoint, TransparencyTx, WitnessState};
 pub use ops::{AttemptCount, CursorStat, OpsTx, OutboxQuery, QueueStat, SectorHealth};
 pub use outbox::{
@@ -58,6 +60,14 @@ pub enum StoreError {
     /// does not exist).
     #[error("version conflict: expected {expected}, current {current:?}")]
     VersionConflict { expected: i64, current: Option<i64> },
+    /// A Patient's identifiers name two gateway patients and the writing sector may not join
+    /// them (see [`Prepared::authority_systems`]): nothing was stored. `patients` are the
+    /// gateway patients the write would have joined.
+    #[error("the write would join gateway patients: {reason}")]
+    MergeHeld {
+        reason: String,
+        patients: Vec<String>,
+    },
 }
 
 /// Parses a stored JSON body; a body that does not parse is logged (naming the record only),
@@ -99,6 +109,13 @@ pub struct Prepared {
     /// `If-Match`: the version the writer last saw; any other current version (or none) is
     /// [`StoreError::VersionConflict`], decided under the resource's lock.
     pub expected_version: Option<i64>,
+    /// For Patients: the identifier systems the writing sector issues itself (its replacement
+    /// numbers). Linking through one of them may join a gateway patient known only by the
+    /// sector's own numbers to the one its real identifier names; any other join of two gateway
+    /// patients is [`StoreError::MergeHeld`].
+    pub authority_systems: Vec<String>,
+    /// An operator released this write after review: joining gateway patients is allowed.
+    pub allow_merge: bool,
 }
 
 /// What storing a [`Prepared`] did.
@@ -112,6 +129,8 @@ pub struct PutOutcome {
     /// True when this was the resource's first version.
     pub created: bool,
     pub patient_id: Option<String>,
+    /// Gateway patients merged into `patient_id` by this write (a Patient's linking).
+    pub merged: Vec<String>,
 }
 
 /// One stored version of a sector resource (the columns of `resources` joined with the body
@@ -241,7 +260,7 @@ pub trait Store: Send + Sync {
 /// A transaction: the foundation's operations here, the exchange's in [`ExchangeTx`].
 #[async_trait]
 pub trait StoreTx:
-    ExchangeTx + AlertTx + AccessTx + TransparencyTx + OpsTx + SessionTx + Send
+    ExchangeTx + AlertTx + AccessTx + TransparencyTx + OpsTx + SessionTx + IdentityTx + Send
 {
     /// The sector-local id of the resource holding this business identifier, if any.
     async fn find_by_identifier(
@@ -252,6 +271,11 @@ pub trait StoreTx:
         value: &str,
     ) -> Result<Option<String>>;
     /// Stores a new version (or recognises identical content), links the patient.
+    /// Takes, in one sorted order, every lock that `put` of these resources will take (each
+    /// resource's, and each patient identifier a Patient links), so that transactions writing
+    /// overlapping sets never wait for each other in a cycle. `put` still takes its own (a
+    /// lock already held is held again at no cost).
+    async fn lock_writes(&mut self, writes: &[&Prepared]) -> Result<()>;
     async fn put(&mut self, resource: &Prepared) -> Result<PutOutcome>;
     async fn get(&mut self, gid: &str) -> Result<Option<Stored>>;
     async fn get_sector(&mut self, sector: &str, rtype: &str, rid: &str) -> Result<Option<Stored>>;

@@ -137,10 +137,20 @@ pub struct PollCursor {
 
 #[async_trait]
 pub trait ExchangeTx: Send {
-    /// The sectors that hold resources of a gateway patient (they take part in its care).
+    /// The sectors that take part in a gateway patient's care: those holding a clinical record
+    /// of it (anything but its Patient), and those a Communication about it was addressed to.
+    /// A sector that sent only the Patient does not.
     async fn care_sectors(&mut self, patient_id: &str) -> Result<Vec<String>>;
-    /// How many resources a sector holds for a gateway patient.
-    async fn sector_resource_count(&mut self, patient_id: &str, sector: &str) -> Result<i64>;
+    /// How many resources a sector holds for a gateway patient (only clinical records, its
+    /// Patient left out, when `clinical`).
+    async fn sector_resource_count(
+        &mut self,
+        patient_id: &str,
+        sector: &str,
+        clinical: bool,
+    ) -> Result<i64>;
+    /// Backfills to `sector` audited since `since_us` (the patients it joined the care of).
+    async fn backfills_since(&mut self, sector: &str, since_us: i64) -> Result<i64>;
     /// The current (gid, sector, type, version) of every resource of a gateway patient.
     async fn patient_resources(
         &mut self,
@@ -301,7 +311,9 @@ fn clip(s: &str) -> String {
 impl ExchangeTx for SqlTx {
     async fn care_sectors(&mut self, patient_id: &str) -> Result<Vec<String>> {
         sqlx::query_scalar(
-            "SELECT DISTINCT sector FROM resources WHERE patient_id = $1 ORDER BY sector",
+            "SELECT sector FROM resources WHERE patient_id = $1 AND rtype <> 'Patient' \
+             UNION SELECT target FROM outbox WHERE patient_id = $1 AND route = 'recipients' \
+             ORDER BY 1",
         )
         .bind(patient_id)
         .fetch_all(&mut *self.tx)
@@ -309,13 +321,34 @@ impl ExchangeTx for SqlTx {
         .map_err(map_err)
     }
 
-    async fn sector_resource_count(&mut self, patient_id: &str, sector: &str) -> Result<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM resources WHERE patient_id = $1 AND sector = $2")
-            .bind(patient_id)
-            .bind(sector)
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(map_err)
+    async fn sector_resource_count(
+        &mut self,
+        patient_id: &str,
+        sector: &str,
+        clinical: bool,
+    ) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM resources WHERE patient_id = $1 AND sector = $2 \
+             AND ($3 = 0 OR rtype <> 'Patient')",
+        )
+        .bind(patient_id)
+        .bind(sector)
+        .bind(i64::from(clinical))
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn backfills_since(&mut self, sector: &str, since_us: i64) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_log WHERE recorded_us >= $1 AND interaction = 'backfill' \
+             AND target_sector = $2",
+        )
+        .bind(since_us)
+        .bind(sector)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(map_err)
     }
 
     async fn patient_resources(

@@ -115,6 +115,7 @@ impl SqlStore {
             pending_audit: Vec::new(),
             _writer: writer,
             patient_refs: Default::default(),
+            merged: Vec::new(),
             tree: self.tree.clone(),
             tree_after: None,
         })
@@ -161,6 +162,7 @@ impl Store for SqlStore {
             pending_audit: Vec::new(),
             _writer: None,
             patient_refs: Default::default(),
+            merged: Vec::new(),
             tree: self.tree.clone(),
             tree_after: None,
         }))
@@ -212,6 +214,8 @@ pub(super) struct SqlTx {
     /// Bundle's entries name the same patient hundreds of times). Cleared whenever a Patient is
     /// linked or patients are merged.
     patient_refs: std::collections::HashMap<(String, String), Option<String>>,
+    /// Gateway patients the last linked Patient merged (reported by `put`).
+    merged: Vec<String>,
     /// The process's cached right edge of the Merkle tree, and what it becomes once this
     /// transaction commits.
     pub(super) tree: TreeCache,
@@ -397,6 +401,34 @@ fn search_sql(f: &SearchFilter, patient: Option<String>) -> (String, Vec<Bind>) 
         binds.len()
     );
     (sql, binds)
+}
+
+/// The identifiers a sector Patient links by: its own key (`SECTOR_PATIENT_SYSTEM` + sector,
+/// id) and its linking identifiers.
+fn link_keys(p: &Prepared) -> Vec<(String, String)> {
+    let mut keys = vec![(
+        format!("{SECTOR_PATIENT_SYSTEM}{}", p.sector),
+        p.rid.clone(),
+    )];
+    keys.extend(p.link_identifiers.iter().cloned());
+    keys
+}
+
+/// An identifier system within the writing sector's own authority: its sector Patient keys
+/// (`SECTOR_PATIENT_SYSTEM` + a sector) and the replacement numbers it issues.
+fn is_authority_key(p: &Prepared, system: &str) -> bool {
+    system.starts_with(SECTOR_PATIENT_SYSTEM) || p.authority_systems.iter().any(|a| a == system)
+}
+
+/// The lock keys of a Patient's linking identifiers (none for other types).
+fn patient_lock_keys(p: &Prepared) -> Vec<String> {
+    if p.rtype != "Patient" {
+        return Vec::new();
+    }
+    link_keys(p)
+        .iter()
+        .map(|(s, v)| format!("patient|{s}|{v}"))
+        .collect()
 }
 
 /// What `put` compares a new version with: the current row of `resources`.
@@ -690,6 +722,11 @@ impl SqlTx {
         Ok(())
     }
 
+    /// Forgets the patients of references remembered in this transaction (after an unmerge).
+    pub(super) fn forget_patient_refs(&mut self) {
+        self.patient_refs.clear();
+    }
+
     /// Follows merges to the surviving gateway patient.
     pub(super) async fn resolve_patient(&mut self, id: &str) -> Result<String> {
         let mut current = id.to_owned();
@@ -727,28 +764,36 @@ impl SqlTx {
     /// merging gateway patients when one Patient names identifiers of two of them.
     async fn link_patient(&mut self, p: &Prepared) -> Result<String> {
         self.patient_refs.clear();
-        let mut keys = vec![(
-            format!("{SECTOR_PATIENT_SYSTEM}{}", p.sector),
-            p.rid.clone(),
-        )];
-        keys.extend(p.link_identifiers.iter().cloned());
+        let keys = link_keys(p);
         // Lock in a fixed order so two transactions linking overlapping identifiers cannot deadlock.
-        let mut lock_keys: Vec<String> = keys
-            .iter()
-            .map(|(s, v)| format!("patient|{s}|{v}"))
-            .collect();
+        let mut lock_keys = patient_lock_keys(p);
         lock_keys.sort();
         for k in &lock_keys {
             self.lock(k).await?;
         }
         let mut found: Vec<String> = Vec::new();
+        // Gateway patients named by an identifier outside the sector's own authority.
+        let mut real: Vec<String> = Vec::new();
         for (s, v) in &keys {
             if let Some(pid) = self.patient_for_identifier(s, v).await? {
                 let pid = self.resolve_patient(&pid).await?;
+                if !is_authority_key(p, s) && !real.contains(&pid) {
+                    real.push(pid.clone());
+                }
                 if !found.contains(&pid) {
                     found.push(pid);
                 }
             }
+        }
+        if found.len() > 1 && !p.allow_merge {
+            self.check_merge(p, &found, &real).await?;
+        }
+        // The patient a real identifier names survives (a replacement number's joins it).
+        if let Some(r) = real.first()
+            && let Some(i) = found.iter().position(|f| f == r)
+        {
+            let survivor = found.remove(i);
+            found.insert(0, survivor);
         }
         let survivor = match found.first() {
             Some(first) => first.clone(),
@@ -766,6 +811,7 @@ impl SqlTx {
         for other in found.iter().skip(1) {
             self.merge_patient(other, &survivor).await?;
         }
+        self.merged = found.iter().skip(1).cloned().collect();
         for (s, v) in &keys {
             sqlx::query(
                 "INSERT INTO patient_identifiers (system, value, patient_id) VALUES ($1, $2, $3) \
@@ -778,12 +824,17 @@ impl SqlTx {
             .await
             .map_err(map_err)?;
         }
-        // Resources that arrived before their Patient are linked now.
+        self.link_waiting(p, &survivor).await?;
+        Ok(survivor)
+    }
+
+    /// Resources of the sector that arrived before their Patient are linked now.
+    async fn link_waiting(&mut self, p: &Prepared, survivor: &str) -> Result<()> {
         sqlx::query(
             "UPDATE resources SET patient_id = $1 WHERE sector = $2 AND patient_ref = $3 \
              AND (patient_id IS NULL OR patient_id <> $1)",
         )
-        .bind(&survivor)
+        .bind(survivor)
         .bind(&p.sector)
         .bind(format!("Patient/{}", p.rid))
         .execute(&mut *self.tx)
@@ -793,18 +844,69 @@ impl SqlTx {
             sqlx::query(
                 "UPDATE resources SET patient_id = $1 WHERE sector = $2 AND patient_ref = $3 AND patient_id IS NULL",
             )
-            .bind(&survivor)
+            .bind(survivor)
             .bind(&p.sector)
             .bind(format!("Patient?identifier={s}|{v}"))
             .execute(&mut *self.tx)
             .await
             .map_err(map_err)?;
         }
-        Ok(survivor)
+        Ok(())
+    }
+
+    /// Whether the sector may join the gateway patients `found` (named by the Patient's
+    /// identifiers; `real` are those named by an identifier outside its own authority): only
+    /// when at most one of them is named by a real identifier and every other one is known by
+    /// nothing but sector Patient keys and numbers the sector issues itself (a replacement
+    /// number, linked to the real CPR once it is known). Otherwise [`StoreError::MergeHeld`].
+    async fn check_merge(&mut self, p: &Prepared, found: &[String], real: &[String]) -> Result<()> {
+        let held = |reason: String| StoreError::MergeHeld {
+            reason,
+            patients: found.to_vec(),
+        };
+        if real.len() > 1 {
+            return Err(held(format!(
+                "the Patient's identifiers name {} different people known to the gateway;                  a sector may join two people's records only through a replacement number it                  issues itself",
+                real.len()
+            )));
+        }
+        for other in found.iter().filter(|f| !real.contains(f)) {
+            let idents: Vec<Identifier> = sqlx::query_as(
+                "SELECT system, value FROM patient_identifiers WHERE patient_id = $1",
+            )
+            .bind(other)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+            if idents.iter().any(|i| !is_authority_key(p, &i.system)) {
+                return Err(held(
+                    "the write would join two people known to the gateway by identifiers outside                      this sector's own replacement numbers"
+                        .to_owned(),
+                ));
+            }
+        }
+        if real.is_empty() {
+            return Err(held(
+                "the Patient's own numbers name two people known to the gateway and none of its                  identifiers is a real one"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     async fn merge_patient(&mut self, from: &str, into: &str) -> Result<()> {
         self.patient_refs.clear();
+        // What `from` held, so that `unmerge` can give it back.
+        let moved: Vec<Identifier> = sqlx::query_as(
+            "SELECT system, value FROM patient_identifiers WHERE patient_id = $1 ORDER BY system, value",
+        )
+        .bind(from)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        let moved: Vec<(String, String)> = moved.into_iter().map(|i| (i.system, i.value)).collect();
+        // A Vec of string pairs always serialises.
+        let moved = serde_json::to_string(&moved).unwrap_or_else(|_| "[]".into());
         // Audit rows keep the id they were recorded under; searches follow patient_merges.
         for sql in [
             "UPDATE patient_identifiers SET patient_id = $2 WHERE patient_id = $1",
@@ -817,13 +919,16 @@ impl SqlTx {
                 .await
                 .map_err(map_err)?;
         }
-        sqlx::query("INSERT INTO patient_merges (from_id, into_id, merged_us) VALUES ($1, $2, $3)")
-            .bind(from)
-            .bind(into)
-            .bind(now_us())
-            .execute(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO patient_merges (from_id, into_id, merged_us, moved_identifiers)              VALUES ($1, $2, $3, $4)",
+        )
+        .bind(from)
+        .bind(into)
+        .bind(now_us())
+        .bind(moved)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 
@@ -897,6 +1002,26 @@ impl StoreTx for SqlTx {
         .map_err(map_err)
     }
 
+    async fn lock_writes(&mut self, writes: &[&Prepared]) -> Result<()> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(());
+        }
+        let mut keys: Vec<String> = writes
+            .iter()
+            .flat_map(|p| {
+                let mut k = patient_lock_keys(p);
+                k.push(gateway_id(&p.sector, &p.rtype, &p.rid));
+                k
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for k in &keys {
+            self.lock(k).await?;
+        }
+        Ok(())
+    }
+
     async fn put(&mut self, p: &Prepared) -> Result<PutOutcome> {
         let gid = gateway_id(&p.sector, &p.rtype, &p.rid);
         self.lock(&gid).await?;
@@ -918,6 +1043,7 @@ impl StoreTx for SqlTx {
                 changed: false,
                 created: false,
                 patient_id: c.patient_id.clone(),
+                merged: Vec::new(),
             });
         }
         let received = now_us();
@@ -936,6 +1062,7 @@ impl StoreTx for SqlTx {
             changed: true,
             created: current.is_none(),
             patient_id,
+            merged: std::mem::take(&mut self.merged),
         })
     }
 

@@ -90,6 +90,8 @@ fn prepared(sector: &str, body: Value, patient_ref: Option<&str>) -> Prepared {
         rid,
         patient_id: None,
         expected_version: None,
+        authority_systems: Vec::new(),
+        allow_merge: false,
     }
 }
 
@@ -246,9 +248,17 @@ async fn read_resources(store: &SqlStore, w: &Written) {
 async fn read_for_exchange(store: &SqlStore, w: &Written) {
     let mut tx = store.begin_read().await.unwrap();
     let pid = w.pid.as_str();
+    // The hospital sent only its Patient: it does not take part in the care.
     let sectors = tx.care_sectors(pid).await.unwrap();
-    assert_eq!(sectors, ["gp", "hospital"].map(String::from));
-    assert_eq!(tx.sector_resource_count(pid, "gp").await.unwrap(), 2);
+    assert_eq!(sectors, ["gp"].map(String::from));
+    assert_eq!(tx.sector_resource_count(pid, "gp", false).await.unwrap(), 2);
+    assert_eq!(tx.sector_resource_count(pid, "gp", true).await.unwrap(), 1);
+    assert_eq!(
+        tx.sector_resource_count(pid, "hospital", true)
+            .await
+            .unwrap(),
+        0
+    );
     let hospital_patient = gateway_id("hospital", "Patient", "h1");
     let mut expected = vec![
         (w.condition_gid.clone(), "gp".into(), "Condition".into(), 2),

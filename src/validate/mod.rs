@@ -7,6 +7,7 @@ pub mod invariants;
 pub mod narrative;
 pub mod primitive;
 pub mod profiles;
+pub mod references;
 pub mod rules;
 pub mod schema;
 pub mod shape;
@@ -69,6 +70,12 @@ impl Validator {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Every `Reference` element of a resource with its location, found by type
+    /// ([`references::references`]).
+    pub fn references<'a>(&self, resource: &'a Value) -> Vec<(String, &'a Value)> {
+        references::references(self.schema.definitions(), resource)
     }
 
     /// Structural validation of a whole document (any resource, nested resources included).

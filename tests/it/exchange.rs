@@ -31,7 +31,9 @@ fn kind_and_profile(id: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// A configuration with the given sectors (id, base URL, mode) and `[exchange]` lines.
+/// A configuration with the given sectors (id, base URL, mode) and `[exchange]` lines. These
+/// tests look at delivery: a sector with a server takes part in a patient's care from its
+/// Patient on (`join_care_on_patient`; `tests/it/trust.rs` tests the default, a clinical record).
 fn config(store_url: &str, sectors: &[(&str, String, &str)], exchange: &str) -> String {
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_second = 0\n\n[store]\nurl = \"{store_url}\"\nmax_connections = 4\n\n\
@@ -42,7 +44,7 @@ fn config(store_url: &str, sectors: &[(&str, String, &str)], exchange: &str) -> 
     for (id, base, mode) in sectors {
         let (kind, profile) = kind_and_profile(id);
         text.push_str(&format!(
-            "\n[[sectors]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"{kind}\"\nbase_url = \"{base}\"\nmode = \"{mode}\"\nprofile = \"{profile}\"\n"
+            "\n[[sectors]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"{kind}\"\nbase_url = \"{base}\"\nmode = \"{mode}\"\nprofile = \"{profile}\"\njoin_care_on_patient = true\n"
         ));
     }
     // The test clients name all three sectors; a sector without a server only sends.

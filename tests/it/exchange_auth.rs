@@ -61,7 +61,11 @@ fn sector(id: &str, base: Option<&str>, auth: &str) -> String {
         s.push_str(&format!("profile = \"{p}\"\n"));
     }
     if let Some(b) = base {
-        s.push_str(&format!("base_url = {}\nmode = \"push\"\n", toml_str(b)));
+        // Delivery is what these tests look at: the sector receives from its Patient on.
+        s.push_str(&format!(
+            "base_url = {}\nmode = \"push\"\njoin_care_on_patient = true\n",
+            toml_str(b)
+        ));
     }
     if !auth.is_empty() {
         s.push_str(&format!("auth = {auth}\n"));

@@ -58,5 +58,6 @@ mod store_suite;
 mod synthea_alerts;
 mod transparency;
 mod treatment;
+mod trust;
 mod validation_depth;
 mod validation_schema;

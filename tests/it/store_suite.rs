@@ -21,8 +21,14 @@ fn sector(id: &str) -> SectorSettings {
         patient_identifier_system: "urn:oid:1.2.208.176.1.2".into(),
         auth: Default::default(),
         resend_by_identifier: false,
+        replacement_identifier_systems: vec![REPLACEMENT.into()],
+        join_care_on_patient: false,
+        base_url_aliases: Vec::new(),
     }
 }
+
+/// A replacement-number system the test sectors issue (erstatningspersonnummer).
+const REPLACEMENT: &str = "urn:test:replacement-cpr";
 
 fn patient(id: &str, cprs: &[&str]) -> Value {
     let identifier: Vec<Value> = cprs
@@ -105,17 +111,51 @@ async fn suite(store: Arc<dyn Store>) {
     .await;
     assert_eq!(muni.patient_id.as_deref(), Some(pid.as_str()));
 
-    // A replacement CPR: a second person is known under the new number only; when a Patient
-    // carries both numbers the two gateway patients merge and the old id keeps resolving.
-    let other = put(store, "municipality", &patient("mp-1", &["0202801234"])).await;
-    let other_id = other.patient_id.clone().unwrap();
-    assert_ne!(other_id, pid);
-    let both = put(
+    // One Patient naming two people's CPR numbers joins nothing: the store refuses it.
+    let second = put(store, "municipality", &patient("mp-2", &["0303901234"])).await;
+    let s = sector("gp");
+    let two = patient("gp-78", &["0101701234", "0303901234"]);
+    let mut tx = store.begin().await.unwrap();
+    let held = tx.put(&prepare(&s, "Patient", "gp-78", &two)).await;
+    assert!(
+        matches!(held, Err(carebridge::store::StoreError::MergeHeld { ref patients, .. }) if patients.len() == 2),
+        "{held:?}"
+    );
+    drop(tx);
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        tx.get_sector("gp", "Patient", "gp-78")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let p2 = tx
+        .patient(second.patient_id.as_deref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p2.id, second.patient_id.clone().unwrap(), "not merged");
+    drop(tx);
+
+    // A replacement CPR: a second record is known under a replacement number only; when a
+    // Patient links that number to the real CPR the two gateway patients merge and the old id
+    // keeps resolving.
+    let other = put(
         store,
-        "gp",
-        &patient("gp-77", &["0101701234", "0202801234"]),
+        "municipality",
+        &json!({ "resourceType": "Patient", "id": "mp-1",
+                 "identifier": [{ "system": REPLACEMENT, "value": "R-77" }] }),
     )
     .await;
+    let other_id = other.patient_id.clone().unwrap();
+    assert_ne!(other_id, pid);
+    let mut both_cprs = patient("gp-77", &["0101701234"]);
+    both_cprs["identifier"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "system": REPLACEMENT, "value": "R-77" }));
+    let both = put(store, "gp", &both_cprs).await;
+    assert_eq!(both.merged, vec![other_id.clone()]);
     assert_eq!(both.patient_id.as_deref(), Some(pid.as_str()));
     let mut tx = store.begin().await.unwrap();
     let merged = tx
@@ -126,7 +166,7 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(merged.id, pid);
     let cprs: Vec<&str> = merged.identifiers.iter().map(|(_, v)| v.as_str()).collect();
     assert!(
-        cprs.contains(&"0101701234") && cprs.contains(&"0202801234"),
+        cprs.contains(&"0101701234") && cprs.contains(&"R-77"),
         "{cprs:?}"
     );
     assert_eq!(
