@@ -69,10 +69,13 @@ trait Build<'de>: Sized {
     fn number(lexeme: String) -> Result<Self, String>;
     fn string(s: Cow<'de, str>) -> Self;
     fn array(items: Vec<Self>) -> Self;
-    fn new_obj(size_hint: usize) -> Self::Obj;
-    fn has_key(obj: &mut Self::Obj, key: &str) -> bool;
-    fn insert(obj: &mut Self::Obj, key: Cow<'de, str>, value: Self);
-    fn object(obj: Self::Obj) -> Self;
+    /// Shared by every object of one parse (the borrowed tree collects members there and
+    /// moves each object's into a `Vec` of its exact size when it ends).
+    type Scratch: Default;
+    fn new_obj(scratch: &RefCell<Self::Scratch>) -> Self::Obj;
+    fn has_key(scratch: &RefCell<Self::Scratch>, obj: &mut Self::Obj, key: &str) -> bool;
+    fn insert(scratch: &RefCell<Self::Scratch>, obj: &mut Self::Obj, key: Cow<'de, str>, v: Self);
+    fn object(scratch: &RefCell<Self::Scratch>, obj: Self::Obj) -> Self;
 }
 
 impl<'de> Build<'de> for Value {
@@ -94,16 +97,17 @@ impl<'de> Build<'de> for Value {
     fn array(items: Vec<Self>) -> Self {
         Value::Array(items)
     }
-    fn new_obj(_: usize) -> Self::Obj {
+    type Scratch = ();
+    fn new_obj(_: &RefCell<()>) -> Self::Obj {
         Map::new()
     }
-    fn has_key(obj: &mut Self::Obj, key: &str) -> bool {
+    fn has_key(_: &RefCell<()>, obj: &mut Self::Obj, key: &str) -> bool {
         obj.contains_key(key)
     }
-    fn insert(obj: &mut Self::Obj, key: Cow<'de, str>, value: Self) {
+    fn insert(_: &RefCell<()>, obj: &mut Self::Obj, key: Cow<'de, str>, value: Self) {
         obj.insert(key.into_owned(), value);
     }
-    fn object(obj: Self::Obj) -> Self {
+    fn object(_: &RefCell<()>, obj: Self::Obj) -> Self {
         Value::Object(obj)
     }
 }
@@ -218,14 +222,15 @@ impl<'a> Object<'a> {
     }
 }
 
-/// An object of `Node`s being parsed, with a set of its keys once it is large.
-struct ObjBuilder<'de> {
-    entries: Vec<(Cow<'de, str>, Node<'de>)>,
+/// An object of `Node`s being parsed: where its members start on the scratch stack, and a set
+/// of its keys once it is large.
+struct ObjBuilder {
+    start: usize,
     keys: Option<rustc_hash::FxHashSet<Box<str>>>,
 }
 
 impl<'de> Build<'de> for Node<'de> {
-    type Obj = ObjBuilder<'de>;
+    type Obj = ObjBuilder;
     fn null() -> Self {
         Node::Null
     }
@@ -241,32 +246,36 @@ impl<'de> Build<'de> for Node<'de> {
     fn array(items: Vec<Self>) -> Self {
         Node::Array(items)
     }
-    fn new_obj(size_hint: usize) -> Self::Obj {
+    type Scratch = Vec<(Cow<'de, str>, Node<'de>)>;
+    fn new_obj(scratch: &RefCell<Self::Scratch>) -> Self::Obj {
         ObjBuilder {
-            entries: Vec::with_capacity(size_hint),
+            start: scratch.borrow().len(),
             keys: None,
         }
     }
-    fn has_key(obj: &mut Self::Obj, key: &str) -> bool {
-        if obj.entries.len() < SCAN_LIMIT {
-            return obj.entries.iter().any(|(k, _)| k.as_ref() == key);
+    fn has_key(scratch: &RefCell<Self::Scratch>, obj: &mut Self::Obj, key: &str) -> bool {
+        let scratch = scratch.borrow();
+        let entries = scratch.get(obj.start..).unwrap_or(&[]);
+        if entries.len() < SCAN_LIMIT {
+            return entries.iter().any(|(k, _)| k.as_ref() == key);
         }
         // A large object: a set of its keys keeps duplicate detection linear.
         let keys = obj
             .keys
-            .get_or_insert_with(|| obj.entries.iter().map(|(k, _)| k.as_ref().into()).collect());
+            .get_or_insert_with(|| entries.iter().map(|(k, _)| k.as_ref().into()).collect());
         keys.contains(key)
     }
-    fn insert(obj: &mut Self::Obj, key: Cow<'de, str>, value: Self) {
+    fn insert(scratch: &RefCell<Self::Scratch>, obj: &mut Self::Obj, key: Cow<'de, str>, v: Self) {
         if let Some(keys) = &mut obj.keys {
             keys.insert(key.as_ref().into());
         }
-        obj.entries.push((key, value));
+        scratch.borrow_mut().push((key, v));
     }
-    fn object(obj: Self::Obj) -> Self {
-        Node::Object(Object {
-            entries: obj.entries,
-        })
+    fn object(scratch: &RefCell<Self::Scratch>, obj: Self::Obj) -> Self {
+        // The members of every object inside this one were moved out when it ended: what is
+        // above `start` is this object's, in order.
+        let entries = scratch.borrow_mut().drain(obj.start..).collect();
+        Node::Object(Object { entries })
     }
 }
 
@@ -296,19 +305,21 @@ impl<'de> Visitor<'de> for KeySeed {
     }
 }
 
-struct Seed<'c, T> {
+struct Seed<'c, 'de, T: Build<'de>> {
     depth: usize,
     max_depth: usize,
     ctx: &'c RefCell<Ctx>,
+    scratch: &'c RefCell<T::Scratch>,
     tree: PhantomData<fn() -> T>,
 }
 
-impl<'c, T> Seed<'c, T> {
+impl<'c, 'de, T: Build<'de>> Seed<'c, 'de, T> {
     fn child(&self, depth: usize) -> Self {
         Seed {
             depth,
             max_depth: self.max_depth,
             ctx: self.ctx,
+            scratch: self.scratch,
             tree: PhantomData,
         }
     }
@@ -341,14 +352,14 @@ impl<'c, T> Seed<'c, T> {
     }
 }
 
-impl<'de, T: Build<'de>> DeserializeSeed<'de> for Seed<'_, T> {
+impl<'de, T: Build<'de>> DeserializeSeed<'de> for Seed<'_, 'de, T> {
     type Value = T;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de, T: Build<'de>> Visitor<'de> for Seed<'_, T> {
+impl<'de, T: Build<'de>> Visitor<'de> for Seed<'_, 'de, T> {
     type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -408,7 +419,7 @@ impl<'de, T: Build<'de>> Visitor<'de> for Seed<'_, T> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
-        let mut obj = T::new_obj(map.size_hint().unwrap_or(0));
+        let mut obj = T::new_obj(self.scratch);
         let mut first = true;
         while let Some(key) = map.next_key_seed(KeySeed)? {
             if first && key == NUMBER_TOKEN {
@@ -426,14 +437,14 @@ impl<'de, T: Build<'de>> Visitor<'de> for Seed<'_, T> {
                 self.ctx.borrow_mut().reason = Some(reason.clone());
                 return Err(de::Error::custom(reason));
             }
-            if T::has_key(&mut obj, &key) {
+            if T::has_key(self.scratch, &mut obj, &key) {
                 let mut ctx = self.ctx.borrow_mut();
                 ctx.reason = Some(format!("duplicate key '{key}'"));
                 ctx.error_path.push(PathSeg::Key(key.clone().into_owned()));
                 return Err(de::Error::custom(format!("duplicate key '{key}'")));
             }
             match map.next_value_seed(self.child(self.depth + 1)) {
-                Ok(v) => T::insert(&mut obj, key, v),
+                Ok(v) => T::insert(self.scratch, &mut obj, key, v),
                 Err(e) => {
                     self.ctx
                         .borrow_mut()
@@ -446,13 +457,14 @@ impl<'de, T: Build<'de>> Visitor<'de> for Seed<'_, T> {
         if first {
             self.enter::<A::Error>()?;
         }
-        Ok(T::object(obj))
+        Ok(T::object(self.scratch, obj))
     }
 }
 
 /// The one strict parser, building the tree `T`.
 fn parse<'de, T: Build<'de>>(bytes: &'de [u8], max_depth: usize) -> Result<T, JsonError> {
     let ctx = RefCell::new(Ctx::default());
+    let scratch = RefCell::new(T::Scratch::default());
     let mut de = serde_json::Deserializer::from_slice(bytes);
     // Our own depth limit is the one that counts; serde_json's is lifted only when ours is
     // tighter than its built-in 128, so the stack stays bounded either way.
@@ -460,6 +472,7 @@ fn parse<'de, T: Build<'de>>(bytes: &'de [u8], max_depth: usize) -> Result<T, Js
         depth: 0,
         max_depth: max_depth.min(120),
         ctx: &ctx,
+        scratch: &scratch,
         tree: PhantomData,
     };
     let result = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));

@@ -59,8 +59,48 @@ pub struct Prim {
     /// The definition's name (`dateTime`); `None` for an inline pattern.
     pub name: Option<Box<str>>,
     pub json: Json,
-    pub pattern: Option<Regex>,
+    pub pattern: Option<Pattern>,
     pub minimum: Option<f64>,
+}
+
+/// A primitive's pattern: a repeated character class counted without a regex engine (how the
+/// `jsonschema` crate runs `^X{m,n}$`; `string`, `uri`, `id` and most others are of this shape),
+/// else the regex.
+#[derive(Debug)]
+pub enum Pattern {
+    Class(jsonschema_regex::RepeatedClass),
+    Regex(Regex),
+}
+
+/// The count that stands for "no upper bound" when `X+` or `X*` is read as `X{m,n}` (far above
+/// any string the request body limit lets through).
+const UNBOUNDED: u32 = 1 << 30;
+
+impl Pattern {
+    fn compile(ecma: &str) -> Result<Self, String> {
+        // Translated from ECMA-262 as the `jsonschema` crate translates it (`\s` and `\S` with
+        // ECMA's set of white space), so both read the schema alike.
+        let translated = jsonschema_regex::to_rust_regex(ecma)
+            .map_err(|()| format!("the pattern {ecma:?} cannot be translated"))?;
+        let bounded = match (translated.strip_suffix("+$"), translated.strip_suffix("*$")) {
+            (Some(head), _) => format!("{head}{{1,{UNBOUNDED}}}$"),
+            (_, Some(head)) => format!("{head}{{0,{UNBOUNDED}}}$"),
+            _ => translated.to_string(),
+        };
+        if let Some(class) = jsonschema_regex::RepeatedClass::from_translated(&bounded) {
+            return Ok(Pattern::Class(class));
+        }
+        Regex::new(&translated)
+            .map(Pattern::Regex)
+            .map_err(|e| format!("the pattern {ecma:?}: {e}"))
+    }
+
+    pub fn is_match(&self, text: &str) -> bool {
+        match self {
+            Pattern::Class(c) => c.is_match(text),
+            Pattern::Regex(r) => r.is_match(text),
+        }
+    }
 }
 
 /// What a property's value (or each item of an array) must be.
@@ -311,13 +351,7 @@ fn strings(v: Option<&Value>) -> Result<Vec<Box<str>>, String> {
 
 fn prim(name: Option<&str>, def: &Value) -> Result<Prim, String> {
     let pattern = match def.get("pattern").and_then(Value::as_str) {
-        Some(p) => {
-            // The ECMA-262 pattern translated as the `jsonschema` crate translates it (`\s` and
-            // `\S` with ECMA's set of white space), so both read the schema alike.
-            let translated = jsonschema_regex::to_rust_regex(p)
-                .map_err(|()| format!("the pattern of {name:?} cannot be translated"))?;
-            Some(Regex::new(&translated).map_err(|e| format!("pattern of {name:?}: {e}"))?)
-        }
+        Some(p) => Some(Pattern::compile(p).map_err(|e| format!("{name:?}: {e}"))?),
         None => None,
     };
     Ok(Prim {
@@ -431,6 +465,53 @@ mod tests {
         });
         assert!(without_element.is_empty(), "{without_element:?}");
         assert!(shapes.objects.len() > 600, "{}", shapes.objects.len());
+    }
+
+    /// The counted form of a pattern answers as the regex of the same translation.
+    #[test]
+    fn counted_patterns_match_as_the_regex() {
+        let patterns = [
+            r"^[ \r\n\t\S]+$",
+            r"^\S*$",
+            r"^[A-Za-z0-9\-\.]{1,64}$",
+            r"^[^\s]+(\s[^\s]+)*$",
+            r"^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$",
+            r"^([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?$",
+        ];
+        let texts = [
+            "",
+            "a",
+            " a",
+            "a ",
+            "a b",
+            "a  b",
+            "a\tb",
+            "\u{a0}",
+            "x\u{202F}y",
+            "\u{feff}",
+            "ab\u{b}c",
+            "\u{c}",
+            "é",
+            "😀",
+            "a\n",
+            "urn:oid:1.2",
+            "10:00:00",
+            "a-b.c",
+            "a/b",
+            "\u{2028}",
+            "\u{3000}",
+            "\u{85}",
+        ];
+        let mut counted = 0;
+        for p in patterns {
+            let fast = super::Pattern::compile(p).unwrap();
+            counted += usize::from(matches!(fast, super::Pattern::Class(_)));
+            let plain = regex::Regex::new(&jsonschema_regex::to_rust_regex(p).unwrap()).unwrap();
+            for t in texts {
+                assert_eq!(fast.is_match(t), plain.is_match(t), "{p} on {t:?}");
+            }
+        }
+        assert_eq!(counted, 3, "string, uri and id are counted");
     }
 
     #[test]
