@@ -478,7 +478,7 @@ fn exchange_config(store_url: &str, hospital: &str) -> String {
          max_connections = 4\n\n[fhir]\nprofiles_dir = \"{}\"\n\n[exchange]\n{FAST}\n\
          [[sectors]]\nid = \"lab\"\nname = \"Laboratory\"\nkind = \"hospital\"\n\n\
          [[sectors]]\nid = \"hospital\"\nname = \"Hospital\"\nkind = \"hospital\"\n\
-         base_url = \"{hospital}\"\nprofile = \"dk-hospital\"\n",
+         base_url = \"{hospital}\"\nprofile = \"dk-hospital\"\njoin_care_on_patient = true\n",
         repo().join("fhir-profiles").display()
     );
     for (id, kind) in [("gp", "general-practice"), ("municipality", "municipality")] {

@@ -44,7 +44,9 @@ fn config(store_url: &str, served: &[(&str, String)], server: &str, exchange: &s
             "\n[[sectors]]\nid = \"{id}\"\nname = \"{id}\"\nkind = \"{kind}\"\nprofile = \"{profile}\"\n"
         ));
         if let Some((_, base)) = served.iter().find(|s| s.0 == id) {
-            text.push_str(&format!("base_url = \"{base}\"\nmode = \"push\"\n"));
+            text.push_str(&format!(
+                "base_url = \"{base}\"\nmode = \"push\"\njoin_care_on_patient = true\n"
+            ));
         }
     }
     text

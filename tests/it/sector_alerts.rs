@@ -21,7 +21,7 @@ fn config(db: &std::path::Path, hospital: &str, clients: &str) -> String {
          [fhir]\nprofiles_dir = \"{}\"\n\n[exchange]\nretry_initial_ms = 100\nretry_max_ms = 300\n\
          idle_poll_ms = 100\nrequest_timeout_ms = 2000\nmax_attempts = 5\nfailing_after_failures = 2\n\n\
          [[sectors]]\nid = \"hospital\"\nname = \"Hospital\"\nkind = \"hospital\"\nbase_url = \"{hospital}\"\n\
-         profile = \"dk-hospital\"\n\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n\
+         profile = \"dk-hospital\"\njoin_care_on_patient = true\n\n[[sectors]]\nid = \"gp\"\nname = \"GP\"\nkind = \"general-practice\"\n\
          profile = \"dk-gp\"\n{clients}",
         db.display(),
         repo().join("fhir-profiles").display()

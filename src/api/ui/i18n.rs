@@ -224,6 +224,24 @@ catalogue! {
     CodeNoCoordinator => ("Ingen koordinator", "No care coordinator"),
     CodeUnanswered => ("Ubesvaret henvendelse", "Unanswered communication"),
     CodePolypharmacy => ("Polyfarmaci", "Polypharmacy"),
+    CodeStaleOrder => ("Forældet ordination", "Stale prescription"),
+    CodeNeedsAssessment => ("Behovsvurdering mangler", "Needs assessment overdue"),
+    DoStaleOrder => (
+        "Afslut eller forny ordinationen i den sektor, der har ordineret den.",
+        "Complete or renew the prescription in the sector that prescribed it."
+    ),
+    DoNeedsAssessment => (
+        "Aftal hvem der laver en systematisk behovsvurdering med patienten, og registrér den.",
+        "Agree who carries out a systematic needs assessment with the patient, and record it."
+    ),
+    RuleStaleOrder => (
+        "En ordination står stadig som aktiv, selv om dens gyldighedsperiode er udløbet, eller selv om den indlæggelse, den blev givet under, er afsluttet. Den tæller ikke med i de andre medicinadvarsler. Én advarsel pr. ordination.",
+        "A prescription is still active although its validity period has ended, or although the inpatient stay it was ordered in has ended. It does not count for the other medication alerts. One alert per prescription."
+    ),
+    RuleNeedsAssessment => (
+        "Patienten har aktive kroniske diagnoser registreret af to eller flere sektorer, og der er ikke registreret en systematisk behovsvurdering (fx en FSIII-funktionsvurdering eller et konfigureret spørgeskema) inden for den konfigurerede periode (som standard 12 måneder). Advarslen siger, hvornår den seneste var.",
+        "The patient has active chronic conditions recorded by two or more sectors, and no systematic needs assessment (for example an FSIII functional assessment or a configured questionnaire) is recorded within the configured period (12 months by default). The alert says when the last one was."
+    ),
     DoDupGen => (
         "Aftal med den anden sektor, hvilken ordination der skal fortsætte, og seponér den anden.",
         "Agree with the other sector which prescription continues, and stop the other one."
@@ -250,8 +268,8 @@ catalogue! {
     ),
     DoUnanswered => ("Besvar henvendelsen eller følg op hos afsenderen.", "Answer the message or follow up with its sender."),
     RuleDupGen => (
-        "Det samme aktive indholdsstof (ATC niveau 5) er aktivt to gange, fra forskellige sektorer eller ordinatører og givet på samme måde (fx gennem munden). En creme og tabletter med samme stof er ikke dobbeltmedicinering. Én advarsel pr. stof og administrationsvej.",
-        "The same active ingredient (ATC level 5) is active twice, from different sectors or prescribers and given the same way (for example by mouth). A cream and tablets of the same ingredient are not a duplicate. One alert per ingredient and route."
+        "Det samme aktive indholdsstof (ATC niveau 5, også som del af et kombinationspræparat) eller det samme præparat (samme kode) er aktivt to gange, fra forskellige sektorer eller ordinatører og givet på samme måde (fx gennem munden). En patientoplysning om medicin tæller med, medmindre den beskriver en af ordinationerne. En creme og tabletter med samme stof er ikke dobbeltmedicinering. Én advarsel pr. stof og administrationsvej.",
+        "The same active ingredient (ATC level 5, also as part of a combination product) or the same product (the same code) is active twice, from different sectors or prescribers and given the same way (for example by mouth). A medication statement counts unless it reports one of the prescriptions. A cream and tablets of the same ingredient are not a duplicate. One alert per ingredient and route."
     ),
     RuleDupCls => (
         "To forskellige indholdsstoffer fra samme lægemiddelklasse (ATC niveau 4, fx to ACE-hæmmere) er aktive samtidig og gives på samme måde, uanset hvem der har ordineret dem. Én advarsel pr. klasse og administrationsvej.",
@@ -262,20 +280,20 @@ catalogue! {
         "Two active care plans of different sectors disagree: one stops or forbids an activity or a medication that the other keeps going (high), or their goals for the same measurement cannot both be met, for example HbA1c below 48 in one and 58–64 mmol/mol in the other (moderate)."
     ),
     RuleCondStatus => (
-        "Den samme diagnose er aktiv i én sektor og afsluttet (helbredt, inaktiv, i remission eller afkræftet) i en anden. En af de to registreringer er forældet.",
-        "The same condition is active in one sector and ended (resolved, inactive, in remission or refuted) in another. One of the two records is out of date."
+        "Den samme diagnose (også på tværs af kodesystemer og hierarkier) er aktiv i én sektor og afsluttet (helbredt, inaktiv, i remission eller afkræftet) i en anden. En af de to registreringer er forældet. Et tidligere forløb, der sluttede før det aktive begyndte, er ikke en konflikt.",
+        "The same condition (also across code systems and hierarchies) is active in one sector and ended (resolved, inactive, in remission or refuted) in another. One of the two records is out of date. A past episode that ended before the active one began is not a conflict."
     ),
     RuleUnaddressed => (
-        "En aktiv kronisk diagnose, som ingen aktiv plan i nogen sektor adresserer – hverken direkte, som begrundelse for en aktivitet eller via samme diagnose i en anden sektor. Hvilke diagnoser der er kroniske, er konfiguration.",
-        "An active chronic condition that no active care plan of any sector addresses – directly, as the reason of an activity, or through the same condition recorded by another sector. Which conditions are chronic is configuration."
+        "En aktiv kronisk diagnose, som intet adresserer: ingen aktiv plan i nogen sektor (direkte, som begrundelse for en aktivitet eller via samme diagnose i en anden sektor) og ingen aktiv ordination eller henvisning med diagnosen som begrundelse. Hvilke diagnoser der er kroniske, er konfiguration.",
+        "An active chronic condition that nothing addresses: no active care plan of any sector (directly, as the reason of an activity, or through the same condition recorded by another sector) and no active prescription or referral giving the condition as its reason. Which conditions are chronic is configuration."
     ),
     RuleNoCoordinator => (
         "Patienten har aktive planer i to eller flere sektorer, og intet medlem af et aktivt behandlingsteam har en koordinerende rolle.",
         "The patient has active care plans in two or more sectors, and no member of any active care team has a coordinating role."
     ),
     RuleUnanswered => (
-        "En henvendelse, der beder om svar, blev sendt for mere end den konfigurerede frist siden (som standard 72 timer), og ingen henvendelse fra nogen sektor besvarer den.",
-        "A message that asks for a reply was sent longer ago than the configured limit (72 hours by default), and no message of any sector answers it."
+        "En henvendelse, der beder om svar, blev sendt for mere end den konfigurerede frist siden (som standard 72 timer), og ingen henvendelse fra nogen sektor besvarer den (med henvisning til spørgsmålet, til sektorens kopi af det eller til dets identifikator). Advarslen kommer, når fristen udløber, også uden ny registrering.",
+        "A message that asks for a reply was sent longer ago than the configured limit (72 hours by default), and no message of any sector answers it (by reference to the question, to the sector's copy of it or to its identifier). The alert comes when the limit passes, even without a new record."
     ),
     RulePolypharmacy => (
         "Patienten får det konfigurerede antal (som standard 10) eller flere forskellige aktive indholdsstoffer fra alle sektorer tilsammen. Ingen enkelt sektor kan se det.",
@@ -451,6 +469,12 @@ pub fn code_texts(code: &str) -> Option<CodeTexts> {
             Msg::RulePolypharmacy,
             Msg::DoPolypharmacy,
         ),
+        "stale-order" => (Msg::CodeStaleOrder, Msg::RuleStaleOrder, Msg::DoStaleOrder),
+        "needs-assessment-overdue" => (
+            Msg::CodeNeedsAssessment,
+            Msg::RuleNeedsAssessment,
+            Msg::DoNeedsAssessment,
+        ),
         _ => return None,
     };
     Some(CodeTexts { name, rule, todo })
@@ -467,7 +491,7 @@ pub struct CodeTexts {
 }
 
 /// The alert codes, in the order the filter lists them.
-pub const CODES: [&str; 8] = [
+pub const CODES: [&str; 10] = [
     "DUPTHPGEN",
     "DUPTHPCLS",
     "conflicting-plans",
@@ -476,6 +500,8 @@ pub const CODES: [&str; 8] = [
     "no-care-coordinator",
     "unanswered-communication",
     "polypharmacy",
+    "stale-order",
+    "needs-assessment-overdue",
 ];
 
 /// A DetectedIssue severity's text.
@@ -522,6 +548,7 @@ mod tests {
             include_str!("../../detect/conditions.rs"),
             include_str!("../../detect/team.rs"),
             include_str!("../../detect/communication.rs"),
+            include_str!("../../detect/needs.rs"),
         ];
         let mut codes = Vec::new();
         for src in sources {
@@ -541,7 +568,7 @@ mod tests {
     fn every_detector_code_has_its_rule_and_advice_in_both_languages_and_a_section_in_the_docs() {
         let doc = include_str!("../../../docs/alerts.md");
         let codes = detector_codes();
-        assert_eq!(codes.len(), 8, "{codes:?}");
+        assert_eq!(codes.len(), 10, "{codes:?}");
         let mut listed: Vec<String> = CODES.iter().map(|c| (*c).to_owned()).collect();
         listed.sort();
         assert_eq!(codes, listed, "the filter lists every detector code");
