@@ -13,6 +13,9 @@
 //!    owning sector gets its own `Type/id`, every other sector what steps 3–5 give.
 //! 2. A Patient becomes the target's own Patient of the same gateway patient, else a conditional
 //!    reference by the target's patient identifier (CPR): `Patient?identifier=system|value`.
+//!    In what the gateway authors (the alert messages) a reference names a stored record by its
+//!    gateway id: it becomes the target's copy of it, the target's own record, or a logical
+//!    reference by the record's source-resource identifier.
 //! 3. A resource already delivered to the target becomes `Type/<the id it got there>`; a
 //!    resource the target itself holds (a copy the gateway delivered to the source, or the same
 //!    business identifier) becomes `Type/<its id there>`.
@@ -235,8 +238,8 @@ impl Mapper<'_> {
         let Some((rtype, rid)) = parse_relative(r) else {
             return Ok(Replacement::Keep);
         };
-        if rtype == "Patient" {
-            return self.patient(tx, owner, target, rid).await;
+        if let Some(r) = self.by_kind(tx, owner, target, rtype, rid).await? {
+            return Ok(r);
         }
         if owner == t {
             // The owning sector: its own reference.
@@ -292,6 +295,27 @@ impl Mapper<'_> {
         })
     }
 
+    /// A reference to a Patient ([`Self::patient`]), or to a stored record by its gateway id in
+    /// what the gateway authors ([`gateway_named`]); `None` for every other reference.
+    async fn by_kind(
+        &self,
+        tx: &mut dyn StoreTx,
+        source: &str,
+        target: Option<&SectorSettings>,
+        rtype: &str,
+        rid: &str,
+    ) -> Result<Option<Replacement>> {
+        if rtype == "Patient" {
+            return self.patient(tx, source, target, rid).await.map(Some);
+        }
+        match target {
+            Some(t) if source == GATEWAY_SECTOR => {
+                gateway_named(tx, &t.id, rtype, rid).await
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// A reference to the source's Patient `rid`.
     async fn patient(
         &self,
@@ -338,6 +362,38 @@ impl Mapper<'_> {
             },
         })
     }
+}
+
+/// A stored record that a resource the gateway authors names by its gateway id (an alert
+/// message's implicated records): the copy delivered to the target, the target's own record,
+/// else a logical reference by the source-resource identifier of the record. `None` when no
+/// stored record has that id.
+async fn gateway_named(
+    tx: &mut dyn StoreTx,
+    target: &str,
+    rtype: &str,
+    gid: &str,
+) -> Result<Option<Replacement>> {
+    let Some(stored) = tx.get(gid).await? else {
+        return Ok(None);
+    };
+    if let Some(d) = tx.delivered_get(target, gid).await? {
+        return Ok(Some(Replacement::Literal(format!(
+            "{rtype}/{}",
+            d.target_id
+        ))));
+    }
+    if stored.sector == target && !is_assigned_id(&stored.rid) {
+        return Ok(Some(Replacement::Literal(format!(
+            "{rtype}/{}",
+            stored.rid
+        ))));
+    }
+    let value = source_id_value(&stored.sector, rtype, &stored.rid);
+    Ok(Some(Replacement::Logical {
+        rtype: rtype.to_owned(),
+        identifier: json!({ "system": SOURCE_ID_SYSTEM, "value": value }),
+    }))
 }
 
 /// Removes what the source's server owns: the id and the version metadata.

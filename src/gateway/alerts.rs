@@ -14,7 +14,8 @@
 //!
 //! Time-driven evaluation: every evaluation also writes the patient's schedule (the next time
 //! a time-based finding may change with no record changing, per rule: [`crate::detect::next_due`])
-//! in the same transaction; [`evaluate_due`] re-evaluates the patients whose time has come.
+//! in the same transaction; `Gateway::run_schedule` (`gateway::schedule`) re-evaluates the patients
+//! whose time has come.
 
 use serde_json::{Value, json};
 
@@ -311,22 +312,6 @@ pub async fn evaluate(
         events.push(event("closed", &row, body));
     }
     Ok(events)
-}
-
-/// Claims the patients whose scheduled time has come (at most `limit`) and re-evaluates each,
-/// in id order, in `tx`; returns the patients and what changed.
-pub async fn evaluate_due(
-    tx: &mut dyn StoreTx,
-    d: &Detection,
-    now_us: i64,
-    limit: i64,
-) -> Result<(Vec<String>, Vec<AlertEvent>)> {
-    let patients = tx.schedule_claim(now_us, limit).await?;
-    let mut events = Vec::new();
-    for p in &patients {
-        events.extend(evaluate(tx, d, p, now_us).await?);
-    }
-    Ok((patients, events))
 }
 
 /// The alert row a finding leads to, given the alert it matched before (if any): raised (new,

@@ -5,10 +5,9 @@
 //! (and each CareTeam's own sector); with no CareTeam, to the patient's general practice.
 //! Runs in the transaction that changes the alert.
 //!
-//! Each target sector gets its own Communication, whose `about` also names the alert's
-//! implicated records as that sector knows them: its own record, or the copy the gateway
-//! delivered to it (as an absolute URL under the sector's base, which delivery makes relative),
-//! else a logical reference by the source-resource identifier.
+//! Its `about` also names the alert's implicated records by their gateway ids; delivery points
+//! each at the record as the receiving sector knows it — its own record, or the copy the gateway
+//! delivered to it — else names it by the source-resource identifier (`exchange::map`).
 
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -70,6 +69,28 @@ pub async fn care_team_sectors(
     Ok(out)
 }
 
+/// The alert and its implicated records (`Type/<gateway id>`, with the DetectedIssue's display).
+fn about(event: &AlertEvent, title: &str) -> Vec<Value> {
+    let mut out =
+        vec![json!({ "reference": format!("DetectedIssue/{}", event.id), "display": title })];
+    for r in event
+        .resource
+        .get("implicated")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(reference) = r.get("reference").and_then(Value::as_str) {
+            let display = r
+                .get("display")
+                .and_then(Value::as_str)
+                .unwrap_or(reference);
+            out.push(json!({ "reference": reference, "display": display }));
+        }
+    }
+    out
+}
+
 /// Stores the Communication for an alert change and queues it for the care team's sectors.
 /// Returns the sectors it was queued for.
 pub async fn notify(
@@ -105,40 +126,23 @@ pub async fn notify(
         Some("high") if event.kind != "closed" => "urgent",
         _ => "routine",
     };
-    for (n, target) in targets.iter().enumerate() {
-        let mut about =
-            vec![json!({ "reference": format!("DetectedIssue/{}", event.id), "display": title })];
-        about.extend(local_records(tx, settings, target, &event.resource).await?);
-        let body = json!({
-            "resourceType": "Communication",
-            "id": format!("{rid}-{n}"),
-            "identifier": [{ "system": ALERT_MESSAGE_SYSTEM, "value": format!("{}/{}", event.id, event.version) }],
-            "status": "completed",
-            "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/communication-category", "code": "alert", "display": "Alert" }] }],
-            "priority": priority,
-            "subject": { "reference": format!("Patient/{}", event.patient) },
-            "about": about,
-            "sent": now,
-            "payload": [{ "contentString": format!("{what}: {title}. {detail}") }],
-        });
-        queue(tx, event, target, &format!("{rid}-{n}"), &body).await?;
-    }
-    Ok(targets)
-}
-
-/// Stores one target's Communication and queues it for that target.
-async fn queue(
-    tx: &mut dyn StoreTx,
-    event: &AlertEvent,
-    target: &str,
-    rid: &str,
-    body: &Value,
-) -> Result<()> {
+    let body = json!({
+        "resourceType": "Communication",
+        "id": rid,
+        "identifier": [{ "system": ALERT_MESSAGE_SYSTEM, "value": format!("{}/{}", event.id, event.version) }],
+        "status": "completed",
+        "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/communication-category", "code": "alert", "display": "Alert" }] }],
+        "priority": priority,
+        "subject": { "reference": format!("Patient/{}", event.patient) },
+        "about": about(event, title),
+        "sent": now,
+        "payload": [{ "contentString": format!("{what}: {title}. {detail}") }],
+    });
     let text = body.to_string();
     let prepared = Prepared {
         sector: GATEWAY_SECTOR.into(),
         rtype: "Communication".into(),
-        rid: rid.to_owned(),
+        rid: rid.clone(),
         hash: content_hash(text.as_bytes()),
         body: text,
         patient_ref: None,
@@ -153,60 +157,17 @@ async fn queue(
         allow_merge: false,
     };
     let stored = tx.put(&prepared).await?;
-    tx.outbox_add(&OutboxNew {
-        target: target.to_owned(),
-        source: GATEWAY_SECTOR.into(),
-        gid: stored.gid.clone(),
-        version: stored.version,
-        rtype: "Communication".into(),
-        patient_id: Some(event.patient.clone()),
-        route: "alert".into(),
-    })
-    .await?;
-    Ok(())
-}
-
-/// The DetectedIssue's implicated records as `target` knows them (see the module comment).
-async fn local_records(
-    tx: &mut dyn StoreTx,
-    settings: &Settings,
-    target: &str,
-    issue: &Value,
-) -> Result<Vec<Value>> {
-    let base = settings
-        .sector(target)
-        .and_then(|s| s.base_url.clone())
-        .unwrap_or_default();
-    let base = base.trim_end_matches('/');
-    let mut out = Vec::new();
-    for r in issue
-        .get("implicated")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let (Some(reference), Some(ident)) = (
-            r.get("reference").and_then(Value::as_str),
-            r.get("identifier"),
-        ) else {
-            continue;
-        };
-        let Some((rtype, gid)) = crate::fhir::parse_relative(reference) else {
-            continue;
-        };
-        let display = r.get("display").and_then(Value::as_str).unwrap_or(rtype);
-        let own = ident
-            .get("value")
-            .and_then(Value::as_str)
-            .and_then(|v| v.strip_prefix(&format!("{target}/{rtype}/")));
-        let local = match own {
-            Some(rid) => Some(rid.to_owned()),
-            None => tx.delivered_get(target, gid).await?.map(|d| d.target_id),
-        };
-        out.push(match local {
-            Some(id) => json!({ "reference": format!("{base}/{rtype}/{id}"), "display": display }),
-            None => json!({ "type": rtype, "identifier": ident, "display": display }),
-        });
+    for target in &targets {
+        tx.outbox_add(&OutboxNew {
+            target: target.clone(),
+            source: GATEWAY_SECTOR.into(),
+            gid: stored.gid.clone(),
+            version: stored.version,
+            rtype: "Communication".into(),
+            patient_id: Some(event.patient.clone()),
+            route: "alert".into(),
+        })
+        .await?;
     }
-    Ok(out)
+    Ok(targets)
 }
