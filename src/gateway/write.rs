@@ -440,7 +440,7 @@ impl Gateway {
 
     /// Re-evaluates the alerts of the patients touched, inside `tx`; writes their audit rows
     /// and queues the care team's messages.
-    async fn detect(
+    pub(super) async fn detect(
         &self,
         tx: &mut dyn StoreTx,
         patients: &BTreeSet<String>,
