@@ -173,8 +173,9 @@ impl Gateway {
     }
 
     /// Undoes the merge of gateway patient `from`: its identifiers and the records its sector
-    /// Patients name are its own again; lists what was routed for either patient since the
-    /// merge (it may have reached a sector of the other person). Audited.
+    /// Patients name are its own again, and both patients' alerts are decided again; lists what
+    /// was routed for either patient since the merge (it may have reached a sector of the other
+    /// person). Audited.
     pub async fn unmerge(
         &self,
         caller: &Caller,
@@ -207,7 +208,15 @@ impl Gateway {
             routed.len()
         ));
         tx.audit(&row).await?;
+        // Alerts drawn from both people's records while they were one are decided again, for
+        // each of them.
+        let patients: std::collections::BTreeSet<String> = patients.into_iter().collect();
+        let events = self.detect(&mut *tx, &patients).await?;
         tx.commit().await?;
+        if !events.is_empty() {
+            self.outbox_signal.notify_waiters();
+        }
+        self.publish(events);
         Ok(UnmergeReport { unmerged, routed })
     }
 }

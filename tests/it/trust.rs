@@ -775,3 +775,57 @@ async fn held_writes_are_listed_and_rejected_on_the_command_line() {
     assert_eq!(gateway_patient(&app, "gp", "g2").await, None);
     app.stop().await;
 }
+
+fn furosemide(id: &str, patient: &str) -> Value {
+    json!({"resourceType": "MedicationRequest", "id": id, "status": "active", "intent": "order",
+           "medicationCodeableConcept": {"coding": [{"system": "http://www.whocc.no/atc", "code": "C03CA01"}]},
+           "subject": {"reference": format!("Patient/{patient}")}})
+}
+
+/// The same drug ordered for two people is a duplicate only while a wrong merge makes them
+/// one: unmerging decides both patients' alerts again and closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmerging_decides_both_patients_alerts_again() {
+    let app = spawn(Backend::Sqlite).await;
+    put_ok(&app, "gp", &patient_with_id("g1", "0101701111")).await;
+    put_ok(&app, "gp", &furosemide("gm1", "g1")).await;
+    put_ok(&app, "hospital", &patient_with_id("h1", "0202802222")).await;
+    put_ok(&app, "hospital", &furosemide("hm1", "h1")).await;
+    let a = gateway_patient(&app, "gp", "g1").await.unwrap();
+    let b = gateway_patient(&app, "hospital", "h1").await.unwrap();
+    let duplicates = |status: &'static str| {
+        let app = &app;
+        let a = a.clone();
+        async move {
+            let mut tx = app.app_gateway.store().begin_read().await.unwrap();
+            let rows = tx.alerts_of_patient(&a).await.unwrap();
+            rows.iter()
+                .filter(|r| r.code == "DUPTHPGEN" && r.status == status)
+                .count()
+        }
+    };
+    assert_eq!(
+        duplicates("preliminary").await,
+        0,
+        "two people, no duplicate"
+    );
+    let both = sector_patient("g2", &[(CPR, "0101701111"), (CPR, "0202802222")]);
+    assert_eq!(put(&app, "gp", &both).await.0, 422);
+    let gw = app.app_gateway.clone();
+    let operator = Caller::operator();
+    let held = gw.held_writes(&operator, Some("held")).await.unwrap();
+    gw.release_held(&operator, held[0].id).await.unwrap();
+    assert_eq!(
+        duplicates("preliminary").await,
+        1,
+        "one (wrongly merged) person"
+    );
+    gw.unmerge(&operator, &b).await.unwrap();
+    assert_eq!(duplicates("preliminary").await, 0);
+    assert_eq!(
+        duplicates("cancelled").await,
+        1,
+        "closed when the merge was undone"
+    );
+    app.stop().await;
+}
