@@ -347,17 +347,23 @@ impl AlertTx for SqlTx {
             Snoozed::Only => 2,
             Snoozed::Any => 0,
         };
+        // The code filter is written only when given, so that the index led by `code` serves
+        // it (an `$n = '' OR` form would hide it from the planner).
+        let code = if q.code.is_some() {
+            "code = $10"
+        } else {
+            "$10 = ''"
+        };
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS}, {INBOX_COLUMNS} FROM alerts WHERE is_open = 1 \
-             AND ($1 = '' OR code = $1) AND ($2 = '' OR status = $2) \
-             AND ($3 = '' OR sectors LIKE $3 ESCAPE '\\') AND ($4 < 0 OR severity_rank = $4) \
-             AND ($5 = 0 OR ($5 = 1 AND snoozed_until_us <= $6) OR ($5 = 2 AND snoozed_until_us > $6)) \
-             AND (severity_rank > $7 OR (severity_rank = $7 AND (created_us > $8 \
-                  OR (created_us = $8 AND id > $9)))) \
-             ORDER BY severity_rank, created_us, id LIMIT $10"
+            "SELECT {COLUMNS}, {INBOX_COLUMNS} FROM alerts WHERE is_open = 1 AND {code} \
+             AND ($1 = '' OR status = $1) \
+             AND ($2 = '' OR sectors LIKE $2 ESCAPE '\\') AND ($3 < 0 OR severity_rank = $3) \
+             AND ($4 = 0 OR ($4 = 1 AND snoozed_until_us <= $5) OR ($4 = 2 AND snoozed_until_us > $5)) \
+             AND (severity_rank > $6 OR (severity_rank = $6 AND (created_us > $7 \
+                  OR (created_us = $7 AND id > $8)))) \
+             ORDER BY severity_rank, created_us, id LIMIT $9"
         ));
         sqlx::query_as::<_, InboxRow>(sql)
-            .bind(q.code.as_deref().unwrap_or(""))
             .bind(q.status.as_deref().unwrap_or(""))
             .bind(
                 q.sector
@@ -372,6 +378,7 @@ impl AlertTx for SqlTx {
             .bind(created)
             .bind(id)
             .bind(q.limit)
+            .bind(q.code.as_deref().unwrap_or(""))
             .fetch_all(&mut *self.tx)
             .await
             .map_err(map_err)
