@@ -5,7 +5,7 @@
 # run as an unprivileged user. Nothing is fetched when the container runs.
 # README, "Deploy", has the commands; tests/it/deploy.rs checks this file's rules.
 
-# Rust 1.95: the locked sqlx 0.9 needs 1.94 or later (Cargo.toml still says 1.88).
+# Rust 1.95: the locked sqlx 0.9 needs 1.94 or later (Cargo.toml rust-version).
 FROM rust:1.95-slim-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends nodejs npm ca-certificates \

@@ -309,9 +309,7 @@ impl Mapper<'_> {
             return self.patient(tx, source, target, rid).await.map(Some);
         }
         match target {
-            Some(t) if source == GATEWAY_SECTOR => {
-                gateway_named(tx, &t.id, rtype, rid).await
-            }
+            Some(t) if source == GATEWAY_SECTOR => gateway_named(tx, &t.id, rtype, rid).await,
             _ => Ok(None),
         }
     }

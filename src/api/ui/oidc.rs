@@ -146,12 +146,16 @@ pub async fn callback(
     };
     match state.clients.authenticate_bearer(access).await {
         Ok(client) => {
+            let to = super::landing(&crate::access::Caller {
+                client: client.clone(),
+                request_id: None,
+            });
             let cookie = match state.sessions.start(client).await {
                 Ok(c) => c,
                 Err(e) => return super::handlers::session_failure(lang, &e),
             };
             with_cookie(
-                html(StatusCode::OK, pages::signed_in(lang)),
+                html(StatusCode::OK, pages::signed_in(lang, to)),
                 &state.sessions.cookie(&cookie),
             )
         }

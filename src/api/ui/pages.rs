@@ -98,16 +98,16 @@ pub fn sign_in(lang: Lang, notice: Option<Msg>, oidc: bool) -> Markup {
 
 /// After a sign-in through the issuer: a page of the console's own that moves on to the inbox,
 /// so that the (SameSite=Strict) cookie is sent by a navigation of this site.
-pub fn signed_in(lang: Lang) -> Markup {
+pub fn signed_in(lang: Lang, to: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang=(lang.code()) {
             head {
                 meta charset="utf-8";
-                meta http-equiv="refresh" content="0;url=/ui/inbox";
+                meta http-equiv="refresh" content=(format!("0;url={to}"));
                 title { (lang.t(Msg::SignedIn)) " – carebridge" }
             }
-            body { main { h1 { (lang.t(Msg::SignedIn)) } p { a href="/ui/inbox" { (lang.t(Msg::Continue)) } } } }
+            body { main { h1 { (lang.t(Msg::SignedIn)) } p { a href=(to) { (lang.t(Msg::Continue)) } } } }
         }
     }
 }
