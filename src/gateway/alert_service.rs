@@ -7,7 +7,9 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::alerts::{AlertEvent, add_assessments, snapshot};
-use super::history::{author_and_note, history_row, record, served, snooze_request};
+use super::history::{
+    alert_read_row, author_and_note, history_row, record, served, snooze_request,
+};
 use super::relation::{Access, mark, mark_all, merge_bases};
 use super::views::{gateway_view, patient_view};
 use super::write::alert_audit_row;
@@ -105,17 +107,7 @@ impl Gateway {
         let (mut tx, access) = self
             .admit(tx, caller, &a.patient_id, Interaction::Read)
             .await?;
-        let mut row = audit::row(
-            &caller.actor(),
-            None,
-            Action::Read,
-            Interaction::Read,
-            Outcome::Success,
-        );
-        row.patient_id = Some(a.patient_id.clone());
-        row.entities = vec![format!("DetectedIssue/{}", a.id)];
-        row.purpose = Some("TREAT".into());
-        mark(&mut row, &access.basis);
+        let row = alert_read_row(caller, &a, &access.basis);
         let snooze = tx.alert_snooze_get(id).await?.unwrap_or_default();
         tx.audit(&row).await?;
         tx.commit().await?;

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use super::alerts::AlertEvent;
 use super::relation::mark;
 use super::{Gateway, GatewayError};
-use crate::access::{Caller, Request};
-use crate::audit::{self, Action, Interaction, Outcome};
+use crate::access::{Basis, Caller, Request};
+use crate::audit::{self, Action, AuditRow, Interaction, Outcome};
 use crate::fhir::outcome::Issue;
 use crate::fhir::time::{instant, now_us, period};
 use crate::store::{AlertRow, HistoryRow, Snooze, StoreError, StoreTx};
@@ -190,25 +190,32 @@ impl Gateway {
             .await?;
         let snooze = tx.alert_snooze_get(id).await?.unwrap_or_default();
         let history = tx.alert_history(id).await?;
-        let mut row = audit::row(
-            &caller.actor(),
-            None,
-            Action::Read,
-            Interaction::Read,
-            Outcome::Success,
-        );
-        row.patient_id = Some(a.patient_id.clone());
-        row.entities = vec![format!("DetectedIssue/{}", a.id)];
-        row.purpose = Some("TREAT".into());
+        let mut row = alert_read_row(caller, &a, &access.basis);
         row.detail = Some(format!(
             "alert with its history ({} changes)",
             history.len()
         ));
-        mark(&mut row, &access.basis);
         tx.audit(&row).await?;
         tx.commit().await?;
         Ok(Some((served(&a, &snooze, now_us())?, history)))
     }
+}
+
+/// The audit row of a care-team read of one alert: its patient, the DetectedIssue, purpose
+/// TREAT and the basis of the access.
+pub(super) fn alert_read_row(caller: &Caller, a: &AlertRow, basis: &Basis) -> AuditRow {
+    let mut row = audit::row(
+        &caller.actor(),
+        None,
+        Action::Read,
+        Interaction::Read,
+        Outcome::Success,
+    );
+    row.patient_id = Some(a.patient_id.clone());
+    row.entities = vec![format!("DetectedIssue/{}", a.id)];
+    row.purpose = Some("TREAT".into());
+    mark(&mut row, basis);
+    row
 }
 
 #[cfg(test)]

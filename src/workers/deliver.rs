@@ -739,14 +739,11 @@ impl Delivery {
         }
     }
 
-    /// Reads the target's copy `d` and compares it with what the gateway would send.
-    async fn read_copy(
+    /// The target's base URL (without a trailing slash) and the Authorization header to send.
+    async fn endpoint<'t>(
         &self,
-        target: &SectorSettings,
-        e: &OutboxEntry,
-        mapped: &Mapped,
-        d: &Delivered,
-    ) -> Result<TargetCopy, Failure> {
+        target: &'t SectorSettings,
+    ) -> Result<(&'t str, Option<String>), Failure> {
         let Some(base) = target.base_url.as_deref().map(|b| b.trim_end_matches('/')) else {
             return Err(Failure::permanent(
                 None,
@@ -758,6 +755,18 @@ impl Delivery {
             .authorization(target)
             .await
             .map_err(|err| Failure::retryable(None, err.0))?;
+        Ok((base, auth))
+    }
+
+    /// Reads the target's copy `d` and compares it with what the gateway would send.
+    async fn read_copy(
+        &self,
+        target: &SectorSettings,
+        e: &OutboxEntry,
+        mapped: &Mapped,
+        d: &Delivered,
+    ) -> Result<TargetCopy, Failure> {
+        let (base, auth) = self.endpoint(target).await?;
         let mut req = self
             .outbound
             .http
@@ -797,17 +806,7 @@ impl Delivery {
         mapped: &Mapped,
         known: Option<&Delivered>,
     ) -> Result<Accepted, Failure> {
-        let Some(base) = target.base_url.as_deref().map(|b| b.trim_end_matches('/')) else {
-            return Err(Failure::permanent(
-                None,
-                "the target sector has no base_url",
-            ));
-        };
-        let auth = self
-            .outbound
-            .authorization(target)
-            .await
-            .map_err(|err| Failure::retryable(None, err.0))?;
+        let (base, auth) = self.endpoint(target).await?;
         let request = build_request(base, &e.rtype, mapped, known);
         let answer = self.call(&request, auth.as_deref()).await?;
         let client_credentials = matches!(target.auth, OutboundAuth::ClientCredentials { .. });
