@@ -45,7 +45,7 @@ pub struct InboxPage {
     pub alerts: Vec<Value>,
     /// Names and owners of their patients.
     pub cards: HashMap<String, PatientCard>,
-    /// When the page is full: the id of its last alert (the next page starts after it).
+    /// When more alerts follow: the id of the page's last alert (the next page starts after it).
     pub next: Option<String>,
 }
 
@@ -109,9 +109,12 @@ impl Gateway {
             q.after = Some((severity_rank(&a.body), a.created_us, a.id));
         }
         let mut decided = Decided::new();
-        let shown = self
-            .fill_page(&mut *tx, caller, filter, &mut q, &mut decided, rows)
+        // One row more than the page: whether another page follows.
+        let mut shown = self
+            .fill_page(&mut *tx, caller, filter, &mut q, &mut decided, rows + 1)
             .await?;
+        let more = shown.len() > rows;
+        shown.truncate(rows);
         let mut page = InboxPage::default();
         let mut bases: Vec<Basis> = Vec::new();
         for r in &shown {
@@ -121,7 +124,7 @@ impl Gateway {
             }
             page.alerts.push(served(&r.alert, &r.snooze, now)?);
         }
-        if shown.len() == rows {
+        if more {
             page.next = shown.last().map(|r| r.alert.id.clone());
         }
         let mut row = audit::row(

@@ -314,18 +314,49 @@ async fn inbox_pages_in_order(backend: Backend) {
     let expected: Vec<String> = expected.into_iter().map(|(_, _, id)| id).collect();
     assert_eq!(expected.len(), 120);
     check_pages(&app, &expected, &theirs).await;
+    exact_pages(&app).await;
     app.stop().await;
 }
 
-/// Signs the gp's person in and walks the inbox's pages.
-async fn check_pages(app: &TestApp, expected: &[String], theirs: &[String]) {
+/// The gp's care-team person (the relationship: the gp's exchanges).
+fn gp_person() -> carebridge::access::Client {
     let mut person = carebridge::access::Client::system("u-gp", carebridge::access::Role::CareTeam);
     person.person = Some(carebridge::access::Person {
         practitioner: carebridge::access::Ident::parse("https://autregweb.sst.dk|TEST1"),
         organization: None,
         sector: Some("gp".into()),
     });
-    let link = app.sessions().mint_link(person).await.unwrap();
+    person
+}
+
+/// 120 alerts in pages of 40: the third page is full and says that none follow.
+async fn exact_pages(app: &TestApp) {
+    let caller = carebridge::access::Caller {
+        client: gp_person(),
+        request_id: None,
+    };
+    let filter = carebridge::gateway::inbox::InboxFilter::default();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = app
+            .app_gateway
+            .inbox(&caller, &filter, after.as_deref(), 40)
+            .await
+            .unwrap();
+        pages += 1;
+        assert_eq!(page.alerts.len(), 40, "page {pages}");
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3, "no empty fourth page");
+}
+
+/// Signs the gp's person in and walks the inbox's pages.
+async fn check_pages(app: &TestApp, expected: &[String], theirs: &[String]) {
+    let link = app.sessions().mint_link(gp_person()).await.unwrap();
     let root = app.base.trim_end_matches("/fhir").to_owned();
     let http = carebridge::outbound::client_builder()
         .redirect(reqwest::redirect::Policy::none())
