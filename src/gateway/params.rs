@@ -269,7 +269,9 @@ pub fn criteria(rtype: &str, query: &[(String, String)]) -> Result<Criteria, Iss
     let params = params_of(rtype).unwrap_or(&[]);
     let mut c = Criteria::default();
     for (key, value) in query {
-        if let Some(b) = crate::fhir::forbidden_character(format!("{key}{value}").as_bytes()) {
+        let forbidden = crate::fhir::forbidden_character(key.as_bytes())
+            .or_else(|| crate::fhir::forbidden_character(value.as_bytes()));
+        if let Some(b) = forbidden {
             return Err(bad(key, crate::fhir::describe_forbidden(b)));
         }
         let (name, modifier) = match key.split_once(':') {

@@ -19,25 +19,6 @@ use crate::fhir::outcome::Issue;
 pub use profiles::Profiles;
 pub use schema::FhirSchema;
 
-/// The resource types the gateway acts on; their validators are compiled at start-up.
-pub const CORE_TYPES: [&str; 15] = [
-    "Bundle",
-    "Patient",
-    "CarePlan",
-    "Condition",
-    "CareTeam",
-    "Communication",
-    "MedicationRequest",
-    "MedicationStatement",
-    "Medication",
-    "Goal",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-    "DetectedIssue",
-    "OperationOutcome",
-];
-
 /// A document with at least this many nested resources is validated on the pool's threads
 /// (below it, starting threads costs more than it saves).
 const PARALLEL_FROM: usize = 64;

@@ -133,9 +133,7 @@ fn integer(kind: Primitive, lexeme: &str) -> Option<String> {
 
 /// Rules of the string-based primitives beyond the schema's patterns.
 fn text(kind: Primitive, s: &str) -> Option<String> {
-    // Below U+0020 every character is one byte in UTF-8, and no byte of a longer character is:
-    // a byte scan finds exactly the forbidden characters.
-    if let Some(b) = s.bytes().find(|b| is_forbidden_control(*b)) {
+    if let Some(b) = crate::fhir::forbidden_character(s.as_bytes()) {
         let what = if b == 0 {
             "U+0000".to_owned()
         } else {
@@ -156,11 +154,6 @@ fn text(kind: Primitive, s: &str) -> Option<String> {
         Primitive::Time if !time_valid(s) => Some("not a valid time of day".into()),
         _ => None,
     }
-}
-
-/// Characters below U+0020 other than tab, LF and CR (and U+0000 anywhere).
-fn is_forbidden_control(b: u8) -> bool {
-    b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')
 }
 
 /// Base64 (RFC 4648, standard alphabet, padded) with whitespace allowed between groups, as the

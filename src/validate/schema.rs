@@ -119,14 +119,6 @@ impl FhirSchema {
         &self.shapes
     }
 
-    /// Compiles the validators of these types now (used at start-up for the types the gateway
-    /// acts on, so their first request does not pay for compilation).
-    pub fn warm<'a>(&self, types: impl IntoIterator<Item = &'a str>) {
-        for t in types {
-            let _ = self.validator(t);
-        }
-    }
-
     fn validator(&self, resource_type: &str) -> Option<Result<Arc<Validator>, String>> {
         let cell = self.validators.get(resource_type)?;
         Some(
