@@ -28,6 +28,7 @@ use crate::fhir::json::parse_strict;
 use crate::fhir::outcome::{Issue, PathRef, fhirpath, information};
 use crate::gateway::entry::parse_query;
 use crate::gateway::views::sector_view;
+use crate::gateway::write::Document;
 use crate::gateway::{Entry, Method};
 
 pub fn routes() -> Router<AppState> {
@@ -97,6 +98,17 @@ fn parse_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, ApiError> {
+    let bytes = body_bytes(state, headers, body)?;
+    parse_strict(&bytes, state.gateway.settings().server.max_json_depth)
+        .map_err(|e| json_error(root, &e))
+}
+
+/// The body's bytes, once its media type is FHIR JSON and it is neither too large nor empty.
+fn body_bytes(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -139,13 +151,52 @@ fn parse_body(
             "the request has no body",
         ));
     }
-    parse_strict(&bytes, state.gateway.settings().server.max_json_depth).map_err(|e| {
-        let path = fhirpath(root, e.path.iter().map(PathRef::from));
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            issues: vec![Issue::error("structure", e.to_string()).at(path)],
+    Ok(bytes)
+}
+
+/// A body that is not JSON the strict parser accepts, as a 400 naming where and why.
+fn json_error(root: &str, e: &crate::fhir::json::JsonError) -> ApiError {
+    let path = fhirpath(root, e.path.iter().map(PathRef::from));
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        issues: vec![Issue::error("structure", e.to_string()).at(path)],
+    }
+}
+
+/// Checks the media type, then parses and validates the body once on a blocking thread
+/// ([`Gateway::read_document`](crate::gateway::Gateway::read_document)): the runtime's workers
+/// stay free for the store's round trips while a large Bundle is read.
+async fn read_document(
+    state: &AppState,
+    caller: &Caller,
+    sector: &str,
+    interaction: Interaction,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Document, ApiError> {
+    let result = match body_bytes(state, headers, body) {
+        Ok(bytes) => {
+            let gateway = state.gateway.clone();
+            tokio::task::spawn_blocking(move || gateway.read_document(&bytes))
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "exception",
+                        "the body could not be read",
+                    )
+                })
+                .and_then(|r| r.map_err(|e| json_error("Bundle", &e)))
         }
-    })
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        state
+            .gateway
+            .rejected_body(&caller.actor(), sector, interaction, e.status.as_u16())
+            .await;
+    }
+    result
 }
 
 async fn post_bundle(
@@ -158,17 +209,19 @@ async fn post_bundle(
     if state.gateway.sector(&sector).is_none() {
         return Err(unknown_first_segment(&sector));
     }
-    let value = read_body(
+    let document = read_document(
         &state,
         &caller,
         &sector,
-        "Bundle",
         Interaction::Transaction,
         &headers,
         body,
     )
     .await?;
-    let response = state.gateway.bundle(&caller, &sector, value).await?;
+    let response = state
+        .gateway
+        .bundle_document(&caller, &sector, document)
+        .await?;
     Ok(fhir_response(StatusCode::OK, &response))
 }
 

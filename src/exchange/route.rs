@@ -103,6 +103,7 @@ pub async fn enqueue(
     let mut out = Enqueued::default();
     let mut care_cache: HashMap<String, Vec<String>> = HashMap::new();
     let mut joins: Vec<Join> = Vec::new();
+    let mut queued: Vec<OutboxNew> = Vec::new();
     for item in items.iter().filter(|i| i.changed) {
         for (i, route) in routes.iter().enumerate() {
             if !applies(route, item.sector, item.rtype) {
@@ -133,22 +134,22 @@ pub async fn enqueue(
                 if target == item.sector || !deliverable(settings, &target) {
                     continue;
                 }
-                let added = tx
-                    .outbox_add(&OutboxNew {
-                        target: target.clone(),
-                        source: item.sector.to_owned(),
-                        gid: item.gid.to_owned(),
-                        version: item.version,
-                        rtype: item.rtype.to_owned(),
-                        patient_id: item.patient_id.map(str::to_owned),
-                        route: route_name(i, route),
-                    })
-                    .await?;
-                if added {
-                    out.targets.insert(target);
-                }
+                queued.push(OutboxNew {
+                    target,
+                    source: item.sector.to_owned(),
+                    gid: item.gid.to_owned(),
+                    version: item.version,
+                    rtype: item.rtype.to_owned(),
+                    patient_id: item.patient_id.map(str::to_owned),
+                    route: route_name(i, route),
+                });
             }
         }
+    }
+    // The routes' entries in a few multi-row statements, before the backfills (which leave an
+    // entry already queued as it is).
+    if !queued.is_empty() {
+        out.targets.extend(tx.outbox_add_many(&queued).await?);
     }
     joins.extend(record_joins(tx, settings, items).await?);
     joins.retain(|j| deliverable(settings, &j.sector) && j.sector != GATEWAY_SECTOR);

@@ -208,24 +208,27 @@ pub(super) fn bundle_links(bundle: &Value) -> Vec<Issue> {
 }
 
 /// Reads the entries of a transaction/batch Bundle; each is an `Entry` or its issues.
-pub(super) fn bundle_entries(bundle: &Value) -> Vec<Result<Entry, Vec<Issue>>> {
-    let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+pub(super) fn bundle_entries(bundle: &mut Value) -> Vec<Result<Entry, Vec<Issue>>> {
+    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
         return Vec::new();
     };
     entries
-        .iter()
+        .iter_mut()
         .enumerate()
         .map(|(i, e)| bundle_entry(&format!("Bundle.entry[{i}]"), e))
         .collect()
 }
 
-/// One entry of a Bundle at `loc`: its request (method, url, ifNoneExist) and resource.
-fn bundle_entry(loc: &str, e: &Value) -> Result<Entry, Vec<Issue>> {
+/// One entry of a Bundle at `loc`: its request (method, url, ifNoneExist) and resource (taken
+/// out of the Bundle, not copied).
+fn bundle_entry(loc: &str, e: &mut Value) -> Result<Entry, Vec<Issue>> {
     let fail = |code: &'static str, msg: &str, at: &str| {
         vec![Issue::error(code, msg).at(format!("{loc}{at}"))]
     };
+    // The request is small; the resource is moved out below.
     let request = e
         .get("request")
+        .cloned()
         .ok_or_else(|| fail("required", "each entry needs a request", ".request"))?;
     let method = match request.get("method").and_then(Value::as_str) {
         Some("POST") => Method::Post,
@@ -245,7 +248,7 @@ fn bundle_entry(loc: &str, e: &Value) -> Result<Entry, Vec<Issue>> {
             ));
         }
     };
-    let resource = e.get("resource").cloned().ok_or_else(|| {
+    let resource = e.get_mut("resource").map(Value::take).ok_or_else(|| {
         fail(
             "required",
             "a POST or PUT entry needs a resource",

@@ -41,6 +41,15 @@ fn busy_pause(attempt: u32) -> std::time::Duration {
 /// The entries of a Bundle, each an entry or the issues that make it unusable.
 type ParsedEntries = Vec<Result<Entry, Vec<Issue>>>;
 
+/// A request body parsed once: validated from a tree borrowed from the bytes, then turned
+/// into the owned resource the gateway edits and stores.
+#[derive(Debug)]
+pub struct Document {
+    pub resource: Value,
+    /// What structural validation found (empty: valid R4).
+    pub structural: Vec<Issue>,
+}
+
 impl Gateway {
     /// The sector a caller writes under: it must exist, and be the caller's own.
     fn writable_sector(
@@ -158,6 +167,24 @@ impl Gateway {
         Ok(applied.remove(0))
     }
 
+    /// Parses a request body strictly ([`fhir::json`]) into a tree borrowed from `bytes`,
+    /// validates it structurally and builds the owned resource: CPU work for a blocking thread,
+    /// outside the store's writer.
+    pub fn read_document(&self, bytes: &[u8]) -> Result<Document, fhir::json::JsonError> {
+        let node = fhir::json::parse_borrowed(bytes, self.settings.server.max_json_depth)?;
+        let structural = self.validator.structural_node(&node);
+        let resource = node.to_value().map_err(|e| fhir::json::JsonError {
+            reason: format!("a number could not be kept: {e}"),
+            path: Vec::new(),
+            line: 0,
+            column: 0,
+        })?;
+        Ok(Document {
+            resource,
+            structural,
+        })
+    }
+
     /// A `transaction` (all or nothing) or `batch` (entry by entry) Bundle under a sector.
     /// Returns the response Bundle.
     pub async fn bundle(
@@ -166,7 +193,22 @@ impl Gateway {
         sector: &str,
         bundle: Value,
     ) -> Result<Value, GatewayError> {
-        let result = self.bundle_inner(caller, sector, bundle).await;
+        let structural = self.validator.structural(&bundle);
+        let document = Document {
+            resource: bundle,
+            structural,
+        };
+        self.bundle_document(caller, sector, document).await
+    }
+
+    /// [`Gateway::bundle`] of a body [`Gateway::read_document`] read.
+    pub async fn bundle_document(
+        &self,
+        caller: &Caller,
+        sector: &str,
+        document: Document,
+    ) -> Result<Value, GatewayError> {
+        let result = self.bundle_inner(caller, sector, document).await;
         if let Err(e) = &result {
             self.audit_rejection(caller, Some(sector), Interaction::Transaction, "Bundle", e)
                 .await;
@@ -178,8 +220,12 @@ impl Gateway {
         &self,
         caller: &Caller,
         sector: &str,
-        bundle: Value,
+        document: Document,
     ) -> Result<Value, GatewayError> {
+        let Document {
+            resource: mut bundle,
+            structural,
+        } = document;
         let s = self.writable_sector(caller, sector)?;
         let kind = self.bundle_kind(&bundle)?;
         let links = bundle_links(&bundle);
@@ -187,8 +233,7 @@ impl Gateway {
             return Err(GatewayError::Invalid(links));
         }
         // The Bundle itself must be valid R4 in both modes (entries are checked with it).
-        let structural = self.validator.structural(&bundle);
-        let entries = bundle_entries(&bundle);
+        let entries = bundle_entries(&mut bundle);
         if kind == Interaction::Transaction {
             return self.transaction(caller, s, structural, entries).await;
         }
@@ -387,16 +432,23 @@ impl Gateway {
         interaction: Interaction,
         allow_merge: bool,
     ) -> Result<Vec<Applied>, GatewayError> {
+        // Ids, references and the bodies to store are worked out before the transaction when
+        // no entry needs the store for its id: the writer then only writes.
+        let early = known_ids(s, &entries);
+        let early_prepared = match &early {
+            Some(ids) => Some(self.prepare_all(s, &mut entries, ids, interaction, allow_merge)?),
+            None => None,
+        };
         let mut tx = self.store.begin().await?;
-        let ids = assign_ids(&mut *tx, s, &entries).await?;
-        if interaction == Interaction::Transaction {
-            let twice = duplicate_entries(&entries, &ids);
-            if !twice.is_empty() {
-                return Err(GatewayError::Invalid(twice));
+        let (ids, prepared) = match (early, early_prepared) {
+            (Some(ids), Some(prepared)) => (ids, prepared),
+            _ => {
+                let ids = assign_ids(&mut *tx, s, &entries).await?;
+                let prepared = self.prepare_all(s, &mut entries, &ids, interaction, allow_merge)?;
+                (ids, prepared)
             }
-        }
-        let mut applied =
-            store_entries(&mut *tx, s, &mut entries, ids, allow_merge, &self.settings).await?;
+        };
+        let applied = write_entries(&mut *tx, s, &mut entries, ids, prepared).await?;
         let merges: Vec<(String, String)> = applied
             .iter()
             .flat_map(|a| {
@@ -409,12 +461,6 @@ impl Gateway {
             .collect();
         super::identity::audit_merges(&mut *tx, &caller.actor(), &s.id, interaction, &merges)
             .await?;
-        // Resources stored before their Patient in this request are linked by now.
-        for a in applied.iter_mut() {
-            if a.outcome.changed && a.outcome.patient_id.is_none() && a.rtype != "Patient" {
-                a.outcome.patient_id = tx.get(&a.outcome.gid).await?.and_then(|s| s.patient_id);
-            }
-        }
         // The outbox: what goes to the other sectors commits with what was accepted.
         let routed: Vec<Routed<'_>> = applied.iter().map(|a| routed(&s.id, a)).collect();
         let routed = crate::exchange::route::enqueue(&mut *tx, &self.settings, &routed).await?;
@@ -436,6 +482,31 @@ impl Gateway {
         }
         self.publish(alert_events);
         Ok(applied)
+    }
+
+    /// The stored form of every entry under its id ([`prepare_entries`]); a transaction that
+    /// writes one resource twice is refused first.
+    fn prepare_all(
+        &self,
+        s: &SectorSettings,
+        entries: &mut [Entry],
+        ids: &[(String, bool)],
+        interaction: Interaction,
+        allow_merge: bool,
+    ) -> Result<Vec<Option<crate::store::Prepared>>, GatewayError> {
+        if interaction == Interaction::Transaction {
+            let twice = duplicate_entries(entries, ids);
+            if !twice.is_empty() {
+                return Err(GatewayError::Invalid(twice));
+            }
+        }
+        Ok(prepare_entries(
+            s,
+            entries,
+            ids,
+            allow_merge,
+            &self.settings,
+        ))
     }
 
     /// Re-evaluates the alerts of the patients touched, inside `tx`; writes their audit rows
@@ -710,23 +781,23 @@ async fn conditional_matches(
     Ok(out)
 }
 
-/// Stores each entry under its id, references to other entries (by fullUrl) rewritten to
-/// `Type/id`; an entry whose conditional create matched is answered with what is stored.
-async fn store_entries(
-    tx: &mut dyn StoreTx,
+/// What the store keeps for each entry under its id, references to other entries (by fullUrl)
+/// rewritten to `Type/id`; `None` for an entry whose conditional create matched. Pure: runs
+/// before the write transaction where the ids are known without the store.
+fn prepare_entries(
     s: &SectorSettings,
     entries: &mut [Entry],
-    ids: Vec<(String, bool)>,
+    ids: &[(String, bool)],
     allow_merge: bool,
     settings: &Settings,
-) -> Result<Vec<Applied>, GatewayError> {
+) -> Vec<Option<crate::store::Prepared>> {
     let map: HashMap<String, String> = entries
         .iter()
-        .zip(&ids)
+        .zip(ids)
         .filter_map(|(e, (rid, _))| Some((e.full_url.clone()?, format!("{}/{rid}", e.rtype))))
         .collect();
     let mut prepared = Vec::with_capacity(entries.len());
-    for (e, (rid, existing)) in entries.iter_mut().zip(&ids) {
+    for (e, (rid, existing)) in entries.iter_mut().zip(ids) {
         if *existing {
             prepared.push(None);
             continue;
@@ -749,17 +820,33 @@ async fn store_entries(
         p.allow_merge = allow_merge;
         prepared.push(Some(p));
     }
-    // Every lock the writes need, taken up front in one sorted order: two transactions that
-    // write the same resources in different orders wait for each other instead of deadlocking.
+    prepared
+}
+
+/// Stores the prepared entries ([`StoreTx::put_many`]: locks in one sorted order, Patients
+/// linked first, the rest in multi-row statements); an entry whose conditional create matched
+/// is answered with what is stored.
+async fn write_entries(
+    tx: &mut dyn StoreTx,
+    s: &SectorSettings,
+    entries: &mut [Entry],
+    ids: Vec<(String, bool)>,
+    prepared: Vec<Option<crate::store::Prepared>>,
+) -> Result<Vec<Applied>, GatewayError> {
     let writes: Vec<&crate::store::Prepared> = prepared.iter().flatten().collect();
-    tx.lock_writes(&writes).await?;
+    let mut outcomes = tx.put_many(&writes).await?.into_iter();
     let mut applied = Vec::with_capacity(entries.len());
-    for ((e, (rid, _)), p) in entries.iter_mut().zip(ids).zip(prepared) {
-        let Some(p) = p else {
+    for ((e, (rid, _)), p) in entries.iter_mut().zip(ids).zip(&prepared) {
+        if p.is_none() {
             applied.push(already_stored(tx, s, &e.rtype, rid).await?);
             continue;
+        }
+        let Some(outcome) = outcomes.next() else {
+            return Err(GatewayError::Store(StoreError::Corrupt {
+                what: "the outcomes of a bulk write".into(),
+                error: "fewer outcomes than resources".into(),
+            }));
         };
-        let outcome = tx.put(&p).await?;
         applied.push(Applied {
             rtype: e.rtype.clone(),
             rid,
@@ -903,12 +990,10 @@ async fn assign_id(
     tx: &mut dyn StoreTx,
     s: &SectorSettings,
 ) -> Result<String, GatewayError> {
-    if let Some(id) = fhir::resource_id(&e.resource).filter(|id| is_valid_id(id)) {
-        return Ok(id.to_owned());
+    if let Some(id) = id_without_store(e, s) {
+        return Ok(id);
     }
-    if s.resend_by_identifier
-        && let Some((sys, val)) = identifiers(&e.resource).first()
-    {
+    if let Some((sys, val)) = identifiers(&e.resource).first() {
         if let Some(found) = tx.find_by_identifier(&s.id, &e.rtype, sys, val).await? {
             return Ok(found);
         }
@@ -917,6 +1002,36 @@ async fn assign_id(
             &content_hash(format!("{sys}|{val}").as_bytes())[..40]
         ));
     }
+    Ok(content_id(e))
+}
+
+/// The id [`assign_id`] gives when it needs no store: the sender's own, or one derived from
+/// the content where the sector does not resend by identifier (or the resource has none).
+fn id_without_store(e: &Entry, s: &SectorSettings) -> Option<String> {
+    if let Some(id) = fhir::resource_id(&e.resource).filter(|id| is_valid_id(id)) {
+        return Some(id.to_owned());
+    }
+    if s.resend_by_identifier && !identifiers(&e.resource).is_empty() {
+        return None;
+    }
+    Some(content_id(e))
+}
+
+/// An id derived from the content, so that the same content re-sent is recognised.
+fn content_id(e: &Entry) -> String {
     let bytes = serde_json::to_vec(&e.resource).unwrap_or_default();
-    Ok(format!("h{}", &content_hash(&bytes)[..40]))
+    format!("h{}", &content_hash(&bytes)[..40])
+}
+
+/// Every entry's id when none needs the store (no conditional create, no id found by
+/// identifier): the ids [`assign_ids`] would give, worked out before the transaction.
+fn known_ids(s: &SectorSettings, entries: &[Entry]) -> Option<Vec<(String, bool)>> {
+    entries
+        .iter()
+        .map(|e| match (&e.url_id, &e.if_none_exist) {
+            (Some(id), _) => Some((id.clone(), false)),
+            (None, Some(_)) => None,
+            (None, None) => id_without_store(e, s).map(|id| (id, false)),
+        })
+        .collect()
 }

@@ -277,6 +277,18 @@ pub trait StoreTx:
     /// lock already held is held again at no cost).
     async fn lock_writes(&mut self, writes: &[&Prepared]) -> Result<()>;
     async fn put(&mut self, resource: &Prepared) -> Result<PutOutcome>;
+    /// Stores many resources as `put` would one after another, in a few multi-row statements:
+    /// takes their locks ([`StoreTx::lock_writes`]), links Patients first (so that the other
+    /// resources' patient references resolve through them), and answers an outcome per
+    /// resource in the order given.
+    async fn put_many(&mut self, resources: &[&Prepared]) -> Result<Vec<PutOutcome>>;
+    /// Queues outbox entries in multi-row statements; an entry of the same resource version
+    /// for the same target already queued is left as it is. Returns the targets that got a new
+    /// entry.
+    async fn outbox_add_many(
+        &mut self,
+        entries: &[OutboxNew],
+    ) -> Result<std::collections::BTreeSet<String>>;
     async fn get(&mut self, gid: &str) -> Result<Option<Stored>>;
     async fn get_sector(&mut self, sector: &str, rtype: &str, rid: &str) -> Result<Option<Stored>>;
     /// Current versions of a gateway patient's resources of one type (all types when `None`).

@@ -21,6 +21,8 @@ use crate::audit::{Action, Outcome};
 use crate::fhir::time::{instant, now_us};
 use crate::ids::gateway_id;
 
+mod bulk;
+
 /// The identifier system under which each sector Patient keys its own gateway patient link.
 pub const SECTOR_PATIENT_SYSTEM: &str = "urn:carebridge:sector-patient:";
 
@@ -320,6 +322,7 @@ macro_rules! bind_all {
             q = match v {
                 Bind::Text(t) => q.bind(t),
                 Bind::Int(i) => q.bind(i),
+                Bind::OptText(t) => q.bind(t),
             };
         }
         q
@@ -331,6 +334,8 @@ pub(super) use bind_all;
 pub(super) enum Bind {
     Text(String),
     Int(i64),
+    /// A text column that may be NULL.
+    OptText(Option<String>),
 }
 
 /// The statement of [`StoreTx::search`] and its values, in placeholder order. Only
@@ -722,6 +727,86 @@ impl SqlTx {
         Ok(())
     }
 
+    /// `put` with the resource's lock already held (PostgreSQL; see [`StoreTx::lock_writes`]).
+    async fn put_locked(&mut self, p: &Prepared) -> Result<PutOutcome> {
+        let gid = gateway_id(&p.sector, &p.rtype, &p.rid);
+        let current = self.current(&gid).await?;
+        if let Some(expected) = p.expected_version {
+            let now = current.as_ref().map(|c| c.version);
+            if now != Some(expected) {
+                return Err(StoreError::VersionConflict {
+                    expected,
+                    current: now,
+                });
+            }
+        }
+        if let Some(c) = current.as_ref().filter(|c| c.hash == p.hash) {
+            return Ok(PutOutcome {
+                gid,
+                version: c.version,
+                last_updated: c.last_updated.clone(),
+                changed: false,
+                created: false,
+                patient_id: c.patient_id.clone(),
+                merged: Vec::new(),
+            });
+        }
+        let received = now_us();
+        let last_updated = instant(received);
+        let version = current.as_ref().map_or(1, |c| c.version + 1);
+        let patient_id = self.patient_of_prepared(p).await?;
+        self.insert_version(&gid, version, p, received, &last_updated)
+            .await?;
+        self.upsert_resource(&gid, version, p, patient_id.as_deref(), &last_updated)
+            .await?;
+        self.index_identifiers(&gid, p).await?;
+        Ok(PutOutcome {
+            gid,
+            version,
+            last_updated,
+            changed: true,
+            created: current.is_none(),
+            patient_id,
+            merged: std::mem::take(&mut self.merged),
+        })
+    }
+
+    /// Takes the locks of [`StoreTx::lock_writes`] in one statement: every key of the writes
+    /// (each resource's, each patient identifier a Patient links), sorted, so that transactions
+    /// writing overlapping sets take them in the same order. SQLite needs none (`BEGIN
+    /// IMMEDIATE` admits one writer).
+    async fn lock_keys_sorted(&mut self, writes: &[&Prepared]) -> Result<()> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(());
+        }
+        let mut keys: Vec<String> = writes
+            .iter()
+            .flat_map(|p| {
+                let mut k = patient_lock_keys(p);
+                k.push(gateway_id(&p.sector, &p.rtype, &p.rid));
+                k
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        // The VALUES rows are scanned in the order given, so the locks are taken sorted.
+        for chunk in keys.chunks(1000) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM (VALUES {}) AS t(k)",
+                (1..=chunk.len())
+                    .map(|i| format!("(${i})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            let mut q = sqlx::query(sql);
+            for k in chunk {
+                q = q.bind(k);
+            }
+            q.execute(&mut *self.tx).await.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
     /// Forgets the patients of references remembered in this transaction (after an unmerge).
     pub(super) fn forget_patient_refs(&mut self) {
         self.patient_refs.clear();
@@ -1003,67 +1088,23 @@ impl StoreTx for SqlTx {
     }
 
     async fn lock_writes(&mut self, writes: &[&Prepared]) -> Result<()> {
-        if self.dialect != Dialect::Postgres {
-            return Ok(());
-        }
-        let mut keys: Vec<String> = writes
-            .iter()
-            .flat_map(|p| {
-                let mut k = patient_lock_keys(p);
-                k.push(gateway_id(&p.sector, &p.rtype, &p.rid));
-                k
-            })
-            .collect();
-        keys.sort();
-        keys.dedup();
-        for k in &keys {
-            self.lock(k).await?;
-        }
-        Ok(())
+        self.lock_keys_sorted(writes).await
+    }
+
+    async fn put_many(&mut self, writes: &[&Prepared]) -> Result<Vec<PutOutcome>> {
+        self.put_many_sql(writes).await
+    }
+
+    async fn outbox_add_many(
+        &mut self,
+        entries: &[super::OutboxNew],
+    ) -> Result<std::collections::BTreeSet<String>> {
+        self.outbox_add_many_sql(entries).await
     }
 
     async fn put(&mut self, p: &Prepared) -> Result<PutOutcome> {
-        let gid = gateway_id(&p.sector, &p.rtype, &p.rid);
-        self.lock(&gid).await?;
-        let current = self.current(&gid).await?;
-        if let Some(expected) = p.expected_version {
-            let now = current.as_ref().map(|c| c.version);
-            if now != Some(expected) {
-                return Err(StoreError::VersionConflict {
-                    expected,
-                    current: now,
-                });
-            }
-        }
-        if let Some(c) = current.as_ref().filter(|c| c.hash == p.hash) {
-            return Ok(PutOutcome {
-                gid,
-                version: c.version,
-                last_updated: c.last_updated.clone(),
-                changed: false,
-                created: false,
-                patient_id: c.patient_id.clone(),
-                merged: Vec::new(),
-            });
-        }
-        let received = now_us();
-        let last_updated = instant(received);
-        let version = current.as_ref().map_or(1, |c| c.version + 1);
-        let patient_id = self.patient_of_prepared(p).await?;
-        self.insert_version(&gid, version, p, received, &last_updated)
-            .await?;
-        self.upsert_resource(&gid, version, p, patient_id.as_deref(), &last_updated)
-            .await?;
-        self.index_identifiers(&gid, p).await?;
-        Ok(PutOutcome {
-            gid,
-            version,
-            last_updated,
-            changed: true,
-            created: current.is_none(),
-            patient_id,
-            merged: std::mem::take(&mut self.merged),
-        })
+        self.lock(&gateway_id(&p.sector, &p.rtype, &p.rid)).await?;
+        self.put_locked(p).await
     }
 
     async fn get(&mut self, gid: &str) -> Result<Option<Stored>> {

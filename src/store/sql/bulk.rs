@@ -1,0 +1,360 @@
+//! The bulk writes of one request: a Bundle's resources and its outbox rows in a few
+//! multi-row statements instead of four to six round trips per resource (issue 17). The
+//! decisions are the same as [`StoreTx::put`](crate::store::StoreTx::put)'s, taken in memory
+//! over the current rows read in one statement.
+
+use sqlx::FromRow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::{Bind, Current, SqlTx, bind_all, map_err, placeholders};
+use crate::fhir::time::{instant, now_us};
+use crate::ids::gateway_id;
+use crate::store::{OutboxNew, Prepared, PutOutcome, Result, StoreError};
+
+/// Rows per multi-row statement: at most 9 columns × 300 = 2,700 bound values, well under
+/// SQLite's 32,766 and PostgreSQL's 65,535.
+const CHUNK: usize = 300;
+
+/// A current row of `resources`, with its key.
+#[derive(FromRow)]
+struct KeyedCurrent {
+    gid: String,
+    version: i64,
+    hash: String,
+    last_updated: String,
+    patient_id: Option<String>,
+}
+
+/// A new version to write: the resource, its gateway id, version and patient.
+struct NewVersion<'p> {
+    p: &'p Prepared,
+    gid: String,
+    version: i64,
+    patient_id: Option<String>,
+    /// The resource had a current version (its identifier rows are replaced).
+    existed: bool,
+}
+
+/// `($a, $b, …), ($c, $d, …), …`: `rows` groups of `width` placeholders from `$1`.
+fn value_groups(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(1 + r * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl SqlTx {
+    /// [`StoreTx::put_many`](crate::store::StoreTx::put_many): the locks first (one sorted
+    /// statement on PostgreSQL), Patients one by one through `put` (linking may create, join
+    /// or hold gateway patients, and the other resources' patient references resolve through
+    /// them), then every other resource with its current row read in bulk and its new version,
+    /// `resources` row and identifier rows written in multi-row statements.
+    pub(super) async fn put_many_sql(&mut self, ps: &[&Prepared]) -> Result<Vec<PutOutcome>> {
+        self.lock_keys_sorted(ps).await?;
+        let gids: Vec<String> = ps
+            .iter()
+            .map(|p| gateway_id(&p.sector, &p.rtype, &p.rid))
+            .collect();
+        let distinct: HashSet<&String> = gids.iter().collect();
+        if distinct.len() != gids.len() {
+            // The same resource twice: each version must see the one before it.
+            let mut out = Vec::with_capacity(ps.len());
+            for p in ps {
+                out.push(self.put_locked(p).await?);
+            }
+            return Ok(out);
+        }
+        let mut out: Vec<Option<PutOutcome>> = vec![None; ps.len()];
+        for (i, p) in ps.iter().enumerate().filter(|(_, p)| p.rtype == "Patient") {
+            out[i] = Some(self.put_locked(p).await?);
+        }
+        let rest: Vec<usize> = (0..ps.len()).filter(|&i| out[i].is_none()).collect();
+        let keys: Vec<&str> = rest.iter().map(|&i| gids[i].as_str()).collect();
+        let mut currents = self.currents(&keys).await?;
+        let received = now_us();
+        let last_updated = instant(received);
+        let mut writes = Vec::with_capacity(rest.len());
+        for i in rest {
+            let (p, gid) = (ps[i], gids[i].clone());
+            let current = currents.remove(&gid);
+            let (outcome, write) = self.decide(p, gid, current, &last_updated).await?;
+            out[i] = Some(outcome);
+            writes.extend(write);
+        }
+        self.write_versions(&writes, received, &last_updated)
+            .await?;
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// What storing `p` does given its current row: nothing (identical content), or a new
+    /// version with its patient. A version other than `If-Match`'s is a conflict.
+    async fn decide<'p>(
+        &mut self,
+        p: &'p Prepared,
+        gid: String,
+        current: Option<Current>,
+        last_updated: &str,
+    ) -> Result<(PutOutcome, Option<NewVersion<'p>>)> {
+        if let Some(expected) = p.expected_version {
+            let now = current.as_ref().map(|c| c.version);
+            if now != Some(expected) {
+                return Err(StoreError::VersionConflict {
+                    expected,
+                    current: now,
+                });
+            }
+        }
+        if let Some(c) = current.as_ref().filter(|c| c.hash == p.hash) {
+            let outcome = PutOutcome {
+                gid,
+                version: c.version,
+                last_updated: c.last_updated.clone(),
+                changed: false,
+                created: false,
+                patient_id: c.patient_id.clone(),
+                merged: Vec::new(),
+            };
+            return Ok((outcome, None));
+        }
+        let version = current.as_ref().map_or(1, |c| c.version + 1);
+        let patient_id = self.patient_of_prepared(p).await?;
+        let outcome = PutOutcome {
+            gid: gid.clone(),
+            version,
+            last_updated: last_updated.to_owned(),
+            changed: true,
+            created: current.is_none(),
+            patient_id: patient_id.clone(),
+            merged: Vec::new(),
+        };
+        let write = NewVersion {
+            p,
+            gid,
+            version,
+            patient_id,
+            existed: current.is_some(),
+        };
+        Ok((outcome, Some(write)))
+    }
+
+    /// The current rows of these gateway ids, read in chunks of [`CHUNK`].
+    async fn currents(&mut self, gids: &[&str]) -> Result<HashMap<String, Current>> {
+        let mut found = HashMap::with_capacity(gids.len());
+        for chunk in gids.chunks(CHUNK) {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT gid, version, hash, last_updated, patient_id FROM resources \
+                 WHERE gid IN ({})",
+                placeholders(1, chunk.len())
+            ));
+            let mut q = sqlx::query_as::<_, KeyedCurrent>(sql);
+            for g in chunk {
+                q = q.bind(*g);
+            }
+            for row in q.fetch_all(&mut *self.tx).await.map_err(map_err)? {
+                let current = Current {
+                    version: row.version,
+                    hash: row.hash,
+                    last_updated: row.last_updated,
+                    patient_id: row.patient_id,
+                };
+                found.insert(row.gid, current);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes the new versions: `resource_versions`, `resources` and the identifier rows.
+    async fn write_versions(
+        &mut self,
+        writes: &[NewVersion<'_>],
+        received: i64,
+        last_updated: &str,
+    ) -> Result<()> {
+        for chunk in writes.chunks(CHUNK) {
+            let mut binds = Vec::with_capacity(chunk.len() * 6);
+            for w in chunk {
+                binds.extend([
+                    Bind::Text(w.gid.clone()),
+                    Bind::Int(w.version),
+                    Bind::Text(w.p.hash.clone()),
+                    Bind::Text(w.p.body.clone()),
+                    Bind::Int(received),
+                    Bind::Text(last_updated.to_owned()),
+                ]);
+            }
+            self.execute(
+                format!(
+                    "INSERT INTO resource_versions (gid, version, hash, body, received_us, \
+                     last_updated) VALUES {}",
+                    value_groups(chunk.len(), 6)
+                ),
+                binds,
+            )
+            .await?;
+            self.upsert_resources(chunk, last_updated).await?;
+        }
+        self.replace_identifiers(writes).await
+    }
+
+    async fn upsert_resources(
+        &mut self,
+        chunk: &[NewVersion<'_>],
+        last_updated: &str,
+    ) -> Result<()> {
+        let mut binds = Vec::with_capacity(chunk.len() * 9);
+        for w in chunk {
+            binds.extend([
+                Bind::Text(w.gid.clone()),
+                Bind::Text(w.p.sector.clone()),
+                Bind::Text(w.p.rtype.clone()),
+                Bind::Text(w.p.rid.clone()),
+                Bind::Int(w.version),
+                Bind::Text(w.p.hash.clone()),
+                Bind::OptText(w.p.patient_ref.clone()),
+                Bind::OptText(w.patient_id.clone()),
+                Bind::Text(last_updated.to_owned()),
+            ]);
+        }
+        self.execute(
+            format!(
+                "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, \
+                 patient_id, last_updated) VALUES {} \
+                 ON CONFLICT (gid) DO UPDATE SET version = excluded.version, hash = excluded.hash, \
+                 patient_ref = excluded.patient_ref, patient_id = excluded.patient_id, \
+                 last_updated = excluded.last_updated",
+                value_groups(chunk.len(), 9)
+            ),
+            binds,
+        )
+        .await
+    }
+
+    /// `identifier_index` keeps every current holder of an identifier, `resource_identifiers`
+    /// the latest: a resource's old rows go, its identifiers are added (the last writer of an
+    /// identifier within the request holds it, as with one `put` after another).
+    async fn replace_identifiers(&mut self, writes: &[NewVersion<'_>]) -> Result<()> {
+        let old: Vec<&str> = writes
+            .iter()
+            .filter(|w| w.existed)
+            .map(|w| w.gid.as_str())
+            .collect();
+        for chunk in old.chunks(CHUNK) {
+            let binds = chunk.iter().map(|g| Bind::Text((*g).to_owned())).collect();
+            self.execute(
+                format!(
+                    "DELETE FROM identifier_index WHERE gid IN ({})",
+                    placeholders(1, chunk.len())
+                ),
+                binds,
+            )
+            .await?;
+        }
+        let mut rows: Vec<[&str; 5]> = Vec::new();
+        for w in writes {
+            for (system, value) in &w.p.identifiers {
+                rows.push([&w.p.sector, &w.p.rtype, system, value, &w.gid]);
+            }
+        }
+        for chunk in rows.chunks(CHUNK) {
+            self.insert_identifier_rows(
+                "INSERT INTO identifier_index (sector, rtype, system, value, gid) VALUES {} \
+                 ON CONFLICT DO NOTHING",
+                chunk,
+            )
+            .await?;
+        }
+        // One row per key in a statement (PostgreSQL refuses to update a row twice in one
+        // statement): the last holder of each identifier.
+        let mut last: HashMap<[&str; 4], usize> = HashMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            last.insert([r[0], r[1], r[2], r[3]], i);
+        }
+        let kept: BTreeSet<usize> = last.into_values().collect();
+        let latest: Vec<[&str; 5]> = kept.into_iter().map(|i| rows[i]).collect();
+        for chunk in latest.chunks(CHUNK) {
+            self.insert_identifier_rows(
+                "INSERT INTO resource_identifiers (sector, rtype, system, value, gid) VALUES {} \
+                 ON CONFLICT (sector, rtype, system, value) DO UPDATE SET gid = excluded.gid",
+                chunk,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// `template` with `{}` replaced by the value groups of `rows`.
+    async fn insert_identifier_rows(&mut self, template: &str, rows: &[[&str; 5]]) -> Result<()> {
+        let binds = rows
+            .iter()
+            .flat_map(|r| r.iter().map(|c| Bind::Text((*c).to_owned())))
+            .collect();
+        let sql = template.replacen("{}", &value_groups(rows.len(), 5), 1);
+        self.execute(sql, binds).await
+    }
+
+    /// [`StoreTx::outbox_add_many`](crate::store::StoreTx::outbox_add_many): one multi-row
+    /// insert per chunk; an entry of the same resource version for the same target that is
+    /// already queued is left as it is. Returns the targets that got a new entry.
+    pub(super) async fn outbox_add_many_sql(
+        &mut self,
+        entries: &[OutboxNew],
+    ) -> Result<BTreeSet<String>> {
+        let now = now_us();
+        let mut targets = BTreeSet::new();
+        for chunk in entries.chunks(CHUNK) {
+            let mut binds = Vec::with_capacity(chunk.len() * 8);
+            for e in chunk {
+                binds.extend([
+                    Bind::Text(e.target.clone()),
+                    Bind::Text(e.source.clone()),
+                    Bind::Text(e.gid.clone()),
+                    Bind::Int(e.version),
+                    Bind::Text(e.rtype.clone()),
+                    Bind::OptText(e.patient_id.clone()),
+                    Bind::Text(e.route.clone()),
+                    Bind::Int(now),
+                ]);
+            }
+            let groups = (0..chunk.len())
+                .map(|r| {
+                    let b = r * 8;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8,
+                        b + 8,
+                        b + 8
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = sqlx::AssertSqlSafe(format!(
+                "INSERT INTO outbox (target, source, gid, version, rtype, patient_id, route, \
+                 state, attempts, created_us, next_us, updated_us) VALUES {groups} \
+                 ON CONFLICT (target, gid, version) DO NOTHING RETURNING target"
+            ));
+            let added: Vec<String> = bind_all!(sqlx::query_scalar(sql), binds)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+            targets.extend(added);
+        }
+        Ok(targets)
+    }
+
+    /// Runs one statement built from fixed text and placeholders, every value bound.
+    async fn execute(&mut self, sql: String, binds: Vec<Bind>) -> Result<()> {
+        let sql = sqlx::AssertSqlSafe(sql);
+        bind_all!(sqlx::query(sql), binds)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
