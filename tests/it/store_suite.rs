@@ -336,6 +336,164 @@ async fn schedule_claims(store: Arc<dyn Store>, concurrent: bool) {
     c.commit().await.unwrap();
 }
 
+/// One request's writes, in the order a Bundle lists them: a Condition before its Patient, one
+/// that is then changed and one sent again unchanged, a resource naming its Patient by CPR, an
+/// identifier that moves from one resource to another, and one without a patient.
+fn bulk_rounds() -> Vec<Vec<Value>> {
+    let cpr = "Patient?identifier=urn:oid:1.2.208.176.1.2|0202801234";
+    let moved = |id: &str| {
+        json!({ "resourceType": "Condition", "id": id, "subject": { "reference": "Patient/b1" },
+                "identifier": [{ "system": "urn:test:shared", "value": "s1" }] })
+    };
+    vec![
+        vec![
+            condition("bc1", "Patient/b1", "asthma"),
+            condition("bc2", "Patient/b1", "copd"),
+            patient("b1", &["0202801234"]),
+            condition("bc3", cpr, "gout"),
+            moved("bm1"),
+            json!({ "resourceType": "Organization", "id": "o1", "name": "x" }),
+        ],
+        vec![
+            condition("bc1", "Patient/b1", "asthma"),
+            condition("bc2", "Patient/b1", "copd, severe"),
+            moved("bm2"),
+        ],
+    ]
+}
+
+/// What an outcome says, without the gateway patient's random id and the clock.
+fn shape(o: &carebridge::store::PutOutcome, pid: Option<&str>) -> (String, i64, bool, bool, bool) {
+    let linked = o.patient_id.is_some() && o.patient_id.as_deref() == pid;
+    (o.gid.clone(), o.version, o.changed, o.created, linked)
+}
+
+/// `put_many` decides as `put` one after another: the same versions, unchanged content
+/// recognised, every resource linked to the Patient of the same request (listed after it), the
+/// latest holder of a moved identifier, and an `If-Match` on another version refused whole.
+async fn bulk_writes_match_single_ones(one_by_one: Arc<dyn Store>, bulk: Arc<dyn Store>) {
+    let s = sector("hospital");
+    for round in bulk_rounds() {
+        let prepared: Vec<_> = round
+            .iter()
+            .map(|r| {
+                prepare(
+                    &s,
+                    r["resourceType"].as_str().unwrap(),
+                    r["id"].as_str().unwrap(),
+                    r,
+                )
+            })
+            .collect();
+        let mut a = one_by_one.begin().await.unwrap();
+        let mut single = Vec::new();
+        // Patients first, as put_many links them.
+        for p in prepared.iter().filter(|p| p.rtype == "Patient") {
+            single.push((p.rid.clone(), a.put(p).await.unwrap()));
+        }
+        for p in prepared.iter().filter(|p| p.rtype != "Patient") {
+            single.push((p.rid.clone(), a.put(p).await.unwrap()));
+        }
+        a.commit().await.unwrap();
+        let mut b = bulk.begin().await.unwrap();
+        let refs: Vec<_> = prepared.iter().collect();
+        let many = b.put_many(&refs).await.unwrap();
+        b.commit().await.unwrap();
+        assert_eq!(many.len(), prepared.len());
+        let pid_a = single
+            .iter()
+            .find(|(r, _)| r == "b1")
+            .and_then(|(_, o)| o.patient_id.clone());
+        let pid_b = many
+            .iter()
+            .find(|o| o.gid == single[0].1.gid)
+            .and_then(|o| o.patient_id.clone());
+        for (p, o) in prepared.iter().zip(&many) {
+            let (_, expected) = single.iter().find(|(r, _)| *r == p.rid).unwrap();
+            let pid_a = pid_a.as_deref().or(expected.patient_id.as_deref());
+            let pid_b = pid_b.as_deref().or(o.patient_id.as_deref());
+            assert_eq!(shape(o, pid_b), shape(expected, pid_a), "{}", p.rid);
+        }
+    }
+    for store in [&one_by_one, &bulk] {
+        let mut tx = store.begin().await.unwrap();
+        let holder = tx
+            .find_by_identifier("hospital", "Condition", "urn:test:shared", "s1")
+            .await
+            .unwrap();
+        assert_eq!(holder.as_deref(), Some("bm2"), "the latest holder");
+        let c = tx
+            .get_sector("hospital", "Condition", "bc2")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.version, 2);
+        assert!(c.body.contains("severe"));
+        let gout = tx
+            .get_sector("hospital", "Condition", "bc3")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            gout.patient_id.is_some(),
+            "linked by CPR in the same request"
+        );
+    }
+    // If-Match on a stale version: nothing of the request is written.
+    let mut stale = prepare(
+        &s,
+        "Condition",
+        "bc1",
+        &condition("bc1", "Patient/b1", "asthma, mild"),
+    );
+    stale.expected_version = Some(7);
+    let fresh = prepare(
+        &s,
+        "Condition",
+        "bc9",
+        &condition("bc9", "Patient/b1", "new"),
+    );
+    let mut tx = bulk.begin().await.unwrap();
+    let refused = tx.put_many(&[&fresh, &stale]).await;
+    assert!(matches!(
+        refused,
+        Err(carebridge::store::StoreError::VersionConflict {
+            expected: 7,
+            current: Some(1)
+        })
+    ));
+    drop(tx);
+    let mut tx = bulk.begin().await.unwrap();
+    assert!(
+        tx.get_sector("hospital", "Condition", "bc9")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_writes_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    let a: Arc<dyn Store> = Arc::new(SqlStore::connect(&open("a.db"), 2).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(SqlStore::connect(&open("b.db"), 2).await.unwrap());
+    bulk_writes_match_single_ones(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_writes_on_postgres() {
+    let (url_a, name_a) = common::fresh_pg_database().await;
+    let (url_b, name_b) = common::fresh_pg_database().await;
+    let a = Arc::new(SqlStore::connect(&url_a, 2).await.unwrap());
+    let b = Arc::new(SqlStore::connect(&url_b, 2).await.unwrap());
+    bulk_writes_match_single_ones(a.clone(), b.clone()).await;
+    a.close().await;
+    b.close().await;
+    common::drop_pg_database(&name_a).await;
+    common::drop_pg_database(&name_b).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_suite_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
