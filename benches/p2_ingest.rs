@@ -3,7 +3,7 @@
 //! Run through `benches/run`; by hand:
 //!
 //! ```sh
-//! cargo bench --bench p2_ingest -- --backend sqlite|postgres --out p2-sqlite.json \
+//! cargo bench --bench p2_ingest -- --backend sqlite|postgres|medplum --out p2-sqlite.json \
 //!     [--smoke] [--clients 1,2,4,8] [--bundles N] [--half-bundles N]
 //! ```
 //!
@@ -24,6 +24,18 @@
 //! never taken. Bodies are prepared before
 //! each timed phase. At the end the store's tables are counted to check that everything answered
 //! 2xx was written.
+//!
+//! **The durable-write floor** (`common/p2_floor.rs`), in the same run: right after each
+//! closed-loop step (and the warm-up) the same Bundle copies are written by this process, with
+//! the same number of clients (threads, each its own connection), straight into a second fresh
+//! store of the gateway's schema (made by its own migrations) with the gateway's connection
+//! settings, one transaction per Bundle and no FHIR work; the results hold its figures and the
+//! gateway's rates as ratios of them. Both stores receive the same copies step by step, so they
+//! have grown alike before every step.
+//!
+//! **The Medplum peer** (`--backend medplum`): the same fresh copies POSTed as transaction
+//! Bundles to `tests/peers/fhir-server.mjs` (Medplum's FhirRouter over its MemoryRepository),
+//! 1 and 2 clients (smoke: 1); refusals are counted by reason.
 
 // In a benchmark, a failed assumption is a failure to report: unwrap/expect name it and stop.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
