@@ -254,10 +254,11 @@ def p2_medplum_lines(m, out):
     lines = [f"P2 peer: Medplum's router taking the same transaction Bundles ({m['peer']}); "
              f"{m['patients_in_rotation']} patients (mean {m['mean_entries_per_bundle']:.0f} entries); "
              f"warm-up statuses {m['warm_up_statuses']}",
-             f"  {'clients':>8} {'bundles':>8} {'accepted':>8} {'resources/s':>12} {'bundles/s':>10} {'p50 ms':>8} "
-             f"{'p99 ms':>8} {'peer p50':>9} {'peer CPU':>9}   refusals"]
+             f"  {'clients':>8} {'bundles':>8} {'accepted':>8} {'entries':>8} {'201':>8} {'resources/s':>12} "
+             f"{'bundles/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'peer p50':>9} {'peer CPU':>9}   refusals"]
     for s in m["closed_loop"]:
-        lines.append(f"  {s['clients']:>8} {s['bundles']:>8} {s['bundles_ok']:>8} {fmt(s['resources_per_s']):>12} "
+        lines.append(f"  {s['clients']:>8} {s['bundles']:>8} {s['bundles_ok']:>8} {s['resources']:>8} {s['created']:>8} "
+                     f"{fmt(s['resources_per_s']):>12} "
                      f"{s['bundles_per_s']:>10.2f} {s['p50_ms']:>8.0f} {s['p99_ms']:>8.0f} "
                      f"{s.get('peer_own_p50_ms', float('nan')):>9.0f} {s.get('peer_cpu_cores', float('nan')):>9.2f}   "
                      f"{s.get('refusals') or 'none'}")
