@@ -3,7 +3,7 @@
 //! Run through `benches/run`; by hand:
 //!
 //! ```sh
-//! cargo bench --bench p2_ingest -- --backend sqlite|postgres --out p2-sqlite.json \
+//! cargo bench --bench p2_ingest -- --backend sqlite|postgres|medplum --out p2-sqlite.json \
 //!     [--smoke] [--clients 1,2,4,8] [--bundles N] [--half-bundles N]
 //! ```
 //!
@@ -24,6 +24,18 @@
 //! never taken. Bodies are prepared before
 //! each timed phase. At the end the store's tables are counted to check that everything answered
 //! 2xx was written.
+//!
+//! **The durable-write floor** (`common/p2_floor.rs`), in the same run: right after each
+//! closed-loop step (and the warm-up) the same Bundle copies are written by this process, with
+//! the same number of clients (threads, each its own connection), straight into a second fresh
+//! store of the gateway's schema (made by its own migrations) with the gateway's connection
+//! settings, one transaction per Bundle and no FHIR work; the results hold its figures and the
+//! gateway's rates as ratios of them. Both stores receive the same copies step by step, so they
+//! have grown alike before every step.
+//!
+//! **The Medplum peer** (`--backend medplum`): the same fresh copies POSTed as transaction
+//! Bundles to `tests/peers/fhir-server.mjs` (Medplum's FhirRouter over its MemoryRepository),
+//! 1 and 2 clients (smoke: 1); refusals are counted by reason.
 
 // In a benchmark, a failed assumption is a failure to report: unwrap/expect name it and stop.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -32,6 +44,10 @@
 mod args;
 #[path = "../tests/common/conf.rs"]
 mod conf;
+#[path = "common/p2_floor.rs"]
+mod p2_floor;
+#[path = "../tests/common/peers.rs"]
+mod peers;
 #[path = "../tests/common/pg.rs"]
 mod pg;
 #[path = "../tests/common/server.rs"]
@@ -64,13 +80,15 @@ struct Opts {
 #[derive(Parser)]
 #[command(name = "p2_ingest", bin_name = "p2_ingest")]
 struct Args {
-    /// The gateway's store: a fresh SQLite file or a fresh PostgreSQL database.
-    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    /// The gateway's store (a fresh SQLite file or a fresh PostgreSQL database; the floor gets
+    /// one of its own beside it), or `medplum`: the Medplum peer instead of the gateway.
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres", "medplum"])]
     backend: String,
     /// The JSON file for the results.
     #[arg(long)]
     out: PathBuf,
-    /// Closed-loop client counts, comma-separated [default: 1,2,4,8; with --smoke: 1,2].
+    /// Closed-loop client counts, comma-separated [default: 1,2,4,8; with --smoke: 1,2; the
+    /// Medplum peer: 1,2; with --smoke: 1].
     #[arg(long, value_delimiter = ',')]
     clients: Option<Vec<usize>>,
     /// Bundles per closed-loop step [default: 50; with --smoke: 4].
@@ -87,12 +105,17 @@ fn parse_opts() -> Opts {
     let a = Args::parse();
     let smoke = a.common.smoke;
     Opts {
-        backend: a.backend,
+        backend: a.backend.clone(),
         out: a.out,
         smoke,
         clients: a
             .clients
-            .unwrap_or_else(|| if smoke { vec![1, 2] } else { vec![1, 2, 4, 8] }),
+            .unwrap_or_else(|| match (a.backend.as_str(), smoke) {
+                ("medplum", true) => vec![1],
+                ("medplum", false) => vec![1, 2],
+                (_, true) => vec![1, 2],
+                (_, false) => vec![1, 2, 4, 8],
+            }),
         bundles: a.common.pick(a.bundles, 50, 4),
         half_bundles: a.common.pick(a.half_bundles, 100, 4),
     }
@@ -344,28 +367,64 @@ struct Sample {
     status: u16,
     resources: usize,
     created: usize,
+    /// Why it was refused (an error answer's OperationOutcome diagnostics, shortened).
+    refusal: Option<String>,
 }
 
-async fn post(http: &reqwest::Client, url: &str, token: &str, body: String) -> (u16, usize) {
-    let resp = http
+/// What `post` learnt of one answer: status, entries answered 201, refusal.
+type Answer = (u16, usize, Option<String>);
+
+/// POSTs one Bundle (with the bearer token unless it is empty).
+async fn post(http: &reqwest::Client, url: &str, token: &str, body: String) -> Answer {
+    let mut req = http
         .post(url)
-        .bearer_auth(token)
         .header("content-type", "application/fhir+json")
-        .body(body)
-        .send()
-        .await;
-    match resp {
+        .body(body);
+    if !token.is_empty() {
+        req = req.bearer_auth(token);
+    }
+    match req.send().await {
         Ok(r) => {
             let status = r.status().as_u16();
             let bytes = r.bytes().await.unwrap_or_default();
+            // Entries answered 201 (`"201 Created"` from the gateway, `"201"` from Medplum).
             let created = bytes
-                .windows(b"201 Created".len())
-                .filter(|w| *w == b"201 Created")
+                .windows(br#""status":"201"#.len())
+                .filter(|w| *w == br#""status":"201"#)
                 .count();
-            (status, created)
+            let refusal = (status != 200).then(|| refusal_reason(&bytes));
+            (status, created, refusal)
         }
-        Err(_) => (0, 0),
+        Err(e) => (0, 0, Some(format!("no answer: {e}"))),
     }
+}
+
+/// The diagnostics of an OperationOutcome answer (or the start of the answer), at most 200
+/// characters, with UUIDs and numbers as `#` so that equal reasons count together.
+fn refusal_reason(bytes: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let text = v["issue"]
+        .as_array()
+        .map(|issues| {
+            issues
+                .iter()
+                .map(|i| {
+                    let d = i["diagnostics"].as_str().or(i["details"]["text"].as_str());
+                    format!("{}: {}", i["code"].as_str().unwrap_or("?"), d.unwrap_or(""))
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned());
+    static UUID: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let uuid = UUID.get_or_init(|| {
+        regex::Regex::new(
+            "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9]+",
+        )
+        .unwrap()
+    });
+    let out = uuid.replace_all(&text, "#");
+    out.chars().take(200).collect()
 }
 
 fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
@@ -399,8 +458,12 @@ fn summarise(samples: &[Sample], secs: f64) -> Value {
     let ok: Vec<&Sample> = samples.iter().filter(|s| s.status == 200).collect();
     let resources: usize = ok.iter().map(|s| s.resources).sum();
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    let mut refusals: BTreeMap<String, usize> = BTreeMap::new();
     for s in samples {
         *statuses.entry(s.status.to_string()).or_default() += 1;
+        if let Some(r) = &s.refusal {
+            *refusals.entry(format!("{} {r}", s.status)).or_default() += 1;
+        }
     }
     json!({
         "bundles": samples.len(),
@@ -408,6 +471,7 @@ fn summarise(samples: &[Sample], secs: f64) -> Value {
         "resources": resources,
         "created": ok.iter().map(|s| s.created).sum::<usize>(),
         "statuses": statuses,
+        "refusals": refusals,
         "seconds": secs,
         "resources_per_s": resources as f64 / secs,
         "bundles_per_s": ok.len() as f64 / secs,
@@ -443,13 +507,14 @@ async fn closed_loop(
                     break;
                 };
                 let t = Instant::now();
-                let (status, created) = post(&http, &url, &token, body.clone()).await;
+                let (status, created, refusal) = post(&http, &url, &token, body.clone()).await;
                 samples.push(Sample {
                     at: t - t0,
                     latency: t.elapsed(),
                     status,
                     resources: *resources,
                     created,
+                    refusal,
                 });
             }
             samples
@@ -478,13 +543,14 @@ async fn open_loop(
         let (http, url, token) = (http.clone(), url.to_owned(), token.to_owned());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            let (status, created) = post(&http, &url, &token, body).await;
+            let (status, created, refusal) = post(&http, &url, &token, body).await;
             Sample {
                 at: at - t0,
                 latency: at.elapsed(),
                 status,
                 resources,
                 created,
+                refusal,
             }
         }));
     }
@@ -501,6 +567,8 @@ async fn count_rows(store_url: &str) -> Result<Value> {
     let tables = [
         "resources",
         "resource_versions",
+        "identifier_index",
+        "resource_identifiers",
         "audit_log",
         "patients",
         "outbox",
@@ -590,6 +658,12 @@ async fn drop_pg_database(name: &str) {
 }
 
 async fn run(opts: Opts) -> Result<()> {
+    if opts.backend == "medplum" {
+        let result = medplum(&opts).await?;
+        std::fs::write(&opts.out, serde_json::to_string_pretty(&result)?)
+            .with_context(|| opts.out.display().to_string())?;
+        return Ok(());
+    }
     let dir = tempfile::tempdir()?;
     let (store_url, pg_db) = match opts.backend.as_str() {
         "sqlite" => (
@@ -600,10 +674,27 @@ async fn run(opts: Opts) -> Result<()> {
             let (url, name) = create_pg_database().await?;
             (url, Some(name))
         }
-        other => bail!("--backend takes sqlite or postgres, not {other}"),
+        other => bail!("--backend takes sqlite, postgres or medplum, not {other}"),
     };
-    let result = measure(&opts, dir.path(), &store_url).await;
-    if let Some(name) = &pg_db {
+    // The floor's own fresh store beside the gateway's: a second SQLite file in the same
+    // folder, or a second fresh database on the same PostgreSQL server.
+    let floor_db = match &pg_db {
+        Some(_) => Some(
+            pg::create_database(&pg_admin_url(), "cb_floor_")
+                .await
+                .with_context(|| format!("PostgreSQL at {}", pg_admin_url()))?,
+        ),
+        None => None,
+    };
+    let result = async {
+        let floor = match &floor_db {
+            Some((url, _)) => p2_floor::Floor::postgres(url).await?,
+            None => p2_floor::Floor::sqlite(dir.path()).await?,
+        };
+        measure(&opts, dir.path(), &store_url, &floor).await
+    }
+    .await;
+    for name in pg_db.iter().chain(floor_db.as_ref().map(|(_, n)| n)) {
         drop_pg_database(name).await;
     }
     let mut result = result?;
@@ -621,12 +712,23 @@ async fn run(opts: Opts) -> Result<()> {
         "a fresh SQLite file (WAL, synchronous=FULL)".into(),
         |n| format!("fresh PostgreSQL database {n} (dropped after)")
     ));
+    result["floor"]["database"] = json!(floor_db.map_or(
+        "a second fresh SQLite file beside the gateway's (WAL, synchronous=FULL)".into(),
+        |(_, n)| format!(
+            "a second fresh PostgreSQL database {n} on the same server (dropped after)"
+        )
+    ));
     std::fs::write(&opts.out, serde_json::to_string_pretty(&result)?)
         .with_context(|| opts.out.display().to_string())?;
     Ok(())
 }
 
-async fn measure(opts: &Opts, dir: &Path, store_url: &str) -> Result<Value> {
+async fn measure(
+    opts: &Opts,
+    dir: &Path,
+    store_url: &str,
+    floor: &p2_floor::Floor,
+) -> Result<Value> {
     let token = carebridge::auth::new_token();
     let config = dir.join("carebridge.toml");
     std::fs::write(&config, config_text(store_url, &token))?;
@@ -636,7 +738,7 @@ async fn measure(opts: &Opts, dir: &Path, store_url: &str) -> Result<Value> {
     let mut source = Source { templates, next: 0 };
 
     let mut server = start_server(&config)?;
-    let result = drive(opts, &server, &mut source, &token, mean_entries).await;
+    let result = drive(opts, &server, &mut source, &token, floor, mean_entries).await;
     let log = {
         let l = server.log.lock().expect("log stats");
         json!({ "errors": l.errors, "warnings": l.warnings, "sample": l.sample })
@@ -648,9 +750,89 @@ async fn measure(opts: &Opts, dir: &Path, store_url: &str) -> Result<Value> {
         .await
         .unwrap_or_else(|e| json!(e.to_string()));
     result["store_rows"] = counts;
+    result["floor"]["store_rows"] = floor
+        .count_rows()
+        .await
+        .unwrap_or_else(|e| json!(e.to_string()));
+    result["floor"]["connection_settings"] = floor
+        .settings()
+        .await
+        .unwrap_or_else(|e| json!(e.to_string()));
     result["server_log"] = log;
     result["server_startup_seconds"] = json!(startup);
     Ok(result)
+}
+
+/// One closed-loop step's line on stderr.
+fn print_step(side: &str, step: &Value) {
+    eprintln!(
+        "  {side} {} clients: {:.0} resources/s, {:.2} bundles/s, p50 {:.0} ms, p99 {:.0} ms, statuses {}",
+        step["clients"],
+        step["resources_per_s"].as_f64().unwrap_or(0.0),
+        step["bundles_per_s"].as_f64().unwrap_or(0.0),
+        step["p50_ms"].as_f64().unwrap_or(0.0),
+        step["p99_ms"].as_f64().unwrap_or(0.0),
+        step["statuses"]
+    );
+}
+
+/// The floor's step on the same Bundle copies as the gateway's, as a summary like the gateway's.
+async fn floor_step(
+    floor: &p2_floor::Floor,
+    bodies: Vec<(String, usize)>,
+    clients: usize,
+) -> Result<Value> {
+    let cpu = (cpu_secs("/proc/self/stat"), machine_jiffies());
+    let (done, secs) = floor.step(Arc::new(bodies), clients).await?;
+    let samples: Vec<Sample> = done
+        .into_iter()
+        .map(|d| Sample {
+            at: d.at,
+            latency: d.latency,
+            status: 200,
+            resources: d.resources,
+            created: d.resources,
+            refusal: None,
+        })
+        .collect();
+    let mut step = summarise(&samples, secs);
+    step["clients"] = json!(clients);
+    // The floor runs in this process: its CPU is the bench's own.
+    step["floor_cpu_cores"] = json!((cpu_secs("/proc/self/stat") - cpu.0) / secs);
+    let ((b1, w1, a1), (b0, w0, a0)) = (machine_jiffies(), cpu.1);
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    if a1 > a0 {
+        step["machine_busy_cores"] = json!((b1 - b0) / (a1 - a0) * cores);
+        step["machine_iowait_cores"] = json!((w1 - w0) / (a1 - a0) * cores);
+    }
+    Ok(step)
+}
+
+/// The gateway's closed-loop rates as ratios of the floor's: of its best, and of the floor at
+/// the same client count.
+fn ratios(gateway: &[Value], floor: &[Value], floor_best: f64) -> Value {
+    let rows: Vec<Value> = gateway
+        .iter()
+        .zip(floor)
+        .map(|(g, f)| {
+            let (gr, fr) = (
+                g["resources_per_s"].as_f64().unwrap_or(0.0),
+                f["resources_per_s"].as_f64().unwrap_or(f64::NAN),
+            );
+            json!({
+                "clients": g["clients"],
+                "gateway_resources_per_s": gr,
+                "floor_resources_per_s": fr,
+                "of_floor_same_clients": gr / fr,
+                "of_floor_best": gr / floor_best,
+            })
+        })
+        .collect();
+    let best = gateway
+        .iter()
+        .filter_map(|g| g["resources_per_s"].as_f64())
+        .fold(0.0, f64::max);
+    json!({ "per_clients": rows, "gateway_best_of_floor_best": best / floor_best })
 }
 
 async fn drive(
@@ -658,6 +840,7 @@ async fn drive(
     server: &Server,
     source: &mut Source,
     token: &str,
+    floor: &p2_floor::Floor,
     mean_entries: f64,
 ) -> Result<Value> {
     let http = carebridge::outbound::client_builder()
@@ -665,8 +848,10 @@ async fn drive(
         .build()?;
     let url = format!("{}/lab", server.base);
 
-    // Warm-up (untimed): the first Bundles compile the validators of the types they hold.
+    // Warm-up (untimed): the first Bundles compile the validators of the types they hold. The
+    // floor writes the same copies, so both stores hold the same resources before every step.
     let warm = source.take(if opts.smoke { 1 } else { 3 });
+    floor_step(floor, warm.clone(), 1).await?;
     let (samples, _) = closed_loop(&http, &url, token, warm, 1).await;
     if let Some(bad) = samples.iter().find(|s| s.status != 200) {
         return Err(anyhow!("warm-up Bundle answered {}", bad.status));
@@ -674,9 +859,11 @@ async fn drive(
     let mut sent_ok = samples.iter().map(|s| s.resources).sum::<usize>();
 
     let mut steps = Vec::new();
+    let mut floor_steps = Vec::new();
     let mut best_rps = 0.0f64;
     for &c in &opts.clients {
         let bodies = source.take(opts.bundles);
+        let same = bodies.clone();
         let probe = CpuProbe::start(server);
         let (samples, secs) = closed_loop(&http, &url, token, bodies, c).await;
         let mut step = summarise(&samples, secs);
@@ -685,17 +872,17 @@ async fn drive(
         let rps = step["resources_per_s"].as_f64().unwrap_or(0.0);
         best_rps = best_rps.max(rps);
         sent_ok += step["resources"].as_u64().unwrap_or(0) as usize;
-        eprintln!(
-            "  {} clients: {:.0} resources/s, {:.2} bundles/s, p50 {:.0} ms, p99 {:.0} ms, statuses {}",
-            c,
-            rps,
-            step["bundles_per_s"].as_f64().unwrap_or(0.0),
-            step["p50_ms"].as_f64().unwrap_or(0.0),
-            step["p99_ms"].as_f64().unwrap_or(0.0),
-            step["statuses"]
-        );
+        print_step("gateway", &step);
         steps.push(step);
+        // The floor on the same copies, right after (the same machine state, the same growth).
+        let f = floor_step(floor, same, c).await?;
+        print_step("floor  ", &f);
+        floor_steps.push(f);
     }
+    let floor_best = floor_steps
+        .iter()
+        .filter_map(|f| f["resources_per_s"].as_f64())
+        .fold(0.0, f64::max);
 
     // Open loop at half the best closed-loop rate.
     let half_rps = best_rps / 2.0;
@@ -727,5 +914,115 @@ async fn drive(
         "half_load": half,
         "resources_answered_2xx": sent_ok,
         "detection_and_outbox": "on: detection for every patient a Bundle touches; outbox entries for lab's Conditions, CarePlans, CareTeams, medications, Communications and Goals to gp and hospital (delivery workers off)",
+        "ratios": ratios(&steps, &floor_steps, floor_best),
+        "floor": {
+            "what": FLOOR_WHAT,
+            "closed_loop": floor_steps,
+            "best_resources_per_s": floor_best,
+            "growth": "the floor's store receives the same Bundle copies as the gateway's, step by step (the warm-up, then each closed-loop step right after the gateway's); it has no half-load phase, so it holds the gateway's rows minus the half load's when it ends",
+        },
     }))
+}
+
+const FLOOR_WHAT: &str = "the same Bundle copies written by this process into a fresh store with the gateway's schema (its own migrations) and connection settings, one transaction per Bundle: per entry resource_versions (version 1, the resource bytes as sent), resources, identifier_index and resource_identifiers rows; per Bundle one patients and one patient_identifiers row (the sector Patient key) and one audit_log row naming every entry (seq from an in-process counter; no hash chain, no Merkle tree). No FHIR work: no validation, no id assignment or reference rewriting, no patient lookup, no locks beyond SQLite's one writer, no detection, no outbox. SQLite: multi-row INSERT ... VALUES (up to 128 rows per statement, prepared once per connection), writers queued first come first served in the process as the gateway's; PostgreSQL: one INSERT ... SELECT FROM UNNEST(arrays) per table";
+
+/// The Medplum peer's own transaction rate for the same Bundle copies: the end-to-end tests'
+/// `tests/peers/fhir-server.mjs` (Medplum's FhirRouter over its MemoryRepository, one request at
+/// a time) with `--log`, a fresh peer, the Bundles POSTed to its base as transaction Bundles.
+async fn medplum(opts: &Opts) -> Result<Value> {
+    let templates = load_templates(opts.smoke)?;
+    let mean_entries =
+        templates.iter().map(|t| t.entries).sum::<usize>() as f64 / templates.len() as f64;
+    let mut source = Source { templates, next: 0 };
+    let mut peer = peers::Peer::start(
+        "p2-medplum",
+        &peers::PeerOptions {
+            log: true,
+            ..peers::PeerOptions::default()
+        },
+    )
+    .await;
+    let http = carebridge::outbound::client_builder()
+        .timeout(Duration::from_secs(300))
+        .build()?;
+    let url = peer.base.clone();
+    let warm = source.take(if opts.smoke { 1 } else { 3 });
+    let (warm_samples, _) = closed_loop(&http, &url, "", warm, 1).await;
+    let mut steps = Vec::new();
+    let mut seen = peer_bundle_ms(&peer).len();
+    for &c in &opts.clients {
+        let bodies = source.take(opts.bundles);
+        let cpu = (peer_cpu(), machine_jiffies());
+        let (samples, secs) = closed_loop(&http, &url, "", bodies, c).await;
+        let mut step = summarise(&samples, secs);
+        step["clients"] = json!(c);
+        step["peer_cpu_cores"] = json!((peer_cpu() - cpu.0) / secs);
+        let own = peer_bundle_ms(&peer);
+        let mut mine: Vec<f64> = own[seen.min(own.len())..].to_vec();
+        seen = own.len();
+        mine.sort_by(f64::total_cmp);
+        step["peer_own_p50_ms"] = json!(percentile(&mine, 50.0));
+        step["peer_own_p99_ms"] = json!(percentile(&mine, 99.0));
+        step["peer_own_mean_ms"] = json!(mine.iter().sum::<f64>() / mine.len().max(1) as f64);
+        print_step("medplum", &step);
+        steps.push(step);
+    }
+    let best = steps
+        .iter()
+        .filter_map(|s| s["resources_per_s"].as_f64())
+        .fold(0.0, f64::max);
+    peer.stop().await;
+    Ok(json!({
+        "what": "the same fresh Bundle copies POSTed as transaction Bundles to the Medplum peer's base (tests/peers/fhir-server.mjs: Medplum FhirRouter over MemoryRepository, requests one at a time, transactions atomic by a snapshot of the repository's maps; no validation) over loopback",
+        "peer": format!(
+            "tests/peers/fhir-server.mjs with --log, Node {}",
+            std::process::Command::new(peers::node_bin())
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default()
+        ),
+        "smoke": opts.smoke,
+        "patients_in_rotation": source.templates.len(),
+        "mean_entries_per_bundle": mean_entries,
+        "warm_up_statuses": warm_samples.iter().map(|s| s.status).collect::<Vec<_>>(),
+        "closed_loop": steps,
+        "best_resources_per_s": best,
+    }))
+}
+
+/// Milliseconds inside the peer of each `POST /fhir` (a Bundle), from its `--log` lines.
+fn peer_bundle_ms(peer: &peers::Peer) -> Vec<f64> {
+    peer.stderr_text()
+        .lines()
+        .filter(|l| l.contains(" POST /fhir "))
+        .filter_map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|d| d.strip_suffix("ms"))
+                .and_then(|d| d.parse().ok())
+        })
+        .collect()
+}
+
+/// CPU seconds of the peer's node process (this process's `node` child, found in /proc).
+fn peer_cpu() -> f64 {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    for e in dir.flatten() {
+        let stat = e.path().join("stat");
+        let Ok(text) = std::fs::read_to_string(&stat) else {
+            continue;
+        };
+        // pid (comm) state ppid …
+        let Some((head, rest)) = text.rsplit_once(") ") else {
+            continue;
+        };
+        if head.ends_with("(node") && rest.split(' ').nth(1) == Some(me.as_str()) {
+            return cpu_secs(&stat.display().to_string());
+        }
+    }
+    f64::NAN
 }

@@ -18,6 +18,11 @@ TARGETS = {
     "p1_batch_seconds": 0.4,        # 100 patients validated as one batch (issue 17)
     "p2_sqlite_resources_per_s": 5000.0,
     "p2_half_load_p99_ms": 100.0,
+    # issue 17, item 4: the gateway against the durable-write floor measured in the same run
+    "p2_sqlite_of_floor": 0.5,          # best gateway rate ÷ best floor rate (SQLite)
+    "p2_sqlite_2_over_1": 1.3,          # 2-client rate ÷ 1-client rate (SQLite)
+    "p2_sqlite_half_p99_over_p50": 2.0,  # p99 ÷ p50 per Bundle at half load (SQLite)
+    "p2_postgres_4_of_floor": 0.5,      # 4-client gateway rate ÷ best floor rate (PostgreSQL)
 }
 
 
@@ -180,13 +185,93 @@ def p2(work, smoke):
             lines.append(f"  target >= 5,000 resources/s (SQLite): best {fmt(best)} -> "
                          f"{r['targets']['resources_per_s']['verdict']}; p99 < 100 ms at half load: "
                          f"{h['p99_ms']:.0f} ms -> {r['targets']['half_load_p99_ms']['verdict']}")
+        if "floor" in r:
+            lines.extend(p2_floor_lines(r, backend, smoke))
         if "postgres_settings" in r:
             lines.append(f"  PostgreSQL: {r['postgres_settings']}")
         for key in ["diagnosis_pg_settings", "diagnosis_server_wrap"]:
             if key in r:
                 lines.append(f"  NOTE: diagnosis override in effect, not a reference figure: {key} = {r[key]}")
         lines.append(f"  detection and outbox writes: {r['detection_and_outbox']}")
+    m = load(os.path.join(work, "p2-medplum.json"))
+    if m is not None:
+        out["medplum"] = m
+        lines.extend(p2_medplum_lines(m, out))
     return out, lines
+
+
+def p2_floor_lines(r, backend, smoke):
+    """The durable-write floor's table, the gateway as ratios of it, and issue 17's checks."""
+    f = r["floor"]
+    lines = [f"  durable-write floor ({backend}): {f['database']}; connection: {f.get('connection_settings')}",
+             f"  {'clients':>8} {'bundles':>8} {'resources/s':>12} {'bundles/s':>10} {'p50 ms':>8} "
+             f"{'p99 ms':>8} {'max ms':>8}   gateway ÷ floor (same clients)   gateway ÷ floor best   "
+             f"CPU cores: floor / machine busy / iowait"]
+    ratios = {x["clients"]: x for x in r["ratios"]["per_clients"]}
+    for s in f["closed_loop"]:
+        x = ratios.get(s["clients"], {})
+        lines.append(f"  {s['clients']:>8} {s['bundles']:>8} {fmt(s['resources_per_s']):>12} "
+                     f"{s['bundles_per_s']:>10.2f} {s['p50_ms']:>8.1f} {s['p99_ms']:>8.1f} {s['max_ms']:>8.1f}   "
+                     f"{x.get('of_floor_same_clients', float('nan')):>30.3f}   "
+                     f"{x.get('of_floor_best', float('nan')):>20.3f}   "
+                     + " / ".join(f"{s.get(k, float('nan')):.2f}" for k in
+                                  ["floor_cpu_cores", "machine_busy_cores", "machine_iowait_cores"]))
+    lines.append(f"  floor best {fmt(f['best_resources_per_s'])} resources/s; gateway best ÷ floor best "
+                 f"{r['ratios']['gateway_best_of_floor_best']:.3f}; floor rows after the run: {f.get('store_rows')}")
+    steps = {s["clients"]: s for s in r["closed_loop"]}
+    floor_best = f["best_resources_per_s"]
+    checks = {}
+    if backend == "sqlite":
+        h = r["half_load"]
+        best = r["best_resources_per_s"]
+        checks["best_of_floor"] = (">= 0.5 of the floor's best", best / floor_best,
+                                   best / floor_best >= TARGETS["p2_sqlite_of_floor"])
+        if 1 in steps and 2 in steps:
+            q = steps[2]["resources_per_s"] / steps[1]["resources_per_s"]
+            checks["two_over_one_client"] = (">= 1.3x the 1-client rate", q, q >= TARGETS["p2_sqlite_2_over_1"])
+        q = h["p99_ms"] / h["p50_ms"]
+        checks["half_load_p99_over_p50"] = ("<= 2x the p50 at half load", q,
+                                            q <= TARGETS["p2_sqlite_half_p99_over_p50"])
+    else:
+        if 4 in steps:
+            q = steps[4]["resources_per_s"] / floor_best
+            checks["four_clients_of_floor"] = (">= 0.5 of the floor's best", q, q >= TARGETS["p2_postgres_4_of_floor"])
+        counts = [c for c in (1, 2, 4) if c in steps]
+        rates = [steps[c]["resources_per_s"] for c in counts]
+        if len(rates) > 1:
+            rising = all(a < b for a, b in zip(rates, rates[1:]))
+            checks["rises_1_to_4_clients"] = (f"rises over {counts} clients", rates, rising)
+    r.setdefault("targets", {})
+    for key, (target, measured, ok) in checks.items():
+        r["targets"][key] = {"target": target, "measured": measured, "verdict": verdict(ok, smoke)}
+        shown = ", ".join(fmt(x) for x in measured) if isinstance(measured, list) else f"{measured:.3f}"
+        lines.append(f"  issue 17: {key} {target}: {shown} -> {r['targets'][key]['verdict']}")
+    return lines
+
+
+def p2_medplum_lines(m, out):
+    """The Medplum peer's own transaction rate, and each backend's gateway as a ratio of it."""
+    lines = [f"P2 peer: Medplum's router taking the same transaction Bundles ({m['peer']}); "
+             f"{m['patients_in_rotation']} patients (mean {m['mean_entries_per_bundle']:.0f} entries); "
+             f"warm-up statuses {m['warm_up_statuses']}",
+             f"  {'clients':>8} {'bundles':>8} {'accepted':>8} {'entries':>8} {'201':>8} {'resources/s':>12} "
+             f"{'bundles/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'peer p50':>9} {'peer CPU':>9}   refusals"]
+    for s in m["closed_loop"]:
+        lines.append(f"  {s['clients']:>8} {s['bundles']:>8} {s['bundles_ok']:>8} {s['resources']:>8} {s['created']:>8} "
+                     f"{fmt(s['resources_per_s']):>12} "
+                     f"{s['bundles_per_s']:>10.2f} {s['p50_ms']:>8.0f} {s['p99_ms']:>8.0f} "
+                     f"{s.get('peer_own_p50_ms', float('nan')):>9.0f} {s.get('peer_cpu_cores', float('nan')):>9.2f}   "
+                     f"{s.get('refusals') or 'none'}")
+    best = m["best_resources_per_s"]
+    ratios = {}
+    for backend in ["sqlite", "postgres"]:
+        r = out.get(backend)
+        if r and "best_resources_per_s" in r and best > 0:
+            ratios[backend] = r["best_resources_per_s"] / best
+    m["ratios_gateway_best_over_medplum_best"] = ratios
+    lines.append(f"  Medplum best {fmt(best)} resources/s (in memory, no disk); gateway best ÷ Medplum best: "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    return lines
 
 
 def p4(work, smoke):
