@@ -77,6 +77,29 @@ pub fn for_each_reference_mut(value: &mut Value, f: &mut dyn FnMut(&mut String))
     }
 }
 
+/// [`for_each_reference_mut`] for reading: every `reference` string of a resource, nested
+/// resources left out.
+pub fn for_each_reference(value: &Value, f: &mut dyn FnMut(&str)) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                match (key.as_str(), child) {
+                    ("reference", Value::String(s)) => f(s),
+                    ("resource" | "contained" | "outcome", c)
+                        if c.get("resourceType").is_some() || is_resource_array(c) => {}
+                    (_, c) => for_each_reference(c, f),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                for_each_reference(item, f);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn is_resource_array(v: &Value) -> bool {
     v.as_array()
         .is_some_and(|a| a.first().is_some_and(|x| x.get("resourceType").is_some()))

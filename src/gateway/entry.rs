@@ -187,12 +187,12 @@ pub(super) fn bundle_links(bundle: &Value) -> Vec<Issue> {
         }
     }
     for (i, e) in entries.iter().enumerate() {
-        let Some(mut resource) = e.get("resource").cloned() else {
+        let Some(resource) = e.get("resource") else {
             continue;
         };
         let mut dangling = false;
-        fhir::for_each_reference_mut(&mut resource, &mut |r: &mut String| {
-            dangling |= r.starts_with("urn:uuid:") && !seen.contains(r.as_str());
+        fhir::for_each_reference(resource, &mut |r: &str| {
+            dangling |= r.starts_with("urn:uuid:") && !seen.contains(r);
         });
         if dangling {
             issues.push(
