@@ -15,23 +15,46 @@ pub fn references<'a>(defs: &Definitions, resource: &'a Value) -> Vec<(String, &
         return out;
     };
     if let (Some(ti), Some(reference)) = (defs.index(rtype), defs.index("Reference")) {
-        let walk = Walk { defs, reference };
-        walk.object(ti, resource, rtype, &mut out);
+        let walk = Walk {
+            defs,
+            reference,
+            root: rtype,
+        };
+        walk.object(ti, resource, &mut Vec::new(), &mut out);
     }
     out
 }
 
+/// One step of the location being walked: a key, and the index when it holds an array. The
+/// location is rendered only for a Reference found (most elements are not).
+type Step<'a> = (&'a str, Option<usize>);
+
 struct Walk<'d> {
     defs: &'d Definitions,
     reference: u32,
+    root: &'d str,
 }
 
 impl Walk<'_> {
+    fn render(&self, steps: &[Step<'_>]) -> String {
+        let mut path = self.root.to_owned();
+        for (key, index) in steps {
+            path.push('.');
+            path.push_str(key);
+            if let Some(i) = index {
+                path.push('[');
+                path.push_str(&i.to_string());
+                path.push(']');
+            }
+        }
+        path
+    }
+
     fn object<'a>(
         &self,
         ti: u32,
         value: &'a Value,
-        path: &str,
+        steps: &mut Vec<Step<'a>>,
         out: &mut Vec<(String, &'a Value)>,
     ) {
         let (Some(t), Value::Object(map)) = (self.defs.get(ti), value) else {
@@ -47,25 +70,40 @@ impl Walk<'_> {
                     None => continue,
                 },
             };
+            if matches!(kind, Kind::Primitive(_)) {
+                continue;
+            }
             match child {
                 Value::Array(items) => {
                     for (i, item) in items.iter().enumerate() {
-                        self.value(kind, item, &format!("{path}.{key}[{i}]"), out);
+                        steps.push((key, Some(i)));
+                        self.value(kind, item, steps, out);
+                        steps.pop();
                     }
                 }
-                one => self.value(kind, one, &format!("{path}.{key}"), out),
+                one => {
+                    steps.push((key, None));
+                    self.value(kind, one, steps, out);
+                    steps.pop();
+                }
             }
         }
     }
 
-    fn value<'a>(&self, kind: Kind, v: &'a Value, path: &str, out: &mut Vec<(String, &'a Value)>) {
+    fn value<'a>(
+        &self,
+        kind: Kind,
+        v: &'a Value,
+        steps: &mut Vec<Step<'a>>,
+        out: &mut Vec<(String, &'a Value)>,
+    ) {
         match kind {
             Kind::Complex(ci) => {
                 if ci == self.reference && v.is_object() {
-                    out.push((path.to_owned(), v));
+                    out.push((self.render(steps), v));
                 }
                 // Reference.identifier.assigner is a Reference too.
-                self.object(ci, v, path, out);
+                self.object(ci, v, steps, out);
             }
             Kind::Resource => {
                 if let Some(ti) = v
@@ -73,7 +111,7 @@ impl Walk<'_> {
                     .and_then(Value::as_str)
                     .and_then(|t| self.defs.index(t))
                 {
-                    self.object(ti, v, path, out);
+                    self.object(ti, v, steps, out);
                 }
             }
             Kind::Primitive(_) => {}
