@@ -187,8 +187,11 @@ impl Names {
             needles.push(format!("{}/{rid}", e.rtype));
         }
         for (_, value) in crate::fhir::identifiers(body) {
-            if !value.is_empty() && !needles.iter().any(|n| n == value) {
-                needles.push(value.to_owned());
+            // As the value appears inside a JSON string of the stored text.
+            let quoted = Value::String(value.to_owned()).to_string();
+            let inner = &quoted[1..quoted.len() - 1];
+            if !inner.is_empty() && !needles.iter().any(|n| n == inner) {
+                needles.push(inner.to_owned());
             }
         }
         Names {
@@ -202,8 +205,19 @@ impl Names {
     /// that errs one way only: a false match makes an entry wait for an outcome it does not
     /// need, never the other way round.
     fn named_by(&self, gid: &str, body: &str) -> bool {
-        gid == self.gid || self.needles.iter().any(|n| body.contains(n.as_str()))
+        gid == self.gid || self.needles.iter().any(|n| mentions(body, n))
     }
+}
+
+/// Whether `needle` occurs in `text` not followed by a character that could continue an id
+/// (`Condition/c1` is not named by `Condition/c10`).
+fn mentions(text: &str, needle: &str) -> bool {
+    text.match_indices(needle).any(|(i, _)| {
+        !text[i + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    })
 }
 
 /// An attempt that ended (answered, or nothing to send) and is not recorded yet.
@@ -2057,8 +2071,18 @@ mod tests {
             "g-other",
             r#"{"subject":{"reference":"Patient/p1"},"reasonReference":[{"reference":"Condition/c2"}]}"#
         ));
+        // Another id that begins with this one names another resource.
+        assert!(!names.named_by("g-other", r#"{"reference":"Condition/c10"}"#));
+        assert!(!names.named_by("g-other", r#"{"value":"cond-770"}"#));
         // A false match errs on the safe side: it only delays.
-        assert!(names.named_by("g-other", r#"{"note":[{"text":"Condition/c10"}]}"#));
+        assert!(names.named_by("g-other", r#"{"note":[{"text":"see Condition/c1, 2025"}]}"#));
+        // An identifier value as JSON writes it.
+        let quoted = json!({"identifier": [{"system": "s", "value": "a\"b"}]});
+        let names = Names::of(&outbox_entry("g", "Condition"), "c1", &quoted);
+        assert!(names.named_by(
+            "g-other",
+            &json!({"identifier": {"value": "a\"b"}}).to_string()
+        ));
         // Without a known id, the gateway id and the identifiers still name it.
         let bare = Names::of(&outbox_entry("g-cond", "Condition"), "", &json!({}));
         assert_eq!(bare.needles, ["g-cond"]);
