@@ -1105,8 +1105,14 @@ impl Cycle {
     /// Adds a statement that ran from `start` to `end` (µs) to its class.
     fn add(&mut self, class: Class, start: i64, end: i64, counted: usize, rows: i64) {
         let el = end - start;
-        // The part of the statement after the response was read (inside the gap).
-        let gap = (end - start.max(self.http_end)).clamp(0, el);
+        // The part of the statement after the response was read (inside the gap). Events come
+        // in the order of their end: a statement that ended before the response was read is
+        // seen while `http_end` is still unset.
+        let gap = if self.http_end > 0 {
+            (end - start.max(self.http_end)).clamp(0, el)
+        } else {
+            0
+        };
         match class {
             Class::Read => {
                 self.read_db += el;
