@@ -1052,8 +1052,13 @@ enum Class {
     Gauge,
     Begin,
     Commit,
+    Rollback,
 }
 
+/// A statement's class by its text alone: the worker's transactions overlap, so the statement
+/// before a COMMIT need not be of its transaction. Writes are the outcomes' transactions (their
+/// audit rows, Merkle nodes, the endpoint's health and attempts, and their COMMIT); reads the
+/// read transactions with the mapping (ended by a ROLLBACK).
 fn classify(key: &str) -> Class {
     let k = key.trim_start();
     if k.starts_with("UPDATE outbox SET lease_owner") {
@@ -1062,13 +1067,17 @@ fn classify(key: &str) -> Class {
         Class::Gauge
     } else if k.starts_with("BEGIN") {
         Class::Begin
-    } else if k.starts_with("COMMIT") || k.starts_with("ROLLBACK") {
+    } else if k.starts_with("COMMIT") {
         Class::Commit
-    } else if k.starts_with("INSERT INTO delivered")
-        || k.starts_with("UPDATE outbox SET state")
+    } else if k.starts_with("ROLLBACK") {
+        Class::Rollback
+    } else if k.starts_with("INSERT")
+        || k.starts_with("UPDATE")
+        || k.starts_with("DELETE")
         || k.contains("pg_advisory_xact_lock")
         || k.contains("audit_head")
-        || k.starts_with("INSERT INTO audit_log")
+        || k.contains("FROM sector_health")
+        || k.contains("FROM audit_merkle")
     {
         Class::Write
     } else {
@@ -1154,7 +1163,6 @@ fn breakdown(
     let mut cycles: Vec<Cycle> = Vec::new();
     let mut cur: Option<Cycle> = None;
     let mut http_k = 0usize;
-    let mut last_class = Class::Read;
     let mut pending_begin: i64 = 0;
     let mut per_stmt: BTreeMap<usize, (usize, i64)> = BTreeMap::new();
     for e in evs {
@@ -1179,11 +1187,12 @@ fn breakdown(
                 }
             }
             EvKind::Stmt => {
-                // A COMMIT (or ROLLBACK) belongs to the transaction of the statement before it:
-                // its time counts there, but not as one of its statements.
+                // A COMMIT ends a write transaction, a ROLLBACK a read one: their time counts
+                // there, but not as one of its statements.
                 let raw = classify(&statements[e.stmt]);
                 let class = match raw {
-                    Class::Commit => last_class,
+                    Class::Commit => Class::Write,
+                    Class::Rollback => Class::Read,
                     c => c,
                 };
                 if e.ts_us > push_end_us {
@@ -1197,10 +1206,9 @@ fn breakdown(
                 }
                 let start = e.ts_us - e.elapsed_us - std::mem::take(&mut pending_begin);
                 if let Some(c) = cur.as_mut() {
-                    let counted = usize::from(raw != Class::Commit);
+                    let counted = usize::from(!matches!(raw, Class::Commit | Class::Rollback));
                     c.add(class, start, e.ts_us, counted, e.rows);
                 }
-                last_class = class;
             }
         }
     }
