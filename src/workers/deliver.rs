@@ -10,7 +10,8 @@
 //! The batch is pipelined: while entry i's request is in flight, the outcomes of the entries
 //! before it are recorded in one write transaction (each with its own audit row, the endpoint's
 //! health observed, its lease checked) and entry i + 1 is read and mapped in a read
-//! transaction. Requests stay one at a time per target, in order. An entry of the same resource
+//! transaction; when the batch runs out, the next one is claimed beside its last request.
+//! Requests stay one at a time per target, in order. An entry of the same resource
 //! as the one in flight, or whose stored body may name it (`Names`: its mapping could depend
 //! on that outcome), is mapped only after that outcome is recorded. Nothing is recorded before
 //! the target answered; a crash loses at most the records of answers (the entries are sent
@@ -233,6 +234,9 @@ struct Answered {
 struct Sending {
     /// Entries not prepared yet, in order.
     queue: VecDeque<OutboxEntry>,
+    /// When the queue runs out, the next batch is claimed beside the last request (the worker
+    /// loop; `Delivery::step` takes one batch).
+    refill: bool,
     /// The next entry, prepared while the one before it was in flight (and when it started).
     next: Option<(OutboxEntry, Prepared, Instant)>,
     /// Attempts handed to the recorder so far.
@@ -424,7 +428,7 @@ impl Delivery {
                     }
                 }
                 Ok(batch) => {
-                    paused_until = self.process_batch(&target, batch, &shutdown).await;
+                    paused_until = self.process_batch(&target, batch, &shutdown, true).await;
                 }
                 Err(e) => {
                     tracing::warn!(target_sector = %target, error = %e, "could not claim outbox entries");
@@ -443,7 +447,7 @@ impl Delivery {
         let batch = self.claim(target).await?;
         let n = batch.len();
         let (_tx, rx) = watch::channel(false);
-        self.process_batch(target, batch, &rx).await;
+        self.process_batch(target, batch, &rx, false).await;
         Ok(n)
     }
 
@@ -475,6 +479,7 @@ impl Delivery {
         target: &str,
         batch: Vec<OutboxEntry>,
         shutdown: &watch::Receiver<bool>,
+        refill: bool,
     ) -> Option<Instant> {
         let every = self.lease() / 3;
         let renewals = async {
@@ -484,7 +489,7 @@ impl Delivery {
             }
         };
         tokio::select! {
-            pause = self.process_entries(target, batch, shutdown) => pause,
+            pause = self.process_entries(target, batch, shutdown, refill) => pause,
             () = renewals => None,
         }
     }
@@ -513,10 +518,11 @@ impl Delivery {
         target: &str,
         batch: Vec<OutboxEntry>,
         shutdown: &watch::Receiver<bool>,
+        refill: bool,
     ) -> Option<Instant> {
         let (answers, received) = mpsc::unbounded_channel();
         let (progress, watched) = watch::channel(Progress::default());
-        let sending = self.send_entries(target, batch, answers, watched, shutdown);
+        let sending = self.send_entries(target, (batch, refill), answers, watched, shutdown);
         let recording = self.record_entries(target, received, progress);
         let ((rest, stopped), recorded) = tokio::join!(sending, recording);
         if !rest.is_empty()
@@ -533,13 +539,14 @@ impl Delivery {
     async fn send_entries(
         &self,
         target: &str,
-        batch: Vec<OutboxEntry>,
+        (batch, refill): (Vec<OutboxEntry>, bool),
         answers: mpsc::UnboundedSender<Answered>,
         mut progress: watch::Receiver<Progress>,
         shutdown: &watch::Receiver<bool>,
     ) -> (Vec<OutboxEntry>, Option<Instant>) {
         let mut s = Sending {
             queue: batch.into(),
+            refill,
             next: None,
             handed: 0,
             unrecorded: VecDeque::new(),
@@ -615,8 +622,9 @@ impl Delivery {
     }
 
     /// Sends `e` while the entry after it is prepared (beside `e` in flight and the outcomes
-    /// not recorded yet), and hands `e`'s attempt to the recorder. A retryable failure waits
-    /// for its record: whether the queue pauses depends on it.
+    /// not recorded yet; when the queue ran out, the next batch is claimed first), and hands
+    /// `e`'s attempt to the recorder. A retryable failure waits for its record: whether the
+    /// queue pauses depends on it.
     async fn send_beside(
         &self,
         s: &mut Sending,
@@ -627,13 +635,31 @@ impl Delivery {
         let names = s.names(Some(&ready.names));
         let own = ready.names.clone();
         let following = s.queue.pop_front();
+        let claim = following.is_none() && s.refill;
         let preparing = async {
-            match &following {
+            let mut more = VecDeque::new();
+            let following = match following {
+                None if claim => match self.claim(&e.target).await {
+                    Ok(batch) => {
+                        more = VecDeque::from(batch);
+                        more.pop_front()
+                    }
+                    Err(err) => {
+                        tracing::warn!(target_sector = %e.target, error = %err, "could not claim outbox entries");
+                        None
+                    }
+                },
+                other => other,
+            };
+            let prepared = match &following {
                 Some(n) => Some((Instant::now(), self.prepare(n, &names).await)),
                 None => None,
-            }
+            };
+            (following, more, prepared)
         };
-        let (attempt, prepared) = tokio::join!(self.send_ready(&e, ready), preparing);
+        let (attempt, (following, more, prepared)) =
+            tokio::join!(self.send_ready(&e, ready), preparing);
+        s.queue.extend(more);
         let retryable = matches!(&attempt, Attempt::Failed(f) if f.retryable);
         s.hand(e, attempt, started.elapsed(), Some(own));
         let mut result = Ok(());
