@@ -23,7 +23,10 @@
 //!   (`sqlx::query=debug`: every statement with its duration) and its outbound connection pool
 //!   (`hyper_util` pool checkout and return, which bracket each HTTP exchange); where the time of
 //!   one delivery goes is read from that log after the last push (nothing but the delivery
-//!   worker runs then). A diagnosis pass: its rates are reported but are not the reference.
+//!   worker runs then). The worker is pipelined, so a delivery is the cycle from one request's
+//!   start to the next's: the request, the gap outside it (what the gateway adds per delivery)
+//!   and the statements that ran in the cycle by class, with the part of them inside the gap.
+//!   A diagnosis pass: its rates are reported but are not the reference.
 //! - `direct`: the bodies the gateway sent, read back from the reference pass's peer (id,
 //!   `meta.versionId` and `meta.lastUpdated` removed, then checked byte for byte against the
 //!   SHA-256 the gateway recorded in `delivered.hash`), POSTed to a fresh peer by one client,
@@ -1049,8 +1052,13 @@ enum Class {
     Gauge,
     Begin,
     Commit,
+    Rollback,
 }
 
+/// A statement's class by its text alone: the worker's transactions overlap, so the statement
+/// before a COMMIT need not be of its transaction. Writes are the outcomes' transactions (their
+/// audit rows, Merkle nodes, the endpoint's health and attempts, and their COMMIT); reads the
+/// read transactions with the mapping (ended by a ROLLBACK).
 fn classify(key: &str) -> Class {
     let k = key.trim_start();
     if k.starts_with("UPDATE outbox SET lease_owner") {
@@ -1059,13 +1067,17 @@ fn classify(key: &str) -> Class {
         Class::Gauge
     } else if k.starts_with("BEGIN") {
         Class::Begin
-    } else if k.starts_with("COMMIT") || k.starts_with("ROLLBACK") {
+    } else if k.starts_with("COMMIT") {
         Class::Commit
-    } else if k.starts_with("INSERT INTO delivered")
-        || k.starts_with("UPDATE outbox SET state")
+    } else if k.starts_with("ROLLBACK") {
+        Class::Rollback
+    } else if k.starts_with("INSERT")
+        || k.starts_with("UPDATE")
+        || k.starts_with("DELETE")
         || k.contains("pg_advisory_xact_lock")
         || k.contains("audit_head")
-        || k.starts_with("INSERT INTO audit_log")
+        || k.contains("FROM sector_health")
+        || k.contains("FROM audit_merkle")
     {
         Class::Write
     } else {
@@ -1073,31 +1085,71 @@ fn classify(key: &str) -> Class {
     }
 }
 
+/// One delivery's share of the worker's time: from its request's start to the next request's
+/// start. The worker is pipelined (`workers::deliver`): the next entry's read and mapping and
+/// the earlier outcomes' write run while a request is in flight, so a delivery's statements
+/// are counted where they ran, and the part of the cycle outside the request (the *gap*) is
+/// what the gateway adds per delivery.
 #[derive(Default, Clone)]
 struct Cycle {
     k: usize,
-    read_start: i64,
     http_start: i64,
     http_end: i64,
-    write_end: i64,
     next_start: i64,
+    /// Statement time by class within the cycle, and the part of it inside the gap.
     read_db: i64,
+    read_gap: i64,
     read_n: usize,
     write_db: i64,
+    write_gap: i64,
     write_n: usize,
     claim_db: i64,
+    claim_gap: i64,
     claim_n: usize,
     claimed: i64,
     other_db: i64,
 }
 
-/// Splits the delivery worker's time after the last push into one cycle per delivery:
-/// read transaction (first statement after the previous delivery to the HTTP request; the
-/// mapping runs inside it), HTTP (pool checkout to the response read to its end), write
-/// transaction (to the end of its last statement: on PostgreSQL its COMMIT, on SQLite the head
-/// update, since sqlx does not log SQLite's BEGIN and COMMIT) and "between" (to the next
-/// delivery's first statement: SQLite's COMMIT, the claim of the next batch every `batch`
-/// deliveries, the worker's own bookkeeping).
+impl Cycle {
+    /// Adds a statement that ran from `start` to `end` (µs) to its class.
+    fn add(&mut self, class: Class, start: i64, end: i64, counted: usize, rows: i64) {
+        let el = end - start;
+        // The part of the statement after the response was read (inside the gap). Events come
+        // in the order of their end: a statement that ended before the response was read is
+        // seen while `http_end` is still unset.
+        let gap = if self.http_end > 0 {
+            (end - start.max(self.http_end)).clamp(0, el)
+        } else {
+            0
+        };
+        match class {
+            Class::Read => {
+                self.read_db += el;
+                self.read_gap += gap;
+                self.read_n += counted;
+            }
+            Class::Write => {
+                self.write_db += el;
+                self.write_gap += gap;
+                self.write_n += counted;
+            }
+            Class::Claim => {
+                self.claim_db += el;
+                self.claim_gap += gap;
+                self.claim_n += counted;
+                self.claimed += rows;
+            }
+            _ => self.other_db += el,
+        }
+    }
+}
+
+/// Splits the delivery worker's time after the last push into one cycle per HTTP exchange
+/// (pool checkout to the next checkout): the request (checkout to the response read to its
+/// end), the gap (response read to the next request), and the statements that ran in the cycle
+/// by class — read transactions with the mapping, write transactions (the outcomes and their
+/// audit rows), claims — each also counted for the part of it inside the gap. sqlx does not log
+/// SQLite's BEGIN and COMMIT: on SQLite their time is in the gap but in no class.
 fn breakdown(
     events: &[Event],
     statements: &[String],
@@ -1111,37 +1163,39 @@ fn breakdown(
     let mut cycles: Vec<Cycle> = Vec::new();
     let mut cur: Option<Cycle> = None;
     let mut http_k = 0usize;
-    let mut state = "before";
-    let mut last_class = Class::Read;
     let mut pending_begin: i64 = 0;
     let mut per_stmt: BTreeMap<usize, (usize, i64)> = BTreeMap::new();
     for e in evs {
-        let tail = e.ts_us > push_end_us;
         match e.kind {
             EvKind::HttpStart => {
-                if let Some(c) = cur.as_mut() {
-                    c.http_start = e.ts_us;
-                    c.k = http_k;
+                if let Some(mut c) = cur.take() {
+                    c.next_start = e.ts_us;
+                    if c.http_end > 0 && c.http_start > push_end_us {
+                        cycles.push(c);
+                    }
                 }
+                cur = Some(Cycle {
+                    k: http_k,
+                    http_start: e.ts_us,
+                    ..Cycle::default()
+                });
                 http_k += 1;
-                state = "http";
             }
             EvKind::HttpEnd => {
                 if let Some(c) = cur.as_mut() {
                     c.http_end = e.ts_us;
                 }
-                state = "write";
             }
             EvKind::Stmt => {
-                // A COMMIT (or ROLLBACK) belongs to the transaction of the statement before it:
-                // its time counts there, but not as one of its statements.
+                // A COMMIT ends a write transaction, a ROLLBACK a read one: their time counts
+                // there, but not as one of its statements.
                 let raw = classify(&statements[e.stmt]);
-                let counted = usize::from(raw != Class::Commit);
                 let class = match raw {
-                    Class::Commit => last_class,
+                    Class::Commit => Class::Write,
+                    Class::Rollback => Class::Read,
                     c => c,
                 };
-                if tail {
+                if e.ts_us > push_end_us {
                     let s = per_stmt.entry(e.stmt).or_default();
                     s.0 += 1;
                     s.1 += e.elapsed_us;
@@ -1150,98 +1204,30 @@ fn breakdown(
                     pending_begin += e.elapsed_us;
                     continue;
                 }
-                let start = e.ts_us - e.elapsed_us;
-                if class == Class::Read && (state == "write" || state == "before") {
-                    if let Some(mut c) = cur.take() {
-                        c.next_start = start;
-                        if c.http_start > 0 && c.http_end > 0 && c.read_start > push_end_us {
-                            cycles.push(c);
-                        }
-                    }
-                    cur = Some(Cycle {
-                        read_start: start,
-                        ..Cycle::default()
-                    });
-                    state = "read";
-                }
-                let el = e.elapsed_us + std::mem::take(&mut pending_begin);
+                let start = e.ts_us - e.elapsed_us - std::mem::take(&mut pending_begin);
                 if let Some(c) = cur.as_mut() {
-                    match class {
-                        Class::Read if state == "read" => {
-                            c.read_db += el;
-                            c.read_n += counted;
-                        }
-                        Class::Write => {
-                            c.write_db += el;
-                            c.write_n += counted;
-                            c.write_end = e.ts_us;
-                        }
-                        Class::Claim => {
-                            c.claim_db += el;
-                            c.claim_n += counted;
-                            c.claimed += e.rows;
-                        }
-                        _ => c.other_db += el,
-                    }
+                    let counted = usize::from(!matches!(raw, Class::Commit | Class::Rollback));
+                    c.add(class, start, e.ts_us, counted, e.rows);
                 }
-                last_class = class;
             }
         }
     }
     if cycles.is_empty() {
         return json!({ "note": "no complete delivery cycle after the last push was found in the log" });
     }
-    let summarise = |cs: &[Cycle]| -> Value {
-        let n = cs.len() as f64;
-        let ms = |f: &dyn Fn(&Cycle) -> i64| cs.iter().map(f).sum::<i64>() as f64 / n / 1000.0;
-        let server: Vec<f64> = cs
-            .iter()
-            .filter_map(|c| server_ms.get(c.k).copied())
-            .collect();
-        let total = ms(&|c| c.next_start - c.read_start);
-        let read = ms(&|c| c.http_start - c.read_start);
-        let http = ms(&|c| c.http_end - c.http_start);
-        let write = ms(&|c| c.write_end.max(c.http_end) - c.http_end);
-        let between = ms(&|c| c.next_start - c.write_end.max(c.http_end));
-        json!({
-            "deliveries": cs.len(),
-            "first_k": cs.first().map(|c| c.k),
-            "last_k": cs.last().map(|c| c.k),
-            "ms_per_delivery": total,
-            "per_s": 1000.0 / total,
-            "read_tx_and_mapping_ms": read,
-            "read_tx_statements": cs.iter().map(|c| c.read_n).sum::<usize>() as f64 / n,
-            "read_tx_db_ms": ms(&|c| c.read_db),
-            "http_ms": http,
-            "http_server_ms": mean(&server),
-            "write_tx_ms": write,
-            "write_tx_statements": cs.iter().map(|c| c.write_n).sum::<usize>() as f64 / n,
-            "write_tx_db_ms": ms(&|c| c.write_db),
-            "between_ms": between,
-            "claim_db_ms": ms(&|c| c.claim_db),
-            "claims": cs.iter().map(|c| c.claim_n).sum::<usize>(),
-            "entries_per_claim": cs.iter().map(|c| c.claimed).sum::<i64>() as f64
-                / cs.iter().map(|c| c.claim_n).sum::<usize>().max(1) as f64,
-            "share": {
-                "read_tx_and_mapping": read / total,
-                "http": http / total,
-                "write_tx": write / total,
-                "between": between / total,
-            }
-        })
-    };
     let by_window: Vec<Value> = {
-        let mut out = Vec::new();
         let mut groups: BTreeMap<usize, Vec<Cycle>> = BTreeMap::new();
         for c in &cycles {
             groups.entry(c.k / window).or_default().push(c.clone());
         }
-        for (w, cs) in groups {
-            let mut v = summarise(&cs);
-            v["window"] = json!(format!("{}-{}", w * window, (w + 1) * window - 1));
-            out.push(v);
-        }
-        out
+        groups
+            .into_iter()
+            .map(|(w, cs)| {
+                let mut v = summarise_cycles(&cs, server_ms);
+                v["window"] = json!(format!("{}-{}", w * window, (w + 1) * window - 1));
+                v
+            })
+            .collect()
     };
     let n = cycles.len() as f64;
     let stmts: Vec<Value> = per_stmt
@@ -1268,10 +1254,49 @@ fn breakdown(
     }
     json!({
         "claims_by_entries_taken": claim_rows,
-        "what": "the delivery worker's cycles after the last push, from the gateway's log (sqlx::query=debug, hyper_util pool)",
-        "all": summarise(&cycles),
+        "what": "the pipelined delivery worker's cycles after the last push (request start to the next request's start), from the gateway's log (sqlx::query=debug, hyper_util pool): the request, the gap outside it (what the gateway adds per delivery), and the statements run in the cycle by class, with the part of them inside the gap",
+        "all": summarise_cycles(&cycles, server_ms),
         "by_window": by_window,
         "statements": stmts,
+    })
+}
+
+/// Means per delivery of a run of cycles (ms).
+fn summarise_cycles(cs: &[Cycle], server_ms: &[f64]) -> Value {
+    let n = cs.len() as f64;
+    let ms = |f: &dyn Fn(&Cycle) -> i64| cs.iter().map(f).sum::<i64>() as f64 / n / 1000.0;
+    let server: Vec<f64> = cs
+        .iter()
+        .filter_map(|c| server_ms.get(c.k).copied())
+        .collect();
+    let total = ms(&|c| c.next_start - c.http_start);
+    let http = ms(&|c| c.http_end - c.http_start);
+    let gap = ms(&|c| c.next_start - c.http_end);
+    json!({
+        "deliveries": cs.len(),
+        "first_k": cs.first().map(|c| c.k),
+        "last_k": cs.last().map(|c| c.k),
+        "ms_per_delivery": total,
+        "per_s": 1000.0 / total,
+        "http_ms": http,
+        "http_server_ms": mean(&server),
+        "gap_ms": gap,
+        "read_tx_db_ms": ms(&|c| c.read_db),
+        "read_tx_db_in_gap_ms": ms(&|c| c.read_gap),
+        "read_tx_statements": cs.iter().map(|c| c.read_n).sum::<usize>() as f64 / n,
+        "write_tx_db_ms": ms(&|c| c.write_db),
+        "write_tx_db_in_gap_ms": ms(&|c| c.write_gap),
+        "write_tx_statements": cs.iter().map(|c| c.write_n).sum::<usize>() as f64 / n,
+        "claim_db_ms": ms(&|c| c.claim_db),
+        "claim_db_in_gap_ms": ms(&|c| c.claim_gap),
+        "other_db_ms": ms(&|c| c.other_db),
+        "claims": cs.iter().map(|c| c.claim_n).sum::<usize>(),
+        "entries_per_claim": cs.iter().map(|c| c.claimed).sum::<i64>() as f64
+            / cs.iter().map(|c| c.claim_n).sum::<usize>().max(1) as f64,
+        "share": {
+            "http": http / total,
+            "gap": gap / total,
+        }
     })
 }
 

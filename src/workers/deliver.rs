@@ -5,7 +5,18 @@
 //! then for each entry: maps the stored version for the target, sends it (update of the known
 //! target id with `If-Match` on the version the gateway wrote, else conditional create with
 //! `If-None-Exist` on the source-resource identifier, in a transaction Bundle when it carries
-//! conditional references), and records the outcome with its audit row in one transaction.
+//! conditional references), and records the outcome with its audit row.
+//!
+//! The batch is pipelined: while entry i's request is in flight, the outcomes of the entries
+//! before it are recorded in one write transaction (each with its own audit row, the endpoint's
+//! health observed, its lease checked) and entry i + 1 is read and mapped in a read
+//! transaction; when the batch runs out, the next one is claimed beside its last request.
+//! Requests stay one at a time per target, in order. An entry of the same resource
+//! as the one in flight, or whose stored body may name it (`Names`: its mapping could depend
+//! on that outcome), is mapped only after that outcome is recorded. Nothing is recorded before
+//! the target answered; a crash loses at most the records of answers (the entries are sent
+//! again, idempotently, as after a crash during a request).
+//!
 //! The HTTP request never runs inside a database transaction; the lease (`exchange.lease_secs`,
 //! renewed while the batch runs) keeps other replicas off the entry meanwhile, and ends soon
 //! after a process dies (at once when the process of the same instance starts again:
@@ -27,10 +38,10 @@
 use rand::RngExt;
 use reqwest::header::{self, HeaderMap};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::circuit::{Change, Circuit};
 
@@ -122,6 +133,197 @@ enum TargetCopy {
     Differs(Option<String>),
     /// It holds nothing (404 or 410).
     Gone,
+}
+
+/// An entry read and mapped for its target, or the end of its attempt.
+enum Prepared {
+    /// Nothing to send: superseded, unchanged, deferred, or a failure before any request.
+    Done(Attempt),
+    /// Its mapping may depend on an outcome not recorded yet: prepared again after it is.
+    Wait,
+    Ready(Box<Ready>),
+}
+
+/// What the requests of one entry need, read and mapped before they are sent.
+struct Ready {
+    target: SectorSettings,
+    /// The target's copy as recorded.
+    known: Option<Delivered>,
+    mapped: Mapped,
+    /// The hash of the mapped content (as the target will hold it, without the id).
+    hash: String,
+    /// How another entry's stored body can name this entry's resource.
+    names: Names,
+}
+
+/// Nothing to send when the mapping defers the entry or the target's copy already holds this
+/// content (the attempt's end); else the hash of the content to send.
+fn to_send(known: Option<&Delivered>, mapped: &Mapped) -> Result<String, Box<Attempt>> {
+    if mapped.deferred {
+        return Err(Box::new(Attempt::Deferred));
+    }
+    // The hash covers the content as the target will hold it, without the id.
+    let hash = content_hash(mapped.body.to_string().as_bytes());
+    match known.filter(|d| d.hash == hash) {
+        Some(d) => Err(Box::new(Attempt::Unchanged {
+            delivered: d.clone(),
+        })),
+        None => Ok(hash),
+    }
+}
+
+/// The ways a stored body can name an entry's resource: its gateway id (what the gateway
+/// authors), `Type/id` (a relative reference, an absolute URL, the source-resource identifier
+/// `<sector>/Type/id`) and its identifier values (logical and conditional references).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Names {
+    gid: String,
+    needles: Vec<String>,
+}
+
+impl Names {
+    fn of(e: &OutboxEntry, rid: &str, body: &Value) -> Names {
+        let mut needles = vec![e.gid.clone()];
+        if !rid.is_empty() {
+            needles.push(format!("{}/{rid}", e.rtype));
+        }
+        for (_, value) in crate::fhir::identifiers(body) {
+            // As the value appears inside a JSON string of the stored text.
+            let quoted = Value::String(value.to_owned()).to_string();
+            let inner = &quoted[1..quoted.len() - 1];
+            if !inner.is_empty() && !needles.iter().any(|n| n == inner) {
+                needles.push(inner.to_owned());
+            }
+        }
+        Names {
+            gid: e.gid.clone(),
+            needles,
+        }
+    }
+
+    /// Whether the entry of resource `gid` with the stored body `body` may depend on this
+    /// entry's outcome: the same resource, or a body that may name this one. A textual test
+    /// that errs one way only: a false match makes an entry wait for an outcome it does not
+    /// need, never the other way round.
+    fn named_by(&self, gid: &str, body: &str) -> bool {
+        gid == self.gid || self.needles.iter().any(|n| mentions(body, n))
+    }
+}
+
+/// Whether `needle` occurs in `text` not followed by a character that could continue an id
+/// (`Condition/c1` is not named by `Condition/c10`).
+fn mentions(text: &str, needle: &str) -> bool {
+    text.match_indices(needle).any(|(i, _)| {
+        !text[i + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    })
+}
+
+/// An attempt that ended (answered, or nothing to send) and is not recorded yet.
+#[derive(Debug)]
+struct Answered {
+    entry: OutboxEntry,
+    attempt: Attempt,
+    /// From the start of its preparation to its end.
+    took: Duration,
+}
+
+/// The sending side of a batch in the pipeline.
+struct Sending {
+    /// Entries not prepared yet, in order.
+    queue: VecDeque<OutboxEntry>,
+    /// When the queue runs out, the next batch is claimed beside the last request (the worker
+    /// loop; `Delivery::step` takes one batch).
+    refill: bool,
+    /// The next entry, prepared while the one before it was in flight (and when it started).
+    next: Option<(OutboxEntry, Prepared, Instant)>,
+    /// Attempts handed to the recorder so far.
+    handed: usize,
+    /// How the resources of attempts handed over and perhaps not recorded yet are named, by
+    /// their number in the hand-over order.
+    unrecorded: VecDeque<(usize, Names)>,
+    answers: mpsc::UnboundedSender<Answered>,
+}
+
+impl Sending {
+    /// Hands an attempt that ended to the recorder.
+    fn hand(&mut self, entry: OutboxEntry, attempt: Attempt, took: Duration, names: Option<Names>) {
+        self.handed += 1;
+        if let Some(n) = names {
+            self.unrecorded.push_back((self.handed, n));
+        }
+        let id = entry.id;
+        let answered = Answered {
+            entry,
+            attempt,
+            took,
+        };
+        if self.answers.send(answered).is_err() {
+            // The recorder ends only after this side does; should it be gone, the entry keeps
+            // its lease and is sent again when the lease ends, as after a crash.
+            tracing::warn!(
+                entry = id,
+                "a delivery outcome could not be handed over for recording"
+            );
+        }
+    }
+
+    /// Forgets the names of the first `recorded` attempts: their outcomes are recorded.
+    fn prune(&mut self, recorded: usize) {
+        while self.unrecorded.front().is_some_and(|(k, _)| *k <= recorded) {
+            self.unrecorded.pop_front();
+        }
+    }
+
+    /// The names of the resources whose outcomes are not recorded yet, and of the one in flight.
+    fn names(&self, in_flight: Option<&Names>) -> Vec<Names> {
+        self.unrecorded
+            .iter()
+            .map(|(_, n)| n.clone())
+            .chain(in_flight.cloned())
+            .collect()
+    }
+}
+
+/// How far the recorder has come, as the sending side sees it.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// Attempts recorded (or given up on), in the hand-over order.
+    recorded: usize,
+    /// The batch stops: a retryable failure to retry later, a lease lost, the store failing.
+    stop: bool,
+    /// Until when the queue pauses.
+    pause: Option<Instant>,
+}
+
+/// Waits until the first `n` attempts handed over are recorded (or given up on), or the
+/// recorder stopped the batch.
+async fn wait_recorded(progress: &mut watch::Receiver<Progress>, n: usize) -> Progress {
+    match progress.wait_for(|p| p.recorded >= n || p.stop).await {
+        Ok(p) => p.clone(),
+        Err(_) => Progress {
+            stop: true,
+            ..Progress::default()
+        },
+    }
+}
+
+/// What recording a run of outcomes came to.
+#[derive(Debug, Default)]
+struct Recorded {
+    /// The queue pauses this long (a retryable failure to be retried).
+    pause: Option<Duration>,
+    /// An entry's lease was lost before its outcome was recorded.
+    lease_lost: bool,
+}
+
+/// One recorded outcome, for after the commit.
+struct Step {
+    outcome: &'static str,
+    pause: Option<Duration>,
+    health: Option<sector_health::Change>,
 }
 
 /// The delay before retry `attempt` (1-based): doubling from `initial`, at most `max`, with
@@ -226,7 +428,7 @@ impl Delivery {
                     }
                 }
                 Ok(batch) => {
-                    paused_until = self.process_batch(&target, batch, &shutdown).await;
+                    paused_until = self.process_batch(&target, batch, &shutdown, true).await;
                 }
                 Err(e) => {
                     tracing::warn!(target_sector = %target, error = %e, "could not claim outbox entries");
@@ -245,7 +447,7 @@ impl Delivery {
         let batch = self.claim(target).await?;
         let n = batch.len();
         let (_tx, rx) = watch::channel(false);
-        self.process_batch(target, batch, &rx).await;
+        self.process_batch(target, batch, &rx, false).await;
         Ok(n)
     }
 
@@ -277,6 +479,7 @@ impl Delivery {
         target: &str,
         batch: Vec<OutboxEntry>,
         shutdown: &watch::Receiver<bool>,
+        refill: bool,
     ) -> Option<Instant> {
         let every = self.lease() / 3;
         let renewals = async {
@@ -286,7 +489,7 @@ impl Delivery {
             }
         };
         tokio::select! {
-            pause = self.process_entries(target, batch, shutdown) => pause,
+            pause = self.process_entries(target, batch, shutdown, refill) => pause,
             () = renewals => None,
         }
     }
@@ -305,43 +508,229 @@ impl Delivery {
         }
     }
 
-    /// Processes a claimed batch in order. Returns when the queue should pause (a retryable
-    /// failure): the rest of the batch is given back.
+    /// Processes a claimed batch in order, pipelined (see the module's documentation): the
+    /// requests one at a time, each beside the mapping of the entry after it, while the
+    /// outcomes are recorded as they come (those that came meanwhile in one transaction).
+    /// Returns when the queue should pause (a retryable failure): the rest of the batch is
+    /// given back.
     async fn process_entries(
         &self,
         target: &str,
         batch: Vec<OutboxEntry>,
         shutdown: &watch::Receiver<bool>,
+        refill: bool,
     ) -> Option<Instant> {
-        let mut iter = batch.into_iter();
-        let mut pause = None;
-        for e in iter.by_ref() {
-            match self.process(&e).await {
-                Ok(Some(wait)) => {
-                    pause = Some(Instant::now() + wait);
-                    break;
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(target_sector = %target, entry = e.id, error = %err, "could not record a delivery outcome");
-                    pause = Some(
-                        Instant::now()
-                            + Duration::from_millis(self.gateway.settings().exchange.idle_poll_ms),
-                    );
-                    break;
-                }
-            }
-            if *shutdown.borrow() {
-                break;
-            }
-        }
-        let rest: Vec<OutboxEntry> = iter.collect();
+        let (answers, received) = mpsc::unbounded_channel();
+        let (progress, watched) = watch::channel(Progress::default());
+        let sending = self.send_entries(target, (batch, refill), answers, watched, shutdown);
+        let recording = self.record_entries(target, received, progress);
+        let ((rest, stopped), recorded) = tokio::join!(sending, recording);
         if !rest.is_empty()
             && let Err(err) = self.release(&rest).await
         {
             tracing::warn!(target_sector = %target, error = %err, "could not release leased entries; they return when the lease ends");
         }
-        pause
+        recorded.pause.or(stopped)
+    }
+
+    /// Sends a batch's entries in order, each beside the preparation of the next, and hands
+    /// every attempt that ended to the recorder. Returns the entries not attempted and, when a
+    /// read failed, when to resume.
+    async fn send_entries(
+        &self,
+        target: &str,
+        (batch, refill): (Vec<OutboxEntry>, bool),
+        answers: mpsc::UnboundedSender<Answered>,
+        mut progress: watch::Receiver<Progress>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> (Vec<OutboxEntry>, Option<Instant>) {
+        let mut s = Sending {
+            queue: batch.into(),
+            refill,
+            next: None,
+            handed: 0,
+            unrecorded: VecDeque::new(),
+            answers,
+        };
+        let stopped = loop {
+            if progress.borrow().stop || *shutdown.borrow() {
+                break None;
+            }
+            let (e, prepared, started) = match s.next.take() {
+                Some(next) => next,
+                None => match self.prepare_now(&mut s, &mut progress).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) => break None,
+                    Err(err) => break Some(self.read_failed(target, &err)),
+                },
+            };
+            match prepared {
+                Prepared::Ready(ready) => {
+                    let sent = self.send_beside(&mut s, (e, *ready, started), &mut progress);
+                    if let Err(err) = sent.await {
+                        break Some(self.read_failed(target, &err));
+                    }
+                }
+                Prepared::Done(attempt) => {
+                    // A failure before any request changes what later mappings find (the entry
+                    // is no longer pending): they wait for its record.
+                    let failed = matches!(attempt, Attempt::Failed(_));
+                    let took = started.elapsed();
+                    s.hand(e, attempt, took, None);
+                    if failed {
+                        wait_recorded(&mut progress, s.handed).await;
+                    }
+                }
+                Prepared::Wait => s.queue.push_front(e),
+            }
+        };
+        let mut rest: Vec<OutboxEntry> = s.next.take().map(|n| n.0).into_iter().collect();
+        rest.extend(s.queue);
+        (rest, stopped)
+    }
+
+    /// The next entry of the queue prepared now: beside the outcomes not recorded yet, unless
+    /// its mapping may depend on one of them; then once they are recorded. `None` when the
+    /// queue is empty or the batch stops.
+    async fn prepare_now(
+        &self,
+        s: &mut Sending,
+        progress: &mut watch::Receiver<Progress>,
+    ) -> Result<Option<(OutboxEntry, Prepared, Instant)>, StoreError> {
+        let Some(e) = s.queue.pop_front() else {
+            return Ok(None);
+        };
+        s.prune(progress.borrow().recorded);
+        let started = Instant::now();
+        let prepared = match self.prepare(&e, &s.names(None)).await {
+            Ok(Prepared::Wait) => {
+                if wait_recorded(progress, s.handed).await.stop {
+                    s.queue.push_front(e);
+                    return Ok(None);
+                }
+                self.prepare(&e, &[]).await
+            }
+            other => other,
+        };
+        match prepared {
+            Ok(p) => Ok(Some((e, p, started))),
+            Err(err) => {
+                s.queue.push_front(e);
+                Err(err)
+            }
+        }
+    }
+
+    /// Sends `e` while the entry after it is prepared (beside `e` in flight and the outcomes
+    /// not recorded yet; when the queue ran out, the next batch is claimed first), and hands
+    /// `e`'s attempt to the recorder. A retryable failure waits for its record: whether the
+    /// queue pauses depends on it.
+    async fn send_beside(
+        &self,
+        s: &mut Sending,
+        (e, ready, started): (OutboxEntry, Ready, Instant),
+        progress: &mut watch::Receiver<Progress>,
+    ) -> Result<(), StoreError> {
+        s.prune(progress.borrow().recorded);
+        let names = s.names(Some(&ready.names));
+        let own = ready.names.clone();
+        let following = s.queue.pop_front();
+        let claim = following.is_none() && s.refill;
+        let preparing = async {
+            let mut more = VecDeque::new();
+            let following = match following {
+                None if claim => match self.claim(&e.target).await {
+                    Ok(batch) => {
+                        more = VecDeque::from(batch);
+                        more.pop_front()
+                    }
+                    Err(err) => {
+                        tracing::warn!(target_sector = %e.target, error = %err, "could not claim outbox entries");
+                        None
+                    }
+                },
+                other => other,
+            };
+            let prepared = match &following {
+                Some(n) => Some((Instant::now(), self.prepare(n, &names).await)),
+                None => None,
+            };
+            (following, more, prepared)
+        };
+        let (attempt, (following, more, prepared)) =
+            tokio::join!(self.send_ready(&e, ready), preparing);
+        s.queue.extend(more);
+        let retryable = matches!(&attempt, Attempt::Failed(f) if f.retryable);
+        s.hand(e, attempt, started.elapsed(), Some(own));
+        let mut result = Ok(());
+        match (following, prepared) {
+            (Some(n), Some((at, Ok(p)))) if !matches!(p, Prepared::Wait) => {
+                s.next = Some((n, p, at));
+            }
+            (Some(n), Some((_, Err(err)))) => {
+                s.queue.push_front(n);
+                result = Err(err);
+            }
+            (Some(n), _) => s.queue.push_front(n),
+            (None, _) => {}
+        }
+        if retryable {
+            wait_recorded(progress, s.handed).await;
+        }
+        result
+    }
+
+    /// Records the attempts handed over as they come, all that came meanwhile in one
+    /// transaction ([`Self::record`]), until the sending side is done. Returns the progress at
+    /// the end (whether, and until when, the queue pauses).
+    async fn record_entries(
+        &self,
+        target: &str,
+        mut received: mpsc::UnboundedReceiver<Answered>,
+        progress: watch::Sender<Progress>,
+    ) -> Progress {
+        while let Some(first) = received.recv().await {
+            let mut group = vec![first];
+            while let Ok(more) = received.try_recv() {
+                group.push(more);
+            }
+            let n = group.len();
+            let result = self.record(group).await;
+            let idle = self.idle_until();
+            progress.send_modify(|p| {
+                p.recorded += n;
+                match result {
+                    Ok(r) => {
+                        if let Some(wait) = r.pause {
+                            p.pause = p.pause.or(Some(Instant::now() + wait));
+                            p.stop = true;
+                        }
+                        if r.lease_lost {
+                            p.pause = p.pause.or(Some(idle));
+                            p.stop = true;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(target_sector = %target, error = %err, "could not record a delivery outcome");
+                        p.pause = p.pause.or(Some(idle));
+                        p.stop = true;
+                    }
+                }
+            });
+        }
+        progress.borrow().clone()
+    }
+
+    /// A read before a request failed: the batch stops, and the queue waits as long as an idle
+    /// worker does.
+    fn read_failed(&self, target: &str, err: &StoreError) -> Instant {
+        tracing::warn!(target_sector = %target, error = %err, "could not read an entry to deliver");
+        self.idle_until()
+    }
+
+    /// As long from now as an idle worker waits.
+    fn idle_until(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.gateway.settings().exchange.idle_poll_ms)
     }
 
     async fn release(&self, entries: &[OutboxEntry]) -> Result<(), StoreError> {
@@ -352,51 +741,97 @@ impl Delivery {
         tx.commit().await
     }
 
-    /// One attempt at one entry, recorded with its audit row in one transaction (a deferral
-    /// leaves no row). `Some(wait)` asks the worker to pause the queue.
-    async fn process(&self, e: &OutboxEntry) -> Result<Option<Duration>, StoreError> {
-        let started = Instant::now();
-        let attempt = self.attempt(e).await?;
-        let now = crate::fhir::time::now_us();
+    /// Records the outcomes of consecutive attempts in one transaction, in order, each with its
+    /// audit row (a deferral leaves none) and the endpoint's health observed; then, after the
+    /// commit, the health changes announced, the metrics and the circuit. An entry whose lease
+    /// was lost is left out: its outcome is not recorded (the replica that holds it now sends
+    /// it again, idempotently).
+    async fn record(&self, done: Vec<Answered>) -> Result<Recorded, StoreError> {
+        let mut out = Recorded::default();
+        let Some(target) = done.first().map(|a| a.entry.target.clone()) else {
+            return Ok(out);
+        };
+        // The target's consecutive failures as each outcome finds them (an answer resets them).
+        let mut failures = self.circuit(&target).failures();
+        let mut after = Vec::with_capacity(done.len());
         let mut tx = self.gateway.store().begin().await?;
-        let mut row = delivery_row(e);
-        let reached = reached(&attempt);
+        for a in done {
+            let reached = reached(&a.attempt);
+            let id = a.entry.id;
+            match self.record_one(tx.as_mut(), a, failures).await {
+                Ok(step) => {
+                    out.pause = out.pause.or(step.as_ref().and_then(|s| s.pause));
+                    after.push((step, reached));
+                }
+                Err(StoreError::LeaseLost(_)) => {
+                    tracing::warn!(target_sector = %target, entry = id, "lease lost before the outcome was recorded; another replica delivers the entry");
+                    out.lease_lost = true;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            }
+            failures = match reached {
+                Some(true) => 0,
+                Some(false) => failures.saturating_add(1),
+                None => failures,
+            };
+        }
+        tx.commit().await?;
+        tracing::debug!(target_sector = %target, outcomes = after.len(), "delivery outcomes recorded in one transaction");
+        for (step, reached) in after {
+            if let Some(step) = step {
+                sector_health::announce(&self.gateway, step.health);
+                self.gateway.metrics().delivery(&target, step.outcome);
+            }
+            if let Some(reached) = reached {
+                self.sector_outcome(&target, reached);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One attempt's outcome with its audit row, inside the recording transaction (a deferral
+    /// leaves no row: `None`). The entry's lease is checked first.
+    async fn record_one(
+        &self,
+        tx: &mut dyn StoreTx,
+        a: Answered,
+        failures: u32,
+    ) -> Result<Option<Step>, StoreError> {
+        let Answered {
+            entry: e,
+            attempt,
+            took,
+        } = a;
+        let now = crate::fhir::time::now_us();
+        let mut row = delivery_row(&e);
         let (outcome, pause) = match attempt {
             Attempt::Deferred => {
-                self.record_deferred(tx.as_mut(), e, now).await?;
-                tx.commit().await?;
+                self.record_deferred(tx, &e, now).await?;
                 return Ok(None);
             }
-            Attempt::Sent(sent) => {
-                let outcome = self
-                    .record_sent(tx.as_mut(), e, sent, now, started, &mut row)
-                    .await?;
-                (outcome, None)
-            }
-            Attempt::Unchanged { delivered } => {
-                let outcome = self
-                    .record_unchanged(tx.as_mut(), e, &delivered, now, &mut row)
-                    .await?;
-                (outcome, None)
-            }
-            Attempt::Superseded => (
-                self.record_superseded(tx.as_mut(), e, &mut row).await?,
+            Attempt::Sent(sent) => (
+                self.record_sent(tx, &e, sent, now, took, &mut row).await?,
                 None,
             ),
+            Attempt::Unchanged { delivered } => (
+                self.record_unchanged(tx, &e, &delivered, now, &mut row)
+                    .await?,
+                None,
+            ),
+            Attempt::Superseded => (self.record_superseded(tx, &e, &mut row).await?, None),
             Attempt::Failed(f) => {
-                self.record_failure(tx.as_mut(), e, &f, now, &mut row)
+                self.record_failure(tx, &e, &f, i64::from(failures), now, &mut row)
                     .await?
             }
         };
-        let health = sector_health::observe(tx.as_mut(), &self.gateway, e, outcome).await?;
+        let health = sector_health::observe(tx, &self.gateway, &e, outcome).await?;
         tx.audit(&row).await?;
-        tx.commit().await?;
-        sector_health::announce(&self.gateway, health);
-        self.gateway.metrics().delivery(&e.target, outcome);
-        if let Some(reached) = reached {
-            self.sector_outcome(&e.target, reached);
-        }
-        Ok(pause)
+        Ok(Some(Step {
+            outcome,
+            pause,
+            health,
+        }))
     }
 
     /// Sent: what the target now holds, the entry delivered, the row naming the copy and what
@@ -407,7 +842,7 @@ impl Delivery {
         e: &OutboxEntry,
         sent: Sent,
         now: i64,
-        started: Instant,
+        took: Duration,
         row: &mut AuditRow,
     ) -> Result<&'static str, StoreError> {
         let Accepted {
@@ -415,27 +850,28 @@ impl Delivery {
             target_id,
             target_version,
         } = sent.accepted;
-        tx.delivered_put(
-            &Delivered {
-                target: e.target.clone(),
-                gid: e.gid.clone(),
-                rtype: e.rtype.clone(),
-                target_id: target_id.clone(),
-                target_version: target_version.clone(),
-                version: e.version,
-                hash: sent.hash,
-            },
-            now,
-        )
-        .await?;
+        // The lease first: nothing is written for an entry this worker no longer holds.
         tx.outbox_finish(
             e.id,
             &self.owner,
             &Finish::Delivered {
                 status: i64::from(status),
                 target_id: target_id.clone(),
-                target_version,
+                target_version: target_version.clone(),
             },
+        )
+        .await?;
+        tx.delivered_put(
+            &Delivered {
+                target: e.target.clone(),
+                gid: e.gid.clone(),
+                rtype: e.rtype.clone(),
+                target_id: target_id.clone(),
+                target_version,
+                version: e.version,
+                hash: sent.hash,
+            },
+            now,
         )
         .await?;
         let action = if sent.update {
@@ -460,7 +896,7 @@ impl Delivery {
             .get_or_create(&TargetLabels {
                 target: e.target.clone(),
             })
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         Ok("delivered")
     }
 
@@ -473,14 +909,6 @@ impl Delivery {
         now: i64,
         row: &mut AuditRow,
     ) -> Result<&'static str, StoreError> {
-        tx.delivered_put(
-            &Delivered {
-                version: e.version,
-                ..delivered.clone()
-            },
-            now,
-        )
-        .await?;
         tx.outbox_finish(
             e.id,
             &self.owner,
@@ -489,6 +917,14 @@ impl Delivery {
                 target_id: delivered.target_id.clone(),
                 target_version: delivered.target_version.clone(),
             },
+        )
+        .await?;
+        tx.delivered_put(
+            &Delivered {
+                version: e.version,
+                ..delivered.clone()
+            },
+            now,
         )
         .await?;
         row.detail = Some(format!(
@@ -534,16 +970,17 @@ impl Delivery {
     }
 
     /// Failed: retried after a back-off (the queue pauses that long), or dead-lettered.
+    /// `failures`: the target's consecutive failures before this one.
     async fn record_failure(
         &self,
         tx: &mut dyn StoreTx,
         e: &OutboxEntry,
         f: &Failure,
+        failures: i64,
         now: i64,
         row: &mut AuditRow,
     ) -> Result<(&'static str, Option<Duration>), StoreError> {
         let x = &self.gateway.settings().exchange;
-        let failures = i64::from(self.circuit(&e.target).failures());
         match verdict(x, e.attempts, failures, e.created_us, now, f) {
             Verdict::Retry(retry) => {
                 self.record_retry(tx, e, f, &retry, now, row).await?;
@@ -628,46 +1065,20 @@ impl Delivery {
         Ok(())
     }
 
-    /// Maps and sends one entry (no transaction is open during the request).
-    async fn attempt(&self, e: &OutboxEntry) -> Result<Attempt, StoreError> {
+    /// Reads and maps one entry for its target (a read transaction; no request): what to send,
+    /// or the attempt's end when there is nothing to send. `Wait` when the entry's mapping may
+    /// depend on the outcome of one of `unrecorded` (the same resource, or a stored body that
+    /// may name it): it is prepared again once that outcome is recorded.
+    async fn prepare(&self, e: &OutboxEntry, unrecorded: &[Names]) -> Result<Prepared, StoreError> {
         let Some(target) = self.gateway.settings().sector(&e.target).cloned() else {
-            return Ok(Attempt::Failed(Failure::permanent(
+            return Ok(Prepared::Done(Attempt::Failed(Failure::permanent(
                 None,
                 format!("sector '{}' is no longer configured", e.target),
-            )));
+            ))));
         };
-        let (mut known, mapped) = match self.prepare(e).await? {
-            Ok(ready) => ready,
-            Err(done) => return Ok(done),
-        };
-        if mapped.deferred {
-            return Ok(Attempt::Deferred);
+        if unrecorded.iter().any(|n| n.gid == e.gid) {
+            return Ok(Prepared::Wait);
         }
-        // The hash covers the content as the target will hold it, without the id.
-        let hash = content_hash(mapped.body.to_string().as_bytes());
-        if let Some(d) = known.clone() {
-            if d.hash == hash {
-                return Ok(Attempt::Unchanged { delivered: d });
-            }
-            if d.hash == UNVERIFIED {
-                // A resync: what the target holds now decides.
-                match self.read_copy(&target, e, &mapped, &d).await {
-                    Err(f) => return Ok(Attempt::Failed(f)),
-                    Ok(TargetCopy::Same(version)) => return Ok(unchanged(&d, version, hash)),
-                    Ok(TargetCopy::Gone) => known = None,
-                    Ok(TargetCopy::Differs(version)) => known = Some(at_version(&d, version)),
-                }
-            }
-        }
-        Ok(self.deliver(&target, e, mapped, known, hash).await)
-    }
-
-    /// What to send: the target's copy as recorded, and the stored version mapped for the
-    /// target; or the attempt's end when there is nothing to send.
-    async fn prepare(
-        &self,
-        e: &OutboxEntry,
-    ) -> Result<Result<(Option<Delivered>, Mapped), Attempt>, StoreError> {
         let gw = &self.gateway;
         let mut tx = gw.store().begin_read().await?;
         let known = tx.delivered_get(&e.target, &e.gid).await?;
@@ -675,29 +1086,65 @@ impl Delivery {
         if known.as_ref().is_some_and(|d| {
             d.version > e.version || (d.version == e.version && d.hash != UNVERIFIED)
         }) {
-            return Ok(Err(Attempt::Superseded));
+            return Ok(Prepared::Done(Attempt::Superseded));
         }
-        let Some(body) = tx.version_body(&e.gid, e.version).await? else {
-            return Ok(Err(Attempt::Failed(Failure::permanent(
+        let Some(text) = tx.version_body(&e.gid, e.version).await? else {
+            return Ok(Prepared::Done(Attempt::Failed(Failure::permanent(
                 None,
                 "the stored version is missing",
             ))));
         };
+        if unrecorded.iter().any(|n| n.named_by(&e.gid, &text)) {
+            return Ok(Prepared::Wait);
+        }
         let rid = tx.get(&e.gid).await?.map(|s| s.rid).unwrap_or_default();
         let what = || format!("{}/{} version {}", e.rtype, e.gid, e.version);
-        let Ok(body) = crate::store::parse_body(what, &body) else {
-            return Ok(Err(Attempt::Failed(Failure::permanent(
+        let Ok(body) = crate::store::parse_body(what, &text) else {
+            return Ok(Prepared::Done(Attempt::Failed(Failure::permanent(
                 None,
                 "the stored version is not JSON",
             ))));
         };
+        let names = Names::of(e, &rid, &body);
         let mapper = Mapper {
             settings: gw.settings(),
             mapping: gw.mapping(),
             schema: &gw.validator().schema,
         };
         let mapped = mapper.map(&mut *tx, e, &rid, body).await?;
-        Ok(Ok((known, mapped)))
+        drop(tx);
+        Ok(match to_send(known.as_ref(), &mapped) {
+            Err(done) => Prepared::Done(*done),
+            Ok(hash) => Prepared::Ready(Box::new(Ready {
+                target,
+                known,
+                mapped,
+                hash,
+                names,
+            })),
+        })
+    }
+
+    /// The requests of a prepared entry (no transaction is open meanwhile): a copy a resync
+    /// marked unverified is read first; then the delivery.
+    async fn send_ready(&self, e: &OutboxEntry, ready: Ready) -> Attempt {
+        let Ready {
+            target,
+            mut known,
+            mapped,
+            hash,
+            ..
+        } = ready;
+        if let Some(d) = known.clone().filter(|d| d.hash == UNVERIFIED) {
+            // A resync: what the target holds now decides.
+            match self.read_copy(&target, e, &mapped, &d).await {
+                Err(f) => return Attempt::Failed(f),
+                Ok(TargetCopy::Same(version)) => return unchanged(&d, version, hash),
+                Ok(TargetCopy::Gone) => known = None,
+                Ok(TargetCopy::Differs(version)) => known = Some(at_version(&d, version)),
+            }
+        }
+        self.deliver(&target, e, mapped, known, hash).await
     }
 
     /// Sends the mapped version. An update of a copy the target no longer has (404, 410)
@@ -1601,6 +2048,89 @@ mod tests {
             verdict(&counted, 2, 0, now, now, &retryable),
             dead("3 attempts")
         );
+    }
+
+    fn outbox_entry(gid: &str, rtype: &str) -> OutboxEntry {
+        OutboxEntry {
+            id: 1,
+            target: "hospital".into(),
+            source: "gp".into(),
+            gid: gid.into(),
+            version: 1,
+            rtype: rtype.into(),
+            patient_id: None,
+            route: "care".into(),
+            state: crate::store::DeliveryState::Pending,
+            attempts: 0,
+            created_us: 0,
+            next_us: 0,
+            updated_us: 0,
+            last_status: None,
+            last_error: None,
+            target_id: None,
+            target_version: None,
+        }
+    }
+
+    #[test]
+    fn an_entry_waits_for_the_outcome_of_a_resource_its_body_may_name() {
+        let body = json!({"resourceType": "Condition", "identifier": [
+            {"system": "http://gp.example/conditions", "value": "cond-77"},
+            {"system": "http://x/empty", "value": ""}
+        ]});
+        let names = Names::of(&outbox_entry("g-cond", "Condition"), "c1", &body);
+        assert_eq!(names.gid, "g-cond");
+        assert_eq!(names.needles, ["g-cond", "Condition/c1", "cond-77"]);
+        // The same resource (another version).
+        assert!(names.named_by("g-cond", "{}"));
+        // A relative reference, an absolute URL, the gateway's name, a logical reference.
+        for body in [
+            r#"{"reasonReference":[{"reference":"Condition/c1"}]}"#,
+            r#"{"reasonReference":[{"reference":"http://gp.example/fhir/Condition/c1"}]}"#,
+            r#"{"reasonReference":[{"reference":"http://gw/fhir/Condition/g-cond"}]}"#,
+            r#"{"reasonReference":[{"identifier":{"system":"http://gp.example/conditions","value":"cond-77"}}]}"#,
+        ] {
+            assert!(names.named_by("g-other", body), "{body}");
+        }
+        // Another resource: no wait (an empty identifier value names nothing).
+        assert!(!names.named_by(
+            "g-other",
+            r#"{"subject":{"reference":"Patient/p1"},"reasonReference":[{"reference":"Condition/c2"}]}"#
+        ));
+        // Another id that begins with this one names another resource.
+        assert!(!names.named_by("g-other", r#"{"reference":"Condition/c10"}"#));
+        assert!(!names.named_by("g-other", r#"{"value":"cond-770"}"#));
+        // A false match errs on the safe side: it only delays.
+        assert!(names.named_by("g-other", r#"{"note":[{"text":"see Condition/c1, 2025"}]}"#));
+        // An identifier value as JSON writes it.
+        let quoted = json!({"identifier": [{"system": "s", "value": "a\"b"}]});
+        let names = Names::of(&outbox_entry("g", "Condition"), "c1", &quoted);
+        assert!(names.named_by(
+            "g-other",
+            &json!({"identifier": {"value": "a\"b"}}).to_string()
+        ));
+        // Without a known id, the gateway id and the identifiers still name it.
+        let bare = Names::of(&outbox_entry("g-cond", "Condition"), "", &json!({}));
+        assert_eq!(bare.needles, ["g-cond"]);
+    }
+
+    #[test]
+    fn nothing_is_sent_when_the_mapping_defers_or_the_copy_is_the_same() {
+        let mut m = mapped(false, SOURCE_ID);
+        let hash = content_hash(m.body.to_string().as_bytes());
+        let mut same = known("t1");
+        same.hash = hash.clone();
+        assert!(matches!(
+            to_send(Some(&same), &m).map_err(|a| *a),
+            Err(Attempt::Unchanged { delivered }) if delivered == same
+        ));
+        assert_eq!(to_send(Some(&known("t1")), &m).ok(), Some(hash.clone()));
+        assert_eq!(to_send(None, &m).ok(), Some(hash));
+        m.deferred = true;
+        assert!(matches!(
+            to_send(None, &m).map_err(|a| *a),
+            Err(Attempt::Deferred)
+        ));
     }
 
     #[test]

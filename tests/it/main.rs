@@ -49,6 +49,7 @@ mod mapping_codes;
 mod med_knowledge;
 mod ops_store;
 mod peer_harness;
+mod pipeline;
 mod process;
 mod public_data;
 mod recovery;
