@@ -526,6 +526,20 @@ struct Scan<'a> {
     items: Vec<Node<'a>>,
 }
 
+/// Two keys are the same: lengths and first bytes compared before the rest (most keys of an
+/// object differ in one of them).
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
+}
+
+/// A key's bit among 64, from its length and its first and last bytes (equal keys share it).
+fn signature(key: &str) -> u64 {
+    let b = key.as_bytes();
+    let (first, last) = (b.first().copied(), b.last().copied());
+    let mix = b.len() * 7 + usize::from(first.unwrap_or(0)) * 3 + usize::from(last.unwrap_or(0));
+    1 << (mix % 64)
+}
+
 /// Bytes that end a run of plain string content: the quote, the backslash, control characters.
 fn ends_plain(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < 0x20
@@ -541,8 +555,10 @@ impl<'a> Scan<'a> {
             bytes,
             pos: 0,
             max_depth,
-            members: Vec::new(),
-            items: Vec::new(),
+            // One placeholder at the bottom of each stack: an object or array taken off with
+            // `split_off` never starts at 0 (where `split_off` would hand over the whole buffer).
+            members: vec![(Cow::Borrowed(""), Node::Null)],
+            items: vec![Node::Null],
         };
         scan.space();
         let node = scan.value(0)?;
@@ -606,12 +622,16 @@ impl<'a> Scan<'a> {
             self.pos += 1;
             return Some(Node::Object(Object::default()));
         }
+        // One bit per key signature: a key whose bit is not yet set differs from every key
+        // before it, so only the others are compared.
+        let mut signatures = 0u64;
         loop {
             self.space();
             if self.peek()? != b'"' {
                 return None;
             }
             let key = self.string()?;
+            let bit = signature(&key);
             let taken = self.members.get(start..).unwrap_or(&[]);
             if let Cow::Owned(k) = &key
                 && super::forbidden_character(k.as_bytes()).is_some()
@@ -621,10 +641,13 @@ impl<'a> Scan<'a> {
             // The visitor reads an object whose first key is serde_json's number token as a
             // number; such a document is left to it.
             if (taken.is_empty() && key == NUMBER_TOKEN)
-                || (taken.len() < SCAN_LIMIT && taken.iter().any(|(k, _)| *k == key))
+                || (signatures & bit != 0
+                    && taken.len() < SCAN_LIMIT
+                    && taken.iter().any(|(k, _)| same_key(k, &key)))
             {
                 return None;
             }
+            signatures |= bit;
             self.expect(b':')?;
             self.space();
             let v = self.value(depth + 1)?;
@@ -637,7 +660,7 @@ impl<'a> Scan<'a> {
             }
         }
         self.pos += 1;
-        let entries: Vec<_> = self.members.drain(start..).collect();
+        let entries = self.members.split_off(start);
         // Keys past the first SCAN_LIMIT were not compared as they came: sort and compare.
         if entries.len() > SCAN_LIMIT {
             let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_ref()).collect();
@@ -672,7 +695,7 @@ impl<'a> Scan<'a> {
             }
         }
         self.pos += 1;
-        Some(Node::Array(self.items.drain(start..).collect()))
+        Some(Node::Array(self.items.split_off(start)))
     }
 
     /// A string at the opening quote: borrowed when it has no escape.
@@ -692,7 +715,7 @@ impl<'a> Scan<'a> {
     }
 
     /// Moves `pos` to the next quote, backslash or control character (or the end), eight bytes
-    /// at a time while none is in them.
+    /// at a time.
     fn skip_plain(&mut self) {
         const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -705,11 +728,14 @@ impl<'a> Scan<'a> {
             let slash = w ^ (ONES * u64::from(b'\\'));
             // A byte is zero in `quote` or `slash`, or below 0x20 in `w`: its high bit is set in
             // one of these (bytes at or above 0x80 are excluded by `!w`).
-            let hit = (quote.wrapping_sub(ONES) | slash.wrapping_sub(ONES) | w.wrapping_sub(ONES * 0x20))
-                & !w
-                & HIGH;
+            let hit =
+                (quote.wrapping_sub(ONES) | slash.wrapping_sub(ONES) | w.wrapping_sub(ONES * 0x20))
+                    & !w
+                    & HIGH;
             if hit != 0 {
-                break;
+                // The lowest flagged byte is a real find (a borrow only flags bytes above one).
+                self.pos += (hit.trailing_zeros() / 8) as usize;
+                return;
             }
             self.pos += 8;
         }
@@ -828,7 +854,10 @@ impl<'a> Scan<'a> {
             return Some(Cow::Borrowed(lexeme));
         }
         let exponent = self.text.get(exp_start..self.pos)?;
-        Some(Cow::Owned(format!("{mantissa}e{}{exponent}", char::from(sign))))
+        Some(Cow::Owned(format!(
+            "{mantissa}e{}{exponent}",
+            char::from(sign)
+        )))
     }
 
     fn digits(&mut self) {
@@ -1057,27 +1086,98 @@ mod tests {
         let late_duplicate = format!("{{{}}}", many.join(","));
         let cases: Vec<Vec<u8>> = [
             // duplicate keys, also spelled with an escape
-            r#"{"a":1,"a":2}"#, r#"{"a":1,"\u0061":2}"#, r#"{"a":{"b":1,"b":1}}"#,
-            distinct.as_str(), late_duplicate.as_str(),
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":1,"\u0061":2}"#,
+            r#"{"a":{"b":1,"b":1}}"#,
+            distinct.as_str(),
+            late_duplicate.as_str(),
             // control characters, raw and escaped, in strings and keys
-            "{\"a\":\"x\u{1}y\"}", r#"{"a":"x\u0001y"}"#, r#"{"a\u0000":1}"#, "{\"a\u{7}\":1}",
-            r#"{"a":"\u0009\u000a\u000D"}"#, "{\"a\":\"tab\tok\"}", r#"{"a":"\u007f"}"#,
+            "{\"a\":\"x\u{1}y\"}",
+            r#"{"a":"x\u0001y"}"#,
+            r#"{"a\u0000":1}"#,
+            "{\"a\u{7}\":1}",
+            r#"{"a":"\u0009\u000a\u000D"}"#,
+            "{\"a\":\"tab\tok\"}",
+            r#"{"a":"\u007f"}"#,
             // escapes
-            r#"["\x"]"#, r#"["\u12"]"#, r#"["\uZZZZ"]"#, r#"["\u00e9\u00E9"]"#, r#"["\"]"#,
-            r#"["\\"]"#, r#"["a\/b"]"#, r#"["\b\f\n\r\t"]"#, "[\"\\",
+            r#"["\x"]"#,
+            r#"["\u12"]"#,
+            r#"["\uZZZZ"]"#,
+            r#"["\u00e9\u00E9"]"#,
+            r#"["\"]"#,
+            r#"["\\"]"#,
+            r#"["a\/b"]"#,
+            r#"["\b\f\n\r\t"]"#,
+            "[\"\\",
             // surrogates: paired, lone leading, lone trailing, leading then another escape
-            r#"["\ud83d\ude00"]"#, r#"["\ud83d"]"#, r#"["\ude00"]"#, r#"["\ud83dx"]"#,
-            r#"["\ud83d\u0041"]"#, r#"["\ud83d\ud83d\ude00"]"#, r#"["\ud83d\n"]"#,
+            r#"["\ud83d\ude00"]"#,
+            r#"["\ud83d"]"#,
+            r#"["\ude00"]"#,
+            r#"["\ud83dx"]"#,
+            r#"["\ud83d\u0041"]"#,
+            r#"["\ud83d\ud83d\ude00"]"#,
+            r#"["\ud83d\n"]"#,
             // numbers
-            "01", "1.", "-", "1e", "1e+", ".5", "+1", "-0", "-0.0", "1E5", "1e5", "1.5E-3",
-            "1e-0", "0e0", "-01", "00", "1.5.3", "2.", "[1,]", "[-]", "123456789012345678901234567890",
-            "18446744073709551615", "18446744073709551616", "-9223372036854775808",
-            "-9223372036854775809", "1e400", "[1 2]", "[01]", "{\"a\":-}", "0x10", "Infinity",
-            "NaN", "[1e]", "[1.e1]",
+            "01",
+            "1.",
+            "-",
+            "1e",
+            "1e+",
+            ".5",
+            "+1",
+            "-0",
+            "-0.0",
+            "1E5",
+            "1e5",
+            "1.5E-3",
+            "1e-0",
+            "0e0",
+            "-01",
+            "00",
+            "1.5.3",
+            "2.",
+            "[1,]",
+            "[-]",
+            "123456789012345678901234567890",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "1e400",
+            "[1 2]",
+            "[01]",
+            "{\"a\":-}",
+            "0x10",
+            "Infinity",
+            "NaN",
+            "[1e]",
+            "[1.e1]",
             // literals, structure, white space, BOM, trailing garbage
-            "true", "tru", "truex", "nul", "null ", " \t\r\n{}\n", "\u{feff}{}", "{} x", "{}}",
-            "[]]", "{,}", "[,]", "{\"a\"}", "{\"a\":}", "{\"a\" 1}", "{\"a\":1,}", "{1:2}", "",
-            " ", "\"a\"", "[\"a\",\"b\"]", "{\"\":\"\"}", "[[[[]]]]", "\u{b}{}", "\u{c}{}",
+            "true",
+            "tru",
+            "truex",
+            "nul",
+            "null ",
+            " \t\r\n{}\n",
+            "\u{feff}{}",
+            "{} x",
+            "{}}",
+            "[]]",
+            "{,}",
+            "[,]",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\" 1}",
+            "{\"a\":1,}",
+            "{1:2}",
+            "",
+            " ",
+            "\"a\"",
+            "[\"a\",\"b\"]",
+            "{\"\":\"\"}",
+            "[[[[]]]]",
+            "\u{b}{}",
+            "\u{c}{}",
         ]
         .iter()
         .map(|c| c.as_bytes().to_vec())
@@ -1098,7 +1198,11 @@ mod tests {
             for n in [limit - 1, limit, limit + 1] {
                 let arrays = format!("{}{}", "[".repeat(n), "]".repeat(n));
                 let objects = format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
-                let mixed = format!("{}{}", "[{\"a\":".repeat(n / 2 + 1), "1}]".repeat(n / 2 + 1));
+                let mixed = format!(
+                    "{}{}",
+                    "[{\"a\":".repeat(n / 2 + 1),
+                    "1}]".repeat(n / 2 + 1)
+                );
                 for text in [arrays, objects, mixed] {
                     agree(text.as_bytes(), limit);
                 }
