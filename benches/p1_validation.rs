@@ -347,7 +347,8 @@ fn stages(validator: &Validator, lines: &[&[u8]], depth: usize, passes: usize) -
             for n in &nodes {
                 let t = rtype(n);
                 let mut issues = Vec::new();
-                rules::check(&validator.schema, &t, n, None, rules::Depth::Full, &mut issues);
+                let strings = rules::Strings::Parsed;
+                rules::check(&validator.schema, &t, n, None, rules::Depth::Full, strings, &mut issues);
                 black_box(issues);
             }
         }),
@@ -355,7 +356,8 @@ fn stages(validator: &Validator, lines: &[&[u8]], depth: usize, passes: usize) -
             for n in &nodes {
                 let t = rtype(n);
                 let mut issues = Vec::new();
-                rules::check(&validator.schema, &t, n, None, rules::Depth::Schema, &mut issues);
+                let strings = rules::Strings::Parsed;
+                rules::check(&validator.schema, &t, n, None, rules::Depth::Schema, strings, &mut issues);
                 black_box(issues);
             }
         }),
