@@ -13,11 +13,15 @@
 //! `Patient/json-edge-cases.json`), then every `entry[].resource` of the Synthea bundles. The
 //! peers (`benches/peers/`) read the same file.
 //!
-//! `run` reads the corpus into memory, makes one untimed warm-up pass (the gateway compiles a
-//! type's validator on first use; the peers warm up the same way), then times `--passes` passes
-//! of `parse_strict` (with the gateway's default depth limit) plus `Validator::structural` over
-//! every line. It also times the "100-patient batch": the Synthea bundle files as they are on
+//! `run` reads the corpus into memory, makes one untimed warm-up pass (the peers warm up the
+//! same way), then times `--passes` passes of `Validator::structural_bytes` (the borrowed parse
+//! with the gateway's default depth limit, and the walk) over every line. It also times the "100-patient batch": the Synthea bundle files as they are on
 //! disk, each parsed and validated as one Bundle, `--batch-copies` times over.
+//!
+//! Instruction counts (benches/README.md, P1): `corpus slice.ndjson --limit 1000`, then
+//! `valgrind --tool=callgrind --toggle-collect='carebridge::validate::Validator::structural_bytes'`
+//! over `run --corpus slice.ndjson --passes P --batch-bundles 0 --batch-copies 0` for P = 1 and
+//! P = 3: half the difference is one pass.
 
 // In a benchmark, a failed assumption is a failure to report: unwrap/expect name it and stop.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -347,7 +351,8 @@ fn stages(validator: &Validator, lines: &[&[u8]], depth: usize, passes: usize) -
             for n in &nodes {
                 let t = rtype(n);
                 let mut issues = Vec::new();
-                rules::check(&validator.schema, &t, n, None, rules::Depth::Full, &mut issues);
+                let strings = rules::Strings::Parsed;
+                rules::check(&validator.schema, &t, n, None, rules::Depth::Full, strings, &mut issues);
                 black_box(issues);
             }
         }),
@@ -355,7 +360,8 @@ fn stages(validator: &Validator, lines: &[&[u8]], depth: usize, passes: usize) -
             for n in &nodes {
                 let t = rtype(n);
                 let mut issues = Vec::new();
-                rules::check(&validator.schema, &t, n, None, rules::Depth::Schema, &mut issues);
+                let strings = rules::Strings::Parsed;
+                rules::check(&validator.schema, &t, n, None, rules::Depth::Schema, strings, &mut issues);
                 black_box(issues);
             }
         }),

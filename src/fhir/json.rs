@@ -498,8 +498,373 @@ pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, JsonError> 
 
 /// As `parse_strict`, into a `Node` that borrows from `bytes` (what validation reads): the same
 /// rules, the same errors.
+///
+/// A document is first read by a byte-level parser that only ever accepts (`Scan`); on anything
+/// it does not accept — a syntax error, a duplicate key, a forbidden character, excessive depth,
+/// but also the rare forms it leaves alone — the document is parsed again by the serde_json
+/// visitor above, which decides and words the error. So an error is always that visitor's, and
+/// an accepted document gives the tree the visitor would build (the tests `scan_*` below compare
+/// the two over every official example, every Synthea bundle and a corpus of mutations).
 pub fn parse_borrowed(bytes: &[u8], max_depth: usize) -> Result<Node<'_>, JsonError> {
-    parse(bytes, max_depth)
+    match Scan::document(bytes, max_depth.min(120)) {
+        Some(node) => Ok(node),
+        None => parse(bytes, max_depth),
+    }
+}
+
+/// The fast path of [`parse_borrowed`]: a strict JSON reader over a UTF-8 checked text that
+/// gives up (`None`) on anything but a document the serde_json visitor accepts, so it never has
+/// to word an error. Strings without an escape and numbers are borrowed from the text.
+struct Scan<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+    max_depth: usize,
+    /// Members of the objects being read, innermost last (as the visitor's scratch).
+    members: Vec<(Cow<'a, str>, Node<'a>)>,
+    /// Items of the arrays being read, innermost last.
+    items: Vec<Node<'a>>,
+}
+
+/// Two keys are the same: lengths and first bytes compared before the rest (most keys of an
+/// object differ in one of them).
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
+}
+
+/// A key's bit among 64, from its length and its first and last bytes (equal keys share it).
+fn signature(key: &str) -> u64 {
+    let b = key.as_bytes();
+    let (first, last) = (b.first().copied(), b.last().copied());
+    let mix = b.len() * 7 + usize::from(first.unwrap_or(0)) * 3 + usize::from(last.unwrap_or(0));
+    1 << (mix % 64)
+}
+
+/// Bytes that end a run of plain string content: the quote, the backslash, control characters.
+fn ends_plain(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
+}
+
+impl<'a> Scan<'a> {
+    fn document(bytes: &'a [u8], max_depth: usize) -> Option<Node<'a>> {
+        // Outside strings only ASCII is valid JSON, so a valid UTF-8 text has valid strings,
+        // and every slice between ASCII delimiters is on a character boundary.
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut scan = Scan {
+            text,
+            bytes,
+            pos: 0,
+            max_depth,
+            // One placeholder at the bottom of each stack: an object or array taken off with
+            // `split_off` never starts at 0 (where `split_off` would hand over the whole buffer).
+            members: vec![(Cow::Borrowed(""), Node::Null)],
+            items: vec![Node::Null],
+        };
+        scan.space();
+        let node = scan.value(0)?;
+        scan.space();
+        (scan.pos == bytes.len()).then_some(node)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn space(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// Consumes `b` (after white space) or gives up.
+    fn expect(&mut self, b: u8) -> Option<()> {
+        self.space();
+        (self.peek()? == b).then(|| self.pos += 1)
+    }
+
+    fn value(&mut self, depth: usize) -> Option<Node<'a>> {
+        match self.peek()? {
+            b'{' => self.object(depth),
+            b'[' => self.array(depth),
+            b'"' => {
+                let s = self.string()?;
+                // An escape may spell a character FHIR forbids (a raw one is a syntax error).
+                if matches!(s, Cow::Owned(_)) && super::forbidden_character(s.as_bytes()).is_some()
+                {
+                    return None;
+                }
+                Some(Node::String(s))
+            }
+            b't' => self.literal(b"true", Node::Bool(true)),
+            b'f' => self.literal(b"false", Node::Bool(false)),
+            b'n' => self.literal(b"null", Node::Null),
+            b'-' | b'0'..=b'9' => self.number().map(Node::Number),
+            _ => None,
+        }
+    }
+
+    fn literal(&mut self, word: &[u8], node: Node<'a>) -> Option<Node<'a>> {
+        let end = self.pos + word.len();
+        (self.bytes.get(self.pos..end)? == word).then(|| {
+            self.pos = end;
+            node
+        })
+    }
+
+    fn object(&mut self, depth: usize) -> Option<Node<'a>> {
+        if depth >= self.max_depth {
+            return None;
+        }
+        self.pos += 1;
+        let start = self.members.len();
+        self.space();
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Some(Node::Object(Object::default()));
+        }
+        // One bit per key signature: a key whose bit is not yet set differs from every key
+        // before it, so only the others are compared.
+        let mut signatures = 0u64;
+        loop {
+            self.space();
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let key = self.string()?;
+            let bit = signature(&key);
+            let taken = self.members.get(start..).unwrap_or(&[]);
+            if let Cow::Owned(k) = &key
+                && super::forbidden_character(k.as_bytes()).is_some()
+            {
+                return None;
+            }
+            // The visitor reads an object whose first key is serde_json's number token as a
+            // number; such a document is left to it.
+            if (taken.is_empty() && key == NUMBER_TOKEN)
+                || (signatures & bit != 0
+                    && taken.len() < SCAN_LIMIT
+                    && taken.iter().any(|(k, _)| same_key(k, &key)))
+            {
+                return None;
+            }
+            signatures |= bit;
+            self.expect(b':')?;
+            self.space();
+            let v = self.value(depth + 1)?;
+            self.members.push((key, v));
+            self.space();
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b'}' => break,
+                _ => return None,
+            }
+        }
+        self.pos += 1;
+        let entries = self.members.split_off(start);
+        // Keys past the first SCAN_LIMIT were not compared as they came: sort and compare.
+        if entries.len() > SCAN_LIMIT {
+            let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_ref()).collect();
+            keys.sort_unstable();
+            if keys.windows(2).any(|w| w[0] == w[1]) {
+                return None;
+            }
+        }
+        Some(Node::Object(Object { entries }))
+    }
+
+    fn array(&mut self, depth: usize) -> Option<Node<'a>> {
+        if depth >= self.max_depth {
+            return None;
+        }
+        self.pos += 1;
+        let start = self.items.len();
+        self.space();
+        if self.peek()? == b']' {
+            self.pos += 1;
+            return Some(Node::Array(Vec::new()));
+        }
+        loop {
+            self.space();
+            let v = self.value(depth + 1)?;
+            self.items.push(v);
+            self.space();
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b']' => break,
+                _ => return None,
+            }
+        }
+        self.pos += 1;
+        Some(Node::Array(self.items.split_off(start)))
+    }
+
+    /// A string at the opening quote: borrowed when it has no escape.
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        self.pos += 1;
+        let start = self.pos;
+        self.skip_plain();
+        match self.peek()? {
+            b'"' => {
+                let s = self.text.get(start..self.pos)?;
+                self.pos += 1;
+                Some(Cow::Borrowed(s))
+            }
+            b'\\' => self.escaped(start).map(Cow::Owned),
+            _ => None, // a raw control character
+        }
+    }
+
+    /// Moves `pos` to the next quote, backslash or control character (or the end), eight bytes
+    /// at a time.
+    fn skip_plain(&mut self) {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        while let Some(chunk) = self.bytes.get(self.pos..self.pos + 8) {
+            let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+                break;
+            };
+            let w = u64::from_le_bytes(chunk);
+            let quote = w ^ (ONES * u64::from(b'"'));
+            let slash = w ^ (ONES * u64::from(b'\\'));
+            // A byte is zero in `quote` or `slash`, or below 0x20 in `w`: its high bit is set in
+            // one of these (bytes at or above 0x80 are excluded by `!w`).
+            let hit =
+                (quote.wrapping_sub(ONES) | slash.wrapping_sub(ONES) | w.wrapping_sub(ONES * 0x20))
+                    & !w
+                    & HIGH;
+            if hit != 0 {
+                // The lowest flagged byte is a real find (a borrow only flags bytes above one).
+                self.pos += (hit.trailing_zeros() / 8) as usize;
+                return;
+            }
+            self.pos += 8;
+        }
+        while self.peek().is_some_and(|b| !ends_plain(b)) {
+            self.pos += 1;
+        }
+    }
+
+    /// The rest of a string with an escape, decoded (`start`: its first content byte).
+    fn escaped(&mut self, start: usize) -> Option<String> {
+        let mut out = String::from(self.text.get(start..self.pos)?);
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.pos += 1;
+                    return Some(out);
+                }
+                b'\\' => {
+                    let c = self.escape()?;
+                    out.push(c);
+                }
+                _ => return None,
+            }
+            let run = self.pos;
+            self.skip_plain();
+            out.push_str(self.text.get(run..self.pos)?);
+        }
+    }
+
+    /// One escape at the backslash, as serde_json reads it with validation (surrogates paired).
+    fn escape(&mut self) -> Option<char> {
+        let c = *self.bytes.get(self.pos + 1)?;
+        self.pos += 2;
+        Some(match c {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let n = self.hex4()?;
+                if (0xD800..0xDC00).contains(&n) {
+                    if self.bytes.get(self.pos..self.pos + 2)? != b"\\u" {
+                        return None;
+                    }
+                    self.pos += 2;
+                    let low = self.hex4()?;
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return None;
+                    }
+                    char::from_u32(0x1_0000 + ((n - 0xD800) << 10) + (low - 0xDC00))?
+                } else {
+                    char::from_u32(n)? // a lone trailing surrogate is no char: given up
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.text.get(self.pos..self.pos + 4)?;
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.pos += 4;
+        u32::from_str_radix(digits, 16).ok()
+    }
+
+    /// A number: the JSON grammar, kept as serde_json's `arbitrary_precision` hands it over
+    /// (the lexeme, with an exponent written `e+`/`e-`).
+    fn number(&mut self) -> Option<Cow<'a, str>> {
+        let start = self.pos;
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek()? {
+            b'0' => {
+                self.pos += 1;
+                if self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+            }
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if !self.peek()?.is_ascii_digit() {
+                return None;
+            }
+            self.digits();
+        }
+        let mantissa = self.text.get(start..self.pos)?;
+        if !matches!(self.peek(), Some(b'e' | b'E')) {
+            return Some(Cow::Borrowed(mantissa));
+        }
+        let e = self.pos;
+        self.pos += 1;
+        let sign = match self.peek()? {
+            s @ (b'+' | b'-') => {
+                self.pos += 1;
+                s
+            }
+            _ => b'+',
+        };
+        let exp_start = self.pos;
+        if !self.peek()?.is_ascii_digit() {
+            return None;
+        }
+        self.digits();
+        let lexeme = self.text.get(start..self.pos)?;
+        if self.bytes.get(e..exp_start) == Some([b'e', sign].as_slice()) {
+            return Some(Cow::Borrowed(lexeme));
+        }
+        let exponent = self.text.get(exp_start..self.pos)?;
+        Some(Cow::Owned(format!(
+            "{mantissa}e{}{exponent}",
+            char::from(sign)
+        )))
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.pos += 1;
+        }
+    }
 }
 
 /// A reason for a syntax error that never repeats the document's content.
@@ -630,5 +995,225 @@ mod tests {
         assert!(parse_borrowed(deep.as_bytes(), 10).is_err());
         assert!(parse_borrowed(b"{} trailing", 64).is_err());
         assert!(parse_borrowed(b"[1,]", 64).is_err());
+    }
+
+    /// The fast reader and the visitor on one input: the same tree when the reader accepts, and
+    /// the reader accepts exactly what the visitor accepts.
+    fn agree(bytes: &[u8], max_depth: usize) -> bool {
+        let fast = Scan::document(bytes, max_depth.min(120));
+        let slow = parse::<Node<'_>>(bytes, max_depth);
+        match (&fast, &slow) {
+            (Some(f), Ok(s)) => assert_eq!(f, s, "{:?}", String::from_utf8_lossy(bytes)),
+            (None, Err(_)) => {}
+            _ => panic!(
+                "the reader {} what the visitor {}: {:?}",
+                if fast.is_some() { "accepts" } else { "refuses" },
+                if slow.is_ok() { "accepts" } else { "refuses" },
+                String::from_utf8_lossy(bytes)
+            ),
+        }
+        assert_eq!(parse_borrowed(bytes, max_depth), slow);
+        slow.is_ok()
+    }
+
+    fn data_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                data_files(&path, out);
+            } else if path.extension().is_some_and(|x| x == "json") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn scan_builds_the_visitors_tree_for_every_example_and_synthea_bundle() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+        for (folder, at_least) in [("fhir-r4-examples", 400), ("synthea", 50)] {
+            let mut files = Vec::new();
+            data_files(&root.join(folder), &mut files);
+            let mut accepted = 0;
+            for f in &files {
+                let bytes = std::fs::read(f).unwrap();
+                // Every one of them is JSON the visitor accepts, so the reader must build it.
+                assert!(agree(&bytes, 64), "{}", f.display());
+                accepted += 1;
+            }
+            assert!(accepted >= at_least, "{folder}: {accepted} files");
+        }
+    }
+
+    const MUTANT_BASE: &str = r#"{"resourceType":"Patient","id":"p-1","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">A\u00e9\ud83d\ude00\/\t</div>"},"name":[{"family":"Æble","given":["Ann",null]}],"multipleBirthInteger":2,"x":[-0.5,1e+2,1E5,0,-12.30e-4,18446744073709551616],"ok":[true,false,null,{}]}"#;
+
+    #[test]
+    fn scan_agrees_on_every_truncation_and_byte_mutation() {
+        let base = MUTANT_BASE.as_bytes();
+        assert!(agree(base, 64));
+        let mut refused = 0;
+        for n in 0..base.len() {
+            refused += usize::from(!agree(&base[..n], 64));
+        }
+        assert_eq!(refused, base.len(), "every truncation is refused");
+        let bytes: &[u8] = b"\"\\,:{}[]0-+e.E u \x00\x1f\x7f\x80\xff";
+        for i in 0..base.len() {
+            let mut cut = base.to_vec();
+            cut.remove(i);
+            agree(&cut, 64);
+            for &b in bytes {
+                let mut m = base.to_vec();
+                m[i] = b;
+                agree(&m, 64);
+                m.insert(i, b);
+                agree(&m, 64);
+            }
+        }
+        // A small depth limit over every mutation of the nesting.
+        for d in 0..5 {
+            agree(base, d);
+        }
+    }
+
+    /// Inputs the reader and the visitor must judge alike (with every depth limit up to 3).
+    const HARD_CASES: &[&str] = &[
+        // duplicate keys, also spelled with an escape
+        r#"{"a":1,"a":2}"#,
+        r#"{"a":1,"\u0061":2}"#,
+        r#"{"a":{"b":1,"b":1}}"#,
+        // control characters, raw and escaped, in strings and keys
+        "{\"a\":\"x\u{1}y\"}",
+        r#"{"a":"x\u0001y"}"#,
+        r#"{"a\u0000":1}"#,
+        "{\"a\u{7}\":1}",
+        r#"{"a":"\u0009\u000a\u000D"}"#,
+        "{\"a\":\"tab\tok\"}",
+        r#"{"a":"\u007f"}"#,
+        // escapes
+        r#"["\x"]"#,
+        r#"["\u12"]"#,
+        r#"["\uZZZZ"]"#,
+        r#"["\u00e9\u00E9"]"#,
+        r#"["\"]"#,
+        r#"["\\"]"#,
+        r#"["a\/b"]"#,
+        r#"["\b\f\n\r\t"]"#,
+        "[\"\\",
+        // surrogates: paired, lone leading, lone trailing, leading then another escape
+        r#"["\ud83d\ude00"]"#,
+        r#"["\ud83d"]"#,
+        r#"["\ude00"]"#,
+        r#"["\ud83dx"]"#,
+        r#"["\ud83d\u0041"]"#,
+        r#"["\ud83d\ud83d\ude00"]"#,
+        r#"["\ud83d\n"]"#,
+        // numbers
+        "01",
+        "1.",
+        "-",
+        "1e",
+        "1e+",
+        ".5",
+        "+1",
+        "-0",
+        "-0.0",
+        "1E5",
+        "1e5",
+        "1.5E-3",
+        "1e-0",
+        "0e0",
+        "-01",
+        "00",
+        "1.5.3",
+        "2.",
+        "[1,]",
+        "[-]",
+        "123456789012345678901234567890",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "1e400",
+        "[1 2]",
+        "[01]",
+        "{\"a\":-}",
+        "0x10",
+        "Infinity",
+        "NaN",
+        "[1e]",
+        "[1.e1]",
+        // literals, structure, white space, BOM, trailing garbage
+        "true",
+        "tru",
+        "truex",
+        "nul",
+        "null ",
+        " \t\r\n{}\n",
+        "\u{feff}{}",
+        "{} x",
+        "{}}",
+        "[]]",
+        "{,}",
+        "[,]",
+        "{\"a\"}",
+        "{\"a\":}",
+        "{\"a\" 1}",
+        "{\"a\":1,}",
+        "{1:2}",
+        "",
+        " ",
+        "\"a\"",
+        "[\"a\",\"b\"]",
+        "{\"\":\"\"}",
+        "[[[[]]]]",
+        "\u{b}{}",
+        "\u{c}{}",
+    ];
+
+    #[test]
+    fn scan_agrees_on_the_hard_cases() {
+        let token = format!("{{\"{NUMBER_TOKEN}\":\"12\"}}");
+        // The one form the reader leaves to the visitor although the visitor accepts it.
+        assert!(Scan::document(token.as_bytes(), 64).is_none());
+        assert!(parse_borrowed(token.as_bytes(), 64).is_ok());
+        let mut many: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+        let distinct = format!("{{{}}}", many.join(","));
+        many.push("\"k39\":0".into());
+        let late_duplicate = format!("{{{}}}", many.join(","));
+        let cases: Vec<Vec<u8>> = HARD_CASES
+            .iter()
+            .copied()
+            .chain([distinct.as_str(), late_duplicate.as_str()])
+            .map(|c| c.as_bytes().to_vec())
+            .chain([
+                b"[\"\xff\"]".to_vec(),
+                b"[\"\xc3\"]".to_vec(),
+                b"{\"\xed\xa0\x80\":1}".to_vec(),
+                b"[\"ok\xc3\xa9\"]".to_vec(),
+            ])
+            .collect();
+        for c in &cases {
+            for d in [0, 1, 2, 3, 64] {
+                agree(c, d);
+            }
+        }
+    }
+
+    #[test]
+    fn scan_agrees_at_the_depth_limit() {
+        // Nesting at the limit and one past it, of arrays and of objects.
+        for limit in [1, 5, 64, 119, 120, 121, 200] {
+            for n in [limit - 1, limit, limit + 1] {
+                let arrays = format!("{}{}", "[".repeat(n), "]".repeat(n));
+                let objects = format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
+                let mixed = format!(
+                    "{}{}",
+                    "[{\"a\":".repeat(n / 2 + 1),
+                    "1}]".repeat(n / 2 + 1)
+                );
+                for text in [arrays, objects, mixed] {
+                    agree(text.as_bytes(), limit);
+                }
+            }
+        }
     }
 }

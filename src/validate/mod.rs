@@ -72,12 +72,20 @@ impl Validator {
         bytes: &[u8],
         max_depth: usize,
     ) -> Result<Vec<Issue>, JsonError> {
-        Ok(self.structural_node(&parse_borrowed(bytes, max_depth)?))
+        let node = parse_borrowed(bytes, max_depth)?;
+        Ok(self.structural_at(
+            &node,
+            None,
+            None,
+            rules::Depth::Full,
+            rules::Strings::Parsed,
+        ))
     }
 
     /// Structural validation of a parsed document.
     pub fn structural_node(&self, resource: &Node<'_>) -> Vec<Issue> {
-        self.structural_at(resource, None, None, rules::Depth::Full)
+        let strings = rules::Strings::Unchecked;
+        self.structural_at(resource, None, None, rules::Depth::Full, strings)
     }
 
     /// Only what the tightened R4 JSON Schema says, through the same walk: the side of the
@@ -88,6 +96,7 @@ impl Validator {
             None,
             None,
             rules::Depth::Schema,
+            rules::Strings::Unchecked,
         )
     }
 
@@ -98,6 +107,7 @@ impl Validator {
         container: Option<&Node<'_>>,
         prefix: Option<&str>,
         depth: rules::Depth,
+        strings: rules::Strings,
     ) -> Vec<Issue> {
         let place = |i: Issue| match prefix {
             Some(p) => i.nested_under(p),
@@ -112,7 +122,15 @@ impl Validator {
             Err(Root::Issue(issue)) => return vec![place(issue)],
         };
         let mut own = Vec::new();
-        rules::check(&self.schema, rtype, resource, container, depth, &mut own);
+        rules::check(
+            &self.schema,
+            rtype,
+            resource,
+            container,
+            depth,
+            strings,
+            &mut own,
+        );
         let mut issues: Vec<Issue> = own.into_iter().map(place).collect();
         let base = prefix
             .map(str::to_owned)
@@ -120,7 +138,8 @@ impl Validator {
         let nested = nested_resources(rtype, obj);
         let one = |(path, nested): &(String, &Node<'_>)| {
             let container = path.starts_with("contained[").then_some(resource);
-            self.structural_at(nested, container, Some(&format!("{base}.{path}")), depth)
+            let at = format!("{base}.{path}");
+            self.structural_at(nested, container, Some(&at), depth, strings)
         };
         if self.threads < 2 || nested.len() < PARALLEL_FROM {
             issues.extend(nested.iter().flat_map(one));

@@ -88,12 +88,23 @@ impl Primitive {
 /// Why a primitive value breaks its type's format rules, or `None` when it keeps them (or has
 /// a JSON type the schema reports). Never quotes the value.
 pub fn check(kind: Primitive, value: &Node<'_>) -> Option<String> {
+    check_as(kind, value, false)
+}
+
+/// As [`check`], for a value of a tree from the strict parser (`fhir::json`), which refuses
+/// every string with a control character FHIR forbids: those are not looked for again.
+pub fn check_parsed(kind: Primitive, value: &Node<'_>) -> Option<String> {
+    check_as(kind, value, true)
+}
+
+fn check_as(kind: Primitive, value: &Node<'_>, parsed: bool) -> Option<String> {
     use Primitive as P;
     match (kind, value) {
         (P::Integer | P::PositiveInt | P::UnsignedInt, Node::Number(n)) => integer(kind, n),
         (P::Boolean | P::Decimal, _) | (_, Node::Number(_) | Node::Bool(_)) => None,
         (P::Xhtml, _) => None,
-        (_, Node::String(s)) => text(kind, s),
+        (_, Node::String(s)) if parsed => format(kind, s),
+        (_, Node::String(s)) => control(kind, s).or_else(|| format(kind, s)),
         _ => None,
     }
 }
@@ -131,19 +142,22 @@ fn integer(kind: Primitive, lexeme: &str) -> Option<String> {
     }
 }
 
+/// A control character FHIR forbids in a string-based primitive.
+fn control(kind: Primitive, s: &str) -> Option<String> {
+    let b = crate::fhir::forbidden_character(s.as_bytes())?;
+    let what = if b == 0 {
+        "U+0000".to_owned()
+    } else {
+        format!("a control character (U+{b:04X})")
+    };
+    Some(format!(
+        "not a valid FHIR {}: contains {what}; only tab, CR and LF are allowed below U+0020",
+        kind.name()
+    ))
+}
+
 /// Rules of the string-based primitives beyond the schema's patterns.
-fn text(kind: Primitive, s: &str) -> Option<String> {
-    if let Some(b) = crate::fhir::forbidden_character(s.as_bytes()) {
-        let what = if b == 0 {
-            "U+0000".to_owned()
-        } else {
-            format!("a control character (U+{b:04X})")
-        };
-        return Some(format!(
-            "not a valid FHIR {}: contains {what}; only tab, CR and LF are allowed below U+0020",
-            kind.name()
-        ));
-    }
+fn format(kind: Primitive, s: &str) -> Option<String> {
     match kind {
         Primitive::Base64Binary if !base64_valid(s) => {
             Some("not a valid FHIR base64Binary: not base64 (RFC 4648)".into())

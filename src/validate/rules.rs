@@ -47,10 +47,22 @@ pub enum Depth {
     Full,
 }
 
+/// What the walk may take as already checked of the tree's strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strings {
+    /// The tree is from the strict parser (`fhir::json`), which refuses every string holding a
+    /// control character FHIR forbids: the walk does not look for them again.
+    Parsed,
+    /// The tree may have been built some other way (an owned `Value` made in code): every
+    /// string-based primitive is looked at.
+    Unchecked,
+}
+
 struct Walk<'a, 'n> {
     defs: &'a Definitions,
     shapes: &'a Shapes,
     deep: bool,
+    parsed: bool,
     /// The ids a local reference (`#id`) may name: the contained resources of the resource
     /// (of its container, for a contained resource).
     contained: Vec<&'n str>,
@@ -66,6 +78,7 @@ pub fn check(
     value: &Node<'_>,
     container: Option<&Node<'_>>,
     depth: Depth,
+    strings: Strings,
     issues: &mut Vec<Issue>,
 ) {
     let shapes = schema.shapes();
@@ -76,6 +89,7 @@ pub fn check(
         defs: schema.definitions(),
         shapes,
         deep: depth == Depth::Full,
+        parsed: strings == Strings::Parsed,
         contained: contained_ids(container.unwrap_or(value)),
         issues,
     };
@@ -328,7 +342,12 @@ impl<'n> Walk<'_, 'n> {
                 }
             }
             (Some(Kind::Primitive(p)), v) => {
-                if let Some(problem) = primitive::check(p, v) {
+                let problem = if self.parsed {
+                    primitive::check_parsed(p, v)
+                } else {
+                    primitive::check(p, v)
+                };
+                if let Some(problem) = problem {
                     self.issue("value", problem, path.render());
                 } else if let (Some(vs), Node::String(code)) = (element.binding, v) {
                     self.code_binding(vs, code, path);

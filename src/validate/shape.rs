@@ -68,8 +68,88 @@ pub struct Prim {
 /// else the regex.
 #[derive(Debug)]
 pub enum Pattern {
-    Class(jsonschema_regex::RepeatedClass),
+    Class(jsonschema_regex::RepeatedClass, Option<Box<AsciiClass>>),
     Regex(Regex),
+}
+
+/// The ASCII members and the count of a repeated class, so an ASCII text (nearly every value)
+/// is checked a byte at a time instead of a decoded character at a time; any other text is left
+/// to the class itself.
+#[derive(Debug)]
+pub struct AsciiClass {
+    /// Per byte: an ASCII member of the class (bytes from 0x80 are not: the text is not ASCII).
+    members: [bool; 256],
+    /// Every byte from this one to `~` (0x7E) is a member (the space or `!`), so eight bytes
+    /// within that range are taken at once; `None` when no such range is in the class.
+    printable_from: Option<u8>,
+    min: usize,
+    max: usize,
+}
+
+impl AsciiClass {
+    /// Read from the bounded translation `^X{m,n}$`: `X` alone (`^X{1,2}$`) asked about each
+    /// ASCII character, and the count as written. Checked against `class` on each character at
+    /// the smallest count it accepts; `None` (no shortcut) for any other form or disagreement.
+    fn of(bounded: &str, class: &jsonschema_regex::RepeatedClass) -> Option<Box<Self>> {
+        let body = bounded.strip_suffix('$')?;
+        let open = body.rfind('{')?;
+        let count = body.get(open + 1..)?.strip_suffix('}')?;
+        let (min, max) = match count.split_once(',') {
+            Some((m, n)) => (m.parse().ok()?, n.parse().ok()?),
+            None => (count.parse().ok()?, count.parse().ok()?),
+        };
+        let one = jsonschema_regex::RepeatedClass::from_translated(&format!(
+            "{}{{1,2}}$",
+            body.get(..open)?
+        ))?;
+        let mut members = [false; 256];
+        let probe = usize::max(min, 1);
+        for b in 0..0x80u8 {
+            let c = char::from(b).to_string();
+            members[usize::from(b)] = one.is_match(&c);
+            if probe <= max && class.is_match(&c.repeat(probe)) != members[usize::from(b)] {
+                return None;
+            }
+        }
+        let printable_from = [b' ', b'!']
+            .into_iter()
+            .find(|&lo| (lo..=b'~').all(|b| members[usize::from(b)]));
+        Some(Box::new(AsciiClass {
+            members,
+            printable_from,
+            min,
+            max,
+        }))
+    }
+
+    /// The answer for an ASCII text, or `None` when the text is not ASCII.
+    fn is_match(&self, text: &str) -> Option<bool> {
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        if let Some(lo) = self.printable_from {
+            const ONES: u64 = 0x0101_0101_0101_0101;
+            while let Some(chunk) = bytes.get(i..i + 8) {
+                let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+                    break;
+                };
+                let w = u64::from_le_bytes(chunk);
+                // A byte below `lo` (its subtraction borrows) or from 0x7F (adding one reaches
+                // 0x80, or it is at or above 0x80 already) sets its high bit; a carry or borrow
+                // only comes from such a byte, so a chunk without one is all in range.
+                let out = (w.wrapping_sub(ONES * u64::from(lo)) & !w) | w.wrapping_add(ONES) | w;
+                if out & (ONES * 0x80) != 0 {
+                    break;
+                }
+                i += 8;
+            }
+        }
+        for &b in bytes.get(i..).unwrap_or(&[]) {
+            if !self.members[usize::from(b)] {
+                return if b.is_ascii() { Some(false) } else { None };
+            }
+        }
+        Some((self.min..=self.max).contains(&text.len()))
+    }
 }
 
 /// The count that stands for "no upper bound" when `X+` or `X*` is read as `X{m,n}` (far above
@@ -88,7 +168,8 @@ impl Pattern {
             _ => translated.to_string(),
         };
         if let Some(class) = jsonschema_regex::RepeatedClass::from_translated(&bounded) {
-            return Ok(Pattern::Class(class));
+            let ascii = AsciiClass::of(&bounded, &class);
+            return Ok(Pattern::Class(class, ascii));
         }
         Regex::new(&translated)
             .map(Pattern::Regex)
@@ -97,7 +178,10 @@ impl Pattern {
 
     pub fn is_match(&self, text: &str) -> bool {
         match self {
-            Pattern::Class(c) => c.is_match(text),
+            Pattern::Class(c, ascii) => ascii
+                .as_ref()
+                .and_then(|a| a.is_match(text))
+                .unwrap_or_else(|| c.is_match(text)),
             Pattern::Regex(r) => r.is_match(text),
         }
     }
@@ -502,16 +586,50 @@ mod tests {
             "\u{3000}",
             "\u{85}",
         ];
+        // Every ASCII character alone, twice, and around the id's count.
+        let ascii: Vec<String> = (0..0x80u8)
+            .flat_map(|b| {
+                [
+                    char::from(b).to_string(),
+                    char::from(b).to_string().repeat(2),
+                ]
+            })
+            .chain([63, 64, 65].map(|n| "a".repeat(n)))
+            .chain(["a-".repeat(32) + "é", "é".repeat(64), "ab\u{b}é".into()])
+            .chain((0..20).flat_map(|at| {
+                // A text of 20 printable characters with one other character at each place.
+                ["\u{b}", " ", "\u{7f}", "é", "\u{a0}", "\t", "~", "!"].map(|c| {
+                    let mut t: Vec<String> = (0..20).map(|i| ((b'a' + i) as char).into()).collect();
+                    t[at] = c.into();
+                    t.concat()
+                })
+            }))
+            .collect();
         let mut counted = 0;
+        let mut shortcut = 0;
+        let mut ranged = 0;
         for p in patterns {
             let fast = super::Pattern::compile(p).unwrap();
-            counted += usize::from(matches!(fast, super::Pattern::Class(_)));
+            if let super::Pattern::Class(_, ascii) = &fast {
+                counted += 1;
+                shortcut += usize::from(ascii.is_some());
+                ranged += usize::from(ascii.as_ref().is_some_and(|a| a.printable_from.is_some()));
+            }
             let plain = regex::Regex::new(&jsonschema_regex::to_rust_regex(p).unwrap()).unwrap();
-            for t in texts {
+            for t in texts
+                .iter()
+                .copied()
+                .chain(ascii.iter().map(String::as_str))
+            {
                 assert_eq!(fast.is_match(t), plain.is_match(t), "{p} on {t:?}");
             }
         }
         assert_eq!(counted, 3, "string, uri and id are counted");
+        assert_eq!(shortcut, 3, "each with its ASCII shortcut");
+        assert_eq!(
+            ranged, 2,
+            "string and uri take eight printable bytes at once"
+        );
     }
 
     #[test]
