@@ -172,7 +172,7 @@ impl Gateway {
     /// outside the store's writer.
     pub fn read_document(&self, bytes: &[u8]) -> Result<Document, fhir::json::JsonError> {
         let node = fhir::json::parse_borrowed(bytes, self.settings.server.max_json_depth)?;
-        let structural = self.validator.structural_node(&node);
+        let structural = self.validator.structural_parsed(&node);
         let resource = node.to_value().map_err(|e| fhir::json::JsonError {
             reason: format!("a number could not be kept: {e}"),
             path: Vec::new(),
