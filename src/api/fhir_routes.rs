@@ -83,6 +83,17 @@ async fn read_body(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, ApiError> {
     let result = parse_body(state, root, headers, body);
+    audit_refused(state, caller, sector, interaction, result).await
+}
+
+/// A body refused before it was read as FHIR leaves an audit row with the HTTP status.
+async fn audit_refused<T>(
+    state: &AppState,
+    caller: &Caller,
+    sector: &str,
+    interaction: Interaction,
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
     if let Err(e) = &result {
         state
             .gateway
@@ -190,13 +201,7 @@ async fn read_document(
         }
         Err(e) => Err(e),
     };
-    if let Err(e) = &result {
-        state
-            .gateway
-            .rejected_body(&caller.actor(), sector, interaction, e.status.as_u16())
-            .await;
-    }
-    result
+    audit_refused(state, caller, sector, interaction, result).await
 }
 
 async fn post_bundle(

@@ -727,48 +727,23 @@ impl SqlTx {
         Ok(())
     }
 
-    /// `put` with the resource's lock already held (PostgreSQL; see [`StoreTx::lock_writes`]).
+    /// `put` with the resource's lock already held (PostgreSQL; see [`StoreTx::lock_writes`]):
+    /// the decision of [`SqlTx::decide`], written row by row.
     async fn put_locked(&mut self, p: &Prepared) -> Result<PutOutcome> {
         let gid = gateway_id(&p.sector, &p.rtype, &p.rid);
         let current = self.current(&gid).await?;
-        if let Some(expected) = p.expected_version {
-            let now = current.as_ref().map(|c| c.version);
-            if now != Some(expected) {
-                return Err(StoreError::VersionConflict {
-                    expected,
-                    current: now,
-                });
-            }
-        }
-        if let Some(c) = current.as_ref().filter(|c| c.hash == p.hash) {
-            return Ok(PutOutcome {
-                gid,
-                version: c.version,
-                last_updated: c.last_updated.clone(),
-                changed: false,
-                created: false,
-                patient_id: c.patient_id.clone(),
-                merged: Vec::new(),
-            });
-        }
         let received = now_us();
         let last_updated = instant(received);
-        let version = current.as_ref().map_or(1, |c| c.version + 1);
-        let patient_id = self.patient_of_prepared(p).await?;
-        self.insert_version(&gid, version, p, received, &last_updated)
-            .await?;
-        self.upsert_resource(&gid, version, p, patient_id.as_deref(), &last_updated)
-            .await?;
-        self.index_identifiers(&gid, p).await?;
-        Ok(PutOutcome {
-            gid,
-            version,
-            last_updated,
-            changed: true,
-            created: current.is_none(),
-            patient_id,
-            merged: std::mem::take(&mut self.merged),
-        })
+        let (mut outcome, write) = self.decide(p, gid, current, &last_updated).await?;
+        if let Some(w) = write {
+            self.insert_version(&w.gid, w.version, p, received, &last_updated)
+                .await?;
+            self.upsert_resource(&w.gid, w.version, p, w.patient_id.as_deref(), &last_updated)
+                .await?;
+            self.index_identifiers(&w.gid, p).await?;
+            outcome.merged = std::mem::take(&mut self.merged);
+        }
+        Ok(outcome)
     }
 
     /// Takes the locks of [`StoreTx::lock_writes`] in one statement: every key of the writes

@@ -27,11 +27,11 @@ struct KeyedCurrent {
 }
 
 /// A new version to write: the resource, its gateway id, version and patient.
-struct NewVersion<'p> {
+pub(super) struct NewVersion<'p> {
     p: &'p Prepared,
-    gid: String,
-    version: i64,
-    patient_id: Option<String>,
+    pub(super) gid: String,
+    pub(super) version: i64,
+    pub(super) patient_id: Option<String>,
     /// The resource had a current version (its identifier rows are replaced).
     existed: bool,
 }
@@ -126,7 +126,7 @@ impl SqlTx {
 
     /// What storing `p` does given its current row: nothing (identical content), or a new
     /// version with its patient. A version other than `If-Match`'s is a conflict.
-    async fn decide<'p>(
+    pub(super) async fn decide<'p>(
         &mut self,
         p: &'p Prepared,
         gid: String,
