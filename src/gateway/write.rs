@@ -293,15 +293,10 @@ impl Gateway {
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(GatewayError::Invalid)?;
-        let mut entries = entries;
-        let check = |_: usize, e: &mut Entry| {
-            let at = e.location.as_deref().map(|l| format!("{l}.resource"));
-            self.check_profile(s, &e.resource, at.as_deref())
-        };
-        let checked = map_split(&mut entries, self.validator.threads(), &check);
         let mut unprocessable = Vec::new();
-        for result in checked {
-            match result {
+        for e in &entries {
+            let at = e.location.as_deref().map(|l| format!("{l}.resource"));
+            match self.check_profile(s, &e.resource, at.as_deref()) {
                 Ok(()) => {}
                 Err(GatewayError::Unprocessable(i) | GatewayError::Invalid(i)) => {
                     unprocessable.extend(i)
@@ -511,7 +506,6 @@ impl Gateway {
             ids,
             allow_merge,
             &self.settings,
-            self.validator.threads(),
         ))
     }
 
@@ -796,17 +790,17 @@ fn prepare_entries(
     ids: &[(String, bool)],
     allow_merge: bool,
     settings: &Settings,
-    threads: usize,
 ) -> Vec<Option<crate::store::Prepared>> {
     let map: HashMap<String, String> = entries
         .iter()
         .zip(ids)
         .filter_map(|(e, (rid, _))| Some((e.full_url.clone()?, format!("{}/{rid}", e.rtype))))
         .collect();
-    let one = |i: usize, e: &mut Entry| -> Option<crate::store::Prepared> {
-        let (rid, existing) = &ids[i];
+    let mut prepared = Vec::with_capacity(entries.len());
+    for (e, (rid, existing)) in entries.iter_mut().zip(ids) {
         if *existing {
-            return None;
+            prepared.push(None);
+            continue;
         }
         if !map.is_empty() {
             for_each_reference_mut(&mut e.resource, &mut |r: &mut String| {
@@ -824,9 +818,9 @@ fn prepare_entries(
         }
         p.expected_version = e.if_match;
         p.allow_merge = allow_merge;
-        Some(p)
-    };
-    map_split(entries, threads, &one)
+        prepared.push(Some(p));
+    }
+    prepared
 }
 
 /// Stores the prepared entries ([`StoreTx::put_many`]: locks in one sorted order, Patients
@@ -985,41 +979,6 @@ pub fn alert_audit_row(e: &AlertEvent, caller: Option<&Caller>) -> AuditRow {
         e.code, e.kind, e.version, e.status
     ));
     row
-}
-
-/// Entries at or above which a request's per-entry work (profile rules, the stored form) is
-/// split over two threads: one request alone leaves the second core idle.
-const SPLIT_ENTRIES: usize = 64;
-
-/// `f` over every item, in order; on `threads` scoped threads (at most two halves) when there
-/// are at least [`SPLIT_ENTRIES`] items, else on this thread.
-fn map_split<T: Send, R: Send>(
-    items: &mut [T],
-    threads: usize,
-    f: &(dyn Fn(usize, &mut T) -> R + Sync),
-) -> Vec<R> {
-    if threads < 2 || items.len() < SPLIT_ENTRIES {
-        return items.iter_mut().enumerate().map(|(i, t)| f(i, t)).collect();
-    }
-    let half = items.len() / 2;
-    let (first, second) = items.split_at_mut(half);
-    let (mut a, b) = std::thread::scope(|scope| {
-        let other = scope.spawn(move || {
-            second
-                .iter_mut()
-                .enumerate()
-                .map(|(i, t)| f(half + i, t))
-                .collect::<Vec<R>>()
-        });
-        let mine: Vec<R> = first.iter_mut().enumerate().map(|(i, t)| f(i, t)).collect();
-        (mine, other.join())
-    });
-    match b {
-        Ok(rest) => a.extend(rest),
-        // The closure does not panic; if it did, the panic carries on here.
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-    a
 }
 
 /// The sector-local id of a created resource: the sender's own id (the gateway mirrors the
