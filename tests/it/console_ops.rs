@@ -276,10 +276,12 @@ async fn auditor_verifies_and_reports(b: &Browser, demo: &Demo, cpr: &str, lang:
     assert!(b.text().await.contains("N8SD2"));
     checked(b, "audit-access", lang).await;
     set_value(b, "a-person", "https://autregweb.sst.dk|N8SD2").await;
+    // The patient's report above has a #h-report too: wait for the person's report's own table,
+    // not for a heading the page being left also holds.
     click_until(
         b,
         "div.sectors form:nth-of-type(2) button[type=submit]",
-        "#h-report",
+        "#events tr[data-seq]",
     )
     .await;
     assert!(
