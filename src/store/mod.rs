@@ -271,14 +271,9 @@ pub trait StoreTx:
         value: &str,
     ) -> Result<Option<String>>;
     /// Stores a new version (or recognises identical content), links the patient.
-    /// Takes, in one sorted order, every lock that `put` of these resources will take (each
-    /// resource's, and each patient identifier a Patient links), so that transactions writing
-    /// overlapping sets never wait for each other in a cycle. `put` still takes its own (a
-    /// lock already held is held again at no cost).
-    async fn lock_writes(&mut self, writes: &[&Prepared]) -> Result<()>;
     async fn put(&mut self, resource: &Prepared) -> Result<PutOutcome>;
     /// Stores many resources as `put` would one after another, in a few multi-row statements:
-    /// takes their locks ([`StoreTx::lock_writes`]), links Patients first (so that the other
+    /// takes all their locks first, in one sorted order, links Patients first (so that the other
     /// resources' patient references resolve through them), and answers an outcome per
     /// resource in the order given.
     async fn put_many(&mut self, resources: &[&Prepared]) -> Result<Vec<PutOutcome>>;

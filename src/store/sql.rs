@@ -727,7 +727,7 @@ impl SqlTx {
         Ok(())
     }
 
-    /// `put` with the resource's lock already held (PostgreSQL; see [`StoreTx::lock_writes`]):
+    /// `put` with the resource's lock already held (PostgreSQL; see [`SqlTx::lock_writes`]):
     /// the decision of [`SqlTx::decide`], written row by row.
     async fn put_locked(&mut self, p: &Prepared) -> Result<PutOutcome> {
         let gid = gateway_id(&p.sector, &p.rtype, &p.rid);
@@ -746,11 +746,11 @@ impl SqlTx {
         Ok(outcome)
     }
 
-    /// Takes the locks of [`StoreTx::lock_writes`] in one statement: every key of the writes
-    /// (each resource's, each patient identifier a Patient links), sorted, so that transactions
-    /// writing overlapping sets take them in the same order. SQLite needs none (`BEGIN
-    /// IMMEDIATE` admits one writer).
-    async fn lock_keys_sorted(&mut self, writes: &[&Prepared]) -> Result<()> {
+    /// Takes every lock that `put` of these resources will take (each resource's, and each
+    /// patient identifier a Patient links) in one statement, sorted, so that transactions
+    /// writing overlapping sets never wait for each other in a cycle. SQLite needs none
+    /// (`BEGIN IMMEDIATE` admits one writer).
+    async fn lock_writes(&mut self, writes: &[&Prepared]) -> Result<()> {
         if self.dialect != Dialect::Postgres {
             return Ok(());
         }
@@ -1060,10 +1060,6 @@ impl StoreTx for SqlTx {
         .fetch_optional(&mut *self.tx)
         .await
         .map_err(map_err)
-    }
-
-    async fn lock_writes(&mut self, writes: &[&Prepared]) -> Result<()> {
-        self.lock_keys_sorted(writes).await
     }
 
     async fn put_many(&mut self, writes: &[&Prepared]) -> Result<Vec<PutOutcome>> {

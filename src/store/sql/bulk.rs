@@ -6,7 +6,7 @@
 use sqlx::FromRow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::{Bind, Current, Dialect, SqlTx, bind_all, map_err};
+use super::{Bind, Current, Dialect, SqlTx, bind_all, map_err, placeholders};
 use crate::fhir::time::{instant, now_us};
 use crate::ids::gateway_id;
 use crate::store::{OutboxNew, Prepared, PutOutcome, Result, StoreError};
@@ -20,10 +20,8 @@ const CHUNK: usize = 128;
 #[derive(FromRow)]
 struct KeyedCurrent {
     gid: String,
-    version: i64,
-    hash: String,
-    last_updated: String,
-    patient_id: Option<String>,
+    #[sqlx(flatten)]
+    current: Current,
 }
 
 /// A new version to write: the resource, its gateway id, version and patient.
@@ -32,53 +30,24 @@ pub(super) struct NewVersion<'p> {
     pub(super) gid: String,
     pub(super) version: i64,
     pub(super) patient_id: Option<String>,
-    /// The resource had a current version (its identifier rows are replaced).
-    existed: bool,
 }
 
-/// `n` placeholders from the first: `$1, $2, …` on PostgreSQL; `?, ?, …` on SQLite, whose
-/// parser looks every numbered parameter up by name in a list (quadratic in a statement of
-/// thousands), while anonymous ones are simply counted.
-fn marks(dialect: Dialect, n: usize) -> String {
-    let mut out = String::with_capacity(n * 6);
-    for i in 1..=n {
-        if i > 1 {
-            out.push_str(", ");
-        }
-        match dialect {
-            Dialect::Sqlite => out.push('?'),
-            Dialect::Postgres => {
-                out.push('$');
-                out.push_str(&i.to_string());
-            }
-        }
+/// `n` placeholders from `from` on: `$from, …` on PostgreSQL ([`placeholders`]); `?, ?, …` on
+/// SQLite, whose parser looks every numbered parameter up by name in a list (quadratic in a
+/// statement of thousands), while anonymous ones are simply counted.
+fn marks(dialect: Dialect, from: usize, n: usize) -> String {
+    match dialect {
+        Dialect::Sqlite => vec!["?"; n].join(", "),
+        Dialect::Postgres => placeholders(from, n),
     }
-    out
 }
 
-/// `(…), (…), …`: `rows` groups of `width` placeholders (see [`marks`]), numbered on.
+/// `(…), (…), …`: `rows` groups of `width` placeholders ([`marks`]), numbered on.
 fn value_groups(dialect: Dialect, rows: usize, width: usize) -> String {
-    let mut out = String::with_capacity(rows * width * 6);
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        for c in 0..width {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            match dialect {
-                Dialect::Sqlite => out.push('?'),
-                Dialect::Postgres => {
-                    out.push('$');
-                    out.push_str(&(1 + r * width + c).to_string());
-                }
-            }
-        }
-        out.push(')');
-    }
-    out
+    (0..rows)
+        .map(|r| format!("({})", marks(dialect, 1 + r * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl SqlTx {
@@ -88,7 +57,7 @@ impl SqlTx {
     /// them), then every other resource with its current row read in bulk and its new version,
     /// `resources` row and identifier rows written in multi-row statements.
     pub(super) async fn put_many_sql(&mut self, ps: &[&Prepared]) -> Result<Vec<PutOutcome>> {
-        self.lock_keys_sorted(ps).await?;
+        self.lock_writes(ps).await?;
         let gids: Vec<String> = ps
             .iter()
             .map(|p| gateway_id(&p.sector, &p.rtype, &p.rid))
@@ -170,7 +139,6 @@ impl SqlTx {
             gid,
             version,
             patient_id,
-            existed: current.is_some(),
         };
         Ok((outcome, Some(write)))
     }
@@ -182,20 +150,14 @@ impl SqlTx {
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT gid, version, hash, last_updated, patient_id FROM resources \
                  WHERE gid IN ({})",
-                marks(self.dialect, chunk.len())
+                marks(self.dialect, 1, chunk.len())
             ));
             let mut q = sqlx::query_as::<_, KeyedCurrent>(sql);
             for g in chunk {
                 q = q.bind(*g);
             }
             for row in q.fetch_all(&mut *self.tx).await.map_err(map_err)? {
-                let current = Current {
-                    version: row.version,
-                    hash: row.hash,
-                    last_updated: row.last_updated,
-                    patient_id: row.patient_id,
-                };
-                found.insert(row.gid, current);
+                found.insert(row.gid, row.current);
             }
         }
         Ok(found)
@@ -271,9 +233,10 @@ impl SqlTx {
     /// the latest: a resource's old rows go, its identifiers are added (the last writer of an
     /// identifier within the request holds it, as with one `put` after another).
     async fn replace_identifiers(&mut self, writes: &[NewVersion<'_>]) -> Result<()> {
+        // A version after the first replaces a resource that had identifier rows.
         let old: Vec<&str> = writes
             .iter()
-            .filter(|w| w.existed)
+            .filter(|w| w.version > 1)
             .map(|w| w.gid.as_str())
             .collect();
         for chunk in old.chunks(CHUNK) {
@@ -281,7 +244,7 @@ impl SqlTx {
             self.execute(
                 format!(
                     "DELETE FROM identifier_index WHERE gid IN ({})",
-                    marks(self.dialect, chunk.len())
+                    marks(self.dialect, 1, chunk.len())
                 ),
                 binds,
             )
