@@ -4,18 +4,25 @@
 //!
 //! ```sh
 //! cargo bench --bench p2_ingest -- --backend sqlite|postgres|medplum --out p2-sqlite.json \
-//!     [--smoke] [--clients 1,2,4,8] [--bundles N] [--half-bundles N]
+//!     [--smoke] [--clients 1,2,4,8] [--bundles N] [--half-bundles N] [--one-store]
 //! ```
 //!
-//! Starts `carebridge serve` (the binary cargo built for this bench, release profile) on
-//! 127.0.0.1 port 0 with a generated configuration and a fresh store (a SQLite file in a temporary
-//! folder, or a fresh PostgreSQL database `cb_bench_<random>` that is dropped afterwards), then
-//! pushes the Synthea transaction Bundles to `POST /fhir/lab` as the `lab` sector's client:
+//! For each phase below, starts `carebridge serve` (the binary cargo built for this bench,
+//! release profile) on 127.0.0.1 port 0 with a generated configuration and a fresh store (a
+//! SQLite file in a temporary folder, or a fresh PostgreSQL database `cb_bench_<random>` that is
+//! dropped afterwards), pushes 3 warm-up Bundles (untimed), then the phase's Synthea transaction
+//! Bundles to `POST /fhir/lab` as the `lab` sector's client:
 //!
 //! - closed loop: for each client count, `--bundles` Bundles (the 50 patients in turn), each
 //!   client sending its next Bundle when the previous one is answered;
 //! - open loop at half the best rate reached: `--half-bundles` Bundles sent on a fixed schedule,
 //!   latency counted from the scheduled send time (so a stall is not hidden).
+//!
+//! Every phase meets stores of the same size, so the client counts compare concurrency and
+//! nothing else (each step adds about 17,000 resources; a store that large already writes each
+//! Bundle's rows to pages all over its random-keyed indexes, which makes any later step slower
+//! whatever its client count). `--one-store` runs all phases on one pair of stores in turn
+//! instead, to measure that growth.
 //!
 //! Every Bundle sent is a fresh copy: each UUID in it (ids, fullUrls, references, identifier
 //! values) has its first 32 bits mixed with the copy number, and every identifier value (and
@@ -26,7 +33,7 @@
 //! 2xx was written.
 //!
 //! **The durable-write floor** (`common/p2_floor.rs`), in the same run: right after each
-//! closed-loop step (and the warm-up) the same Bundle copies are written by this process, with
+//! closed-loop step (and each warm-up) the same Bundle copies are written by this process, with
 //! the same number of clients (threads, each its own connection), straight into a second fresh
 //! store of the gateway's schema (made by its own migrations) with the gateway's connection
 //! settings, one transaction per Bundle and no FHIR work; the results hold its figures and the
@@ -60,7 +67,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 use server::{Server, cpu_secs, start_server};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,6 +80,7 @@ struct Opts {
     clients: Vec<usize>,
     bundles: usize,
     half_bundles: usize,
+    one_store: bool,
 }
 
 /// P2: end-to-end push ingest over loopback against the real binary (see the module
@@ -97,6 +105,10 @@ struct Args {
     /// Bundles of the open loop at half the best rate [default: 100; with --smoke: 4].
     #[arg(long)]
     half_bundles: Option<usize>,
+    /// Every phase on one pair of stores, in turn, instead of fresh stores for each: later
+    /// phases then meet stores grown by the earlier ones (store growth, not the client count).
+    #[arg(long)]
+    one_store: bool,
     #[command(flatten)]
     common: args::Common,
 }
@@ -118,6 +130,7 @@ fn parse_opts() -> Opts {
             }),
         bundles: a.common.pick(a.bundles, 50, 4),
         half_bundles: a.common.pick(a.half_bundles, 100, 4),
+        one_store: a.one_store,
     }
 }
 
@@ -664,41 +677,14 @@ async fn run(opts: Opts) -> Result<()> {
             .with_context(|| opts.out.display().to_string())?;
         return Ok(());
     }
-    let dir = tempfile::tempdir()?;
-    let (store_url, pg_db) = match opts.backend.as_str() {
-        "sqlite" => (
-            format!("sqlite://{}", dir.path().join("carebridge.db").display()),
-            None,
-        ),
-        "postgres" => {
-            let (url, name) = create_pg_database().await?;
-            (url, Some(name))
-        }
-        other => bail!("--backend takes sqlite, postgres or medplum, not {other}"),
-    };
-    // The floor's own fresh store beside the gateway's: a second SQLite file in the same
-    // folder, or a second fresh database on the same PostgreSQL server.
-    let floor_db = match &pg_db {
-        Some(_) => Some(
-            pg::create_database(&pg_admin_url(), "cb_floor_")
-                .await
-                .with_context(|| format!("PostgreSQL at {}", pg_admin_url()))?,
-        ),
-        None => None,
-    };
-    let result = async {
-        let floor = match &floor_db {
-            Some((url, _)) => p2_floor::Floor::postgres(url).await?,
-            None => p2_floor::Floor::sqlite(dir.path()).await?,
-        };
-        measure(&opts, dir.path(), &store_url, &floor).await
+    if !matches!(opts.backend.as_str(), "sqlite" | "postgres") {
+        bail!(
+            "--backend takes sqlite, postgres or medplum, not {}",
+            opts.backend
+        );
     }
-    .await;
-    for name in pg_db.iter().chain(floor_db.as_ref().map(|(_, n)| n)) {
-        drop_pg_database(name).await;
-    }
-    let mut result = result?;
-    if pg_db.is_some() {
+    let mut result = drive(&opts).await?;
+    if opts.backend == "postgres" {
         result["postgres_settings"] = pg_settings().await.unwrap_or_else(|e| json!(e.to_string()));
     }
     if let Ok(diag) = std::env::var("CAREBRIDGE_BENCH_PG_SETTINGS") {
@@ -708,59 +694,95 @@ async fn run(opts: Opts) -> Result<()> {
         result["diagnosis_server_wrap"] = json!(diag);
     }
     result["backend"] = json!(opts.backend);
-    result["database"] = json!(pg_db.map_or(
-        "a fresh SQLite file (WAL, synchronous=FULL)".into(),
-        |n| format!("fresh PostgreSQL database {n} (dropped after)")
-    ));
-    result["floor"]["database"] = json!(floor_db.map_or(
-        "a second fresh SQLite file beside the gateway's (WAL, synchronous=FULL)".into(),
-        |(_, n)| format!(
-            "a second fresh PostgreSQL database {n} on the same server (dropped after)"
-        )
-    ));
+    result["database"] = json!(if opts.backend == "sqlite" {
+        "a fresh SQLite file (WAL, synchronous=FULL)"
+    } else {
+        "a fresh PostgreSQL database cb_bench_<random> (dropped after)"
+    });
+    result["floor"]["database"] = json!(if opts.backend == "sqlite" {
+        "a second fresh SQLite file beside the gateway's (WAL, synchronous=FULL)"
+    } else {
+        "a second fresh PostgreSQL database cb_floor_<random> on the same server (dropped after)"
+    });
     std::fs::write(&opts.out, serde_json::to_string_pretty(&result)?)
         .with_context(|| opts.out.display().to_string())?;
     Ok(())
 }
 
-async fn measure(
-    opts: &Opts,
-    dir: &Path,
-    store_url: &str,
-    floor: &p2_floor::Floor,
-) -> Result<Value> {
-    let token = carebridge::auth::new_token();
-    let config = dir.join("carebridge.toml");
-    std::fs::write(&config, config_text(store_url, &token))?;
-    let templates = load_templates(opts.smoke)?;
-    let mean_entries =
-        templates.iter().map(|t| t.entries).sum::<usize>() as f64 / templates.len() as f64;
-    let mut source = Source { templates, next: 0 };
+/// A fresh pair of stores, the gateway's and the floor's, with the gateway serving the first.
+struct Stores {
+    dir: tempfile::TempDir,
+    store_url: String,
+    /// PostgreSQL: the gateway's database and the floor's (URL, name).
+    pg_db: Option<String>,
+    floor_db: Option<(String, String)>,
+    floor: p2_floor::Floor,
+    server: Server,
+}
 
-    let mut server = start_server(&config)?;
-    let result = drive(opts, &server, &mut source, &token, floor, mean_entries).await;
-    let log = {
-        let l = server.log.lock().expect("log stats");
-        json!({ "errors": l.errors, "warnings": l.warnings, "sample": l.sample })
-    };
-    let startup = server.startup_secs;
-    server.stop();
-    let mut result = result?;
-    let counts = count_rows(store_url)
-        .await
-        .unwrap_or_else(|e| json!(e.to_string()));
-    result["store_rows"] = counts;
-    result["floor"]["store_rows"] = floor
-        .count_rows()
-        .await
-        .unwrap_or_else(|e| json!(e.to_string()));
-    result["floor"]["connection_settings"] = floor
-        .settings()
-        .await
-        .unwrap_or_else(|e| json!(e.to_string()));
-    result["server_log"] = log;
-    result["server_startup_seconds"] = json!(startup);
-    Ok(result)
+impl Stores {
+    /// New stores (a SQLite file and a second one beside it, or two fresh PostgreSQL
+    /// databases) and the gateway started on the first, as `lab`'s client with `token`.
+    async fn fresh(backend: &str, token: &str) -> Result<Stores> {
+        let dir = tempfile::tempdir()?;
+        let (store_url, pg_db) = if backend == "postgres" {
+            let (url, name) = create_pg_database().await?;
+            (url, Some(name))
+        } else {
+            let path = dir.path().join("carebridge.db");
+            (format!("sqlite://{}", path.display()), None)
+        };
+        let floor_db = match &pg_db {
+            Some(_) => Some(
+                pg::create_database(&pg_admin_url(), "cb_floor_")
+                    .await
+                    .with_context(|| format!("PostgreSQL at {}", pg_admin_url()))?,
+            ),
+            None => None,
+        };
+        let floor = match &floor_db {
+            Some((url, _)) => p2_floor::Floor::postgres(url).await?,
+            None => p2_floor::Floor::sqlite(dir.path()).await?,
+        };
+        let config = dir.path().join("carebridge.toml");
+        std::fs::write(&config, config_text(&store_url, token))?;
+        let server = start_server(&config)?;
+        Ok(Stores {
+            dir,
+            store_url,
+            pg_db,
+            floor_db,
+            floor,
+            server,
+        })
+    }
+
+    /// Stops the gateway, counts both stores' rows and drops them; what the stores held and
+    /// what the server logged.
+    async fn finish(mut self) -> Value {
+        let log = {
+            let l = self.server.log.lock().expect("log stats");
+            json!({ "errors": l.errors, "warnings": l.warnings, "sample": l.sample })
+        };
+        let startup = self.server.startup_secs;
+        self.server.stop();
+        let out = json!({
+            "store_rows": count_rows(&self.store_url).await.unwrap_or_else(|e| json!(e.to_string())),
+            "floor_store_rows": self.floor.count_rows().await.unwrap_or_else(|e| json!(e.to_string())),
+            "floor_connection_settings": self.floor.settings().await.unwrap_or_else(|e| json!(e.to_string())),
+            "server_log": log,
+            "server_startup_seconds": startup,
+        });
+        for name in self
+            .pg_db
+            .iter()
+            .chain(self.floor_db.as_ref().map(|(_, n)| n))
+        {
+            drop_pg_database(name).await;
+        }
+        drop(self.dir);
+        out
+    }
 }
 
 /// One closed-loop step's line on stderr.
@@ -835,66 +857,68 @@ fn ratios(gateway: &[Value], floor: &[Value], floor_best: f64) -> Value {
     json!({ "per_clients": rows, "gateway_best_of_floor_best": best / floor_best })
 }
 
-async fn drive(
+/// Warm-up (untimed) on fresh stores: the first Bundles compile the validators of the types
+/// they hold. The floor writes the same copies, so both stores hold the same resources before
+/// the step that follows. The resources answered 2xx.
+async fn warm_up(
     opts: &Opts,
-    server: &Server,
+    http: &reqwest::Client,
+    st: &Stores,
     source: &mut Source,
     token: &str,
-    floor: &p2_floor::Floor,
-    mean_entries: f64,
-) -> Result<Value> {
-    let http = carebridge::outbound::client_builder()
-        .timeout(Duration::from_secs(120))
-        .build()?;
-    let url = format!("{}/lab", server.base);
-
-    // Warm-up (untimed): the first Bundles compile the validators of the types they hold. The
-    // floor writes the same copies, so both stores hold the same resources before every step.
+) -> Result<usize> {
     let warm = source.take(if opts.smoke { 1 } else { 3 });
-    floor_step(floor, warm.clone(), 1).await?;
-    let (samples, _) = closed_loop(&http, &url, token, warm, 1).await;
+    floor_step(&st.floor, warm.clone(), 1).await?;
+    let url = format!("{}/lab", st.server.base);
+    let (samples, _) = closed_loop(http, &url, token, warm, 1).await;
     if let Some(bad) = samples.iter().find(|s| s.status != 200) {
         return Err(anyhow!("warm-up Bundle answered {}", bad.status));
     }
-    let mut sent_ok = samples.iter().map(|s| s.resources).sum::<usize>();
+    Ok(samples.iter().map(|s| s.resources).sum())
+}
 
-    let mut steps = Vec::new();
-    let mut floor_steps = Vec::new();
-    let mut best_rps = 0.0f64;
-    for &c in &opts.clients {
-        let bodies = source.take(opts.bundles);
-        let same = bodies.clone();
-        let probe = CpuProbe::start(server);
-        let (samples, secs) = closed_loop(&http, &url, token, bodies, c).await;
-        let mut step = summarise(&samples, secs);
-        probe.finish(server, secs, &mut step);
-        step["clients"] = json!(c);
-        let rps = step["resources_per_s"].as_f64().unwrap_or(0.0);
-        best_rps = best_rps.max(rps);
-        sent_ok += step["resources"].as_u64().unwrap_or(0) as usize;
-        print_step("gateway", &step);
-        steps.push(step);
-        // The floor on the same copies, right after (the same machine state, the same growth).
-        let f = floor_step(floor, same, c).await?;
-        print_step("floor  ", &f);
-        floor_steps.push(f);
-    }
-    let floor_best = floor_steps
-        .iter()
-        .filter_map(|f| f["resources_per_s"].as_f64())
-        .fold(0.0, f64::max);
+/// One closed-loop step with `clients` clients on `st`, then the floor on the same copies.
+async fn closed_step(
+    opts: &Opts,
+    http: &reqwest::Client,
+    st: &Stores,
+    source: &mut Source,
+    token: &str,
+    clients: usize,
+) -> Result<(Value, Value)> {
+    let url = format!("{}/lab", st.server.base);
+    let bodies = source.take(opts.bundles);
+    let same = bodies.clone();
+    let probe = CpuProbe::start(&st.server);
+    let (samples, secs) = closed_loop(http, &url, token, bodies, clients).await;
+    let mut step = summarise(&samples, secs);
+    probe.finish(&st.server, secs, &mut step);
+    step["clients"] = json!(clients);
+    print_step("gateway", &step);
+    // The floor on the same copies, right after (the same machine state, the same growth).
+    let f = floor_step(&st.floor, same, clients).await?;
+    print_step("floor  ", &f);
+    Ok((step, f))
+}
 
-    // Open loop at half the best closed-loop rate.
-    let half_rps = best_rps / 2.0;
+/// The open loop at `half_rps` resources/s on `st`.
+async fn half_step(
+    opts: &Opts,
+    http: &reqwest::Client,
+    st: &Stores,
+    source: &mut Source,
+    token: &str,
+    (half_rps, mean_entries): (f64, f64),
+) -> Value {
+    let url = format!("{}/lab", st.server.base);
     let rate = (half_rps / mean_entries).max(0.01);
     let bodies = source.take(opts.half_bundles);
-    let probe = CpuProbe::start(server);
-    let (samples, secs) = open_loop(&http, &url, token, bodies, rate).await;
+    let probe = CpuProbe::start(&st.server);
+    let (samples, secs) = open_loop(http, &url, token, bodies, rate).await;
     let mut half = summarise(&samples, secs);
-    probe.finish(server, secs, &mut half);
+    probe.finish(&st.server, secs, &mut half);
     half["target_resources_per_s"] = json!(half_rps);
     half["target_bundles_per_s"] = json!(rate);
-    sent_ok += half["resources"].as_u64().unwrap_or(0) as usize;
     eprintln!(
         "  half load ({:.0} resources/s offered): {:.0} resources/s, p50 {:.0} ms, p99 {:.0} ms, statuses {}",
         half_rps,
@@ -903,10 +927,91 @@ async fn drive(
         half["p99_ms"].as_f64().unwrap_or(0.0),
         half["statuses"]
     );
+    half
+}
 
+/// Every phase: each closed-loop step and the half load on fresh stores of their own (after
+/// the same warm-up), or with `--one-store` all of them one after another on one pair of stores
+/// (which then grow by every step's Bundles: that measures growth with the client count).
+async fn drive(opts: &Opts) -> Result<Value> {
+    let token = carebridge::auth::new_token();
+    let templates = load_templates(opts.smoke)?;
+    let mean_entries =
+        templates.iter().map(|t| t.entries).sum::<usize>() as f64 / templates.len() as f64;
+    let mut source = Source { templates, next: 0 };
+    let http = carebridge::outbound::client_builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+
+    let mut stores_done = Vec::new();
+    let mut steps = Vec::new();
+    let mut floor_steps = Vec::new();
+    let mut sent_ok = 0usize;
+    let mut shared: Option<Stores> = None;
+    for &c in &opts.clients {
+        let st = match shared.take() {
+            Some(st) => st,
+            None => {
+                let st = Stores::fresh(&opts.backend, &token).await?;
+                sent_ok += warm_up(opts, &http, &st, &mut source, &token).await?;
+                st
+            }
+        };
+        let (step, f) = closed_step(opts, &http, &st, &mut source, &token, c).await?;
+        sent_ok += step["resources"].as_u64().unwrap_or(0) as usize;
+        steps.push(step);
+        floor_steps.push(f);
+        if opts.one_store {
+            shared = Some(st);
+        } else {
+            stores_done.push(st.finish().await);
+        }
+    }
+    let best_rps = steps
+        .iter()
+        .filter_map(|s| s["resources_per_s"].as_f64())
+        .fold(0.0, f64::max);
+    let floor_best = floor_steps
+        .iter()
+        .filter_map(|f| f["resources_per_s"].as_f64())
+        .fold(0.0, f64::max);
+
+    // Open loop at half the best closed-loop rate.
+    let st = match shared.take() {
+        Some(st) => st,
+        None => {
+            let st = Stores::fresh(&opts.backend, &token).await?;
+            sent_ok += warm_up(opts, &http, &st, &mut source, &token).await?;
+            st
+        }
+    };
+    let half = half_step(
+        opts,
+        &http,
+        &st,
+        &mut source,
+        &token,
+        (best_rps / 2.0, mean_entries),
+    )
+    .await;
+    sent_ok += half["resources"].as_u64().unwrap_or(0) as usize;
+    stores_done.push(st.finish().await);
+
+    let first = stores_done.first().cloned().unwrap_or(Value::Null);
+    let sum = |key: &str| {
+        stores_done
+            .iter()
+            .map(|s| s["server_log"][key].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
     Ok(json!({
         "what": "POST /fhir/lab transaction Bundles (Synthea, re-identified per copy) to carebridge serve over loopback",
         "smoke": opts.smoke,
+        "stores": if opts.one_store {
+            "one pair of stores for every phase (the warm-up, then each step and the half load in turn): later phases run on stores grown by the earlier ones"
+        } else {
+            "a fresh pair of stores (the gateway's and the floor's) and a freshly started gateway for each closed-loop step and for the half load, each after the same warm-up, so that every client count meets stores of the same size"
+        },
         "patients_in_rotation": source.templates.len(),
         "mean_entries_per_bundle": mean_entries,
         "closed_loop": steps,
@@ -915,11 +1020,16 @@ async fn drive(
         "resources_answered_2xx": sent_ok,
         "detection_and_outbox": "on: detection for every patient a Bundle touches; outbox entries for lab's Conditions, CarePlans, CareTeams, medications, Communications and Goals to gp and hospital (delivery workers off)",
         "ratios": ratios(&steps, &floor_steps, floor_best),
+        "store_rows": stores_done.iter().map(|s| s["store_rows"].clone()).collect::<Vec<_>>(),
+        "server_log": { "errors": sum("errors"), "warnings": sum("warnings"), "sample": first["server_log"]["sample"] },
+        "server_startup_seconds": first["server_startup_seconds"],
         "floor": {
             "what": FLOOR_WHAT,
             "closed_loop": floor_steps,
             "best_resources_per_s": floor_best,
-            "growth": "the floor's store receives the same Bundle copies as the gateway's, step by step (the warm-up, then each closed-loop step right after the gateway's); it has no half-load phase, so it holds the gateway's rows minus the half load's when it ends",
+            "store_rows": stores_done.iter().map(|s| s["floor_store_rows"].clone()).collect::<Vec<_>>(),
+            "connection_settings": first["floor_connection_settings"],
+            "growth": "the floor's store receives the same Bundle copies as the gateway's, phase by phase (the warm-up, then the closed-loop step right after the gateway's); it has no half-load phase",
         },
     }))
 }

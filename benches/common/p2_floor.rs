@@ -265,11 +265,7 @@ impl Floor {
         }
         let path = self.url.trim_start_matches("sqlite://");
         let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{path}?mode=rwc")).await?;
-        for pragma in [
-            "PRAGMA journal_mode = WAL",
-            "PRAGMA synchronous = FULL",
-            "PRAGMA busy_timeout = 30000",
-        ] {
+        for pragma in carebridge::store::sql::SQLITE_PRAGMAS {
             sqlx::query(pragma).execute(&mut c).await?;
         }
         Ok(Conn::Sqlite(c))
@@ -287,6 +283,8 @@ impl Floor {
                     "foreign_keys",
                     "page_size",
                     "cache_size",
+                    "temp_store",
+                    "wal_autocheckpoint",
                 ] {
                     let sql = sqlx::AssertSqlSafe(format!("PRAGMA {key}"));
                     let v: sqlx::sqlite::SqliteRow = sqlx::query(sql).fetch_one(&mut c).await?;
