@@ -393,19 +393,46 @@ impl Gateway {
 
     /// [`Gateway::apply`]; `allow_merge` (a held write an operator released) lets the write
     /// join gateway patients, else such a write is held for review (422).
+    ///
+    /// Ids, references and the bodies to store are worked out once, before the transaction,
+    /// when no entry needs the store for its id: a transaction run again after `Busy` reuses
+    /// them (the writer then only writes). Otherwise each run works them out inside its
+    /// transaction from a fresh copy of the entries.
     pub(super) async fn apply_with(
         &self,
         caller: &Caller,
         s: &SectorSettings,
-        entries: Vec<Entry>,
+        mut entries: Vec<Entry>,
         interaction: Interaction,
         allow_merge: bool,
     ) -> Result<Vec<Applied>, GatewayError> {
+        let early = match known_ids(s, &entries) {
+            Some(ids) => {
+                let prepared = self.prepare_all(s, &mut entries, &ids, interaction, allow_merge)?;
+                Some((ids, prepared))
+            }
+            None => None,
+        };
         let mut attempt = 1;
         loop {
-            let result = self
-                .apply_once(caller, s, entries.clone(), interaction, allow_merge)
-                .await;
+            let result = match &early {
+                Some(stage) => {
+                    self.apply_once(caller, s, &mut entries, Staged::Early(stage), interaction)
+                        .await
+                }
+                None => {
+                    let mut copy = entries.clone();
+                    let late = Staged::Late(allow_merge);
+                    let r = self
+                        .apply_once(caller, s, &mut copy, late, interaction)
+                        .await;
+                    r.map(|applied| (applied, copy))
+                        .map(|(mut applied, mut copy)| {
+                            with_bodies(&mut applied, &mut copy);
+                            applied
+                        })
+                }
+            };
             match result {
                 Err(GatewayError::Store(StoreError::MergeHeld { reason, patients })) => {
                     return Err(self
@@ -418,37 +445,38 @@ impl Gateway {
                     tokio::time::sleep(busy_pause(attempt)).await;
                     attempt += 1;
                 }
+                Ok(mut applied) if early.is_some() => {
+                    with_bodies(&mut applied, &mut entries);
+                    return Ok(applied);
+                }
                 other => return other,
             }
         }
     }
 
-    /// Applies entries in one transaction: ids, references, store, outbox, alerts, audit.
+    /// Applies entries in one transaction: ids, references, store, outbox, alerts, audit. The
+    /// [`Applied`] it returns have no bodies yet: they are `entries`' resources as stored
+    /// ([`with_bodies`] moves them in), so that a run that fails leaves `entries` whole.
     async fn apply_once(
         &self,
         caller: &Caller,
         s: &SectorSettings,
-        mut entries: Vec<Entry>,
+        entries: &mut [Entry],
+        staged: Staged<'_>,
         interaction: Interaction,
-        allow_merge: bool,
     ) -> Result<Vec<Applied>, GatewayError> {
-        // Ids, references and the bodies to store are worked out before the transaction when
-        // no entry needs the store for its id: the writer then only writes.
-        let early = known_ids(s, &entries);
-        let early_prepared = match &early {
-            Some(ids) => Some(self.prepare_all(s, &mut entries, ids, interaction, allow_merge)?),
-            None => None,
-        };
         let mut tx = self.store.begin().await?;
-        let (ids, prepared) = match (early, early_prepared) {
-            (Some(ids), Some(prepared)) => (ids, prepared),
-            _ => {
-                let ids = assign_ids(&mut *tx, s, &entries).await?;
-                let prepared = self.prepare_all(s, &mut entries, &ids, interaction, allow_merge)?;
-                (ids, prepared)
+        let late;
+        let (ids, prepared) = match staged {
+            Staged::Early((ids, prepared)) => (ids, prepared),
+            Staged::Late(allow_merge) => {
+                let ids = assign_ids(&mut *tx, s, entries).await?;
+                let prepared = self.prepare_all(s, entries, &ids, interaction, allow_merge)?;
+                late = (ids, prepared);
+                (&late.0, &late.1)
             }
         };
-        let applied = write_entries(&mut *tx, s, &mut entries, ids, prepared).await?;
+        let applied = write_entries(&mut *tx, s, entries, ids, prepared).await?;
         let merges: Vec<(String, String)> = applied
             .iter()
             .flat_map(|a| {
@@ -462,7 +490,19 @@ impl Gateway {
         super::identity::audit_merges(&mut *tx, &caller.actor(), &s.id, interaction, &merges)
             .await?;
         // The outbox: what goes to the other sectors commits with what was accepted.
-        let routed: Vec<Routed<'_>> = applied.iter().map(|a| routed(&s.id, a)).collect();
+        let routed: Vec<Routed<'_>> = applied
+            .iter()
+            .zip(entries.iter())
+            .map(|(a, e)| {
+                // A conditional create that matched carries the stored body already.
+                let body = if a.body.is_null() {
+                    &e.resource
+                } else {
+                    &a.body
+                };
+                routed(&s.id, a, body)
+            })
+            .collect();
         let routed = crate::exchange::route::enqueue(&mut *tx, &self.settings, &routed).await?;
         self.disclose(&mut *tx, caller, &routed.joins).await?;
         let targets = routed.targets;
@@ -829,16 +869,16 @@ fn prepare_entries(
 async fn write_entries(
     tx: &mut dyn StoreTx,
     s: &SectorSettings,
-    entries: &mut [Entry],
-    ids: Vec<(String, bool)>,
-    prepared: Vec<Option<crate::store::Prepared>>,
+    entries: &[Entry],
+    ids: &[(String, bool)],
+    prepared: &[Option<crate::store::Prepared>],
 ) -> Result<Vec<Applied>, GatewayError> {
     let writes: Vec<&crate::store::Prepared> = prepared.iter().flatten().collect();
     let mut outcomes = tx.put_many(&writes).await?.into_iter();
     let mut applied = Vec::with_capacity(entries.len());
-    for ((e, (rid, _)), p) in entries.iter_mut().zip(ids).zip(&prepared) {
+    for ((e, (rid, _)), p) in entries.iter().zip(ids).zip(prepared) {
         if p.is_none() {
-            applied.push(already_stored(tx, s, &e.rtype, rid).await?);
+            applied.push(already_stored(tx, s, &e.rtype, rid.clone()).await?);
             continue;
         }
         let Some(outcome) = outcomes.next() else {
@@ -849,12 +889,30 @@ async fn write_entries(
         };
         applied.push(Applied {
             rtype: e.rtype.clone(),
-            rid,
+            rid: rid.clone(),
             outcome,
-            body: std::mem::take(&mut e.resource),
+            body: Value::Null,
         });
     }
     Ok(applied)
+}
+
+/// Ids and stored forms of a write's entries, worked out before its transaction
+/// ([`known_ids`], [`Gateway::prepare_all`]) or, `Late(allow_merge)`, inside it.
+enum Staged<'a> {
+    Early(&'a (Vec<(String, bool)>, Vec<Option<crate::store::Prepared>>)),
+    Late(bool),
+}
+
+/// Moves each entry's resource as stored into its [`Applied`] (one per entry, in order),
+/// except where one already holds the body the store answered with (a conditional create that
+/// matched).
+fn with_bodies(applied: &mut [Applied], entries: &mut [Entry]) {
+    for (a, e) in applied.iter_mut().zip(entries) {
+        if a.body.is_null() {
+            a.body = std::mem::take(&mut e.resource);
+        }
+    }
 }
 
 /// The patient reference of a resource that names its own sector's Patient by an absolute URL
@@ -897,7 +955,7 @@ async fn already_stored(
 }
 
 /// What routing needs of one applied entry.
-fn routed<'a>(sector: &'a str, a: &'a Applied) -> Routed<'a> {
+fn routed<'a>(sector: &'a str, a: &'a Applied, body: &'a Value) -> Routed<'a> {
     Routed {
         sector,
         rtype: &a.rtype,
@@ -906,7 +964,7 @@ fn routed<'a>(sector: &'a str, a: &'a Applied) -> Routed<'a> {
         patient_id: a.outcome.patient_id.as_deref(),
         created: a.outcome.created,
         changed: a.outcome.changed,
-        body: &a.body,
+        body,
     }
 }
 
