@@ -89,7 +89,11 @@ impl SqlStore {
         };
         let mut options = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(30));
+            .acquire_timeout(Duration::from_secs(30))
+            // A SQLite connection is a file handle in this process: it cannot have been dropped
+            // by a server or the network, so the ping before each use (a round trip to the
+            // connection's thread, inside the writer's turn for a write) is left out.
+            .test_before_acquire(dialect == Dialect::Postgres);
         if dialect == Dialect::Sqlite {
             options = options.after_connect(|conn, _meta| {
                 Box::pin(async move {
