@@ -209,3 +209,18 @@ impl Gateway {
         }
     }
 }
+
+/// Runs CPU-heavy synchronous work of a request (a large Bundle's checks, its stored forms, its
+/// answer) so that the runtime's workers stay free to drive the store's round trips meanwhile:
+/// on the multi-threaded runtime the worker first hands its other tasks to another thread
+/// ([`tokio::task::block_in_place`]; otherwise a write transaction holding SQLite's one writer
+/// waits for a worker between its statements while both run another request's checks);
+/// elsewhere it just runs.
+pub(crate) fn cpu_bound<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}

@@ -227,13 +227,15 @@ impl Gateway {
             structural,
         } = document;
         let s = self.writable_sector(caller, sector)?;
-        let kind = self.bundle_kind(&bundle)?;
-        let links = bundle_links(&bundle);
-        if !links.is_empty() {
-            return Err(GatewayError::Invalid(links));
-        }
-        // The Bundle itself must be valid R4 in both modes (entries are checked with it).
-        let entries = bundle_entries(&mut bundle);
+        let (kind, entries) = super::cpu_bound(|| {
+            let kind = self.bundle_kind(&bundle)?;
+            let links = bundle_links(&bundle);
+            if !links.is_empty() {
+                return Err(GatewayError::Invalid(links));
+            }
+            // The Bundle itself must be valid R4 in both modes (entries are checked with it).
+            Ok((kind, bundle_entries(&mut bundle)))
+        })?;
         if kind == Interaction::Transaction {
             return self.transaction(caller, s, structural, entries).await;
         }
@@ -293,8 +295,24 @@ impl Gateway {
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(GatewayError::Invalid)?;
+        super::cpu_bound(|| self.check_profiles(s, &entries))?;
+        let applied = self
+            .apply(caller, s, entries, Interaction::Transaction)
+            .await?;
+        Ok(super::cpu_bound(|| {
+            response_bundle(
+                "transaction-response",
+                &self.sector_base(&s.id),
+                applied.into_iter().map(Ok).collect(),
+            )
+        }))
+    }
+
+    /// Every entry of a transaction against its sector's profile and reference rules; all the
+    /// issues found, or none.
+    fn check_profiles(&self, s: &SectorSettings, entries: &[Entry]) -> Result<(), GatewayError> {
         let mut unprocessable = Vec::new();
-        for e in &entries {
+        for e in entries {
             let at = e.location.as_deref().map(|l| format!("{l}.resource"));
             match self.check_profile(s, &e.resource, at.as_deref()) {
                 Ok(()) => {}
@@ -307,14 +325,7 @@ impl Gateway {
         if !unprocessable.is_empty() {
             return Err(GatewayError::Unprocessable(unprocessable));
         }
-        let applied = self
-            .apply(caller, s, entries, Interaction::Transaction)
-            .await?;
-        Ok(response_bundle(
-            "transaction-response",
-            &self.sector_base(&s.id),
-            applied.into_iter().map(Ok).collect(),
-        ))
+        Ok(())
     }
 
     /// A batch: each entry stands alone; a bad entry fails only itself.
@@ -406,13 +417,13 @@ impl Gateway {
         interaction: Interaction,
         allow_merge: bool,
     ) -> Result<Vec<Applied>, GatewayError> {
-        let early = match known_ids(s, &entries) {
+        let early = super::cpu_bound(|| match known_ids(s, &entries) {
             Some(ids) => {
                 let prepared = self.prepare_all(s, &mut entries, &ids, interaction, allow_merge)?;
-                Some((ids, prepared))
+                Ok::<_, GatewayError>(Some((ids, prepared)))
             }
-            None => None,
-        };
+            None => Ok(None),
+        })?;
         let mut attempt = 1;
         loop {
             let result = match &early {
