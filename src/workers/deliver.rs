@@ -443,7 +443,7 @@ impl Delivery {
 
     /// Claims and processes one batch of `target` now; returns how many entries were taken.
     /// (The worker loop does the same; tests and tools use this to step delivery.)
-    pub async fn step(&self, target: &str) -> Result<usize, StoreError> {
+    pub async fn step(self: &Arc<Self>, target: &str) -> Result<usize, StoreError> {
         let batch = self.claim(target).await?;
         let n = batch.len();
         let (_tx, rx) = watch::channel(false);
@@ -475,7 +475,7 @@ impl Delivery {
     /// two run side by side: a renewal waiting for the batch's open transaction (its lock, or
     /// SQLite's one writer) never holds the batch up.
     async fn process_batch(
-        &self,
+        self: &Arc<Self>,
         target: &str,
         batch: Vec<OutboxEntry>,
         shutdown: &watch::Receiver<bool>,
@@ -514,7 +514,7 @@ impl Delivery {
     /// Returns when the queue should pause (a retryable failure): the rest of the batch is
     /// given back.
     async fn process_entries(
-        &self,
+        self: &Arc<Self>,
         target: &str,
         batch: Vec<OutboxEntry>,
         shutdown: &watch::Receiver<bool>,
@@ -522,9 +522,24 @@ impl Delivery {
     ) -> Option<Instant> {
         let (answers, received) = mpsc::unbounded_channel();
         let (progress, watched) = watch::channel(Progress::default());
-        let sending = self.send_entries(target, (batch, refill), answers, watched, shutdown);
-        let recording = self.record_entries(target, received, progress);
-        let ((rest, stopped), recorded) = tokio::join!(sending, recording);
+        // The recorder is a task of its own: its transactions run on another worker while a
+        // request is in flight, and an answer that arrives meanwhile is read at once instead of
+        // after the recorder's next step. It ends when the sender (and with it `answers`) does.
+        let recording = tokio::spawn({
+            let (me, target) = (self.clone(), target.to_owned());
+            async move { me.record_entries(&target, received, progress).await }
+        });
+        let (rest, stopped) = self
+            .send_entries(target, (batch, refill), answers, watched, shutdown)
+            .await;
+        let recorded = recording.await.unwrap_or_else(|err| {
+            tracing::warn!(target_sector = %target, error = %err, "the delivery recorder stopped; the batch's unrecorded entries return when their lease ends");
+            Progress {
+                pause: Some(self.idle_until()),
+                stop: true,
+                ..Progress::default()
+            }
+        });
         if !rest.is_empty()
             && let Err(err) = self.release(&rest).await
         {
