@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo bench --bench p4_delivery -- --backend sqlite|postgres --out p4-sqlite.json \
-//!     [--smoke] [--n 2000] [--window 500] [--passes reference,profile,direct]
+//!     [--smoke] [--n 2000] [--window 500] [--rounds 3] [--passes reference,backlog,profile,direct]
 //! ```
 //!
 //! Passes (each with its own fresh peer, and the gateway ones with a fresh store):
@@ -19,7 +19,14 @@
 //!   (a) first delivery to last (`outbox.updated_us` of the delivered entries, the instant the
 //!   worker recorded the outcome), (b) first push to last delivery; and per window of
 //!   `--window` deliveries (the server held k·window Conditions before the window's first).
-//! - `profile`: the same, with the gateway's own log switched on for the statements it runs
+//! - `backlog`: the same pushes with deliveries off (`[exchange] enabled = false`), then the
+//!   gateway restarted on the same store with them on: it delivers a backlog of N with nothing
+//!   else running, as the direct client below sends its N. `--rounds` times, each followed by a
+//!   direct `If-None-Exist` pass on a fresh peer (the peer's own speed drifts by several per
+//!   cent between passes minutes apart); the ratio of the sums of the rates is issue 17's
+//!   "≥ 0.95 of the peer's own rate". The reference pass shows what ingest beside the
+//!   deliveries costs them.
+//! - `profile`: the same as `reference`, with the gateway's own log switched on for the statements it runs
 //!   (`sqlx::query=debug`: every statement with its duration) and its outbound connection pool
 //!   (`hyper_util` pool checkout and return, which bracket each HTTP exchange); where the time of
 //!   one delivery goes is read from that log after the last push (nothing but the delivery
@@ -78,6 +85,8 @@ struct Opts {
     passes: Vec<String>,
     /// Conditions per dead-sector sub-pass.
     dead_n: usize,
+    /// Backlog passes, each with a direct pass after it.
+    rounds: usize,
 }
 
 /// P4: the delivery rate to one Medplum sector, next to that server's own POST rate (see the
@@ -100,14 +109,19 @@ struct Args {
     /// Deliveries per rate window, at least 2 [default: 500; with --smoke: 25].
     #[arg(long)]
     window: Option<usize>,
-    /// The passes, comma-separated: reference, profile, direct, dead-sector [default: all;
-    /// with --smoke: profile,direct,dead-sector].
+    /// The passes, comma-separated: reference, backlog, profile, direct, dead-sector
+    /// [default: all; with --smoke: backlog,profile,direct,dead-sector].
     #[arg(long, value_delimiter = ',',
-          value_parser = ["reference", "profile", "direct", "dead-sector"])]
+          value_parser = ["reference", "backlog", "profile", "direct", "dead-sector"])]
     passes: Option<Vec<String>>,
     /// Conditions per dead-sector sub-pass [default: 1000; with --smoke: 40].
     #[arg(long)]
     dead_n: Option<usize>,
+    /// Backlog passes, each followed by a direct `If-None-Exist` pass on a fresh peer (the
+    /// peer's speed drifts by several per cent from one pass to the next, so the ratio is taken
+    /// over alternating pairs) [default: 3; with --smoke: 1].
+    #[arg(long)]
+    rounds: Option<usize>,
     #[command(flatten)]
     common: args::Common,
 }
@@ -116,11 +130,12 @@ fn parse_opts() -> Result<Opts> {
     let a = Args::parse();
     let smoke = a.common.smoke;
     let passes = a.passes.unwrap_or_else(|| {
-        // The smoke run has one gateway pass, with the profile log on, so that every part runs.
+        // The smoke run has the backlog pass and the profile pass (log on), so that every part
+        // runs.
         let all: &[&str] = if smoke {
-            &["profile", "direct", "dead-sector"]
+            &["backlog", "profile", "direct", "dead-sector"]
         } else {
-            &["reference", "profile", "direct", "dead-sector"]
+            &["reference", "backlog", "profile", "direct", "dead-sector"]
         };
         all.iter().map(|p| (*p).to_owned()).collect()
     });
@@ -133,6 +148,7 @@ fn parse_opts() -> Result<Opts> {
         window: a.common.pick(a.window, 500, 25),
         passes,
         dead_n: a.common.pick(a.dead_n, 1000, 40),
+        rounds: a.common.pick(a.rounds, 3, 1).max(1),
     };
     if opts.n == 0 || opts.bundle == 0 || opts.window < 2 {
         bail!("--n and --bundle must be positive, --window at least 2");
@@ -476,6 +492,8 @@ fn parse_log_line(state: &mut LogState, line: &str) {
 struct Gateway {
     server: Server,
     log: Arc<Mutex<LogState>>,
+    /// Its configuration file.
+    config: PathBuf,
 }
 
 const PROFILE_LOG: &str = "info,sqlx=warn,sqlx::query=debug,\
@@ -497,7 +515,11 @@ fn start_gateway(config: &Path, profile: bool) -> Result<Gateway> {
             }
         })
         .start()?;
-    Ok(Gateway { server, log })
+    Ok(Gateway {
+        server,
+        log,
+        config: config.to_owned(),
+    })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -508,13 +530,18 @@ fn start_gateway(config: &Path, profile: bool) -> Result<Gateway> {
 const EXCHANGE: &str = "max_attempts = 0\nmax_age_secs = 604800\nlease_secs = 10\nretry_initial_ms = 1000\n\
     retry_max_ms = 300000\nrequest_timeout_ms = 30000\nbatch = 16\nidle_poll_ms = 1000\n";
 
-fn config_text(store_url: &str, hospital_base: &str, tokens: &[(&str, &str, String)]) -> String {
+fn config_text(
+    store_url: &str,
+    hospital_base: &str,
+    tokens: &[(&str, &str, String)],
+    deliveries: bool,
+) -> String {
     let mut text = format!(
         "# generated by benches/p4_delivery.rs\n\
          [server]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_second = 0\n\n\
          [store]\nurl = \"{store_url}\"\n\n\
          [fhir]\nprofiles_dir = \"{profiles}\"\n\n\
-         [exchange]\n{EXCHANGE}\n\
+         [exchange]\nenabled = {deliveries}\n{EXCHANGE}\n\
          [[sectors]]\nid = \"gp\"\nname = \"General practice\"\nkind = \"general-practice\"\nprofile = \"dk-gp\"\n\n\
          [[sectors]]\nid = \"hospital\"\nname = \"Hospital\"\nkind = \"hospital\"\nbase_url = \"{hospital_base}\"\nmode = \"push\"\nprofile = \"dk-hospital\"\njoin_care_on_patient = true\n\n\
          [[sectors]]\nid = \"municipality\"\nname = \"Municipality\"\nkind = \"municipality\"\nprofile = \"dk-municipality\"\n",
@@ -661,6 +688,33 @@ fn windows(done_us: &[i64], w: usize, server_ms: &[f64], latency_ms: Option<&[f6
 // One gateway pass
 // ------------------------------------------------------------------------------------------
 
+/// A gateway pass: how its deliveries meet its pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Deliveries run from the first push on, beside the ingest of the rest.
+    Reference,
+    /// Everything pushed with deliveries off (`[exchange] enabled = false`), then the gateway
+    /// restarted on the same store with them on: the worker delivers a backlog of N with
+    /// nothing else running, as the direct client sends its N.
+    Backlog,
+    /// As `Reference`, with the gateway's statement and connection-pool log on.
+    Profile,
+}
+
+impl Pass {
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Reference => "reference",
+            Pass::Backlog => "backlog",
+            Pass::Profile => "profile",
+        }
+    }
+
+    fn profile(self) -> bool {
+        self == Pass::Profile
+    }
+}
+
 struct GatewayPass {
     result: Value,
     /// What the gateway sent, in delivery order (for the direct pass).
@@ -668,7 +722,7 @@ struct GatewayPass {
     patient_ref: String,
 }
 
-async fn gateway_pass(opts: &Opts, profile: bool) -> Result<GatewayPass> {
+async fn gateway_pass(opts: &Opts, pass: Pass) -> Result<GatewayPass> {
     let dir = tempfile::tempdir()?;
     let (store_url, pg_db) = match opts.backend.as_str() {
         "sqlite" => (
@@ -681,7 +735,7 @@ async fn gateway_pass(opts: &Opts, profile: bool) -> Result<GatewayPass> {
         }
         other => bail!("--backend takes sqlite or postgres, not {other}"),
     };
-    let result = gateway_measure(opts, profile, dir.path(), &store_url).await;
+    let result = gateway_measure(opts, pass, dir.path(), &store_url).await;
     if let Some(name) = &pg_db {
         drop_pg_database(name).await;
     }
@@ -714,11 +768,11 @@ async fn send(
 
 async fn gateway_measure(
     opts: &Opts,
-    profile: bool,
+    pass: Pass,
     dir: &Path,
     store_url: &str,
 ) -> Result<GatewayPass> {
-    let pass = if profile { "profile" } else { "reference" };
+    let profile = pass.profile();
     let mut hospital = Peer::start(
         "hospital",
         &PeerOptions {
@@ -733,9 +787,13 @@ async fn gateway_measure(
         ("hospital", "sector:hospital", carebridge::auth::new_token()),
     ];
     let config = dir.join("carebridge.toml");
-    std::fs::write(&config, config_text(store_url, &hospital.base, &tokens))?;
+    let deliveries = pass != Pass::Backlog;
+    std::fs::write(
+        &config,
+        config_text(store_url, &hospital.base, &tokens, deliveries),
+    )?;
     let mut gw = start_gateway(&config, profile)?;
-    let outcome = drive(opts, profile, &hospital, peer_pid, &gw, &tokens, store_url).await;
+    let outcome = drive(opts, pass, &hospital, peer_pid, &mut gw, &tokens, store_url).await;
     gw.server.stop();
     let mut outcome = outcome?;
     let (events, statements, log_summary) = {
@@ -762,20 +820,21 @@ async fn gateway_measure(
             breakdown(&events, &statements, push_end, &server_ms, opts.window);
     }
     hospital.stop().await;
-    eprintln!("  ({pass} pass done)");
+    eprintln!("  ({} pass done)", pass.name());
     Ok(outcome)
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     opts: &Opts,
-    profile: bool,
+    pass: Pass,
     hospital: &Peer,
     peer_pid: Option<u32>,
-    gw: &Gateway,
+    gw: &mut Gateway,
     tokens: &[(&str, &str, String); 2],
     store_url: &str,
 ) -> Result<GatewayPass> {
+    let profile = pass.profile();
     let http = carebridge::outbound::client_builder()
         .timeout(Duration::from_secs(120))
         .build()?;
@@ -851,6 +910,17 @@ async fn drive(
     let push_cpu = push_probe.finish();
     if statuses.keys().any(|s| *s != 200) {
         bail!("pushes answered {statuses:?}");
+    }
+    let mut restart_s = None;
+    if pass == Pass::Backlog {
+        // The backlog: the same store and configuration with deliveries on.
+        let t = Instant::now();
+        gw.server.stop();
+        let config = gw.config.clone();
+        let text = std::fs::read_to_string(&config)?;
+        std::fs::write(&config, text.replace("enabled = false", "enabled = true"))?;
+        *gw = start_gateway(&config, profile)?;
+        restart_s = Some(t.elapsed().as_secs_f64());
     }
     let tail_probe = CpuProbe::start(Some(gw.server.child.id()), peer_pid);
 
@@ -982,11 +1052,7 @@ async fn drive(
     eprintln!(
         "  {} gateway ({}): pushed {} in {:.2} s; deliveries first→last {:.1}/s, end to end {:.1}/s ({} of them during the push); bodies identical to what was sent: {}/{}",
         opts.backend,
-        if profile {
-            "profile pass"
-        } else {
-            "reference pass"
-        },
+        pass.name(),
         opts.n,
         (push_end - t0) as f64 / 1e6,
         rate,
@@ -996,7 +1062,8 @@ async fn drive(
         opts.n
     );
     let result = json!({
-        "pass": if profile { "profile" } else { "reference" },
+        "pass": pass.name(),
+        "restart_seconds": restart_s,
         "n": opts.n,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
@@ -1493,12 +1560,49 @@ async fn run(opts: Opts) -> Result<()> {
     }
     let mut bodies: Option<(Vec<Value>, String)> = None;
     if want("reference") {
-        let pass = gateway_pass(&opts, false).await?;
+        let pass = gateway_pass(&opts, Pass::Reference).await?;
         result["reference"] = pass.result;
         bodies = Some((pass.bodies, pass.patient_ref));
     }
+    if want("backlog") {
+        let mut rounds = Vec::new();
+        for round in 0..opts.rounds {
+            let pass = gateway_pass(&opts, Pass::Backlog).await?;
+            let gateway = pass.result["delivery"]["per_s_first_to_last"].clone();
+            if round == 0 {
+                result["backlog"] = pass.result;
+            }
+            if bodies.is_none() {
+                bodies = Some((pass.bodies, pass.patient_ref));
+            }
+            let Some((bodies, patient_ref)) = &bodies else {
+                continue;
+            };
+            let (mut peer, new_ref) = direct_peer("direct-round").await;
+            let direct = direct_pass(
+                &peer,
+                &new_ref,
+                bodies,
+                patient_ref,
+                Direct::IfNoneExist,
+                opts.window,
+            )
+            .await;
+            peer.stop().await;
+            let direct = direct?;
+            rounds.push(json!({
+                "backlog_per_s": gateway,
+                "direct_if_none_exist_per_s": direct["per_s_first_to_last"],
+                "direct_loadavg_before": direct["loadavg_before"],
+            }));
+        }
+        let sum = |key: &str| rounds.iter().filter_map(|r| r[key].as_f64()).sum::<f64>();
+        result["backlog"]["rounds"] = json!(rounds);
+        result["backlog"]["of_direct_over_rounds"] =
+            json!(sum("backlog_per_s") / sum("direct_if_none_exist_per_s"));
+    }
     if want("profile") {
-        let pass = gateway_pass(&opts, true).await?;
+        let pass = gateway_pass(&opts, Pass::Profile).await?;
         result["profile"] = pass.result;
         if bodies.is_none() {
             bodies = Some((pass.bodies, pass.patient_ref));

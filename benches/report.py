@@ -23,6 +23,7 @@ TARGETS = {
     "p2_sqlite_2_over_1": 1.3,          # 2-client rate ÷ 1-client rate (SQLite)
     "p2_sqlite_half_p99_over_p50": 2.0,  # p99 ÷ p50 per Bundle at half load (SQLite)
     "p2_postgres_4_of_floor": 0.5,      # 4-client gateway rate ÷ best floor rate (PostgreSQL)
+    "p4_of_direct": 0.95,               # delivery of a backlog ÷ the direct client's rate (issue 17)
 }
 
 
@@ -311,6 +312,25 @@ def p4(work, smoke):
                 lines.append(f"  direct client, {name}: {fmt(x['per_s_first_to_last'], 1)}/s first->last, mean latency "
                              f"{x['latency_ms']['mean']:.1f} ms (peer {x['server_ms_mean']:.1f} ms); gateway / direct = "
                              f"{ratio:.2f}; load {x['loadavg_before']:.2f} -> {x['loadavg_after']:.2f}")
+        bl = r.get("backlog")
+        if bl:
+            b = bl["delivery"]
+            line = (f"  backlog pass (all {r['n']} pushed with deliveries off, then the gateway restarted on the "
+                    f"same store with them on, {bl.get('restart_seconds') or 0:.2f} s): {fmt(b['per_s_first_to_last'], 1)} "
+                    f"deliveries/s first->last; peer time per POST {b['server_ms_mean']:.1f} ms")
+            lines.append(line)
+            rounds = bl.get("rounds") or []
+            for i, rd in enumerate(rounds):
+                lines.append(f"    round {i + 1}: backlog {fmt(rd['backlog_per_s'], 1)}/s, then direct (If-None-Exist, "
+                             f"fresh peer) {fmt(rd['direct_if_none_exist_per_s'], 1)}/s: "
+                             f"{rd['backlog_per_s'] / rd['direct_if_none_exist_per_s']:.3f}")
+            if rounds:
+                q = bl["of_direct_over_rounds"]
+                ok = q >= TARGETS["p4_of_direct"]
+                bl["verdict"] = verdict(ok, smoke)
+                lines.append(f"  issue 17: backlog ÷ direct client (POST with If-None-Exist, the same bodies, each alone on "
+                             f"the machine; sums over {len(rounds)} alternating rounds) >= {TARGETS['p4_of_direct']}: "
+                             f"{q:.3f} -> {bl['verdict']}")
         if gw.get("bodies_identical_to_sent") is not None:
             lines.append(f"  bodies read back = what the gateway sent (SHA-256 of delivered.hash): "
                          f"{gw['bodies_identical_to_sent']}/{r['n']}")
