@@ -58,6 +58,11 @@ pub const SQLITE_PRAGMAS: [&str; 7] = [
 
 pub struct SqlStore {
     pool: AnyPool,
+    /// SQLite: the one connection write transactions run on. A connection's page cache is
+    /// dropped whenever another connection has written since its last transaction, so writes
+    /// spread over the pool each began by reading their index pages from the file again; on
+    /// one connection the pages the last write touched are still there. PostgreSQL: `pool`.
+    writes: AnyPool,
     dialect: Dialect,
     /// SQLite admits one writer at a time; writers of this process queue here, first come
     /// first served, instead of in SQLite's busy handler (which sleeps and retries, so a writer
@@ -104,13 +109,30 @@ impl SqlStore {
                 })
             });
         }
+        let writes = match dialect {
+            Dialect::Sqlite => Some(
+                options
+                    .clone()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None),
+            ),
+            Dialect::Postgres => None,
+        };
         let pool = options.connect(&url).await?;
         match dialect {
             Dialect::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
             Dialect::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
         }
+        // After the migrations, so that the writer's first cache is of the current schema.
+        let writes = match writes {
+            Some(o) => o.connect(&url).await?,
+            None => pool.clone(),
+        };
         let store = SqlStore {
             pool,
+            writes,
             dialect,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             tree: Default::default(),
@@ -124,7 +146,7 @@ impl SqlStore {
         let (tx, writer) = match self.dialect {
             Dialect::Sqlite => {
                 let turn = self.writer.clone().lock_owned().await;
-                (self.pool.begin_with("BEGIN IMMEDIATE").await, Some(turn))
+                (self.writes.begin_with("BEGIN IMMEDIATE").await, Some(turn))
             }
             Dialect::Postgres => (self.pool.begin().await, None),
         };
@@ -146,6 +168,7 @@ impl SqlStore {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writes.close().await;
     }
 }
 
