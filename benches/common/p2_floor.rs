@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sqlx::Connection;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -334,6 +334,30 @@ impl Floor {
         clients: usize,
     ) -> Result<(Vec<Done>, f64)> {
         let next = Arc::new(AtomicUsize::new(0));
+        // SQLite: the WAL copied back beside the writers as the gateway's store does it
+        // (`store::sql::SQLITE_CHECKPOINT` every `SQLITE_CHECKPOINT_EVERY`, on a connection of
+        // its own), so that the floor's commits do not skip work the gateway's pay for.
+        let stop = Arc::new(AtomicBool::new(false));
+        let checkpoints = (!self.postgres).then(|| {
+            let (floor, stop) = (self.clone_handle(), stop.clone());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let Conn::Sqlite(mut c) = floor.connect().await? else {
+                        return Ok(());
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        tokio::time::sleep(carebridge::store::sql::SQLITE_CHECKPOINT_EVERY).await;
+                        sqlx::query(carebridge::store::sql::SQLITE_CHECKPOINT)
+                            .execute(&mut c)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+        });
         let barrier = Arc::new(Barrier::new(clients));
         let t0: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
         let mut tasks = Vec::new();
@@ -375,6 +399,10 @@ impl Floor {
             let (done, finished) = t.await.context("floor client")??;
             all.extend(done);
             end = Some(end.map_or(finished, |e| e.max(finished)));
+        }
+        stop.store(true, Ordering::Relaxed);
+        if let Some(c) = checkpoints {
+            c.await.context("floor checkpoints")??;
         }
         let secs = match (t0.get(), end) {
             (Some(s), Some(e)) => (e - *s).as_secs_f64(),

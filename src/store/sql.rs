@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, FromRow, Transaction};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{
@@ -48,13 +49,47 @@ pub const SQLITE_PRAGMAS: [&str; 7] = [
     // default is 2 MiB; the cache fills only as pages are read).
     "PRAGMA temp_store = MEMORY",
     "PRAGMA cache_size = -65536",
-    // The WAL is copied back into the database file after 10,000 pages (40 MiB) instead of
-    // 1,000: at 1,000 nearly every Bundle's commit ran a checkpoint inside the write
-    // transaction's time; now one in several does, and a page written by several commits in
-    // between is copied once. After a checkpoint the WAL file is cut back to 64 MiB.
-    "PRAGMA wal_autocheckpoint = 10000",
+    // The WAL is copied back into the database file by a task of its own beside the writer
+    // (`checkpointer`, every `SQLITE_CHECKPOINT_EVERY` while there are writes): at SQLite's
+    // default a commit runs the checkpoint itself once the WAL holds 1,000 pages, which for
+    // Bundles of hundreds of resources was nearly every commit, inside the writer's turn. A
+    // commit still checkpoints itself past 100,000 pages (400 MiB), should the task fall
+    // behind. After a checkpoint the WAL file is cut back to 64 MiB.
+    "PRAGMA wal_autocheckpoint = 100000",
     "PRAGMA journal_size_limit = 67108864",
 ];
+
+/// The checkpoint `checkpointer` runs: as far as no reader still needs, without waiting for
+/// anyone (the writer goes on meanwhile).
+pub const SQLITE_CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+
+/// How often `checkpointer` copies the WAL back while there are writes.
+pub const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// SQLite: copies the WAL back into the database file every [`SQLITE_CHECKPOINT_EVERY`] when
+/// write transactions have committed since the last time, on a connection of `pool` (not the
+/// writer's). Ends when the store is dropped (`activity` gone) or its pool closed.
+async fn checkpointer(pool: AnyPool, activity: std::sync::Weak<AtomicU64>) {
+    // Once at the start too: what the migrations (or an earlier process) left in the WAL.
+    let mut seen = u64::MAX;
+    loop {
+        tokio::time::sleep(SQLITE_CHECKPOINT_EVERY).await;
+        let Some(now) = activity.upgrade().map(|a| a.load(Ordering::Relaxed)) else {
+            return;
+        };
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match sqlx::query(SQLITE_CHECKPOINT).execute(&pool).await {
+            Ok(_) => {}
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(err) => {
+                tracing::debug!(error = %err, "a WAL checkpoint did not run; the next one will")
+            }
+        }
+    }
+}
 
 pub struct SqlStore {
     pool: AnyPool,
@@ -63,6 +98,8 @@ pub struct SqlStore {
     /// spread over the pool each began by reading their index pages from the file again; on
     /// one connection the pages the last write touched are still there. PostgreSQL: `pool`.
     writes: AnyPool,
+    /// Write transactions committed (SQLite: read by the `checkpointer`).
+    activity: Arc<AtomicU64>,
     dialect: Dialect,
     /// SQLite admits one writer at a time; writers of this process queue here, first come
     /// first served, instead of in SQLite's busy handler (which sleeps and retries, so a writer
@@ -130,9 +167,14 @@ impl SqlStore {
             Some(o) => o.connect(&url).await?,
             None => pool.clone(),
         };
+        let activity = Arc::new(AtomicU64::new(0));
+        if dialect == Dialect::Sqlite {
+            tokio::spawn(checkpointer(pool.clone(), Arc::downgrade(&activity)));
+        }
         let store = SqlStore {
             pool,
             writes,
+            activity,
             dialect,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             tree: Default::default(),
@@ -159,6 +201,7 @@ impl SqlStore {
             merged: Vec::new(),
             tree: self.tree.clone(),
             tree_after: None,
+            commits: (self.dialect == Dialect::Sqlite).then(|| self.activity.clone()),
         })
     }
 
@@ -207,6 +250,7 @@ impl Store for SqlStore {
             merged: Vec::new(),
             tree: self.tree.clone(),
             tree_after: None,
+            commits: None,
         }))
     }
 
@@ -262,6 +306,8 @@ pub(super) struct SqlTx {
     /// transaction commits.
     pub(super) tree: TreeCache,
     pub(super) tree_after: Option<Edge>,
+    /// The store's count of committed write transactions (SQLite), counted at commit.
+    commits: Option<Arc<AtomicU64>>,
 }
 
 /// The one audit chain (all replicas append to it) and the lock that orders appends.
@@ -1425,6 +1471,9 @@ impl StoreTx for SqlTx {
         let after = self.tree_after.take();
         let cache = self.tree.clone();
         self.tx.commit().await.map_err(map_err)?;
+        if let Some(commits) = &self.commits {
+            commits.fetch_add(1, Ordering::Relaxed);
+        }
         // Only what committed is remembered.
         if let Some(edge) = after
             && let Ok(mut c) = cache.lock()

@@ -526,3 +526,47 @@ async fn migrations_are_idempotent() {
     let mut tx = second.begin().await.unwrap();
     assert!(tx.get_sector("gp", "Patient", "a").await.unwrap().is_some());
 }
+
+/// SQLite: what the write transactions append to the WAL is copied back into the database
+/// file by the store's own checkpointer, beside the writer (a commit checkpoints itself only
+/// past 100,000 pages, and the pool keeps its connections open, so nothing else would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_copied_back_beside_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqlStore::connect(&format!("sqlite://{}", path.display()), 2)
+        .await
+        .unwrap();
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let before = size();
+    let s = sector("gp");
+    let text = "x".repeat(4_000);
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..500 {
+        let c = condition(&format!("c{i}"), "Patient/none", &text);
+        tx.put(&prepare(&s, "Condition", &format!("c{i}"), &c))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let wal = std::fs::metadata(dir.path().join("store.db-wal"))
+        .unwrap()
+        .len();
+    assert!(wal > 2_000_000, "the bodies went to the WAL ({wal} bytes)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size() < before + 2_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file is still {} bytes ({before} before the write)",
+            size()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut read = store.begin_read().await.unwrap();
+    assert!(
+        read.get_sector("gp", "Condition", "c499")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
