@@ -1103,16 +1103,7 @@ async fn medplum(opts: &Opts) -> Result<Value> {
 
 /// Milliseconds inside the peer of each `POST /fhir` (a Bundle), from its `--log` lines.
 fn peer_bundle_ms(peer: &peers::Peer) -> Vec<f64> {
-    peer.stderr_text()
-        .lines()
-        .filter(|l| l.contains(" POST /fhir "))
-        .filter_map(|l| {
-            l.rsplit(' ')
-                .next()
-                .and_then(|d| d.strip_suffix("ms"))
-                .and_then(|d| d.parse().ok())
-        })
-        .collect()
+    peer.logged_ms(" POST /fhir ")
 }
 
 /// CPU seconds of the peer's node process (this process's `node` child, found in /proc).

@@ -624,30 +624,12 @@ fn mean(xs: &[f64]) -> f64 {
 
 /// `POST /fhir/Condition` durations (ms) in the peer's `--log` lines, in order.
 fn peer_post_ms(peer: &Peer) -> Vec<f64> {
-    peer.stderr_text()
-        .lines()
-        .filter(|l| l.contains(" POST /fhir/Condition "))
-        .filter_map(|l| {
-            l.rsplit(' ')
-                .next()
-                .and_then(|d| d.strip_suffix("ms"))
-                .and_then(|d| d.parse().ok())
-        })
-        .collect()
+    peer.logged_ms(" POST /fhir/Condition ")
 }
 
 /// `PUT /fhir/Condition/<id>` durations (ms) in the peer's `--log` lines, in order.
 fn peer_put_ms(peer: &Peer) -> Vec<f64> {
-    peer.stderr_text()
-        .lines()
-        .filter(|l| l.contains(" PUT /fhir/Condition/"))
-        .filter_map(|l| {
-            l.rsplit(' ')
-                .next()
-                .and_then(|d| d.strip_suffix("ms"))
-                .and_then(|d| d.parse().ok())
-        })
-        .collect()
+    peer.logged_ms(" PUT /fhir/Condition/")
 }
 
 /// Rates per window of `w` completions (times in µs, in order): the k-th completion found the

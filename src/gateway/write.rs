@@ -426,22 +426,19 @@ impl Gateway {
         })?;
         let mut attempt = 1;
         loop {
+            // A run that fails leaves `entries` whole: the early stage works on them, a late
+            // one on a copy; the bodies move into the answer only once the run committed.
             let result = match &early {
                 Some(stage) => {
-                    self.apply_once(caller, s, &mut entries, Staged::Early(stage), interaction)
-                        .await
+                    let staged = Staged::Early(stage);
+                    let r = self.apply_once(caller, s, &mut entries, staged, interaction);
+                    r.await.map(|applied| with_bodies(applied, &mut entries))
                 }
                 None => {
                     let mut copy = entries.clone();
-                    let late = Staged::Late(allow_merge);
-                    let r = self
-                        .apply_once(caller, s, &mut copy, late, interaction)
-                        .await;
-                    r.map(|applied| (applied, copy))
-                        .map(|(mut applied, mut copy)| {
-                            with_bodies(&mut applied, &mut copy);
-                            applied
-                        })
+                    let staged = Staged::Late(allow_merge);
+                    let r = self.apply_once(caller, s, &mut copy, staged, interaction);
+                    r.await.map(|applied| with_bodies(applied, &mut copy))
                 }
             };
             match result {
@@ -455,10 +452,6 @@ impl Gateway {
                     tracing::debug!(attempt, "a write transaction was busy; running it again");
                     tokio::time::sleep(busy_pause(attempt)).await;
                     attempt += 1;
-                }
-                Ok(mut applied) if early.is_some() => {
-                    with_bodies(&mut applied, &mut entries);
-                    return Ok(applied);
                 }
                 other => return other,
             }
@@ -918,12 +911,13 @@ enum Staged<'a> {
 /// Moves each entry's resource as stored into its [`Applied`] (one per entry, in order),
 /// except where one already holds the body the store answered with (a conditional create that
 /// matched).
-fn with_bodies(applied: &mut [Applied], entries: &mut [Entry]) {
+fn with_bodies(mut applied: Vec<Applied>, entries: &mut [Entry]) -> Vec<Applied> {
     for (a, e) in applied.iter_mut().zip(entries) {
         if a.body.is_null() {
             a.body = std::mem::take(&mut e.resource);
         }
     }
+    applied
 }
 
 /// The patient reference of a resource that names its own sector's Patient by an absolute URL

@@ -67,13 +67,13 @@ pub const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// SQLite: copies the WAL back into the database file every [`SQLITE_CHECKPOINT_EVERY`] when
 /// write transactions have committed since the last time, on a connection of `pool` (not the
-/// writer's). Ends when the store is dropped (`activity` gone) or its pool closed.
-async fn checkpointer(pool: AnyPool, activity: std::sync::Weak<AtomicU64>) {
+/// writer's). Ends when the store is dropped (`commits` gone) or its pool closed.
+async fn checkpointer(pool: AnyPool, commits: std::sync::Weak<AtomicU64>) {
     // Once at the start too: what the migrations (or an earlier process) left in the WAL.
     let mut seen = u64::MAX;
     loop {
         tokio::time::sleep(SQLITE_CHECKPOINT_EVERY).await;
-        let Some(now) = activity.upgrade().map(|a| a.load(Ordering::Relaxed)) else {
+        let Some(now) = commits.upgrade().map(|c| c.load(Ordering::Relaxed)) else {
             return;
         };
         if now == seen {
@@ -98,7 +98,7 @@ pub struct SqlStore {
     /// one connection the pages the last write touched are still there. PostgreSQL: `pool`.
     writes: AnyPool,
     /// Write transactions committed (SQLite: read by the `checkpointer`).
-    activity: Arc<AtomicU64>,
+    commits: Arc<AtomicU64>,
     dialect: Dialect,
     /// SQLite admits one writer at a time; writers of this process queue here, first come
     /// first served, instead of in SQLite's busy handler (which sleeps and retries, so a writer
@@ -166,14 +166,14 @@ impl SqlStore {
             Some(o) => o.connect(&url).await?,
             None => pool.clone(),
         };
-        let activity = Arc::new(AtomicU64::new(0));
+        let commits = Arc::new(AtomicU64::new(0));
         if dialect == Dialect::Sqlite {
-            tokio::spawn(checkpointer(pool.clone(), Arc::downgrade(&activity)));
+            tokio::spawn(checkpointer(pool.clone(), Arc::downgrade(&commits)));
         }
         let store = SqlStore {
             pool,
             writes,
-            activity,
+            commits,
             dialect,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             tree: Default::default(),
@@ -200,7 +200,7 @@ impl SqlStore {
             merged: Vec::new(),
             tree: self.tree.clone(),
             tree_after: None,
-            commits: (self.dialect == Dialect::Sqlite).then(|| self.activity.clone()),
+            commits: (self.dialect == Dialect::Sqlite).then(|| self.commits.clone()),
         })
     }
 

@@ -82,7 +82,6 @@ impl Validator {
         ))
     }
 
-    /// Structural validation of a parsed document.
     /// [`Validator::structural_node`] of a tree [`parse_borrowed`] built: its strings were
     /// checked for forbidden characters by the parser and are not searched again.
     pub fn structural_parsed(&self, parsed: &Node<'_>) -> Vec<Issue> {
@@ -90,6 +89,7 @@ impl Validator {
         self.structural_at(parsed, None, None, rules::Depth::Full, strings)
     }
 
+    /// Structural validation of a parsed document.
     pub fn structural_node(&self, resource: &Node<'_>) -> Vec<Issue> {
         let strings = rules::Strings::Unchecked;
         self.structural_at(resource, None, None, rules::Depth::Full, strings)

@@ -452,6 +452,21 @@ impl Peer {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// With `--log`: the time (ms) inside the peer of each request whose log line holds
+    /// `request` (`" POST /fhir/Condition "`, say), in order.
+    pub fn logged_ms(&self, request: &str) -> Vec<f64> {
+        self.stderr_text()
+            .lines()
+            .filter(|l| l.contains(request))
+            .filter_map(|l| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|d| d.strip_suffix("ms"))
+                    .and_then(|d| d.parse().ok())
+            })
+            .collect()
+    }
+
     /// Stops the peer: closes its stdin (it shuts down gracefully on EOF), waits up to 5 s,
     /// then kills it.
     pub async fn stop(&mut self) {
