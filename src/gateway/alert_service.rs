@@ -40,7 +40,7 @@ impl Gateway {
         self.gate(caller, Request::Alerts, Interaction::SearchType)
             .await?;
         let mut q = alert_query(params, 0, super::search::MAX_CANDIDATES)?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         if let Some(p) = &q.patient_id
             && let Some(gp) = tx.patient(p).await?
         {
@@ -100,7 +100,7 @@ impl Gateway {
     pub async fn alert(&self, caller: &Caller, id: &str) -> Result<Option<Value>, GatewayError> {
         self.gate(caller, Request::Alerts, Interaction::Read)
             .await?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let Some(a) = tx.alert_get(id).await? else {
             return Ok(None);
         };
@@ -209,7 +209,7 @@ impl Gateway {
     ) -> Result<Option<Value>, GatewayError> {
         self.gate(caller, Request::Alerts, Interaction::Operation)
             .await?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let Some(p) = tx.patient(patient).await? else {
             return Ok(None);
         };

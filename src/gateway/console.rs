@@ -31,7 +31,7 @@ impl Gateway {
     ) -> Result<HashMap<String, PatientCard>, GatewayError> {
         self.gate(caller, Request::Alerts, Interaction::Read)
             .await?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let decided = self
             .decide_each(&mut *tx, caller, patients.to_vec())
             .await?;

@@ -181,7 +181,7 @@ impl Gateway {
     ) -> Result<Option<(Value, Vec<HistoryRow>)>, GatewayError> {
         self.gate(caller, Request::Alerts, Interaction::Read)
             .await?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let Some(a) = tx.alert_get(id).await? else {
             return Ok(None);
         };

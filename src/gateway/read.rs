@@ -19,7 +19,7 @@ impl Gateway {
     ) -> Result<Stored, GatewayError> {
         self.gate(caller, Request::PatientData, Interaction::Read)
             .await?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let found = match sector {
             Some(s) => tx.get_sector(s, rtype, id).await?,
             None => tx.get(id).await?,
@@ -74,7 +74,7 @@ impl Gateway {
             // Not a care-team member: the id is read as a sector Patient's gateway id instead.
             return Ok(None);
         }
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let Some(p) = tx.patient(id).await? else {
             return Ok(None);
         };
@@ -107,7 +107,7 @@ impl Gateway {
             Interaction::SearchType,
         )
         .await?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let found = match tx.patient_by_identifier(system, value).await? {
             Some(id) => tx.patient(&id).await?,
             None => None,
@@ -151,7 +151,7 @@ impl Gateway {
         total: bool,
     ) -> Result<(Vec<AuditRow>, Option<i64>), GatewayError> {
         authorize(caller, Request::AuditLog)?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let resolved = resolve_identifier(tx.as_mut(), query).await?;
         let query = &resolved;
         let rows = match &query.patient_id {

@@ -94,7 +94,7 @@ impl Gateway {
     ) -> Result<Found, GatewayError> {
         self.gate(caller, Request::PatientData, Interaction::SearchType)
             .await?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let filter = self.filter(&mut *tx, sector, rtype, c).await?;
         // A search for one patient is refused (and audited) when that patient is not readable.
         if let Some(pid) = filter.as_ref().and_then(|f| f.patient_id.clone()) {
@@ -343,7 +343,7 @@ impl Gateway {
             Some(s) => gateway_id(s, rtype, id),
             None => id.to_owned(),
         };
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let versions: Vec<Stored> = tx.versions(&gid).await?;
         let Some(newest) = versions.first().filter(|v| v.rtype == rtype).cloned() else {
             return Err(GatewayError::NotFound(format!("{rtype}/{id}")));
@@ -384,7 +384,7 @@ impl Gateway {
             Some(s) => gateway_id(s, rtype, id),
             None => id.to_owned(),
         };
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let stored = match tx.version(&gid, version).await? {
             Some(s) if s.rtype == rtype => s,
             _ => {
@@ -425,7 +425,7 @@ impl Gateway {
     ) -> Result<Vec<Stored>, GatewayError> {
         self.gate(caller, Request::PatientData, Interaction::SearchType)
             .await?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_audited().await?;
         let found = tx.type_history(rtype, sector, offset, count).await?;
         let (versions, bases) = self.visible(&mut *tx, caller, found).await?;
         self.audit_history(

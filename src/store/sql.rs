@@ -45,8 +45,9 @@ pub const SQLITE_PRAGMAS: [&str; 6] = [
     "PRAGMA busy_timeout = 30000",
     // A Bundle's multi-row inserts touch hundreds of index pages at random places (gateway ids
     // are hashes): the statement journal that lets one statement be undone is kept in memory
-    // instead of a temporary file. (The page cache stays at SQLite's 2 MiB per connection: at
-    // 64 MiB the reads of P5 grew the server from 63 to 119 MB.)
+    // instead of a temporary file. (The page cache stays at SQLite's 2 MiB on the pool's
+    // connections: at 64 MiB on all of them the reads of P5 grew the server from 63 to 119 MB;
+    // the write connection has its own, `SQLITE_WRITER_CACHE`.)
     "PRAGMA temp_store = MEMORY",
     // The WAL is copied back into the database file by a task of its own beside the writer
     // (`checkpointer`, every `SQLITE_CHECKPOINT_EVERY` while there are writes): at SQLite's
@@ -57,6 +58,13 @@ pub const SQLITE_PRAGMAS: [&str; 6] = [
     "PRAGMA wal_autocheckpoint = 100000",
     "PRAGMA journal_size_limit = 67108864",
 ];
+
+/// The page cache of the one connection write transactions run on (`SqlStore::writes`), after
+/// [`SQLITE_PRAGMAS`]: 64 MiB (negative: KiB), so that the index pages a Bundle's writes go
+/// through (gateway ids are hashes: every Bundle touches pages all over each index) are still
+/// in memory for the next write — about a fifth of SQLite's ingest rate in P2. Only pages that
+/// writes touch fill it: audited reads run on the pool's connections ([`Store::begin_audited`]).
+pub const SQLITE_WRITER_CACHE: &str = "PRAGMA cache_size = -65536";
 
 /// The checkpoint `checkpointer` runs: as far as no reader still needs, without waiting for
 /// anyone (the writer goes on meanwhile).
@@ -135,6 +143,25 @@ impl SqlStore {
             // by a server or the network, so the ping before each use (a round trip to the
             // connection's thread, inside the writer's turn for a write) is left out.
             .test_before_acquire(dialect == Dialect::Postgres);
+        let writes = match dialect {
+            Dialect::Sqlite => Some(
+                options
+                    .clone()
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            for pragma in SQLITE_PRAGMAS.iter().chain([&SQLITE_WRITER_CACHE]) {
+                                sqlx::query(*pragma).execute(&mut *conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None),
+            ),
+            Dialect::Postgres => None,
+        };
         if dialect == Dialect::Sqlite {
             options = options.after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -145,17 +172,6 @@ impl SqlStore {
                 })
             });
         }
-        let writes = match dialect {
-            Dialect::Sqlite => Some(
-                options
-                    .clone()
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None),
-            ),
-            Dialect::Postgres => None,
-        };
         let pool = options.connect(&url).await?;
         match dialect {
             Dialect::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
@@ -184,10 +200,15 @@ impl SqlStore {
 
     /// A write transaction (see [`Store::begin`]).
     pub(super) async fn begin_sql(&self) -> Result<SqlTx> {
+        self.begin_on(&self.writes).await
+    }
+
+    /// A write transaction on a connection of `on` (SQLite: in this process's writer turn).
+    async fn begin_on(&self, on: &AnyPool) -> Result<SqlTx> {
         let (tx, writer) = match self.dialect {
             Dialect::Sqlite => {
                 let turn = self.writer.clone().lock_owned().await;
-                (self.writes.begin_with("BEGIN IMMEDIATE").await, Some(turn))
+                (on.begin_with("BEGIN IMMEDIATE").await, Some(turn))
             }
             Dialect::Postgres => (self.pool.begin().await, None),
         };
@@ -236,6 +257,10 @@ pub(super) fn map_err(e: sqlx::Error) -> StoreError {
 impl Store for SqlStore {
     async fn begin(&self) -> Result<Box<dyn StoreTx>> {
         Ok(Box::new(self.begin_sql().await?))
+    }
+
+    async fn begin_audited(&self) -> Result<Box<dyn StoreTx>> {
+        Ok(Box::new(self.begin_on(&self.pool).await?))
     }
 
     async fn begin_read(&self) -> Result<Box<dyn StoreTx>> {

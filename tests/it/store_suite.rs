@@ -494,6 +494,76 @@ async fn bulk_writes_on_postgres() {
     common::drop_pg_database(&name_b).await;
 }
 
+/// An audited read (`begin_audited`) is a write transaction like `begin`'s: it reads, leaves its
+/// audit row and commits it. On SQLite (`serial`) it holds this process's writer turn (on a pool
+/// connection instead of the write connection): a writer waits for it, and their audit rows
+/// keep that order.
+async fn audited_reads(store: Arc<dyn Store>, serial: bool) {
+    put(
+        store.as_ref(),
+        "gp",
+        &condition("seen", "Patient/none", "x"),
+    )
+    .await;
+    let mut audited = store.begin_audited().await.unwrap();
+    let found = audited.get_sector("gp", "Condition", "seen").await.unwrap();
+    assert!(found.is_some(), "the audited read sees committed data");
+    audited
+        .audit(&AuditRow {
+            action: "R".into(),
+            interaction: "read".into(),
+            outcome: "0".into(),
+            entities: vec!["Condition/audited-read".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A writer started now.
+    let writer = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.audit(&AuditRow {
+                action: "C".into(),
+                interaction: "create".into(),
+                outcome: "0".into(),
+                entities: vec!["Condition/after-the-read".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    if serial {
+        assert!(
+            !writer.is_finished(),
+            "a writer went past an open audited read"
+        );
+    }
+    audited.commit().await.unwrap();
+    writer.await.unwrap();
+    let mut tx = store.begin_read().await.unwrap();
+    let rows = tx
+        .audit_search(&AuditQuery {
+            count: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let at = |e: &str| rows.iter().position(|r| r.entities.iter().any(|x| x == e));
+    let (read, write) = (at("Condition/audited-read"), at("Condition/after-the-read"));
+    assert!(
+        read.is_some() && write.is_some(),
+        "both audit rows committed"
+    );
+    if serial {
+        let seq = |i: Option<usize>| rows[i.unwrap()].seq;
+        assert!(seq(read) < seq(write), "the audited read's row comes first");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_suite_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
@@ -501,6 +571,7 @@ async fn store_suite_on_sqlite() {
     let store: Arc<dyn Store> = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
     suite(store.clone()).await;
     schedule_claims(store.clone(), false).await;
+    audited_reads(store.clone(), true).await;
     concurrent_versions(store).await;
 }
 
@@ -510,6 +581,7 @@ async fn store_suite_on_postgres() {
     let store = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
     suite(store.clone()).await;
     schedule_claims(store.clone(), true).await;
+    audited_reads(store.clone(), false).await;
     concurrent_versions(store.clone()).await;
     store.close().await;
     common::drop_pg_database(&name).await;
