@@ -249,7 +249,10 @@ pub struct Stats {
 pub trait Store: Send + Sync {
     /// Starts a transaction. Dropping it without `commit` rolls it back.
     async fn begin(&self) -> Result<Box<dyn StoreTx>>;
-    /// Starts a transaction for reading only (on SQLite it does not take the write lock).
+    /// Starts a transaction for reading only: nothing written in it counts (audit rows are
+    /// refused at commit). On SQLite a deferred `BEGIN` (one WAL snapshot, no write lock); on
+    /// PostgreSQL no transaction at all — each statement on one pool connection, with its own
+    /// snapshot as under `READ COMMITTED`.
     async fn begin_read(&self) -> Result<Box<dyn StoreTx>>;
     /// Starts a transaction that reads and then writes little — an audited read, which leaves
     /// its audit row in the transaction it reads in. The same guarantees as [`Store::begin`];

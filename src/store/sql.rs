@@ -8,7 +8,8 @@
 
 use async_trait::async_trait;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{Any, AnyPool, FromRow, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, FromRow, Transaction};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -213,7 +214,7 @@ impl SqlStore {
             Dialect::Postgres => (self.pool.begin().await, None),
         };
         Ok(SqlTx {
-            tx: tx.map_err(map_err)?,
+            tx: Conn::Tx(tx.map_err(map_err)?),
             dialect: self.dialect,
             pending_audit: Vec::new(),
             _writer: writer,
@@ -222,6 +223,7 @@ impl SqlStore {
             tree: self.tree.clone(),
             tree_after: None,
             commits: (self.dialect == Dialect::Sqlite).then(|| self.commits.clone()),
+            read_only: false,
         })
     }
 
@@ -264,7 +266,11 @@ impl Store for SqlStore {
     }
 
     async fn begin_read(&self) -> Result<Box<dyn StoreTx>> {
-        let tx = self.pool.begin().await.map_err(map_err)?;
+        // SQLite: a deferred `BEGIN`, one WAL snapshot for every statement of the read.
+        let tx = match self.dialect {
+            Dialect::Sqlite => Conn::Tx(self.pool.begin().await.map_err(map_err)?),
+            Dialect::Postgres => Conn::Plain(self.pool.acquire().await.map_err(map_err)?),
+        };
         Ok(Box::new(SqlTx {
             tx,
             dialect: self.dialect,
@@ -275,6 +281,7 @@ impl Store for SqlStore {
             tree: self.tree.clone(),
             tree_after: None,
             commits: None,
+            read_only: true,
         }))
     }
 
@@ -312,8 +319,45 @@ impl Store for SqlStore {
     }
 }
 
+/// What a [`SqlTx`] runs its statements on: a database transaction, or — PostgreSQL's reads —
+/// a pool connection used statement by statement. Under `READ COMMITTED` every statement of a
+/// transaction takes its own snapshot anyway, so a read transaction there bought nothing but
+/// `BEGIN` and `ROLLBACK`: two round trips per read (a delivery reads once per entry).
+pub(super) enum Conn {
+    Tx(Transaction<'static, Any>),
+    Plain(PoolConnection<Any>),
+}
+
+impl std::ops::Deref for Conn {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Conn::Tx(t) => t,
+            Conn::Plain(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Conn::Tx(t) => t,
+            Conn::Plain(c) => c,
+        }
+    }
+}
+
+impl Conn {
+    pub(super) async fn commit(self) -> std::result::Result<(), sqlx::Error> {
+        match self {
+            Conn::Tx(t) => t.commit().await,
+            Conn::Plain(_) => Ok(()),
+        }
+    }
+}
+
 pub(super) struct SqlTx {
-    pub(super) tx: Transaction<'static, Any>,
+    pub(super) tx: Conn,
     pub(super) dialect: Dialect,
     /// Audit rows appended to the chain at commit.
     pending_audit: Vec<AuditRow>,
@@ -332,6 +376,8 @@ pub(super) struct SqlTx {
     pub(super) tree_after: Option<Edge>,
     /// The store's count of committed write transactions (SQLite), counted at commit.
     commits: Option<Arc<AtomicU64>>,
+    /// Begun by `begin_read`: nothing it writes is meant to count.
+    read_only: bool,
 }
 
 /// The one audit chain (all replicas append to it) and the lock that orders appends.
@@ -874,8 +920,9 @@ impl SqlTx {
             .collect();
         keys.sort();
         keys.dedup();
-        // The VALUES rows are scanned in the order given, so the locks are taken sorted.
-        for chunk in keys.chunks(1000) {
+        // The VALUES rows are scanned in the order given, so the locks are taken sorted (piece
+        // after piece); row counts in powers of two keep the statement texts few.
+        for chunk in bulk::pieces(&keys, 512) {
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM (VALUES {}) AS t(k)",
                 (1..=chunk.len())
@@ -1491,6 +1538,15 @@ impl StoreTx for SqlTx {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
+        if self.read_only && !self.pending_audit.is_empty() {
+            // On PostgreSQL a read runs outside a transaction: the rows would not hold the
+            // chain's lock, nor commit as one.
+            return Err(StoreError::Corrupt {
+                what: "a read transaction".into(),
+                error: "audit rows are written in begin() or begin_audited(), not begin_read()"
+                    .into(),
+            });
+        }
         self.append_audit().await?;
         let after = self.tree_after.take();
         let cache = self.tree.clone();

@@ -544,6 +544,20 @@ async fn audited_reads(store: Arc<dyn Store>, serial: bool) {
     }
     audited.commit().await.unwrap();
     writer.await.unwrap();
+    // A read transaction refuses audit rows (on PostgreSQL it is no transaction at all).
+    let mut read = store.begin_read().await.unwrap();
+    let row = AuditRow {
+        action: "R".into(),
+        interaction: "read".into(),
+        outcome: "0".into(),
+        entities: vec!["Condition/in-a-read".into()],
+        ..Default::default()
+    };
+    read.audit(&row).await.unwrap();
+    assert!(
+        read.commit().await.is_err(),
+        "an audit row left in begin_read"
+    );
     let mut tx = store.begin_read().await.unwrap();
     let rows = tx
         .audit_search(&AuditQuery {
@@ -552,6 +566,12 @@ async fn audited_reads(store: Arc<dyn Store>, serial: bool) {
         })
         .await
         .unwrap();
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r.entities.iter().any(|x| x == "Condition/in-a-read")),
+        "nothing of the refused read was kept"
+    );
     let at = |e: &str| rows.iter().position(|r| r.entities.iter().any(|x| x == e));
     let (read, write) = (at("Condition/audited-read"), at("Condition/after-the-read"));
     assert!(

@@ -16,6 +16,27 @@ use crate::store::{OutboxNew, Prepared, PutOutcome, Result, StoreError};
 /// on SQLite: 32 rows and 512 rows were both slower).
 const CHUNK: usize = 128;
 
+/// `items` in statements of at most `max` rows (a power of two): full pieces of `max`, the rest
+/// in descending powers of two (77 rows: 64, 8, 4, 1). Each row count is its own statement text,
+/// which each connection prepares (SQLite) or parses and plans (PostgreSQL) once and keeps in its
+/// statement cache; cut at any size, Bundles of every length would bring new texts all the time
+/// and push the used ones out of the cache.
+pub(super) fn pieces<T>(items: &[T], max: usize) -> Vec<&[T]> {
+    debug_assert!(max.is_power_of_two());
+    let mut out: Vec<&[T]> = items.chunks_exact(max).collect();
+    let mut rest = items.chunks_exact(max).remainder();
+    let mut size = max / 2;
+    while !rest.is_empty() {
+        if rest.len() >= size {
+            let (piece, tail) = rest.split_at(size);
+            out.push(piece);
+            rest = tail;
+        }
+        size /= 2;
+    }
+    out
+}
+
 /// A current row of `resources`, with its key.
 #[derive(FromRow)]
 struct KeyedCurrent {
@@ -146,7 +167,7 @@ impl SqlTx {
     /// The current rows of these gateway ids, read in chunks of [`CHUNK`].
     async fn currents(&mut self, gids: &[&str]) -> Result<HashMap<String, Current>> {
         let mut found = HashMap::with_capacity(gids.len());
-        for chunk in gids.chunks(CHUNK) {
+        for chunk in pieces(gids, CHUNK) {
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT gid, version, hash, last_updated, patient_id FROM resources \
                  WHERE gid IN ({})",
@@ -170,7 +191,7 @@ impl SqlTx {
         received: i64,
         last_updated: &str,
     ) -> Result<()> {
-        for chunk in writes.chunks(CHUNK) {
+        for chunk in pieces(writes, CHUNK) {
             let mut binds = Vec::with_capacity(chunk.len() * 6);
             for w in chunk {
                 binds.extend([
@@ -239,7 +260,7 @@ impl SqlTx {
             .filter(|w| w.version > 1)
             .map(|w| w.gid.as_str())
             .collect();
-        for chunk in old.chunks(CHUNK) {
+        for chunk in pieces(&old, CHUNK) {
             let binds = chunk.iter().map(|g| Bind::Text((*g).to_owned())).collect();
             self.execute(
                 format!(
@@ -256,7 +277,7 @@ impl SqlTx {
                 rows.push([&w.p.sector, &w.p.rtype, system, value, &w.gid]);
             }
         }
-        for chunk in rows.chunks(CHUNK) {
+        for chunk in pieces(&rows, CHUNK) {
             self.insert_identifier_rows(
                 "INSERT INTO identifier_index (sector, rtype, system, value, gid) VALUES {} \
                  ON CONFLICT DO NOTHING",
@@ -272,7 +293,7 @@ impl SqlTx {
         }
         let kept: BTreeSet<usize> = last.into_values().collect();
         let latest: Vec<[&str; 5]> = kept.into_iter().map(|i| rows[i]).collect();
-        for chunk in latest.chunks(CHUNK) {
+        for chunk in pieces(&latest, CHUNK) {
             self.insert_identifier_rows(
                 "INSERT INTO resource_identifiers (sector, rtype, system, value, gid) VALUES {} \
                  ON CONFLICT (sector, rtype, system, value) DO UPDATE SET gid = excluded.gid",
@@ -302,7 +323,7 @@ impl SqlTx {
     ) -> Result<BTreeSet<String>> {
         let now = now_us();
         let mut targets = BTreeSet::new();
-        for chunk in entries.chunks(CHUNK) {
+        for chunk in pieces(entries, CHUNK) {
             let mut binds = Vec::with_capacity(chunk.len() * 12);
             for e in chunk {
                 binds.extend([
@@ -343,5 +364,28 @@ impl SqlTx {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pieces;
+
+    #[test]
+    fn pieces_are_full_then_powers_of_two_in_order() {
+        let items: Vec<usize> = (0..333).collect();
+        let sizes: Vec<usize> = pieces(&items, 128).iter().map(|p| p.len()).collect();
+        assert_eq!(sizes, [128, 128, 64, 8, 4, 1]);
+        let joined: Vec<usize> = pieces(&items, 128).concat();
+        assert_eq!(joined, items, "every row once, in order");
+        assert!(pieces(&items[..0], 128).is_empty());
+        let one: Vec<usize> = pieces(&items[..1], 512).iter().map(|p| p.len()).collect();
+        assert_eq!(one, [1]);
+        // Every length up to two pieces uses only a handful of statement texts.
+        let mut texts = std::collections::BTreeSet::new();
+        for n in 0..=256 {
+            texts.extend(pieces(&items[..n], 128).iter().map(|p| p.len()));
+        }
+        assert_eq!(texts.len(), 8, "128, 64, …, 1");
     }
 }
