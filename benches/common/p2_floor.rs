@@ -256,7 +256,9 @@ impl Floor {
     }
 
     /// A connection with the gateway's settings: for SQLite the URL `SqlStore::connect` builds
-    /// and the pragmas it sets after connecting; for PostgreSQL the server's defaults.
+    /// and the pragmas it sets after connecting its write connection (the page cache of
+    /// `SQLITE_WRITER_CACHE` included: each floor connection writes); for PostgreSQL the
+    /// server's defaults.
     async fn connect(&self) -> Result<Conn> {
         if self.postgres {
             return Ok(Conn::Postgres(
@@ -265,7 +267,11 @@ impl Floor {
         }
         let path = self.url.trim_start_matches("sqlite://");
         let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{path}?mode=rwc")).await?;
-        for pragma in carebridge::store::sql::SQLITE_PRAGMAS {
+        let writer = [carebridge::store::sql::SQLITE_WRITER_CACHE];
+        for pragma in carebridge::store::sql::SQLITE_PRAGMAS
+            .into_iter()
+            .chain(writer)
+        {
             sqlx::query(pragma).execute(&mut c).await?;
         }
         Ok(Conn::Sqlite(c))

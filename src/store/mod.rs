@@ -256,7 +256,7 @@ pub trait Store: Send + Sync {
     async fn begin_read(&self) -> Result<Box<dyn StoreTx>>;
     /// Starts a transaction that reads and then writes little — an audited read, which leaves
     /// its audit row in the transaction it reads in. The same guarantees as [`Store::begin`];
-    /// on SQLite it runs in the writer's turn on a connection of the pool, so that the pages
+    /// on SQLite it runs in the writer's turn on a connection of its own, so that the pages
     /// such a read touches do not fill the write connection's page cache, which holds the
     /// indexes the writes go through.
     async fn begin_audited(&self) -> Result<Box<dyn StoreTx>>;

@@ -64,7 +64,7 @@ pub const SQLITE_PRAGMAS: [&str; 6] = [
 /// [`SQLITE_PRAGMAS`]: 64 MiB (negative: KiB), so that the index pages a Bundle's writes go
 /// through (gateway ids are hashes: every Bundle touches pages all over each index) are still
 /// in memory for the next write — about a fifth of SQLite's ingest rate in P2. Only pages that
-/// writes touch fill it: audited reads run on the pool's connections ([`Store::begin_audited`]).
+/// writes touch fill it: audited reads run on a connection of their own ([`Store::begin_audited`]).
 pub const SQLITE_WRITER_CACHE: &str = "PRAGMA cache_size = -65536";
 
 /// The checkpoint `checkpointer` runs: as far as no reader still needs, without waiting for
@@ -99,6 +99,30 @@ async fn checkpointer(pool: AnyPool, commits: std::sync::Weak<AtomicU64>) {
     }
 }
 
+/// SQLite: `options` with every new connection set up by [`SQLITE_PRAGMAS`] and, for the write
+/// connection (`writer`), [`SQLITE_WRITER_CACHE`] after them.
+fn with_pragmas(options: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
+    options.after_connect(move |conn, _meta| {
+        Box::pin(async move {
+            let cache = writer.then_some(SQLITE_WRITER_CACHE);
+            for pragma in SQLITE_PRAGMAS.into_iter().chain(cache) {
+                sqlx::query(pragma).execute(&mut *conn).await?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// `options` for a pool of one connection that stays open.
+fn single(options: &AnyPoolOptions) -> AnyPoolOptions {
+    options
+        .clone()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+}
+
 pub struct SqlStore {
     pool: AnyPool,
     /// SQLite: the one connection write transactions run on. A connection's page cache is
@@ -106,6 +130,11 @@ pub struct SqlStore {
     /// spread over the pool each began by reading their index pages from the file again; on
     /// one connection the pages the last write touched are still there. PostgreSQL: `pool`.
     writes: AnyPool,
+    /// SQLite: the one connection audited reads ([`Store::begin_audited`]) run on. They take the
+    /// writer's turn, so one connection serves them all, with one page cache of SQLite's default
+    /// size (spread over the pool, each connection would fill a cache of its own). PostgreSQL:
+    /// `pool`.
+    audited: AnyPool,
     /// Write transactions committed (SQLite: read by the `checkpointer`).
     commits: Arc<AtomicU64>,
     dialect: Dialect,
@@ -137,51 +166,30 @@ impl SqlStore {
         } else {
             return Err(StoreError::Url("use sqlite://PATH or postgres://…".into()));
         };
-        let mut options = AnyPoolOptions::new()
+        let options = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
             // A SQLite connection is a file handle in this process: it cannot have been dropped
             // by a server or the network, so the ping before each use (a round trip to the
             // connection's thread, inside the writer's turn for a write) is left out.
             .test_before_acquire(dialect == Dialect::Postgres);
-        let writes = match dialect {
-            Dialect::Sqlite => Some(
-                options
-                    .clone()
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            for pragma in SQLITE_PRAGMAS.iter().chain([&SQLITE_WRITER_CACHE]) {
-                                sqlx::query(*pragma).execute(&mut *conn).await?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None),
-            ),
-            Dialect::Postgres => None,
-        };
-        if dialect == Dialect::Sqlite {
-            options = options.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    for pragma in SQLITE_PRAGMAS {
-                        sqlx::query(pragma).execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            });
+        let pool = match dialect {
+            Dialect::Sqlite => with_pragmas(options.clone(), false),
+            Dialect::Postgres => options.clone(),
         }
-        let pool = options.connect(&url).await?;
+        .connect(&url)
+        .await?;
         match dialect {
             Dialect::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
             Dialect::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
         }
         // After the migrations, so that the writer's first cache is of the current schema.
-        let writes = match writes {
-            Some(o) => o.connect(&url).await?,
-            None => pool.clone(),
+        let (writes, audited) = match dialect {
+            Dialect::Sqlite => (
+                with_pragmas(single(&options), true).connect(&url).await?,
+                with_pragmas(single(&options), false).connect(&url).await?,
+            ),
+            Dialect::Postgres => (pool.clone(), pool.clone()),
         };
         let commits = Arc::new(AtomicU64::new(0));
         if dialect == Dialect::Sqlite {
@@ -190,6 +198,7 @@ impl SqlStore {
         let store = SqlStore {
             pool,
             writes,
+            audited,
             commits,
             dialect,
             writer: Arc::new(tokio::sync::Mutex::new(())),
@@ -234,6 +243,7 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
         self.writes.close().await;
+        self.audited.close().await;
     }
 }
 
@@ -262,7 +272,7 @@ impl Store for SqlStore {
     }
 
     async fn begin_audited(&self) -> Result<Box<dyn StoreTx>> {
-        Ok(Box::new(self.begin_on(&self.pool).await?))
+        Ok(Box::new(self.begin_on(&self.audited).await?))
     }
 
     async fn begin_read(&self) -> Result<Box<dyn StoreTx>> {
