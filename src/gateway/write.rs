@@ -405,10 +405,12 @@ impl Gateway {
     /// [`Gateway::apply`]; `allow_merge` (a held write an operator released) lets the write
     /// join gateway patients, else such a write is held for review (422).
     ///
-    /// Ids, references and the bodies to store are worked out once, before the transaction,
-    /// when no entry needs the store for its id: a transaction run again after `Busy` reuses
-    /// them (the writer then only writes). Otherwise each run works them out inside its
-    /// transaction from a fresh copy of the entries.
+    /// Ids, references and the bodies to store are worked out once, before the transaction
+    /// ([`Gateway::stage_early`]): a transaction run again after `Busy` reuses them (the
+    /// writer then only writes). Where a conditional create needs the store, they are worked
+    /// out on a copy with the ids the entries get if no conditional create matches, and the
+    /// transaction checks that guess first; if one matched (or no guess can be made), each run
+    /// works them out inside its transaction from a fresh copy of the entries.
     pub(super) async fn apply_with(
         &self,
         caller: &Caller,
@@ -417,31 +419,35 @@ impl Gateway {
         interaction: Interaction,
         allow_merge: bool,
     ) -> Result<Vec<Applied>, GatewayError> {
-        let early = super::cpu_bound(|| match known_ids(s, &entries) {
-            Some(ids) => {
-                let prepared = self.prepare_all(s, &mut entries, &ids, interaction, allow_merge)?;
-                Ok::<_, GatewayError>(Some((ids, prepared)))
-            }
-            None => Ok(None),
-        })?;
+        let mut early =
+            super::cpu_bound(|| self.stage_early(s, &mut entries, interaction, allow_merge))?;
         let mut attempt = 1;
         loop {
-            // A run that fails leaves `entries` whole: the early stage works on them, a late
-            // one on a copy; the bodies move into the answer only once the run committed.
-            let result = match &early {
-                Some(stage) => {
+            // A run that fails leaves `entries` whole: the early stage works on them (or on
+            // its own copy), a late one on a copy; the bodies move into the answer only once
+            // the run committed.
+            let result = match &mut early {
+                Some(Early::Known(stage)) => {
                     let staged = Staged::Early(stage);
                     let r = self.apply_once(caller, s, &mut entries, staged, interaction);
-                    r.await.map(|applied| with_bodies(applied, &mut entries))
+                    r.await.map(|a| a.map(|a| with_bodies(a, &mut entries)))
+                }
+                Some(Early::Guessed(stage, copy)) => {
+                    let staged = Staged::Guessed(stage);
+                    let r = self.apply_once(caller, s, copy, staged, interaction);
+                    r.await.map(|a| a.map(|a| with_bodies(a, copy)))
                 }
                 None => {
                     let mut copy = entries.clone();
                     let staged = Staged::Late(allow_merge);
                     let r = self.apply_once(caller, s, &mut copy, staged, interaction);
-                    r.await.map(|applied| with_bodies(applied, &mut copy))
+                    r.await.map(|a| a.map(|a| with_bodies(a, &mut copy)))
                 }
             };
             match result {
+                Ok(Some(applied)) => return Ok(applied),
+                // The guess missed (a conditional create matched): late, in a new transaction.
+                Ok(None) => early = None,
                 Err(GatewayError::Store(StoreError::MergeHeld { reason, patients })) => {
                     return Err(self
                         .hold(caller, s, &entries, interaction, reason, patients)
@@ -453,9 +459,33 @@ impl Gateway {
                     tokio::time::sleep(busy_pause(attempt)).await;
                     attempt += 1;
                 }
-                other => return other,
+                Err(other) => return Err(other),
             }
         }
+    }
+
+    /// The early stage of [`Gateway::apply_with`]: every id known without the store, `entries`
+    /// prepared; else, when every id can be guessed as if no conditional create matched, a
+    /// prepared copy (the originals stay as sent for the late stage, should the guess miss);
+    /// else nothing.
+    fn stage_early(
+        &self,
+        s: &SectorSettings,
+        entries: &mut [Entry],
+        interaction: Interaction,
+        allow_merge: bool,
+    ) -> Result<Option<Early>, GatewayError> {
+        if let Some(ids) = known_ids(s, entries) {
+            let prepared = self.prepare_all(s, entries, &ids, interaction, allow_merge)?;
+            return Ok(Some(Early::Known((ids, prepared))));
+        }
+        let Some(ids) = guessed_ids(s, entries) else {
+            return Ok(None);
+        };
+        let mut copy = entries.to_vec();
+        // A refusal here is left to the late stage, which decides with the ids it finds.
+        let prepared = self.prepare_all(s, &mut copy, &ids, interaction, allow_merge);
+        Ok(prepared.ok().map(|p| Early::Guessed((ids, p), copy)))
     }
 
     /// Applies entries in one transaction: ids, references, store, outbox, alerts, audit. The
@@ -468,11 +498,17 @@ impl Gateway {
         entries: &mut [Entry],
         staged: Staged<'_>,
         interaction: Interaction,
-    ) -> Result<Vec<Applied>, GatewayError> {
+    ) -> Result<Option<Vec<Applied>>, GatewayError> {
         let mut tx = self.store.begin().await?;
         let late;
         let (ids, prepared) = match staged {
             Staged::Early((ids, prepared)) => (ids, prepared),
+            Staged::Guessed((ids, prepared)) => {
+                if !no_conditional_match(&mut *tx, s, entries).await? {
+                    return Ok(None);
+                }
+                (ids, prepared)
+            }
             Staged::Late(allow_merge) => {
                 let ids = assign_ids(&mut *tx, s, entries).await?;
                 let prepared = self.prepare_all(s, entries, &ids, interaction, allow_merge)?;
@@ -525,7 +561,7 @@ impl Gateway {
             self.outbox_signal.notify_waiters();
         }
         self.publish(alert_events);
-        Ok(applied)
+        Ok(Some(applied))
     }
 
     /// The stored form of every entry under its id ([`prepare_entries`]); a transaction that
@@ -901,10 +937,23 @@ async fn write_entries(
     Ok(applied)
 }
 
+/// Every entry's id (and whether it names a stored resource) and stored form.
+type Stage = (Vec<(String, bool)>, Vec<Option<crate::store::Prepared>>);
+
+/// What [`Gateway::stage_early`] worked out before the transaction.
+enum Early {
+    /// Every id known without the store; the entries themselves prepared.
+    Known(Stage),
+    /// The ids as if no conditional create matched, and the entries prepared with them (a copy).
+    Guessed(Stage, Vec<Entry>),
+}
+
 /// Ids and stored forms of a write's entries, worked out before its transaction
-/// ([`known_ids`], [`Gateway::prepare_all`]) or, `Late(allow_merge)`, inside it.
+/// ([`known_ids`], [`Gateway::prepare_all`]; `Guessed`: to be checked inside it first) or,
+/// `Late(allow_merge)`, inside it.
 enum Staged<'a> {
-    Early(&'a (Vec<(String, bool)>, Vec<Option<crate::store::Prepared>>)),
+    Early(&'a Stage),
+    Guessed(&'a Stage),
     Late(bool),
 }
 
@@ -1084,6 +1133,36 @@ fn id_without_store(e: &Entry, s: &SectorSettings) -> Option<String> {
 fn content_id(e: &Entry) -> String {
     let bytes = serde_json::to_vec(&e.resource).unwrap_or_default();
     format!("h{}", &content_hash(&bytes)[..40])
+}
+
+/// The ids [`assign_ids`] gives if no conditional create matches (a conditional create that
+/// matches none gets the id any create gets); `None` where an id needs the store anyway.
+fn guessed_ids(s: &SectorSettings, entries: &[Entry]) -> Option<Vec<(String, bool)>> {
+    entries
+        .iter()
+        .map(|e| match &e.url_id {
+            Some(id) => Some((id.clone(), false)),
+            None => id_without_store(e, s).map(|id| (id, false)),
+        })
+        .collect()
+}
+
+/// Whether no conditional create of `entries` matches a stored resource (inside the write
+/// transaction): then the ids [`guessed_ids`] gave are the ids [`assign_ids`] gives. A search
+/// the registry refuses is the same error either way.
+async fn no_conditional_match(
+    tx: &mut dyn StoreTx,
+    s: &SectorSettings,
+    entries: &[Entry],
+) -> Result<bool, GatewayError> {
+    for e in entries.iter().filter(|e| e.url_id.is_none()) {
+        if let Some(query) = &e.if_none_exist
+            && !conditional_matches(tx, &s.id, e, query).await?.is_empty()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Every entry's id when none needs the store (no conditional create, no id found by

@@ -271,6 +271,66 @@ async fn conditional_create_follows_the_spec_on(backend: Backend) {
     app.stop().await;
 }
 
+/// A transaction Bundle whose conditional create matches a stored resource: the entries that
+/// name it by its fullUrl point at the stored one. (Ids and stored forms are worked out before
+/// the transaction as if no conditional create matched; a match sets that guess aside.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matching_conditional_create_in_a_bundle_is_what_its_references_name() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    app.put("gp", "/gp/Patient/bp1", &patient("bp1", "0404040404"))
+        .await;
+    let shared = "urn:uuid:7d0c1e52-8a43-4d0f-9b61-2f6a1c3e4b01";
+    let bundle = |second: &str| {
+        let mut a = condition("bx", "bp1", "T90", "active");
+        a.as_object_mut().unwrap().remove("id");
+        // Other content each time (an id derived from it differs), the same identifier.
+        a["note"] = json!([{ "text": format!("sent with {second}") }]);
+        let mut b = condition(second, "bp1", "K86", "active");
+        b.as_object_mut().unwrap().remove("id");
+        b["evidence"] = json!([{ "detail": [{ "reference": shared }] }]);
+        json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+            { "fullUrl": shared, "resource": a, "request": { "method": "POST", "url": "Condition",
+              "ifNoneExist": "identifier=urn:test:condition|bx" } },
+            { "fullUrl": "urn:uuid:7d0c1e52-8a43-4d0f-9b61-2f6a1c3e4b02", "resource": b,
+              "request": { "method": "POST", "url": "Condition" } } ] })
+    };
+    let rid = |answer: &Value, i: usize| -> (String, String) {
+        let r = &answer["entry"][i]["response"];
+        let location = r["location"].as_str().unwrap_or_default();
+        let id = location
+            .split('/')
+            .rev()
+            .nth(2)
+            .unwrap_or_default()
+            .to_owned();
+        (r["status"].as_str().unwrap_or_default().to_owned(), id)
+    };
+    // Nothing matches: both created, the second naming the first.
+    let (s, first, _) = app.post("gp", "/gp", &bundle("by1")).await;
+    assert_eq!(s, 200, "{first}");
+    let (status, stored) = rid(&first, 0);
+    assert!(status.starts_with("201"), "{first}");
+    // The Condition again (its identifier matches; the stored one is kept) beside a new one
+    // naming it by the same fullUrl.
+    let (s, again, _) = app.post("gp", "/gp", &bundle("by2")).await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(
+        rid(&again, 0),
+        ("200 OK".to_owned(), stored.clone()),
+        "{again}"
+    );
+    let (status, naming) = rid(&again, 1);
+    assert!(status.starts_with("201"), "{again}");
+    let (s, read) = app.get("gp", &format!("/gp/Condition/{naming}")).await;
+    assert_eq!(s, 200, "{read}");
+    assert_eq!(
+        read["evidence"][0]["detail"][0]["reference"],
+        json!(format!("Condition/{stored}")),
+        "the reference names the stored Condition: {read}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sector_set_to_resend_by_identifier_updates_the_known_resource() {
     let app = TestApp::spawn_config(Backend::Sqlite, |url| {
