@@ -494,6 +494,17 @@ async fn bulk_writes_on_postgres() {
     common::drop_pg_database(&name_b).await;
 }
 
+/// An audit row of a read naming one entity.
+fn naming(entity: &str) -> AuditRow {
+    AuditRow {
+        action: "R".into(),
+        interaction: "read".into(),
+        outcome: "0".into(),
+        entities: vec![entity.into()],
+        ..Default::default()
+    }
+}
+
 /// An audited read (`begin_audited`) is a write transaction like `begin`'s: it reads, leaves its
 /// audit row and commits it. On SQLite (`serial`) it holds this process's writer turn (on a pool
 /// connection instead of the write connection): a writer waits for it, and their audit rows
@@ -509,13 +520,7 @@ async fn audited_reads(store: Arc<dyn Store>, serial: bool) {
     let found = audited.get_sector("gp", "Condition", "seen").await.unwrap();
     assert!(found.is_some(), "the audited read sees committed data");
     audited
-        .audit(&AuditRow {
-            action: "R".into(),
-            interaction: "read".into(),
-            outcome: "0".into(),
-            entities: vec!["Condition/audited-read".into()],
-            ..Default::default()
-        })
+        .audit(&naming("Condition/audited-read"))
         .await
         .unwrap();
     // A writer started now.
@@ -523,15 +528,7 @@ async fn audited_reads(store: Arc<dyn Store>, serial: bool) {
         let store = store.clone();
         async move {
             let mut tx = store.begin().await.unwrap();
-            tx.audit(&AuditRow {
-                action: "C".into(),
-                interaction: "create".into(),
-                outcome: "0".into(),
-                entities: vec!["Condition/after-the-read".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+            tx.audit(&naming("Condition/after-the-read")).await.unwrap();
             tx.commit().await.unwrap();
         }
     });
@@ -546,14 +543,7 @@ async fn audited_reads(store: Arc<dyn Store>, serial: bool) {
     writer.await.unwrap();
     // A read transaction refuses audit rows (on PostgreSQL it is no transaction at all).
     let mut read = store.begin_read().await.unwrap();
-    let row = AuditRow {
-        action: "R".into(),
-        interaction: "read".into(),
-        outcome: "0".into(),
-        entities: vec!["Condition/in-a-read".into()],
-        ..Default::default()
-    };
-    read.audit(&row).await.unwrap();
+    read.audit(&naming("Condition/in-a-read")).await.unwrap();
     assert!(
         read.commit().await.is_err(),
         "an audit row left in begin_read"
