@@ -449,38 +449,22 @@ impl Floor {
 
 type SqliteQuery = sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 
-/// Statement sizes for `n` rows: full chunks of [`CHUNK`], the rest in powers of two.
-fn chunk_sizes(n: usize) -> Vec<usize> {
-    let mut out = vec![CHUNK; n / CHUNK];
-    let (mut rest, mut size) = (n % CHUNK, CHUNK / 2);
-    while rest > 0 {
-        if rest >= size {
-            out.push(size);
-            rest -= size;
-        }
-        size /= 2;
-    }
-    out
-}
-
-/// `head VALUES row, row, … tail` in statements of [`chunk_sizes`] rows, each row bound by
-/// `bind`.
+/// `head VALUES row, row, … tail` in statements of [`CHUNK`] rows, the rest in powers of two
+/// (the gateway's own cut, `store::sql::pieces`), each row bound by `bind`.
 async fn sqlite_insert<T>(
     c: &mut sqlx::SqliteConnection,
     rows: &[T],
     (head, row, tail): (&str, &str, &str),
     bind: impl Fn(SqliteQuery, &T) -> SqliteQuery,
 ) -> Result<()> {
-    let mut at = 0;
-    for n in chunk_sizes(rows.len()) {
-        let values = vec![row; n].join(", ");
+    for piece in carebridge::store::sql::pieces(rows, CHUNK) {
+        let values = vec![row; piece.len()].join(", ");
         let mut q: SqliteQuery =
             sqlx::query(sqlx::AssertSqlSafe(format!("{head} VALUES {values}{tail}")));
-        for r in &rows[at..at + n] {
+        for r in piece {
             q = bind(q, r);
         }
         q.execute(&mut *c).await?;
-        at += n;
     }
     Ok(())
 }

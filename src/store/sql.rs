@@ -25,6 +25,8 @@ use crate::ids::gateway_id;
 
 mod bulk;
 
+pub use bulk::pieces;
+
 /// The identifier system under which each sector Patient keys its own gateway patient link.
 pub const SECTOR_PATIENT_SYSTEM: &str = "urn:carebridge:sector-patient:";
 
@@ -220,7 +222,7 @@ impl SqlStore {
                 let turn = self.writer.clone().lock_owned().await;
                 (on.begin_with("BEGIN IMMEDIATE").await, Some(turn))
             }
-            Dialect::Postgres => (self.pool.begin().await, None),
+            Dialect::Postgres => (on.begin().await, None),
         };
         Ok(SqlTx {
             tx: Conn::Tx(tx.map_err(map_err)?),
@@ -932,7 +934,7 @@ impl SqlTx {
         keys.dedup();
         // The VALUES rows are scanned in the order given, so the locks are taken sorted (piece
         // after piece); row counts in powers of two keep the statement texts few.
-        for chunk in bulk::pieces(&keys, 512) {
+        for chunk in pieces(&keys, 512) {
             let sql = sqlx::AssertSqlSafe(format!(
                 "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM (VALUES {}) AS t(k)",
                 (1..=chunk.len())

@@ -21,7 +21,7 @@ const CHUNK: usize = 128;
 /// which each connection prepares (SQLite) or parses and plans (PostgreSQL) once and keeps in its
 /// statement cache; cut at any size, Bundles of every length would bring new texts all the time
 /// and push the used ones out of the cache.
-pub(super) fn pieces<T>(items: &[T], max: usize) -> Vec<&[T]> {
+pub fn pieces<T>(items: &[T], max: usize) -> Vec<&[T]> {
     debug_assert!(max.is_power_of_two());
     let mut out: Vec<&[T]> = items.chunks_exact(max).collect();
     let mut rest = items.chunks_exact(max).remainder();
