@@ -1,7 +1,7 @@
 //! Each target sector endpoint's health, as the delivery workers see it, and IT staff's board.
 //!
-//! The worker makes one call per recorded outcome, [`observe`], in the transaction that records
-//! it: the streak of consecutive failed attempts, the last status and reason (the outbox's own
+//! The worker makes one call per recorded outcome, [`Observer::observe`], in the transaction that
+//! records it (the row written once per transaction, [`Observer::write`]): the streak of consecutive failed attempts, the last status and reason (the outbox's own
 //! patient-free description), the attempts of the hour. The state turns `failing` once — after
 //! `exchange.failing_after_failures` consecutive failures, or a failure that finds the oldest
 //! waiting entry older than `exchange.failing_after_age_secs` — and `healthy` once, at the next
@@ -119,39 +119,79 @@ pub fn step(
     (h, change)
 }
 
-/// The delivery worker's hook: records one outcome of `entry` (as the outbox now holds it) in
-/// the transaction that records the outcome; returns the change to [`announce`] after commit.
-pub async fn observe(
-    tx: &mut dyn StoreTx,
-    gateway: &Gateway,
-    entry: &OutboxEntry,
-    outcome: &str,
-) -> crate::store::Result<Option<Change>> {
-    let seen = Seen::of(outcome);
-    if seen == Seen::Nothing {
-        return Ok(None);
+/// The delivery worker's hook for one recording transaction: [`Observer::observe`] for each
+/// outcome it records, in order, then [`Observer::write`] before the commit. The target's row
+/// is locked and read at the first outcome that counts and stepped in memory after that; the
+/// health and the hour's attempts are written once per transaction, whatever the number of
+/// outcomes in it (the same rows as one call per outcome would leave).
+pub struct Observer<'g> {
+    gateway: &'g Gateway,
+    /// The health as the outcomes so far left it (`None` until the first one that counts).
+    health: Option<SectorHealth>,
+    /// Attempts per (target, hour): delivered, failed.
+    attempts: std::collections::BTreeMap<(String, i64), (i64, i64)>,
+}
+
+impl<'g> Observer<'g> {
+    pub fn new(gateway: &'g Gateway) -> Observer<'g> {
+        Observer {
+            gateway,
+            health: None,
+            attempts: Default::default(),
+        }
     }
-    let now = now_us();
-    // One writer per target at a time (an advisory lock on PostgreSQL, the writer on SQLite).
-    let before = tx.health_lock(&entry.target).await?;
-    let (recorded, oldest) = match seen {
-        Seen::Failed => (
-            tx.outbox_get(entry.id).await?,
-            tx.oldest_pending(&entry.target).await?,
-        ),
-        _ => (None, None),
-    };
-    let entry = recorded.as_ref().unwrap_or(entry);
-    let x = &gateway.settings().exchange;
-    let (health, change) = step(x, before, entry, seen, oldest, now);
-    tx.health_put(&health).await?;
-    tx.attempts_add(
-        &entry.target,
-        now - now.rem_euclid(HOUR_US),
-        seen == Seen::Delivered,
-    )
-    .await?;
-    Ok(change)
+
+    /// One outcome of `entry` (as the outbox now holds it); returns the change to
+    /// [`announce`] after the commit. A transaction records the outcomes of one target.
+    pub async fn observe(
+        &mut self,
+        tx: &mut dyn StoreTx,
+        entry: &OutboxEntry,
+        outcome: &str,
+    ) -> crate::store::Result<Option<Change>> {
+        let seen = Seen::of(outcome);
+        if seen == Seen::Nothing {
+            return Ok(None);
+        }
+        let now = now_us();
+        let before = match self.health.take() {
+            Some(h) if h.target == entry.target => Some(h),
+            // One writer per target at a time (an advisory lock on PostgreSQL, the writer on
+            // SQLite), held until the commit.
+            _ => tx.health_lock(&entry.target).await?,
+        };
+        let (recorded, oldest) = match seen {
+            Seen::Failed => (
+                tx.outbox_get(entry.id).await?,
+                tx.oldest_pending(&entry.target).await?,
+            ),
+            _ => (None, None),
+        };
+        let entry = recorded.as_ref().unwrap_or(entry);
+        let x = &self.gateway.settings().exchange;
+        let (health, change) = step(x, before, entry, seen, oldest, now);
+        self.health = Some(health);
+        let count = self
+            .attempts
+            .entry((entry.target.clone(), now - now.rem_euclid(HOUR_US)))
+            .or_default();
+        match seen {
+            Seen::Delivered => count.0 += 1,
+            _ => count.1 += 1,
+        }
+        Ok(change)
+    }
+
+    /// Writes the health and the attempts observed (nothing when no outcome counted).
+    pub async fn write(self, tx: &mut dyn StoreTx) -> crate::store::Result<()> {
+        if let Some(h) = &self.health {
+            tx.health_put(h).await?;
+        }
+        for ((target, hour), (delivered, failed)) in &self.attempts {
+            tx.attempts_add(target, *hour, *delivered, *failed).await?;
+        }
+        Ok(())
+    }
 }
 
 /// After the commit: one log line and the metrics of a change (nothing for no change).

@@ -81,8 +81,14 @@ pub trait OpsTx: Send {
     async fn health_put(&mut self, h: &SectorHealth) -> Result<()>;
     /// Every target's health.
     async fn health_all(&mut self) -> Result<Vec<SectorHealth>>;
-    /// Counts one attempt's outcome in its hour.
-    async fn attempts_add(&mut self, target: &str, hour_us: i64, delivered: bool) -> Result<()>;
+    /// Adds attempts' outcomes to their hour's counts.
+    async fn attempts_add(
+        &mut self,
+        target: &str,
+        hour_us: i64,
+        delivered: i64,
+        failed: i64,
+    ) -> Result<()>;
     /// Attempts per target since `since_us` (whole hours).
     async fn attempts_since(&mut self, since_us: i64) -> Result<Vec<AttemptCount>>;
     /// Pending and dead entries per target, and the oldest pending one's age.
@@ -204,8 +210,7 @@ impl OpsTx for SqlTx {
             .map_err(map_err)
     }
 
-    async fn attempts_add(&mut self, target: &str, hour_us: i64, delivered: bool) -> Result<()> {
-        let (d, f) = if delivered { (1i64, 0i64) } else { (0, 1) };
+    async fn attempts_add(&mut self, target: &str, hour_us: i64, d: i64, f: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO sector_attempts (target, hour_us, delivered, failed) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (target, hour_us) DO UPDATE SET \

@@ -165,8 +165,9 @@ pub trait ExchangeTx: Send {
         system: &str,
         value: &str,
     ) -> Result<Vec<(String, String, String)>>;
-    /// The body of one stored version.
-    async fn version_body(&mut self, gid: &str, version: i64) -> Result<Option<String>>;
+    /// The body of one stored version, with the resource's id in its sector (empty when the
+    /// resource row is gone): one read for a delivery's preparation.
+    async fn version_body(&mut self, gid: &str, version: i64) -> Result<Option<(String, String)>>;
 
     /// Adds an entry unless the same (target, resource, version) is already there.
     async fn outbox_add(&mut self, entry: &OutboxNew) -> Result<bool>;
@@ -400,13 +401,16 @@ impl ExchangeTx for SqlTx {
         Ok(rows.into_iter().map(|r| (r.sector, r.gid, r.rid)).collect())
     }
 
-    async fn version_body(&mut self, gid: &str, version: i64) -> Result<Option<String>> {
-        sqlx::query_scalar("SELECT body FROM resource_versions WHERE gid = $1 AND version = $2")
-            .bind(gid)
-            .bind(version)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(map_err)
+    async fn version_body(&mut self, gid: &str, version: i64) -> Result<Option<(String, String)>> {
+        sqlx::query_as(
+            "SELECT COALESCE(r.rid, '') AS rid, v.body FROM resource_versions v \
+             LEFT JOIN resources r ON r.gid = v.gid WHERE v.gid = $1 AND v.version = $2",
+        )
+        .bind(gid)
+        .bind(version)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)
     }
 
     async fn outbox_add(&mut self, e: &OutboxNew) -> Result<bool> {

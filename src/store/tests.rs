@@ -277,7 +277,7 @@ async fn read_for_exchange(store: &SqlStore, w: &Written) {
     let owner = ("gp".to_owned(), w.condition_gid.clone(), "c1".to_owned());
     assert_eq!(owners, vec![owner]);
     let body = tx.version_body(&w.condition_gid, 1).await.unwrap();
-    assert_eq!(body.as_ref(), Some(&w.v1.body));
+    assert_eq!(body, Some(("c1".to_owned(), w.v1.body.clone())));
     assert_eq!(tx.version_body(&w.condition_gid, 9).await.unwrap(), None);
     drop(tx);
 

@@ -8,9 +8,12 @@
 //! conditional references), and records the outcome with its audit row.
 //!
 //! The batch is pipelined: while entry i's request is in flight, the outcomes of the entries
-//! before it are recorded in one write transaction (each with its own audit row, the endpoint's
-//! health observed, its lease checked) and entry i + 1 is read and mapped in a read
-//! transaction; when the batch runs out, the next one is claimed beside its last request.
+//! before it are recorded in one write transaction (each with its own audit row and its lease
+//! checked; the endpoint's health written once) and entry i + 1 is read and mapped in a read
+//! transaction. An outcome waits up to 20 ms for the next ones to share its transaction (up to
+//! 32; at once when the sending side waits for it or the batch ends), so that against a fast
+//! peer the transaction, the audit chain's append and the health write are one per several
+//! requests; when the batch runs out, the next one is claimed beside its last request.
 //! Requests stay one at a time per target, in order. An entry of the same resource
 //! as the one in flight, or whose stored body may name it (`Names`: its mapping could depend
 //! on that outcome), is mapped only after that outcome is recorded. Nothing is recorded before
@@ -245,6 +248,9 @@ struct Sending {
     /// their number in the hand-over order.
     unrecorded: VecDeque<(usize, Names)>,
     answers: mpsc::UnboundedSender<Answered>,
+    /// How many attempts the sending side waits to see recorded: the recorder records what it
+    /// gathered at once instead of waiting for more.
+    wanted: watch::Sender<usize>,
 }
 
 impl Sending {
@@ -267,6 +273,20 @@ impl Sending {
                 entry = id,
                 "a delivery outcome could not be handed over for recording"
             );
+        }
+    }
+
+    /// Waits until every attempt handed over is recorded (or given up on), or the recorder
+    /// stopped the batch.
+    async fn wait_recorded(&self, progress: &mut watch::Receiver<Progress>) -> Progress {
+        let n = self.handed;
+        self.wanted.send_replace(n);
+        match progress.wait_for(|p| p.recorded >= n || p.stop).await {
+            Ok(p) => p.clone(),
+            Err(_) => Progress {
+                stop: true,
+                ..Progress::default()
+            },
         }
     }
 
@@ -298,15 +318,50 @@ struct Progress {
     pause: Option<Instant>,
 }
 
-/// Waits until the first `n` attempts handed over are recorded (or given up on), or the
-/// recorder stopped the batch.
-async fn wait_recorded(progress: &mut watch::Receiver<Progress>, n: usize) -> Progress {
-    match progress.wait_for(|p| p.recorded >= n || p.stop).await {
-        Ok(p) => p.clone(),
-        Err(_) => Progress {
-            stop: true,
-            ..Progress::default()
-        },
+/// The recorder's side of the pipeline: the attempts handed over, and how many of them the
+/// sending side waits for.
+struct Received {
+    answers: mpsc::UnboundedReceiver<Answered>,
+    wanted: watch::Receiver<usize>,
+}
+
+/// At most this many outcomes in one recording transaction.
+const GROUP_MAX: usize = 32;
+/// An outcome waits at most this long for others to be recorded with it (unless the sending
+/// side waits for it, or the batch ended): one transaction, one audit-chain append and one
+/// health write for the answers of several requests, at a fraction of a request's time to a
+/// slow peer.
+const GROUP_WITHIN: Duration = Duration::from_millis(20);
+
+impl Received {
+    /// The next group of outcomes to record in one transaction: those handed over within
+    /// [`GROUP_WITHIN`] of the first (at most [`GROUP_MAX`]), ended early when the sending side
+    /// waits for a record or is done. `None` when the sending side is done and all was taken.
+    async fn group(&mut self, recorded: usize) -> Option<Vec<Answered>> {
+        let first = self.answers.recv().await?;
+        let mut group = vec![first];
+        let until = tokio::time::Instant::now() + GROUP_WITHIN;
+        loop {
+            while group.len() < GROUP_MAX {
+                match self.answers.try_recv() {
+                    Ok(a) => group.push(a),
+                    Err(_) => break,
+                }
+            }
+            if group.len() >= GROUP_MAX || *self.wanted.borrow_and_update() > recorded {
+                return Some(group);
+            }
+            tokio::select! {
+                a = self.answers.recv() => match a {
+                    Some(a) => group.push(a),
+                    None => return Some(group),
+                },
+                changed = self.wanted.changed() => if changed.is_err() {
+                    return Some(group);
+                },
+                () = tokio::time::sleep_until(until) => return Some(group),
+            }
+        }
     }
 }
 
@@ -521,6 +576,11 @@ impl Delivery {
         refill: bool,
     ) -> Option<Instant> {
         let (answers, received) = mpsc::unbounded_channel();
+        let (wanted, wanted_rx) = watch::channel(0);
+        let received = Received {
+            answers: received,
+            wanted: wanted_rx,
+        };
         let (progress, watched) = watch::channel(Progress::default());
         // The recorder is a task of its own: its transactions run on another worker while a
         // request is in flight, and an answer that arrives meanwhile is read at once instead of
@@ -530,7 +590,13 @@ impl Delivery {
             async move { me.record_entries(&target, received, progress).await }
         });
         let (rest, stopped) = self
-            .send_entries(target, (batch, refill), answers, watched, shutdown)
+            .send_entries(
+                target,
+                (batch, refill),
+                (answers, wanted),
+                watched,
+                shutdown,
+            )
             .await;
         let recorded = recording.await.unwrap_or_else(|err| {
             tracing::warn!(target_sector = %target, error = %err, "the delivery recorder stopped; the batch's unrecorded entries return when their lease ends");
@@ -555,7 +621,7 @@ impl Delivery {
         &self,
         target: &str,
         (batch, refill): (Vec<OutboxEntry>, bool),
-        answers: mpsc::UnboundedSender<Answered>,
+        (answers, wanted): (mpsc::UnboundedSender<Answered>, watch::Sender<usize>),
         mut progress: watch::Receiver<Progress>,
         shutdown: &watch::Receiver<bool>,
     ) -> (Vec<OutboxEntry>, Option<Instant>) {
@@ -566,6 +632,7 @@ impl Delivery {
             handed: 0,
             unrecorded: VecDeque::new(),
             answers,
+            wanted,
         };
         let stopped = loop {
             if progress.borrow().stop || *shutdown.borrow() {
@@ -593,7 +660,7 @@ impl Delivery {
                     let took = started.elapsed();
                     s.hand(e, attempt, took, None);
                     if failed {
-                        wait_recorded(&mut progress, s.handed).await;
+                        s.wait_recorded(&mut progress).await;
                     }
                 }
                 Prepared::Wait => s.queue.push_front(e),
@@ -619,7 +686,7 @@ impl Delivery {
         let started = Instant::now();
         let prepared = match self.prepare(&e, &s.names(None)).await {
             Ok(Prepared::Wait) => {
-                if wait_recorded(progress, s.handed).await.stop {
+                if s.wait_recorded(progress).await.stop {
                     s.queue.push_front(e);
                     return Ok(None);
                 }
@@ -690,26 +757,24 @@ impl Delivery {
             (None, _) => {}
         }
         if retryable {
-            wait_recorded(progress, s.handed).await;
+            s.wait_recorded(progress).await;
         }
         result
     }
 
-    /// Records the attempts handed over as they come, all that came meanwhile in one
+    /// Records the attempts handed over in groups ([`Received::group`]), each in one
     /// transaction ([`Self::record`]), until the sending side is done. Returns the progress at
     /// the end (whether, and until when, the queue pauses).
     async fn record_entries(
         &self,
         target: &str,
-        mut received: mpsc::UnboundedReceiver<Answered>,
+        mut received: Received,
         progress: watch::Sender<Progress>,
     ) -> Progress {
-        while let Some(first) = received.recv().await {
-            let mut group = vec![first];
-            while let Ok(more) = received.try_recv() {
-                group.push(more);
-            }
+        let mut recorded = 0;
+        while let Some(group) = received.group(recorded).await {
             let n = group.len();
+            recorded += n;
             let result = self.record(group).await;
             let idle = self.idle_until();
             progress.send_modify(|p| {
@@ -770,10 +835,11 @@ impl Delivery {
         let mut failures = self.circuit(&target).failures();
         let mut after = Vec::with_capacity(done.len());
         let mut tx = self.gateway.store().begin().await?;
+        let mut health = sector_health::Observer::new(&self.gateway);
         for a in done {
             let reached = reached(&a.attempt);
             let id = a.entry.id;
-            match self.record_one(tx.as_mut(), a, failures).await {
+            match self.record_one(tx.as_mut(), &mut health, a, failures).await {
                 Ok(step) => {
                     out.pause = out.pause.or(step.as_ref().and_then(|s| s.pause));
                     after.push((step, reached));
@@ -791,6 +857,7 @@ impl Delivery {
                 None => failures,
             };
         }
+        health.write(tx.as_mut()).await?;
         tx.commit().await?;
         tracing::debug!(target_sector = %target, outcomes = after.len(), "delivery outcomes recorded in one transaction");
         for (step, reached) in after {
@@ -810,6 +877,7 @@ impl Delivery {
     async fn record_one(
         &self,
         tx: &mut dyn StoreTx,
+        health: &mut sector_health::Observer<'_>,
         a: Answered,
         failures: u32,
     ) -> Result<Option<Step>, StoreError> {
@@ -840,7 +908,7 @@ impl Delivery {
                     .await?
             }
         };
-        let health = sector_health::observe(tx, &self.gateway, &e, outcome).await?;
+        let health = health.observe(tx, &e, outcome).await?;
         tx.audit(&row).await?;
         Ok(Some(Step {
             outcome,
@@ -1103,7 +1171,7 @@ impl Delivery {
         }) {
             return Ok(Prepared::Done(Attempt::Superseded));
         }
-        let Some(text) = tx.version_body(&e.gid, e.version).await? else {
+        let Some((rid, text)) = tx.version_body(&e.gid, e.version).await? else {
             return Ok(Prepared::Done(Attempt::Failed(Failure::permanent(
                 None,
                 "the stored version is missing",
@@ -1112,7 +1180,6 @@ impl Delivery {
         if unrecorded.iter().any(|n| n.named_by(&e.gid, &text)) {
             return Ok(Prepared::Wait);
         }
-        let rid = tx.get(&e.gid).await?.map(|s| s.rid).unwrap_or_default();
         let what = || format!("{}/{} version {}", e.rtype, e.gid, e.version);
         let Ok(body) = crate::store::parse_body(what, &text) else {
             return Ok(Prepared::Done(Attempt::Failed(Failure::permanent(
@@ -2063,6 +2130,79 @@ mod tests {
             verdict(&counted, 2, 0, now, now, &retryable),
             dead("3 attempts")
         );
+    }
+
+    /// The recorder's side of a pipeline, and the sending side's ends.
+    fn pipeline() -> (
+        Received,
+        mpsc::UnboundedSender<Answered>,
+        watch::Sender<usize>,
+    ) {
+        let (answers, received) = mpsc::unbounded_channel();
+        let (wanted, wanted_rx) = watch::channel(0);
+        let r = Received {
+            answers: received,
+            wanted: wanted_rx,
+        };
+        (r, answers, wanted)
+    }
+
+    fn answered(k: i64) -> Answered {
+        let mut entry = outbox_entry(&format!("g{k}"), "Condition");
+        entry.id = k;
+        Answered {
+            entry,
+            attempt: Attempt::Deferred,
+            took: Duration::ZERO,
+        }
+    }
+
+    fn ids(group: Option<Vec<Answered>>) -> Vec<i64> {
+        group
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.entry.id)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_are_recorded_in_groups_within_a_window() {
+        let (mut r, answers, wanted) = pipeline();
+        // Answers handed over within the window share a transaction; one after it does not.
+        let start = tokio::time::Instant::now();
+        let late = answers.clone();
+        answers.send(answered(1)).unwrap();
+        answers.send(answered(2)).unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            late.send(answered(3)).unwrap();
+            tokio::time::sleep(GROUP_WITHIN).await;
+            late.send(answered(4)).unwrap();
+        });
+        assert_eq!(ids(r.group(0).await), [1, 2, 3]);
+        assert_eq!(start.elapsed(), GROUP_WITHIN, "the group waited its window");
+        assert_eq!(ids(r.group(3).await), [4]);
+        // The sending side waits for what it handed over: recorded at once.
+        answers.send(answered(5)).unwrap();
+        wanted.send_replace(5);
+        let at = tokio::time::Instant::now();
+        assert_eq!(ids(r.group(4).await), [5]);
+        assert_eq!(
+            at.elapsed(),
+            Duration::ZERO,
+            "no wait when the sender waits"
+        );
+        // At most GROUP_MAX in one transaction, the rest in the next.
+        for k in 6..6 + GROUP_MAX as i64 + 3 {
+            answers.send(answered(k)).unwrap();
+        }
+        assert_eq!(r.group(5).await.map(|g| g.len()), Some(GROUP_MAX));
+        // The sending side is done: what is left is recorded at once, then nothing.
+        drop((answers, wanted));
+        let at = tokio::time::Instant::now();
+        assert_eq!(r.group(5 + GROUP_MAX).await.map(|g| g.len()), Some(3));
+        assert_eq!(at.elapsed(), Duration::ZERO);
+        assert!(r.group(8 + GROUP_MAX).await.is_none());
     }
 
     fn outbox_entry(gid: &str, rtype: &str) -> OutboxEntry {

@@ -205,11 +205,11 @@ async fn health_and_counts(store: &dyn Store) {
         Some(4)
     );
     for ok in [true, true, false] {
-        tx.attempts_add("hospital", 3_600_000_000, ok)
+        tx.attempts_add("hospital", 3_600_000_000, i64::from(ok), i64::from(!ok))
             .await
             .unwrap();
     }
-    tx.attempts_add("hospital", 0, true).await.unwrap();
+    tx.attempts_add("hospital", 0, 1, 0).await.unwrap();
     tx.cursor_put(
         "lab",
         "Observation",
