@@ -157,21 +157,25 @@ struct Ready {
     hash: String,
     /// How another entry's stored body can name this entry's resource.
     names: Names,
+    /// The first request, built beside the request before it (none when a resync reads the
+    /// target's copy first, or the target has no base URL).
+    request: Option<Request>,
 }
 
 /// Nothing to send when the mapping defers the entry or the target's copy already holds this
-/// content (the attempt's end); else the hash of the content to send.
-fn to_send(known: Option<&Delivered>, mapped: &Mapped) -> Result<String, Box<Attempt>> {
+/// content (the attempt's end); else the hash of the content to send, and that content as text.
+fn to_send(known: Option<&Delivered>, mapped: &Mapped) -> Result<(String, String), Box<Attempt>> {
     if mapped.deferred {
         return Err(Box::new(Attempt::Deferred));
     }
     // The hash covers the content as the target will hold it, without the id.
-    let hash = content_hash(mapped.body.to_string().as_bytes());
+    let text = mapped.body.to_string();
+    let hash = content_hash(text.as_bytes());
     match known.filter(|d| d.hash == hash) {
         Some(d) => Err(Box::new(Attempt::Unchanged {
             delivered: d.clone(),
         })),
-        None => Ok(hash),
+        None => Ok((hash, text)),
     }
 }
 
@@ -1197,13 +1201,20 @@ impl Delivery {
         drop(tx);
         Ok(match to_send(known.as_ref(), &mapped) {
             Err(done) => Prepared::Done(*done),
-            Ok(hash) => Prepared::Ready(Box::new(Ready {
-                target,
-                known,
-                mapped,
-                hash,
-                names,
-            })),
+            Ok((hash, text)) => {
+                let resync = known.as_ref().is_some_and(|d| d.hash == UNVERIFIED);
+                let request = base_url(&target)
+                    .filter(|_| !resync)
+                    .map(|base| build_request(base, &e.rtype, &mapped, known.as_ref(), Some(text)));
+                Prepared::Ready(Box::new(Ready {
+                    target,
+                    known,
+                    mapped,
+                    hash,
+                    names,
+                    request,
+                }))
+            }
         })
     }
 
@@ -1215,6 +1226,7 @@ impl Delivery {
             mut known,
             mapped,
             hash,
+            request,
             ..
         } = ready;
         if let Some(d) = known.clone().filter(|d| d.hash == UNVERIFIED) {
@@ -1226,7 +1238,8 @@ impl Delivery {
                 Ok(TargetCopy::Differs(version)) => known = Some(at_version(&d, version)),
             }
         }
-        self.deliver(&target, e, mapped, known, hash).await
+        self.deliver(&target, e, (mapped, request), known, hash)
+            .await
     }
 
     /// Sends the mapped version. An update of a copy the target no longer has (404, 410)
@@ -1237,20 +1250,22 @@ impl Delivery {
         &self,
         target: &SectorSettings,
         e: &OutboxEntry,
-        mapped: Mapped,
+        (mapped, request): (Mapped, Option<Request>),
         known: Option<Delivered>,
         hash: String,
     ) -> Attempt {
-        let mut result = self.send(target, e, &mapped, known.as_ref()).await;
+        let mut result = self.send(target, e, &mapped, known.as_ref(), request).await;
         if let (Some(d), Err(f)) = (&known, &result) {
             match f.status {
-                Some(404 | 410) => result = self.send(target, e, &mapped, None).await,
+                Some(404 | 410) => result = self.send(target, e, &mapped, None, None).await,
                 Some(412) => match self.read_copy(target, e, &mapped, d).await {
                     Ok(TargetCopy::Same(version)) => return unchanged(d, version, hash),
-                    Ok(TargetCopy::Gone) => result = self.send(target, e, &mapped, None).await,
+                    Ok(TargetCopy::Gone) => {
+                        result = self.send(target, e, &mapped, None, None).await;
+                    }
                     Ok(TargetCopy::Differs(version)) => {
                         let at = at_version(d, version);
-                        result = self.send(target, e, &mapped, Some(&at)).await;
+                        result = self.send(target, e, &mapped, Some(&at), None).await;
                     }
                     Err(f) => result = Err(f),
                 },
@@ -1273,7 +1288,7 @@ impl Delivery {
         &self,
         target: &'t SectorSettings,
     ) -> Result<(&'t str, Option<String>), Failure> {
-        let Some(base) = target.base_url.as_deref().map(|b| b.trim_end_matches('/')) else {
+        let Some(base) = base_url(target) else {
             return Err(Failure::permanent(
                 None,
                 "the target sector has no base_url",
@@ -1334,9 +1349,11 @@ impl Delivery {
         e: &OutboxEntry,
         mapped: &Mapped,
         known: Option<&Delivered>,
+        prepared: Option<Request>,
     ) -> Result<Accepted, Failure> {
         let (base, auth) = self.endpoint(target).await?;
-        let request = build_request(base, &e.rtype, mapped, known);
+        let request =
+            prepared.unwrap_or_else(|| build_request(base, &e.rtype, mapped, known, None));
         let answer = self.call(&request, auth.as_deref()).await?;
         let client_credentials = matches!(target.auth, OutboundAuth::ClientCredentials { .. });
         if answer.status == 401 && client_credentials {
@@ -1362,7 +1379,7 @@ impl Delivery {
             .header(header::CONTENT_TYPE, FHIR_JSON)
             .header(header::ACCEPT, FHIR_JSON)
             .header("Prefer", "return=representation")
-            .body(request.body.to_string());
+            .body(request.body.clone());
         if let Some(a) = auth {
             req = req.header(header::AUTHORIZATION, a);
         }
@@ -1531,7 +1548,8 @@ struct Request {
     if_match: Option<String>,
     /// The body is a transaction Bundle (and the answer a transaction-response).
     transaction: bool,
-    body: Value,
+    /// The body as sent.
+    body: String,
 }
 
 /// The request that delivers `mapped` to the target at `base`: a PUT of the copy the target
@@ -1539,14 +1557,20 @@ struct Request {
 /// so a repeated create leaves one copy); inside a transaction Bundle when the body holds
 /// conditional references. An update carries `If-Match` on the version the gateway wrote
 /// (when the target named it), so that an update re-sent after a crash adds no version.
-fn build_request(base: &str, rtype: &str, mapped: &Mapped, known: Option<&Delivered>) -> Request {
-    let mut body = mapped.body.clone();
+fn build_request(
+    base: &str,
+    rtype: &str,
+    mapped: &Mapped,
+    known: Option<&Delivered>,
+    text: Option<String>,
+) -> Request {
     let if_none_exist = mapped
         .business_id
         .as_ref()
         .map(|(s, v)| format!("identifier={}|{}", encode(s), encode(v)));
     match (known, mapped.conditional) {
         (Some(d), false) => {
+            let mut body = mapped.body.clone();
             body["id"] = json!(d.target_id);
             Request {
                 method: reqwest::Method::PUT,
@@ -1554,7 +1578,7 @@ fn build_request(base: &str, rtype: &str, mapped: &Mapped, known: Option<&Delive
                 if_none_exist: None,
                 if_match: if_match(d),
                 transaction: false,
-                body,
+                body: body.to_string(),
             }
         }
         (None, false) => Request {
@@ -1563,7 +1587,8 @@ fn build_request(base: &str, rtype: &str, mapped: &Mapped, known: Option<&Delive
             if_none_exist,
             if_match: None,
             transaction: false,
-            body,
+            // The mapped content as it is: its text when the caller has it already.
+            body: text.unwrap_or_else(|| mapped.body.to_string()),
         },
         (known, true) => Request {
             method: reqwest::Method::POST,
@@ -1571,9 +1596,14 @@ fn build_request(base: &str, rtype: &str, mapped: &Mapped, known: Option<&Delive
             if_none_exist: None,
             if_match: None,
             transaction: true,
-            body: transaction_bundle(rtype, body, known, if_none_exist),
+            body: transaction_bundle(rtype, mapped.body.clone(), known, if_none_exist).to_string(),
         },
     }
+}
+
+/// The target's base URL without a trailing slash.
+fn base_url(target: &SectorSettings) -> Option<&str> {
+    target.base_url.as_deref().map(|b| b.trim_end_matches('/'))
 }
 
 /// The `If-Match` value of an update of `d`: the version the target gave it, when it did.
@@ -1874,6 +1904,10 @@ mod tests {
         }
     }
 
+    fn body(r: &Request) -> Value {
+        serde_json::from_str(&r.body).unwrap()
+    }
+
     const SOURCE_ID: Option<(&str, &str)> = Some(("http://x/source", "gp/Condition/a b"));
 
     #[test]
@@ -1883,6 +1917,7 @@ mod tests {
             "Condition",
             &mapped(false, SOURCE_ID),
             None,
+            None,
         );
         assert_eq!(r.method, reqwest::Method::POST);
         assert_eq!(r.url, "http://h/fhir/Condition");
@@ -1891,7 +1926,19 @@ mod tests {
             Some("identifier=http://x/source|gp/Condition/a%20b")
         );
         assert!(!r.transaction);
-        assert_eq!(r.body, mapped(false, None).body);
+        assert_eq!(r.body, mapped(false, None).body.to_string());
+        let text = Some("{\"resourceType\":\"Condition\"}".to_owned());
+        let given = build_request(
+            "http://h/fhir",
+            "Condition",
+            &mapped(false, None),
+            None,
+            text,
+        );
+        assert_eq!(
+            given.body, "{\"resourceType\":\"Condition\"}",
+            "the text given is sent"
+        );
     }
 
     #[test]
@@ -1902,26 +1949,33 @@ mod tests {
             "Condition",
             &mapped(false, SOURCE_ID),
             Some(&d),
+            None,
         );
         assert_eq!(r.method, reqwest::Method::PUT);
         assert_eq!(r.url, "http://h/fhir/Condition/t1");
         assert_eq!(r.if_none_exist, None);
         assert_eq!(r.if_match.as_deref(), Some("W/\"1\""));
-        assert_eq!(r.body["id"], "t1");
+        assert_eq!(body(&r)["id"], "t1");
         assert!(!r.transaction);
     }
 
     #[test]
     fn conditional_references_travel_in_a_transaction() {
-        let r = build_request("http://h/fhir", "Condition", &mapped(true, SOURCE_ID), None);
+        let r = build_request(
+            "http://h/fhir",
+            "Condition",
+            &mapped(true, SOURCE_ID),
+            None,
+            None,
+        );
         assert_eq!(
             (r.method.clone(), r.url.as_str()),
             (reqwest::Method::POST, "http://h/fhir")
         );
         assert!(r.transaction);
         assert_eq!(r.if_none_exist, None);
-        assert_eq!(r.body["type"], "transaction");
-        let entry = &r.body["entry"][0];
+        assert_eq!(body(&r)["type"], "transaction");
+        let entry = &body(&r)["entry"][0];
         assert!(entry["fullUrl"].as_str().unwrap().starts_with("urn:uuid:"));
         assert_eq!(
             entry["request"],
@@ -1935,8 +1989,9 @@ mod tests {
             "Condition",
             &mapped(true, SOURCE_ID),
             Some(&d),
+            None,
         );
-        let entry = &r.body["entry"][0];
+        let entry = &body(&r)["entry"][0];
         assert_eq!(
             entry["request"],
             json!({ "method": "PUT", "url": "Condition/t1", "ifMatch": "W/\"1\"" })
@@ -2279,8 +2334,12 @@ mod tests {
             to_send(Some(&same), &m).map_err(|a| *a),
             Err(Attempt::Unchanged { delivered }) if delivered == same
         ));
-        assert_eq!(to_send(Some(&known("t1")), &m).ok(), Some(hash.clone()));
-        assert_eq!(to_send(None, &m).ok(), Some(hash));
+        let text = m.body.to_string();
+        assert_eq!(
+            to_send(Some(&known("t1")), &m).ok(),
+            Some((hash.clone(), text.clone()))
+        );
+        assert_eq!(to_send(None, &m).ok(), Some((hash, text)));
         m.deferred = true;
         assert!(matches!(
             to_send(None, &m).map_err(|a| *a),
