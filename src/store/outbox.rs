@@ -165,9 +165,15 @@ pub trait ExchangeTx: Send {
         system: &str,
         value: &str,
     ) -> Result<Vec<(String, String, String)>>;
-    /// The body of one stored version, with the resource's id in its sector (empty when the
-    /// resource row is gone): one read for a delivery's preparation.
-    async fn version_body(&mut self, gid: &str, version: i64) -> Result<Option<(String, String)>>;
+    /// What a delivery of one stored version reads, in one statement: the target's copy as
+    /// recorded (`delivered`), and the version's body with the resource's id in its sector
+    /// (empty when the resource row is gone; `None` when the version is not stored).
+    async fn delivery_source(
+        &mut self,
+        target: &str,
+        gid: &str,
+        version: i64,
+    ) -> Result<(Option<Delivered>, Option<(String, String)>)>;
 
     /// Adds an entry unless the same (target, resource, version) is already there.
     async fn outbox_add(&mut self, entry: &OutboxNew) -> Result<bool>;
@@ -257,6 +263,18 @@ pub trait ExchangeTx: Send {
 
 const OUTBOX_COLUMNS: &str = "id, target, source, gid, version, rtype, patient_id, route, state, \
      attempts, created_us, next_us, updated_us, last_status, last_error, target_id, target_version";
+
+/// The row of [`OutboxTx::delivery_source`].
+#[derive(FromRow)]
+struct SourceRow {
+    body: Option<String>,
+    rid: String,
+    d_rtype: Option<String>,
+    d_target_id: Option<String>,
+    d_target_version: Option<String>,
+    d_version: Option<i64>,
+    d_hash: Option<String>,
+}
 
 const DELIVERED_COLUMNS: &str = "target, gid, rtype, target_id, target_version, version, hash";
 
@@ -401,16 +419,41 @@ impl ExchangeTx for SqlTx {
         Ok(rows.into_iter().map(|r| (r.sector, r.gid, r.rid)).collect())
     }
 
-    async fn version_body(&mut self, gid: &str, version: i64) -> Result<Option<(String, String)>> {
-        sqlx::query_as(
-            "SELECT COALESCE(r.rid, '') AS rid, v.body FROM resource_versions v \
-             LEFT JOIN resources r ON r.gid = v.gid WHERE v.gid = $1 AND v.version = $2",
+    async fn delivery_source(
+        &mut self,
+        target: &str,
+        gid: &str,
+        version: i64,
+    ) -> Result<(Option<Delivered>, Option<(String, String)>)> {
+        // One row whatever is found: the key, joined to each of the three.
+        let row: SourceRow = sqlx::query_as(
+            "SELECT v.body, COALESCE(r.rid, '') AS rid, d.rtype AS d_rtype, \
+             d.target_id AS d_target_id, d.target_version AS d_target_version, \
+             d.version AS d_version, d.hash AS d_hash \
+             FROM (SELECT $1 AS target, $2 AS gid) AS k \
+             LEFT JOIN resource_versions v ON v.gid = k.gid AND v.version = $3 \
+             LEFT JOIN resources r ON r.gid = k.gid \
+             LEFT JOIN delivered d ON d.target = k.target AND d.gid = k.gid",
         )
+        .bind(target)
         .bind(gid)
         .bind(version)
-        .fetch_optional(&mut *self.tx)
+        .fetch_one(&mut *self.tx)
         .await
-        .map_err(map_err)
+        .map_err(map_err)?;
+        let known = match (row.d_rtype, row.d_target_id, row.d_version, row.d_hash) {
+            (Some(rtype), Some(target_id), Some(version), Some(hash)) => Some(Delivered {
+                target: target.to_owned(),
+                gid: gid.to_owned(),
+                rtype,
+                target_id,
+                target_version: row.d_target_version,
+                version,
+                hash,
+            }),
+            _ => None,
+        };
+        Ok((known, row.body.map(|b| (row.rid, b))))
     }
 
     async fn outbox_add(&mut self, e: &OutboxNew) -> Result<bool> {

@@ -276,9 +276,16 @@ async fn read_for_exchange(store: &SqlStore, w: &Written) {
         .unwrap();
     let owner = ("gp".to_owned(), w.condition_gid.clone(), "c1".to_owned());
     assert_eq!(owners, vec![owner]);
-    let body = tx.version_body(&w.condition_gid, 1).await.unwrap();
-    assert_eq!(body, Some(("c1".to_owned(), w.v1.body.clone())));
-    assert_eq!(tx.version_body(&w.condition_gid, 9).await.unwrap(), None);
+    let source = tx
+        .delivery_source("hospital", &w.condition_gid, 1)
+        .await
+        .unwrap();
+    assert_eq!(source, (None, Some(("c1".to_owned(), w.v1.body.clone()))));
+    let missing = tx
+        .delivery_source("hospital", &w.condition_gid, 9)
+        .await
+        .unwrap();
+    assert_eq!(missing, (None, None));
     drop(tx);
 
     let stats = store.stats().await.unwrap();
@@ -399,8 +406,15 @@ async fn delivered_and_cursors_round_trip(store: &SqlStore) {
         .delivered_by_target_id("hospital", "Condition", "t2")
         .await
         .unwrap();
-    assert_eq!(by_target_id, Some(d2));
+    assert_eq!(by_target_id, Some(d2.clone()));
     assert_eq!(tx.delivered_get("gp", "g1").await.unwrap(), None);
+    // A delivery's read finds the copy beside the version (none stored here).
+    let source = tx.delivery_source("hospital", "g2", 4).await.unwrap();
+    assert_eq!(source, (Some(d2.clone()), None));
+    assert_eq!(
+        tx.delivery_source("gp", "g2", 4).await.unwrap(),
+        (None, None)
+    );
 
     assert_eq!(tx.cursor_get("gp", "Condition").await.unwrap(), None);
     let cursor = PollCursor {

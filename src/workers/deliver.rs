@@ -1168,14 +1168,14 @@ impl Delivery {
         }
         let gw = &self.gateway;
         let mut tx = gw.store().begin_read().await?;
-        let known = tx.delivered_get(&e.target, &e.gid).await?;
+        let (known, stored) = tx.delivery_source(&e.target, &e.gid, e.version).await?;
         // A later version reached the target; the same version did unless a resync asks.
         if known.as_ref().is_some_and(|d| {
             d.version > e.version || (d.version == e.version && d.hash != UNVERIFIED)
         }) {
             return Ok(Prepared::Done(Attempt::Superseded));
         }
-        let Some((rid, text)) = tx.version_body(&e.gid, e.version).await? else {
+        let Some((rid, text)) = stored else {
             return Ok(Prepared::Done(Attempt::Failed(Failure::permanent(
                 None,
                 "the stored version is missing",
