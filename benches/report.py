@@ -331,6 +331,8 @@ def p4(work, smoke):
                 lines.append(f"  issue 17: backlog ÷ direct client (POST with If-None-Exist, the same bodies, each alone on "
                              f"the machine; sums over {len(rounds)} alternating rounds) >= {TARGETS['p4_of_direct']}: "
                              f"{q:.3f} -> {bl['verdict']}")
+                if bl.get("median_round_ratio") is not None:
+                    lines.append(f"  (median of the {len(rounds)} rounds' own ratios: {bl['median_round_ratio']:.3f})")
         if gw.get("bodies_identical_to_sent") is not None:
             lines.append(f"  bodies read back = what the gateway sent (SHA-256 of delivered.hash): "
                          f"{gw['bodies_identical_to_sent']}/{r['n']}")
