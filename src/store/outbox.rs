@@ -264,7 +264,7 @@ pub trait ExchangeTx: Send {
 const OUTBOX_COLUMNS: &str = "id, target, source, gid, version, rtype, patient_id, route, state, \
      attempts, created_us, next_us, updated_us, last_status, last_error, target_id, target_version";
 
-/// The row of [`OutboxTx::delivery_source`].
+/// The row of [`ExchangeTx::delivery_source`].
 #[derive(FromRow)]
 struct SourceRow {
     body: Option<String>,
