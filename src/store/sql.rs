@@ -53,7 +53,7 @@ pub const SQLITE_PRAGMAS: [&str; 6] = [
     // the write connection has its own, `SQLITE_WRITER_CACHE`.)
     "PRAGMA temp_store = MEMORY",
     // The WAL is copied back into the database file by a task of its own beside the writer
-    // (`checkpointer`, every `SQLITE_CHECKPOINT_EVERY` while there are writes): at SQLite's
+    // (`checkpointer`, every `SQLITE_CHECKPOINT_EVERY`, 2 s, while there are writes): at SQLite's
     // default a commit runs the checkpoint itself once the WAL holds 1,000 pages, which for
     // Bundles of hundreds of resources was nearly every commit, inside the writer's turn. A
     // commit still checkpoints itself past 100,000 pages (400 MiB), should the task fall
@@ -73,8 +73,13 @@ pub const SQLITE_WRITER_CACHE: &str = "PRAGMA cache_size = -65536";
 /// anyone (the writer goes on meanwhile).
 pub const SQLITE_CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 
-/// How often `checkpointer` copies the WAL back while there are writes.
-pub const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// How often `checkpointer` copies the WAL back while there are writes. Every 250 ms (until
+/// issue 17's fourth round) the checkpoint copied the same hot index pages again and again and
+/// its `fsync` of the database file sat in front of the writer's commits: at half of P2's load
+/// p99 ÷ p50 was 1.77–2.69 per Bundle on SQLite, every 2 s 1.38–1.55 (four runs each), the
+/// ingest rate the same or higher. The WAL holds at most about 2 s of writes (`journal_size_limit`
+/// cuts its file back to 64 MiB after a checkpoint; `wal_autocheckpoint` is the backstop).
+pub const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 /// SQLite: copies the WAL back into the database file every [`SQLITE_CHECKPOINT_EVERY`] when
 /// write transactions have committed since the last time, on a connection of `pool` (not the
