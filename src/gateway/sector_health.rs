@@ -1,8 +1,9 @@
 //! Each target sector endpoint's health, as the delivery workers see it, and IT staff's board.
 //!
-//! The worker makes one call per recorded outcome, [`Observer::observe`], in the transaction that
-//! records it (the row written once per transaction, [`Observer::write`]): the streak of consecutive failed attempts, the last status and reason (the outbox's own
-//! patient-free description), the attempts of the hour. The state turns `failing` once — after
+//! The worker makes one call per recorded outcome, [`Observer::observe`], in the transaction
+//! that records it (the row written once per transaction, [`Observer::write`]): the streak of
+//! consecutive failed attempts, the last status and reason (the outbox's own patient-free
+//! description), the attempts of the hour. The state turns `failing` once — after
 //! `exchange.failing_after_failures` consecutive failures, or a failure that finds the oldest
 //! waiting entry older than `exchange.failing_after_age_secs` — and `healthy` once, at the next
 //! delivery; every other outcome changes no state. [`announce`], after the commit, writes the
@@ -120,14 +121,14 @@ pub fn step(
 }
 
 /// The delivery worker's hook for one recording transaction: [`Observer::observe`] for each
-/// outcome it records, in order, then [`Observer::write`] before the commit. The target's row
-/// is locked and read at the first outcome that counts and stepped in memory after that; the
+/// outcome it records, in order, then [`Observer::write`] before the commit. A target's row
+/// is locked and read at its first outcome that counts and stepped in memory after that; the
 /// health and the hour's attempts are written once per transaction, whatever the number of
 /// outcomes in it (the same rows as one call per outcome would leave).
 pub struct Observer<'g> {
     gateway: &'g Gateway,
-    /// The health as the outcomes so far left it (`None` until the first one that counts).
-    health: Option<SectorHealth>,
+    /// Each target's health as the outcomes so far left it (read at its first one that counts).
+    health: std::collections::BTreeMap<String, SectorHealth>,
     /// Attempts per (target, hour): delivered, failed.
     attempts: std::collections::BTreeMap<(String, i64), (i64, i64)>,
 }
@@ -136,13 +137,13 @@ impl<'g> Observer<'g> {
     pub fn new(gateway: &'g Gateway) -> Observer<'g> {
         Observer {
             gateway,
-            health: None,
+            health: Default::default(),
             attempts: Default::default(),
         }
     }
 
     /// One outcome of `entry` (as the outbox now holds it); returns the change to
-    /// [`announce`] after the commit. A transaction records the outcomes of one target.
+    /// [`announce`] after the commit.
     pub async fn observe(
         &mut self,
         tx: &mut dyn StoreTx,
@@ -154,11 +155,11 @@ impl<'g> Observer<'g> {
             return Ok(None);
         }
         let now = now_us();
-        let before = match self.health.take() {
-            Some(h) if h.target == entry.target => Some(h),
+        let before = match self.health.remove(&entry.target) {
+            Some(h) => Some(h),
             // One writer per target at a time (an advisory lock on PostgreSQL, the writer on
             // SQLite), held until the commit.
-            _ => tx.health_lock(&entry.target).await?,
+            None => tx.health_lock(&entry.target).await?,
         };
         let (recorded, oldest) = match seen {
             Seen::Failed => (
@@ -170,7 +171,7 @@ impl<'g> Observer<'g> {
         let entry = recorded.as_ref().unwrap_or(entry);
         let x = &self.gateway.settings().exchange;
         let (health, change) = step(x, before, entry, seen, oldest, now);
-        self.health = Some(health);
+        self.health.insert(health.target.clone(), health);
         let count = self
             .attempts
             .entry((entry.target.clone(), now - now.rem_euclid(HOUR_US)))
@@ -184,7 +185,7 @@ impl<'g> Observer<'g> {
 
     /// Writes the health and the attempts observed (nothing when no outcome counted).
     pub async fn write(self, tx: &mut dyn StoreTx) -> crate::store::Result<()> {
-        if let Some(h) = &self.health {
+        for h in self.health.values() {
             tx.health_put(h).await?;
         }
         for ((target, hour), (delivered, failed)) in &self.attempts {

@@ -1354,32 +1354,27 @@ impl Delivery {
         let (base, auth) = self.endpoint(target).await?;
         let request =
             prepared.unwrap_or_else(|| build_request(base, &e.rtype, mapped, known, None));
-        let answer = self.call(&request, auth.as_deref()).await?;
+        let transaction = request.transaction;
+        let answer = self.call(request, auth.as_deref()).await?;
         let client_credentials = matches!(target.auth, OutboundAuth::ClientCredentials { .. });
         if answer.status == 401 && client_credentials {
             // The cached token was refused: the next attempt obtains a new one.
             self.outbound.invalidate(&target.id);
         }
-        read_answer(
-            &answer,
-            &e.rtype,
-            request.transaction,
-            known,
-            client_credentials,
-        )
+        read_answer(&answer, &e.rtype, transaction, known, client_credentials)
     }
 
     /// The HTTP exchange: the request with the fixed headers and the credentials, and the
     /// whole answer. A transport failure is retryable.
-    async fn call(&self, request: &Request, auth: Option<&str>) -> Result<Answer, Failure> {
+    async fn call(&self, request: Request, auth: Option<&str>) -> Result<Answer, Failure> {
         let mut req = self
             .outbound
             .http
-            .request(request.method.clone(), &request.url)
+            .request(request.method, &request.url)
             .header(header::CONTENT_TYPE, FHIR_JSON)
             .header(header::ACCEPT, FHIR_JSON)
             .header("Prefer", "return=representation")
-            .body(request.body.clone());
+            .body(request.body);
         if let Some(a) = auth {
             req = req.header(header::AUTHORIZATION, a);
         }
