@@ -294,50 +294,63 @@ impl Log {
         );
         assert!(ok, "{out}");
         let (clients, tokens) = conf::mint(&common::ROLES);
-        // The gateway's port, taken from port 0, so that the witness can be told it first.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let root = format!("http://127.0.0.1:{port}");
-        let witness = Listening::spawn(
-            &[
-                "audit",
-                "witness",
-                "--listen",
-                "127.0.0.1:0",
-                "--state",
-                &p("witness"),
-                "--key",
-                &p("witness.key"),
-                "--log-key",
-                &p("log.pub"),
-                "--log-url",
-                &root,
-            ],
-            &[("CAREBRIDGE_WITNESS_TOKEN", tokens["auditor"].as_str())],
-        );
-        let db = format!("sqlite://{}", p("carebridge.db"));
+        // The gateway's port, taken from port 0 and let go, so that the witness can be told it
+        // first. Another test may bind the same port in between: then both start again on a
+        // new one.
         let config = dir.path().join("carebridge.toml");
-        let text = common::config_text(&db, "")
-            .replace(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{port}\""),
-            )
-            .replace(
-                "enabled = false",
-                "enabled = false\nretry_initial_ms = 100\nretry_max_ms = 400",
-            )
-            + &format!(
-                "\n[audit]\nsigning_key_file = \"{}\"\ncheckpoint_every_rows = 5\n\
-                 checkpoint_every_secs = 3600\nwitnesses = [\"http://{}\"]\n",
-                p("log.key"),
-                witness.addr
-            )
-            + &clients;
-        std::fs::write(&config, text).unwrap();
-        let gateway = Serve::new(&config).start().unwrap();
+        let db = format!("sqlite://{}", p("carebridge.db"));
+        let mut attempt = 0;
+        let (root, witness, gateway) = loop {
+            attempt += 1;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let root = format!("http://127.0.0.1:{port}");
+            let witness = Listening::spawn(
+                &[
+                    "audit",
+                    "witness",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--state",
+                    &p("witness"),
+                    "--key",
+                    &p("witness.key"),
+                    "--log-key",
+                    &p("log.pub"),
+                    "--log-url",
+                    &root,
+                ],
+                &[("CAREBRIDGE_WITNESS_TOKEN", tokens["auditor"].as_str())],
+            );
+            let text = common::config_text(&db, "")
+                .replace(
+                    "listen = \"127.0.0.1:0\"",
+                    &format!("listen = \"127.0.0.1:{port}\""),
+                )
+                .replace(
+                    "enabled = false",
+                    "enabled = false\nretry_initial_ms = 100\nretry_max_ms = 400",
+                )
+                + &format!(
+                    "\n[audit]\nsigning_key_file = \"{}\"\ncheckpoint_every_rows = 5\n\
+                     checkpoint_every_secs = 3600\nwitnesses = [\"http://{}\"]\n",
+                    p("log.key"),
+                    witness.addr
+                )
+                + &clients;
+            std::fs::write(&config, text).unwrap();
+            match Serve::new(&config).start() {
+                Ok(gateway) => break (root, witness, gateway),
+                Err(e) if attempt < 5 && e.to_string().contains("Address already in use") => {
+                    drop(witness);
+                    let _ = std::fs::remove_dir_all(p("witness"));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         Log {
             dir,
             config,
