@@ -4,6 +4,7 @@
 //! and AA. `.ci/run` installs both packages; a missing one fails with one line naming it.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,11 +18,36 @@ pub struct Browser {
     driver: Child,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// Starts chromedriver on a port it picks itself (`--port=0`; a port picked here and let go
+/// could be taken by another test before the driver binds it) and returns the port it printed.
+fn start_driver(driver_bin: &str) -> (Child, u16) {
+    let mut driver = Command::new(driver_bin)
+        .arg("--port=0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let stdout = driver.stdout.take().expect("chromedriver's stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads every line, so that the driver never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(port) = line
+                .split("started successfully on port ")
+                .nth(1)
+                .and_then(|rest| rest.trim_end_matches('.').trim().parse::<u16>().ok())
+            {
+                let _ = tx.send(port);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(port) => (driver, port),
+        Err(_) => {
+            let _ = driver.kill();
+            panic!("chromedriver did not say which port it listens on");
+        }
+    }
 }
 
 fn require(binary: &str) -> String {
@@ -35,17 +61,11 @@ fn require(binary: &str) -> String {
 }
 
 impl Browser {
-    /// Starts chromedriver on a free port and a headless chromium that asks for `lang` pages.
+    /// Starts chromedriver ([`start_driver`]) and a headless chromium that asks for `lang` pages.
     pub async fn start(lang: &str) -> Browser {
         let driver_bin = require("chromedriver");
         let chromium = require("chromium");
-        let port = free_port();
-        let driver = Command::new(driver_bin)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
+        let (driver, port) = start_driver(&driver_bin);
         let caps = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
