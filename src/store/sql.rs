@@ -940,13 +940,15 @@ impl SqlTx {
         // The VALUES rows are scanned in the order given, so the locks are taken sorted (piece
         // after piece); row counts in powers of two keep the statement texts few.
         for chunk in pieces(&keys, 512) {
-            let sql = sqlx::AssertSqlSafe(format!(
-                "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM (VALUES {}) AS t(k)",
-                (1..=chunk.len())
-                    .map(|i| format!("(${i})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            let sql = bulk::text("locks", self.dialect, chunk.len(), || {
+                format!(
+                    "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM (VALUES {}) AS t(k)",
+                    (1..=chunk.len())
+                        .map(|i| format!("(${i})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
             let mut q = sqlx::query(sql);
             for k in chunk {
                 q = q.bind(k);
