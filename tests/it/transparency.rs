@@ -345,8 +345,12 @@ impl Log {
             match Serve::new(&config).start() {
                 Ok(gateway) => break (root, witness, gateway),
                 Err(e) if attempt < 5 && e.to_string().contains("Address already in use") => {
+                    // Both start afresh: nothing of the attempt that failed is kept.
                     drop(witness);
                     let _ = std::fs::remove_dir_all(p("witness"));
+                    for f in ["carebridge.db", "carebridge.db-wal", "carebridge.db-shm"] {
+                        let _ = std::fs::remove_file(p(f));
+                    }
                 }
                 Err(e) => panic!("{e}"),
             }
