@@ -24,6 +24,7 @@ use crate::fhir::time::{instant, now_us};
 use crate::ids::gateway_id;
 
 mod bulk;
+mod bulk_pg;
 
 pub use bulk::pieces;
 
@@ -871,33 +872,12 @@ impl SqlTx {
             .execute(&mut *self.tx)
             .await
             .map_err(map_err)?;
-        for (system, value) in &p.identifiers {
-            sqlx::query(
-                "INSERT INTO identifier_index (sector, rtype, system, value, gid) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(&p.sector)
-            .bind(&p.rtype)
-            .bind(system)
-            .bind(value)
-            .bind(gid)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
-            sqlx::query(
-                "INSERT INTO resource_identifiers (sector, rtype, system, value, gid) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (sector, rtype, system, value) DO UPDATE SET gid = excluded.gid",
-            )
-            .bind(&p.sector)
-            .bind(&p.rtype)
-            .bind(system)
-            .bind(value)
-            .bind(gid)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
-        }
-        Ok(())
+        let rows: Vec<[&str; 5]> = p
+            .identifiers
+            .iter()
+            .map(|(system, value)| [p.sector.as_str(), &p.rtype, system, value, gid])
+            .collect();
+        self.index_identifier_rows(&rows).await
     }
 
     /// `put` with the resource's lock already held (PostgreSQL; see [`SqlTx::lock_writes`]):
@@ -937,25 +917,7 @@ impl SqlTx {
             .collect();
         keys.sort();
         keys.dedup();
-        // The VALUES rows are scanned in the order given, so the locks are taken sorted (piece
-        // after piece); row counts in powers of two keep the statement texts few.
-        for chunk in pieces(&keys, 512) {
-            let sql = bulk::text("locks", self.dialect, chunk.len(), || {
-                format!(
-                    "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM (VALUES {}) AS t(k)",
-                    (1..=chunk.len())
-                        .map(|i| format!("(${i})"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            });
-            let mut q = sqlx::query(sql);
-            for k in chunk {
-                q = q.bind(k);
-            }
-            q.execute(&mut *self.tx).await.map_err(map_err)?;
-        }
-        Ok(())
+        self.lock_keys_pg(&keys).await
     }
 
     /// Forgets the patients of references remembered in this transaction (after an unmerge).

@@ -339,6 +339,9 @@ async fn schedule_claims(store: Arc<dyn Store>, concurrent: bool) {
 /// One request's writes, in the order a Bundle lists them: a Condition before its Patient, one
 /// that is then changed and one sent again unchanged, a resource naming its Patient by CPR, an
 /// identifier that moves from one resource to another, and one without a patient.
+/// An identifier value with every character PostgreSQL's array syntax treats specially.
+const ODD: &str = "a \"q\", \\b\\ {x} NULL";
+
 fn bulk_rounds() -> Vec<Vec<Value>> {
     let cpr = "Patient?identifier=urn:oid:1.2.208.176.1.2|0202801234";
     let moved = |id: &str| {
@@ -353,6 +356,11 @@ fn bulk_rounds() -> Vec<Vec<Value>> {
             condition("bc3", cpr, "gout"),
             moved("bm1"),
             json!({ "resourceType": "Organization", "id": "o1", "name": "x" }),
+            // Quotes, backslashes, commas, braces and the word NULL, in a key and a body: what
+            // PostgreSQL's array form must carry through unchanged.
+            json!({ "resourceType": "Condition", "id": "bq1", "subject": { "reference": "Patient/b1" },
+                    "identifier": [{ "system": "urn:test:odd", "value": ODD }],
+                    "note": [{ "text": "\"quoted\", \\ back {x} NULL" }] }),
         ],
         vec![
             condition("bc1", "Patient/b1", "asthma"),
@@ -422,6 +430,26 @@ async fn bulk_writes_match_single_ones(one_by_one: Arc<dyn Store>, bulk: Arc<dyn
             .await
             .unwrap();
         assert_eq!(holder.as_deref(), Some("bm2"), "the latest holder");
+        let odd = tx
+            .find_by_identifier("hospital", "Condition", "urn:test:odd", ODD)
+            .await
+            .unwrap();
+        assert_eq!(
+            odd.as_deref(),
+            Some("bq1"),
+            "an identifier with quotes and braces"
+        );
+        let q = tx
+            .get_sector("hospital", "Condition", "bq1")
+            .await
+            .unwrap()
+            .unwrap();
+        let sent = &bulk_rounds()[0][6];
+        assert_eq!(
+            q.body,
+            prepare(&s, "Condition", "bq1", sent).body,
+            "the body as sent"
+        );
         let c = tx
             .get_sector("hospital", "Condition", "bc2")
             .await

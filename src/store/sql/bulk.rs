@@ -60,15 +60,15 @@ pub(super) fn text(
 
 /// A current row of `resources`, with its key.
 #[derive(FromRow)]
-struct KeyedCurrent {
-    gid: String,
+pub(super) struct KeyedCurrent {
+    pub(super) gid: String,
     #[sqlx(flatten)]
-    current: Current,
+    pub(super) current: Current,
 }
 
 /// A new version to write: the resource, its gateway id, version and patient.
 pub(super) struct NewVersion<'p> {
-    p: &'p Prepared,
+    pub(super) p: &'p Prepared,
     pub(super) gid: String,
     pub(super) version: i64,
     pub(super) patient_id: Option<String>,
@@ -187,6 +187,9 @@ impl SqlTx {
 
     /// The current rows of these gateway ids, read in chunks of [`CHUNK`].
     async fn currents(&mut self, gids: &[&str]) -> Result<HashMap<String, Current>> {
+        if self.dialect == Dialect::Postgres {
+            return self.currents_pg(gids).await;
+        }
         let mut found = HashMap::with_capacity(gids.len());
         for chunk in pieces(gids, CHUNK) {
             let sql = text("currents", self.dialect, chunk.len(), || {
@@ -234,7 +237,12 @@ impl SqlTx {
                 )
             });
             self.execute(sql, binds).await?;
-            self.upsert_resources(chunk, last_updated).await?;
+            if self.dialect == Dialect::Sqlite {
+                self.upsert_resources(chunk, last_updated).await?;
+            }
+        }
+        if self.dialect == Dialect::Postgres {
+            self.upsert_resources_pg(writes, last_updated).await?;
         }
         self.replace_identifiers(writes).await
     }
@@ -281,15 +289,21 @@ impl SqlTx {
             .filter(|w| w.version > 1)
             .map(|w| w.gid.as_str())
             .collect();
-        for chunk in pieces(&old, CHUNK) {
-            let binds = chunk.iter().map(|g| Bind::Text((*g).to_owned())).collect();
-            let sql = text("identifiers-gone", self.dialect, chunk.len(), || {
-                format!(
-                    "DELETE FROM identifier_index WHERE gid IN ({})",
-                    marks(self.dialect, 1, chunk.len())
-                )
-            });
-            self.execute(sql, binds).await?;
+        if self.dialect == Dialect::Postgres {
+            if !old.is_empty() {
+                self.identifiers_gone_pg(&old).await?;
+            }
+        } else {
+            for chunk in pieces(&old, CHUNK) {
+                let binds = chunk.iter().map(|g| Bind::Text((*g).to_owned())).collect();
+                let sql = text("identifiers-gone", self.dialect, chunk.len(), || {
+                    format!(
+                        "DELETE FROM identifier_index WHERE gid IN ({})",
+                        marks(self.dialect, 1, chunk.len())
+                    )
+                });
+                self.execute(sql, binds).await?;
+            }
         }
         let mut rows: Vec<[&str; 5]> = Vec::new();
         for w in writes {
@@ -297,15 +311,13 @@ impl SqlTx {
                 rows.push([&w.p.sector, &w.p.rtype, system, value, &w.gid]);
             }
         }
-        for chunk in pieces(&rows, CHUNK) {
-            self.insert_identifier_rows(
-                "identifier-index",
-                "INSERT INTO identifier_index (sector, rtype, system, value, gid) VALUES {} \
-                 ON CONFLICT DO NOTHING",
-                chunk,
-            )
-            .await?;
-        }
+        self.index_identifier_rows(&rows).await
+    }
+
+    /// Adds identifier rows `[sector, rtype, system, value, gid]` in multi-row statements:
+    /// every one to `identifier_index`, the last holder of each identifier to
+    /// `resource_identifiers`.
+    pub(super) async fn index_identifier_rows(&mut self, rows: &[[&str; 5]]) -> Result<()> {
         // One row per key in a statement (PostgreSQL refuses to update a row twice in one
         // statement): the last holder of each identifier.
         let mut last: HashMap<[&str; 4], usize> = HashMap::new();
@@ -314,6 +326,18 @@ impl SqlTx {
         }
         let kept: BTreeSet<usize> = last.into_values().collect();
         let latest: Vec<[&str; 5]> = kept.into_iter().map(|i| rows[i]).collect();
+        if self.dialect == Dialect::Postgres {
+            return self.index_identifier_rows_pg(rows, &latest).await;
+        }
+        for chunk in pieces(rows, CHUNK) {
+            self.insert_identifier_rows(
+                "identifier-index",
+                "INSERT INTO identifier_index (sector, rtype, system, value, gid) VALUES {} \
+                 ON CONFLICT DO NOTHING",
+                chunk,
+            )
+            .await?;
+        }
         for chunk in pieces(&latest, CHUNK) {
             self.insert_identifier_rows(
                 "resource-identifiers",
@@ -351,6 +375,9 @@ impl SqlTx {
         entries: &[OutboxNew],
     ) -> Result<BTreeSet<String>> {
         let now = now_us();
+        if self.dialect == Dialect::Postgres {
+            return self.outbox_add_pg(entries, now).await;
+        }
         let mut targets = BTreeSet::new();
         for chunk in pieces(entries, CHUNK) {
             let mut binds = Vec::with_capacity(chunk.len() * 12);
