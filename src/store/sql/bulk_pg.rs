@@ -1,8 +1,8 @@
 //! PostgreSQL's form of the bulk writes ([`super::bulk`]): one statement per table and
 //! request, `INSERT … SELECT … FROM UNNEST($1::text[], …)`, instead of the rows cut into
 //! multi-row `VALUES` pieces (the bodies of `resource_versions` excepted: see
-//! [`SqlTx::upsert_resources_pg`]) (issue 17: the gateway sent about 85 statements per 340-entry
-//! Bundle where P2's durable-write floor sends 7). `sqlx`'s `Any` driver binds no arrays, so
+//! [`SqlTx::upsert_resources_pg`]). The bulk writes of a 340-entry Bundle were about 35
+//! statements; they are about 13 (P2's durable-write floor writes its rows in 4). `sqlx`'s `Any` driver binds no arrays, so
 //! each column goes as one text parameter in PostgreSQL's array syntax ([`text_array`]) and the
 //! statement casts it; every value is still bound, none is formatted into the statement.
 
