@@ -294,59 +294,15 @@ impl Log {
         );
         assert!(ok, "{out}");
         let (clients, tokens) = conf::mint(&common::ROLES);
-        // The gateway's port, taken from port 0 and let go, so that the witness can be told it
-        // first. Another test may bind the same port in between: then both start again on a
-        // new one.
         let config = dir.path().join("carebridge.toml");
         let db = format!("sqlite://{}", p("carebridge.db"));
         let mut attempt = 0;
         let (root, witness, gateway) = loop {
             attempt += 1;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let root = format!("http://127.0.0.1:{port}");
-            let witness = Listening::spawn(
-                &[
-                    "audit",
-                    "witness",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--state",
-                    &p("witness"),
-                    "--key",
-                    &p("witness.key"),
-                    "--log-key",
-                    &p("log.pub"),
-                    "--log-url",
-                    &root,
-                ],
-                &[("CAREBRIDGE_WITNESS_TOKEN", tokens["auditor"].as_str())],
-            );
-            let text = common::config_text(&db, "")
-                .replace(
-                    "listen = \"127.0.0.1:0\"",
-                    &format!("listen = \"127.0.0.1:{port}\""),
-                )
-                .replace(
-                    "enabled = false",
-                    "enabled = false\nretry_initial_ms = 100\nretry_max_ms = 400",
-                )
-                + &format!(
-                    "\n[audit]\nsigning_key_file = \"{}\"\ncheckpoint_every_rows = 5\n\
-                     checkpoint_every_secs = 3600\nwitnesses = [\"http://{}\"]\n",
-                    p("log.key"),
-                    witness.addr
-                )
-                + &clients;
-            std::fs::write(&config, text).unwrap();
-            match Serve::new(&config).start() {
-                Ok(gateway) => break (root, witness, gateway),
-                Err(e) if attempt < 5 && e.to_string().contains("Address already in use") => {
+            match Log::start_pair(dir.path(), &config, &db, &clients, &tokens["auditor"]) {
+                Ok(started) => break started,
+                Err(e) if attempt < 5 && e.contains("Address already in use") => {
                     // Both start afresh: nothing of the attempt that failed is kept.
-                    drop(witness);
                     let _ = std::fs::remove_dir_all(p("witness"));
                     for f in ["carebridge.db", "carebridge.db-wal", "carebridge.db-shm"] {
                         let _ = std::fs::remove_file(p(f));
@@ -365,6 +321,61 @@ impl Log {
             _gateway: gateway,
             witness,
         }
+    }
+
+    /// The witness, then the gateway on a port taken from port 0 and let go, so that the
+    /// witness can be told it first; another test may bind that port in between (then the
+    /// gateway's error, and the witness is stopped).
+    fn start_pair(
+        dir: &std::path::Path,
+        config: &std::path::Path,
+        db: &str,
+        clients: &str,
+        auditor_token: &str,
+    ) -> Result<(String, Listening, common::server::Server), String> {
+        let p = |f: &str| dir.join(f).display().to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let root = format!("http://127.0.0.1:{port}");
+        let witness = Listening::spawn(
+            &[
+                "audit",
+                "witness",
+                "--listen",
+                "127.0.0.1:0",
+                "--state",
+                &p("witness"),
+                "--key",
+                &p("witness.key"),
+                "--log-key",
+                &p("log.pub"),
+                "--log-url",
+                &root,
+            ],
+            &[("CAREBRIDGE_WITNESS_TOKEN", auditor_token)],
+        );
+        let text = common::config_text(db, "")
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                "enabled = false",
+                "enabled = false\nretry_initial_ms = 100\nretry_max_ms = 400",
+            )
+            + &format!(
+                "\n[audit]\nsigning_key_file = \"{}\"\ncheckpoint_every_rows = 5\n\
+                 checkpoint_every_secs = 3600\nwitnesses = [\"http://{}\"]\n",
+                p("log.key"),
+                witness.addr
+            )
+            + clients;
+        std::fs::write(config, text).unwrap();
+        let gateway = Serve::new(config).start().map_err(|e| e.to_string())?;
+        Ok((root, witness, gateway))
     }
 
     fn path(&self, f: &str) -> String {

@@ -2,11 +2,13 @@
 //! request, `INSERT … SELECT … FROM UNNEST($1::text[], …)`, instead of the rows cut into
 //! multi-row `VALUES` pieces (the bodies of `resource_versions` excepted: see
 //! [`SqlTx::upsert_resources_pg`]). The bulk writes of a 340-entry Bundle were about 35
-//! statements; they are about 13 (P2's durable-write floor writes its rows in 4). `sqlx`'s `Any` driver binds no arrays, so
-//! each column goes as one text parameter in PostgreSQL's array syntax ([`text_array`]) and the
-//! statement casts it; every value is still bound, none is formatted into the statement.
+//! statements; they are about 13 (P2's durable-write floor writes its rows in 4). `sqlx`'s
+//! `Any` driver binds no arrays, so each column goes as one text parameter in PostgreSQL's
+//! array syntax ([`text_array`]) and the statement casts it; every value is still bound, none
+//! is formatted into the statement.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write;
 
 use super::bulk::{KeyedCurrent, NewVersion};
 use super::{Current, SqlTx, map_err};
@@ -14,7 +16,7 @@ use crate::store::{OutboxNew, Result};
 
 /// A text array literal (`{"a","b",NULL}`): each element quoted, with `\` and `"` escaped by a
 /// backslash; `None` is SQL NULL.
-pub(super) fn text_array<'a>(items: impl IntoIterator<Item = Option<&'a str>>) -> String {
+fn text_array<'a>(items: impl IntoIterator<Item = Option<&'a str>>) -> String {
     let mut out = String::from("{");
     for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
@@ -41,8 +43,16 @@ pub(super) fn text_array<'a>(items: impl IntoIterator<Item = Option<&'a str>>) -
 
 /// A bigint array literal (`{1,2}`).
 fn int_array(items: impl IntoIterator<Item = i64>) -> String {
-    let parts: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
-    format!("{{{}}}", parts.join(","))
+    let mut out = String::from("{");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{item}");
+    }
+    out.push('}');
+    out
 }
 
 /// `text_array` of a column that is never NULL.
