@@ -383,8 +383,11 @@ def p4(work, smoke):
                              f"{fmt(run['per_target']['municipality']['per_s_first_to_last'], 1)}); dead target "
                              f"{run['dead_target']['entries']} entries, {run['dead_target']['attempts']} attempts; "
                              f"load {run['loadavg_before']:.2f}")
-            lines.append(f"    cost against the mean baseline: refused {100 * ds['cost_refused']:.1f} %, silent "
-                         f"{100 * ds['cost_silent']:.1f} % (target < 10 %: {ds['verdict']})")
+            for k, rd in enumerate(ds.get("rounds", []), 1):
+                lines.append(f"    round {k}: refused {100 * rd['cost_refused']:.1f} %, silent {100 * rd['cost_silent']:.1f} % "
+                             f"(baselines {fmt(rd['baselines_per_s'][0], 1)} and {fmt(rd['baselines_per_s'][1], 1)}/s)")
+            lines.append(f"    cost, median of the rounds against each round's baselines: refused {100 * ds['cost_refused']:.1f} %, "
+                         f"silent {100 * ds['cost_silent']:.1f} % (target < 10 %: {ds['verdict']})")
     return out, lines
 
 
