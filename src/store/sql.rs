@@ -722,50 +722,19 @@ impl SqlTx {
         };
         let head_existed = seq > 0;
         let tree = (seq as u64, prev.clone());
-        let mut leaves = Vec::with_capacity(self.pending_audit.len());
-        for mut a in std::mem::take(&mut self.pending_audit) {
+        let mut rows = std::mem::take(&mut self.pending_audit);
+        for a in &mut rows {
             seq += 1;
             a.seq = seq;
             if a.kind.is_empty() {
                 a.kind = "event".into();
             }
-            a.prev_hash = prev;
-            a.hash = crate::audit::row_hash(&a);
-            // A Vec<String> always serialises.
-            let entities = serde_json::to_string(&a.entities).unwrap_or_else(|_| "[]".into());
-            sqlx::query(
-                "INSERT INTO audit_log (seq, kind, recorded_us, recorded, request_id, client_id, role, \
-                 sector, target_sector, action, interaction, outcome, patient_id, entities, query, \
-                 purpose, detail, person, basis, prev_hash, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
-            )
-            .bind(a.seq)
-            .bind(&a.kind)
-            .bind(a.recorded_us)
-            .bind(&a.recorded)
-            .bind(a.request_id.as_deref())
-            .bind(a.client_id.as_deref())
-            .bind(a.role.as_deref())
-            .bind(a.sector.as_deref())
-            .bind(a.target_sector.as_deref())
-            .bind(&a.action)
-            .bind(&a.interaction)
-            .bind(&a.outcome)
-            .bind(a.patient_id.as_deref())
-            .bind(entities)
-            .bind(a.query.as_deref())
-            .bind(a.purpose.as_deref())
-            .bind(a.detail.as_deref())
-            .bind(a.person.as_deref())
-            .bind(a.basis.as_deref())
-            .bind(&a.prev_hash)
-            .bind(&a.hash)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
-            leaves.push(a.hash.clone());
-            prev = a.hash;
+            a.prev_hash = std::mem::take(&mut prev);
+            a.hash = crate::audit::row_hash(a);
+            prev = a.hash.clone();
         }
+        self.insert_audit_rows(&rows).await?;
+        let leaves: Vec<String> = rows.into_iter().map(|a| a.hash).collect();
         self.merkle_append(tree.0, Some(&tree.1), &leaves).await?;
         let sql = if head_existed {
             "UPDATE audit_head SET seq = $2, hash = $3 WHERE chain = $1"

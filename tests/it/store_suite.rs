@@ -602,6 +602,76 @@ async fn audited_reads(store: Arc<dyn Store>, serial: bool) {
     }
 }
 
+/// Many audit rows in one transaction (a delivery worker records up to 32 outcomes, each with
+/// its row, in one): written in multi-row statements, they come back in order, field for field,
+/// and the chain over them holds — across a piece boundary (77 rows: 32, 32, 8, 4, 1) and
+/// between transactions.
+async fn audit_rows_in_one_transaction(store: Arc<dyn Store>) {
+    let before = {
+        let mut tx = store.begin_read().await.unwrap();
+        tx.audit_head().await.unwrap().map_or(0, |h| h.0)
+    };
+    let row = |i: usize| AuditRow {
+        recorded_us: 1_000 + i as i64,
+        recorded: format!("2026-12-06T04:00:{:02}Z", i % 60),
+        client_id: Some(format!("client-{i}")),
+        sector: i.is_multiple_of(3).then(|| "gp".to_owned()),
+        target_sector: i.is_multiple_of(2).then(|| "hospital".to_owned()),
+        detail: i
+            .is_multiple_of(5)
+            .then(|| format!("a \"quoted\", {{braced}} \\ detail {i}")),
+        ..naming(&format!("Condition/bulk-{i}"))
+    };
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..77 {
+        tx.audit(&row(i)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.audit(&row(77)).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin_read().await.unwrap();
+    let rows = tx.audit_chain_page(before, 1000).await.unwrap();
+    assert_eq!(rows.len(), 78, "every row of both transactions is stored");
+    for (i, r) in rows.iter().enumerate() {
+        let want = row(i);
+        assert_eq!(
+            r.seq,
+            before + 1 + i as i64,
+            "seq follows the order of appending"
+        );
+        assert_eq!(
+            (
+                &r.entities,
+                r.recorded_us,
+                &r.recorded,
+                &r.client_id,
+                &r.sector
+            ),
+            (
+                &want.entities,
+                want.recorded_us,
+                &want.recorded,
+                &want.client_id,
+                &want.sector
+            )
+        );
+        assert_eq!(
+            (&r.target_sector, &r.detail),
+            (&want.target_sector, &want.detail)
+        );
+    }
+    let head = tx.audit_head().await.unwrap();
+    let mut all = tx.audit_chain_page(0, 100_000).await.unwrap();
+    all.sort_by_key(|r| r.seq);
+    let mut walk = carebridge::audit::chain::Walk::new();
+    for r in &all {
+        assert!(walk.row(r), "the chain breaks at seq {}", r.seq);
+    }
+    let report = walk.finish(head);
+    assert!(report.ok, "the chain holds: {report:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_suite_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
@@ -610,6 +680,7 @@ async fn store_suite_on_sqlite() {
     suite(store.clone()).await;
     schedule_claims(store.clone(), false).await;
     audited_reads(store.clone(), true).await;
+    audit_rows_in_one_transaction(store.clone()).await;
     concurrent_versions(store).await;
 }
 
@@ -620,6 +691,7 @@ async fn store_suite_on_postgres() {
     suite(store.clone()).await;
     schedule_claims(store.clone(), true).await;
     audited_reads(store.clone(), false).await;
+    audit_rows_in_one_transaction(store.clone()).await;
     concurrent_versions(store.clone()).await;
     store.close().await;
     common::drop_pg_database(&name).await;

@@ -7,7 +7,8 @@ use sqlx::FromRow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use super::{Bind, Current, Dialect, SqlTx, bind_all, map_err, placeholders};
+use super::{AUDIT_COLUMNS, Bind, Current, Dialect, SqlTx, bind_all, map_err, placeholders};
+use crate::audit::AuditRow;
 use crate::fhir::time::{instant, now_us};
 use crate::ids::gateway_id;
 use crate::store::{OutboxNew, Prepared, PutOutcome, Result, StoreError};
@@ -16,6 +17,10 @@ use crate::store::{OutboxNew, Prepared, PutOutcome, Result, StoreError};
 /// SQLite's 32,766 and PostgreSQL's 65,535 (P2's floor found 128 rows a statement the fastest
 /// on SQLite: 32 rows and 512 rows were both slower).
 const CHUNK: usize = 128;
+
+/// Audit rows per statement: 21 columns ([`AUDIT_COLUMNS`]) × 32 = 672 bound values.
+const AUDIT_CHUNK: usize = 32;
+const AUDIT_WIDTH: usize = 21;
 
 /// `items` in statements of at most `max` rows (a power of two): full pieces of `max`, the rest
 /// in descending powers of two (77 rows: 64, 8, 4, 1). Each row count is its own statement text,
@@ -412,6 +417,50 @@ impl SqlTx {
             targets.extend(added);
         }
         Ok(targets)
+    }
+
+    /// Audit rows whose `seq` and hashes are set, in multi-row statements of at most
+    /// [`AUDIT_CHUNK`] rows (a delivery worker records up to 32 outcomes, each with its row, in
+    /// one transaction: one statement instead of 32).
+    pub(super) async fn insert_audit_rows(&mut self, rows: &[AuditRow]) -> Result<()> {
+        for chunk in pieces(rows, AUDIT_CHUNK) {
+            let mut binds = Vec::with_capacity(chunk.len() * AUDIT_WIDTH);
+            for a in chunk {
+                // A Vec<String> always serialises.
+                let entities = serde_json::to_string(&a.entities).unwrap_or_else(|_| "[]".into());
+                binds.extend([
+                    Bind::Int(a.seq),
+                    Bind::Text(a.kind.clone()),
+                    Bind::Int(a.recorded_us),
+                    Bind::Text(a.recorded.clone()),
+                    Bind::OptText(a.request_id.clone()),
+                    Bind::OptText(a.client_id.clone()),
+                    Bind::OptText(a.role.clone()),
+                    Bind::OptText(a.sector.clone()),
+                    Bind::OptText(a.target_sector.clone()),
+                    Bind::Text(a.action.clone()),
+                    Bind::Text(a.interaction.clone()),
+                    Bind::Text(a.outcome.clone()),
+                    Bind::OptText(a.patient_id.clone()),
+                    Bind::Text(entities),
+                    Bind::OptText(a.query.clone()),
+                    Bind::OptText(a.purpose.clone()),
+                    Bind::OptText(a.detail.clone()),
+                    Bind::OptText(a.person.clone()),
+                    Bind::OptText(a.basis.clone()),
+                    Bind::Text(a.prev_hash.clone()),
+                    Bind::Text(a.hash.clone()),
+                ]);
+            }
+            let sql = text("audit", self.dialect, chunk.len(), || {
+                format!(
+                    "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES {}",
+                    value_groups(self.dialect, chunk.len(), AUDIT_WIDTH)
+                )
+            });
+            self.execute(sql, binds).await?;
+        }
+        Ok(())
     }
 
     /// Runs one statement built from fixed text and placeholders ([`text`]), every value bound.
