@@ -20,7 +20,21 @@ const CHUNK: usize = 128;
 
 /// Audit rows per statement: 21 columns ([`AUDIT_COLUMNS`]) × 32 = 672 bound values.
 const AUDIT_CHUNK: usize = 32;
-const AUDIT_WIDTH: usize = 21;
+/// The columns of an audit row, counted from [`AUDIT_COLUMNS`] itself.
+const AUDIT_WIDTH: usize = column_count(AUDIT_COLUMNS);
+
+/// How many columns a comma-separated column list names.
+const fn column_count(list: &str) -> usize {
+    let bytes = list.as_bytes();
+    let (mut i, mut n) = (0, 1);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
 
 /// `items` in statements of at most `max` rows (a power of two): full pieces of `max`, the rest
 /// in descending powers of two (77 rows: 64, 8, 4, 1). Each row count is its own statement text,
@@ -428,7 +442,8 @@ impl SqlTx {
             for a in chunk {
                 // A Vec<String> always serialises.
                 let entities = serde_json::to_string(&a.entities).unwrap_or_else(|_| "[]".into());
-                binds.extend([
+                // One value per column: the array's length is checked against the list's.
+                let row: [Bind; AUDIT_WIDTH] = [
                     Bind::Int(a.seq),
                     Bind::Text(a.kind.clone()),
                     Bind::Int(a.recorded_us),
@@ -450,7 +465,8 @@ impl SqlTx {
                     Bind::OptText(a.basis.clone()),
                     Bind::Text(a.prev_hash.clone()),
                     Bind::Text(a.hash.clone()),
-                ]);
+                ];
+                binds.extend(row);
             }
             let sql = text("audit", self.dialect, chunk.len(), || {
                 format!(
