@@ -12,9 +12,11 @@
 //!
 //! **PostgreSQL** reports a SQLSTATE. Busy are
 //! - `40001` serialization_failure ("could not serialize access …");
-//! - `40P01` deadlock_detected.
+//! - `40P01` deadlock_detected;
+//! - `53200` out_of_memory, which is what a full lock table reports ("out of shared memory",
+//!   `max_locks_per_transaction`): the entries come free as other transactions end.
 //!
-//! Both roll the transaction back and succeed when retried. `55P03` lock_not_available is
+//! Each rolls the transaction back and succeeds when retried. `55P03` lock_not_available is
 //! deliberately *not* busy: it is raised only by `NOWAIT` or an expired `lock_timeout`, which the
 //! gateway never uses (its row claims use `SKIP LOCKED`, its locks wait), so it would mean
 //! something unexpected — an error worth reporting, as before.
@@ -29,8 +31,9 @@ use sqlx::sqlite::SqliteError;
 
 /// SQLite primary result codes that mean busy: `SQLITE_BUSY`, `SQLITE_LOCKED`.
 const SQLITE_BUSY_PRIMARY: [i32; 2] = [5, 6];
-/// PostgreSQL SQLSTATEs that mean busy: serialization_failure, deadlock_detected.
-const POSTGRES_BUSY_SQLSTATES: [&str; 2] = ["40001", "40P01"];
+/// PostgreSQL SQLSTATEs that mean busy: serialization_failure, deadlock_detected, a full lock
+/// table.
+const POSTGRES_BUSY_SQLSTATES: [&str; 3] = ["40001", "40P01", "53200"];
 
 /// True when the error is worth retrying: lock contention (by code) or an exhausted pool.
 pub(super) fn is_busy(e: &sqlx::Error) -> bool {
@@ -61,7 +64,7 @@ fn sqlite_busy(code: Option<Cow<'_, str>>) -> bool {
         .is_some_and(|c| SQLITE_BUSY_PRIMARY.contains(&(c & 0xff)))
 }
 
-/// A PostgreSQL SQLSTATE of serialization failure or deadlock.
+/// A PostgreSQL SQLSTATE of serialization failure, deadlock or a full lock table.
 fn postgres_busy(code: Option<Cow<'_, str>>) -> bool {
     code.is_some_and(|c| POSTGRES_BUSY_SQLSTATES.contains(&c.as_ref()))
 }
@@ -97,8 +100,8 @@ mod tests {
     }
 
     #[test]
-    fn postgres_sqlstates_are_serialization_failure_and_deadlock() {
-        assert!(postgres("40001") && postgres("40P01"));
+    fn postgres_sqlstates_are_serialization_failure_deadlock_and_a_full_lock_table() {
+        assert!(postgres("40001") && postgres("40P01") && postgres("53200"));
         // lock_not_available, unique_violation, query_canceled, the SQLite busy code.
         for other in ["55P03", "23505", "57014", "40000", "5", ""] {
             assert!(!postgres(other), "{other}");

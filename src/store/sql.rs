@@ -241,6 +241,7 @@ impl SqlStore {
             tree_after: None,
             commits: (self.dialect == Dialect::Sqlite).then(|| self.commits.clone()),
             read_only: false,
+            alone: false,
         })
     }
 
@@ -300,6 +301,7 @@ impl Store for SqlStore {
             tree_after: None,
             commits: None,
             read_only: true,
+            alone: false,
         }))
     }
 
@@ -396,11 +398,32 @@ pub(super) struct SqlTx {
     commits: Option<Arc<AtomicU64>>,
     /// Begun by `begin_read`: nothing it writes is meant to count.
     read_only: bool,
+    /// Holds [`WRITE_GATE`] exclusively (PostgreSQL): no other write of resources runs, so the
+    /// locks of resources and patient identifiers are not taken.
+    alone: bool,
 }
 
 /// The one audit chain (all replicas append to it) and the lock that orders appends.
 const AUDIT_CHAIN: &str = "main";
 const AUDIT_CHAIN_LOCK: &str = "carebridge:audit-chain";
+
+/// The lock every write of resources takes on PostgreSQL before its own ([`SqlTx::lock_writes`]):
+/// shared by a write that locks each of its resources, exclusive by one too large for that.
+const WRITE_GATE: &str = "carebridge:resource-writes";
+
+/// The most keys a write locks one by one ([`SqlTx::lock_writes`]): eight connections a replica
+/// at this many stay well inside PostgreSQL's default lock table (6,400 entries), and a
+/// 340-entry Bundle still locks only its own resources.
+const LOCK_KEYS_MAX: usize = 512;
+
+/// How a write holds [`WRITE_GATE`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Beside other writes; the write locks each of its resources.
+    Shared,
+    /// Alone among writes of resources.
+    Exclusive,
+}
 
 pub(super) const AUDIT_COLUMNS: &str = "seq, kind, recorded_us, recorded, request_id, client_id, role, sector, \
      target_sector, action, interaction, outcome, patient_id, entities, query, purpose, detail, \
@@ -870,23 +893,30 @@ impl SqlTx {
 
     /// Takes every lock that `put` of these resources will take (each resource's, and each
     /// patient identifier a Patient links) in one statement, sorted, so that transactions
-    /// writing overlapping sets never wait for each other in a cycle. SQLite needs none
-    /// (`BEGIN IMMEDIATE` admits one writer).
+    /// writing overlapping sets never wait for each other in a cycle, after the write gate
+    /// ([`WRITE_GATE`]) in shared mode. A write of more than [`LOCK_KEYS_MAX`] keys takes the
+    /// gate exclusively instead, and no other lock of a resource or patient identifier: every
+    /// PostgreSQL server shares one lock table of `max_locks_per_transaction` ×
+    /// `max_connections` entries (6,400 by default), and two 9,000-entry Bundles at once, a lock
+    /// per resource, filled it ("out of shared memory"). SQLite needs none (`BEGIN IMMEDIATE`
+    /// admits one writer).
     async fn lock_writes(&mut self, writes: &[&Prepared]) -> Result<()> {
-        if self.dialect != Dialect::Postgres {
+        if self.dialect != Dialect::Postgres || self.alone {
             return Ok(());
         }
-        let mut keys: Vec<String> = writes
+        let patients = writes.iter().flat_map(|p| patient_lock_keys(p));
+        let resources = writes
             .iter()
-            .flat_map(|p| {
-                let mut k = patient_lock_keys(p);
-                k.push(gateway_id(&p.sector, &p.rtype, &p.rid));
-                k
-            })
-            .collect();
+            .map(|p| gateway_id(&p.sector, &p.rtype, &p.rid));
+        let mut keys: Vec<String> = patients.chain(resources).collect();
         keys.sort();
         keys.dedup();
-        self.lock_keys_pg(&keys).await
+        if keys.len() > LOCK_KEYS_MAX {
+            self.lock_keys_pg(Gate::Exclusive, &[]).await?;
+            self.alone = true;
+            return Ok(());
+        }
+        self.lock_keys_pg(Gate::Shared, &keys).await
     }
 
     /// Forgets the patients of references remembered in this transaction (after an unmerge).
@@ -933,7 +963,11 @@ impl SqlTx {
         self.patient_refs.clear();
         let keys = link_keys(p);
         // Lock in a fixed order so two transactions linking overlapping identifiers cannot deadlock.
-        let mut lock_keys = patient_lock_keys(p);
+        let mut lock_keys = if self.alone {
+            Vec::new()
+        } else {
+            patient_lock_keys(p)
+        };
         lock_keys.sort();
         for k in &lock_keys {
             self.lock(k).await?;
@@ -1181,7 +1215,7 @@ impl StoreTx for SqlTx {
     }
 
     async fn put(&mut self, p: &Prepared) -> Result<PutOutcome> {
-        self.lock(&gateway_id(&p.sector, &p.rtype, &p.rid)).await?;
+        self.lock_writes(&[p]).await?;
         self.put_locked(p).await
     }
 

@@ -295,6 +295,91 @@ async fn concurrent_versions(store: Arc<dyn Store>) {
     assert_eq!(current.version, 8);
 }
 
+/// Advisory locks the connections of database `name` hold.
+async fn advisory_locks(url: &str, name: &str) -> i64 {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND d.datname = $1",
+    )
+    .bind(name)
+    .fetch_one(&mut c)
+    .await
+    .unwrap()
+}
+
+/// `n` Conditions of one patient, `text` in each, prepared for the hospital sector.
+fn conditions(n: usize, text: &str) -> Vec<carebridge::store::Prepared> {
+    let s = sector("hospital");
+    (0..n)
+        .map(|i| {
+            let id = format!("bulk-{i}");
+            prepare(&s, "Condition", &id, &condition(&id, "Patient/p9", text))
+        })
+        .collect()
+}
+
+/// PostgreSQL: a write of thousands of resources (Patients among them) holds the write gate
+/// alone, not a lock per resource and patient identifier (the server's one lock table, 6,400
+/// entries by default, was filled by two such writes at once); an ordinary write locks each of
+/// its resources beside the gate, and waits while the large one holds it; nothing written by
+/// either is lost.
+async fn large_writes_take_the_gate(store: Arc<dyn Store>, url: &str, name: &str) {
+    let mut large = conditions(3000, "first");
+    let s = sector("hospital");
+    for i in 0..20 {
+        let id = format!("bulk-p{i}");
+        let cpr = format!("0101901{i:03}");
+        large.push(prepare(&s, "Patient", &id, &patient(&id, &[&cpr])));
+    }
+    let mut tx = store.begin().await.unwrap();
+    let out = tx
+        .put_many(&large.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(advisory_locks(url, name).await, 1, "the gate alone");
+    let linked: std::collections::HashSet<_> = out[3000..].iter().map(|o| &o.patient_id).collect();
+    assert_eq!(linked.len(), 20, "each Patient its own gateway patient");
+
+    let small = conditions(10, "second");
+    let writer = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let out = tx.put_many(&small.iter().collect::<Vec<_>>()).await;
+            tx.commit().await.unwrap();
+            out.unwrap()
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !writer.is_finished(),
+        "the ordinary write waits for the gate"
+    );
+    tx.commit().await.unwrap();
+    let outcomes = writer.await.unwrap();
+    assert!(outcomes.iter().all(|o| o.version == 2 && o.changed));
+
+    let mut tx = store.begin().await.unwrap();
+    let ordinary = conditions(10, "third");
+    tx.put_many(&ordinary.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(
+        advisory_locks(url, name).await,
+        11,
+        "the gate and ten resources"
+    );
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    for (i, version) in [(0, 3), (9, 3), (10, 1), (2999, 1)] {
+        let id = format!("bulk-{i}");
+        let stored = tx.get_sector("hospital", "Condition", &id).await.unwrap();
+        assert_eq!(stored.map(|s| s.version), Some(version), "{id}");
+    }
+}
+
 /// The alert schedule: a patient's rows are replaced as a whole, due rows are claimed once, and
 /// (`concurrent`: PostgreSQL) a second transaction claiming at the same time skips the rows the
 /// first holds instead of waiting for them or taking them twice.
@@ -693,6 +778,7 @@ async fn store_suite_on_postgres() {
     audited_reads(store.clone(), false).await;
     audit_rows_in_one_transaction(store.clone()).await;
     concurrent_versions(store.clone()).await;
+    large_writes_take_the_gate(store.clone(), &url, &name).await;
     store.close().await;
     common::drop_pg_database(&name).await;
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 
 use super::bulk::{KeyedCurrent, NewVersion};
-use super::{Current, SqlTx, map_err};
+use super::{Current, Gate, SqlTx, map_err};
 use crate::store::{OutboxNew, Result};
 
 /// A text array literal (`{"a","b",NULL}`): each element quoted, with `\` and `"` escaped by a
@@ -61,14 +61,20 @@ fn column<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 impl SqlTx {
-    /// Takes the advisory locks of `keys` (sorted by the caller) in their order: a function
-    /// scan of `UNNEST` returns the elements in array order.
-    pub(super) async fn lock_keys_pg(&mut self, keys: &[String]) -> Result<()> {
+    /// Takes the write gate ([`super::WRITE_GATE`], shared or exclusive) and then the advisory
+    /// locks of `keys` (sorted by the caller) in their order: a function scan of `UNNEST`
+    /// returns the elements in array order, and the aggregate calls the lock function row by
+    /// row.
+    pub(super) async fn lock_keys_pg(&mut self, gate: Gate, keys: &[String]) -> Result<()> {
+        let all = std::iter::once(super::WRITE_GATE).chain(keys.iter().map(String::as_str));
         sqlx::query(
-            "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) \
-             FROM UNNEST($1::text[]) AS t(k)",
+            "SELECT count(CASE WHEN t.n = 1 AND $2 \
+                          THEN pg_advisory_xact_lock_shared(hashtextextended(t.k, 0)) \
+                          ELSE pg_advisory_xact_lock(hashtextextended(t.k, 0)) END) \
+             FROM UNNEST($1::text[]) WITH ORDINALITY AS t(k, n)",
         )
-        .bind(column(keys.iter().map(String::as_str)))
+        .bind(column(all))
+        .bind(gate == Gate::Shared)
         .execute(&mut *self.tx)
         .await
         .map_err(map_err)?;
