@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo bench --bench p2_ingest -- --backend sqlite|postgres|medplum --out p2-sqlite.json \
-//!     [--smoke] [--clients 1,2,4,8] [--bundles N] [--half-bundles N] [--one-store]
+//!     [--smoke] [--clients 1,2,4,8] [--bundles N] [--half-bundles N] [--one-store] [--rounds N]
 //! ```
 //!
 //! For each phase below, starts `carebridge serve` (the binary cargo built for this bench,
@@ -23,6 +23,12 @@
 //! Bundle's rows to pages all over its random-keyed indexes, which makes any later step slower
 //! whatever its client count). `--one-store` runs all phases on one pair of stores in turn
 //! instead, to measure that growth.
+//!
+//! **Rounds** (`--rounds`, 3; smoke 1): every phase above runs that many times, each round on
+//! fresh stores. On a 2-core machine one 50-Bundle step's rate varied by a quarter from run to
+//! run (the gateway's SQLite best ÷ floor best 0.43 to 0.51 in three runs of one hour), so the
+//! issue-17 lines are taken as the median over the rounds (`round_medians`; every round's own
+//! figures in `rounds`); the tables are the first round's.
 //!
 //! Every Bundle sent is a fresh copy: each UUID in it (ids, fullUrls, references, identifier
 //! values) has its first 32 bits mixed with the copy number, and every identifier value (and
@@ -81,6 +87,7 @@ struct Opts {
     bundles: usize,
     half_bundles: usize,
     one_store: bool,
+    rounds: usize,
 }
 
 /// P2: end-to-end push ingest over loopback against the real binary (see the module
@@ -109,6 +116,10 @@ struct Args {
     /// phases then meet stores grown by the earlier ones (store growth, not the client count).
     #[arg(long)]
     one_store: bool,
+    /// Rounds of every phase (each on fresh stores); issue 17's ratios are the median over the
+    /// rounds [default: 3; with --smoke: 1].
+    #[arg(long)]
+    rounds: Option<usize>,
     #[command(flatten)]
     common: args::Common,
 }
@@ -131,6 +142,7 @@ fn parse_opts() -> Opts {
         bundles: a.common.pick(a.bundles, 50, 4),
         half_bundles: a.common.pick(a.half_bundles, 100, 4),
         one_store: a.one_store,
+        rounds: a.common.pick(a.rounds, 3, 1).max(1),
     }
 }
 
@@ -683,7 +695,12 @@ async fn run(opts: Opts) -> Result<()> {
             opts.backend
         );
     }
-    let mut result = drive(&opts).await?;
+    let mut rounds = Vec::with_capacity(opts.rounds);
+    for round in 1..=opts.rounds {
+        eprintln!("  round {round} of {}", opts.rounds);
+        rounds.push(drive(&opts).await?);
+    }
+    let mut result = combine(rounds);
     if opts.backend == "postgres" {
         result["postgres_settings"] = pg_settings().await.unwrap_or_else(|e| json!(e.to_string()));
     }
@@ -707,6 +724,96 @@ async fn run(opts: Opts) -> Result<()> {
     std::fs::write(&opts.out, serde_json::to_string_pretty(&result)?)
         .with_context(|| opts.out.display().to_string())?;
     Ok(())
+}
+
+/// The rounds in one result: the first round's tables and figures, every round's issue-17 lines
+/// ([`round_lines`]) with their medians, and the counts (resources answered, rows stored, server
+/// log) over all rounds.
+fn combine(rounds: Vec<Value>) -> Value {
+    let lines: Vec<Value> = rounds.iter().map(round_lines).collect();
+    let total = |f: &dyn Fn(&Value) -> u64| rounds.iter().map(f).sum::<u64>();
+    let answered = total(&|r| r["resources_answered_2xx"].as_u64().unwrap_or(0));
+    let errors = total(&|r| r["server_log"]["errors"].as_u64().unwrap_or(0));
+    let warnings = total(&|r| r["server_log"]["warnings"].as_u64().unwrap_or(0));
+    let rows = |key: &str, floor: bool| -> Vec<Value> {
+        rounds
+            .iter()
+            .flat_map(|r| {
+                let at = if floor { &r["floor"][key] } else { &r[key] };
+                at.as_array().cloned().unwrap_or_default()
+            })
+            .collect()
+    };
+    let (store_rows, floor_rows) = (rows("store_rows", false), rows("store_rows", true));
+    let mut result = rounds.into_iter().next().unwrap_or(Value::Null);
+    result["round_medians"] = medians(&lines);
+    result["rounds"] = json!(lines);
+    result["resources_answered_2xx"] = json!(answered);
+    result["store_rows"] = json!(store_rows);
+    result["floor"]["store_rows"] = json!(floor_rows);
+    result["server_log"]["errors"] = json!(errors);
+    result["server_log"]["warnings"] = json!(warnings);
+    result
+}
+
+/// One round's issue-17 lines: the gateway's and the floor's rate per client count, best ÷
+/// floor best, 2 ÷ 1 clients, 4 clients ÷ floor best, and the half load's p99 ÷ p50.
+fn round_lines(r: &Value) -> Value {
+    let rates = |steps: &Value| -> serde_json::Map<String, Value> {
+        let steps = steps.as_array().cloned().unwrap_or_default();
+        steps
+            .iter()
+            .map(|s| (s["clients"].to_string(), s["resources_per_s"].clone()))
+            .collect()
+    };
+    let (gateway, floor) = (rates(&r["closed_loop"]), rates(&r["floor"]["closed_loop"]));
+    let rate = |c: &str| gateway.get(c).and_then(Value::as_f64);
+    let floor_best = r["floor"]["best_resources_per_s"].as_f64().unwrap_or(f64::NAN);
+    let half = &r["half_load"];
+    let (p50, p99) = (half["p50_ms"].as_f64(), half["p99_ms"].as_f64());
+    json!({
+        "gateway_resources_per_s": gateway,
+        "floor_resources_per_s": floor,
+        "best_of_floor_best": r["ratios"]["gateway_best_of_floor_best"],
+        "two_over_one_client": rate("2").zip(rate("1")).map(|(b, a)| b / a),
+        "four_clients_of_floor_best": rate("4").map(|x| x / floor_best),
+        "half_load_p50_ms": p50,
+        "half_load_p99_ms": p99,
+        "half_load_p99_over_p50": p99.zip(p50).map(|(b, a)| b / a),
+    })
+}
+
+/// The median of each line over the rounds ([`round_lines`]; rates per client count too).
+fn medians(lines: &[Value]) -> Value {
+    let median = |mut v: Vec<f64>| -> Value {
+        v.retain(|x| x.is_finite());
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => Value::Null,
+            n if n % 2 == 1 => json!(v[n / 2]),
+            n => json!((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    };
+    let of = |key: &str| median(lines.iter().filter_map(|l| l[key].as_f64()).collect());
+    let per_clients = |key: &str| -> serde_json::Map<String, Value> {
+        let counts = lines[0][key].as_object().cloned().unwrap_or_default();
+        counts
+            .keys()
+            .map(|c| {
+                let v = lines.iter().filter_map(|l| l[key][c].as_f64()).collect();
+                (c.clone(), median(v))
+            })
+            .collect()
+    };
+    json!({
+        "rounds": lines.len(),
+        "gateway_resources_per_s": per_clients("gateway_resources_per_s"),
+        "floor_resources_per_s": per_clients("floor_resources_per_s"),
+        "best_of_floor_best": of("best_of_floor_best"),
+        "two_over_one_client": of("two_over_one_client"),
+        "four_clients_of_floor_best": of("four_clients_of_floor_best"),
+        "half_load_p99_over_p50": of("half_load_p99_over_p50"),
+    })
 }
 
 /// A fresh pair of stores, the gateway's and the floor's, with the gateway serving the first.

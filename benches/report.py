@@ -221,6 +221,9 @@ def p2_floor_lines(r, backend, smoke):
                  f"{r['ratios']['gateway_best_of_floor_best']:.3f}; floor rows after the run: {f.get('store_rows')}")
     steps = {s["clients"]: s for s in r["closed_loop"]}
     floor_best = f["best_resources_per_s"]
+    if "round_medians" in r:
+        lines.extend(p2_round_lines(r))
+        return lines + p2_checks(r, backend, smoke, p2_median_checks(r["round_medians"], backend))
     checks = {}
     if backend == "sqlite":
         h = r["half_load"]
@@ -242,12 +245,67 @@ def p2_floor_lines(r, backend, smoke):
         if len(rates) > 1:
             rising = all(a < b for a, b in zip(rates, rates[1:]))
             checks["rises_1_to_4_clients"] = (f"rises over {counts} clients", rates, rising)
+    return lines + p2_checks(r, backend, smoke, checks)
+
+
+def p2_checks(r, backend, smoke, checks):
+    """Issue 17's checks as verdicts in r["targets"], and their lines."""
+    lines = []
     r.setdefault("targets", {})
     for key, (target, measured, ok) in checks.items():
         r["targets"][key] = {"target": target, "measured": measured, "verdict": verdict(ok, smoke)}
         shown = ", ".join(fmt(x) for x in measured) if isinstance(measured, list) else f"{measured:.3f}"
         lines.append(f"  issue 17: {key} {target}: {shown} -> {r['targets'][key]['verdict']}")
     return lines
+
+
+def p2_round_lines(r):
+    """Every round's issue-17 figures, one line each, and their medians."""
+    def show(x, digits=3):
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    def rates(d):
+        return " / ".join(fmt(v) if v is not None else "-" for v in d.values())
+
+    rounds = r["rounds"]
+    counts = "/".join(rounds[0]["gateway_resources_per_s"].keys())
+    lines = [f"  {len(rounds)} round{'s' if len(rounds) != 1 else ''}, each on fresh stores; issue 17's lines are the median over them "
+             f"(the tables above are round 1's). Per round: gateway resources/s at {counts} clients | "
+             f"floor | best ÷ floor best | 2 ÷ 1 | 4 ÷ floor best | half-load p50 / p99 ms, p99 ÷ p50"]
+    for i, x in enumerate(rounds + [r["round_medians"]]):
+        name = f"round {i + 1}" if i < len(rounds) else "median"
+        half = (f"{show(x.get('half_load_p50_ms'), 0)} / {show(x.get('half_load_p99_ms'), 0)}, "
+                if name != "median" else "")
+        lines.append(f"  {name:>8}: {rates(x['gateway_resources_per_s'])} | {rates(x['floor_resources_per_s'])} | "
+                     f"{show(x['best_of_floor_best'])} | {show(x['two_over_one_client'])} | "
+                     f"{show(x['four_clients_of_floor_best'])} | {half}{show(x['half_load_p99_over_p50'])}")
+    return lines
+
+
+def p2_median_checks(m, backend):
+    """Issue 17's checks on the medians over the rounds."""
+    checks = {}
+    if backend == "sqlite":
+        q = m["best_of_floor_best"]
+        checks["best_of_floor"] = (">= 0.5 of the floor's best (median of rounds)", q,
+                                   q >= TARGETS["p2_sqlite_of_floor"])
+        q = m["two_over_one_client"]
+        if q is not None:
+            checks["two_over_one_client"] = (">= 1.3x the 1-client rate (median of rounds)", q,
+                                             q >= TARGETS["p2_sqlite_2_over_1"])
+        q = m["half_load_p99_over_p50"]
+        checks["half_load_p99_over_p50"] = ("<= 2x the p50 at half load (median of rounds)", q,
+                                            q <= TARGETS["p2_sqlite_half_p99_over_p50"])
+    else:
+        q = m["four_clients_of_floor_best"]
+        if q is not None:
+            checks["four_clients_of_floor"] = (">= 0.5 of the floor's best (median of rounds)", q,
+                                               q >= TARGETS["p2_postgres_4_of_floor"])
+        rates = [m["gateway_resources_per_s"][c] for c in ("1", "2", "4") if c in m["gateway_resources_per_s"]]
+        if len(rates) > 1:
+            rising = all(a < b for a, b in zip(rates, rates[1:]))
+            checks["rises_1_to_4_clients"] = ("rises over 1, 2, 4 clients (medians of rounds)", rates, rising)
+    return checks
 
 
 def p2_medplum_lines(m, out):
