@@ -768,7 +768,9 @@ fn round_lines(r: &Value) -> Value {
     };
     let (gateway, floor) = (rates(&r["closed_loop"]), rates(&r["floor"]["closed_loop"]));
     let rate = |c: &str| gateway.get(c).and_then(Value::as_f64);
-    let floor_best = r["floor"]["best_resources_per_s"].as_f64().unwrap_or(f64::NAN);
+    let floor_best = r["floor"]["best_resources_per_s"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
     let half = &r["half_load"];
     let (p50, p99) = (half["p50_ms"].as_f64(), half["p99_ms"].as_f64());
     json!({
