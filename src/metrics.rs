@@ -91,7 +91,7 @@ fn register_trust(registry: &mut Registry) -> TrustMetrics {
     let busy_retries = Counter::default();
     registry.register(
         "busy_retries",
-        "Write transactions run again after the database rolled them back as busy (serialisation failure, deadlock)",
+        "Write transactions run again after the database rolled them back as busy (serialisation failure, deadlock, full lock table)",
         busy_retries.clone(),
     );
     let held_writes = Family::<SectorLabels, Counter>::default();
