@@ -398,8 +398,8 @@ pub(super) struct SqlTx {
     commits: Option<Arc<AtomicU64>>,
     /// Begun by `begin_read`: nothing it writes is meant to count.
     read_only: bool,
-    /// Holds [`WRITE_GATE`] exclusively (PostgreSQL): no other write of resources runs, so the
-    /// locks of resources and patient identifiers are not taken.
+    /// Holds [`WRITE_GATE`] exclusively (PostgreSQL): no other write of resources runs, so
+    /// [`SqlTx::lock_writes`] takes no more locks.
     alone: bool,
 }
 
@@ -958,20 +958,12 @@ impl SqlTx {
     }
 
     /// Finds or creates the gateway patient of a sector Patient from its linking identifiers,
-    /// merging gateway patients when one Patient names identifiers of two of them.
+    /// merging gateway patients when one Patient names identifiers of two of them. Its
+    /// identifiers' locks are held already: every write takes them up front with the others
+    /// ([`SqlTx::lock_writes`]), or holds the write gate alone.
     async fn link_patient(&mut self, p: &Prepared) -> Result<String> {
         self.patient_refs.clear();
         let keys = link_keys(p);
-        // Lock in a fixed order so two transactions linking overlapping identifiers cannot deadlock.
-        let mut lock_keys = if self.alone {
-            Vec::new()
-        } else {
-            patient_lock_keys(p)
-        };
-        lock_keys.sort();
-        for k in &lock_keys {
-            self.lock(k).await?;
-        }
         let mut found: Vec<String> = Vec::new();
         // Gateway patients named by an identifier outside the sector's own authority.
         let mut real: Vec<String> = Vec::new();
