@@ -219,40 +219,9 @@ def p2_floor_lines(r, backend, smoke):
                                   ["floor_cpu_cores", "machine_busy_cores", "machine_iowait_cores"]))
     lines.append(f"  floor best {fmt(f['best_resources_per_s'])} resources/s; gateway best ÷ floor best "
                  f"{r['ratios']['gateway_best_of_floor_best']:.3f}; floor rows after the run: {f.get('store_rows')}")
-    steps = {s["clients"]: s for s in r["closed_loop"]}
-    floor_best = f["best_resources_per_s"]
-    if "round_medians" in r:
-        lines.extend(p2_round_lines(r))
-        return lines + p2_checks(r, backend, smoke, p2_median_checks(r["round_medians"], backend))
-    checks = {}
-    if backend == "sqlite":
-        h = r["half_load"]
-        best = r["best_resources_per_s"]
-        checks["best_of_floor"] = (">= 0.5 of the floor's best", best / floor_best,
-                                   best / floor_best >= TARGETS["p2_sqlite_of_floor"])
-        if 1 in steps and 2 in steps:
-            q = steps[2]["resources_per_s"] / steps[1]["resources_per_s"]
-            checks["two_over_one_client"] = (">= 1.3x the 1-client rate", q, q >= TARGETS["p2_sqlite_2_over_1"])
-        q = h["p99_ms"] / h["p50_ms"]
-        checks["half_load_p99_over_p50"] = ("<= 2x the p50 at half load", q,
-                                            q <= TARGETS["p2_sqlite_half_p99_over_p50"])
-    else:
-        if 4 in steps:
-            q = steps[4]["resources_per_s"] / floor_best
-            checks["four_clients_of_floor"] = (">= 0.5 of the floor's best", q, q >= TARGETS["p2_postgres_4_of_floor"])
-        counts = [c for c in (1, 2, 4) if c in steps]
-        rates = [steps[c]["resources_per_s"] for c in counts]
-        if len(rates) > 1:
-            rising = all(a < b for a, b in zip(rates, rates[1:]))
-            checks["rises_1_to_4_clients"] = (f"rises over {counts} clients", rates, rising)
-    return lines + p2_checks(r, backend, smoke, checks)
-
-
-def p2_checks(r, backend, smoke, checks):
-    """Issue 17's checks as verdicts in r["targets"], and their lines."""
-    lines = []
+    lines.extend(p2_round_lines(r))
     r.setdefault("targets", {})
-    for key, (target, measured, ok) in checks.items():
+    for key, (target, measured, ok) in p2_median_checks(r["round_medians"], backend).items():
         r["targets"][key] = {"target": target, "measured": measured, "verdict": verdict(ok, smoke)}
         shown = ", ".join(fmt(x) for x in measured) if isinstance(measured, list) else f"{measured:.3f}"
         lines.append(f"  issue 17: {key} {target}: {shown} -> {r['targets'][key]['verdict']}")
