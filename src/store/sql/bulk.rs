@@ -113,10 +113,13 @@ fn value_groups(dialect: Dialect, rows: usize, width: usize) -> String {
 
 impl SqlTx {
     /// [`StoreTx::put_many`](crate::store::StoreTx::put_many): the locks first (one sorted
-    /// statement on PostgreSQL), Patients one by one through `put` (linking may create, join
-    /// or hold gateway patients, and the other resources' patient references resolve through
-    /// them), then every other resource with its current row read in bulk and its new version,
-    /// `resources` row and identifier rows written in multi-row statements.
+    /// statement on PostgreSQL), then every resource with its current row read in bulk and its
+    /// new version, `resources` row and identifier rows written in multi-row statements. A
+    /// Patient is decided first (linking may create, join or hold gateway patients, and the
+    /// other resources' patient references resolve through it); its gateway patient is
+    /// remembered for the references to it, since its own row is written with the others.
+    /// Two or more Patients are stored one by one through `put` first: a later one's link may
+    /// join the gateway patient an earlier one linked to, and the rows it relinks must exist.
     pub(super) async fn put_many_sql(&mut self, ps: &[&Prepared]) -> Result<Vec<PutOutcome>> {
         self.lock_writes(ps).await?;
         let gids: Vec<String> = ps
@@ -133,10 +136,17 @@ impl SqlTx {
             return Ok(out);
         }
         let mut out: Vec<Option<PutOutcome>> = vec![None; ps.len()];
-        for (i, p) in ps.iter().enumerate().filter(|(_, p)| p.rtype == "Patient") {
-            out[i] = Some(self.put_locked(p).await?);
+        let patients: Vec<usize> = (0..ps.len())
+            .filter(|&i| ps[i].rtype == "Patient")
+            .collect();
+        if patients.len() > 1 {
+            for &i in &patients {
+                out[i] = Some(self.put_locked(ps[i]).await?);
+            }
         }
-        let rest: Vec<usize> = (0..ps.len()).filter(|&i| out[i].is_none()).collect();
+        let mut rest: Vec<usize> = (0..ps.len()).filter(|&i| out[i].is_none()).collect();
+        // The Patient (at most one is left) first; the order of the rest is kept.
+        rest.sort_by_key(|&i| ps[i].rtype != "Patient");
         let keys: Vec<&str> = rest.iter().map(|&i| gids[i].as_str()).collect();
         let mut currents = self.currents(&keys).await?;
         let received = now_us();
@@ -145,7 +155,12 @@ impl SqlTx {
         for i in rest {
             let (p, gid) = (ps[i], gids[i].clone());
             let current = currents.remove(&gid);
-            let (outcome, write) = self.decide(p, gid, current, &last_updated).await?;
+            let (mut outcome, write) = self.decide(p, gid, current, &last_updated).await?;
+            if p.rtype == "Patient" && write.is_some() {
+                outcome.merged = std::mem::take(&mut self.merged);
+                let key = (p.sector.clone(), format!("Patient/{}", p.rid));
+                self.patient_refs.insert(key, outcome.patient_id.clone());
+            }
             out[i] = Some(outcome);
             writes.extend(write);
         }
