@@ -100,6 +100,20 @@ pub fn for_each_reference(value: &Value, f: &mut dyn FnMut(&str)) {
     }
 }
 
+/// Whether any `reference` string member of any object in `value`, nested resources
+/// included, satisfies `f`: a cheap test before a walk by type, since every `Reference`
+/// element's reference is such a member (and most resources' references are relative).
+pub fn any_reference_member(value: &Value, f: &mut dyn FnMut(&str) -> bool) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(key, child)| match (key.as_str(), child) {
+            ("reference", Value::String(s)) => f(s),
+            (_, c) => any_reference_member(c, f),
+        }),
+        Value::Array(items) => items.iter().any(|item| any_reference_member(item, f)),
+        _ => false,
+    }
+}
+
 fn is_resource_array(v: &Value) -> bool {
     v.as_array()
         .is_some_and(|a| a.first().is_some_and(|x| x.get("resourceType").is_some()))
@@ -174,6 +188,23 @@ pub fn parse_conditional(reference: &str) -> Option<(&str, &str, &str)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn any_reference_member_looks_everywhere_nested_resources_included() {
+        let v = json!({
+            "resourceType": "Observation",
+            "subject": {"reference": "Patient/1"},
+            "contained": [{"resourceType": "Patient", "link": [{"other": {"reference": "http://x/Patient/2"}}]}],
+            "_status": {"extension": [{"valueReference": {"reference": "urn:uuid:3"}}]}
+        });
+        let absolute = |r: &str| r.contains("://");
+        assert!(any_reference_member(&v, &mut { absolute }));
+        assert!(any_reference_member(&v, &mut |r: &str| r == "urn:uuid:3"));
+        assert!(!any_reference_member(&v, &mut |r: &str| r == "Patient/2"));
+        let mut top = v.clone();
+        top["contained"] = json!([]);
+        assert!(!any_reference_member(&top, &mut { absolute }));
+    }
 
     #[test]
     fn references_are_visited_but_not_inside_nested_resources() {

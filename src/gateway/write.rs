@@ -110,6 +110,11 @@ impl Gateway {
     /// configured sector are that sector's resources (mapped on delivery).
     fn foreign_references(&self, sector: &SectorSettings, resource: &Value) -> Vec<Issue> {
         let mut issues = Vec::new();
+        // Only an absolute URL can lie under a configured base ([`locate`]): without one, the
+        // walk by type (most of a Bundle's profile checks in P2) finds nothing to refuse.
+        if !fhir::any_reference_member(resource, &mut |r| r.contains("://")) {
+            return issues;
+        }
         for (path, element) in self.validator.references(resource) {
             let Some(r) = element.get("reference").and_then(Value::as_str) else {
                 continue;
