@@ -27,11 +27,16 @@ fn text_array<'a>(items: impl IntoIterator<Item = Option<&'a str>>) -> String {
             Some(s) => {
                 out.reserve(s.len() + 2);
                 out.push('"');
-                for c in s.chars() {
-                    if c == '\\' || c == '"' {
-                        out.push('\\');
+                if s.contains(['\\', '"']) {
+                    for c in s.chars() {
+                        if c == '\\' || c == '"' {
+                            out.push('\\');
+                        }
+                        out.push(c);
                     }
-                    out.push(c);
+                } else {
+                    // Ids, hashes, codes: nothing to escape, copied whole.
+                    out.push_str(s);
                 }
                 out.push('"');
             }
