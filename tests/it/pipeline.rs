@@ -392,7 +392,12 @@ async fn pipelined_versions_arrive_in_order_and_a_reference_is_mapped_after_its_
     for id in ["pl-b", "pl-c"] {
         assert_eq!(versions_at(&hospital, "Condition", id).await.len(), 1);
     }
-    let groups = gw.groups();
+    // The log line of a group follows its commit: wait for it, not only for the rows.
+    let groups = wait_for("every group's log line", 10, || async {
+        let g = gw.groups();
+        (g.iter().sum::<usize>() >= 7).then_some(g)
+    })
+    .await;
     assert_eq!(groups.iter().sum::<usize>(), 7, "{groups:?}");
     let warnings = gw.warnings();
     assert!(!warnings.contains(" WARN "), "{warnings}");
@@ -429,7 +434,12 @@ async fn answers_that_come_while_the_store_is_busy_are_recorded_together_with_th
 
     let store = SqlStore::connect(&gw.url(), 2).await.unwrap();
     let all = all_delivered(&store, 8, 30).await;
-    let groups = gw.groups();
+    // The log line of a group follows its commit: wait for it, not only for the rows.
+    let groups = wait_for("every group's log line", 10, || async {
+        let g = gw.groups();
+        (g.iter().sum::<usize>() >= 8).then_some(g)
+    })
+    .await;
     assert_eq!(groups.iter().sum::<usize>(), 8, "{groups:?}");
     assert!(
         groups.iter().any(|&n| n >= 2),
