@@ -388,7 +388,7 @@ pub(super) struct SqlTx {
     /// Bundle's entries name the same patient hundreds of times). Cleared whenever a Patient is
     /// linked or patients are merged.
     patient_refs: std::collections::HashMap<(String, String), Option<String>>,
-    /// Gateway patients the last linked Patient merged (reported by `put`).
+    /// Gateway patients the last linked Patient merged (taken into its `PutOutcome` by `decide`).
     merged: Vec<String>,
     /// The process's cached right edge of the Merkle tree, and what it becomes once this
     /// transaction commits.
@@ -879,14 +879,13 @@ impl SqlTx {
         let current = self.current(&gid).await?;
         let received = now_us();
         let last_updated = instant(received);
-        let (mut outcome, write) = self.decide(p, gid, current, &last_updated).await?;
+        let (outcome, write) = self.decide(p, gid, current, &last_updated).await?;
         if let Some(w) = write {
             self.insert_version(&w.gid, w.version, p, received, &last_updated)
                 .await?;
             self.upsert_resource(&w.gid, w.version, p, w.patient_id.as_deref(), &last_updated)
                 .await?;
             self.index_identifiers(&w.gid, p).await?;
-            outcome.merged = std::mem::take(&mut self.merged);
         }
         Ok(outcome)
     }
@@ -1018,6 +1017,10 @@ impl SqlTx {
             .map_err(map_err)?;
         }
         self.link_waiting(p, &survivor).await?;
+        // The references to this Patient resolve to the survivor before its own row is written
+        // (`put_many` writes it with the rest of the request).
+        let own = (p.sector.clone(), format!("Patient/{}", p.rid));
+        self.patient_refs.insert(own, Some(survivor.clone()));
         Ok(survivor)
     }
 

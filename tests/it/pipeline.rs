@@ -154,6 +154,16 @@ impl Gateway {
         "gp-p1".into()
     }
 
+    /// [`Gateway::groups`] once they hold `outcomes` in all: a group's log line follows its commit,
+    /// so the rows can be in the store before the line is read.
+    async fn groups_of(&self, outcomes: usize) -> Vec<usize> {
+        wait_for("every group's log line", 10, || async {
+            let g = self.groups();
+            (g.iter().sum::<usize>() >= outcomes).then_some(g)
+        })
+        .await
+    }
+
     /// How many outcomes each recording transaction held, in order.
     fn groups(&self) -> Vec<usize> {
         self.log
@@ -392,12 +402,7 @@ async fn pipelined_versions_arrive_in_order_and_a_reference_is_mapped_after_its_
     for id in ["pl-b", "pl-c"] {
         assert_eq!(versions_at(&hospital, "Condition", id).await.len(), 1);
     }
-    // The log line of a group follows its commit: wait for it, not only for the rows.
-    let groups = wait_for("every group's log line", 10, || async {
-        let g = gw.groups();
-        (g.iter().sum::<usize>() >= 7).then_some(g)
-    })
-    .await;
+    let groups = gw.groups_of(7).await;
     assert_eq!(groups.iter().sum::<usize>(), 7, "{groups:?}");
     let warnings = gw.warnings();
     assert!(!warnings.contains(" WARN "), "{warnings}");
@@ -434,12 +439,7 @@ async fn answers_that_come_while_the_store_is_busy_are_recorded_together_with_th
 
     let store = SqlStore::connect(&gw.url(), 2).await.unwrap();
     let all = all_delivered(&store, 8, 30).await;
-    // The log line of a group follows its commit: wait for it, not only for the rows.
-    let groups = wait_for("every group's log line", 10, || async {
-        let g = gw.groups();
-        (g.iter().sum::<usize>() >= 8).then_some(g)
-    })
-    .await;
+    let groups = gw.groups_of(8).await;
     assert_eq!(groups.iter().sum::<usize>(), 8, "{groups:?}");
     assert!(
         groups.iter().any(|&n| n >= 2),

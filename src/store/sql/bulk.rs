@@ -116,8 +116,8 @@ impl SqlTx {
     /// statement on PostgreSQL), then every resource with its current row read in bulk and its
     /// new version, `resources` row and identifier rows written in multi-row statements. A
     /// Patient is decided first (linking may create, join or hold gateway patients, and the
-    /// other resources' patient references resolve through it); its gateway patient is
-    /// remembered for the references to it, since its own row is written with the others.
+    /// other resources' patient references resolve through it; `link_patient` remembers its
+    /// gateway patient for them, since its own row is written with the others).
     /// Two or more Patients are stored one by one through `put` first: a later one's link may
     /// join the gateway patient an earlier one linked to, and the rows it relinks must exist.
     pub(super) async fn put_many_sql(&mut self, ps: &[&Prepared]) -> Result<Vec<PutOutcome>> {
@@ -155,12 +155,7 @@ impl SqlTx {
         for i in rest {
             let (p, gid) = (ps[i], gids[i].clone());
             let current = currents.remove(&gid);
-            let (mut outcome, write) = self.decide(p, gid, current, &last_updated).await?;
-            if p.rtype == "Patient" && write.is_some() {
-                outcome.merged = std::mem::take(&mut self.merged);
-                let key = (p.sector.clone(), format!("Patient/{}", p.rid));
-                self.patient_refs.insert(key, outcome.patient_id.clone());
-            }
+            let (outcome, write) = self.decide(p, gid, current, &last_updated).await?;
             out[i] = Some(outcome);
             writes.extend(write);
         }
@@ -208,7 +203,8 @@ impl SqlTx {
             changed: true,
             created: current.is_none(),
             patient_id: patient_id.clone(),
-            merged: Vec::new(),
+            // What linking a Patient merged (`link_patient`); empty for anything else.
+            merged: std::mem::take(&mut self.merged),
         };
         let write = NewVersion {
             p,
