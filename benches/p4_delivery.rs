@@ -44,6 +44,14 @@
 //!   create, which the peer's CapabilityStatement declares): idempotent without a search.
 //!
 //! Every peer runs with `--log`, so each request's time inside the server is known too.
+//!
+//! CPUs: a sector system runs on a machine of its own. On this benchmark's one machine,
+//! `benches/run` gives the peers CPU 1 (`--peer-cpus 1`) and runs this process, and with it the
+//! gateway, on CPU 0, and the local PostgreSQL server too for the PostgreSQL half
+//! (`--postgres-cpus 0`, given back at the end): the direct client and the gateway then drive a
+//! peer that shares its core with nothing of theirs. Unpinned, the peer (Node's main thread and
+//! its garbage collector's helper threads) shares both cores with the gateway and PostgreSQL,
+//! and its own time per request moved by up to a quarter between passes minutes apart.
 
 // In a benchmark, a failed assumption is a failure to report: unwrap/expect name it and stop.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -77,6 +85,7 @@ use std::time::{Duration, Instant};
 
 struct Opts {
     backend: String,
+    postgres_cpus: Option<String>,
     out: PathBuf,
     smoke: bool,
     n: usize,
@@ -131,8 +140,106 @@ struct Args {
     /// than the 10 % line) [default: 3; with --smoke: 1].
     #[arg(long)]
     dead_rounds: Option<usize>,
+    /// Run every peer on these CPUs only (`taskset -c`), e.g. `1` with this process (and the
+    /// gateway it starts) under `taskset -c 0`: the peer gets a core of its own, as a sector
+    /// system on another machine has, and the gateway's store does not share it. `benches/run`
+    /// does so on a machine of two or more CPUs.
+    #[arg(long)]
+    peer_cpus: Option<String>,
+    /// Run the local PostgreSQL server (the one listening on the store's port, its running
+    /// processes and the backends it starts) on these CPUs for the run, e.g. `0` beside the
+    /// gateway, and give it back its CPUs at the end: the gateway and its database on one
+    /// machine, the peer on another. Needs the right to change the server's affinity (root);
+    /// without it the run goes on unpinned and says so in its results.
+    #[arg(long)]
+    postgres_cpus: Option<String>,
     #[command(flatten)]
     common: args::Common,
+}
+
+/// `--peer-cpus`, for every peer this process starts.
+static PEER_CPUS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// The options of every peer: `--log` as asked, on `--peer-cpus`.
+fn peer_options(log: bool) -> PeerOptions {
+    PeerOptions {
+        log,
+        cpus: PEER_CPUS.get().cloned().flatten(),
+        ..PeerOptions::default()
+    }
+}
+
+/// The CPUs process `pid` may run on (`Cpus_allowed_list` of its /proc status).
+fn cpus_of(pid: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
+}
+
+/// The CPUs this process may run on.
+fn own_cpus() -> Option<String> {
+    cpus_of("self")
+}
+
+/// The local PostgreSQL server held to some CPUs for the run (`--postgres-cpus`); dropping it
+/// gives the server and its processes their CPUs back.
+struct PinnedPostgres {
+    postmaster: u32,
+    before: String,
+}
+
+impl PinnedPostgres {
+    /// Pins the server listening on `port` and its running processes to `cpus` (backends it
+    /// starts later inherit the postmaster's CPUs).
+    fn pin(port: u16, cpus: &str) -> Result<PinnedPostgres> {
+        let postmaster = pid_listening_on(port)
+            .ok_or_else(|| anyhow!("no local process listens on port {port}"))?;
+        let before = cpus_of(&postmaster.to_string())
+            .ok_or_else(|| anyhow!("the CPUs of process {postmaster} are not readable"))?;
+        set_cpus(postmaster, cpus)?;
+        eprintln!(
+            "  PostgreSQL (process {postmaster} and its children) on CPUs {cpus} for this run; \
+             should the run be killed: taskset -a -p -c {before} for each of them"
+        );
+        Ok(PinnedPostgres { postmaster, before })
+    }
+}
+
+impl Drop for PinnedPostgres {
+    fn drop(&mut self) {
+        if let Err(e) = set_cpus(self.postmaster, &self.before) {
+            eprintln!(
+                "p4_delivery: could not give PostgreSQL its CPUs back ({e:#}); run `taskset -a -p -c {} {}` and the same for its children",
+                self.before, self.postmaster
+            );
+        }
+    }
+}
+
+/// `taskset -a -p -c cpus` for `pid` and each of its children.
+fn set_cpus(pid: u32, cpus: &str) -> Result<()> {
+    let children = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .context("pgrep")?;
+    let children = String::from_utf8_lossy(&children.stdout).into_owned();
+    for p in std::iter::once(pid.to_string()).chain(children.split_whitespace().map(str::to_owned))
+    {
+        let out = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &p])
+            .output()
+            .context("taskset")?;
+        // A child that ended meanwhile is no failure; the postmaster must take it.
+        if !out.status.success() && p == pid.to_string() {
+            bail!(
+                "taskset -a -p -c {cpus} {p}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -150,6 +257,7 @@ fn parse_opts() -> Result<Opts> {
     });
     let opts = Opts {
         backend: a.backend,
+        postgres_cpus: a.postgres_cpus.clone(),
         out: a.out,
         smoke,
         n: a.common.pick(a.n, 2000, 100),
@@ -160,6 +268,7 @@ fn parse_opts() -> Result<Opts> {
         rounds: a.common.pick(a.rounds, 6, 1).max(1),
         dead_rounds: a.common.pick(a.dead_rounds, 3, 1).max(1),
     };
+    PEER_CPUS.get_or_init(|| a.peer_cpus.clone());
     if opts.n == 0 || opts.bundle == 0 || opts.window < 2 {
         bail!("--n and --bundle must be positive, --window at least 2");
     }
@@ -765,14 +874,7 @@ async fn gateway_measure(
     store_url: &str,
 ) -> Result<GatewayPass> {
     let profile = pass.profile();
-    let mut hospital = Peer::start(
-        "hospital",
-        &PeerOptions {
-            log: true,
-            ..PeerOptions::default()
-        },
-    )
-    .await;
+    let mut hospital = Peer::start("hospital", &peer_options(true)).await;
     let peer_pid = pid_listening_on(hospital.port);
     let tokens = [
         ("gp", "sector:gp", carebridge::auth::new_token()),
@@ -1396,14 +1498,7 @@ fn derived_id(body: &Value) -> Option<String> {
 
 /// A peer for the direct client, with the Patient the bodies will point at.
 async fn direct_peer(name: &str) -> (Peer, String) {
-    let peer = Peer::start(
-        name,
-        &PeerOptions {
-            log: true,
-            ..PeerOptions::default()
-        },
-    )
-    .await;
+    let peer = Peer::start(name, &peer_options(true)).await;
     let created = peer.create(&patient("1503570721")).await;
     let new_ref = format!("Patient/{}", created["id"].as_str().unwrap_or_default());
     (peer, new_ref)
@@ -1543,12 +1638,31 @@ async fn run(opts: Opts) -> Result<()> {
         "passes": opts.passes,
         "gateway": "the real binary (carebridge serve), a separate process; config: default [exchange] settings written out, rate limit off, default store pool",
         "exchange_settings": EXCHANGE.lines().collect::<Vec<_>>(),
+        "cpus": {
+            "peers": PEER_CPUS.get().cloned().flatten().unwrap_or_else(|| "any".to_owned()),
+            "bench_and_gateway": own_cpus(),
+            "postgres": "any",
+        },
         "peer": "tests/peers/fhir-server.mjs (Medplum 5.2.13 FhirRouter over MemoryRepository) with --log, Node ".to_owned()
             + &Command::new(peers::node_bin()).arg("--version").output().ok()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
     });
+    let mut _pinned = None;
     if opts.backend == "postgres" {
         result["postgres_settings"] = pg_settings().await.unwrap_or_else(|e| json!(e.to_string()));
+        if let Some(cpus) = &opts.postgres_cpus {
+            let port = url::Url::parse(&pg_admin_url())
+                .ok()
+                .and_then(|u| u.port())
+                .unwrap_or(5432);
+            result["cpus"]["postgres"] = match PinnedPostgres::pin(port, cpus) {
+                Ok(p) => {
+                    _pinned = Some(p);
+                    json!(cpus)
+                }
+                Err(e) => json!(format!("any (not pinned: {e:#})")),
+            };
+        }
     }
     let mut bodies: Option<(Vec<Value>, String)> = None;
     if want("reference") {
@@ -1784,7 +1898,7 @@ async fn dead_sector_run(opts: &Opts, dead: Dead) -> Result<Value> {
             (url, Some(name))
         }
     };
-    let peer_opts = PeerOptions::default();
+    let peer_opts = peer_options(false);
     let (mut hospital, mut municipality) = tokio::join!(
         Peer::start("hospital", &peer_opts),
         Peer::start("municipality", &peer_opts)

@@ -229,6 +229,9 @@ pub struct PeerOptions {
     pub token_ttl: Option<u64>,
     /// `--log`: one stderr line per request, readable through `Peer::stderr_text`.
     pub log: bool,
+    /// Run the peer on these CPUs only (`taskset -c <cpus> node …`), for benchmarks that give
+    /// the peer a core of its own, as a sector system on another machine has.
+    pub cpus: Option<String>,
 }
 
 impl PeerOptions {
@@ -358,7 +361,15 @@ impl Peer {
         let _permit = start_permits().acquire().await.expect("start semaphore");
         let script = peers_dir().join("fhir-server.mjs");
         let started = Instant::now();
-        let mut child = Command::new(node_bin())
+        let mut command = match &opts.cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(node_bin());
+                c
+            }
+            None => Command::new(node_bin()),
+        };
+        let mut child = command
             .arg(&script)
             .arg("--port")
             .arg(port.to_string())
