@@ -25,7 +25,9 @@
 //!   direct `If-None-Exist` pass on a fresh peer (the peer's own speed drifts by several per
 //!   cent between passes minutes apart); the ratio of the sums of the rates is issue 17's
 //!   "≥ 0.95 of the peer's own rate". The reference pass shows what ingest beside the
-//!   deliveries costs them.
+//!   deliveries costs them. Each round also keeps the peer's own time and CPU per request on
+//!   both sides and the ratio at the direct pass's peer time ([`round_figures`]): what the
+//!   gateway adds, with the peer's drift between passes left out.
 //! - `profile`: the same as `reference`, with the gateway's own log switched on for the statements it runs
 //!   (`sqlx::query=debug`: every statement with its duration) and its outbound connection pool
 //!   (`hyper_util` pool checkout and return, which bracket each HTTP exchange); where the time of
@@ -1496,6 +1498,42 @@ fn derived_id(body: &Value) -> Option<String> {
     Some(format!("cb-{}", &hash[..32]))
 }
 
+/// One backlog round beside its direct pass: both rates, the peer's own time per request on
+/// each side (`--log`) and its CPU per request, the time each side adds outside the peer, and
+/// the ratio the gateway would reach had the peer been as fast in its pass as in the direct
+/// one: (direct's peer ms + direct's own ms) ÷ (direct's peer ms + gateway's own ms). The
+/// peer's time per request moves by ±10 % from one pass to the next whatever drives it; this
+/// ratio leaves that out and keeps what the gateway adds.
+fn round_figures(backlog: &Value, direct: &Value) -> Value {
+    let (g_rate, d_rate) = (
+        backlog["per_s_first_to_last"].as_f64(),
+        direct["per_s_first_to_last"].as_f64(),
+    );
+    let (g_peer, d_peer) = (
+        backlog["server_ms_mean"].as_f64(),
+        direct["server_ms_mean"].as_f64(),
+    );
+    let own = |rate: Option<f64>, peer: Option<f64>| Some(1000.0 / rate? - peer?);
+    let (g_own, d_own) = (own(g_rate, g_peer), own(d_rate, d_peer));
+    let at_direct = (|| Some((d_peer? + d_own?) / (d_peer? + g_own?)))();
+    let peer_cpu_ms = |v: &Value, n: f64| v["peer_cpu_seconds"].as_f64().map(|s| s * 1000.0 / n);
+    let n = backlog["windows"].as_array().map_or(0.0, |w| {
+        w.iter().filter_map(|x| x["completions"].as_f64()).sum()
+    });
+    json!({
+        "backlog_per_s": g_rate,
+        "direct_if_none_exist_per_s": d_rate,
+        "direct_loadavg_before": direct["loadavg_before"],
+        "peer_ms_per_request": {"backlog": g_peer, "direct": d_peer},
+        "peer_cpu_ms_per_request": {
+            "backlog": peer_cpu_ms(&backlog["cpu_after_push"], n),
+            "direct": peer_cpu_ms(&direct["cpu"], direct["requests"].as_f64().unwrap_or(0.0)),
+        },
+        "own_ms_per_request": {"backlog": g_own, "direct": d_own},
+        "at_the_direct_peer_time": at_direct,
+    })
+}
+
 /// A peer for the direct client, with the Patient the bodies will point at.
 async fn direct_peer(name: &str) -> (Peer, String) {
     let peer = Peer::start(name, &peer_options(true)).await;
@@ -1674,7 +1712,7 @@ async fn run(opts: Opts) -> Result<()> {
         let mut rounds = Vec::new();
         for round in 0..opts.rounds {
             let pass = gateway_pass(&opts, Pass::Backlog).await?;
-            let gateway = pass.result["delivery"]["per_s_first_to_last"].clone();
+            let delivery = pass.result["delivery"].clone();
             if round == 0 {
                 result["backlog"] = pass.result;
             }
@@ -1696,11 +1734,7 @@ async fn run(opts: Opts) -> Result<()> {
             .await;
             peer.stop().await;
             let direct = direct?;
-            rounds.push(json!({
-                "backlog_per_s": gateway,
-                "direct_if_none_exist_per_s": direct["per_s_first_to_last"],
-                "direct_loadavg_before": direct["loadavg_before"],
-            }));
+            rounds.push(round_figures(&delivery, &direct));
         }
         let sum = |key: &str| rounds.iter().filter_map(|r| r[key].as_f64()).sum::<f64>();
         result["backlog"]["rounds"] = json!(rounds);
@@ -1720,6 +1754,12 @@ async fn run(opts: Opts) -> Result<()> {
             n => Some((each[n / 2 - 1] + each[n / 2]) / 2.0),
         };
         result["backlog"]["median_round_ratio"] = json!(median);
+        let at_peer_speed: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| r["at_the_direct_peer_time"].as_f64())
+            .collect();
+        result["backlog"]["at_the_direct_peer_time_mean"] =
+            json!(at_peer_speed.iter().sum::<f64>() / at_peer_speed.len().max(1) as f64);
     }
     if want("profile") {
         let pass = gateway_pass(&opts, Pass::Profile).await?;
