@@ -87,6 +87,8 @@ use std::time::{Duration, Instant};
 
 struct Opts {
     backend: String,
+    /// `--peer-cpus`, for every peer this process starts.
+    peer_cpus: Option<String>,
     postgres_cpus: Option<String>,
     out: PathBuf,
     smoke: bool,
@@ -159,14 +161,11 @@ struct Args {
     common: args::Common,
 }
 
-/// `--peer-cpus`, for every peer this process starts.
-static PEER_CPUS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-
 /// The options of every peer: `--log` as asked, on `--peer-cpus`.
-fn peer_options(log: bool) -> PeerOptions {
+fn peer_options(opts: &Opts, log: bool) -> PeerOptions {
     PeerOptions {
         log,
-        cpus: PEER_CPUS.get().cloned().flatten(),
+        cpus: opts.peer_cpus.clone(),
         ..PeerOptions::default()
     }
 }
@@ -259,7 +258,8 @@ fn parse_opts() -> Result<Opts> {
     });
     let opts = Opts {
         backend: a.backend,
-        postgres_cpus: a.postgres_cpus.clone(),
+        peer_cpus: a.peer_cpus,
+        postgres_cpus: a.postgres_cpus,
         out: a.out,
         smoke,
         n: a.common.pick(a.n, 2000, 100),
@@ -270,7 +270,6 @@ fn parse_opts() -> Result<Opts> {
         rounds: a.common.pick(a.rounds, 6, 1).max(1),
         dead_rounds: a.common.pick(a.dead_rounds, 3, 1).max(1),
     };
-    PEER_CPUS.get_or_init(|| a.peer_cpus.clone());
     if opts.n == 0 || opts.bundle == 0 || opts.window < 2 {
         bail!("--n and --bundle must be positive, --window at least 2");
     }
@@ -876,7 +875,7 @@ async fn gateway_measure(
     store_url: &str,
 ) -> Result<GatewayPass> {
     let profile = pass.profile();
-    let mut hospital = Peer::start("hospital", &peer_options(true)).await;
+    let mut hospital = Peer::start("hospital", &peer_options(opts, true)).await;
     let peer_pid = pid_listening_on(hospital.port);
     let tokens = [
         ("gp", "sector:gp", carebridge::auth::new_token()),
@@ -1504,7 +1503,7 @@ fn derived_id(body: &Value) -> Option<String> {
 /// one: (direct's peer ms + direct's own ms) ÷ (direct's peer ms + gateway's own ms). The
 /// peer's time per request moves by ±10 % from one pass to the next whatever drives it; this
 /// ratio leaves that out and keeps what the gateway adds.
-fn round_figures(backlog: &Value, direct: &Value) -> Value {
+fn round_figures(backlog: &Value, direct: &Value, n: usize) -> Value {
     let (g_rate, d_rate) = (
         backlog["per_s_first_to_last"].as_f64(),
         direct["per_s_first_to_last"].as_f64(),
@@ -1516,18 +1515,20 @@ fn round_figures(backlog: &Value, direct: &Value) -> Value {
     let own = |rate: Option<f64>, peer: Option<f64>| Some(1000.0 / rate? - peer?);
     let (g_own, d_own) = (own(g_rate, g_peer), own(d_rate, d_peer));
     let at_direct = (|| Some((d_peer? + d_own?) / (d_peer? + g_own?)))();
-    let peer_cpu_ms = |v: &Value, n: f64| v["peer_cpu_seconds"].as_f64().map(|s| s * 1000.0 / n);
-    let n = backlog["windows"].as_array().map_or(0.0, |w| {
-        w.iter().filter_map(|x| x["completions"].as_f64()).sum()
-    });
+    // Both sides send the same `n` bodies.
+    let peer_cpu_ms = |v: &Value| {
+        v["peer_cpu_seconds"]
+            .as_f64()
+            .map(|s| s * 1000.0 / n as f64)
+    };
     json!({
         "backlog_per_s": g_rate,
         "direct_if_none_exist_per_s": d_rate,
         "direct_loadavg_before": direct["loadavg_before"],
         "peer_ms_per_request": {"backlog": g_peer, "direct": d_peer},
         "peer_cpu_ms_per_request": {
-            "backlog": peer_cpu_ms(&backlog["cpu_after_push"], n),
-            "direct": peer_cpu_ms(&direct["cpu"], direct["requests"].as_f64().unwrap_or(0.0)),
+            "backlog": peer_cpu_ms(&backlog["cpu_after_push"]),
+            "direct": peer_cpu_ms(&direct["cpu"]),
         },
         "own_ms_per_request": {"backlog": g_own, "direct": d_own},
         "at_the_direct_peer_time": at_direct,
@@ -1535,8 +1536,8 @@ fn round_figures(backlog: &Value, direct: &Value) -> Value {
 }
 
 /// A peer for the direct client, with the Patient the bodies will point at.
-async fn direct_peer(name: &str) -> (Peer, String) {
-    let peer = Peer::start(name, &peer_options(true)).await;
+async fn direct_peer(opts: &Opts, name: &str) -> (Peer, String) {
+    let peer = Peer::start(name, &peer_options(opts, true)).await;
     let created = peer.create(&patient("1503570721")).await;
     let new_ref = format!("Patient/{}", created["id"].as_str().unwrap_or_default());
     (peer, new_ref)
@@ -1677,7 +1678,7 @@ async fn run(opts: Opts) -> Result<()> {
         "gateway": "the real binary (carebridge serve), a separate process; config: default [exchange] settings written out, rate limit off, default store pool",
         "exchange_settings": EXCHANGE.lines().collect::<Vec<_>>(),
         "cpus": {
-            "peers": PEER_CPUS.get().cloned().flatten().unwrap_or_else(|| "any".to_owned()),
+            "peers": opts.peer_cpus.clone().unwrap_or_else(|| "any".to_owned()),
             "bench_and_gateway": own_cpus(),
             "postgres": "any",
         },
@@ -1722,7 +1723,7 @@ async fn run(opts: Opts) -> Result<()> {
             let Some((bodies, patient_ref)) = &bodies else {
                 continue;
             };
-            let (mut peer, new_ref) = direct_peer("direct-round").await;
+            let (mut peer, new_ref) = direct_peer(&opts, "direct-round").await;
             let direct = direct_pass(
                 &peer,
                 &new_ref,
@@ -1734,7 +1735,7 @@ async fn run(opts: Opts) -> Result<()> {
             .await;
             peer.stop().await;
             let direct = direct?;
-            rounds.push(round_figures(&delivery, &direct));
+            rounds.push(round_figures(&delivery, &direct, opts.n));
         }
         let sum = |key: &str| rounds.iter().filter_map(|r| r[key].as_f64()).sum::<f64>();
         result["backlog"]["rounds"] = json!(rounds);
@@ -1758,8 +1759,7 @@ async fn run(opts: Opts) -> Result<()> {
             .iter()
             .filter_map(|r| r["at_the_direct_peer_time"].as_f64())
             .collect();
-        result["backlog"]["at_the_direct_peer_time_mean"] =
-            json!(at_peer_speed.iter().sum::<f64>() / at_peer_speed.len().max(1) as f64);
+        result["backlog"]["at_the_direct_peer_time_mean"] = json!(mean(&at_peer_speed));
     }
     if want("profile") {
         let pass = gateway_pass(&opts, Pass::Profile).await?;
@@ -1785,7 +1785,7 @@ async fn run(opts: Opts) -> Result<()> {
         ] {
             let (peer, new_ref) = match shared.take() {
                 Some(p) => p,
-                None => direct_peer(name).await,
+                None => direct_peer(&opts, name).await,
             };
             let r = direct_pass(&peer, &new_ref, bodies, patient_ref, mode, opts.window).await;
             if opts.smoke {
@@ -1938,7 +1938,7 @@ async fn dead_sector_run(opts: &Opts, dead: Dead) -> Result<Value> {
             (url, Some(name))
         }
     };
-    let peer_opts = peer_options(false);
+    let peer_opts = peer_options(opts, false);
     let (mut hospital, mut municipality) = tokio::join!(
         Peer::start("hospital", &peer_opts),
         Peer::start("municipality", &peer_opts)

@@ -383,7 +383,11 @@ impl Peer {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("{}", node_missing(&format!("`{}`: {e}", node_bin()))));
+            .unwrap_or_else(|e| match &opts.cpus {
+                // `taskset` (util-linux) is what failed to start, not node.
+                Some(_) => panic!("`taskset` (util-linux) is needed for PeerOptions::cpus: {e}"),
+                None => panic!("{}", node_missing(&format!("`{}`: {e}", node_bin()))),
+            });
         let stdin = child.stdin.take().expect("piped stdin");
         let stderr = Arc::new(Mutex::new(String::new()));
         spawn_drain(
