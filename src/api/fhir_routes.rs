@@ -174,33 +174,20 @@ fn json_error(root: &str, e: &crate::fhir::json::JsonError) -> ApiError {
     }
 }
 
-/// Checks the media type, then parses and validates the body once on a blocking thread
-/// ([`Gateway::read_document`](crate::gateway::Gateway::read_document)): the runtime's workers
-/// stay free for the store's round trips while a large Bundle is read.
-async fn read_document(
+/// Checks the media type, then parses and validates the body once into a tree borrowed from
+/// its bytes ([`Gateway::read_document`](crate::gateway::Gateway::read_document)); the
+/// runtime's worker hands its other tasks to another thread meanwhile
+/// ([`crate::gateway::cpu_bound`]), so the store's round trips go on while a large Bundle is
+/// read.
+async fn read_document<'b>(
     state: &AppState,
     caller: &Caller,
     sector: &str,
     interaction: Interaction,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Document, ApiError> {
-    let result = match body_bytes(state, headers, body) {
-        Ok(bytes) => {
-            let gateway = state.gateway.clone();
-            tokio::task::spawn_blocking(move || gateway.read_document(&bytes))
-                .await
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "exception",
-                        "the body could not be read",
-                    )
-                })
-                .and_then(|r| r.map_err(|e| json_error("Bundle", &e)))
-        }
-        Err(e) => Err(e),
-    };
+    bytes: &'b Bytes,
+) -> Result<Document<'b>, ApiError> {
+    let result = crate::gateway::cpu_bound(|| state.gateway.read_document(bytes))
+        .map_err(|e| json_error("Bundle", &e));
     audit_refused(state, caller, sector, interaction, result).await
 }
 
@@ -214,15 +201,10 @@ async fn post_bundle(
     if state.gateway.sector(&sector).is_none() {
         return Err(unknown_first_segment(&sector));
     }
-    let document = read_document(
-        &state,
-        &caller,
-        &sector,
-        Interaction::Transaction,
-        &headers,
-        body,
-    )
-    .await?;
+    let interaction = Interaction::Transaction;
+    let bytes = body_bytes(&state, &headers, body);
+    let bytes = audit_refused(&state, &caller, &sector, interaction, bytes).await?;
+    let document = read_document(&state, &caller, &sector, interaction, &bytes).await?;
     let response = state
         .gateway
         .bundle_document(&caller, &sector, document)

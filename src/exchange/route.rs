@@ -31,7 +31,8 @@ pub struct Routed<'a> {
     pub patient_id: Option<&'a str>,
     pub created: bool,
     pub changed: bool,
-    pub body: &'a Value,
+    /// The resource as stored (its JSON text).
+    pub body: &'a str,
 }
 
 fn route_name(i: usize, r: &RouteSettings) -> String {
@@ -115,7 +116,11 @@ pub async fn enqueue(
                     None => Vec::new(),
                 },
                 RouteTarget::Rule(RouteRule::Recipients) => {
-                    let sectors = recipient_sectors(tx, settings, item.sector, item.body).await?;
+                    let body = crate::store::parse_body(
+                        || format!("{}/{}", item.rtype, item.gid),
+                        item.body,
+                    )?;
+                    let sectors = recipient_sectors(tx, settings, item.sector, &body).await?;
                     if let Some(p) = item.patient_id {
                         // A Communication addressed to a sector makes it take part in the care.
                         let care = in_care(tx, settings, &mut care_cache, p).await?.clone();

@@ -157,6 +157,14 @@ impl<'a> Node<'a> {
     pub fn is_null(&self) -> bool {
         matches!(self, Node::Null)
     }
+    /// The member `key` of an object moved out, `null` left in its place (as `Value::take`).
+    pub fn take_member(&mut self, key: &str) -> Option<Node<'a>> {
+        let Node::Object(o) = self else {
+            return None;
+        };
+        let (_, v) = o.entries.iter_mut().find(|(k, _)| k.as_ref() == key)?;
+        Some(std::mem::replace(v, Node::Null))
+    }
 
     /// A view of an owned `Value` (strings and number lexemes borrowed from it).
     pub fn from_value(value: &'a Value) -> Self {
@@ -895,7 +903,7 @@ fn describe_syntax_error(e: &serde_json::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -1024,7 +1032,7 @@ mod tests {
         slow.is_ok()
     }
 
-    fn data_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    pub(in crate::fhir) fn data_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {

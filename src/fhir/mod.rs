@@ -6,8 +6,10 @@
 pub mod json;
 pub mod outcome;
 pub mod time;
+pub mod tree;
 
 use serde_json::Value;
+pub use tree::Tree;
 
 /// FHIR media types accepted on requests and used on responses.
 pub const FHIR_JSON: &str = "application/fhir+json";
@@ -36,13 +38,13 @@ pub fn describe_forbidden(b: u8) -> String {
 }
 
 /// `resource.resourceType`, if it is a string.
-pub fn resource_type(resource: &Value) -> Option<&str> {
-    resource.get("resourceType")?.as_str()
+pub fn resource_type<T: Tree>(resource: &T) -> Option<&str> {
+    resource.member("resourceType")?.text()
 }
 
 /// `resource.id`, if it is a string.
-pub fn resource_id(resource: &Value) -> Option<&str> {
-    resource.get("id")?.as_str()
+pub fn resource_id<T: Tree>(resource: &T) -> Option<&str> {
+    resource.member("id")?.text()
 }
 
 /// True for a valid FHIR id (`[A-Za-z0-9\-\.]{1,64}`).
@@ -62,8 +64,7 @@ pub fn for_each_reference_mut(value: &mut Value, f: &mut dyn FnMut(&mut String))
             for (key, child) in map.iter_mut() {
                 match (key.as_str(), child) {
                     ("reference", Value::String(s)) => f(s),
-                    ("resource" | "contained" | "outcome", c)
-                        if c.get("resourceType").is_some() || is_resource_array(c) => {}
+                    ("resource" | "contained" | "outcome", c) if holds_resources(c) => {}
                     (_, c) => for_each_reference_mut(c, f),
                 }
             }
@@ -79,55 +80,51 @@ pub fn for_each_reference_mut(value: &mut Value, f: &mut dyn FnMut(&mut String))
 
 /// [`for_each_reference_mut`] for reading: every `reference` string of a resource, nested
 /// resources left out.
-pub fn for_each_reference(value: &Value, f: &mut dyn FnMut(&str)) {
-    match value {
-        Value::Object(map) => {
-            for (key, child) in map {
-                match (key.as_str(), child) {
-                    ("reference", Value::String(s)) => f(s),
-                    ("resource" | "contained" | "outcome", c)
-                        if c.get("resourceType").is_some() || is_resource_array(c) => {}
-                    (_, c) => for_each_reference(c, f),
-                }
-            }
+pub fn for_each_reference<T: Tree>(value: &T, f: &mut dyn FnMut(&str)) {
+    if let Some(items) = value.items() {
+        for item in items {
+            for_each_reference(item, f);
         }
-        Value::Array(items) => {
-            for item in items {
-                for_each_reference(item, f);
-            }
-        }
-        _ => {}
+        return;
     }
+    value.any_member(&mut |key, child| {
+        match (key, child.text()) {
+            ("reference", Some(s)) => f(s),
+            ("resource" | "contained" | "outcome", _) if holds_resources(child) => {}
+            _ => for_each_reference(child, f),
+        }
+        false
+    });
 }
 
 /// Whether any `reference` string member of any object in `value`, nested resources
 /// included, satisfies `f`: a cheap test before a walk by type, since every `Reference`
 /// element's reference is such a member (and most resources' references are relative).
-pub fn any_reference_member(value: &Value, f: &mut dyn FnMut(&str) -> bool) -> bool {
-    match value {
-        Value::Object(map) => map.iter().any(|(key, child)| match (key.as_str(), child) {
-            ("reference", Value::String(s)) => f(s),
-            (_, c) => any_reference_member(c, f),
-        }),
-        Value::Array(items) => items.iter().any(|item| any_reference_member(item, f)),
-        _ => false,
+pub fn any_reference_member<T: Tree>(value: &T, f: &mut dyn FnMut(&str) -> bool) -> bool {
+    if let Some(items) = value.items() {
+        return items.iter().any(|item| any_reference_member(item, f));
     }
+    value.any_member(&mut |key, child| match (key, child.text()) {
+        ("reference", Some(s)) => f(s),
+        _ => any_reference_member(child, f),
+    })
 }
 
-fn is_resource_array(v: &Value) -> bool {
-    v.as_array()
-        .is_some_and(|a| a.first().is_some_and(|x| x.get("resourceType").is_some()))
+/// Whether a member's value is a nested resource, or an array of them (its first item one).
+pub(crate) fn holds_resources<T: Tree>(v: &T) -> bool {
+    let first = v.items().map_or(Some(v), <[T]>::first);
+    first.is_some_and(|x| x.member("resourceType").is_some())
 }
 
 /// The `identifier` elements (system, value) of a resource that carry both.
-pub fn identifiers(resource: &Value) -> Vec<(&str, &str)> {
-    let list = match resource.get("identifier") {
-        Some(Value::Array(items)) => items.iter().collect::<Vec<_>>(),
-        Some(one @ Value::Object(_)) => vec![one],
-        _ => Vec::new(),
+pub fn identifiers<T: Tree>(resource: &T) -> Vec<(&str, &str)> {
+    let list = match resource.member("identifier") {
+        Some(one) if one.is_object() => std::slice::from_ref(one),
+        Some(many) => many.items().unwrap_or_default(),
+        None => &[],
     };
-    list.into_iter()
-        .filter_map(|i| Some((i.get("system")?.as_str()?, i.get("value")?.as_str()?)))
+    list.iter()
+        .filter_map(|i| Some((i.member("system")?.text()?, i.member("value")?.text()?)))
         .collect()
 }
 
@@ -144,12 +141,22 @@ pub fn parameter<'a>(parameters: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
 }
 
-pub fn patient_reference(resource: &Value) -> Option<(&'static str, &str)> {
+pub fn patient_reference<T: Tree>(resource: &T) -> Option<(&'static str, &str)> {
+    patient_reference_through(resource, &|r| r)
+}
+
+/// [`patient_reference`] with each reference read through `edit` first (the reference as the
+/// gateway will store it).
+pub fn patient_reference_through<'r, T: Tree>(
+    resource: &'r T,
+    edit: &dyn Fn(&'r str) -> &'r str,
+) -> Option<(&'static str, &'r str)> {
     for el in PATIENT_ELEMENTS {
         if let Some(r) = resource
-            .get(el)
-            .and_then(|s| s.get("reference"))
-            .and_then(Value::as_str)
+            .member(el)
+            .and_then(|s| s.member("reference"))
+            .and_then(T::text)
+            .map(edit)
             && (r.starts_with("Patient/")
                 || r.contains("/Patient/")
                 || r.starts_with("Patient?")

@@ -7,14 +7,19 @@ use serde_json::{Value, json};
 
 use super::GatewayError;
 use crate::config::SectorSettings;
+use crate::fhir::json::Node;
 use crate::fhir::outcome::Issue;
-use crate::fhir::{self, identifiers, is_valid_id, patient_reference};
+use crate::fhir::tree::{Edits, Tree};
+use crate::fhir::{self, identifiers, is_valid_id};
 use crate::ids::content_hash;
 use crate::store::{Prepared, PutOutcome};
 
-/// One create or update to apply (a single request, or one Bundle entry).
+/// One create or update to apply (a single request, or one Bundle entry). Its resource is an
+/// owned `Value` where an adapter built one (and in a held write); the write pipeline reads
+/// it as a [`Node`] — borrowed from the request's bytes for a Bundle, so that no entry is
+/// copied into an owned tree — and writes what it stores from that tree with its edits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Entry {
+pub struct Entry<R = Value> {
     /// Where the entry sits, for error locations: `Bundle.entry[3]`, or `None` for a single resource.
     pub location: Option<String>,
     pub method: Method,
@@ -26,7 +31,37 @@ pub struct Entry {
     /// `If-Match`: the version an update expects to replace.
     pub if_match: Option<i64>,
     pub full_url: Option<String>,
-    pub resource: Value,
+    pub resource: R,
+}
+
+impl<R> Entry<R> {
+    /// The same entry over another form of its resource.
+    fn with<S>(&self, resource: S) -> Entry<S> {
+        Entry {
+            location: self.location.clone(),
+            method: self.method,
+            rtype: self.rtype.clone(),
+            url_id: self.url_id.clone(),
+            if_none_exist: self.if_none_exist.clone(),
+            if_match: self.if_match,
+            full_url: self.full_url.clone(),
+            resource,
+        }
+    }
+}
+
+impl Entry {
+    /// The entry over a tree that borrows its resource's strings.
+    pub fn view(&self) -> Entry<Node<'_>> {
+        self.with(Node::from_value(&self.resource))
+    }
+}
+
+impl Entry<Node<'_>> {
+    /// The entry with an owned copy of its resource (a held write keeps it).
+    pub fn to_owned_entry(&self) -> Result<Entry, serde_json::Error> {
+        Ok(self.with(self.resource.to_value()?))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,12 +76,12 @@ pub struct Applied {
     pub rtype: String,
     pub rid: String,
     pub outcome: PutOutcome,
-    /// The resource as stored.
-    pub body: Value,
+    /// The resource as stored (its JSON text).
+    pub body: String,
 }
 
 /// Checks that a single resource matches its URL (type, and id for PUT).
-pub(super) fn check_entry_shape(e: &Entry) -> Result<(), GatewayError> {
+pub(super) fn check_entry_shape<R: Tree>(e: &Entry<R>) -> Result<(), GatewayError> {
     let at = |p: &str| match &e.location {
         Some(l) => format!("{l}.{p}"),
         None => p.to_owned(),
@@ -108,6 +143,19 @@ pub(super) fn check_entry_shape(e: &Entry) -> Result<(), GatewayError> {
 pub fn prepare(s: &SectorSettings, rtype: &str, rid: &str, resource: &Value) -> Prepared {
     // Serialising a Value cannot fail: its keys are strings and its numbers are valid.
     let body = serde_json::to_string(resource).unwrap_or_default();
+    prepare_stored(s, rtype, rid, resource, &Edits::default(), body)
+}
+
+/// What the store keeps for one resource whose stored form `body` is `resource` with `edits`
+/// made ([`crate::fhir::tree::write_stored`]): the patient reference is read through the edits.
+pub(super) fn prepare_stored<T: Tree>(
+    s: &SectorSettings,
+    rtype: &str,
+    rid: &str,
+    resource: &T,
+    edits: &Edits<'_>,
+    body: String,
+) -> Prepared {
     let hash = content_hash(body.as_bytes());
     let idents: Vec<(String, String)> = identifiers(resource)
         .into_iter()
@@ -125,7 +173,7 @@ pub fn prepare(s: &SectorSettings, rtype: &str, rid: &str, resource: &Value) -> 
         (None, links)
     } else {
         (
-            patient_reference(resource).and_then(|(_, r)| normalise_patient_ref(s, r)),
+            edited_patient_reference(resource, edits).and_then(|r| normalise_patient_ref(s, r)),
             Vec::new(),
         )
     };
@@ -149,6 +197,20 @@ pub fn prepare(s: &SectorSettings, rtype: &str, rid: &str, resource: &Value) -> 
     }
 }
 
+/// [`fhir::patient_reference`] of the resource as stored: its references with `edits` made.
+pub(super) fn edited_patient_reference<'r, T: Tree>(
+    resource: &'r T,
+    edits: &Edits<'r>,
+) -> Option<&'r str> {
+    let edited = |r: &'r str| -> &'r str {
+        edits
+            .references
+            .and_then(|m| m.get(r))
+            .map_or(r, String::as_str)
+    };
+    fhir::patient_reference_through(resource, &edited).map(|(_, r)| r)
+}
+
 /// `Patient/123`, `Patient/123/_history/2` and `<own base>/Patient/123` become `Patient/123`;
 /// a conditional reference stays as it is; anything else names no patient of this sector.
 fn normalise_patient_ref(s: &SectorSettings, r: &str) -> Option<String> {
@@ -167,14 +229,14 @@ fn normalise_patient_ref(s: &SectorSettings, r: &str) -> Option<String> {
 
 /// What makes a Bundle's entries ambiguous: two entries with one `fullUrl`, or a `urn:uuid:`
 /// reference that no entry's `fullUrl` names (it could only be stored dangling).
-pub(super) fn bundle_links(bundle: &Value) -> Vec<Issue> {
-    let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+pub(super) fn bundle_links(bundle: &Node<'_>) -> Vec<Issue> {
+    let Some(entries) = bundle.get("entry").and_then(Node::as_array) else {
         return Vec::new();
     };
     let mut issues = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, e) in entries.iter().enumerate() {
-        if let Some(full) = e.get("fullUrl").and_then(Value::as_str)
+        if let Some(full) = e.get("fullUrl").and_then(Node::as_str)
             && !seen.insert(full)
         {
             issues.push(
@@ -208,8 +270,10 @@ pub(super) fn bundle_links(bundle: &Value) -> Vec<Issue> {
 }
 
 /// Reads the entries of a transaction/batch Bundle; each is an `Entry` or its issues.
-pub(super) fn bundle_entries(bundle: &mut Value) -> Vec<Result<Entry, Vec<Issue>>> {
-    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
+pub(super) fn bundle_entries<'a>(
+    bundle: &mut Node<'a>,
+) -> Vec<Result<Entry<Node<'a>>, Vec<Issue>>> {
+    let Some(Node::Array(mut entries)) = bundle.take_member("entry") else {
         return Vec::new();
     };
     entries
@@ -221,16 +285,15 @@ pub(super) fn bundle_entries(bundle: &mut Value) -> Vec<Result<Entry, Vec<Issue>
 
 /// One entry of a Bundle at `loc`: its request (method, url, ifNoneExist) and resource (taken
 /// out of the Bundle, not copied).
-fn bundle_entry(loc: &str, e: &mut Value) -> Result<Entry, Vec<Issue>> {
+fn bundle_entry<'a>(loc: &str, e: &mut Node<'a>) -> Result<Entry<Node<'a>>, Vec<Issue>> {
     let fail = |code: &'static str, msg: &str, at: &str| {
         vec![Issue::error(code, msg).at(format!("{loc}{at}"))]
     };
-    // The request is small; the resource is moved out below.
+    let resource = e.take_member("resource");
     let request = e
         .get("request")
-        .cloned()
         .ok_or_else(|| fail("required", "each entry needs a request", ".request"))?;
-    let method = match request.get("method").and_then(Value::as_str) {
+    let method = match request.get("method").and_then(Node::as_str) {
         Some("POST") => Method::Post,
         Some("PUT") => Method::Put,
         Some(m) => {
@@ -248,7 +311,7 @@ fn bundle_entry(loc: &str, e: &mut Value) -> Result<Entry, Vec<Issue>> {
             ));
         }
     };
-    let resource = e.get_mut("resource").map(Value::take).ok_or_else(|| {
+    let resource = resource.ok_or_else(|| {
         fail(
             "required",
             "a POST or PUT entry needs a resource",
@@ -256,14 +319,14 @@ fn bundle_entry(loc: &str, e: &mut Value) -> Result<Entry, Vec<Issue>> {
         )
     })?;
     let rtype = fhir::resource_type(&resource).unwrap_or("").to_owned();
-    let url = request.get("url").and_then(Value::as_str).unwrap_or("");
+    let url = request.get("url").and_then(Node::as_str).unwrap_or("");
     let url_id =
         entry_url_id(url, &rtype, method).map_err(|msg| fail("invalid", msg, ".request.url"))?;
     let if_none_exist = request
         .get("ifNoneExist")
-        .and_then(Value::as_str)
+        .and_then(Node::as_str)
         .map(parse_query);
-    let if_match = match request.get("ifMatch").and_then(Value::as_str) {
+    let if_match = match request.get("ifMatch").and_then(Node::as_str) {
         None => None,
         Some(tag) => Some(etag_version(tag).ok_or_else(|| {
             fail(
@@ -280,7 +343,7 @@ fn bundle_entry(loc: &str, e: &mut Value) -> Result<Entry, Vec<Issue>> {
         url_id,
         if_none_exist,
         if_match,
-        full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+        full_url: e.get("fullUrl").and_then(Node::as_str).map(str::to_owned),
         resource,
     };
     check_entry_shape(&entry).map_err(|err| match err {

@@ -12,6 +12,7 @@ use crate::access::{Caller, Request, authorize};
 use crate::audit::{self, Action, Actor, AuditRow, Interaction, Outcome};
 use crate::config::SectorSettings;
 use crate::exchange::route::Join;
+use crate::fhir::json::Node;
 use crate::fhir::outcome::Issue;
 use crate::metrics::SectorLabels;
 use crate::store::{HeldNew, HeldWrite, RoutedEntry, StoreTx, Unmerged};
@@ -30,7 +31,7 @@ impl Gateway {
         &self,
         caller: &Caller,
         s: &SectorSettings,
-        entries: &[Entry],
+        entries: &[Entry<Node<'_>>],
         interaction: Interaction,
         reason: String,
         patients: Vec<String>,
@@ -39,8 +40,14 @@ impl Gateway {
             sector: s.id.clone(),
             interaction: interaction.code().to_owned(),
             client_id: Some(caller.client.id.clone()),
-            // Entries are plain data (strings, JSON values): they always serialise.
-            entries: serde_json::to_string(entries).unwrap_or_else(|_| "[]".into()),
+            // Entries are plain data (strings, JSON values whose numbers the strict parser
+            // read): they always convert and serialise.
+            entries: entries
+                .iter()
+                .map(Entry::to_owned_entry)
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|owned| serde_json::to_string(&owned))
+                .unwrap_or_else(|_| "[]".into()),
             reason: reason.clone(),
             patients: patients.clone(),
         };
@@ -111,9 +118,8 @@ impl Gateway {
             .map_err(|_| GatewayError::Conflict(format!("held write {id} cannot be read back")))?;
         let interaction = Interaction::parse(&held.interaction).unwrap_or(Interaction::Transaction);
         // Stored as the sector's write; the audit rows name the operator who released it.
-        let applied = self
-            .apply_with(caller, s, entries, interaction, true)
-            .await?;
+        let views = entries.iter().map(Entry::view).collect();
+        let applied = self.apply_with(caller, s, views, interaction, true).await?;
         self.decide_held(caller, &held, "released", applied.len())
             .await?;
         Ok(applied.len())

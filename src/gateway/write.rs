@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::alerts::AlertEvent;
 use super::entry::{
-    Applied, Entry, Method, bundle_entries, bundle_links, check_entry_shape, prepare,
-    response_bundle,
+    Applied, Entry, Method, bundle_entries, bundle_links, check_entry_shape,
+    edited_patient_reference, prepare_stored, response_bundle,
 };
 use super::params;
 use super::{Gateway, GatewayError};
@@ -21,9 +21,11 @@ use crate::audit::{self, Action, Actor, AuditRow, Interaction, Outcome};
 use crate::config::{SectorSettings, Settings};
 use crate::exchange::resolve::locate;
 use crate::exchange::route::Routed;
+use crate::fhir::json::Node;
 use crate::fhir::outcome::Issue;
 use crate::fhir::time::{instant, now_us};
-use crate::fhir::{self, for_each_reference_mut, identifiers, is_valid_id, patient_reference};
+use crate::fhir::tree::{Edits, write_stored};
+use crate::fhir::{self, identifiers, is_valid_id};
 use crate::ids::content_hash;
 use crate::store::{PutOutcome, SearchFilter, StoreError, StoreTx};
 
@@ -39,13 +41,13 @@ fn busy_pause(attempt: u32) -> std::time::Duration {
 }
 
 /// The entries of a Bundle, each an entry or the issues that make it unusable.
-type ParsedEntries = Vec<Result<Entry, Vec<Issue>>>;
+type ParsedEntries<'a> = Vec<Result<Entry<Node<'a>>, Vec<Issue>>>;
 
-/// A request body parsed once: validated from a tree borrowed from the bytes, then turned
-/// into the owned resource the gateway edits and stores.
+/// A request body parsed once into a tree borrowed from its bytes and validated: the write
+/// pipeline reads its entries from that tree and writes their stored forms from it.
 #[derive(Debug)]
-pub struct Document {
-    pub resource: Value,
+pub struct Document<'a> {
+    pub resource: Node<'a>,
     /// What structural validation found (empty: valid R4).
     pub structural: Vec<Issue>,
 }
@@ -81,7 +83,7 @@ impl Gateway {
         if !issues.is_empty() {
             return Err(GatewayError::Invalid(placed(issues, location)));
         }
-        self.check_profile(sector, resource, location)
+        self.check_profile(sector, &Node::from_value(resource), location)
     }
 
     /// The second half of [`Gateway::check`], for a resource whose structure was already
@@ -90,10 +92,20 @@ impl Gateway {
     fn check_profile(
         &self,
         sector: &SectorSettings,
-        resource: &Value,
+        resource: &Node<'_>,
         location: Option<&str>,
     ) -> Result<(), GatewayError> {
-        let mut issues = self.validator.profile(sector.profile.as_deref(), resource);
+        let set = sector.profile.as_deref();
+        let rtype = fhir::resource_type(resource).unwrap_or("");
+        // The rules are JSON Schemas over an owned tree: one is built for the types they cover.
+        let mut issues = if self.validator.profile_applies(set, rtype) {
+            match resource.to_value() {
+                Ok(owned) => self.validator.profile(set, &owned),
+                Err(e) => vec![unkept_number(&e)],
+            }
+        } else {
+            Vec::new()
+        };
         issues.extend(self.foreign_references(sector, resource));
         issues.extend(spoofed_tags(&sector.id, resource));
         if !issues.is_empty() {
@@ -108,14 +120,19 @@ impl Gateway {
     /// gateway's own bases included, literal or conditional) is refused; a reference under a
     /// configured base must name `Type/id` or `Type?identifier=…`. Other references into a
     /// configured sector are that sector's resources (mapped on delivery).
-    fn foreign_references(&self, sector: &SectorSettings, resource: &Value) -> Vec<Issue> {
+    fn foreign_references(&self, sector: &SectorSettings, resource: &Node<'_>) -> Vec<Issue> {
         let mut issues = Vec::new();
         // Only an absolute URL can lie under a configured base ([`locate`]): without one, the
-        // walk by type (most of a Bundle's profile checks in P2) finds nothing to refuse.
+        // walk by type (most of a Bundle's profile checks in P2) finds nothing to refuse. The
+        // walk reads an owned tree, built only then.
         if !fhir::any_reference_member(resource, &mut |r| r.contains("://")) {
             return issues;
         }
-        for (path, element) in self.validator.references(resource) {
+        let owned = match resource.to_value() {
+            Ok(owned) => owned,
+            Err(e) => return vec![unkept_number(&e)],
+        };
+        for (path, element) in self.validator.references(&owned) {
             let Some(r) = element.get("reference").and_then(Value::as_str) else {
                 continue;
             };
@@ -168,22 +185,20 @@ impl Gateway {
         let s = self.writable_sector(caller, sector)?;
         check_entry_shape(&entry)?;
         self.check(s, &entry.resource, None)?;
-        let mut applied = self.apply(caller, s, vec![entry], interaction).await?;
+        let mut applied = self
+            .apply(caller, s, vec![entry.view()], interaction)
+            .await?;
         Ok(applied.remove(0))
     }
 
-    /// Parses a request body strictly ([`fhir::json`]) into a tree borrowed from `bytes`,
-    /// validates it structurally and builds the owned resource: CPU work for a blocking thread,
-    /// outside the store's writer.
-    pub fn read_document(&self, bytes: &[u8]) -> Result<Document, fhir::json::JsonError> {
-        let node = fhir::json::parse_borrowed(bytes, self.settings.server.max_json_depth)?;
-        let structural = self.validator.structural_parsed(&node);
-        let resource = node.to_value().map_err(|e| fhir::json::JsonError {
-            reason: format!("a number could not be kept: {e}"),
-            path: Vec::new(),
-            line: 0,
-            column: 0,
-        })?;
+    /// Parses a request body strictly ([`fhir::json`]) into a tree borrowed from `bytes` and
+    /// validates it structurally: CPU work, kept off the runtime's workers by the caller.
+    pub fn read_document<'a>(
+        &self,
+        bytes: &'a [u8],
+    ) -> Result<Document<'a>, fhir::json::JsonError> {
+        let resource = fhir::json::parse_borrowed(bytes, self.settings.server.max_json_depth)?;
+        let structural = self.validator.structural_parsed(&resource);
         Ok(Document {
             resource,
             structural,
@@ -200,7 +215,7 @@ impl Gateway {
     ) -> Result<Value, GatewayError> {
         let structural = self.validator.structural(&bundle);
         let document = Document {
-            resource: bundle,
+            resource: Node::from_value(&bundle),
             structural,
         };
         self.bundle_document(caller, sector, document).await
@@ -211,7 +226,7 @@ impl Gateway {
         &self,
         caller: &Caller,
         sector: &str,
-        document: Document,
+        document: Document<'_>,
     ) -> Result<Value, GatewayError> {
         let result = self.bundle_inner(caller, sector, document).await;
         if let Err(e) = &result {
@@ -225,7 +240,7 @@ impl Gateway {
         &self,
         caller: &Caller,
         sector: &str,
-        document: Document,
+        document: Document<'_>,
     ) -> Result<Value, GatewayError> {
         let Document {
             resource: mut bundle,
@@ -248,7 +263,7 @@ impl Gateway {
     }
 
     /// A Bundle's type (transaction or batch), after the checks that refuse it whole.
-    fn bundle_kind(&self, bundle: &Value) -> Result<Interaction, GatewayError> {
+    fn bundle_kind(&self, bundle: &Node<'_>) -> Result<Interaction, GatewayError> {
         if fhir::resource_type(bundle) != Some("Bundle") {
             return Err(GatewayError::invalid(
                 Issue::error(
@@ -258,7 +273,7 @@ impl Gateway {
                 .at("Bundle.resourceType"),
             ));
         }
-        let kind = match bundle.get("type").and_then(Value::as_str) {
+        let kind = match bundle.get("type").and_then(Node::as_str) {
             Some("transaction") => Interaction::Transaction,
             Some("batch") => Interaction::Batch,
             _ => {
@@ -270,8 +285,8 @@ impl Gateway {
         };
         let count = bundle
             .get("entry")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
+            .and_then(Node::as_array)
+            .map_or(0, <[_]>::len);
         let limit = self.settings.server.max_bundle_entries;
         if count > limit {
             return Err(GatewayError::invalid(
@@ -291,7 +306,7 @@ impl Gateway {
         caller: &Caller,
         s: &SectorSettings,
         structural: Vec<Issue>,
-        entries: ParsedEntries,
+        entries: ParsedEntries<'_>,
     ) -> Result<Value, GatewayError> {
         if !structural.is_empty() {
             return Err(GatewayError::Invalid(structural));
@@ -315,7 +330,11 @@ impl Gateway {
 
     /// Every entry of a transaction against its sector's profile and reference rules; all the
     /// issues found, or none.
-    fn check_profiles(&self, s: &SectorSettings, entries: &[Entry]) -> Result<(), GatewayError> {
+    fn check_profiles(
+        &self,
+        s: &SectorSettings,
+        entries: &[Entry<Node<'_>>],
+    ) -> Result<(), GatewayError> {
         let mut unprocessable = Vec::new();
         for e in entries {
             let at = e.location.as_deref().map(|l| format!("{l}.resource"));
@@ -339,7 +358,7 @@ impl Gateway {
         caller: &Caller,
         s: &SectorSettings,
         structural: Vec<Issue>,
-        entries: ParsedEntries,
+        entries: ParsedEntries<'_>,
     ) -> Result<Value, GatewayError> {
         let mut results = Vec::with_capacity(entries.len());
         for (i, entry) in entries.into_iter().enumerate() {
@@ -372,7 +391,7 @@ impl Gateway {
         s: &SectorSettings,
         structural: &[Issue],
         prefix: &str,
-        e: Entry,
+        e: Entry<Node<'_>>,
     ) -> Result<Applied, GatewayError> {
         let nested = format!("{prefix}.");
         let entry_issues: Vec<Issue> = structural
@@ -400,7 +419,7 @@ impl Gateway {
         &self,
         caller: &Caller,
         s: &SectorSettings,
-        entries: Vec<Entry>,
+        entries: Vec<Entry<Node<'_>>>,
         interaction: Interaction,
     ) -> Result<Vec<Applied>, GatewayError> {
         self.apply_with(caller, s, entries, interaction, false)
@@ -413,40 +432,37 @@ impl Gateway {
     /// Ids, references and the bodies to store are worked out once, before the transaction
     /// ([`Gateway::stage_early`]): a transaction run again after `Busy` reuses them (the
     /// writer then only writes). Where a conditional create needs the store, they are worked
-    /// out on a copy with the ids the entries get if no conditional create matches, and the
-    /// transaction checks that guess first; if one matched (or no guess can be made), each run
-    /// works them out inside its transaction from a fresh copy of the entries.
+    /// out with the ids the entries get if no conditional create matches, and the transaction
+    /// checks that guess first; if one matched (or no guess can be made), each run works them
+    /// out inside its transaction. The entries themselves are never edited: every stored form
+    /// is written from them with its edits ([`prepare_entries`]).
     pub(super) async fn apply_with(
         &self,
         caller: &Caller,
         s: &SectorSettings,
-        mut entries: Vec<Entry>,
+        entries: Vec<Entry<Node<'_>>>,
         interaction: Interaction,
         allow_merge: bool,
     ) -> Result<Vec<Applied>, GatewayError> {
         let mut early =
-            super::cpu_bound(|| self.stage_early(s, &mut entries, interaction, allow_merge))?;
+            super::cpu_bound(|| self.stage_early(s, &entries, interaction, allow_merge))?;
         let mut attempt = 1;
         loop {
-            // A run that fails leaves `entries` whole: the early stage works on them (or on
-            // its own copy), a late one on a copy; the bodies move into the answer only once
-            // the run committed.
+            // The stored forms move into the answer only once a run committed.
             let result = match &mut early {
                 Some(Early::Known(stage)) => {
-                    let staged = Staged::Early(stage);
-                    let r = self.apply_once(caller, s, &mut entries, staged, interaction);
-                    r.await.map(|a| a.map(|a| with_bodies(a, &mut entries)))
+                    let r = self.apply_once(caller, s, &entries, Staged::Early(stage), interaction);
+                    r.await.map(|a| a.map(|a| with_bodies(a, &mut stage.1)))
                 }
-                Some(Early::Guessed(stage, copy)) => {
+                Some(Early::Guessed(stage)) => {
                     let staged = Staged::Guessed(stage);
-                    let r = self.apply_once(caller, s, copy, staged, interaction);
-                    r.await.map(|a| a.map(|a| with_bodies(a, copy)))
+                    let r = self.apply_once(caller, s, &entries, staged, interaction);
+                    r.await.map(|a| a.map(|a| with_bodies(a, &mut stage.1)))
                 }
                 None => {
-                    let mut copy = entries.clone();
                     let staged = Staged::Late(allow_merge);
-                    let r = self.apply_once(caller, s, &mut copy, staged, interaction);
-                    r.await.map(|a| a.map(|a| with_bodies(a, &mut copy)))
+                    self.apply_once(caller, s, &entries, staged, interaction)
+                        .await
                 }
             };
             match result {
@@ -469,14 +485,13 @@ impl Gateway {
         }
     }
 
-    /// The early stage of [`Gateway::apply_with`]: every id known without the store, `entries`
-    /// prepared; else, when every id can be guessed as if no conditional create matched, a
-    /// prepared copy (the originals stay as sent for the late stage, should the guess miss);
-    /// else nothing.
+    /// The early stage of [`Gateway::apply_with`]: every id known without the store, the
+    /// entries prepared; else, when every id can be guessed as if no conditional create
+    /// matched, the entries prepared with the guessed ids; else nothing.
     fn stage_early(
         &self,
         s: &SectorSettings,
-        entries: &mut [Entry],
+        entries: &[Entry<Node<'_>>],
         interaction: Interaction,
         allow_merge: bool,
     ) -> Result<Option<Early>, GatewayError> {
@@ -487,25 +502,24 @@ impl Gateway {
         let Some(ids) = guessed_ids(s, entries) else {
             return Ok(None);
         };
-        let mut copy = entries.to_vec();
         // A refusal here is left to the late stage, which decides with the ids it finds.
-        let prepared = self.prepare_all(s, &mut copy, &ids, interaction, allow_merge);
-        Ok(prepared.ok().map(|p| Early::Guessed((ids, p), copy)))
+        let prepared = self.prepare_all(s, entries, &ids, interaction, allow_merge);
+        Ok(prepared.ok().map(|p| Early::Guessed((ids, p))))
     }
 
     /// Applies entries in one transaction: ids, references, store, outbox, alerts, audit. The
-    /// [`Applied`] it returns have no bodies yet: they are `entries`' resources as stored
-    /// ([`with_bodies`] moves them in), so that a run that fails leaves `entries` whole.
+    /// [`Applied`] it returns carry no stored bodies from an early stage yet ([`with_bodies`]
+    /// moves them in once the run committed); a late stage's are moved in here.
     async fn apply_once(
         &self,
         caller: &Caller,
         s: &SectorSettings,
-        entries: &mut [Entry],
+        entries: &[Entry<Node<'_>>],
         staged: Staged<'_>,
         interaction: Interaction,
     ) -> Result<Option<Vec<Applied>>, GatewayError> {
         let mut tx = self.store.begin().await?;
-        let late;
+        let mut late: Option<Stage> = None;
         let (ids, prepared) = match staged {
             Staged::Early((ids, prepared)) => (ids, prepared),
             Staged::Guessed((ids, prepared)) => {
@@ -517,8 +531,8 @@ impl Gateway {
             Staged::Late(allow_merge) => {
                 let ids = assign_ids(&mut *tx, s, entries).await?;
                 let prepared = self.prepare_all(s, entries, &ids, interaction, allow_merge)?;
-                late = (ids, prepared);
-                (&late.0, &late.1)
+                let (ids, prepared) = late.insert((ids, prepared));
+                (&*ids, &*prepared)
             }
         };
         let applied = write_entries(&mut *tx, s, entries, ids, prepared).await?;
@@ -537,14 +551,10 @@ impl Gateway {
         // The outbox: what goes to the other sectors commits with what was accepted.
         let routed: Vec<Routed<'_>> = applied
             .iter()
-            .zip(entries.iter())
-            .map(|(a, e)| {
+            .zip(prepared)
+            .map(|(a, p)| {
                 // A conditional create that matched carries the stored body already.
-                let body = if a.body.is_null() {
-                    &e.resource
-                } else {
-                    &a.body
-                };
+                let body = p.as_ref().map_or(a.body.as_str(), |p| p.body.as_str());
                 routed(&s.id, a, body)
             })
             .collect();
@@ -566,7 +576,10 @@ impl Gateway {
             self.outbox_signal.notify_waiters();
         }
         self.publish(alert_events);
-        Ok(Some(applied))
+        Ok(Some(match late.as_mut() {
+            Some(stage) => with_bodies(applied, &mut stage.1),
+            None => applied,
+        }))
     }
 
     /// The stored form of every entry under its id ([`prepare_entries`]); a transaction that
@@ -574,7 +587,7 @@ impl Gateway {
     fn prepare_all(
         &self,
         s: &SectorSettings,
-        entries: &mut [Entry],
+        entries: &[Entry<Node<'_>>],
         ids: &[(String, bool)],
         interaction: Interaction,
         allow_merge: bool,
@@ -713,16 +726,20 @@ impl Gateway {
 /// as that sector's. The writer's own tag (what the gateway put on the resource it served, sent
 /// back in a read-modify-write) is accepted and, like every tag in that system, replaced by the
 /// gateway's wherever the resource is shown or delivered.
-fn spoofed_tags(sector: &str, resource: &Value) -> Vec<Issue> {
+fn spoofed_tags(sector: &str, resource: &Node<'_>) -> Vec<Issue> {
     let rtype = fhir::resource_type(resource).unwrap_or("Resource");
-    let Some(tags) = resource.pointer("/meta/tag").and_then(Value::as_array) else {
+    let Some(tags) = resource
+        .get("meta")
+        .and_then(|m| m.get("tag"))
+        .and_then(Node::as_array)
+    else {
         return Vec::new();
     };
     tags.iter()
         .enumerate()
         .filter(|(_, t)| {
-            t.get("system").and_then(Value::as_str) == Some(fhir::SECTOR_TAG_SYSTEM)
-                && t.get("code").and_then(Value::as_str) != Some(sector)
+            t.get("system").and_then(Node::as_str) == Some(fhir::SECTOR_TAG_SYSTEM)
+                && t.get("code").and_then(Node::as_str) != Some(sector)
         })
         .map(|(i, _)| {
             Issue::error(
@@ -732,6 +749,12 @@ fn spoofed_tags(sector: &str, resource: &Value) -> Vec<Issue> {
             .at(format!("{rtype}.meta.tag[{i}]"))
         })
         .collect()
+}
+
+/// A number of a borrowed tree that an owned one cannot hold (never one the strict parser
+/// accepted: its lexemes are JSON numbers).
+fn unkept_number(e: &serde_json::Error) -> Issue {
+    Issue::error("value", format!("a number could not be kept: {e}"))
 }
 
 /// Issues located under `location` (a Bundle entry's resource), when given.
@@ -745,7 +768,7 @@ fn placed(issues: Vec<Issue>, location: Option<&str>) -> Vec<Issue> {
 /// Entries of one transaction that write the same resource (type and id, however the id was
 /// given: the URL, the body, a conditional create's match or the content): the second would be
 /// stored as another version in the same transaction, so both are named and nothing is stored.
-fn duplicate_entries(entries: &[Entry], ids: &[(String, bool)]) -> Vec<Issue> {
+fn duplicate_entries(entries: &[Entry<Node<'_>>], ids: &[(String, bool)]) -> Vec<Issue> {
     let mut first: HashMap<(&str, &str), usize> = HashMap::new();
     let mut issues = Vec::new();
     let at = |i: usize| {
@@ -781,7 +804,7 @@ fn duplicate_entries(entries: &[Entry], ids: &[(String, bool)]) -> Vec<Issue> {
 async fn assign_ids(
     tx: &mut dyn StoreTx,
     s: &SectorSettings,
-    entries: &[Entry],
+    entries: &[Entry<Node<'_>>],
 ) -> Result<Vec<(String, bool)>, GatewayError> {
     let mut ids = Vec::with_capacity(entries.len());
     for e in entries {
@@ -813,7 +836,7 @@ async fn assign_ids(
 async fn conditional_matches(
     tx: &mut dyn StoreTx,
     sector: &str,
-    e: &Entry,
+    e: &Entry<Node<'_>>,
     query: &[(String, String)],
 ) -> Result<Vec<String>, GatewayError> {
     let at = match &e.location {
@@ -867,11 +890,12 @@ async fn conditional_matches(
 }
 
 /// What the store keeps for each entry under its id, references to other entries (by fullUrl)
-/// rewritten to `Type/id`; `None` for an entry whose conditional create matched. Pure: runs
+/// rewritten to `Type/id`; `None` for an entry whose conditional create matched. Each stored
+/// form is written from the entry's tree with those edits ([`write_stored`]). Pure: runs
 /// before the write transaction where the ids are known without the store.
 fn prepare_entries(
     s: &SectorSettings,
-    entries: &mut [Entry],
+    entries: &[Entry<Node<'_>>],
     ids: &[(String, bool)],
     allow_merge: bool,
     settings: &Settings,
@@ -882,24 +906,19 @@ fn prepare_entries(
         .filter_map(|(e, (rid, _))| Some((e.full_url.clone()?, format!("{}/{rid}", e.rtype))))
         .collect();
     let mut prepared = Vec::with_capacity(entries.len());
-    for (e, (rid, existing)) in entries.iter_mut().zip(ids) {
+    for (e, (rid, existing)) in entries.iter().zip(ids) {
         if *existing {
             prepared.push(None);
             continue;
         }
-        if !map.is_empty() {
-            for_each_reference_mut(&mut e.resource, &mut |r: &mut String| {
-                if let Some(target) = map.get(r.as_str()) {
-                    *r = target.clone();
-                }
-            });
-        }
-        if let Some(obj) = e.resource.as_object_mut() {
-            obj.insert("id".into(), Value::String(rid.clone()));
-        }
-        let mut p = prepare(s, &e.rtype, rid, &e.resource);
+        let edits = Edits {
+            id: Some(rid),
+            references: (!map.is_empty()).then_some(&map),
+        };
+        let body = write_stored(&e.resource, &edits);
+        let mut p = prepare_stored(s, &e.rtype, rid, &e.resource, &edits, body);
         if p.patient_ref.is_none() && e.rtype != "Patient" {
-            p.patient_ref = own_patient_ref(settings, s, &e.resource);
+            p.patient_ref = own_patient_ref(settings, s, &e.resource, &edits);
         }
         p.expected_version = e.if_match;
         p.allow_merge = allow_merge;
@@ -914,7 +933,7 @@ fn prepare_entries(
 async fn write_entries(
     tx: &mut dyn StoreTx,
     s: &SectorSettings,
-    entries: &[Entry],
+    entries: &[Entry<Node<'_>>],
     ids: &[(String, bool)],
     prepared: &[Option<crate::store::Prepared>],
 ) -> Result<Vec<Applied>, GatewayError> {
@@ -936,7 +955,7 @@ async fn write_entries(
             rtype: e.rtype.clone(),
             rid: rid.clone(),
             outcome,
-            body: Value::Null,
+            body: String::new(),
         });
     }
     Ok(applied)
@@ -947,10 +966,10 @@ type Stage = (Vec<(String, bool)>, Vec<Option<crate::store::Prepared>>);
 
 /// What [`Gateway::stage_early`] worked out before the transaction.
 enum Early {
-    /// Every id known without the store; the entries themselves prepared.
+    /// Every id known without the store; the entries prepared with them.
     Known(Stage),
-    /// The ids as if no conditional create matched, and the entries prepared with them (a copy).
-    Guessed(Stage, Vec<Entry>),
+    /// The ids as if no conditional create matched, and the entries prepared with them.
+    Guessed(Stage),
 }
 
 /// Ids and stored forms of a write's entries, worked out before its transaction
@@ -962,13 +981,15 @@ enum Staged<'a> {
     Late(bool),
 }
 
-/// Moves each entry's resource as stored into its [`Applied`] (one per entry, in order),
-/// except where one already holds the body the store answered with (a conditional create that
-/// matched).
-fn with_bodies(mut applied: Vec<Applied>, entries: &mut [Entry]) -> Vec<Applied> {
-    for (a, e) in applied.iter_mut().zip(entries) {
-        if a.body.is_null() {
-            a.body = std::mem::take(&mut e.resource);
+/// Moves each entry's stored form into its [`Applied`] (one per entry, in order), except where
+/// one already holds the body the store answered with (a conditional create that matched).
+fn with_bodies(
+    mut applied: Vec<Applied>,
+    prepared: &mut [Option<crate::store::Prepared>],
+) -> Vec<Applied> {
+    for (a, p) in applied.iter_mut().zip(prepared) {
+        if let Some(p) = p {
+            a.body = std::mem::take(&mut p.body);
         }
     }
     applied
@@ -976,8 +997,13 @@ fn with_bodies(mut applied: Vec<Applied>, entries: &mut [Entry]) -> Vec<Applied>
 
 /// The patient reference of a resource that names its own sector's Patient by an absolute URL
 /// in any spelling ([`locate`]): `Patient/<id>` or `Patient?identifier=…`, for linking.
-fn own_patient_ref(settings: &Settings, s: &SectorSettings, resource: &Value) -> Option<String> {
-    let (_, r) = patient_reference(resource)?;
+fn own_patient_ref(
+    settings: &Settings,
+    s: &SectorSettings,
+    resource: &Node<'_>,
+    edits: &Edits<'_>,
+) -> Option<String> {
+    let r = edited_patient_reference(resource, edits)?;
     let at = locate(settings, r).filter(|at| at.sector == s.id)?;
     if let Some((_, id)) = at.relative() {
         return Some(format!("Patient/{id}"));
@@ -1000,7 +1026,7 @@ async fn already_stored(
     Ok(Applied {
         rtype: rtype.to_owned(),
         rid,
-        body: stored.json()?,
+        body: stored.body,
         outcome: PutOutcome {
             gid: stored.gid,
             version: stored.version,
@@ -1014,7 +1040,7 @@ async fn already_stored(
 }
 
 /// What routing needs of one applied entry.
-fn routed<'a>(sector: &'a str, a: &'a Applied, body: &'a Value) -> Routed<'a> {
+fn routed<'a>(sector: &'a str, a: &'a Applied, body: &'a str) -> Routed<'a> {
     Routed {
         sector,
         rtype: &a.rtype,
@@ -1103,7 +1129,7 @@ pub fn alert_audit_row(e: &AlertEvent, caller: Option<&Caller>) -> AuditRow {
 /// known for its first business identifier; else an id derived from the content, so that the
 /// same content re-sent is recognised (and anything else is a new resource).
 async fn assign_id(
-    e: &Entry,
+    e: &Entry<Node<'_>>,
     tx: &mut dyn StoreTx,
     s: &SectorSettings,
 ) -> Result<String, GatewayError> {
@@ -1124,7 +1150,7 @@ async fn assign_id(
 
 /// The id [`assign_id`] gives when it needs no store: the sender's own, or one derived from
 /// the content where the sector does not resend by identifier (or the resource has none).
-fn id_without_store(e: &Entry, s: &SectorSettings) -> Option<String> {
+fn id_without_store(e: &Entry<Node<'_>>, s: &SectorSettings) -> Option<String> {
     if let Some(id) = fhir::resource_id(&e.resource).filter(|id| is_valid_id(id)) {
         return Some(id.to_owned());
     }
@@ -1135,14 +1161,14 @@ fn id_without_store(e: &Entry, s: &SectorSettings) -> Option<String> {
 }
 
 /// An id derived from the content, so that the same content re-sent is recognised.
-fn content_id(e: &Entry) -> String {
-    let bytes = serde_json::to_vec(&e.resource).unwrap_or_default();
-    format!("h{}", &content_hash(&bytes)[..40])
+fn content_id(e: &Entry<Node<'_>>) -> String {
+    let text = write_stored(&e.resource, &Edits::default());
+    format!("h{}", &content_hash(text.as_bytes())[..40])
 }
 
 /// The ids [`assign_ids`] gives if no conditional create matches (a conditional create that
 /// matches none gets the id any create gets); `None` where an id needs the store anyway.
-fn guessed_ids(s: &SectorSettings, entries: &[Entry]) -> Option<Vec<(String, bool)>> {
+fn guessed_ids(s: &SectorSettings, entries: &[Entry<Node<'_>>]) -> Option<Vec<(String, bool)>> {
     entries
         .iter()
         .map(|e| match &e.url_id {
@@ -1158,7 +1184,7 @@ fn guessed_ids(s: &SectorSettings, entries: &[Entry]) -> Option<Vec<(String, boo
 async fn no_conditional_match(
     tx: &mut dyn StoreTx,
     s: &SectorSettings,
-    entries: &[Entry],
+    entries: &[Entry<Node<'_>>],
 ) -> Result<bool, GatewayError> {
     for e in entries.iter().filter(|e| e.url_id.is_none()) {
         if let Some(query) = &e.if_none_exist
@@ -1172,7 +1198,7 @@ async fn no_conditional_match(
 
 /// Every entry's id when none needs the store (no conditional create, no id found by
 /// identifier): the ids [`assign_ids`] would give, worked out before the transaction.
-fn known_ids(s: &SectorSettings, entries: &[Entry]) -> Option<Vec<(String, bool)>> {
+fn known_ids(s: &SectorSettings, entries: &[Entry<Node<'_>>]) -> Option<Vec<(String, bool)>> {
     entries
         .iter()
         .map(|e| match (&e.url_id, &e.if_none_exist) {

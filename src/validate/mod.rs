@@ -193,6 +193,11 @@ impl Validator {
         }
     }
 
+    /// Whether [`Validator::profile`] has a rule for resources of `rtype` under `set`.
+    pub fn profile_applies(&self, set: Option<&str>, rtype: &str) -> bool {
+        self.profiles.applies(set, rtype)
+    }
+
     /// Profile rules of `set` (and `common`) for one resource (not its nested resources).
     pub fn profile(&self, set: Option<&str>, resource: &Value) -> Vec<Issue> {
         match resource.get("resourceType").and_then(Value::as_str) {

@@ -110,6 +110,11 @@ impl Profiles {
             .flatten()
     }
 
+    /// Whether `set` (or `common`) has a rule for `resource_type`.
+    pub fn applies(&self, set: Option<&str>, resource_type: &str) -> bool {
+        self.rules(set, resource_type).next().is_some()
+    }
+
     /// Applies the rules of `set` (and `common`) for the resource's type.
     pub fn check(&self, set: Option<&str>, resource_type: &str, resource: &Value) -> Vec<Issue> {
         let mut issues = Vec::new();
