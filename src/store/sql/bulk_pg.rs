@@ -105,11 +105,25 @@ impl SqlTx {
     /// The new versions' `resources` rows. Their bodies go to `resource_versions` as bound
     /// parameters of multi-row `VALUES` ([`super::bulk`]): in an array literal every quote of a
     /// body is escaped and PostgreSQL parses them all again (3.7 ms more per 340-entry Bundle).
+    ///
+    /// When every write is a first version of one sector (the current rows were read under the
+    /// writes' locks and none exists), a plain `INSERT` with the sector and version bound once:
+    /// no speculative insertion for `ON CONFLICT`, two arrays fewer to build and parse (in P2 at
+    /// 4 clients 6.5–7.1 ms of executor time per 340-entry Bundle against 7.2–7.9 ms, three
+    /// runs each). A row that did exist would fail the request on the primary key, never be
+    /// overwritten.
     pub(super) async fn upsert_resources_pg(
         &mut self,
         writes: &[NewVersion<'_>],
         last_updated: &str,
     ) -> Result<()> {
+        let sector = writes.first().map(|w| w.p.sector.as_str());
+        if writes
+            .iter()
+            .all(|w| w.version == 1 && Some(w.p.sector.as_str()) == sector)
+        {
+            return self.insert_resources_pg(writes, last_updated).await;
+        }
         sqlx::query(
             "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, \
              patient_id, last_updated) \
@@ -126,6 +140,38 @@ impl SqlTx {
         .bind(column(writes.iter().map(|w| w.p.rtype.as_str())))
         .bind(column(writes.iter().map(|w| w.p.rid.as_str())))
         .bind(int_array(writes.iter().map(|w| w.version)))
+        .bind(column(writes.iter().map(|w| w.p.hash.as_str())))
+        .bind(text_array(
+            writes.iter().map(|w| w.p.patient_ref.as_deref()),
+        ))
+        .bind(text_array(writes.iter().map(|w| w.patient_id.as_deref())))
+        .bind(last_updated)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// First versions of one sector's resources ([`SqlTx::upsert_resources_pg`]).
+    async fn insert_resources_pg(
+        &mut self,
+        writes: &[NewVersion<'_>],
+        last_updated: &str,
+    ) -> Result<()> {
+        let Some(first) = writes.first() else {
+            return Ok(());
+        };
+        sqlx::query(
+            "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, \
+             patient_id, last_updated) \
+             SELECT gid, $1, rtype, rid, 1, hash, patient_ref, patient_id, $8 \
+             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                         $7::text[]) AS t(gid, rtype, rid, hash, patient_ref, patient_id)",
+        )
+        .bind(first.p.sector.as_str())
+        .bind(column(writes.iter().map(|w| w.gid.as_str())))
+        .bind(column(writes.iter().map(|w| w.p.rtype.as_str())))
+        .bind(column(writes.iter().map(|w| w.p.rid.as_str())))
         .bind(column(writes.iter().map(|w| w.p.hash.as_str())))
         .bind(text_array(
             writes.iter().map(|w| w.p.patient_ref.as_deref()),
