@@ -6,10 +6,11 @@
 //! depth it accepts, so this module parses through its own visitor that rejects both, and
 //! reports where it happened as a FHIRPath-like location.
 //!
-//! The one visitor builds either of two trees (`Build`): the owned `Value` the gateway keeps and
-//! edits (`parse_strict`), or a `Node` that borrows every string without an escape from the
-//! request's bytes (`parse_borrowed`) — what validation reads, with a `Vec` per object instead of
-//! a hash map and no copy of the text. Both keep key order and every number's lexeme.
+//! The one visitor builds either of two trees (`Build`): the owned `Value` (`parse_strict`: a
+//! single resource's request), or a `Node` that borrows every string without an escape from the
+//! request's bytes (`parse_borrowed`) — what validation reads, and what the write pipeline reads
+//! a Bundle's entries from, with a `Vec` per object instead of a hash map and no copy of the
+//! text. Both keep key order and every number's lexeme.
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};

@@ -1,7 +1,8 @@
 //! The wire layer: strict JSON, OperationOutcome, references and the few typed views the
-//! gateway needs. Resources are held as `serde_json::Value` so that everything the gateway does
-//! not touch (unknown elements, extensions, `_field` primitive extensions, decimal lexemes)
-//! passes through unchanged.
+//! gateway needs. Resources are held as JSON trees — `serde_json::Value`, or the borrowed
+//! [`json::Node`] a Bundle's entries are read as — so that everything the gateway does not touch
+//! (unknown elements, extensions, `_field` primitive extensions, decimal lexemes) passes through
+//! unchanged; the helpers below read either ([`Tree`]).
 
 pub mod json;
 pub mod outcome;
