@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use carebridge::config::ServerSettings;
-use carebridge::fhir::json::{Node, parse_borrowed, parse_strict};
+use carebridge::fhir::json::{Arena, Node, parse_borrowed, parse_strict};
 use carebridge::validate::{FhirSchema, Profiles, Validator, rules};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
@@ -322,9 +322,10 @@ fn stages(validator: &Validator, lines: &[&[u8]], depth: usize, passes: usize) -
         }
         best
     };
+    let arena = Arena::new();
     let nodes: Vec<Node<'_>> = lines
         .iter()
-        .map(|l| parse_borrowed(l, depth).unwrap_or(Node::Null))
+        .map(|l| parse_borrowed(l, &arena, depth).unwrap_or(Node::Null))
         .collect();
     let values: Vec<Value> = lines
         .iter()
@@ -340,7 +341,7 @@ fn stages(validator: &Validator, lines: &[&[u8]], depth: usize, passes: usize) -
         "note": "seconds for the whole corpus, best of the passes; walk and compiled schema: top-level resource only",
         "parse_borrowed (fhir::json::Node, what validation reads)": best(&mut || {
             for l in lines {
-                black_box(parse_borrowed(l, depth).is_ok());
+                black_box(parse_borrowed(l, &Arena::new(), depth).is_ok());
             }
         }),
         "parse_strict (owned serde_json::Value, what the gateway keeps)": best(&mut || {
@@ -466,7 +467,7 @@ fn batch(
     let resources: usize = all
         .iter()
         .map(|b| {
-            parse_borrowed(b, depth)
+            parse_borrowed(b, &Arena::new(), depth)
                 .ok()
                 .and_then(|n| {
                     n.get("entry")

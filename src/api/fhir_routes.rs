@@ -24,11 +24,10 @@ use super::views;
 use crate::access::Caller;
 use crate::audit::Interaction;
 use crate::fhir::FHIR_JSON;
-use crate::fhir::json::parse_strict;
+use crate::fhir::json::{Arena, parse_strict};
 use crate::fhir::outcome::{Issue, PathRef, fhirpath, information};
 use crate::gateway::entry::parse_query;
 use crate::gateway::views::sector_view;
-use crate::gateway::write::Document;
 use crate::gateway::{Entry, Method};
 
 pub fn routes() -> Router<AppState> {
@@ -174,23 +173,6 @@ fn json_error(root: &str, e: &crate::fhir::json::JsonError) -> ApiError {
     }
 }
 
-/// Checks the media type, then parses and validates the body once into a tree borrowed from
-/// its bytes ([`Gateway::read_document`](crate::gateway::Gateway::read_document)); the
-/// runtime's worker hands its other tasks to another thread meanwhile
-/// ([`crate::gateway::cpu_bound`]), so the store's round trips go on while a large Bundle is
-/// read.
-async fn read_document<'b>(
-    state: &AppState,
-    caller: &Caller,
-    sector: &str,
-    interaction: Interaction,
-    bytes: &'b Bytes,
-) -> Result<Document<'b>, ApiError> {
-    let result = crate::gateway::cpu_bound(|| state.gateway.read_document(bytes))
-        .map_err(|e| json_error("Bundle", &e));
-    audit_refused(state, caller, sector, interaction, result).await
-}
-
 async fn post_bundle(
     State(state): State<AppState>,
     Authed(caller): Authed,
@@ -204,7 +186,14 @@ async fn post_bundle(
     let interaction = Interaction::Transaction;
     let bytes = body_bytes(&state, &headers, body);
     let bytes = audit_refused(&state, &caller, &sector, interaction, bytes).await?;
-    let document = read_document(&state, &caller, &sector, interaction, &bytes).await?;
+    // Parsed and validated once into a tree borrowed from the bytes, its containers in `arena`
+    // (freed at once with the request); the runtime's worker hands its other tasks to another
+    // thread meanwhile (`cpu_bound`), so the store's round trips go on while a large Bundle
+    // is read.
+    let arena = Arena::new();
+    let read = crate::gateway::cpu_bound(|| state.gateway.read_document(&bytes, &arena))
+        .map_err(|e| json_error("Bundle", &e));
+    let document = audit_refused(&state, &caller, &sector, interaction, read).await?;
     let response = state
         .gateway
         .bundle_document(&caller, &sector, document)

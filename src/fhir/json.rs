@@ -9,7 +9,8 @@
 //! The one visitor builds either of two trees (`Build`): the owned `Value` (`parse_strict`: a
 //! single resource's request), or a `Node` that borrows every string without an escape from the
 //! request's bytes (`parse_borrowed`) — what validation reads, and what the write pipeline reads
-//! a Bundle's entries from, with a `Vec` per object instead of a hash map and no copy of the
+//! a Bundle's entries from, with a slice per object instead of a hash map, every container in
+//! one arena per document (`Arena`: nothing allocated or freed per object) and no copy of the
 //! text. Both keep key order and every number's lexeme.
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -67,12 +68,12 @@ trait Build<'de>: Sized {
     fn null() -> Self;
     fn bool(v: bool) -> Self;
     /// A number as written (`arbitrary_precision` hands every number over as its lexeme).
-    fn number(lexeme: String) -> Result<Self, String>;
-    fn string(s: Cow<'de, str>) -> Self;
-    fn array(items: Vec<Self>) -> Self;
-    /// Shared by every object of one parse (the borrowed tree collects members there and
-    /// moves each object's into a `Vec` of its exact size when it ends).
-    type Scratch: Default;
+    fn number(scratch: &RefCell<Self::Scratch>, lexeme: String) -> Result<Self, String>;
+    fn string(scratch: &RefCell<Self::Scratch>, s: Cow<'de, str>) -> Self;
+    fn array(scratch: &RefCell<Self::Scratch>, items: Vec<Self>) -> Self;
+    /// Shared by every value of one parse (the borrowed tree collects members there and
+    /// moves each object's into its arena when it ends).
+    type Scratch;
     fn new_obj(scratch: &RefCell<Self::Scratch>) -> Self::Obj;
     fn has_key(scratch: &RefCell<Self::Scratch>, obj: &mut Self::Obj, key: &str) -> bool;
     fn insert(scratch: &RefCell<Self::Scratch>, obj: &mut Self::Obj, key: Cow<'de, str>, v: Self);
@@ -87,15 +88,15 @@ impl<'de> Build<'de> for Value {
     fn bool(v: bool) -> Self {
         Value::Bool(v)
     }
-    fn number(lexeme: String) -> Result<Self, String> {
+    fn number(_: &RefCell<()>, lexeme: String) -> Result<Self, String> {
         serde_json::from_str::<Number>(&lexeme)
             .map(Value::Number)
             .map_err(|e| e.to_string())
     }
-    fn string(s: Cow<'de, str>) -> Self {
+    fn string(_: &RefCell<()>, s: Cow<'de, str>) -> Self {
         Value::String(s.into_owned())
     }
-    fn array(items: Vec<Self>) -> Self {
+    fn array(_: &RefCell<()>, items: Vec<Self>) -> Self {
         Value::Array(items)
     }
     type Scratch = ();
@@ -113,37 +114,46 @@ impl<'de> Build<'de> for Value {
     }
 }
 
+/// Where a borrowed tree keeps its arrays, its objects' members and the strings it could not
+/// borrow from the text (those with an escape): one region per document, freed at once when it
+/// is dropped — no allocation and no free per container.
+pub type Arena = bumpalo::Bump;
+
 /// A JSON value that borrows its strings from the parsed bytes where it can (a string with an
-/// escape is decoded into an owned copy). Numbers are kept as written.
-#[derive(Debug, Clone, PartialEq)]
+/// escape is decoded into the arena), its containers from the arena. Numbers are kept as
+/// written. A copy is a few words: every part is a reference.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Node<'a> {
     Null,
     Bool(bool),
     /// The number's lexeme, exactly as written (`1.50`, `1e+2`, `-0`).
-    Number(Cow<'a, str>),
-    String(Cow<'a, str>),
-    Array(Vec<Node<'a>>),
+    Number(&'a str),
+    String(&'a str),
+    Array(&'a [Node<'a>]),
     Object(Object<'a>),
 }
 
 /// A JSON object: its members in document order (keys are unique: the parser refuses
 /// duplicates). Lookups scan; FHIR objects have a handful of members.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Object<'a> {
-    entries: Vec<(Cow<'a, str>, Node<'a>)>,
+    entries: &'a [(&'a str, Node<'a>)],
 }
 
 impl<'a> Node<'a> {
-    pub fn get(&self, key: &str) -> Option<&Node<'a>> {
-        self.as_object()?.get(key)
+    pub fn get(&self, key: &str) -> Option<&'a Node<'a>> {
+        match self {
+            Node::Object(o) => o.get(key),
+            _ => None,
+        }
     }
-    pub fn as_str(&self) -> Option<&str> {
+    pub fn as_str(&self) -> Option<&'a str> {
         match self {
             Node::String(s) => Some(s),
             _ => None,
         }
     }
-    pub fn as_array(&self) -> Option<&[Node<'a>]> {
+    pub fn as_array(&self) -> Option<&'a [Node<'a>]> {
         match self {
             Node::Array(items) => Some(items),
             _ => None,
@@ -158,28 +168,23 @@ impl<'a> Node<'a> {
     pub fn is_null(&self) -> bool {
         matches!(self, Node::Null)
     }
-    /// The member `key` of an object moved out, `null` left in its place (as `Value::take`).
-    pub fn take_member(&mut self, key: &str) -> Option<Node<'a>> {
-        let Node::Object(o) = self else {
-            return None;
-        };
-        let (_, v) = o.entries.iter_mut().find(|(k, _)| k.as_ref() == key)?;
-        Some(std::mem::replace(v, Node::Null))
-    }
 
-    /// A view of an owned `Value` (strings and number lexemes borrowed from it).
-    pub fn from_value(value: &'a Value) -> Self {
+    /// A view of an owned `Value` (strings and number lexemes borrowed from it, containers in
+    /// `arena`).
+    pub fn from_value(value: &'a Value, arena: &'a Arena) -> Self {
         match value {
             Value::Null => Node::Null,
             Value::Bool(b) => Node::Bool(*b),
-            Value::Number(n) => Node::Number(Cow::Borrowed(n.as_str())),
-            Value::String(s) => Node::String(Cow::Borrowed(s)),
-            Value::Array(items) => Node::Array(items.iter().map(Node::from_value).collect()),
+            Value::Number(n) => Node::Number(n.as_str()),
+            Value::String(s) => Node::String(s),
+            Value::Array(items) => Node::Array(
+                arena.alloc_slice_fill_iter(items.iter().map(|v| Node::from_value(v, arena))),
+            ),
             Value::Object(map) => Node::Object(Object {
-                entries: map
-                    .iter()
-                    .map(|(k, v)| (Cow::Borrowed(k.as_str()), Node::from_value(v)))
-                    .collect(),
+                entries: arena.alloc_slice_fill_iter(
+                    map.iter()
+                        .map(|(k, v)| (k.as_str(), Node::from_value(v, arena))),
+                ),
             }),
         }
     }
@@ -196,7 +201,7 @@ impl<'a> Node<'a> {
             // the map's table would grow step by step (a tenth of building the tree).
             Node::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
-                for item in items {
+                for item in *items {
                     out.push(item.to_value()?);
                 }
                 Value::Array(out)
@@ -213,22 +218,19 @@ impl<'a> Node<'a> {
 }
 
 impl<'a> Object<'a> {
-    pub fn get(&self, key: &str) -> Option<&Node<'a>> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.as_ref() == key)
-            .map(|(_, v)| v)
+    pub fn get(&self, key: &str) -> Option<&'a Node<'a>> {
+        self.entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
     pub fn contains_key(&self, key: &str) -> bool {
-        self.entries.iter().any(|(k, _)| k.as_ref() == key)
+        self.entries.iter().any(|(k, _)| *k == key)
     }
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Node<'a>)> {
-        self.entries.iter().map(|(k, v)| (k.as_ref(), v))
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a Node<'a>)> + use<'a> {
+        self.entries.iter().map(|(k, v)| (*k, v))
     }
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|(k, _)| k.as_ref())
+    pub fn keys(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.entries.iter().map(|(k, _)| *k)
     }
-    pub fn values(&self) -> impl Iterator<Item = &Node<'a>> {
+    pub fn values(&self) -> impl Iterator<Item = &'a Node<'a>> + use<'a> {
         self.entries.iter().map(|(_, v)| v)
     }
     pub fn len(&self) -> usize {
@@ -246,6 +248,23 @@ struct ObjBuilder {
     keys: Option<rustc_hash::FxHashSet<Box<str>>>,
 }
 
+/// The borrowed tree's scratch: its arena, and the members of the objects being read,
+/// innermost last.
+struct NodeScratch<'de> {
+    arena: &'de Arena,
+    members: Vec<(&'de str, Node<'de>)>,
+}
+
+impl<'de> NodeScratch<'de> {
+    /// A string kept for the tree: borrowed from the text, or copied into the arena.
+    fn keep(&self, s: Cow<'de, str>) -> &'de str {
+        match s {
+            Cow::Borrowed(s) => s,
+            Cow::Owned(s) => self.arena.alloc_str(&s),
+        }
+    }
+}
+
 impl<'de> Build<'de> for Node<'de> {
     type Obj = ObjBuilder;
     fn null() -> Self {
@@ -254,44 +273,50 @@ impl<'de> Build<'de> for Node<'de> {
     fn bool(v: bool) -> Self {
         Node::Bool(v)
     }
-    fn number(lexeme: String) -> Result<Self, String> {
-        Ok(Node::Number(Cow::Owned(lexeme)))
+    fn number(scratch: &RefCell<Self::Scratch>, lexeme: String) -> Result<Self, String> {
+        Ok(Node::Number(scratch.borrow().arena.alloc_str(&lexeme)))
     }
-    fn string(s: Cow<'de, str>) -> Self {
-        Node::String(s)
+    fn string(scratch: &RefCell<Self::Scratch>, s: Cow<'de, str>) -> Self {
+        Node::String(scratch.borrow().keep(s))
     }
-    fn array(items: Vec<Self>) -> Self {
-        Node::Array(items)
+    fn array(scratch: &RefCell<Self::Scratch>, items: Vec<Self>) -> Self {
+        Node::Array(scratch.borrow().arena.alloc_slice_copy(&items))
     }
-    type Scratch = Vec<(Cow<'de, str>, Node<'de>)>;
+    type Scratch = NodeScratch<'de>;
     fn new_obj(scratch: &RefCell<Self::Scratch>) -> Self::Obj {
         ObjBuilder {
-            start: scratch.borrow().len(),
+            start: scratch.borrow().members.len(),
             keys: None,
         }
     }
     fn has_key(scratch: &RefCell<Self::Scratch>, obj: &mut Self::Obj, key: &str) -> bool {
         let scratch = scratch.borrow();
-        let entries = scratch.get(obj.start..).unwrap_or(&[]);
+        let entries = scratch.members.get(obj.start..).unwrap_or(&[]);
         if entries.len() < SCAN_LIMIT {
-            return entries.iter().any(|(k, _)| k.as_ref() == key);
+            return entries.iter().any(|(k, _)| *k == key);
         }
         // A large object: a set of its keys keeps duplicate detection linear.
         let keys = obj
             .keys
-            .get_or_insert_with(|| entries.iter().map(|(k, _)| k.as_ref().into()).collect());
+            .get_or_insert_with(|| entries.iter().map(|(k, _)| (*k).into()).collect());
         keys.contains(key)
     }
     fn insert(scratch: &RefCell<Self::Scratch>, obj: &mut Self::Obj, key: Cow<'de, str>, v: Self) {
         if let Some(keys) = &mut obj.keys {
             keys.insert(key.as_ref().into());
         }
-        scratch.borrow_mut().push((key, v));
+        let mut scratch = scratch.borrow_mut();
+        let key = scratch.keep(key);
+        scratch.members.push((key, v));
     }
     fn object(scratch: &RefCell<Self::Scratch>, obj: Self::Obj) -> Self {
         // The members of every object inside this one were moved out when it ended: what is
         // above `start` is this object's, in order.
-        let entries = scratch.borrow_mut().drain(obj.start..).collect();
+        let mut scratch = scratch.borrow_mut();
+        let entries = scratch
+            .arena
+            .alloc_slice_copy(&scratch.members[obj.start..]);
+        scratch.members.truncate(obj.start);
         Node::Object(Object { entries })
     }
 }
@@ -386,28 +411,28 @@ impl<'de, T: Build<'de>> Visitor<'de> for Seed<'_, 'de, T> {
         Ok(T::bool(v))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        T::number(v.to_string()).map_err(E::custom)
+        T::number(self.scratch, v.to_string()).map_err(E::custom)
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        T::number(v.to_string()).map_err(E::custom)
+        T::number(self.scratch, v.to_string()).map_err(E::custom)
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
         if !v.is_finite() {
             return Err(E::custom("number is not finite"));
         }
-        T::number(v.to_string()).map_err(E::custom)
+        T::number(self.scratch, v.to_string()).map_err(E::custom)
     }
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<T, E> {
         self.allowed(v)?;
-        Ok(T::string(Cow::Borrowed(v)))
+        Ok(T::string(self.scratch, Cow::Borrowed(v)))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
         self.allowed(v)?;
-        Ok(T::string(Cow::Owned(v.to_owned())))
+        Ok(T::string(self.scratch, Cow::Owned(v.to_owned())))
     }
     fn visit_string<E: de::Error>(self, v: String) -> Result<T, E> {
         self.allowed(&v)?;
-        Ok(T::string(Cow::Owned(v)))
+        Ok(T::string(self.scratch, Cow::Owned(v)))
     }
     fn visit_unit<E>(self) -> Result<T, E> {
         Ok(T::null())
@@ -432,7 +457,7 @@ impl<'de, T: Build<'de>> Visitor<'de> for Seed<'_, 'de, T> {
                 }
             }
         }
-        Ok(T::array(out))
+        Ok(T::array(self.scratch, out))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
@@ -442,7 +467,7 @@ impl<'de, T: Build<'de>> Visitor<'de> for Seed<'_, 'de, T> {
             if first && key == NUMBER_TOKEN {
                 // An arbitrary-precision number: the value is its exact lexeme.
                 let lexeme: String = map.next_value()?;
-                return T::number(lexeme).map_err(de::Error::custom);
+                return T::number(self.scratch, lexeme).map_err(de::Error::custom);
             }
             if first {
                 // Only objects (not numbers) count towards nesting depth.
@@ -479,9 +504,13 @@ impl<'de, T: Build<'de>> Visitor<'de> for Seed<'_, 'de, T> {
 }
 
 /// The one strict parser, building the tree `T`.
-fn parse<'de, T: Build<'de>>(bytes: &'de [u8], max_depth: usize) -> Result<T, JsonError> {
+fn parse<'de, T: Build<'de>>(
+    bytes: &'de [u8],
+    max_depth: usize,
+    scratch: T::Scratch,
+) -> Result<T, JsonError> {
     let ctx = RefCell::new(Ctx::default());
-    let scratch = RefCell::new(T::Scratch::default());
+    let scratch = RefCell::new(scratch);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     // Our own depth limit is the one that counts; serde_json's is lifted only when ours is
     // tighter than its built-in 128, so the stack stays bounded either way.
@@ -510,7 +539,7 @@ fn parse<'de, T: Build<'de>>(bytes: &'de [u8], max_depth: usize) -> Result<T, Js
 /// Parses `bytes` as one JSON document into a lossless `Value`, rejecting duplicate keys and
 /// nesting deeper than `max_depth` containers.
 pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, JsonError> {
-    parse(bytes, max_depth)
+    parse(bytes, max_depth, ())
 }
 
 /// As `parse_strict`, into a `Node` that borrows from `bytes` (what validation reads): the same
@@ -522,10 +551,20 @@ pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, JsonError> 
 /// visitor above, which decides and words the error. So an error is always that visitor's, and
 /// an accepted document gives the tree the visitor would build (the tests `scan_*` below compare
 /// the two over every official example, every Synthea bundle and a corpus of mutations).
-pub fn parse_borrowed(bytes: &[u8], max_depth: usize) -> Result<Node<'_>, JsonError> {
-    match Scan::document(bytes, max_depth.min(120)) {
+pub fn parse_borrowed<'a>(
+    bytes: &'a [u8],
+    arena: &'a Arena,
+    max_depth: usize,
+) -> Result<Node<'a>, JsonError> {
+    match Scan::document(bytes, arena, max_depth.min(120)) {
         Some(node) => Ok(node),
-        None => parse(bytes, max_depth),
+        None => {
+            let scratch = NodeScratch {
+                arena,
+                members: Vec::new(),
+            };
+            parse(bytes, max_depth, scratch)
+        }
     }
 }
 
@@ -535,10 +574,11 @@ pub fn parse_borrowed(bytes: &[u8], max_depth: usize) -> Result<Node<'_>, JsonEr
 struct Scan<'a> {
     text: &'a str,
     bytes: &'a [u8],
+    arena: &'a Arena,
     pos: usize,
     max_depth: usize,
     /// Members of the objects being read, innermost last (as the visitor's scratch).
-    members: Vec<(Cow<'a, str>, Node<'a>)>,
+    members: Vec<(&'a str, Node<'a>)>,
     /// Items of the arrays being read, innermost last.
     items: Vec<Node<'a>>,
 }
@@ -563,19 +603,18 @@ fn ends_plain(b: u8) -> bool {
 }
 
 impl<'a> Scan<'a> {
-    fn document(bytes: &'a [u8], max_depth: usize) -> Option<Node<'a>> {
+    fn document(bytes: &'a [u8], arena: &'a Arena, max_depth: usize) -> Option<Node<'a>> {
         // Outside strings only ASCII is valid JSON, so a valid UTF-8 text has valid strings,
         // and every slice between ASCII delimiters is on a character boundary.
         let text = std::str::from_utf8(bytes).ok()?;
         let mut scan = Scan {
             text,
             bytes,
+            arena,
             pos: 0,
             max_depth,
-            // One placeholder at the bottom of each stack: an object or array taken off with
-            // `split_off` never starts at 0 (where `split_off` would hand over the whole buffer).
-            members: vec![(Cow::Borrowed(""), Node::Null)],
-            items: vec![Node::Null],
+            members: Vec::new(),
+            items: Vec::new(),
         };
         scan.space();
         let node = scan.value(0)?;
@@ -610,13 +649,21 @@ impl<'a> Scan<'a> {
                 {
                     return None;
                 }
-                Some(Node::String(s))
+                Some(Node::String(self.keep(s)))
             }
             b't' => self.literal(b"true", Node::Bool(true)),
             b'f' => self.literal(b"false", Node::Bool(false)),
             b'n' => self.literal(b"null", Node::Null),
-            b'-' | b'0'..=b'9' => self.number().map(Node::Number),
+            b'-' | b'0'..=b'9' => self.number().map(|n| Node::Number(self.keep(n))),
             _ => None,
+        }
+    }
+
+    /// A string kept for the tree: borrowed from the text, or copied into the arena.
+    fn keep(&self, s: Cow<'a, str>) -> &'a str {
+        match s {
+            Cow::Borrowed(s) => s,
+            Cow::Owned(s) => self.arena.alloc_str(&s),
         }
     }
 
@@ -668,6 +715,7 @@ impl<'a> Scan<'a> {
             self.expect(b':')?;
             self.space();
             let v = self.value(depth + 1)?;
+            let key = self.keep(key);
             self.members.push((key, v));
             self.space();
             match self.peek()? {
@@ -677,15 +725,17 @@ impl<'a> Scan<'a> {
             }
         }
         self.pos += 1;
-        let entries = self.members.split_off(start);
+        let members = self.members.get(start..)?;
         // Keys past the first SCAN_LIMIT were not compared as they came: sort and compare.
-        if entries.len() > SCAN_LIMIT {
-            let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_ref()).collect();
+        if members.len() > SCAN_LIMIT {
+            let mut keys: Vec<&str> = members.iter().map(|(k, _)| *k).collect();
             keys.sort_unstable();
             if keys.windows(2).any(|w| w[0] == w[1]) {
                 return None;
             }
         }
+        let entries = self.arena.alloc_slice_copy(members);
+        self.members.truncate(start);
         Some(Node::Object(Object { entries }))
     }
 
@@ -698,7 +748,7 @@ impl<'a> Scan<'a> {
         self.space();
         if self.peek()? == b']' {
             self.pos += 1;
-            return Some(Node::Array(Vec::new()));
+            return Some(Node::Array(&[]));
         }
         loop {
             self.space();
@@ -712,7 +762,9 @@ impl<'a> Scan<'a> {
             }
         }
         self.pos += 1;
-        Some(Node::Array(self.items.split_off(start)))
+        let items = self.arena.alloc_slice_copy(self.items.get(start..)?);
+        self.items.truncate(start);
+        Some(Node::Array(items))
     }
 
     /// A string at the opening quote: borrowed when it has no escape.
@@ -974,7 +1026,8 @@ pub(super) mod tests {
     #[test]
     fn the_borrowed_tree_is_the_same_document() {
         let text = r#"{"b":1.50,"s":"esc\"aped","a":[1,-0.000100,1e+2,{"z":null,"y":true}],"_given":[null,{"id":"x"}]}"#;
-        let node = parse_borrowed(text.as_bytes(), 64).unwrap();
+        let arena = Arena::new();
+        let node = parse_borrowed(text.as_bytes(), &arena, 64).unwrap();
         assert_eq!(
             node.to_value().unwrap(),
             parse_strict(text.as_bytes(), 64).unwrap()
@@ -984,41 +1037,46 @@ pub(super) mod tests {
             text
         );
         // Strings without an escape are borrowed from the input; numbers keep their lexeme.
-        assert!(matches!(node.get("b"), Some(Node::Number(n)) if n == "1.50"));
+        assert!(matches!(node.get("b"), Some(Node::Number(n)) if *n == "1.50"));
         let a = node.get("a").and_then(Node::as_array).unwrap();
-        assert!(matches!(&a[2], Node::Number(n) if n == "1e+2"));
-        assert!(matches!(node.get("s"), Some(Node::String(Cow::Owned(s))) if s == "esc\"aped"));
+        assert!(matches!(&a[2], Node::Number(n) if *n == "1e+2"));
+        assert!(matches!(node.get("s"), Some(Node::String(s)) if *s == "esc\"aped"));
         let keys: Vec<&str> = node.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["b", "s", "a", "_given"]);
         let v = parse_strict(text.as_bytes(), 64).unwrap();
-        assert_eq!(Node::from_value(&v), node);
+        assert_eq!(Node::from_value(&v, &arena), node);
     }
 
     #[test]
     fn the_borrowed_tree_refuses_what_the_strict_parser_refuses() {
         let dup = r#"{"resourceType":"Patient","name":[{"family":"A","family":"B"}]}"#;
         assert_eq!(
-            parse_borrowed(dup.as_bytes(), 64).unwrap_err(),
+            parse_borrowed(dup.as_bytes(), &Arena::new(), 64).unwrap_err(),
             parse_strict(dup.as_bytes(), 64).unwrap_err()
         );
         // A duplicate far into a large object (found through the key set, not a scan).
         let mut big: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
         big.push("\"k3\":0".into());
         let big = format!("{{{}}}", big.join(","));
-        let err = parse_borrowed(big.as_bytes(), 64).unwrap_err();
+        let err = parse_borrowed(big.as_bytes(), &Arena::new(), 64).unwrap_err();
         assert_eq!(err.reason, "duplicate key 'k3'");
         assert_eq!(err, parse_strict(big.as_bytes(), 64).unwrap_err());
         let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
-        assert!(parse_borrowed(deep.as_bytes(), 10).is_err());
-        assert!(parse_borrowed(b"{} trailing", 64).is_err());
-        assert!(parse_borrowed(b"[1,]", 64).is_err());
+        assert!(parse_borrowed(deep.as_bytes(), &Arena::new(), 10).is_err());
+        assert!(parse_borrowed(b"{} trailing", &Arena::new(), 64).is_err());
+        assert!(parse_borrowed(b"[1,]", &Arena::new(), 64).is_err());
     }
 
     /// The fast reader and the visitor on one input: the same tree when the reader accepts, and
     /// the reader accepts exactly what the visitor accepts.
     fn agree(bytes: &[u8], max_depth: usize) -> bool {
-        let fast = Scan::document(bytes, max_depth.min(120));
-        let slow = parse::<Node<'_>>(bytes, max_depth);
+        let arena = Arena::new();
+        let fast = Scan::document(bytes, &arena, max_depth.min(120));
+        let scratch = NodeScratch {
+            arena: &arena,
+            members: Vec::new(),
+        };
+        let slow = parse::<Node<'_>>(bytes, max_depth, scratch);
         match (&fast, &slow) {
             (Some(f), Ok(s)) => assert_eq!(f, s, "{:?}", String::from_utf8_lossy(bytes)),
             (None, Err(_)) => {}
@@ -1029,7 +1087,7 @@ pub(super) mod tests {
                 String::from_utf8_lossy(bytes)
             ),
         }
-        assert_eq!(parse_borrowed(bytes, max_depth), slow);
+        assert_eq!(parse_borrowed(bytes, &arena, max_depth), slow);
         slow.is_ok()
     }
 
@@ -1190,8 +1248,9 @@ pub(super) mod tests {
     fn scan_agrees_on_the_hard_cases() {
         let token = format!("{{\"{NUMBER_TOKEN}\":\"12\"}}");
         // The one form the reader leaves to the visitor although the visitor accepts it.
-        assert!(Scan::document(token.as_bytes(), 64).is_none());
-        assert!(parse_borrowed(token.as_bytes(), 64).is_ok());
+        let arena = Arena::new();
+        assert!(Scan::document(token.as_bytes(), &arena, 64).is_none());
+        assert!(parse_borrowed(token.as_bytes(), &Arena::new(), 64).is_ok());
         let mut many: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
         let distinct = format!("{{{}}}", many.join(","));
         many.push("\"k39\":0".into());

@@ -117,9 +117,7 @@ fn write_member(
         return write_value(out, value, None);
     };
     match (key, value) {
-        ("reference", Node::String(s)) => {
-            write_str(out, map.get(s.as_ref()).map_or(s.as_ref(), String::as_str))
-        }
+        ("reference", Node::String(s)) => write_str(out, map.get(*s).map_or(*s, String::as_str)),
         ("resource" | "contained" | "outcome", v) if super::holds_resources(v) => {
             write_value(out, v, None)
         }
@@ -196,7 +194,7 @@ fn write_str(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fhir::json::{parse_borrowed, parse_strict};
+    use crate::fhir::json::{Arena, parse_borrowed, parse_strict};
 
     /// The owned tree's stored form after the same edits, as the gateway made it before.
     fn owned_path(mut v: Value, edits: &Edits<'_>) -> String {
@@ -219,8 +217,12 @@ mod tests {
     fn agree(bytes: &[u8], edits: &Edits<'_>) {
         let lenient: Value = serde_json::from_slice(bytes).unwrap();
         let expected = owned_path(lenient.clone(), edits);
-        assert_eq!(write_stored(&Node::from_value(&lenient), edits), expected);
-        if let Ok(node) = parse_borrowed(bytes, 64) {
+        let arena = Arena::new();
+        assert_eq!(
+            write_stored(&Node::from_value(&lenient, &arena), edits),
+            expected
+        );
+        if let Ok(node) = parse_borrowed(bytes, &arena, 64) {
             assert_eq!(write_stored(&node, edits), expected);
         }
     }
@@ -235,7 +237,8 @@ mod tests {
         assert!(files.len() >= 450, "{} files", files.len());
         for f in &files {
             let bytes = std::fs::read(f).unwrap();
-            let node = parse_borrowed(&bytes, 64).unwrap();
+            let arena = Arena::new();
+            let node = parse_borrowed(&bytes, &arena, 64).unwrap();
             // Every reference of the document (nested resources' too) pointed elsewhere.
             let mut map = HashMap::new();
             super::super::any_reference_member(&node, &mut |r| {
@@ -290,7 +293,8 @@ mod tests {
             references: Some(&refs),
         };
         agree(nested, &edits);
-        let written = write_stored(&parse_borrowed(nested, 64).unwrap(), &edits);
+        let arena = Arena::new();
+        let written = write_stored(&parse_borrowed(nested, &arena, 64).unwrap(), &edits);
         assert_eq!(written.matches("Patient/p").count(), 1, "{written}");
         assert!(
             written.ends_with(r#","reference":7,"id":"b"}"#),

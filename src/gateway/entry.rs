@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::GatewayError;
 use crate::config::SectorSettings;
-use crate::fhir::json::Node;
+use crate::fhir::json::{Arena, Node};
 use crate::fhir::outcome::Issue;
 use crate::fhir::tree::{Edits, Tree};
 use crate::fhir::{self, identifiers, is_valid_id};
@@ -51,9 +51,9 @@ impl<R> Entry<R> {
 }
 
 impl Entry {
-    /// The entry over a tree that borrows its resource's strings.
-    pub fn view(&self) -> Entry<Node<'_>> {
-        self.with(Node::from_value(&self.resource))
+    /// The entry over a tree that borrows its resource's strings (its containers in `arena`).
+    pub fn view<'a>(&'a self, arena: &'a Arena) -> Entry<Node<'a>> {
+        self.with(Node::from_value(&self.resource, arena))
     }
 }
 
@@ -270,26 +270,24 @@ pub(super) fn bundle_links(bundle: &Node<'_>) -> Vec<Issue> {
 }
 
 /// Reads the entries of a transaction/batch Bundle; each is an `Entry` or its issues.
-pub(super) fn bundle_entries<'a>(
-    bundle: &mut Node<'a>,
-) -> Vec<Result<Entry<Node<'a>>, Vec<Issue>>> {
-    let Some(Node::Array(mut entries)) = bundle.take_member("entry") else {
+pub(super) fn bundle_entries<'a>(bundle: &Node<'a>) -> Vec<Result<Entry<Node<'a>>, Vec<Issue>>> {
+    let Some(entries) = bundle.get("entry").and_then(Node::as_array) else {
         return Vec::new();
     };
     entries
-        .iter_mut()
+        .iter()
         .enumerate()
         .map(|(i, e)| bundle_entry(&format!("Bundle.entry[{i}]"), e))
         .collect()
 }
 
-/// One entry of a Bundle at `loc`: its request (method, url, ifNoneExist) and resource (taken
-/// out of the Bundle, not copied).
-fn bundle_entry<'a>(loc: &str, e: &mut Node<'a>) -> Result<Entry<Node<'a>>, Vec<Issue>> {
+/// One entry of a Bundle at `loc`: its request (method, url, ifNoneExist) and resource (the
+/// Bundle's own tree: a copy of a node is a few words).
+fn bundle_entry<'a>(loc: &str, e: &Node<'a>) -> Result<Entry<Node<'a>>, Vec<Issue>> {
     let fail = |code: &'static str, msg: &str, at: &str| {
         vec![Issue::error(code, msg).at(format!("{loc}{at}"))]
     };
-    let resource = e.take_member("resource");
+    let resource = e.get("resource").copied();
     let request = e
         .get("request")
         .ok_or_else(|| fail("required", "each entry needs a request", ".request"))?;

@@ -118,7 +118,8 @@ impl Gateway {
             .map_err(|_| GatewayError::Conflict(format!("held write {id} cannot be read back")))?;
         let interaction = Interaction::parse(&held.interaction).unwrap_or(Interaction::Transaction);
         // Stored as the sector's write; the audit rows name the operator who released it.
-        let views = entries.iter().map(Entry::view).collect();
+        let arena = crate::fhir::json::Arena::new();
+        let views = entries.iter().map(|e| e.view(&arena)).collect();
         let applied = self.apply_with(caller, s, views, interaction, true).await?;
         self.decide_held(caller, &held, "released", applied.len())
             .await?;

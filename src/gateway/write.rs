@@ -83,7 +83,8 @@ impl Gateway {
         if !issues.is_empty() {
             return Err(GatewayError::Invalid(placed(issues, location)));
         }
-        self.check_profile(sector, &Node::from_value(resource), location)
+        let arena = fhir::json::Arena::new();
+        self.check_profile(sector, &Node::from_value(resource, &arena), location)
     }
 
     /// The second half of [`Gateway::check`], for a resource whose structure was already
@@ -185,8 +186,9 @@ impl Gateway {
         let s = self.writable_sector(caller, sector)?;
         check_entry_shape(&entry)?;
         self.check(s, &entry.resource, None)?;
+        let arena = fhir::json::Arena::new();
         let mut applied = self
-            .apply(caller, s, vec![entry.view()], interaction)
+            .apply(caller, s, vec![entry.view(&arena)], interaction)
             .await?;
         Ok(applied.remove(0))
     }
@@ -196,8 +198,10 @@ impl Gateway {
     pub fn read_document<'a>(
         &self,
         bytes: &'a [u8],
+        arena: &'a fhir::json::Arena,
     ) -> Result<Document<'a>, fhir::json::JsonError> {
-        let resource = fhir::json::parse_borrowed(bytes, self.settings.server.max_json_depth)?;
+        let depth = self.settings.server.max_json_depth;
+        let resource = fhir::json::parse_borrowed(bytes, arena, depth)?;
         let structural = self.validator.structural_parsed(&resource);
         Ok(Document {
             resource,
@@ -214,8 +218,9 @@ impl Gateway {
         bundle: Value,
     ) -> Result<Value, GatewayError> {
         let structural = self.validator.structural(&bundle);
+        let arena = fhir::json::Arena::new();
         let document = Document {
-            resource: Node::from_value(&bundle),
+            resource: Node::from_value(&bundle, &arena),
             structural,
         };
         self.bundle_document(caller, sector, document).await
@@ -243,7 +248,7 @@ impl Gateway {
         document: Document<'_>,
     ) -> Result<Value, GatewayError> {
         let Document {
-            resource: mut bundle,
+            resource: bundle,
             structural,
         } = document;
         let s = self.writable_sector(caller, sector)?;
@@ -254,7 +259,7 @@ impl Gateway {
                 return Err(GatewayError::Invalid(links));
             }
             // The Bundle itself must be valid R4 in both modes (entries are checked with it).
-            Ok((kind, bundle_entries(&mut bundle)))
+            Ok((kind, bundle_entries(&bundle)))
         })?;
         if kind == Interaction::Transaction {
             return self.transaction(caller, s, structural, entries).await;

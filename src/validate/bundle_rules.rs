@@ -68,7 +68,7 @@ pub fn check(map: &Object<'_>, out: &mut Vec<Broken>) {
                 .and_then(|m| m.get("versionId"))
                 .and_then(Node::as_str)
                 .unwrap_or("");
-            if kind != "history" && !seen.insert((full.as_ref(), version)) {
+            if kind != "history" && !seen.insert((*full, version)) {
                 out.push(at(
                     "bdl-7",
                     "two entries have the same fullUrl (and version)",

@@ -317,7 +317,8 @@ mod per1_tests {
     fn broken(start: &str, end: &str) -> bool {
         let mut out: Vec<Broken> = Vec::new();
         let v = json!({"start": start, "end": end});
-        per1(Node::from_value(&v).as_object().unwrap(), &mut out);
+        let arena = crate::fhir::json::Arena::new();
+        per1(Node::from_value(&v, &arena).as_object().unwrap(), &mut out);
         !out.is_empty()
     }
 

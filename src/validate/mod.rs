@@ -14,7 +14,7 @@ pub mod shape;
 
 use serde_json::Value;
 
-use crate::fhir::json::{JsonError, Node, Object, parse_borrowed};
+use crate::fhir::json::{Arena, JsonError, Node, Object, parse_borrowed};
 use crate::fhir::outcome::Issue;
 pub use profiles::Profiles;
 pub use schema::FhirSchema;
@@ -62,7 +62,8 @@ impl Validator {
     /// Structural validation of a whole document (any resource, nested resources included).
     /// Locations are rooted at the resource type (`Bundle.entry[1].resource.gender`).
     pub fn structural(&self, resource: &Value) -> Vec<Issue> {
-        self.structural_node(&Node::from_value(resource))
+        let arena = Arena::new();
+        self.structural_node(&Node::from_value(resource, &arena))
     }
 
     /// Parses `bytes` strictly (`fhir::json`, into a tree borrowed from the bytes) and validates
@@ -72,7 +73,8 @@ impl Validator {
         bytes: &[u8],
         max_depth: usize,
     ) -> Result<Vec<Issue>, JsonError> {
-        let node = parse_borrowed(bytes, max_depth)?;
+        let arena = Arena::new();
+        let node = parse_borrowed(bytes, &arena, max_depth)?;
         Ok(self.structural_at(
             &node,
             None,
@@ -98,8 +100,9 @@ impl Validator {
     /// Only what the tightened R4 JSON Schema says, through the same walk: the side of the
     /// differential test against the compiled schema (`FhirSchema::check`).
     pub fn schema_level(&self, resource: &Value) -> Vec<Issue> {
+        let arena = Arena::new();
         self.structural_at(
-            &Node::from_value(resource),
+            &Node::from_value(resource, &arena),
             None,
             None,
             rules::Depth::Schema,

@@ -237,14 +237,13 @@ fn time_valid(t: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::borrow::Cow;
 
     fn num(s: &str) -> Node<'_> {
-        Node::Number(Cow::Borrowed(s))
+        Node::Number(s)
     }
 
     fn string_node(s: &str) -> Node<'_> {
-        Node::String(Cow::Borrowed(s))
+        Node::String(s)
     }
 
     #[test]
