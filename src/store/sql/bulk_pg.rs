@@ -117,70 +117,49 @@ impl SqlTx {
         writes: &[NewVersion<'_>],
         last_updated: &str,
     ) -> Result<()> {
-        let sector = writes.first().map(|w| w.p.sector.as_str());
-        if writes
-            .iter()
-            .all(|w| w.version == 1 && Some(w.p.sector.as_str()) == sector)
-        {
-            return self.insert_resources_pg(writes, last_updated).await;
-        }
-        sqlx::query(
-            "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, \
-             patient_id, last_updated) \
-             SELECT gid, sector, rtype, rid, version, hash, patient_ref, patient_id, $9 \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], \
-                         $7::text[], $8::text[]) \
-                  AS t(gid, sector, rtype, rid, version, hash, patient_ref, patient_id) \
-             ON CONFLICT (gid) DO UPDATE SET version = excluded.version, hash = excluded.hash, \
-             patient_ref = excluded.patient_ref, patient_id = excluded.patient_id, \
-             last_updated = excluded.last_updated",
-        )
-        .bind(column(writes.iter().map(|w| w.gid.as_str())))
-        .bind(column(writes.iter().map(|w| w.p.sector.as_str())))
-        .bind(column(writes.iter().map(|w| w.p.rtype.as_str())))
-        .bind(column(writes.iter().map(|w| w.p.rid.as_str())))
-        .bind(int_array(writes.iter().map(|w| w.version)))
-        .bind(column(writes.iter().map(|w| w.p.hash.as_str())))
-        .bind(text_array(
-            writes.iter().map(|w| w.p.patient_ref.as_deref()),
-        ))
-        .bind(text_array(writes.iter().map(|w| w.patient_id.as_deref())))
-        .bind(last_updated)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(map_err)?;
-        Ok(())
-    }
-
-    /// First versions of one sector's resources ([`SqlTx::upsert_resources_pg`]).
-    async fn insert_resources_pg(
-        &mut self,
-        writes: &[NewVersion<'_>],
-        last_updated: &str,
-    ) -> Result<()> {
         let Some(first) = writes.first() else {
             return Ok(());
         };
-        sqlx::query(
+        let sector = first.p.sector.as_str();
+        let first_versions = writes
+            .iter()
+            .all(|w| w.version == 1 && w.p.sector == sector);
+        let sql = if first_versions {
             "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, \
              patient_id, last_updated) \
-             SELECT gid, $1, rtype, rid, 1, hash, patient_ref, patient_id, $8 \
-             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                         $7::text[]) AS t(gid, rtype, rid, hash, patient_ref, patient_id)",
-        )
-        .bind(first.p.sector.as_str())
-        .bind(column(writes.iter().map(|w| w.gid.as_str())))
-        .bind(column(writes.iter().map(|w| w.p.rtype.as_str())))
-        .bind(column(writes.iter().map(|w| w.p.rid.as_str())))
-        .bind(column(writes.iter().map(|w| w.p.hash.as_str())))
-        .bind(text_array(
-            writes.iter().map(|w| w.p.patient_ref.as_deref()),
-        ))
-        .bind(text_array(writes.iter().map(|w| w.patient_id.as_deref())))
-        .bind(last_updated)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(map_err)?;
+             SELECT gid, $7, rtype, rid, 1, hash, patient_ref, patient_id, $8 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::text[]) AS t(gid, rtype, rid, hash, patient_ref, patient_id)"
+        } else {
+            "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, \
+             patient_id, last_updated) \
+             SELECT gid, sector, rtype, rid, version, hash, patient_ref, patient_id, $9 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::text[], $7::text[], $8::int8[]) \
+                  AS t(gid, rtype, rid, hash, patient_ref, patient_id, sector, version) \
+             ON CONFLICT (gid) DO UPDATE SET version = excluded.version, hash = excluded.hash, \
+             patient_ref = excluded.patient_ref, patient_id = excluded.patient_id, \
+             last_updated = excluded.last_updated"
+        };
+        let mut q = sqlx::query(sql)
+            .bind(column(writes.iter().map(|w| w.gid.as_str())))
+            .bind(column(writes.iter().map(|w| w.p.rtype.as_str())))
+            .bind(column(writes.iter().map(|w| w.p.rid.as_str())))
+            .bind(column(writes.iter().map(|w| w.p.hash.as_str())))
+            .bind(text_array(
+                writes.iter().map(|w| w.p.patient_ref.as_deref()),
+            ))
+            .bind(text_array(writes.iter().map(|w| w.patient_id.as_deref())));
+        q = if first_versions {
+            q.bind(sector)
+        } else {
+            q.bind(column(writes.iter().map(|w| w.p.sector.as_str())))
+                .bind(int_array(writes.iter().map(|w| w.version)))
+        };
+        q.bind(last_updated)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 
