@@ -19,7 +19,7 @@ use super::fhir_reads::{
     get_five, get_four, get_three, get_two, is_type, search, unknown_first_segment,
 };
 use super::negotiate::{self, Return};
-use super::response::fhir_response;
+use super::response::{fhir_response, fhir_text_response};
 use super::views;
 use crate::access::Caller;
 use crate::audit::Interaction;
@@ -198,7 +198,7 @@ async fn post_bundle(
         .gateway
         .bundle_document(&caller, &sector, document)
         .await?;
-    Ok(fhir_response(StatusCode::OK, &response))
+    Ok(fhir_text_response(StatusCode::OK, response.to_json()))
 }
 
 async fn post_create(

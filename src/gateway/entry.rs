@@ -3,7 +3,7 @@
 //! Bundle of a transaction or batch. Pure: no store, no clock.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::GatewayError;
 use crate::config::SectorSettings;
@@ -404,35 +404,134 @@ fn percent_decode(s: &str) -> String {
         .into_owned()
 }
 
+/// The response Bundle of a transaction or batch: serialised straight to its JSON (a
+/// 340-entry answer builds no owned tree), with the members in the order written here.
+#[derive(Debug, Serialize)]
+pub struct ResponseBundle {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    entry: Vec<ResponseEntry>,
+}
+
+#[derive(Debug, Serialize)]
+struct ResponseEntry {
+    response: EntryResponse,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryResponse {
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_modified: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<Value>,
+}
+
+impl ResponseBundle {
+    /// The Bundle as JSON text. Its parts are strings and an OperationOutcome `Value`, so
+    /// serialising cannot fail.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The Bundle as an owned tree (the demo and the library's callers).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
 /// The response Bundle of a transaction or batch.
 pub(super) fn response_bundle(
-    kind: &str,
+    kind: &'static str,
     base: &str,
     results: Vec<Result<Applied, GatewayError>>,
-) -> Value {
-    let entries: Vec<Value> = results
+) -> ResponseBundle {
+    let entry = results
         .into_iter()
-        .map(|r| match r {
-            Ok(a) => {
-                let status = if a.outcome.created {
-                    "201 Created"
-                } else {
-                    "200 OK"
-                };
-                json!({ "response": {
-                    "status": status,
-                    "location": format!("{base}/{}/{}/_history/{}", a.rtype, a.rid, a.outcome.version),
-                    "etag": format!("W/\"{}\"", a.outcome.version),
-                    "lastModified": a.outcome.last_updated,
-                }})
-            }
-            Err(e) => {
-                json!({ "response": {
-                    "status": e.status().to_string(),
-                    "outcome": fhir::outcome::operation_outcome(&e.issues()),
-                }})
-            }
+        .map(|r| {
+            let response = match r {
+                Ok(a) => EntryResponse {
+                    status: if a.outcome.created {
+                        "201 Created"
+                    } else {
+                        "200 OK"
+                    }
+                    .to_owned(),
+                    location: Some(format!(
+                        "{base}/{}/{}/_history/{}",
+                        a.rtype, a.rid, a.outcome.version
+                    )),
+                    etag: Some(format!("W/\"{}\"", a.outcome.version)),
+                    last_modified: Some(a.outcome.last_updated),
+                    outcome: None,
+                },
+                Err(e) => EntryResponse {
+                    status: e.status().to_string(),
+                    location: None,
+                    etag: None,
+                    last_modified: None,
+                    outcome: Some(fhir::outcome::operation_outcome(&e.issues())),
+                },
+            };
+            ResponseEntry { response }
         })
         .collect();
-    json!({ "resourceType": "Bundle", "type": kind, "entry": entries })
+    ResponseBundle {
+        resource_type: "Bundle",
+        kind,
+        entry,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_response_bundle_is_written_in_the_order_and_form_of_its_fhir_json() {
+        let applied = |created: bool, version: i64| Applied {
+            rtype: "Condition".into(),
+            rid: format!("c{version}"),
+            outcome: PutOutcome {
+                gid: "g".into(),
+                version,
+                last_updated: "2026-12-06T10:00:00.000Z".into(),
+                changed: true,
+                created,
+                patient_id: None,
+                merged: Vec::new(),
+            },
+            body: String::new(),
+        };
+        let refused = || GatewayError::invalid(Issue::error("value", "bad").at("Condition.code"));
+        let bundle = response_bundle(
+            "batch-response",
+            "http://gw/fhir/gp",
+            vec![Ok(applied(true, 1)), Ok(applied(false, 2)), Err(refused())],
+        );
+        let expected = serde_json::json!({
+            "resourceType": "Bundle",
+            "type": "batch-response",
+            "entry": [
+                {"response": {"status": "201 Created",
+                    "location": "http://gw/fhir/gp/Condition/c1/_history/1",
+                    "etag": "W/\"1\"", "lastModified": "2026-12-06T10:00:00.000Z"}},
+                {"response": {"status": "200 OK",
+                    "location": "http://gw/fhir/gp/Condition/c2/_history/2",
+                    "etag": "W/\"2\"", "lastModified": "2026-12-06T10:00:00.000Z"}},
+                {"response": {"status": refused().status().to_string(),
+                    "outcome": fhir::outcome::operation_outcome(&refused().issues())}},
+            ]
+        });
+        // The same text as the owned tree's (key order included), and the same tree.
+        assert_eq!(bundle.to_json(), expected.to_string());
+        assert_eq!(bundle.to_value(), expected);
+    }
 }

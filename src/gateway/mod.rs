@@ -48,7 +48,7 @@ pub mod transparency;
 pub mod views;
 pub mod write;
 
-pub use entry::{Applied, Entry, Method, parse_identifier_query, prepare};
+pub use entry::{Applied, Entry, Method, ResponseBundle, parse_identifier_query, prepare};
 pub use error::GatewayError;
 
 use std::sync::{Arc, OnceLock};

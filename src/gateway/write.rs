@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::alerts::AlertEvent;
 use super::entry::{
-    Applied, Entry, Method, bundle_entries, bundle_links, check_entry_shape,
+    Applied, Entry, Method, ResponseBundle, bundle_entries, bundle_links, check_entry_shape,
     edited_patient_reference, prepare_stored, response_bundle,
 };
 use super::params;
@@ -223,7 +223,8 @@ impl Gateway {
             resource: Node::from_value(&bundle, &arena),
             structural,
         };
-        self.bundle_document(caller, sector, document).await
+        let response = self.bundle_document(caller, sector, document).await?;
+        Ok(response.to_value())
     }
 
     /// [`Gateway::bundle`] of a body [`Gateway::read_document`] read.
@@ -232,7 +233,7 @@ impl Gateway {
         caller: &Caller,
         sector: &str,
         document: Document<'_>,
-    ) -> Result<Value, GatewayError> {
+    ) -> Result<ResponseBundle, GatewayError> {
         let result = self.bundle_inner(caller, sector, document).await;
         if let Err(e) = &result {
             self.audit_rejection(caller, Some(sector), Interaction::Transaction, "Bundle", e)
@@ -246,7 +247,7 @@ impl Gateway {
         caller: &Caller,
         sector: &str,
         document: Document<'_>,
-    ) -> Result<Value, GatewayError> {
+    ) -> Result<ResponseBundle, GatewayError> {
         let Document {
             resource: bundle,
             structural,
@@ -312,7 +313,7 @@ impl Gateway {
         s: &SectorSettings,
         structural: Vec<Issue>,
         entries: ParsedEntries<'_>,
-    ) -> Result<Value, GatewayError> {
+    ) -> Result<ResponseBundle, GatewayError> {
         if !structural.is_empty() {
             return Err(GatewayError::Invalid(structural));
         }
@@ -364,7 +365,7 @@ impl Gateway {
         s: &SectorSettings,
         structural: Vec<Issue>,
         entries: ParsedEntries<'_>,
-    ) -> Result<Value, GatewayError> {
+    ) -> Result<ResponseBundle, GatewayError> {
         let mut results = Vec::with_capacity(entries.len());
         for (i, entry) in entries.into_iter().enumerate() {
             let prefix = format!("Bundle.entry[{i}]");
