@@ -898,16 +898,17 @@ impl SqlTx {
     /// PostgreSQL server shares one lock table of `max_locks_per_transaction` ×
     /// `max_connections` entries (6,400 by default), and two 9,000-entry Bundles at once, a lock
     /// per resource, filled it ("out of shared memory"). SQLite needs none (`BEGIN IMMEDIATE`
-    /// admits one writer).
-    async fn lock_writes(&mut self, writes: &[&Prepared]) -> Result<()> {
+    /// admits one writer). `gids` are the writes' gateway ids, in order.
+    pub(super) async fn lock_writes(
+        &mut self,
+        writes: &[&Prepared],
+        gids: &[String],
+    ) -> Result<()> {
         if self.dialect != Dialect::Postgres || self.alone {
             return Ok(());
         }
         let patients = writes.iter().flat_map(|p| patient_lock_keys(p));
-        let resources = writes
-            .iter()
-            .map(|p| gateway_id(&p.sector, &p.rtype, &p.rid));
-        let mut keys: Vec<String> = patients.chain(resources).collect();
+        let mut keys: Vec<String> = patients.chain(gids.iter().cloned()).collect();
         keys.sort();
         keys.dedup();
         if keys.len() > LOCK_KEYS_MAX {
@@ -1210,7 +1211,8 @@ impl StoreTx for SqlTx {
     }
 
     async fn put(&mut self, p: &Prepared) -> Result<PutOutcome> {
-        self.lock_writes(&[p]).await?;
+        let gid = gateway_id(&p.sector, &p.rtype, &p.rid);
+        self.lock_writes(&[p], std::slice::from_ref(&gid)).await?;
         self.put_locked(p).await
     }
 

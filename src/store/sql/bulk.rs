@@ -121,11 +121,11 @@ impl SqlTx {
     /// Two or more Patients are stored one by one through `put` first: a later one's link may
     /// join the gateway patient an earlier one linked to, and the rows it relinks must exist.
     pub(super) async fn put_many_sql(&mut self, ps: &[&Prepared]) -> Result<Vec<PutOutcome>> {
-        self.lock_writes(ps).await?;
         let gids: Vec<String> = ps
             .iter()
             .map(|p| gateway_id(&p.sector, &p.rtype, &p.rid))
             .collect();
+        self.lock_writes(ps, &gids).await?;
         let distinct: HashSet<&String> = gids.iter().collect();
         if distinct.len() != gids.len() {
             // The same resource twice: each version must see the one before it.
