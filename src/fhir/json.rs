@@ -602,6 +602,37 @@ fn ends_plain(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < 0x20
 }
 
+/// How many bytes at the start of `bytes` are plain string content (none [`ends_plain`]),
+/// read eight at a time: what a reader skips and a writer copies without an escape.
+pub(crate) fn plain_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut pos = 0;
+    while let Some(chunk) = bytes.get(pos..pos + 8) {
+        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let w = u64::from_le_bytes(chunk);
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let slash = w ^ (ONES * u64::from(b'\\'));
+        // A byte is zero in `quote` or `slash`, or below 0x20 in `w`: its high bit is set in
+        // one of these (bytes at or above 0x80 are excluded by `!w`).
+        let hit =
+            (quote.wrapping_sub(ONES) | slash.wrapping_sub(ONES) | w.wrapping_sub(ONES * 0x20))
+                & !w
+                & HIGH;
+        if hit != 0 {
+            // The lowest flagged byte is a real find (a borrow only flags bytes above one).
+            return pos + (hit.trailing_zeros() / 8) as usize;
+        }
+        pos += 8;
+    }
+    while bytes.get(pos).is_some_and(|&b| !ends_plain(b)) {
+        pos += 1;
+    }
+    pos
+}
+
 impl<'a> Scan<'a> {
     fn document(bytes: &'a [u8], arena: &'a Arena, max_depth: usize) -> Option<Node<'a>> {
         // Outside strings only ASCII is valid JSON, so a valid UTF-8 text has valid strings,
@@ -783,34 +814,9 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Moves `pos` to the next quote, backslash or control character (or the end), eight bytes
-    /// at a time.
+    /// Moves `pos` to the next quote, backslash or control character (or the end).
     fn skip_plain(&mut self) {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        while let Some(chunk) = self.bytes.get(self.pos..self.pos + 8) {
-            let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
-                break;
-            };
-            let w = u64::from_le_bytes(chunk);
-            let quote = w ^ (ONES * u64::from(b'"'));
-            let slash = w ^ (ONES * u64::from(b'\\'));
-            // A byte is zero in `quote` or `slash`, or below 0x20 in `w`: its high bit is set in
-            // one of these (bytes at or above 0x80 are excluded by `!w`).
-            let hit =
-                (quote.wrapping_sub(ONES) | slash.wrapping_sub(ONES) | w.wrapping_sub(ONES * 0x20))
-                    & !w
-                    & HIGH;
-            if hit != 0 {
-                // The lowest flagged byte is a real find (a borrow only flags bytes above one).
-                self.pos += (hit.trailing_zeros() / 8) as usize;
-                return;
-            }
-            self.pos += 8;
-        }
-        while self.peek().is_some_and(|b| !ends_plain(b)) {
-            self.pos += 1;
-        }
+        self.pos += plain_run(self.bytes.get(self.pos..).unwrap_or_default());
     }
 
     /// The rest of a string with an escape, decoded (`start`: its first content byte).

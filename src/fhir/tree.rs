@@ -165,11 +165,13 @@ fn write_str(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        // Every escaped byte is ASCII, so `i` and `i + 1` lie on character boundaries.
+    loop {
+        // Plain runs are copied whole; every escaped byte is ASCII, so `i` and `i + 1` lie on
+        // character boundaries.
+        let i = start + super::json::plain_run(&bytes[start..]);
+        let Some(&b) = bytes.get(i) else {
+            break;
+        };
         out.push_str(&s[start..i]);
         match b {
             b'"' => out.push_str("\\\""),
