@@ -255,13 +255,11 @@ struct NodeScratch<'de> {
     members: Vec<(&'de str, Node<'de>)>,
 }
 
-impl<'de> NodeScratch<'de> {
-    /// A string kept for the tree: borrowed from the text, or copied into the arena.
-    fn keep(&self, s: Cow<'de, str>) -> &'de str {
-        match s {
-            Cow::Borrowed(s) => s,
-            Cow::Owned(s) => self.arena.alloc_str(&s),
-        }
+/// A string kept for a borrowed tree: borrowed from the text, or copied into the arena.
+fn kept<'a>(arena: &'a Arena, s: Cow<'a, str>) -> &'a str {
+    match s {
+        Cow::Borrowed(s) => s,
+        Cow::Owned(s) => arena.alloc_str(&s),
     }
 }
 
@@ -277,7 +275,7 @@ impl<'de> Build<'de> for Node<'de> {
         Ok(Node::Number(scratch.borrow().arena.alloc_str(&lexeme)))
     }
     fn string(scratch: &RefCell<Self::Scratch>, s: Cow<'de, str>) -> Self {
-        Node::String(scratch.borrow().keep(s))
+        Node::String(kept(scratch.borrow().arena, s))
     }
     fn array(scratch: &RefCell<Self::Scratch>, items: Vec<Self>) -> Self {
         Node::Array(scratch.borrow().arena.alloc_slice_copy(&items))
@@ -306,7 +304,7 @@ impl<'de> Build<'de> for Node<'de> {
             keys.insert(key.as_ref().into());
         }
         let mut scratch = scratch.borrow_mut();
-        let key = scratch.keep(key);
+        let key = kept(scratch.arena, key);
         scratch.members.push((key, v));
     }
     fn object(scratch: &RefCell<Self::Scratch>, obj: Self::Obj) -> Self {
@@ -680,21 +678,13 @@ impl<'a> Scan<'a> {
                 {
                     return None;
                 }
-                Some(Node::String(self.keep(s)))
+                Some(Node::String(kept(self.arena, s)))
             }
             b't' => self.literal(b"true", Node::Bool(true)),
             b'f' => self.literal(b"false", Node::Bool(false)),
             b'n' => self.literal(b"null", Node::Null),
-            b'-' | b'0'..=b'9' => self.number().map(|n| Node::Number(self.keep(n))),
+            b'-' | b'0'..=b'9' => self.number().map(|n| Node::Number(kept(self.arena, n))),
             _ => None,
-        }
-    }
-
-    /// A string kept for the tree: borrowed from the text, or copied into the arena.
-    fn keep(&self, s: Cow<'a, str>) -> &'a str {
-        match s {
-            Cow::Borrowed(s) => s,
-            Cow::Owned(s) => self.arena.alloc_str(&s),
         }
     }
 
@@ -746,7 +736,7 @@ impl<'a> Scan<'a> {
             self.expect(b':')?;
             self.space();
             let v = self.value(depth + 1)?;
-            let key = self.keep(key);
+            let key = kept(self.arena, key);
             self.members.push((key, v));
             self.space();
             match self.peek()? {

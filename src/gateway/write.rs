@@ -76,15 +76,14 @@ impl Gateway {
     pub fn check(
         &self,
         sector: &SectorSettings,
-        resource: &Value,
+        resource: &Node<'_>,
         location: Option<&str>,
     ) -> Result<(), GatewayError> {
-        let issues = self.validator.structural(resource);
+        let issues = self.validator.structural_node(resource);
         if !issues.is_empty() {
             return Err(GatewayError::Invalid(placed(issues, location)));
         }
-        let arena = fhir::json::Arena::new();
-        self.check_profile(sector, &Node::from_value(resource, &arena), location)
+        self.check_profile(sector, resource, location)
     }
 
     /// The second half of [`Gateway::check`], for a resource whose structure was already
@@ -98,16 +97,25 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let set = sector.profile.as_deref();
         let rtype = fhir::resource_type(resource).unwrap_or("");
-        // The rules are JSON Schemas over an owned tree: one is built for the types they cover.
-        let mut issues = if self.validator.profile_applies(set, rtype) {
+        let rules = self.validator.profile_applies(set, rtype);
+        // Only an absolute URL can lie under a configured base ([`locate`]): without one, the
+        // walk by type (most of a Bundle's profile checks in P2) finds nothing to refuse.
+        let absolute = fhir::any_reference_member(resource, &mut |r| r.contains("://"));
+        // The profile rules (JSON Schemas) and the walk by type read an owned tree: one is
+        // built when either applies, and only then.
+        let mut issues = Vec::new();
+        if rules || absolute {
             match resource.to_value() {
-                Ok(owned) => self.validator.profile(set, &owned),
-                Err(e) => vec![unkept_number(&e)],
+                Ok(owned) if rules => {
+                    issues.extend(self.validator.profile(set, &owned));
+                    if absolute {
+                        issues.extend(self.foreign_references(sector, &owned));
+                    }
+                }
+                Ok(owned) => issues.extend(self.foreign_references(sector, &owned)),
+                Err(e) => issues.push(unkept_number(&e)),
             }
-        } else {
-            Vec::new()
-        };
-        issues.extend(self.foreign_references(sector, resource));
+        }
         issues.extend(spoofed_tags(&sector.id, resource));
         if !issues.is_empty() {
             return Err(GatewayError::Unprocessable(placed(issues, location)));
@@ -121,19 +129,9 @@ impl Gateway {
     /// gateway's own bases included, literal or conditional) is refused; a reference under a
     /// configured base must name `Type/id` or `Type?identifier=…`. Other references into a
     /// configured sector are that sector's resources (mapped on delivery).
-    fn foreign_references(&self, sector: &SectorSettings, resource: &Node<'_>) -> Vec<Issue> {
+    fn foreign_references(&self, sector: &SectorSettings, resource: &Value) -> Vec<Issue> {
         let mut issues = Vec::new();
-        // Only an absolute URL can lie under a configured base ([`locate`]): without one, the
-        // walk by type (most of a Bundle's profile checks in P2) finds nothing to refuse. The
-        // walk reads an owned tree, built only then.
-        if !fhir::any_reference_member(resource, &mut |r| r.contains("://")) {
-            return issues;
-        }
-        let owned = match resource.to_value() {
-            Ok(owned) => owned,
-            Err(e) => return vec![unkept_number(&e)],
-        };
-        for (path, element) in self.validator.references(&owned) {
+        for (path, element) in self.validator.references(resource) {
             let Some(r) = element.get("reference").and_then(Value::as_str) else {
                 continue;
             };
@@ -185,11 +183,10 @@ impl Gateway {
     ) -> Result<Applied, GatewayError> {
         let s = self.writable_sector(caller, sector)?;
         check_entry_shape(&entry)?;
-        self.check(s, &entry.resource, None)?;
         let arena = fhir::json::Arena::new();
-        let mut applied = self
-            .apply(caller, s, vec![entry.view(&arena)], interaction)
-            .await?;
+        let entry = entry.view(&arena);
+        self.check(s, &entry.resource, None)?;
+        let mut applied = self.apply(caller, s, vec![entry], interaction).await?;
         Ok(applied.remove(0))
     }
 
@@ -217,11 +214,11 @@ impl Gateway {
         sector: &str,
         bundle: Value,
     ) -> Result<Value, GatewayError> {
-        let structural = self.validator.structural(&bundle);
         let arena = fhir::json::Arena::new();
+        let resource = Node::from_value(&bundle, &arena);
         let document = Document {
-            resource: Node::from_value(&bundle, &arena),
-            structural,
+            structural: self.validator.structural_node(&resource),
+            resource,
         };
         let response = self.bundle_document(caller, sector, document).await?;
         Ok(response.to_value())

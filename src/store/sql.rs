@@ -873,9 +873,8 @@ impl SqlTx {
     }
 
     /// `put` with the resource's lock already held (PostgreSQL; see [`SqlTx::lock_writes`]):
-    /// the decision of [`SqlTx::decide`], written row by row.
-    async fn put_locked(&mut self, p: &Prepared) -> Result<PutOutcome> {
-        let gid = gateway_id(&p.sector, &p.rtype, &p.rid);
+    /// the decision of [`SqlTx::decide`], written row by row. `gid` is `p`'s gateway id.
+    async fn put_locked(&mut self, p: &Prepared, gid: String) -> Result<PutOutcome> {
         let current = self.current(&gid).await?;
         let received = now_us();
         let last_updated = instant(received);
@@ -1213,7 +1212,7 @@ impl StoreTx for SqlTx {
     async fn put(&mut self, p: &Prepared) -> Result<PutOutcome> {
         let gid = gateway_id(&p.sector, &p.rtype, &p.rid);
         self.lock_writes(&[p], std::slice::from_ref(&gid)).await?;
-        self.put_locked(p).await
+        self.put_locked(p, gid).await
     }
 
     async fn get(&mut self, gid: &str) -> Result<Option<Stored>> {

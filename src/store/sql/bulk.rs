@@ -130,8 +130,8 @@ impl SqlTx {
         if distinct.len() != gids.len() {
             // The same resource twice: each version must see the one before it.
             let mut out = Vec::with_capacity(ps.len());
-            for p in ps {
-                out.push(self.put_locked(p).await?);
+            for (p, gid) in ps.iter().zip(&gids) {
+                out.push(self.put_locked(p, gid.clone()).await?);
             }
             return Ok(out);
         }
@@ -141,7 +141,7 @@ impl SqlTx {
             .collect();
         if patients.len() > 1 {
             for &i in &patients {
-                out[i] = Some(self.put_locked(ps[i]).await?);
+                out[i] = Some(self.put_locked(ps[i], gids[i].clone()).await?);
             }
         }
         let mut rest: Vec<usize> = (0..ps.len()).filter(|&i| out[i].is_none()).collect();
