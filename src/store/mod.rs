@@ -48,6 +48,10 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("the store URL is not usable: {0}")]
     Url(String),
+    /// A commit was written but the write-ahead log could not be synced to disk (SQLite, see
+    /// `sql::wal`): the request is not answered 2xx.
+    #[error("a commit could not be made durable: {0}")]
+    Durability(String),
     /// The lease on an outbox entry ended before its outcome was recorded (another replica
     /// may hold it now): nothing of the attempt may be committed.
     #[error("the lease on outbox entry {0} was lost before its outcome was recorded")]

@@ -25,6 +25,7 @@ use crate::ids::gateway_id;
 
 mod bulk;
 mod bulk_pg;
+mod wal;
 
 pub use bulk::pieces;
 
@@ -107,18 +108,33 @@ async fn checkpointer(pool: AnyPool, commits: std::sync::Weak<AtomicU64>) {
     }
 }
 
-/// SQLite: `options` with every new connection set up by [`SQLITE_PRAGMAS`] and, for the write
-/// connection (`writer`), [`SQLITE_WRITER_CACHE`] after them.
-fn with_pragmas(options: AnyPoolOptions, writer: bool) -> AnyPoolOptions {
+/// SQLite: `options` with every new connection set up by [`SQLITE_PRAGMAS`] and then `extra`
+/// (the write connection: [`SQLITE_WRITER_CACHE`]; the connections that write, when the gateway
+/// syncs the WAL itself: [`wal::WRITER_SYNCHRONOUS`]).
+fn with_pragmas(options: AnyPoolOptions, extra: Vec<&'static str>) -> AnyPoolOptions {
     options.after_connect(move |conn, _meta| {
+        let extra = extra.clone();
         Box::pin(async move {
-            let cache = writer.then_some(SQLITE_WRITER_CACHE);
-            for pragma in SQLITE_PRAGMAS.into_iter().chain(cache) {
+            for pragma in SQLITE_PRAGMAS.into_iter().chain(extra) {
                 sqlx::query(pragma).execute(&mut *conn).await?;
             }
             Ok(())
         })
     })
+}
+
+/// SQLite: the gateway's own WAL sync ([`wal::WalSync`]) when the database is in WAL mode.
+async fn sqlite_wal_sync(pool: &AnyPool, commits: Arc<AtomicU64>) -> Result<Option<wal::WalSync>> {
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(pool)
+        .await
+        .map_err(map_err)?;
+    let file: String =
+        sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .fetch_one(pool)
+            .await
+            .map_err(map_err)?;
+    Ok(wal::WalSync::open(&file, &mode, commits))
 }
 
 /// `options` for a pool of one connection that stays open.
@@ -154,6 +170,9 @@ pub struct SqlStore {
     /// The Merkle tree's right edge after this process's last committed append (see
     /// [`TreeCache`]).
     tree: TreeCache,
+    /// SQLite in WAL mode: the WAL synced after the writer's turn, shared by the commits before
+    /// each sync ([`wal`]).
+    wal: Option<Arc<wal::WalSync>>,
 }
 
 impl SqlStore {
@@ -182,7 +201,7 @@ impl SqlStore {
             // connection's thread, inside the writer's turn for a write) is left out.
             .test_before_acquire(dialect == Dialect::Postgres);
         let pool = match dialect {
-            Dialect::Sqlite => with_pragmas(options.clone(), false),
+            Dialect::Sqlite => with_pragmas(options.clone(), Vec::new()),
             Dialect::Postgres => options.clone(),
         }
         .connect(&url)
@@ -191,15 +210,24 @@ impl SqlStore {
             Dialect::Sqlite => SQLITE_MIGRATOR.run(&pool).await?,
             Dialect::Postgres => POSTGRES_MIGRATOR.run(&pool).await?,
         }
+        let commits = Arc::new(AtomicU64::new(0));
+        let wal = match dialect {
+            Dialect::Sqlite => sqlite_wal_sync(&pool, commits.clone()).await?,
+            Dialect::Postgres => None,
+        };
         // After the migrations, so that the writer's first cache is of the current schema.
         let (writes, audited) = match dialect {
-            Dialect::Sqlite => (
-                with_pragmas(single(&options), true).connect(&url).await?,
-                with_pragmas(single(&options), false).connect(&url).await?,
-            ),
+            Dialect::Sqlite => {
+                let sync: Vec<&'static str> = wal.iter().map(|_| wal::WRITER_SYNCHRONOUS).collect();
+                let mut writer = sync.clone();
+                writer.push(SQLITE_WRITER_CACHE);
+                (
+                    with_pragmas(single(&options), writer).connect(&url).await?,
+                    with_pragmas(single(&options), sync).connect(&url).await?,
+                )
+            }
             Dialect::Postgres => (pool.clone(), pool.clone()),
         };
-        let commits = Arc::new(AtomicU64::new(0));
         if dialect == Dialect::Sqlite {
             tokio::spawn(checkpointer(pool.clone(), Arc::downgrade(&commits)));
         }
@@ -211,6 +239,7 @@ impl SqlStore {
             dialect,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             tree: Default::default(),
+            wal: wal.map(Arc::new),
         };
         store.merkle_backfill().await?;
         Ok(store)
@@ -240,6 +269,7 @@ impl SqlStore {
             tree: self.tree.clone(),
             tree_after: None,
             commits: (self.dialect == Dialect::Sqlite).then(|| self.commits.clone()),
+            wal: self.wal.clone(),
             read_only: false,
             alone: false,
         })
@@ -247,6 +277,30 @@ impl SqlStore {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// SQLite: commits so far, commits the last WAL sync covered (`None`: SQLite syncs in
+    /// `COMMIT`), and `PRAGMA synchronous` of the write connection and of the pool's.
+    #[cfg(test)]
+    pub(crate) async fn wal_state(&self) -> (u64, Option<u64>, i64, i64) {
+        let synced = match &self.wal {
+            Some(w) => Some(w.synced().await),
+            None => None,
+        };
+        let mode = |pool: AnyPool| async move {
+            let v: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&pool)
+                .await
+                .expect("PRAGMA synchronous");
+            v
+        };
+        let commits = self.commits.load(Ordering::Acquire);
+        (
+            commits,
+            synced,
+            mode(self.writes.clone()).await,
+            mode(self.pool.clone()).await,
+        )
     }
 
     pub async fn close(&self) {
@@ -300,6 +354,7 @@ impl Store for SqlStore {
             tree: self.tree.clone(),
             tree_after: None,
             commits: None,
+            wal: None,
             read_only: true,
             alone: false,
         }))
@@ -396,6 +451,9 @@ pub(super) struct SqlTx {
     pub(super) tree_after: Option<Edge>,
     /// The store's count of committed write transactions (SQLite), counted at commit.
     commits: Option<Arc<AtomicU64>>,
+    /// SQLite write transactions when the gateway syncs the WAL: the commit waits, after
+    /// releasing the writer's turn, for a sync that covers it.
+    wal: Option<Arc<wal::WalSync>>,
     /// Begun by `begin_read`: nothing it writes is meant to count.
     read_only: bool,
     /// Holds [`WRITE_GATE`] exclusively (PostgreSQL): no other write of resources runs, so
@@ -1531,15 +1589,25 @@ impl StoreTx for SqlTx {
         let after = self.tree_after.take();
         let cache = self.tree.clone();
         self.tx.commit().await.map_err(map_err)?;
-        if let Some(commits) = &self.commits {
-            commits.fetch_add(1, Ordering::Relaxed);
-        }
+        let ticket = match (&self.wal, &self.commits) {
+            (Some(wal), _) => Some(wal.committed()),
+            (None, Some(commits)) => {
+                commits.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            (None, None) => None,
+        };
         // Only what committed is remembered.
         if let Some(edge) = after
             && let Ok(mut c) = cache.lock()
         {
             *c = Some(edge);
         }
-        Ok(())
+        // The next writer goes on while the WAL is synced; this one is answered after.
+        drop(self._writer.take());
+        match (&self.wal, ticket) {
+            (Some(wal), Some(ticket)) => wal.wait(ticket).await,
+            _ => Ok(()),
+        }
     }
 }

@@ -655,6 +655,34 @@ async fn rows_round_trip_on_sqlite() {
     store.close().await;
 }
 
+/// SQLite in WAL mode: the write connections leave the WAL's sync to the gateway
+/// (`synchronous = NORMAL`, 1) while the pool's keep `FULL` (2), and a write's `commit` returns
+/// only once a sync of the WAL that covered it has finished.
+#[tokio::test]
+async fn a_sqlite_commit_returns_after_a_wal_sync_that_covers_it() {
+    let (_dir, store) = sqlite_store().await;
+    let (_, synced, writer, pool) = store.wal_state().await;
+    assert!(synced.is_some(), "the gateway syncs the WAL");
+    assert_eq!((writer, pool), (1, 2));
+    for n in 1..=3 {
+        let mut tx = store.begin().await.unwrap();
+        tx.audit(&audit_row(n, None, false)).await.unwrap();
+        tx.commit().await.unwrap();
+        let (commits, synced, _, _) = store.wal_state().await;
+        assert!(
+            synced >= Some(commits),
+            "commit {n}: {synced:?} of {commits}"
+        );
+    }
+    // A transaction dropped unfinished takes no number and needs no sync.
+    let (commits, _, _, _) = store.wal_state().await;
+    let mut tx = store.begin().await.unwrap();
+    tx.audit(&audit_row(9, None, false)).await.unwrap();
+    drop(tx);
+    assert_eq!(store.wal_state().await.0, commits);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn rows_round_trip_on_postgres() {
     let (url, name) = fresh_pg_database().await;
