@@ -42,13 +42,7 @@ static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/s
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The settings of every SQLite connection, run in this order right after it opens.
-pub const SQLITE_PRAGMAS: [&str; 7] = [
-    // 16 KiB pages (SQLite's default is 4 KiB), set before the file is first written (an
-    // existing database keeps its size). A commit writes each page it changed to the WAL as a
-    // frame, two writes per frame; a Bundle's rows land on fewer, fuller pages. P2, five pairs
-    // side by side against 4 KiB: the 2-client rate +4–6 %, p99 per Bundle 38–59 ms instead
-    // of 84–161; 32 KiB was slower than both.
-    "PRAGMA page_size = 16384",
+pub const SQLITE_PRAGMAS: [&str; 6] = [
     // WAL lets readers proceed beside the writer; synchronous=FULL makes every commit durable
     // (the WAL synced) before the gateway answers 2xx.
     "PRAGMA journal_mode = WAL",
