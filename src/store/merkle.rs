@@ -153,7 +153,8 @@ impl SqlTx {
                 .collect();
             // Only placeholders are formatted into the statement.
             let sql = sqlx::AssertSqlSafe(format!(
-                "INSERT INTO audit_merkle (level, idx, hash) VALUES {}",
+                "{} INTO audit_merkle (level, idx, hash) VALUES {}",
+                super::sql::insert(self.dialect),
                 values.join(", ")
             ));
             let mut q = sqlx::query(sql);

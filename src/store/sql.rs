@@ -27,6 +27,7 @@ mod bulk;
 mod bulk_pg;
 mod wal;
 
+pub(super) use bulk::insert;
 pub use bulk::pieces;
 
 /// The identifier system under which each sector Patient keys its own gateway patient link.
