@@ -264,7 +264,7 @@ impl SqlStore {
             tx: Conn::Tx(tx.map_err(map_err)?),
             dialect: self.dialect,
             pending_audit: Vec::new(),
-            _writer: writer,
+            turn: writer,
             patient_refs: Default::default(),
             merged: Vec::new(),
             tree: self.tree.clone(),
@@ -349,7 +349,7 @@ impl Store for SqlStore {
             tx,
             dialect: self.dialect,
             pending_audit: Vec::new(),
-            _writer: None,
+            turn: None,
             patient_refs: Default::default(),
             merged: Vec::new(),
             tree: self.tree.clone(),
@@ -439,7 +439,7 @@ pub(super) struct SqlTx {
     pending_audit: Vec<AuditRow>,
     /// SQLite: this process's writer turn, held until the transaction ends (field order: it
     /// is released after `tx` is dropped or committed).
-    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// (sector, patient reference) → gateway patient, for the rest of the transaction (a
     /// Bundle's entries name the same patient hundreds of times). Cleared whenever a Patient is
     /// linked or patients are merged.
@@ -1590,14 +1590,11 @@ impl StoreTx for SqlTx {
         let after = self.tree_after.take();
         let cache = self.tree.clone();
         self.tx.commit().await.map_err(map_err)?;
-        let ticket = match (&self.wal, &self.commits) {
-            (Some(wal), _) => Some(wal.committed()),
-            (None, Some(commits)) => {
-                commits.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            (None, None) => None,
-        };
+        // Numbered inside the writer's turn, after its frames are written (see `wal`).
+        let ticket = self
+            .commits
+            .as_ref()
+            .map(|c| c.fetch_add(1, Ordering::AcqRel) + 1);
         // Only what committed is remembered.
         if let Some(edge) = after
             && let Ok(mut c) = cache.lock()
@@ -1605,7 +1602,7 @@ impl StoreTx for SqlTx {
             *c = Some(edge);
         }
         // The next writer goes on while the WAL is synced; this one is answered after.
-        drop(self._writer.take());
+        drop(self.turn.take());
         match (&self.wal, ticket) {
             (Some(wal), Some(ticket)) => wal.wait(ticket).await,
             _ => Ok(()),

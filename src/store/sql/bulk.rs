@@ -105,8 +105,8 @@ fn marks(dialect: Dialect, from: usize, n: usize) -> String {
 
 /// How a multi-row statement inserts. SQLite: `INSERT OR FAIL`. Under SQLite's default
 /// (`ABORT`) a statement that may fail halfway keeps a statement journal, a copy of every page
-/// it changes, so that it alone can be undone; with `FAIL` it keeps none (a third of a Bundle's
-/// insert time in a micro-benchmark of the same statements). A failing statement ends its
+/// it changes, so that it alone can be undone; with `FAIL` it keeps none (about a quarter of the
+/// insert time in a micro-benchmark of the same statement shapes). A failing statement ends its
 /// request's transaction anyway: the error goes up and the transaction is rolled back when
 /// dropped, the rows the statement wrote before failing with it.
 pub(crate) fn insert(dialect: Dialect) -> &'static str {

@@ -58,11 +58,6 @@ impl WalSync {
         })
     }
 
-    /// The number of a commit that just finished (inside the writer's turn).
-    pub fn committed(&self) -> u64 {
-        self.commits.fetch_add(1, Ordering::AcqRel) + 1
-    }
-
     /// How many commits the last finished sync covered.
     #[cfg(test)]
     pub async fn synced(&self) -> u64 {
@@ -120,13 +115,14 @@ mod tests {
         let db = dir.path().join("s.db");
         std::fs::write(format!("{}-wal", db.display()), b"frames").expect("wal");
         let commits = Arc::new(AtomicU64::new(0));
-        let w = WalSync::open(&db.display().to_string(), "wal", commits).expect("wal");
-        let (a, b) = (w.committed(), w.committed());
+        let committed = || commits.fetch_add(1, Ordering::AcqRel) + 1;
+        let w = WalSync::open(&db.display().to_string(), "wal", commits.clone()).expect("wal");
+        let (a, b) = (committed(), committed());
         w.wait(a).await.expect("sync");
         // Both commits were numbered before the sync began: it covered the second too.
         assert_eq!(w.synced.lock().await.0, b);
         w.wait(b).await.expect("covered");
-        let c = w.committed();
+        let c = committed();
         w.wait(c).await.expect("sync");
         assert_eq!(w.synced.lock().await.0, c);
     }
@@ -135,13 +131,9 @@ mod tests {
     async fn a_missing_wal_file_is_an_error_not_a_silent_success() {
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("gone.db");
-        let w = WalSync::open(
-            &db.display().to_string(),
-            "wal",
-            Arc::new(AtomicU64::new(0)),
-        )
-        .expect("wal");
-        let t = w.committed();
+        let commits = Arc::new(AtomicU64::new(0));
+        let w = WalSync::open(&db.display().to_string(), "wal", commits.clone()).expect("wal");
+        let t = commits.fetch_add(1, Ordering::AcqRel) + 1;
         let e = w.wait(t).await.expect_err("no WAL file");
         assert!(e.to_string().contains("WAL"), "{e}");
     }
