@@ -8,6 +8,7 @@ use sqlx::FromRow;
 use super::Result;
 use super::sql::{SECTOR_PATIENT_SYSTEM, SqlTx, map_err};
 use crate::fhir::time::now_us;
+use crate::ids::gateway_id;
 
 /// A held write as stored.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -243,10 +244,6 @@ impl SqlTx {
             "UPDATE resources SET patient_id = COALESCE((SELECT i.patient_id FROM patient_identifiers i \
              WHERE i.system = $2 || resources.sector AND i.value = resources.rid), patient_id) \
              WHERE patient_id = $1 AND rtype = 'Patient'",
-            "UPDATE resources SET patient_id = COALESCE((SELECT p.patient_id FROM resources p \
-             WHERE p.sector = resources.sector AND p.rtype = 'Patient' \
-             AND 'Patient/' || p.rid = resources.patient_ref), patient_id) \
-             WHERE patient_id = $1 AND rtype <> 'Patient' AND patient_ref LIKE 'Patient/%' AND $2 <> ''",
             "UPDATE resources SET patient_id = COALESCE((SELECT i.patient_id FROM patient_identifiers i \
              WHERE 'Patient?identifier=' || i.system || '|' || i.value = resources.patient_ref), patient_id) \
              WHERE patient_id = $1 AND rtype <> 'Patient' AND patient_ref LIKE 'Patient?identifier=%' AND $2 <> ''",
@@ -258,6 +255,30 @@ impl SqlTx {
                 .execute(&mut *self.tx)
                 .await
                 .map_err(map_err)?;
+        }
+        // `Patient/<id>`: that Patient of the resource's own sector, read by its gateway id.
+        let refs: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT sector, patient_ref FROM resources WHERE patient_id = $1 \
+             AND rtype <> 'Patient' AND patient_ref LIKE 'Patient/%'",
+        )
+        .bind(patient)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        for (sector, reference) in refs {
+            let rid = reference.strip_prefix("Patient/").unwrap_or(&reference);
+            sqlx::query(
+                "UPDATE resources SET patient_id = COALESCE((SELECT p.patient_id FROM resources p \
+                 WHERE p.gid = $4), patient_id) WHERE patient_id = $1 AND sector = $2 \
+                 AND patient_ref = $3 AND rtype <> 'Patient'",
+            )
+            .bind(patient)
+            .bind(&sector)
+            .bind(&reference)
+            .bind(gateway_id(&sector, "Patient", rid))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
         }
         Ok(())
     }

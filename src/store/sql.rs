@@ -60,9 +60,11 @@ pub const SQLITE_PRAGMAS: [&str; 6] = [
     // default a commit runs the checkpoint itself once the WAL holds 1,000 pages, which for
     // Bundles of hundreds of resources was nearly every commit, inside the writer's turn. A
     // commit still checkpoints itself past 100,000 pages (400 MiB), should the task fall
-    // behind. After a checkpoint the WAL file is cut back to 64 MiB.
+    // behind. After a checkpoint the WAL file is cut back to 512 MiB: P2 writes about 250 MiB
+    // between two checkpoints, and a WAL cut to 64 MiB grew again every cycle, a kernel block
+    // allocation for each new block inside the writer's turn (kept blocks are overwritten).
     "PRAGMA wal_autocheckpoint = 100000",
-    "PRAGMA journal_size_limit = 67108864",
+    "PRAGMA journal_size_limit = 536870912",
 ];
 
 /// The page cache of the one connection write transactions run on (`SqlStore::writes`), after
@@ -81,7 +83,7 @@ pub const SQLITE_CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 /// its `fsync` of the database file sat in front of the writer's commits: at half of P2's load
 /// p99 ÷ p50 was 1.77–2.69 per Bundle on SQLite, every 2 s 1.38–1.55 (four runs each), the
 /// ingest rate the same or higher. The WAL holds at most about 2 s of writes (`journal_size_limit`
-/// cuts its file back to 64 MiB after a checkpoint; `wal_autocheckpoint` is the backstop).
+/// cuts its file back to 512 MiB after a checkpoint; `wal_autocheckpoint` is the backstop).
 pub const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 /// SQLite: copies the WAL back into the database file every [`SQLITE_CHECKPOINT_EVERY`] when
@@ -631,7 +633,18 @@ fn search_sql(f: &SearchFilter, patient: Option<String>) -> (String, Vec<Bind>) 
             &mut binds,
         );
     }
-    for (column, ids) in [("r.gid", &f.gids), ("r.rid", &f.rids)] {
+    // Sector-local ids with their sector are gateway ids (`gateway_id`), read through the
+    // primary key; `resources` has no index on `rid` (migration 0011).
+    let rid_gids: Option<Vec<String>> = match (&f.sector, &f.rids) {
+        (Some(sector), Some(rids)) => Some(
+            rids.iter()
+                .map(|rid| gateway_id(sector, &f.rtype, rid))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let rids = if rid_gids.is_some() { &None } else { &f.rids };
+    for (column, ids) in [("r.gid", &f.gids), ("r.gid", &rid_gids), ("r.rid", rids)] {
         if let Some(ids) = ids {
             let start = binds.len() + 1;
             binds.extend(ids.iter().cloned().map(Bind::Text));

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::sql::{Dialect, SqlStore};
 use super::{
     AlertQuery, AlertRow, AuditQuery, Delivered, DeliveryState, Finish, HistoryRow, InboxQuery,
-    OutboxFilter, OutboxNew, PollCursor, Prepared, Snooze, Snoozed, Store,
+    OutboxFilter, OutboxNew, PollCursor, Prepared, SearchFilter, Snooze, Snoozed, Store,
 };
 use crate::audit::{AuditRow, GENESIS, row_hash};
 use crate::ids::{content_hash, gateway_id};
@@ -242,6 +242,31 @@ async fn read_resources(store: &SqlStore, w: &Written) {
         .await
         .unwrap();
     assert_eq!(rid.as_deref(), Some("c1"));
+    // `_id` on a sector base: sector-local ids, read through the gateway ids they make.
+    let by_rid = |sector: Option<&str>, rids: &[&str]| SearchFilter {
+        rtype: "Condition".into(),
+        sector: sector.map(String::from),
+        rids: Some(rids.iter().map(|r| r.to_string()).collect()),
+        limit: 10,
+        ..SearchFilter::default()
+    };
+    let found = tx.search(&by_rid(Some("gp"), &["c1", "o1"])).await.unwrap();
+    let found: Vec<(&str, &str, i64)> = found
+        .iter()
+        .map(|s| (s.sector.as_str(), s.rid.as_str(), s.version))
+        .collect();
+    assert_eq!(found, [("gp", "c1", 2)]);
+    let lab = tx.search(&by_rid(Some("lab"), &["o1"])).await.unwrap();
+    assert_eq!(lab.len(), 1);
+    assert_eq!(lab[0].gid, w.orphan_gid);
+    let anywhere = tx.search(&by_rid(None, &["c1", "o1"])).await.unwrap();
+    assert_eq!(anywhere.len(), 2, "without a sector: by sector-local id");
+    assert!(
+        tx.search(&by_rid(Some("gp"), &[]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// The exchange's reads of the rows [`write_resources`] stored, and the summary counts.

@@ -61,8 +61,13 @@ async fn put_ok(app: &TestApp, sector: &str, r: &Value) {
 
 /// The gateway patient a sector's Patient is linked to.
 async fn gateway_patient(app: &TestApp, sector: &str, rid: &str) -> Option<String> {
+    patient_of(app, sector, "Patient", rid).await
+}
+
+/// The gateway patient a sector's resource is filed under.
+async fn patient_of(app: &TestApp, sector: &str, rtype: &str, rid: &str) -> Option<String> {
     let mut tx = app.app_gateway.store().begin_read().await.unwrap();
-    tx.get_sector(sector, "Patient", rid)
+    tx.get_sector(sector, rtype, rid)
         .await
         .unwrap()
         .and_then(|s| s.patient_id)
@@ -117,9 +122,14 @@ async fn merge_held_released_and_undone(backend: Backend) {
     let app = spawn(backend).await;
     put_ok(&app, "gp", &patient_with_id("g1", "0101701111")).await;
     put_ok(&app, "hospital", &patient_with_id("h1", "0202802222")).await;
+    put_ok(&app, "hospital", &hospital_condition("hc1", "h1")).await;
     let a = gateway_patient(&app, "gp", "g1").await.unwrap();
     let b = gateway_patient(&app, "hospital", "h1").await.unwrap();
     assert_ne!(a, b);
+    assert_eq!(
+        patient_of(&app, "hospital", "Condition", "hc1").await,
+        Some(b.clone())
+    );
 
     let both = sector_patient("g2", &[(CPR, "0101701111"), (CPR, "0202802222")]);
     let (status, oo) = put(&app, "gp", &both).await;
@@ -162,6 +172,13 @@ async fn merge_held_released_and_undone(backend: Backend) {
         gateway_patient(&app, "hospital", "h1").await.as_ref(),
         Some(&a)
     );
+    assert_eq!(
+        patient_of(&app, "hospital", "Condition", "hc1")
+            .await
+            .as_ref(),
+        Some(&a),
+        "the merge moves what the merged patient held"
+    );
     let merges = audit_rows(&app, "merge").await;
     assert_eq!(merges.len(), 1);
     assert_eq!(merges[0].patient_id.as_ref(), Some(&a));
@@ -175,6 +192,13 @@ async fn merge_held_released_and_undone(backend: Backend) {
         Some(&b)
     );
     assert_eq!(gateway_patient(&app, "gp", "g1").await.as_ref(), Some(&a));
+    assert_eq!(
+        patient_of(&app, "hospital", "Condition", "hc1")
+            .await
+            .as_ref(),
+        Some(&b),
+        "relinked by its own reference, Patient/h1"
+    );
     let mut tx = gw.store().begin_read().await.unwrap();
     let restored = tx.patient(&b).await.unwrap().unwrap();
     assert_eq!(restored.id, b);
