@@ -635,25 +635,24 @@ fn search_sql(f: &SearchFilter, patient: Option<String>) -> (String, Vec<Bind>) 
     }
     // Sector-local ids with their sector are gateway ids (`gateway_id`), read through the
     // primary key; `resources` has no index on `rid` (migration 0011).
-    let rid_gids: Option<Vec<String>> = match (&f.sector, &f.rids) {
-        (Some(sector), Some(rids)) => Some(
+    let rids = f.rids.as_ref().map(|rids| match &f.sector {
+        Some(sector) => (
+            "r.gid",
             rids.iter()
                 .map(|rid| gateway_id(sector, &f.rtype, rid))
                 .collect(),
         ),
-        _ => None,
-    };
-    let rids = if rid_gids.is_some() { &None } else { &f.rids };
-    for (column, ids) in [("r.gid", &f.gids), ("r.gid", &rid_gids), ("r.rid", rids)] {
-        if let Some(ids) = ids {
-            let start = binds.len() + 1;
-            binds.extend(ids.iter().cloned().map(Bind::Text));
-            conds.push(if ids.is_empty() {
-                "1 = 0".to_owned()
-            } else {
-                format!("{column} IN ({})", placeholders(start, ids.len()))
-            });
-        }
+        None => ("r.rid", rids.clone()),
+    });
+    let gids = f.gids.as_ref().map(|gids| ("r.gid", gids.clone()));
+    for (column, ids) in [gids, rids].into_iter().flatten() {
+        let (start, n) = (binds.len() + 1, ids.len());
+        binds.extend(ids.into_iter().map(Bind::Text));
+        conds.push(if n == 0 {
+            "1 = 0".to_owned()
+        } else {
+            format!("{column} IN ({})", placeholders(start, n))
+        });
     }
     if let Some((system, value)) = &f.identifier {
         binds.push(Bind::Text(value.clone()));
