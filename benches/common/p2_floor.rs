@@ -450,7 +450,9 @@ impl Floor {
 type SqliteQuery = sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 
 /// `head VALUES row, row, … tail` in statements of [`CHUNK`] rows, the rest in powers of two
-/// (the gateway's own cut, `store::sql::pieces`), each row bound by `bind`.
+/// (`store::sql::pieces`; the floor's fastest cut, benches/README.md: the gateway's own SQLite
+/// statements are larger, since each of its statements is also a round trip inside the
+/// writer's turn), each row bound by `bind`.
 async fn sqlite_insert<T>(
     c: &mut sqlx::SqliteConnection,
     rows: &[T],

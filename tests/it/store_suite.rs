@@ -452,6 +452,15 @@ fn bulk_rounds() -> Vec<Vec<Value>> {
             condition("bc2", "Patient/b1", "copd, severe"),
             moved("bm2"),
         ],
+        // More rows than one statement takes (SQLite: 512), each with an identifier: two
+        // pieces, the second with slots left empty.
+        (0..700)
+            .map(|i| {
+                json!({ "resourceType": "Condition", "id": format!("bl{i}"),
+                        "subject": { "reference": "Patient/b1" },
+                        "identifier": [{ "system": "urn:test:long", "value": format!("l{i}") }] })
+            })
+            .collect(),
     ]
 }
 
@@ -515,6 +524,20 @@ async fn bulk_writes_match_single_ones(one_by_one: Arc<dyn Store>, bulk: Arc<dyn
             .await
             .unwrap();
         assert_eq!(holder.as_deref(), Some("bm2"), "the latest holder");
+        for (value, id) in [
+            ("l0", "bl0"),
+            ("l511", "bl511"),
+            ("l512", "bl512"),
+            ("l699", "bl699"),
+        ] {
+            let found = tx
+                .find_by_identifier("hospital", "Condition", "urn:test:long", value)
+                .await
+                .unwrap();
+            assert_eq!(found.as_deref(), Some(id), "identifier {value}");
+            let c = tx.get_sector("hospital", "Condition", id).await.unwrap();
+            assert_eq!(c.map(|c| c.version), Some(1), "{id}");
+        }
         let odd = tx
             .find_by_identifier("hospital", "Condition", "urn:test:odd", ODD)
             .await

@@ -13,10 +13,20 @@ use crate::fhir::time::{instant, now_us};
 use crate::ids::gateway_id;
 use crate::store::{OutboxNew, Prepared, PutOutcome, Result, StoreError};
 
-/// Rows per multi-row statement: at most 12 columns × 128 = 1,536 bound values, well under
-/// SQLite's 32,766 and PostgreSQL's 65,535 (P2's floor found 128 rows a statement the fastest
-/// on SQLite: 32 rows and 512 rows were both slower).
-const CHUNK: usize = 128;
+/// Ids per `IN` list of a read or delete by gateway id (SQLite): 512 bound values.
+const READ_CHUNK: usize = 512;
+
+/// Rows per multi-row statement on SQLite: at most 12 columns × 512 = 6,144 bound values a
+/// statement, well under SQLite's 32,766. Each statement is a round trip between the request's
+/// task and the connection's thread inside the writer's turn, two thread wake-ups that wait
+/// for a core while the other requests' checks hold both; with [`padded_pieces`] a P2 Bundle
+/// (≈ 340 resources) is one statement a table instead of six (benches/README.md, issue 17's
+/// thirteenth round).
+const SQLITE_CHUNK: usize = 512;
+
+/// Rows per multi-row statement on PostgreSQL (only `resource_versions` and the audit log are
+/// written this way there; the rest binds arrays): 12 × 128 = 1,536 bound values.
+const PG_CHUNK: usize = 128;
 
 /// Audit rows per statement: 21 columns ([`AUDIT_COLUMNS`]) × 32 = 672 bound values.
 const AUDIT_CHUNK: usize = 32;
@@ -57,6 +67,20 @@ pub fn pieces<T>(items: &[T], max: usize) -> Vec<&[T]> {
     out
 }
 
+/// `items` cut for SQLite's multi-row statements: pieces of `max` rows (a power of two), each
+/// written by a statement with room for the next power of two of its rows (its `slots`); the
+/// slots a piece does not fill are bound as NULL and skipped (`WHERE column1 IS NOT NULL`, see
+/// [`rows_insert`]). 340 rows are three statements (128, 128, 84 in 128 slots) where [`pieces`]
+/// makes six (128, 128, 64, 16, 4): every statement is a round trip to the connection's thread
+/// inside the writer's turn, and the texts stay as few (one per power of two).
+fn padded_pieces<T>(items: &[T], max: usize) -> Vec<(&[T], usize)> {
+    debug_assert!(max.is_power_of_two());
+    items
+        .chunks(max)
+        .map(|piece| (piece, piece.len().next_power_of_two()))
+        .collect()
+}
+
 /// A statement's text for `rows` rows, built once per process and kept: `kind` names the
 /// statement, `build` makes its text. Formatting the placeholders of a 128-row statement (up
 /// to 1,536 of them) for every statement cost about 3 % of the server's CPU under ingest. The
@@ -68,9 +92,19 @@ pub(super) fn text(
     rows: usize,
     build: impl FnOnce() -> String,
 ) -> sqlx::AssertSqlSafe<Arc<str>> {
-    type Texts = HashMap<(&'static str, bool, usize), Arc<str>>;
+    kept_text(vec![(kind, rows)], dialect, build)
+}
+
+/// [`text`] for a text of several statements ([`SqlTx::insert_together`]), kept under the
+/// kind and row count of each.
+fn kept_text(
+    parts: Vec<(&'static str, usize)>,
+    dialect: Dialect,
+    build: impl FnOnce() -> String,
+) -> sqlx::AssertSqlSafe<Arc<str>> {
+    type Texts = HashMap<(Vec<(&'static str, usize)>, bool), Arc<str>>;
     static TEXTS: LazyLock<Mutex<Texts>> = LazyLock::new(Mutex::default);
-    let key = (kind, dialect == Dialect::Postgres, rows);
+    let key = (parts, dialect == Dialect::Postgres);
     // A poisoned lock only means another thread panicked while inserting: the map is whole.
     let mut texts = TEXTS.lock().unwrap_or_else(|e| e.into_inner());
     let t = texts.entry(key).or_insert_with(|| Arc::from(build()));
@@ -116,12 +150,111 @@ pub(crate) fn insert(dialect: Dialect) -> &'static str {
     }
 }
 
+/// A multi-row insert: the statement's `kind` (for [`text`]), its table and columns (one value
+/// each a row) and what follows the rows (`tail`: its conflict rule, what it returns).
+struct RowsInsert {
+    kind: &'static str,
+    table: &'static str,
+    columns: &'static str,
+    width: usize,
+    tail: &'static str,
+}
+
+impl RowsInsert {
+    const fn new(
+        kind: &'static str,
+        table: &'static str,
+        columns: &'static str,
+        tail: &'static str,
+    ) -> Self {
+        let width = column_count(columns);
+        Self {
+            kind,
+            table,
+            columns,
+            width,
+            tail,
+        }
+    }
+
+    /// The statement's text with `slots` rows. SQLite: the rows are a `VALUES` list read by
+    /// `INSERT … SELECT`, which skips the slots a piece left NULL ([`padded_pieces`]); the
+    /// `WHERE` also keeps an upsert's `ON CONFLICT` from being read as a join's. PostgreSQL:
+    /// `INSERT … VALUES`, every slot filled ([`pieces`]).
+    fn text(&self, dialect: Dialect, slots: usize) -> String {
+        let (table, columns, tail) = (self.table, self.columns, self.tail);
+        let groups = value_groups(dialect, slots, self.width);
+        match dialect {
+            Dialect::Sqlite => format!(
+                "{} INTO {table} ({columns}) SELECT * FROM (VALUES {groups}) \
+                 WHERE column1 IS NOT NULL{tail}",
+                insert(dialect)
+            ),
+            Dialect::Postgres => format!("INSERT INTO {table} ({columns}) VALUES {groups}{tail}"),
+        }
+    }
+}
+
+const VERSIONS: RowsInsert = RowsInsert::new(
+    "versions",
+    "resource_versions",
+    "gid, version, hash, body, received_us, last_updated",
+    "",
+);
+const RESOURCES: RowsInsert = RowsInsert::new(
+    "resources",
+    "resources",
+    "gid, sector, rtype, rid, version, hash, patient_ref, patient_id, last_updated",
+    " ON CONFLICT (gid) DO UPDATE SET version = excluded.version, hash = excluded.hash, \
+     patient_ref = excluded.patient_ref, patient_id = excluded.patient_id, \
+     last_updated = excluded.last_updated",
+);
+const IDENTIFIER_INDEX: RowsInsert = RowsInsert::new(
+    "identifier-index",
+    "identifier_index",
+    "sector, rtype, system, value, gid",
+    " ON CONFLICT DO NOTHING",
+);
+const RESOURCE_IDENTIFIERS: RowsInsert = RowsInsert::new(
+    "resource-identifiers",
+    "resource_identifiers",
+    "sector, rtype, system, value, gid",
+    " ON CONFLICT (sector, rtype, system, value) DO UPDATE SET gid = excluded.gid",
+);
+const OUTBOX: RowsInsert = RowsInsert::new(
+    "outbox",
+    "outbox",
+    "target, source, gid, version, rtype, patient_id, route, created_us, next_us, updated_us, \
+     state, attempts",
+    " ON CONFLICT (target, gid, version) DO NOTHING RETURNING target",
+);
+const AUDIT: RowsInsert = RowsInsert::new("audit", "audit_log", AUDIT_COLUMNS, "");
+
 /// `(…), (…), …`: `rows` groups of `width` placeholders ([`marks`]), numbered on.
 fn value_groups(dialect: Dialect, rows: usize, width: usize) -> String {
     (0..rows)
         .map(|r| format!("({})", marks(dialect, 1 + r * width, width)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The `resources` rows of new versions ([`RESOURCES`]), with room for `slots` rows.
+fn resource_rows(chunk: &[NewVersion<'_>], slots: usize, last_updated: &str) -> Vec<Bind> {
+    let mut binds = Vec::with_capacity(slots * RESOURCES.width);
+    for w in chunk {
+        binds.extend([
+            Bind::Text(w.gid.clone()),
+            Bind::Text(w.p.sector.clone()),
+            Bind::Text(w.p.rtype.clone()),
+            Bind::Text(w.p.rid.clone()),
+            Bind::Int(w.version),
+            Bind::Text(w.p.hash.clone()),
+            Bind::OptText(w.p.patient_ref.clone()),
+            Bind::OptText(w.patient_id.clone()),
+            Bind::Text(last_updated.to_owned()),
+        ]);
+    }
+    binds
 }
 
 impl SqlTx {
@@ -228,23 +361,27 @@ impl SqlTx {
         Ok((outcome, Some(write)))
     }
 
-    /// The current rows of these gateway ids, read in chunks of [`CHUNK`].
+    /// The current rows of these gateway ids (SQLite), read in [`padded_pieces`] of
+    /// [`READ_CHUNK`]: a NULL in an `IN` list matches nothing.
     async fn currents(&mut self, gids: &[&str]) -> Result<HashMap<String, Current>> {
         if self.dialect == Dialect::Postgres {
             return self.currents_pg(gids).await;
         }
         let mut found = HashMap::with_capacity(gids.len());
-        for chunk in pieces(gids, CHUNK) {
-            let sql = text("currents", self.dialect, chunk.len(), || {
+        for (chunk, slots) in padded_pieces(gids, READ_CHUNK) {
+            let sql = text("currents", self.dialect, slots, || {
                 format!(
                     "SELECT gid, version, hash, last_updated, patient_id FROM resources \
                      WHERE gid IN ({})",
-                    marks(self.dialect, 1, chunk.len())
+                    marks(self.dialect, 1, slots)
                 )
             });
             let mut q = sqlx::query_as::<_, KeyedCurrent>(sql);
             for g in chunk {
                 q = q.bind(*g);
+            }
+            for _ in chunk.len()..slots {
+                q = q.bind(None::<&str>);
             }
             for row in q.fetch_all(&mut *self.tx).await.map_err(map_err)? {
                 found.insert(row.gid, row.current);
@@ -260,8 +397,8 @@ impl SqlTx {
         received: i64,
         last_updated: &str,
     ) -> Result<()> {
-        for chunk in pieces(writes, CHUNK) {
-            let mut binds = Vec::with_capacity(chunk.len() * 6);
+        for (chunk, slots) in self.cut(writes, self.chunk()) {
+            let mut binds = Vec::with_capacity(slots * VERSIONS.width);
             for w in chunk {
                 binds.extend([
                     Bind::Text(w.gid.clone()),
@@ -272,56 +409,16 @@ impl SqlTx {
                     Bind::Text(last_updated.to_owned()),
                 ]);
             }
-            let sql = text("versions", self.dialect, chunk.len(), || {
-                format!(
-                    "{} INTO resource_versions (gid, version, hash, body, received_us, \
-                     last_updated) VALUES {}",
-                    insert(self.dialect),
-                    value_groups(self.dialect, chunk.len(), 6)
-                )
-            });
-            self.execute(sql, binds).await?;
+            let mut parts = vec![(&VERSIONS, slots, binds)];
             if self.dialect == Dialect::Sqlite {
-                self.upsert_resources(chunk, last_updated).await?;
+                parts.push((&RESOURCES, slots, resource_rows(chunk, slots, last_updated)));
             }
+            self.insert_together(parts).await?;
         }
         if self.dialect == Dialect::Postgres {
             self.upsert_resources_pg(writes, last_updated).await?;
         }
         self.replace_identifiers(writes).await
-    }
-
-    async fn upsert_resources(
-        &mut self,
-        chunk: &[NewVersion<'_>],
-        last_updated: &str,
-    ) -> Result<()> {
-        let mut binds = Vec::with_capacity(chunk.len() * 9);
-        for w in chunk {
-            binds.extend([
-                Bind::Text(w.gid.clone()),
-                Bind::Text(w.p.sector.clone()),
-                Bind::Text(w.p.rtype.clone()),
-                Bind::Text(w.p.rid.clone()),
-                Bind::Int(w.version),
-                Bind::Text(w.p.hash.clone()),
-                Bind::OptText(w.p.patient_ref.clone()),
-                Bind::OptText(w.patient_id.clone()),
-                Bind::Text(last_updated.to_owned()),
-            ]);
-        }
-        let sql = text("resources", self.dialect, chunk.len(), || {
-            format!(
-                "{} INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, \
-                 patient_id, last_updated) VALUES {} \
-                 ON CONFLICT (gid) DO UPDATE SET version = excluded.version, hash = excluded.hash, \
-                 patient_ref = excluded.patient_ref, patient_id = excluded.patient_id, \
-                 last_updated = excluded.last_updated",
-                insert(self.dialect),
-                value_groups(self.dialect, chunk.len(), 9)
-            )
-        });
-        self.execute(sql, binds).await
     }
 
     /// `identifier_index` keeps every current holder of an identifier, `resource_identifiers`
@@ -339,12 +436,14 @@ impl SqlTx {
                 self.identifiers_gone_pg(&old).await?;
             }
         } else {
-            for chunk in pieces(&old, CHUNK) {
-                let binds = chunk.iter().map(|g| Bind::Text((*g).to_owned())).collect();
-                let sql = text("identifiers-gone", self.dialect, chunk.len(), || {
+            for (chunk, slots) in padded_pieces(&old, READ_CHUNK) {
+                let mut binds: Vec<Bind> =
+                    chunk.iter().map(|g| Bind::Text((*g).to_owned())).collect();
+                binds.resize_with(slots, || Bind::OptText(None));
+                let sql = text("identifiers-gone", self.dialect, slots, || {
                     format!(
                         "DELETE FROM identifier_index WHERE gid IN ({})",
-                        marks(self.dialect, 1, chunk.len())
+                        marks(self.dialect, 1, slots)
                     )
                 });
                 self.execute(sql, binds).await?;
@@ -374,48 +473,17 @@ impl SqlTx {
         if self.dialect == Dialect::Postgres {
             return self.index_identifier_rows_pg(rows, &latest).await;
         }
-        for chunk in pieces(rows, CHUNK) {
-            self.insert_identifier_rows(
-                "identifier-index",
-                "INTO identifier_index (sector, rtype, system, value, gid) VALUES {} \
-                 ON CONFLICT DO NOTHING",
-                chunk,
-            )
-            .await?;
+        let mut parts = Vec::new();
+        for (list, to) in [(rows, &IDENTIFIER_INDEX), (&latest, &RESOURCE_IDENTIFIERS)] {
+            for (chunk, slots) in self.cut(list, self.chunk()) {
+                let binds = chunk
+                    .iter()
+                    .flat_map(|r| r.iter().map(|c| Bind::Text((*c).to_owned())))
+                    .collect();
+                parts.push((to, slots, binds));
+            }
         }
-        for chunk in pieces(&latest, CHUNK) {
-            self.insert_identifier_rows(
-                "resource-identifiers",
-                "INTO resource_identifiers (sector, rtype, system, value, gid) VALUES {} \
-                 ON CONFLICT (sector, rtype, system, value) DO UPDATE SET gid = excluded.gid",
-                chunk,
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// [`insert`] `template` (the statement `kind`) with `{}` replaced by the value groups of
-    /// `rows`.
-    async fn insert_identifier_rows(
-        &mut self,
-        kind: &'static str,
-        template: &str,
-        rows: &[[&str; 5]],
-    ) -> Result<()> {
-        let binds = rows
-            .iter()
-            .flat_map(|r| r.iter().map(|c| Bind::Text((*c).to_owned())))
-            .collect();
-        let sql = text(kind, self.dialect, rows.len(), || {
-            let values = value_groups(self.dialect, rows.len(), 5);
-            format!(
-                "{} {}",
-                insert(self.dialect),
-                template.replacen("{}", &values, 1)
-            )
-        });
-        self.execute(sql, binds).await
+        self.insert_together(parts).await
     }
 
     /// [`StoreTx::outbox_add_many`](crate::store::StoreTx::outbox_add_many): one multi-row
@@ -430,8 +498,8 @@ impl SqlTx {
             return self.outbox_add_pg(entries, now).await;
         }
         let mut targets = BTreeSet::new();
-        for chunk in pieces(entries, CHUNK) {
-            let mut binds = Vec::with_capacity(chunk.len() * 12);
+        for (chunk, slots) in self.cut(entries, self.chunk()) {
+            let mut binds = Vec::with_capacity(slots * OUTBOX.width);
             for e in chunk {
                 binds.extend([
                     Bind::Text(e.target.clone()),
@@ -448,15 +516,8 @@ impl SqlTx {
                     Bind::Int(0),
                 ]);
             }
-            let sql = text("outbox", self.dialect, chunk.len(), || {
-                let groups = value_groups(self.dialect, chunk.len(), 12);
-                format!(
-                    "{} INTO outbox (target, source, gid, version, rtype, patient_id, route, \
-                     created_us, next_us, updated_us, state, attempts) VALUES {groups} \
-                     ON CONFLICT (target, gid, version) DO NOTHING RETURNING target",
-                    insert(self.dialect)
-                )
-            });
+            binds.resize_with(slots * OUTBOX.width, || Bind::OptText(None));
+            let sql = self.piece_text(&OUTBOX, slots);
             let added: Vec<String> = bind_all!(sqlx::query_scalar(sql), binds)
                 .fetch_all(&mut *self.tx)
                 .await
@@ -470,8 +531,8 @@ impl SqlTx {
     /// [`AUDIT_CHUNK`] rows (a delivery worker records up to 32 outcomes, each with its row, in
     /// one transaction: one statement instead of 32).
     pub(super) async fn insert_audit_rows(&mut self, rows: &[AuditRow]) -> Result<()> {
-        for chunk in pieces(rows, AUDIT_CHUNK) {
-            let mut binds = Vec::with_capacity(chunk.len() * AUDIT_WIDTH);
+        for (chunk, slots) in self.cut(rows, AUDIT_CHUNK) {
+            let mut binds = Vec::with_capacity(slots * AUDIT_WIDTH);
             for a in chunk {
                 // A Vec<String> always serialises.
                 let entities = serde_json::to_string(&a.entities).unwrap_or_else(|_| "[]".into());
@@ -501,16 +562,80 @@ impl SqlTx {
                 ];
                 binds.extend(row);
             }
-            let sql = text("audit", self.dialect, chunk.len(), || {
-                format!(
-                    "{} INTO audit_log ({AUDIT_COLUMNS}) VALUES {}",
-                    insert(self.dialect),
-                    value_groups(self.dialect, chunk.len(), AUDIT_WIDTH)
-                )
-            });
-            self.execute(sql, binds).await?;
+            self.insert_piece(&AUDIT, slots, binds).await?;
         }
         Ok(())
+    }
+
+    /// Rows per multi-row statement on this store.
+    fn chunk(&self) -> usize {
+        match self.dialect {
+            Dialect::Sqlite => SQLITE_CHUNK,
+            Dialect::Postgres => PG_CHUNK,
+        }
+    }
+
+    /// `items` cut for this store's multi-row statements, each piece with its statement's
+    /// row count: [`padded_pieces`] on SQLite, [`pieces`] (every slot filled) on PostgreSQL.
+    fn cut<'a, T>(&self, items: &'a [T], max: usize) -> Vec<(&'a [T], usize)> {
+        match self.dialect {
+            Dialect::Sqlite => padded_pieces(items, max),
+            Dialect::Postgres => pieces(items, max)
+                .into_iter()
+                .map(|p| (p, p.len()))
+                .collect(),
+        }
+    }
+
+    /// The text of `to` with `slots` rows, built once ([`text`]).
+    fn piece_text(&self, to: &RowsInsert, slots: usize) -> sqlx::AssertSqlSafe<Arc<str>> {
+        text(to.kind, self.dialect, slots, || {
+            to.text(self.dialect, slots)
+        })
+    }
+
+    /// Inserts one piece ([`SqlTx::cut`]) into `to`: `binds` are its rows' values, the slots it
+    /// leaves are bound as NULL.
+    async fn insert_piece(
+        &mut self,
+        to: &RowsInsert,
+        slots: usize,
+        binds: Vec<Bind>,
+    ) -> Result<()> {
+        self.insert_together(vec![(to, slots, binds)]).await
+    }
+
+    /// Inserts pieces, each as [`SqlTx::insert_piece`]. SQLite: all in one text of several
+    /// statements (its values bound in order across them), so one round trip to the
+    /// connection's thread inside the writer's turn instead of one per piece; the texts are
+    /// kept by the kinds and slots of their pieces. PostgreSQL: one statement each (its
+    /// extended protocol takes one statement per text).
+    async fn insert_together(&mut self, parts: Vec<(&RowsInsert, usize, Vec<Bind>)>) -> Result<()> {
+        if self.dialect == Dialect::Postgres || parts.len() < 2 {
+            for (to, slots, mut binds) in parts {
+                binds.resize_with(slots * to.width, || Bind::OptText(None));
+                let sql = self.piece_text(to, slots);
+                self.execute(sql, binds).await?;
+            }
+            return Ok(());
+        }
+        let key = parts
+            .iter()
+            .map(|(to, slots, _)| (to.kind, *slots))
+            .collect();
+        let sql = kept_text(key, self.dialect, || {
+            let texts: Vec<String> = parts
+                .iter()
+                .map(|(to, slots, _)| to.text(self.dialect, *slots))
+                .collect();
+            texts.join(";\n")
+        });
+        let mut all = Vec::new();
+        for (to, slots, mut binds) in parts {
+            binds.resize_with(slots * to.width, || Bind::OptText(None));
+            all.append(&mut binds);
+        }
+        self.execute(sql, all).await
     }
 
     /// Runs one statement built from fixed text and placeholders ([`text`]), every value bound.
@@ -529,7 +654,7 @@ impl SqlTx {
 
 #[cfg(test)]
 mod tests {
-    use super::{Dialect, pieces, text};
+    use super::{AUDIT, Dialect, IDENTIFIER_INDEX, OUTBOX, RESOURCES, padded_pieces, pieces, text};
     use std::sync::Arc;
 
     #[test]
@@ -553,6 +678,43 @@ mod tests {
             "each dialect and row count its own text"
         );
         assert_eq!(built, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn padded_pieces_are_full_then_one_with_room_for_a_power_of_two() {
+        let items: Vec<usize> = (0..1100).collect();
+        let cut = padded_pieces(&items, 512);
+        let shape: Vec<(usize, usize)> = cut.iter().map(|(p, s)| (p.len(), *s)).collect();
+        assert_eq!(shape, [(512, 512), (512, 512), (76, 128)]);
+        let joined: Vec<usize> = cut.iter().flat_map(|(p, _)| p.iter().copied()).collect();
+        assert_eq!(joined, items, "every row once, in order");
+        assert!(padded_pieces(&items[..0], 512).is_empty());
+        let one: Vec<(usize, usize)> = padded_pieces(&items[..1], 512)
+            .iter()
+            .map(|(p, s)| (p.len(), *s))
+            .collect();
+        assert_eq!(one, [(1, 1)]);
+        // Every length uses only the texts of the powers of two up to the chunk.
+        let mut texts = std::collections::BTreeSet::new();
+        for n in 1..=1100 {
+            texts.extend(padded_pieces(&items[..n], 512).iter().map(|(_, s)| *s));
+        }
+        assert_eq!(texts.len(), 10, "512, 256, …, 1");
+    }
+
+    #[test]
+    fn sqlite_inserts_skip_the_unfilled_slots_postgres_fills_them_all() {
+        let sqlite = IDENTIFIER_INDEX.text(Dialect::Sqlite, 2);
+        assert_eq!(
+            sqlite,
+            "INSERT OR FAIL INTO identifier_index (sector, rtype, system, value, gid) \
+             SELECT * FROM (VALUES (?, ?, ?, ?, ?), (?, ?, ?, ?, ?)) \
+             WHERE column1 IS NOT NULL ON CONFLICT DO NOTHING"
+        );
+        let pg = OUTBOX.text(Dialect::Postgres, 1);
+        assert!(pg.starts_with("INSERT INTO outbox (target, "), "{pg}");
+        assert!(pg.contains("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON"));
+        assert_eq!((OUTBOX.width, AUDIT.width, RESOURCES.width), (12, 21, 9));
     }
 
     #[test]
