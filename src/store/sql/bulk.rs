@@ -70,9 +70,10 @@ pub fn pieces<T>(items: &[T], max: usize) -> Vec<&[T]> {
 /// `items` cut for SQLite's multi-row statements: pieces of `max` rows (a power of two), each
 /// written by a statement with room for the next power of two of its rows (its `slots`); the
 /// slots a piece does not fill are bound as NULL and skipped (`WHERE column1 IS NOT NULL`, see
-/// [`rows_insert`]). 340 rows are three statements (128, 128, 84 in 128 slots) where [`pieces`]
-/// makes six (128, 128, 64, 16, 4): every statement is a round trip to the connection's thread
-/// inside the writer's turn, and the texts stay as few (one per power of two).
+/// [`RowsInsert::text`]). With pieces of 128, 340 rows are three statements (128, 128, 84 in
+/// 128 slots) where [`pieces`] makes five (128, 128, 64, 16, 4): every statement is a round
+/// trip to the connection's thread inside the writer's turn, and the texts stay as few (one per
+/// power of two).
 fn padded_pieces<T>(items: &[T], max: usize) -> Vec<(&[T], usize)> {
     debug_assert!(max.is_power_of_two());
     items
@@ -175,6 +176,11 @@ impl RowsInsert {
             width,
             tail,
         }
+    }
+
+    /// `binds`, one piece's rows, with the slots it leaves bound as NULL.
+    fn fill(&self, slots: usize, binds: &mut Vec<Bind>) {
+        binds.resize_with(slots * self.width, || Bind::OptText(None));
     }
 
     /// The statement's text with `slots` rows. SQLite: the rows are a `VALUES` list read by
@@ -516,7 +522,7 @@ impl SqlTx {
                     Bind::Int(0),
                 ]);
             }
-            binds.resize_with(slots * OUTBOX.width, || Bind::OptText(None));
+            OUTBOX.fill(slots, &mut binds);
             let sql = self.piece_text(&OUTBOX, slots);
             let added: Vec<String> = bind_all!(sqlx::query_scalar(sql), binds)
                 .fetch_all(&mut *self.tx)
@@ -610,15 +616,24 @@ impl SqlTx {
     /// connection's thread inside the writer's turn instead of one per piece; the texts are
     /// kept by the kinds and slots of their pieces. PostgreSQL: one statement each (its
     /// extended protocol takes one statement per text).
-    async fn insert_together(&mut self, parts: Vec<(&RowsInsert, usize, Vec<Bind>)>) -> Result<()> {
-        if self.dialect == Dialect::Postgres || parts.len() < 2 {
-            for (to, slots, mut binds) in parts {
-                binds.resize_with(slots * to.width, || Bind::OptText(None));
+    async fn insert_together(
+        &mut self,
+        mut parts: Vec<(&RowsInsert, usize, Vec<Bind>)>,
+    ) -> Result<()> {
+        for (to, slots, binds) in &mut parts {
+            to.fill(*slots, binds);
+        }
+        if self.dialect == Dialect::Postgres {
+            for (to, slots, binds) in parts {
                 let sql = self.piece_text(to, slots);
                 self.execute(sql, binds).await?;
             }
             return Ok(());
         }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        // One piece's key is the one `piece_text` keeps it under.
         let key = parts
             .iter()
             .map(|(to, slots, _)| (to.kind, *slots))
@@ -630,11 +645,7 @@ impl SqlTx {
                 .collect();
             texts.join(";\n")
         });
-        let mut all = Vec::new();
-        for (to, slots, mut binds) in parts {
-            binds.resize_with(slots * to.width, || Bind::OptText(None));
-            all.append(&mut binds);
-        }
+        let all = parts.into_iter().flat_map(|(_, _, binds)| binds).collect();
         self.execute(sql, all).await
     }
 
