@@ -16,6 +16,13 @@
 //! - `53200` out_of_memory, which is what a full lock table reports ("out of shared memory",
 //!   `max_locks_per_transaction`): the entries come free as other transactions end.
 //!
+//! - `23505` unique_violation **of `resource_versions`' primary key only**: two transactions
+//!   wrote the same version of one resource. A write reads the current rows `FOR UPDATE`
+//!   (PostgreSQL), so two writers of an existing resource wait for each other; two first
+//!   writes of a new one find no row to lock, both insert version 1, and the second, having
+//!   waited for the first's commit, is refused by the key. Run again, it finds the first's
+//!   version and writes the next. Every other unique violation is an error.
+//!
 //! Each rolls the transaction back and succeeds when retried. `55P03` lock_not_available is
 //! deliberately *not* busy: it is raised only by `NOWAIT` or an expired `lock_timeout`, which the
 //! gateway never uses (its row claims use `SKIP LOCKED`, its locks wait), so it would mean
@@ -34,6 +41,10 @@ const SQLITE_BUSY_PRIMARY: [i32; 2] = [5, 6];
 /// PostgreSQL SQLSTATEs that mean busy: serialization_failure, deadlock_detected, a full lock
 /// table.
 const POSTGRES_BUSY_SQLSTATES: [&str; 3] = ["40001", "40P01", "53200"];
+/// PostgreSQL's unique_violation, busy only as a violation of [`VERSIONS_KEY`].
+const UNIQUE_VIOLATION: &str = "23505";
+/// The primary key `(gid, version)` of `resource_versions`, as PostgreSQL names it.
+const VERSIONS_KEY: &str = "resource_versions_pkey";
 
 /// True when the error is worth retrying: lock contention (by code) or an exhausted pool.
 pub(super) fn is_busy(e: &sqlx::Error) -> bool {
@@ -51,7 +62,7 @@ fn database_busy(db: &dyn DatabaseError) -> bool {
     if db.try_downcast_ref::<SqliteError>().is_some() {
         sqlite_busy(code)
     } else if db.try_downcast_ref::<PgDatabaseError>().is_some() {
-        postgres_busy(code)
+        postgres_busy(code.clone()) || same_version_written(code, db.constraint())
     } else {
         false
     }
@@ -67,6 +78,12 @@ fn sqlite_busy(code: Option<Cow<'_, str>>) -> bool {
 /// A PostgreSQL SQLSTATE of serialization failure, deadlock or a full lock table.
 fn postgres_busy(code: Option<Cow<'_, str>>) -> bool {
     code.is_some_and(|c| POSTGRES_BUSY_SQLSTATES.contains(&c.as_ref()))
+}
+
+/// A second first write of one resource version (see the module's note): unique_violation of
+/// `resource_versions`' primary key.
+fn same_version_written(code: Option<Cow<'_, str>>, constraint: Option<&str>) -> bool {
+    code.is_some_and(|c| c == UNIQUE_VIOLATION) && constraint == Some(VERSIONS_KEY)
 }
 
 #[cfg(test)]
@@ -107,6 +124,22 @@ mod tests {
             assert!(!postgres(other), "{other}");
         }
         assert!(!postgres_busy(None));
+    }
+
+    #[test]
+    fn a_unique_violation_is_busy_only_on_the_versions_key() {
+        let unique = || Some("23505".into());
+        assert!(same_version_written(
+            unique(),
+            Some("resource_versions_pkey")
+        ));
+        assert!(!same_version_written(unique(), Some("resources_pkey")));
+        assert!(!same_version_written(unique(), None));
+        assert!(!same_version_written(
+            Some("40001".into()),
+            Some("resource_versions_pkey")
+        ));
+        assert!(!same_version_written(None, Some("resource_versions_pkey")));
     }
 
     #[test]
@@ -247,6 +280,46 @@ mod tests {
         assert_eq!(code_of(&e), "40P01", "{e}");
         assert!(matches!(map_err(e), StoreError::Busy));
         drop((_a, b));
+        crate::store::tests::drop_pg_database(&name).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_second_first_write_of_a_version_is_busy_other_unique_violations_are_not() {
+        let (mut a, mut b, name) = postgres_pair().await;
+        a.execute(
+            "CREATE TABLE resource_versions (gid TEXT NOT NULL, version BIGINT NOT NULL, \
+             PRIMARY KEY (gid, version))",
+        )
+        .await
+        .unwrap();
+        // Both insert version 1 of one resource; the second waits for the first's commit.
+        a.execute("BEGIN").await.unwrap();
+        a.execute("INSERT INTO resource_versions VALUES ('x', 1)")
+            .await
+            .unwrap();
+        let waiting = tokio::spawn(async move {
+            b.execute("BEGIN").await.unwrap();
+            let r = b
+                .execute("INSERT INTO resource_versions VALUES ('x', 1)")
+                .await
+                .map(drop);
+            (b, r)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        a.execute("COMMIT").await.unwrap();
+        let (mut b, r) = waiting.await.unwrap();
+        let e = r.unwrap_err();
+        assert_eq!(code_of(&e), "23505", "{e}");
+        assert!(matches!(map_err(e), StoreError::Busy));
+        b.execute("ROLLBACK").await.unwrap();
+        // Any other key's violation is an error.
+        let e = a
+            .execute("INSERT INTO t (id, v) VALUES (1, 1)")
+            .await
+            .unwrap_err();
+        assert_eq!(code_of(&e), "23505", "{e}");
+        assert!(matches!(map_err(e), StoreError::Database(_)));
+        drop((a, b));
         crate::store::tests::drop_pg_database(&name).await;
     }
 }

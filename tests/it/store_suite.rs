@@ -320,19 +320,46 @@ fn conditions(n: usize, text: &str) -> Vec<carebridge::store::Prepared> {
         .collect()
 }
 
-/// PostgreSQL: a write of thousands of resources (Patients among them) holds the write gate
-/// alone, not a lock per resource and patient identifier (the server's one lock table, 6,400
-/// entries by default, was filled by two such writes at once); an ordinary write locks each of
-/// its resources beside the gate, and waits while the large one holds it; nothing written by
-/// either is lost.
-async fn large_writes_take_the_gate(store: Arc<dyn Store>, url: &str, name: &str) {
-    let mut large = conditions(3000, "first");
+/// `n` hospital Patients `{prefix}-{i}`, each with its own CPR number (from `0202900000` +
+/// `first`).
+fn patients(prefix: &str, first: usize, n: usize) -> Vec<carebridge::store::Prepared> {
     let s = sector("hospital");
-    for i in 0..20 {
-        let id = format!("bulk-p{i}");
-        let cpr = format!("0101901{i:03}");
-        large.push(prepare(&s, "Patient", &id, &patient(&id, &[&cpr])));
-    }
+    (0..n)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            let cpr = format!("02029{:05}", first + i);
+            prepare(&s, "Patient", &id, &patient(&id, &[&cpr]))
+        })
+        .collect()
+}
+
+/// Puts `writes` in a transaction of its own on another task and commits it.
+fn put_beside(
+    store: &Arc<dyn Store>,
+    writes: Vec<carebridge::store::Prepared>,
+) -> tokio::task::JoinHandle<Vec<carebridge::store::PutOutcome>> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut tx = store.begin().await.unwrap();
+        let out = tx.put_many(&writes.iter().collect::<Vec<_>>()).await;
+        tx.commit().await.unwrap();
+        out.unwrap()
+    })
+}
+
+/// PostgreSQL: resources take no advisory lock, patient identifiers do. A write linking
+/// hundreds of Patients holds the write gate alone, not a lock per patient identifier (the
+/// server's one lock table, 6,400 entries by default, was filled by two such writes at once),
+/// and another write linking a Patient waits for it; a write with no Patient takes no advisory
+/// lock at all, and a second writer of a resource that exists waits for the first's row lock and
+/// writes the next version; nothing written by any of them is lost.
+async fn writes_lock_rows_and_large_links_take_the_gate(
+    store: Arc<dyn Store>,
+    url: &str,
+    name: &str,
+) {
+    let mut large = conditions(3000, "first");
+    large.extend(patients("many", 0, 300));
     let mut tx = store.begin().await.unwrap();
     let out = tx
         .put_many(&large.iter().collect::<Vec<_>>())
@@ -340,36 +367,41 @@ async fn large_writes_take_the_gate(store: Arc<dyn Store>, url: &str, name: &str
         .unwrap();
     assert_eq!(advisory_locks(url, name).await, 1, "the gate alone");
     let linked: std::collections::HashSet<_> = out[3000..].iter().map(|o| &o.patient_id).collect();
-    assert_eq!(linked.len(), 20, "each Patient its own gateway patient");
-
-    let small = conditions(10, "second");
-    let writer = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let mut tx = store.begin().await.unwrap();
-            let out = tx.put_many(&small.iter().collect::<Vec<_>>()).await;
-            tx.commit().await.unwrap();
-            out.unwrap()
-        }
-    });
+    assert_eq!(linked.len(), 300, "each Patient its own gateway patient");
+    let linking = put_beside(&store, patients("one", 300, 1));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(
-        !writer.is_finished(),
-        "the ordinary write waits for the gate"
+        !linking.is_finished(),
+        "a write linking a Patient waits for the gate"
     );
     tx.commit().await.unwrap();
-    let outcomes = writer.await.unwrap();
-    assert!(outcomes.iter().all(|o| o.version == 2 && o.changed));
+    assert!(linking.await.unwrap()[0].created);
 
     let mut tx = store.begin().await.unwrap();
-    let ordinary = conditions(10, "third");
-    tx.put_many(&ordinary.iter().collect::<Vec<_>>())
+    let second = conditions(10, "second");
+    tx.put_many(&second.iter().collect::<Vec<_>>())
         .await
         .unwrap();
     assert_eq!(
         advisory_locks(url, name).await,
-        11,
-        "the gate and ten resources"
+        0,
+        "no Patient, no advisory lock"
+    );
+    let beside = put_beside(&store, conditions(10, "third"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!beside.is_finished(), "a second writer waits for the rows");
+    tx.commit().await.unwrap();
+    let outcomes = beside.await.unwrap();
+    assert!(outcomes.iter().all(|o| o.version == 3 && o.changed));
+
+    let mut tx = store.begin().await.unwrap();
+    tx.put_many(&patients("two", 301, 1).iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(
+        advisory_locks(url, name).await,
+        3,
+        "the gate and the Patient's two linking identifiers"
     );
     tx.commit().await.unwrap();
     let mut tx = store.begin().await.unwrap();
@@ -801,7 +833,7 @@ async fn store_suite_on_postgres() {
     audited_reads(store.clone(), false).await;
     audit_rows_in_one_transaction(store.clone()).await;
     concurrent_versions(store.clone()).await;
-    large_writes_take_the_gate(store.clone(), &url, &name).await;
+    writes_lock_rows_and_large_links_take_the_gate(store.clone(), &url, &name).await;
     store.close().await;
     common::drop_pg_database(&name).await;
 }

@@ -245,7 +245,7 @@ fn value_groups(dialect: Dialect, rows: usize, width: usize) -> String {
 }
 
 /// The `resources` rows of new versions ([`RESOURCES`]), with room for `slots` rows.
-fn resource_rows(chunk: &[NewVersion<'_>], slots: usize, last_updated: &str) -> Vec<Bind> {
+fn resource_rows(chunk: &[&NewVersion<'_>], slots: usize, last_updated: &str) -> Vec<Bind> {
     let mut binds = Vec::with_capacity(slots * RESOURCES.width);
     for w in chunk {
         binds.extend([
@@ -264,9 +264,10 @@ fn resource_rows(chunk: &[NewVersion<'_>], slots: usize, last_updated: &str) -> 
 }
 
 impl SqlTx {
-    /// [`StoreTx::put_many`](crate::store::StoreTx::put_many): the locks first (one sorted
-    /// statement on PostgreSQL), then every resource with its current row read in bulk and its
-    /// new version, `resources` row and identifier rows written in multi-row statements. A
+    /// [`StoreTx::put_many`](crate::store::StoreTx::put_many): the patient identifiers' locks
+    /// first ([`SqlTx::lock_writes`]), then every resource with its current row read in bulk
+    /// (and locked, on PostgreSQL) and its new version, `resources` row and identifier rows
+    /// written in multi-row statements. A
     /// Patient is decided first (linking may create, join or hold gateway patients, and the
     /// other resources' patient references resolve through it; `link_patient` remembers its
     /// gateway patient for them, since its own row is written with the others).
@@ -277,13 +278,13 @@ impl SqlTx {
             .iter()
             .map(|p| gateway_id(&p.sector, &p.rtype, &p.rid))
             .collect();
-        self.lock_writes(ps, &gids).await?;
+        self.lock_writes(ps).await?;
         let distinct: HashSet<&String> = gids.iter().collect();
         if distinct.len() != gids.len() {
             // The same resource twice: each version must see the one before it.
             let mut out = Vec::with_capacity(ps.len());
             for (p, gid) in ps.iter().zip(&gids) {
-                out.push(self.put_locked(p, gid.clone()).await?);
+                out.push(self.put_one(p, gid.clone()).await?);
             }
             return Ok(out);
         }
@@ -293,7 +294,7 @@ impl SqlTx {
             .collect();
         if patients.len() > 1 {
             for &i in &patients {
-                out[i] = Some(self.put_locked(ps[i], gids[i].clone()).await?);
+                out[i] = Some(self.put_one(ps[i], gids[i].clone()).await?);
             }
         }
         let mut rest: Vec<usize> = (0..ps.len()).filter(|&i| out[i].is_none()).collect();
@@ -367,7 +368,8 @@ impl SqlTx {
         Ok((outcome, Some(write)))
     }
 
-    /// The current rows of these gateway ids (SQLite), read in [`padded_pieces`] of
+    /// The current rows of these gateway ids (SQLite; PostgreSQL's are also locked, see
+    /// [`SqlTx::currents_pg`]), read in [`padded_pieces`] of
     /// [`READ_CHUNK`]: a NULL in an `IN` list matches nothing.
     async fn currents(&mut self, gids: &[&str]) -> Result<HashMap<String, Current>> {
         if self.dialect == Dialect::Postgres {
@@ -396,14 +398,22 @@ impl SqlTx {
         Ok(found)
     }
 
-    /// Writes the new versions: `resource_versions`, `resources` and the identifier rows.
+    /// Writes the new versions: `resource_versions`, `resources` and the identifier rows. On
+    /// PostgreSQL the versions and `resources` rows go in gateway-id order, so that two
+    /// requests first-writing overlapping resources wait for each other in one order (see
+    /// [`SqlTx::lock_writes`]); the identifier rows keep the request's order (its last holder
+    /// of an identifier holds it).
     async fn write_versions(
         &mut self,
         writes: &[NewVersion<'_>],
         received: i64,
         last_updated: &str,
     ) -> Result<()> {
-        for (chunk, slots) in self.cut(writes, self.chunk()) {
+        let mut ordered: Vec<&NewVersion<'_>> = writes.iter().collect();
+        if self.dialect == Dialect::Postgres {
+            ordered.sort_by(|a, b| a.gid.cmp(&b.gid));
+        }
+        for (chunk, slots) in self.cut(&ordered, self.chunk()) {
             let mut binds = Vec::with_capacity(slots * VERSIONS.width);
             for w in chunk {
                 binds.extend([
@@ -422,7 +432,7 @@ impl SqlTx {
             self.insert_together(parts).await?;
         }
         if self.dialect == Dialect::Postgres {
-            self.upsert_resources_pg(writes, last_updated).await?;
+            self.upsert_resources_pg(&ordered, last_updated).await?;
         }
         self.replace_identifiers(writes).await
     }

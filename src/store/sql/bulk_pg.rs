@@ -86,14 +86,17 @@ impl SqlTx {
         Ok(())
     }
 
-    /// The current rows of these gateway ids.
+    /// The current rows of these gateway ids, each locked until commit (`FOR UPDATE`, in
+    /// gateway-id order: the rows are sorted before they are locked, so two requests locking
+    /// overlapping sets take them in one order; see [`SqlTx::lock_writes`]).
     pub(super) async fn currents_pg(&mut self, gids: &[&str]) -> Result<HashMap<String, Current>> {
         let rows = sqlx::query_as::<_, KeyedCurrent>(
             // A join, not `gid = ANY($1)`: with the array a parameter PostgreSQL's generic plan
             // scanned the table (8.9 ms a Bundle, 156 ms at worst, in P2); the join probes the
             // primary key once per element.
             "SELECT r.gid, r.version, r.hash, r.last_updated, r.patient_id \
-             FROM UNNEST($1::text[]) AS k(gid) JOIN resources r ON r.gid = k.gid",
+             FROM UNNEST($1::text[]) AS k(gid) JOIN resources r ON r.gid = k.gid \
+             ORDER BY r.gid FOR UPDATE OF r",
         )
         .bind(column(gids.iter().copied()))
         .fetch_all(&mut *self.tx)
@@ -106,15 +109,16 @@ impl SqlTx {
     /// parameters of multi-row `VALUES` ([`super::bulk`]): in an array literal every quote of a
     /// body is escaped and PostgreSQL parses them all again (3.7 ms more per 340-entry Bundle).
     ///
-    /// When every write is a first version of one sector (the current rows were read under the
-    /// writes' locks and none exists), a plain `INSERT` with the sector and version bound once:
+    /// When every write is a first version of one sector (no current row was found), a plain
+    /// `INSERT` with the sector and version bound once:
     /// no speculative insertion for `ON CONFLICT`, two arrays fewer to build and parse (in P2 at
     /// 4 clients 6.5–7.1 ms of executor time per 340-entry Bundle against 7.2–7.9 ms, three
     /// runs each). A row that did exist would fail the request on the primary key, never be
-    /// overwritten.
+    /// overwritten (and cannot: a first write of a resource that another request wrote first
+    /// is refused on `resource_versions`' key, which is written before).
     pub(super) async fn upsert_resources_pg(
         &mut self,
-        writes: &[NewVersion<'_>],
+        writes: &[&NewVersion<'_>],
         last_updated: &str,
     ) -> Result<()> {
         let Some(first) = writes.first() else {
