@@ -484,7 +484,7 @@ const LOCK_KEYS_MAX: usize = 512;
 enum Gate {
     /// Beside other writes; the write locks each of its keys.
     Shared,
-    /// Alone among writes of resources.
+    /// Alone among writes that link a Patient.
     Exclusive,
 }
 

@@ -113,9 +113,9 @@ impl SqlTx {
     /// `INSERT` with the sector and version bound once:
     /// no speculative insertion for `ON CONFLICT`, two arrays fewer to build and parse (in P2 at
     /// 4 clients 6.5–7.1 ms of executor time per 340-entry Bundle against 7.2–7.9 ms, three
-    /// runs each). A row that did exist would fail the request on the primary key, never be
-    /// overwritten (and cannot: a first write of a resource that another request wrote first
-    /// is refused on `resource_versions`' key, which is written before).
+    /// runs each). A row that did exist would fail the request on the primary key rather than
+    /// be overwritten; none can, since a first write of a resource another request wrote first
+    /// is already refused on `resource_versions`' key, which is written before.
     pub(super) async fn upsert_resources_pg(
         &mut self,
         writes: &[&NewVersion<'_>],
