@@ -2,7 +2,8 @@
 //! [`TransparencyTx`]. Nodes are appended with the rows they cover, inside `append_audit`
 //! (`SqlTx::merkle_append`): the right edge of the tree is read (one statement, one node per set
 //! bit of the size), each new leaf completes at most one node per level, and the new nodes are
-//! written in one statement. Nodes are never updated or deleted, not even by a prune.
+//! written in one statement (on PostgreSQL the same statement as the rows and the chain's new
+//! head, `SqlTx::append_rows_pg`). Nodes are never updated or deleted, not even by a prune.
 
 use async_trait::async_trait;
 use sqlx::FromRow;
@@ -108,6 +109,19 @@ impl SqlTx {
         head: Option<&str>,
         row_hashes: &[String],
     ) -> Result<()> {
+        let made = self.merkle_extend(size, head, row_hashes).await?;
+        self.insert_nodes(&made).await
+    }
+
+    /// The nodes that extending the tree of `size` leaves by these rows completes (the leaves
+    /// included), for the caller to write; the tree's new right edge is remembered for after
+    /// the commit.
+    pub(super) async fn merkle_extend(
+        &mut self,
+        size: u64,
+        head: Option<&str>,
+        row_hashes: &[String],
+    ) -> Result<Vec<(Node, Hash)>> {
         let cached = self.tree.lock().ok().and_then(|c| {
             c.as_ref()
                 .filter(|(n, h, _)| *n == size && Some(h.as_str()) == head)
@@ -126,11 +140,10 @@ impl SqlTx {
             })?;
             made.extend(frontier.push(leaf));
         }
-        self.insert_nodes(&made).await?;
         if let Some(last) = row_hashes.last() {
             self.tree_after = Some((frontier.size(), last.clone(), frontier));
         }
-        Ok(())
+        Ok(made)
     }
 
     /// The right edge of the tree of `size` leaves, from its stored nodes.
@@ -146,7 +159,7 @@ impl SqlTx {
             })
     }
 
-    async fn insert_nodes(&mut self, nodes: &[(Node, Hash)]) -> Result<()> {
+    pub(super) async fn insert_nodes(&mut self, nodes: &[(Node, Hash)]) -> Result<()> {
         for chunk in nodes.chunks(CHUNK) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))

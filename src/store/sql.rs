@@ -583,6 +583,7 @@ macro_rules! bind_all {
                 Bind::Text(t) => q.bind(t),
                 Bind::Int(i) => q.bind(i),
                 Bind::OptText(t) => q.bind(t),
+                Bind::OptInt(i) => q.bind(i),
             };
         }
         q
@@ -596,6 +597,9 @@ pub(super) enum Bind {
     Int(i64),
     /// A text column that may be NULL.
     OptText(Option<String>),
+    /// An integer column that may be NULL (the unfilled slots of a multi-row statement: on
+    /// PostgreSQL a `VALUES` column takes one type from all its rows).
+    OptInt(Option<i64>),
 }
 
 /// The statement of [`StoreTx::search`] and its values, in placeholder order. Only
@@ -804,19 +808,18 @@ impl SqlTx {
         Ok(())
     }
 
-    /// Appends the pending audit rows to the chain: under the chain lock (PostgreSQL; SQLite's
-    /// `BEGIN IMMEDIATE` already admits one writer), each row gets the next `seq`, the previous
-    /// row's hash and its own hash, and the head moves to the last one.
+    /// Appends the pending audit rows to the chain: with its head locked
+    /// ([`SqlTx::chain_head_locked`]), each row gets the next `seq`, the previous row's hash and
+    /// its own hash, and the head moves to the last one. On PostgreSQL, once the chain has a
+    /// head, the rows, their Merkle nodes and the new head are one statement
+    /// ([`SqlTx::append_rows_pg`]).
     async fn append_audit(&mut self) -> Result<()> {
         if self.pending_audit.is_empty() {
             return Ok(());
         }
-        self.lock(AUDIT_CHAIN_LOCK).await?;
-        let (mut seq, mut prev) = match self.audit_head().await? {
-            Some(head) => head,
-            None => (0, crate::audit::GENESIS.to_owned()),
-        };
-        let head_existed = seq > 0;
+        let head = self.chain_head_locked().await?;
+        let head_existed = head.is_some();
+        let (mut seq, mut prev) = head.unwrap_or_else(|| (0, crate::audit::GENESIS.to_owned()));
         let tree = (seq as u64, prev.clone());
         let mut rows = std::mem::take(&mut self.pending_audit);
         for a in &mut rows {
@@ -829,9 +832,13 @@ impl SqlTx {
             a.hash = crate::audit::row_hash(a);
             prev = a.hash.clone();
         }
+        let leaves: Vec<String> = rows.iter().map(|a| a.hash.clone()).collect();
+        let nodes = self.merkle_extend(tree.0, Some(&tree.1), &leaves).await?;
+        if self.dialect == Dialect::Postgres && head_existed && rows.len() <= bulk::AUDIT_CHUNK {
+            return self.append_rows_pg(&rows, &nodes, (seq, &prev)).await;
+        }
         self.insert_audit_rows(&rows).await?;
-        let leaves: Vec<String> = rows.into_iter().map(|a| a.hash).collect();
-        self.merkle_append(tree.0, Some(&tree.1), &leaves).await?;
+        self.insert_nodes(&nodes).await?;
         let sql = if head_existed {
             "UPDATE audit_head SET seq = $2, hash = $3 WHERE chain = $1"
         } else {
@@ -845,6 +852,34 @@ impl SqlTx {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+
+    /// The chain's head, locked until commit. PostgreSQL: its row read `FOR UPDATE` (a writer
+    /// that waited for another reads the head the other committed); before the first append
+    /// there is no row to lock, so the chain's advisory lock is taken and the row read again
+    /// (a first append that committed meanwhile made it). SQLite's `BEGIN IMMEDIATE` already
+    /// admits one writer.
+    async fn chain_head_locked(&mut self) -> Result<Option<(i64, String)>> {
+        if self.dialect == Dialect::Sqlite {
+            return self.audit_head().await;
+        }
+        if let Some(head) = self.head_for_update().await? {
+            return Ok(Some(head));
+        }
+        self.lock(AUDIT_CHAIN_LOCK).await?;
+        self.head_for_update().await
+    }
+
+    /// PostgreSQL: the chain's head row, locked until commit.
+    async fn head_for_update(&mut self) -> Result<Option<(i64, String)>> {
+        let head = sqlx::query_as::<_, Head>(
+            "SELECT seq, hash FROM audit_head WHERE chain = $1 FOR UPDATE",
+        )
+        .bind(AUDIT_CHAIN)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(map_err)?;
+        Ok(head.map(|h| (h.seq, h.hash)))
     }
 
     /// The current row of a resource, if it has one (`put`, step 1), locked until commit on
@@ -1586,7 +1621,7 @@ impl StoreTx for SqlTx {
     }
 
     async fn audit_prune(&mut self, upto: i64, checkpoint: AuditRow) -> Result<i64> {
-        self.lock(AUDIT_CHAIN_LOCK).await?;
+        self.chain_head_locked().await?;
         sqlx::query("INSERT INTO audit_prune_permit (upto) VALUES ($1)")
             .bind(upto)
             .execute(&mut *self.tx)

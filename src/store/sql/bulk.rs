@@ -25,13 +25,13 @@ const READ_CHUNK: usize = 512;
 const SQLITE_CHUNK: usize = 512;
 
 /// Rows per multi-row statement on PostgreSQL (only `resource_versions` and the audit log are
-/// written this way there; the rest binds arrays): 12 × 128 = 1,536 bound values.
+/// written this way there; the rest binds arrays): 6 × 128 = 768 bound values.
 const PG_CHUNK: usize = 128;
 
 /// Audit rows per statement: 21 columns ([`AUDIT_COLUMNS`]) × 32 = 672 bound values.
-const AUDIT_CHUNK: usize = 32;
+pub(super) const AUDIT_CHUNK: usize = 32;
 /// The columns of an audit row, counted from [`AUDIT_COLUMNS`] itself.
-const AUDIT_WIDTH: usize = column_count(AUDIT_COLUMNS);
+pub(super) const AUDIT_WIDTH: usize = column_count(AUDIT_COLUMNS);
 
 /// How many columns a comma-separated column list names.
 const fn column_count(list: &str) -> usize {
@@ -67,14 +67,15 @@ pub fn pieces<T>(items: &[T], max: usize) -> Vec<&[T]> {
     out
 }
 
-/// `items` cut for SQLite's multi-row statements: pieces of `max` rows (a power of two), each
+/// `items` cut for the multi-row statements: pieces of `max` rows (a power of two), each
 /// written by a statement with room for the next power of two of its rows (its `slots`); the
 /// slots a piece does not fill are bound as NULL and skipped (`WHERE column1 IS NOT NULL`, see
 /// [`RowsInsert::text`]). With pieces of 128, 340 rows are three statements (128, 128, 84 in
 /// 128 slots) where [`pieces`] makes five (128, 128, 64, 16, 4): every statement is a round
-/// trip to the connection's thread inside the writer's turn, and the texts stay as few (one per
-/// power of two).
-fn padded_pieces<T>(items: &[T], max: usize) -> Vec<(&[T], usize)> {
+/// trip (on SQLite to the connection's thread inside the writer's turn, on PostgreSQL to the
+/// server: a P2 Bundle's `resource_versions` rows were seven statements there, now three), and
+/// the texts stay as few (one per power of two).
+pub(super) fn padded_pieces<T>(items: &[T], max: usize) -> Vec<(&[T], usize)> {
     debug_assert!(max.is_power_of_two());
     items
         .chunks(max)
@@ -110,6 +111,36 @@ fn kept_text(
     let mut texts = TEXTS.lock().unwrap_or_else(|e| e.into_inner());
     let t = texts.entry(key).or_insert_with(|| Arc::from(build()));
     sqlx::AssertSqlSafe(t.clone())
+}
+
+/// The values of an audit row whose `seq` and hashes are set, in [`AUDIT_COLUMNS`]' order.
+pub(super) fn audit_binds(a: &AuditRow) -> [Bind; AUDIT_WIDTH] {
+    // A Vec<String> always serialises.
+    let entities = serde_json::to_string(&a.entities).unwrap_or_else(|_| "[]".into());
+    // One value per column: the array's length is checked against the list's.
+    [
+        Bind::Int(a.seq),
+        Bind::Text(a.kind.clone()),
+        Bind::Int(a.recorded_us),
+        Bind::Text(a.recorded.clone()),
+        Bind::OptText(a.request_id.clone()),
+        Bind::OptText(a.client_id.clone()),
+        Bind::OptText(a.role.clone()),
+        Bind::OptText(a.sector.clone()),
+        Bind::OptText(a.target_sector.clone()),
+        Bind::Text(a.action.clone()),
+        Bind::Text(a.interaction.clone()),
+        Bind::Text(a.outcome.clone()),
+        Bind::OptText(a.patient_id.clone()),
+        Bind::Text(entities),
+        Bind::OptText(a.query.clone()),
+        Bind::OptText(a.purpose.clone()),
+        Bind::OptText(a.detail.clone()),
+        Bind::OptText(a.person.clone()),
+        Bind::OptText(a.basis.clone()),
+        Bind::Text(a.prev_hash.clone()),
+        Bind::Text(a.hash.clone()),
+    ]
 }
 
 /// A current row of `resources`, with its key.
@@ -153,7 +184,7 @@ pub(crate) fn insert(dialect: Dialect) -> &'static str {
 
 /// A multi-row insert: the statement's `kind` (for [`text`]), its table and columns (one value
 /// each a row) and what follows the rows (`tail`: its conflict rule, what it returns).
-struct RowsInsert {
+pub(super) struct RowsInsert {
     kind: &'static str,
     table: &'static str,
     columns: &'static str,
@@ -178,26 +209,29 @@ impl RowsInsert {
         }
     }
 
-    /// `binds`, one piece's rows, with the slots it leaves bound as NULL.
-    fn fill(&self, slots: usize, binds: &mut Vec<Bind>) {
-        binds.resize_with(slots * self.width, || Bind::OptText(None));
+    /// `binds`, one piece's rows, with the slots it leaves bound as NULL, each of its column's
+    /// type in the first row (PostgreSQL resolves a `VALUES` column to one type).
+    pub(super) fn fill(&self, slots: usize, binds: &mut Vec<Bind>) {
+        for k in binds.len()..slots * self.width {
+            let null = match binds.get(k % self.width) {
+                Some(Bind::Int(_) | Bind::OptInt(_)) => Bind::OptInt(None),
+                _ => Bind::OptText(None),
+            };
+            binds.push(null);
+        }
     }
 
-    /// The statement's text with `slots` rows. SQLite: the rows are a `VALUES` list read by
-    /// `INSERT … SELECT`, which skips the slots a piece left NULL ([`padded_pieces`]); the
-    /// `WHERE` also keeps an upsert's `ON CONFLICT` from being read as a join's. PostgreSQL:
-    /// `INSERT … VALUES`, every slot filled ([`pieces`]).
-    fn text(&self, dialect: Dialect, slots: usize) -> String {
+    /// The statement's text with `slots` rows: a `VALUES` list read by `INSERT … SELECT`, which
+    /// skips the slots a piece left NULL ([`padded_pieces`]); on SQLite the `WHERE` also keeps
+    /// an upsert's `ON CONFLICT` from being read as a join's.
+    pub(super) fn text(&self, dialect: Dialect, slots: usize) -> String {
         let (table, columns, tail) = (self.table, self.columns, self.tail);
         let groups = value_groups(dialect, slots, self.width);
-        match dialect {
-            Dialect::Sqlite => format!(
-                "{} INTO {table} ({columns}) SELECT * FROM (VALUES {groups}) \
-                 WHERE column1 IS NOT NULL{tail}",
-                insert(dialect)
-            ),
-            Dialect::Postgres => format!("INSERT INTO {table} ({columns}) VALUES {groups}{tail}"),
-        }
+        format!(
+            "{} INTO {table} ({columns}) SELECT * FROM (VALUES {groups}) AS v \
+             WHERE column1 IS NOT NULL{tail}",
+            insert(dialect)
+        )
     }
 }
 
@@ -234,7 +268,7 @@ const OUTBOX: RowsInsert = RowsInsert::new(
      state, attempts",
     " ON CONFLICT (target, gid, version) DO NOTHING RETURNING target",
 );
-const AUDIT: RowsInsert = RowsInsert::new("audit", "audit_log", AUDIT_COLUMNS, "");
+pub(super) const AUDIT: RowsInsert = RowsInsert::new("audit", "audit_log", AUDIT_COLUMNS, "");
 
 /// `(…), (…), …`: `rows` groups of `width` placeholders ([`marks`]), numbered on.
 fn value_groups(dialect: Dialect, rows: usize, width: usize) -> String {
@@ -550,33 +584,7 @@ impl SqlTx {
         for (chunk, slots) in self.cut(rows, AUDIT_CHUNK) {
             let mut binds = Vec::with_capacity(slots * AUDIT_WIDTH);
             for a in chunk {
-                // A Vec<String> always serialises.
-                let entities = serde_json::to_string(&a.entities).unwrap_or_else(|_| "[]".into());
-                // One value per column: the array's length is checked against the list's.
-                let row: [Bind; AUDIT_WIDTH] = [
-                    Bind::Int(a.seq),
-                    Bind::Text(a.kind.clone()),
-                    Bind::Int(a.recorded_us),
-                    Bind::Text(a.recorded.clone()),
-                    Bind::OptText(a.request_id.clone()),
-                    Bind::OptText(a.client_id.clone()),
-                    Bind::OptText(a.role.clone()),
-                    Bind::OptText(a.sector.clone()),
-                    Bind::OptText(a.target_sector.clone()),
-                    Bind::Text(a.action.clone()),
-                    Bind::Text(a.interaction.clone()),
-                    Bind::Text(a.outcome.clone()),
-                    Bind::OptText(a.patient_id.clone()),
-                    Bind::Text(entities),
-                    Bind::OptText(a.query.clone()),
-                    Bind::OptText(a.purpose.clone()),
-                    Bind::OptText(a.detail.clone()),
-                    Bind::OptText(a.person.clone()),
-                    Bind::OptText(a.basis.clone()),
-                    Bind::Text(a.prev_hash.clone()),
-                    Bind::Text(a.hash.clone()),
-                ];
-                binds.extend(row);
+                binds.extend(audit_binds(a));
             }
             self.insert_piece(&AUDIT, slots, binds).await?;
         }
@@ -591,16 +599,10 @@ impl SqlTx {
         }
     }
 
-    /// `items` cut for this store's multi-row statements, each piece with its statement's
-    /// row count: [`padded_pieces`] on SQLite, [`pieces`] (every slot filled) on PostgreSQL.
+    /// `items` cut for this store's multi-row statements ([`padded_pieces`]), each piece with
+    /// its statement's row count.
     fn cut<'a, T>(&self, items: &'a [T], max: usize) -> Vec<(&'a [T], usize)> {
-        match self.dialect {
-            Dialect::Sqlite => padded_pieces(items, max),
-            Dialect::Postgres => pieces(items, max)
-                .into_iter()
-                .map(|p| (p, p.len()))
-                .collect(),
-        }
+        padded_pieces(items, max)
     }
 
     /// The text of `to` with `slots` rows, built once ([`text`]).
@@ -675,7 +677,10 @@ impl SqlTx {
 
 #[cfg(test)]
 mod tests {
-    use super::{AUDIT, Dialect, IDENTIFIER_INDEX, OUTBOX, RESOURCES, padded_pieces, pieces, text};
+    use super::{
+        AUDIT, Bind, Dialect, IDENTIFIER_INDEX, OUTBOX, RESOURCES, VERSIONS, padded_pieces, pieces,
+        text,
+    };
     use std::sync::Arc;
 
     #[test]
@@ -724,18 +729,45 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_inserts_skip_the_unfilled_slots_postgres_fills_them_all() {
+    fn inserts_skip_the_unfilled_slots_each_null_typed_as_its_column() {
         let sqlite = IDENTIFIER_INDEX.text(Dialect::Sqlite, 2);
         assert_eq!(
             sqlite,
             "INSERT OR FAIL INTO identifier_index (sector, rtype, system, value, gid) \
-             SELECT * FROM (VALUES (?, ?, ?, ?, ?), (?, ?, ?, ?, ?)) \
+             SELECT * FROM (VALUES (?, ?, ?, ?, ?), (?, ?, ?, ?, ?)) AS v \
              WHERE column1 IS NOT NULL ON CONFLICT DO NOTHING"
         );
-        let pg = OUTBOX.text(Dialect::Postgres, 1);
+        let pg = OUTBOX.text(Dialect::Postgres, 2);
         assert!(pg.starts_with("INSERT INTO outbox (target, "), "{pg}");
-        assert!(pg.contains("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON"));
+        assert!(pg.contains(
+            "SELECT * FROM (VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12), \
+             ($13, "
+        ));
+        assert!(
+            pg.contains(" AS v WHERE column1 IS NOT NULL ON CONFLICT"),
+            "{pg}"
+        );
         assert_eq!((OUTBOX.width, AUDIT.width, RESOURCES.width), (12, 21, 9));
+        // PostgreSQL gives a VALUES column one type: an unfilled slot is NULL of the type its
+        // column has in the first row.
+        let mut binds = vec![
+            Bind::Text("g".into()),
+            Bind::Int(1),
+            Bind::Text("h".into()),
+            Bind::Text("{}".into()),
+            Bind::Int(7),
+            Bind::OptText(None),
+        ];
+        VERSIONS.fill(2, &mut binds);
+        let kinds: Vec<&str> = binds[6..]
+            .iter()
+            .map(|b| match b {
+                Bind::OptInt(None) => "int",
+                Bind::OptText(None) => "text",
+                _ => "value",
+            })
+            .collect();
+        assert_eq!(kinds, ["text", "int", "text", "text", "int", "text"]);
     }
 
     #[test]

@@ -10,9 +10,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 
-use super::bulk::{KeyedCurrent, NewVersion};
-use super::{Current, Gate, SqlTx, map_err};
-use crate::store::{OutboxNew, Result};
+use super::bulk::{
+    AUDIT, AUDIT_CHUNK, AUDIT_WIDTH, KeyedCurrent, NewVersion, audit_binds, padded_pieces, text,
+};
+use super::{AUDIT_CHAIN, Bind, Current, Dialect, Gate, SqlTx, bind_all, map_err};
+use crate::audit::AuditRow;
+use crate::audit::merkle::{Hash, Node};
+use crate::store::{OutboxNew, Result, StoreError};
 
 /// A text array literal (`{"a","b",NULL}`): each element quoted, with `\` and `"` escaped by a
 /// backslash; `None` is SQL NULL.
@@ -238,6 +242,67 @@ impl SqlTx {
         .await
         .map_err(map_err)?;
         Ok(added.into_iter().collect())
+    }
+}
+
+/// The text of [`SqlTx::append_rows_pg`] with room for `slots` audit rows: the rows (as
+/// [`AUDIT`] writes them), the Merkle nodes from three arrays (hashes in hex) and the head's
+/// update, one statement.
+fn append_text(slots: usize) -> String {
+    let n = slots * AUDIT_WIDTH;
+    format!(
+        "WITH appended AS ({}), nodes AS (INSERT INTO audit_merkle (level, idx, hash) \
+         SELECT l, i, decode(h, 'hex') FROM UNNEST(${}::int8[], ${}::int8[], ${}::text[]) \
+         AS t(l, i, h)) UPDATE audit_head SET seq = ${}, hash = ${} WHERE chain = ${}",
+        AUDIT.text(Dialect::Postgres, slots),
+        n + 1,
+        n + 2,
+        n + 3,
+        n + 4,
+        n + 5,
+        n + 6
+    )
+}
+
+impl SqlTx {
+    /// Appends audit rows whose `seq` and hashes are set (at most [`AUDIT_CHUNK`]), their
+    /// Merkle `nodes` and the chain's new head (`seq`, `hash`) in one statement, the head's row
+    /// already locked ([`SqlTx::append_audit`]): one round trip at every commit that writes
+    /// audit rows instead of three.
+    pub(super) async fn append_rows_pg(
+        &mut self,
+        rows: &[AuditRow],
+        nodes: &[(Node, Hash)],
+        (seq, hash): (i64, &str),
+    ) -> Result<()> {
+        let [(chunk, slots)] = padded_pieces(rows, AUDIT_CHUNK)[..] else {
+            return Err(StoreError::Corrupt {
+                what: "an audit append".into(),
+                error: format!("{} rows are not one statement's", rows.len()),
+            });
+        };
+        let mut binds: Vec<Bind> = Vec::with_capacity(slots * AUDIT_WIDTH + 6);
+        for a in chunk {
+            binds.extend(audit_binds(a));
+        }
+        AUDIT.fill(slots, &mut binds);
+        let hashes: Vec<String> = nodes.iter().map(|(_, h)| hex::encode(h)).collect();
+        binds.extend([
+            Bind::Text(int_array(nodes.iter().map(|(n, _)| i64::from(n.level)))),
+            Bind::Text(int_array(nodes.iter().map(|(n, _)| n.idx as i64))),
+            Bind::Text(column(hashes.iter().map(String::as_str))),
+            Bind::Int(seq),
+            Bind::Text(hash.to_owned()),
+            Bind::Text(AUDIT_CHAIN.to_owned()),
+        ]);
+        let sql = text("audit-append", Dialect::Postgres, slots, || {
+            append_text(slots)
+        });
+        bind_all!(sqlx::query(sql), binds)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok(())
     }
 }
 
