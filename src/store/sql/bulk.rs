@@ -87,7 +87,7 @@ pub(super) fn padded_pieces<T>(items: &[T], max: usize) -> Vec<(&[T], usize)> {
 /// statement, `build` makes its text. Formatting the placeholders of a 128-row statement (up
 /// to 1,536 of them) for every statement cost about 3 % of the server's CPU under ingest. The
 /// texts are few and bounded: a handful of kinds, two dialects and the row counts
-/// [`pieces`] makes (powers of two up to the chunk).
+/// [`padded_pieces`] makes (powers of two up to the chunk).
 pub(super) fn text(
     kind: &'static str,
     dialect: Dialect,
@@ -447,7 +447,7 @@ impl SqlTx {
         if self.dialect == Dialect::Postgres {
             ordered.sort_by(|a, b| a.gid.cmp(&b.gid));
         }
-        for (chunk, slots) in self.cut(&ordered, self.chunk()) {
+        for (chunk, slots) in padded_pieces(&ordered, self.chunk()) {
             let mut binds = Vec::with_capacity(slots * VERSIONS.width);
             for w in chunk {
                 binds.extend([
@@ -525,7 +525,7 @@ impl SqlTx {
         }
         let mut parts = Vec::new();
         for (list, to) in [(rows, &IDENTIFIER_INDEX), (&latest, &RESOURCE_IDENTIFIERS)] {
-            for (chunk, slots) in self.cut(list, self.chunk()) {
+            for (chunk, slots) in padded_pieces(list, self.chunk()) {
                 let binds = chunk
                     .iter()
                     .flat_map(|r| r.iter().map(|c| Bind::Text((*c).to_owned())))
@@ -548,7 +548,7 @@ impl SqlTx {
             return self.outbox_add_pg(entries, now).await;
         }
         let mut targets = BTreeSet::new();
-        for (chunk, slots) in self.cut(entries, self.chunk()) {
+        for (chunk, slots) in padded_pieces(entries, self.chunk()) {
             let mut binds = Vec::with_capacity(slots * OUTBOX.width);
             for e in chunk {
                 binds.extend([
@@ -581,7 +581,7 @@ impl SqlTx {
     /// [`AUDIT_CHUNK`] rows (a delivery worker records up to 32 outcomes, each with its row, in
     /// one transaction: one statement instead of 32).
     pub(super) async fn insert_audit_rows(&mut self, rows: &[AuditRow]) -> Result<()> {
-        for (chunk, slots) in self.cut(rows, AUDIT_CHUNK) {
+        for (chunk, slots) in padded_pieces(rows, AUDIT_CHUNK) {
             let mut binds = Vec::with_capacity(slots * AUDIT_WIDTH);
             for a in chunk {
                 binds.extend(audit_binds(a));
@@ -599,12 +599,6 @@ impl SqlTx {
         }
     }
 
-    /// `items` cut for this store's multi-row statements ([`padded_pieces`]), each piece with
-    /// its statement's row count.
-    fn cut<'a, T>(&self, items: &'a [T], max: usize) -> Vec<(&'a [T], usize)> {
-        padded_pieces(items, max)
-    }
-
     /// The text of `to` with `slots` rows, built once ([`text`]).
     fn piece_text(&self, to: &RowsInsert, slots: usize) -> sqlx::AssertSqlSafe<Arc<str>> {
         text(to.kind, self.dialect, slots, || {
@@ -612,7 +606,7 @@ impl SqlTx {
         })
     }
 
-    /// Inserts one piece ([`SqlTx::cut`]) into `to`: `binds` are its rows' values, the slots it
+    /// Inserts one piece ([`padded_pieces`]) into `to`: `binds` are its rows' values, the slots it
     /// leaves are bound as NULL.
     async fn insert_piece(
         &mut self,

@@ -10,13 +10,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 
-use super::bulk::{
-    AUDIT, AUDIT_CHUNK, AUDIT_WIDTH, KeyedCurrent, NewVersion, audit_binds, padded_pieces, text,
-};
+use super::bulk::{AUDIT, AUDIT_CHUNK, AUDIT_WIDTH, KeyedCurrent, NewVersion, audit_binds, text};
 use super::{AUDIT_CHAIN, Bind, Current, Dialect, Gate, SqlTx, bind_all, map_err};
 use crate::audit::AuditRow;
 use crate::audit::merkle::{Hash, Node};
-use crate::store::{OutboxNew, Result, StoreError};
+use crate::store::{OutboxNew, Result};
 
 /// A text array literal (`{"a","b",NULL}`): each element quoted, with `\` and `"` escaped by a
 /// backslash; `None` is SQL NULL.
@@ -275,14 +273,11 @@ impl SqlTx {
         nodes: &[(Node, Hash)],
         (seq, hash): (i64, &str),
     ) -> Result<()> {
-        let [(chunk, slots)] = padded_pieces(rows, AUDIT_CHUNK)[..] else {
-            return Err(StoreError::Corrupt {
-                what: "an audit append".into(),
-                error: format!("{} rows are not one statement's", rows.len()),
-            });
-        };
+        // The caller sends at most one piece's rows ([`super::bulk::padded_pieces`]).
+        debug_assert!(!rows.is_empty() && rows.len() <= AUDIT_CHUNK);
+        let slots = rows.len().next_power_of_two();
         let mut binds: Vec<Bind> = Vec::with_capacity(slots * AUDIT_WIDTH + 6);
-        for a in chunk {
+        for a in rows {
             binds.extend(audit_binds(a));
         }
         AUDIT.fill(slots, &mut binds);
