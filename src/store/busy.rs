@@ -19,9 +19,12 @@
 //! - `23505` unique_violation **of `resource_versions`' primary key only**: two transactions
 //!   wrote the same version of one resource. A write reads the current rows `FOR UPDATE`
 //!   (PostgreSQL), so two writers of an existing resource wait for each other; two first
-//!   writes of a new one find no row to lock, both insert version 1, and the second, having
-//!   waited for the first's commit, is refused by the key. Run again, it finds the first's
-//!   version and writes the next. Every other unique violation is an error.
+//!   writes of a new one through `put` find no row to lock, both insert version 1, and the
+//!   second, having waited for the first's commit, is refused by the key. Run again, it finds
+//!   the first's version and writes the next. (A multi-row write settles this inside its
+//!   transaction: its first versions' `resources` rows go in `ON CONFLICT DO NOTHING`, and a
+//!   row it met is read and written as the next version.) Every other unique violation is an
+//!   error.
 //!
 //! Each rolls the transaction back and succeeds when retried. `55P03` lock_not_available is
 //! deliberately *not* busy: it is raised only by `NOWAIT` or an expired `lock_timeout`, which the

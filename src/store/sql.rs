@@ -180,6 +180,26 @@ pub struct SqlStore {
     wal: Option<Arc<wal::WalSync>>,
 }
 
+/// How long a pooled PostgreSQL connection may sit idle before it is pinged on its way out of
+/// the pool.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// Whether a PostgreSQL connection leaving the pool may be used: one that sat idle for
+/// [`PING_AFTER_IDLE`] or longer (the server may have restarted, a firewall may have dropped
+/// it) must answer a ping first, as every connection did before; one given back moments ago is
+/// used as it is. Under load a connection is back in the pool for microseconds, and the ping
+/// was a round trip on every transaction and read (two per delivery, one per Bundle). A failed
+/// ping closes the connection and the pool hands out another.
+async fn ping_if_idle(
+    conn: &mut AnyConnection,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> std::result::Result<bool, sqlx::Error> {
+    if meta.idle_for >= PING_AFTER_IDLE {
+        sqlx::Connection::ping(conn).await?;
+    }
+    Ok(true)
+}
+
 impl SqlStore {
     /// Connects (creating a SQLite file if needed) and brings the schema up to date.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
@@ -198,13 +218,17 @@ impl SqlStore {
         } else {
             return Err(StoreError::Url("use sqlite://PATH or postgres://…".into()));
         };
-        let options = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
             // A SQLite connection is a file handle in this process: it cannot have been dropped
             // by a server or the network, so the ping before each use (a round trip to the
-            // connection's thread, inside the writer's turn for a write) is left out.
-            .test_before_acquire(dialect == Dialect::Postgres);
+            // connection's thread, inside the writer's turn for a write) is left out. A
+            // PostgreSQL connection is pinged only after it sat idle ([`ping_if_idle`]).
+            .test_before_acquire(false);
+        if dialect == Dialect::Postgres {
+            options = options.before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)));
+        }
         let pool = match dialect {
             Dialect::Sqlite => with_pragmas(options.clone(), Vec::new()),
             Dialect::Postgres => options.clone(),
@@ -1018,12 +1042,15 @@ impl SqlTx {
     ///
     /// The resources themselves take no advisory lock (on a 340-entry Bundle those were 341
     /// lock-table entries and ≈ 10 % of PostgreSQL's time at 4 clients): their current rows are
-    /// read `FOR UPDATE` in gateway-id order (a row lock lives in the row, not the lock
-    /// table), so two writers of an existing resource take turns as before, and the second
-    /// sees the first's version. A resource with no row yet has nothing to lock: two first
-    /// writes both insert version 1 in gateway-id order, the second waits for the first's
-    /// commit and is refused by `resource_versions`' primary key, which is
-    /// [`StoreError::Busy`] (see [`super::busy`]): run again, it reads the first's row.
+    /// read `FOR UPDATE` in gateway-id order, or (a multi-row write's first versions) their
+    /// `resources` rows inserted first, `ON CONFLICT DO NOTHING`, in gateway-id order (a row
+    /// lock lives in the row, not the lock table), so two writers of an existing resource take
+    /// turns as before, and the second sees the first's version; a multi-row writer that meets
+    /// another's new row waits for its commit, then reads it and writes the next version. Through
+    /// `put`, a resource with no row yet has nothing to lock: two first writes both insert
+    /// version 1, the second waits for the first's commit and is refused by
+    /// `resource_versions`' primary key, which is [`StoreError::Busy`] (see [`super::busy`]):
+    /// run again, it reads the first's row.
     pub(super) async fn lock_writes(&mut self, writes: &[&Prepared]) -> Result<()> {
         if self.dialect != Dialect::Postgres || self.alone {
             return Ok(());

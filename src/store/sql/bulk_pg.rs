@@ -7,7 +7,7 @@
 //! array syntax ([`text_array`]) and the statement casts it; every value is still bound, none
 //! is formatted into the statement.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 use super::bulk::{AUDIT, AUDIT_CHUNK, AUDIT_WIDTH, KeyedCurrent, NewVersion, audit_binds, text};
@@ -62,6 +62,19 @@ fn int_array(items: impl IntoIterator<Item = i64>) -> String {
     out
 }
 
+/// The first six `resources` columns of `writes` as arrays, in the order both of its
+/// statements unnest them: gid, rtype, rid, hash, patient_ref, patient_id.
+fn resource_arrays(writes: &[&NewVersion<'_>]) -> [String; 6] {
+    [
+        column(writes.iter().map(|w| w.gid.as_str())),
+        column(writes.iter().map(|w| w.p.rtype.as_str())),
+        column(writes.iter().map(|w| w.p.rid.as_str())),
+        column(writes.iter().map(|w| w.p.hash.as_str())),
+        text_array(writes.iter().map(|w| w.p.patient_ref.as_deref())),
+        text_array(writes.iter().map(|w| w.patient_id.as_deref())),
+    ]
+}
+
 /// `text_array` of a column that is never NULL.
 fn column<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     text_array(items.into_iter().map(Some))
@@ -107,36 +120,68 @@ impl SqlTx {
         Ok(rows.into_iter().map(|r| (r.gid, r.current)).collect())
     }
 
-    /// The new versions' `resources` rows. Their bodies go to `resource_versions` as bound
-    /// parameters of multi-row `VALUES` ([`super::bulk`]): in an array literal every quote of a
-    /// body is escaped and PostgreSQL parses them all again (3.7 ms more per 340-entry Bundle).
-    ///
-    /// When every write is a first version of one sector (no current row was found), a plain
-    /// `INSERT` with the sector and version bound once:
-    /// no speculative insertion for `ON CONFLICT`, two arrays fewer to build and parse (in P2 at
-    /// 4 clients 6.5–7.1 ms of executor time per 340-entry Bundle against 7.2–7.9 ms, three
-    /// runs each). A row that did exist would fail the request on the primary key rather than
-    /// be overwritten; none can, since a first write of a resource another request wrote first
-    /// is already refused on `resource_versions`' key, which is written before.
+    /// The `resources` rows of first versions (`writes`, sorted by gateway id), each inserted
+    /// unless its row exists: `ON CONFLICT (gid) DO NOTHING`, so a row another writer
+    /// inserted and has not committed yet is waited for, and one it committed (or one that was
+    /// there) stops the insert of that row alone. The gateway ids inserted are returned; the
+    /// others are decided again with their current rows ([`SqlTx::settle_first_versions_pg`]).
+    /// Sector and version are bound once when every write is of one sector.
+    pub(super) async fn insert_first_rows_pg(
+        &mut self,
+        writes: &[&NewVersion<'_>],
+        last_updated: &str,
+    ) -> Result<HashSet<String>> {
+        let Some(first) = writes.first() else {
+            return Ok(HashSet::new());
+        };
+        let sector = first.p.sector.as_str();
+        let one_sector = writes.iter().all(|w| w.p.sector == sector);
+        let sql = if one_sector {
+            "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, \
+             patient_id, last_updated) \
+             SELECT gid, $7, rtype, rid, 1, hash, patient_ref, patient_id, $8 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::text[]) AS t(gid, rtype, rid, hash, patient_ref, patient_id) \
+             ON CONFLICT (gid) DO NOTHING RETURNING gid"
+        } else {
+            "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, \
+             patient_id, last_updated) \
+             SELECT gid, sector, rtype, rid, 1, hash, patient_ref, patient_id, $8 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::text[], $7::text[]) \
+                  AS t(gid, rtype, rid, hash, patient_ref, patient_id, sector) \
+             ON CONFLICT (gid) DO NOTHING RETURNING gid"
+        };
+        let mut q = sqlx::query_scalar::<_, String>(sql);
+        for array in resource_arrays(writes) {
+            q = q.bind(array);
+        }
+        let q = match one_sector {
+            true => q.bind(sector),
+            false => q.bind(column(writes.iter().map(|w| w.p.sector.as_str()))),
+        };
+        let inserted = q
+            .bind(last_updated)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        Ok(inserted.into_iter().collect())
+    }
+
+    /// The `resources` rows of versions after the first (rows that exist, locked by
+    /// [`SqlTx::currents_pg`]), moved to their new versions in one statement. The bodies go to
+    /// `resource_versions` as bound parameters of multi-row `VALUES` ([`super::bulk`]): in an
+    /// array literal every quote of a body is escaped and PostgreSQL parses them all again
+    /// (3.7 ms more per 340-entry Bundle).
     pub(super) async fn upsert_resources_pg(
         &mut self,
         writes: &[&NewVersion<'_>],
         last_updated: &str,
     ) -> Result<()> {
-        let Some(first) = writes.first() else {
+        if writes.is_empty() {
             return Ok(());
-        };
-        let sector = first.p.sector.as_str();
-        let first_versions = writes
-            .iter()
-            .all(|w| w.version == 1 && w.p.sector == sector);
-        let sql = if first_versions {
-            "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, \
-             patient_id, last_updated) \
-             SELECT gid, $7, rtype, rid, 1, hash, patient_ref, patient_id, $8 \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                         $6::text[]) AS t(gid, rtype, rid, hash, patient_ref, patient_id)"
-        } else {
+        }
+        let mut q = sqlx::query(
             "INSERT INTO resources (gid, sector, rtype, rid, version, hash, patient_ref, \
              patient_id, last_updated) \
              SELECT gid, sector, rtype, rid, version, hash, patient_ref, patient_id, $9 \
@@ -145,24 +190,14 @@ impl SqlTx {
                   AS t(gid, rtype, rid, hash, patient_ref, patient_id, sector, version) \
              ON CONFLICT (gid) DO UPDATE SET version = excluded.version, hash = excluded.hash, \
              patient_ref = excluded.patient_ref, patient_id = excluded.patient_id, \
-             last_updated = excluded.last_updated"
-        };
-        let mut q = sqlx::query(sql)
-            .bind(column(writes.iter().map(|w| w.gid.as_str())))
-            .bind(column(writes.iter().map(|w| w.p.rtype.as_str())))
-            .bind(column(writes.iter().map(|w| w.p.rid.as_str())))
-            .bind(column(writes.iter().map(|w| w.p.hash.as_str())))
-            .bind(text_array(
-                writes.iter().map(|w| w.p.patient_ref.as_deref()),
-            ))
-            .bind(text_array(writes.iter().map(|w| w.patient_id.as_deref())));
-        q = if first_versions {
-            q.bind(sector)
-        } else {
-            q.bind(column(writes.iter().map(|w| w.p.sector.as_str())))
-                .bind(int_array(writes.iter().map(|w| w.version)))
-        };
-        q.bind(last_updated)
+             last_updated = excluded.last_updated",
+        );
+        for array in resource_arrays(writes) {
+            q = q.bind(array);
+        }
+        q.bind(column(writes.iter().map(|w| w.p.sector.as_str())))
+            .bind(int_array(writes.iter().map(|w| w.version)))
+            .bind(last_updated)
             .execute(&mut *self.tx)
             .await
             .map_err(map_err)?;
