@@ -414,6 +414,12 @@ impl SqlTx {
             else {
                 continue;
             };
+            // A Patient was read first and linked as new: another writer inserted it since, and
+            // linking it again would leave this transaction's new gateway patient behind. The
+            // transaction is run again instead, and then reads the Patient first.
+            if ps[*i].rtype == "Patient" {
+                return Err(StoreError::Busy);
+            }
             // Rows are never deleted: one that stopped the insert is there to be read.
             let current = found.remove(&w.gid).ok_or(StoreError::Busy)?;
             let gid = w.gid.clone();
