@@ -863,20 +863,30 @@ async fn racing_appends(store: Arc<dyn Store>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_appends_on_sqlite() {
+/// Runs `race` on a fresh SQLite file with a pool of four connections.
+async fn race_on_sqlite(race: impl AsyncFnOnce(Arc<dyn Store>)) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    racing_appends(Arc::new(SqlStore::connect(&url, 4).await.unwrap())).await;
+    race(Arc::new(SqlStore::connect(&url, 4).await.unwrap())).await;
+}
+
+/// Runs `race` on a fresh PostgreSQL database with a pool of four connections, dropped after.
+async fn race_on_postgres(race: impl AsyncFnOnce(Arc<dyn Store>)) {
+    let (url, name) = common::fresh_pg_database().await;
+    let store = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
+    race(store.clone()).await;
+    store.close().await;
+    common::drop_pg_database(&name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_appends_on_sqlite() {
+    race_on_sqlite(racing_appends).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_appends_on_postgres() {
-    let (url, name) = common::fresh_pg_database().await;
-    let store = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
-    racing_appends(store.clone()).await;
-    store.close().await;
-    common::drop_pg_database(&name).await;
+    race_on_postgres(racing_appends).await;
 }
 
 /// Writers of one set of new resources in multi-row writes at once, each with its own text:
@@ -942,18 +952,12 @@ async fn racing_bulk_writes(store: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_bulk_writes_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    racing_bulk_writes(Arc::new(SqlStore::connect(&url, 4).await.unwrap())).await;
+    race_on_sqlite(racing_bulk_writes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_bulk_writes_on_postgres() {
-    let (url, name) = common::fresh_pg_database().await;
-    let store = Arc::new(SqlStore::connect(&url, 4).await.unwrap());
-    racing_bulk_writes(store.clone()).await;
-    store.close().await;
-    common::drop_pg_database(&name).await;
+    race_on_postgres(racing_bulk_writes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
