@@ -514,8 +514,10 @@ impl SqlTx {
     }
 
     /// Writes the new versions: `resource_versions`, `resources` and the identifier rows. On
-    /// PostgreSQL the versions and `resources` rows go in gateway-id order, so that two
-    /// requests first-writing overlapping resources wait for each other in one order (see
+    /// PostgreSQL the first versions' `resources` rows are in already
+    /// ([`SqlTx::settle_first_versions_pg`], the one caller before this), so only later
+    /// versions' rows are written here; versions and rows go in gateway-id order, so that two
+    /// requests writing overlapping resources wait for each other in one order (see
     /// [`SqlTx::lock_writes`]); the identifier rows keep the request's order (its last holder
     /// of an identifier holds it).
     async fn write_versions(
