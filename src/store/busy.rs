@@ -22,9 +22,10 @@
 //!   writes of a new one through `put` find no row to lock, both insert version 1, and the
 //!   second, having waited for the first's commit, is refused by the key. Run again, it finds
 //!   the first's version and writes the next. (A multi-row write settles this inside its
-//!   transaction: its first versions' `resources` rows go in `ON CONFLICT DO NOTHING`, and a
-//!   row it met is read and written as the next version.) Every other unique violation is an
-//!   error.
+//!   transaction: its first versions' `resources` rows go in first, a violation of
+//!   `resources`' own key there is caught under a savepoint ([`is_key_taken`]) and the insert
+//!   made again skipping the rows that exist, and a row it met is read and written as the
+//!   next version.) Every other unique violation is an error.
 //!
 //! Each rolls the transaction back and succeeds when retried. `55P03` lock_not_available is
 //! deliberately *not* busy: it is raised only by `NOWAIT` or an expired `lock_timeout`, which the
@@ -87,6 +88,19 @@ fn postgres_busy(code: Option<Cow<'_, str>>) -> bool {
 /// `resource_versions`' primary key.
 fn same_version_written(code: Option<Cow<'_, str>>, constraint: Option<&str>) -> bool {
     code.is_some_and(|c| c == UNIQUE_VIOLATION) && constraint == Some(VERSIONS_KEY)
+}
+
+/// A PostgreSQL unique_violation of `constraint`: what a plain insert meets where a row with
+/// its key exists (not busy; the caller knows what to do instead).
+pub(super) fn is_key_taken(e: &sqlx::Error, constraint: &str) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<PgDatabaseError>().is_some()
+                && db.code().is_some_and(|c| c == UNIQUE_VIOLATION)
+                && db.constraint() == Some(constraint)
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -313,6 +327,8 @@ mod tests {
         let (mut b, r) = waiting.await.unwrap();
         let e = r.unwrap_err();
         assert_eq!(code_of(&e), "23505", "{e}");
+        assert!(is_key_taken(&e, VERSIONS_KEY));
+        assert!(!is_key_taken(&e, "resources_pkey"));
         assert!(matches!(map_err(e), StoreError::Busy));
         b.execute("ROLLBACK").await.unwrap();
         // Any other key's violation is an error.
@@ -321,6 +337,8 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(code_of(&e), "23505", "{e}");
+        assert!(is_key_taken(&e, "t_pkey"));
+        assert!(!is_key_taken(&e, VERSIONS_KEY));
         assert!(matches!(map_err(e), StoreError::Database(_)));
         drop((a, b));
         crate::store::tests::drop_pg_database(&name).await;

@@ -1043,7 +1043,8 @@ impl SqlTx {
     /// The resources themselves take no advisory lock (on a 340-entry Bundle those were 341
     /// lock-table entries and ≈ 10 % of PostgreSQL's time at 4 clients): their current rows are
     /// read `FOR UPDATE` in gateway-id order, or (a multi-row write's first versions) their
-    /// `resources` rows inserted first, `ON CONFLICT DO NOTHING`, in gateway-id order (a row
+    /// `resources` rows inserted first, in gateway-id order (plain, or `ON CONFLICT DO NOTHING`
+    /// once the key refused that: see [`SqlTx::insert_first_rows_pg`]; a row
     /// lock lives in the row, not the lock table), so two writers of an existing resource take
     /// turns as before, and the second sees the first's version; a multi-row writer that meets
     /// another's new row waits for its commit, then reads it and writes the next version. Through

@@ -7,6 +7,7 @@ use sqlx::FromRow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 
+use super::bulk_pg::FirstRows;
 use super::{AUDIT_COLUMNS, Bind, Current, Dialect, SqlTx, bind_all, map_err, placeholders};
 use crate::audit::AuditRow;
 use crate::fhir::time::{instant, now_us};
@@ -376,7 +377,7 @@ impl SqlTx {
     }
 
     /// PostgreSQL: the `resources` rows of every first version among `decided`, inserted in
-    /// gateway-id order, `ON CONFLICT (gid) DO NOTHING`. A resource whose row was there (or
+    /// gateway-id order ([`SqlTx::insert_first_rows_pg`]). A resource whose row was there (or
     /// that another writer inserted first: the insert waits for that writer's commit) is read
     /// now, locked, and decided again with its current row, as it would have been had it been
     /// read first. One index probe per resource instead of two (the read, then the insert's
@@ -397,10 +398,10 @@ impl SqlTx {
             return Ok(());
         }
         firsts.sort_by(|a, b| a.gid.cmp(&b.gid));
-        let inserted = self.insert_first_rows_pg(&firsts, last_updated).await?;
-        if inserted.len() == firsts.len() {
-            return Ok(());
-        }
+        let inserted = match self.insert_first_rows_pg(&firsts, last_updated).await? {
+            FirstRows::All => return Ok(()),
+            FirstRows::Only(inserted) => inserted,
+        };
         let taken: Vec<&str> = firsts
             .iter()
             .map(|w| w.gid.as_str())
