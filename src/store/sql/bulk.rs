@@ -7,7 +7,6 @@ use sqlx::FromRow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use super::bulk_pg::FirstRows;
 use super::{AUDIT_COLUMNS, Bind, Current, Dialect, SqlTx, bind_all, map_err, placeholders};
 use crate::audit::AuditRow;
 use crate::fhir::time::{instant, now_us};
@@ -296,6 +295,14 @@ fn resource_rows(chunk: &[&NewVersion<'_>], slots: usize, last_updated: &str) ->
         ]);
     }
     binds
+}
+
+/// Which first versions' `resources` rows [`SqlTx::insert_first_rows_pg`] wrote.
+pub(super) enum FirstRows {
+    /// Every one.
+    All,
+    /// These gateway ids only; the others' rows exist.
+    Only(HashSet<String>),
 }
 
 /// Whether a write must be decided with its current row read first, on PostgreSQL too: a

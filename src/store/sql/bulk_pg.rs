@@ -7,10 +7,12 @@
 //! array syntax ([`text_array`]) and the statement casts it; every value is still bound, none
 //! is formatted into the statement.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 
-use super::bulk::{AUDIT, AUDIT_CHUNK, AUDIT_WIDTH, KeyedCurrent, NewVersion, audit_binds, text};
+use super::bulk::{
+    AUDIT, AUDIT_CHUNK, AUDIT_WIDTH, FirstRows, KeyedCurrent, NewVersion, audit_binds, text,
+};
 use super::{AUDIT_CHAIN, Bind, Current, Dialect, Gate, SqlTx, bind_all, map_err};
 use crate::audit::AuditRow;
 use crate::audit::merkle::{Hash, Node};
@@ -44,14 +46,6 @@ macro_rules! skipping {
     () => {
         " ON CONFLICT (gid) DO NOTHING RETURNING gid"
     };
-}
-
-/// Which first versions' `resources` rows [`SqlTx::insert_first_rows_pg`] wrote.
-pub(super) enum FirstRows {
-    /// Every one.
-    All,
-    /// These gateway ids only; the others' rows exist.
-    Only(HashSet<String>),
 }
 
 /// A text array literal (`{"a","b",NULL}`): each element quoted, with `\` and `"` escaped by a
