@@ -87,7 +87,12 @@ fn postgres_busy(code: Option<Cow<'_, str>>) -> bool {
 /// A second first write of one resource version (see the module's note): unique_violation of
 /// `resource_versions`' primary key.
 fn same_version_written(code: Option<Cow<'_, str>>, constraint: Option<&str>) -> bool {
-    code.is_some_and(|c| c == UNIQUE_VIOLATION) && constraint == Some(VERSIONS_KEY)
+    unique_violation_of(code, constraint, VERSIONS_KEY)
+}
+
+/// A unique_violation SQLSTATE raised by the constraint named `key`.
+fn unique_violation_of(code: Option<Cow<'_, str>>, constraint: Option<&str>, key: &str) -> bool {
+    code.is_some_and(|c| c == UNIQUE_VIOLATION) && constraint == Some(key)
 }
 
 /// A PostgreSQL unique_violation of `constraint`: what a plain insert meets where a row with
@@ -96,8 +101,7 @@ pub(super) fn is_key_taken(e: &sqlx::Error, constraint: &str) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             db.try_downcast_ref::<PgDatabaseError>().is_some()
-                && db.code().is_some_and(|c| c == UNIQUE_VIOLATION)
-                && db.constraint() == Some(constraint)
+                && unique_violation_of(db.code(), db.constraint(), constraint)
         }
         _ => false,
     }
