@@ -325,14 +325,15 @@ impl Mapper<'_> {
         let Some(target) = target else {
             return Ok(Replacement::Keep);
         };
-        let patient_id = if source == GATEWAY_SECTOR {
+        let (patient_id, own) = if source == GATEWAY_SECTOR {
             // What the gateway authors names its own patients.
-            Some(rid.to_owned())
+            let own = tx.sector_patient(rid, &target.id).await?;
+            (Some(rid.to_owned()), own)
         } else {
-            match tx.get_sector(source, "Patient", rid).await? {
-                Some(p) => p.patient_id,
-                None => None,
-            }
+            let gid = gateway_id(source, "Patient", rid);
+            tx.patient_and_own(&gid, &target.id)
+                .await?
+                .unwrap_or((None, None))
         };
         let Some(patient_id) = patient_id else {
             return Ok(Replacement::Logical {
@@ -340,7 +341,7 @@ impl Mapper<'_> {
                 identifier: json!({ "system": SOURCE_ID_SYSTEM, "value": source_id_value(source, "Patient", rid) }),
             });
         };
-        if let Some(own) = tx.sector_patient(&patient_id, &target.id).await?
+        if let Some(own) = own
             && !is_assigned_id(&own)
         {
             return Ok(Replacement::Literal(format!("Patient/{own}")));

@@ -31,8 +31,8 @@ pub use identity::{HeldNew, HeldWrite, IdentityTx, RoutedEntry, Unmerged};
 pub use merkle::{StoredCheckpoint, TransparencyTx, WitnessState};
 pub use ops::{AttemptCount, CursorStat, OpsTx, OutboxQuery, QueueStat, SectorHealth};
 pub use outbox::{
-    Delivered, DeliveryState, ExchangeTx, Finish, OutboxEntry, OutboxFilter, OutboxNew, PollCursor,
-    ResyncCandidate, UNVERIFIED,
+    Delivered, DeliveredOutcome, DeliveryState, ExchangeTx, Finish, OutboxEntry, OutboxFilter,
+    OutboxNew, PollCursor, ResyncCandidate, UNVERIFIED,
 };
 pub use sessions::{SessionRow, SessionTx};
 pub use sql::SqlStore;

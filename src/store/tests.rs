@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 
 use super::sql::{Dialect, SqlStore};
 use super::{
-    AlertQuery, AlertRow, AuditQuery, Delivered, DeliveryState, Finish, HistoryRow, InboxQuery,
-    OutboxFilter, OutboxNew, PollCursor, Prepared, SearchFilter, Snooze, Snoozed, Store,
+    AlertQuery, AlertRow, AuditQuery, Delivered, DeliveredOutcome, DeliveryState, Finish,
+    HistoryRow, InboxQuery, OutboxFilter, OutboxNew, PollCursor, Prepared, SearchFilter, Snooze,
+    Snoozed, Store,
 };
 use crate::audit::{AuditRow, GENESIS, row_hash};
 use crate::ids::{content_hash, gateway_id};
@@ -295,6 +296,16 @@ async fn read_for_exchange(store: &SqlStore, w: &Written) {
     let rid = tx.sector_patient(pid, "hospital").await.unwrap();
     assert_eq!(rid.as_deref(), Some("h1"));
     assert_eq!(tx.sector_patient(pid, "lab").await.unwrap(), None);
+    // From gp's Patient: its patient and the hospital's own record of it, in one read.
+    let both = |own: Option<&str>| Some((Some(pid.to_owned()), own.map(str::to_owned)));
+    let own = tx.patient_and_own(&w.patient_gid, "hospital").await;
+    assert_eq!(own.unwrap(), both(Some("h1")));
+    let own = tx.patient_and_own(&w.patient_gid, "lab").await;
+    assert_eq!(own.unwrap(), both(None));
+    assert_eq!(
+        tx.patient_and_own("nowhere", "hospital").await.unwrap(),
+        None
+    );
     let owners = tx
         .identifier_owners("Condition", "urn:test:id", "gp-c1")
         .await
@@ -451,6 +462,83 @@ async fn delivered_and_cursors_round_trip(store: &SqlStore) {
     assert_eq!(read, Some(cursor));
     assert!(tx.lease_acquire("poll:gp", "a", 1, 100).await.unwrap());
     assert!(!tx.lease_acquire("poll:gp", "b", 2, 100).await.unwrap());
+    tx.commit().await.unwrap();
+}
+
+/// Delivered outcomes recorded together: the entries whose lease the owner holds finished and
+/// what the target holds of them written (of a resource named twice, the last); the others
+/// left as they were and named.
+async fn deliveries_finish_round_trip(store: &SqlStore) {
+    let mut tx = store.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for gid in ["f1", "f2", "f3", "f4"] {
+        let new = OutboxNew {
+            target: "municipality".into(),
+            source: "gp".into(),
+            gid: gid.into(),
+            version: 3,
+            rtype: "Condition".into(),
+            patient_id: None,
+            route: "care".into(),
+        };
+        assert!(tx.outbox_add(&new).await.unwrap());
+    }
+    let now = i64::MAX / 2;
+    for e in tx
+        .outbox_claim("municipality", "w1", now, now + 10, 10)
+        .await
+        .unwrap()
+    {
+        ids.push(e.id);
+    }
+    assert_eq!(ids.len(), 4);
+    // f3's lease is given back (another replica may hold it now).
+    tx.outbox_release(ids[2], "w1").await.unwrap();
+    let outcome = |i: usize, gid: &str, status: i64, target_id: &str| DeliveredOutcome {
+        id: ids[i],
+        status,
+        delivered: Delivered {
+            target: "municipality".into(),
+            gid: gid.into(),
+            rtype: "Condition".into(),
+            target_id: target_id.into(),
+            target_version: (status != 304).then(|| "1".to_owned()),
+            version: 3,
+            hash: format!("hash-{target_id}"),
+        },
+    };
+    let done = [
+        outcome(0, "f1", 201, "m1"),
+        outcome(1, "f2", 304, "m2"),
+        outcome(2, "f3", 201, "m3"),
+        // Named twice: the later write stands.
+        outcome(3, "f1", 200, "m1-again"),
+    ];
+    let lost = tx.deliveries_finish("w1", &done, 77).await.unwrap();
+    assert_eq!(lost, [ids[2]]);
+    for (i, status) in [(0, 201), (1, 304), (3, 200)] {
+        let e = tx.outbox_get(ids[i]).await.unwrap().unwrap();
+        assert_eq!(
+            (e.state, e.attempts, e.last_status),
+            (DeliveryState::Delivered, 1, Some(status))
+        );
+    }
+    let f3 = tx.outbox_get(ids[2]).await.unwrap().unwrap();
+    assert_eq!((f3.state, f3.attempts), (DeliveryState::Pending, 0));
+    let held = tx.delivered_get("municipality", "f1").await.unwrap();
+    assert_eq!(held, Some(done[3].delivered.clone()));
+    let held = tx.delivered_get("municipality", "f2").await.unwrap();
+    assert_eq!(held, Some(done[1].delivered.clone()));
+    assert_eq!(tx.delivered_get("municipality", "f3").await.unwrap(), None);
+    // Nothing to record, nothing written; a second time, every lease is gone.
+    assert!(
+        tx.deliveries_finish("w1", &[], 78)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = tx.deliveries_finish("w1", &done[..2], 79).await.unwrap();
+    assert_eq!(again, [ids[0], ids[1]]);
     tx.commit().await.unwrap();
 }
 
@@ -667,6 +755,7 @@ async fn round_trips(store: &SqlStore) {
     read_for_exchange(store, &written).await;
     outbox_round_trip(store, &written.pid).await;
     delivered_and_cursors_round_trip(store).await;
+    deliveries_finish_round_trip(store).await;
     alerts_round_trip(store).await;
     inbox_round_trip(store).await;
     audit_round_trip(store, &written.pid).await;

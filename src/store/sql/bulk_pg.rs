@@ -7,7 +7,7 @@
 //! array syntax ([`text_array`]) and the statement casts it; every value is still bound, none
 //! is formatted into the statement.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 use super::bulk::{
@@ -17,7 +17,7 @@ use super::{AUDIT_CHAIN, Bind, Current, Dialect, Gate, SqlTx, bind_all, map_err}
 use crate::audit::AuditRow;
 use crate::audit::merkle::{Hash, Node};
 use crate::store::busy::is_key_taken;
-use crate::store::{OutboxNew, Result};
+use crate::store::{Delivered, DeliveredOutcome, OutboxNew, Result};
 
 /// `resources`' primary key, as PostgreSQL names it: the key a first version's row may find
 /// taken ([`SqlTx::insert_first_rows_pg`]).
@@ -389,6 +389,84 @@ impl SqlTx {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+}
+
+/// The outbox entries of delivered outcomes finished (as `outbox_finish` finishes one), those
+/// whose lease `$1` holds; their ids returned.
+const FINISH_DELIVERED: &str = "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, \
+     updated_us = $2, last_status = f.status, last_error = NULL, target_id = f.target_id, \
+     target_version = f.target_version, lease_owner = NULL, lease_until_us = NULL \
+     FROM UNNEST($3::int8[], $4::int8[], $5::text[], $6::text[]) \
+          AS f(id, status, target_id, target_version) \
+     WHERE outbox.id = f.id AND outbox.lease_owner = $1 RETURNING outbox.id";
+
+/// What the targets hold after delivered outcomes (as `delivered_put` writes one row).
+const PUT_DELIVERED: &str = "INSERT INTO delivered (target, gid, rtype, target_id, \
+     target_version, version, hash, delivered_us) \
+     SELECT target, gid, rtype, target_id, target_version, version, hash, $8 \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], \
+                 $7::text[]) AS d(target, gid, rtype, target_id, target_version, version, hash) \
+     ON CONFLICT (target, gid) DO UPDATE SET rtype = excluded.rtype, \
+     target_id = excluded.target_id, target_version = excluded.target_version, \
+     version = excluded.version, hash = excluded.hash, delivered_us = excluded.delivered_us";
+
+impl SqlTx {
+    /// [`crate::store::ExchangeTx::deliveries_finish`] on PostgreSQL: the entries finished in
+    /// one statement, which names those whose lease this owner still holds, and what the
+    /// targets hold of those in a second. A resource delivered twice among them (the worker
+    /// never records two outcomes of one resource together) keeps the last, as one write after
+    /// the other would.
+    pub(crate) async fn deliveries_finish_pg(
+        &mut self,
+        owner: &str,
+        done: &[DeliveredOutcome],
+        now_us: i64,
+    ) -> Result<Vec<i64>> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kept: HashSet<i64> = sqlx::query_scalar::<_, i64>(FINISH_DELIVERED)
+            .bind(owner)
+            .bind(crate::fhir::time::now_us())
+            .bind(int_array(done.iter().map(|o| o.id)))
+            .bind(int_array(done.iter().map(|o| o.status)))
+            .bind(column(done.iter().map(|o| o.delivered.target_id.as_str())))
+            .bind(text_array(
+                done.iter().map(|o| o.delivered.target_version.as_deref()),
+            ))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_err)?
+            .into_iter()
+            .collect();
+        let mut seen = HashSet::new();
+        let rows: Vec<&Delivered> = done
+            .iter()
+            .rev()
+            .filter(|o| kept.contains(&o.id))
+            .map(|o| &o.delivered)
+            .filter(|d| seen.insert((d.target.as_str(), d.gid.as_str())))
+            .collect();
+        if !rows.is_empty() {
+            sqlx::query(PUT_DELIVERED)
+                .bind(column(rows.iter().map(|d| d.target.as_str())))
+                .bind(column(rows.iter().map(|d| d.gid.as_str())))
+                .bind(column(rows.iter().map(|d| d.rtype.as_str())))
+                .bind(column(rows.iter().map(|d| d.target_id.as_str())))
+                .bind(text_array(rows.iter().map(|d| d.target_version.as_deref())))
+                .bind(int_array(rows.iter().map(|d| d.version)))
+                .bind(column(rows.iter().map(|d| d.hash.as_str())))
+                .bind(now_us)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(done
+            .iter()
+            .map(|o| o.id)
+            .filter(|id| !kept.contains(id))
+            .collect())
     }
 }
 
