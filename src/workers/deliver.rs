@@ -967,8 +967,8 @@ impl Delivery {
     }
 
     /// Sent (the entry and what the target holds are written by
-    /// [`crate::store::ExchangeTx::deliveries_finish`]): the row naming the copy and what mapping did, and
-    /// the delivery's duration observed.
+    /// [`crate::store::ExchangeTx::deliveries_finish`]): the row naming the copy and what
+    /// mapping did, and the delivery's duration observed.
     fn record_sent(
         &self,
         e: &OutboxEntry,
@@ -1384,8 +1384,8 @@ impl Delivery {
 }
 
 /// Unchanged (the entry and what the target holds are written by
-/// [`crate::store::ExchangeTx::deliveries_finish`]): the target's copy now stands for this version too;
-/// nothing was sent.
+/// [`crate::store::ExchangeTx::deliveries_finish`]): the target's copy now stands for this
+/// version too; nothing was sent.
 fn record_unchanged(e: &OutboxEntry, delivered: &Delivered, row: &mut AuditRow) -> &'static str {
     row.detail = Some(format!(
         "version {} maps to what {}/{} already holds; nothing sent",
