@@ -536,12 +536,16 @@ impl ExchangeTx for SqlTx {
             Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
             Dialect::Sqlite => "",
         };
+        // The probe for a resource's earliest pending entry goes through the resource's key
+        // (gid, target, version): a handful of rows. `p.state || ''` keeps both planners off
+        // `outbox_queue` (target, state, id), through which the probe would walk every pending
+        // entry of the target before it.
         let sql = sqlx::AssertSqlSafe(format!(
             "UPDATE outbox SET lease_owner = $1, lease_until_us = $2, updated_us = $3 \
              WHERE id IN (SELECT o.id FROM outbox o WHERE o.target = $4 AND o.state = 'pending' \
                AND o.next_us <= $3 AND (o.lease_until_us IS NULL OR o.lease_until_us < $3) \
-               AND o.id = (SELECT min(p.id) FROM outbox p WHERE p.target = o.target \
-                           AND p.gid = o.gid AND p.state = 'pending') \
+               AND o.id = (SELECT min(p.id) FROM outbox p WHERE p.gid = o.gid \
+                           AND p.target = o.target AND p.state || '' = 'pending') \
                ORDER BY o.id LIMIT $5{lock}) \
              RETURNING {OUTBOX_COLUMNS}"
         ));
@@ -742,7 +746,9 @@ impl ExchangeTx for SqlTx {
         before: i64,
     ) -> Result<bool> {
         Ok(sqlx::query(
-            "SELECT 1 FROM outbox WHERE target = $1 AND gid = $2 AND state = 'pending' AND id < $3 LIMIT 1",
+            // Through the resource's key, as in `outbox_claim`.
+            "SELECT 1 FROM outbox WHERE gid = $2 AND target = $1 AND state || '' = 'pending' \
+             AND id < $3 LIMIT 1",
         )
         .bind(target)
         .bind(gid)
