@@ -1041,3 +1041,100 @@ async fn sqlite_wal_is_copied_back_beside_the_writer() {
             .is_some()
     );
 }
+
+/// Migration 0012 gives the outbox the key `(gid, target, version)` (SQLite by building the table
+/// again): entries written before it keep their ids and columns, an id handed out before it is
+/// never handed out again, and the key still refuses a second entry for one target, resource
+/// and version.
+async fn outbox_key_migration_keeps_entries(url: &str, dialect: &str) {
+    sqlx::any::install_default_drivers();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    let migrator = sqlx::migrate::Migrator::new(dir).await.unwrap();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    migrator.run_to(11, &pool).await.unwrap();
+    let entry = |target: &str, gid: &str, state: &str| {
+        format!(
+            "INSERT INTO outbox (target, source, gid, version, rtype, patient_id, route, state, \
+             attempts, created_us, next_us, updated_us) \
+             VALUES ('{target}', 'lab', '{gid}', 1, 'Condition', 'p1', 'routes', '{state}', 0, 1, 1, 1)"
+        )
+    };
+    for (target, gid, state) in [
+        ("gp", "g1", "pending"),
+        ("hospital", "g1", "delivered"),
+        ("gp", "g2", "pending"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(entry(target, gid, state)))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("DELETE FROM outbox WHERE gid = 'g2'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = SqlStore::connect(url, 2).await.unwrap();
+    store.close().await;
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let rows: Vec<(i64, String, String, String)> =
+        sqlx::query_as("SELECT id, target, gid, state FROM outbox ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let kept = |id: i64, target: &str, state: &str| {
+        (id, target.to_owned(), "g1".to_owned(), state.to_owned())
+    };
+    assert_eq!(
+        rows,
+        vec![kept(1, "gp", "pending"), kept(2, "hospital", "delivered")]
+    );
+    let (next,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{} RETURNING id",
+        entry("gp", "g3", "pending")
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(next > 3, "id {next} was handed out before the migration");
+    let again = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{} ON CONFLICT (target, gid, version) DO NOTHING",
+        entry("gp", "g1", "dead")
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        again.rows_affected(),
+        0,
+        "the key finds (target, gid, version)"
+    );
+    assert!(
+        sqlx::query(sqlx::AssertSqlSafe(entry("hospital", "g1", "pending")))
+            .execute(&pool)
+            .await
+            .is_err(),
+        "a second entry for one target, resource and version is refused"
+    );
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_key_migration_keeps_entries_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("store.db").display()
+    );
+    outbox_key_migration_keeps_entries(&url, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_key_migration_keeps_entries_on_postgres() {
+    let (url, name) = common::fresh_pg_database().await;
+    outbox_key_migration_keeps_entries(&url, "postgres").await;
+    common::drop_pg_database(&name).await;
+}
