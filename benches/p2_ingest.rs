@@ -10,8 +10,11 @@
 //! For each phase below, starts `carebridge serve` (the binary cargo built for this bench,
 //! release profile) on 127.0.0.1 port 0 with a generated configuration and a fresh store (a
 //! SQLite file in a temporary folder, or a fresh PostgreSQL database `cb_bench_<random>` that is
-//! dropped afterwards), pushes 3 warm-up Bundles (untimed), then the phase's Synthea transaction
-//! Bundles to `POST /fhir/lab` as the `lab` sector's client:
+//! dropped afterwards), pushes warm-up Bundles (untimed: as many as the most clients of any
+//! step, at least 3, sent by as many clients as the step has, so that the gateway's pool holds
+//! that many used PostgreSQL connections before the clock starts, as the floor's clients connect
+//! before theirs), then the phase's Synthea transaction Bundles to `POST /fhir/lab` as the `lab`
+//! sector's client:
 //!
 //! - closed loop: for each client count, `--bundles` Bundles (the 50 patients in turn), each
 //!   client sending its next Bundle when the previous one is answered;
@@ -967,23 +970,35 @@ fn ratios(gateway: &[Value], floor: &[Value], floor_best: f64) -> Value {
 }
 
 /// Warm-up (untimed) on fresh stores: the first Bundles compile the validators of the types
-/// they hold. The floor writes the same copies, so both stores hold the same resources before
-/// the step that follows. The resources answered 2xx.
+/// they hold, and they are sent by as many clients as the step that follows has, so that the
+/// gateway's pool has opened and used as many PostgreSQL connections as the step will (a new
+/// backend loads its catalog caches and plans each statement on its first executions) before
+/// the clock starts — as the floor's clients connect before its clock starts, and as a gateway
+/// in service holds warm connections. The floor writes the same copies, so both stores hold the
+/// same resources before the step that follows. The resources answered 2xx.
 async fn warm_up(
     opts: &Opts,
     http: &reqwest::Client,
     st: &Stores,
     source: &mut Source,
     token: &str,
+    clients: usize,
 ) -> Result<usize> {
-    let warm = source.take(if opts.smoke { 1 } else { 3 });
-    floor_step(&st.floor, warm.clone(), 1).await?;
+    let warm = source.take(warm_up_bundles(opts));
+    floor_step(&st.floor, warm.clone(), clients).await?;
     let url = format!("{}/lab", st.server.base);
-    let (samples, _) = closed_loop(http, &url, token, warm, 1).await;
+    let (samples, _) = closed_loop(http, &url, token, warm, clients).await;
     if let Some(bad) = samples.iter().find(|s| s.status != 200) {
         return Err(anyhow!("warm-up Bundle answered {}", bad.status));
     }
     Ok(samples.iter().map(|s| s.resources).sum())
+}
+
+/// How many Bundles each warm-up sends: the same for every phase, so that every client count
+/// meets stores of the same size, and at least one for each client of the most.
+fn warm_up_bundles(opts: &Opts) -> usize {
+    let most = opts.clients.iter().copied().max().unwrap_or(1);
+    if opts.smoke { most } else { most.max(3) }
 }
 
 /// One closed-loop step with `clients` clients on `st`, then the floor on the same copies.
@@ -1062,7 +1077,12 @@ async fn drive(opts: &Opts) -> Result<Value> {
             Some(st) => st,
             None => {
                 let st = Stores::fresh(&opts.backend, &token).await?;
-                sent_ok += warm_up(opts, &http, &st, &mut source, &token).await?;
+                // One store for every step: warmed for the most clients any step has.
+                let warm = match opts.one_store {
+                    true => opts.clients.iter().copied().max().unwrap_or(c),
+                    false => c,
+                };
+                sent_ok += warm_up(opts, &http, &st, &mut source, &token, warm).await?;
                 st
             }
         };
@@ -1090,7 +1110,8 @@ async fn drive(opts: &Opts) -> Result<Value> {
         Some(st) => st,
         None => {
             let st = Stores::fresh(&opts.backend, &token).await?;
-            sent_ok += warm_up(opts, &http, &st, &mut source, &token).await?;
+            // The half load's Bundles overlap now and then: two warm connections.
+            sent_ok += warm_up(opts, &http, &st, &mut source, &token, 2).await?;
             st
         }
     };
