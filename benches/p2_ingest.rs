@@ -997,8 +997,13 @@ async fn warm_up(
 /// How many Bundles each warm-up sends: the same for every phase, so that every client count
 /// meets stores of the same size, and at least one for each client of the most.
 fn warm_up_bundles(opts: &Opts) -> usize {
-    let most = opts.clients.iter().copied().max().unwrap_or(1);
+    let most = most_clients(opts);
     if opts.smoke { most } else { most.max(3) }
+}
+
+/// The most clients of any closed-loop step.
+fn most_clients(opts: &Opts) -> usize {
+    opts.clients.iter().copied().max().unwrap_or(1)
 }
 
 /// One closed-loop step with `clients` clients on `st`, then the floor on the same copies.
@@ -1078,9 +1083,10 @@ async fn drive(opts: &Opts) -> Result<Value> {
             None => {
                 let st = Stores::fresh(&opts.backend, &token).await?;
                 // One store for every step: warmed for the most clients any step has.
-                let warm = match opts.one_store {
-                    true => opts.clients.iter().copied().max().unwrap_or(c),
-                    false => c,
+                let warm = if opts.one_store {
+                    most_clients(opts)
+                } else {
+                    c
                 };
                 sent_ok += warm_up(opts, &http, &st, &mut source, &token, warm).await?;
                 st

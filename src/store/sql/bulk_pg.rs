@@ -428,7 +428,7 @@ impl SqlTx {
         }
         let kept: HashSet<i64> = sqlx::query_scalar::<_, i64>(FINISH_DELIVERED)
             .bind(owner)
-            .bind(crate::fhir::time::now_us())
+            .bind(now_us)
             .bind(int_array(done.iter().map(|o| o.id)))
             .bind(int_array(done.iter().map(|o| o.status)))
             .bind(column(done.iter().map(|o| o.delivered.target_id.as_str())))
